@@ -1,0 +1,2 @@
+//! Harness for weft's end-to-end tests.
+#![forbid(unsafe_code)]

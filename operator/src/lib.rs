@@ -1,0 +1,2 @@
+//! weft-operator: the control plane library.
+#![forbid(unsafe_code)]

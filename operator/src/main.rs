@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("weft-operator: not yet");
+    std::process::exit(2);
+}

@@ -1,0 +1,2 @@
+//! weft-proxy: the sidecar library.
+#![forbid(unsafe_code)]

@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("weft-proxy: not yet");
+    std::process::exit(2);
+}
