@@ -1,2 +1,4 @@
 //! weft-proxy: the sidecar library.
 #![forbid(unsafe_code)]
+pub mod balance;
+pub mod admin;
