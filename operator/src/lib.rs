@@ -1,2 +1,3 @@
 //! weft-operator: the control plane library.
 #![forbid(unsafe_code)]
+pub mod inject;
