@@ -189,7 +189,7 @@ impl SmiObject {
 }
 
 /// `status` of every SMI kind.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SmiStatus {
     #[serde(default)]
@@ -197,7 +197,7 @@ pub struct SmiStatus {
 }
 
 /// A status condition, shaped like `metav1.Condition`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
     /// `Accepted`, `ResolvedRefs`, `Conflicted`.

@@ -1,0 +1,30 @@
+//! `access.smi-spec.io/v1alpha2` TrafficTarget (adds `destination.port`).
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub use super::{Rule, Subject};
+use crate::hub::SmiStatus;
+
+pub const API_VERSION: &str = "access.smi-spec.io/v1alpha2";
+
+#[derive(CustomResource, Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "access.smi-spec.io",
+    version = "v1alpha2",
+    kind = "TrafficTarget",
+    plural = "traffictargets",
+    namespaced,
+    status = "SmiStatus"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficTargetSpec {
+    pub destination: Subject,
+    /// No sources: the target allows nothing.
+    #[serde(default)]
+    pub sources: Vec<Subject>,
+    /// No rules: the target allows nothing.
+    #[serde(default)]
+    pub rules: Vec<Rule>,
+}

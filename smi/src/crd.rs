@@ -1,0 +1,1 @@
+//! CustomResourceDefinitions for every SMI kind.
