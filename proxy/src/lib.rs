@@ -1,4 +1,11 @@
 //! weft-proxy: the sidecar library.
 #![forbid(unsafe_code)]
 pub mod balance;
+pub mod metrics;
+pub mod config;
+pub mod route;
+pub mod transport;
+pub mod http;
 pub mod admin;
+pub mod app;
+pub mod control;

@@ -1,0 +1,522 @@
+//! The discovery client: keeps the proxy's [`Config`] in sync with the operator.
+//!
+//! One long-lived `Discovery.Stream` per connection. Each response is applied to a copy of the
+//! resource map, the whole map is compiled with [`Config::from_resources`], and either the new
+//! config is published on the `watch` channel (and ACKed) or the response is NACKed and the
+//! previous map and config stay in force. When the stream breaks the proxy keeps serving with
+//! what it has and reconnects with jittered exponential backoff, reporting what it holds in
+//! `known_versions`.
+
+use std::collections::BTreeMap;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tonic::transport::{Channel, Endpoint};
+use weft_proxy_api::v1::discovery_client::DiscoveryClient as GrpcClient;
+use weft_proxy_api::v1::discovery_request::Request as Req;
+use weft_proxy_api::v1::{self, DiscoveryRequest, DiscoveryResponse};
+
+use crate::config::Config;
+
+/// Largest discovery message accepted (a config with thousands of services and endpoints).
+const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Who this proxy is, sent in `Subscribe`.
+#[derive(Clone, Debug)]
+pub struct ProxyId {
+    pub pod_namespace: String,
+    pub pod_name: String,
+    pub service_account: String,
+}
+
+/// Jittered exponential backoff ("full jitter": a uniform delay between 0 and the bound, which
+/// doubles per failed attempt up to `max`).
+#[derive(Clone, Copy, Debug)]
+pub struct Backoff {
+    pub min: Duration,
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            min: Duration::from_millis(100),
+            max: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Backoff {
+    /// The upper bound of the delay before attempt number `attempt` (0-based).
+    pub fn bound(&self, attempt: u32) -> Duration {
+        let factor = 1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX);
+        self.min.saturating_mul(factor).min(self.max).max(self.min)
+    }
+
+    /// A random delay in `[min/2, bound(attempt)]`: full jitter with a small floor so that a
+    /// flapping operator is never hammered in a tight loop.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let bound = self.bound(attempt);
+        let floor = self.min / 2;
+        let span = bound.saturating_sub(floor);
+        floor + span.mul_f64(random_unit())
+    }
+}
+
+/// A uniform random number in [0, 1), from the standard library's randomly keyed hasher.
+fn random_unit() -> f64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// How the client reaches the operator.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// `http://host:port` (plaintext HTTP/2).
+    pub uri: String,
+    pub id: ProxyId,
+    pub connect_timeout: Duration,
+    /// How long to wait for the stream to open and the first response to arrive.
+    pub first_response_timeout: Duration,
+    /// HTTP/2 keepalive: a dead operator is detected within interval + timeout.
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+    pub backoff: Backoff,
+}
+
+impl Settings {
+    pub fn new(uri: impl Into<String>, id: ProxyId) -> Self {
+        Self {
+            uri: uri.into(),
+            id,
+            connect_timeout: Duration::from_secs(5),
+            first_response_timeout: Duration::from_secs(15),
+            keepalive_interval: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(5),
+            backoff: Backoff::default(),
+        }
+    }
+
+    /// The tonic endpoint for the operator (lazy: connects on first use).
+    pub fn endpoint(&self) -> Result<Endpoint, ControlError> {
+        let endpoint = Endpoint::from_shared(self.uri.clone())
+            .map_err(|e| ControlError::InvalidUri(self.uri.clone(), e.to_string()))?;
+        Ok(endpoint
+            .connect_timeout(self.connect_timeout)
+            .http2_keep_alive_interval(self.keepalive_interval)
+            .keep_alive_timeout(self.keepalive_timeout)
+            .keep_alive_while_idle(true)
+            .tcp_nodelay(true))
+    }
+}
+
+/// Errors of the discovery client (all of them lead to a reconnect, except `InvalidUri`).
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("invalid control address {0:?}: {1}")]
+    InvalidUri(String, String),
+    #[error("connect to {uri}: {source}")]
+    Connect {
+        uri: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("stream: {0}")]
+    Status(#[from] tonic::Status),
+    #[error("operator closed the stream")]
+    Closed,
+    #[error("response {nonce:?}: {reason}")]
+    Protocol { nonce: String, reason: String },
+}
+
+/// Why a response could not be applied to the resource map.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ApplyError {
+    #[error("resource with an empty name")]
+    EmptyName,
+    #[error("resource {0:?} listed twice")]
+    Duplicate(String),
+}
+
+/// Applies one response to `map` following the protocol (see `discovery.proto`): a full state
+/// replaces everything except the `unchanged` names; an incremental one adds, replaces and
+/// removes by name.
+pub fn apply_response(
+    map: &mut BTreeMap<String, v1::Resource>,
+    resp: &DiscoveryResponse,
+) -> Result<(), ApplyError> {
+    let mut seen = std::collections::HashSet::with_capacity(resp.resources.len());
+    for r in &resp.resources {
+        if r.name.is_empty() {
+            return Err(ApplyError::EmptyName);
+        }
+        if !seen.insert(r.name.as_str()) {
+            return Err(ApplyError::Duplicate(r.name.clone()));
+        }
+    }
+    if resp.full_state {
+        let unchanged: std::collections::HashSet<&str> =
+            resp.unchanged.iter().map(String::as_str).collect();
+        map.retain(|name, _| unchanged.contains(name.as_str()));
+    } else {
+        for name in &resp.removed {
+            map.remove(name);
+        }
+    }
+    for r in &resp.resources {
+        map.insert(r.name.clone(), r.clone());
+    }
+    Ok(())
+}
+
+/// What the admin server shows about the control connection.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Status {
+    /// A stream to the operator is open.
+    pub connected: bool,
+    /// The version of the config in force (`None` until the first config is applied).
+    pub version: Option<String>,
+    /// The last NACK reason, cleared by the next successful update.
+    pub last_nack: Option<String>,
+    /// The last connection error, cleared by the next successful connection.
+    pub last_error: Option<String>,
+    pub updates: u64,
+    pub nacks: u64,
+    pub reconnects: u64,
+}
+
+/// Control metrics (registered next to the data plane's).
+#[derive(Clone, Debug, Default)]
+pub struct ControlMetrics {
+    connected: Gauge,
+    updates: Counter,
+    nacks: Counter,
+    reconnects: Counter,
+}
+
+impl ControlMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        let sub = registry.sub_registry_with_prefix("weft_proxy_control");
+        sub.register(
+            "connected",
+            "1 when a discovery stream to the operator is open",
+            self.connected.clone(),
+        );
+        sub.register(
+            "config_updates",
+            "Discovery responses applied and ACKed",
+            self.updates.clone(),
+        );
+        sub.register(
+            "config_nacks",
+            "Discovery responses rejected (NACKed)",
+            self.nacks.clone(),
+        );
+        sub.register(
+            "reconnects",
+            "Discovery streams lost or failed to open",
+            self.reconnects.clone(),
+        );
+    }
+}
+
+/// The discovery client. Build with [`DiscoveryClient::new`], then `tokio::spawn(client.run())`.
+pub struct DiscoveryClient {
+    settings: Settings,
+    config: watch::Sender<Arc<Config>>,
+    status: watch::Sender<Status>,
+    metrics: ControlMetrics,
+    /// Resources in force (those that compiled into the published config).
+    resources: BTreeMap<String, v1::Resource>,
+}
+
+impl DiscoveryClient {
+    /// `config` is the channel the data plane reads (see [`crate::config::channel`]).
+    pub fn new(settings: Settings, config: watch::Sender<Arc<Config>>) -> Self {
+        Self {
+            settings,
+            config,
+            status: watch::channel(Status::default()).0,
+            metrics: ControlMetrics::default(),
+            resources: BTreeMap::new(),
+        }
+    }
+
+    /// A live view of the connection status.
+    pub fn status(&self) -> watch::Receiver<Status> {
+        self.status.subscribe()
+    }
+
+    /// Metrics handles (to register with the admin server's registry).
+    pub fn metrics(&self) -> ControlMetrics {
+        self.metrics.clone()
+    }
+
+    /// Runs forever (cancel by aborting the task): connect, stream, reconnect.
+    pub async fn run(mut self) {
+        let endpoint = match self.settings.endpoint() {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(error = %e, "discovery disabled");
+                self.status
+                    .send_modify(|s| s.last_error = Some(e.to_string()));
+                return std::future::pending().await;
+            }
+        };
+        let mut attempt: u32 = 0;
+        loop {
+            let mut got_response = false;
+            let result = self.stream_once(&endpoint, &mut got_response).await;
+            self.metrics.connected.set(0);
+            self.metrics.reconnects.inc();
+            let message = match result {
+                Ok(()) => ControlError::Closed.to_string(),
+                Err(e) => e.to_string(),
+            };
+            self.status.send_modify(|s| {
+                s.connected = false;
+                s.reconnects += 1;
+                s.last_error = Some(message.clone());
+            });
+            if got_response {
+                attempt = 0;
+            }
+            let delay = self.settings.backoff.delay(attempt);
+            attempt = attempt.saturating_add(1);
+            tracing::warn!(
+                error = %message,
+                retry_in_ms = delay.as_millis() as u64,
+                version = self.status.borrow().version.as_deref().unwrap_or(""),
+                "discovery stream lost; keeping the current config",
+            );
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// One connection: subscribe, then apply responses until the stream ends.
+    async fn stream_once(
+        &mut self,
+        endpoint: &Endpoint,
+        got_response: &mut bool,
+    ) -> Result<(), ControlError> {
+        let channel: Channel =
+            endpoint
+                .connect()
+                .await
+                .map_err(|source| ControlError::Connect {
+                    uri: self.settings.uri.clone(),
+                    source,
+                })?;
+        let mut client = GrpcClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+
+        // Bounded: one ACK/NACK per response; if the operator stops reading, we stop applying.
+        let (tx, rx) = mpsc::channel::<DiscoveryRequest>(16);
+        let known_versions: BTreeMap<String, String> = self
+            .resources
+            .iter()
+            .map(|(name, r)| (name.clone(), r.version.clone()))
+            .collect();
+        let id = &self.settings.id;
+        let subscribe = DiscoveryRequest {
+            request: Some(Req::Subscribe(v1::Subscribe {
+                pod_namespace: id.pod_namespace.clone(),
+                pod_name: id.pod_name.clone(),
+                service_account: id.service_account.clone(),
+                proxy_version: env!("CARGO_PKG_VERSION").to_string(),
+                known_versions,
+            })),
+        };
+        tx.send(subscribe).await.map_err(|_| ControlError::Closed)?;
+
+        let wait = self.settings.first_response_timeout;
+        let mut inbound = tokio::time::timeout(wait, client.stream(ReceiverStream::new(rx)))
+            .await
+            .map_err(|_| ControlError::Timeout(wait))??
+            .into_inner();
+
+        let first = tokio::time::timeout(wait, inbound.next())
+            .await
+            .map_err(|_| ControlError::Timeout(wait))?;
+        let mut next = first;
+        loop {
+            let resp = match next {
+                None => return Ok(()),
+                Some(r) => r?,
+            };
+            if !*got_response {
+                *got_response = true;
+                self.metrics.connected.set(1);
+                self.status.send_modify(|s| {
+                    s.connected = true;
+                    s.last_error = None;
+                });
+                tracing::info!(uri = %self.settings.uri, "discovery stream open");
+            }
+            let answer = self.on_response(&resp);
+            tx.send(answer).await.map_err(|_| ControlError::Closed)?;
+            // Keepalive on the HTTP/2 connection detects a dead operator; no read timeout here
+            // (the operator only sends when something changes).
+            next = inbound.next().await;
+        }
+    }
+
+    /// Applies one response atomically and returns the ACK or NACK to send.
+    fn on_response(&mut self, resp: &DiscoveryResponse) -> DiscoveryRequest {
+        let mut next = self.resources.clone();
+        let compiled = apply_response(&mut next, resp)
+            .map_err(|e| (e.to_string(), Vec::new()))
+            .and_then(|()| {
+                Config::from_resources(&resp.version, &next)
+                    .map_err(|e| (e.to_string(), vec![e.resource().to_string()]))
+            });
+        match compiled {
+            Ok(config) => {
+                self.resources = next;
+                self.config.send_replace(Arc::new(config));
+                self.metrics.updates.inc();
+                self.status.send_modify(|s| {
+                    s.version = Some(resp.version.clone());
+                    s.last_nack = None;
+                    s.updates += 1;
+                });
+                tracing::info!(
+                    version = %resp.version,
+                    resources = self.resources.len(),
+                    full_state = resp.full_state,
+                    "config applied",
+                );
+                DiscoveryRequest {
+                    request: Some(Req::Ack(v1::Ack {
+                        nonce: resp.nonce.clone(),
+                        version: resp.version.clone(),
+                    })),
+                }
+            }
+            Err((error, resource_names)) => {
+                let kept_version = self.status.borrow().version.clone().unwrap_or_default();
+                tracing::warn!(
+                    version = %resp.version,
+                    kept_version = %kept_version,
+                    %error,
+                    "config rejected; keeping the previous one",
+                );
+                self.metrics.nacks.inc();
+                self.status.send_modify(|s| {
+                    s.last_nack = Some(error.clone());
+                    s.nacks += 1;
+                });
+                DiscoveryRequest {
+                    request: Some(Req::Nack(v1::Nack {
+                        nonce: resp.nonce.clone(),
+                        kept_version,
+                        error,
+                        resource_names,
+                    })),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn res(name: &str, version: &str) -> v1::Resource {
+        v1::Resource {
+            name: name.into(),
+            version: version.into(),
+            kind: Some(v1::resource::Kind::Endpoints(v1::EndpointSet::default())),
+        }
+    }
+
+    fn names(map: &BTreeMap<String, v1::Resource>) -> Vec<(&str, &str)> {
+        map.values()
+            .map(|r| (r.name.as_str(), r.version.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn full_state_replaces_except_unchanged() {
+        let mut map = BTreeMap::new();
+        for r in [res("a", "1"), res("b", "1"), res("c", "1")] {
+            map.insert(r.name.clone(), r);
+        }
+        let resp = DiscoveryResponse {
+            full_state: true,
+            resources: vec![res("d", "1"), res("b", "2")],
+            unchanged: vec!["a".into(), "zz".into()],
+            ..Default::default()
+        };
+        apply_response(&mut map, &resp).unwrap();
+        assert_eq!(names(&map), [("a", "1"), ("b", "2"), ("d", "1")]);
+    }
+
+    #[test]
+    fn incremental_adds_replaces_and_removes() {
+        let mut map = BTreeMap::new();
+        for r in [res("a", "1"), res("b", "1")] {
+            map.insert(r.name.clone(), r);
+        }
+        let resp = DiscoveryResponse {
+            resources: vec![res("b", "2"), res("c", "1")],
+            removed: vec!["a".into()],
+            ..Default::default()
+        };
+        apply_response(&mut map, &resp).unwrap();
+        assert_eq!(names(&map), [("b", "2"), ("c", "1")]);
+    }
+
+    #[test]
+    fn malformed_responses_are_rejected() {
+        let mut map = BTreeMap::new();
+        let dup = DiscoveryResponse {
+            resources: vec![res("a", "1"), res("a", "2")],
+            ..Default::default()
+        };
+        assert_eq!(
+            apply_response(&mut map, &dup),
+            Err(ApplyError::Duplicate("a".into()))
+        );
+        let empty = DiscoveryResponse {
+            resources: vec![res("", "1")],
+            ..Default::default()
+        };
+        assert_eq!(apply_response(&mut map, &empty), Err(ApplyError::EmptyName));
+    }
+
+    #[test]
+    fn backoff_grows_to_the_cap_and_stays_within_bounds() {
+        let b = Backoff {
+            min: Duration::from_millis(100),
+            max: Duration::from_secs(30),
+        };
+        assert_eq!(b.bound(0), Duration::from_millis(100));
+        assert_eq!(b.bound(3), Duration::from_millis(800));
+        assert_eq!(b.bound(20), Duration::from_secs(30));
+        assert_eq!(b.bound(u32::MAX), Duration::from_secs(30));
+        for attempt in 0..40 {
+            let d = b.delay(attempt);
+            assert!(
+                d >= Duration::from_millis(50) && d <= b.bound(attempt),
+                "{d:?}"
+            );
+        }
+    }
+}
