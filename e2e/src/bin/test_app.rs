@@ -1,0 +1,126 @@
+//! `weft-test-app`: the application the fake kubelet runs for test images.
+//!
+//! ```text
+//! weft-test-app http  --listen 0.0.0.0:8080 --name web --version v1   # answers "web v1\n"
+//! weft-test-app echo  --listen 0.0.0.0:9000                           # TCP echo
+//! weft-test-app origdst --listen 127.0.0.1:4140                       # answers the SO_ORIGINAL_DST
+//! ```
+//! Flags may also come from `APP_LISTEN`, `APP_NAME`, `APP_VERSION` (set them in a pod's env).
+#![forbid(unsafe_code)]
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Mode {
+    Http,
+    Echo,
+    Origdst,
+}
+
+#[derive(Parser, Debug)]
+struct Args {
+    #[arg(value_enum, env = "APP_MODE", default_value = "http")]
+    mode: Mode,
+    #[arg(long, env = "APP_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: String,
+    #[arg(long, env = "APP_NAME", default_value = "app")]
+    name: String,
+    #[arg(long, env = "APP_VERSION", default_value = "v1")]
+    version: String,
+}
+
+const MAX_HEAD: usize = 16 * 1024;
+
+async fn serve_http(stream: TcpStream, body: String, name: String) -> anyhow::Result<()> {
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut head = Vec::new();
+        let mut content_length = 0usize;
+        let mut close = false;
+        loop {
+            let mut line = String::new();
+            let n = reader.read_line(&mut line).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            head.push(line.clone());
+            if head.iter().map(String::len).sum::<usize>() > MAX_HEAD {
+                anyhow::bail!("request head too large");
+            }
+            let l = line.trim_end().to_ascii_lowercase();
+            if l.is_empty() {
+                break;
+            }
+            if let Some(v) = l.strip_prefix("content-length:") {
+                content_length = v.trim().parse().unwrap_or(0);
+            }
+            if l == "connection: close" {
+                close = true;
+            }
+        }
+        let mut discard = vec![0u8; content_length.min(1 << 20)];
+        reader.read_exact(&mut discard).await?;
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nx-app: {name}\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        reader.get_mut().write_all(resp.as_bytes()).await?;
+        if close {
+            return Ok(());
+        }
+    }
+}
+
+async fn serve_echo(mut stream: TcpStream) -> anyhow::Result<()> {
+    let (mut r, mut w) = stream.split();
+    tokio::io::copy(&mut r, &mut w).await?;
+    Ok(())
+}
+
+async fn serve_origdst(stream: TcpStream) -> anyhow::Result<()> {
+    let std = stream.into_std()?;
+    let sock = socket2::Socket::from(std);
+    let dst = sock
+        .original_dst_v4()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "none".into());
+    let std: std::net::TcpStream = sock.into();
+    let mut stream = TcpStream::from_std(std)?;
+    stream.write_all(format!("{dst}\n").as_bytes()).await?;
+    stream.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let listener = TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    eprintln!(
+        "weft-test-app {:?} listening on {}",
+        args.mode,
+        listener.local_addr()?
+    );
+    let body = format!("{} {}\n", args.name, args.version);
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let (body, name) = (body.clone(), args.name.clone());
+        let mode = args.mode;
+        tokio::spawn(async move {
+            let r = match mode {
+                Mode::Http => serve_http(stream, body, name).await,
+                Mode::Echo => serve_echo(stream).await,
+                Mode::Origdst => serve_origdst(stream).await,
+            };
+            if let Err(e) = r {
+                eprintln!("connection: {e:#}");
+            }
+        });
+    }
+}
