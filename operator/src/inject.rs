@@ -64,7 +64,7 @@ impl Default for InjectSettings {
             image_pull_policy: "IfNotPresent".into(),
             proxy_version: env!("CARGO_PKG_VERSION").into(),
             proxy_uid: 2102,
-            control_addr: "weft-discovery.weft.svc.cluster.local:8086".into(),
+            control_addr: "weft-discovery.weft-system.svc.cluster.local:8086".into(),
             log_level: "info".into(),
             inbound_port: 4143,
             outbound_port: 4140,
