@@ -9,3 +9,4 @@ pub mod http;
 pub mod admin;
 pub mod app;
 pub mod control;
+pub mod identity;

@@ -1,0 +1,871 @@
+//! The proxy's own configuration types, converted once from the proxy API's resources.
+//!
+//! Proto types stay at the edge: [`Config::from_resources`] validates a whole resource set and
+//! either returns a fully compiled [`Config`] (regexes compiled, endpoint sets resolved, lookup
+//! indexes built) or a typed [`ConfigError`] naming the offending resource, so the control client
+//! can NACK and keep the last good config. The live config is shared as
+//! `tokio::sync::watch::Receiver<Arc<Config>>`.
+//!
+//! Decisions:
+//! - A route backend that names an unknown endpoint set is accepted and has no endpoints: requests
+//!   routed to it get `503` ("no endpoints"). Endpoints arrive as separate resources and may lag
+//!   the route; rejecting the whole update would be less robust.
+//! - A missing `inbound` resource means the default inbound policy (allow).
+//! - Unknown protocol enum values mean "detect"; `DEFAULT_POLICY_UNSPECIFIED` means allow; an
+//!   unknown default-policy value fails closed (deny).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use regex::Regex;
+use serde::{Serialize, Serializer};
+use weft_proxy_api::v1;
+
+use crate::balance::Load;
+
+/// The application protocol of a port.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Detect HTTP/1, HTTP/2 prior knowledge or opaque TCP per connection.
+    #[default]
+    Detect,
+    Http1,
+    Http2,
+    Grpc,
+    Opaque,
+    Udp,
+}
+
+impl Protocol {
+    fn from_proto(value: i32) -> Protocol {
+        match v1::Protocol::try_from(value) {
+            Ok(v1::Protocol::Detect) | Err(_) => Protocol::Detect,
+            Ok(v1::Protocol::Http1) => Protocol::Http1,
+            Ok(v1::Protocol::Http2) => Protocol::Http2,
+            Ok(v1::Protocol::Grpc) => Protocol::Grpc,
+            Ok(v1::Protocol::Opaque) => Protocol::Opaque,
+            Ok(v1::Protocol::Udp) => Protocol::Udp,
+        }
+    }
+}
+
+/// What an inbound port allows when it is not restricted by authorizations.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DefaultPolicy {
+    /// Everyone, meshed or not.
+    #[default]
+    Allow,
+    /// Any client with a mesh identity (mTLS).
+    Mesh,
+    /// Nothing but what authorizations allow.
+    Deny,
+}
+
+impl DefaultPolicy {
+    fn from_proto(value: i32) -> DefaultPolicy {
+        match v1::DefaultPolicy::try_from(value) {
+            Ok(v1::DefaultPolicy::Unspecified) | Ok(v1::DefaultPolicy::Allow) => {
+                DefaultPolicy::Allow
+            }
+            Ok(v1::DefaultPolicy::Mesh) => DefaultPolicy::Mesh,
+            Ok(v1::DefaultPolicy::Deny) | Err(_) => DefaultPolicy::Deny,
+        }
+    }
+}
+
+fn ser_regex<S: Serializer>(re: &Option<Regex>, s: S) -> Result<S::Ok, S::Error> {
+    match re {
+        Some(re) => s.serialize_some(re.as_str()),
+        None => s.serialize_none(),
+    }
+}
+
+fn ser_regex_req<S: Serializer>(re: &Regex, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(re.as_str())
+}
+
+fn ser_header_name<S: Serializer>(name: &http::HeaderName, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(name.as_str())
+}
+
+fn ser_methods<S: Serializer>(m: &Option<Vec<http::Method>>, s: S) -> Result<S::Ok, S::Error> {
+    match m {
+        None => s.serialize_none(),
+        Some(list) => s.collect_seq(list.iter().map(|m| m.as_str())),
+    }
+}
+
+fn ser_duration_ms<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_some(&(d.as_millis() as u64)),
+        None => s.serialize_none(),
+    }
+}
+
+/// One HTTP match (one SMI HTTPRouteGroup match): every condition that is set must hold.
+#[derive(Clone, Debug, Serialize)]
+pub struct HttpMatch {
+    pub name: Arc<str>,
+    /// Compiled as `^(?:re)`: anchored at the start of the path only. `None`: any path.
+    #[serde(serialize_with = "ser_regex")]
+    pub path: Option<Regex>,
+    /// `None`: any method (empty list or `*` in the proto).
+    #[serde(serialize_with = "ser_methods")]
+    pub methods: Option<Vec<http::Method>>,
+    /// All must match.
+    pub headers: Vec<HeaderMatch>,
+}
+
+/// A header condition: some value of the header matches `^(?:re)$`.
+#[derive(Clone, Debug, Serialize)]
+pub struct HeaderMatch {
+    #[serde(serialize_with = "ser_header_name")]
+    pub name: http::HeaderName,
+    #[serde(serialize_with = "ser_regex_req")]
+    pub value: Regex,
+}
+
+/// What may reach this pod.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct InboundPolicy {
+    /// The pod's own SPIFFE identity (empty before the control plane answers).
+    pub identity: String,
+    pub default_policy: DefaultPolicy,
+    /// By port number.
+    pub ports: BTreeMap<u16, InboundPort>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct InboundPort {
+    pub port: u16,
+    pub protocol: Protocol,
+    /// Only `authorizations` allow traffic, whatever the default policy.
+    pub restricted: bool,
+    pub authorizations: Vec<Authorization>,
+}
+
+/// One TrafficTarget's grant on a port.
+#[derive(Clone, Debug, Serialize)]
+pub struct Authorization {
+    /// `<namespace>/<name>` of the TrafficTarget.
+    pub name: Arc<str>,
+    /// SPIFFE identities of allowed clients.
+    pub sources: HashSet<String>,
+    /// Every connection and request on the port.
+    pub all_traffic: bool,
+    /// HTTP requests matching any of these.
+    pub http_routes: Vec<HttpMatch>,
+}
+
+/// Timeouts and retries for requests to a service.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct TrafficPolicy {
+    /// `None`: no timeout.
+    #[serde(serialize_with = "ser_duration_ms", rename = "request_timeout_ms")]
+    pub request_timeout: Option<Duration>,
+    pub max_retries: u32,
+    /// Retries allowed as a fraction of requests.
+    pub retry_budget_ratio: f64,
+    pub retry_non_idempotent: bool,
+}
+
+/// A service this pod may call.
+#[derive(Clone, Debug, Serialize)]
+pub struct OutboundService {
+    pub namespace: String,
+    pub name: String,
+    /// `<name>.<namespace>`: the metrics label and the canonical authority.
+    pub authority: Arc<str>,
+    pub cluster_ips: Vec<IpAddr>,
+    pub ports: Vec<OutboundPort>,
+    pub policy: TrafficPolicy,
+}
+
+impl OutboundService {
+    /// The service port `port`, if the service has it.
+    pub fn port(&self, port: u16) -> Option<&OutboundPort> {
+        self.ports.iter().find(|p| p.port == port)
+    }
+
+    /// The port used when a request names the service without a port: the only port, or port 80.
+    pub fn default_port(&self) -> Option<&OutboundPort> {
+        if self.ports.len() == 1 {
+            self.ports.first()
+        } else {
+            self.port(80)
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct OutboundPort {
+    pub port: u16,
+    pub protocol: Protocol,
+    /// In order; the first matching route wins.
+    pub routes: Vec<Route>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Route {
+    /// `split:<namespace>/<name>` or `default`.
+    pub name: Arc<str>,
+    /// Empty: every request.
+    pub matches: Vec<HttpMatch>,
+    pub backends: Vec<Backend>,
+    /// Sum of the backends' weights (0: no backend can be chosen).
+    pub total_weight: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Backend {
+    /// The backend service's name, for metrics.
+    pub service: Arc<str>,
+    pub weight: u64,
+    pub endpoint_set: Arc<str>,
+    /// Resolved from `endpoint_set`; empty when the set is unknown.
+    #[serde(skip)]
+    pub endpoints: Arc<EndpointSet>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct EndpointSet {
+    pub endpoints: Vec<Endpoint>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Endpoint {
+    /// The application's address on the pod (`ip:targetPort`).
+    pub addr: SocketAddr,
+    /// Expected identity of the pod's proxy; `None` when not meshed.
+    pub identity: Option<Arc<str>>,
+    /// The pod proxy's inbound port (mTLS) when meshed.
+    pub inbound_port: Option<u16>,
+    pub pod: Arc<str>,
+    /// Load estimate for balancing (fresh with every config).
+    #[serde(skip)]
+    pub load: Arc<Load>,
+}
+
+impl Endpoint {
+    /// Where to connect and what to carry: `Some((ip:inbound_port, identity))` when meshed.
+    pub fn mesh_target(&self) -> Option<(SocketAddr, &Arc<str>)> {
+        match (&self.identity, self.inbound_port) {
+            (Some(id), Some(port)) => Some((SocketAddr::new(self.addr.ip(), port), id)),
+            _ => None,
+        }
+    }
+}
+
+/// What is known about a pod IP: how to reach its proxy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PodIdentity {
+    pub identity: Arc<str>,
+    pub inbound_port: u16,
+}
+
+/// The compiled configuration in force.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Config {
+    /// Content hash from the control plane; empty for the defaults.
+    pub version: String,
+    pub inbound: InboundPolicy,
+    /// Outbound services by (namespace, name).
+    #[serde(skip)]
+    pub services: HashMap<(String, String), Arc<OutboundService>>,
+    /// Outbound services by ClusterIP:port.
+    #[serde(skip)]
+    pub by_cluster_ip: HashMap<SocketAddr, Arc<OutboundService>>,
+    /// Endpoint sets by resource name.
+    #[serde(skip)]
+    pub endpoint_sets: HashMap<String, Arc<EndpointSet>>,
+    /// Meshed pod IPs (from all endpoint sets), for transparent connections to pod IPs.
+    #[serde(skip)]
+    pub pods: HashMap<IpAddr, PodIdentity>,
+    /// For `/config`: services sorted by authority.
+    #[serde(rename = "outbound")]
+    outbound_sorted: Vec<Arc<OutboundService>>,
+    #[serde(rename = "endpoints")]
+    endpoint_sets_sorted: BTreeMap<String, Arc<EndpointSet>>,
+}
+
+/// Why a resource set was rejected. Every variant names the resource.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("resource {resource:?} has no kind")]
+    MissingKind { resource: String },
+    #[error("resource {resource:?}: match {name:?}: invalid path_regex {regex:?}: {source}")]
+    InvalidPathRegex {
+        resource: String,
+        name: String,
+        regex: String,
+        #[source]
+        source: Box<regex::Error>,
+    },
+    #[error("resource {resource:?}: match {name:?}: invalid value_regex {regex:?} for header {header:?}: {source}")]
+    InvalidHeaderRegex {
+        resource: String,
+        name: String,
+        header: String,
+        regex: String,
+        #[source]
+        source: Box<regex::Error>,
+    },
+    #[error("resource {resource:?}: match {name:?}: invalid header name {header:?}")]
+    InvalidHeaderName {
+        resource: String,
+        name: String,
+        header: String,
+    },
+    #[error("resource {resource:?}: match {name:?}: invalid method {method:?}")]
+    InvalidMethod {
+        resource: String,
+        name: String,
+        method: String,
+    },
+    #[error("resource {resource:?}: invalid IP address of {len} bytes (want 4 or 16)")]
+    InvalidIp { resource: String, len: usize },
+    #[error("resource {resource:?}: invalid port {port}")]
+    InvalidPort { resource: String, port: u32 },
+    #[error("resource {resource:?}: more than one inbound policy (also {other:?})")]
+    DuplicateInbound { resource: String, other: String },
+}
+
+impl ConfigError {
+    /// The name of the offending resource (for `Nack.resource_names`).
+    pub fn resource(&self) -> &str {
+        match self {
+            ConfigError::MissingKind { resource }
+            | ConfigError::InvalidPathRegex { resource, .. }
+            | ConfigError::InvalidHeaderRegex { resource, .. }
+            | ConfigError::InvalidHeaderName { resource, .. }
+            | ConfigError::InvalidMethod { resource, .. }
+            | ConfigError::InvalidIp { resource, .. }
+            | ConfigError::InvalidPort { resource, .. }
+            | ConfigError::DuplicateInbound { resource, .. } => resource,
+        }
+    }
+}
+
+fn ip_from_bytes(resource: &str, bytes: &[u8]) -> Result<IpAddr, ConfigError> {
+    if let Ok(b) = <[u8; 4]>::try_from(bytes) {
+        return Ok(IpAddr::V4(Ipv4Addr::from(b)));
+    }
+    if let Ok(b) = <[u8; 16]>::try_from(bytes) {
+        return Ok(IpAddr::V6(Ipv6Addr::from(b)));
+    }
+    Err(ConfigError::InvalidIp {
+        resource: resource.to_string(),
+        len: bytes.len(),
+    })
+}
+
+fn port(resource: &str, port: u32) -> Result<u16, ConfigError> {
+    match u16::try_from(port) {
+        Ok(p) if p != 0 => Ok(p),
+        _ => Err(ConfigError::InvalidPort {
+            resource: resource.to_string(),
+            port,
+        }),
+    }
+}
+
+/// Compiles a path regex the way SMI defines it: anchored at the start only.
+pub fn compile_path_regex(re: &str) -> Result<Regex, regex::Error> {
+    Regex::new(&format!("^(?:{re})"))
+}
+
+/// Compiles a header value regex: anchored at both ends.
+pub fn compile_header_regex(re: &str) -> Result<Regex, regex::Error> {
+    Regex::new(&format!("^(?:{re})$"))
+}
+
+fn http_match(resource: &str, m: &v1::HttpMatch) -> Result<HttpMatch, ConfigError> {
+    let path = if m.path_regex.is_empty() {
+        None
+    } else {
+        Some(
+            compile_path_regex(&m.path_regex).map_err(|e| ConfigError::InvalidPathRegex {
+                resource: resource.to_string(),
+                name: m.name.clone(),
+                regex: m.path_regex.clone(),
+                source: Box::new(e),
+            })?,
+        )
+    };
+    let methods =
+        if m.methods.is_empty() || m.methods.iter().any(|x| x == "*") {
+            None
+        } else {
+            let mut out = Vec::with_capacity(m.methods.len());
+            for method in &m.methods {
+                let parsed = http::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+                    .map_err(|_| ConfigError::InvalidMethod {
+                        resource: resource.to_string(),
+                        name: m.name.clone(),
+                        method: method.clone(),
+                    })?;
+                out.push(parsed);
+            }
+            Some(out)
+        };
+    let mut headers = Vec::with_capacity(m.headers.len());
+    for h in &m.headers {
+        let name =
+            http::HeaderName::from_bytes(h.name.to_ascii_lowercase().as_bytes()).map_err(|_| {
+                ConfigError::InvalidHeaderName {
+                    resource: resource.to_string(),
+                    name: m.name.clone(),
+                    header: h.name.clone(),
+                }
+            })?;
+        let value =
+            compile_header_regex(&h.value_regex).map_err(|e| ConfigError::InvalidHeaderRegex {
+                resource: resource.to_string(),
+                name: m.name.clone(),
+                header: h.name.clone(),
+                regex: h.value_regex.clone(),
+                source: Box::new(e),
+            })?;
+        headers.push(HeaderMatch { name, value });
+    }
+    Ok(HttpMatch {
+        name: Arc::from(m.name.as_str()),
+        path,
+        methods,
+        headers,
+    })
+}
+
+fn inbound_policy(resource: &str, p: &v1::InboundPolicy) -> Result<InboundPolicy, ConfigError> {
+    let mut ports = BTreeMap::new();
+    for ip in &p.ports {
+        let number = port(resource, ip.port)?;
+        let mut authorizations = Vec::with_capacity(ip.authorizations.len());
+        for a in &ip.authorizations {
+            let http_routes = a
+                .http_routes
+                .iter()
+                .map(|m| http_match(resource, m))
+                .collect::<Result<Vec<_>, _>>()?;
+            authorizations.push(Authorization {
+                name: Arc::from(a.name.as_str()),
+                sources: a.sources.iter().cloned().collect(),
+                all_traffic: a.all_traffic,
+                http_routes,
+            });
+        }
+        ports.insert(
+            number,
+            InboundPort {
+                port: number,
+                protocol: Protocol::from_proto(ip.protocol),
+                restricted: ip.restricted,
+                authorizations,
+            },
+        );
+    }
+    Ok(InboundPolicy {
+        identity: p.identity.clone(),
+        default_policy: DefaultPolicy::from_proto(p.default_policy),
+        ports,
+    })
+}
+
+fn endpoint_set(resource: &str, s: &v1::EndpointSet) -> Result<EndpointSet, ConfigError> {
+    let mut endpoints = Vec::with_capacity(s.endpoints.len());
+    for e in &s.endpoints {
+        let ip = ip_from_bytes(resource, &e.ip)?;
+        let app_port = port(resource, e.port)?;
+        let identity = (!e.identity.is_empty()).then(|| Arc::from(e.identity.as_str()));
+        let inbound_port = if e.inbound_port == 0 {
+            None
+        } else {
+            Some(port(resource, e.inbound_port)?)
+        };
+        endpoints.push(Endpoint {
+            addr: SocketAddr::new(ip, app_port),
+            identity,
+            inbound_port,
+            pod: Arc::from(e.pod.as_str()),
+            load: Arc::new(Load::default()),
+        });
+    }
+    Ok(EndpointSet { endpoints })
+}
+
+fn traffic_policy(p: Option<&v1::TrafficPolicy>) -> TrafficPolicy {
+    let Some(p) = p else {
+        return TrafficPolicy::default();
+    };
+    let ratio = if p.retry_budget_ratio.is_finite() && p.retry_budget_ratio > 0.0 {
+        p.retry_budget_ratio
+    } else {
+        0.0
+    };
+    TrafficPolicy {
+        request_timeout: (p.request_timeout_ms > 0)
+            .then(|| Duration::from_millis(p.request_timeout_ms)),
+        max_retries: p.max_retries,
+        retry_budget_ratio: ratio,
+        retry_non_idempotent: p.retry_non_idempotent,
+    }
+}
+
+fn outbound_service(
+    resource: &str,
+    s: &v1::OutboundService,
+    sets: &HashMap<String, Arc<EndpointSet>>,
+) -> Result<OutboundService, ConfigError> {
+    let cluster_ips = s
+        .cluster_ips
+        .iter()
+        .map(|b| ip_from_bytes(resource, b))
+        .collect::<Result<Vec<_>, _>>()?;
+    let empty = Arc::new(EndpointSet::default());
+    let mut ports = Vec::with_capacity(s.ports.len());
+    for p in &s.ports {
+        let number = port(resource, p.port)?;
+        let mut routes = Vec::with_capacity(p.routes.len());
+        for r in &p.routes {
+            let matches = r
+                .matches
+                .iter()
+                .map(|m| http_match(resource, m))
+                .collect::<Result<Vec<_>, _>>()?;
+            let backends: Vec<Backend> = r
+                .backends
+                .iter()
+                .map(|b| Backend {
+                    service: Arc::from(b.service.as_str()),
+                    weight: b.weight,
+                    endpoint_set: Arc::from(b.endpoint_set.as_str()),
+                    endpoints: sets
+                        .get(&b.endpoint_set)
+                        .cloned()
+                        .unwrap_or_else(|| empty.clone()),
+                })
+                .collect();
+            let total_weight = backends
+                .iter()
+                .fold(0u64, |acc, b| acc.saturating_add(b.weight));
+            routes.push(Route {
+                name: Arc::from(r.name.as_str()),
+                matches,
+                backends,
+                total_weight,
+            });
+        }
+        ports.push(OutboundPort {
+            port: number,
+            protocol: Protocol::from_proto(p.protocol),
+            routes,
+        });
+    }
+    Ok(OutboundService {
+        namespace: s.namespace.clone(),
+        name: s.name.clone(),
+        authority: Arc::from(format!("{}.{}", s.name, s.namespace)),
+        cluster_ips,
+        ports,
+        policy: traffic_policy(s.policy.as_ref()),
+    })
+}
+
+impl Config {
+    /// Validates and compiles a complete resource set (as held by the control client after
+    /// applying a response). On error nothing is applied.
+    pub fn from_resources(
+        version: &str,
+        resources: &BTreeMap<String, v1::Resource>,
+    ) -> Result<Config, ConfigError> {
+        use v1::resource::Kind;
+
+        // Endpoint sets first: outbound routes resolve against them.
+        let mut endpoint_sets = HashMap::new();
+        let mut pods = HashMap::new();
+        for (name, r) in resources {
+            if let Some(Kind::Endpoints(set)) = &r.kind {
+                let set = endpoint_set(name, set)?;
+                for e in &set.endpoints {
+                    if let (Some(id), Some(port)) = (&e.identity, e.inbound_port) {
+                        pods.insert(
+                            e.addr.ip(),
+                            PodIdentity {
+                                identity: id.clone(),
+                                inbound_port: port,
+                            },
+                        );
+                    }
+                }
+                endpoint_sets.insert(name.clone(), Arc::new(set));
+            }
+        }
+
+        let mut inbound: Option<(String, InboundPolicy)> = None;
+        let mut services = HashMap::new();
+        let mut by_cluster_ip = HashMap::new();
+        for (name, r) in resources {
+            match &r.kind {
+                None => {
+                    return Err(ConfigError::MissingKind {
+                        resource: name.clone(),
+                    })
+                }
+                Some(Kind::Endpoints(_)) => {}
+                Some(Kind::Inbound(p)) => {
+                    if let Some((other, _)) = &inbound {
+                        return Err(ConfigError::DuplicateInbound {
+                            resource: name.clone(),
+                            other: other.clone(),
+                        });
+                    }
+                    inbound = Some((name.clone(), inbound_policy(name, p)?));
+                }
+                Some(Kind::Outbound(s)) => {
+                    let svc = Arc::new(outbound_service(name, s, &endpoint_sets)?);
+                    for ip in &svc.cluster_ips {
+                        for p in &svc.ports {
+                            by_cluster_ip.insert(SocketAddr::new(*ip, p.port), svc.clone());
+                        }
+                    }
+                    services.insert((svc.namespace.clone(), svc.name.clone()), svc);
+                }
+            }
+        }
+
+        let mut outbound_sorted: Vec<_> = services.values().cloned().collect();
+        outbound_sorted.sort_by(|a, b| a.authority.cmp(&b.authority));
+        let endpoint_sets_sorted = endpoint_sets
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Ok(Config {
+            version: version.to_string(),
+            inbound: inbound.map(|(_, p)| p).unwrap_or_default(),
+            services,
+            by_cluster_ip,
+            endpoint_sets,
+            pods,
+            outbound_sorted,
+            endpoint_sets_sorted,
+        })
+    }
+
+    /// The outbound service `<name>.<namespace>`.
+    pub fn service(&self, namespace: &str, name: &str) -> Option<&Arc<OutboundService>> {
+        // Allocation-free lookup would need a borrowed key type; services are few and the
+        // tuple key keeps this simple.
+        self.services
+            .get(&(namespace.to_string(), name.to_string()))
+    }
+
+    /// The outbound service whose ClusterIP:port is `addr`.
+    pub fn service_by_addr(&self, addr: SocketAddr) -> Option<&Arc<OutboundService>> {
+        self.by_cluster_ip.get(&addr)
+    }
+
+    /// The meshed pod at `ip`, if any endpoint set names it.
+    pub fn pod(&self, ip: IpAddr) -> Option<&PodIdentity> {
+        self.pods.get(&ip)
+    }
+
+    /// The config as JSON (for the admin server's `GET /config`).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// A fresh watch channel holding the default config: what the proxy serves before the control
+/// plane answers.
+pub fn channel() -> (
+    tokio::sync::watch::Sender<Arc<Config>>,
+    tokio::sync::watch::Receiver<Arc<Config>>,
+) {
+    tokio::sync::watch::channel(Arc::new(Config::default()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use v1::resource::Kind;
+
+    fn res(name: &str, kind: Kind) -> (String, v1::Resource) {
+        (
+            name.to_string(),
+            v1::Resource {
+                name: name.to_string(),
+                version: "1".to_string(),
+                kind: Some(kind),
+            },
+        )
+    }
+
+    fn sample() -> BTreeMap<String, v1::Resource> {
+        let m = v1::HttpMatch {
+            name: "v2-users".into(),
+            path_regex: "/api".into(),
+            methods: vec!["GET".into()],
+            headers: vec![v1::HeaderMatch {
+                name: "X-User".into(),
+                value_regex: "beta.*".into(),
+            }],
+        };
+        [
+            res(
+                "inbound",
+                Kind::Inbound(v1::InboundPolicy {
+                    identity: "spiffe://cluster.local/ns/demo/sa/api".into(),
+                    default_policy: v1::DefaultPolicy::Mesh as i32,
+                    ports: vec![v1::InboundPort {
+                        port: 8080,
+                        protocol: v1::Protocol::Http1 as i32,
+                        restricted: true,
+                        authorizations: vec![v1::Authorization {
+                            name: "demo/web-to-api".into(),
+                            sources: vec!["spiffe://cluster.local/ns/demo/sa/web".into()],
+                            all_traffic: false,
+                            http_routes: vec![m.clone()],
+                        }],
+                    }],
+                }),
+            ),
+            res(
+                "outbound:api.demo",
+                Kind::Outbound(v1::OutboundService {
+                    namespace: "demo".into(),
+                    name: "api".into(),
+                    cluster_ips: vec![vec![10, 96, 0, 10]],
+                    ports: vec![v1::OutboundPort {
+                        port: 80,
+                        protocol: 0,
+                        routes: vec![
+                            v1::Route {
+                                name: "split:demo/ab".into(),
+                                matches: vec![m],
+                                backends: vec![v1::WeightedBackend {
+                                    service: "api-v2".into(),
+                                    weight: 1,
+                                    endpoint_set: "endpoints:api-v2.demo:80".into(),
+                                }],
+                            },
+                            v1::Route {
+                                name: "default".into(),
+                                matches: vec![],
+                                backends: vec![v1::WeightedBackend {
+                                    service: "api".into(),
+                                    weight: 1,
+                                    endpoint_set: "endpoints:api.demo:80".into(),
+                                }],
+                            },
+                        ],
+                    }],
+                    policy: Some(v1::TrafficPolicy {
+                        request_timeout_ms: 1500,
+                        max_retries: 2,
+                        retry_budget_ratio: 0.2,
+                        retry_non_idempotent: false,
+                    }),
+                }),
+            ),
+            res(
+                "endpoints:api.demo:80",
+                Kind::Endpoints(v1::EndpointSet {
+                    endpoints: vec![v1::Endpoint {
+                        ip: vec![127, 0, 0, 2],
+                        port: 8080,
+                        identity: "spiffe://cluster.local/ns/demo/sa/api".into(),
+                        inbound_port: 4143,
+                        pod: "demo/api-0".into(),
+                    }],
+                }),
+            ),
+        ]
+        .into_iter()
+        .collect()
+    }
+
+    #[test]
+    fn converts_and_indexes() {
+        let cfg = Config::from_resources("v1", &sample()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cfg.version, "v1");
+        assert_eq!(cfg.inbound.default_policy, DefaultPolicy::Mesh);
+        let port = &cfg.inbound.ports[&8080];
+        assert!(port.restricted);
+        assert_eq!(port.protocol, Protocol::Http1);
+        let svc = cfg.service("demo", "api").map(|s| s.authority.to_string());
+        assert_eq!(svc.as_deref(), Some("api.demo"));
+        let by_ip = cfg.service_by_addr("10.96.0.10:80".parse().unwrap_or_else(|_| unreachable!()));
+        assert!(by_ip.is_some());
+        let svc = cfg
+            .service("demo", "api")
+            .cloned()
+            .unwrap_or_else(|| panic!());
+        assert_eq!(
+            svc.policy.request_timeout,
+            Some(Duration::from_millis(1500))
+        );
+        let routes = &svc.ports[0].routes;
+        // Unknown endpoint set: accepted, no endpoints.
+        assert!(routes[0].backends[0].endpoints.endpoints.is_empty());
+        assert_eq!(routes[1].backends[0].endpoints.endpoints.len(), 1);
+        assert_eq!(routes[1].total_weight, 1);
+        let m = &routes[0].matches[0];
+        assert!(m.path.as_ref().is_some_and(|re| re.is_match("/api/users")));
+        assert!(!m.path.as_ref().is_some_and(|re| re.is_match("/v1/api")));
+        assert!(m.headers[0].value.is_match("beta-1"));
+        assert!(!m.headers[0].value.is_match("not-beta"));
+        assert_eq!(m.headers[0].name.as_str(), "x-user");
+        let pod = cfg.pod("127.0.0.2".parse().unwrap_or_else(|_| unreachable!()));
+        assert_eq!(pod.map(|p| p.inbound_port), Some(4143));
+        let json = cfg.to_json();
+        assert_eq!(json["version"], "v1");
+        assert_eq!(json["outbound"][0]["authority"], "api.demo");
+    }
+
+    #[test]
+    fn rejects_invalid_regex_with_resource_name() {
+        let mut r = sample();
+        if let Some(Kind::Outbound(s)) =
+            r.get_mut("outbound:api.demo").and_then(|r| r.kind.as_mut())
+        {
+            s.ports[0].routes[0].matches[0].path_regex = "/(unclosed".into();
+        }
+        let err = Config::from_resources("v2", &r).err();
+        let err = err.unwrap_or_else(|| panic!("accepted an invalid regex"));
+        assert_eq!(err.resource(), "outbound:api.demo");
+        assert!(err.to_string().contains("path_regex"), "{err}");
+    }
+
+    #[test]
+    fn rejects_bad_ip_length() {
+        let mut r = sample();
+        if let Some(Kind::Endpoints(s)) = r
+            .get_mut("endpoints:api.demo:80")
+            .and_then(|r| r.kind.as_mut())
+        {
+            s.endpoints[0].ip = vec![1, 2, 3];
+        }
+        let err = Config::from_resources("v2", &r).err();
+        assert!(matches!(err, Some(ConfigError::InvalidIp { len: 3, .. })));
+    }
+
+    #[test]
+    fn defaults_allow_and_have_no_services() {
+        let cfg = Config::default();
+        assert_eq!(cfg.inbound.default_policy, DefaultPolicy::Allow);
+        assert!(cfg.services.is_empty());
+        let empty = Config::from_resources("v0", &BTreeMap::new());
+        assert!(empty.is_ok_and(|c| c.inbound.default_policy == DefaultPolicy::Allow));
+    }
+
+    #[test]
+    fn unspecified_default_policy_is_allow() {
+        assert_eq!(DefaultPolicy::from_proto(0), DefaultPolicy::Allow);
+        assert_eq!(DefaultPolicy::from_proto(99), DefaultPolicy::Deny);
+        assert_eq!(Protocol::from_proto(99), Protocol::Detect);
+    }
+}

@@ -1,0 +1,347 @@
+//! Prometheus metrics of the data plane (and a few set by the control and identity parts).
+//!
+//! Cardinality is bounded: labels carry service authorities, route names, backend service
+//! names, authorization names, status classes and SPIFFE identities (all bounded by the cluster's
+//! configuration), never pod IPs, paths or request ids.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Traffic direction label values.
+pub const INBOUND: &str = "inbound";
+pub const OUTBOUND: &str = "outbound";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub direction: &'static str,
+    /// `<service>.<namespace>` outbound; `:<port>` inbound.
+    pub authority: String,
+    /// Route name outbound; authorization name (or `default`) inbound.
+    pub route: String,
+    /// Backend service outbound; empty inbound.
+    pub backend: String,
+    /// `1xx` … `5xx`.
+    pub status_class: &'static str,
+    /// Client identity inbound (or `unauthenticated`); expected server identity outbound.
+    pub peer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LatencyLabels {
+    pub direction: &'static str,
+    pub authority: String,
+    pub route: String,
+    pub backend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TcpLabels {
+    pub direction: &'static str,
+    /// Service authority, `:<port>` inbound, or `passthrough`.
+    pub authority: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TcpBytesLabels {
+    pub direction: &'static str,
+    pub authority: String,
+    /// `client_to_server` or `server_to_client`.
+    pub flow: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthzLabels {
+    /// The TrafficTarget (`<namespace>/<name>`) that allowed, or `default` / `none`.
+    pub authorization: String,
+    /// `allow` or `deny`.
+    pub decision: &'static str,
+    /// `http` or `tcp`.
+    pub protocol: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    pub version: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.1 ms … ~26 s.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 19))
+}
+
+/// The proxy's metrics. One instance per process, shared as `Arc<Metrics>`.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<LatencyLabels, Histogram, fn() -> Histogram>,
+    tcp_connections: Family<TcpLabels, Counter>,
+    tcp_open: Family<TcpLabels, Gauge>,
+    tcp_bytes: Family<TcpBytesLabels, Counter>,
+    authz: Family<AuthzLabels, Counter>,
+    config_info: Family<VersionLabels, Gauge>,
+    config_version: Mutex<String>,
+    nacks: Counter,
+    cert_expiry: Gauge<i64, std::sync::atomic::AtomicI64>,
+    retries: Family<LatencyLabels, Counter>,
+    retries_skipped: AtomicU64,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("weft_proxy");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = Family::<LatencyLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram,
+        );
+        let tcp_connections = Family::<TcpLabels, Counter>::default();
+        let tcp_open = Family::<TcpLabels, Gauge>::default();
+        let tcp_bytes = Family::<TcpBytesLabels, Counter>::default();
+        let authz = Family::<AuthzLabels, Counter>::default();
+        let config_info = Family::<VersionLabels, Gauge>::default();
+        let nacks = Counter::default();
+        let cert_expiry = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+        let retries = Family::<LatencyLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "HTTP requests by direction, authority, route, backend, status class and peer",
+            requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "HTTP request latency until response headers",
+            latency.clone(),
+        );
+        registry.register(
+            "tcp_connections",
+            "TCP connections handled",
+            tcp_connections.clone(),
+        );
+        registry.register(
+            "tcp_open_connections",
+            "TCP connections open now",
+            tcp_open.clone(),
+        );
+        registry.register("tcp_bytes", "Bytes relayed", tcp_bytes.clone());
+        registry.register(
+            "authorizations",
+            "Inbound authorization decisions by authorization name",
+            authz.clone(),
+        );
+        registry.register(
+            "config_info",
+            "The config version in force (value 1)",
+            config_info.clone(),
+        );
+        registry.register("config_nacks", "Config updates rejected", nacks.clone());
+        registry.register(
+            "identity_cert_expiry_timestamp_seconds",
+            "Expiry of the proxy's certificate (Unix time)",
+            cert_expiry.clone(),
+        );
+        registry.register("retries", "Requests retried", retries.clone());
+        Metrics {
+            registry,
+            requests,
+            latency,
+            tcp_connections,
+            tcp_open,
+            tcp_bytes,
+            authz,
+            config_info,
+            config_version: Mutex::new(String::new()),
+            nacks,
+            cert_expiry,
+            retries,
+            retries_skipped: AtomicU64::new(0),
+        }
+    }
+
+    /// The registry, to register more metrics before serving or to encode.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    /// Records the config version now in force (set by the control client).
+    pub fn set_config_version(&self, version: &str) {
+        let mut current = match self.config_version.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if *current == version {
+            return;
+        }
+        self.config_info.clear();
+        self.config_info
+            .get_or_create(&VersionLabels {
+                version: version.to_string(),
+            })
+            .set(1);
+        *current = version.to_string();
+    }
+
+    /// Counts a rejected config update (set by the control client).
+    pub fn inc_nack(&self) {
+        self.nacks.inc();
+    }
+
+    /// Records the certificate's expiry as Unix seconds (set by the identity part).
+    pub fn set_cert_expiry(&self, unix_seconds: i64) {
+        self.cert_expiry.set(unix_seconds);
+    }
+
+    pub fn request(&self, labels: &RequestLabels, latency: Duration) {
+        self.requests.get_or_create(labels).inc();
+        self.latency
+            .get_or_create(&LatencyLabels {
+                direction: labels.direction,
+                authority: labels.authority.clone(),
+                route: labels.route.clone(),
+                backend: labels.backend.clone(),
+            })
+            .observe(latency.as_secs_f64());
+    }
+
+    pub fn retry(&self, labels: &LatencyLabels) {
+        self.retries.get_or_create(labels).inc();
+    }
+
+    /// Retries refused by the budget.
+    pub fn retry_skipped(&self) {
+        self.retries_skipped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn authorization(&self, authorization: &str, allowed: bool, protocol: &'static str) {
+        self.authz
+            .get_or_create(&AuthzLabels {
+                authorization: authorization.to_string(),
+                decision: if allowed { "allow" } else { "deny" },
+                protocol,
+            })
+            .inc();
+    }
+
+    /// Counts a TCP connection as opened; the guard marks it closed.
+    pub fn tcp_open(&self, direction: &'static str, authority: &str) -> TcpGuard {
+        let labels = TcpLabels {
+            direction,
+            authority: authority.to_string(),
+        };
+        self.tcp_connections.get_or_create(&labels).inc();
+        let open = self.tcp_open.get_or_create_owned(&labels);
+        open.inc();
+        TcpGuard { open }
+    }
+
+    pub fn tcp_bytes(&self, direction: &'static str, authority: &str, up: u64, down: u64) {
+        for (flow, n) in [("client_to_server", up), ("server_to_client", down)] {
+            self.tcp_bytes
+                .get_or_create(&TcpBytesLabels {
+                    direction,
+                    authority: authority.to_string(),
+                    flow,
+                })
+                .inc_by(n);
+        }
+    }
+}
+
+/// Decrements the open-connections gauge when dropped.
+#[derive(Debug)]
+pub struct TcpGuard {
+    open: Gauge,
+}
+
+impl Drop for TcpGuard {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
+/// `2xx` etc. for a status code.
+pub fn status_class(status: http::StatusCode) -> &'static str {
+    match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_requests_and_info() {
+        let m = Metrics::new();
+        m.set_config_version("abc");
+        m.set_config_version("def");
+        m.inc_nack();
+        m.set_cert_expiry(1_700_000_000);
+        m.request(
+            &RequestLabels {
+                direction: OUTBOUND,
+                authority: "api.demo".into(),
+                route: "default".into(),
+                backend: "api".into(),
+                status_class: status_class(http::StatusCode::OK),
+                peer: String::new(),
+            },
+            Duration::from_millis(3),
+        );
+        m.authorization("demo/tt", false, "http");
+        {
+            let _g = m.tcp_open(INBOUND, ":9000");
+            m.tcp_bytes(INBOUND, ":9000", 10, 20);
+        }
+        let text = m.encode();
+        assert!(
+            text.contains("weft_proxy_config_info{version=\"def\"} 1"),
+            "{text}"
+        );
+        assert!(!text.contains("version=\"abc\""), "{text}");
+        assert!(text.contains("weft_proxy_config_nacks_total 1"), "{text}");
+        assert!(text.contains("weft_proxy_requests_total{direction=\"outbound\",authority=\"api.demo\",route=\"default\",backend=\"api\",status_class=\"2xx\",peer=\"\"} 1"), "{text}");
+        assert!(text.contains("decision=\"deny\""), "{text}");
+        assert!(
+            text.contains(
+                "weft_proxy_tcp_open_connections{direction=\"inbound\",authority=\":9000\"} 0"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("weft_proxy_identity_cert_expiry_timestamp_seconds 1700000000"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,783 @@
+//! Pure routing decisions: request matching, route and backend selection, authority parsing and
+//! inbound authorization. No I/O; everything here is unit tested.
+
+use std::borrow::Cow;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use http::{HeaderMap, Method};
+
+use crate::config::Config;
+use crate::config::{
+    Backend, DefaultPolicy, HttpMatch, InboundPolicy, OutboundPort, OutboundService, Route,
+};
+
+/// The parts of a request that matching looks at.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestInfo<'a> {
+    pub method: &'a Method,
+    pub path: &'a str,
+    pub headers: &'a HeaderMap,
+}
+
+impl<'a> RequestInfo<'a> {
+    pub fn from_request<B>(req: &'a http::Request<B>) -> Self {
+        RequestInfo {
+            method: req.method(),
+            path: req.uri().path(),
+            headers: req.headers(),
+        }
+    }
+}
+
+/// Whether one match holds: path (prefix-anchored regex), method, and every header condition.
+pub fn http_match(m: &HttpMatch, req: &RequestInfo<'_>) -> bool {
+    if let Some(re) = &m.path {
+        if !re.is_match(req.path) {
+            return false;
+        }
+    }
+    if let Some(methods) = &m.methods {
+        if !methods.iter().any(|x| x == req.method) {
+            return false;
+        }
+    }
+    m.headers.iter().all(|h| {
+        req.headers
+            .get_all(&h.name)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|v| h.value.is_match(v)))
+    })
+}
+
+/// Matches are OR'ed; an empty list matches everything.
+pub fn any_match(matches: &[HttpMatch], req: &RequestInfo<'_>) -> bool {
+    matches.is_empty() || matches.iter().any(|m| http_match(m, req))
+}
+
+/// The first route whose matches hold (routes with no matches always hold).
+pub fn select_route<'r>(routes: &'r [Route], req: &RequestInfo<'_>) -> Option<&'r Route> {
+    routes.iter().find(|r| any_match(&r.matches, req))
+}
+
+/// The route for an opaque TCP connection: the first route without HTTP matches.
+pub fn select_tcp_route(routes: &[Route]) -> Option<&Route> {
+    routes.iter().find(|r| r.matches.is_empty())
+}
+
+/// Picks a backend in proportion to weight given `r`, a random number (any `u64`).
+/// Backends of weight 0 are never chosen; `None` when all weights are 0 or there are none.
+pub fn choose_backend_with(route: &Route, r: u64) -> Option<&Backend> {
+    if route.total_weight == 0 {
+        return None;
+    }
+    let mut point = r % route.total_weight;
+    for b in &route.backends {
+        if point < b.weight {
+            return Some(b);
+        }
+        point -= b.weight;
+    }
+    None
+}
+
+/// Picks a backend in proportion to weight, per request.
+pub fn choose_backend(route: &Route) -> Option<&Backend> {
+    if route.backends.len() == 1 {
+        return route.backends.first().filter(|b| b.weight > 0);
+    }
+    choose_backend_with(route, crate::balance::random_below(route.total_weight))
+}
+
+/// What an authority (Host header, `:authority`, absolute-form URI) names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target<'a> {
+    /// A Kubernetes service by name.
+    Service {
+        name: Cow<'a, str>,
+        namespace: Cow<'a, str>,
+        /// `None`: no port given (use the scheme default).
+        port: Option<u16>,
+    },
+    /// An IP literal (a ClusterIP or pod IP).
+    Addr(IpAddr, Option<u16>),
+}
+
+/// Why an authority could not be understood.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AuthorityError {
+    #[error("missing host")]
+    MissingHost,
+    #[error("invalid port in authority {0:?}")]
+    InvalidPort(String),
+    #[error("{0:?} does not name a service (want <service>.<namespace>[.svc[.<cluster domain>]])")]
+    NotAService(String),
+}
+
+/// Parses `svc.ns`, `svc.ns.svc`, `svc.ns.svc.cluster.local` (any cluster domain), each with an
+/// optional trailing dot and `:port`, and IP literals (`[v6]:port` included). Case-insensitive.
+pub fn parse_authority(authority: &str) -> Result<Target<'_>, AuthorityError> {
+    let authority = authority.trim();
+    // Strip userinfo if present.
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = split_host_port(authority)?;
+    let host = host.trim_end_matches('.');
+    if host.is_empty() {
+        return Err(AuthorityError::MissingHost);
+    }
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        return Ok(Target::Addr(ip, port));
+    }
+    let lower: Cow<'_, str> = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    };
+    let not_service = || AuthorityError::NotAService(authority.to_string());
+    let (name, namespace) = match &lower {
+        Cow::Borrowed(h) => {
+            let mut labels = h.split('.');
+            let name = labels.next().ok_or_else(not_service)?;
+            let ns = labels.next().ok_or_else(not_service)?;
+            if !valid_rest(labels) || name.is_empty() || ns.is_empty() {
+                return Err(not_service());
+            }
+            (Cow::Borrowed(name), Cow::Borrowed(ns))
+        }
+        Cow::Owned(h) => {
+            let mut labels = h.split('.');
+            let name = labels.next().ok_or_else(not_service)?;
+            let ns = labels.next().ok_or_else(not_service)?;
+            if !valid_rest(labels) || name.is_empty() || ns.is_empty() {
+                return Err(not_service());
+            }
+            (Cow::Owned(name.to_string()), Cow::Owned(ns.to_string()))
+        }
+    };
+    Ok(Target::Service {
+        name,
+        namespace,
+        port,
+    })
+}
+
+/// After `<svc>.<ns>`: nothing, or `svc` followed by a cluster domain (any labels).
+fn valid_rest<'a>(mut labels: impl Iterator<Item = &'a str>) -> bool {
+    match labels.next() {
+        None => true,
+        Some("svc") => labels.all(|l| !l.is_empty()),
+        Some(_) => false,
+    }
+}
+
+fn split_host_port(authority: &str) -> Result<(&str, Option<u16>), AuthorityError> {
+    let (host, port) = if authority.starts_with('[') {
+        // [v6]:port
+        match authority.find(']') {
+            Some(end) => {
+                let (h, rest) = authority.split_at(end + 1);
+                (h, rest.strip_prefix(':'))
+            }
+            None => return Err(AuthorityError::MissingHost),
+        }
+    } else if authority.matches(':').count() > 1 {
+        // Bare IPv6 without brackets: no port.
+        (authority, None)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    let port = match port {
+        None | Some("") => None,
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n != 0 => Some(n),
+            _ => return Err(AuthorityError::InvalidPort(authority.to_string())),
+        },
+    };
+    Ok((host, port))
+}
+
+/// The default port for a URI scheme (`https` → 443, anything else → 80).
+pub fn default_port(scheme: Option<&http::uri::Scheme>) -> u16 {
+    match scheme {
+        Some(s) if *s == http::uri::Scheme::HTTPS => 443,
+        _ => 80,
+    }
+}
+
+/// The authority of a request: the absolute-form URI's, else the Host header.
+pub fn request_authority<B>(req: &http::Request<B>) -> Option<&str> {
+    if let Some(a) = req.uri().authority() {
+        return Some(a.as_str());
+    }
+    req.headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+}
+
+/// Why an explicit-mode request has no outbound destination.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveError {
+    #[error("no Host header or authority")]
+    MissingAuthority,
+    #[error("{0}")]
+    Authority(#[from] AuthorityError),
+    #[error("unknown service {name}.{namespace}")]
+    UnknownService { name: String, namespace: String },
+    #[error("service {service} has no port {port}")]
+    UnknownPort { service: String, port: u16 },
+    #[error("no service at {0}")]
+    UnknownAddr(String),
+}
+
+/// Resolves an explicit-mode authority to a service and port.
+pub fn resolve_authority<'c>(
+    config: &'c Config,
+    authority: &str,
+    scheme: Option<&http::uri::Scheme>,
+) -> Result<(&'c Arc<OutboundService>, &'c OutboundPort), ResolveError> {
+    match parse_authority(authority)? {
+        Target::Service {
+            name,
+            namespace,
+            port,
+        } => {
+            let svc =
+                config
+                    .service(&namespace, &name)
+                    .ok_or_else(|| ResolveError::UnknownService {
+                        name: name.to_string(),
+                        namespace: namespace.to_string(),
+                    })?;
+            let p = match port {
+                Some(p) => svc.port(p),
+                None => svc
+                    .port(default_port(scheme))
+                    .or_else(|| svc.default_port()),
+            };
+            let p = p.ok_or_else(|| ResolveError::UnknownPort {
+                service: svc.authority.to_string(),
+                port: port.unwrap_or_else(|| default_port(scheme)),
+            })?;
+            Ok((svc, p))
+        }
+        Target::Addr(ip, port) => {
+            let addr = SocketAddr::new(ip, port.unwrap_or_else(|| default_port(scheme)));
+            let svc = config
+                .service_by_addr(addr)
+                .ok_or_else(|| ResolveError::UnknownAddr(addr.to_string()))?;
+            let p = svc
+                .port(addr.port())
+                .ok_or_else(|| ResolveError::UnknownAddr(addr.to_string()))?;
+            Ok((svc, p))
+        }
+    }
+}
+
+/// The outcome of an inbound authorization check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Allowed, by the named authorization or (`None`) by the default policy.
+    Allow(Option<Arc<str>>),
+    Deny(String),
+}
+
+impl Decision {
+    pub fn is_allowed(&self) -> bool {
+        matches!(self, Decision::Allow(_))
+    }
+}
+
+fn default_decision(
+    policy: &InboundPolicy,
+    port: u16,
+    peer: Option<&str>,
+    restricted: bool,
+) -> Decision {
+    if restricted {
+        return Decision::Deny(match peer {
+            Some(id) => format!("no authorization on port {port} allows {id}"),
+            None => format!("port {port} only admits authorized mesh identities"),
+        });
+    }
+    match (policy.default_policy, peer) {
+        (DefaultPolicy::Allow, _) | (DefaultPolicy::Mesh, Some(_)) => Decision::Allow(None),
+        (DefaultPolicy::Mesh, None) => {
+            Decision::Deny("default policy mesh: unauthenticated clients are denied".to_string())
+        }
+        (DefaultPolicy::Deny, _) => Decision::Deny(format!(
+            "default policy deny and no authorization on port {port}"
+        )),
+    }
+}
+
+/// Authorizes an HTTP request to `port` from `peer` (its mTLS identity, if any): allowed iff any
+/// authorization on the port allows it, or the port is not restricted and the default policy
+/// allows the client.
+pub fn authorize_http(
+    policy: &InboundPolicy,
+    port: u16,
+    peer: Option<&str>,
+    req: &RequestInfo<'_>,
+) -> Decision {
+    let port_policy = policy.ports.get(&port);
+    if let (Some(p), Some(id)) = (port_policy, peer) {
+        for a in &p.authorizations {
+            if a.sources.contains(id)
+                && (a.all_traffic || a.http_routes.iter().any(|m| http_match(m, req)))
+            {
+                return Decision::Allow(Some(a.name.clone()));
+            }
+        }
+    }
+    let restricted = port_policy.is_some_and(|p| p.restricted);
+    match default_decision(policy, port, peer, restricted) {
+        Decision::Deny(_) if restricted && peer.is_some() => Decision::Deny(format!(
+            "no authorization on port {port} allows {} to {} {}",
+            peer.unwrap_or_default(),
+            req.method,
+            req.path
+        )),
+        d => d,
+    }
+}
+
+/// Authorizes an opaque TCP connection: only authorizations covering all traffic on the port
+/// count, then the default policy as for HTTP.
+pub fn authorize_tcp(policy: &InboundPolicy, port: u16, peer: Option<&str>) -> Decision {
+    let port_policy = policy.ports.get(&port);
+    if let (Some(p), Some(id)) = (port_policy, peer) {
+        for a in &p.authorizations {
+            if a.all_traffic && a.sources.contains(id) {
+                return Decision::Allow(Some(a.name.clone()));
+            }
+        }
+    }
+    default_decision(
+        policy,
+        port,
+        peer,
+        port_policy.is_some_and(|p| p.restricted),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{
+        compile_header_regex, compile_path_regex, Authorization, EndpointSet, HeaderMatch,
+        InboundPort, Protocol,
+    };
+    use std::collections::BTreeMap;
+
+    fn m(name: &str, path: Option<&str>, methods: &[&str], headers: &[(&str, &str)]) -> HttpMatch {
+        HttpMatch {
+            name: Arc::from(name),
+            path: path.map(|p| compile_path_regex(p).unwrap_or_else(|e| panic!("{e}"))),
+            methods: if methods.is_empty() || methods.contains(&"*") {
+                None
+            } else {
+                Some(
+                    methods
+                        .iter()
+                        .map(|x| Method::from_bytes(x.as_bytes()).unwrap_or_else(|e| panic!("{e}")))
+                        .collect(),
+                )
+            },
+            headers: headers
+                .iter()
+                .map(|(n, v)| HeaderMatch {
+                    name: http::HeaderName::from_bytes(n.as_bytes())
+                        .unwrap_or_else(|e| panic!("{e}")),
+                    value: compile_header_regex(v).unwrap_or_else(|e| panic!("{e}")),
+                })
+                .collect(),
+        }
+    }
+
+    fn req(method: &str, path: &str, headers: &[(&str, &str)]) -> (Method, String, HeaderMap) {
+        let mut h = HeaderMap::new();
+        for (n, v) in headers {
+            h.append(
+                http::HeaderName::from_bytes(n.as_bytes()).unwrap_or_else(|e| panic!("{e}")),
+                http::HeaderValue::from_str(v).unwrap_or_else(|e| panic!("{e}")),
+            );
+        }
+        (
+            Method::from_bytes(method.as_bytes()).unwrap_or_else(|e| panic!("{e}")),
+            path.to_string(),
+            h,
+        )
+    }
+
+    fn check(mt: &HttpMatch, method: &str, path: &str, headers: &[(&str, &str)]) -> bool {
+        let (method, path, headers) = req(method, path, headers);
+        http_match(
+            mt,
+            &RequestInfo {
+                method: &method,
+                path: &path,
+                headers: &headers,
+            },
+        )
+    }
+
+    #[test]
+    fn path_regex_is_prefix_anchored() {
+        let mt = m("api", Some("/api"), &[], &[]);
+        assert!(check(&mt, "GET", "/api", &[]));
+        assert!(check(&mt, "GET", "/api/users/1", &[]));
+        assert!(check(&mt, "GET", "/apix", &[]));
+        assert!(!check(&mt, "GET", "/v1/api", &[]));
+        let exact = m("exact", Some("/metrics$"), &[], &[]);
+        assert!(check(&exact, "GET", "/metrics", &[]));
+        assert!(!check(&exact, "GET", "/metrics/x", &[]));
+        // Alternation stays anchored (compiled as ^(?:a|b)).
+        let alt = m("alt", Some("/a|/b"), &[], &[]);
+        assert!(check(&alt, "GET", "/b/1", &[]));
+        assert!(!check(&alt, "GET", "/c/b", &[]));
+        let dot = m("any", Some(".*"), &[], &[]);
+        assert!(check(&dot, "GET", "/", &[]));
+    }
+
+    #[test]
+    fn methods_and_wildcard() {
+        let get = m("g", None, &["GET", "HEAD"], &[]);
+        assert!(check(&get, "GET", "/", &[]));
+        assert!(check(&get, "HEAD", "/", &[]));
+        assert!(!check(&get, "POST", "/", &[]));
+        let any = m("any", None, &["*"], &[]);
+        assert!(check(&any, "DELETE", "/", &[]));
+        let none = m("none", None, &[], &[]);
+        assert!(check(&none, "PATCH", "/x", &[]));
+    }
+
+    #[test]
+    fn headers_are_anded_and_fully_anchored() {
+        let mt = m(
+            "h",
+            None,
+            &[],
+            &[("x-user", "beta-.*"), ("x-region", "eu|us")],
+        );
+        assert!(check(
+            &mt,
+            "GET",
+            "/",
+            &[("x-user", "beta-7"), ("x-region", "eu")]
+        ));
+        assert!(!check(&mt, "GET", "/", &[("x-user", "beta-7")]));
+        assert!(!check(
+            &mt,
+            "GET",
+            "/",
+            &[("x-user", "beta-7"), ("x-region", "eux")]
+        ));
+        assert!(!check(
+            &mt,
+            "GET",
+            "/",
+            &[("x-user", "xbeta-7"), ("x-region", "eu")]
+        ));
+        // Any value of a repeated header may match.
+        assert!(check(
+            &mt,
+            "GET",
+            "/",
+            &[
+                ("x-user", "alpha"),
+                ("x-user", "beta-1"),
+                ("x-region", "us")
+            ]
+        ));
+        // Header-only match applies to every path and method.
+        assert!(check(
+            &mt,
+            "PUT",
+            "/deep/path",
+            &[("x-user", "beta-"), ("x-region", "us")]
+        ));
+    }
+
+    fn backend(service: &str, weight: u64) -> Backend {
+        Backend {
+            service: Arc::from(service),
+            weight,
+            endpoint_set: Arc::from(""),
+            endpoints: Arc::new(EndpointSet::default()),
+        }
+    }
+
+    fn route(name: &str, matches: Vec<HttpMatch>, backends: Vec<Backend>) -> Route {
+        let total_weight = backends.iter().map(|b| b.weight).sum();
+        Route {
+            name: Arc::from(name),
+            matches,
+            backends,
+            total_weight,
+        }
+    }
+
+    #[test]
+    fn matches_or_and_first_route_wins() {
+        let routes = vec![
+            route(
+                "split:demo/ab",
+                vec![
+                    m("beta", None, &[], &[("x-beta", "1")]),
+                    m("canary-path", Some("/canary"), &[], &[]),
+                ],
+                vec![backend("v2", 1)],
+            ),
+            route(
+                "split:demo/later",
+                vec![m("beta2", None, &[], &[("x-beta", ".*")])],
+                vec![backend("v3", 1)],
+            ),
+            route("default", vec![], vec![backend("v1", 1)]),
+        ];
+        let pick = |method: &str, path: &str, headers: &[(&str, &str)]| {
+            let (method, path, headers) = req(method, path, headers);
+            let info = RequestInfo {
+                method: &method,
+                path: &path,
+                headers: &headers,
+            };
+            select_route(&routes, &info).map(|r| r.name.to_string())
+        };
+        assert_eq!(
+            pick("GET", "/", &[("x-beta", "1")]).as_deref(),
+            Some("split:demo/ab")
+        );
+        assert_eq!(
+            pick("GET", "/canary/x", &[]).as_deref(),
+            Some("split:demo/ab")
+        );
+        assert_eq!(
+            pick("GET", "/", &[("x-beta", "2")]).as_deref(),
+            Some("split:demo/later")
+        );
+        assert_eq!(pick("GET", "/", &[]).as_deref(), Some("default"));
+        assert_eq!(
+            select_tcp_route(&routes)
+                .map(|r| r.name.to_string())
+                .as_deref(),
+            Some("default")
+        );
+    }
+
+    #[test]
+    fn weighted_choice_respects_weights_and_zero() {
+        let r = route(
+            "s",
+            vec![],
+            vec![backend("a", 0), backend("b", 900), backend("c", 100)],
+        );
+        assert_eq!(choose_backend_with(&r, 0).map(|b| &*b.service), Some("b"));
+        assert_eq!(choose_backend_with(&r, 899).map(|b| &*b.service), Some("b"));
+        assert_eq!(choose_backend_with(&r, 900).map(|b| &*b.service), Some("c"));
+        assert_eq!(
+            choose_backend_with(&r, 1000).map(|b| &*b.service),
+            Some("b")
+        );
+        let mut counts = [0u32; 3];
+        for _ in 0..10_000 {
+            match choose_backend(&r).map(|b| &*b.service) {
+                Some("a") => counts[0] += 1,
+                Some("b") => counts[1] += 1,
+                Some("c") => counts[2] += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(counts[0], 0);
+        assert!((8_700..9_300).contains(&counts[1]), "{counts:?}");
+        let zero = route("z", vec![], vec![backend("a", 0)]);
+        assert!(choose_backend(&zero).is_none());
+        assert!(choose_backend_with(&zero, 5).is_none());
+        let none = route("n", vec![], vec![]);
+        assert!(choose_backend(&none).is_none());
+    }
+
+    fn svc(name: &str, ns: &str, port: Option<u16>) -> Target<'static> {
+        Target::Service {
+            name: Cow::Owned(name.to_string()),
+            namespace: Cow::Owned(ns.to_string()),
+            port,
+        }
+    }
+
+    #[test]
+    fn authority_forms() {
+        fn ok(a: &str) -> Target<'_> {
+            parse_authority(a).unwrap_or_else(|e| panic!("{a}: {e}"))
+        }
+        assert_eq!(ok("api.demo"), svc("api", "demo", None));
+        assert_eq!(ok("api.demo:8080"), svc("api", "demo", Some(8080)));
+        assert_eq!(ok("api.demo.svc"), svc("api", "demo", None));
+        assert_eq!(ok("api.demo.svc.cluster.local"), svc("api", "demo", None));
+        assert_eq!(ok("api.demo.svc.cluster.local."), svc("api", "demo", None));
+        assert_eq!(
+            ok("api.demo.svc.cluster.local.:8080"),
+            svc("api", "demo", Some(8080))
+        );
+        assert_eq!(ok("API.Demo.SVC.cluster.local"), svc("api", "demo", None));
+        assert_eq!(
+            ok("api.demo.svc.example.org:80"),
+            svc("api", "demo", Some(80))
+        );
+        assert_eq!(ok("api.demo:"), svc("api", "demo", None));
+        assert_eq!(ok("api.demo."), svc("api", "demo", None));
+        assert_eq!(
+            ok("10.96.0.1:80"),
+            Target::Addr(
+                "10.96.0.1".parse().unwrap_or_else(|_| unreachable!()),
+                Some(80)
+            )
+        );
+        assert_eq!(
+            ok("[::1]:81"),
+            Target::Addr("::1".parse().unwrap_or_else(|_| unreachable!()), Some(81))
+        );
+        assert_eq!(
+            ok("[::1]"),
+            Target::Addr("::1".parse().unwrap_or_else(|_| unreachable!()), None)
+        );
+        assert!(parse_authority("api").is_err());
+        assert!(parse_authority(":8080").is_err());
+        assert!(parse_authority("").is_err());
+        assert!(parse_authority("api.demo:99999").is_err());
+        assert!(parse_authority("api.demo:0").is_err());
+        assert!(parse_authority("api.demo.pod.cluster.local").is_err());
+        assert!(parse_authority("api.demo.svc..local").is_err());
+        assert!(parse_authority("api..svc").is_err());
+    }
+
+    #[test]
+    fn request_authority_prefers_absolute_form() {
+        let r = http::Request::get("http://api.demo:8080/x")
+            .header("host", "other.ns")
+            .body(())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(request_authority(&r), Some("api.demo:8080"));
+        let r = http::Request::get("/x")
+            .header("host", "web.demo")
+            .body(())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(request_authority(&r), Some("web.demo"));
+        assert_eq!(default_port(Some(&http::uri::Scheme::HTTPS)), 443);
+        assert_eq!(default_port(None), 80);
+    }
+
+    fn policy(default: DefaultPolicy, restricted: bool) -> InboundPolicy {
+        let mut ports = BTreeMap::new();
+        ports.insert(
+            8080,
+            InboundPort {
+                port: 8080,
+                protocol: Protocol::Detect,
+                restricted,
+                authorizations: vec![
+                    Authorization {
+                        name: Arc::from("demo/web-reads"),
+                        sources: ["spiffe://td/ns/demo/sa/web".to_string()].into(),
+                        all_traffic: false,
+                        http_routes: vec![m("reads", Some("/api"), &["GET"], &[])],
+                    },
+                    Authorization {
+                        name: Arc::from("demo/admin-all"),
+                        sources: ["spiffe://td/ns/demo/sa/admin".to_string()].into(),
+                        all_traffic: true,
+                        http_routes: vec![],
+                    },
+                ],
+            },
+        );
+        InboundPolicy {
+            identity: "spiffe://td/ns/demo/sa/api".into(),
+            default_policy: default,
+            ports,
+        }
+    }
+
+    fn authz(
+        p: &InboundPolicy,
+        port: u16,
+        peer: Option<&str>,
+        method: &str,
+        path: &str,
+    ) -> Decision {
+        let (method, path, headers) = req(method, path, &[]);
+        authorize_http(
+            p,
+            port,
+            peer,
+            &RequestInfo {
+                method: &method,
+                path: &path,
+                headers: &headers,
+            },
+        )
+    }
+
+    const WEB: &str = "spiffe://td/ns/demo/sa/web";
+    const ADMIN: &str = "spiffe://td/ns/demo/sa/admin";
+    const OTHER: &str = "spiffe://td/ns/demo/sa/other";
+
+    #[test]
+    fn restricted_port_admits_only_authorizations() {
+        for default in [
+            DefaultPolicy::Allow,
+            DefaultPolicy::Mesh,
+            DefaultPolicy::Deny,
+        ] {
+            let p = policy(default, true);
+            assert_eq!(
+                authz(&p, 8080, Some(WEB), "GET", "/api/x"),
+                Decision::Allow(Some(Arc::from("demo/web-reads")))
+            );
+            assert!(!authz(&p, 8080, Some(WEB), "POST", "/api/x").is_allowed());
+            assert!(!authz(&p, 8080, Some(WEB), "GET", "/other").is_allowed());
+            // Additive: admin's all-traffic grant covers everything.
+            assert!(authz(&p, 8080, Some(ADMIN), "DELETE", "/x").is_allowed());
+            assert!(!authz(&p, 8080, Some(OTHER), "GET", "/api").is_allowed());
+            assert!(!authz(&p, 8080, None, "GET", "/api").is_allowed());
+            // TCP: only all-traffic grants.
+            assert!(authorize_tcp(&p, 8080, Some(ADMIN)).is_allowed());
+            assert!(!authorize_tcp(&p, 8080, Some(WEB)).is_allowed());
+        }
+        let p = policy(DefaultPolicy::Allow, true);
+        match authz(&p, 8080, Some(WEB), "POST", "/api/x") {
+            Decision::Deny(reason) => assert!(reason.contains(WEB) && reason.contains("POST")),
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn unrestricted_ports_follow_default_policy() {
+        let allow = policy(DefaultPolicy::Allow, false);
+        assert_eq!(
+            authz(&allow, 8080, None, "GET", "/x"),
+            Decision::Allow(None)
+        );
+        assert_eq!(
+            authz(&allow, 9999, None, "GET", "/x"),
+            Decision::Allow(None)
+        );
+        assert!(authorize_tcp(&allow, 9999, None).is_allowed());
+        let mesh = policy(DefaultPolicy::Mesh, false);
+        assert!(authz(&mesh, 9999, Some(OTHER), "GET", "/").is_allowed());
+        assert!(!authz(&mesh, 9999, None, "GET", "/").is_allowed());
+        assert!(!authorize_tcp(&mesh, 9999, None).is_allowed());
+        let deny = policy(DefaultPolicy::Deny, false);
+        assert!(!authz(&deny, 9999, Some(OTHER), "GET", "/").is_allowed());
+        // Authorizations still allow on unrestricted ports.
+        assert!(authz(&deny, 8080, Some(WEB), "GET", "/api").is_allowed());
+        assert!(!authz(&deny, 8080, Some(WEB), "GET", "/nope").is_allowed());
+        // The safe default config (no policy) allows everything.
+        let default = InboundPolicy::default();
+        assert!(authz(&default, 1234, None, "GET", "/").is_allowed());
+    }
+}
