@@ -1,0 +1,823 @@
+//! The compiler: from the mesh model (SMI objects and cluster state) to per-proxy config.
+//!
+//! Translation is pure: [`compile`] and [`Compiler::update`] read a [`Model`] and return a
+//! [`Compiled`] snapshot; nothing here does I/O (except [`compile_dir`], a convenience for the
+//! CLI). The rules it implements are in `docs/compile.md`.
+//!
+//! # Output
+//!
+//! Every meshed pod gets a [`ProxyConfig`]: its own `inbound` resource plus every service's
+//! `outbound:<svc>.<ns>` and every service port's `endpoints:<svc>.<ns>:<port>`. The outbound
+//! and endpoints resources are the same for every proxy and are shared ([`SharedResources`],
+//! behind an `Arc`), never copied per proxy.
+//!
+//! # Versions
+//!
+//! A resource's version is a content hash ([`content_version`]). A proxy's config version is
+//! a hash over its `(name, version)` pairs: the inbound pair and a digest of the shared pairs
+//! (a wrapping sum of per-pair sha256 values, so it updates in O(1) per changed resource).
+//! Same input, same output, byte for byte, whatever the order objects were added in.
+//!
+//! # Incremental use (the runtime)
+//!
+//! ```no_run
+//! use weft_operator::compile::{ChangedKeys, CompileOptions, Compiler};
+//! use weft_operator::model::{Model, ObjectRef};
+//! let mut model = Model::new();
+//! let mut compiler = Compiler::new(CompileOptions::default());
+//! let snapshot = compiler.full(&model);
+//! // ... later, for each batch of watch events:
+//! let mut changed = ChangedKeys::default();
+//! // changed.insert(model.upsert(object));  or: model.remove(&key); changed.insert(key);
+//! let snapshot = compiler.update(&model, &changed);
+//! let config = snapshot.proxy_or_default(&ObjectRef::new("demo", "web-0"), "web");
+//! ```
+
+mod proto;
+pub mod report;
+mod types;
+mod units;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use weft_smi::hub;
+
+use crate::model::{destination_ref, Kind, Model, ObjectKey, ObjectRef};
+
+pub use report::{compile_dir, CompileReport, ReportError};
+pub use types::*;
+pub use units::{
+    ACCEPTED, CONFLICTED, RESOLVED_REFS, RETRIES_ANNOTATION, RETRY_BUDGET_ANNOTATION,
+    RETRY_NON_IDEMPOTENT_ANNOTATION, TIMEOUT_ANNOTATION,
+};
+
+/// Settings of a compilation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompileOptions {
+    /// SPIFFE trust domain (`spiffe://<trust_domain>/ns/<ns>/sa/<sa>`).
+    pub trust_domain: String,
+    /// The cluster's DNS domain (`<svc>.<ns>.svc.<cluster_domain>`).
+    pub cluster_domain: String,
+    /// Mesh-wide default inbound policy (namespace and pod annotations override it).
+    pub default_inbound_policy: DefaultPolicy,
+    /// The proxies' inbound (mTLS) port.
+    pub proxy_inbound_port: u16,
+}
+
+impl Default for CompileOptions {
+    fn default() -> Self {
+        CompileOptions {
+            trust_domain: "cluster.local".into(),
+            cluster_domain: "cluster.local".into(),
+            default_inbound_policy: DefaultPolicy::Allow,
+            proxy_inbound_port: 4143,
+        }
+    }
+}
+
+/// A proxy is named by its pod.
+pub type ProxyKey = ObjectRef;
+
+/// A problem worth an Event on an object (always of type Warning).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Event {
+    pub object: ObjectKey,
+    pub reason: String,
+    pub message: String,
+}
+
+/// The resources every proxy shares: all OutboundServices and EndpointSets.
+#[derive(Clone, Debug, Default)]
+pub struct SharedResources {
+    resources: BTreeMap<Arc<str>, Arc<VersionedResource>>,
+    digest: u128,
+}
+
+impl SharedResources {
+    pub fn get(&self, name: &str) -> Option<&Arc<VersionedResource>> {
+        self.resources.get(name)
+    }
+
+    /// Resources in name order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<VersionedResource>> {
+        self.resources.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.resources.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.resources.is_empty()
+    }
+
+    /// Digest of every `(name, version)` pair.
+    pub fn digest(&self) -> String {
+        format!("{:032x}", self.digest)
+    }
+
+    fn insert(&mut self, r: Arc<VersionedResource>) -> bool {
+        let add = pair_hash(&r.name, &r.version);
+        match self.resources.insert(Arc::from(r.name.as_str()), r) {
+            Some(old) => {
+                self.digest = self
+                    .digest
+                    .wrapping_sub(pair_hash(&old.name, &old.version))
+                    .wrapping_add(add);
+                old.version != self.resources[old.name.as_str()].version
+            }
+            None => {
+                self.digest = self.digest.wrapping_add(add);
+                true
+            }
+        }
+    }
+
+    fn remove(&mut self, name: &str) -> bool {
+        match self.resources.remove(name) {
+            Some(old) => {
+                self.digest = self.digest.wrapping_sub(pair_hash(&old.name, &old.version));
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+fn pair_hash(name: &str, version: &str) -> u128 {
+    let mut h = Sha256::new();
+    h.update(name.as_bytes());
+    h.update([0]);
+    h.update(version.as_bytes());
+    let d = h.finalize();
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d[..16]);
+    u128::from_be_bytes(b)
+}
+
+/// One proxy's whole config.
+#[derive(Clone, Debug)]
+pub struct ProxyConfig {
+    pub proxy: ProxyKey,
+    /// Content hash of the whole config (16 hex characters).
+    pub version: String,
+    /// The pod's `inbound` resource.
+    pub inbound: Arc<VersionedResource>,
+    /// Every outbound and endpoints resource.
+    pub shared: Arc<SharedResources>,
+}
+
+impl ProxyConfig {
+    fn new(
+        proxy: ProxyKey,
+        inbound: Arc<VersionedResource>,
+        shared: Arc<SharedResources>,
+    ) -> ProxyConfig {
+        let mut h = Sha256::new();
+        h.update(inbound.name.as_bytes());
+        h.update([0]);
+        h.update(inbound.version.as_bytes());
+        h.update([0]);
+        h.update(shared.digest.to_be_bytes());
+        ProxyConfig {
+            proxy,
+            version: short_hex(&h.finalize()),
+            inbound,
+            shared,
+        }
+    }
+
+    /// Every resource: `inbound` first, then the shared ones in name order.
+    pub fn resources(&self) -> impl Iterator<Item = &Arc<VersionedResource>> {
+        std::iter::once(&self.inbound).chain(self.shared.iter())
+    }
+
+    /// A resource by name.
+    pub fn get(&self, name: &str) -> Option<&Arc<VersionedResource>> {
+        if name == INBOUND_NAME {
+            Some(&self.inbound)
+        } else {
+            self.shared.get(name)
+        }
+    }
+
+    /// Number of resources.
+    pub fn len(&self) -> usize {
+        1 + self.shared.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Resource name to version.
+    pub fn versions(&self) -> BTreeMap<String, String> {
+        self.resources()
+            .map(|r| (r.name.clone(), r.version.clone()))
+            .collect()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum UnitId {
+    Outbound(ObjectRef),
+    Inbound(ObjectRef),
+    Target(ObjectRef),
+    Route(ObjectKey),
+}
+
+/// A compiled snapshot: every proxy's config, statuses of every SMI object, problems.
+#[derive(Clone, Debug, Default)]
+pub struct Compiled {
+    opts: CompileOptions,
+    shared: Arc<SharedResources>,
+    proxies: Arc<BTreeMap<ProxyKey, Arc<ProxyConfig>>>,
+    statuses: Arc<BTreeMap<ObjectKey, Vec<hub::Condition>>>,
+    events: Arc<BTreeMap<UnitId, Vec<Event>>>,
+    namespace_defaults: Arc<BTreeMap<String, DefaultPolicy>>,
+    destinations: Arc<BTreeSet<ObjectRef>>,
+}
+
+impl Compiled {
+    /// The config of a known meshed pod.
+    pub fn proxy(&self, key: &ProxyKey) -> Option<Arc<ProxyConfig>> {
+        self.proxies.get(key).cloned()
+    }
+
+    /// The config of a pod, or, for a pod the model does not know (yet), a valid default: the
+    /// namespace's default inbound policy (deny when its service account is the destination
+    /// of a TrafficTarget) and every outbound service.
+    pub fn proxy_or_default(&self, key: &ProxyKey, service_account: &str) -> Arc<ProxyConfig> {
+        if let Some(p) = self.proxies.get(key) {
+            return p.clone();
+        }
+        let sa = ObjectRef::new(key.namespace.clone(), service_account);
+        let default_policy = if self.destinations.contains(&sa) {
+            DefaultPolicy::Deny
+        } else {
+            self.namespace_defaults
+                .get(&key.namespace)
+                .copied()
+                .unwrap_or(self.opts.default_inbound_policy)
+        };
+        let inbound = InboundPolicy {
+            identity: spiffe_id(&self.opts.trust_domain, &key.namespace, service_account),
+            default_policy,
+            ports: Vec::new(),
+        };
+        let r = VersionedResource::new(INBOUND_NAME.into(), ResourceKind::Inbound(inbound));
+        Arc::new(ProxyConfig::new(
+            key.clone(),
+            Arc::new(r),
+            self.shared.clone(),
+        ))
+    }
+
+    /// Every known proxy's config, by pod.
+    pub fn proxies(&self) -> &BTreeMap<ProxyKey, Arc<ProxyConfig>> {
+        &self.proxies
+    }
+
+    /// The shared outbound and endpoints resources.
+    pub fn shared(&self) -> &Arc<SharedResources> {
+        &self.shared
+    }
+
+    /// Status conditions of every SMI object in the model (`Accepted`, `ResolvedRefs`, and
+    /// `Conflicted` for TrafficSplits).
+    pub fn statuses(&self) -> &BTreeMap<ObjectKey, Vec<hub::Condition>> {
+        &self.statuses
+    }
+
+    /// Problems to report as Warning Events, sorted.
+    pub fn events(&self) -> Vec<&Event> {
+        let mut v: Vec<&Event> = self.events.values().flatten().collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    pub fn options(&self) -> &CompileOptions {
+        &self.opts
+    }
+}
+
+/// Keys of the objects that changed (added, modified or removed) since the last update.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChangedKeys(pub BTreeSet<ObjectKey>);
+
+impl ChangedKeys {
+    pub fn insert(&mut self, key: ObjectKey) {
+        self.0.insert(key);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl FromIterator<ObjectKey> for ChangedKeys {
+    fn from_iter<T: IntoIterator<Item = ObjectKey>>(iter: T) -> Self {
+        ChangedKeys(iter.into_iter().collect())
+    }
+}
+
+/// What the last update did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct UpdateStats {
+    pub full: bool,
+    /// Shared resources added or whose version changed.
+    pub resources_changed: usize,
+    pub resources_removed: usize,
+    /// Proxies whose config version changed (or that appeared or went away).
+    pub proxies_changed: usize,
+    #[serde(skip)]
+    pub duration: Duration,
+}
+
+#[derive(Default)]
+struct Dirty {
+    outbound: BTreeSet<ObjectRef>,
+    endpoints: BTreeSet<ObjectRef>,
+    inbound: BTreeSet<ObjectRef>,
+    targets: BTreeSet<ObjectRef>,
+    routes: BTreeSet<ObjectKey>,
+    globals: bool,
+}
+
+/// Compiles the model once.
+pub fn compile(model: &Model, opts: &CompileOptions) -> Compiled {
+    let mut c = Compiler::new(opts.clone());
+    let out = c.full(model);
+    Arc::unwrap_or_clone(out)
+}
+
+/// Keeps the last output and recompiles only what a change affects.
+#[derive(Debug, Default)]
+pub struct Compiler {
+    opts: CompileOptions,
+    current: Arc<Compiled>,
+    stats: UpdateStats,
+    // What each unit produced last time.
+    outbound_statuses: BTreeMap<ObjectRef, Vec<ObjectKey>>,
+    endpoint_names: BTreeMap<ObjectRef, Vec<String>>,
+    // Reverse dependencies seen so far (only ever grow between full compiles: a stale entry
+    // costs a needless recompute, never a missed one).
+    backend_index: BTreeMap<ObjectRef, BTreeSet<ObjectRef>>,
+    route_index: BTreeMap<ObjectRef, BTreeSet<ObjectRef>>,
+    pod_index: BTreeMap<ObjectRef, BTreeSet<ObjectRef>>,
+    ip_index: BTreeMap<IpAddr, BTreeSet<ObjectRef>>,
+    // Where objects pointed last time (for changes that move them).
+    split_apex: BTreeMap<ObjectRef, ObjectRef>,
+    target_dest: BTreeMap<ObjectRef, ObjectRef>,
+    group_service: BTreeMap<ObjectKey, ObjectRef>,
+    pod_ip: BTreeMap<ObjectRef, IpAddr>,
+}
+
+impl Compiler {
+    pub fn new(opts: CompileOptions) -> Compiler {
+        Compiler {
+            current: Arc::new(Compiled {
+                opts: opts.clone(),
+                ..Compiled::default()
+            }),
+            opts,
+            ..Compiler::default()
+        }
+    }
+
+    /// The last output.
+    pub fn current(&self) -> Arc<Compiled> {
+        self.current.clone()
+    }
+
+    /// What the last [`Compiler::update`] or [`Compiler::full`] did.
+    pub fn last_stats(&self) -> &UpdateStats {
+        &self.stats
+    }
+
+    /// Recompiles everything from scratch.
+    pub fn full(&mut self, model: &Model) -> Arc<Compiled> {
+        let start = Instant::now();
+        *self = Compiler::new(self.opts.clone());
+        let mut dirty = Dirty {
+            globals: true,
+            ..Dirty::default()
+        };
+        dirty.outbound.extend(model.services.keys().cloned());
+        dirty.outbound.extend(model.apexes().cloned());
+        dirty.endpoints.extend(model.services.keys().cloned());
+        dirty.inbound.extend(model.pods.keys().cloned());
+        dirty.targets.extend(model.targets.keys().cloned());
+        for (kind, map) in [
+            (Kind::TCPRoute, &model.tcp_routes),
+            (Kind::UDPRoute, &model.udp_routes),
+        ] {
+            dirty.routes.extend(
+                map.keys()
+                    .map(|r| ObjectKey::new(kind, r.namespace.clone(), r.name.clone())),
+            );
+        }
+        dirty.routes.extend(
+            model
+                .http_routes
+                .keys()
+                .map(|r| ObjectKey::new(Kind::HTTPRouteGroup, r.namespace.clone(), r.name.clone())),
+        );
+        let out = self.apply(model, dirty);
+        self.record_pointers(model, None);
+        self.stats.full = true;
+        self.stats.duration = start.elapsed();
+        out
+    }
+
+    /// Recompiles what the changed objects affect and returns the new snapshot. `model` must
+    /// already contain the changes (and no longer contain removed objects).
+    pub fn update(&mut self, model: &Model, changed: &ChangedKeys) -> Arc<Compiled> {
+        let start = Instant::now();
+        let mut d = Dirty::default();
+        for key in &changed.0 {
+            let r = key.object_ref();
+            match key.kind {
+                Kind::Namespace => {
+                    d.globals = true;
+                    d.inbound
+                        .extend(model.pods_in_namespace(&key.name).map(|p| p.object_ref()));
+                }
+                Kind::ServiceAccount => {}
+                Kind::Pod => {
+                    d.inbound.insert(r.clone());
+                    d.endpoints
+                        .extend(self.pod_index.get(&r).into_iter().flatten().cloned());
+                    let ips = self
+                        .pod_ip
+                        .get(&r)
+                        .copied()
+                        .into_iter()
+                        .chain(model.pods.get(&r).and_then(|p| p.ip));
+                    for ip in ips {
+                        d.endpoints
+                            .extend(self.ip_index.get(&ip).into_iter().flatten().cloned());
+                    }
+                    if let Some(p) = model.pods.get(&r) {
+                        if model.derive_endpoints_from_pods {
+                            d.endpoints.extend(
+                                model
+                                    .services_in_namespace(&p.namespace)
+                                    .filter(|s| s.selects(p))
+                                    .map(|s| s.object_ref()),
+                            );
+                        }
+                    }
+                }
+                Kind::Service => {
+                    d.outbound.insert(r.clone());
+                    d.outbound
+                        .extend(self.backend_index.get(&r).into_iter().flatten().cloned());
+                    for (_, s) in model.splits_in_namespace(&r.namespace) {
+                        if s.backends.iter().any(|b| b.service == r.name) {
+                            d.outbound
+                                .insert(ObjectRef::new(r.namespace.clone(), s.service.clone()));
+                        }
+                    }
+                    d.endpoints.insert(r.clone());
+                    d.inbound.extend(
+                        model
+                            .pods_in_namespace(&r.namespace)
+                            .filter(|p| p.meshed)
+                            .map(|p| p.object_ref()),
+                    );
+                }
+                Kind::EndpointSlice | Kind::Endpoints => {
+                    d.endpoints.extend(self.group_service.get(key).cloned());
+                    if let Some(g) = model.endpoint_groups.get(key) {
+                        if let Some(s) = &g.service {
+                            d.endpoints
+                                .insert(ObjectRef::new(g.namespace.clone(), s.clone()));
+                        }
+                    }
+                }
+                Kind::TrafficSplit => {
+                    d.outbound.extend(self.split_apex.get(&r).cloned());
+                    if let Some(s) = model.splits.get(&r) {
+                        d.outbound
+                            .insert(ObjectRef::new(r.namespace.clone(), s.service.clone()));
+                    }
+                }
+                Kind::TrafficTarget => {
+                    d.globals = true;
+                    d.targets.insert(r.clone());
+                    let dests = self
+                        .target_dest
+                        .get(&r)
+                        .cloned()
+                        .into_iter()
+                        .chain(model.targets.get(&r).map(destination_ref));
+                    for sa in dests {
+                        d.inbound
+                            .extend(model.pods_with_service_account(&sa).cloned());
+                    }
+                }
+                Kind::HTTPRouteGroup | Kind::TCPRoute | Kind::UDPRoute => {
+                    d.routes.insert(key.clone());
+                    d.outbound
+                        .extend(self.route_index.get(&r).into_iter().flatten().cloned());
+                    for (_, s) in model.splits_in_namespace(&r.namespace) {
+                        if s.matches.iter().any(|m| m.name == r.name) {
+                            d.outbound
+                                .insert(ObjectRef::new(r.namespace.clone(), s.service.clone()));
+                        }
+                    }
+                    for (tref, t) in model.targets_in_namespace(&r.namespace) {
+                        d.targets.insert(tref.clone());
+                        if t.rules.iter().any(|rule| rule.name == r.name) {
+                            d.inbound.extend(
+                                model
+                                    .pods_with_service_account(&destination_ref(t))
+                                    .cloned(),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        self.stats = UpdateStats::default();
+        let out = self.apply(model, d);
+        self.record_pointers(model, Some(changed));
+        self.stats.duration = start.elapsed();
+        out
+    }
+
+    fn record_pointers(&mut self, model: &Model, changed: Option<&ChangedKeys>) {
+        let all;
+        let keys: Box<dyn Iterator<Item = &ObjectKey>> = match changed {
+            Some(c) => Box::new(c.0.iter()),
+            None => {
+                all =
+                    model
+                        .splits
+                        .keys()
+                        .map(|r| {
+                            ObjectKey::new(Kind::TrafficSplit, r.namespace.clone(), r.name.clone())
+                        })
+                        .chain(model.targets.keys().map(|r| {
+                            ObjectKey::new(Kind::TrafficTarget, r.namespace.clone(), r.name.clone())
+                        }))
+                        .chain(model.endpoint_groups.keys().cloned())
+                        .chain(model.pods.keys().map(|r| {
+                            ObjectKey::new(Kind::Pod, r.namespace.clone(), r.name.clone())
+                        }))
+                        .collect::<Vec<_>>();
+                Box::new(all.iter())
+            }
+        };
+        for key in keys {
+            let r = key.object_ref();
+            match key.kind {
+                Kind::TrafficSplit => match model.splits.get(&r) {
+                    Some(s) => {
+                        self.split_apex.insert(
+                            r.clone(),
+                            ObjectRef::new(r.namespace.clone(), s.service.clone()),
+                        );
+                    }
+                    None => {
+                        self.split_apex.remove(&r);
+                    }
+                },
+                Kind::TrafficTarget => match model.targets.get(&r) {
+                    Some(t) => {
+                        self.target_dest.insert(r, destination_ref(t));
+                    }
+                    None => {
+                        self.target_dest.remove(&r);
+                    }
+                },
+                Kind::EndpointSlice | Kind::Endpoints => {
+                    match model.endpoint_groups.get(key).and_then(|g| {
+                        g.service
+                            .as_ref()
+                            .map(|s| ObjectRef::new(g.namespace.clone(), s.clone()))
+                    }) {
+                        Some(s) => {
+                            self.group_service.insert(key.clone(), s);
+                        }
+                        None => {
+                            self.group_service.remove(key);
+                        }
+                    }
+                }
+                Kind::Pod => match model.pods.get(&r).and_then(|p| p.ip) {
+                    Some(ip) => {
+                        self.pod_ip.insert(r, ip);
+                    }
+                    None => {
+                        self.pod_ip.remove(&r);
+                    }
+                },
+                _ => {}
+            }
+        }
+    }
+
+    fn apply(&mut self, model: &Model, d: Dirty) -> Arc<Compiled> {
+        let opts = self.opts.clone();
+        let prev = self.current.clone();
+        let mut next = Compiled::clone(&prev);
+        let mut shared_changed = false;
+
+        if !d.outbound.is_empty() || !d.endpoints.is_empty() {
+            let shared = Arc::make_mut(&mut next.shared);
+            let statuses = Arc::make_mut(&mut next.statuses);
+            let events = Arc::make_mut(&mut next.events);
+            for apex in &d.outbound {
+                let unit = units::outbound(model, apex);
+                for b in &unit.backends {
+                    self.backend_index
+                        .entry(b.clone())
+                        .or_default()
+                        .insert(apex.clone());
+                }
+                for r in &unit.routes {
+                    self.route_index
+                        .entry(r.clone())
+                        .or_default()
+                        .insert(apex.clone());
+                }
+                for old in self.outbound_statuses.remove(apex).unwrap_or_default() {
+                    statuses.remove(&old);
+                }
+                let keys: Vec<ObjectKey> = unit.statuses.iter().map(|(k, _)| k.clone()).collect();
+                statuses.extend(unit.statuses);
+                if !keys.is_empty() {
+                    self.outbound_statuses.insert(apex.clone(), keys);
+                }
+                set_events(events, UnitId::Outbound(apex.clone()), unit.events);
+                let name = outbound_name(&apex.namespace, &apex.name);
+                match unit.resource {
+                    Some(o) => {
+                        let r = VersionedResource::new(name, ResourceKind::Outbound(o));
+                        if shared.insert(Arc::new(r)) {
+                            self.stats.resources_changed += 1;
+                            shared_changed = true;
+                        }
+                    }
+                    None => {
+                        if shared.remove(&name) {
+                            self.stats.resources_removed += 1;
+                            shared_changed = true;
+                        }
+                    }
+                }
+            }
+            for svc in &d.endpoints {
+                let unit = units::endpoints(model, &opts, svc);
+                for p in &unit.pods {
+                    self.pod_index
+                        .entry(p.clone())
+                        .or_default()
+                        .insert(svc.clone());
+                }
+                for ip in &unit.ips {
+                    self.ip_index.entry(*ip).or_default().insert(svc.clone());
+                }
+                let mut names = Vec::with_capacity(unit.sets.len());
+                for (port, set) in unit.sets {
+                    let name = endpoints_name(&svc.namespace, &svc.name, port);
+                    names.push(name.clone());
+                    let r = VersionedResource::new(name, ResourceKind::Endpoints(set));
+                    if shared.insert(Arc::new(r)) {
+                        self.stats.resources_changed += 1;
+                        shared_changed = true;
+                    }
+                }
+                for old in self.endpoint_names.remove(svc).unwrap_or_default() {
+                    if !names.contains(&old) && shared.remove(&old) {
+                        self.stats.resources_removed += 1;
+                        shared_changed = true;
+                    }
+                }
+                if !names.is_empty() {
+                    self.endpoint_names.insert(svc.clone(), names);
+                }
+            }
+        }
+
+        if !d.targets.is_empty() || !d.routes.is_empty() {
+            let statuses = Arc::make_mut(&mut next.statuses);
+            let events = Arc::make_mut(&mut next.events);
+            for tref in &d.targets {
+                let key = ObjectKey::new(
+                    Kind::TrafficTarget,
+                    tref.namespace.clone(),
+                    tref.name.clone(),
+                );
+                match model.targets.get(tref) {
+                    Some(t) => {
+                        let (conds, evs) = units::target_status(model, tref, t);
+                        statuses.insert(key, conds);
+                        set_events(events, UnitId::Target(tref.clone()), evs);
+                    }
+                    None => {
+                        statuses.remove(&key);
+                        events.remove(&UnitId::Target(tref.clone()));
+                    }
+                }
+            }
+            for key in &d.routes {
+                let (conds, evs) = units::route_status(key, model);
+                if conds.is_empty() {
+                    statuses.remove(key);
+                } else {
+                    statuses.insert(key.clone(), conds);
+                }
+                set_events(events, UnitId::Route(key.clone()), evs);
+            }
+        }
+
+        if d.globals {
+            next.namespace_defaults = Arc::new(
+                model
+                    .namespaces
+                    .keys()
+                    .map(|n| (n.clone(), units::namespace_default(model, &opts, n)))
+                    .collect(),
+            );
+            next.destinations = Arc::new(model.targets.values().map(destination_ref).collect());
+        }
+
+        // Proxies.
+        let proxies = Arc::make_mut(&mut next.proxies);
+        let events = Arc::make_mut(&mut next.events);
+        let mut changed_proxies = 0usize;
+        for pref in &d.inbound {
+            match model.pods.get(pref).filter(|p| p.meshed) {
+                Some(pod) => {
+                    let mut evs = Vec::new();
+                    let policy = units::inbound(
+                        model,
+                        &opts,
+                        &pod.namespace,
+                        &pod.service_account,
+                        Some(pod),
+                        &mut evs,
+                    );
+                    set_events(events, UnitId::Inbound(pref.clone()), evs);
+                    let inbound = Arc::new(VersionedResource::new(
+                        INBOUND_NAME.into(),
+                        ResourceKind::Inbound(policy),
+                    ));
+                    let same = proxies.get(pref).is_some_and(|old| {
+                        old.inbound.version == inbound.version && !shared_changed
+                    });
+                    if !same {
+                        let cfg = ProxyConfig::new(pref.clone(), inbound, next.shared.clone());
+                        proxies.insert(pref.clone(), Arc::new(cfg));
+                        changed_proxies += 1;
+                    }
+                }
+                None => {
+                    events.remove(&UnitId::Inbound(pref.clone()));
+                    if proxies.remove(pref).is_some() {
+                        changed_proxies += 1;
+                    }
+                }
+            }
+        }
+        if shared_changed {
+            for (k, cfg) in proxies.iter_mut() {
+                if !Arc::ptr_eq(&cfg.shared, &next.shared) {
+                    *cfg = Arc::new(ProxyConfig::new(
+                        k.clone(),
+                        cfg.inbound.clone(),
+                        next.shared.clone(),
+                    ));
+                    if !d.inbound.contains(k) {
+                        changed_proxies += 1;
+                    }
+                }
+            }
+        }
+        self.stats.proxies_changed = changed_proxies;
+        let out = Arc::new(next);
+        self.current = out.clone();
+        out
+    }
+}
+
+fn set_events(events: &mut BTreeMap<UnitId, Vec<Event>>, unit: UnitId, evs: Vec<Event>) {
+    if evs.is_empty() {
+        events.remove(&unit);
+    } else {
+        events.insert(unit, evs);
+    }
+}

@@ -1,0 +1,248 @@
+//! The compiler's output types: weft's own mirror of `weft.proxy.v1` (see
+//! `proxy-api/proto/weft/proxy/v1/discovery.proto`), serialisable for `weft compile` and
+//! converted to the proto types at the edge (`super::proto`).
+
+use std::net::IpAddr;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+/// The application protocol of a port (proto `Protocol`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// The proxy detects HTTP/1, HTTP/2 or opaque TCP per connection.
+    #[default]
+    Detect,
+    Http1,
+    Http2,
+    Grpc,
+    Opaque,
+    Udp,
+}
+
+/// Traffic allowed when no TrafficTarget names the destination (proto `DefaultPolicy`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DefaultPolicy {
+    /// Everything, meshed or not.
+    #[default]
+    Allow,
+    /// Only clients with a mesh identity.
+    Mesh,
+    /// Only what authorizations allow.
+    Deny,
+}
+
+impl DefaultPolicy {
+    /// Parses the value of `weft.io/default-inbound-policy`.
+    pub fn parse(s: &str) -> Option<DefaultPolicy> {
+        match s.trim() {
+            "allow" => Some(DefaultPolicy::Allow),
+            "mesh" => Some(DefaultPolicy::Mesh),
+            "deny" => Some(DefaultPolicy::Deny),
+            _ => None,
+        }
+    }
+}
+
+/// One HTTP request match. `path_regex` is the user's regex verbatim: the proxy compiles it
+/// as `^(?:<re>)` (anchored at the start of the path only); header value regexes are compiled
+/// as `^(?:<re>)$`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct HttpMatch {
+    pub name: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub path_regex: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderMatch>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct HeaderMatch {
+    /// Lower-case.
+    pub name: String,
+    pub value_regex: String,
+}
+
+/// What may reach a pod (proto `InboundPolicy`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct InboundPolicy {
+    pub identity: String,
+    pub default_policy: DefaultPolicy,
+    pub ports: Vec<InboundPort>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct InboundPort {
+    pub port: u16,
+    pub protocol: Protocol,
+    /// Only `authorizations` allow traffic on this port, whatever the default.
+    pub restricted: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub authorizations: Vec<Authorization>,
+}
+
+/// One TrafficTarget's grant on a port.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Authorization {
+    /// `<namespace>/<name>` of the TrafficTarget.
+    pub name: String,
+    /// SPIFFE identities of allowed clients.
+    pub sources: Vec<String>,
+    pub all_traffic: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub http_routes: Vec<HttpMatch>,
+}
+
+/// Where requests to one service go (proto `OutboundService`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct OutboundService {
+    pub namespace: String,
+    pub name: String,
+    pub cluster_ips: Vec<IpAddr>,
+    pub ports: Vec<OutboundPort>,
+    pub policy: TrafficPolicy,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct OutboundPort {
+    pub port: u16,
+    pub protocol: Protocol,
+    /// First matching route wins; always ends with the catch-all `default` route.
+    pub routes: Vec<Route>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Route {
+    /// `split:<namespace>/<name>` or `default`.
+    pub name: String,
+    /// Empty: every request.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub matches: Vec<HttpMatch>,
+    pub backends: Vec<WeightedBackend>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct WeightedBackend {
+    pub service: String,
+    /// Relative weight; 0 receives no traffic.
+    pub weight: u64,
+    /// Name of the EndpointSet resource with the backend's endpoints for this port.
+    pub endpoint_set: String,
+}
+
+/// Timeouts and retries from Service annotations.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TrafficPolicy {
+    /// 0: no timeout.
+    pub request_timeout_ms: u64,
+    /// 0: no retries.
+    pub max_retries: u32,
+    pub retry_budget_ratio: f64,
+    pub retry_non_idempotent: bool,
+}
+
+impl Default for TrafficPolicy {
+    fn default() -> Self {
+        TrafficPolicy {
+            request_timeout_ms: 0,
+            max_retries: 0,
+            retry_budget_ratio: DEFAULT_RETRY_BUDGET,
+            retry_non_idempotent: false,
+        }
+    }
+}
+
+/// Default `weft.io/retry-budget`.
+pub const DEFAULT_RETRY_BUDGET: f64 = 0.2;
+
+/// The endpoints of one service port (proto `EndpointSet`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct EndpointSet {
+    pub endpoints: Vec<Endpoint>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Endpoint {
+    pub ip: IpAddr,
+    /// The application's port on the pod (the backend's targetPort).
+    pub port: u16,
+    /// SPIFFE identity of the pod's proxy; empty when not meshed.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub identity: String,
+    /// Set for meshed pods: connect over mTLS to `ip:inbound_port`.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub inbound_port: u16,
+    /// `<namespace>/<pod>`, when known.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub pod: String,
+}
+
+fn is_zero(v: &u16) -> bool {
+    *v == 0
+}
+
+/// The payload of a resource.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResourceKind {
+    Inbound(InboundPolicy),
+    Outbound(OutboundService),
+    Endpoints(EndpointSet),
+}
+
+/// A named, versioned piece of a proxy's config (proto `Resource`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct VersionedResource {
+    pub name: String,
+    /// Content hash of `resource` (16 hex characters).
+    pub version: String,
+    pub resource: ResourceKind,
+}
+
+impl VersionedResource {
+    /// Wraps a resource, computing its version from its canonical encoding.
+    pub fn new(name: String, resource: ResourceKind) -> VersionedResource {
+        let version = content_version(&resource);
+        VersionedResource {
+            name,
+            version,
+            resource,
+        }
+    }
+}
+
+/// The version of a resource: sha256 of its canonical proto encoding, as the first 16 hex
+/// characters.
+pub fn content_version(resource: &ResourceKind) -> String {
+    let mut h = Sha256::new();
+    h.update(super::proto::canonical_bytes(resource));
+    short_hex(&h.finalize())
+}
+
+pub(crate) fn short_hex(bytes: &[u8]) -> String {
+    let mut s = hex::encode(bytes);
+    s.truncate(16);
+    s
+}
+
+/// Resource name of a service's OutboundService.
+pub fn outbound_name(namespace: &str, service: &str) -> String {
+    weft_proxy_api::names::outbound_name(service, namespace)
+}
+
+/// Resource name of a service port's EndpointSet.
+pub fn endpoints_name(namespace: &str, service: &str, port: u16) -> String {
+    weft_proxy_api::names::endpoints_name(service, namespace, u32::from(port))
+}
+
+/// Resource name of the pod's InboundPolicy.
+pub const INBOUND_NAME: &str = weft_proxy_api::names::INBOUND;
+
+/// SPIFFE id of a service account.
+pub fn spiffe_id(trust_domain: &str, namespace: &str, service_account: &str) -> String {
+    format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}")
+}

@@ -1,0 +1,951 @@
+//! The compilation units: pure functions from the model to one piece of output.
+//!
+//! * [`outbound`]: one service (or split apex): its OutboundService and the status of every
+//!   TrafficSplit rooted at it.
+//! * [`endpoints`]: one service: an EndpointSet per port.
+//! * [`inbound`]: one pod: its InboundPolicy.
+//! * [`target_status`], [`route_status`]: status conditions of TrafficTargets and routes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use weft_smi::hub;
+
+use super::types::*;
+use super::{CompileOptions, Event};
+use crate::model::{
+    destination_ref, EndpointGroup, Kind, L4Protocol, Model, ObjectKey, ObjectRef, Pod, Service,
+    ServicePort, DEFAULT_INBOUND_POLICY_ANNOTATION,
+};
+
+/// Service annotation: request timeout (`2s`, `500ms`, `1m`).
+pub const TIMEOUT_ANNOTATION: &str = "weft.io/timeout";
+/// Service annotation: maximum retries per request.
+pub const RETRIES_ANNOTATION: &str = "weft.io/retries";
+/// Service annotation: retries as a fraction of requests (default 0.2).
+pub const RETRY_BUDGET_ANNOTATION: &str = "weft.io/retry-budget";
+/// Service annotation: `true` to also retry non-idempotent methods.
+pub const RETRY_NON_IDEMPOTENT_ANNOTATION: &str = "weft.io/retry-non-idempotent";
+
+/// Condition types and statuses.
+pub const ACCEPTED: &str = "Accepted";
+pub const RESOLVED_REFS: &str = "ResolvedRefs";
+pub const CONFLICTED: &str = "Conflicted";
+
+pub(crate) fn condition(
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+) -> hub::Condition {
+    hub::Condition {
+        type_: type_.to_string(),
+        status: if ok { "True" } else { "False" }.to_string(),
+        reason: reason.to_string(),
+        message,
+        observed_generation: generation,
+        last_transition_time: None,
+    }
+}
+
+fn warn(events: &mut Vec<Event>, object: ObjectKey, reason: &str, message: String) {
+    events.push(Event {
+        object,
+        reason: reason.to_string(),
+        message,
+    });
+}
+
+/// Protocol of a service port, from `appProtocol`, then the port name, then the L4 protocol.
+pub(crate) fn service_port_protocol(p: &ServicePort) -> Protocol {
+    protocol_hint(p.protocol, p.app_protocol.as_deref(), p.name.as_deref())
+}
+
+pub(crate) fn protocol_hint(l4: L4Protocol, app: Option<&str>, name: Option<&str>) -> Protocol {
+    match l4 {
+        L4Protocol::Udp => return Protocol::Udp,
+        L4Protocol::Sctp => return Protocol::Opaque,
+        L4Protocol::Tcp => {}
+    }
+    let classify = |s: &str| -> Option<Protocol> {
+        let s = s.to_ascii_lowercase();
+        let s = s.strip_prefix("kubernetes.io/").unwrap_or(&s).to_string();
+        let head = s.split(['-', '_']).next().unwrap_or("");
+        match head {
+            "http" | "http1" => Some(Protocol::Http1),
+            "http2" | "h2c" | "h2" => Some(Protocol::Http2),
+            "grpc" | "grpc2" => Some(Protocol::Grpc),
+            "tcp" | "opaque" | "tls" | "mysql" | "redis" | "mongo" | "postgres" => {
+                Some(Protocol::Opaque)
+            }
+            _ => None,
+        }
+    };
+    app.and_then(classify)
+        .or_else(|| name.and_then(classify))
+        .unwrap_or(Protocol::Detect)
+}
+
+/// Parses a duration like `2s`, `500ms`, `1m`, `1.5s` into milliseconds.
+pub(crate) fn parse_duration_ms(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1000.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60_000.0)
+    } else if let Some(n) = s.strip_suffix('h') {
+        (n, 3_600_000.0)
+    } else {
+        return None;
+    };
+    let v: f64 = num.trim().parse().ok()?;
+    if !v.is_finite() || v < 0.0 {
+        return None;
+    }
+    Some((v * mult).round() as u64)
+}
+
+/// The TrafficPolicy of a service from its annotations; bad values are reported and ignored.
+pub(crate) fn traffic_policy(svc: &Service, events: &mut Vec<Event>) -> TrafficPolicy {
+    let mut p = TrafficPolicy::default();
+    let key = ObjectKey::new(Kind::Service, svc.namespace.clone(), svc.name.clone());
+    let a = &svc.annotations;
+    let mut bad = |ann: &str, v: &str, what: &str| {
+        warn(
+            events,
+            key.clone(),
+            "InvalidAnnotation",
+            format!("{ann}: {v:?} is not {what}; ignored"),
+        )
+    };
+    if let Some(v) = a.get(TIMEOUT_ANNOTATION) {
+        match parse_duration_ms(v) {
+            Some(ms) => p.request_timeout_ms = ms,
+            None => bad(TIMEOUT_ANNOTATION, v, "a duration like 2s or 500ms"),
+        }
+    }
+    if let Some(v) = a.get(RETRIES_ANNOTATION) {
+        match v.trim().parse::<u32>() {
+            Ok(n) => p.max_retries = n,
+            Err(_) => bad(RETRIES_ANNOTATION, v, "a whole number"),
+        }
+    }
+    if let Some(v) = a.get(RETRY_BUDGET_ANNOTATION) {
+        match v.trim().parse::<f64>() {
+            Ok(r) if r.is_finite() && (0.0..=1.0).contains(&r) => p.retry_budget_ratio = r,
+            _ => bad(RETRY_BUDGET_ANNOTATION, v, "a ratio between 0 and 1"),
+        }
+    }
+    if let Some(v) = a.get(RETRY_NON_IDEMPOTENT_ANNOTATION) {
+        match v.trim() {
+            "true" => p.retry_non_idempotent = true,
+            "false" => {}
+            _ => bad(RETRY_NON_IDEMPOTENT_ANNOTATION, v, "true or false"),
+        }
+    }
+    p
+}
+
+/// Sort key of a split for conflict resolution: oldest creationTimestamp first (missing or
+/// unparsable ones last), then name.
+fn split_age_key(s: &hub::TrafficSplit) -> (i64, String) {
+    let ts = s
+        .meta
+        .creation_timestamp
+        .as_deref()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.timestamp())
+        .unwrap_or(i64::MAX);
+    (ts, s.meta.name.clone())
+}
+
+/// Converts an SMI match. Invalid regexes are dropped (the route's status reports them).
+pub(crate) fn convert_match(m: &hub::HttpMatch) -> Option<HttpMatch> {
+    if let Some(p) = &m.path_regex {
+        regex::Regex::new(&format!("^(?:{p})")).ok()?;
+    }
+    let mut headers = Vec::with_capacity(m.headers.len());
+    for (k, v) in &m.headers {
+        regex::Regex::new(&format!("^(?:{v})$")).ok()?;
+        headers.push(HeaderMatch {
+            name: k.to_ascii_lowercase(),
+            value_regex: v.clone(),
+        });
+    }
+    headers.sort();
+    let mut methods: Vec<String> = m.methods.iter().map(|x| x.to_ascii_uppercase()).collect();
+    if methods.iter().any(|x| x == "*") {
+        methods = vec!["*".to_string()];
+    }
+    methods.sort();
+    methods.dedup();
+    Some(HttpMatch {
+        name: m.name.clone(),
+        path_regex: m.path_regex.clone().unwrap_or_default(),
+        methods,
+        headers,
+    })
+}
+
+/// Output of the outbound unit.
+pub(crate) struct OutboundUnit {
+    pub resource: Option<OutboundService>,
+    pub statuses: Vec<(ObjectKey, Vec<hub::Condition>)>,
+    pub events: Vec<Event>,
+    /// Services whose change affects this unit (backends).
+    pub backends: BTreeSet<ObjectRef>,
+    /// Route groups read by this unit.
+    pub routes: BTreeSet<ObjectRef>,
+}
+
+/// Compiles one service (or split apex): its OutboundService and its splits' statuses.
+pub(crate) fn outbound(model: &Model, apex: &ObjectRef) -> OutboundUnit {
+    let mut events = Vec::new();
+    let mut statuses = Vec::new();
+    let mut backends_read = BTreeSet::new();
+    let mut routes_read = BTreeSet::new();
+    let svc = model.services.get(apex);
+
+    // Splits on this apex, oldest first: the first one is in force.
+    let mut splits: Vec<&hub::TrafficSplit> = model
+        .splits_for_apex(apex)
+        .filter_map(|r| model.splits.get(r))
+        .collect();
+    splits.sort_by_key(|s| split_age_key(s));
+
+    let mut active: Option<(&hub::TrafficSplit, Vec<HttpMatch>, bool)> = None;
+    for (i, split) in splits.iter().enumerate() {
+        let key = ObjectKey::new(
+            Kind::TrafficSplit,
+            split.meta.namespace.clone(),
+            split.meta.name.clone(),
+        );
+        let generation = split.meta.generation;
+        let mut unresolved: Vec<(String, String)> = Vec::new();
+        if svc.is_none() {
+            unresolved.push((
+                "ServiceNotFound".into(),
+                format!("root service {} not found", apex),
+            ));
+        }
+        for b in &split.backends {
+            let bref = ObjectRef::new(apex.namespace.clone(), b.service.clone());
+            backends_read.insert(bref.clone());
+            match model.services.get(&bref) {
+                None => unresolved.push((
+                    "BackendNotFound".into(),
+                    format!("backend service {} not found", bref),
+                )),
+                Some(bsvc) => {
+                    if let Some(root) = svc {
+                        let missing: Vec<String> = root
+                            .ports
+                            .iter()
+                            .filter(|rp| !bsvc.ports.iter().any(|bp| bp.port == rp.port))
+                            .map(|rp| rp.port.to_string())
+                            .collect();
+                        if !missing.is_empty() {
+                            unresolved.push((
+                                "BackendPortMismatch".into(),
+                                format!(
+                                    "backend {} has no port {} of the root service; it gets no traffic on that port",
+                                    bref,
+                                    missing.join(", ")
+                                ),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        let mut matches = Vec::new();
+        let mut matches_ok = split.matches.is_empty();
+        for m in &split.matches {
+            if m.kind != "HTTPRouteGroup" {
+                unresolved.push((
+                    "InvalidKind".into(),
+                    format!(
+                        "match {} {}: only HTTPRouteGroup is supported",
+                        m.kind, m.name
+                    ),
+                ));
+                continue;
+            }
+            let gref = ObjectRef::new(apex.namespace.clone(), m.name.clone());
+            routes_read.insert(gref.clone());
+            match model.http_routes.get(&gref) {
+                None => unresolved.push((
+                    "RouteNotFound".into(),
+                    format!("HTTPRouteGroup {} not found", gref),
+                )),
+                Some(g) => {
+                    matches_ok = true;
+                    matches.extend(g.matches.iter().filter_map(convert_match));
+                }
+            }
+        }
+        let total: u64 = split.backends.iter().map(|b| b.weight_milli).sum();
+        if !split.backends.is_empty() && total == 0 {
+            warn(
+                &mut events,
+                key.clone(),
+                "NoWeight",
+                "every backend has weight 0: the split sends no traffic; requests go to the root service".into(),
+            );
+        }
+        let mut conds = Vec::new();
+        if i == 0 {
+            let accepted_msg = if split.backends.is_empty() {
+                warn(
+                    &mut events,
+                    key.clone(),
+                    "NoBackends",
+                    "the split has no backends; requests go to the root service".into(),
+                );
+                "accepted; it has no backends".to_string()
+            } else {
+                format!("in force for {}", apex)
+            };
+            conds.push(condition(
+                ACCEPTED,
+                true,
+                "Accepted",
+                accepted_msg,
+                generation,
+            ));
+            conds.push(condition(
+                CONFLICTED,
+                false,
+                "NoConflict",
+                "no other split has this root service".into(),
+                generation,
+            ));
+            active = Some((split, matches, matches_ok));
+        } else {
+            let winner = splits[0];
+            let msg = format!(
+                "{} is also the root of TrafficSplit {}/{}, which is older; this split is ignored",
+                apex, winner.meta.namespace, winner.meta.name
+            );
+            warn(&mut events, key.clone(), "Conflicted", msg.clone());
+            conds.push(condition(
+                ACCEPTED,
+                false,
+                "Conflicted",
+                msg.clone(),
+                generation,
+            ));
+            conds.push(condition(CONFLICTED, true, "ApexConflict", msg, generation));
+        }
+        if unresolved.is_empty() {
+            conds.push(condition(
+                RESOLVED_REFS,
+                true,
+                "ResolvedRefs",
+                "all references resolved".into(),
+                generation,
+            ));
+        } else {
+            for (reason, msg) in &unresolved {
+                warn(&mut events, key.clone(), reason, msg.clone());
+            }
+            let reason = unresolved[0].0.clone();
+            let msg = unresolved
+                .iter()
+                .map(|(_, m)| m.as_str())
+                .collect::<Vec<_>>()
+                .join("; ");
+            conds.push(condition(RESOLVED_REFS, false, &reason, msg, generation));
+        }
+        // Keep a stable order: Accepted, ResolvedRefs, Conflicted.
+        conds.sort_by_key(|c| match c.type_.as_str() {
+            ACCEPTED => 0,
+            RESOLVED_REFS => 1,
+            _ => 2,
+        });
+        statuses.push((key, conds));
+    }
+
+    let resource = svc.map(|svc| {
+        let policy = traffic_policy(svc, &mut events);
+        let ports = svc
+            .ports
+            .iter()
+            .map(|sp| {
+                let mut routes = Vec::new();
+                if let Some((split, matches, matches_ok)) = &active {
+                    if *matches_ok {
+                        if let Some(r) = split_route(model, apex, split, sp.port, matches) {
+                            routes.push(r);
+                        }
+                    }
+                }
+                routes.push(Route {
+                    name: "default".into(),
+                    matches: Vec::new(),
+                    backends: vec![WeightedBackend {
+                        service: svc.name.clone(),
+                        weight: 1,
+                        endpoint_set: endpoints_name(&svc.namespace, &svc.name, sp.port),
+                    }],
+                });
+                OutboundPort {
+                    port: sp.port,
+                    protocol: service_port_protocol(sp),
+                    routes,
+                }
+            })
+            .collect();
+        OutboundService {
+            namespace: svc.namespace.clone(),
+            name: svc.name.clone(),
+            cluster_ips: svc.cluster_ips.clone(),
+            ports,
+            policy,
+        }
+    });
+    OutboundUnit {
+        resource,
+        statuses,
+        events,
+        backends: backends_read,
+        routes: routes_read,
+    }
+}
+
+/// The route of a split on one root port, or `None` when no backend can take traffic there
+/// (then requests fall through to the `default` route).
+fn split_route(
+    model: &Model,
+    apex: &ObjectRef,
+    split: &hub::TrafficSplit,
+    port: u16,
+    matches: &[HttpMatch],
+) -> Option<Route> {
+    let mut backends = Vec::new();
+    for b in &split.backends {
+        let bref = ObjectRef::new(apex.namespace.clone(), b.service.clone());
+        let Some(bsvc) = model.services.get(&bref) else {
+            continue;
+        };
+        // Used only if it has the root's port; its own targetPort is in its EndpointSet.
+        if !bsvc.ports.iter().any(|p| p.port == port) {
+            continue;
+        }
+        backends.push(WeightedBackend {
+            service: b.service.clone(),
+            weight: b.weight_milli,
+            endpoint_set: endpoints_name(&apex.namespace, &b.service, port),
+        });
+    }
+    if backends.iter().all(|b| b.weight == 0) {
+        return None;
+    }
+    // Weights are kept in thousandths in the hub; show whole numbers when they are.
+    if backends.iter().all(|b| b.weight % 1000 == 0) {
+        for b in &mut backends {
+            b.weight /= 1000;
+        }
+    }
+    Some(Route {
+        name: format!("split:{}/{}", split.meta.namespace, split.meta.name),
+        matches: matches.to_vec(),
+        backends,
+    })
+}
+
+/// Output of the endpoints unit.
+pub(crate) struct EndpointsUnit {
+    /// (port, set), in port order.
+    pub sets: Vec<(u16, EndpointSet)>,
+    /// Pods and IPs that appear in the sets.
+    pub pods: BTreeSet<ObjectRef>,
+    pub ips: BTreeSet<IpAddr>,
+}
+
+fn endpoint_for(
+    model: &Model,
+    opts: &CompileOptions,
+    ip: IpAddr,
+    port: u16,
+    pod: Option<&ObjectRef>,
+) -> (Endpoint, Option<ObjectRef>) {
+    let found: Option<&Pod> = match pod {
+        Some(r) => model.pods.get(r).map(|p| p.as_ref()),
+        None => model
+            .pods_with_ip(&ip)
+            .next()
+            .and_then(|r| model.pods.get(r))
+            .map(|p| p.as_ref()),
+    };
+    let mut ep = Endpoint {
+        ip,
+        port,
+        identity: String::new(),
+        inbound_port: 0,
+        pod: pod.map(|r| r.to_string()).unwrap_or_default(),
+    };
+    if let Some(p) = found {
+        ep.pod = format!("{}/{}", p.namespace, p.name);
+        if p.meshed {
+            ep.identity = spiffe_id(&opts.trust_domain, &p.namespace, &p.service_account);
+            ep.inbound_port = opts.proxy_inbound_port;
+        }
+    }
+    (ep, found.map(|p| p.object_ref()).or_else(|| pod.cloned()))
+}
+
+fn subset_port_matches(sp: &ServicePort, name: Option<&str>, protocol: L4Protocol) -> bool {
+    sp.name.as_deref() == name && sp.protocol == protocol
+}
+
+/// Compiles a service's EndpointSets (one per service port).
+pub(crate) fn endpoints(
+    model: &Model,
+    opts: &CompileOptions,
+    svc_ref: &ObjectRef,
+) -> EndpointsUnit {
+    let mut unit = EndpointsUnit {
+        sets: Vec::new(),
+        pods: BTreeSet::new(),
+        ips: BTreeSet::new(),
+    };
+    let Some(svc) = model.services.get(svc_ref) else {
+        return unit;
+    };
+    let groups: Vec<&EndpointGroup> = model.endpoint_groups_for(svc_ref).collect();
+    let derive = groups.is_empty() && model.derive_endpoints_from_pods;
+    for sp in &svc.ports {
+        let mut eps = Vec::new();
+        if !groups.is_empty() {
+            for g in &groups {
+                for subset in &g.subsets {
+                    let Some(port) = subset
+                        .ports
+                        .iter()
+                        .find(|p| subset_port_matches(sp, p.name.as_deref(), p.protocol))
+                    else {
+                        continue;
+                    };
+                    for a in subset.addresses.iter().filter(|a| a.ready) {
+                        unit.ips.insert(a.ip);
+                        let (ep, pod) = endpoint_for(model, opts, a.ip, port.port, a.pod.as_ref());
+                        unit.pods.extend(pod);
+                        eps.push(ep);
+                    }
+                }
+            }
+        } else if derive {
+            for pod in model.pods_in_namespace(&svc.namespace) {
+                if !svc.selects(pod) || !pod.ready {
+                    continue;
+                }
+                unit.pods.insert(pod.object_ref());
+                let Some(ip) = pod.ip else { continue };
+                let Some(port) = pod.resolve_target_port(&sp.target_port, sp.protocol) else {
+                    continue;
+                };
+                unit.ips.insert(ip);
+                let (ep, _) = endpoint_for(model, opts, ip, port, Some(&pod.object_ref()));
+                eps.push(ep);
+            }
+        }
+        eps.sort();
+        eps.dedup_by(|a, b| a.ip == b.ip && a.port == b.port);
+        unit.sets.push((sp.port, EndpointSet { endpoints: eps }));
+    }
+    unit
+}
+
+/// The default inbound policy of a pod: pod annotation > namespace annotation > mesh-wide.
+pub(crate) fn default_policy(
+    model: &Model,
+    opts: &CompileOptions,
+    namespace: &str,
+    pod: Option<&Pod>,
+    events: &mut Vec<Event>,
+) -> DefaultPolicy {
+    if let Some(p) = pod {
+        if let Some(v) = p.annotations.get(DEFAULT_INBOUND_POLICY_ANNOTATION) {
+            match DefaultPolicy::parse(v) {
+                Some(d) => return d,
+                None => warn(
+                    events,
+                    ObjectKey::new(Kind::Pod, p.namespace.clone(), p.name.clone()),
+                    "InvalidAnnotation",
+                    format!("{DEFAULT_INBOUND_POLICY_ANNOTATION}: {v:?} is not allow, mesh or deny; ignored"),
+                ),
+            }
+        }
+    }
+    namespace_default(model, opts, namespace)
+}
+
+/// The default inbound policy of a namespace (its annotation, else the mesh-wide default).
+/// Invalid values fall back to the mesh-wide default.
+pub(crate) fn namespace_default(
+    model: &Model,
+    opts: &CompileOptions,
+    namespace: &str,
+) -> DefaultPolicy {
+    model
+        .namespaces
+        .get(namespace)
+        .and_then(|n| n.annotations.get(DEFAULT_INBOUND_POLICY_ANNOTATION))
+        .and_then(|v| DefaultPolicy::parse(v))
+        .unwrap_or(opts.default_inbound_policy)
+}
+
+/// What a TrafficTarget grants on one port of its destination, or `None` when it grants
+/// nothing there.
+fn authorization(
+    model: &Model,
+    opts: &CompileOptions,
+    tref: &ObjectRef,
+    t: &hub::TrafficTarget,
+    port: u16,
+) -> Option<Authorization> {
+    if t.destination.port.is_some_and(|p| p != port) {
+        return None;
+    }
+    let mut sources: Vec<String> = t
+        .sources
+        .iter()
+        .filter(|s| s.kind == "ServiceAccount")
+        .map(|s| {
+            let ns = if s.namespace.is_empty() {
+                &t.meta.namespace
+            } else {
+                &s.namespace
+            };
+            spiffe_id(&opts.trust_domain, ns, &s.name)
+        })
+        .collect();
+    sources.sort();
+    sources.dedup();
+    if sources.is_empty() {
+        return None;
+    }
+    let mut all_traffic = false;
+    let mut http_routes = Vec::new();
+    for rule in &t.rules {
+        let rref = ObjectRef::new(tref.namespace.clone(), rule.name.clone());
+        match rule.kind {
+            hub::RouteKind::HTTPRouteGroup => {
+                let Some(g) = model.http_routes.get(&rref) else {
+                    continue;
+                };
+                for m in &g.matches {
+                    if rule.matches.is_empty() || rule.matches.contains(&m.name) {
+                        http_routes.extend(convert_match(m));
+                    }
+                }
+            }
+            hub::RouteKind::TCPRoute | hub::RouteKind::UDPRoute => {
+                let routes = if rule.kind == hub::RouteKind::TCPRoute {
+                    &model.tcp_routes
+                } else {
+                    &model.udp_routes
+                };
+                let Some(r) = routes.get(&rref) else { continue };
+                let covers = match &r.matches {
+                    None => true,
+                    Some(m) => {
+                        let named = rule.matches.is_empty()
+                            || m.name.as_ref().is_some_and(|n| rule.matches.contains(n));
+                        named && (m.ports.is_empty() || m.ports.contains(&port))
+                    }
+                };
+                all_traffic |= covers;
+            }
+        }
+    }
+    if all_traffic {
+        http_routes.clear();
+    } else if http_routes.is_empty() {
+        return None;
+    }
+    http_routes.sort();
+    http_routes.dedup();
+    Some(Authorization {
+        name: tref.to_string(),
+        sources,
+        all_traffic,
+        http_routes,
+    })
+}
+
+/// Ports named by the TrafficTargets of a destination (destination.port and route ports).
+fn target_ports(model: &Model, targets: &[(&ObjectRef, &hub::TrafficTarget)]) -> BTreeSet<u16> {
+    let mut ports = BTreeSet::new();
+    for (tref, t) in targets {
+        ports.extend(t.destination.port);
+        for rule in &t.rules {
+            let rref = ObjectRef::new(tref.namespace.clone(), rule.name.clone());
+            let r = match rule.kind {
+                hub::RouteKind::TCPRoute => model.tcp_routes.get(&rref),
+                hub::RouteKind::UDPRoute => model.udp_routes.get(&rref),
+                hub::RouteKind::HTTPRouteGroup => None,
+            };
+            if let Some(m) = r.and_then(|r| r.matches.as_ref()) {
+                ports.extend(m.ports.iter().copied());
+            }
+        }
+    }
+    ports
+}
+
+/// Compiles a pod's InboundPolicy. `pod` is `None` for a proxy the model does not know yet:
+/// then it gets the namespace's default (or deny, when its service account is restricted).
+pub(crate) fn inbound(
+    model: &Model,
+    opts: &CompileOptions,
+    namespace: &str,
+    service_account: &str,
+    pod: Option<&Pod>,
+    events: &mut Vec<Event>,
+) -> InboundPolicy {
+    let sa = ObjectRef::new(namespace, service_account);
+    let targets: Vec<(&ObjectRef, &hub::TrafficTarget)> = model
+        .targets_for_destination(&sa)
+        .filter_map(|r| model.targets.get(r).map(|t| (r, t)))
+        .filter(|(_, t)| t.destination.kind == "ServiceAccount")
+        .collect();
+    let mut default = default_policy(model, opts, namespace, pod, events);
+    // A destination without a port restriction is restricted on every port, listed or not.
+    if targets.iter().any(|(_, t)| t.destination.port.is_none()) {
+        default = DefaultPolicy::Deny;
+    }
+    let restricted_ports: BTreeSet<u16> = targets
+        .iter()
+        .filter_map(|(_, t)| t.destination.port)
+        .collect();
+
+    // Ports: declared container ports, plus any a TrafficTarget names.
+    let mut ports: BTreeMap<u16, Protocol> = BTreeMap::new();
+    if let Some(p) = pod {
+        for cp in &p.container_ports {
+            let mut proto = protocol_hint(cp.protocol, None, cp.name.as_deref());
+            // A service that targets this container port says more (appProtocol).
+            for svc in model.services_in_namespace(&p.namespace) {
+                if !svc.selects(p) {
+                    continue;
+                }
+                for sp in &svc.ports {
+                    if p.resolve_target_port(&sp.target_port, sp.protocol) == Some(cp.port)
+                        && sp.protocol == cp.protocol
+                    {
+                        let sproto = service_port_protocol(sp);
+                        if sproto != Protocol::Detect {
+                            proto = sproto;
+                        }
+                    }
+                }
+            }
+            ports.entry(cp.port).or_insert(proto);
+        }
+    }
+    for p in target_ports(model, &targets) {
+        ports.entry(p).or_insert(Protocol::Detect);
+    }
+
+    let ports = ports
+        .into_iter()
+        .map(|(port, protocol)| {
+            let restricted = restricted_ports.contains(&port)
+                || targets.iter().any(|(_, t)| t.destination.port.is_none());
+            let authorizations = if restricted {
+                targets
+                    .iter()
+                    .filter_map(|(r, t)| authorization(model, opts, r, t, port))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            InboundPort {
+                port,
+                protocol,
+                restricted,
+                authorizations,
+            }
+        })
+        .collect();
+    InboundPolicy {
+        identity: spiffe_id(&opts.trust_domain, namespace, service_account),
+        default_policy: default,
+        ports,
+    }
+}
+
+/// Status conditions (and problem events) of a TrafficTarget.
+pub(crate) fn target_status(
+    model: &Model,
+    tref: &ObjectRef,
+    t: &hub::TrafficTarget,
+) -> (Vec<hub::Condition>, Vec<Event>) {
+    let key = ObjectKey::new(
+        Kind::TrafficTarget,
+        tref.namespace.clone(),
+        tref.name.clone(),
+    );
+    let g = t.meta.generation;
+    let mut events = Vec::new();
+    let mut invalid = Vec::new();
+    if t.destination.kind != "ServiceAccount" {
+        invalid.push(format!(
+            "destination kind {:?} is not ServiceAccount",
+            t.destination.kind
+        ));
+    }
+    for s in &t.sources {
+        if s.kind != "ServiceAccount" {
+            invalid.push(format!("source kind {:?} is not ServiceAccount", s.kind));
+        }
+    }
+    let mut unresolved: Vec<(&str, String)> = Vec::new();
+    for rule in &t.rules {
+        let rref = ObjectRef::new(tref.namespace.clone(), rule.name.clone());
+        let names: Option<Vec<String>> = match rule.kind {
+            hub::RouteKind::HTTPRouteGroup => model
+                .http_routes
+                .get(&rref)
+                .map(|g| g.matches.iter().map(|m| m.name.clone()).collect()),
+            hub::RouteKind::TCPRoute => model
+                .tcp_routes
+                .get(&rref)
+                .map(|r| r.matches.iter().filter_map(|m| m.name.clone()).collect()),
+            hub::RouteKind::UDPRoute => model
+                .udp_routes
+                .get(&rref)
+                .map(|r| r.matches.iter().filter_map(|m| m.name.clone()).collect()),
+        };
+        match names {
+            None => unresolved.push((
+                "RouteNotFound",
+                format!("{} {} not found", rule.kind.as_str(), rref),
+            )),
+            Some(names) => {
+                for m in &rule.matches {
+                    if !names.contains(m) {
+                        unresolved.push((
+                            "MatchNotFound",
+                            format!("{} {} has no match named {:?}", rule.kind.as_str(), rref, m),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    let mut conds = Vec::new();
+    if invalid.is_empty() {
+        let msg = if t.rules.is_empty() || t.sources.is_empty() {
+            let m = format!(
+                "accepted; it has no {} and allows nothing, but {} now only accepts what TrafficTargets allow",
+                if t.rules.is_empty() { "rules" } else { "sources" },
+                destination_ref(t)
+            );
+            warn(&mut events, key.clone(), "AllowsNothing", m.clone());
+            m
+        } else {
+            format!("in force for service account {}", destination_ref(t))
+        };
+        conds.push(condition(ACCEPTED, true, "Accepted", msg, g));
+    } else {
+        let msg = invalid.join("; ");
+        warn(&mut events, key.clone(), "Invalid", msg.clone());
+        conds.push(condition(ACCEPTED, false, "Invalid", msg, g));
+    }
+    if unresolved.is_empty() {
+        conds.push(condition(
+            RESOLVED_REFS,
+            true,
+            "ResolvedRefs",
+            "all references resolved".into(),
+            g,
+        ));
+    } else {
+        for (r, m) in &unresolved {
+            warn(&mut events, key.clone(), r, m.clone());
+        }
+        let msg = unresolved
+            .iter()
+            .map(|(_, m)| m.as_str())
+            .collect::<Vec<_>>()
+            .join("; ");
+        conds.push(condition(RESOLVED_REFS, false, unresolved[0].0, msg, g));
+    }
+    (conds, events)
+}
+
+/// Status conditions of an HTTPRouteGroup (regexes must compile) or TCPRoute/UDPRoute.
+pub(crate) fn route_status(key: &ObjectKey, model: &Model) -> (Vec<hub::Condition>, Vec<Event>) {
+    let r = key.object_ref();
+    let mut events = Vec::new();
+    let (generation, problems) = match key.kind {
+        Kind::HTTPRouteGroup => match model.http_routes.get(&r) {
+            Some(g) => {
+                let mut problems = Vec::new();
+                for m in &g.matches {
+                    if let Some(p) = &m.path_regex {
+                        if let Err(e) = regex::Regex::new(&format!("^(?:{p})")) {
+                            problems.push(format!("match {:?}: invalid pathRegex: {e}", m.name));
+                        }
+                    }
+                    for (h, v) in &m.headers {
+                        if let Err(e) = regex::Regex::new(&format!("^(?:{v})$")) {
+                            problems.push(format!(
+                                "match {:?}: header {h:?}: invalid regex: {e}",
+                                m.name
+                            ));
+                        }
+                    }
+                    for meth in &m.methods {
+                        const KNOWN: [&str; 10] = [
+                            "*", "GET", "HEAD", "PUT", "POST", "DELETE", "CONNECT", "OPTIONS",
+                            "TRACE", "PATCH",
+                        ];
+                        if !KNOWN.contains(&meth.to_ascii_uppercase().as_str()) {
+                            problems.push(format!("match {:?}: unknown method {meth:?}", m.name));
+                        }
+                    }
+                }
+                (g.meta.generation, problems)
+            }
+            None => return (Vec::new(), events),
+        },
+        Kind::TCPRoute => match model.tcp_routes.get(&r) {
+            Some(p) => (p.meta.generation, Vec::new()),
+            None => return (Vec::new(), events),
+        },
+        Kind::UDPRoute => match model.udp_routes.get(&r) {
+            Some(p) => (p.meta.generation, Vec::new()),
+            None => return (Vec::new(), events),
+        },
+        _ => return (Vec::new(), events),
+    };
+    let mut conds = Vec::new();
+    if problems.is_empty() {
+        conds.push(condition(
+            ACCEPTED,
+            true,
+            "Accepted",
+            "all matches are valid".into(),
+            generation,
+        ));
+    } else {
+        let msg = format!("{}; the invalid matches are left out", problems.join("; "));
+        warn(&mut events, key.clone(), "InvalidMatch", msg.clone());
+        conds.push(condition(ACCEPTED, false, "InvalidMatch", msg, generation));
+    }
+    conds.push(condition(
+        RESOLVED_REFS,
+        true,
+        "ResolvedRefs",
+        "no references".into(),
+        generation,
+    ));
+    (conds, events)
+}
