@@ -1,0 +1,257 @@
+//! The admin HTTP server: `/ready`, `/live`, `/metrics`, `/proxies`, `/status`.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use tokio::net::TcpListener;
+
+use crate::discovery::ProxyRegistry;
+use crate::runtime::Shutdown;
+use crate::status::StatusBoard;
+
+/// Readiness and source problems of the runtime.
+#[derive(Debug, Default)]
+pub struct Health {
+    compiled: AtomicBool,
+    serving: AtomicBool,
+    /// Source (e.g. manifest file) → error that keeps its last good objects in force.
+    source_errors: Mutex<BTreeMap<String, String>>,
+}
+
+impl Health {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The first snapshot was compiled and published.
+    pub fn set_compiled(&self) {
+        self.compiled.store(true, Ordering::SeqCst);
+    }
+
+    /// The discovery server accepts streams (or stopped accepting them).
+    pub fn set_serving(&self, serving: bool) {
+        self.serving.store(serving, Ordering::SeqCst);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.compiled.load(Ordering::SeqCst) && self.serving.load(Ordering::SeqCst)
+    }
+
+    /// Replaces the set of current source errors.
+    pub fn set_source_errors(&self, errors: BTreeMap<String, String>) {
+        if let Ok(mut e) = self.source_errors.lock() {
+            *e = errors;
+        }
+    }
+
+    pub fn source_errors(&self) -> BTreeMap<String, String> {
+        self.source_errors
+            .lock()
+            .map(|e| e.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// Everything the admin server reports on.
+#[derive(Clone)]
+pub struct AdminState {
+    pub health: Arc<Health>,
+    pub metrics: Arc<Registry>,
+    pub proxies: Arc<ProxyRegistry>,
+    pub status: Arc<StatusBoard>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusReport {
+    ready: bool,
+    source_errors: BTreeMap<String, String>,
+    objects: serde_json::Value,
+}
+
+/// Body type of every response of the operator's HTTP servers.
+pub type Body = Full<Bytes>;
+
+pub(crate) fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from(body.into())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+pub(crate) fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
+    match serde_json::to_vec_pretty(value) {
+        Ok(body) => {
+            let mut resp = Response::new(Full::new(Bytes::from(body)));
+            *resp.status_mut() = status;
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            resp
+        }
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding: {e}")),
+    }
+}
+
+/// Answers one admin request.
+pub fn handle(state: &AdminState, req: &Request<impl Sized>) -> Response<Body> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    }
+    match req.uri().path() {
+        "/live" => text(StatusCode::OK, "live\n"),
+        "/ready" => {
+            if state.health.is_ready() {
+                let errors = state.health.source_errors();
+                let mut body = String::from("ready\n");
+                for (source, error) in errors {
+                    body.push_str(&format!(
+                        "warning: {source}: {error} (last good objects kept)\n"
+                    ));
+                }
+                text(StatusCode::OK, body)
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+            }
+        }
+        "/metrics" => {
+            let mut out = String::new();
+            match prometheus_client::encoding::text::encode(&mut out, &state.metrics) {
+                Ok(()) => {
+                    let mut resp = text(StatusCode::OK, out);
+                    resp.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static(
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        ),
+                    );
+                    resp
+                }
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+            }
+        }
+        "/proxies" => json(StatusCode::OK, &state.proxies.list()),
+        "/status" => json(
+            StatusCode::OK,
+            &StatusReport {
+                ready: state.health.is_ready(),
+                source_errors: state.health.source_errors(),
+                objects: state.status.to_json(),
+            },
+        ),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// Serves the admin API on `listener` until `shutdown`.
+pub async fn serve(listener: TcpListener, state: AdminState, shutdown: Shutdown) {
+    let state = Arc::new(state);
+    serve_http(listener, None, shutdown, move |req| {
+        let state = state.clone();
+        async move { handle(&state, &req) }
+    })
+    .await
+}
+
+/// Largest request body the operator's HTTP servers read.
+pub(crate) const MAX_BODY: usize = 8 * 1024 * 1024;
+
+/// Reads a request body, at most [`MAX_BODY`] bytes.
+pub(crate) async fn read_body(req: Request<Incoming>) -> Result<Bytes, String> {
+    Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .map_err(|e| format!("reading request body: {e}"))
+}
+
+/// A minimal HTTP/1.1 server (optionally over TLS) with graceful shutdown.
+pub(crate) async fn serve_http<F, Fut>(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: Shutdown,
+    handler: F,
+) where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let mut stop = shutdown.clone();
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.triggered() => return,
+            a = listener.accept() => a,
+        };
+        let (tcp, peer): (_, SocketAddr) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::debug!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let handler = handler.clone();
+        let tls = tls.clone();
+        let mut conn_stop = shutdown.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let handler = handler.clone();
+                async move { Ok::<_, Infallible>(handler(req).await) }
+            });
+            let builder = hyper::server::conn::http1::Builder::new();
+            let result = match tls {
+                None => {
+                    let conn = builder.serve_connection(TokioIo::new(tcp), service);
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        r = conn.as_mut() => r,
+                        _ = conn_stop.triggered() => {
+                            conn.as_mut().graceful_shutdown();
+                            conn.await
+                        }
+                    }
+                }
+                Some(acceptor) => {
+                    let stream =
+                        match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
+                            .await
+                        {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => return,
+                        };
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        r = conn.as_mut() => r,
+                        _ = conn_stop.triggered() => {
+                            conn.as_mut().graceful_shutdown();
+                            conn.await
+                        }
+                    }
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+            }
+        });
+    }
+}

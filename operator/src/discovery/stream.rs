@@ -1,0 +1,386 @@
+//! The per-proxy stream: subscribe, first full-state response, incremental pushes, ACK/NACK.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use weft_proxy_api::v1;
+use weft_proxy_api::v1::discovery_request::Request as Req;
+
+use super::{DiscoveryMetrics, ProxyInfo, ProxyRegistry, Published, SnapshotRx};
+use crate::compile::{ProxyConfig, ProxyKey};
+use crate::runtime::Shutdown;
+
+/// Tunables of the discovery service.
+#[derive(Clone, Debug)]
+pub struct ServiceOptions {
+    /// Trust domain used to derive a proxy's identity from its service account.
+    pub trust_domain: String,
+    /// Responses queued per stream before the stream waits for the proxy to read.
+    pub queue_depth: usize,
+    /// How long a new stream may take to send `Subscribe`.
+    pub subscribe_timeout: Duration,
+}
+
+impl Default for ServiceOptions {
+    fn default() -> Self {
+        ServiceOptions {
+            trust_domain: "cluster.local".to_string(),
+            queue_depth: 2,
+            subscribe_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The tonic `Discovery` service.
+#[derive(Clone)]
+pub struct DiscoveryService {
+    snapshots: SnapshotRx,
+    registry: Arc<ProxyRegistry>,
+    metrics: DiscoveryMetrics,
+    shutdown: Shutdown,
+    options: ServiceOptions,
+}
+
+impl DiscoveryService {
+    pub fn new(
+        snapshots: SnapshotRx,
+        registry: Arc<ProxyRegistry>,
+        metrics: DiscoveryMetrics,
+        shutdown: Shutdown,
+        options: ServiceOptions,
+    ) -> Self {
+        DiscoveryService {
+            snapshots,
+            registry,
+            metrics,
+            shutdown,
+            options,
+        }
+    }
+
+    /// The tonic server wrapper for this service.
+    pub fn into_server(self) -> v1::discovery_server::DiscoveryServer<Self> {
+        v1::discovery_server::DiscoveryServer::new(self)
+    }
+}
+
+#[tonic::async_trait]
+impl v1::discovery_server::Discovery for DiscoveryService {
+    type StreamStream = ReceiverStream<Result<v1::DiscoveryResponse, Status>>;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<v1::DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let remote_addr = request
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(self.options.subscribe_timeout, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no Subscribe received in time"))??;
+        let subscribe = match first {
+            Some(v1::DiscoveryRequest {
+                request: Some(Req::Subscribe(s)),
+            }) => s,
+            Some(_) => {
+                return Err(Status::invalid_argument(
+                    "the first message of a discovery stream must be Subscribe",
+                ))
+            }
+            None => return Err(Status::cancelled("stream closed before Subscribe")),
+        };
+        if subscribe.pod_namespace.is_empty() || subscribe.pod_name.is_empty() {
+            return Err(Status::invalid_argument(
+                "Subscribe needs pod_namespace and pod_name",
+            ));
+        }
+        if self.shutdown.is_triggered() {
+            return Err(Status::unavailable("operator is shutting down"));
+        }
+        let sa = if subscribe.service_account.is_empty() {
+            "default".to_string()
+        } else {
+            subscribe.service_account.clone()
+        };
+        let info = ProxyInfo {
+            pod: format!("{}/{}", subscribe.pod_namespace, subscribe.pod_name),
+            identity: format!(
+                "spiffe://{}/ns/{}/sa/{}",
+                self.options.trust_domain, subscribe.pod_namespace, sa
+            ),
+            service_account: sa.clone(),
+            proxy_version: subscribe.proxy_version.clone(),
+            remote_addr,
+            connected_since: chrono::Utc::now().to_rfc3339(),
+            ..ProxyInfo::default()
+        };
+        let id = self.registry.insert(info);
+        self.metrics.connected.inc();
+        self.metrics.streams_total.inc();
+        let (tx, rx) = mpsc::channel(self.options.queue_depth.max(1));
+        let state = StreamState {
+            id,
+            key: ProxyKey::new(subscribe.pod_namespace, subscribe.pod_name),
+            service_account: sa,
+            known_versions: Some(subscribe.known_versions),
+            held: None,
+            need_full: true,
+            rejected_version: None,
+            nonce_seq: 0,
+            pending: VecDeque::new(),
+            registry: self.registry.clone(),
+            metrics: self.metrics.clone(),
+        };
+        let guard = StreamGuard {
+            id,
+            registry: self.registry.clone(),
+            metrics: self.metrics.clone(),
+        };
+        tokio::spawn(run_stream(
+            state,
+            guard,
+            inbound,
+            tx,
+            self.snapshots.clone(),
+            self.shutdown.clone(),
+        ));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Removes the registry entry and decrements the gauge however the stream ends.
+struct StreamGuard {
+    id: u64,
+    registry: Arc<ProxyRegistry>,
+    metrics: DiscoveryMetrics,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.registry.remove(self.id);
+        self.metrics.connected.dec();
+    }
+}
+
+/// A response sent and not yet answered.
+struct Pending {
+    nonce: String,
+    version: String,
+    /// When the change behind it was observed; `None` for a first response.
+    changed_at: Option<Instant>,
+}
+
+const MAX_PENDING: usize = 16;
+
+struct StreamState {
+    id: u64,
+    key: ProxyKey,
+    service_account: String,
+    /// What the proxy reported holding (used only by the first response).
+    known_versions: Option<BTreeMap<String, String>>,
+    /// The config the proxy holds once it applied everything sent (`None`: unknown).
+    held: Option<Arc<ProxyConfig>>,
+    /// The next response must be full state (first response, or after a NACK).
+    need_full: bool,
+    /// A config version the proxy NACKed: not sent again.
+    rejected_version: Option<String>,
+    nonce_seq: u64,
+    pending: VecDeque<Pending>,
+    registry: Arc<ProxyRegistry>,
+    metrics: DiscoveryMetrics,
+}
+
+async fn run_stream(
+    mut state: StreamState,
+    _guard: StreamGuard,
+    mut inbound: Streaming<v1::DiscoveryRequest>,
+    tx: mpsc::Sender<Result<v1::DiscoveryResponse, Status>>,
+    mut snapshots: SnapshotRx,
+    mut shutdown: Shutdown,
+) {
+    // Something to send: the first response, or a snapshot change not yet looked at.
+    let mut dirty = true;
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.triggered() => {
+                // Send nothing more; tell the proxy to reconnect (to another replica).
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    tx.send(Err(Status::unavailable("operator shutting down; reconnect"))),
+                )
+                .await;
+                return;
+            }
+            msg = inbound.message() => match msg {
+                Ok(Some(req)) => {
+                    if let Some(resend) = state.on_request(req) {
+                        dirty |= resend;
+                    } else {
+                        let _ = tx.try_send(Err(Status::invalid_argument(
+                            "Subscribe may only be sent once per stream",
+                        )));
+                        return;
+                    }
+                }
+                Ok(None) | Err(_) => return,
+            },
+            changed = snapshots.changed(), if !dirty => {
+                if changed.is_err() {
+                    return;
+                }
+                dirty = true;
+            }
+            permit = tx.reserve(), if dirty => {
+                let Ok(permit) = permit else { return };
+                dirty = false;
+                let published = snapshots.borrow_and_update().clone();
+                if let Some(published) = published {
+                    if let Some(response) = state.next_response(&published) {
+                        permit.send(Ok(response));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl StreamState {
+    /// Handles an ACK or NACK. Returns whether a full-state resend is due, or `None` for a
+    /// protocol violation.
+    fn on_request(&mut self, req: v1::DiscoveryRequest) -> Option<bool> {
+        match req.request {
+            Some(Req::Ack(ack)) => {
+                self.metrics.acks.inc();
+                if let Some(pos) = self.pending.iter().position(|p| p.nonce == ack.nonce) {
+                    if let Some(changed_at) = self.pending[pos].changed_at {
+                        self.metrics
+                            .push_to_ack_seconds
+                            .observe(changed_at.elapsed().as_secs_f64());
+                    }
+                    self.pending.drain(..=pos);
+                }
+                self.registry.update(self.id, |info| {
+                    info.last_acked_version = Some(ack.version);
+                    info.last_nack_error = None;
+                    info.acks += 1;
+                });
+                Some(false)
+            }
+            Some(Req::Nack(nack)) => {
+                self.metrics.nacks.inc();
+                tracing::warn!(
+                    pod = %format!("{}/{}", self.key.namespace, self.key.name),
+                    nonce = %nack.nonce,
+                    error = %nack.error,
+                    "proxy rejected config"
+                );
+                let mut resend = false;
+                if let Some(pos) = self.pending.iter().position(|p| p.nonce == nack.nonce) {
+                    let latest = pos + 1 == self.pending.len();
+                    self.rejected_version = Some(self.pending[pos].version.clone());
+                    // A later response was built on top of the rejected one: resend full state.
+                    resend = !latest;
+                    self.pending.drain(..=pos);
+                }
+                // The proxy kept its previous config, which we can no longer diff against.
+                self.need_full = true;
+                self.held = None;
+                self.registry.update(self.id, |info| {
+                    info.last_nack_error = Some(nack.error);
+                    info.last_nack_at = Some(chrono::Utc::now().to_rfc3339());
+                    info.nacks += 1;
+                });
+                Some(resend)
+            }
+            Some(Req::Subscribe(_)) => None,
+            None => Some(false),
+        }
+    }
+
+    /// The response that brings the proxy to `published`, or `None` when it already has it.
+    fn next_response(&mut self, published: &Published) -> Option<v1::DiscoveryResponse> {
+        let proxy = published
+            .compiled
+            .proxy_or_default(&self.key, &self.service_account);
+        if self.rejected_version.as_deref() == Some(proxy.version.as_str()) {
+            return None;
+        }
+        let first = self.known_versions.is_some();
+        let full = self.need_full;
+        let mut response = v1::DiscoveryResponse {
+            version: proxy.version.clone(),
+            full_state: full,
+            ..Default::default()
+        };
+        match (&self.held, full) {
+            (Some(held), false) => {
+                if held.version == proxy.version {
+                    return None;
+                }
+                diff(held, &proxy, &mut response);
+            }
+            _ => {
+                let known = self.known_versions.take().unwrap_or_default();
+                for r in proxy.resources() {
+                    if known.get(&r.name) == Some(&r.version) {
+                        response.unchanged.push(r.name.clone());
+                    } else {
+                        response.resources.push(r.to_proto());
+                    }
+                }
+            }
+        }
+        self.held = Some(proxy.clone());
+        self.need_full = false;
+        self.nonce_seq += 1;
+        response.nonce = self.nonce_seq.to_string();
+        if self.pending.len() >= MAX_PENDING {
+            self.pending.pop_front();
+        }
+        self.pending.push_back(Pending {
+            nonce: response.nonce.clone(),
+            version: proxy.version.clone(),
+            changed_at: (!first).then_some(published.changed_at),
+        });
+        let kind = if full { "full" } else { "incremental" };
+        self.metrics
+            .pushes
+            .get_or_create(&super::metrics::PushLabels { kind })
+            .inc();
+        let nonce = response.nonce.clone();
+        self.registry.update(self.id, |info| {
+            info.last_sent_version = Some(proxy.version.clone());
+            info.last_sent_nonce = Some(nonce);
+            info.pushes += 1;
+        });
+        Some(response)
+    }
+}
+
+/// Fills `response` with what changes from `old` to `new`: added or changed resources, and the
+/// names of removed ones.
+fn diff(old: &ProxyConfig, new: &ProxyConfig, response: &mut v1::DiscoveryResponse) {
+    if old.inbound.version != new.inbound.version {
+        response.resources.push(new.inbound.to_proto());
+    }
+    if Arc::ptr_eq(&old.shared, &new.shared) {
+        return;
+    }
+    for r in new.shared.iter() {
+        if old.shared.get(&r.name).map(|o| &o.version) != Some(&r.version) {
+            response.resources.push(r.to_proto());
+        }
+    }
+    for r in old.shared.iter() {
+        if new.shared.get(&r.name).is_none() {
+            response.removed.push(r.name.clone());
+        }
+    }
+}

@@ -1,0 +1,356 @@
+//! `--manifests DIR`: a directory of Kubernetes YAML, watched for changes.
+//!
+//! Changes are noticed with `notify` (debounced) and, as a fallback for filesystems that do not
+//! report events, by a periodic rescan. Each rescan reads every manifest file whose content
+//! changed; a file that fails to parse keeps its last good objects in force and its error is
+//! reported (logs, metrics, `GET /status`, a warning on `GET /ready`). The rescan's result is
+//! one atomic batch of [`Change`]s.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use super::Change;
+use crate::model::manifests::{load_file, manifest_files, ManifestError};
+use crate::model::{ClusterObject, ObjectKey};
+
+/// Tunables of the directory watcher.
+#[derive(Clone, Debug)]
+pub struct WatchOptions {
+    /// Quiet time after the last filesystem event before rescanning.
+    pub debounce: Duration,
+    /// Longest a rescan is delayed by a continuous stream of events.
+    pub max_delay: Duration,
+    /// Rescan at least this often, events or not.
+    pub rescan_interval: Duration,
+}
+
+impl Default for WatchOptions {
+    fn default() -> Self {
+        WatchOptions {
+            debounce: Duration::from_millis(50),
+            max_delay: Duration::from_millis(500),
+            rescan_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct FileState {
+    digest: [u8; 32],
+    /// The objects of the last version of the file that loaded.
+    objects: Vec<ClusterObject>,
+    /// Why the current content does not load, if it does not.
+    error: Option<String>,
+}
+
+/// The state of a manifests directory: the last good objects of each file.
+#[derive(Debug)]
+pub struct ManifestDir {
+    dir: PathBuf,
+    files: BTreeMap<PathBuf, FileState>,
+    /// Objects currently in force, by key (the last file in path order wins on duplicates).
+    current: HashMap<ObjectKey, ClusterObject>,
+    /// Error listing the directory itself.
+    dir_error: Option<String>,
+}
+
+impl ManifestDir {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        ManifestDir {
+            dir: dir.into(),
+            files: BTreeMap::new(),
+            current: HashMap::new(),
+            dir_error: None,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Rereads the directory (blocking I/O) and returns the changes since the last rescan.
+    pub fn rescan(&mut self) -> Vec<Change> {
+        let paths = match manifest_files(&self.dir) {
+            Ok(p) => {
+                self.dir_error = None;
+                p
+            }
+            Err(e) => {
+                // Keep everything in force: a directory that cannot be listed right now (being
+                // replaced, permissions) is not an instruction to delete the mesh's config.
+                tracing::warn!(dir = %self.dir.display(), error = %e, "cannot list manifests");
+                self.dir_error = Some(e.to_string());
+                return Vec::new();
+            }
+        };
+        let mut seen = BTreeMap::new();
+        for path in paths {
+            let bytes = match std::fs::read(&path) {
+                Ok(b) => b,
+                // Deleted between listing and reading: gone.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    self.record_error(&path, &mut seen, e.to_string());
+                    continue;
+                }
+            };
+            let digest: [u8; 32] = Sha256::digest(&bytes).into();
+            match self.files.remove(&path) {
+                Some(state) if state.digest == digest => {
+                    seen.insert(path, state);
+                }
+                previous => {
+                    let loaded = load_file(&path).map(|f| f.objects);
+                    let state = match (loaded, previous) {
+                        (Ok(objects), _) => {
+                            tracing::debug!(file = %path.display(), objects = objects.len(), "manifest loaded");
+                            FileState {
+                                digest,
+                                objects,
+                                error: None,
+                            }
+                        }
+                        (Err(e), previous) => {
+                            let message = describe(&e);
+                            tracing::warn!(
+                                file = %path.display(),
+                                error = %message,
+                                "manifest does not load; keeping its last good objects"
+                            );
+                            FileState {
+                                digest,
+                                objects: previous.map(|p| p.objects).unwrap_or_default(),
+                                error: Some(message),
+                            }
+                        }
+                    };
+                    seen.insert(path, state);
+                }
+            }
+        }
+        self.files = seen;
+        self.diff()
+    }
+
+    fn record_error(
+        &mut self,
+        path: &Path,
+        seen: &mut BTreeMap<PathBuf, FileState>,
+        message: String,
+    ) {
+        tracing::warn!(file = %path.display(), error = %message, "cannot read manifest");
+        let previous = self.files.remove(path);
+        seen.insert(
+            path.to_path_buf(),
+            FileState {
+                digest: previous.as_ref().map(|p| p.digest).unwrap_or_default(),
+                objects: previous.map(|p| p.objects).unwrap_or_default(),
+                error: Some(message),
+            },
+        );
+    }
+
+    /// Recomputes the objects in force and returns what changed.
+    fn diff(&mut self) -> Vec<Change> {
+        let mut next: HashMap<ObjectKey, ClusterObject> = HashMap::new();
+        for state in self.files.values() {
+            for o in &state.objects {
+                next.insert(o.key(), o.clone());
+            }
+        }
+        let mut changes = Vec::new();
+        for (key, object) in &next {
+            if self.current.get(key) != Some(object) {
+                changes.push(Change::Upsert(object.clone()));
+            }
+        }
+        for key in self.current.keys() {
+            if !next.contains_key(key) {
+                changes.push(Change::Remove(key.clone()));
+            }
+        }
+        self.current = next;
+        changes
+    }
+
+    /// Files (relative to the directory) whose current content does not load, with the reason.
+    pub fn errors(&self) -> BTreeMap<String, String> {
+        let mut out: BTreeMap<String, String> = self
+            .files
+            .iter()
+            .filter_map(|(path, s)| {
+                let rel = path.strip_prefix(&self.dir).unwrap_or(path);
+                s.error
+                    .as_ref()
+                    .map(|e| (rel.display().to_string(), e.clone()))
+            })
+            .collect();
+        if let Some(e) = &self.dir_error {
+            out.insert(".".to_string(), e.clone());
+        }
+        out
+    }
+
+    /// Number of objects in force.
+    pub fn len(&self) -> usize {
+        self.current.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.current.is_empty()
+    }
+}
+
+fn describe(e: &ManifestError) -> String {
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = s.source();
+    }
+    message
+}
+
+/// Why the directory watcher could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("watching {path}: {source}")]
+    Notify { path: String, source: notify::Error },
+}
+
+/// A filesystem watcher that sends a tick (coalesced) for every event under the directory.
+/// Dropping it stops the watch.
+pub struct DirWatcher {
+    _watcher: notify::RecommendedWatcher,
+    rx: mpsc::Receiver<()>,
+    options: WatchOptions,
+}
+
+impl DirWatcher {
+    pub fn new(dir: &Path, options: WatchOptions) -> Result<Self, WatchError> {
+        use notify::Watcher;
+        let (tx, rx) = mpsc::channel(1);
+        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            match res {
+                Ok(ev) if ev.kind.is_access() => {}
+                // A full channel already holds a tick: coalesced.
+                _ => {
+                    let _ = tx.try_send(());
+                }
+            }
+        })
+        .map_err(|source| WatchError::Notify {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        watcher
+            .watch(dir, notify::RecursiveMode::Recursive)
+            .map_err(|source| WatchError::Notify {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        Ok(DirWatcher {
+            _watcher: watcher,
+            rx,
+            options,
+        })
+    }
+
+    /// Waits for the next batch of filesystem events (debounced) or the rescan interval.
+    pub async fn next(&mut self) {
+        let first = tokio::time::timeout(self.options.rescan_interval, self.rx.recv()).await;
+        if !matches!(first, Ok(Some(()))) {
+            if matches!(first, Ok(None)) {
+                // The watcher is gone; fall back to periodic rescans only.
+                tokio::time::sleep(self.options.rescan_interval).await;
+            }
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + self.options.max_delay;
+        loop {
+            let quiet = tokio::time::Instant::now() + self.options.debounce;
+            match tokio::time::timeout_at(quiet.min(deadline), self.rx.recv()).await {
+                Ok(Some(())) if tokio::time::Instant::now() < deadline => continue,
+                _ => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SVC: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: demo}\nspec:\n  selector: {app: web}\n  ports: [{port: 80}]\n";
+    const SPLIT: &str = "apiVersion: split.smi-spec.io/v1alpha4\nkind: TrafficSplit\nmetadata: {name: canary, namespace: demo}\nspec:\n  service: web\n  backends: [{service: web, weight: 100}]\n";
+
+    fn kinds(changes: &[Change]) -> Vec<String> {
+        let mut v: Vec<String> = changes
+            .iter()
+            .map(|c| match c {
+                Change::Upsert(o) => format!("+{}", o.key().name),
+                Change::Remove(k) => format!("-{}", k.name),
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn add_edit_delete_and_malformed_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut dir = ManifestDir::new(tmp.path());
+        assert!(dir.rescan().is_empty());
+
+        std::fs::write(tmp.path().join("svc.yaml"), SVC).unwrap();
+        std::fs::create_dir(tmp.path().join("sub")).unwrap();
+        std::fs::write(tmp.path().join("sub/split.yaml"), SPLIT).unwrap();
+        assert_eq!(kinds(&dir.rescan()), vec!["+canary", "+web"]);
+        assert_eq!(dir.len(), 2);
+        // Nothing changed: nothing to do.
+        assert!(dir.rescan().is_empty());
+
+        // A broken edit keeps the last good objects and reports the file.
+        std::fs::write(tmp.path().join("sub/split.yaml"), "kind: [unclosed").unwrap();
+        assert!(dir.rescan().is_empty());
+        assert_eq!(dir.len(), 2);
+        let errors = dir.errors();
+        assert!(errors.contains_key("sub/split.yaml"), "{errors:?}");
+
+        // Fixed: the new content applies and the error clears.
+        std::fs::write(
+            tmp.path().join("sub/split.yaml"),
+            SPLIT.replace("weight: 100", "weight: 50"),
+        )
+        .unwrap();
+        assert_eq!(kinds(&dir.rescan()), vec!["+canary"]);
+        assert!(dir.errors().is_empty());
+
+        // Rename: same objects, nothing changes.
+        std::fs::rename(tmp.path().join("svc.yaml"), tmp.path().join("svc2.yml")).unwrap();
+        assert!(dir.rescan().is_empty());
+
+        // Delete: objects go.
+        std::fs::remove_file(tmp.path().join("sub/split.yaml")).unwrap();
+        assert_eq!(kinds(&dir.rescan()), vec!["-canary"]);
+        assert_eq!(dir.len(), 1);
+    }
+
+    #[test]
+    fn hidden_and_foreign_files_are_ignored() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join(".svc.yaml.swp"), "garbage: [").unwrap();
+        std::fs::write(tmp.path().join("notes.txt"), "garbage: [").unwrap();
+        let mut dir = ManifestDir::new(tmp.path());
+        assert!(dir.rescan().is_empty());
+        assert!(dir.errors().is_empty());
+    }
+}

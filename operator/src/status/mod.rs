@@ -1,0 +1,233 @@
+//! Status of SMI objects: conditions computed by the compiler, kept in a board (served as
+//! `GET /status`, logged in manifests mode) and, in Kubernetes, written by server-side apply on
+//! the status subresource with Events for problems (see [`writer`]).
+
+pub mod writer;
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use serde::Serialize;
+use weft_smi::hub::{Condition, SmiStatus};
+
+/// Which SMI object a status belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectRef {
+    /// API group, e.g. `split.smi-spec.io`.
+    pub group: String,
+    /// e.g. `TrafficSplit`.
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+/// The conditions the operator wants on one object.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectStatus {
+    pub object: ObjectRef,
+    /// The apiVersion to write the status with (the object's stored/read version).
+    pub api_version: String,
+    pub conditions: Vec<Condition>,
+}
+
+impl ObjectStatus {
+    /// Conditions that report a problem (`Accepted`/`ResolvedRefs` not `True`, or `Conflicted`
+    /// `True`): these also become Warning Events.
+    pub fn problems(&self) -> impl Iterator<Item = &Condition> {
+        self.conditions.iter().filter(|c| is_problem(c))
+    }
+}
+
+/// Whether a condition reports a problem.
+pub fn is_problem(c: &Condition) -> bool {
+    match c.type_.as_str() {
+        weft_smi::status::CONFLICTED => c.status == "True",
+        _ => c.status != "True",
+    }
+}
+
+/// Merges `desired` conditions into the `current` status: each condition keeps its
+/// `lastTransitionTime` when its `status` did not change. Returns the merged status and whether
+/// it differs from `current` (ignoring `lastTransitionTime`).
+pub fn merge_conditions(
+    current: &SmiStatus,
+    desired: &[Condition],
+    now: &str,
+) -> (SmiStatus, bool) {
+    let mut merged = SmiStatus::default();
+    for want in desired {
+        let mut c = want.clone();
+        c.last_transition_time = match current.conditions.iter().find(|p| p.type_ == c.type_) {
+            Some(prev) if prev.status == c.status => prev
+                .last_transition_time
+                .clone()
+                .or_else(|| Some(now.to_string())),
+            _ => Some(now.to_string()),
+        };
+        merged.conditions.push(c);
+    }
+    let strip = |s: &SmiStatus| {
+        let mut v: Vec<Condition> = s
+            .conditions
+            .iter()
+            .cloned()
+            .map(|mut c| {
+                c.last_transition_time = None;
+                c
+            })
+            .collect();
+        v.sort_by(|a, b| a.type_.cmp(&b.type_));
+        v
+    };
+    let changed = strip(current) != strip(&merged);
+    (merged, changed)
+}
+
+/// The latest status of every SMI object, with transition times maintained across updates.
+#[derive(Debug, Default)]
+pub struct StatusBoard {
+    objects: Mutex<BTreeMap<ObjectRef, ObjectStatus>>,
+}
+
+impl StatusBoard {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Replaces the board with `statuses`; returns the objects whose conditions changed
+    /// (ignoring `lastTransitionTime`), with transition times kept where the status did not.
+    pub fn update(&self, statuses: Vec<ObjectStatus>) -> Vec<ObjectStatus> {
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let Ok(mut objects) = self.objects.lock() else {
+            return Vec::new();
+        };
+        let mut next = BTreeMap::new();
+        let mut changed = Vec::new();
+        for s in statuses {
+            let current = objects
+                .get(&s.object)
+                .map(|o| SmiStatus {
+                    conditions: o.conditions.clone(),
+                })
+                .unwrap_or_default();
+            let (merged, differs) = merge_conditions(&current, &s.conditions, &now);
+            let status = ObjectStatus {
+                conditions: merged.conditions,
+                ..s
+            };
+            if differs {
+                changed.push(status.clone());
+            }
+            next.insert(status.object.clone(), status);
+        }
+        *objects = next;
+        changed
+    }
+
+    pub fn get(&self, object: &ObjectRef) -> Option<ObjectStatus> {
+        self.objects.lock().ok()?.get(object).cloned()
+    }
+
+    pub fn all(&self) -> Vec<ObjectStatus> {
+        self.objects
+            .lock()
+            .map(|o| o.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// JSON array of every object's status (for `GET /status`).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self.all()).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cond(type_: &str, status: &str, reason: &str) -> Condition {
+        Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message: String::new(),
+            observed_generation: Some(1),
+            last_transition_time: None,
+        }
+    }
+
+    fn obj(name: &str, conditions: Vec<Condition>) -> ObjectStatus {
+        ObjectStatus {
+            object: ObjectRef {
+                group: "split.smi-spec.io".into(),
+                kind: "TrafficSplit".into(),
+                namespace: "demo".into(),
+                name: name.into(),
+            },
+            api_version: "split.smi-spec.io/v1alpha4".into(),
+            conditions,
+        }
+    }
+
+    #[test]
+    fn unchanged_conditions_keep_transition_time_and_report_no_change() {
+        let mut current = SmiStatus::default();
+        current.conditions.push(Condition {
+            last_transition_time: Some("2020-01-01T00:00:00Z".into()),
+            ..cond("Accepted", "True", "Accepted")
+        });
+        let (merged, changed) =
+            merge_conditions(&current, &[cond("Accepted", "True", "Accepted")], "now");
+        assert!(!changed);
+        assert_eq!(
+            merged.conditions[0].last_transition_time.as_deref(),
+            Some("2020-01-01T00:00:00Z")
+        );
+        let (merged, changed) =
+            merge_conditions(&current, &[cond("Accepted", "False", "Invalid")], "now");
+        assert!(changed);
+        assert_eq!(
+            merged.conditions[0].last_transition_time.as_deref(),
+            Some("now")
+        );
+    }
+
+    #[test]
+    fn board_reports_only_changed_objects() {
+        let board = StatusBoard::new();
+        let a = obj("a", vec![cond("Accepted", "True", "Accepted")]);
+        let b = obj("b", vec![cond("Accepted", "False", "Invalid")]);
+        assert_eq!(board.update(vec![a.clone(), b.clone()]).len(), 2);
+        let changed = board.update(vec![
+            a.clone(),
+            obj("b", vec![cond("Accepted", "True", "Accepted")]),
+        ]);
+        assert_eq!(changed.len(), 1);
+        assert_eq!(changed[0].object.name, "b");
+        assert!(board.update(vec![a]).is_empty());
+        assert!(board.get(&b.object).is_none());
+        assert_eq!(board.all().len(), 1);
+    }
+
+    #[test]
+    fn problems_are_non_true_or_conflicted() {
+        let s = obj(
+            "a",
+            vec![
+                cond("Accepted", "True", "Accepted"),
+                cond("ResolvedRefs", "False", "BackendNotFound"),
+                cond("Conflicted", "True", "Conflicted"),
+            ],
+        );
+        let kinds: Vec<&str> = s.problems().map(|c| c.type_.as_str()).collect();
+        assert_eq!(kinds, vec!["ResolvedRefs", "Conflicted"]);
+    }
+}
