@@ -32,7 +32,7 @@ crate::impl_resource!(
     "traffictargets"
 );
 
-/// A v1alpha1 identity: like [`super::Subject`] but the port is a string.
+/// A v1alpha1 workload identity; the port is written as a string.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Subject {
@@ -40,8 +40,33 @@ pub struct Subject {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
-    /// A port number written as a string (`"8080"`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[0-9]+$"))]
+    /// A port number written as a string (`"8080"`); a number is accepted too.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "port_string"
+    )]
+    #[schemars(schema_with = "port_schema")]
     pub port: Option<String>,
+}
+
+fn port_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    use serde::de::Error;
+    match Option::<serde_json::Value>::deserialize(d)? {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) => Ok(Some(s)),
+        Some(serde_json::Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(other) => Err(D::Error::custom(format!(
+            "port must be a number or a string, found {other}"
+        ))),
+    }
+}
+
+fn port_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "description": "A port number, written as a string (`\"8080\"`) or a number.",
+        "x-kubernetes-int-or-string": true,
+        "anyOf": [{"type": "integer"}, {"type": "string"}],
+        "pattern": "^[0-9]+$",
+    })
 }
