@@ -1,0 +1,402 @@
+//! rustls glue: certificate resolvers that read the current certificate, verifiers that check
+//! chains against the current trust anchors, and SPIFFE identities carried in server names.
+
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::ResolvesClientCert;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ParsedCertificate, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, Error, RootCertStore,
+    SignatureScheme,
+};
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+/// Suffix of the server names that carry an expected SPIFFE identity.
+pub const SERVER_NAME_SUFFIX: &str = "id.weft.invalid";
+const HASH_MARK: &str = "h";
+const BASE32_MARK: &str = "b";
+const BASE32: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+
+/// The proxy's certificate and trust anchors in force.
+pub(crate) struct CertState {
+    pub(crate) identity: String,
+    pub(crate) certified: Arc<CertifiedKey>,
+    pub(crate) roots: Arc<RootCertStore>,
+    pub(crate) client_verifier: Arc<dyn ClientCertVerifier>,
+    pub(crate) not_after: std::time::SystemTime,
+}
+
+pub(crate) type StateRx = watch::Receiver<Option<Arc<CertState>>>;
+
+/// The crypto provider used everywhere in the proxy's identity code (ring, explicitly).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn base32(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 8 / 5 + 1);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for &b in bytes {
+        acc = (acc << 8) | u32::from(b);
+        bits += 8;
+        while bits >= 5 {
+            bits -= 5;
+            out.push(char::from(BASE32[((acc >> bits) & 31) as usize]));
+        }
+    }
+    if bits > 0 {
+        out.push(char::from(BASE32[((acc << (5 - bits)) & 31) as usize]));
+    }
+    out
+}
+
+fn unbase32(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.len() * 5 / 8);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in s.bytes() {
+        let v = BASE32.iter().position(|&x| x == c)? as u32;
+        acc = ((acc << 5) | v) & 0xffff;
+        bits += 5;
+        if bits >= 8 {
+            bits -= 8;
+            out.push(((acc >> bits) & 0xff) as u8);
+        }
+    }
+    Some(out)
+}
+
+fn labels(s: &str) -> String {
+    let chunks: Vec<&str> = s
+        .as_bytes()
+        .chunks(63)
+        .filter_map(|c| std::str::from_utf8(c).ok())
+        .collect();
+    chunks.join(".")
+}
+
+/// The TLS server name under which a client expects to meet `identity` (a SPIFFE ID).
+///
+/// The identity is encoded as DNS labels under [`SERVER_NAME_SUFFIX`] (base32, or a SHA-256
+/// digest when too long for a DNS name); the client verifier of [`super::Identity::client_config`]
+/// decodes it and requires the server certificate's URI SAN to be exactly `identity`.
+pub fn server_name_for(identity: &str) -> ServerName<'static> {
+    let encoded = format!(
+        "{}.{BASE32_MARK}.{SERVER_NAME_SUFFIX}",
+        labels(&base32(identity.as_bytes()))
+    );
+    let name = if encoded.len() <= 253 && !identity.is_empty() {
+        encoded
+    } else {
+        let digest = hex(&Sha256::digest(identity.as_bytes()));
+        format!("{}.{HASH_MARK}.{SERVER_NAME_SUFFIX}", labels(&digest))
+    };
+    // Always a valid DNS name: lowercase base32/hex labels of at most 63 characters.
+    ServerName::try_from(name).unwrap_or_else(|_| {
+        ServerName::try_from(SERVER_NAME_SUFFIX)
+            .unwrap_or(ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()))
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What a server name says the peer must be.
+#[derive(Debug, PartialEq, Eq)]
+enum Expected {
+    Exact(String),
+    Digest(String),
+}
+
+impl Expected {
+    fn from_server_name(name: &ServerName<'_>) -> Option<Expected> {
+        let ServerName::DnsName(dns) = name else {
+            return None;
+        };
+        let dns = dns.as_ref().trim_end_matches('.');
+        let rest = dns.strip_suffix(SERVER_NAME_SUFFIX)?.strip_suffix('.')?;
+        let (body, mark) = rest.rsplit_once('.')?;
+        let joined: String = body.split('.').collect();
+        match mark {
+            BASE32_MARK => Some(Expected::Exact(String::from_utf8(unbase32(&joined)?).ok()?)),
+            HASH_MARK if joined.len() == 64 => Some(Expected::Digest(joined)),
+            _ => None,
+        }
+    }
+
+    fn matches(&self, identity: &str) -> bool {
+        match self {
+            Expected::Exact(e) => e == identity,
+            Expected::Digest(d) => *d == hex(&Sha256::digest(identity.as_bytes())),
+        }
+    }
+}
+
+/// The SPIFFE ID decoded from a server name made by [`server_name_for`] (not for hashed names).
+pub fn identity_from_server_name(name: &ServerName<'_>) -> Option<String> {
+    match Expected::from_server_name(name)? {
+        Expected::Exact(id) => Some(id),
+        Expected::Digest(_) => None,
+    }
+}
+
+/// The SPIFFE ID (the URI SAN starting with `spiffe://`) of the first certificate, if it has
+/// exactly one.
+pub fn peer_identity(certs: &[CertificateDer<'_>]) -> Option<String> {
+    let leaf = certs.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    let mut ids = san.value.general_names.iter().filter_map(|n| match n {
+        x509_parser::extensions::GeneralName::URI(u) if u.starts_with("spiffe://") => Some(*u),
+        _ => None,
+    });
+    let first = ids.next()?;
+    if ids.next().is_some() {
+        return None;
+    }
+    Some(first.to_owned())
+}
+
+/// Serves the current certificate; the same `ServerConfig` serves each renewed one.
+#[derive(Debug)]
+pub(crate) struct CurrentCert(pub(crate) StateRx);
+
+impl ResolvesServerCert for CurrentCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.0.borrow().as_ref().map(|s| Arc::clone(&s.certified))
+    }
+}
+
+impl ResolvesClientCert for CurrentCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.0.borrow().as_ref().map(|s| Arc::clone(&s.certified))
+    }
+
+    fn has_certs(&self) -> bool {
+        self.0.borrow().is_some()
+    }
+}
+
+impl std::fmt::Debug for CertState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertState")
+            .field("identity", &self.identity)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+fn no_identity() -> Error {
+    Error::General("this proxy has no identity certificate yet".into())
+}
+
+/// Verifies client certificates (when presented) against the current trust anchors.
+#[derive(Debug)]
+pub(crate) struct ClientVerifier {
+    pub(crate) state: StateRx,
+    pub(crate) provider: Arc<CryptoProvider>,
+}
+
+impl ClientCertVerifier for ClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, Error> {
+        let verifier = self
+            .state
+            .borrow()
+            .as_ref()
+            .map(|s| Arc::clone(&s.client_verifier))
+            .ok_or_else(no_identity)?;
+        verifier.verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Verifies a server's chain against the current trust anchors and its URI SAN against the
+/// identity encoded in the server name.
+#[derive(Debug)]
+pub(crate) struct ServerVerifier {
+    pub(crate) state: StateRx,
+    pub(crate) provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for ServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        let roots = self
+            .state
+            .borrow()
+            .as_ref()
+            .map(|s| Arc::clone(&s.roots))
+            .ok_or_else(no_identity)?;
+        let expected = Expected::from_server_name(server_name).ok_or_else(|| {
+            Error::General(format!(
+                "server name {server_name:?} does not carry a SPIFFE identity; use server_name_for()"
+            ))
+        })?;
+        let parsed = ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &parsed,
+            &roots,
+            intermediates,
+            now,
+            self.provider.signature_verification_algorithms.all,
+        )?;
+        match peer_identity(std::slice::from_ref(end_entity)) {
+            Some(id) if expected.matches(&id) => Ok(ServerCertVerified::assertion()),
+            _ => Err(Error::InvalidCertificate(CertificateError::NotValidForName)),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_names_round_trip() {
+        for id in [
+            "spiffe://cluster.local/ns/default/sa/default",
+            "spiffe://example.org/ns/a-b.c/sa/x",
+        ] {
+            let name = server_name_for(id);
+            assert_eq!(identity_from_server_name(&name).as_deref(), Some(id));
+            let expected = Expected::from_server_name(&name).unwrap();
+            assert!(expected.matches(id));
+            assert!(!expected.matches("spiffe://cluster.local/ns/default/sa/other"));
+        }
+    }
+
+    #[test]
+    fn long_identities_use_a_digest() {
+        let id = format!(
+            "spiffe://cluster.local/ns/{}/sa/{}",
+            "n".repeat(63),
+            "s".repeat(200)
+        );
+        let name = server_name_for(&id);
+        assert!(identity_from_server_name(&name).is_none());
+        let expected = Expected::from_server_name(&name).unwrap();
+        assert!(expected.matches(&id));
+        assert!(!expected.matches("spiffe://cluster.local/ns/default/sa/default"));
+    }
+
+    #[test]
+    fn base32_round_trips() {
+        for s in [
+            &b""[..],
+            b"a",
+            b"ab",
+            b"abc",
+            b"abcd",
+            b"abcde",
+            b"\xff\x00\x10",
+        ] {
+            assert_eq!(unbase32(&base32(s)).unwrap(), s);
+        }
+    }
+
+    #[test]
+    fn other_names_carry_no_identity() {
+        let name = ServerName::try_from("web.default.svc.cluster.local").unwrap();
+        assert!(Expected::from_server_name(&name).is_none());
+    }
+}
