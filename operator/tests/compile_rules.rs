@@ -1,0 +1,895 @@
+//! Table-driven tests of the compiler's rules (docs/compile.md), from manifests to per-proxy
+//! results and status conditions.
+
+use std::sync::Arc;
+
+use weft_operator::compile::{
+    compile, ChangedKeys, CompileOptions, Compiled, Compiler, DefaultPolicy, EndpointSet,
+    InboundPolicy, OutboundService, ProxyConfig, ResourceKind, Route,
+};
+use weft_operator::model::manifests::parse_manifests;
+use weft_operator::model::{Kind, Model, ObjectKey, ObjectRef};
+
+// ---------------------------------------------------------------------------------------------
+// Manifest builders.
+
+fn ns(name: &str, policy: Option<&str>) -> String {
+    let ann = policy
+        .map(|p| format!("\n  annotations:\n    weft.io/default-inbound-policy: {p}"))
+        .unwrap_or_default();
+    format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}{ann}\n---\n")
+}
+
+/// A ready pod with IP, labels `app: <app>` (+ version), service account, container port
+/// `http` 8080 (+ extra ports).
+fn pod(name: &str, app: &str, ip: &str, sa: &str, meshed: bool, extra: &str) -> String {
+    let mesh = if meshed {
+        "\n    weft.io/proxy-version: \"0.1.0\""
+    } else {
+        ""
+    };
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  namespace: demo
+  labels:
+    app: {app}{mesh}
+{extra}spec:
+  serviceAccountName: {sa}
+  containers:
+  - name: app
+    image: app
+    ports:
+    - name: http
+      containerPort: 8080
+    - name: admin
+      containerPort: 9090
+status:
+  podIP: {ip}
+  conditions:
+  - type: Ready
+    status: "True"
+---
+"#
+    )
+}
+
+fn svc(name: &str, app: &str, ip: &str, ports: &[(u16, &str)], annotations: &str) -> String {
+    let ports: String = ports
+        .iter()
+        .map(|(p, t)| format!("  - name: p{p}\n    port: {p}\n    targetPort: {t}\n"))
+        .collect();
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: demo\n{annotations}spec:\n  clusterIP: {ip}\n  selector:\n    app: {app}\n  ports:\n{ports}---\n"
+    )
+}
+
+fn split(name: &str, root: &str, backends: &[(&str, u64)], matches: &[&str], ts: &str) -> String {
+    let b: String = backends
+        .iter()
+        .map(|(s, w)| format!("  - service: {s}\n    weight: {w}\n"))
+        .collect();
+    let m = if matches.is_empty() {
+        String::new()
+    } else {
+        let items: String = matches
+            .iter()
+            .map(|n| format!("  - kind: HTTPRouteGroup\n    name: {n}\n"))
+            .collect();
+        format!("  matches:\n{items}")
+    };
+    format!(
+        "apiVersion: split.smi-spec.io/v1alpha4\nkind: TrafficSplit\nmetadata:\n  name: {name}\n  namespace: demo\n  generation: 3\n  creationTimestamp: \"{ts}\"\nspec:\n  service: {root}\n  backends:\n{b}{m}---\n"
+    )
+}
+
+fn http_group(name: &str, matches_yaml: &str) -> String {
+    format!(
+        "apiVersion: specs.smi-spec.io/v1alpha4\nkind: HTTPRouteGroup\nmetadata:\n  name: {name}\n  namespace: demo\nspec:\n  matches:\n{matches_yaml}---\n"
+    )
+}
+
+fn tcp_route(name: &str, ports: &[u16]) -> String {
+    let p = ports
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "apiVersion: specs.smi-spec.io/v1alpha4\nkind: TCPRoute\nmetadata:\n  name: {name}\n  namespace: demo\nspec:\n  matches:\n    ports: [{p}]\n---\n"
+    )
+}
+
+/// `rules`: (kind, name, matches).
+fn target(
+    name: &str,
+    dest: &str,
+    port: Option<u16>,
+    sources: &[&str],
+    rules: &[(&str, &str, &[&str])],
+) -> String {
+    let port = port.map(|p| format!("\n    port: {p}")).unwrap_or_default();
+    let s: String = sources
+        .iter()
+        .map(|s| format!("  - kind: ServiceAccount\n    name: {s}\n    namespace: demo\n"))
+        .collect();
+    let r: String = rules
+        .iter()
+        .map(|(k, n, m)| {
+            let m = if m.is_empty() {
+                String::new()
+            } else {
+                format!("\n    matches: [{}]", m.join(", "))
+            };
+            format!("  - kind: {k}\n    name: {n}{m}\n")
+        })
+        .collect();
+    let sources = if sources.is_empty() {
+        "  sources: []\n".to_string()
+    } else {
+        format!("  sources:\n{s}")
+    };
+    let rules = if rules.is_empty() {
+        "  rules: []\n".to_string()
+    } else {
+        format!("  rules:\n{r}")
+    };
+    format!(
+        "apiVersion: access.smi-spec.io/v1alpha3\nkind: TrafficTarget\nmetadata:\n  name: {name}\n  namespace: demo\nspec:\n  destination:\n    kind: ServiceAccount\n    name: {dest}\n    namespace: demo{port}\n{sources}{rules}---\n"
+    )
+}
+
+fn model(yaml: &str) -> Model {
+    let (objects, ignored) = parse_manifests(yaml, false).expect("test manifests parse");
+    assert!(ignored.is_empty(), "ignored: {ignored:?}");
+    let mut m = Model::from_objects(objects);
+    m.derive_endpoints_from_pods = true;
+    m
+}
+
+fn build(yaml: &str) -> Compiled {
+    compile(&model(yaml), &CompileOptions::default())
+}
+
+fn base() -> String {
+    let mut y = ns("demo", None);
+    y += &pod("client-0", "client", "10.0.0.1", "client", true, "");
+    y += &pod("web-v1-0", "web-v1", "10.0.1.1", "web", true, "");
+    y += &pod("web-v2-0", "web-v2", "10.0.2.1", "web", true, "");
+    y += &pod("legacy-0", "legacy", "10.0.3.1", "legacy", false, "");
+    y += &svc("web", "web-v1", "10.96.0.1", &[(80, "http")], "");
+    y += &svc("web-v1", "web-v1", "10.96.0.2", &[(80, "http")], "");
+    y += &svc("web-v2", "web-v2", "10.96.0.3", &[(80, "http")], "");
+    y += &svc("legacy", "legacy", "10.96.0.4", &[(80, "8080")], "");
+    y
+}
+
+fn proxy(c: &Compiled, pod: &str) -> Arc<ProxyConfig> {
+    c.proxy(&ObjectRef::new("demo", pod))
+        .unwrap_or_else(|| panic!("no proxy for {pod}"))
+}
+
+fn outbound(c: &Compiled, svc: &str) -> OutboundService {
+    let cfg = proxy(c, "client-0");
+    match &cfg
+        .get(&format!("outbound:{svc}.demo"))
+        .expect("outbound")
+        .resource
+    {
+        ResourceKind::Outbound(o) => o.clone(),
+        _ => unreachable!(),
+    }
+}
+
+fn routes(c: &Compiled, svc: &str, port: u16) -> Vec<Route> {
+    outbound(c, svc)
+        .ports
+        .into_iter()
+        .find(|p| p.port == port)
+        .expect("port")
+        .routes
+}
+
+/// (backend, weight, endpoint_set) of a route.
+fn backends(r: &Route) -> Vec<(String, u64, String)> {
+    r.backends
+        .iter()
+        .map(|b| (b.service.clone(), b.weight, b.endpoint_set.clone()))
+        .collect()
+}
+
+fn endpoints(c: &Compiled, name: &str) -> EndpointSet {
+    match &c.shared().get(name).expect("endpoint set").resource {
+        ResourceKind::Endpoints(e) => e.clone(),
+        _ => unreachable!(),
+    }
+}
+
+fn inbound(c: &Compiled, pod: &str) -> InboundPolicy {
+    match &proxy(c, pod).inbound.resource {
+        ResourceKind::Inbound(i) => i.clone(),
+        _ => unreachable!(),
+    }
+}
+
+/// (type, status, reason) of an object's conditions.
+fn conditions(c: &Compiled, kind: Kind, name: &str) -> Vec<(String, String, String)> {
+    c.statuses()
+        .get(&ObjectKey::new(kind, "demo", name))
+        .unwrap_or_else(|| panic!("no status for {kind} {name}"))
+        .iter()
+        .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone()))
+        .collect()
+}
+
+fn cond(t: &str, s: &str, r: &str) -> (String, String, String) {
+    (t.into(), s.into(), r.into())
+}
+
+const T0: &str = "2024-01-01T00:00:00Z";
+const T1: &str = "2024-02-01T00:00:00Z";
+
+// ---------------------------------------------------------------------------------------------
+// TrafficSplit.
+
+#[test]
+fn split_routes_first_then_default() {
+    let c = build(
+        &(base()
+            + &split(
+                "canary",
+                "web",
+                &[("web-v1", 900), ("web-v2", 100)],
+                &[],
+                T0,
+            )),
+    );
+    let r = routes(&c, "web", 80);
+    assert_eq!(r.len(), 2);
+    assert_eq!(r[0].name, "split:demo/canary");
+    assert!(r[0].matches.is_empty());
+    assert_eq!(
+        backends(&r[0]),
+        vec![
+            ("web-v1".into(), 900, "endpoints:web-v1.demo:80".into()),
+            ("web-v2".into(), 100, "endpoints:web-v2.demo:80".into())
+        ]
+    );
+    assert_eq!(r[1].name, "default");
+    assert_eq!(
+        backends(&r[1]),
+        vec![("web".into(), 1, "endpoints:web.demo:80".into())]
+    );
+    assert_eq!(
+        conditions(&c, Kind::TrafficSplit, "canary"),
+        vec![
+            cond("Accepted", "True", "Accepted"),
+            cond("ResolvedRefs", "True", "ResolvedRefs"),
+            cond("Conflicted", "False", "NoConflict"),
+        ]
+    );
+    let st = &c.statuses()[&ObjectKey::new(Kind::TrafficSplit, "demo", "canary")];
+    assert!(st.iter().all(|c| c.observed_generation == Some(3)));
+}
+
+#[test]
+fn weights_are_relative_and_zero_is_kept() {
+    let cases: &[(&[(&str, u64)], Vec<u64>)] = &[
+        (&[("web-v1", 1000), ("web-v2", 500)], vec![1000, 500]),
+        (&[("web-v1", 1), ("web-v2", 0)], vec![1, 0]),
+        (&[("web-v1", 0), ("web-v2", 3)], vec![0, 3]),
+    ];
+    for (bs, want) in cases {
+        let c = build(&(base() + &split("s", "web", bs, &[], T0)));
+        let got: Vec<u64> = routes(&c, "web", 80)[0]
+            .backends
+            .iter()
+            .map(|b| b.weight)
+            .collect();
+        assert_eq!(&got, want, "{bs:?}");
+    }
+}
+
+#[test]
+fn all_zero_weights_fall_back_to_root_with_event() {
+    let c = build(&(base() + &split("s", "web", &[("web-v1", 0), ("web-v2", 0)], &[], T0)));
+    let r = routes(&c, "web", 80);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].name, "default");
+    assert!(c.events().iter().any(|e| e.reason == "NoWeight"));
+}
+
+#[test]
+fn backend_without_root_port_gets_no_traffic_and_a_condition() {
+    let y = base()
+        + &svc("web-v3", "web-v2", "10.96.0.9", &[(81, "http")], "")
+        + &split("s", "web", &[("web-v1", 50), ("web-v3", 50)], &[], T0);
+    let c = build(&y);
+    let r = routes(&c, "web", 80);
+    assert_eq!(
+        backends(&r[0]),
+        vec![("web-v1".into(), 50, "endpoints:web-v1.demo:80".into())]
+    );
+    assert!(conditions(&c, Kind::TrafficSplit, "s").contains(&cond(
+        "ResolvedRefs",
+        "False",
+        "BackendPortMismatch"
+    )));
+    assert!(c.events().iter().any(|e| e.reason == "BackendPortMismatch"));
+}
+
+#[test]
+fn missing_backend_is_reported_and_skipped() {
+    let c = build(&(base() + &split("s", "web", &[("web-v1", 50), ("nope", 50)], &[], T0)));
+    assert_eq!(routes(&c, "web", 80)[0].backends.len(), 1);
+    assert!(conditions(&c, Kind::TrafficSplit, "s").contains(&cond(
+        "ResolvedRefs",
+        "False",
+        "BackendNotFound"
+    )));
+}
+
+#[test]
+fn backend_target_port_is_its_own() {
+    // web-v2 maps port 80 to the container port named `admin` (9090).
+    let y = ns("demo", None)
+        + &pod("client-0", "client", "10.0.0.1", "client", true, "")
+        + &pod("web-v1-0", "web-v1", "10.0.1.1", "web", true, "")
+        + &pod("web-v2-0", "web-v2", "10.0.2.1", "web", false, "")
+        + &svc("web", "web-v1", "10.96.0.1", &[(80, "http")], "")
+        + &svc("web-v1", "web-v1", "10.96.0.2", &[(80, "http")], "")
+        + &svc("web-v2", "web-v2", "10.96.0.3", &[(80, "admin")], "")
+        + &split("s", "web", &[("web-v1", 1), ("web-v2", 1)], &[], T0);
+    let c = build(&y);
+    let v1 = endpoints(&c, "endpoints:web-v1.demo:80");
+    assert_eq!(v1.endpoints.len(), 1);
+    assert_eq!(v1.endpoints[0].port, 8080);
+    assert_eq!(
+        v1.endpoints[0].identity,
+        "spiffe://cluster.local/ns/demo/sa/web"
+    );
+    assert_eq!(v1.endpoints[0].inbound_port, 4143);
+    let v2 = endpoints(&c, "endpoints:web-v2.demo:80");
+    assert_eq!(v2.endpoints[0].port, 9090);
+    assert_eq!(v2.endpoints[0].identity, "", "unmeshed pod has no identity");
+    assert_eq!(v2.endpoints[0].inbound_port, 0);
+    assert_eq!(v2.endpoints[0].pod, "demo/web-v2-0");
+}
+
+#[test]
+fn root_as_its_own_backend_uses_root_endpoints() {
+    let c = build(&(base() + &split("s", "web", &[("web", 90), ("web-v2", 10)], &[], T0)));
+    let r = routes(&c, "web", 80);
+    assert_eq!(
+        backends(&r[0]),
+        vec![
+            ("web".into(), 90, "endpoints:web.demo:80".into()),
+            ("web-v2".into(), 10, "endpoints:web-v2.demo:80".into())
+        ]
+    );
+    let root = endpoints(&c, "endpoints:web.demo:80");
+    assert_eq!(root.endpoints[0].ip.to_string(), "10.0.1.1");
+}
+
+#[test]
+fn splits_are_not_followed_recursively() {
+    let y = base()
+        + &split("outer", "web", &[("web-v1", 1)], &[], T0)
+        + &split("inner", "web-v1", &[("web-v2", 1)], &[], T0);
+    let c = build(&y);
+    let r = routes(&c, "web", 80);
+    assert_eq!(
+        backends(&r[0]),
+        vec![("web-v1".into(), 1, "endpoints:web-v1.demo:80".into())]
+    );
+    // web-v1's own EndpointSet holds web-v1's pods, not web-v2's.
+    let e = endpoints(&c, "endpoints:web-v1.demo:80");
+    assert_eq!(e.endpoints[0].ip.to_string(), "10.0.1.1");
+}
+
+#[test]
+fn conflicting_splits_oldest_wins_then_name() {
+    for (a_ts, b_ts, winner, loser) in [(T0, T1, "a", "b"), (T1, T0, "b", "a"), (T0, T0, "a", "b")]
+    {
+        let y = base()
+            + &split("a", "web", &[("web-v1", 1)], &[], a_ts)
+            + &split("b", "web", &[("web-v2", 1)], &[], b_ts);
+        let c = build(&y);
+        let r = routes(&c, "web", 80);
+        assert_eq!(r[0].name, format!("split:demo/{winner}"));
+        assert_eq!(r.len(), 2);
+        assert!(conditions(&c, Kind::TrafficSplit, loser).contains(&cond(
+            "Conflicted",
+            "True",
+            "ApexConflict"
+        )));
+        assert!(conditions(&c, Kind::TrafficSplit, loser).contains(&cond(
+            "Accepted",
+            "False",
+            "Conflicted"
+        )));
+        assert!(conditions(&c, Kind::TrafficSplit, winner).contains(&cond(
+            "Conflicted",
+            "False",
+            "NoConflict"
+        )));
+    }
+}
+
+const HEADER_GROUP: &str = "  - name: firefox\n    headers:\n      user-agent: \".*Firefox.*\"\n";
+
+#[test]
+fn split_with_matches_only_applies_to_matching_requests() {
+    let y = base()
+        + &http_group("ff", HEADER_GROUP)
+        + &split("ab", "web", &[("web-v2", 1)], &["ff"], T0);
+    let c = build(&y);
+    let r = routes(&c, "web", 80);
+    assert_eq!(r.len(), 2);
+    assert_eq!(r[0].matches.len(), 1);
+    assert_eq!(r[0].matches[0].headers[0].name, "user-agent");
+    assert_eq!(r[0].matches[0].headers[0].value_regex, ".*Firefox.*");
+    assert!(r[1].matches.is_empty());
+}
+
+#[test]
+fn split_with_missing_match_group_is_not_applied() {
+    let c = build(&(base() + &split("ab", "web", &[("web-v2", 1)], &["nope"], T0)));
+    let r = routes(&c, "web", 80);
+    assert_eq!(r.len(), 1, "no split route: it would match every request");
+    assert!(conditions(&c, Kind::TrafficSplit, "ab").contains(&cond(
+        "ResolvedRefs",
+        "False",
+        "RouteNotFound"
+    )));
+}
+
+#[test]
+fn split_on_missing_root_is_reported() {
+    let c = build(&(base() + &split("s", "ghost", &[("web-v2", 1)], &[], T0)));
+    assert!(conditions(&c, Kind::TrafficSplit, "s").contains(&cond(
+        "ResolvedRefs",
+        "False",
+        "ServiceNotFound"
+    )));
+    assert!(proxy(&c, "client-0").get("outbound:ghost.demo").is_none());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Outbound basics.
+
+#[test]
+fn every_service_is_an_outbound_service_with_traffic_policy() {
+    let ann = "  annotations:\n    weft.io/timeout: 2s\n    weft.io/retries: \"3\"\n    weft.io/retry-non-idempotent: \"true\"\n";
+    let y = base() + &svc("api", "api", "10.96.0.10", &[(8080, "8080")], ann);
+    let c = build(&y);
+    let cfg = proxy(&c, "client-0");
+    for s in ["web", "web-v1", "web-v2", "legacy", "api"] {
+        assert!(cfg.get(&format!("outbound:{s}.demo")).is_some(), "{s}");
+    }
+    let o = outbound(&c, "api");
+    assert_eq!(o.policy.request_timeout_ms, 2000);
+    assert_eq!(o.policy.max_retries, 3);
+    assert_eq!(o.policy.retry_budget_ratio, 0.2);
+    assert!(o.policy.retry_non_idempotent);
+    assert_eq!(o.cluster_ips[0].to_string(), "10.96.0.10");
+    let bad = base()
+        + &svc(
+            "api",
+            "api",
+            "10.96.0.10",
+            &[(8080, "8080")],
+            "  annotations:\n    weft.io/timeout: soon\n",
+        );
+    let c = build(&bad);
+    assert_eq!(outbound(&c, "api").policy.request_timeout_ms, 0);
+    assert!(c.events().iter().any(|e| e.reason == "InvalidAnnotation"));
+}
+
+#[test]
+fn endpoint_slices_and_endpoints_take_precedence_over_pods() {
+    let slice = r#"apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-v1-abc
+  namespace: demo
+  labels:
+    kubernetes.io/service-name: web-v1
+addressType: IPv4
+ports:
+- name: p80
+  port: 8080
+endpoints:
+- addresses: ["10.0.1.1"]
+  targetRef: {kind: Pod, name: web-v1-0, namespace: demo}
+- addresses: ["10.0.1.2"]
+  conditions: {ready: false}
+- addresses: ["10.0.1.3"]
+---
+apiVersion: v1
+kind: Endpoints
+metadata:
+  name: web-v2
+  namespace: demo
+subsets:
+- addresses:
+  - ip: 10.0.2.7
+  notReadyAddresses:
+  - ip: 10.0.2.8
+  ports:
+  - name: p80
+    port: 7000
+---
+"#;
+    let c = build(&(base() + slice));
+    let e = endpoints(&c, "endpoints:web-v1.demo:80");
+    let got: Vec<(String, u16, String)> = e
+        .endpoints
+        .iter()
+        .map(|e| (e.ip.to_string(), e.port, e.identity.clone()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (
+                "10.0.1.1".into(),
+                8080,
+                "spiffe://cluster.local/ns/demo/sa/web".into()
+            ),
+            ("10.0.1.3".into(), 8080, String::new()),
+        ]
+    );
+    let e = endpoints(&c, "endpoints:web-v2.demo:80");
+    assert_eq!(e.endpoints.len(), 1);
+    assert_eq!(e.endpoints[0].port, 7000);
+    // The pod with that IP is unknown: no identity.
+    assert_eq!(e.endpoints[0].identity, "");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inbound.
+
+fn port<'a>(i: &'a InboundPolicy, p: u16) -> &'a weft_operator::compile::InboundPort {
+    i.ports.iter().find(|x| x.port == p).expect("port listed")
+}
+
+#[test]
+fn default_policy_precedence() {
+    let annotated = "  annotations:\n    weft.io/default-inbound-policy: mesh\n";
+    let cases = [
+        (None, "", DefaultPolicy::Allow, DefaultPolicy::Allow),
+        (None, "", DefaultPolicy::Deny, DefaultPolicy::Deny),
+        (Some("deny"), "", DefaultPolicy::Allow, DefaultPolicy::Deny),
+        (
+            Some("deny"),
+            annotated,
+            DefaultPolicy::Allow,
+            DefaultPolicy::Mesh,
+        ),
+        (None, annotated, DefaultPolicy::Deny, DefaultPolicy::Mesh),
+    ];
+    for (ns_policy, pod_ann, mesh, want) in cases {
+        let y = ns("demo", ns_policy) + &pod("p-0", "p", "10.0.0.1", "p", true, pod_ann);
+        let opts = CompileOptions {
+            default_inbound_policy: mesh,
+            ..CompileOptions::default()
+        };
+        let c = compile(&model(&y), &opts);
+        let i = inbound(&c, "p-0");
+        assert_eq!(i.default_policy, want, "{ns_policy:?} {pod_ann:?} {mesh:?}");
+        assert_eq!(i.identity, "spiffe://cluster.local/ns/demo/sa/p");
+        assert!(i.ports.iter().all(|p| !p.restricted));
+    }
+}
+
+const GROUP: &str = "  - name: read\n    pathRegex: /api\n    methods: [GET]\n  - name: write\n    pathRegex: /api\n    methods: [POST]\n";
+
+#[test]
+fn traffic_targets_union() {
+    let y = base()
+        + &http_group("api", GROUP)
+        + &target(
+            "t1",
+            "web",
+            None,
+            &["client"],
+            &[("HTTPRouteGroup", "api", &["read"])],
+        )
+        + &target(
+            "t2",
+            "web",
+            None,
+            &["legacy"],
+            &[("HTTPRouteGroup", "api", &["write"])],
+        );
+    let c = build(&y);
+    let i = inbound(&c, "web-v1-0");
+    assert_eq!(i.default_policy, DefaultPolicy::Deny);
+    let p = port(&i, 8080);
+    assert!(p.restricted);
+    let auths: Vec<(String, Vec<String>, Vec<String>)> = p
+        .authorizations
+        .iter()
+        .map(|a| {
+            (
+                a.name.clone(),
+                a.sources.clone(),
+                a.http_routes.iter().map(|m| m.name.clone()).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        auths,
+        vec![
+            (
+                "demo/t1".into(),
+                vec!["spiffe://cluster.local/ns/demo/sa/client".into()],
+                vec!["read".into()]
+            ),
+            (
+                "demo/t2".into(),
+                vec!["spiffe://cluster.local/ns/demo/sa/legacy".into()],
+                vec!["write".into()]
+            ),
+        ]
+    );
+    // Pods of other service accounts are untouched.
+    assert_eq!(inbound(&c, "client-0").default_policy, DefaultPolicy::Allow);
+    assert!(
+        conditions(&c, Kind::TrafficTarget, "t1").contains(&cond("Accepted", "True", "Accepted"))
+    );
+}
+
+#[test]
+fn rule_without_matches_covers_every_match() {
+    let y = base()
+        + &http_group("api", GROUP)
+        + &target(
+            "t",
+            "web",
+            None,
+            &["client"],
+            &[("HTTPRouteGroup", "api", &[])],
+        );
+    let c = build(&y);
+    let names: Vec<String> = port(&inbound(&c, "web-v1-0"), 8080).authorizations[0]
+        .http_routes
+        .iter()
+        .map(|m| m.name.clone())
+        .collect();
+    assert_eq!(names, vec!["read".to_string(), "write".to_string()]);
+}
+
+#[test]
+fn no_rules_or_no_sources_allow_nothing_but_restrict() {
+    let cases = [
+        target("t", "web", None, &["client"], &[]),
+        target("t", "web", None, &[], &[("HTTPRouteGroup", "api", &[])]),
+    ];
+    for t in cases {
+        let c = build(&(base() + &http_group("api", GROUP) + &t));
+        let i = inbound(&c, "web-v1-0");
+        assert_eq!(i.default_policy, DefaultPolicy::Deny);
+        for p in &i.ports {
+            assert!(p.restricted);
+            assert!(p.authorizations.is_empty(), "{p:?}");
+        }
+        assert!(c.events().iter().any(|e| e.reason == "AllowsNothing"));
+    }
+}
+
+#[test]
+fn destination_port_restricts_only_that_port() {
+    let y = base()
+        + &tcp_route("all", &[])
+        + &target(
+            "t",
+            "web",
+            Some(9090),
+            &["client"],
+            &[("TCPRoute", "all", &[])],
+        );
+    let c = build(&y);
+    let i = inbound(&c, "web-v1-0");
+    assert_eq!(i.default_policy, DefaultPolicy::Allow);
+    assert!(!port(&i, 8080).restricted);
+    let admin = port(&i, 9090);
+    assert!(admin.restricted);
+    assert!(admin.authorizations[0].all_traffic);
+}
+
+#[test]
+fn tcp_route_ports_limit_all_traffic() {
+    let y = base()
+        + &tcp_route("db", &[9090, 5432])
+        + &target("t", "web", None, &["client"], &[("TCPRoute", "db", &[])]);
+    let c = build(&y);
+    let i = inbound(&c, "web-v1-0");
+    assert!(port(&i, 8080).authorizations.is_empty());
+    assert!(port(&i, 9090).authorizations[0].all_traffic);
+    // A port only the route names is listed too.
+    assert!(port(&i, 5432).authorizations[0].all_traffic);
+}
+
+#[test]
+fn missing_route_is_unresolved() {
+    let y = base()
+        + &target(
+            "t",
+            "web",
+            None,
+            &["client"],
+            &[("HTTPRouteGroup", "nope", &[])],
+        );
+    let c = build(&y);
+    assert!(conditions(&c, Kind::TrafficTarget, "t").contains(&cond(
+        "ResolvedRefs",
+        "False",
+        "RouteNotFound"
+    )));
+    assert!(port(&inbound(&c, "web-v1-0"), 8080)
+        .authorizations
+        .is_empty());
+}
+
+#[test]
+fn invalid_regex_is_reported_and_left_out() {
+    let g = "  - name: bad\n    pathRegex: \"/api/(\"\n  - name: good\n    pathRegex: /ok\n";
+    let y = base()
+        + &http_group("api", g)
+        + &target(
+            "t",
+            "web",
+            None,
+            &["client"],
+            &[("HTTPRouteGroup", "api", &[])],
+        );
+    let c = build(&y);
+    assert!(conditions(&c, Kind::HTTPRouteGroup, "api").contains(&cond(
+        "Accepted",
+        "False",
+        "InvalidMatch"
+    )));
+    let names: Vec<String> = port(&inbound(&c, "web-v1-0"), 8080).authorizations[0]
+        .http_routes
+        .iter()
+        .map(|m| m.name.clone())
+        .collect();
+    assert_eq!(names, vec!["good".to_string()]);
+}
+
+#[test]
+fn unknown_pod_gets_a_valid_default_config() {
+    let y = base() + &target("t", "web", None, &["client"], &[]);
+    let c = build(&y);
+    let cfg = c.proxy_or_default(&ObjectRef::new("demo", "new-0"), "other");
+    match &cfg.inbound.resource {
+        ResourceKind::Inbound(i) => {
+            assert_eq!(i.default_policy, DefaultPolicy::Allow);
+            assert_eq!(i.identity, "spiffe://cluster.local/ns/demo/sa/other");
+        }
+        _ => unreachable!(),
+    }
+    assert!(cfg.get("outbound:web.demo").is_some());
+    let restricted = c.proxy_or_default(&ObjectRef::new("demo", "new-1"), "web");
+    match &restricted.inbound.resource {
+        ResourceKind::Inbound(i) => assert_eq!(i.default_policy, DefaultPolicy::Deny),
+        _ => unreachable!(),
+    }
+    // Unmeshed pods get no proxy config of their own.
+    assert!(c.proxy(&ObjectRef::new("demo", "legacy-0")).is_none());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Determinism, versions, incremental updates.
+
+fn fingerprint(c: &Compiled) -> Vec<(String, String, Vec<(String, String)>)> {
+    c.proxies()
+        .iter()
+        .map(|(k, p)| {
+            (
+                k.to_string(),
+                p.version.clone(),
+                p.versions().into_iter().collect(),
+            )
+        })
+        .collect()
+}
+
+fn rich() -> String {
+    base()
+        + &http_group("ff", HEADER_GROUP)
+        + &http_group("api", GROUP)
+        + &tcp_route("db", &[9090])
+        + &split("ab", "web", &[("web-v1", 1), ("web-v2", 1)], &["ff"], T0)
+        + &target(
+            "t",
+            "web",
+            None,
+            &["client"],
+            &[("HTTPRouteGroup", "api", &["read"])],
+        )
+        + &target("t2", "web", None, &["legacy"], &[("TCPRoute", "db", &[])])
+}
+
+#[test]
+fn same_input_same_bytes_in_any_order() {
+    let (objs, _) = parse_manifests(&rich(), false).expect("parse");
+    let mut ma = Model::from_objects(objs.clone());
+    let mut mb = Model::from_objects(objs.into_iter().rev());
+    ma.derive_endpoints_from_pods = true;
+    mb.derive_endpoints_from_pods = true;
+    let a = compile(&ma, &CompileOptions::default());
+    let b = compile(&mb, &CompileOptions::default());
+    assert_eq!(fingerprint(&a), fingerprint(&b));
+    let bytes = |c: &Compiled| -> Vec<Vec<u8>> {
+        use prost::Message;
+        proxy(c, "client-0")
+            .resources()
+            .map(|r| r.to_proto().encode_to_vec())
+            .collect()
+    };
+    assert_eq!(bytes(&a), bytes(&b));
+    assert_eq!(fingerprint(&a), fingerprint(&build(&rich())));
+}
+
+#[test]
+fn one_weight_change_touches_one_resource() {
+    let mut m = model(&rich());
+    let mut compiler = Compiler::new(CompileOptions::default());
+    let before = compiler.full(&m);
+    let (objs, _) = parse_manifests(
+        &split("ab", "web", &[("web-v1", 1), ("web-v2", 3)], &["ff"], T0),
+        false,
+    )
+    .expect("parse");
+    let mut changed = ChangedKeys::default();
+    for o in objs {
+        changed.insert(m.upsert(o));
+    }
+    let after = compiler.update(&m, &changed);
+    let stats = compiler.last_stats().clone();
+    assert_eq!(stats.resources_changed, 1, "{stats:?}");
+    let diff: Vec<&str> = after
+        .shared()
+        .iter()
+        .filter(|r| before.shared().get(&r.name).map(|o| &o.version) != Some(&r.version))
+        .map(|r| r.name.as_str())
+        .collect();
+    assert_eq!(diff, vec!["outbound:web.demo"]);
+    // Inbound resources are untouched; every proxy sees the new outbound.
+    for (k, p) in after.proxies().iter() {
+        assert_eq!(p.inbound.version, before.proxies()[k].inbound.version);
+        assert_ne!(p.version, before.proxies()[k].version);
+    }
+    assert_eq!(
+        fingerprint(&after),
+        fingerprint(&compile(&m, &CompileOptions::default()))
+    );
+}
+
+#[test]
+fn target_change_touches_only_destination_proxies() {
+    let mut m = model(&rich());
+    let mut compiler = Compiler::new(CompileOptions::default());
+    let before = compiler.full(&m);
+    let key = ObjectKey::new(Kind::TrafficTarget, "demo", "t2");
+    m.remove(&key);
+    let after = compiler.update(&m, &[key].into_iter().collect());
+    let changed: Vec<String> = after
+        .proxies()
+        .iter()
+        .filter(|(k, p)| before.proxies()[*k].version != p.version)
+        .map(|(k, _)| k.to_string())
+        .collect();
+    assert_eq!(changed, vec!["demo/web-v1-0", "demo/web-v2-0"]);
+    assert!(!after
+        .statuses()
+        .contains_key(&ObjectKey::new(Kind::TrafficTarget, "demo", "t2")));
+    assert_eq!(
+        fingerprint(&after),
+        fingerprint(&compile(&m, &CompileOptions::default()))
+    );
+}
