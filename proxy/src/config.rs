@@ -183,6 +183,59 @@ pub struct OutboundService {
     pub cluster_ips: Vec<IpAddr>,
     pub ports: Vec<OutboundPort>,
     pub policy: TrafficPolicy,
+    /// Retries left for this service (fresh with every config).
+    #[serde(skip)]
+    pub retry_budget: Arc<RetryBudget>,
+}
+
+/// A retry budget: every request deposits `ratio` of a retry, every retry withdraws one. Starts
+/// with (and is capped at) a small reserve so that a quiet service can still retry.
+#[derive(Debug)]
+pub struct RetryBudget {
+    /// In thousandths of a retry.
+    milli: std::sync::atomic::AtomicI64,
+    deposit_milli: i64,
+}
+
+impl RetryBudget {
+    /// Retries available to a quiet service, and the cap on savings.
+    pub const RESERVE: i64 = 10;
+    const CAP: i64 = 100;
+
+    pub fn new(ratio: f64) -> Self {
+        let deposit_milli = if ratio.is_finite() && ratio > 0.0 {
+            (ratio.min(1000.0) * 1000.0) as i64
+        } else {
+            0
+        };
+        RetryBudget {
+            milli: std::sync::atomic::AtomicI64::new(Self::RESERVE * 1000),
+            deposit_milli,
+        }
+    }
+
+    /// Called once per request.
+    pub fn deposit(&self) {
+        use std::sync::atomic::Ordering;
+        if self.deposit_milli == 0 {
+            return;
+        }
+        let _ = self
+            .milli
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                (v < Self::CAP * 1000).then_some((v + self.deposit_milli).min(Self::CAP * 1000))
+            });
+    }
+
+    /// Takes one retry from the budget; `false` when exhausted.
+    pub fn try_withdraw(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.milli
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                (v >= 1000).then_some(v - 1000)
+            })
+            .is_ok()
+    }
 }
 
 impl OutboundService {
@@ -572,6 +625,9 @@ fn outbound_service(
         cluster_ips,
         ports,
         policy: traffic_policy(s.policy.as_ref()),
+        retry_budget: Arc::new(RetryBudget::new(
+            s.policy.as_ref().map_or(0.0, |p| p.retry_budget_ratio),
+        )),
     })
 }
 
@@ -860,6 +916,22 @@ mod tests {
         assert!(cfg.services.is_empty());
         let empty = Config::from_resources("v0", &BTreeMap::new());
         assert!(empty.is_ok_and(|c| c.inbound.default_policy == DefaultPolicy::Allow));
+    }
+
+    #[test]
+    fn retry_budget_reserve_and_deposits() {
+        let b = RetryBudget::new(0.5);
+        for _ in 0..RetryBudget::RESERVE {
+            assert!(b.try_withdraw());
+        }
+        assert!(!b.try_withdraw());
+        b.deposit();
+        assert!(!b.try_withdraw());
+        b.deposit();
+        assert!(b.try_withdraw());
+        let none = RetryBudget::new(0.0);
+        none.deposit();
+        assert!(none.try_withdraw());
     }
 
     #[test]

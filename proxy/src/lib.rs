@@ -6,6 +6,8 @@ pub mod config;
 pub mod route;
 pub mod transport;
 pub mod http;
+pub mod inbound;
+pub mod outbound;
 pub mod admin;
 pub mod app;
 pub mod control;

@@ -227,3 +227,20 @@ where
     }
     Ok(())
 }
+
+impl MeshIdentity for crate::identity::Identity {
+    fn server_config(&self) -> Option<Arc<rustls::ServerConfig>> {
+        self.is_ready()
+            .then(|| crate::identity::Identity::server_config(self))
+    }
+    fn client_config(&self) -> Option<Arc<rustls::ClientConfig>> {
+        self.is_ready()
+            .then(|| crate::identity::Identity::client_config(self))
+    }
+    fn server_name_for(&self, identity: &str) -> Option<ServerName<'static>> {
+        Some(crate::identity::server_name_for(identity))
+    }
+    fn peer_identity(&self, certs: &[CertificateDer<'_>]) -> Option<String> {
+        crate::identity::peer_identity(certs)
+    }
+}

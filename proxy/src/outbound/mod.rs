@@ -1,0 +1,606 @@
+//! The outbound proxy: the local app's requests to services.
+//!
+//! Transparent connections (redirected by iptables, `SO_ORIGINAL_DST` set) are routed by their
+//! original destination: a Service ClusterIP:port (HTTP routed per request, opaque TCP per
+//! connection), a meshed pod IP (tunnelled over mTLS to its proxy), or anything else (passed
+//! through as is). Explicit connections (to the listener itself) are HTTP routed per request by
+//! `Host` / `:authority` / absolute-form URI.
+
+mod pool;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::balance;
+use crate::config::{Backend, Config, Endpoint, OutboundService, Protocol, TrafficPolicy};
+use crate::http::{self as h, Body, PlainClients};
+use crate::metrics::{self, LatencyLabels, Metrics, RequestLabels, OUTBOUND};
+use crate::route::{self, RequestInfo};
+use crate::transport::{self, Detected, Drain, Hint, MeshIdentity, TransportHeader};
+
+pub use pool::{MeshPool, PoolError};
+
+/// Grace period for in-flight work when the listener shuts down.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
+/// Request bodies up to this size are buffered so the request can be retried.
+pub const MAX_RETRY_BODY: u64 = 64 * 1024;
+
+struct Shared {
+    config: watch::Receiver<Arc<Config>>,
+    identity: Arc<dyn MeshIdentity>,
+    metrics: Arc<Metrics>,
+    plain: PlainClients,
+    mesh: MeshPool,
+}
+
+/// Serves the outbound listener until `shutdown` resolves, then drains for [`DRAIN_GRACE`].
+pub async fn serve(
+    listener: TcpListener,
+    config: watch::Receiver<Arc<Config>>,
+    identity: Arc<dyn MeshIdentity>,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    serve_with_grace(listener, config, identity, metrics, shutdown, DRAIN_GRACE).await
+}
+
+/// [`serve`] with an explicit drain grace period.
+pub async fn serve_with_grace(
+    listener: TcpListener,
+    config: watch::Receiver<Arc<Config>>,
+    identity: Arc<dyn MeshIdentity>,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) -> std::io::Result<()> {
+    let shared = Arc::new(Shared {
+        config,
+        identity,
+        metrics,
+        plain: PlainClients::new(),
+        mesh: MeshPool::default(),
+    });
+    transport::serve_loop(listener, shutdown, grace, move |stream, _peer, drain| {
+        let shared = shared.clone();
+        async move { handle_connection(shared, stream, drain).await }
+    })
+    .await
+}
+
+async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, drain: Drain) {
+    match transport::original_dst(&stream) {
+        Some(dst) => transparent(shared, stream, dst, drain).await,
+        None => {
+            let (detected, io) = match transport::detect(stream, transport::DETECT_TIMEOUT).await {
+                Ok(x) => x,
+                Err(_) => return,
+            };
+            match detected {
+                Detected::Http1 | Detected::Http2 => {
+                    serve_http(shared, io, detected == Detected::Http2, None, drain).await
+                }
+                // Explicit mode has no destination for opaque bytes.
+                Detected::Opaque => {}
+            }
+        }
+    }
+}
+
+async fn transparent(shared: Arc<Shared>, stream: TcpStream, dst: SocketAddr, drain: Drain) {
+    let config = shared.config.borrow().clone();
+    if let Some(svc) = config.service_by_addr(dst) {
+        let protocol = svc
+            .port(dst.port())
+            .map_or(Protocol::Detect, |p| p.protocol);
+        let svc = svc.clone();
+        if matches!(protocol, Protocol::Opaque | Protocol::Udp) {
+            return tcp_to_service(&shared, stream, &svc, dst.port()).await;
+        }
+        match transport::detect(stream, transport::DETECT_TIMEOUT).await {
+            Ok((Detected::Opaque, io)) => tcp_to_service(&shared, io, &svc, dst.port()).await,
+            Ok((d, io)) => serve_http(shared, io, d == Detected::Http2, Some(dst), drain).await,
+            Err(_) => {}
+        }
+    } else if let Some(pod) = config.pod(dst.ip()).cloned() {
+        // A meshed pod addressed directly: tunnel the bytes; its proxy detects the protocol.
+        let addr = SocketAddr::new(dst.ip(), pod.inbound_port);
+        let header = TransportHeader {
+            port: dst.port(),
+            hint: Hint::Detect,
+        };
+        let authority = "pod";
+        match transport::connect_mesh(&*shared.identity, addr, &pod.identity, header).await {
+            Ok(upstream) => relay(&shared, stream, upstream, authority).await,
+            Err(e) => tracing::debug!(%dst, error = %e, "pod tunnel failed"),
+        }
+    } else {
+        match transport::connect(dst).await {
+            Ok(upstream) => relay(&shared, stream, upstream, "passthrough").await,
+            Err(e) => tracing::debug!(%dst, error = %e, "passthrough failed"),
+        }
+    }
+}
+
+async fn relay<A, B>(shared: &Shared, a: A, b: B, authority: &str)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let _guard = shared.metrics.tcp_open(OUTBOUND, authority);
+    let (up, down) = transport::relay(a, b).await;
+    shared.metrics.tcp_bytes(OUTBOUND, authority, up, down);
+}
+
+/// Opaque TCP to a service: the first route without HTTP matches, a backend by weight (per
+/// connection), an endpoint by P2C.
+async fn tcp_to_service<A>(shared: &Shared, io: A, svc: &OutboundService, port: u16)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+{
+    let Some(port_cfg) = svc.port(port) else {
+        return;
+    };
+    let Some(backend) = route::select_tcp_route(&port_cfg.routes).and_then(route::choose_backend)
+    else {
+        tracing::debug!(service = %svc.authority, "no TCP route or backend");
+        return;
+    };
+    let Some(ep) = pick_endpoint(backend) else {
+        tracing::debug!(service = %svc.authority, backend = %backend.service, "no endpoints");
+        return;
+    };
+    let _in_flight = ep.load.start();
+    let started = Instant::now();
+    match ep.mesh_target() {
+        Some((addr, identity)) => {
+            let header = TransportHeader {
+                port: ep.addr.port(),
+                hint: Hint::Opaque,
+            };
+            match transport::connect_mesh(&*shared.identity, addr, identity, header).await {
+                Ok(upstream) => {
+                    ep.load.observe(started.elapsed());
+                    relay(shared, io, upstream, &svc.authority).await
+                }
+                Err(e) => {
+                    ep.load.observe_failure();
+                    tracing::debug!(error = %e, "TCP connect to endpoint failed");
+                }
+            }
+        }
+        None => match transport::connect(ep.addr).await {
+            Ok(upstream) => {
+                ep.load.observe(started.elapsed());
+                relay(shared, io, upstream, &svc.authority).await
+            }
+            Err(e) => {
+                ep.load.observe_failure();
+                tracing::debug!(error = %e, "TCP connect to endpoint failed");
+            }
+        },
+    }
+}
+
+fn pick_endpoint(backend: &Backend) -> Option<&Endpoint> {
+    let eps = &backend.endpoints.endpoints;
+    balance::p2c(eps.len(), |i| eps[i].load.cost()).and_then(|i| eps.get(i))
+}
+
+async fn serve_http<I>(
+    shared: Arc<Shared>,
+    io: I,
+    http2: bool,
+    dst: Option<SocketAddr>,
+    mut drain: Drain,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let shared = shared.clone();
+        async move { Ok::<_, Infallible>(handle_request(&shared, req, dst, http2).await) }
+    });
+    let io = TokioIo::new(io);
+    if http2 {
+        let conn = h::http2_server().serve_connection(io, svc);
+        tokio::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            _ = drain.signaled() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+        }
+    } else {
+        let conn = h::http1_server().serve_connection(io, svc);
+        tokio::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            _ = drain.signaled() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+        }
+    }
+}
+
+struct Labels<'a> {
+    authority: &'a str,
+    route: &'a str,
+    backend: &'a str,
+}
+
+fn record(shared: &Shared, labels: &Labels<'_>, peer: &str, status: StatusCode, started: Instant) {
+    shared.metrics.request(
+        &RequestLabels {
+            direction: OUTBOUND,
+            authority: labels.authority.to_string(),
+            route: labels.route.to_string(),
+            backend: labels.backend.to_string(),
+            status_class: metrics::status_class(status),
+            peer: peer.to_string(),
+        },
+        started.elapsed(),
+    );
+}
+
+async fn handle_request(
+    shared: &Shared,
+    req: Request<Incoming>,
+    dst: Option<SocketAddr>,
+    downstream_h2: bool,
+) -> Response<Body> {
+    let started = Instant::now();
+    let config = shared.config.borrow().clone();
+    let resolved = match dst {
+        Some(dst) => config
+            .service_by_addr(dst)
+            .and_then(|svc| svc.port(dst.port()).map(|p| (svc, p)))
+            .ok_or_else(|| format!("no service at {dst}")),
+        None => match route::request_authority(&req) {
+            None => Err("request has no Host header or authority".to_string()),
+            Some(authority) => route::resolve_authority(&config, authority, req.uri().scheme())
+                .map_err(|e| e.to_string()),
+        },
+    };
+    let (svc, port) = match resolved {
+        Ok(x) => x,
+        Err(reason) => {
+            let labels = Labels {
+                authority: "unknown",
+                route: "",
+                backend: "",
+            };
+            record(
+                shared,
+                &labels,
+                "",
+                StatusCode::SERVICE_UNAVAILABLE,
+                started,
+            );
+            return h::error(StatusCode::SERVICE_UNAVAILABLE, &reason);
+        }
+    };
+    svc.retry_budget.deposit();
+    let Some(route) = route::select_route(&port.routes, &RequestInfo::from_request(&req)) else {
+        let labels = Labels {
+            authority: &svc.authority,
+            route: "",
+            backend: "",
+        };
+        record(
+            shared,
+            &labels,
+            "",
+            StatusCode::SERVICE_UNAVAILABLE,
+            started,
+        );
+        return h::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("no route of {} matches the request", svc.authority),
+        );
+    };
+    let Some(backend) = route::choose_backend(route) else {
+        let labels = Labels {
+            authority: &svc.authority,
+            route: &route.name,
+            backend: "",
+        };
+        record(
+            shared,
+            &labels,
+            "",
+            StatusCode::SERVICE_UNAVAILABLE,
+            started,
+        );
+        return h::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!(
+                "route {} of {} has no backend with weight",
+                route.name, svc.authority
+            ),
+        );
+    };
+    let app_h2 = match port.protocol {
+        Protocol::Http2 | Protocol::Grpc => true,
+        Protocol::Http1 => false,
+        _ => downstream_h2,
+    };
+    let labels = Labels {
+        authority: &svc.authority,
+        route: &route.name,
+        backend: &backend.service,
+    };
+    let (rsp, peer) = forward(shared, req, svc, backend, app_h2, &labels).await;
+    record(
+        shared,
+        &labels,
+        peer.as_deref().unwrap_or(""),
+        rsp.status(),
+        started,
+    );
+    rsp
+}
+
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// A request whose body is either buffered (can be replayed) or streaming (one attempt).
+enum Prepared {
+    Replayable {
+        head: http::request::Parts,
+        body: Bytes,
+    },
+    Once(Request<Body>),
+}
+
+impl Prepared {
+    fn take(&mut self) -> Option<Request<Body>> {
+        match self {
+            Prepared::Replayable { head, body } => {
+                let mut req = Request::new(if body.is_empty() {
+                    h::empty()
+                } else {
+                    h::full(body.clone())
+                });
+                *req.method_mut() = head.method.clone();
+                *req.uri_mut() = head.uri.clone();
+                *req.version_mut() = head.version;
+                *req.headers_mut() = head.headers.clone();
+                Some(req)
+            }
+            Prepared::Once(_) => {
+                let Prepared::Once(req) =
+                    std::mem::replace(self, Prepared::Once(Request::new(h::empty())))
+                else {
+                    return None;
+                };
+                Some(req)
+            }
+        }
+    }
+}
+
+async fn prepare(req: Request<Incoming>, policy: &TrafficPolicy) -> Result<Prepared, StatusCode> {
+    let retryable = policy.max_retries > 0
+        && (idempotent(req.method()) || policy.retry_non_idempotent)
+        && req
+            .body()
+            .size_hint()
+            .upper()
+            .is_some_and(|n| n <= MAX_RETRY_BODY);
+    let (mut head, body) = req.into_parts();
+    h::strip_hop_by_hop(&mut head.headers);
+    if !retryable {
+        return Ok(Prepared::Once(Request::from_parts(head, h::boxed(body))));
+    }
+    match http_body_util::Limited::new(body, MAX_RETRY_BODY as usize)
+        .collect()
+        .await
+    {
+        Ok(collected) => {
+            // A body with trailers cannot be replayed faithfully from bytes alone.
+            if collected.trailers().is_some() {
+                let bytes = collected.to_bytes();
+                return Ok(Prepared::Once(Request::from_parts(head, h::full(bytes))));
+            }
+            Ok(Prepared::Replayable {
+                head,
+                body: collected.to_bytes(),
+            })
+        }
+        Err(_) => Err(StatusCode::BAD_REQUEST),
+    }
+}
+
+fn retryable_status(s: StatusCode) -> bool {
+    matches!(
+        s,
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+    )
+}
+
+/// Sends the request to an endpoint of `backend`, with the service's timeout and budgeted
+/// retries. Returns the response and the endpoint's identity (if meshed).
+async fn forward(
+    shared: &Shared,
+    req: Request<Incoming>,
+    svc: &OutboundService,
+    backend: &Backend,
+    app_h2: bool,
+    labels: &Labels<'_>,
+) -> (Response<Body>, Option<String>) {
+    let policy = &svc.policy;
+    let attempts = async {
+        let mut prepared = match prepare(req, policy).await {
+            Ok(p) => p,
+            Err(status) => return (h::error(status, "could not read request body"), None),
+        };
+        let mut attempt = 0u32;
+        loop {
+            let Some(req) = prepared.take() else {
+                return (
+                    h::error(StatusCode::BAD_GATEWAY, "request could not be retried"),
+                    None,
+                );
+            };
+            let (rsp, peer) = attempt_once(shared, req, backend, app_h2).await;
+            let can_retry = matches!(prepared, Prepared::Replayable { .. })
+                && attempt < policy.max_retries
+                && retryable_status(rsp.status());
+            if !can_retry {
+                return (rsp, peer);
+            }
+            if !svc.retry_budget.try_withdraw() {
+                shared.metrics.retry_skipped();
+                return (rsp, peer);
+            }
+            attempt += 1;
+            shared.metrics.retry(&LatencyLabels {
+                direction: OUTBOUND,
+                authority: labels.authority.to_string(),
+                route: labels.route.to_string(),
+                backend: labels.backend.to_string(),
+            });
+        }
+    };
+    match policy.request_timeout {
+        Some(t) => match tokio::time::timeout(t, attempts).await {
+            Ok(r) => r,
+            Err(_) => (
+                h::error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    &format!(
+                        "{} did not answer within {} ms",
+                        svc.authority,
+                        t.as_millis()
+                    ),
+                ),
+                None,
+            ),
+        },
+        None => attempts.await,
+    }
+}
+
+async fn attempt_once(
+    shared: &Shared,
+    mut req: Request<Body>,
+    backend: &Backend,
+    app_h2: bool,
+) -> (Response<Body>, Option<String>) {
+    let Some(ep) = pick_endpoint(backend) else {
+        return (
+            h::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("backend {} has no endpoints", backend.service),
+            ),
+            None,
+        );
+    };
+    let _in_flight = ep.load.start();
+    let started = Instant::now();
+    let peer = ep.identity.as_deref().map(str::to_string);
+    let result = match ep.mesh_target() {
+        Some((addr, identity)) => send_mesh(shared, req, ep, addr, identity, app_h2).await,
+        None => {
+            let target = ep.addr.to_string();
+            match h::set_upstream_uri(&mut req, &target) {
+                Err(e) => Err((StatusCode::BAD_REQUEST, format!("bad request target: {e}"))),
+                Ok(()) => {
+                    *req.version_mut() = if app_h2 {
+                        Version::HTTP_2
+                    } else {
+                        Version::HTTP_11
+                    };
+                    shared
+                        .plain
+                        .get(app_h2)
+                        .request(req)
+                        .await
+                        .map(|rsp| rsp.map(h::boxed))
+                        .map_err(|e| {
+                            (
+                                StatusCode::BAD_GATEWAY,
+                                format!("{} ({}): {e}", backend.service, ep.pod),
+                            )
+                        })
+                }
+            }
+        }
+    };
+    match result {
+        Ok(mut rsp) => {
+            ep.load.observe(started.elapsed());
+            h::strip_hop_by_hop(rsp.headers_mut());
+            (rsp, peer)
+        }
+        Err((status, reason)) => {
+            if status == StatusCode::BAD_GATEWAY {
+                ep.load.observe_failure();
+            }
+            (h::error(status, &reason), peer)
+        }
+    }
+}
+
+async fn send_mesh(
+    shared: &Shared,
+    mut req: Request<Body>,
+    ep: &Endpoint,
+    addr: SocketAddr,
+    identity: &Arc<str>,
+    app_h2: bool,
+) -> Result<Response<Body>, (StatusCode, String)> {
+    let hint = if app_h2 { Hint::Http2 } else { Hint::Http1 };
+    let mut sender = shared
+        .mesh
+        .sender(&*shared.identity, addr, identity, ep.addr.port(), hint)
+        .await
+        .map_err(|e| {
+            (
+                StatusCode::BAD_GATEWAY,
+                format!("{} ({identity}): {e}", ep.pod),
+            )
+        })?;
+    // Keep the original authority in the URI: it travels as `:authority` on the link.
+    let authority = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_else(|| ep.addr.to_string());
+    if h::set_upstream_uri(&mut req, &authority).is_err() {
+        h::set_upstream_uri(&mut req, &ep.addr.to_string())
+            .map_err(|e| (StatusCode::BAD_REQUEST, format!("bad request target: {e}")))?;
+    }
+    *req.version_mut() = Version::HTTP_2;
+    sender
+        .send_request(req)
+        .await
+        .map(|rsp| rsp.map(h::boxed))
+        .map_err(|e| {
+            (
+                StatusCode::BAD_GATEWAY,
+                format!("{} ({identity}): {e}", ep.pod),
+            )
+        })
+}

@@ -1,0 +1,96 @@
+//! Pooled HTTP/2 connections to other proxies: one multiplexed mTLS connection per (endpoint,
+//! target port, hint), reopened when it closes.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use crate::http::Body;
+use crate::transport::{self, Hint, MeshIdentity, TransportError, TransportHeader};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct Key {
+    addr: SocketAddr,
+    port: u16,
+    hint: u8,
+    identity: Arc<str>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("HTTP/2 handshake with {addr}: {source}")]
+    Handshake {
+        addr: SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+}
+
+/// HTTP/2 senders to peer proxies.
+#[derive(Debug, Default)]
+pub struct MeshPool {
+    // Held only to look up or insert a sender, never across an await.
+    conns: Mutex<HashMap<Key, SendRequest<Body>>>,
+}
+
+impl MeshPool {
+    fn cached(&self, key: &Key) -> Option<SendRequest<Body>> {
+        let mut conns = match self.conns.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        match conns.get(key) {
+            Some(s) if !s.is_closed() => Some(s.clone()),
+            Some(_) => {
+                conns.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// A sender to the proxy at `addr` (which must be `identity`) for app port `port`.
+    pub async fn sender(
+        &self,
+        mesh: &dyn MeshIdentity,
+        addr: SocketAddr,
+        identity: &Arc<str>,
+        port: u16,
+        hint: Hint,
+    ) -> Result<SendRequest<Body>, PoolError> {
+        let key = Key {
+            addr,
+            port,
+            hint: hint as u8,
+            identity: identity.clone(),
+        };
+        if let Some(s) = self.cached(&key) {
+            return Ok(s);
+        }
+        let tls =
+            transport::connect_mesh(mesh, addr, identity, TransportHeader { port, hint }).await?;
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(std::time::Duration::from_secs(30))
+            .keep_alive_timeout(std::time::Duration::from_secs(10))
+            .handshake::<_, Body>(TokioIo::new(tls))
+            .await
+            .map_err(|source| PoolError::Handshake { addr, source })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, error = %e, "mesh connection closed");
+            }
+        });
+        let mut conns = match self.conns.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        conns.insert(key, sender.clone());
+        Ok(sender)
+    }
+}
