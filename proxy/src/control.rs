@@ -25,6 +25,7 @@ use weft_proxy_api::v1::discovery_request::Request as Req;
 use weft_proxy_api::v1::{self, DiscoveryRequest, DiscoveryResponse};
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 
 /// Largest discovery message accepted (a config with thousands of services and endpoints).
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -206,7 +207,6 @@ pub struct Status {
 pub struct ControlMetrics {
     connected: Gauge,
     updates: Counter,
-    nacks: Counter,
     reconnects: Counter,
 }
 
@@ -224,11 +224,6 @@ impl ControlMetrics {
             self.updates.clone(),
         );
         sub.register(
-            "config_nacks",
-            "Discovery responses rejected (NACKed)",
-            self.nacks.clone(),
-        );
-        sub.register(
             "reconnects",
             "Discovery streams lost or failed to open",
             self.reconnects.clone(),
@@ -242,6 +237,8 @@ pub struct DiscoveryClient {
     config: watch::Sender<Arc<Config>>,
     status: watch::Sender<Status>,
     metrics: ControlMetrics,
+    /// The data plane's metrics (config version in force, NACK count), when wired.
+    data_metrics: Option<Arc<Metrics>>,
     /// Resources in force (those that compiled into the published config).
     resources: BTreeMap<String, v1::Resource>,
 }
@@ -254,8 +251,15 @@ impl DiscoveryClient {
             config,
             status: watch::channel(Status::default()).0,
             metrics: ControlMetrics::default(),
+            data_metrics: None,
             resources: BTreeMap::new(),
         }
+    }
+
+    /// Also records the config version in force and NACKs in the data plane's metrics.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.data_metrics = Some(metrics);
+        self
     }
 
     /// A live view of the connection status.
@@ -390,6 +394,9 @@ impl DiscoveryClient {
                 self.resources = next;
                 self.config.send_replace(Arc::new(config));
                 self.metrics.updates.inc();
+                if let Some(m) = &self.data_metrics {
+                    m.set_config_version(&resp.version);
+                }
                 self.status.send_modify(|s| {
                     s.version = Some(resp.version.clone());
                     s.last_nack = None;
@@ -416,7 +423,9 @@ impl DiscoveryClient {
                     %error,
                     "config rejected; keeping the previous one",
                 );
-                self.metrics.nacks.inc();
+                if let Some(m) = &self.data_metrics {
+                    m.inc_nack();
+                }
                 self.status.send_modify(|s| {
                     s.last_nack = Some(error.clone());
                     s.nacks += 1;

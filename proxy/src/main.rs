@@ -1,4 +1,83 @@
-fn main() {
-    eprintln!("weft-proxy: not yet");
-    std::process::exit(2);
+//! weft-proxy: the sidecar. Configured by `WEFT_PROXY_*` environment variables (see
+//! docs/proxy.md). Exit codes: 0 after a clean shutdown, 1 on a runtime failure, 2 on bad
+//! configuration.
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use weft_proxy::app::{self, LogFormat, ProxyEnv};
+
+fn main() -> ExitCode {
+    let env = match ProxyEnv::from_process_env() {
+        Ok(env) => env,
+        Err(e) => {
+            eprintln!("weft-proxy: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = init_tracing(&env) {
+        eprintln!("weft-proxy: invalid configuration: WEFT_LOG: {e}");
+        return ExitCode::from(2);
+    }
+
+    let mut builder = if env.threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(env.threads);
+        b
+    };
+    let runtime = match builder.enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("weft-proxy: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+
+    match runtime.block_on(app::run(env, shutdown_signal(), None)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "weft-proxy failed");
+            eprintln!("weft-proxy: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_tracing(env: &ProxyEnv) -> Result<(), String> {
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&env.log_filter).map_err(|e| e.to_string())?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match env.log_format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Plain => builder.try_init(),
+    };
+    result.map_err(|e| e.to_string())
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the proxy");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
