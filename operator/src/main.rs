@@ -1,4 +1,253 @@
-fn main() {
-    eprintln!("weft-operator: not yet");
-    std::process::exit(2);
+//! `weft-operator`: parses flags, builds the runtime, runs until SIGTERM/SIGINT, drains.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use weft_operator::compile::{CompileOptions, DefaultPolicy};
+use weft_operator::identity::{BootstrapToken, CaStore, IdentityOptions, TokenReview};
+use weft_operator::leader::LeaderOptions;
+use weft_operator::runtime::{IdentityConfig, Runtime, RuntimeConfig, SourceConfig, WebhookConfig};
+use weft_operator::source::manifests::WatchOptions;
+use weft_operator::webhook::TlsPem;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum InboundPolicy {
+    Allow,
+    Mesh,
+    Deny,
+}
+
+/// weft's control plane: compiles SMI objects and cluster state into per-proxy config, serves
+/// it over gRPC, issues identities and writes status.
+#[derive(Debug, Parser)]
+#[command(name = "weft-operator", version)]
+struct Args {
+    /// Kubeconfig to use (default: in-cluster config, then $KUBECONFIG / ~/.kube/config).
+    #[arg(long, value_name = "PATH", conflicts_with = "manifests")]
+    kubeconfig: Option<PathBuf>,
+    /// Read cluster state from a directory of manifests (watched) instead of Kubernetes.
+    #[arg(long, value_name = "DIR")]
+    manifests: Option<PathBuf>,
+    /// gRPC address for proxies (Discovery and Identity).
+    #[arg(long, default_value = "0.0.0.0:8086")]
+    discovery_addr: SocketAddr,
+    /// Admin HTTP address (/ready, /live, /metrics, /proxies, /status).
+    #[arg(long, default_value = "0.0.0.0:9990")]
+    admin_addr: SocketAddr,
+    /// SPIFFE trust domain.
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// Cluster DNS domain.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// Directory with ca.crt, issuer.crt, issuer.key (manifests mode: generated when absent).
+    #[arg(long, value_name = "DIR")]
+    identity_issuer: Option<PathBuf>,
+    /// Manifests mode: the shared secret proxies present to get a certificate.
+    #[arg(long, value_name = "PATH")]
+    bootstrap_token_file: Option<PathBuf>,
+    /// Mesh-wide default inbound policy (namespace/pod annotations override it).
+    #[arg(long, value_enum, default_value = "allow")]
+    default_inbound_policy: InboundPolicy,
+    /// HTTPS address of the webhooks (/convert, /validate, /inject); needs --webhook-cert-dir.
+    #[arg(long, default_value = "0.0.0.0:9443")]
+    webhook_addr: SocketAddr,
+    /// Directory with tls.crt and tls.key for the webhook server; no webhooks without it.
+    #[arg(long, value_name = "DIR")]
+    webhook_cert_dir: Option<PathBuf>,
+    /// Serve the sidecar injector at /inject (settings from WEFT_INJECT_* variables).
+    #[arg(long)]
+    inject: bool,
+    /// Elect a leader (Lease) so that only one replica writes status and Events.
+    #[arg(long)]
+    leader_elect: bool,
+    /// Namespace of the leader-election Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "weft-system")]
+    namespace: String,
+    /// This replica's name (leader identity, Events).
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn kube_client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .context("loading kubeconfig")?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no in-cluster config or kubeconfig")?,
+    };
+    kube::Client::try_from(config).context("building the Kubernetes client")
+}
+
+async fn build(args: &Args) -> anyhow::Result<RuntimeConfig> {
+    let compile = CompileOptions {
+        trust_domain: args.trust_domain.clone(),
+        cluster_domain: args.cluster_domain.clone(),
+        default_inbound_policy: match args.default_inbound_policy {
+            InboundPolicy::Allow => DefaultPolicy::Allow,
+            InboundPolicy::Mesh => DefaultPolicy::Mesh,
+            InboundPolicy::Deny => DefaultPolicy::Deny,
+        },
+        ..CompileOptions::default()
+    };
+    let identity_options = IdentityOptions {
+        trust_domain: args.trust_domain.clone(),
+        ..IdentityOptions::default()
+    };
+    let (source, identity) = match &args.manifests {
+        Some(dir) => {
+            let ca = CaStore::load_or_generate(args.identity_issuer.as_deref(), &args.trust_domain)
+                .context("loading the identity issuer")?;
+            let identity = match &args.bootstrap_token_file {
+                Some(path) => {
+                    let token = BootstrapToken::from_file(path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    Some(IdentityConfig {
+                        ca: Arc::new(ca),
+                        authenticator: Arc::new(token),
+                        options: identity_options,
+                    })
+                }
+                None => {
+                    tracing::warn!("no --bootstrap-token-file: the Identity service is off");
+                    None
+                }
+            };
+            (
+                SourceConfig::Manifests {
+                    dir: dir.clone(),
+                    watch: WatchOptions::default(),
+                },
+                identity,
+            )
+        }
+        None => {
+            let client = kube_client(args.kubeconfig.as_ref()).await?;
+            let dir = args
+                .identity_issuer
+                .as_deref()
+                .context("--identity-issuer is required with Kubernetes")?;
+            let ca = CaStore::from_dir(dir).context("loading the identity issuer")?;
+            let identity = IdentityConfig {
+                ca: Arc::new(ca),
+                authenticator: Arc::new(TokenReview::new(client.clone())),
+                options: identity_options,
+            };
+            (SourceConfig::Kubernetes { client }, Some(identity))
+        }
+    };
+    let webhook = match &args.webhook_cert_dir {
+        Some(dir) => {
+            let inject = if args.inject {
+                Some(Arc::new(
+                    weft_operator::inject::InjectSettings::from_env()
+                        .context("injector settings")?,
+                ))
+            } else {
+                None
+            };
+            Some(WebhookConfig {
+                addr: args.webhook_addr,
+                tls: TlsPem::from_dir(dir)?,
+                validator: weft_operator::webhook::admission::semantic(),
+                inject,
+            })
+        }
+        None => None,
+    };
+    let instance = args.pod_name.clone();
+    let leader = if args.leader_elect && args.manifests.is_none() {
+        let identity = instance
+            .clone()
+            .unwrap_or_else(|| format!("weft-operator-{:08x}", rand::random::<u32>()));
+        Some(LeaderOptions::new(args.namespace.clone(), identity))
+    } else {
+        None
+    };
+    Ok(RuntimeConfig {
+        source,
+        discovery_addr: args.discovery_addr,
+        admin_addr: args.admin_addr,
+        compile,
+        identity,
+        webhook,
+        leader,
+        instance,
+    })
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logging(args.log_format);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config = build(&args).await?;
+    let runtime = Runtime::start(config).await?;
+    tracing::info!(
+        discovery = %runtime.discovery_addr,
+        admin = %runtime.admin_addr,
+        webhook = ?runtime.webhook_addr,
+        "weft-operator started"
+    );
+    wait_for_signal().await;
+    tracing::info!("shutting down: closing proxy streams");
+    runtime.shutdown();
+    match tokio::time::timeout(Duration::from_secs(20), runtime.wait()).await {
+        Ok(result) => result?,
+        Err(_) => tracing::warn!("drain timed out"),
+    }
+    Ok(())
 }

@@ -264,22 +264,26 @@ impl DirWatcher {
         })
     }
 
-    /// Waits for the next batch of filesystem events (debounced) or the rescan interval.
-    pub async fn next(&mut self) {
+    /// Waits for the next batch of filesystem events (debounced), returning when the first of
+    /// them arrived, or for the rescan interval (`None`).
+    pub async fn next(&mut self) -> Option<std::time::Instant> {
         let first = tokio::time::timeout(self.options.rescan_interval, self.rx.recv()).await;
-        if !matches!(first, Ok(Some(()))) {
-            if matches!(first, Ok(None)) {
+        match first {
+            Ok(Some(())) => {}
+            Ok(None) => {
                 // The watcher is gone; fall back to periodic rescans only.
                 tokio::time::sleep(self.options.rescan_interval).await;
+                return None;
             }
-            return;
+            Err(_) => return None,
         }
+        let at = std::time::Instant::now();
         let deadline = tokio::time::Instant::now() + self.options.max_delay;
         loop {
             let quiet = tokio::time::Instant::now() + self.options.debounce;
             match tokio::time::timeout_at(quiet.min(deadline), self.rx.recv()).await {
                 Ok(Some(())) if tokio::time::Instant::now() < deadline => continue,
-                _ => return,
+                _ => return Some(at),
             }
         }
     }

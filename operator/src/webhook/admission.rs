@@ -22,6 +22,23 @@ pub fn parse_only() -> Validator {
     Arc::new(|_| Verdict::default())
 }
 
+/// The semantic validator (`crate::validate`), judging each object on its own (conflicts
+/// between objects are reported in status conditions instead).
+pub fn semantic() -> Validator {
+    Arc::new(|obj: &SmiObject| {
+        let problems =
+            crate::validate::validate(obj, &crate::validate::ValidationContext::default());
+        let mut verdict = Verdict::default();
+        for p in problems {
+            match p.severity {
+                crate::validate::Severity::Error => verdict.errors.push(p.to_string()),
+                crate::validate::Severity::Warning => verdict.warnings.push(p.to_string()),
+            }
+        }
+        verdict
+    })
+}
+
 /// Answers an AdmissionReview: objects that do not parse as SMI, or that the validator finds
 /// errors in, are denied with a message listing every error; warnings become admission warnings.
 /// DELETE (no object) is always allowed.
@@ -145,6 +162,12 @@ mod tests {
         });
         let out = review(&recorded(bad), &parse_only());
         assert_eq!(out["response"]["allowed"], false, "{out}");
+    }
+
+    #[test]
+    fn semantic_validator_admits_a_plain_split() {
+        let out = review(&recorded(split(json!(100))), &semantic());
+        assert_eq!(out["response"]["allowed"], true, "{out}");
     }
 
     #[test]
