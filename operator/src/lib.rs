@@ -10,3 +10,5 @@ pub mod discovery;
 pub mod webhook;
 pub mod compile;
 pub mod source;
+pub mod leader;
+pub mod validate;
