@@ -1,0 +1,906 @@
+//! The semantic validator: pure checks of one SMI object (hub form) against the other SMI
+//! objects of its namespace and, when known, its Services.
+//!
+//! [`Severity::Error`] means reject (the object is not applied and its `Accepted` condition is
+//! `False`); [`Severity::Warning`] means apply but tell the user. Rules and decisions:
+//!
+//! | kind | check | severity |
+//! |---|---|---|
+//! | TrafficSplit | empty `service`, no backends, empty backend name | Error |
+//! | TrafficSplit | weights sum to 0 | Error |
+//! | TrafficSplit | the same backend service twice | Error (which weight applies would be a guess) |
+//! | TrafficSplit | the root is a backend: fine with another weighted backend (the canary pattern); Warning when the root is the only backend with weight > 0 (the split changes nothing) | Warning |
+//! | TrafficSplit | `matches` kind other than HTTPRouteGroup, apiGroup other than `specs.smi-spec.io`, a namespaced name | Error |
+//! | TrafficSplit | `matches` names a missing HTTPRouteGroup | Error |
+//! | TrafficSplit | root or backend Service missing (only when Services are known) | Warning |
+//! | TrafficSplit | another split on the same root: the oldest (creationTimestamp, then name) wins, the others get | Warning |
+//! | TrafficTarget | destination/source kind not ServiceAccount, empty names | Error |
+//! | TrafficTarget | destination namespace differs from the object's namespace | Error |
+//! | TrafficTarget | rule names a missing route object, or a match name the route object lacks | Error |
+//! | TrafficTarget | no sources or no rules (allows nothing) | Warning |
+//! | HTTPRouteGroup | invalid path or header regex, unknown method, invalid header name, duplicate match names | Error |
+//! | HTTPRouteGroup | no matches | Warning |
+//! | TCPRoute/UDPRoute | port 0 | Error; duplicate ports: Warning |
+//!
+//! Objects that do not even parse (an unknown rule kind, a negative weight) never reach the
+//! hub: [`problem_from_error`] turns the typed parse error into an Error problem.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use weft_smi::hub::{
+    self, HttpRouteGroup, Meta, RouteKind, SmiObject, TrafficSplit, TrafficTarget,
+};
+use weft_smi::SmiError;
+
+/// How bad a problem is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Severity {
+    /// Accept the object but tell the user (condition message, Event).
+    Warning,
+    /// Reject the object: it is not applied.
+    Error,
+}
+
+/// One finding about one object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub severity: Severity,
+    /// Field path in the object, e.g. `spec.backends[1].weight`.
+    pub path: String,
+    /// CamelCase reason for status conditions and Events, e.g. `DuplicateBackend`.
+    pub reason: &'static str,
+    /// A sentence for humans.
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sev = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(f, "{sev}: {}: {}", self.path, self.message)
+    }
+}
+
+/// What the validator may look at besides the object itself.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ValidationContext<'a> {
+    /// The SMI objects of the object's namespace (may include the object itself).
+    pub objects: &'a [SmiObject],
+    /// Names of the Services in the namespace, if known; `None` skips the Service checks.
+    pub services: Option<&'a BTreeSet<String>>,
+}
+
+/// Whether any problem rejects the object.
+pub fn has_errors(problems: &[Problem]) -> bool {
+    problems.iter().any(|p| p.severity == Severity::Error)
+}
+
+/// Turns a parse/convert error from `weft_smi::from_value` into a rejecting problem.
+pub fn problem_from_error(e: &SmiError) -> Problem {
+    let (path, reason) = match e {
+        SmiError::Invalid { path, .. } => (path.clone(), "InvalidField"),
+        SmiError::MissingField(f) => ((*f).to_string(), "MissingField"),
+        SmiError::NotSmi { .. } => (String::new(), "NotSmi"),
+        SmiError::Malformed { .. } => (String::new(), "Malformed"),
+        SmiError::KindMismatch { .. } => (String::new(), "KindMismatch"),
+    };
+    Problem {
+        severity: Severity::Error,
+        path,
+        reason,
+        message: e.to_string(),
+    }
+}
+
+/// Validates one object. Problems are sorted: errors first, then by path.
+pub fn validate(obj: &SmiObject, ctx: &ValidationContext<'_>) -> Vec<Problem> {
+    let mut out = Vec::new();
+    match obj {
+        SmiObject::TrafficSplit(s) => split(s, ctx, &mut out),
+        SmiObject::TrafficTarget(t) => target(t, ctx, &mut out),
+        SmiObject::HTTPRouteGroup(g) => http_group(g, &mut out),
+        SmiObject::PortRoute(r) => port_route(r, &mut out),
+    }
+    out.sort_by(|a, b| {
+        b.severity
+            .cmp(&a.severity)
+            .then_with(|| a.path.cmp(&b.path))
+    });
+    out
+}
+
+fn push(
+    out: &mut Vec<Problem>,
+    severity: Severity,
+    path: impl Into<String>,
+    reason: &'static str,
+    message: impl Into<String>,
+) {
+    out.push(Problem {
+        severity,
+        path: path.into(),
+        reason,
+        message: message.into(),
+    });
+}
+
+/// Orders objects for "oldest wins": by creationTimestamp (missing counts as newest), then
+/// by name. `Less` means `a` wins.
+pub fn age_order(a: &Meta, b: &Meta) -> std::cmp::Ordering {
+    let key = |m: &Meta| {
+        (
+            m.creation_timestamp.is_none(),
+            m.creation_timestamp.clone(),
+            m.name.clone(),
+        )
+    };
+    key(a).cmp(&key(b))
+}
+
+/// Among the TrafficSplits of `objects` in `namespace` whose root is `service`, the one that
+/// takes effect (the oldest). The compiler and the validator use the same rule.
+pub fn apex_owner<'a>(
+    objects: &'a [SmiObject],
+    namespace: &str,
+    service: &str,
+) -> Option<&'a TrafficSplit> {
+    objects
+        .iter()
+        .filter_map(|o| match o {
+            SmiObject::TrafficSplit(s) if s.meta.namespace == namespace && s.service == service => {
+                Some(s)
+            }
+            _ => None,
+        })
+        .min_by(|a, b| age_order(&a.meta, &b.meta))
+}
+
+fn find_http_group<'a>(
+    ctx: &ValidationContext<'a>,
+    ns: &str,
+    name: &str,
+) -> Option<&'a HttpRouteGroup> {
+    ctx.objects.iter().find_map(|o| match o {
+        SmiObject::HTTPRouteGroup(g) if g.meta.namespace == ns && g.meta.name == name => Some(g),
+        _ => None,
+    })
+}
+
+fn split(s: &TrafficSplit, ctx: &ValidationContext<'_>, out: &mut Vec<Problem>) {
+    use Severity::*;
+    let ns = &s.meta.namespace;
+    if s.service.is_empty() {
+        push(
+            out,
+            Error,
+            "spec.service",
+            "MissingService",
+            "the root service is empty",
+        );
+    }
+    if s.backends.is_empty() {
+        push(
+            out,
+            Error,
+            "spec.backends",
+            "NoBackends",
+            "the split has no backends",
+        );
+    } else if s.backends.iter().all(|b| b.weight_milli == 0) {
+        push(
+            out,
+            Error,
+            "spec.backends",
+            "ZeroWeights",
+            "the weights sum to 0: no backend would get traffic",
+        );
+    }
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, b) in s.backends.iter().enumerate() {
+        let path = format!("spec.backends[{i}].service");
+        if b.service.is_empty() {
+            push(
+                out,
+                Error,
+                &path,
+                "MissingService",
+                "the backend service is empty",
+            );
+            continue;
+        }
+        if let Some(first) = seen.insert(&b.service, i) {
+            push(
+                out,
+                Error,
+                &path,
+                "DuplicateBackend",
+                format!(
+                    "backend {:?} is listed twice (also spec.backends[{first}])",
+                    b.service
+                ),
+            );
+        }
+        if let Some(services) = ctx.services {
+            if !services.contains(&b.service) {
+                push(
+                    out,
+                    Warning,
+                    &path,
+                    "BackendNotFound",
+                    format!(
+                        "Service {ns}/{} does not exist; it gets no traffic until it does",
+                        b.service
+                    ),
+                );
+            }
+        }
+    }
+    let weighted: Vec<&hub::Backend> = s.backends.iter().filter(|b| b.weight_milli > 0).collect();
+    if !s.service.is_empty()
+        && !weighted.is_empty()
+        && weighted.iter().all(|b| b.service == s.service)
+    {
+        push(
+            out,
+            Warning,
+            "spec.backends",
+            "RootOnlyBackend",
+            format!(
+                "the root service {:?} is the only backend with traffic: the split changes nothing",
+                s.service
+            ),
+        );
+    }
+    if let Some(services) = ctx.services {
+        if !s.service.is_empty() && !services.contains(&s.service) {
+            push(
+                out,
+                Warning,
+                "spec.service",
+                "ServiceNotFound",
+                format!("the root Service {ns}/{} does not exist", s.service),
+            );
+        }
+    }
+    for (i, m) in s.matches.iter().enumerate() {
+        let path = format!("spec.matches[{i}]");
+        if m.kind != RouteKind::HTTPRouteGroup.as_str() {
+            push(
+                out,
+                Error,
+                format!("{path}.kind"),
+                "UnsupportedMatchKind",
+                format!(
+                    "kind {:?} cannot be used in a TrafficSplit; only HTTPRouteGroup",
+                    m.kind
+                ),
+            );
+            continue;
+        }
+        if let Some(g) = &m.api_group {
+            if !g.is_empty() && g != weft_smi::specs::GROUP {
+                push(
+                    out,
+                    Error,
+                    format!("{path}.apiGroup"),
+                    "UnsupportedMatchKind",
+                    format!("apiGroup {g:?} is not {}", weft_smi::specs::GROUP),
+                );
+                continue;
+            }
+        }
+        if m.name.contains('/') {
+            push(
+                out,
+                Error,
+                format!("{path}.name"),
+                "CrossNamespaceReference",
+                format!(
+                    "{:?}: matches must name an HTTPRouteGroup in the split's own namespace",
+                    m.name
+                ),
+            );
+            continue;
+        }
+        if find_http_group(ctx, ns, &m.name).is_none() {
+            push(
+                out,
+                Error,
+                format!("{path}.name"),
+                "RouteGroupNotFound",
+                format!("HTTPRouteGroup {ns}/{} does not exist", m.name),
+            );
+        }
+    }
+    if !s.service.is_empty() {
+        if let Some(owner) = apex_owner(ctx.objects, ns, &s.service) {
+            if owner.meta.name != s.meta.name && age_order(&owner.meta, &s.meta).is_lt() {
+                push(out, Warning, "spec.service", "Conflicted", format!("TrafficSplit {ns}/{} (older) also splits {:?}; this split is ignored while it exists", owner.meta.name, s.service));
+            }
+        }
+    }
+}
+
+fn identity(r: &hub::IdentityRef, path: &str, out: &mut Vec<Problem>) {
+    if r.kind != "ServiceAccount" {
+        push(
+            out,
+            Severity::Error,
+            format!("{path}.kind"),
+            "UnsupportedIdentityKind",
+            format!("kind {:?} is not supported; only ServiceAccount", r.kind),
+        );
+    }
+    if r.name.is_empty() {
+        push(
+            out,
+            Severity::Error,
+            format!("{path}.name"),
+            "MissingName",
+            "the service account name is empty",
+        );
+    }
+}
+
+fn target(t: &TrafficTarget, ctx: &ValidationContext<'_>, out: &mut Vec<Problem>) {
+    use Severity::*;
+    let ns = &t.meta.namespace;
+    identity(&t.destination, "spec.destination", out);
+    if &t.destination.namespace != ns {
+        push(
+            out,
+            Error,
+            "spec.destination.namespace",
+            "CrossNamespaceReference",
+            format!(
+                "the destination must be in the TrafficTarget's namespace {ns:?}, not {:?}",
+                t.destination.namespace
+            ),
+        );
+    }
+    if t.sources.is_empty() {
+        push(
+            out,
+            Warning,
+            "spec.sources",
+            "NoSources",
+            "no sources: this TrafficTarget allows nothing",
+        );
+    }
+    let mut seen = BTreeSet::new();
+    for (i, s) in t.sources.iter().enumerate() {
+        let path = format!("spec.sources[{i}]");
+        identity(s, &path, out);
+        if !seen.insert((&s.kind, &s.namespace, &s.name)) {
+            push(
+                out,
+                Warning,
+                path,
+                "DuplicateSource",
+                format!("source {}/{} is listed twice", s.namespace, s.name),
+            );
+        }
+    }
+    if t.rules.is_empty() {
+        push(
+            out,
+            Warning,
+            "spec.rules",
+            "NoRules",
+            "no rules: this TrafficTarget allows nothing",
+        );
+    }
+    for (i, r) in t.rules.iter().enumerate() {
+        let path = format!("spec.rules[{i}]");
+        let found = ctx.objects.iter().find(|o| {
+            o.meta().namespace == *ns && o.meta().name == r.name && o.kind() == r.kind.as_str()
+        });
+        let Some(found) = found else {
+            push(
+                out,
+                Error,
+                format!("{path}.name"),
+                "RouteNotFound",
+                format!("{} {ns}/{} does not exist", r.kind.as_str(), r.name),
+            );
+            continue;
+        };
+        let names: BTreeSet<&str> = match found {
+            SmiObject::HTTPRouteGroup(g) => g.matches.iter().map(|m| m.name.as_str()).collect(),
+            SmiObject::PortRoute(p) => p.matches.iter().filter_map(|m| m.name.as_deref()).collect(),
+            _ => BTreeSet::new(),
+        };
+        for (j, m) in r.matches.iter().enumerate() {
+            if !names.contains(m.as_str()) {
+                push(
+                    out,
+                    Error,
+                    format!("{path}.matches[{j}]"),
+                    "MatchNotFound",
+                    format!(
+                        "{} {ns}/{} has no match named {m:?}",
+                        r.kind.as_str(),
+                        r.name
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// Header field names are RFC 7230 tokens.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn http_group(g: &HttpRouteGroup, out: &mut Vec<Problem>) {
+    use Severity::*;
+    if g.matches.is_empty() {
+        push(
+            out,
+            Warning,
+            "spec.matches",
+            "NoMatches",
+            "no matches: this route group matches nothing",
+        );
+    }
+    let mut names = BTreeMap::new();
+    for (i, m) in g.matches.iter().enumerate() {
+        let path = format!("spec.matches[{i}]");
+        if let Some(first) = names.insert(m.name.as_str(), i) {
+            push(
+                out,
+                Error,
+                format!("{path}.name"),
+                "DuplicateMatch",
+                format!(
+                    "match name {:?} is used twice (also spec.matches[{first}])",
+                    m.name
+                ),
+            );
+        }
+        if let Some(p) = &m.path_regex {
+            if let Err(e) = regex::Regex::new(p) {
+                push(
+                    out,
+                    Error,
+                    format!("{path}.pathRegex"),
+                    "InvalidRegex",
+                    format!("invalid regex {p:?}: {e}"),
+                );
+            }
+        }
+        for (j, method) in m.methods.iter().enumerate() {
+            if !weft_smi::specs::METHODS.contains(&method.as_str()) {
+                push(
+                    out,
+                    Error,
+                    format!("{path}.methods[{j}]"),
+                    "UnknownMethod",
+                    format!("unknown HTTP method {method:?}"),
+                );
+            }
+        }
+        for (name, value) in &m.headers {
+            let hpath = format!("{path}.headers.{name}");
+            if !is_token(name) {
+                push(
+                    out,
+                    Error,
+                    &hpath,
+                    "InvalidHeaderName",
+                    format!("{name:?} is not a valid header name"),
+                );
+            }
+            if let Err(e) = regex::Regex::new(value) {
+                push(
+                    out,
+                    Error,
+                    &hpath,
+                    "InvalidRegex",
+                    format!("invalid regex {value:?}: {e}"),
+                );
+            }
+        }
+    }
+}
+
+fn port_route(r: &hub::PortRoute, out: &mut Vec<Problem>) {
+    let Some(m) = &r.matches else { return };
+    let mut seen = BTreeSet::new();
+    for (i, p) in m.ports.iter().enumerate() {
+        let path = format!("spec.matches.ports[{i}]");
+        if *p == 0 {
+            push(
+                out,
+                Severity::Error,
+                &path,
+                "InvalidPort",
+                "port 0 is not a valid port",
+            );
+        } else if !seen.insert(*p) {
+            push(
+                out,
+                Severity::Warning,
+                &path,
+                "DuplicatePort",
+                format!("port {p} is listed twice"),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Parses manifests (any served version) into the hub.
+    fn objs(vs: &[serde_json::Value]) -> Vec<SmiObject> {
+        vs.iter()
+            .map(|v| weft_smi::from_value(v).expect("test manifest parses"))
+            .collect()
+    }
+
+    fn ts(name: &str, created: &str, spec: serde_json::Value) -> serde_json::Value {
+        json!({"apiVersion": "split.smi-spec.io/v1alpha4", "kind": "TrafficSplit",
+               "metadata": {"name": name, "namespace": "shop", "creationTimestamp": created},
+               "spec": spec})
+    }
+
+    fn htr(name: &str, matches: serde_json::Value) -> serde_json::Value {
+        json!({"apiVersion": "specs.smi-spec.io/v1alpha4", "kind": "HTTPRouteGroup",
+               "metadata": {"name": name, "namespace": "shop"}, "spec": {"matches": matches}})
+    }
+
+    fn tt(spec: serde_json::Value) -> serde_json::Value {
+        json!({"apiVersion": "access.smi-spec.io/v1alpha3", "kind": "TrafficTarget",
+               "metadata": {"name": "t", "namespace": "shop"}, "spec": spec})
+    }
+
+    fn tcp(name: &str, matches: serde_json::Value) -> serde_json::Value {
+        json!({"apiVersion": "specs.smi-spec.io/v1alpha4", "kind": "TCPRoute",
+               "metadata": {"name": name, "namespace": "shop"}, "spec": {"matches": matches}})
+    }
+
+    fn sa(name: &str) -> serde_json::Value {
+        json!({"kind": "ServiceAccount", "name": name})
+    }
+
+    struct Case {
+        name: &'static str,
+        /// The object under test (first) and its namespace neighbours.
+        objects: Vec<serde_json::Value>,
+        services: Option<&'static [&'static str]>,
+        /// Expected (severity, reason, path) triples, in the validator's order.
+        want: Vec<(Severity, &'static str, &'static str)>,
+    }
+
+    fn run(cases: Vec<Case>) {
+        for c in cases {
+            let objects = objs(&c.objects);
+            let services: Option<BTreeSet<String>> = c
+                .services
+                .map(|s| s.iter().map(|x| x.to_string()).collect());
+            let ctx = ValidationContext {
+                objects: &objects,
+                services: services.as_ref(),
+            };
+            let got: Vec<(Severity, &str, String)> = validate(&objects[0], &ctx)
+                .into_iter()
+                .map(|p| (p.severity, p.reason, p.path))
+                .collect();
+            let want: Vec<(Severity, &str, String)> = c
+                .want
+                .iter()
+                .map(|(s, r, p)| (*s, *r, p.to_string()))
+                .collect();
+            assert_eq!(got, want, "case {:?}", c.name);
+        }
+    }
+
+    use Severity::{Error as E, Warning as W};
+
+    #[test]
+    fn validate_traffic_split_rules() {
+        let two = json!({"service": "web", "backends": [{"service": "web-v1", "weight": 90}, {"service": "web-v2", "weight": 10}]});
+        run(vec![
+            Case {
+                name: "valid",
+                objects: vec![ts("s", "2024-01-01T00:00:00Z", two.clone())],
+                services: None,
+                want: vec![],
+            },
+            Case {
+                name: "weights sum to zero",
+                objects: vec![ts(
+                    "s",
+                    "2024-01-01T00:00:00Z",
+                    json!({"service": "web", "backends": [{"service": "a", "weight": 0}, {"service": "b", "weight": 0}]}),
+                )],
+                services: None,
+                want: vec![(E, "ZeroWeights", "spec.backends")],
+            },
+            Case {
+                name: "no backends",
+                objects: vec![ts(
+                    "s",
+                    "2024-01-01T00:00:00Z",
+                    json!({"service": "web", "backends": []}),
+                )],
+                services: None,
+                want: vec![(E, "NoBackends", "spec.backends")],
+            },
+            Case {
+                name: "duplicate backend",
+                objects: vec![ts(
+                    "s",
+                    "2024-01-01T00:00:00Z",
+                    json!({"service": "web", "backends": [{"service": "a", "weight": 1}, {"service": "a", "weight": 2}]}),
+                )],
+                services: None,
+                want: vec![(E, "DuplicateBackend", "spec.backends[1].service")],
+            },
+            Case {
+                name: "root as one of several backends is fine",
+                objects: vec![ts(
+                    "s",
+                    "2024-01-01T00:00:00Z",
+                    json!({"service": "web", "backends": [{"service": "web", "weight": 90}, {"service": "web-canary", "weight": 10}]}),
+                )],
+                services: None,
+                want: vec![],
+            },
+            Case {
+                name: "root as the only weighted backend",
+                objects: vec![ts(
+                    "s",
+                    "2024-01-01T00:00:00Z",
+                    json!({"service": "web", "backends": [{"service": "web", "weight": 100}, {"service": "web-canary", "weight": 0}]}),
+                )],
+                services: None,
+                want: vec![(W, "RootOnlyBackend", "spec.backends")],
+            },
+            Case {
+                name: "missing services, when known",
+                objects: vec![ts("s", "2024-01-01T00:00:00Z", two.clone())],
+                services: Some(&["web", "web-v1"]),
+                want: vec![(W, "BackendNotFound", "spec.backends[1].service")],
+            },
+            Case {
+                name: "matches: missing group, wrong kind, other namespace",
+                objects: vec![ts(
+                    "s",
+                    "2024-01-01T00:00:00Z",
+                    json!({"service": "web", "backends": [{"service": "a", "weight": 1}],
+                    "matches": [{"kind": "HTTPRouteGroup", "name": "nope"}, {"kind": "TCPRoute", "name": "db"}, {"kind": "HTTPRouteGroup", "name": "other/g"}]}),
+                )],
+                services: None,
+                want: vec![
+                    (E, "RouteGroupNotFound", "spec.matches[0].name"),
+                    (E, "UnsupportedMatchKind", "spec.matches[1].kind"),
+                    (E, "CrossNamespaceReference", "spec.matches[2].name"),
+                ],
+            },
+            Case {
+                name: "matches: existing group",
+                objects: vec![
+                    ts(
+                        "s",
+                        "2024-01-01T00:00:00Z",
+                        json!({"service": "web", "backends": [{"service": "a", "weight": 1}], "matches": [{"kind": "HTTPRouteGroup", "name": "g"}]}),
+                    ),
+                    htr("g", json!([{"name": "m", "headers": {"x-canary": "1"}}])),
+                ],
+                services: None,
+                want: vec![],
+            },
+            Case {
+                name: "conflicting split, newer loses",
+                objects: vec![
+                    ts("newer", "2024-02-01T00:00:00Z", two.clone()),
+                    ts("older", "2024-01-01T00:00:00Z", two.clone()),
+                ],
+                services: None,
+                want: vec![(W, "Conflicted", "spec.service")],
+            },
+            Case {
+                name: "conflicting split, older wins",
+                objects: vec![
+                    ts("older", "2024-01-01T00:00:00Z", two.clone()),
+                    ts("newer", "2024-02-01T00:00:00Z", two.clone()),
+                ],
+                services: None,
+                want: vec![],
+            },
+            Case {
+                name: "conflict tie broken by name",
+                objects: vec![
+                    ts("b", "2024-01-01T00:00:00Z", two.clone()),
+                    ts("a", "2024-01-01T00:00:00Z", two),
+                ],
+                services: None,
+                want: vec![(W, "Conflicted", "spec.service")],
+            },
+        ]);
+    }
+
+    #[test]
+    fn validate_traffic_target_rules() {
+        let routes = htr(
+            "api",
+            json!([{"name": "metrics", "pathRegex": "/metrics", "methods": ["GET"]}]),
+        );
+        run(vec![
+            Case {
+                name: "valid",
+                objects: vec![
+                    tt(
+                        json!({"destination": sa("api"), "sources": [sa("web")], "rules": [{"kind": "HTTPRouteGroup", "name": "api", "matches": ["metrics"]}]}),
+                    ),
+                    routes.clone(),
+                ],
+                services: None,
+                want: vec![],
+            },
+            Case {
+                name: "destination in another namespace",
+                objects: vec![
+                    tt(
+                        json!({"destination": {"kind": "ServiceAccount", "name": "api", "namespace": "other"}, "sources": [sa("web")], "rules": [{"kind": "HTTPRouteGroup", "name": "api"}]}),
+                    ),
+                    routes.clone(),
+                ],
+                services: None,
+                want: vec![(E, "CrossNamespaceReference", "spec.destination.namespace")],
+            },
+            Case {
+                name: "missing route and missing match",
+                objects: vec![
+                    tt(
+                        json!({"destination": sa("api"), "sources": [sa("web")], "rules": [
+                    {"kind": "TCPRoute", "name": "db"}, {"kind": "HTTPRouteGroup", "name": "api", "matches": ["nope"]}]}),
+                    ),
+                    routes.clone(),
+                ],
+                services: None,
+                want: vec![
+                    (E, "RouteNotFound", "spec.rules[0].name"),
+                    (E, "MatchNotFound", "spec.rules[1].matches[0]"),
+                ],
+            },
+            Case {
+                name: "same name, other kind does not count",
+                objects: vec![
+                    tt(
+                        json!({"destination": sa("api"), "sources": [sa("web")], "rules": [{"kind": "TCPRoute", "name": "api"}]}),
+                    ),
+                    routes.clone(),
+                ],
+                services: None,
+                want: vec![(E, "RouteNotFound", "spec.rules[0].name")],
+            },
+            Case {
+                name: "tcp route match names",
+                objects: vec![
+                    tt(
+                        json!({"destination": sa("api"), "sources": [sa("web")], "rules": [{"kind": "TCPRoute", "name": "db", "matches": ["pg", "x"]}]}),
+                    ),
+                    tcp("db", json!({"name": "pg", "ports": [5432]})),
+                ],
+                services: None,
+                want: vec![(E, "MatchNotFound", "spec.rules[0].matches[1]")],
+            },
+            Case {
+                name: "non-ServiceAccount identities, duplicate source",
+                objects: vec![
+                    tt(
+                        json!({"destination": {"kind": "Group", "name": "api"}, "sources": [sa("web"), sa("web"), {"kind": "User", "name": ""}], "rules": [{"kind": "HTTPRouteGroup", "name": "api"}]}),
+                    ),
+                    routes.clone(),
+                ],
+                services: None,
+                want: vec![
+                    (E, "UnsupportedIdentityKind", "spec.destination.kind"),
+                    (E, "UnsupportedIdentityKind", "spec.sources[2].kind"),
+                    (E, "MissingName", "spec.sources[2].name"),
+                    (W, "DuplicateSource", "spec.sources[1]"),
+                ],
+            },
+            Case {
+                name: "allows nothing",
+                objects: vec![tt(json!({"destination": sa("api")}))],
+                services: None,
+                want: vec![
+                    (W, "NoRules", "spec.rules"),
+                    (W, "NoSources", "spec.sources"),
+                ],
+            },
+        ]);
+    }
+
+    #[test]
+    fn validate_route_rules() {
+        run(vec![
+            Case {
+                name: "bad regexes, header name, duplicate match",
+                objects: vec![htr(
+                    "g",
+                    json!([
+                        {"name": "a", "pathRegex": "/(unclosed", "headers": {"bad name": "x", "x-ok": "[z-a]"}},
+                        {"name": "a"}
+                    ]),
+                )],
+                services: None,
+                want: vec![
+                    (E, "InvalidHeaderName", "spec.matches[0].headers.bad name"),
+                    (E, "InvalidRegex", "spec.matches[0].headers.x-ok"),
+                    (E, "InvalidRegex", "spec.matches[0].pathRegex"),
+                    (E, "DuplicateMatch", "spec.matches[1].name"),
+                ],
+            },
+            Case {
+                name: "unknown method (lower-case is normalised, not unknown)",
+                objects: vec![htr(
+                    "g",
+                    json!([{"name": "a", "methods": ["get", "FETCH", "*"]}]),
+                )],
+                services: None,
+                want: vec![(E, "UnknownMethod", "spec.matches[0].methods[1]")],
+            },
+            Case {
+                name: "empty group",
+                objects: vec![htr("g", json!([]))],
+                services: None,
+                want: vec![(W, "NoMatches", "spec.matches")],
+            },
+            Case {
+                name: "ports",
+                objects: vec![tcp("db", json!({"ports": [5432, 0, 5432]}))],
+                services: None,
+                want: vec![
+                    (E, "InvalidPort", "spec.matches.ports[1]"),
+                    (W, "DuplicatePort", "spec.matches.ports[2]"),
+                ],
+            },
+            Case {
+                name: "tcp route without matches",
+                objects: vec![tcp("db", serde_json::Value::Null)],
+                services: None,
+                want: vec![],
+            },
+        ]);
+    }
+
+    #[test]
+    fn validate_parse_errors_become_problems() {
+        let v =
+            tt(json!({"destination": sa("api"), "rules": [{"kind": "GRPCRoute", "name": "x"}]}));
+        let e = weft_smi::from_value(&v).expect_err("unknown rule kind");
+        let p = problem_from_error(&e);
+        assert_eq!(
+            (p.severity, p.reason, p.path.as_str()),
+            (Severity::Error, "InvalidField", "spec.rules[0].kind")
+        );
+        assert!(p.message.contains("GRPCRoute"), "{}", p.message);
+        assert!(has_errors(&[p]));
+    }
+
+    #[test]
+    fn validate_apex_owner_is_oldest() {
+        let two = json!({"service": "web", "backends": [{"service": "a", "weight": 1}]});
+        let objects = objs(&[
+            ts("new", "2024-03-01T00:00:00Z", two.clone()),
+            ts("old", "2024-01-01T00:00:00Z", two),
+        ]);
+        assert_eq!(
+            apex_owner(&objects, "shop", "web").map(|s| s.meta.name.as_str()),
+            Some("old")
+        );
+        assert!(apex_owner(&objects, "shop", "other").is_none());
+    }
+}
