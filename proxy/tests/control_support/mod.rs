@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_stream::{Stream, StreamExt};
+use tonic::service::Routes;
 use tonic::{Request, Response, Status, Streaming};
 use weft_proxy_api::v1::discovery_request::Request as Req;
 use weft_proxy_api::v1::discovery_server::{Discovery, DiscoveryServer};
@@ -91,6 +92,11 @@ pub struct FakeOperator {
 impl FakeOperator {
     /// Starts on `addr` (use port 0 for any free port).
     pub async fn start(addr: SocketAddr) -> Self {
+        Self::start_with(addr, |routes| routes).await
+    }
+
+    /// Like [`FakeOperator::start`], with more services (e.g. Identity) on the same server.
+    pub async fn start_with(addr: SocketAddr, more: impl FnOnce(Routes) -> Routes) -> Self {
         let listener = TcpListener::bind(addr).await.expect("bind fake operator");
         let addr = listener.local_addr().expect("local addr");
         let (events_tx, events) = mpsc::channel(64);
@@ -99,10 +105,10 @@ impl FakeOperator {
             current: Arc::default(),
             on_subscribe: Arc::default(),
         };
-        let service = DiscoveryServer::new(fake.clone());
+        let routes = more(Routes::new(DiscoveryServer::new(fake.clone())));
         let server = tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
-                .add_service(service)
+                .add_routes(routes)
                 .serve_with_incoming(TcpListenerStream::new(listener))
                 .await;
         });
