@@ -22,7 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::config::Config;
+use crate::config::{Config, Protocol};
 use crate::http::{self as h, Body, PlainClients};
 use crate::metrics::{self, Metrics, RequestLabels, INBOUND};
 use crate::route::{self, Decision, RequestInfo};
@@ -164,9 +164,22 @@ async fn detect_and_serve<I>(
     let Ok((detected, io)) = transport::detect(io, transport::DETECT_TIMEOUT).await else {
         return;
     };
+    // The port's declared protocol says what the app speaks; otherwise the client's version.
+    let declared = shared
+        .config
+        .borrow()
+        .inbound
+        .ports
+        .get(&port)
+        .map(|p| p.protocol);
+    let app_h2 = |downstream_h2: bool| match declared {
+        Some(Protocol::Http2 | Protocol::Grpc) => true,
+        Some(Protocol::Http1) => false,
+        _ => downstream_h2,
+    };
     match detected {
-        Detected::Http1 => serve_http(shared, io, port, peer, false, false, drain).await,
-        Detected::Http2 => serve_http(shared, io, port, peer, true, true, drain).await,
+        Detected::Http1 => serve_http(shared, io, port, peer, false, app_h2(false), drain).await,
+        Detected::Http2 => serve_http(shared, io, port, peer, true, app_h2(true), drain).await,
         Detected::Opaque => tcp(&shared, io, port, peer).await,
     }
 }

@@ -58,7 +58,7 @@ impl MeshIdentity for NoIdentity {
 }
 
 /// The destination a connection had before an iptables `REDIRECT`, if it was redirected (it
-/// differs from the socket's local address). `None` without transparent interception.
+/// differs from both ends of the connection). `None` without transparent interception.
 pub fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
     let local = stream.local_addr().ok()?;
     let sock = socket2::SockRef::from(stream);
@@ -68,7 +68,10 @@ pub fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
         sock.original_dst_v6()
     };
     let dst = dst.ok()?.as_socket()?;
-    (dst != local).then_some(dst)
+    // Without NAT, conntrack may answer with either direction of the tuple: only a destination
+    // that is neither end of this connection means the connection was redirected.
+    let peer = stream.peer_addr().ok()?;
+    (dst != local && dst != peer).then_some(dst)
 }
 
 /// Errors of connections between proxies.
