@@ -298,3 +298,88 @@ async fn operator_away_mid_traffic_fails_no_request() {
         proxy.log()
     );
 }
+
+/// A backend that reports each request on `arrived` and answers only once `release` is set.
+async fn gated_backend(
+    arrived: tokio::sync::mpsc::Sender<()>,
+    release: tokio::sync::watch::Receiver<bool>,
+) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind backend");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let arrived = arrived.clone();
+            let mut release = release.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = arrived.send(()).await;
+                let _ = release.wait_for(|r| *r).await;
+                let resp = "HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nslow";
+                let _ = stream.write_all(resp.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_accepting_and_drains_in_flight_requests() {
+    let op = start_operator(SocketAddr::from(([127, 0, 0, 1], 0))).await;
+    let (arrived_tx, mut arrived) = tokio::sync::mpsc::channel(4);
+    let (release, release_rx) = tokio::sync::watch::channel(false);
+    let backend = gated_backend(arrived_tx, release_rx).await;
+    op.reply_on_subscribe(full_state("n1", "v1", config_v1(backend)));
+    let mut proxy = ProxyProcess::start(&op.uri()).await;
+    proxy.admin_until("/ready", |s, _| s == 200).await;
+
+    // One request in flight, held by the backend.
+    let outbound = proxy.outbound;
+    let in_flight =
+        tokio::spawn(
+            async move { http_get(outbound, "/slow", "api.demo.svc.cluster.local").await },
+        );
+    tokio::time::timeout(WAIT, arrived.recv())
+        .await
+        .expect("request reached the backend");
+
+    // SIGTERM: the listener closes, the in-flight request is allowed to finish.
+    let pid = proxy.child.id().expect("running");
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(killed.success());
+    tokio::time::timeout(WAIT, async {
+        let mut interval = tokio::time::interval(Duration::from_millis(20));
+        loop {
+            interval.tick().await;
+            if TcpStream::connect(outbound).await.is_err() {
+                break;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("outbound still accepting; log:\n{}", proxy.log()));
+
+    let _ = release.send(true);
+    let (status, body) = in_flight
+        .await
+        .expect("join")
+        .unwrap_or_else(|e| panic!("in-flight request failed: {e}; log:\n{}", proxy.log()));
+    assert_eq!((status, body.as_str()), (200, "slow"));
+    let exit = tokio::time::timeout(WAIT, proxy.child.wait())
+        .await
+        .expect("proxy exits after draining")
+        .expect("wait");
+    assert_eq!(exit.code(), Some(0), "log:\n{}", proxy.log());
+}
