@@ -178,9 +178,14 @@ impl Identity {
                     .with_client_cert_resolver(resolver)
             });
         // The ring provider always supports TLS 1.3; these cannot fail.
-        let (Ok(server_config), Ok(client_config)) = (server_config, client_config) else {
+        let (Ok(mut server_config), Ok(mut client_config)) = (server_config, client_config) else {
             unreachable!("ring supports TLS 1.3")
         };
+        // No resumption: every connection verifies the peer's current certificate against the
+        // current trust anchors, so renewals and anchor rotations take effect at once.
+        server_config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        server_config.send_tls13_tickets = 0;
+        client_config.resumption = rustls::client::Resumption::disabled();
         Identity {
             shared: Arc::new(Shared {
                 state,
