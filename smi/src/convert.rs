@@ -128,7 +128,7 @@ fn weights_to_int(
     backends: &[hub::Backend],
     meta: &mut ObjectMeta,
 ) -> Result<Vec<split::Backend>, SmiError> {
-    let exact = backends.iter().all(|b| b.weight_milli % 1000 == 0);
+    let exact = backends.iter().all(|b| b.weight_milli.is_multiple_of(1000));
     if !exact {
         // Integer weights are relative: writing the milli-units themselves keeps every ratio,
         // and the annotation keeps the exact values.

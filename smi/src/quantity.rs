@@ -102,7 +102,7 @@ pub fn parse_milli(s: &str) -> Result<u64, QuantityError> {
 
 /// Formats milli-units as the canonical quantity string: `"2"` for 2000, `"500m"` for 500.
 pub fn format_milli(milli: u64) -> String {
-    if milli % 1000 == 0 {
+    if milli.is_multiple_of(1000) {
         (milli / 1000).to_string()
     } else {
         format!("{milli}m")
