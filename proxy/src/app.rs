@@ -44,6 +44,18 @@ pub enum AppError {
     Task { what: &'static str, reason: String },
 }
 
+impl AppError {
+    /// True when the configuration is at fault (the process exits with code 2).
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            AppError::Env(_)
+                | AppError::ControlTlsUnsupported
+                | AppError::Control(control::ControlError::InvalidUri(..))
+        )
+    }
+}
+
 /// Addresses actually bound (useful when the env asked for port 0).
 #[derive(Clone, Copy, Debug)]
 pub struct BoundAddrs {

@@ -40,7 +40,7 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!(error = %e, "weft-proxy failed");
             eprintln!("weft-proxy: {e}");
-            ExitCode::from(1)
+            ExitCode::from(if e.is_config() { 2 } else { 1 })
         }
     }
 }
