@@ -2,7 +2,9 @@
 #![forbid(unsafe_code)]
 
 mod admin_http;
+mod cmd;
 mod demo;
+mod promtext;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -56,6 +58,63 @@ enum Command {
         #[arg(long, default_value_t = 200)]
         rate: u32,
     },
+    /// Print what each proxy will be told, from a folder of manifests, with no cluster.
+    #[command(after_help = "Examples:\n  weft compile -f examples/canary\n  weft compile -f examples/authz --proxy demo/api-v1-0 -o json\n\nExit status: 0 compiled, 1 some file could not be loaded or an object is not accepted, 2 usage error.")]
+    Compile {
+        /// A manifest folder (read recursively) or file.
+        #[arg(short = 'f', long = "filename")]
+        file: std::path::PathBuf,
+        /// Only this proxy (`namespace/pod`).
+        #[arg(long)]
+        proxy: Option<String>,
+        #[arg(short, long, value_enum, default_value = "yaml")]
+        output: OutputFormat,
+        /// SPIFFE trust domain of identities.
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+    },
+    /// Print the SMI CRDs (the same YAML as crds/).
+    #[command(after_help = "Examples:\n  weft crds | kubectl apply -f -")]
+    Crds,
+    /// Which proxy runs which config version, and any NACK (lagging or NACKing proxies first).
+    #[command(after_help = "Examples:\n  weft proxies --operator 127.42.0.1:9990     # the demo's operator\n  weft proxies -o json")]
+    Proxies {
+        /// The operator's admin address (host:port).
+        #[arg(long, default_value = "127.0.0.1:9990")]
+        operator: String,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
+    /// Golden metrics (success rate, rps, latency percentiles) per workload, service, backend or route.
+    #[command(after_help = "Examples:\n  weft stat --demo                          # every proxy of a running `weft demo`\n  weft stat --proxy-admin 127.42.0.10:4191 --by route\n  weft stat --demo --window 10s -o json")]
+    Stat {
+        /// A proxy's admin address (host:port); repeatable.
+        #[arg(long = "proxy-admin")]
+        proxy_admin: Vec<String>,
+        /// Read every proxy of a `weft demo` running with the default layout.
+        #[arg(long)]
+        demo: bool,
+        /// How to group the figures.
+        #[arg(long, value_enum, default_value = "backend")]
+        by: cmd::stat::GroupBy,
+        /// The measurement window (two scrapes this far apart).
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        window: Duration,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
+    /// Verify a cluster before (`--pre`) and after installing weft.
+    #[command(after_help = "Examples:\n  weft check --pre     # can weft be installed here?\n  weft check           # is the installed mesh healthy?\n\nExit status: 0 all ok (warnings allowed), 1 a check failed, 2 usage error.")]
+    Check {
+        /// Only the checks that make sense before installing.
+        #[arg(long)]
+        pre: bool,
+        /// The namespace weft is installed in.
+        #[arg(long, default_value = "weft-system")]
+        namespace: String,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
     /// The sample workload the demo runs (an HTTP server answering with its name and version).
     #[command(hide = true)]
     DemoApp {
@@ -68,6 +127,15 @@ enum Command {
         #[arg(long)]
         listen: SocketAddr,
     },
+}
+
+/// Output formats of commands that print data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Wide,
+    Json,
+    Yaml,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -154,6 +222,58 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             })
             .await?;
             Ok(if ok { exit::OK } else { exit::CHECK_FAILED })
+        }
+        Command::Compile {
+            file,
+            proxy,
+            output,
+            trust_domain,
+        } => cmd::compile::run(&file, proxy.as_deref(), output, &trust_domain),
+        Command::Crds => {
+            print!("{}", weft_smi::crd::render_yaml());
+            Ok(exit::OK)
+        }
+        Command::Proxies { operator, output } => {
+            let json = admin_http::get_json(&operator, "/proxies", Duration::from_secs(5)).await?;
+            let entries = cmd::proxies::parse(&json)?;
+            cmd::proxies::print(&entries, output)?;
+            let healthy = entries
+                .iter()
+                .all(|e| e.sync() == cmd::proxies::Sync::InSync);
+            Ok(if healthy { exit::OK } else { exit::CHECK_FAILED })
+        }
+        Command::Stat {
+            mut proxy_admin,
+            demo,
+            by,
+            window,
+            output,
+        } => {
+            if demo {
+                let layout = demo::manifests::Layout { prefix: [127, 42, 0] };
+                proxy_admin.extend(demo::manifests::PODS.iter().map(|p| {
+                    format!("{}:{}", layout.ip(p.host), demo::manifests::PROXY_ADMIN_PORT)
+                }));
+            }
+            let rows = cmd::stat::collect(&proxy_admin, window, by).await?;
+            cmd::stat::print(&rows, output)?;
+            Ok(exit::OK)
+        }
+        Command::Check {
+            pre,
+            namespace,
+            output,
+        } => {
+            let checks = cmd::check::run(pre, &cmd::check::InstallNames::new(&namespace)).await;
+            match output {
+                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&checks)?),
+                OutputFormat::Yaml => print!("{}", serde_yaml::to_string(&checks)?),
+                _ => cmd::check::print(&checks),
+            }
+            let failed = checks
+                .iter()
+                .any(|c| c.outcome == cmd::check::Outcome::Fail);
+            Ok(if failed { exit::CHECK_FAILED } else { exit::OK })
         }
         Command::DemoApp {
             name,

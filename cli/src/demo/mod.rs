@@ -305,7 +305,6 @@ fn proxy_env(pod: &DemoPod, layout: &Layout, discovery: &str, token: &Path) -> V
 fn caller(layout: &Layout, pod: &str, authority: &str, method: Method, path: &str, rate: u32) -> Caller {
     let host = layout.pod(pod).map(|p| p.host).unwrap_or(10);
     Caller {
-        name: pod.into(),
         proxy: std::net::SocketAddr::new(layout.ip(host).into(), manifests::OUTBOUND_PORT),
         authority: authority.into(),
         method,

@@ -18,7 +18,6 @@ use tokio::sync::watch;
 /// What one caller does.
 #[derive(Clone, Debug)]
 pub struct Caller {
-    pub name: String,
     /// The caller's proxy outbound listener.
     pub proxy: SocketAddr,
     /// Authority of the service called.

@@ -1,0 +1,221 @@
+//! `weft stat`: golden metrics (success rate, rps, latency percentiles) from proxies' `/metrics`.
+//!
+//! It scrapes every proxy twice, `--window` apart, and reports the difference, grouped by
+//! workload (the proxy), service, TrafficSplit backend or route.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use serde::Serialize;
+
+use crate::admin_http;
+use crate::promtext::{self, Sample};
+use crate::OutputFormat;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum GroupBy {
+    Workload,
+    Service,
+    Backend,
+    Route,
+}
+
+/// One row of `weft stat`.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Row {
+    pub direction: String,
+    pub name: String,
+    pub requests: u64,
+    pub rps: f64,
+    /// 2xx and 3xx over all responses.
+    pub success_rate: Option<f64>,
+    pub client_errors: u64,
+    pub server_errors: u64,
+    pub p50_ms: Option<f64>,
+    pub p95_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
+
+#[derive(Default)]
+struct Acc {
+    by_class: BTreeMap<String, f64>,
+    buckets: BTreeMap<u64, f64>,
+}
+
+/// Scrapes each proxy admin address twice and groups the difference.
+pub async fn collect(proxies: &[String], window: Duration, by: GroupBy) -> anyhow::Result<Vec<Row>> {
+    if proxies.is_empty() {
+        bail!("no proxies to read: pass --proxy-admin ADDR (repeatable) or --demo");
+    }
+    let first = scrape_all(proxies).await?;
+    let t0 = Instant::now();
+    tokio::time::sleep(window).await;
+    let second = scrape_all(proxies).await?;
+    let secs = t0.elapsed().as_secs_f64().max(0.001);
+    Ok(rows(&first, &second, secs, by))
+}
+
+async fn scrape_all(proxies: &[String]) -> anyhow::Result<Vec<(String, Vec<Sample>)>> {
+    let mut out = Vec::new();
+    for p in proxies {
+        let (status, body) = admin_http::get(p, "/metrics", Duration::from_secs(3)).await?;
+        if status != 200 {
+            bail!("{p}/metrics answered {status}");
+        }
+        out.push((p.clone(), promtext::parse(&body)));
+    }
+    Ok(out)
+}
+
+fn key(proxy: &str, s: &Sample, by: GroupBy) -> (String, String) {
+    let l = |k: &str| s.labels.get(k).cloned().unwrap_or_default();
+    let dir = l("direction");
+    let name = match by {
+        GroupBy::Workload => proxy.to_owned(),
+        GroupBy::Service => l("authority"),
+        GroupBy::Backend => {
+            let b = l("backend");
+            if b.is_empty() {
+                l("authority")
+            } else {
+                format!("{} -> {b}", l("authority"))
+            }
+        }
+        GroupBy::Route => format!("{} {}", l("authority"), l("route")),
+    };
+    (dir, name)
+}
+
+fn accumulate(scrape: &[(String, Vec<Sample>)], by: GroupBy) -> BTreeMap<(String, String), Acc> {
+    let mut acc: BTreeMap<(String, String), Acc> = BTreeMap::new();
+    for (proxy, samples) in scrape {
+        for s in samples {
+            if s.name == "weft_proxy_requests_total" {
+                let a = acc.entry(key(proxy, s, by)).or_default();
+                *a.by_class
+                    .entry(s.labels.get("status_class").cloned().unwrap_or_default())
+                    .or_default() += s.value;
+            } else if s.name == "weft_proxy_request_duration_seconds_bucket" {
+                let le = match s.labels.get("le").map(String::as_str) {
+                    Some("+Inf") => f64::INFINITY,
+                    Some(v) => v.parse().unwrap_or(f64::INFINITY),
+                    None => continue,
+                };
+                let a = acc.entry(key(proxy, s, by)).or_default();
+                *a.buckets.entry(le.to_bits()).or_default() += s.value;
+            }
+        }
+    }
+    acc
+}
+
+fn rows(
+    first: &[(String, Vec<Sample>)],
+    second: &[(String, Vec<Sample>)],
+    secs: f64,
+    by: GroupBy,
+) -> Vec<Row> {
+    let a = accumulate(first, by);
+    let b = accumulate(second, by);
+    let mut out = Vec::new();
+    for ((dir, name), now) in &b {
+        let before = a.get(&(dir.clone(), name.clone()));
+        let class = |c: &str| {
+            let n = now.by_class.get(c).copied().unwrap_or(0.0);
+            let p = before
+                .and_then(|x| x.by_class.get(c))
+                .copied()
+                .unwrap_or(0.0);
+            (n - p).max(0.0)
+        };
+        let ok = class("2xx") + class("3xx");
+        let total: f64 = ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().map(|c| class(c)).sum();
+        let buckets: Vec<(f64, f64)> = now
+            .buckets
+            .iter()
+            .map(|(bits, n)| {
+                let p = before
+                    .and_then(|x| x.buckets.get(bits))
+                    .copied()
+                    .unwrap_or(0.0);
+                (f64::from_bits(*bits), (n - p).max(0.0))
+            })
+            .collect();
+        let q = |x| promtext::histogram_quantile(x, &buckets).map(|s| s * 1000.0);
+        out.push(Row {
+            direction: dir.clone(),
+            name: name.clone(),
+            requests: total as u64,
+            rps: total / secs,
+            success_rate: (total > 0.0).then(|| ok / total),
+            client_errors: class("4xx") as u64,
+            server_errors: class("5xx") as u64,
+            p50_ms: q(0.5),
+            p95_ms: q(0.95),
+            p99_ms: q(0.99),
+        });
+    }
+    out.sort_by(|x, y| (&x.direction, &x.name).cmp(&(&y.direction, &y.name)));
+    out
+}
+
+pub fn print(rows: &[Row], format: OutputFormat) -> anyhow::Result<()> {
+    match format {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(rows)?),
+        OutputFormat::Yaml => print!("{}", serde_yaml::to_string(rows)?),
+        OutputFormat::Table | OutputFormat::Wide => {
+            let wide = format == OutputFormat::Wide;
+            let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4);
+            print!("{:<9} {:<width$} {:>8} {:>9} {:>8} {:>8}", "DIRECTION", "NAME", "SUCCESS", "RPS", "P50", "P99");
+            if wide {
+                print!(" {:>8} {:>9} {:>6} {:>6}", "P95", "REQUESTS", "4XX", "5XX");
+            }
+            println!();
+            for r in rows {
+                let f = |v: Option<f64>| v.map(|x| format!("{x:.2}ms")).unwrap_or_else(|| "-".into());
+                let sr = r
+                    .success_rate
+                    .map(|s| format!("{:.2}%", s * 100.0))
+                    .unwrap_or_else(|| "-".into());
+                print!(
+                    "{:<9} {:<width$} {:>8} {:>9.1} {:>8} {:>8}",
+                    r.direction, r.name, sr, r.rps, f(r.p50_ms), f(r.p99_ms)
+                );
+                if wide {
+                    print!(" {:>8} {:>9} {:>6} {:>6}", f(r.p95_ms), r.requests, r.client_errors, r.server_errors);
+                }
+                println!();
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scrape(ok: f64, denied: f64, fast: f64) -> Vec<(String, Vec<Sample>)> {
+        let text = format!(
+            "weft_proxy_requests_total{{direction=\"outbound\",authority=\"api.demo\",route=\"default\",backend=\"api-v1\",status_class=\"2xx\",peer=\"x\"}} {ok}\n\
+             weft_proxy_requests_total{{direction=\"outbound\",authority=\"api.demo\",route=\"default\",backend=\"api-v1\",status_class=\"4xx\",peer=\"x\"}} {denied}\n\
+             weft_proxy_request_duration_seconds_bucket{{direction=\"outbound\",authority=\"api.demo\",route=\"default\",backend=\"api-v1\",le=\"0.001\"}} {fast}\n\
+             weft_proxy_request_duration_seconds_bucket{{direction=\"outbound\",authority=\"api.demo\",route=\"default\",backend=\"api-v1\",le=\"+Inf\"}} {}\n",
+            ok + denied
+        );
+        vec![("p".to_string(), promtext::parse(&text))]
+    }
+
+    #[test]
+    fn rates_are_differences_over_the_window() {
+        let r = rows(&scrape(100.0, 0.0, 100.0), &scrape(280.0, 20.0, 300.0), 2.0, GroupBy::Backend);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].name, "api.demo -> api-v1");
+        assert_eq!(r[0].requests, 200);
+        assert!((r[0].rps - 100.0).abs() < 1e-9);
+        assert_eq!(r[0].success_rate, Some(0.9));
+        assert_eq!(r[0].client_errors, 20);
+        assert!(r[0].p50_ms.is_some_and(|p| p <= 1.0));
+    }
+}

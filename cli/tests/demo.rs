@@ -1,0 +1,98 @@
+//! Runs `weft demo --plain` for real (operator, proxies and apps as processes on loopback) and
+//! checks what it printed: the measured canary shares, the 403s, the mTLS identity.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn target_dir_binary(name: &str) -> PathBuf {
+    let weft = PathBuf::from(env!("CARGO_BIN_EXE_weft"));
+    weft.with_file_name(name)
+}
+
+/// Makes sure the sibling binaries the demo starts exist (cargo only builds this package's).
+fn ensure_binaries() {
+    let missing = ["weft-operator", "weft-proxy"]
+        .iter()
+        .any(|b| !target_dir_binary(b).is_file());
+    if missing {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "weft-operator", "-p", "weft-proxy", "--bins"])
+            .status()
+            .expect("running cargo build");
+        assert!(status.success(), "building weft-operator and weft-proxy failed");
+    }
+}
+
+fn percent(line: &str, key: &str) -> f64 {
+    let start = line.find(key).unwrap_or_else(|| panic!("{key} in {line}")) + key.len();
+    let rest = &line[start..];
+    let end = rest.find('%').unwrap_or_else(|| panic!("% after {key} in {line}"));
+    rest[..end].parse().unwrap_or_else(|_| panic!("number after {key} in {line}"))
+}
+
+#[test]
+fn demo_walks_the_canary_denies_the_caller_and_shows_identities() {
+    ensure_binaries();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args([
+            "demo",
+            "--plain",
+            "--duration",
+            "15s",
+            "--ip-prefix",
+            "127.43.0",
+            "--rate",
+            "300",
+            "--dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .expect("running weft demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let logs = std::fs::read_dir(dir.path().join("logs"))
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| {
+                    let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                    let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                    format!("--- {}\n{}", e.path().display(), tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default();
+    let ctx = format!("stdout:\n{stdout}\nstderr:\n{stderr}\nlogs:\n{logs}");
+
+    let steps: Vec<&str> = stdout.lines().filter(|l| l.starts_with("step ")).collect();
+    assert_eq!(steps.len(), 4, "four canary steps\n{ctx}");
+    for (line, v2) in steps.iter().zip([0.0, 10.0, 50.0, 100.0]) {
+        let measured = percent(line, "measured api-v1=");
+        // The weights come first on the line; the measured shares follow "measured".
+        let after = &line[line.find("measured").unwrap_or(0)..];
+        let measured_v2_real = percent(after, "api-v2=");
+        assert!(
+            (measured_v2_real - v2).abs() <= 5.0,
+            "api-v2 share {measured_v2_real}% for weight {v2}%\n{ctx}"
+        );
+        assert!((measured + measured_v2_real - 100.0).abs() < 0.5, "{line}");
+        assert!(line.contains("success=100.0%"), "no failed request: {line}\n{ctx}");
+    }
+    let access = stdout
+        .lines()
+        .find(|l| l.starts_with("access "))
+        .unwrap_or_else(|| panic!("an access line\n{ctx}"));
+    assert!(access.contains("OK"), "{access}\n{ctx}");
+    assert!(access.contains("batch GET /items -> 403"), "{access}");
+    let mtls = stdout
+        .lines()
+        .find(|l| l.starts_with("mtls: "))
+        .unwrap_or_else(|| panic!("an mtls line\n{ctx}"));
+    assert!(
+        mtls.contains("spiffe://cluster.local/ns/demo/sa/frontend"),
+        "{mtls}\n{ctx}"
+    );
+    assert!(out.status.success(), "weft demo exits 0 when every check holds\n{ctx}");
+}
