@@ -73,6 +73,16 @@ enum Command {
         #[arg(long, default_value = "cluster.local")]
         trust_domain: String,
     },
+    /// Print the install manifests (the Helm chart rendered with its defaults, fresh certificates).
+    #[command(after_help = "Examples:\n  weft install | kubectl apply -f -\n  weft install --save-trust-anchor-key anchor.key > weft.yaml\n\nFor other values, install the chart with helm: helm install weft charts/weft -n weft-system --create-namespace")]
+    Install {
+        /// SPIFFE trust domain of the generated trust anchor.
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+        /// Write the trust anchor's private key here (to sign a new issuer later); by default it is discarded.
+        #[arg(long)]
+        save_trust_anchor_key: Option<std::path::PathBuf>,
+    },
     /// Print the SMI CRDs (the same YAML as crds/).
     #[command(after_help = "Examples:\n  weft crds | kubectl apply -f -")]
     Crds,
@@ -229,6 +239,16 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             output,
             trust_domain,
         } => cmd::compile::run(&file, proxy.as_deref(), output, &trust_domain),
+        Command::Install {
+            trust_domain,
+            save_trust_anchor_key,
+        } => {
+            print!(
+                "{}",
+                cmd::install::render(&trust_domain, save_trust_anchor_key.as_deref())?
+            );
+            Ok(exit::OK)
+        }
         Command::Crds => {
             print!("{}", weft_smi::crd::render_yaml());
             Ok(exit::OK)

@@ -28,7 +28,7 @@ impl InstallNames {
             deployment: "weft-operator".into(),
             admin_service: "weft-operator".into(),
             admin_port: 9990,
-            identity_secret: "weft-identity-issuer".into(),
+            identity_secret: "weft-identity".into(),
         }
     }
 }

@@ -2,5 +2,6 @@
 
 pub mod check;
 pub mod compile;
+pub mod install;
 pub mod proxies;
 pub mod stat;
