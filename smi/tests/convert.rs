@@ -443,3 +443,100 @@ fn is_smi_knows_served_kinds() {
     assert!(!is_smi("access.smi-spec.io/v1alpha4", "TrafficTarget"));
     assert!(!is_smi("v1", "Service"));
 }
+
+fn arb_http_match() -> impl Strategy<Value = HttpMatch> {
+    (
+        "[a-z]{1,8}",
+        proptest::option::of("/[a-z/]{0,10}"),
+        proptest::sample::subsequence(vec!["*", "GET", "POST", "DELETE", "PATCH"], 0..3),
+        proptest::collection::btree_map("x-[a-z]{1,6}", "[a-z.*^$]{0,6}", 0..3),
+    )
+        .prop_map(|(name, path_regex, methods, headers)| HttpMatch {
+            name,
+            path_regex,
+            methods: methods.into_iter().map(str::to_string).collect(),
+            headers,
+        })
+}
+
+fn arb_identity() -> impl Strategy<Value = IdentityRef> {
+    ("[a-z]{1,8}", "[a-z]{1,8}", proptest::option::of(1u16..)).prop_map(
+        |(name, namespace, port)| IdentityRef {
+            kind: "ServiceAccount".into(),
+            name,
+            namespace,
+            port,
+        },
+    )
+}
+
+proptest! {
+    #[test]
+    fn any_http_route_group_round_trips(matches in proptest::collection::vec(arb_http_match(), 0..4)) {
+        assert_lossless(&SmiObject::HTTPRouteGroup(HttpRouteGroup { meta: meta(""), matches }));
+    }
+
+    #[test]
+    fn any_traffic_target_round_trips(
+        destination in arb_identity(),
+        sources in proptest::collection::vec(arb_identity(), 0..3),
+        rules in proptest::collection::vec(
+            (prop_oneof![Just(RouteKind::HTTPRouteGroup), Just(RouteKind::TCPRoute), Just(RouteKind::UDPRoute)],
+             "[a-z]{1,8}", proptest::collection::vec("[a-z]{1,5}", 0..3))
+                .prop_map(|(kind, name, matches)| TrafficTargetRule { kind, name, matches }),
+            0..3),
+    ) {
+        assert_lossless(&SmiObject::TrafficTarget(TrafficTarget { meta: meta(""), destination, sources, rules }));
+    }
+
+    #[test]
+    fn any_port_route_round_trips(
+        udp in any::<bool>(),
+        matches in proptest::option::of((proptest::option::of("[a-z]{1,6}"), proptest::collection::vec(1u16.., 0..4))
+            .prop_map(|(name, ports)| PortMatch { name, ports })),
+    ) {
+        let kind = if udp { RouteKind::UDPRoute } else { RouteKind::TCPRoute };
+        assert_lossless(&SmiObject::PortRoute(PortRoute { meta: meta(""), kind, matches }));
+    }
+}
+
+#[test]
+fn v1alpha1_traffic_target_port_may_be_a_number() {
+    let v = json!({
+        "apiVersion": "access.smi-spec.io/v1alpha1",
+        "kind": "TrafficTarget",
+        "metadata": {"name": "t", "namespace": "shop"},
+        "destination": {"kind": "ServiceAccount", "name": "api", "port": 8080},
+        "sources": [{"kind": "ServiceAccount", "name": "web"}],
+        "specs": [{"kind": "HTTPRouteGroup", "name": "r"}]
+    });
+    let SmiObject::TrafficTarget(t) = from_value(&v).unwrap() else {
+        panic!()
+    };
+    assert_eq!(t.destination.port, Some(8080));
+    let out = to_value(&SmiObject::TrafficTarget(t), "access.smi-spec.io/v1alpha1").unwrap();
+    assert_eq!(out["destination"]["port"], json!("8080"));
+    assert!(out.get("spec").is_none());
+    let bad = json!({
+        "apiVersion": "access.smi-spec.io/v1alpha1",
+        "kind": "TrafficTarget",
+        "metadata": {"name": "t"},
+        "destination": {"kind": "ServiceAccount", "name": "api", "port": "http"}
+    });
+    assert!(
+        matches!(from_value(&bad), Err(SmiError::Invalid { path, .. }) if path == "destination.port")
+    );
+}
+
+#[test]
+fn to_value_rejects_wrong_kind_or_version() {
+    let s = split(&[1000], false);
+    assert!(matches!(
+        to_value(&s, "access.smi-spec.io/v1alpha3"),
+        Err(SmiError::NotSmi { .. })
+    ));
+    assert!(matches!(
+        to_value(&s, "split.smi-spec.io/v9"),
+        Err(SmiError::NotSmi { .. })
+    ));
+}
