@@ -83,6 +83,30 @@ enum Command {
         #[arg(long)]
         save_trust_anchor_key: Option<std::path::PathBuf>,
     },
+    /// What changes for which proxies if NEW replaces BASE (for reviewing GitOps pull requests).
+    #[command(after_help = "Examples:\n  weft diff -f new/ -f main/\n  git worktree add /tmp/base main && weft diff -f deploy/ -f /tmp/base/deploy/ -o json\n\nExit status: 0 nothing changes, 1 something changes, 2 usage error.")]
+    Diff {
+        /// NEW, then BASE: two manifest folders (or files).
+        #[arg(short = 'f', long = "filename", num_args = 1, required = true)]
+        files: Vec<std::path::PathBuf>,
+        /// Compare against the live cluster instead of a BASE folder.
+        #[arg(long)]
+        cluster: bool,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
+    /// Add the weft proxy to the workloads of a manifest (for GitOps pipelines); `-f -` reads stdin.
+    #[command(after_help = "Examples:\n  weft inject -f deploy.yaml | kubectl apply -f -\n  kustomize build . | weft inject -f - > meshed.yaml\n\nRe-injecting an injected manifest changes nothing.")]
+    Inject {
+        #[arg(short = 'f', long = "filename")]
+        file: std::path::PathBuf,
+        /// The proxy image.
+        #[arg(long)]
+        proxy_image: Option<String>,
+        /// The operator's discovery address the proxies use.
+        #[arg(long)]
+        control_addr: Option<String>,
+    },
     /// Print the SMI CRDs (the same YAML as crds/).
     #[command(after_help = "Examples:\n  weft crds | kubectl apply -f -")]
     Crds,
@@ -247,6 +271,41 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 "{}",
                 cmd::install::render(&trust_domain, save_trust_anchor_key.as_deref())?
             );
+            Ok(exit::OK)
+        }
+        Command::Diff {
+            files,
+            cluster,
+            output,
+        } => match (files.as_slice(), cluster) {
+            ([new, base], false) => cmd::diff::run(new, base, output),
+            ([_], true) => anyhow::bail!(
+                "--cluster is not available yet: export the cluster's objects to a folder \
+                 (e.g. `kubectl get ts,tt,htr,tr,svc,pods,endpointslices -A -o yaml > base/all.yaml`) and pass it as -f BASE"
+            ),
+            _ => anyhow::bail!("pass -f NEW -f BASE (two folders or files)"),
+        },
+        Command::Inject {
+            file,
+            proxy_image,
+            control_addr,
+        } => {
+            let yaml = if file.as_os_str() == "-" {
+                let mut s = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)?;
+                s
+            } else {
+                std::fs::read_to_string(&file)
+                    .map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?
+            };
+            let mut settings = weft_operator::inject::InjectSettings::default();
+            if let Some(i) = proxy_image {
+                settings.proxy_image = i;
+            }
+            if let Some(a) = control_addr {
+                settings.control_addr = a;
+            }
+            print!("{}", weft_operator::inject::inject_manifest(&yaml, &settings)?);
             Ok(exit::OK)
         }
         Command::Crds => {

@@ -1,0 +1,278 @@
+//! `weft diff -f NEW -f BASE`: which proxies' config changes, and how, if NEW replaces BASE.
+//!
+//! Both folders are compiled exactly as the operator would; the difference is reported per
+//! resource (an inbound policy, an outbound service, an endpoint set) with the proxies it
+//! reaches, as field-level changes a reviewer of a GitOps pull request can read, followed by
+//! changes in the status conditions of SMI objects.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+use serde_json::Value;
+use weft_operator::compile::report::{compile_dir, CompileReport};
+use weft_operator::compile::CompileOptions;
+
+use crate::OutputFormat;
+
+/// One changed resource.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ResourceChange {
+    /// `inbound`, `outbound:<svc>.<ns>` or `endpoints:<svc>.<ns>:<port>`.
+    pub resource: String,
+    /// `added`, `removed` or `changed`.
+    pub change: String,
+    /// Proxies (`namespace/pod`) whose config contains the change.
+    pub proxies: Vec<String>,
+    /// Field-level changes, as `path: old -> new`.
+    pub details: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Diff {
+    pub proxies_total: usize,
+    pub proxies_changed: Vec<String>,
+    pub proxies_added: Vec<String>,
+    pub proxies_removed: Vec<String>,
+    pub resources: Vec<ResourceChange>,
+    /// `Kind ns/name: Type status(reason) -> status(reason)`.
+    pub conditions: Vec<String>,
+}
+
+pub fn run(new: &Path, base: &Path, format: OutputFormat) -> anyhow::Result<u8> {
+    for p in [new, base] {
+        if !p.exists() {
+            bail!("{} does not exist", p.display());
+        }
+    }
+    let opts = CompileOptions::default();
+    let a = compile_dir(base, &opts).with_context(|| format!("compiling {}", base.display()))?;
+    let b = compile_dir(new, &opts).with_context(|| format!("compiling {}", new.display()))?;
+    for (dir, r) in [(base, &a), (new, &b)] {
+        for e in &r.load_errors {
+            eprintln!("weft diff: {}: {e:?}", dir.display());
+        }
+    }
+    let d = diff(&a, &b)?;
+    match format {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&d)?),
+        OutputFormat::Yaml => print!("{}", serde_yaml::to_string(&d)?),
+        _ => print_text(&d),
+    }
+    // Like `diff`: 0 nothing changes, 1 something changes.
+    Ok(if d.resources.is_empty() && d.conditions.is_empty() { 0 } else { 1 })
+}
+
+/// Every resource of every proxy, as JSON, by resource name then proxy.
+fn resources(r: &CompileReport) -> anyhow::Result<BTreeMap<String, BTreeMap<String, Value>>> {
+    let mut out: BTreeMap<String, BTreeMap<String, Value>> = BTreeMap::new();
+    for (proxy, p) in &r.proxies {
+        out.entry("inbound".into())
+            .or_default()
+            .insert(proxy.clone(), serde_json::to_value(&p.inbound)?);
+        for (name, o) in &p.outbound {
+            out.entry(name.clone())
+                .or_default()
+                .insert(proxy.clone(), serde_json::to_value(o)?);
+        }
+        for (name, e) in &p.endpoints {
+            out.entry(name.clone())
+                .or_default()
+                .insert(proxy.clone(), serde_json::to_value(e)?);
+        }
+    }
+    Ok(out)
+}
+
+pub fn diff(a: &CompileReport, b: &CompileReport) -> anyhow::Result<Diff> {
+    let ra = resources(a)?;
+    let rb = resources(b)?;
+    let pa: BTreeSet<&String> = a.proxies.keys().collect();
+    let pb: BTreeSet<&String> = b.proxies.keys().collect();
+    let mut d = Diff {
+        proxies_total: pb.len(),
+        proxies_added: pb.difference(&pa).map(|s| s.to_string()).collect(),
+        proxies_removed: pa.difference(&pb).map(|s| s.to_string()).collect(),
+        ..Diff::default()
+    };
+    let mut changed: BTreeSet<String> = BTreeSet::new();
+    let names: BTreeSet<&String> = ra.keys().chain(rb.keys()).collect();
+    let empty = BTreeMap::new();
+    for name in names {
+        let before = ra.get(name).unwrap_or(&empty);
+        let after = rb.get(name).unwrap_or(&empty);
+        // Group the proxies (present in both) by the (old, new) pair they see.
+        let mut groups: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+        for proxy in pa.intersection(&pb) {
+            let old = before.get(*proxy);
+            let new = after.get(*proxy);
+            if old == new {
+                continue;
+            }
+            let key = (
+                old.map(Value::to_string).unwrap_or_default(),
+                new.map(Value::to_string).unwrap_or_default(),
+            );
+            groups.entry(key).or_default().push(proxy.to_string());
+        }
+        for ((old, new), proxies) in groups {
+            changed.extend(proxies.iter().cloned());
+            let old_v: Option<Value> = serde_json::from_str(&old).ok();
+            let new_v: Option<Value> = serde_json::from_str(&new).ok();
+            let (change, details) = match (&old_v, &new_v) {
+                (None, Some(_)) => ("added", Vec::new()),
+                (Some(_), None) => ("removed", Vec::new()),
+                (Some(o), Some(n)) => ("changed", leaf_changes(o, n)),
+                (None, None) => continue,
+            };
+            d.resources.push(ResourceChange {
+                resource: name.clone(),
+                change: change.into(),
+                proxies,
+                details,
+            });
+        }
+    }
+    d.proxies_changed = changed.into_iter().collect();
+
+    let conds = |r: &CompileReport| -> BTreeMap<(String, String, String), BTreeMap<String, String>> {
+        r.objects
+            .iter()
+            .map(|o| {
+                (
+                    (o.kind.clone(), o.namespace.clone(), o.name.clone()),
+                    o.conditions
+                        .iter()
+                        .map(|c| (c.type_.clone(), format!("{}({}): {}", c.status, c.reason, c.message)))
+                        .collect(),
+                )
+            })
+            .collect()
+    };
+    let (ca, cb) = (conds(a), conds(b));
+    let keys: BTreeSet<_> = ca.keys().chain(cb.keys()).collect();
+    for k in keys {
+        let (kind, ns, name) = k;
+        match (ca.get(k), cb.get(k)) {
+            (None, Some(_)) => d.conditions.push(format!("{kind} {ns}/{name}: new object")),
+            (Some(_), None) => d.conditions.push(format!("{kind} {ns}/{name}: deleted")),
+            (Some(x), Some(y)) => {
+                let types: BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+                for t in types {
+                    let (o, n) = (x.get(t), y.get(t));
+                    if o != n {
+                        d.conditions.push(format!(
+                            "{kind} {ns}/{name}: {t} {} -> {}",
+                            o.map(String::as_str).unwrap_or("(none)"),
+                            n.map(String::as_str).unwrap_or("(none)")
+                        ));
+                    }
+                }
+            }
+            (None, None) => {}
+        }
+    }
+    Ok(d)
+}
+
+/// Field-level differences, with array elements named by their `name`, `port`, `service` or `ip`.
+pub fn leaf_changes(old: &Value, new: &Value) -> Vec<String> {
+    let mut a = BTreeMap::new();
+    let mut b = BTreeMap::new();
+    flatten("", old, &mut a);
+    flatten("", new, &mut b);
+    let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    let mut out = Vec::new();
+    for k in keys {
+        match (a.get(k), b.get(k)) {
+            (Some(x), Some(y)) if x != y => out.push(format!("{k}: {x} -> {y}")),
+            (Some(x), None) => out.push(format!("{k}: {x} -> (removed)")),
+            (None, Some(y)) => out.push(format!("{k}: (added) -> {y}")),
+            _ => {}
+        }
+    }
+    out
+}
+
+fn element_key(v: &Value, i: usize) -> String {
+    for k in ["name", "port", "service", "ip", "pod"] {
+        if let Some(x) = v.get(k) {
+            let s = match x {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            return format!("[{k}={s}]");
+        }
+    }
+    format!("[{i}]")
+}
+
+fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                flatten(&p, x, out);
+            }
+        }
+        Value::Array(items) if items.iter().all(Value::is_object) && !items.is_empty() => {
+            for (i, x) in items.iter().enumerate() {
+                flatten(&format!("{prefix}{}", element_key(x, i)), x, out);
+            }
+        }
+        other => {
+            out.insert(prefix.to_owned(), other.to_string());
+        }
+    }
+}
+
+fn print_text(d: &Diff) {
+    if d.resources.is_empty() && d.conditions.is_empty() {
+        println!("no proxy's config changes, and no status condition changes");
+        return;
+    }
+    println!(
+        "{} of {} proxies get a new config{}{}",
+        d.proxies_changed.len(),
+        d.proxies_total,
+        if d.proxies_added.is_empty() { String::new() } else { format!("; new proxies: {}", d.proxies_added.join(", ")) },
+        if d.proxies_removed.is_empty() { String::new() } else { format!("; gone: {}", d.proxies_removed.join(", ")) },
+    );
+    for r in &d.resources {
+        let who = if r.proxies.len() > 4 {
+            format!("{} proxies", r.proxies.len())
+        } else {
+            r.proxies.join(", ")
+        };
+        println!("\n{} {} (for {who})", r.resource, r.change);
+        for line in &r.details {
+            println!("  {line}");
+        }
+    }
+    if !d.conditions.is_empty() {
+        println!("\nstatus conditions:");
+        for c in &d.conditions {
+            println!("  {c}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leaf_changes_name_array_elements() {
+        let old = serde_json::json!({"ports": [{"port": 8080, "routes": [{"name": "split:demo/a", "backends": [{"service": "v1", "weight": 90}, {"service": "v2", "weight": 10}]}]}]});
+        let new = serde_json::json!({"ports": [{"port": 8080, "routes": [{"name": "split:demo/a", "backends": [{"service": "v1", "weight": 50}, {"service": "v2", "weight": 50}]}]}]});
+        let c = leaf_changes(&old, &new);
+        assert_eq!(
+            c,
+            vec![
+                "ports[port=8080].routes[name=split:demo/a].backends[service=v1].weight: 90 -> 50",
+                "ports[port=8080].routes[name=split:demo/a].backends[service=v2].weight: 10 -> 50",
+            ]
+        );
+    }
+}
