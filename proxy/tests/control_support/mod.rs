@@ -172,7 +172,8 @@ impl FakeOperator {
 
     /// Stops like a crashed operator: the stream fails, the listener closes.
     pub async fn stop(self) -> SocketAddr {
-        if let Some(tx) = lock(&self.fake.current).take() {
+        let current = lock(&self.fake.current).take();
+        if let Some(tx) = current {
             let _ = tx.send(Err(Status::unavailable("operator stopping"))).await;
         }
         self.server.abort();
