@@ -25,6 +25,10 @@ impl Drop for Proxy {
 }
 
 fn start_client(uri: String) -> Proxy {
+    start_client_with(uri, |_| {})
+}
+
+fn start_client_with(uri: String, tweak: impl FnOnce(&mut Settings)) -> Proxy {
     let mut settings = Settings::new(
         uri,
         ProxyId {
@@ -37,6 +41,7 @@ fn start_client(uri: String) -> Proxy {
         min: Duration::from_millis(10),
         max: Duration::from_millis(200),
     };
+    tweak(&mut settings);
     let (tx, rx) = config::channel();
     let client = DiscoveryClient::new(settings, tx);
     let status = client.status();
@@ -223,4 +228,34 @@ async fn reconnects_with_known_versions_and_keeps_config_meanwhile() {
     op.expect_ack().await;
     let cfg = wait_config(&mut proxy, "v3").await;
     assert!(cfg.service("demo", "web").is_none());
+}
+
+#[tokio::test]
+async fn silent_operator_is_left_and_retried() {
+    let mut op = FakeOperator::start(SocketAddr::from(([127, 0, 0, 1], 0))).await;
+    let mut proxy = start_client_with(op.uri(), |s| {
+        s.first_response_timeout = Duration::from_millis(200);
+    });
+    // The operator accepts the subscription but never answers: the client gives up on that
+    // stream and subscribes again, still without a config.
+    op.expect_subscribe().await;
+    op.expect_subscribe().await;
+    let status = wait_status(&mut proxy, |s| s.reconnects >= 1).await;
+    assert!(!status.connected);
+    assert_eq!(status.version, None);
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("timed out"),
+        "{status:?}"
+    );
+    assert_eq!(proxy.config.borrow().version, "");
+
+    // Answering now works as usual (on the current stream, or on the next one if the client
+    // just gave up on it).
+    op.reply_on_subscribe(full_state("n1", "v1", v1_resources()));
+    op.try_push(full_state("n1", "v1", v1_resources())).await;
+    wait_config(&mut proxy, "v1").await;
 }

@@ -138,6 +138,14 @@ impl FakeOperator {
         tx.send(Ok(resp)).await.expect("stream closed");
     }
 
+    /// Sends `resp` on the latest stream if it is still open.
+    pub async fn try_push(&self, resp: DiscoveryResponse) {
+        let current = lock(&self.fake.current).clone();
+        if let Some(tx) = current {
+            let _ = tx.send(Ok(resp)).await;
+        }
+    }
+
     /// The next thing the proxy did.
     pub async fn next_event(&mut self) -> Event {
         tokio::time::timeout(WAIT, self.events.recv())
