@@ -45,6 +45,8 @@ const SHARE_TOLERANCE: f64 = 0.05;
 
 struct Mesh {
     sup: Supervisor,
+    /// Stops the traffic when dropped or set; kept alive with `--keep`.
+    traffic_stop: Option<watch::Sender<bool>>,
     dir: PathBuf,
     layout: Layout,
 }
@@ -58,6 +60,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
     let out = Output::new(opts.plain);
     let mut mesh = Mesh {
         sup: Supervisor::default(),
+        traffic_stop: None,
         dir: dir.clone(),
         layout: opts.layout.clone(),
     };
@@ -275,7 +278,12 @@ async fn scripted(opts: &DemoOptions, mesh: &mut Mesh, out: &Output) -> anyhow::
         if mtls_ok { "OK" } else { "MISMATCH" }
     ));
 
-    let _ = stop_tx.send(true);
+    if opts.keep {
+        // The traffic goes on, so that `weft stat` and the proxies' metrics have something to show.
+        mesh.traffic_stop = Some(stop_tx);
+    } else {
+        let _ = stop_tx.send(true);
+    }
     out.line(if all_ok {
         "demo finished: every check held"
     } else {
@@ -420,7 +428,7 @@ async fn keep_running(mesh: &Mesh, out: &Output) {
          \x20 rm {m}/access.yaml            # open api up again\n\
          \x20 curl http://{op}:9990/proxies    # which proxy runs which config version\n\
          \x20 curl http://{fe}:4191/metrics    # golden metrics of the frontend's proxy\n\
-         \x20 weft stat --proxy-admin {fe}:4191\n\
+         \x20 weft stat --demo                 # golden metrics of every proxy\n\
          logs: {logs}",
         fe = l.ip(10),
         ba = l.ip(11),
