@@ -54,7 +54,5 @@ pub async fn wait_ready(addr: &str, path: &str, deadline: Duration) -> anyhow::R
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Err(anyhow!(
-        "{addr}{path} not ready after {deadline:?}: {last}"
-    ))
+    Err(anyhow!("{addr}{path} not ready after {deadline:?}: {last}"))
 }

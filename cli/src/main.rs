@@ -37,7 +37,9 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a whole mesh on this machine (no cluster, no root) and walk a canary through it.
-    #[command(after_help = "Examples:\n  weft demo\n  weft demo --duration 30s --plain   # for CI logs\n  weft demo --keep                   # leave it running and experiment")]
+    #[command(
+        after_help = "Examples:\n  weft demo\n  weft demo --duration 30s --plain   # for CI logs\n  weft demo --keep                   # leave it running and experiment"
+    )]
     Demo {
         /// How long the scripted walk takes (canary steps, then the access policy).
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
@@ -59,7 +61,9 @@ enum Command {
         rate: u32,
     },
     /// Print what each proxy will be told, from a folder of manifests, with no cluster.
-    #[command(after_help = "Examples:\n  weft compile -f examples/canary\n  weft compile -f examples/authz --proxy demo/api-v1-0 -o json\n\nExit status: 0 compiled, 1 some file could not be loaded or an object is not accepted, 2 usage error.")]
+    #[command(
+        after_help = "Examples:\n  weft compile -f examples/canary\n  weft compile -f examples/authz --proxy demo/api-v1-0 -o json\n\nExit status: 0 compiled, 1 some file could not be loaded or an object is not accepted, 2 usage error."
+    )]
     Compile {
         /// A manifest folder (read recursively) or file.
         #[arg(short = 'f', long = "filename")]
@@ -74,7 +78,9 @@ enum Command {
         trust_domain: String,
     },
     /// Print the install manifests (the Helm chart rendered with its defaults, fresh certificates).
-    #[command(after_help = "Examples:\n  weft install | kubectl apply -f -\n  weft install --save-trust-anchor-key anchor.key > weft.yaml\n\nFor other values, install the chart with helm: helm install weft charts/weft -n weft-system --create-namespace")]
+    #[command(
+        after_help = "Examples:\n  weft install | kubectl apply -f -\n  weft install --save-trust-anchor-key anchor.key > weft.yaml\n\nFor other values, install the chart with helm: helm install weft charts/weft -n weft-system --create-namespace"
+    )]
     Install {
         /// SPIFFE trust domain of the generated trust anchor.
         #[arg(long, default_value = "cluster.local")]
@@ -84,7 +90,9 @@ enum Command {
         save_trust_anchor_key: Option<std::path::PathBuf>,
     },
     /// What changes for which proxies if NEW replaces BASE (for reviewing GitOps pull requests).
-    #[command(after_help = "Examples:\n  weft diff -f new/ -f main/\n  git worktree add /tmp/base main && weft diff -f deploy/ -f /tmp/base/deploy/ -o json\n\nExit status: 0 nothing changes, 1 something changes, 2 usage error.")]
+    #[command(
+        after_help = "Examples:\n  weft diff -f new/ -f main/\n  git worktree add /tmp/base main && weft diff -f deploy/ -f /tmp/base/deploy/ -o json\n\nExit status: 0 nothing changes, 1 something changes, 2 usage error."
+    )]
     Diff {
         /// NEW, then BASE: two manifest folders (or files).
         #[arg(short = 'f', long = "filename", num_args = 1, required = true)]
@@ -96,7 +104,9 @@ enum Command {
         output: OutputFormat,
     },
     /// Add the weft proxy to the workloads of a manifest (for GitOps pipelines); `-f -` reads stdin.
-    #[command(after_help = "Examples:\n  weft inject -f deploy.yaml | kubectl apply -f -\n  kustomize build . | weft inject -f - > meshed.yaml\n\nRe-injecting an injected manifest changes nothing.")]
+    #[command(
+        after_help = "Examples:\n  weft inject -f deploy.yaml | kubectl apply -f -\n  kustomize build . | weft inject -f - > meshed.yaml\n\nRe-injecting an injected manifest changes nothing."
+    )]
     Inject {
         #[arg(short = 'f', long = "filename")]
         file: std::path::PathBuf,
@@ -111,7 +121,9 @@ enum Command {
     #[command(after_help = "Examples:\n  weft crds | kubectl apply -f -")]
     Crds,
     /// Which proxy runs which config version, and any NACK (lagging or NACKing proxies first).
-    #[command(after_help = "Examples:\n  weft proxies --operator 127.42.0.1:9990     # the demo's operator\n  weft proxies -o json")]
+    #[command(
+        after_help = "Examples:\n  weft proxies --operator 127.42.0.1:9990     # the demo's operator\n  weft proxies -o json"
+    )]
     Proxies {
         /// The operator's admin address (host:port).
         #[arg(long, default_value = "127.0.0.1:9990")]
@@ -120,7 +132,9 @@ enum Command {
         output: OutputFormat,
     },
     /// Golden metrics (success rate, rps, latency percentiles) per workload, service, backend or route.
-    #[command(after_help = "Examples:\n  weft stat --demo                          # every proxy of a running `weft demo`\n  weft stat --proxy-admin 127.42.0.10:4191 --by route\n  weft stat --demo --window 10s -o json")]
+    #[command(
+        after_help = "Examples:\n  weft stat --demo                          # every proxy of a running `weft demo`\n  weft stat --proxy-admin 127.42.0.10:4191 --by route\n  weft stat --demo --window 10s -o json"
+    )]
     Stat {
         /// A proxy's admin address (host:port); repeatable.
         #[arg(long = "proxy-admin")]
@@ -138,7 +152,9 @@ enum Command {
         output: OutputFormat,
     },
     /// Verify a cluster before (`--pre`) and after installing weft.
-    #[command(after_help = "Examples:\n  weft check --pre     # can weft be installed here?\n  weft check           # is the installed mesh healthy?\n\nExit status: 0 all ok (warnings allowed), 1 a check failed, 2 usage error.")]
+    #[command(
+        after_help = "Examples:\n  weft check --pre     # can weft be installed here?\n  weft check           # is the installed mesh healthy?\n\nExit status: 0 all ok (warnings allowed), 1 a check failed, 2 usage error."
+    )]
     Check {
         /// Only the checks that make sense before installing.
         #[arg(long)]
@@ -202,7 +218,9 @@ fn parse_prefix(s: &str) -> Result<[u8; 3], String> {
         .map_err(|_| format!("`{s}` is not three octets like 127.42.0"))?;
     match parts.as_slice() {
         [127, b, c] => Ok([127, *b, *c]),
-        [_, _, _] => Err(format!("`{s}`: the demo only uses loopback addresses (127.x.y)")),
+        [_, _, _] => Err(format!(
+            "`{s}`: the demo only uses loopback addresses (127.x.y)"
+        )),
         _ => Err(format!("`{s}` is not three octets like 127.42.0")),
     }
 }

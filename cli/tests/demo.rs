@@ -20,15 +20,22 @@ fn ensure_binaries() {
             .args(["build", "-p", "weft-operator", "-p", "weft-proxy", "--bins"])
             .status()
             .expect("running cargo build");
-        assert!(status.success(), "building weft-operator and weft-proxy failed");
+        assert!(
+            status.success(),
+            "building weft-operator and weft-proxy failed"
+        );
     }
 }
 
 fn percent(line: &str, key: &str) -> f64 {
     let start = line.find(key).unwrap_or_else(|| panic!("{key} in {line}")) + key.len();
     let rest = &line[start..];
-    let end = rest.find('%').unwrap_or_else(|| panic!("% after {key} in {line}"));
-    rest[..end].parse().unwrap_or_else(|_| panic!("number after {key} in {line}"))
+    let end = rest
+        .find('%')
+        .unwrap_or_else(|| panic!("% after {key} in {line}"));
+    rest[..end]
+        .parse()
+        .unwrap_or_else(|_| panic!("number after {key} in {line}"))
 }
 
 #[test]
@@ -58,7 +65,11 @@ fn demo_walks_the_canary_denies_the_caller_and_shows_identities() {
                 .map(|e| {
                     let text = std::fs::read_to_string(e.path()).unwrap_or_default();
                     let tail: Vec<&str> = text.lines().rev().take(15).collect();
-                    format!("--- {}\n{}", e.path().display(), tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+                    format!(
+                        "--- {}\n{}",
+                        e.path().display(),
+                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    )
                 })
                 .collect::<Vec<_>>()
                 .join("\n")
@@ -78,7 +89,10 @@ fn demo_walks_the_canary_denies_the_caller_and_shows_identities() {
             "api-v2 share {measured_v2_real}% for weight {v2}%\n{ctx}"
         );
         assert!((measured + measured_v2_real - 100.0).abs() < 0.5, "{line}");
-        assert!(line.contains("success=100.0%"), "no failed request: {line}\n{ctx}");
+        assert!(
+            line.contains("success=100.0%"),
+            "no failed request: {line}\n{ctx}"
+        );
     }
     let access = stdout
         .lines()
@@ -94,5 +108,8 @@ fn demo_walks_the_canary_denies_the_caller_and_shows_identities() {
         mtls.contains("spiffe://cluster.local/ns/demo/sa/frontend"),
         "{mtls}\n{ctx}"
     );
-    assert!(out.status.success(), "weft demo exits 0 when every check holds\n{ctx}");
+    assert!(
+        out.status.success(),
+        "weft demo exits 0 when every check holds\n{ctx}"
+    );
 }

@@ -96,27 +96,38 @@ pub async fn run(pre: bool, names: &InstallNames) -> Vec<Check> {
     };
     match tokio::time::timeout(Duration::from_secs(10), client.apiserver_version()).await {
         Ok(Ok(v)) => {
-            let minor: u32 = v
-                .minor
-                .trim_end_matches('+')
-                .parse()
-                .unwrap_or(0);
+            let minor: u32 = v.minor.trim_end_matches('+').parse().unwrap_or(0);
             if v.major == "1" && minor >= 20 {
-                out.push(check("kubernetes-api", Outcome::Ok, format!("reachable, version {}", v.git_version)));
+                out.push(check(
+                    "kubernetes-api",
+                    Outcome::Ok,
+                    format!("reachable, version {}", v.git_version),
+                ));
             } else {
                 out.push(check(
                     "kubernetes-api",
                     Outcome::Fail,
-                    format!("version {} is older than 1.20, which weft needs", v.git_version),
+                    format!(
+                        "version {} is older than 1.20, which weft needs",
+                        v.git_version
+                    ),
                 ));
             }
         }
         Ok(Err(e)) => {
-            out.push(check("kubernetes-api", Outcome::Fail, format!("not reachable: {e}")));
+            out.push(check(
+                "kubernetes-api",
+                Outcome::Fail,
+                format!("not reachable: {e}"),
+            ));
             return out;
         }
         Err(_) => {
-            out.push(check("kubernetes-api", Outcome::Fail, "no answer within 10 s"));
+            out.push(check(
+                "kubernetes-api",
+                Outcome::Fail,
+                "no answer within 10 s",
+            ));
             return out;
         }
     }
@@ -135,12 +146,19 @@ pub async fn run(pre: bool, names: &InstallNames) -> Vec<Check> {
             Ok(None) if pre => {}
             Ok(Some(crd)) => {
                 let s = served(&crd);
-                let missing: Vec<&str> = versions.iter().copied().filter(|v| !s.iter().any(|x| x == v)).collect();
+                let missing: Vec<&str> = versions
+                    .iter()
+                    .copied()
+                    .filter(|v| !s.iter().any(|x| x == v))
+                    .collect();
                 let established = crd
                     .status
                     .as_ref()
                     .and_then(|st| st.conditions.as_ref())
-                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Established" && c.status == "True"));
+                    .is_some_and(|c| {
+                        c.iter()
+                            .any(|c| c.type_ == "Established" && c.status == "True")
+                    });
                 let ca = crd
                     .spec
                     .conversion
@@ -176,7 +194,11 @@ pub async fn run(pre: bool, names: &InstallNames) -> Vec<Check> {
                 Outcome::Fail,
                 "missing; install the chart (or `weft crds | kubectl apply -f -`)",
             )),
-            Err(e) => out.push(check(&format!("crd/{name}"), Outcome::Fail, format!("cannot read: {e}"))),
+            Err(e) => out.push(check(
+                &format!("crd/{name}"),
+                Outcome::Fail,
+                format!("cannot read: {e}"),
+            )),
         }
     }
     if pre {
@@ -186,20 +208,35 @@ pub async fn run(pre: bool, names: &InstallNames) -> Vec<Check> {
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &names.namespace);
     match deployments.get_opt(&names.deployment).await {
         Ok(Some(d)) => {
-            let ready = d.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0);
+            let ready = d
+                .status
+                .as_ref()
+                .and_then(|s| s.ready_replicas)
+                .unwrap_or(0);
             let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
             out.push(check(
                 "operator",
-                if ready >= 1 { Outcome::Ok } else { Outcome::Fail },
+                if ready >= 1 {
+                    Outcome::Ok
+                } else {
+                    Outcome::Fail
+                },
                 format!("{ready}/{want} replicas ready"),
             ));
         }
         Ok(None) => out.push(check(
             "operator",
             Outcome::Fail,
-            format!("no deployment {}/{}; is weft installed?", names.namespace, names.deployment),
+            format!(
+                "no deployment {}/{}; is weft installed?",
+                names.namespace, names.deployment
+            ),
         )),
-        Err(e) => out.push(check("operator", Outcome::Fail, format!("cannot read deployment: {e}"))),
+        Err(e) => out.push(check(
+            "operator",
+            Outcome::Fail,
+            format!("cannot read deployment: {e}"),
+        )),
     }
 
     // The operator's admin API through the API server's service proxy.
@@ -208,8 +245,16 @@ pub async fn run(pre: bool, names: &InstallNames) -> Vec<Check> {
         names.namespace, names.admin_service, names.admin_port
     );
     match get_text(&client, &format!("{base}/ready")).await {
-        Ok(_) => out.push(check("operator-ready", Outcome::Ok, "GET /ready answered 200")),
-        Err(e) => out.push(check("operator-ready", Outcome::Fail, format!("GET /ready: {e}"))),
+        Ok(_) => out.push(check(
+            "operator-ready",
+            Outcome::Ok,
+            "GET /ready answered 200",
+        )),
+        Err(e) => out.push(check(
+            "operator-ready",
+            Outcome::Fail,
+            format!("GET /ready: {e}"),
+        )),
     }
     match get_text(&client, &format!("{base}/proxies")).await {
         Ok(text) => match serde_json::from_str::<serde_json::Value>(&text)
@@ -223,14 +268,30 @@ pub async fn run(pre: bool, names: &InstallNames) -> Vec<Check> {
                     .map(|e| format!("{} ({:?})", e.pod, e.sync()))
                     .collect();
                 if bad.is_empty() {
-                    out.push(check("proxies", Outcome::Ok, format!("{} connected, all ACKed the latest config", entries.len())));
+                    out.push(check(
+                        "proxies",
+                        Outcome::Ok,
+                        format!("{} connected, all ACKed the latest config", entries.len()),
+                    ));
                 } else {
-                    out.push(check("proxies", Outcome::Fail, format!("not in sync: {}; see `weft proxies`", bad.join(", "))));
+                    out.push(check(
+                        "proxies",
+                        Outcome::Fail,
+                        format!("not in sync: {}; see `weft proxies`", bad.join(", ")),
+                    ));
                 }
             }
-            Err(e) => out.push(check("proxies", Outcome::Fail, format!("bad /proxies answer: {e}"))),
+            Err(e) => out.push(check(
+                "proxies",
+                Outcome::Fail,
+                format!("bad /proxies answer: {e}"),
+            )),
         },
-        Err(e) => out.push(check("proxies", Outcome::Fail, format!("GET /proxies: {e}"))),
+        Err(e) => out.push(check(
+            "proxies",
+            Outcome::Fail,
+            format!("GET /proxies: {e}"),
+        )),
     }
 
     let secrets: Api<Secret> = Api::namespaced(client, &names.namespace);
@@ -244,17 +305,32 @@ pub async fn run(pre: bool, names: &InstallNames) -> Vec<Check> {
                         Outcome::Warn,
                         format!("expires in {days:.0} days; rotate it (docs/identity.md)"),
                     )),
-                    Some(Some(days)) => out.push(check(&format!("identity/{key}"), Outcome::Ok, format!("valid for {days:.0} more days"))),
-                    _ => out.push(check(&format!("identity/{key}"), Outcome::Fail, "missing or not a PEM certificate")),
+                    Some(Some(days)) => out.push(check(
+                        &format!("identity/{key}"),
+                        Outcome::Ok,
+                        format!("valid for {days:.0} more days"),
+                    )),
+                    _ => out.push(check(
+                        &format!("identity/{key}"),
+                        Outcome::Fail,
+                        "missing or not a PEM certificate",
+                    )),
                 }
             }
         }
         Ok(None) => out.push(check(
             "identity",
             Outcome::Fail,
-            format!("no secret {}/{} with the trust anchor and issuer", names.namespace, names.identity_secret),
+            format!(
+                "no secret {}/{} with the trust anchor and issuer",
+                names.namespace, names.identity_secret
+            ),
         )),
-        Err(e) => out.push(check("identity", Outcome::Fail, format!("cannot read: {e}"))),
+        Err(e) => out.push(check(
+            "identity",
+            Outcome::Fail,
+            format!("cannot read: {e}"),
+        )),
     }
     out
 }

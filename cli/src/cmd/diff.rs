@@ -61,7 +61,11 @@ pub fn run(new: &Path, base: &Path, format: OutputFormat) -> anyhow::Result<u8> 
         _ => print_text(&d),
     }
     // Like `diff`: 0 nothing changes, 1 something changes.
-    Ok(if d.resources.is_empty() && d.conditions.is_empty() { 0 } else { 1 })
+    Ok(if d.resources.is_empty() && d.conditions.is_empty() {
+        0
+    } else {
+        1
+    })
 }
 
 /// Every resource of every proxy, as JSON, by resource name then proxy.
@@ -136,20 +140,26 @@ pub fn diff(a: &CompileReport, b: &CompileReport) -> anyhow::Result<Diff> {
     }
     d.proxies_changed = changed.into_iter().collect();
 
-    let conds = |r: &CompileReport| -> BTreeMap<(String, String, String), BTreeMap<String, String>> {
-        r.objects
-            .iter()
-            .map(|o| {
-                (
-                    (o.kind.clone(), o.namespace.clone(), o.name.clone()),
-                    o.conditions
-                        .iter()
-                        .map(|c| (c.type_.clone(), format!("{}({}): {}", c.status, c.reason, c.message)))
-                        .collect(),
-                )
-            })
-            .collect()
-    };
+    let conds =
+        |r: &CompileReport| -> BTreeMap<(String, String, String), BTreeMap<String, String>> {
+            r.objects
+                .iter()
+                .map(|o| {
+                    (
+                        (o.kind.clone(), o.namespace.clone(), o.name.clone()),
+                        o.conditions
+                            .iter()
+                            .map(|c| {
+                                (
+                                    c.type_.clone(),
+                                    format!("{}({}): {}", c.status, c.reason, c.message),
+                                )
+                            })
+                            .collect(),
+                    )
+                })
+                .collect()
+        };
     let (ca, cb) = (conds(a), conds(b));
     let keys: BTreeSet<_> = ca.keys().chain(cb.keys()).collect();
     for k in keys {
@@ -212,7 +222,11 @@ fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, String>) {
     match v {
         Value::Object(m) => {
             for (k, x) in m {
-                let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let p = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 flatten(&p, x, out);
             }
         }
@@ -236,8 +250,16 @@ fn print_text(d: &Diff) {
         "{} of {} proxies get a new config{}{}",
         d.proxies_changed.len(),
         d.proxies_total,
-        if d.proxies_added.is_empty() { String::new() } else { format!("; new proxies: {}", d.proxies_added.join(", ")) },
-        if d.proxies_removed.is_empty() { String::new() } else { format!("; gone: {}", d.proxies_removed.join(", ")) },
+        if d.proxies_added.is_empty() {
+            String::new()
+        } else {
+            format!("; new proxies: {}", d.proxies_added.join(", "))
+        },
+        if d.proxies_removed.is_empty() {
+            String::new()
+        } else {
+            format!("; gone: {}", d.proxies_removed.join(", "))
+        },
     );
     for r in &d.resources {
         let who = if r.proxies.len() > 4 {

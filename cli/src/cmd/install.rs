@@ -108,7 +108,13 @@ mod tests {
                 kinds.push(k.to_owned());
             }
         }
-        for k in ["Namespace", "Secret", "Deployment", "CustomResourceDefinition", "MutatingWebhookConfiguration"] {
+        for k in [
+            "Namespace",
+            "Secret",
+            "Deployment",
+            "CustomResourceDefinition",
+            "MutatingWebhookConfiguration",
+        ] {
             assert!(kinds.iter().any(|x| x == k), "{k} in {kinds:?}");
         }
     }

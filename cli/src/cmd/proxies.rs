@@ -34,7 +34,9 @@ impl ProxyEntry {
     pub fn sync(&self) -> Sync {
         if self.last_nack_error.is_some() {
             Sync::Nacked
-        } else if self.last_sent_version.is_some() && self.last_sent_version == self.last_acked_version {
+        } else if self.last_sent_version.is_some()
+            && self.last_sent_version == self.last_acked_version
+        {
             Sync::InSync
         } else {
             Sync::Lagging
@@ -55,8 +57,16 @@ pub fn print(entries: &[ProxyEntry], format: OutputFormat) -> anyhow::Result<()>
         OutputFormat::Yaml => print!("{}", serde_yaml::to_string(entries)?),
         OutputFormat::Table | OutputFormat::Wide => {
             let wide = format == OutputFormat::Wide;
-            let w = entries.iter().map(|e| e.pod.len()).max().unwrap_or(3).max(3);
-            print!("{:<w$} {:<8} {:<16} {:<16}", "POD", "STATUS", "SENT", "ACKED");
+            let w = entries
+                .iter()
+                .map(|e| e.pod.len())
+                .max()
+                .unwrap_or(3)
+                .max(3);
+            print!(
+                "{:<w$} {:<8} {:<16} {:<16}",
+                "POD", "STATUS", "SENT", "ACKED"
+            );
             if wide {
                 print!(" {:<8} {:<25} IDENTITY", "PROXY", "CONNECTED");
             }
@@ -75,7 +85,10 @@ pub fn print(entries: &[ProxyEntry], format: OutputFormat) -> anyhow::Result<()>
                     e.last_acked_version.as_deref().unwrap_or("-")
                 );
                 if wide {
-                    print!(" {:<8} {:<25} {}", e.proxy_version, e.connected_since, e.identity);
+                    print!(
+                        " {:<8} {:<25} {}",
+                        e.proxy_version, e.connected_since, e.identity
+                    );
                 }
                 println!(" {}", e.last_nack_error.as_deref().unwrap_or(""));
             }
@@ -102,7 +115,11 @@ mod tests {
         let order: Vec<_> = e.iter().map(|x| (x.pod.as_str(), x.sync())).collect();
         assert_eq!(
             order,
-            vec![("demo/c", Sync::Nacked), ("demo/b", Sync::Lagging), ("demo/a", Sync::InSync)]
+            vec![
+                ("demo/c", Sync::Nacked),
+                ("demo/b", Sync::Lagging),
+                ("demo/a", Sync::InSync)
+            ]
         );
     }
 }

@@ -44,7 +44,11 @@ struct Acc {
 }
 
 /// Scrapes each proxy admin address twice and groups the difference.
-pub async fn collect(proxies: &[String], window: Duration, by: GroupBy) -> anyhow::Result<Vec<Row>> {
+pub async fn collect(
+    proxies: &[String],
+    window: Duration,
+    by: GroupBy,
+) -> anyhow::Result<Vec<Row>> {
     if proxies.is_empty() {
         bail!("no proxies to read: pass --proxy-admin ADDR (repeatable) or --demo");
     }
@@ -130,7 +134,10 @@ fn rows(
             (n - p).max(0.0)
         };
         let ok = class("2xx") + class("3xx");
-        let total: f64 = ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().map(|c| class(c)).sum();
+        let total: f64 = ["1xx", "2xx", "3xx", "4xx", "5xx"]
+            .iter()
+            .map(|c| class(c))
+            .sum();
         let buckets: Vec<(f64, f64)> = now
             .buckets
             .iter()
@@ -167,23 +174,38 @@ pub fn print(rows: &[Row], format: OutputFormat) -> anyhow::Result<()> {
         OutputFormat::Table | OutputFormat::Wide => {
             let wide = format == OutputFormat::Wide;
             let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4);
-            print!("{:<9} {:<width$} {:>8} {:>9} {:>8} {:>8}", "DIRECTION", "NAME", "SUCCESS", "RPS", "P50", "P99");
+            print!(
+                "{:<9} {:<width$} {:>8} {:>9} {:>8} {:>8}",
+                "DIRECTION", "NAME", "SUCCESS", "RPS", "P50", "P99"
+            );
             if wide {
                 print!(" {:>8} {:>9} {:>6} {:>6}", "P95", "REQUESTS", "4XX", "5XX");
             }
             println!();
             for r in rows {
-                let f = |v: Option<f64>| v.map(|x| format!("{x:.2}ms")).unwrap_or_else(|| "-".into());
+                let f =
+                    |v: Option<f64>| v.map(|x| format!("{x:.2}ms")).unwrap_or_else(|| "-".into());
                 let sr = r
                     .success_rate
                     .map(|s| format!("{:.2}%", s * 100.0))
                     .unwrap_or_else(|| "-".into());
                 print!(
                     "{:<9} {:<width$} {:>8} {:>9.1} {:>8} {:>8}",
-                    r.direction, r.name, sr, r.rps, f(r.p50_ms), f(r.p99_ms)
+                    r.direction,
+                    r.name,
+                    sr,
+                    r.rps,
+                    f(r.p50_ms),
+                    f(r.p99_ms)
                 );
                 if wide {
-                    print!(" {:>8} {:>9} {:>6} {:>6}", f(r.p95_ms), r.requests, r.client_errors, r.server_errors);
+                    print!(
+                        " {:>8} {:>9} {:>6} {:>6}",
+                        f(r.p95_ms),
+                        r.requests,
+                        r.client_errors,
+                        r.server_errors
+                    );
                 }
                 println!();
             }
@@ -209,7 +231,12 @@ mod tests {
 
     #[test]
     fn rates_are_differences_over_the_window() {
-        let r = rows(&scrape(100.0, 0.0, 100.0), &scrape(280.0, 20.0, 300.0), 2.0, GroupBy::Backend);
+        let r = rows(
+            &scrape(100.0, 0.0, 100.0),
+            &scrape(280.0, 20.0, 300.0),
+            2.0,
+            GroupBy::Backend,
+        );
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].name, "api.demo -> api-v1");
         assert_eq!(r[0].requests, 200);

@@ -75,7 +75,12 @@ impl Layout {
     }
     /// A fake ClusterIP for service `n` (never connected to: clients use explicit mode).
     pub fn cluster_ip(&self, n: u8) -> Ipv4Addr {
-        Ipv4Addr::new(self.prefix[0], self.prefix[1], self.prefix[2].wrapping_add(1), n)
+        Ipv4Addr::new(
+            self.prefix[0],
+            self.prefix[1],
+            self.prefix[2].wrapping_add(1),
+            n,
+        )
     }
     pub fn pod(&self, name: &str) -> Option<&'static DemoPod> {
         PODS.iter().find(|p| p.name == name)
@@ -119,8 +124,11 @@ pub fn mesh_yaml(layout: &Layout) -> String {
             ip = layout.ip(pod.host),
         );
     }
-    let services: [(&str, Option<&str>, u8); 3] =
-        [("api", None, 10), ("api-v1", Some("v1"), 11), ("api-v2", Some("v2"), 12)];
+    let services: [(&str, Option<&str>, u8); 3] = [
+        ("api", None, 10),
+        ("api-v1", Some("v1"), 11),
+        ("api-v2", Some("v2"), 12),
+    ];
     for (name, version, n) in services {
         let mut selector = String::from("    app: api\n");
         if let Some(v) = version {
@@ -172,8 +180,16 @@ mod tests {
 
     #[test]
     fn every_document_is_valid_yaml_with_kind() {
-        let layout = Layout { prefix: [127, 42, 0] };
-        let all = [mesh_yaml(&layout), routes_yaml(), split_yaml(10), access_yaml()].join("---\n");
+        let layout = Layout {
+            prefix: [127, 42, 0],
+        };
+        let all = [
+            mesh_yaml(&layout),
+            routes_yaml(),
+            split_yaml(10),
+            access_yaml(),
+        ]
+        .join("---\n");
         let mut kinds = Vec::new();
         for doc in serde_yaml::Deserializer::from_str(&all) {
             let v = serde_yaml::Value::deserialize(doc).expect("valid yaml");

@@ -19,7 +19,7 @@ use http::Method;
 use tokio::sync::watch;
 
 use crate::admin_http;
-use manifests::{Layout, DemoPod, NAMESPACE, PODS};
+use manifests::{DemoPod, Layout, NAMESPACE, PODS};
 use procs::Supervisor;
 use traffic::{Caller, Load, Tally};
 
@@ -168,15 +168,35 @@ async fn scripted(opts: &DemoOptions, mesh: &mut Mesh, out: &Output) -> anyhow::
     }
     for pod in PODS {
         let admin = format!("{}:{}", layout.ip(pod.host), manifests::PROXY_ADMIN_PORT);
-        ready_or_explain(mesh, &admin, "/ready", &format!("weft-proxy of {}", pod.name)).await?;
+        ready_or_explain(
+            mesh,
+            &admin,
+            "/ready",
+            &format!("weft-proxy of {}", pod.name),
+        )
+        .await?;
     }
     out.line("every proxy holds a certificate and its first config");
 
     // Traffic: the frontend calls the canary; batch calls it too, until it is locked out.
     let (stop_tx, stop_rx) = watch::channel(false);
     let authority = format!("api.{NAMESPACE}.svc.cluster.local:{}", manifests::APP_PORT);
-    let frontend = caller(&layout, "frontend-0", &authority, Method::GET, "/items", opts.rate);
-    let batch = caller(&layout, "batch-0", &authority, Method::GET, "/items", (opts.rate / 4).max(5));
+    let frontend = caller(
+        &layout,
+        "frontend-0",
+        &authority,
+        Method::GET,
+        "/items",
+        opts.rate,
+    );
+    let batch = caller(
+        &layout,
+        "batch-0",
+        &authority,
+        Method::GET,
+        "/items",
+        (opts.rate / 4).max(5),
+    );
     let frontend_load = traffic::start(frontend, stop_rx.clone());
     let batch_load = traffic::start(batch, stop_rx.clone());
     let window = (opts.duration / 5).max(Duration::from_secs(1));
@@ -201,8 +221,16 @@ async fn scripted(opts: &DemoOptions, mesh: &mut Mesh, out: &Output) -> anyhow::
             ));
         }
         frontend_load.reset();
-        let title = format!("canary step {}/{}: weights api-v1={} api-v2={v2}", i + 1, STEPS.len(), 100 - v2);
-        let tally = measure(&out, &title, &frontend_load, window, |t| canary_lines(t, v2)).await;
+        let title = format!(
+            "canary step {}/{}: weights api-v1={} api-v2={v2}",
+            i + 1,
+            STEPS.len(),
+            100 - v2
+        );
+        let tally = measure(&out, &title, &frontend_load, window, |t| {
+            canary_lines(t, v2)
+        })
+        .await;
         let measured_v2 = tally.share("v2");
         let ok = (measured_v2 - f64::from(v2) / 100.0).abs() <= SHARE_TOLERANCE
             && tally.success() == tally.requests
@@ -252,7 +280,8 @@ async fn scripted(opts: &DemoOptions, mesh: &mut Mesh, out: &Output) -> anyhow::
     .await;
     let f = frontend_load.snapshot();
     let b = batch_load.snapshot();
-    let access_ok = f.success() == f.requests && f.requests > 0 && b.count(403) == b.requests && b.requests > 0;
+    let access_ok =
+        f.success() == f.requests && f.requests > 0 && b.count(403) == b.requests && b.requests > 0;
     all_ok &= access_ok;
     out.line(&format!(
         "access frontend GET /items -> 200 x{} of {}; batch GET /items -> 403 x{} of {} reason={:?} {}",
@@ -274,7 +303,11 @@ async fn scripted(opts: &DemoOptions, mesh: &mut Mesh, out: &Output) -> anyhow::
     all_ok &= mtls_ok;
     out.line(&format!(
         "mtls: api saw client identity {} {}",
-        if seen.is_empty() { "(none)" } else { seen.as_str() },
+        if seen.is_empty() {
+            "(none)"
+        } else {
+            seen.as_str()
+        },
         if mtls_ok { "OK" } else { "MISMATCH" }
     ));
 
@@ -292,16 +325,33 @@ async fn scripted(opts: &DemoOptions, mesh: &mut Mesh, out: &Output) -> anyhow::
     Ok(all_ok)
 }
 
-fn proxy_env(pod: &DemoPod, layout: &Layout, discovery: &str, token: &Path) -> Vec<(String, String)> {
+fn proxy_env(
+    pod: &DemoPod,
+    layout: &Layout,
+    discovery: &str,
+    token: &Path,
+) -> Vec<(String, String)> {
     let ip = layout.ip(pod.host);
     [
         ("WEFT_PROXY_CONTROL_ADDR", discovery.to_string()),
         ("WEFT_PROXY_POD", format!("{NAMESPACE}/{}", pod.name)),
-        ("WEFT_PROXY_SERVICE_ACCOUNT", pod.service_account.to_string()),
+        (
+            "WEFT_PROXY_SERVICE_ACCOUNT",
+            pod.service_account.to_string(),
+        ),
         ("WEFT_PROXY_TOKEN_FILE", token.display().to_string()),
-        ("WEFT_PROXY_INBOUND_ADDR", format!("{ip}:{}", manifests::INBOUND_PORT)),
-        ("WEFT_PROXY_OUTBOUND_ADDR", format!("{ip}:{}", manifests::OUTBOUND_PORT)),
-        ("WEFT_PROXY_ADMIN_ADDR", format!("{ip}:{}", manifests::PROXY_ADMIN_PORT)),
+        (
+            "WEFT_PROXY_INBOUND_ADDR",
+            format!("{ip}:{}", manifests::INBOUND_PORT),
+        ),
+        (
+            "WEFT_PROXY_OUTBOUND_ADDR",
+            format!("{ip}:{}", manifests::OUTBOUND_PORT),
+        ),
+        (
+            "WEFT_PROXY_ADMIN_ADDR",
+            format!("{ip}:{}", manifests::PROXY_ADMIN_PORT),
+        ),
         ("WEFT_PROXY_APP_IP", ip.to_string()),
         ("WEFT_LOG", "info".to_string()),
     ]
@@ -310,7 +360,14 @@ fn proxy_env(pod: &DemoPod, layout: &Layout, discovery: &str, token: &Path) -> V
     .collect()
 }
 
-fn caller(layout: &Layout, pod: &str, authority: &str, method: Method, path: &str, rate: u32) -> Caller {
+fn caller(
+    layout: &Layout,
+    pod: &str,
+    authority: &str,
+    method: Method,
+    path: &str,
+    rate: u32,
+) -> Caller {
     let host = layout.pod(pod).map(|p| p.host).unwrap_or(10);
     Caller {
         proxy: std::net::SocketAddr::new(layout.ip(host).into(), manifests::OUTBOUND_PORT),
@@ -322,10 +379,18 @@ fn caller(layout: &Layout, pod: &str, authority: &str, method: Method, path: &st
     }
 }
 
-async fn ready_or_explain(mesh: &mut Mesh, addr: &str, path: &str, what: &str) -> anyhow::Result<()> {
+async fn ready_or_explain(
+    mesh: &mut Mesh,
+    addr: &str,
+    path: &str,
+    what: &str,
+) -> anyhow::Result<()> {
     if let Err(e) = admin_http::wait_ready(addr, path, Duration::from_secs(60)).await {
         if let Some((label, status)) = mesh.sup.exited() {
-            bail!("{what} is not ready: {label} exited ({status}); see {}", mesh.dir.join("logs").display());
+            bail!(
+                "{what} is not ready: {label} exited ({status}); see {}",
+                mesh.dir.join("logs").display()
+            );
         }
         bail!("{what} is not ready: {e}");
     }
@@ -363,7 +428,10 @@ where
         tokio::time::sleep(Duration::from_millis(250).min(window)).await;
         if out.live {
             let t = load.snapshot();
-            let mut block = vec![format!("{title}  [{:>4.1}s]", start.elapsed().as_secs_f64())];
+            let mut block = vec![format!(
+                "{title}  [{:>4.1}s]",
+                start.elapsed().as_secs_f64()
+            )];
             block.extend(lines(&t));
             drawn = out.redraw(drawn, &block);
         }
@@ -398,7 +466,11 @@ fn canary_lines(t: &Tally, v2_weight: u32) -> Vec<String> {
 
 fn access_lines(f: &Tally, b: &Tally) -> Vec<String> {
     vec![
-        format!("  frontend GET /items: {} x 200, {} x 403", f.success(), f.count(403)),
+        format!(
+            "  frontend GET /items: {} x 200, {} x 403",
+            f.success(),
+            f.count(403)
+        ),
         format!(
             "  batch    GET /items: {} x 200, {} x 403  {}",
             b.success(),
@@ -413,7 +485,10 @@ fn explain_failure(t: &Tally, out: &Output) {
         "  statuses {:?}, transport errors {}{}",
         t.by_status,
         t.errors,
-        t.last_error.as_ref().map(|e| format!(" (last: {e})")).unwrap_or_default()
+        t.last_error
+            .as_ref()
+            .map(|e| format!(" (last: {e})"))
+            .unwrap_or_default()
     ));
 }
 

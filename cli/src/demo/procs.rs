@@ -11,7 +11,10 @@ use tokio::process::{Child, Command};
 /// Finds a weft binary: `$WEFT_<NAME>_BIN`, then next to the running executable (the same cargo
 /// target folder), then on `PATH`.
 pub fn find_binary(name: &str) -> anyhow::Result<PathBuf> {
-    let env_key = format!("WEFT_{}_BIN", name.trim_start_matches("weft-").to_uppercase());
+    let env_key = format!(
+        "WEFT_{}_BIN",
+        name.trim_start_matches("weft-").to_uppercase()
+    );
     if let Some(p) = std::env::var_os(&env_key) {
         return Ok(PathBuf::from(p));
     }

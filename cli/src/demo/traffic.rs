@@ -230,9 +230,8 @@ async fn one_request(client: &Client<HttpConnector, Empty<Bytes>>, caller: &Call
         latency,
         version,
         client_identity,
-        deny_reason: deny_reason.or_else(|| {
-            (status >= 400).then(|| String::from_utf8_lossy(&body).trim().to_owned())
-        }),
+        deny_reason: deny_reason
+            .or_else(|| (status >= 400).then(|| String::from_utf8_lossy(&body).trim().to_owned())),
     }
 }
 

@@ -1,0 +1,206 @@
+//! Each `weft` command run as a process, asserting on what it prints and its exit status.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+fn weft(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .expect("running weft")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Serves `routes` (path → (content type, body)) over HTTP/1.1 for `n` connections.
+fn fake_admin(routes: Vec<(&'static str, String)>, n: usize) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(n) {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).map(|n| n == 0).unwrap_or(true) || h == "\r\n" {
+                    break;
+                }
+            }
+            let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+            let (status, body) = routes
+                .iter()
+                .find(|(p, _)| *p == path)
+                .map(|(_, b)| ("200 OK", b.clone()))
+                .unwrap_or(("404 Not Found", String::new()));
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    addr
+}
+
+#[test]
+fn crds_prints_exactly_the_committed_yaml() {
+    let o = weft(&["crds"]);
+    assert!(o.status.success());
+    let committed = std::fs::read_to_string(repo().join("crds/smi.yaml")).expect("crds/smi.yaml");
+    assert!(
+        stdout(&o) == committed,
+        "`weft crds` differs from crds/smi.yaml"
+    );
+}
+
+#[test]
+fn compile_reports_proxies_and_accepted_objects() {
+    let o = weft(&["compile", "-f", "examples/canary", "-o", "json"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert!(v["proxies"].as_object().is_some_and(|p| !p.is_empty()));
+    let objects = v["objects"].as_array().expect("objects");
+    assert!(objects.iter().any(|o| o["kind"] == "TrafficSplit"));
+
+    let one = weft(&["compile", "-f", "examples/canary", "--proxy", "no/such-pod"]);
+    assert_eq!(one.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&one.stderr).contains("no meshed pod no/such-pod"));
+}
+
+#[test]
+fn diff_names_the_changed_weights_and_exits_1() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for entry in std::fs::read_dir(repo().join("examples/canary")).expect("examples") {
+        let entry = entry.expect("entry");
+        let text = std::fs::read_to_string(entry.path()).expect("read");
+        let text = text
+            .replace("weight: 90", "weight: 50")
+            .replace("weight: 10", "weight: 50");
+        std::fs::write(dir.path().join(entry.file_name()), text).expect("write");
+    }
+    let new = dir.path().to_string_lossy().into_owned();
+    let o = weft(&["diff", "-f", &new, "-f", "examples/canary"]);
+    assert_eq!(o.status.code(), Some(1));
+    let text = stdout(&o);
+    assert!(text.contains("weight: 90 -> 50"), "{text}");
+    assert!(text.contains("weight: 10 -> 50"), "{text}");
+
+    let same = weft(&["diff", "-f", "examples/canary", "-f", "examples/canary"]);
+    assert_eq!(same.status.code(), Some(0));
+}
+
+#[test]
+fn inject_is_idempotent_and_labels_the_pod() {
+    let once = weft(&["inject", "-f", "examples/canary/20-pods.yaml"]);
+    assert!(
+        once.status.success(),
+        "{}",
+        String::from_utf8_lossy(&once.stderr)
+    );
+    let text = stdout(&once);
+    assert!(text.contains("name: weft-proxy"));
+    assert!(text.contains("weft.io/proxy-version"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = dir.path().join("once.yaml");
+    std::fs::write(&f, &text).expect("write");
+    let twice = weft(&["inject", "-f", &f.to_string_lossy()]);
+    assert_eq!(stdout(&twice), text, "re-injecting changes nothing");
+}
+
+#[test]
+fn install_has_fresh_certificates_each_time() {
+    let a = stdout(&weft(&["install"]));
+    let b = stdout(&weft(&["install"]));
+    assert!(a.contains("kind: Deployment") && a.contains("name: weft-identity"));
+    assert!(!a.contains("WEFT_CA_BUNDLE_PLACEHOLDER"));
+    assert_ne!(a, b, "certificates are generated on every run");
+}
+
+#[test]
+fn proxies_orders_nacking_first_and_fails_when_not_in_sync() {
+    let json = r#"[{"pod":"demo/ok","last_sent_version":"a","last_acked_version":"a"},
+                  {"pod":"demo/bad","last_sent_version":"b","last_acked_version":"a","last_nack_error":"invalid path_regex"}]"#;
+    let addr = fake_admin(vec![("/proxies", json.to_string())], 1);
+    let o = weft(&["proxies", "--operator", &addr]);
+    assert_eq!(o.status.code(), Some(1));
+    let text = stdout(&o);
+    let bad = text.find("demo/bad").expect("bad listed");
+    let ok = text.find("demo/ok").expect("ok listed");
+    assert!(bad < ok, "NACKing proxies first:\n{text}");
+    assert!(text.contains("invalid path_regex"));
+}
+
+#[test]
+fn proxies_explains_an_unreachable_operator() {
+    let o = weft(&["proxies", "--operator", "127.0.0.1:1"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(!String::from_utf8_lossy(&o.stderr).is_empty());
+}
+
+#[test]
+fn stat_computes_rates_from_two_scrapes() {
+    let scrape = |n: u32| {
+        format!(
+            "weft_proxy_requests_total{{direction=\"outbound\",authority=\"api.demo\",route=\"default\",backend=\"api-v1\",status_class=\"2xx\",peer=\"p\"}} {n}\n"
+        )
+    };
+    // The fake serves the first scrape on the first connection, the second on the next.
+    let listener_a = fake_admin(vec![("/metrics", scrape(100))], 1);
+    let o = weft(&[
+        "stat",
+        "--proxy-admin",
+        &listener_a,
+        "--window",
+        "1s",
+        "-o",
+        "json",
+    ]);
+    // One connection only: the second scrape fails, which must be a clear error, not a panic.
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+
+    let listener_b = fake_admin(vec![("/metrics", scrape(100))], 2);
+    let o = weft(&[
+        "stat",
+        "--proxy-admin",
+        &listener_b,
+        "--window",
+        "1s",
+        "-o",
+        "json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(rows[0]["name"], "api.demo -> api-v1");
+    assert_eq!(rows[0]["requests"], 0, "no change between scrapes");
+}
+
+#[test]
+fn check_fails_clearly_without_a_cluster() {
+    let o = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["check", "--pre"])
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .expect("running weft");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains("FAIL kubernetes-api"), "{}", stdout(&o));
+}
