@@ -50,7 +50,9 @@ fn init_tracing(env: &ProxyEnv) -> Result<(), String> {
         tracing_subscriber::EnvFilter::try_new(&env.log_filter).map_err(|e| e.to_string())?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour only on a terminal: logs usually go to files and collectors.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let result = match env.log_format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Plain => builder.try_init(),
