@@ -216,7 +216,7 @@ impl Default for ClusterOptions {
 pub struct Cluster {
     procs: Vec<Proc>,
     pub dir: tempfile::TempDir,
-    /// `https://127.0.0.1:<port>`.
+    /// `https://<bind address, or 127.0.0.1>:<port>`.
     pub server: String,
     pub port: u16,
     /// The static admin token (group `system:masters`).
@@ -318,7 +318,7 @@ impl Cluster {
         let etcd_port = free_port()?;
         let etcd_peer = free_port()?;
         let port = free_port()?;
-        let server = format!("https://127.0.0.1:{port}");
+        let server = format!("https://{}:{port}", advertise(&opts));
         let kubeconfig = write(&d, "kubeconfig", &kubeconfig_yaml(&server, &ca_pem, &token))?;
 
         let mut cluster = Cluster {

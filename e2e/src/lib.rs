@@ -3,4 +3,9 @@
 //! ([`helm`]).
 #![forbid(unsafe_code)]
 
+pub mod apply;
 pub mod cluster;
+pub mod harness;
+pub mod kubelet;
+pub mod operator;
+pub mod workspace;

@@ -1,0 +1,479 @@
+#!/usr/bin/env bash
+# weft-proxy latency and throughput against the direct path, HAProxy 2.6 and nginx 1.22 as proxies,
+# all on loopback (127.0.0.0/8), in the CPU layout of /work/shared/BENCHMARKS.md:
+#   CPU 1: the nginx backend (1 worker, 1 KiB static body) and every proxy under test (1 thread each)
+#   CPU 0: the load generators (wrk, oha) and weft-operator
+#
+#   e2e/bench/proxy-bench.sh                 # 2 rounds, ~7 minutes
+#   ROUNDS=3 e2e/bench/proxy-bench.sh
+#   PATHS="direct weft-1hop" e2e/bench/proxy-bench.sh
+#
+# Paths: direct, weft-1hop (client proxy's outbound listener, explicit mode, to an unmeshed
+# endpoint), weft-2hop-mtls (client proxy -> mTLS -> server proxy inbound -> the same nginx),
+# haproxy-1hop, nginx-1hop, haproxy-2hop-tls (HAProxy -> TLS (h2, client cert verified) -> HAProxy).
+# Per path and round: oha at 1,000 and 5,000 rps (open loop, latency-corrected), then wrk for
+# saturation. Medians over rounds are printed as Markdown; raw numbers stay in $OUT (default a
+# temp dir that is kept).
+#
+# Environment: ROUNDS (2), PATHS (all), NET (127.77.9: the /24 used), RATES ("1000 5000"),
+# OHA_DURATION (10s), WRK_DURATION (8s), OUT (results dir), NO_BUILD=1 (skip cargo build),
+# NO_INSTALL=1 (never apt-get / cargo install).
+set -euo pipefail
+
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+ROUNDS=${ROUNDS:-2}
+ALL_PATHS="direct weft-1hop weft-2hop-mtls haproxy-1hop nginx-1hop haproxy-2hop-tls"
+PATHS=${PATHS:-$ALL_PATHS}
+NET=${NET:-127.77.9}
+RATES=${RATES:-"1000 5000"}
+OHA_DURATION=${OHA_DURATION:-10s}
+WRK_DURATION=${WRK_DURATION:-8s}
+OUT=${OUT:-$(mktemp -d /tmp/weft-proxy-bench.XXXXXX)}
+mkdir -p "$OUT"
+TOOLS="$HOME/.cache/weft/bin"
+export PATH="$TOOLS:$PATH:/usr/sbin:/sbin"
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() {
+    log "error: $*"
+    exit 1
+}
+
+case $NET in
+127.*.*) ;;
+*) die "NET must be inside 127.0.0.0/8, got $NET" ;;
+esac
+
+# ---------------------------------------------------------------- tools
+need_apt=()
+command -v nginx >/dev/null || need_apt+=(nginx)
+command -v haproxy >/dev/null || need_apt+=(haproxy)
+command -v wrk >/dev/null || need_apt+=(wrk)
+command -v taskset >/dev/null || need_apt+=(util-linux)
+command -v openssl >/dev/null || need_apt+=(openssl)
+command -v curl >/dev/null || need_apt+=(curl)
+command -v python3 >/dev/null || need_apt+=(python3)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && [ -z "${NO_INSTALL:-}" ]; then
+        log "installing ${need_apt[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >"$OUT/apt.log"
+    else
+        die "missing tools: ${need_apt[*]} (run as root to install them, or apt-get install them)"
+    fi
+fi
+if ! command -v oha >/dev/null; then
+    [ -z "${NO_INSTALL:-}" ] || die "oha missing (cargo install oha --locked --root ~/.cache/weft)"
+    log "installing oha into $TOOLS"
+    cargo install oha --locked --root "$HOME/.cache/weft" >"$OUT/oha-install.log" 2>&1
+fi
+[ "$(nproc)" -ge 2 ] || die "needs at least 2 CPUs (load generators on CPU 0, servers on CPU 1)"
+
+WEFT=""
+case " $PATHS " in *" weft-"*) WEFT=1 ;; esac
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
+if [ -n "$WEFT" ]; then
+    if [ -z "${NO_BUILD:-}" ]; then
+        log "cargo build --release -p weft-proxy -p weft-operator"
+        cargo build --release --quiet -p weft-proxy -p weft-operator
+    fi
+    [ -x "$BIN/weft-proxy" ] && [ -x "$BIN/weft-operator" ] || die "no release binaries in $BIN"
+fi
+
+# ---------------------------------------------------------------- processes
+pids=()
+cleanup() {
+    local p
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+start() { # $1: name, $2: cpu, rest: command. Sets $last_pid.
+    local name=$1 cpu=$2
+    shift 2
+    taskset -c "$cpu" "$@" >"$OUT/$name.log" 2>&1 &
+    last_pid=$!
+    pids+=("$last_pid")
+}
+
+wait_http() { # $1: url; waits for a 200
+    local i
+    for i in $(seq 1 600); do
+        if curl -fs -o /dev/null --max-time 1 "$1"; then return 0; fi
+        sleep 0.1
+    done
+    die "no 200 from $1 within 60 s (logs in $OUT)"
+}
+
+wait_port() { # $1: host, $2: port
+    local i
+    for i in $(seq 1 300); do
+        if (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    die "nothing listens on $1:$2 (logs in $OUT)"
+}
+
+# Layout (one loopback address per "pod").
+BACKEND=$NET.2     # nginx backend, unmeshed pod backend-0, port 8080
+CLIENT=$NET.1      # meshed pod client-0: the client proxy
+SERVER=$NET.3      # meshed pod server-0: the server proxy, its app is the backend nginx
+OPERATOR=$NET.100
+HAPROXY1=$NET.10   # :8081
+NGINXP=$NET.11     # :8082
+HAPROXY_C=$NET.12  # :8083, client side of the two-hop pair
+HAPROXY_S=$NET.13  # :8443, TLS server side
+NS=bench
+BODY_PATH=/1k
+
+# ---------------------------------------------------------------- backend nginx
+mkdir -p "$OUT/www" "$OUT/nginx-backend" "$OUT/nginx-proxy"
+head -c 1024 /dev/zero | tr '\0' 'x' >"$OUT/www/1k"
+nginx_user=""
+[ "$(id -u)" = 0 ] && nginx_user="user root;"
+nginx_common() { # $1: prefix dir
+    cat <<EOF
+$nginx_user
+worker_processes 1;
+daemon off;
+pid $1/nginx.pid;
+error_log $1/error.log warn;
+events { worker_connections 8192; }
+http {
+    access_log off;
+    client_body_temp_path $1/body;
+    proxy_temp_path $1/proxy;
+    fastcgi_temp_path $1/fastcgi;
+    uwsgi_temp_path $1/uwsgi;
+    scgi_temp_path $1/scgi;
+    keepalive_requests 10000000;
+    keepalive_timeout 120s;
+    default_type application/octet-stream;
+EOF
+}
+{
+    nginx_common "$OUT/nginx-backend"
+    cat <<EOF
+    server {
+        listen $BACKEND:8080 backlog=4096;
+        location / { root $OUT/www; }
+    }
+}
+EOF
+} >"$OUT/nginx-backend/nginx.conf"
+{
+    nginx_common "$OUT/nginx-proxy"
+    cat <<EOF
+    upstream backend { server $BACKEND:8080; keepalive 128; keepalive_requests 10000000; }
+    server {
+        listen $NGINXP:8082 backlog=4096;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering on;
+        }
+    }
+}
+EOF
+} >"$OUT/nginx-proxy/nginx.conf"
+
+# ---------------------------------------------------------------- HAProxy configs and TLS material
+haproxy_head() {
+    cat <<EOF
+global
+    nbthread 1
+    maxconn 20000
+    ssl-server-verify required
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-keep-alive 60s
+EOF
+}
+{
+    haproxy_head
+    cat <<EOF
+frontend f
+    bind $HAPROXY1:8081
+    default_backend b
+backend b
+    server backend $BACKEND:8080
+EOF
+} >"$OUT/haproxy-1hop.cfg"
+
+pki=$OUT/pki
+mkdir -p "$pki"
+(
+    cd "$pki"
+    openssl ecparam -name prime256v1 -genkey -noout -out ca.key 2>/dev/null
+    openssl req -x509 -new -key ca.key -subj /CN=bench-ca -days 2 -out ca.crt 2>/dev/null
+    for who in server client; do
+        openssl ecparam -name prime256v1 -genkey -noout -out $who.key 2>/dev/null
+        openssl req -new -key $who.key -subj "/CN=$who" -out $who.csr 2>/dev/null
+        printf 'subjectAltName=DNS:%s.bench\nextendedKeyUsage=serverAuth,clientAuth\n' $who >$who.ext
+        openssl x509 -req -in $who.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
+            -extfile $who.ext -out $who.crt 2>/dev/null
+        cat $who.crt $who.key >$who.pem
+    done
+)
+{
+    haproxy_head
+    cat <<EOF
+frontend f
+    bind $HAPROXY_C:8083
+    default_backend b
+backend b
+    server s $HAPROXY_S:8443 ssl verify required ca-file $pki/ca.crt crt $pki/client.pem sni str(server.bench) verifyhost server.bench alpn h2
+EOF
+} >"$OUT/haproxy-2hop-client.cfg"
+{
+    haproxy_head
+    cat <<EOF
+frontend f
+    bind $HAPROXY_S:8443 ssl crt $pki/server.pem ca-file $pki/ca.crt verify required alpn h2,http/1.1
+    default_backend b
+backend b
+    server backend $BACKEND:8080
+EOF
+} >"$OUT/haproxy-2hop-server.cfg"
+
+# ---------------------------------------------------------------- weft control plane manifests
+mkdir -p "$OUT/manifests"
+printf 'bench-token' >"$OUT/token"
+cat >"$OUT/manifests/bench.yaml" <<EOF
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: $NS
+  annotations:
+    weft.io/default-inbound-policy: allow
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: client, namespace: $NS}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: server, namespace: $NS}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: client-0
+  namespace: $NS
+  labels: {app: client, weft.io/proxy-version: bench}
+spec:
+  serviceAccountName: client
+  containers: [{name: app, image: bench/client}]
+status:
+  phase: Running
+  podIP: $CLIENT
+  conditions: [{type: Ready, status: "True"}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: server-0
+  namespace: $NS
+  labels: {app: server, weft.io/proxy-version: bench}
+spec:
+  serviceAccountName: server
+  containers: [{name: app, image: bench/nginx, ports: [{name: http, containerPort: 8080}]}]
+status:
+  phase: Running
+  podIP: $SERVER
+  conditions: [{type: Ready, status: "True"}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: backend-0
+  namespace: $NS
+  labels: {app: backend}
+spec:
+  containers: [{name: app, image: bench/nginx, ports: [{name: http, containerPort: 8080}]}]
+status:
+  phase: Running
+  podIP: $BACKEND
+  conditions: [{type: Ready, status: "True"}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: backend, namespace: $NS}
+spec:
+  clusterIP: $NET.200
+  selector: {app: backend}
+  ports: [{name: http, port: 8080, targetPort: http}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: server, namespace: $NS}
+spec:
+  clusterIP: $NET.201
+  selector: {app: server}
+  ports: [{name: http, port: 8080, targetPort: http}]
+EOF
+
+# ---------------------------------------------------------------- start everything
+log "results and logs in $OUT"
+start nginx-backend 1 nginx -p "$OUT/nginx-backend" -c "$OUT/nginx-backend/nginx.conf"
+start nginx-proxy 1 nginx -p "$OUT/nginx-proxy" -c "$OUT/nginx-proxy/nginx.conf"
+nginx_proxy_master=$last_pid
+start haproxy-1hop 1 haproxy -db -f "$OUT/haproxy-1hop.cfg"
+pid_haproxy1=$last_pid
+start haproxy-2hop-client 1 haproxy -db -f "$OUT/haproxy-2hop-client.cfg"
+pid_haproxy_c=$last_pid
+start haproxy-2hop-server 1 haproxy -db -f "$OUT/haproxy-2hop-server.cfg"
+pid_haproxy_s=$last_pid
+
+if [ -n "$WEFT" ]; then
+    WEFT_LOG=warn start operator 0 "$BIN/weft-operator" --manifests "$OUT/manifests" \
+        --discovery-addr "$OPERATOR:8086" --admin-addr "$OPERATOR:9990" \
+        --bootstrap-token-file "$OUT/token"
+    wait_http "http://$OPERATOR:9990/ready"
+
+    start_proxy() { # $1: pod name, $2: service account, $3: pod IP, $4: app IP
+        WEFT_PROXY_CONTROL_ADDR="http://$OPERATOR:8086" \
+            WEFT_PROXY_POD="$NS/$1" \
+            WEFT_PROXY_SERVICE_ACCOUNT="$2" \
+            WEFT_PROXY_TOKEN_FILE="$OUT/token" \
+            WEFT_PROXY_INBOUND_ADDR="$3:4143" \
+            WEFT_PROXY_OUTBOUND_ADDR="$3:4140" \
+            WEFT_PROXY_ADMIN_ADDR="$3:4191" \
+            WEFT_PROXY_APP_IP="$4" \
+            WEFT_PROXY_THREADS=1 \
+            WEFT_LOG=warn \
+            start "proxy-$1" 1 "$BIN/weft-proxy"
+    }
+    start_proxy client-0 client "$CLIENT" 127.0.0.1
+    pid_client=$last_pid
+    start_proxy server-0 server "$SERVER" "$BACKEND"
+    pid_server=$last_pid
+fi
+
+wait_port "$BACKEND" 8080
+wait_port "$NGINXP" 8082
+wait_port "$HAPROXY1" 8081
+wait_port "$HAPROXY_C" 8083
+wait_port "$HAPROXY_S" 8443
+if [ -n "$WEFT" ]; then
+    wait_http "http://$CLIENT:4191/ready"
+    wait_http "http://$SERVER:4191/ready"
+fi
+pid_nginxp=$(cut -d' ' -f1 "/proc/$nginx_proxy_master/task/$nginx_proxy_master/children" 2>/dev/null || true)
+[ -n "$pid_nginxp" ] || die "nginx proxy has no worker process"
+
+# path -> URL, Host header, PIDs whose CPU and memory are charged to the path
+url_of() {
+    case $1 in
+    direct) echo "http://$BACKEND:8080$BODY_PATH" ;;
+    weft-1hop | weft-2hop-mtls) echo "http://$CLIENT:4140$BODY_PATH" ;;
+    haproxy-1hop) echo "http://$HAPROXY1:8081$BODY_PATH" ;;
+    nginx-1hop) echo "http://$NGINXP:8082$BODY_PATH" ;;
+    haproxy-2hop-tls) echo "http://$HAPROXY_C:8083$BODY_PATH" ;;
+    *) die "unknown path $1" ;;
+    esac
+}
+host_of() {
+    case $1 in
+    weft-1hop) echo "backend.$NS.svc.cluster.local:8080" ;;
+    weft-2hop-mtls) echo "server.$NS.svc.cluster.local:8080" ;;
+    *) echo "bench.local" ;;
+    esac
+}
+pids_of() {
+    case $1 in
+    direct) echo "" ;;
+    weft-1hop) echo "$pid_client" ;;
+    weft-2hop-mtls) echo "$pid_client $pid_server" ;;
+    haproxy-1hop) echo "$pid_haproxy1" ;;
+    nginx-1hop) echo "$pid_nginxp" ;;
+    haproxy-2hop-tls) echo "$pid_haproxy_c $pid_haproxy_s" ;;
+    esac
+}
+
+# Every path must answer 200 with the 1 KiB body before anything is measured.
+for p in $PATHS; do
+    size=$(curl -fsS --max-time 5 -H "Host: $(host_of "$p")" -o /dev/null -w '%{size_download}' "$(url_of "$p")") ||
+        die "path $p does not answer 200 (logs in $OUT)"
+    [ "$size" = 1024 ] || die "path $p returned $size bytes, expected 1024"
+done
+
+RESULTS=$OUT/results.tsv
+: >"$RESULTS"
+record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$RESULTS"; } # round path metric value
+kib() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status"; }
+ticks() { # utime+stime of the given pids, in clock ticks
+    local t=0 p f
+    for p in "$@"; do
+        f=$(sed 's/^.*) //' "/proc/$p/stat")
+        t=$((t + $(echo "$f" | awk '{print $12 + $13}')))
+    done
+    echo "$t"
+}
+sum_kib() { # $1: field, rest: pids
+    local k=$1 t=0 p
+    shift
+    for p in "$@"; do t=$((t + $(kib "$p" "$k"))); done
+    echo "$t"
+}
+CLK_TCK=$(getconf CLK_TCK)
+
+sleep 1
+for p in $PATHS; do
+    # shellcheck disable=SC2046
+    [ -n "$(pids_of "$p")" ] && record 0 "$p" rss_idle_kib "$(sum_kib VmRSS $(pids_of "$p"))"
+done
+
+# Warm up every path (connections, pools, allocator) before round 1.
+for p in $PATHS; do
+    taskset -c 0 wrk -t1 -c64 -d2s -H "Host: $(host_of "$p")" "$(url_of "$p")" >/dev/null
+done
+log "load average before measuring: $(cut -d' ' -f1-3 /proc/loadavg)"
+record 0 all loadavg_start "$(cut -d' ' -f1 /proc/loadavg)"
+
+for round in $(seq 1 "$ROUNDS"); do
+    for p in $PATHS; do
+        url=$(url_of "$p")
+        host=$(host_of "$p")
+        # shellcheck disable=SC2206
+        ppids=($(pids_of "$p"))
+        for rate in $RATES; do
+            t0=$(ticks "${ppids[@]}")
+            s0=$(date +%s.%N)
+            json=$OUT/oha-$p-$rate-r$round.json
+            taskset -c 0 oha --no-tui --output-format json -q "$rate" -z "$OHA_DURATION" -c 16 \
+                --latency-correction --disable-keepalive=false -H "Host: $host" "$url" >"$json" 2>"$json.err" ||
+                taskset -c 0 oha --no-tui -j -q "$rate" -z "$OHA_DURATION" -c 16 \
+                    --latency-correction -H "Host: $host" "$url" >"$json" 2>"$json.err" ||
+                die "oha failed on $p (see $json.err)"
+            s1=$(date +%s.%N)
+            t1=$(ticks "${ppids[@]}")
+            record "$round" "$p" "oha_$rate" "$json"
+            record "$round" "$p" "cpu_s_$rate" "$(echo "$t0 $t1 $CLK_TCK" | awk '{printf "%.3f", ($2-$1)/$3}')"
+            record "$round" "$p" "wall_s_$rate" "$(echo "$s0 $s1" | awk '{printf "%.3f", $2-$1}')"
+        done
+        t0=$(ticks "${ppids[@]}")
+        taskset -c 0 wrk -t1 -c64 -d"$WRK_DURATION" -H "Host: $host" "$url" >"$OUT/wrk-$p-r$round.txt"
+        t1=$(ticks "${ppids[@]}")
+        record "$round" "$p" wrk "$OUT/wrk-$p-r$round.txt"
+        record "$round" "$p" cpu_s_wrk "$(echo "$t0 $t1 $CLK_TCK" | awk '{printf "%.3f", ($2-$1)/$3}')"
+        if [ ${#ppids[@]} -gt 0 ]; then
+            record "$round" "$p" rss_after_load_kib "$(sum_kib VmRSS "${ppids[@]}")"
+            record "$round" "$p" hwm_kib "$(sum_kib VmHWM "${ppids[@]}")"
+        fi
+        log "round $round: $p done"
+    done
+done
+record 0 all loadavg_end "$(cut -d' ' -f1 /proc/loadavg)"
+
+python3 "$ROOT/e2e/bench/summarize.py" "$RESULTS" "$RATES" | tee "$OUT/summary.md"
+log "raw results: $RESULTS"

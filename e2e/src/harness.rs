@@ -1,0 +1,219 @@
+//! One call for Kubernetes end-to-end tests: a control plane, the kubelet stand-in and the
+//! workspace binaries, or a loud skip saying what is missing.
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{Api, PostParams};
+use serde_json::Value;
+
+use crate::cluster::{skip, Binaries, Cluster, ClusterOptions};
+use crate::kubelet::{self, Images, Kubelet, KubeletConfig, KubeletHandle};
+
+/// Everything a test needs. Dropping it stops the kubelet (cleaning namespaces, bridge and
+/// rules) and then the control plane.
+pub struct KubeEnv {
+    pub kubelet: Option<KubeletHandle>,
+    pub cluster: Cluster,
+    pub client: kube::Client,
+    /// The kubelet's folder (see [`kubelet::pod_dir`]).
+    pub state_dir: PathBuf,
+    /// Binaries the kubelet runs (symlinks).
+    pub bin_dir: PathBuf,
+    _bins: tempfile::TempDir,
+    _state: tempfile::TempDir,
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+}
+
+fn lock() -> Arc<tokio::sync::Mutex<()>> {
+    static LOCK: OnceLock<Arc<tokio::sync::Mutex<()>>> = OnceLock::new();
+    LOCK.get_or_init(|| Arc::new(tokio::sync::Mutex::new(())))
+        .clone()
+}
+
+/// Starts a control plane and the kubelet. `bins`: workspace binaries the pods need (see
+/// [`crate::workspace`]); `test_app`: `env!("CARGO_BIN_EXE_weft-test-app")`. `None` (after a
+/// loud skip message; a panic in CI) when the environment cannot run the test.
+pub async fn kube_env(test: &str, bins: &[&str], test_app: &std::path::Path) -> Option<KubeEnv> {
+    let guard = lock().lock_owned().await;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("WEFT_E2E_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+    if let Some(why) = kubelet::missing_requirements() {
+        skip(test, &why);
+        return None;
+    }
+    let kube_bins = match tokio::task::spawn_blocking(Binaries::locate_or_build).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
+            skip(test, &e.to_string());
+            return None;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    let built = crate::workspace::bin_dir(bins, &[("weft-test-app", test_app)]);
+    let (bins_dir, bin_dir) = match built {
+        Ok(x) => x,
+        Err(e) => {
+            skip(test, &format!("workspace binaries unavailable: {e}"));
+            return None;
+        }
+    };
+    kubelet::cleanup_host();
+    if let Err(e) = kubelet::ensure_bridge().await {
+        panic!("{test}: creating the bridge: {e}");
+    }
+    let opts = ClusterOptions {
+        extra_ips: vec![],
+        bind_address: kubelet::GATEWAY.to_string(),
+    };
+    let cluster = match Cluster::start(&kube_bins, opts).await {
+        Ok(c) => c,
+        Err(e) => panic!("{test}: control plane: {e}"),
+    };
+    let client = cluster
+        .client()
+        .await
+        .unwrap_or_else(|e| panic!("{test}: client: {e}"));
+    let state = tempfile::Builder::new()
+        .prefix("weft-kubelet-")
+        .tempdir()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let state_dir = state.path().to_path_buf();
+    let handle = Kubelet::start(
+        client.clone(),
+        KubeletConfig {
+            node_name: "weft-e2e".into(),
+            images: Images {
+                bin_dir: bin_dir.clone(),
+            },
+            api_server: cluster.server.clone(),
+            api_ca_pem: cluster.ca_pem.clone(),
+            state_dir: state_dir.clone(),
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{test}: kubelet: {e}"));
+    Some(KubeEnv {
+        kubelet: Some(handle),
+        cluster,
+        client,
+        state_dir,
+        bin_dir,
+        _bins: bins_dir,
+        _state: state,
+        _guard: guard,
+    })
+}
+
+impl KubeEnv {
+    /// Stops the kubelet cleanly (then drop the rest).
+    pub async fn shutdown(mut self) {
+        if let Some(k) = self.kubelet.take() {
+            k.shutdown().await;
+        }
+    }
+
+    /// Creates a namespace with annotations.
+    pub async fn namespace(&self, name: &str, annotations: Value) {
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "annotations": annotations}
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        Api::<Namespace>::all(self.client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
+    }
+
+    /// Creates any namespaced object from JSON (`apiVersion`, `kind`, `metadata.namespace`),
+    /// retrying while the namespace's ServiceAccount is not ready yet.
+    pub async fn create(&self, obj: Value) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match crate::apply::create(&self.client, &obj).await {
+                Ok(v) => return v,
+                Err(e)
+                    if tokio::time::Instant::now() < deadline && e.contains("serviceaccount") =>
+                {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => panic!("creating {}: {e}", obj["metadata"]["name"]),
+            }
+        }
+    }
+
+    /// Waits for a pod to be Ready and returns it.
+    pub async fn wait_ready(&self, ns: &str, name: &str, limit: Duration) -> Pod {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let pod = api.get_opt(name).await.ok().flatten();
+            if let Some(p) = &pod {
+                let st = p.status.clone().unwrap_or_default();
+                let ready = st
+                    .conditions
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True");
+                if ready {
+                    return p.clone();
+                }
+                if st.phase.as_deref() == Some("Failed") {
+                    panic!("pod {ns}/{name} failed: {:?}", st.message);
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                let logs = self.logs(ns, name);
+                panic!("pod {ns}/{name} not ready within {limit:?}: {pod:?}\nlogs:\n{logs}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// All container logs of a pod (for failure messages).
+    pub fn logs(&self, ns: &str, name: &str) -> String {
+        let dir = kubelet::pod_dir(&self.state_dir, ns, name);
+        let mut out = String::new();
+        if let Ok(rd) = std::fs::read_dir(&dir) {
+            for e in rd.flatten() {
+                if e.path().extension().is_some_and(|x| x == "log") {
+                    let s = std::fs::read_to_string(e.path()).unwrap_or_default();
+                    out.push_str(&format!("== {}\n{}\n", e.path().display(), s));
+                }
+            }
+        }
+        out
+    }
+
+    /// Runs a command inside a pod's network namespace, optionally as `uid`.
+    pub async fn exec(
+        &self,
+        ns: &str,
+        pod: &str,
+        uid: Option<u32>,
+        argv: &[&str],
+    ) -> std::process::Output {
+        let netns = kubelet::netns_of(&self.state_dir, ns, pod)
+            .unwrap_or_else(|| panic!("no netns for {ns}/{pod}"));
+        let mut cmd = tokio::process::Command::new("ip");
+        cmd.args(["netns", "exec", &netns]);
+        if let Some(uid) = uid {
+            cmd.args([
+                "setpriv",
+                &format!("--reuid={uid}"),
+                &format!("--regid={uid}"),
+                "--clear-groups",
+                "--",
+            ]);
+        }
+        cmd.args(argv);
+        tokio::time::timeout(Duration::from_secs(30), cmd.output())
+            .await
+            .unwrap_or_else(|_| panic!("exec {argv:?} timed out"))
+            .unwrap_or_else(|e| panic!("exec {argv:?}: {e}"))
+    }
+}
