@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
@@ -142,8 +142,7 @@ pub fn identity_issuer(dir: &Path) -> Result<(), OperatorError> {
 pub fn smi_crds(webhook: Option<(&str, &str)>) -> Result<Vec<Value>, OperatorError> {
     use serde::Deserialize;
     let path = repo_root().join("crds/smi.yaml");
-    let text =
-        std::fs::read_to_string(&path).map_err(io(format!("reading {}", path.display())))?;
+    let text = std::fs::read_to_string(&path).map_err(io(format!("reading {}", path.display())))?;
     let mut out = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(&text) {
         let mut crd = Value::deserialize(doc).map_err(|e| OperatorError::Kube(e.to_string()))?;
@@ -177,9 +176,13 @@ pub async fn install_crds(
             .and_then(Value::as_str)
             .ok_or_else(|| OperatorError::Kube("CRD without a name".into()))?
             .to_string();
-        api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(crd))
-            .await
-            .map_err(|e| OperatorError::Kube(format!("applying CRD {name}: {e}")))?;
+        api.patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(crd),
+        )
+        .await
+        .map_err(|e| OperatorError::Kube(format!("applying CRD {name}: {e}")))?;
         names.push(name);
     }
     for name in names {
@@ -252,20 +255,23 @@ pub async fn install_validating_webhook(
 
 /// Polls `check` (every 200 ms) until it returns `Ok(Some(v))`; `Ok(None)` and `Err(last)` mean
 /// "not yet". Fails after `limit` with the last error.
-pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> Result<T, OperatorError>
+pub async fn wait_for<T, F, Fut>(
+    what: &str,
+    limit: Duration,
+    mut check: F,
+) -> Result<T, OperatorError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<Option<T>, String>>,
 {
     let deadline = tokio::time::Instant::now() + limit;
-    let mut last = String::from("(not yet)");
     loop {
-        match tokio::time::timeout(Duration::from_secs(10), check()).await {
+        let last = match tokio::time::timeout(Duration::from_secs(10), check()).await {
             Ok(Ok(Some(v))) => return Ok(v),
-            Ok(Ok(None)) => last = "(not yet)".into(),
-            Ok(Err(e)) => last = e,
-            Err(_) => last = "check timed out".into(),
-        }
+            Ok(Ok(None)) => "(not yet)".to_string(),
+            Ok(Err(e)) => e,
+            Err(_) => "check timed out".to_string(),
+        };
         if tokio::time::Instant::now() >= deadline {
             return Err(OperatorError::Timeout {
                 what: what.to_string(),
@@ -280,8 +286,9 @@ where
 /// How to run one operator process.
 #[derive(Clone, Debug, Default)]
 pub struct OperatorOptions {
-    /// `--webhook-cert-dir` (webhooks on a free loopback port).
-    pub webhook_cert_dir: Option<PathBuf>,
+    /// `--webhook-cert-dir` and the loopback port of the webhooks (pick it first with
+    /// [`free_port`] to point webhook configurations at it before the operator starts).
+    pub webhook: Option<(PathBuf, u16)>,
     /// `--leader-elect`, with this `--pod-name` and `--namespace`.
     pub leader: Option<(String, String)>,
     /// Extra arguments.
@@ -334,8 +341,8 @@ impl OperatorProcess {
             format!("--identity-issuer={}", issuer.display()),
         ];
         let mut webhook_addr = None;
-        if let Some(certs) = &options.webhook_cert_dir {
-            let addr = loopback(port("webhook")?);
+        if let Some((certs, webhook_port)) = &options.webhook {
+            let addr = loopback(*webhook_port);
             args.push(format!("--webhook-addr={addr}"));
             args.push(format!("--webhook-cert-dir={}", certs.display()));
             webhook_addr = Some(addr);
@@ -406,14 +413,13 @@ impl OperatorProcess {
     /// Waits until `GET /ready` answers 200 (every watch listed, first snapshot compiled).
     pub async fn wait_ready(&mut self, limit: Duration) -> Result<(), OperatorError> {
         let deadline = tokio::time::Instant::now() + limit;
-        let mut last = String::new();
         loop {
             self.check_alive()?;
-            match self.admin_get("/ready").await {
+            let last = match self.admin_get("/ready").await {
                 Ok((200, _)) => return Ok(()),
-                Ok((code, body)) => last = format!("{code} {body}"),
-                Err(e) => last = e,
-            }
+                Ok((code, body)) => format!("{code} {body}"),
+                Err(e) => e,
+            };
             if tokio::time::Instant::now() >= deadline {
                 return Err(OperatorError::Timeout {
                     what: "weft-operator /ready".into(),
