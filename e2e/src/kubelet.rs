@@ -757,7 +757,6 @@ impl Kubelet {
             let mut env: Vec<(String, String)> = vec![
                 ("PATH".into(), std::env::var("PATH").unwrap_or_default()),
                 ("KUBECONFIG".into(), kubeconfig.display().to_string()),
-                ("KUBERNETES_SERVICE_HOST".into(), GATEWAY.to_string()),
                 ("HOSTNAME".into(), rp.name.clone()),
             ];
             for e in c.env.clone().unwrap_or_default() {

@@ -1,0 +1,299 @@
+//! The whole mesh on a real API server: weft installed with the Helm chart (through the Helm
+//! SDK), the operator running as a pod, pods injected by the webhook, proxies in network
+//! namespaces with iptables redirection. Scenarios: a canary moving 100/0 → 90/10 → 50/50 → 0/100
+//! with measured shares; mTLS on the wire (tcpdump); access control (403, then allowed).
+//!
+//! Needs root, the cached control plane (`e2e/scripts/kube-build.sh`), the Helm SDK and
+//! `cargo build -p weft-proxy -p weft-operator --bins`; skips loudly otherwise (fails in CI).
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use weft_e2e::apply;
+use weft_e2e::cluster::{repo_root, skip};
+use weft_e2e::harness::{kube_env, KubeEnv};
+
+const TEST: &str = "kube_mesh";
+const NS: &str = "shop";
+
+fn helm(env: &KubeEnv, args: &[&str]) -> std::process::Output {
+    let kubeconfig = env.cluster.kubeconfig.display().to_string();
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg(repo_root().join("e2e/scripts/helm.py"))
+        .args(args)
+        .args(["--kubeconfig", &kubeconfig]);
+    cmd.output().unwrap_or_else(|e| panic!("helm.py: {e}"))
+}
+
+async fn deploy_app(env: &KubeEnv, name: &str, sa: &str, labels: Value, app_env: Value) {
+    env.create(json!({"apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": sa, "namespace": NS}}))
+        .await;
+    env.create(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "labels": labels},
+        "spec": {"serviceAccountName": sa, "containers": [{
+            "name": "app", "image": "weft-test-app", "env": app_env,
+            "ports": [{"containerPort": 8080}],
+            "readinessProbe": {"httpGet": {"path": "/", "port": 8080}}}]}
+    }))
+    .await;
+}
+
+fn service(name: &str, selector: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"selector": selector, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})
+}
+
+fn split(v1: u32, v2: u32) -> Value {
+    json!({"apiVersion": "split.smi-spec.io/v1alpha4", "kind": "TrafficSplit",
+        "metadata": {"name": "web-canary", "namespace": NS},
+        "spec": {"service": "web", "backends": [
+            {"service": "web-v1", "weight": v1}, {"service": "web-v2", "weight": v2}]}})
+}
+
+/// `n` requests from the client pod's app (redirected through its proxy); the bodies.
+async fn requests(env: &KubeEnv, n: u32, path: &str) -> Vec<String> {
+    let script = format!(
+        "for i in $(seq {n}); do curl -s --max-time 5 -w ' %{{http_code}}\\n' http://web.{NS}.svc.cluster.local{path} || echo fail; done"
+    );
+    let out = env.exec(NS, "client", None, &["sh", "-c", &script]).await;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+fn share(bodies: &[String], needle: &str) -> f64 {
+    let hits = bodies.iter().filter(|b| b.contains(needle)).count();
+    hits as f64 / bodies.len().max(1) as f64
+}
+
+/// Applies a split and waits until traffic shows it (config propagated), then measures.
+async fn canary_step(env: &KubeEnv, v1: u32, v2: u32) -> f64 {
+    apply::apply(&env.client, &split(v1, v2))
+        .await
+        .unwrap_or_else(|e| panic!("applying split {v1}/{v2}: {e}"));
+    let want = f64::from(v2) / f64::from(v1 + v2);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let probe = requests(env, 20, "/").await;
+        let s = share(&probe, "web v2");
+        let settled = if want == 0.0 || want == 1.0 {
+            (s - want).abs() < f64::EPSILON
+        } else {
+            s > 0.0 && s < 1.0
+        };
+        if settled {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "split {v1}/{v2} not in effect after 60s: last probe {probe:?}\nclient logs:\n{}",
+            env.logs(NS, "client")
+        );
+    }
+    let bodies = requests(env, 200, "/").await;
+    assert!(
+        bodies.iter().all(|b| b.ends_with(" 200")),
+        "non-200 answers: {bodies:?}"
+    );
+    let measured = share(&bodies, "web v2");
+    eprintln!(
+        "canary {v1}/{v2}: measured v2 share {measured:.3} over {} requests",
+        bodies.len()
+    );
+    measured
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_mesh_canary_mtls_and_access() {
+    let Some(env) = kube_env(
+        TEST,
+        &["weft-proxy", "weft-proxy-init", "weft-operator"],
+        Path::new(env!("CARGO_BIN_EXE_weft-test-app")),
+    )
+    .await
+    else {
+        return;
+    };
+    let setup = helm(&env, &["setup"]);
+    if !setup.status.success() {
+        skip(
+            TEST,
+            &format!(
+                "helm-python-sdk unavailable: {}",
+                String::from_utf8_lossy(&setup.stderr)
+            ),
+        );
+        return;
+    }
+
+    // Install: the exact command of docs/install.md (plus the test cluster's kubeconfig).
+    let out = helm(
+        &env,
+        &["install", "--namespace", "weft-system", "--name", "weft"],
+    );
+    assert!(
+        out.status.success(),
+        "helm install: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The Deployment's pod (run by the kubelet stand-in) becomes ready.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let operator_pod = loop {
+        let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+            kube::Api::namespaced(env.client.clone(), "weft-system");
+        let list = pods.list(&Default::default()).await.unwrap();
+        if let Some(p) = list.items.first().and_then(|p| p.metadata.name.clone()) {
+            break p;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no operator pod");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    env.wait_ready("weft-system", &operator_pod, Duration::from_secs(90))
+        .await;
+
+    // A meshed namespace: every pod gets a proxy from the injector.
+    env.namespace(NS, json!({"weft.io/inject": "enabled"}))
+        .await;
+    for s in [
+        service("web", json!({"app": "web"})),
+        service("web-v1", json!({"app": "web", "version": "v1"})),
+        service("web-v2", json!({"app": "web", "version": "v2"})),
+    ] {
+        env.create(s).await;
+    }
+    deploy_app(
+        &env,
+        "web-v1",
+        "web",
+        json!({"app": "web", "version": "v1"}),
+        json!([{"name": "APP_NAME", "value": "web"}, {"name": "APP_VERSION", "value": "v1"}]),
+    )
+    .await;
+    deploy_app(
+        &env,
+        "web-v2",
+        "web",
+        json!({"app": "web", "version": "v2"}),
+        json!([{"name": "APP_NAME", "value": "web"}, {"name": "APP_VERSION", "value": "v2"}]),
+    )
+    .await;
+    deploy_app(
+        &env,
+        "client",
+        "client",
+        json!({"app": "client"}),
+        json!([{"name": "APP_NAME", "value": "client"}]),
+    )
+    .await;
+    for p in ["web-v1", "web-v2", "client"] {
+        let pod = env.wait_ready(NS, p, Duration::from_secs(90)).await;
+        let names: Vec<String> = pod
+            .spec
+            .unwrap_or_default()
+            .containers
+            .iter()
+            .map(|c| c.name.clone())
+            .collect();
+        assert!(
+            names.contains(&"weft-proxy".to_string()),
+            "{p} not injected: {names:?}"
+        );
+        assert!(pod
+            .metadata
+            .labels
+            .unwrap_or_default()
+            .contains_key("weft.io/proxy-version"));
+    }
+
+    // Canary: 100/0 → 90/10 → 50/50 → 0/100.
+    assert_eq!(canary_step(&env, 100, 0).await, 0.0);
+    let s = canary_step(&env, 90, 10).await;
+    assert!((0.03..=0.20).contains(&s), "90/10 measured {s}");
+    let s = canary_step(&env, 50, 50).await;
+    assert!((0.38..=0.62).contains(&s), "50/50 measured {s}");
+    assert_eq!(canary_step(&env, 0, 100).await, 1.0);
+
+    // mTLS on the wire: proxy-to-proxy traffic on the bridge is TLS, never the plaintext HTTP.
+    let pcap = env.state_dir.join("mesh.pcap");
+    let mut dump = tokio::process::Command::new("tcpdump")
+        .args(["-i", weft_e2e::kubelet::BRIDGE, "-U", "-s", "0", "-w"])
+        .arg(&pcap)
+        .args(["tcp", "port", "4143"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("tcpdump");
+    tokio::time::sleep(Duration::from_millis(700)).await; // tcpdump has no readiness signal
+                                                          // New connections: restart the conversation with a fresh client-side connection pool.
+    let bodies = requests(&env, 10, "/").await;
+    assert!(bodies.iter().all(|b| b.contains("web v2")), "{bodies:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = dump.start_kill();
+    let _ = dump.wait().await;
+    let captured = std::fs::read(&pcap).unwrap_or_default();
+    let contains = |needle: &[u8]| captured.windows(needle.len()).any(|w| w == needle);
+    assert!(
+        captured.len() > 200,
+        "nothing captured on port 4143 ({} bytes)",
+        captured.len()
+    );
+    assert!(
+        !contains(b"web v2") && !contains(b"GET / HTTP"),
+        "plaintext HTTP seen between proxies"
+    );
+    assert!(
+        contains(&[0x17, 0x03, 0x03]),
+        "no TLS application-data records on port 4143"
+    );
+
+    // Access: once web's ServiceAccount is a TrafficTarget destination, only what it allows passes.
+    apply::apply_yaml(
+        &env.client,
+        &format!(
+            r#"
+apiVersion: specs.smi-spec.io/v1alpha4
+kind: HTTPRouteGroup
+metadata: {{name: web-routes, namespace: {NS}}}
+spec:
+  matches:
+  - name: public
+    pathRegex: /public
+    methods: [GET]
+---
+apiVersion: access.smi-spec.io/v1alpha3
+kind: TrafficTarget
+metadata: {{name: client-to-web, namespace: {NS}}}
+spec:
+  destination: {{kind: ServiceAccount, name: web, namespace: {NS}}}
+  sources:
+  - {{kind: ServiceAccount, name: client, namespace: {NS}}}
+  rules:
+  - {{kind: HTTPRouteGroup, name: web-routes, matches: [public]}}
+"#
+        ),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("applying access policy: {e}"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let private = requests(&env, 5, "/private").await;
+        let public = requests(&env, 5, "/public").await;
+        if private.iter().all(|b| b.ends_with(" 403")) && public.iter().all(|b| b.ends_with(" 200"))
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "access policy not enforced after 60s: /private {private:?} /public {public:?}"
+        );
+    }
+
+    env.shutdown().await;
+}
