@@ -95,7 +95,10 @@ fn write_split(dir: &Path, i: u64) -> std::io::Result<()> {
 
 /// The web-v2 weight carried by a response, if it carries the split.
 fn v2_weight(r: &v1::DiscoveryResponse) -> Option<u64> {
-    let res = r.resources.iter().find(|x| x.name == "outbound:web.bench")?;
+    let res = r
+        .resources
+        .iter()
+        .find(|x| x.name == "outbound:web.bench")?;
     let Some(v1::resource::Kind::Outbound(out)) = &res.kind else {
         return None;
     };
@@ -124,7 +127,12 @@ fn start_operator(bin: &Path, dir: &Path) -> std::io::Result<(Child, SocketAddr,
     let mut child = Command::new(bin)
         .arg("--manifests")
         .arg(dir)
-        .args(["--discovery-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+        .args([
+            "--discovery-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+        ])
         .args(["--log-format", "json"])
         .env("WEFT_LOG", "warn,weft_operator=info")
         .stdout(Stdio::null())
@@ -200,7 +208,11 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[idx.min(sorted.len() - 1)]
 }
 
-async fn run(bin: &Path, n: usize, changes: usize) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+async fn run(
+    bin: &Path,
+    n: usize,
+    changes: usize,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let dir = tempfile::tempdir()?;
     manifests(dir.path(), n)?;
     let (mut child, discovery, _admin) = start_operator(bin, dir.path())?;
@@ -210,7 +222,12 @@ async fn run(bin: &Path, n: usize, changes: usize) -> Result<(), Box<dyn std::er
     let (ready_tx, mut ready_rx) = mpsc::channel(n + 1);
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..n {
-        tasks.spawn(proxy(discovery, format!("app-{i}"), ack_tx.clone(), ready_tx.clone()));
+        tasks.spawn(proxy(
+            discovery,
+            format!("app-{i}"),
+            ack_tx.clone(),
+            ready_tx.clone(),
+        ));
     }
     for _ in 0..n {
         tokio::time::timeout(Duration::from_secs(60), ready_rx.recv())
@@ -247,7 +264,9 @@ async fn run(bin: &Path, n: usize, changes: usize) -> Result<(), Box<dyn std::er
         per_proxy,
     );
     tasks.abort_all();
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
     let _ = child.wait();
     Ok(())
 }

@@ -10,6 +10,7 @@ use crate::model::{ClusterObject, ObjectKey};
 
 /// One change to the model.
 #[derive(Clone, Debug, PartialEq)]
+#[allow(clippy::large_enum_variant)] // built once per object change, moved straight into the model
 pub enum Change {
     Upsert(ClusterObject),
     Remove(ObjectKey),
