@@ -349,7 +349,7 @@ fn parse_all<'a>(
 ) -> Result<Vec<X509Certificate<'a>>, CaError> {
     ders.iter()
         .map(|der| match x509_parser::parse_x509_certificate(der) {
-            Ok((rest, cert)) if rest.is_empty() => Ok(cert),
+            Ok(([], cert)) => Ok(cert),
             Ok(_) => Err(CaError::Certificate {
                 file,
                 reason: "trailing data after certificate".into(),
