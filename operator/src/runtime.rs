@@ -383,6 +383,9 @@ impl Runtime {
                 let mut reconciler = reconciler;
                 reconciler.statuses = Some(status_tx);
                 let (leading_tx, leading_rx) = watch::channel(config.leader.is_none());
+                // Without an election the sender must outlive the writer: a dropped sender
+                // would end the writer's loop before it wrote anything.
+                let mut always_leading = None;
                 if let Some(options) = config.leader.clone() {
                     let stop = shutdown.clone();
                     let client = client.clone();
@@ -390,11 +393,14 @@ impl Runtime {
                         crate::leader::run(client, options, leading_tx, stop).await;
                         Ok(())
                     });
+                } else {
+                    always_leading = Some(leading_tx);
                 }
                 let writer =
                     StatusWriter::new(client.clone(), config.instance.clone(), status_metrics);
                 let stop = shutdown.clone();
                 tasks.spawn(async move {
+                    let _always_leading = always_leading;
                     run_status_writer(writer, status_rx, leading_rx, stop).await;
                     Ok(())
                 });

@@ -22,14 +22,23 @@ pub fn parse_only() -> Validator {
     Arc::new(|_| Verdict::default())
 }
 
-/// The semantic validator (`crate::validate`), judging each object on its own (conflicts
-/// between objects are reported in status conditions instead).
+/// Reasons of problems about references to other objects. The webhook sees one object and
+/// none of the others, so it cannot judge these: a TrafficTarget would be rejected for every
+/// route it names (and apply order would matter). Missing references are reported in status
+/// (`ResolvedRefs=False`) instead.
+const CROSS_OBJECT_REASONS: &[&str] = &["RouteNotFound", "MatchNotFound", "RouteGroupNotFound"];
+
+/// The semantic validator (`crate::validate`), judging each object on its own (references to
+/// and conflicts with other objects are reported in status conditions instead).
 pub fn semantic() -> Validator {
     Arc::new(|obj: &SmiObject| {
         let problems =
             crate::validate::validate(obj, &crate::validate::ValidationContext::default());
         let mut verdict = Verdict::default();
-        for p in problems {
+        for p in problems
+            .into_iter()
+            .filter(|p| !CROSS_OBJECT_REASONS.contains(&p.reason))
+        {
             match p.severity {
                 crate::validate::Severity::Error => verdict.errors.push(p.to_string()),
                 crate::validate::Severity::Warning => verdict.warnings.push(p.to_string()),
@@ -168,6 +177,27 @@ mod tests {
     fn semantic_validator_admits_a_plain_split() {
         let out = review(&recorded(split(json!(100))), &semantic());
         assert_eq!(out["response"]["allowed"], true, "{out}");
+    }
+
+    #[test]
+    fn semantic_validator_admits_references_it_cannot_see_but_rejects_zero_weights() {
+        // The routes a target names are other objects: status reports them, not admission.
+        let target = json!({
+            "apiVersion": "access.smi-spec.io/v1alpha3",
+            "kind": "TrafficTarget",
+            "metadata": {"name": "allow", "namespace": "demo"},
+            "spec": {
+                "destination": {"kind": "ServiceAccount", "name": "web", "namespace": "demo"},
+                "sources": [{"kind": "ServiceAccount", "name": "client", "namespace": "demo"}],
+                "rules": [{"kind": "HTTPRouteGroup", "name": "routes", "matches": ["get"]}]
+            }
+        });
+        let out = review(&recorded(target), &semantic());
+        assert_eq!(out["response"]["allowed"], true, "{out}");
+        let out = review(&recorded(split(json!(0))), &semantic());
+        assert_eq!(out["response"]["allowed"], false, "{out}");
+        let msg = out["response"]["status"]["message"].as_str().unwrap();
+        assert!(msg.contains("weights sum to 0"), "{msg}");
     }
 
     #[test]
