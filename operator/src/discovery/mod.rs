@@ -6,8 +6,10 @@
 //! what it last sent, and pushes the difference through a small bounded queue: a slow proxy only
 //! ever delays itself, never the compiler or other proxies.
 
+mod encode;
 mod metrics;
 mod registry;
+mod server;
 mod stream;
 
 use std::sync::Arc;
@@ -19,6 +21,7 @@ use crate::compile::Compiled;
 
 pub use metrics::DiscoveryMetrics;
 pub use registry::{ProxyInfo, ProxyRegistry};
+pub use server::DiscoveryServer;
 pub use stream::{DiscoveryService, ServiceOptions};
 
 /// A compiled snapshot as published to discovery.

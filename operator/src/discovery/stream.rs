@@ -5,11 +5,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Status, Streaming};
 use weft_proxy_api::v1;
 use weft_proxy_api::v1::discovery_request::Request as Req;
 
+use super::encode::{EncodeCache, Encoded, ResponseBuilder};
+use super::server::DiscoveryServer;
 use super::{DiscoveryMetrics, ProxyInfo, ProxyRegistry, Published, SnapshotRx};
 use crate::compile::{ProxyConfig, ProxyKey};
 use crate::runtime::Shutdown;
@@ -35,7 +36,7 @@ impl Default for ServiceOptions {
     }
 }
 
-/// The tonic `Discovery` service.
+/// The Discovery service: one task per proxy stream.
 #[derive(Clone)]
 pub struct DiscoveryService {
     snapshots: SnapshotRx,
@@ -43,6 +44,7 @@ pub struct DiscoveryService {
     metrics: DiscoveryMetrics,
     shutdown: Shutdown,
     options: ServiceOptions,
+    cache: Arc<EncodeCache>,
 }
 
 impl DiscoveryService {
@@ -59,28 +61,22 @@ impl DiscoveryService {
             metrics,
             shutdown,
             options,
+            cache: Arc::new(EncodeCache::default()),
         }
     }
 
-    /// The tonic server wrapper for this service.
-    pub fn into_server(self) -> v1::discovery_server::DiscoveryServer<Self> {
-        v1::discovery_server::DiscoveryServer::new(self)
+    /// The tower service for this service, to add to a tonic `Router`.
+    pub fn into_server(self) -> DiscoveryServer {
+        DiscoveryServer::new(self)
     }
-}
 
-#[tonic::async_trait]
-impl v1::discovery_server::Discovery for DiscoveryService {
-    type StreamStream = ReceiverStream<Result<v1::DiscoveryResponse, Status>>;
-
-    async fn stream(
+    /// Waits for `Subscribe`, registers the proxy and starts its stream task. Returns the
+    /// queue of encoded responses.
+    pub(crate) async fn open(
         &self,
-        request: Request<Streaming<v1::DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamStream>, Status> {
-        let remote_addr = request
-            .remote_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        let mut inbound = request.into_inner();
+        mut inbound: Streaming<v1::DiscoveryRequest>,
+        remote_addr: String,
+    ) -> Result<mpsc::Receiver<Result<Encoded, Status>>, Status> {
         let first = tokio::time::timeout(self.options.subscribe_timeout, inbound.message())
             .await
             .map_err(|_| Status::deadline_exceeded("no Subscribe received in time"))??;
@@ -136,6 +132,7 @@ impl v1::discovery_server::Discovery for DiscoveryService {
             pending: VecDeque::new(),
             registry: self.registry.clone(),
             metrics: self.metrics.clone(),
+            cache: self.cache.clone(),
         };
         let guard = StreamGuard {
             id,
@@ -150,7 +147,7 @@ impl v1::discovery_server::Discovery for DiscoveryService {
             self.snapshots.clone(),
             self.shutdown.clone(),
         ));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(rx)
     }
 }
 
@@ -194,13 +191,14 @@ struct StreamState {
     pending: VecDeque<Pending>,
     registry: Arc<ProxyRegistry>,
     metrics: DiscoveryMetrics,
+    cache: Arc<EncodeCache>,
 }
 
 async fn run_stream(
     mut state: StreamState,
     _guard: StreamGuard,
     mut inbound: Streaming<v1::DiscoveryRequest>,
-    tx: mpsc::Sender<Result<v1::DiscoveryResponse, Status>>,
+    tx: mpsc::Sender<Result<Encoded, Status>>,
     mut snapshots: SnapshotRx,
     mut shutdown: Shutdown,
 ) {
@@ -243,7 +241,7 @@ async fn run_stream(
                 let published = snapshots.borrow_and_update().clone();
                 if let Some(published) = published {
                     if let Some(response) = state.next_response(&published) {
-                        permit.send(Ok(response));
+                        permit.send(response);
                     }
                 }
             }
@@ -305,7 +303,7 @@ impl StreamState {
     }
 
     /// The response that brings the proxy to `published`, or `None` when it already has it.
-    fn next_response(&mut self, published: &Published) -> Option<v1::DiscoveryResponse> {
+    fn next_response(&mut self, published: &Published) -> Option<Result<Encoded, Status>> {
         let proxy = published
             .compiled
             .proxy_or_default(&self.key, &self.service_account);
@@ -314,38 +312,58 @@ impl StreamState {
         }
         let first = self.known_versions.is_some();
         let full = self.need_full;
-        let mut response = v1::DiscoveryResponse {
-            version: proxy.version.clone(),
-            full_state: full,
-            ..Default::default()
-        };
-        match (&self.held, full) {
+        let held = match (&self.held, full) {
             (Some(held), false) => {
                 if held.version == proxy.version {
                     return None;
                 }
-                diff(held, &proxy, &mut response);
+                Some(held.clone())
             }
-            _ => {
+            _ => None,
+        };
+        self.nonce_seq += 1;
+        let nonce = self.nonce_seq.to_string();
+        let mut response = ResponseBuilder::new(&nonce, &proxy.version, full);
+        match held {
+            Some(held) => {
+                if held.inbound.version != proxy.inbound.version {
+                    response.resource(&proxy.inbound);
+                }
+                if !Arc::ptr_eq(&held.shared, &proxy.shared) {
+                    response.shared(&self.cache.diff(&held.shared, &proxy.shared));
+                }
+            }
+            None => {
                 let known = self.known_versions.take().unwrap_or_default();
-                for r in proxy.resources() {
-                    if known.get(&r.name) == Some(&r.version) {
-                        response.unchanged.push(r.name.clone());
+                if known.is_empty() {
+                    response.resource(&proxy.inbound);
+                    response.shared(&self.cache.full(&proxy.shared));
+                } else {
+                    let mut unchanged = Vec::new();
+                    if known.get(&proxy.inbound.name) == Some(&proxy.inbound.version) {
+                        unchanged.push(proxy.inbound.name.clone());
                     } else {
-                        response.resources.push(r.to_proto());
+                        response.resource(&proxy.inbound);
                     }
+                    for r in proxy.shared.iter() {
+                        if known.get(&r.name) == Some(&r.version) {
+                            unchanged.push(r.name.clone());
+                        } else {
+                            response.shared(&self.cache.entry(&proxy.shared, r));
+                        }
+                    }
+                    response.unchanged(&unchanged);
                 }
             }
         }
+        let response = response.finish();
         self.held = Some(proxy.clone());
         self.need_full = false;
-        self.nonce_seq += 1;
-        response.nonce = self.nonce_seq.to_string();
         if self.pending.len() >= MAX_PENDING {
             self.pending.pop_front();
         }
         self.pending.push_back(Pending {
-            nonce: response.nonce.clone(),
+            nonce: nonce.clone(),
             version: proxy.version.clone(),
             changed_at: (!first).then_some(published.changed_at),
         });
@@ -354,33 +372,11 @@ impl StreamState {
             .pushes
             .get_or_create(&super::metrics::PushLabels { kind })
             .inc();
-        let nonce = response.nonce.clone();
         self.registry.update(self.id, |info| {
             info.last_sent_version = Some(proxy.version.clone());
             info.last_sent_nonce = Some(nonce);
             info.pushes += 1;
         });
         Some(response)
-    }
-}
-
-/// Fills `response` with what changes from `old` to `new`: added or changed resources, and the
-/// names of removed ones.
-fn diff(old: &ProxyConfig, new: &ProxyConfig, response: &mut v1::DiscoveryResponse) {
-    if old.inbound.version != new.inbound.version {
-        response.resources.push(new.inbound.to_proto());
-    }
-    if Arc::ptr_eq(&old.shared, &new.shared) {
-        return;
-    }
-    for r in new.shared.iter() {
-        if old.shared.get(&r.name).map(|o| &o.version) != Some(&r.version) {
-            response.resources.push(r.to_proto());
-        }
-    }
-    for r in old.shared.iter() {
-        if new.shared.get(&r.name).is_none() {
-            response.removed.push(r.name.clone());
-        }
     }
 }
