@@ -192,6 +192,9 @@ struct Proc {
     name: &'static str,
     child: Child,
     log: PathBuf,
+    /// How it was started (for [`Cluster::restart`]).
+    bin: PathBuf,
+    args: Vec<String>,
 }
 
 /// Options of a [`Cluster`].
@@ -431,7 +434,42 @@ impl Cluster {
             .kill_on_drop(true)
             .spawn()
             .map_err(io(format!("starting {}", bin.display())))?;
-        self.procs.push(Proc { name, child, log });
+        self.procs.push(Proc {
+            name,
+            child,
+            log,
+            bin: bin.to_path_buf(),
+            args: args.to_vec(),
+        });
+        Ok(())
+    }
+
+    /// Kills one process (`etcd`, `kube-apiserver`, `kube-controller-manager`) like a crash and
+    /// starts it again with the same flags (its log is appended to). For the API server, waits
+    /// until `/readyz` answers again.
+    pub async fn restart(&mut self, name: &str) -> Result<(), ClusterError> {
+        let p = self
+            .procs
+            .iter_mut()
+            .find(|p| p.name == name)
+            .ok_or_else(|| ClusterError::Missing(format!("no process named {name}")))?;
+        let _ = p.child.kill().await;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&p.log)
+            .map_err(io(format!("opening {}", p.log.display())))?;
+        let err = file.try_clone().map_err(io("cloning a log handle"))?;
+        p.child = Command::new(&p.bin)
+            .args(&p.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(file))
+            .stderr(Stdio::from(err))
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(io(format!("starting {}", p.bin.display())))?;
+        if name == "kube-apiserver" {
+            self.wait_ready().await?;
+        }
         Ok(())
     }
 

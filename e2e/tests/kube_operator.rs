@@ -91,6 +91,26 @@ async fn env(test: &str, validating_webhook: bool) -> Option<Env> {
     })
 }
 
+impl Drop for Env {
+    /// On failure, print the operators' logs (their folder is removed with the Env).
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let Ok(entries) = std::fs::read_dir(self.dir.path()) else {
+            return;
+        };
+        for e in entries.flatten() {
+            if e.path().extension().is_some_and(|x| x == "log") {
+                let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = lines[lines.len().saturating_sub(60)..].join("\n");
+                eprintln!("==== {}:\n{tail}\n", e.path().display());
+            }
+        }
+    }
+}
+
 impl Env {
     /// Starts an operator (the webhook server too when `webhooks`) and waits until it is ready.
     async fn operator(&self, name: &str, webhooks: bool, leader: bool) -> OperatorProcess {
@@ -648,9 +668,10 @@ async fn kube_operator_leader_election_fails_over() {
     .await
     .unwrap();
     assert_eq!(next, follower_name);
-    env.apply(split("two", json!([{"service": "web-v2", "weight": 1}])))
-        .await
-        .unwrap();
+    // (On another root service: a second split on `web` would be Conflicted.)
+    let mut two = split("two", json!([{"service": "web-v1", "weight": 1}]));
+    two["spec"]["service"] = json!("web-v2");
+    env.apply(two).await.unwrap();
     env.wait_split_status("two", |o| {
         cond_is(o, "Accepted", "True") && observed_current(o)
     })
@@ -661,4 +682,53 @@ async fn kube_operator_leader_election_fails_over() {
         "{}",
         follower.log_tail(20)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_operator_resumes_watches_after_api_server_restart() {
+    let Some(mut env) = env("kube_operator_apiserver_restart", true).await else {
+        return;
+    };
+    env.base_objects().await;
+    let mut op = env.operator("weft-operator", true, false).await;
+    let mut proxy = SimProxy::connect(op.discovery_addr, NS, "client-0", "default")
+        .await
+        .unwrap();
+    env.apply(split(
+        "web-split",
+        json!([{"service": "web-v1", "weight": 90}, {"service": "web-v2", "weight": 10}]),
+    ))
+    .await
+    .unwrap();
+    let w1 = weights(&[("web-v1", 90), ("web-v2", 10)]);
+    proxy
+        .wait_until("the split's weights", LIMIT, |s| {
+            has_split(s, "web-split", &w1)
+        })
+        .await
+        .unwrap();
+
+    // The API server goes away and comes back (etcd keeps the data).
+    env.cluster.restart("kube-apiserver").await.unwrap();
+    assert!(op.is_running(), "{}", op.log_tail(30));
+
+    // A later change still reaches the proxy (whose stream never broke), and status is written.
+    env.apply(split(
+        "web-split",
+        json!([{"service": "web-v1", "weight": 30}, {"service": "web-v2", "weight": 70}]),
+    ))
+    .await
+    .unwrap();
+    let w2 = weights(&[("web-v1", 30), ("web-v2", 70)]);
+    proxy
+        .wait_until("the weights changed after the restart", LIMIT, |s| {
+            has_split(s, "web-split", &w2)
+        })
+        .await
+        .unwrap();
+    env.wait_split_status("web-split", |o| {
+        o["metadata"]["generation"] == 2 && observed_current(o)
+    })
+    .await;
+    op.wait_ready(LIMIT).await.unwrap();
 }
