@@ -276,3 +276,157 @@ impl EncodeCache {
         inner.entry(r)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compile::{compile, CompileOptions, Compiled, ProxyKey};
+    use crate::model::manifests::parse_manifests;
+    use crate::model::Model;
+    use prost::Message;
+    use weft_proxy_api::v1;
+
+    fn snapshot(w2: u32, with_v2: bool) -> Compiled {
+        let mut text = String::from(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: demo}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {name: app, namespace: demo}\n",
+        );
+        for i in 0..4 {
+            text.push_str(&format!(
+                "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: app-{i}\n  namespace: demo\n  labels: {{app: app, version: v{v}, weft.io/proxy-version: \"0.1.0\"}}\nspec:\n  serviceAccountName: app\n  containers: [{{name: app, image: app, ports: [{{containerPort: 8080}}]}}]\nstatus:\n  podIP: 127.0.0.{ip}\n  conditions: [{{type: Ready, status: \"True\"}}]\n",
+                v = 1 + i % 2,
+                ip = 10 + i
+            ));
+        }
+        let mut services = vec![("web", "app: app"), ("web-v1", "app: app, version: v1")];
+        if with_v2 {
+            services.push(("web-v2", "app: app, version: v2"));
+        }
+        for (n, (name, sel)) in services.iter().enumerate() {
+            text.push_str(&format!(
+                "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: demo}}\nspec:\n  clusterIP: 10.96.0.{}\n  selector: {{{sel}}}\n  ports: [{{name: http, port: 80, targetPort: 8080}}]\n",
+                10 + n
+            ));
+        }
+        text.push_str(&format!(
+            "---\napiVersion: split.smi-spec.io/v1alpha4\nkind: TrafficSplit\nmetadata: {{name: canary, namespace: demo}}\nspec:\n  service: web\n  backends:\n  - {{service: web-v1, weight: {}}}\n  - {{service: web-v2, weight: {w2}}}\n",
+            100 - w2
+        ));
+        let (objects, _) = parse_manifests(&text, false).unwrap();
+        compile(&Model::from_objects(objects), &CompileOptions::default())
+    }
+
+    /// Strips and checks the gRPC prefix, then decodes.
+    fn decode(encoded: &Encoded) -> v1::DiscoveryResponse {
+        let wire: Vec<u8> = encoded.parts.iter().flat_map(|p| p.to_vec()).collect();
+        assert_eq!(wire.len(), encoded.len());
+        assert_eq!(wire[0], 0, "not compressed");
+        let len = u32::from_be_bytes([wire[1], wire[2], wire[3], wire[4]]) as usize;
+        assert_eq!(len, wire.len() - GRPC_HEADER);
+        v1::DiscoveryResponse::decode(&wire[GRPC_HEADER..]).unwrap()
+    }
+
+    #[test]
+    fn full_response_is_every_resource_and_shares_the_encoding() {
+        let compiled = snapshot(0, true);
+        let cache = EncodeCache::default();
+        let key = ProxyKey::new("demo", "app-0");
+        let proxy = compiled.proxy(&key).unwrap();
+        let mut b = ResponseBuilder::new("1", &proxy.version, true);
+        b.resource(&proxy.inbound);
+        b.shared(&cache.full(&proxy.shared));
+        let got = decode(&b.finish().unwrap());
+        let want = v1::DiscoveryResponse {
+            nonce: "1".into(),
+            version: proxy.version.clone(),
+            full_state: true,
+            resources: proxy.resources().map(|r| r.to_proto()).collect(),
+            ..Default::default()
+        };
+        assert_eq!(got, want);
+        assert!(got.resources.len() > 3, "{got:?}");
+
+        // Another proxy gets the very same bytes for the shared part.
+        let other = compiled.proxy(&ProxyKey::new("demo", "app-1")).unwrap();
+        let a = cache.full(&proxy.shared);
+        let b = cache.full(&other.shared);
+        assert_eq!(a.as_ptr(), b.as_ptr());
+    }
+
+    #[test]
+    fn diff_carries_changed_resources_and_removed_names() {
+        let before = snapshot(0, true);
+        let after = snapshot(50, false);
+        let key = ProxyKey::new("demo", "app-0");
+        let old = before.proxy(&key).unwrap();
+        let new = after.proxy(&key).unwrap();
+        let cache = EncodeCache::default();
+        let mut b = ResponseBuilder::new("2", &new.version, false);
+        b.shared(&cache.diff(&old.shared, &new.shared));
+        let got = decode(&b.finish().unwrap());
+        assert!(!got.full_state);
+        assert_eq!(got.version, new.version);
+
+        let changed: Vec<v1::Resource> = new
+            .shared
+            .iter()
+            .filter(|r| old.shared.get(&r.name).map(|o| &o.version) != Some(&r.version))
+            .map(|r| r.to_proto())
+            .collect();
+        let removed: Vec<String> = old
+            .shared
+            .iter()
+            .filter(|r| new.shared.get(&r.name).is_none())
+            .map(|r| r.name.clone())
+            .collect();
+        assert!(!changed.is_empty() && !removed.is_empty());
+        assert!(removed.iter().any(|n| n.starts_with("outbound:web-v2.")));
+        assert_eq!(got.resources, changed);
+        assert_eq!(got.removed, removed);
+
+        // A proxy that applies full(old) and then the diff holds full(new).
+        let full = |p: &crate::compile::ProxyConfig| {
+            let mut b = ResponseBuilder::new("1", &p.version, true);
+            b.resource(&p.inbound);
+            b.shared(&cache.full(&p.shared));
+            decode(&b.finish().unwrap())
+        };
+        let mut held = std::collections::BTreeMap::new();
+        weft_proxy_api::apply_response(&mut held, &full(&old)).unwrap();
+        let mut push = ResponseBuilder::new("2", &new.version, false);
+        if old.inbound.version != new.inbound.version {
+            push.resource(&new.inbound);
+        }
+        push.shared(&cache.diff(&old.shared, &new.shared));
+        weft_proxy_api::apply_response(&mut held, &decode(&push.finish().unwrap())).unwrap();
+        let mut want = std::collections::BTreeMap::new();
+        weft_proxy_api::apply_response(&mut want, &full(&new)).unwrap();
+        assert_eq!(held, want);
+    }
+
+    #[test]
+    fn reconnect_entries_and_unchanged_names() {
+        let compiled = snapshot(0, true);
+        let proxy = compiled.proxy(&ProxyKey::new("demo", "app-0")).unwrap();
+        let cache = EncodeCache::default();
+        let mut b = ResponseBuilder::new("1", &proxy.version, true);
+        let mut unchanged = Vec::new();
+        for (i, r) in proxy.shared.iter().enumerate() {
+            if i % 2 == 0 {
+                unchanged.push(r.name.clone());
+            } else {
+                b.shared(&cache.entry(&proxy.shared, r));
+            }
+        }
+        b.unchanged(&unchanged);
+        let got = decode(&b.finish().unwrap());
+        let sent: Vec<v1::Resource> = proxy
+            .shared
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 2 == 1)
+            .map(|(_, r)| r.to_proto())
+            .collect();
+        assert_eq!(got.resources, sent);
+        assert_eq!(got.unchanged, unchanged);
+    }
+}

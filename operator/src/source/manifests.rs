@@ -18,9 +18,19 @@ use crate::model::manifests::{load_file, manifest_files, ManifestError};
 use crate::model::{ClusterObject, ObjectKey};
 
 /// Tunables of the directory watcher.
+///
+/// The first event after a quiet period is handled on its leading edge: the rescan starts as
+/// soon as no further event came for `settle` (the steps of one save, such as writing a
+/// temporary file and renaming it over the old one, arrive microseconds apart and land in one
+/// rescan). Events within `debounce` of the previous rescan belong to a burst: they are
+/// coalesced on the trailing edge, rescanning once no event came for `debounce`, and at the
+/// latest after `max_delay`.
 #[derive(Clone, Debug)]
 pub struct WatchOptions {
-    /// Quiet time after the last filesystem event before rescanning.
+    /// Quiet time after the first event of a quiet period before rescanning.
+    pub settle: Duration,
+    /// Quiet time after the last event of a burst before rescanning; also how long after a
+    /// rescan further events count as the same burst.
     pub debounce: Duration,
     /// Longest a rescan is delayed by a continuous stream of events.
     pub max_delay: Duration,
@@ -31,7 +41,8 @@ pub struct WatchOptions {
 impl Default for WatchOptions {
     fn default() -> Self {
         WatchOptions {
-            debounce: Duration::from_millis(50),
+            settle: Duration::from_millis(2),
+            debounce: Duration::from_millis(15),
             max_delay: Duration::from_millis(500),
             rescan_interval: Duration::from_secs(5),
         }
@@ -232,6 +243,8 @@ pub struct DirWatcher {
     _watcher: notify::RecommendedWatcher,
     rx: mpsc::Receiver<()>,
     options: WatchOptions,
+    /// When the last batch was handed out.
+    last_batch: Option<tokio::time::Instant>,
 }
 
 impl DirWatcher {
@@ -261,11 +274,12 @@ impl DirWatcher {
             _watcher: watcher,
             rx,
             options,
+            last_batch: None,
         })
     }
 
-    /// Waits for the next batch of filesystem events (debounced), returning when the first of
-    /// them arrived, or for the rescan interval (`None`).
+    /// Waits for the next batch of filesystem events, returning when the first of them arrived,
+    /// or for the rescan interval (`None`). See [`WatchOptions`] for how events are batched.
     pub async fn next(&mut self) -> Option<std::time::Instant> {
         let first = tokio::time::timeout(self.options.rescan_interval, self.rx.recv()).await;
         match first {
@@ -278,14 +292,25 @@ impl DirWatcher {
             Err(_) => return None,
         }
         let at = std::time::Instant::now();
-        let deadline = tokio::time::Instant::now() + self.options.max_delay;
+        let start = tokio::time::Instant::now();
+        let in_burst = self
+            .last_batch
+            .is_some_and(|t| start.duration_since(t) < self.options.debounce);
+        let quiet_for = if in_burst {
+            self.options.debounce
+        } else {
+            self.options.settle
+        };
+        let deadline = start + self.options.max_delay;
         loop {
-            let quiet = tokio::time::Instant::now() + self.options.debounce;
+            let quiet = tokio::time::Instant::now() + quiet_for;
             match tokio::time::timeout_at(quiet.min(deadline), self.rx.recv()).await {
                 Ok(Some(())) if tokio::time::Instant::now() < deadline => continue,
-                _ => return Some(at),
+                _ => break,
             }
         }
+        self.last_batch = Some(tokio::time::Instant::now());
+        Some(at)
     }
 }
 
@@ -346,6 +371,47 @@ mod tests {
         std::fs::remove_file(tmp.path().join("sub/split.yaml")).unwrap();
         assert_eq!(kinds(&dir.rescan()), vec!["-canary"]);
         assert_eq!(dir.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_saves_is_coalesced_into_few_batches() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("split.yaml");
+        std::fs::write(&path, SPLIT).unwrap();
+        let mut dir = ManifestDir::new(tmp.path());
+        assert_eq!(kinds(&dir.rescan()), vec!["+canary"]);
+        let options = WatchOptions {
+            rescan_interval: Duration::from_millis(300),
+            ..WatchOptions::default()
+        };
+        let mut watcher = DirWatcher::new(tmp.path(), options).unwrap();
+
+        // One save (temporary file renamed over the old one) is noticed.
+        let save = |weight: u32| {
+            let tmp_path = tmp.path().join(".split.yaml.tmp");
+            std::fs::write(
+                &tmp_path,
+                SPLIT.replace("weight: 100", &format!("weight: {weight}")),
+            )
+            .unwrap();
+            std::fs::rename(&tmp_path, &path).unwrap();
+        };
+        save(1);
+        assert!(watcher.next().await.is_some());
+        assert_eq!(kinds(&dir.rescan()), vec!["+canary"]);
+        while watcher.next().await.is_some() {}
+
+        // A burst of 100 saves gives far fewer batches, and the last state wins.
+        for w in 2..=101 {
+            save(w);
+        }
+        let mut batches = 0;
+        while watcher.next().await.is_some() {
+            batches += 1;
+        }
+        assert!((1..50).contains(&batches), "{batches} batches");
+        assert_eq!(kinds(&dir.rescan()), vec!["+canary"]);
+        assert!(dir.rescan().is_empty());
     }
 
     #[test]
