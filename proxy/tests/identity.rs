@@ -292,9 +292,7 @@ async fn peers_from_another_trust_anchor_are_rejected_both_ways() {
 /// anchors.
 fn client_trusting(presenting: &Identity, trusting: &Identity) -> Arc<rustls::ClientConfig> {
     let mut cfg = (*trusting.client_config()).clone();
-    cfg.client_auth_cert_resolver = (*presenting.client_config())
-        .client_auth_cert_resolver
-        .clone();
+    cfg.client_auth_cert_resolver = presenting.client_config().client_auth_cert_resolver.clone();
     Arc::new(cfg)
 }
 
