@@ -473,6 +473,9 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), Str
         .map_err(|_| "timeout".to_string())?
 }
 
+/// One route of an outbound port: its name and `(backend service, weight)` pairs.
+pub type RouteSummary = (String, Vec<(String, u64)>);
+
 /// A simulated proxy: one Discovery stream, applying and ACKing every response.
 pub struct SimProxy {
     tx: mpsc::Sender<v1::DiscoveryRequest>,
@@ -572,7 +575,7 @@ impl SimProxy {
     }
 
     /// Every outbound service's first-port routes: `outbound name → [(route, [(backend, weight)])]`.
-    pub fn routes_summary(&self) -> Vec<(String, Vec<(String, Vec<(String, u64)>)>)> {
+    pub fn routes_summary(&self) -> Vec<(String, Vec<RouteSummary>)> {
         self.state
             .resources()
             .iter()
@@ -584,7 +587,7 @@ impl SimProxy {
     }
 }
 
-fn routes_of(o: &v1::OutboundService) -> Vec<(String, Vec<(String, u64)>)> {
+fn routes_of(o: &v1::OutboundService) -> Vec<RouteSummary> {
     o.ports
         .first()
         .map(|p| {
@@ -609,7 +612,7 @@ pub fn outbound_routes(
     state: &ClientState,
     service: &str,
     namespace: &str,
-) -> Option<Vec<(String, Vec<(String, u64)>)>> {
+) -> Option<Vec<RouteSummary>> {
     let name = weft_proxy_api::names::outbound_name(service, namespace);
     match state.resources().get(&name)?.kind.as_ref()? {
         v1::resource::Kind::Outbound(o) => Some(routes_of(o)),

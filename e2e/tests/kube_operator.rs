@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use weft_e2e::cluster::{free_port, skip, Binaries, Cluster, ClusterOptions};
 use weft_e2e::operator::{
     install_crds, install_validating_webhook, operator_binary, outbound_routes, wait_for,
-    webhook_tls, OperatorOptions, OperatorProcess, SimProxy, MANAGER,
+    webhook_tls, OperatorOptions, OperatorProcess, RouteSummary, SimProxy, MANAGER,
 };
 
 const NS: &str = "e2e";
@@ -296,7 +296,7 @@ fn weights(pairs: &[(&str, u64)]) -> Vec<(String, u64)> {
 }
 
 /// The routes of `outbound:web.e2e` the proxy holds (empty when it holds none).
-fn web_routes(state: &weft_proxy_api::ClientState) -> Vec<(String, Vec<(String, u64)>)> {
+fn web_routes(state: &weft_proxy_api::ClientState) -> Vec<RouteSummary> {
     outbound_routes(state, "web", NS).unwrap_or_default()
 }
 
