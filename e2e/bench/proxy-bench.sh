@@ -186,7 +186,7 @@ haproxy_head() {
     cat <<EOF
 global
     nbthread 1
-    maxconn 20000
+    maxconn 4000
     ssl-server-verify required
 defaults
     mode http
@@ -451,9 +451,7 @@ for round in $(seq 1 "$ROUNDS"); do
             s0=$(date +%s.%N)
             json=$OUT/oha-$p-$rate-r$round.json
             taskset -c 0 oha --no-tui --output-format json -q "$rate" -z "$OHA_DURATION" -c 16 \
-                --latency-correction --disable-keepalive=false -H "Host: $host" "$url" >"$json" 2>"$json.err" ||
-                taskset -c 0 oha --no-tui -j -q "$rate" -z "$OHA_DURATION" -c 16 \
-                    --latency-correction -H "Host: $host" "$url" >"$json" 2>"$json.err" ||
+                --latency-correction --host "$host" "$url" >"$json" 2>"$json.err" ||
                 die "oha failed on $p (see $json.err)"
             s1=$(date +%s.%N)
             t1=$(ticks "${ppids[@]}")
