@@ -64,8 +64,13 @@ fn split(v1: u32, v2: u32) -> Value {
 
 /// `n` requests from the client pod's app (redirected through its proxy); the bodies.
 async fn requests(env: &KubeEnv, n: u32, path: &str) -> Vec<String> {
+    requests_with(env, n, path, "").await
+}
+
+/// As [`requests`], with extra curl arguments (e.g. `-H 'x-beta: true'`).
+async fn requests_with(env: &KubeEnv, n: u32, path: &str, curl_args: &str) -> Vec<String> {
     let script = format!(
-        "for i in $(seq {n}); do (curl -s --max-time 5 -w ' %{{http_code}}' http://web.{NS}.svc.cluster.local{path} || echo fail) | tr -d '\\n'; echo; done"
+        "for i in $(seq {n}); do (curl -s --max-time 5 {curl_args} -w ' %{{http_code}}' http://web.{NS}.svc.cluster.local{path} || echo fail) | tr -d '\\n'; echo; done"
     );
     let out = env.exec(NS, "client", None, &["sh", "-c", &script]).await;
     String::from_utf8_lossy(&out.stdout)
@@ -261,6 +266,64 @@ async fn kube_mesh_canary_mtls_and_access() {
         "no TLS application-data records on port 4143"
     );
 
+    // A/B: only requests with `x-beta: true` are split (all to v2); the others go to the root
+    // service, which selects both versions.
+    let canary: kube::Api<kube::api::DynamicObject> = kube::Api::namespaced_with(
+        env.client.clone(),
+        NS,
+        &kube::api::ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk("split.smi-spec.io", "v1alpha4", "TrafficSplit"),
+            "trafficsplits",
+        ),
+    );
+    canary
+        .delete("web-canary", &Default::default())
+        .await
+        .unwrap_or_else(|e| panic!("deleting web-canary: {e}"));
+    apply::apply_yaml(
+        &env.client,
+        &format!(
+            r#"
+apiVersion: specs.smi-spec.io/v1alpha4
+kind: HTTPRouteGroup
+metadata: {{name: beta-users, namespace: {NS}}}
+spec:
+  matches:
+  - name: beta
+    headers: {{x-beta: "true"}}
+---
+apiVersion: split.smi-spec.io/v1alpha4
+kind: TrafficSplit
+metadata: {{name: web-ab, namespace: {NS}}}
+spec:
+  service: web
+  matches: [{{kind: HTTPRouteGroup, name: beta-users}}]
+  backends:
+  - {{service: web-v2, weight: 100}}
+"#
+        ),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("applying the A/B split: {e}"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let beta = requests_with(&env, 20, "/", "-H 'x-beta: true'").await;
+        let plain = requests(&env, 40, "/").await;
+        let beta_ok = beta.iter().all(|b| b == "web v2 200");
+        let plain_ok = plain.iter().all(|b| b.ends_with(" 200")) && share(&plain, "web v1") > 0.0;
+        if beta_ok && plain_ok {
+            eprintln!(
+                "A/B: beta requests all v2; others v2 share {:.2}",
+                share(&plain, "web v2")
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "A/B split not in effect after 60s: beta {beta:?} plain {plain:?}"
+        );
+    }
+
     // Access: once web's ServiceAccount is a TrafficTarget destination, only what it allows passes.
     apply::apply_yaml(
         &env.client,
@@ -347,7 +410,7 @@ async fn versions_validation_and_restart(env: &KubeEnv, operator_pod: &str) {
         "split.smi-spec.io/v1alpha1",
         "TrafficSplit",
         Some(NS),
-        "web-canary",
+        "web-ab",
     )
     .await
     .unwrap_or_else(|e| panic!("reading web-canary as v1alpha1: {e}"));
