@@ -336,7 +336,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             cmd::proxies::print(&entries, output)?;
             let healthy = entries
                 .iter()
-                .all(|e| e.sync() == cmd::proxies::Sync::InSync);
+                .all(|e| e.sync() == cmd::proxies::Sync::Current);
             Ok(if healthy { exit::OK } else { exit::CHECK_FAILED })
         }
         Command::Stat {

@@ -264,7 +264,7 @@ pub async fn run(pre: bool, names: &InstallNames) -> Vec<Check> {
             Ok(entries) => {
                 let bad: Vec<String> = entries
                     .iter()
-                    .filter(|e| e.sync() != super::proxies::Sync::InSync)
+                    .filter(|e| e.sync() != super::proxies::Sync::Current)
                     .map(|e| format!("{} ({:?})", e.pod, e.sync()))
                     .collect();
                 if bad.is_empty() {

@@ -27,7 +27,7 @@ pub enum Sync {
     Nacked,
     /// It has not ACKed the latest config sent yet.
     Lagging,
-    InSync,
+    Current,
 }
 
 impl ProxyEntry {
@@ -37,7 +37,7 @@ impl ProxyEntry {
         } else if self.last_sent_version.is_some()
             && self.last_sent_version == self.last_acked_version
         {
-            Sync::InSync
+            Sync::Current
         } else {
             Sync::Lagging
         }
@@ -75,7 +75,7 @@ pub fn print(entries: &[ProxyEntry], format: OutputFormat) -> anyhow::Result<()>
                 let status = match e.sync() {
                     Sync::Nacked => "NACK",
                     Sync::Lagging => "lagging",
-                    Sync::InSync => "in-sync",
+                    Sync::Current => "in-sync",
                 };
                 print!(
                     "{:<w$} {:<8} {:<16} {:<16}",
@@ -118,7 +118,7 @@ mod tests {
             vec![
                 ("demo/c", Sync::Nacked),
                 ("demo/b", Sync::Lagging),
-                ("demo/a", Sync::InSync)
+                ("demo/a", Sync::Current)
             ]
         );
     }

@@ -227,10 +227,7 @@ async fn scripted(opts: &DemoOptions, mesh: &mut Mesh, out: &Output) -> anyhow::
             STEPS.len(),
             100 - v2
         );
-        let tally = measure(&out, &title, &frontend_load, window, |t| {
-            canary_lines(t, v2)
-        })
-        .await;
+        let tally = measure(out, &title, &frontend_load, window, |t| canary_lines(t, v2)).await;
         let measured_v2 = tally.share("v2");
         let ok = (measured_v2 - f64::from(v2) / 100.0).abs() <= SHARE_TOLERANCE
             && tally.success() == tally.requests
@@ -274,7 +271,7 @@ async fn scripted(opts: &DemoOptions, mesh: &mut Mesh, out: &Output) -> anyhow::
     let title = "access: TrafficTarget api-access in force".to_string();
     let fl = frontend_load.clone();
     let bl = batch_load.clone();
-    measure(&out, &title, &frontend_load, window, move |_| {
+    measure(out, &title, &frontend_load, window, move |_| {
         access_lines(&fl.snapshot(), &bl.snapshot())
     })
     .await;
