@@ -650,7 +650,11 @@ async fn run_kubernetes(
     metrics: SourceMetrics,
     mut shutdown: Shutdown,
 ) -> Result<(), RuntimeError> {
-    let watched = crate::source::kube::discover(&client).await;
+    // Discovery waits for an unreachable API server; shutdown must not wait for it.
+    let watched = tokio::select! {
+        w = crate::source::kube::discover(&client) => w,
+        _ = shutdown.triggered() => return Ok(()),
+    };
     let mut pending_sync: HashSet<String> = watched.iter().map(|w| w.name()).collect();
     let (tx, mut rx) = mpsc::channel(1024);
     let stop = shutdown.clone();

@@ -115,6 +115,10 @@ const SMI_KINDS: &[(&str, &str)] = &[
 /// Decides what to watch by asking the API server what it serves: EndpointSlice v1 or core
 /// Endpoints, and the preferred version of each SMI kind (kinds whose CRDs are missing are
 /// skipped with a warning).
+///
+/// An unreachable or unavailable API server (connection errors, 5xx, 429) is not taken for
+/// "not served": discovery waits and retries (backoff up to 10 s) until it gets an answer, so an
+/// operator started while the API server is down does not come up blind to the SMI kinds.
 pub async fn discover(client: &Client) -> Vec<Watched> {
     let mut out = vec![
         Watched::Namespaces,
@@ -122,11 +126,12 @@ pub async fn discover(client: &Client) -> Vec<Watched> {
         Watched::Pods,
         Watched::Services,
     ];
-    let slices_v1 = client
-        .list_api_group_resources("discovery.k8s.io/v1")
-        .await
-        .map(|l| l.resources.iter().any(|r| r.name == "endpointslices"))
-        .unwrap_or(false);
+    let slices_v1 = with_retry("discovery.k8s.io/v1", || {
+        client.list_api_group_resources("discovery.k8s.io/v1")
+    })
+    .await
+    .map(|l| l.resources.iter().any(|r| r.name == "endpointslices"))
+    .unwrap_or(false);
     if slices_v1 {
         out.push(Watched::EndpointSlices);
     } else {
@@ -134,7 +139,7 @@ pub async fn discover(client: &Client) -> Vec<Watched> {
         out.push(Watched::Endpoints);
     }
     for (group, kind) in SMI_KINDS {
-        match kube::discovery::group(client, group).await {
+        match with_retry(group, || kube::discovery::group(client, group)).await {
             Ok(g) => match g.recommended_kind(kind) {
                 Some((ar, _)) => out.push(Watched::Smi(ar)),
                 None => tracing::warn!(group, kind, "SMI kind not served; is the CRD installed?"),
@@ -145,6 +150,34 @@ pub async fn discover(client: &Client) -> Vec<Watched> {
         }
     }
     out
+}
+
+/// Whether a discovery error says nothing about what is served (the server did not answer, or
+/// answered that it is unavailable).
+fn is_transient(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(s) => s.code >= 500 || s.code == 429,
+        _ => true,
+    }
+}
+
+/// Runs `call` until it succeeds or fails with a definite answer (see [`is_transient`]).
+async fn with_retry<T, F, Fut>(what: &str, mut call: F) -> Result<T, kube::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, kube::Error>>,
+{
+    let mut delay = std::time::Duration::from_millis(250);
+    loop {
+        match call().await {
+            Err(e) if is_transient(&e) => {
+                tracing::warn!(api = what, error = %e, retry_in = ?delay, "API server unreachable during discovery; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(10));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Runs a watcher for each of `watched` until shutdown, sending batches to `tx`.
