@@ -448,12 +448,28 @@ impl Cluster {
     /// starts it again with the same flags (its log is appended to). For the API server, waits
     /// until `/readyz` answers again.
     pub async fn restart(&mut self, name: &str) -> Result<(), ClusterError> {
-        let p = self
-            .procs
+        self.stop(name).await?;
+        self.start_again(name).await
+    }
+
+    fn proc_mut(&mut self, name: &str) -> Result<&mut Proc, ClusterError> {
+        self.procs
             .iter_mut()
             .find(|p| p.name == name)
-            .ok_or_else(|| ClusterError::Missing(format!("no process named {name}")))?;
+            .ok_or_else(|| ClusterError::Missing(format!("no process named {name}")))
+    }
+
+    /// Kills one process like a crash (see [`Cluster::start_again`]).
+    pub async fn stop(&mut self, name: &str) -> Result<(), ClusterError> {
+        let p = self.proc_mut(name)?;
         let _ = p.child.kill().await;
+        Ok(())
+    }
+
+    /// Starts a process stopped by [`Cluster::stop`] again with the same flags (its log is
+    /// appended to). For the API server, waits until `/readyz` answers again.
+    pub async fn start_again(&mut self, name: &str) -> Result<(), ClusterError> {
+        let p = self.proc_mut(name)?;
         let file = std::fs::OpenOptions::new()
             .append(true)
             .open(&p.log)

@@ -731,4 +731,56 @@ async fn kube_operator_resumes_watches_after_api_server_restart() {
     })
     .await;
     op.wait_ready(LIMIT).await.unwrap();
+
+    // An operator that starts while the API server is down watches everything once it is back.
+    drop(proxy);
+    op.kill().await;
+    env.cluster.stop("kube-apiserver").await.unwrap();
+    let options = OperatorOptions {
+        webhook: Some((env.certs.clone(), env.webhook_port)),
+        ..OperatorOptions::default()
+    };
+    let mut late = OperatorProcess::start(
+        &env.bin,
+        &env.cluster.kubeconfig,
+        env.dir.path(),
+        "weft-operator-late",
+        &options,
+    )
+    .unwrap();
+    // It has tried (and failed) to reach the API server before the server comes back.
+    wait_for("the late operator to try the API server", LIMIT, || {
+        let log = late.log_text();
+        async move { Ok((log.contains("unreachable") || log.contains("not served")).then_some(())) }
+    })
+    .await
+    .unwrap();
+    env.cluster.start_again("kube-apiserver").await.unwrap();
+    late.wait_ready(Duration::from_secs(60)).await.unwrap();
+    let mut proxy = SimProxy::connect(late.discovery_addr, NS, "client-0", "default")
+        .await
+        .unwrap();
+    proxy
+        .wait_until("the split as it is after the restart", LIMIT, |s| {
+            has_split(s, "web-split", &w2)
+        })
+        .await
+        .unwrap();
+    env.apply(split(
+        "web-split",
+        json!([{"service": "web-v1", "weight": 60}, {"service": "web-v2", "weight": 40}]),
+    ))
+    .await
+    .unwrap();
+    let w3 = weights(&[("web-v1", 60), ("web-v2", 40)]);
+    proxy
+        .wait_until("a change seen by the late operator", LIMIT, |s| {
+            has_split(s, "web-split", &w3)
+        })
+        .await
+        .unwrap();
+    env.wait_split_status("web-split", |o| {
+        o["metadata"]["generation"] == 3 && observed_current(o)
+    })
+    .await;
 }
