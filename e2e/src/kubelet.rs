@@ -242,6 +242,21 @@ pub fn cleanup_host() {
         run_sync("iptables", &["-t", "nat", "-F", chain]);
         run_sync("iptables", &["-t", "nat", "-X", chain]);
     }
+    // Host ends of veth pairs whose pod setup was interrupted.
+    if let Ok(out) = std::process::Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+    {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let name = line.split(':').nth(1).map(str::trim).unwrap_or("");
+            let name = name.split('@').next().unwrap_or("");
+            if (name.starts_with("wv") || name.starts_with("wp"))
+                && name[2..].chars().all(|c| c.is_ascii_digit())
+            {
+                run_sync("ip", &["link", "del", name]);
+            }
+        }
+    }
     run_sync("ip", &["link", "del", BRIDGE]);
 }
 
@@ -638,6 +653,9 @@ impl Kubelet {
         let host_if = format!("wv{idx}");
         let peer = format!("wp{idx}");
         run("ip", &["netns", "add", &netns]).await?;
+        // Leftovers of an interrupted setup with the same index.
+        let _ = run("ip", &["link", "del", &host_if]).await;
+        let _ = run("ip", &["link", "del", &peer]).await;
         run(
             "ip",
             &[

@@ -476,4 +476,37 @@ async fn versions_validation_and_restart(env: &KubeEnv, operator_pod: &str) {
         after.iter().all(|b| b.ends_with(" 403")),
         "policy lost after restart: {after:?}"
     );
+
+    // `weft check` passes against the installed mesh.
+    let weft = weft_e2e::workspace::target_debug().join("weft");
+    if !weft.is_file() {
+        skip(
+            TEST,
+            &format!(
+                "`weft check` step: {} not built (cargo build -p weft-cli)",
+                weft.display()
+            ),
+        );
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = tokio::process::Command::new(&weft)
+            .args(["check", "--namespace", "weft-system"])
+            .env("KUBECONFIG", &env.cluster.kubeconfig)
+            .output()
+            .await
+            .unwrap_or_else(|e| panic!("running weft check: {e}"));
+        let report = String::from_utf8_lossy(&out.stdout).to_string();
+        if out.status.success() {
+            eprintln!("weft check:\n{report}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "weft check failed: {report}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
