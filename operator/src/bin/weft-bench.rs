@@ -58,7 +58,7 @@ fn slice(ns: &str, svc: usize, first_ip: usize) -> EndpointGroup {
                     EndpointAddress {
                         ip: ip(n),
                         ready: true,
-                        pod: (n < MESHED_PODS * 50 && n % 50 == 0)
+                        pod: (n < MESHED_PODS * 50 && n.is_multiple_of(50))
                             .then(|| ObjectRef::new(ns, format!("pod-{}", n / 50))),
                     }
                 })
@@ -209,6 +209,27 @@ fn peak_rss_mb() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+const REPEAT: usize = 9;
+
+fn report(
+    what: &str,
+    times: &mut [std::time::Duration],
+    stats: Option<weft_operator::compile::UpdateStats>,
+    proxies: usize,
+) {
+    times.sort();
+    let s = stats.unwrap_or_default();
+    println!(
+        "{what}: median {} (min {}, max {}, {} runs; {} resource changed, {} proxies touched of {proxies})",
+        ms(times[times.len() / 2]),
+        ms(times[0]),
+        ms(times[times.len() - 1]),
+        times.len(),
+        s.resources_changed,
+        s.proxies_changed,
+    );
+}
+
 fn ms(d: std::time::Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
@@ -244,42 +265,39 @@ fn bench_compile() {
         full.statuses().len()
     );
 
-    // One endpoint changes IP.
-    let key = {
+    // One endpoint changes IP (repeated; the median is reported).
+    let mut times = Vec::new();
+    let mut stats = None;
+    for rep in 0..REPEAT {
         let mut g = slice("ns-50", 5003, 5003 * ENDPOINTS_PER_SERVICE);
-        g.subsets[0].addresses[3].ip = IpAddr::V4(Ipv4Addr::new(10, 250, 0, 1));
-        model.upsert(ClusterObject::Endpoints(g))
-    };
-    let t = Instant::now();
-    let after = compiler.update(&model, &ChangedKeys::from_iter([key]));
-    let endpoint_time = t.elapsed();
-    let s = compiler.last_stats().clone();
-    println!(
-        "one-endpoint change: {} ({} resource changed, {} proxies touched of {})",
-        ms(endpoint_time),
-        s.resources_changed,
-        s.proxies_changed,
-        after.proxies().len()
+        g.subsets[0].addresses[3].ip = IpAddr::V4(Ipv4Addr::new(10, 250, 0, rep as u8 + 1));
+        let key = model.upsert(ClusterObject::Endpoints(g));
+        let t = Instant::now();
+        compiler.update(&model, &ChangedKeys::from_iter([key]));
+        times.push(t.elapsed());
+        stats = Some(compiler.last_stats().clone());
+    }
+    report(
+        "one-endpoint change",
+        &mut times,
+        stats,
+        full.proxies().len(),
     );
 
     // One split weight changes.
-    let key = {
+    let mut times = Vec::new();
+    let mut stats = None;
+    for rep in 0..REPEAT {
         let r = ObjectRef::new("ns-0", "split-1");
         let mut split = model.splits[&r].clone();
-        split.backends[0].weight_milli = 500_000;
-        model.upsert(ClusterObject::Smi(hub::SmiObject::TrafficSplit(split)))
-    };
-    let t = Instant::now();
-    let after = compiler.update(&model, &ChangedKeys::from_iter([key]));
-    let weight_time = t.elapsed();
-    let s = compiler.last_stats().clone();
-    println!(
-        "one-weight change: {} ({} resource changed, {} proxies touched of {})",
-        ms(weight_time),
-        s.resources_changed,
-        s.proxies_changed,
-        after.proxies().len()
-    );
+        split.backends[0].weight_milli = 500_000 + 1000 * rep as u64;
+        let key = model.upsert(ClusterObject::Smi(hub::SmiObject::TrafficSplit(split)));
+        let t = Instant::now();
+        compiler.update(&model, &ChangedKeys::from_iter([key]));
+        times.push(t.elapsed());
+        stats = Some(compiler.last_stats().clone());
+    }
+    report("one-weight change", &mut times, stats, full.proxies().len());
 
     // A TrafficTarget change touches only its destination's proxies.
     let key = {

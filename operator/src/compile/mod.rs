@@ -636,9 +636,9 @@ impl Compiler {
         let mut shared_changed = false;
 
         if !d.outbound.is_empty() || !d.endpoints.is_empty() {
-            let shared = Arc::make_mut(&mut next.shared);
-            let statuses = Arc::make_mut(&mut next.statuses);
-            let events = Arc::make_mut(&mut next.events);
+            let shared = &mut next.shared;
+            let statuses = &mut next.statuses;
+            let events = &mut next.events;
             for apex in &d.outbound {
                 let unit = units::outbound(model, apex);
                 for b in &unit.backends {
@@ -653,11 +653,15 @@ impl Compiler {
                         .or_default()
                         .insert(apex.clone());
                 }
-                for old in self.outbound_statuses.remove(apex).unwrap_or_default() {
-                    statuses.remove(&old);
-                }
                 let keys: Vec<ObjectKey> = unit.statuses.iter().map(|(k, _)| k.clone()).collect();
-                statuses.extend(unit.statuses);
+                for old in self.outbound_statuses.remove(apex).unwrap_or_default() {
+                    if !keys.contains(&old) {
+                        cow_remove(statuses, &old);
+                    }
+                }
+                for (k, v) in unit.statuses {
+                    cow_insert(statuses, k, v);
+                }
                 if !keys.is_empty() {
                     self.outbound_statuses.insert(apex.clone(), keys);
                 }
@@ -666,13 +670,13 @@ impl Compiler {
                 match unit.resource {
                     Some(o) => {
                         let r = VersionedResource::new(name, ResourceKind::Outbound(o));
-                        if shared.insert(Arc::new(r)) {
+                        if shared_insert(shared, r) {
                             self.stats.resources_changed += 1;
                             shared_changed = true;
                         }
                     }
                     None => {
-                        if shared.remove(&name) {
+                        if shared.get(&name).is_some() && Arc::make_mut(shared).remove(&name) {
                             self.stats.resources_removed += 1;
                             shared_changed = true;
                         }
@@ -695,13 +699,16 @@ impl Compiler {
                     let name = endpoints_name(&svc.namespace, &svc.name, port);
                     names.push(name.clone());
                     let r = VersionedResource::new(name, ResourceKind::Endpoints(set));
-                    if shared.insert(Arc::new(r)) {
+                    if shared_insert(shared, r) {
                         self.stats.resources_changed += 1;
                         shared_changed = true;
                     }
                 }
                 for old in self.endpoint_names.remove(svc).unwrap_or_default() {
-                    if !names.contains(&old) && shared.remove(&old) {
+                    if !names.contains(&old)
+                        && shared.get(&old).is_some()
+                        && Arc::make_mut(shared).remove(&old)
+                    {
                         self.stats.resources_removed += 1;
                         shared_changed = true;
                     }
@@ -713,8 +720,8 @@ impl Compiler {
         }
 
         if !d.targets.is_empty() || !d.routes.is_empty() {
-            let statuses = Arc::make_mut(&mut next.statuses);
-            let events = Arc::make_mut(&mut next.events);
+            let statuses = &mut next.statuses;
+            let events = &mut next.events;
             for tref in &d.targets {
                 let key = ObjectKey::new(
                     Kind::TrafficTarget,
@@ -724,21 +731,21 @@ impl Compiler {
                 match model.targets.get(tref) {
                     Some(t) => {
                         let (conds, evs) = units::target_status(model, tref, t);
-                        statuses.insert(key, conds);
+                        cow_insert(statuses, key, conds);
                         set_events(events, UnitId::Target(tref.clone()), evs);
                     }
                     None => {
-                        statuses.remove(&key);
-                        events.remove(&UnitId::Target(tref.clone()));
+                        cow_remove(statuses, &key);
+                        cow_remove(events, &UnitId::Target(tref.clone()));
                     }
                 }
             }
             for key in &d.routes {
                 let (conds, evs) = units::route_status(key, model);
                 if conds.is_empty() {
-                    statuses.remove(key);
+                    cow_remove(statuses, key);
                 } else {
-                    statuses.insert(key.clone(), conds);
+                    cow_insert(statuses, key.clone(), conds);
                 }
                 set_events(events, UnitId::Route(key.clone()), evs);
             }
@@ -756,8 +763,14 @@ impl Compiler {
         }
 
         // Proxies.
-        let proxies = Arc::make_mut(&mut next.proxies);
-        let events = Arc::make_mut(&mut next.events);
+        let events = &mut next.events;
+        let proxies = if d.inbound.is_empty() && !shared_changed {
+            None
+        } else {
+            Some(Arc::make_mut(&mut next.proxies))
+        };
+        let mut empty = BTreeMap::new();
+        let proxies = proxies.unwrap_or(&mut empty);
         let mut changed_proxies = 0usize;
         for pref in &d.inbound {
             match model.pods.get(pref).filter(|p| p.meshed) {
@@ -786,7 +799,7 @@ impl Compiler {
                     }
                 }
                 None => {
-                    events.remove(&UnitId::Inbound(pref.clone()));
+                    cow_remove(events, &UnitId::Inbound(pref.clone()));
                     if proxies.remove(pref).is_some() {
                         changed_proxies += 1;
                     }
@@ -814,10 +827,43 @@ impl Compiler {
     }
 }
 
-fn set_events(events: &mut BTreeMap<UnitId, Vec<Event>>, unit: UnitId, evs: Vec<Event>) {
+fn set_events(events: &mut Arc<BTreeMap<UnitId, Vec<Event>>>, unit: UnitId, evs: Vec<Event>) {
     if evs.is_empty() {
-        events.remove(&unit);
+        cow_remove(events, &unit);
     } else {
-        events.insert(unit, evs);
+        cow_insert(events, unit, evs);
     }
+}
+
+/// Inserts into a shared map, copying it only when the value changes.
+fn cow_insert<K: Ord + Clone, V: PartialEq + Clone>(
+    map: &mut Arc<BTreeMap<K, V>>,
+    k: K,
+    v: V,
+) -> bool {
+    if map.get(&k) == Some(&v) {
+        return false;
+    }
+    Arc::make_mut(map).insert(k, v);
+    true
+}
+
+/// Removes from a shared map, copying it only when the key is present.
+fn cow_remove<K: Ord + Clone, V: Clone>(map: &mut Arc<BTreeMap<K, V>>, k: &K) -> bool {
+    if !map.contains_key(k) {
+        return false;
+    }
+    Arc::make_mut(map).remove(k);
+    true
+}
+
+/// Inserts a resource into the shared set, copying the set only when the version changes.
+fn shared_insert(shared: &mut Arc<SharedResources>, r: VersionedResource) -> bool {
+    if shared
+        .get(&r.name)
+        .is_some_and(|old| old.version == r.version)
+    {
+        return false;
+    }
+    Arc::make_mut(shared).insert(Arc::new(r))
 }
