@@ -276,7 +276,8 @@ fn split_routes_first_then_default() {
 
 #[test]
 fn weights_are_relative_and_zero_is_kept() {
-    let cases: &[(&[(&str, u64)], Vec<u64>)] = &[
+    type Case<'a> = (&'a [(&'a str, u64)], Vec<u64>);
+    let cases: &[Case] = &[
         (&[("web-v1", 1000), ("web-v2", 500)], vec![1000, 500]),
         (&[("web-v1", 1), ("web-v2", 0)], vec![1, 0]),
         (&[("web-v1", 0), ("web-v2", 3)], vec![0, 3]),
@@ -551,7 +552,7 @@ subsets:
 // ---------------------------------------------------------------------------------------------
 // Inbound.
 
-fn port<'a>(i: &'a InboundPolicy, p: u16) -> &'a weft_operator::compile::InboundPort {
+fn port(i: &InboundPolicy, p: u16) -> &weft_operator::compile::InboundPort {
     i.ports.iter().find(|x| x.port == p).expect("port listed")
 }
 
@@ -785,7 +786,9 @@ fn unknown_pod_gets_a_valid_default_config() {
 // ---------------------------------------------------------------------------------------------
 // Determinism, versions, incremental updates.
 
-fn fingerprint(c: &Compiled) -> Vec<(String, String, Vec<(String, String)>)> {
+type Fingerprint = Vec<(String, String, Vec<(String, String)>)>;
+
+fn fingerprint(c: &Compiled) -> Fingerprint {
     c.proxies()
         .iter()
         .map(|(k, p)| {
