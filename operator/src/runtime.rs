@@ -357,8 +357,7 @@ impl Runtime {
         // A manifest folder has no endpoints controller: derive endpoints from Pods where a
         // Service has no EndpointSlice/Endpoints in it (CONTRACT.md, `--manifests`).
         let mut model = Model::new();
-        model.derive_endpoints_from_pods =
-            matches!(config.source, SourceConfig::Manifests { .. });
+        model.derive_endpoints_from_pods = matches!(config.source, SourceConfig::Manifests { .. });
         let reconciler = Reconciler {
             model,
             compiler: Compiler::new(config.compile.clone()),

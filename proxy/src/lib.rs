@@ -1,14 +1,14 @@
 //! weft-proxy: the sidecar library.
 #![forbid(unsafe_code)]
-pub mod balance;
-pub mod metrics;
-pub mod config;
-pub mod route;
-pub mod transport;
-pub mod http;
-pub mod inbound;
-pub mod outbound;
 pub mod admin;
 pub mod app;
+pub mod balance;
+pub mod config;
 pub mod control;
+pub mod http;
 pub mod identity;
+pub mod inbound;
+pub mod metrics;
+pub mod outbound;
+pub mod route;
+pub mod transport;
