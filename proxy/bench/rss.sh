@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Idle memory of weft-proxy: a release build, connected to a real weft-operator (--manifests mode,
-# everything on 127.0.0.1), measured once /ready answers 200 and again after 19 config updates (10 → 100 → 10 services).
+# everything on 127.0.0.1), measured once /ready answers 200 and again after 18 config updates (10 → 100 → 10 services).
 #
 #   proxy/bench/rss.sh            # threads 1 (default) and 2
 #   THREADS="1" proxy/bench/rss.sh
+#   SKIP_BUILD=1 proxy/bench/rss.sh   # use the binaries already in target/release
 #
 # Prints one line per run: threads, VmRSS and VmHWM (peak) in KiB, read from /proc/<pid>/status.
 set -euo pipefail
@@ -17,7 +18,7 @@ ADMIN=127.0.0.1:$((BASE_PORT + 2))
 INBOUND=127.0.0.1:$((BASE_PORT + 3))
 OUTBOUND=127.0.0.1:$((BASE_PORT + 4))
 
-cargo build --release --quiet -p weft-operator -p weft-proxy --bins
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release --quiet -p weft-operator -p weft-proxy --bins
 bin=target/release
 
 tmp=$(mktemp -d)
@@ -114,8 +115,8 @@ for threads in $THREADS; do
     echo "threads=$threads ready, 10 services:    $(rss "$proxy")"
     last=$(version)
 
-    # 100 config changes (10 → 100 services and back, in steps), then idle again.
-    for n in $(seq 10 10 100) $(seq 90 -10 10); do
+    # 18 config changes (10 → 100 services and back, in steps of 10), then idle again.
+    for n in $(seq 20 10 100) $(seq 90 -10 10); do
         write_manifests "$n"
         for _ in $(seq 1 100); do
             now=$(version)
@@ -125,7 +126,7 @@ for threads in $THREADS; do
         last=$now
     done
     sleep 2
-    echo "threads=$threads after 19 updates (up to 100 services): $(rss "$proxy")"
+    echo "threads=$threads after 18 updates (up to 100 services): $(rss "$proxy")"
     kill -TERM "$proxy"
     wait "$proxy" || true
 done
