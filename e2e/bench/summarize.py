@@ -122,7 +122,8 @@ def main():
                    f"{mib('rss_after_load_kib')} | {mib('hwm_kib')} | {bad} |" if sat else f"| {p} | – | – | – | – | – | – | {bad} |")
     out.append("")
     out.append("Two-hop rows sum both proxies' CPU and memory. Load average (1 min) before/after: "
-               f"{meta.get('loadavg_start', '?')} / {meta.get('loadavg_end', '?')}.")
+               f"{meta.get('loadavg_start', '?')} / {meta.get('loadavg_end', '?')}; "
+               f"benchmark processes at niceness {meta.get('nice', '0')}.")
     print("\n".join(out))
 
 
