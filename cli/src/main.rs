@@ -296,12 +296,11 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             cluster,
             output,
         } => match (files.as_slice(), cluster) {
-            ([new, base], false) => cmd::diff::run(new, base, output),
-            ([_], true) => anyhow::bail!(
-                "--cluster is not available yet: export the cluster's objects to a folder \
-                 (e.g. `kubectl get ts,tt,htr,tr,svc,pods,endpointslices -A -o yaml > base/all.yaml`) and pass it as -f BASE"
-            ),
-            _ => anyhow::bail!("pass -f NEW -f BASE (two folders or files)"),
+            ([new, base], false) => {
+                cmd::diff::run(new, cmd::diff::Base::Folder(base), output).await
+            }
+            ([new], true) => cmd::diff::run(new, cmd::diff::Base::Cluster, output).await,
+            _ => anyhow::bail!("pass -f NEW -f BASE (two folders or files), or -f NEW --cluster"),
         },
         Command::Inject {
             file,
@@ -323,7 +322,10 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             if let Some(a) = control_addr {
                 settings.control_addr = a;
             }
-            print!("{}", weft_operator::inject::inject_manifest(&yaml, &settings)?);
+            print!(
+                "{}",
+                weft_operator::inject::inject_manifest(&yaml, &settings)?
+            );
             Ok(exit::OK)
         }
         Command::Crds => {
@@ -337,7 +339,11 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             let healthy = entries
                 .iter()
                 .all(|e| e.sync() == cmd::proxies::Sync::Current);
-            Ok(if healthy { exit::OK } else { exit::CHECK_FAILED })
+            Ok(if healthy {
+                exit::OK
+            } else {
+                exit::CHECK_FAILED
+            })
         }
         Command::Stat {
             mut proxy_admin,
@@ -347,9 +353,15 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             output,
         } => {
             if demo {
-                let layout = demo::manifests::Layout { prefix: [127, 42, 0] };
+                let layout = demo::manifests::Layout {
+                    prefix: [127, 42, 0],
+                };
                 proxy_admin.extend(demo::manifests::PODS.iter().map(|p| {
-                    format!("{}:{}", layout.ip(p.host), demo::manifests::PROXY_ADMIN_PORT)
+                    format!(
+                        "{}:{}",
+                        layout.ip(p.host),
+                        demo::manifests::PROXY_ADMIN_PORT
+                    )
                 }));
             }
             let rows = cmd::stat::collect(&proxy_admin, window, by).await?;

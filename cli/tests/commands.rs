@@ -204,3 +204,16 @@ fn check_fails_clearly_without_a_cluster() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stdout(&o).contains("FAIL kubernetes-api"), "{}", stdout(&o));
 }
+
+#[test]
+fn diff_against_the_cluster_needs_a_kubeconfig() {
+    let o = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["diff", "-f", "examples/canary", "--cluster"])
+        .current_dir(repo())
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .expect("running weft");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("kubeconfig"));
+}

@@ -40,19 +40,35 @@ pub struct Diff {
     pub conditions: Vec<String>,
 }
 
-pub fn run(new: &Path, base: &Path, format: OutputFormat) -> anyhow::Result<u8> {
-    for p in [new, base] {
-        if !p.exists() {
-            bail!("{} does not exist", p.display());
-        }
+/// What NEW is compared with.
+pub enum Base<'a> {
+    Folder(&'a Path),
+    /// The live cluster (current kubeconfig context).
+    Cluster,
+}
+
+pub async fn run(new: &Path, base: Base<'_>, format: OutputFormat) -> anyhow::Result<u8> {
+    if !new.exists() {
+        bail!("{} does not exist", new.display());
     }
     let opts = CompileOptions::default();
-    let a = compile_dir(base, &opts).with_context(|| format!("compiling {}", base.display()))?;
-    let b = compile_dir(new, &opts).with_context(|| format!("compiling {}", new.display()))?;
-    for (dir, r) in [(base, &a), (new, &b)] {
-        for e in &r.load_errors {
-            eprintln!("weft diff: {}: {e:?}", dir.display());
+    let a = match base {
+        Base::Folder(dir) => {
+            if !dir.exists() {
+                bail!("{} does not exist", dir.display());
+            }
+            let r =
+                compile_dir(dir, &opts).with_context(|| format!("compiling {}", dir.display()))?;
+            for e in &r.load_errors {
+                eprintln!("weft diff: {}: {e:?}", dir.display());
+            }
+            r
         }
+        Base::Cluster => cluster_report(&opts).await?,
+    };
+    let b = compile_dir(new, &opts).with_context(|| format!("compiling {}", new.display()))?;
+    for e in &b.load_errors {
+        eprintln!("weft diff: {}: {e:?}", new.display());
     }
     let d = diff(&a, &b)?;
     match format {
@@ -66,6 +82,80 @@ pub fn run(new: &Path, base: &Path, format: OutputFormat) -> anyhow::Result<u8> 
     } else {
         1
     })
+}
+
+/// Reads what the operator reads from the cluster and compiles it the same way.
+async fn cluster_report(opts: &CompileOptions) -> anyhow::Result<CompileReport> {
+    use kube::api::{Api, DynamicObject, ListParams};
+    use kube::discovery::ApiResource;
+    use weft_operator::model::{ClusterObject, Model};
+
+    let client = kube::Client::try_default()
+        .await
+        .context("no usable kubeconfig (set KUBECONFIG) for --cluster")?;
+    let kinds: &[(&str, &str, &str, &str)] = &[
+        ("", "v1", "Namespace", "namespaces"),
+        ("", "v1", "ServiceAccount", "serviceaccounts"),
+        ("", "v1", "Pod", "pods"),
+        ("", "v1", "Service", "services"),
+        ("", "v1", "Endpoints", "endpoints"),
+        (
+            "split.smi-spec.io",
+            "v1alpha4",
+            "TrafficSplit",
+            "trafficsplits",
+        ),
+        (
+            "access.smi-spec.io",
+            "v1alpha3",
+            "TrafficTarget",
+            "traffictargets",
+        ),
+        (
+            "specs.smi-spec.io",
+            "v1alpha4",
+            "HTTPRouteGroup",
+            "httproutegroups",
+        ),
+        ("specs.smi-spec.io", "v1alpha4", "TCPRoute", "tcproutes"),
+        ("specs.smi-spec.io", "v1alpha4", "UDPRoute", "udproutes"),
+    ];
+    let mut objects = Vec::new();
+    for (group, version, kind, plural) in kinds {
+        let api_version = if group.is_empty() {
+            version.to_string()
+        } else {
+            format!("{group}/{version}")
+        };
+        let ar = ApiResource {
+            group: group.to_string(),
+            version: version.to_string(),
+            api_version: api_version.clone(),
+            kind: kind.to_string(),
+            plural: plural.to_string(),
+        };
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+        let list = api
+            .list(&ListParams::default())
+            .await
+            .with_context(|| format!("listing {plural} ({api_version})"))?;
+        for item in list.items {
+            let mut v = serde_json::to_value(&item)?;
+            v["apiVersion"] = Value::String(api_version.clone());
+            v["kind"] = Value::String(kind.to_string());
+            match ClusterObject::from_value(&v) {
+                Ok(o) => objects.push(o),
+                Err(e) => eprintln!(
+                    "weft diff: skipping {kind} {}: {e}",
+                    item.metadata.name.unwrap_or_default()
+                ),
+            }
+        }
+    }
+    // Endpoints come from the cluster's endpoints controller: no derivation from pods.
+    let model = Model::from_objects(objects);
+    let compiled = weft_operator::compile::compile(&model, opts);
+    Ok(CompileReport::from_compiled(&compiled))
 }
 
 /// Every resource of every proxy, as JSON, by resource name then proxy.
