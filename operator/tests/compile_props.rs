@@ -58,6 +58,7 @@ fn pod(name: &str, app: &str, sa: &str, ip: u8, meshed: bool) -> ClusterObject {
             port: 8080,
             protocol: L4Protocol::Tcp,
         }],
+        http_probes: Vec::new(),
     })
 }
 

@@ -784,6 +784,177 @@ fn unknown_pod_gets_a_valid_default_config() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Kubelet probes.
+
+/// A meshed pod running as `web` with a readiness probe on `/healthz` port 8080 and a liveness
+/// probe on `/live` by port name `http`, plus an HTTPS startup probe on port 9090.
+fn probed_pod(name: &str, ip: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  namespace: demo
+  labels:
+    app: web-v1
+    weft.io/proxy-version: "0.1.0"
+spec:
+  serviceAccountName: web
+  containers:
+  - name: app
+    image: app
+    ports:
+    - name: http
+      containerPort: 8080
+    - name: admin
+      containerPort: 9090
+    readinessProbe:
+      httpGet:
+        path: /healthz
+        port: 8080
+    livenessProbe:
+      httpGet:
+        path: /live?verbose=1
+        port: http
+    startupProbe:
+      httpGet:
+        path: /started
+        port: 9090
+        scheme: HTTPS
+status:
+  podIP: {ip}
+  conditions:
+  - type: Ready
+    status: "True"
+---
+"#
+    )
+}
+
+/// The proxy's inbound HTTP check as documented (docs/compile.md, docs/authorization.md): a
+/// request is allowed by an authorization whose sources hold the client's identity or `*` and
+/// which covers all traffic or has a matching route (path regex anchored as `^(?:re)`).
+fn admits(i: &InboundPolicy, port_no: u16, peer: Option<&str>, method: &str, path: &str) -> bool {
+    let p = port(i, port_no);
+    let by_authz = p.authorizations.iter().any(|a| {
+        let source_ok = a
+            .sources
+            .iter()
+            .any(|s| s == "*" || Some(s.as_str()) == peer);
+        source_ok
+            && (a.all_traffic
+                || a.http_routes.iter().any(|m| {
+                    let re = regex::Regex::new(&format!("^(?:{})", m.path_regex))
+                        .unwrap_or_else(|e| panic!("{e}"));
+                    re.is_match(path)
+                        && (m.methods.is_empty()
+                            || m.methods.iter().any(|x| x == "*" || x == method))
+                }))
+    });
+    by_authz
+        || (!p.restricted
+            && match i.default_policy {
+                DefaultPolicy::Allow => true,
+                DefaultPolicy::Mesh => peer.is_some(),
+                DefaultPolicy::Deny => false,
+            })
+}
+
+#[test]
+fn kubelet_probes_are_authorized_on_restricted_pods() {
+    const CLIENT: &str = "spiffe://cluster.local/ns/demo/sa/client";
+    let y = ns("demo", None)
+        + &pod("client-0", "client", "10.0.0.1", "client", true, "")
+        + &probed_pod("web-v1-0", "10.0.1.1")
+        + &http_group("api", GROUP)
+        + &target(
+            "t",
+            "web",
+            None,
+            &["client"],
+            &[("HTTPRouteGroup", "api", &["read"])],
+        );
+    let c = build(&y);
+    let i = inbound(&c, "web-v1-0");
+    assert_eq!(i.default_policy, DefaultPolicy::Deny);
+    assert!(port(&i, 8080).restricted);
+    // The kubelet (no identity) reaches exactly its probe paths with GET/HEAD ...
+    assert!(admits(&i, 8080, None, "GET", "/healthz"));
+    assert!(admits(&i, 8080, None, "HEAD", "/healthz"));
+    assert!(admits(&i, 8080, None, "GET", "/live"));
+    // ... and nothing else.
+    assert!(!admits(&i, 8080, None, "GET", "/items"));
+    assert!(!admits(&i, 8080, None, "GET", "/healthz/x"));
+    assert!(!admits(&i, 8080, None, "GET", "/healthzx"));
+    assert!(!admits(&i, 8080, None, "POST", "/healthz"));
+    assert!(!admits(&i, 8080, None, "GET", "/api"));
+    // The TrafficTarget still decides for everything else.
+    assert!(admits(&i, 8080, Some(CLIENT), "GET", "/api/items"));
+    assert!(!admits(&i, 8080, Some(CLIENT), "POST", "/api/items"));
+    // HTTPS probes are not authorized (the proxy cannot see their path): an event says so.
+    assert!(port(&i, 9090)
+        .authorizations
+        .iter()
+        .all(|a| a.name != "probe"));
+    assert!(c
+        .events()
+        .iter()
+        .any(|e| e.reason == "HttpsProbeNotAuthorized" && e.object.name == "web-v1-0"));
+    // The authorization as emitted: source `*`, exact path regexes.
+    let probe = port(&i, 8080)
+        .authorizations
+        .iter()
+        .find(|a| a.name == "probe")
+        .cloned()
+        .expect("probe authorization");
+    assert_eq!(probe.sources, vec!["*".to_string()]);
+    let regexes: Vec<&str> = probe
+        .http_routes
+        .iter()
+        .map(|m| m.path_regex.as_str())
+        .collect();
+    assert_eq!(regexes, vec!["/healthz$", "/live$"]);
+}
+
+#[test]
+fn kubelet_probes_are_authorized_whatever_the_default_policy() {
+    for policy in ["allow", "mesh", "deny"] {
+        let y = ns("demo", Some(policy)) + &probed_pod("web-v1-0", "10.0.1.1");
+        let i = inbound(&build(&y), "web-v1-0");
+        assert!(admits(&i, 8080, None, "GET", "/healthz"), "{policy}");
+        assert_eq!(
+            admits(&i, 8080, None, "GET", "/items"),
+            policy == "allow",
+            "{policy}"
+        );
+    }
+}
+
+#[test]
+fn probe_change_is_picked_up_incrementally() {
+    let before = ns("demo", None) + &pod("web-v1-0", "web-v1", "10.0.1.1", "web", true, "");
+    let mut m = model(&before);
+    let mut compiler = Compiler::new(CompileOptions::default());
+    compiler.full(&m);
+    let (objects, _) =
+        parse_manifests(&probed_pod("web-v1-0", "10.0.1.1"), false).expect("manifest parses");
+    let mut changed = ChangedKeys::default();
+    for o in objects {
+        changed.insert(m.upsert(o));
+    }
+    let c = compiler.update(&m, &changed);
+    let i = inbound(&c, "web-v1-0");
+    assert!(port(&i, 8080)
+        .authorizations
+        .iter()
+        .any(|a| a.name == "probe"));
+    assert_eq!(
+        fingerprint(&c),
+        fingerprint(&compile(&m, &CompileOptions::default()))
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
 // Determinism, versions, incremental updates.
 
 type Fingerprint = Vec<(String, String, Vec<(String, String)>)>;

@@ -148,17 +148,29 @@ pub struct InboundPort {
     pub authorizations: Vec<Authorization>,
 }
 
+/// The source that admits any client, authenticated (mTLS) or not (e.g. the kubelet's
+/// probes).
+pub const ANY_CLIENT: &str = "*";
+
 /// One TrafficTarget's grant on a port.
 #[derive(Clone, Debug, Serialize)]
 pub struct Authorization {
-    /// `<namespace>/<name>` of the TrafficTarget.
+    /// `<namespace>/<name>` of the TrafficTarget (or `probe`).
     pub name: Arc<str>,
-    /// SPIFFE identities of allowed clients.
+    /// SPIFFE identities of allowed clients; [`ANY_CLIENT`] admits every client, with or
+    /// without an identity.
     pub sources: HashSet<String>,
     /// Every connection and request on the port.
     pub all_traffic: bool,
     /// HTTP requests matching any of these.
     pub http_routes: Vec<HttpMatch>,
+}
+
+impl Authorization {
+    /// True when `peer` (its mTLS identity, `None` for a plaintext client) is a source.
+    pub fn admits(&self, peer: Option<&str>) -> bool {
+        self.sources.contains(ANY_CLIENT) || peer.is_some_and(|id| self.sources.contains(id))
+    }
 }
 
 /// Timeouts and retries for requests to a service.
@@ -932,6 +944,36 @@ mod tests {
         let none = RetryBudget::new(0.0);
         none.deposit();
         assert!(none.try_withdraw());
+    }
+
+    #[test]
+    fn any_client_source_admits_every_peer() {
+        let mut r = sample();
+        if let Some(v1::Resource {
+            kind: Some(Kind::Inbound(p)),
+            ..
+        }) = r.get_mut("inbound")
+        {
+            p.ports[0].authorizations.push(v1::Authorization {
+                name: "probe".into(),
+                sources: vec![ANY_CLIENT.into()],
+                all_traffic: false,
+                http_routes: vec![v1::HttpMatch {
+                    name: "probe".into(),
+                    path_regex: "/healthz$".into(),
+                    methods: vec!["GET".into(), "HEAD".into()],
+                    headers: vec![],
+                }],
+            });
+        }
+        let cfg = Config::from_resources("v1", &r).unwrap_or_else(|e| panic!("{e}"));
+        let authz = &cfg.inbound.ports[&8080].authorizations;
+        let probe = authz.iter().find(|a| &*a.name == "probe");
+        assert!(probe.is_some_and(|a| a.admits(None) && a.admits(Some("spiffe://x/ns/a/sa/b"))));
+        let web = authz.iter().find(|a| &*a.name == "demo/web-to-api");
+        assert!(web.is_some_and(|a| !a.admits(None)
+            && !a.admits(Some("spiffe://cluster.local/ns/demo/sa/other"))
+            && a.admits(Some("spiffe://cluster.local/ns/demo/sa/web"))));
     }
 
     #[test]

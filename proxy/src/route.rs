@@ -316,7 +316,8 @@ fn default_decision(
 
 /// Authorizes an HTTP request to `port` from `peer` (its mTLS identity, if any): allowed iff any
 /// authorization on the port allows it, or the port is not restricted and the default policy
-/// allows the client.
+/// allows the client. An authorization whose sources hold `*` ([`crate::config::ANY_CLIENT`])
+/// admits every client, plaintext ones included (kubelet probes).
 pub fn authorize_http(
     policy: &InboundPolicy,
     port: u16,
@@ -324,10 +325,9 @@ pub fn authorize_http(
     req: &RequestInfo<'_>,
 ) -> Decision {
     let port_policy = policy.ports.get(&port);
-    if let (Some(p), Some(id)) = (port_policy, peer) {
+    if let Some(p) = port_policy {
         for a in &p.authorizations {
-            if a.sources.contains(id)
-                && (a.all_traffic || a.http_routes.iter().any(|m| http_match(m, req)))
+            if a.admits(peer) && (a.all_traffic || a.http_routes.iter().any(|m| http_match(m, req)))
             {
                 return Decision::Allow(Some(a.name.clone()));
             }
@@ -349,9 +349,9 @@ pub fn authorize_http(
 /// count, then the default policy as for HTTP.
 pub fn authorize_tcp(policy: &InboundPolicy, port: u16, peer: Option<&str>) -> Decision {
     let port_policy = policy.ports.get(&port);
-    if let (Some(p), Some(id)) = (port_policy, peer) {
+    if let Some(p) = port_policy {
         for a in &p.authorizations {
-            if a.all_traffic && a.sources.contains(id) {
+            if a.all_traffic && a.admits(peer) {
                 return Decision::Allow(Some(a.name.clone()));
             }
         }
@@ -779,5 +779,64 @@ mod tests {
         // The safe default config (no policy) allows everything.
         let default = InboundPolicy::default();
         assert!(authz(&default, 1234, None, "GET", "/").is_allowed());
+    }
+
+    /// A `probe` authorization (source `*`) as the operator emits for kubelet probes.
+    fn with_probe(mut p: InboundPolicy) -> InboundPolicy {
+        if let Some(port) = p.ports.get_mut(&8080) {
+            port.authorizations.push(Authorization {
+                name: Arc::from("probe"),
+                sources: [crate::config::ANY_CLIENT.to_string()].into(),
+                all_traffic: false,
+                http_routes: vec![m("probe", Some("/healthz$"), &["GET", "HEAD"], &[])],
+            });
+        }
+        p
+    }
+
+    #[test]
+    fn any_client_source_admits_plaintext_probes_on_their_paths_only() {
+        for default in [
+            DefaultPolicy::Allow,
+            DefaultPolicy::Mesh,
+            DefaultPolicy::Deny,
+        ] {
+            let p = with_probe(policy(default, true));
+            // The kubelet: no identity.
+            assert_eq!(
+                authz(&p, 8080, None, "GET", "/healthz"),
+                Decision::Allow(Some(Arc::from("probe")))
+            );
+            assert!(authz(&p, 8080, None, "HEAD", "/healthz").is_allowed());
+            // A meshed client is a client too.
+            assert!(authz(&p, 8080, Some(OTHER), "GET", "/healthz").is_allowed());
+            // Only the probe path, only GET/HEAD.
+            assert!(!authz(&p, 8080, None, "GET", "/items").is_allowed());
+            assert!(!authz(&p, 8080, None, "GET", "/healthz/x").is_allowed());
+            assert!(!authz(&p, 8080, None, "POST", "/healthz").is_allowed());
+            // The TrafficTarget grants still hold and still exclude others.
+            assert!(authz(&p, 8080, Some(WEB), "GET", "/api/x").is_allowed());
+            assert!(!authz(&p, 8080, Some(OTHER), "GET", "/api/x").is_allowed());
+            // Not an all-traffic grant: opaque TCP stays denied.
+            assert!(!authorize_tcp(&p, 8080, None).is_allowed());
+        }
+    }
+
+    #[test]
+    fn any_client_all_traffic_admits_plaintext_tcp() {
+        let mut p = policy(DefaultPolicy::Deny, true);
+        if let Some(port) = p.ports.get_mut(&8080) {
+            port.authorizations.push(Authorization {
+                name: Arc::from("open"),
+                sources: [crate::config::ANY_CLIENT.to_string()].into(),
+                all_traffic: true,
+                http_routes: vec![],
+            });
+        }
+        assert_eq!(
+            authorize_tcp(&p, 8080, None),
+            Decision::Allow(Some(Arc::from("open")))
+        );
+        assert!(authz(&p, 8080, None, "POST", "/anything").is_allowed());
     }
 }

@@ -120,6 +120,7 @@ fn synthetic() -> Model {
                 port: 8080,
                 protocol: L4Protocol::Tcp,
             }],
+            http_probes: Vec::new(),
         }));
     }
     for g in 0..ROUTE_GROUPS {

@@ -52,8 +52,8 @@ use crate::model::{destination_ref, Kind, Model, ObjectKey, ObjectRef};
 pub use report::{compile_dir, CompileReport, ReportError};
 pub use types::*;
 pub use units::{
-    ACCEPTED, CONFLICTED, RESOLVED_REFS, RETRIES_ANNOTATION, RETRY_BUDGET_ANNOTATION,
-    RETRY_NON_IDEMPOTENT_ANNOTATION, TIMEOUT_ANNOTATION,
+    ACCEPTED, ANY_CLIENT, CONFLICTED, PROBE_AUTHORIZATION, RESOLVED_REFS, RETRIES_ANNOTATION,
+    RETRY_BUDGET_ANNOTATION, RETRY_NON_IDEMPOTENT_ANNOTATION, TIMEOUT_ANNOTATION,
 };
 
 /// Settings of a compilation.

@@ -698,6 +698,56 @@ fn target_ports(model: &Model, targets: &[(&ObjectRef, &hub::TrafficTarget)]) ->
     ports
 }
 
+/// Name of the authorization that admits the kubelet's HTTP probes.
+pub const PROBE_AUTHORIZATION: &str = "probe";
+/// The authorization source that admits any client, authenticated or not.
+pub const ANY_CLIENT: &str = "*";
+
+/// The paths of a pod's plaintext `httpGet` probes by container port. HTTPS probes are left
+/// out (the proxy cannot see their paths) with an event; so are probes on unknown port names.
+fn probe_paths(pod: &Pod, events: &mut Vec<Event>) -> BTreeMap<u16, BTreeSet<String>> {
+    let mut out: BTreeMap<u16, BTreeSet<String>> = BTreeMap::new();
+    for probe in &pod.http_probes {
+        let Some(port) = pod.resolve_probe_port(&probe.port) else {
+            continue;
+        };
+        if probe.https {
+            warn(
+                events,
+                ObjectKey::new(Kind::Pod, pod.namespace.clone(), pod.name.clone()),
+                "HttpsProbeNotAuthorized",
+                format!(
+                    "{:?} probe on port {port} uses HTTPS: the proxy cannot see its path, so it \
+                     is not authorized; it only passes where the port admits unauthenticated clients",
+                    probe.kind
+                ),
+            );
+            continue;
+        }
+        out.entry(port).or_default().insert(probe.path.clone());
+    }
+    out
+}
+
+/// The `probe` authorization of a port: any client may `GET`/`HEAD` exactly these paths. The
+/// proxy anchors path regexes at the start only, so each path is escaped and ends with `$`.
+fn probe_authorization(paths: &BTreeSet<String>) -> Authorization {
+    Authorization {
+        name: PROBE_AUTHORIZATION.to_string(),
+        sources: vec![ANY_CLIENT.to_string()],
+        all_traffic: false,
+        http_routes: paths
+            .iter()
+            .map(|p| HttpMatch {
+                name: PROBE_AUTHORIZATION.to_string(),
+                path_regex: format!("{}$", regex::escape(p)),
+                methods: vec!["GET".to_string(), "HEAD".to_string()],
+                headers: Vec::new(),
+            })
+            .collect(),
+    }
+}
+
 /// Compiles a pod's InboundPolicy. `pod` is `None` for a proxy the model does not know yet:
 /// then it gets the namespace's default (or deny, when its service account is restricted).
 pub(crate) fn inbound(
@@ -751,13 +801,18 @@ pub(crate) fn inbound(
     for p in target_ports(model, &targets) {
         ports.entry(p).or_insert(Protocol::Detect);
     }
+    // Kubelet probes: their ports are listed too (a closed port would fail the probe).
+    let probes = pod.map(|p| probe_paths(p, events)).unwrap_or_default();
+    for p in probes.keys() {
+        ports.entry(*p).or_insert(Protocol::Detect);
+    }
 
     let ports = ports
         .into_iter()
         .map(|(port, protocol)| {
             let restricted = restricted_ports.contains(&port)
                 || targets.iter().any(|(_, t)| t.destination.port.is_none());
-            let authorizations = if restricted {
+            let mut authorizations: Vec<Authorization> = if restricted {
                 targets
                     .iter()
                     .filter_map(|(r, t)| authorization(model, opts, r, t, port))
@@ -765,6 +820,9 @@ pub(crate) fn inbound(
             } else {
                 Vec::new()
             };
+            if let Some(paths) = probes.get(&port) {
+                authorizations.push(probe_authorization(paths));
+            }
             InboundPort {
                 port,
                 protocol,

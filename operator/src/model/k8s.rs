@@ -82,6 +82,7 @@ pub fn from_k8s_pod(pod: &core::Pod) -> Result<Pod, ModelError> {
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "default".to_string());
     let mut container_ports = Vec::new();
+    let mut http_probes = Vec::new();
     for c in spec.map(|s| s.containers.as_slice()).unwrap_or_default() {
         for p in c.ports.iter().flatten() {
             container_ports.push(ContainerPort {
@@ -90,7 +91,18 @@ pub fn from_k8s_pod(pod: &core::Pod) -> Result<Pod, ModelError> {
                 protocol: L4Protocol::parse(p.protocol.as_deref()),
             });
         }
+        for (kind, probe) in [
+            (ProbeKind::Readiness, &c.readiness_probe),
+            (ProbeKind::Liveness, &c.liveness_probe),
+            (ProbeKind::Startup, &c.startup_probe),
+        ] {
+            if let Some(get) = probe.as_ref().and_then(|p| p.http_get.as_ref()) {
+                http_probes.push(http_probe(kind, get, &name)?);
+            }
+        }
     }
+    http_probes.sort();
+    http_probes.dedup();
     Ok(Pod {
         namespace: namespace_of(&pod.metadata),
         meshed: labels.contains_key(PROXY_VERSION_LABEL),
@@ -101,6 +113,40 @@ pub fn from_k8s_pod(pod: &core::Pod) -> Result<Pod, ModelError> {
         service_account,
         ready,
         container_ports,
+        http_probes,
+    })
+}
+
+fn http_probe(
+    kind: ProbeKind,
+    get: &core::HTTPGetAction,
+    pod: &str,
+) -> Result<HttpProbe, ModelError> {
+    let port = match &get.port {
+        IntOrString::Int(n) => PortRef::Number(port_u16(*n, "Pod", pod)?),
+        IntOrString::String(s) => match s.parse::<i32>() {
+            Ok(n) => PortRef::Number(port_u16(n, "Pod", pod)?),
+            Err(_) => PortRef::Name(s.clone()),
+        },
+    };
+    // The kubelet sends the path as given (default `/`); a query string is not part of it.
+    let raw = get.path.as_deref().unwrap_or("");
+    let path = raw.split(['?', '#']).next().unwrap_or("");
+    let path = if path.is_empty() {
+        "/".to_string()
+    } else if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("/{path}")
+    };
+    Ok(HttpProbe {
+        kind,
+        port,
+        path,
+        https: get
+            .scheme
+            .as_deref()
+            .is_some_and(|s| s.eq_ignore_ascii_case("HTTPS")),
     })
 }
 

@@ -213,9 +213,50 @@ pub struct Pod {
     /// Has the [`PROXY_VERSION_LABEL`] label.
     pub meshed: bool,
     pub container_ports: Vec<ContainerPort>,
+    /// The `httpGet` readiness, liveness and startup probes of its containers.
+    pub http_probes: Vec<HttpProbe>,
+}
+
+/// Which kubelet probe an [`HttpProbe`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum ProbeKind {
+    Readiness,
+    Liveness,
+    Startup,
+}
+
+/// A container port named by number or by container-port name (a probe's `port`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum PortRef {
+    Number(u16),
+    Name(String),
+}
+
+/// A container's `httpGet` probe: the kubelet sends plaintext (or, for `HTTPS`, TLS)
+/// `GET <path>` requests from the node, without a mesh identity.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct HttpProbe {
+    pub kind: ProbeKind,
+    pub port: PortRef,
+    /// The request path (`/` when unset), without the query string.
+    pub path: String,
+    /// `true` for `scheme: HTTPS`.
+    pub https: bool,
 }
 
 impl Pod {
+    /// The container port a probe targets (`None` for an unknown port name).
+    pub fn resolve_probe_port(&self, port: &PortRef) -> Option<u16> {
+        match port {
+            PortRef::Number(n) => Some(*n),
+            PortRef::Name(name) => self
+                .container_ports
+                .iter()
+                .find(|p| p.name.as_deref() == Some(name.as_str()) && p.protocol == L4Protocol::Tcp)
+                .map(|p| p.port),
+        }
+    }
+
     pub fn object_ref(&self) -> ObjectRef {
         ObjectRef::new(self.namespace.clone(), self.name.clone())
     }

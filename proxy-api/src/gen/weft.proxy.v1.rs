@@ -201,7 +201,9 @@ pub struct Authorization {
     /// `<namespace>/<name>` of the TrafficTarget (metrics label, denial reasons).
     #[prost(string, tag = "1")]
     pub name: ::prost::alloc::string::String,
-    /// SPIFFE identities of allowed clients.
+    /// SPIFFE identities of allowed clients. The source "\*" admits any client, authenticated
+    /// (mTLS) or not: the operator uses it for the "probe" authorization that lets the kubelet's
+    /// plaintext HTTP probes reach their paths.
     #[prost(string, repeated, tag = "2")]
     pub sources: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
     /// Allow every connection and request on the port (a TCPRoute/UDPRoute rule covering it).
