@@ -146,45 +146,9 @@ pub enum ControlError {
     Protocol { nonce: String, reason: String },
 }
 
-/// Why a response could not be applied to the resource map.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ApplyError {
-    #[error("resource with an empty name")]
-    EmptyName,
-    #[error("resource {0:?} listed twice")]
-    Duplicate(String),
-}
-
-/// Applies one response to `map` following the protocol (see `discovery.proto`): a full state
-/// replaces everything except the `unchanged` names; an incremental one adds, replaces and
-/// removes by name.
-pub fn apply_response(
-    map: &mut BTreeMap<String, v1::Resource>,
-    resp: &DiscoveryResponse,
-) -> Result<(), ApplyError> {
-    let mut seen = std::collections::HashSet::with_capacity(resp.resources.len());
-    for r in &resp.resources {
-        if r.name.is_empty() {
-            return Err(ApplyError::EmptyName);
-        }
-        if !seen.insert(r.name.as_str()) {
-            return Err(ApplyError::Duplicate(r.name.clone()));
-        }
-    }
-    if resp.full_state {
-        let unchanged: std::collections::HashSet<&str> =
-            resp.unchanged.iter().map(String::as_str).collect();
-        map.retain(|name, _| unchanged.contains(name.as_str()));
-    } else {
-        for name in &resp.removed {
-            map.remove(name);
-        }
-    }
-    for r in &resp.resources {
-        map.insert(r.name.clone(), r.clone());
-    }
-    Ok(())
-}
+/// The protocol mechanics of applying a response (full state, `unchanged`, incremental adds and
+/// removals, and the checks on names and kinds) are the contract crate's, shared with its tests.
+pub use weft_proxy_api::{apply_response, ApplyError};
 
 /// What the admin server shows about the control connection.
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
@@ -446,69 +410,6 @@ impl DiscoveryClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn res(name: &str, version: &str) -> v1::Resource {
-        v1::Resource {
-            name: name.into(),
-            version: version.into(),
-            kind: Some(v1::resource::Kind::Endpoints(v1::EndpointSet::default())),
-        }
-    }
-
-    fn names(map: &BTreeMap<String, v1::Resource>) -> Vec<(&str, &str)> {
-        map.values()
-            .map(|r| (r.name.as_str(), r.version.as_str()))
-            .collect()
-    }
-
-    #[test]
-    fn full_state_replaces_except_unchanged() {
-        let mut map = BTreeMap::new();
-        for r in [res("a", "1"), res("b", "1"), res("c", "1")] {
-            map.insert(r.name.clone(), r);
-        }
-        let resp = DiscoveryResponse {
-            full_state: true,
-            resources: vec![res("d", "1"), res("b", "2")],
-            unchanged: vec!["a".into(), "zz".into()],
-            ..Default::default()
-        };
-        apply_response(&mut map, &resp).unwrap();
-        assert_eq!(names(&map), [("a", "1"), ("b", "2"), ("d", "1")]);
-    }
-
-    #[test]
-    fn incremental_adds_replaces_and_removes() {
-        let mut map = BTreeMap::new();
-        for r in [res("a", "1"), res("b", "1")] {
-            map.insert(r.name.clone(), r);
-        }
-        let resp = DiscoveryResponse {
-            resources: vec![res("b", "2"), res("c", "1")],
-            removed: vec!["a".into()],
-            ..Default::default()
-        };
-        apply_response(&mut map, &resp).unwrap();
-        assert_eq!(names(&map), [("b", "2"), ("c", "1")]);
-    }
-
-    #[test]
-    fn malformed_responses_are_rejected() {
-        let mut map = BTreeMap::new();
-        let dup = DiscoveryResponse {
-            resources: vec![res("a", "1"), res("a", "2")],
-            ..Default::default()
-        };
-        assert_eq!(
-            apply_response(&mut map, &dup),
-            Err(ApplyError::Duplicate("a".into()))
-        );
-        let empty = DiscoveryResponse {
-            resources: vec![res("", "1")],
-            ..Default::default()
-        };
-        assert_eq!(apply_response(&mut map, &empty), Err(ApplyError::EmptyName));
-    }
 
     #[test]
     fn backoff_grows_to_the_cap_and_stays_within_bounds() {
