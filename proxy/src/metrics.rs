@@ -4,11 +4,12 @@
 //! names, authorization names, status classes and SPIFFE identities (all bounded by the cluster's
 //! configuration), never pod IPs, paths or request ids.
 
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -19,27 +20,127 @@ use prometheus_client::registry::Registry;
 pub const INBOUND: &str = "inbound";
 pub const OUTBOUND: &str = "outbound";
 
+/// Longest value [`LabelValue::inline`] stores without allocating.
+const INLINE_CAP: usize = 22;
+
+/// A label value that is cheap to build on the request path: a static string, a shared
+/// `Arc<str>` from the config (a reference-count bump), or a short string stored inline.
+///
+/// Equality and hashing are by content, so the same text always names the same series whichever
+/// variant carries it.
+#[derive(Clone, Debug)]
+pub enum LabelValue {
+    Static(&'static str),
+    Shared(Arc<str>),
+    Inline { len: u8, buf: [u8; INLINE_CAP] },
+}
+
+impl LabelValue {
+    /// The empty value.
+    pub const EMPTY: LabelValue = LabelValue::Static("");
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            LabelValue::Static(s) => s,
+            LabelValue::Shared(s) => s,
+            LabelValue::Inline { len, buf } => {
+                std::str::from_utf8(buf.get(..usize::from(*len)).unwrap_or_default())
+                    .unwrap_or_default()
+            }
+        }
+    }
+
+    /// `s` inline if it is short enough, otherwise shared (allocates).
+    pub fn inline(s: &str) -> Self {
+        let mut buf = [0u8; INLINE_CAP];
+        match (buf.get_mut(..s.len()), u8::try_from(s.len())) {
+            (Some(dst), Ok(len)) => {
+                dst.copy_from_slice(s.as_bytes());
+                LabelValue::Inline { len, buf }
+            }
+            _ => LabelValue::Shared(Arc::from(s)),
+        }
+    }
+
+    /// `:<port>`, without allocating.
+    pub fn port(port: u16) -> Self {
+        use std::io::Write;
+        let mut buf = [0u8; INLINE_CAP];
+        let mut cursor = std::io::Cursor::new(&mut buf[..]);
+        // ":65535" always fits.
+        let len = match write!(cursor, ":{port}") {
+            Ok(()) => u8::try_from(cursor.position()).unwrap_or(0),
+            Err(_) => 0,
+        };
+        LabelValue::Inline { len, buf }
+    }
+}
+
+impl Default for LabelValue {
+    fn default() -> Self {
+        LabelValue::EMPTY
+    }
+}
+
+impl PartialEq for LabelValue {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for LabelValue {}
+
+impl Hash for LabelValue {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl EncodeLabelValue for LabelValue {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
+impl From<&'static str> for LabelValue {
+    fn from(s: &'static str) -> Self {
+        LabelValue::Static(s)
+    }
+}
+
+impl From<Arc<str>> for LabelValue {
+    fn from(s: Arc<str>) -> Self {
+        LabelValue::Shared(s)
+    }
+}
+
+impl From<&Arc<str>> for LabelValue {
+    fn from(s: &Arc<str>) -> Self {
+        LabelValue::Shared(s.clone())
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub direction: &'static str,
     /// `<service>.<namespace>` outbound; `:<port>` inbound.
-    pub authority: String,
+    pub authority: LabelValue,
     /// Route name outbound; authorization name (or `default`) inbound.
-    pub route: String,
+    pub route: LabelValue,
     /// Backend service outbound; empty inbound.
-    pub backend: String,
+    pub backend: LabelValue,
     /// `1xx` … `5xx`.
     pub status_class: &'static str,
     /// Client identity inbound (or `unauthenticated`); expected server identity outbound.
-    pub peer: String,
+    pub peer: LabelValue,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LatencyLabels {
     pub direction: &'static str,
-    pub authority: String,
-    pub route: String,
-    pub backend: String,
+    pub authority: LabelValue,
+    pub route: LabelValue,
+    pub backend: LabelValue,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -60,7 +161,7 @@ pub struct TcpBytesLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AuthzLabels {
     /// The TrafficTarget (`<namespace>/<name>`) that allowed, or `default` / `none`.
-    pub authorization: String,
+    pub authorization: LabelValue,
     /// `allow` or `deny`.
     pub decision: &'static str,
     /// `http` or `tcp`.
@@ -218,14 +319,23 @@ impl Metrics {
         self.cert_expiry.set(unix_seconds);
     }
 
-    pub fn request(&self, labels: &RequestLabels, latency: Duration) {
-        self.requests.get_or_create(labels).inc();
+    /// Counts a request and observes its latency. Building `labels` from config `Arc<str>`s and
+    /// static strings keeps this free of allocations once the series exist.
+    pub fn request(&self, labels: RequestLabels, latency: Duration) {
+        self.requests.get_or_create(&labels).inc();
+        let RequestLabels {
+            direction,
+            authority,
+            route,
+            backend,
+            ..
+        } = labels;
         self.latency
             .get_or_create(&LatencyLabels {
-                direction: labels.direction,
-                authority: labels.authority.clone(),
-                route: labels.route.clone(),
-                backend: labels.backend.clone(),
+                direction,
+                authority,
+                route,
+                backend,
             })
             .observe(latency.as_secs_f64());
     }
@@ -239,10 +349,15 @@ impl Metrics {
         self.retries_skipped.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn authorization(&self, authorization: &str, allowed: bool, protocol: &'static str) {
+    pub fn authorization(
+        &self,
+        authorization: impl Into<LabelValue>,
+        allowed: bool,
+        protocol: &'static str,
+    ) {
         self.authz
             .get_or_create(&AuthzLabels {
-                authorization: authorization.to_string(),
+                authorization: authorization.into(),
                 decision: if allowed { "allow" } else { "deny" },
                 protocol,
             })
@@ -302,6 +417,43 @@ mod tests {
     use super::*;
 
     #[test]
+    fn label_values_name_one_series_whatever_their_variant() {
+        let m = Metrics::new();
+        for authority in [
+            LabelValue::Shared(Arc::from("api.demo")),
+            LabelValue::Static("api.demo"),
+            LabelValue::inline("api.demo"),
+        ] {
+            m.request(
+                RequestLabels {
+                    direction: OUTBOUND,
+                    authority,
+                    route: "r".into(),
+                    backend: "api".into(),
+                    status_class: "2xx",
+                    peer: LabelValue::EMPTY,
+                },
+                Duration::from_millis(1),
+            );
+        }
+        m.request(
+            RequestLabels {
+                direction: INBOUND,
+                authority: LabelValue::port(65535),
+                route: "default".into(),
+                backend: LabelValue::EMPTY,
+                status_class: "2xx",
+                peer: LabelValue::inline("a-rather-long-spiffe-identity-that-does-not-fit"),
+            },
+            Duration::from_millis(1),
+        );
+        let text = m.encode();
+        assert!(text.contains("weft_proxy_requests_total{direction=\"outbound\",authority=\"api.demo\",route=\"r\",backend=\"api\",status_class=\"2xx\",peer=\"\"} 3"), "{text}");
+        assert!(text.contains("weft_proxy_requests_total{direction=\"inbound\",authority=\":65535\",route=\"default\",backend=\"\",status_class=\"2xx\",peer=\"a-rather-long-spiffe-identity-that-does-not-fit\"} 1"), "{text}");
+        assert!(text.contains("weft_proxy_request_duration_seconds_count{direction=\"outbound\",authority=\"api.demo\",route=\"r\",backend=\"api\"} 3"), "{text}");
+    }
+
+    #[test]
     fn encodes_requests_and_info() {
         let m = Metrics::new();
         m.set_config_version("abc");
@@ -309,13 +461,13 @@ mod tests {
         m.inc_nack();
         m.set_cert_expiry(1_700_000_000);
         m.request(
-            &RequestLabels {
+            RequestLabels {
                 direction: OUTBOUND,
-                authority: "api.demo".into(),
+                authority: LabelValue::Shared(Arc::from("api.demo")),
                 route: "default".into(),
                 backend: "api".into(),
                 status_class: status_class(http::StatusCode::OK),
-                peer: String::new(),
+                peer: LabelValue::EMPTY,
             },
             Duration::from_millis(3),
         );

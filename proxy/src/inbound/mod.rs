@@ -24,7 +24,7 @@ use tokio::sync::watch;
 
 use crate::config::{Config, Protocol};
 use crate::http::{self as h, Body, PlainClients};
-use crate::metrics::{self, Metrics, RequestLabels, INBOUND};
+use crate::metrics::{self, LabelValue, Metrics, RequestLabels, INBOUND};
 use crate::route::{self, Decision, RequestInfo};
 use crate::transport::{self, Detected, Drain, Hint, MeshIdentity, TransportHeader};
 
@@ -199,9 +199,12 @@ where
             tracing::debug!(port, peer = ?peer, %reason, "TCP connection denied");
         }
         Decision::Allow(by) => {
-            shared
-                .metrics
-                .authorization(by.as_deref().unwrap_or("default"), true, "tcp");
+            shared.metrics.authorization(
+                by.clone()
+                    .map_or(LabelValue::Static("default"), LabelValue::from),
+                true,
+                "tcp",
+            );
             let app = SocketAddr::new(shared.settings.app_ip, port);
             match transport::connect(app).await {
                 Ok(upstream) => {
@@ -277,12 +280,22 @@ async fn handle_request(
         Decision::Deny(reason) => {
             shared.metrics.authorization("none", false, "http");
             let rsp = h::forbidden(&reason);
-            record(shared, port, "none", peer.as_deref(), rsp.status(), started);
+            record(
+                shared,
+                port,
+                "none".into(),
+                peer.as_ref(),
+                rsp.status(),
+                started,
+            );
             return rsp;
         }
     };
-    let authz_name = authorization.as_deref().unwrap_or("default");
-    shared.metrics.authorization(authz_name, true, "http");
+    let authz_name: LabelValue =
+        authorization.map_or(LabelValue::Static("default"), LabelValue::from);
+    shared
+        .metrics
+        .authorization(authz_name.clone(), true, "http");
 
     h::strip_hop_by_hop(req.headers_mut());
     // Only the proxy may assert the client's identity.
@@ -316,7 +329,7 @@ async fn handle_request(
         shared,
         port,
         authz_name,
-        peer.as_deref(),
+        peer.as_ref(),
         rsp.status(),
         started,
     );
@@ -326,19 +339,19 @@ async fn handle_request(
 fn record(
     shared: &Shared,
     port: u16,
-    authorization: &str,
-    peer: Option<&str>,
+    authorization: LabelValue,
+    peer: Option<&Arc<str>>,
     status: StatusCode,
     started: Instant,
 ) {
     shared.metrics.request(
-        &RequestLabels {
+        RequestLabels {
             direction: INBOUND,
-            authority: format!(":{port}"),
-            route: authorization.to_string(),
-            backend: String::new(),
+            authority: LabelValue::port(port),
+            route: authorization,
+            backend: LabelValue::EMPTY,
             status_class: metrics::status_class(status),
-            peer: peer.unwrap_or("unauthenticated").to_string(),
+            peer: peer.map_or(LabelValue::Static("unauthenticated"), LabelValue::from),
         },
         started.elapsed(),
     );

@@ -28,7 +28,7 @@ use tokio::sync::watch;
 use crate::balance;
 use crate::config::{Backend, Config, Endpoint, OutboundService, Protocol, TrafficPolicy};
 use crate::http::{self as h, Body, PlainClients};
-use crate::metrics::{self, LatencyLabels, Metrics, RequestLabels, OUTBOUND};
+use crate::metrics::{self, LabelValue, LatencyLabels, Metrics, RequestLabels, OUTBOUND};
 use crate::route::{self, RequestInfo};
 use crate::transport::{self, Detected, Drain, Hint, MeshIdentity, TransportHeader};
 
@@ -237,21 +237,30 @@ async fn serve_http<I>(
     }
 }
 
-struct Labels<'a> {
-    authority: &'a str,
-    route: &'a str,
-    backend: &'a str,
+/// Metric label values of a request; cloning bumps reference counts only.
+#[derive(Clone)]
+struct Labels {
+    authority: LabelValue,
+    route: LabelValue,
+    backend: LabelValue,
 }
 
-fn record(shared: &Shared, labels: &Labels<'_>, peer: &str, status: StatusCode, started: Instant) {
+fn record(
+    shared: &Shared,
+    labels: &Labels,
+    peer: Option<Arc<str>>,
+    status: StatusCode,
+    started: Instant,
+) {
+    let labels = labels.clone();
     shared.metrics.request(
-        &RequestLabels {
+        RequestLabels {
             direction: OUTBOUND,
-            authority: labels.authority.to_string(),
-            route: labels.route.to_string(),
-            backend: labels.backend.to_string(),
+            authority: labels.authority,
+            route: labels.route,
+            backend: labels.backend,
             status_class: metrics::status_class(status),
-            peer: peer.to_string(),
+            peer: peer.map_or(LabelValue::EMPTY, LabelValue::Shared),
         },
         started.elapsed(),
     );
@@ -280,14 +289,14 @@ async fn handle_request(
         Ok(x) => x,
         Err(reason) => {
             let labels = Labels {
-                authority: "unknown",
-                route: "",
-                backend: "",
+                authority: "unknown".into(),
+                route: LabelValue::EMPTY,
+                backend: LabelValue::EMPTY,
             };
             record(
                 shared,
                 &labels,
-                "",
+                None,
                 StatusCode::SERVICE_UNAVAILABLE,
                 started,
             );
@@ -297,14 +306,14 @@ async fn handle_request(
     svc.retry_budget.deposit();
     let Some(route) = route::select_route(&port.routes, &RequestInfo::from_request(&req)) else {
         let labels = Labels {
-            authority: &svc.authority,
-            route: "",
-            backend: "",
+            authority: (&svc.authority).into(),
+            route: LabelValue::EMPTY,
+            backend: LabelValue::EMPTY,
         };
         record(
             shared,
             &labels,
-            "",
+            None,
             StatusCode::SERVICE_UNAVAILABLE,
             started,
         );
@@ -315,14 +324,14 @@ async fn handle_request(
     };
     let Some(backend) = route::choose_backend(route) else {
         let labels = Labels {
-            authority: &svc.authority,
-            route: &route.name,
-            backend: "",
+            authority: (&svc.authority).into(),
+            route: (&route.name).into(),
+            backend: LabelValue::EMPTY,
         };
         record(
             shared,
             &labels,
-            "",
+            None,
             StatusCode::SERVICE_UNAVAILABLE,
             started,
         );
@@ -340,18 +349,12 @@ async fn handle_request(
         _ => downstream_h2,
     };
     let labels = Labels {
-        authority: &svc.authority,
-        route: &route.name,
-        backend: &backend.service,
+        authority: (&svc.authority).into(),
+        route: (&route.name).into(),
+        backend: (&backend.service).into(),
     };
     let (rsp, peer) = forward(shared, req, svc, backend, app_h2, &labels).await;
-    record(
-        shared,
-        &labels,
-        peer.as_deref().unwrap_or(""),
-        rsp.status(),
-        started,
-    );
+    record(shared, &labels, peer, rsp.status(), started);
     rsp
 }
 
@@ -445,8 +448,8 @@ async fn forward(
     svc: &OutboundService,
     backend: &Backend,
     app_h2: bool,
-    labels: &Labels<'_>,
-) -> (Response<Body>, Option<String>) {
+    labels: &Labels,
+) -> (Response<Body>, Option<Arc<str>>) {
     let policy = &svc.policy;
     let attempts = async {
         let mut prepared = match prepare(req, policy).await {
@@ -475,9 +478,9 @@ async fn forward(
             attempt += 1;
             shared.metrics.retry(&LatencyLabels {
                 direction: OUTBOUND,
-                authority: labels.authority.to_string(),
-                route: labels.route.to_string(),
-                backend: labels.backend.to_string(),
+                authority: labels.authority.clone(),
+                route: labels.route.clone(),
+                backend: labels.backend.clone(),
             });
         }
     };
@@ -505,7 +508,7 @@ async fn attempt_once(
     mut req: Request<Body>,
     backend: &Backend,
     app_h2: bool,
-) -> (Response<Body>, Option<String>) {
+) -> (Response<Body>, Option<Arc<str>>) {
     let Some(ep) = pick_endpoint(backend) else {
         return (
             h::error(
@@ -517,7 +520,7 @@ async fn attempt_once(
     };
     let _in_flight = ep.load.start();
     let started = Instant::now();
-    let peer = ep.identity.as_deref().map(str::to_string);
+    let peer = ep.identity.clone();
     let result = match ep.mesh_target() {
         Some((addr, identity)) => send_mesh(shared, req, ep, addr, identity, app_h2).await,
         None => {
