@@ -98,18 +98,31 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 /// Removes hop-by-hop headers (and those named by `Connection`). `TE: trailers` is kept: gRPC
 /// needs it.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        headers.remove(n);
+    // Fast path: most requests and responses carry none of these headers, and checking is
+    // cheaper than removing (removal of an absent name still hashes it).
+    let has_te = headers.contains_key(http::header::TE);
+    if !has_te && !HOP_BY_HOP.iter().any(|n| headers.contains_key(n)) {
+        return;
+    }
+    if headers.contains_key(http::header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
     }
     for n in &HOP_BY_HOP {
-        headers.remove(n);
+        if headers.contains_key(n) {
+            headers.remove(n);
+        }
+    }
+    if !has_te {
+        return;
     }
     let te_trailers = headers
         .get_all(http::header::TE)
@@ -225,6 +238,31 @@ mod tests {
         assert!(h.get("x-private").is_none());
         assert!(h.get("keep-alive").is_none());
         assert_eq!(h.get("te").map(|v| v.as_bytes()), Some(&b"trailers"[..]));
+        assert!(h.get("x-keep").is_some());
+    }
+
+    #[test]
+    fn leaves_end_to_end_headers_alone() {
+        let mut h = HeaderMap::new();
+        h.insert("content-type", HeaderValue::from_static("text/plain"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        h.append("x-keep", HeaderValue::from_static("2"));
+        let before = h.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
+    }
+
+    #[test]
+    fn strips_transfer_encoding_without_connection() {
+        let mut h = HeaderMap::new();
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        h.insert("te", HeaderValue::from_static("gzip"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("transfer-encoding").is_none());
+        assert!(h.get("upgrade").is_none());
+        assert!(h.get("te").is_none());
         assert!(h.get("x-keep").is_some());
     }
 
