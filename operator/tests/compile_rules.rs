@@ -1035,8 +1035,9 @@ fn one_weight_change_touches_one_resource() {
     assert_eq!(diff, vec!["outbound:web.demo"]);
     // Inbound resources are untouched; every proxy sees the new outbound.
     for (k, p) in after.proxies().iter() {
-        assert_eq!(p.inbound.version, before.proxies()[k].inbound.version);
-        assert_ne!(p.version, before.proxies()[k].version);
+        let old = before.proxy(k).expect("proxy before");
+        assert_eq!(p.inbound.version, old.inbound.version);
+        assert_ne!(p.version, old.version);
     }
     assert_eq!(
         fingerprint(&after),
@@ -1055,7 +1056,7 @@ fn target_change_touches_only_destination_proxies() {
     let changed: Vec<String> = after
         .proxies()
         .iter()
-        .filter(|(k, p)| before.proxies()[*k].version != p.version)
+        .filter(|(k, p)| before.proxy(k).map(|o| o.version.clone()) != Some(p.version.clone()))
         .map(|(k, _)| k.to_string())
         .collect();
     assert_eq!(changed, vec!["demo/web-v1-0", "demo/web-v2-0"]);

@@ -91,29 +91,48 @@ pub struct Event {
     pub message: String,
 }
 
+/// A contiguous, name-ordered run of shared resources (see [`SharedResources`]).
+type Chunk = BTreeMap<Arc<str>, Arc<VersionedResource>>;
+
+/// A chunk is split in two when it grows past this many resources.
+const MAX_CHUNK: usize = 256;
+
 /// The resources every proxy shares: all OutboundServices and EndpointSets.
+///
+/// Stored as name-ordered chunks behind `Arc`s, so that a snapshot which changes one resource
+/// copies one chunk (at most [`MAX_CHUNK`] entries) and the list of chunk pointers, not the
+/// whole set. The digest of every `(name, version)` pair is updated in O(1) per change.
 #[derive(Clone, Debug, Default)]
 pub struct SharedResources {
-    resources: BTreeMap<Arc<str>, Arc<VersionedResource>>,
+    /// Non-empty chunks, in name order: every name of chunk `i` sorts before chunk `i + 1`.
+    chunks: Vec<Arc<Chunk>>,
+    len: usize,
     digest: u128,
 }
 
 impl SharedResources {
+    /// The chunk that holds (or would hold) `name`.
+    fn chunk_index(&self, name: &str) -> usize {
+        self.chunks
+            .partition_point(|c| c.keys().next().is_some_and(|k| &**k <= name))
+            .saturating_sub(1)
+    }
+
     pub fn get(&self, name: &str) -> Option<&Arc<VersionedResource>> {
-        self.resources.get(name)
+        self.chunks.get(self.chunk_index(name))?.get(name)
     }
 
     /// Resources in name order.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<VersionedResource>> {
-        self.resources.values()
+        self.chunks.iter().flat_map(|c| c.values())
     }
 
     pub fn len(&self) -> usize {
-        self.resources.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.resources.is_empty()
+        self.len == 0
     }
 
     /// Digest of every `(name, version)` pair.
@@ -123,25 +142,48 @@ impl SharedResources {
 
     fn insert(&mut self, r: Arc<VersionedResource>) -> bool {
         let add = pair_hash(&r.name, &r.version);
-        match self.resources.insert(Arc::from(r.name.as_str()), r) {
+        if self.chunks.is_empty() {
+            self.chunks.push(Arc::default());
+        }
+        let i = self.chunk_index(&r.name);
+        let chunk = Arc::make_mut(&mut self.chunks[i]);
+        let version = r.version.clone();
+        let changed = match chunk.insert(Arc::from(r.name.as_str()), r) {
             Some(old) => {
                 self.digest = self
                     .digest
                     .wrapping_sub(pair_hash(&old.name, &old.version))
                     .wrapping_add(add);
-                old.version != self.resources[old.name.as_str()].version
+                old.version != version
             }
             None => {
                 self.digest = self.digest.wrapping_add(add);
+                self.len += 1;
                 true
             }
+        };
+        if chunk.len() > MAX_CHUNK {
+            if let Some(mid) = chunk.keys().nth(chunk.len() / 2).cloned() {
+                let tail = chunk.split_off(&mid);
+                self.chunks.insert(i + 1, Arc::new(tail));
+            }
         }
+        changed
     }
 
     fn remove(&mut self, name: &str) -> bool {
-        match self.resources.remove(name) {
+        let i = self.chunk_index(name);
+        let Some(chunk) = self.chunks.get_mut(i).filter(|c| c.contains_key(name)) else {
+            return false;
+        };
+        let chunk = Arc::make_mut(chunk);
+        match chunk.remove(name) {
             Some(old) => {
                 self.digest = self.digest.wrapping_sub(pair_hash(&old.name, &old.version));
+                self.len -= 1;
+                if chunk.is_empty() {
+                    self.chunks.remove(i);
+                }
                 true
             }
             None => false,
@@ -223,6 +265,53 @@ impl ProxyConfig {
     }
 }
 
+/// The proxies of a [`Compiled`] snapshot, in pod order. Each [`ProxyConfig`] is assembled
+/// on access (an `Arc` of the pod's inbound resource, an `Arc` of the shared set, and a
+/// version hashed from the two), which costs O(1).
+#[derive(Clone, Copy, Debug)]
+pub struct Proxies<'a> {
+    inbound: &'a BTreeMap<ProxyKey, Arc<VersionedResource>>,
+    shared: &'a Arc<SharedResources>,
+}
+
+impl<'a> Proxies<'a> {
+    pub fn len(&self) -> usize {
+        self.inbound.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inbound.is_empty()
+    }
+
+    pub fn contains_key(&self, key: &ProxyKey) -> bool {
+        self.inbound.contains_key(key)
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &'a ProxyKey> + 'a {
+        self.inbound.keys()
+    }
+
+    pub fn get(&self, key: &ProxyKey) -> Option<Arc<ProxyConfig>> {
+        let inbound = self.inbound.get(key)?;
+        Some(Arc::new(ProxyConfig::new(
+            key.clone(),
+            inbound.clone(),
+            self.shared.clone(),
+        )))
+    }
+
+    /// `(pod, config)` in pod order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'a ProxyKey, Arc<ProxyConfig>)> + 'a {
+        let shared = self.shared;
+        self.inbound.iter().map(move |(k, inbound)| {
+            (
+                k,
+                Arc::new(ProxyConfig::new(k.clone(), inbound.clone(), shared.clone())),
+            )
+        })
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum UnitId {
     Outbound(ObjectRef),
@@ -236,7 +325,9 @@ enum UnitId {
 pub struct Compiled {
     opts: CompileOptions,
     shared: Arc<SharedResources>,
-    proxies: Arc<BTreeMap<ProxyKey, Arc<ProxyConfig>>>,
+    /// Each meshed pod's inbound resource; its [`ProxyConfig`] is that plus `shared`, built
+    /// on demand in O(1) (so a shared change touches no per-proxy state).
+    proxies: Arc<BTreeMap<ProxyKey, Arc<VersionedResource>>>,
     statuses: Arc<BTreeMap<ObjectKey, Vec<hub::Condition>>>,
     events: Arc<BTreeMap<UnitId, Vec<Event>>>,
     namespace_defaults: Arc<BTreeMap<String, DefaultPolicy>>,
@@ -246,15 +337,15 @@ pub struct Compiled {
 impl Compiled {
     /// The config of a known meshed pod.
     pub fn proxy(&self, key: &ProxyKey) -> Option<Arc<ProxyConfig>> {
-        self.proxies.get(key).cloned()
+        self.proxies().get(key)
     }
 
     /// The config of a pod, or, for a pod the model does not know (yet), a valid default: the
     /// namespace's default inbound policy (deny when its service account is the destination
     /// of a TrafficTarget) and every outbound service.
     pub fn proxy_or_default(&self, key: &ProxyKey, service_account: &str) -> Arc<ProxyConfig> {
-        if let Some(p) = self.proxies.get(key) {
-            return p.clone();
+        if let Some(p) = self.proxy(key) {
+            return p;
         }
         let sa = ObjectRef::new(key.namespace.clone(), service_account);
         let default_policy = if self.destinations.contains(&sa) {
@@ -279,8 +370,11 @@ impl Compiled {
     }
 
     /// Every known proxy's config, by pod.
-    pub fn proxies(&self) -> &BTreeMap<ProxyKey, Arc<ProxyConfig>> {
-        &self.proxies
+    pub fn proxies(&self) -> Proxies<'_> {
+        Proxies {
+            inbound: &self.proxies,
+            shared: &self.shared,
+        }
     }
 
     /// The shared outbound and endpoints resources.
@@ -762,16 +856,10 @@ impl Compiler {
             next.destinations = Arc::new(model.targets.values().map(destination_ref).collect());
         }
 
-        // Proxies.
+        // Proxies: only inbound resources are per proxy; a shared change touches none of them.
         let events = &mut next.events;
-        let proxies = if d.inbound.is_empty() && !shared_changed {
-            None
-        } else {
-            Some(Arc::make_mut(&mut next.proxies))
-        };
-        let mut empty = BTreeMap::new();
-        let proxies = proxies.unwrap_or(&mut empty);
-        let mut changed_proxies = 0usize;
+        let mut inbound_changed = 0usize;
+        let mut removed = 0usize;
         for pref in &d.inbound {
             match model.pods.get(pref).filter(|p| p.meshed) {
                 Some(pod) => {
@@ -785,41 +873,32 @@ impl Compiler {
                         &mut evs,
                     );
                     set_events(events, UnitId::Inbound(pref.clone()), evs);
-                    let inbound = Arc::new(VersionedResource::new(
-                        INBOUND_NAME.into(),
-                        ResourceKind::Inbound(policy),
-                    ));
-                    let same = proxies.get(pref).is_some_and(|old| {
-                        old.inbound.version == inbound.version && !shared_changed
-                    });
+                    let inbound =
+                        VersionedResource::new(INBOUND_NAME.into(), ResourceKind::Inbound(policy));
+                    let same = next
+                        .proxies
+                        .get(pref)
+                        .is_some_and(|old| old.version == inbound.version);
                     if !same {
-                        let cfg = ProxyConfig::new(pref.clone(), inbound, next.shared.clone());
-                        proxies.insert(pref.clone(), Arc::new(cfg));
-                        changed_proxies += 1;
+                        Arc::make_mut(&mut next.proxies).insert(pref.clone(), Arc::new(inbound));
+                        inbound_changed += 1;
                     }
                 }
                 None => {
                     cow_remove(events, &UnitId::Inbound(pref.clone()));
-                    if proxies.remove(pref).is_some() {
-                        changed_proxies += 1;
+                    if cow_remove(&mut next.proxies, pref) {
+                        removed += 1;
                     }
                 }
             }
         }
-        if shared_changed {
-            for (k, cfg) in proxies.iter_mut() {
-                if !Arc::ptr_eq(&cfg.shared, &next.shared) {
-                    *cfg = Arc::new(ProxyConfig::new(
-                        k.clone(),
-                        cfg.inbound.clone(),
-                        next.shared.clone(),
-                    ));
-                    if !d.inbound.contains(k) {
-                        changed_proxies += 1;
-                    }
-                }
-            }
-        }
+        // A proxy's version hashes its inbound version and the shared digest: when the shared
+        // set changed, every proxy has a new version.
+        let changed_proxies = if shared_changed {
+            next.proxies.len() + removed
+        } else {
+            inbound_changed + removed
+        };
         self.stats.proxies_changed = changed_proxies;
         let out = Arc::new(next);
         self.current = out.clone();
@@ -866,4 +945,91 @@ fn shared_insert(shared: &mut Arc<SharedResources>, r: VersionedResource) -> boo
         return false;
     }
     Arc::make_mut(shared).insert(Arc::new(r))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn res(name: &str, n: usize) -> Arc<VersionedResource> {
+        Arc::new(VersionedResource::new(
+            name.to_string(),
+            ResourceKind::Endpoints(EndpointSet {
+                endpoints: vec![Endpoint {
+                    ip: IpAddr::from([10, 0, 0, 1]),
+                    port: u16::try_from(n % 60_000 + 1).unwrap_or(1),
+                    identity: String::new(),
+                    inbound_port: 0,
+                    pod: String::new(),
+                }],
+            }),
+        ))
+    }
+
+    /// Chunked storage behaves as one ordered map; snapshots share untouched chunks; the digest
+    /// depends only on the content.
+    #[test]
+    fn shared_resources_chunks_behave_as_one_ordered_map() {
+        let mut s = SharedResources::default();
+        let mut want = BTreeMap::new();
+        // Insert in a scrambled order, enough for many chunk splits.
+        for i in 0..(MAX_CHUNK * 5) {
+            let k = (i * 7919) % (MAX_CHUNK * 5);
+            let name = format!("endpoints:svc-{k:05}.ns:80");
+            assert!(s.insert(res(&name, k)));
+            want.insert(name, k);
+        }
+        assert!(s.chunks.len() > 4);
+        assert!(s
+            .chunks
+            .iter()
+            .all(|c| !c.is_empty() && c.len() <= MAX_CHUNK));
+        let names: Vec<&str> = s.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, want.keys().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(s.len(), want.len());
+        for name in want.keys() {
+            assert_eq!(s.get(name).map(|r| r.name.as_str()), Some(name.as_str()));
+        }
+        assert!(s.get("endpoints:zzz").is_none() && s.get("a").is_none());
+
+        // A snapshot that changes one resource copies one chunk only.
+        let before = s.clone();
+        let name = "endpoints:svc-00300.ns:80";
+        assert!(!s.insert(res(name, 300)));
+        assert!(s.insert(res(name, 301)));
+        let copied = s
+            .chunks
+            .iter()
+            .zip(&before.chunks)
+            .filter(|(a, b)| !Arc::ptr_eq(a, b))
+            .count();
+        assert_eq!(copied, 1);
+        assert_ne!(s.digest(), before.digest());
+
+        // Removing everything in any order empties it; the digest matches a fresh build.
+        let mut fresh = SharedResources::default();
+        for (i, name) in want.keys().enumerate() {
+            if i % 2 == 0 {
+                assert!(s.remove(name));
+                assert!(!s.remove(name));
+            } else {
+                let n = if name == "endpoints:svc-00300.ns:80" {
+                    301
+                } else {
+                    want[name]
+                };
+                fresh.insert(res(name, n));
+            }
+        }
+        assert_eq!(s.len(), fresh.len());
+        assert_eq!(s.digest(), fresh.digest());
+        let a: Vec<String> = s.iter().map(|r| r.version.clone()).collect();
+        let b: Vec<String> = fresh.iter().map(|r| r.version.clone()).collect();
+        assert_eq!(a, b);
+        for name in want.keys() {
+            s.remove(name);
+        }
+        assert!(s.is_empty() && s.chunks.is_empty());
+        assert_eq!(s.digest(), SharedResources::default().digest());
+    }
 }

@@ -87,7 +87,7 @@ impl CompileReport {
             proxies: compiled
                 .proxies()
                 .iter()
-                .map(|(k, cfg)| (k.to_string(), ProxyReport::from_config(cfg)))
+                .map(|(k, cfg)| (k.to_string(), ProxyReport::from_config(&cfg)))
                 .collect(),
             objects: compiled
                 .statuses()
