@@ -162,14 +162,35 @@ fn split_age_key(s: &hub::TrafficSplit) -> (i64, String) {
     (ts, s.meta.name.clone())
 }
 
+/// At most this many regexes are remembered by [`compiles`] (then it starts over).
+const REGEX_MEMO_LIMIT: usize = 4096;
+
+/// Whether `pattern` compiles (as the proxy will compile it), memoized: the same few route
+/// regexes are checked for every pod a TrafficTarget restricts and every split using them, and
+/// compiling a regex costs far more than the rest of a match conversion.
+fn compiles(pattern: String) -> bool {
+    static MEMO: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, bool>>> =
+        std::sync::LazyLock::new(Default::default);
+    let mut memo = MEMO.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(ok) = memo.get(&pattern) {
+        return *ok;
+    }
+    let ok = regex::Regex::new(&pattern).is_ok();
+    if memo.len() >= REGEX_MEMO_LIMIT {
+        memo.clear();
+    }
+    memo.insert(pattern, ok);
+    ok
+}
+
 /// Converts an SMI match. Invalid regexes are dropped (the route's status reports them).
 pub(crate) fn convert_match(m: &hub::HttpMatch) -> Option<HttpMatch> {
     if let Some(p) = &m.path_regex {
-        regex::Regex::new(&format!("^(?:{p})")).ok()?;
+        compiles(format!("^(?:{p})")).then_some(())?;
     }
     let mut headers = Vec::with_capacity(m.headers.len());
     for (k, v) in &m.headers {
-        regex::Regex::new(&format!("^(?:{v})$")).ok()?;
+        compiles(format!("^(?:{v})$")).then_some(())?;
         headers.push(HeaderMatch {
             name: k.to_ascii_lowercase(),
             value_regex: v.clone(),
