@@ -1,7 +1,9 @@
 //! Propagation benchmark: N simulated proxies (each a real gRPC connection and stream that ACKs
 //! every response) against the real `weft-operator --manifests`. For each of C sequential
 //! changes to a TrafficSplit file it measures the time from the file write to the last proxy's
-//! ACK of the new weights, and reports p50/p99/max, plus the operator's RSS per connected proxy.
+//! ACK of the new weights, and reports p50/p99/max, the operator's RSS per connected proxy, and
+//! the CPU time per change of the operator and of the simulated proxies (less sensitive to other
+//! load on the machine than the latencies).
 //!
 //! ```text
 //! cargo build --release -p weft-operator --bin weft-operator --example propagation_bench
@@ -123,6 +125,27 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time (user + system) a process used so far, in milliseconds (`pid` 0: this process).
+fn cpu_ms(pid: u32) -> f64 {
+    let path = if pid == 0 {
+        "/proc/self/stat".to_string()
+    } else {
+        format!("/proc/{pid}/stat")
+    };
+    let Ok(stat) = std::fs::read_to_string(path) else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit(')').next().unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields
+        .get(11..13)
+        .map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum())
+        .unwrap_or(0.0);
+    // USER_HZ is 100 on Linux.
+    ticks * 10.0
+}
+
 fn start_operator(bin: &Path, dir: &Path) -> std::io::Result<(Child, SocketAddr, SocketAddr)> {
     let mut child = Command::new(bin)
         .arg("--manifests")
@@ -236,6 +259,7 @@ async fn run(
     }
     let rss_after = rss_kib(child.id());
     let mut latencies = Vec::with_capacity(changes);
+    let (op_cpu0, bench_cpu0) = (cpu_ms(child.id()), cpu_ms(0));
     for i in 1..=changes as u64 {
         let t0 = Instant::now();
         write_split(dir.path(), i)?;
@@ -252,16 +276,20 @@ async fn run(
         }
         latencies.push(last - t0);
     }
+    let op_cpu = (cpu_ms(child.id()) - op_cpu0) / changes as f64;
+    let bench_cpu = (cpu_ms(0) - bench_cpu0) / changes as f64;
     latencies.sort();
     let per_proxy = rss_after.saturating_sub(rss_before) as f64 / n as f64;
     println!(
-        "proxies={n:5} changes={changes} p50={:7.2}ms p99={:7.2}ms max={:7.2}ms rss_idle={}KiB rss_connected={}KiB rss_per_proxy={:.1}KiB",
+        "proxies={n:5} changes={changes} p50={:7.2}ms p99={:7.2}ms max={:7.2}ms rss_idle={}KiB rss_connected={}KiB rss_per_proxy={:.1}KiB cpu_per_change: operator={:.1}ms proxies={:.1}ms",
         percentile(&latencies, 0.5).as_secs_f64() * 1000.0,
         percentile(&latencies, 0.99).as_secs_f64() * 1000.0,
         latencies.last().copied().unwrap_or_default().as_secs_f64() * 1000.0,
         rss_before,
         rss_after,
         per_proxy,
+        op_cpu,
+        bench_cpu,
     );
     tasks.abort_all();
     let _ = Command::new("kill")
