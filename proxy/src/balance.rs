@@ -67,9 +67,18 @@ impl Load {
         f64::from_bits(self.ewma_bits.load(Ordering::Relaxed))
     }
 
-    /// The cost used to compare endpoints: lower is better.
+    /// The cost used to compare endpoints: lower is better. The latency estimate decays towards
+    /// zero while an endpoint gets no responses, so an endpoint that was slow once (or simply
+    /// unused, as the old version after a canary reached 100 %) is tried again instead of being
+    /// starved for ever by a faster peer.
     pub fn cost(&self) -> f64 {
-        self.ewma_nanos() * f64::from(self.pending().saturating_add(1))
+        self.cost_at(now_nanos())
+    }
+
+    fn cost_at(&self, now: u64) -> f64 {
+        let idle = now.saturating_sub(self.stamp.load(Ordering::Relaxed)) as f64;
+        let decayed = self.ewma_nanos() * (-idle / DECAY.as_nanos() as f64).exp();
+        decayed * f64::from(self.pending().saturating_add(1))
     }
 
     /// Records an observed latency.
@@ -163,6 +172,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_idle_endpoint_is_tried_again() {
+        let slow = Load::new(Duration::from_millis(5));
+        let busy = Load::new(Duration::from_millis(1));
+        let t0 = slow.stamp.load(Ordering::Relaxed);
+        busy.observe_at(Duration::from_millis(1), t0);
+        assert!(slow.cost_at(t0) > busy.cost_at(t0));
+        // After 20 s without a response the slow one's estimate has decayed below the busy
+        // one's fresh estimate.
+        let later = t0 + 2 * DECAY.as_nanos() as u64;
+        busy.observe_at(Duration::from_millis(1), later);
+        assert!(slow.cost_at(later) < busy.cost_at(later));
+    }
+
+    #[test]
     fn peak_replaces_and_decays() {
         let load = Load::new(Duration::from_millis(10));
         let t0 = load.stamp.load(Ordering::Relaxed);
@@ -180,11 +203,12 @@ mod tests {
     #[test]
     fn pending_counts_in_cost() {
         let load = Load::new(Duration::from_millis(1));
-        let c0 = load.cost();
+        let now = load.stamp.load(Ordering::Relaxed);
+        let c0 = load.cost_at(now);
         let g1 = load.start();
         let g2 = load.start();
         assert_eq!(load.pending(), 2);
-        assert_eq!(load.cost(), c0 * 3.0);
+        assert_eq!(load.cost_at(now), c0 * 3.0);
         drop(g1);
         drop(g2);
         assert_eq!(load.pending(), 0);
