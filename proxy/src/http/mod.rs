@@ -177,6 +177,46 @@ pub fn http2_server() -> hyper::server::conn::http2::Builder<TokioExecutor> {
     b
 }
 
+/// Serves one downstream connection over HTTP/2 (`http2`) or HTTP/1.1 with `handler`; when
+/// `drain` is signalled it stops taking requests and lets the in-flight ones finish.
+pub async fn serve_downstream<I, F, Fut>(
+    io: I,
+    http2: bool,
+    mut drain: crate::transport::Drain,
+    handler: F,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<Body>> + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| {
+        let fut = handler(req);
+        async move { Ok::<_, std::convert::Infallible>(fut.await) }
+    });
+    let io = hyper_util::rt::TokioIo::new(io);
+    if http2 {
+        let conn = http2_server().serve_connection(io, svc);
+        tokio::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            _ = drain.signaled() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+        }
+    } else {
+        let conn = http1_server().serve_connection(io, svc);
+        tokio::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            _ = drain.signaled() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+        }
+    }
+}
+
 pub type PlainClient = hyper_util::client::legacy::Client<HttpConnector, Body>;
 
 /// Pooled plain-HTTP clients to upstreams (the local app, unmeshed endpoints): one speaking

@@ -8,7 +8,6 @@
 //!   its policy lists exactly one, else the connection is closed. The client has no identity, so
 //!   only ports whose policy admits unauthenticated clients serve it.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -16,8 +15,6 @@ use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -225,37 +222,16 @@ async fn serve_http<I>(
     peer: Option<Arc<str>>,
     downstream_h2: bool,
     app_h2: bool,
-    mut drain: Drain,
+    drain: Drain,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = service_fn(move |req: Request<Incoming>| {
+    h::serve_downstream(io, downstream_h2, drain, move |req: Request<Incoming>| {
         let shared = shared.clone();
         let peer = peer.clone();
-        async move { Ok::<_, Infallible>(handle_request(&shared, req, port, peer, app_h2).await) }
-    });
-    let io = TokioIo::new(io);
-    if downstream_h2 {
-        let conn = h::http2_server().serve_connection(io, svc);
-        tokio::pin!(conn);
-        tokio::select! {
-            _ = conn.as_mut() => {}
-            _ = drain.signaled() => {
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
-            }
-        }
-    } else {
-        let conn = h::http1_server().serve_connection(io, svc);
-        tokio::pin!(conn);
-        tokio::select! {
-            _ = conn.as_mut() => {}
-            _ = drain.signaled() => {
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
-            }
-        }
-    }
+        async move { handle_request(&shared, req, port, peer, app_h2).await }
+    })
+    .await;
 }
 
 async fn handle_request(

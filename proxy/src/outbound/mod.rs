@@ -8,7 +8,6 @@
 
 mod pool;
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,8 +18,6 @@ use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -205,36 +202,15 @@ async fn serve_http<I>(
     io: I,
     http2: bool,
     dst: Option<SocketAddr>,
-    mut drain: Drain,
+    drain: Drain,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = service_fn(move |req: Request<Incoming>| {
+    h::serve_downstream(io, http2, drain, move |req: Request<Incoming>| {
         let shared = shared.clone();
-        async move { Ok::<_, Infallible>(handle_request(&shared, req, dst, http2).await) }
-    });
-    let io = TokioIo::new(io);
-    if http2 {
-        let conn = h::http2_server().serve_connection(io, svc);
-        tokio::pin!(conn);
-        tokio::select! {
-            _ = conn.as_mut() => {}
-            _ = drain.signaled() => {
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
-            }
-        }
-    } else {
-        let conn = h::http1_server().serve_connection(io, svc);
-        tokio::pin!(conn);
-        tokio::select! {
-            _ = conn.as_mut() => {}
-            _ = drain.signaled() => {
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
-            }
-        }
-    }
+        async move { handle_request(&shared, req, dst, http2).await }
+    })
+    .await;
 }
 
 /// Metric label values of a request; cloning bumps reference counts only.
