@@ -142,6 +142,9 @@ enum Command {
         /// Read every proxy of a `weft demo` running with the default layout.
         #[arg(long)]
         demo: bool,
+        /// In a cluster (no --proxy-admin/--demo): only meshed pods of this namespace (default: all).
+        #[arg(short, long)]
+        namespace: Option<String>,
         /// How to group the figures.
         #[arg(long, value_enum, default_value = "backend")]
         by: cmd::stat::GroupBy,
@@ -346,25 +349,42 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             })
         }
         Command::Stat {
-            mut proxy_admin,
+            proxy_admin,
             demo,
+            namespace,
             by,
             window,
             output,
         } => {
+            let mut targets: Vec<cmd::stat::Target> = proxy_admin
+                .into_iter()
+                .map(cmd::stat::Target::Direct)
+                .collect();
             if demo {
                 let layout = demo::manifests::Layout {
                     prefix: [127, 42, 0],
                 };
-                proxy_admin.extend(demo::manifests::PODS.iter().map(|p| {
-                    format!(
+                targets.extend(demo::manifests::PODS.iter().map(|p| {
+                    cmd::stat::Target::Direct(format!(
                         "{}:{}",
                         layout.ip(p.host),
                         demo::manifests::PROXY_ADMIN_PORT
-                    )
+                    ))
                 }));
             }
-            let rows = cmd::stat::collect(&proxy_admin, window, by).await?;
+            let client = if targets.is_empty() {
+                // In a cluster: every meshed pod, through the API server's pod proxy.
+                let client = kube::Client::try_default().await.map_err(|e| {
+                    anyhow::anyhow!(
+                        "no --proxy-admin or --demo given, and no usable kubeconfig to find meshed pods: {e}"
+                    )
+                })?;
+                targets = cmd::stat::cluster_targets(&client, namespace.as_deref()).await?;
+                Some(client)
+            } else {
+                None
+            };
+            let rows = cmd::stat::collect(&targets, client.as_ref(), window, by).await?;
             cmd::stat::print(&rows, output)?;
             Ok(exit::OK)
         }

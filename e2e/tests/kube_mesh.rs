@@ -509,4 +509,31 @@ async fn versions_validation_and_restart(env: &KubeEnv, operator_pod: &str) {
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+
+    // `weft stat` reads every meshed pod's metrics through the API server's pod proxy.
+    let out = tokio::process::Command::new(&weft)
+        .args([
+            "stat", "-n", NS, "--by", "workload", "--window", "1s", "-o", "json",
+        ])
+        .env("KUBECONFIG", &env.cluster.kubeconfig)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("running weft stat: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "weft stat failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("weft stat -o json: {e}: {text}"));
+    let pods: Vec<&str> = rows
+        .as_array()
+        .map(|r| r.iter().filter_map(|x| x["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        pods.iter().any(|p| p.starts_with(&format!("{NS}/"))),
+        "weft stat shows no meshed pod of {NS}: {text}"
+    );
+    eprintln!("weft stat rows: {pods:?}");
 }

@@ -44,30 +44,114 @@ struct Acc {
 }
 
 /// Scrapes each proxy admin address twice and groups the difference.
+/// Where a proxy's `/metrics` is read from.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// The proxy's admin address (`host:port`), reachable from here.
+    Direct(String),
+    /// A meshed pod, read through the Kubernetes API server's pod proxy (no port-forward).
+    Pod {
+        namespace: String,
+        name: String,
+        admin_port: u16,
+    },
+}
+
+impl Target {
+    fn label(&self) -> String {
+        match self {
+            Target::Direct(a) => a.clone(),
+            Target::Pod {
+                namespace, name, ..
+            } => format!("{namespace}/{name}"),
+        }
+    }
+}
+
+/// The meshed pods (label `weft.io/proxy-version`) of `namespace`, or of every namespace.
+pub async fn cluster_targets(
+    client: &kube::Client,
+    namespace: Option<&str>,
+) -> anyhow::Result<Vec<Target>> {
+    use k8s_openapi::api::core::v1::Pod;
+    let api: kube::Api<Pod> = match namespace {
+        Some(ns) => kube::Api::namespaced(client.clone(), ns),
+        None => kube::Api::all(client.clone()),
+    };
+    let pods = api
+        .list(&kube::api::ListParams::default().labels("weft.io/proxy-version"))
+        .await?;
+    Ok(pods
+        .items
+        .into_iter()
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .map(|p| Target::Pod {
+            namespace: p.metadata.namespace.unwrap_or_default(),
+            name: p.metadata.name.unwrap_or_default(),
+            admin_port: 4191,
+        })
+        .collect())
+}
+
 pub async fn collect(
-    proxies: &[String],
+    targets: &[Target],
+    client: Option<&kube::Client>,
     window: Duration,
     by: GroupBy,
 ) -> anyhow::Result<Vec<Row>> {
-    if proxies.is_empty() {
-        bail!("no proxies to read: pass --proxy-admin ADDR (repeatable) or --demo");
+    if targets.is_empty() {
+        bail!("no proxies to read: pass --proxy-admin ADDR (repeatable), --demo, or run against a cluster with meshed pods");
     }
-    let first = scrape_all(proxies).await?;
+    let first = scrape_all(targets, client).await?;
     let t0 = Instant::now();
     tokio::time::sleep(window).await;
-    let second = scrape_all(proxies).await?;
+    let second = scrape_all(targets, client).await?;
     let secs = t0.elapsed().as_secs_f64().max(0.001);
     Ok(rows(&first, &second, secs, by))
 }
 
-async fn scrape_all(proxies: &[String]) -> anyhow::Result<Vec<(String, Vec<Sample>)>> {
+async fn scrape_all(
+    targets: &[Target],
+    client: Option<&kube::Client>,
+) -> anyhow::Result<Vec<(String, Vec<Sample>)>> {
     let mut out = Vec::new();
-    for p in proxies {
-        let (status, body) = admin_http::get(p, "/metrics", Duration::from_secs(3)).await?;
-        if status != 200 {
-            bail!("{p}/metrics answered {status}");
-        }
-        out.push((p.clone(), promtext::parse(&body)));
+    for t in targets {
+        let body = match (t, client) {
+            (Target::Direct(addr), _) => {
+                let (status, body) =
+                    admin_http::get(addr, "/metrics", Duration::from_secs(3)).await?;
+                if status != 200 {
+                    bail!("{addr}/metrics answered {status}");
+                }
+                body
+            }
+            (
+                Target::Pod {
+                    namespace,
+                    name,
+                    admin_port,
+                },
+                Some(client),
+            ) => {
+                let path = format!(
+                    "/api/v1/namespaces/{namespace}/pods/{name}:{admin_port}/proxy/metrics"
+                );
+                let req = http::Request::get(path).body(Vec::new())?;
+                match tokio::time::timeout(Duration::from_secs(5), client.request_text(req)).await {
+                    Ok(Ok(text)) => text,
+                    Ok(Err(e)) => {
+                        eprintln!("weft stat: skipping {namespace}/{name}: {e}");
+                        continue;
+                    }
+                    Err(_) => {
+                        eprintln!("weft stat: skipping {namespace}/{name}: no answer within 5 s");
+                        continue;
+                    }
+                }
+            }
+            (Target::Pod { .. }, None) => bail!("reading pods needs a Kubernetes client"),
+        };
+        out.push((t.label(), promtext::parse(&body)));
     }
     Ok(out)
 }
