@@ -40,8 +40,13 @@ pub struct DemoOptions {
 
 /// Canary weights of api-v2, in percent.
 const STEPS: [u32; 4] = [0, 10, 50, 100];
-/// How far a measured share may be from its weight before the demo calls it a mismatch.
-const SHARE_TOLERANCE: f64 = 0.05;
+/// How far a measured share may be from its weight before the demo calls it a mismatch: four
+/// standard errors of a share measured over `n` requests (a false alarm about once in 16,000
+/// steps), and never less than 2 points (requests in flight while a proxy applies a change).
+pub fn share_tolerance(weight: f64, n: u64) -> f64 {
+    let n = n.max(1) as f64;
+    (4.0 * (weight * (1.0 - weight) / n).sqrt()).max(0.02)
+}
 
 struct Mesh {
     sup: Supervisor,
@@ -229,12 +234,14 @@ async fn scripted(opts: &DemoOptions, mesh: &mut Mesh, out: &Output) -> anyhow::
         );
         let tally = measure(out, &title, &frontend_load, window, |t| canary_lines(t, v2)).await;
         let measured_v2 = tally.share("v2");
-        let ok = (measured_v2 - f64::from(v2) / 100.0).abs() <= SHARE_TOLERANCE
+        let weight_v2 = f64::from(v2) / 100.0;
+        let tolerance = share_tolerance(weight_v2, tally.requests);
+        let ok = (measured_v2 - weight_v2).abs() <= tolerance
             && tally.success() == tally.requests
             && tally.requests > 0;
         all_ok &= ok;
         out.line(&format!(
-            "step {}/{} weights api-v1={} api-v2={v2} measured api-v1={:.1}% api-v2={:.1}% requests={} success={:.1}% p50={} p99={} {}",
+            "step {}/{} weights api-v1={} api-v2={v2} measured api-v1={:.1}% api-v2={:.1}% requests={} success={:.1}% p50={} p99={} {} (within ±{:.1} points)",
             i + 1,
             STEPS.len(),
             100 - v2,
@@ -244,7 +251,8 @@ async fn scripted(opts: &DemoOptions, mesh: &mut Mesh, out: &Output) -> anyhow::
             pct(tally.success(), tally.requests),
             ms(tally.percentile_ms(0.5)),
             ms(tally.percentile_ms(0.99)),
-            if ok { "OK" } else { "MISMATCH" }
+            if ok { "OK" } else { "MISMATCH" },
+            tolerance * 100.0
         ));
         if !ok {
             explain_failure(&tally, out);
