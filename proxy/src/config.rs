@@ -338,9 +338,10 @@ pub struct Config {
     /// Content hash from the control plane; empty for the defaults.
     pub version: String,
     pub inbound: InboundPolicy,
-    /// Outbound services by (namespace, name).
+    /// Outbound services by namespace, then name (nested so that a lookup by `&str` allocates
+    /// nothing: it runs once per outbound request).
     #[serde(skip)]
-    pub services: HashMap<(String, String), Arc<OutboundService>>,
+    pub services: HashMap<String, HashMap<String, Arc<OutboundService>>>,
     /// Outbound services by ClusterIP:port.
     #[serde(skip)]
     pub by_cluster_ip: HashMap<SocketAddr, Arc<OutboundService>>,
@@ -700,12 +701,18 @@ impl Config {
                             by_cluster_ip.insert(SocketAddr::new(*ip, p.port), svc.clone());
                         }
                     }
-                    services.insert((svc.namespace.clone(), svc.name.clone()), svc);
+                    services
+                        .entry(svc.namespace.clone())
+                        .or_insert_with(HashMap::new)
+                        .insert(svc.name.clone(), svc);
                 }
             }
         }
 
-        let mut outbound_sorted: Vec<_> = services.values().cloned().collect();
+        let mut outbound_sorted: Vec<_> = services
+            .values()
+            .flat_map(|by_name| by_name.values().cloned())
+            .collect();
         outbound_sorted.sort_by(|a, b| a.authority.cmp(&b.authority));
         let endpoint_sets_sorted = endpoint_sets
             .iter()
@@ -725,10 +732,7 @@ impl Config {
 
     /// The outbound service `<name>.<namespace>`.
     pub fn service(&self, namespace: &str, name: &str) -> Option<&Arc<OutboundService>> {
-        // Allocation-free lookup would need a borrowed key type; services are few and the
-        // tuple key keeps this simple.
-        self.services
-            .get(&(namespace.to_string(), name.to_string()))
+        self.services.get(namespace)?.get(name)
     }
 
     /// The outbound service whose ClusterIP:port is `addr`.
