@@ -16,69 +16,12 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use weft_proxy::config::Config;
-use weft_proxy::inbound::{self, InboundSettings};
-use weft_proxy::metrics::Metrics;
-use weft_proxy::outbound;
-use weft_proxy::transport::{self, Hint, MeshIdentity, NoIdentity, TransportHeader};
+use weft_proxy::transport::{self, Hint, NoIdentity, TransportHeader};
 use weft_proxy_api::v1;
 
 const WEB: &str = "spiffe://cluster.local/ns/demo/sa/web";
 const API: &str = "spiffe://cluster.local/ns/demo/sa/api";
-
-struct Proxy {
-    addr: SocketAddr,
-    config: watch::Sender<Arc<Config>>,
-    metrics: Arc<Metrics>,
-    _stop: tokio::sync::oneshot::Sender<()>,
-}
-
-async fn start_outbound(config: Arc<Config>, identity: Arc<dyn MeshIdentity>) -> Proxy {
-    let listener = ok(TcpListener::bind("127.0.0.1:0").await);
-    let addr = ok(listener.local_addr());
-    let (tx, rx) = watch::channel(config);
-    let metrics = Arc::new(Metrics::new());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let m = metrics.clone();
-    tokio::spawn(async move {
-        let _ = outbound::serve(listener, rx, identity, m, async {
-            let _ = stopped.await;
-        })
-        .await;
-    });
-    Proxy {
-        addr,
-        config: tx,
-        metrics,
-        _stop: stop,
-    }
-}
-
-async fn start_inbound(ip: &str, config: Arc<Config>, identity: Arc<dyn MeshIdentity>) -> Proxy {
-    let listener = ok(TcpListener::bind(format!("{ip}:0")).await);
-    let addr = ok(listener.local_addr());
-    let (tx, rx) = watch::channel(config);
-    let metrics = Arc::new(Metrics::new());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let m = metrics.clone();
-    let settings = InboundSettings {
-        app_ip: addr.ip(),
-        drain_grace: Duration::from_secs(1),
-    };
-    tokio::spawn(async move {
-        let _ = inbound::serve(listener, settings, rx, identity, m, async {
-            let _ = stopped.await;
-        })
-        .await;
-    });
-    Proxy {
-        addr,
-        config: tx,
-        metrics,
-        _stop: stop,
-    }
-}
 
 type TestClient = Client<HttpConnector, Full<Bytes>>;
 

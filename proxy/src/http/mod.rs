@@ -1,5 +1,8 @@
 //! Shared HTTP plumbing: the body type, proxy-generated responses, hop-by-hop header handling,
-//! server builders with limits, and pooled clients to plain-HTTP upstreams.
+//! server builders with limits, pooled clients to plain-HTTP upstreams, and HTTP/1.1 upgrades
+//! ([`upgrade`]).
+
+pub mod upgrade;
 
 use std::time::Duration;
 
@@ -179,6 +182,11 @@ pub fn http2_server() -> hyper::server::conn::http2::Builder<TokioExecutor> {
 
 /// Serves one downstream connection over HTTP/2 (`http2`) or HTTP/1.1 with `handler`; when
 /// `drain` is signalled it stops taking requests and lets the in-flight ones finish.
+///
+/// HTTP/1.1 connections accept upgrades: when `handler` answers an upgrade request with a `101`
+/// carrying an [`upgrade::Splice`], the splice runs on this connection's task once hyper hands the
+/// connection over, so it ends with the connection's task (at the latest when the listener's
+/// drain deadline aborts it).
 pub async fn serve_downstream<I, F, Fut>(
     io: I,
     http2: bool,
@@ -189,12 +197,12 @@ pub async fn serve_downstream<I, F, Fut>(
     F: Fn(Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = Response<Body>> + Send + 'static,
 {
-    let svc = hyper::service::service_fn(move |req| {
-        let fut = handler(req);
-        async move { Ok::<_, std::convert::Infallible>(fut.await) }
-    });
     let io = hyper_util::rt::TokioIo::new(io);
     if http2 {
+        let svc = hyper::service::service_fn(move |req| {
+            let fut = handler(req);
+            async move { Ok::<_, std::convert::Infallible>(fut.await) }
+        });
         let conn = http2_server().serve_connection(io, svc);
         tokio::pin!(conn);
         tokio::select! {
@@ -205,7 +213,27 @@ pub async fn serve_downstream<I, F, Fut>(
             }
         }
     } else {
-        let conn = http1_server().serve_connection(io, svc);
+        let slot = upgrade::ConnectionSlot::default();
+        let conn_slot = slot.clone();
+        let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+            // hyper marks requests that may be upgraded (an `Upgrade` header or CONNECT); only
+            // those pay for the slot.
+            let slot = req
+                .extensions()
+                .get::<hyper::upgrade::OnUpgrade>()
+                .map(|_| conn_slot.clone());
+            let fut = handler(req);
+            async move {
+                let mut rsp = fut.await;
+                if let Some(slot) = slot {
+                    if let Some(work) = upgrade::Splice::take(&mut rsp) {
+                        slot.put(work);
+                    }
+                }
+                Ok::<_, std::convert::Infallible>(rsp)
+            }
+        });
+        let conn = http1_server().serve_connection(io, svc).with_upgrades();
         tokio::pin!(conn);
         tokio::select! {
             _ = conn.as_mut() => {}
@@ -213,6 +241,9 @@ pub async fn serve_downstream<I, F, Fut>(
                 conn.as_mut().graceful_shutdown();
                 let _ = conn.await;
             }
+        }
+        if let Some(work) = slot.take() {
+            work.await;
         }
     }
 }

@@ -7,19 +7,24 @@
 //!   original destination port (`SO_ORIGINAL_DST`); without it, the pod's single inbound port if
 //!   its policy lists exactly one, else the connection is closed. The client has no identity, so
 //!   only ports whose policy admits unauthenticated clients serve it.
+//!
+//! HTTP/1.1 upgrade requests (WebSocket, ...) are authorized like any request, then forwarded to
+//! the app on a connection of their own and spliced on `101` (see [`crate::http::upgrade`]).
+//! CONNECT gets `501`.
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::{HeaderValue, Request, Response, StatusCode, Version};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::config::{Config, Protocol};
+use crate::http::upgrade::{self, Splice};
 use crate::http::{self as h, Body, PlainClients};
 use crate::metrics::{self, LabelValue, Metrics, RequestLabels, INBOUND};
 use crate::route::{self, Decision, RequestInfo};
@@ -273,11 +278,43 @@ async fn handle_request(
         .metrics
         .authorization(authz_name.clone(), true, "http");
 
-    h::strip_hop_by_hop(req.headers_mut());
+    if req.method() == Method::CONNECT {
+        let rsp = h::error(
+            StatusCode::NOT_IMPLEMENTED,
+            "CONNECT is not supported by weft-proxy",
+        );
+        record(
+            shared,
+            port,
+            authz_name,
+            peer.as_ref(),
+            rsp.status(),
+            started,
+        );
+        return rsp;
+    }
+    let wants_upgrade = upgrade::wants_upgrade(&req);
+    if wants_upgrade {
+        upgrade::keep_upgrade_headers(req.headers_mut());
+    } else {
+        h::strip_hop_by_hop(req.headers_mut());
+    }
     // Only the proxy may assert the client's identity.
     req.headers_mut().remove(h::CLIENT_ID);
     if let Some(id) = peer.as_deref().and_then(|p| HeaderValue::from_str(p).ok()) {
         req.headers_mut().insert(h::CLIENT_ID, id);
+    }
+    if wants_upgrade {
+        let rsp = forward_upgrade(shared, req, port).await;
+        record(
+            shared,
+            port,
+            authz_name,
+            peer.as_ref(),
+            rsp.status(),
+            started,
+        );
+        return rsp;
     }
     let app = SocketAddr::new(shared.settings.app_ip, port).to_string();
     let rsp = match h::set_upstream_uri(&mut req, &app) {
@@ -309,6 +346,52 @@ async fn handle_request(
         rsp.status(),
         started,
     );
+    rsp
+}
+
+/// Forwards an authorized HTTP/1.1 upgrade request to the app on a connection of its own (the
+/// app speaks HTTP/1.1 for it whatever the port's declared protocol); on `101` the connections
+/// are spliced, any other answer is returned as is.
+async fn forward_upgrade(shared: &Shared, mut req: Request<Incoming>, port: u16) -> Response<Body> {
+    let downstream = hyper::upgrade::on(&mut req);
+    let mut req = req.map(h::boxed);
+    upgrade::set_origin_form(&mut req);
+    let app = SocketAddr::new(shared.settings.app_ip, port);
+    let attempt = async { upgrade::send(transport::connect(app).await?, req).await };
+    let mut rsp = match tokio::time::timeout(upgrade::HANDSHAKE_TIMEOUT, attempt).await {
+        Ok(Ok(rsp)) => rsp,
+        Ok(Err(e)) => {
+            return h::error(
+                StatusCode::BAD_GATEWAY,
+                &format!("app on port {port} unreachable: {e}"),
+            )
+        }
+        Err(_) => {
+            return h::error(
+                StatusCode::GATEWAY_TIMEOUT,
+                &format!(
+                    "app on port {port} did not answer the upgrade within {} s",
+                    upgrade::HANDSHAKE_TIMEOUT.as_secs()
+                ),
+            )
+        }
+    };
+    if rsp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        h::strip_hop_by_hop(rsp.headers_mut());
+        return rsp.map(h::boxed);
+    }
+    let upstream = hyper::upgrade::on(&mut rsp);
+    upgrade::keep_upgrade_headers(rsp.headers_mut());
+    let metrics = shared.metrics.clone();
+    let mut rsp = rsp.map(h::boxed);
+    Splice::attach(&mut rsp, async move {
+        let authority = format!(":{port}");
+        let _open = metrics.tcp_open(INBOUND, &authority);
+        match upgrade::splice(downstream, upstream).await {
+            Ok((up, down)) => metrics.tcp_bytes(INBOUND, &authority, up, down),
+            Err(e) => tracing::debug!(port, error = %e, "upgrade not spliced"),
+        }
+    });
     rsp
 }
 

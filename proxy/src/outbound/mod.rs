@@ -5,6 +5,10 @@
 //! connection), a meshed pod IP (tunnelled over mTLS to its proxy), or anything else (passed
 //! through as is). Explicit connections (to the listener itself) are HTTP routed per request by
 //! `Host` / `:authority` / absolute-form URI.
+//!
+//! HTTP/1.1 upgrade requests (WebSocket, ...) are routed like any request, then sent on a
+//! dedicated connection to the chosen endpoint (mTLS with hint `detect` to a meshed one, plain
+//! TCP otherwise) and spliced on `101`; see [`crate::http::upgrade`]. CONNECT gets `501`.
 
 mod pool;
 
@@ -24,6 +28,7 @@ use tokio::sync::watch;
 
 use crate::balance;
 use crate::config::{Backend, Config, Endpoint, OutboundService, Protocol, TrafficPolicy};
+use crate::http::upgrade::{self, Splice};
 use crate::http::{self as h, Body, PlainClients};
 use crate::metrics::{self, LabelValue, LatencyLabels, Metrics, RequestLabels, OUTBOUND};
 use crate::route::{self, RequestInfo};
@@ -279,6 +284,18 @@ async fn handle_request(
             return h::error(StatusCode::SERVICE_UNAVAILABLE, &reason);
         }
     };
+    if req.method() == Method::CONNECT {
+        let labels = Labels {
+            authority: (&svc.authority).into(),
+            route: LabelValue::EMPTY,
+            backend: LabelValue::EMPTY,
+        };
+        record(shared, &labels, None, StatusCode::NOT_IMPLEMENTED, started);
+        return h::error(
+            StatusCode::NOT_IMPLEMENTED,
+            "CONNECT is not supported by weft-proxy",
+        );
+    }
     svc.retry_budget.deposit();
     let Some(route) = route::select_route(&port.routes, &RequestInfo::from_request(&req)) else {
         let labels = Labels {
@@ -329,7 +346,11 @@ async fn handle_request(
         route: (&route.name).into(),
         backend: (&backend.service).into(),
     };
-    let (rsp, peer) = forward(shared, req, svc, backend, app_h2, &labels).await;
+    let (rsp, peer) = if upgrade::wants_upgrade(&req) {
+        forward_upgrade(shared, req, svc, backend).await
+    } else {
+        forward(shared, req, svc, backend, app_h2, &labels).await
+    };
     record(shared, &labels, peer, rsp.status(), started);
     rsp
 }
@@ -582,4 +603,101 @@ async fn send_mesh(
                 format!("{} ({identity}): {e}", ep.pod),
             )
         })
+}
+
+/// Forwards an HTTP/1.1 upgrade request to an endpoint of `backend` on a connection of its own
+/// (never retried), within the service's `weft.io/timeout` or [`upgrade::HANDSHAKE_TIMEOUT`].
+/// On `101` the downstream and upstream connections are spliced; any other answer is returned
+/// as is. Returns the response and the endpoint's identity (if meshed).
+async fn forward_upgrade(
+    shared: &Shared,
+    mut req: Request<Incoming>,
+    svc: &OutboundService,
+    backend: &Backend,
+) -> (Response<Body>, Option<Arc<str>>) {
+    let Some(ep) = pick_endpoint(backend) else {
+        return (
+            h::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("backend {} has no endpoints", backend.service),
+            ),
+            None,
+        );
+    };
+    let peer = ep.identity.clone();
+    let downstream = hyper::upgrade::on(&mut req);
+    let (mut head, body) = req.into_parts();
+    upgrade::keep_upgrade_headers(&mut head.headers);
+    let mut req = Request::from_parts(head, h::boxed(body));
+    upgrade::set_origin_form(&mut req);
+
+    let timeout = svc
+        .policy
+        .request_timeout
+        .unwrap_or(upgrade::HANDSHAKE_TIMEOUT);
+    let started = Instant::now();
+    let attempt = async {
+        let _in_flight = ep.load.start();
+        match ep.mesh_target() {
+            Some((addr, identity)) => {
+                // The server proxy detects HTTP/1.1 and serves it with upgrades.
+                let header = TransportHeader {
+                    port: ep.addr.port(),
+                    hint: Hint::Detect,
+                };
+                let io = transport::connect_mesh(&*shared.identity, addr, identity, header).await?;
+                upgrade::send(io, req).await
+            }
+            None => upgrade::send(transport::connect(ep.addr).await?, req).await,
+        }
+    };
+    let mut rsp = match tokio::time::timeout(timeout, attempt).await {
+        Ok(Ok(rsp)) => {
+            ep.load.observe(started.elapsed());
+            rsp
+        }
+        Ok(Err(e)) => {
+            ep.load.observe_failure();
+            return (
+                h::error(
+                    StatusCode::BAD_GATEWAY,
+                    &format!("{} ({}): {e}", backend.service, ep.pod),
+                ),
+                peer,
+            );
+        }
+        Err(_) => {
+            return (
+                h::error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    &format!(
+                        "{} did not answer the upgrade within {} ms",
+                        svc.authority,
+                        timeout.as_millis()
+                    ),
+                ),
+                peer,
+            )
+        }
+    };
+    if rsp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        h::strip_hop_by_hop(rsp.headers_mut());
+        return (rsp.map(h::boxed), peer);
+    }
+    let upstream = hyper::upgrade::on(&mut rsp);
+    upgrade::keep_upgrade_headers(rsp.headers_mut());
+    let metrics = shared.metrics.clone();
+    let authority = svc.authority.clone();
+    let load = ep.load.clone();
+    let mut rsp = rsp.map(h::boxed);
+    Splice::attach(&mut rsp, async move {
+        // An upgraded connection counts as a request in flight for balancing while it lasts.
+        let _in_flight = load.start();
+        let _open = metrics.tcp_open(OUTBOUND, &authority);
+        match upgrade::splice(downstream, upstream).await {
+            Ok((up, down)) => metrics.tcp_bytes(OUTBOUND, &authority, up, down),
+            Err(e) => tracing::debug!(service = %authority, error = %e, "upgrade not spliced"),
+        }
+    });
+    (rsp, peer)
 }

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -14,12 +15,93 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
 use weft_proxy::config::Config;
+use weft_proxy::inbound::{self, InboundSettings};
+use weft_proxy::metrics::Metrics;
+use weft_proxy::outbound;
 use weft_proxy::transport::MeshIdentity;
 use weft_proxy_api::v1;
 
 pub fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
     r.unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// An in-process inbound or outbound proxy on loopback. Dropping it starts its shutdown.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub config: watch::Sender<Arc<Config>>,
+    pub metrics: Arc<Metrics>,
+    stop: oneshot::Sender<()>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Stops accepting, lets the listener drain, and waits until it has finished.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(());
+        let _ = self.done.await;
+    }
+}
+
+pub async fn start_outbound(config: Arc<Config>, identity: Arc<dyn MeshIdentity>) -> Proxy {
+    start_outbound_with_grace(config, identity, outbound::DRAIN_GRACE).await
+}
+
+pub async fn start_outbound_with_grace(
+    config: Arc<Config>,
+    identity: Arc<dyn MeshIdentity>,
+    grace: Duration,
+) -> Proxy {
+    let listener = ok(TcpListener::bind("127.0.0.1:0").await);
+    let addr = ok(listener.local_addr());
+    let (tx, rx) = watch::channel(config);
+    let metrics = Arc::new(Metrics::new());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let m = metrics.clone();
+    let done = tokio::spawn(async move {
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        let _ = outbound::serve_with_grace(listener, rx, identity, m, shutdown, grace).await;
+    });
+    Proxy {
+        addr,
+        config: tx,
+        metrics,
+        stop,
+        done,
+    }
+}
+
+pub async fn start_inbound(
+    ip: &str,
+    config: Arc<Config>,
+    identity: Arc<dyn MeshIdentity>,
+) -> Proxy {
+    let listener = ok(TcpListener::bind(format!("{ip}:0")).await);
+    let addr = ok(listener.local_addr());
+    let (tx, rx) = watch::channel(config);
+    let metrics = Arc::new(Metrics::new());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let m = metrics.clone();
+    let settings = InboundSettings {
+        app_ip: addr.ip(),
+        drain_grace: Duration::from_secs(1),
+    };
+    let done = tokio::spawn(async move {
+        let _ = inbound::serve(listener, settings, rx, identity, m, async {
+            let _ = stopped.await;
+        })
+        .await;
+    });
+    Proxy {
+        addr,
+        config: tx,
+        metrics,
+        stop,
+        done,
+    }
 }
 
 /// A test mesh CA issuing leaf certificates with a DNS name derived from the identity.
