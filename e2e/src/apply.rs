@@ -90,3 +90,24 @@ pub async fn apply_yaml(client: &kube::Client, yaml: &str) -> Result<Vec<Value>,
     }
     Ok(out)
 }
+
+/// Deletes `kind`/`name` (served in `api_version`); deleting what is already gone is not an error.
+pub async fn delete(
+    client: &kube::Client,
+    api_version: &str,
+    kind: &str,
+    ns: Option<&str>,
+    name: &str,
+) -> Result<(), String> {
+    let probe =
+        serde_json::json!({"apiVersion": api_version, "kind": kind, "metadata": {"namespace": ns}});
+    let (ar, namespaced) = resource(client, &probe).await?;
+    match api(client, &ar, namespaced, &probe)
+        .delete(name, &Default::default())
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}

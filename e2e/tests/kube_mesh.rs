@@ -1,7 +1,11 @@
 //! The whole mesh on a real API server: weft installed with the Helm chart (through the Helm
 //! SDK), the operator running as a pod, pods injected by the webhook, proxies in network
 //! namespaces with iptables redirection. Scenarios: a canary moving 100/0 → 90/10 → 50/50 → 0/100
-//! with measured shares; mTLS on the wire (tcpdump); access control (403, then allowed).
+//! with measured shares and a delete restoring the plain Service; mTLS on the wire (tcpdump) and
+//! the client's SPIFFE identity at the server; header A/B; access control under the namespace
+//! default `deny` (HTTP routes by path, method and caller; a TCPRoute; deleting the TrafficTarget
+//! denies again); every SMI version read back in another; bad objects refused; the operator
+//! restarted mid-traffic; `weft check` passing, then failing with the operator scaled to 0.
 //!
 //! Needs root, the cached control plane (`e2e/scripts/kube-build.sh`), the Helm SDK and
 //! `cargo build -p weft-proxy -p weft-operator --bins`; skips loudly otherwise (fails in CI).
@@ -27,6 +31,22 @@ fn helm(env: &KubeEnv, args: &[&str]) -> std::process::Output {
 }
 
 async fn deploy_app(env: &KubeEnv, name: &str, sa: &str, labels: Value, app_env: Value) {
+    // The readiness probe goes through the inbound proxy: the operator authorizes `GET /healthz`
+    // from the node whatever the policy (docs/authorization.md, "Kubelet probes"), so the pods
+    // stay ready under the namespace default `deny` later on.
+    deploy(
+        env,
+        name,
+        sa,
+        labels,
+        json!({"name": "app", "image": "weft-test-app", "env": app_env,
+               "ports": [{"containerPort": 8080}],
+               "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}}}),
+    )
+    .await;
+}
+
+async fn deploy(env: &KubeEnv, name: &str, sa: &str, labels: Value, container: Value) {
     let sa_obj = json!({"apiVersion": "v1", "kind": "ServiceAccount",
         "metadata": {"name": sa, "namespace": NS}});
     apply::apply(&env.client, &sa_obj)
@@ -34,17 +54,8 @@ async fn deploy_app(env: &KubeEnv, name: &str, sa: &str, labels: Value, app_env:
         .unwrap_or_else(|e| panic!("service account {sa}: {e}"));
     env.create(json!({
         "apiVersion": "v1", "kind": "Pod",
-        // The kubelet's probes are plain HTTP from the node: once a TrafficTarget names the
-        // pod's ServiceAccount, the inbound proxy refuses them (403). Until the operator
-        // authorizes probe routes itself, probes use a port the proxy does not intercept.
-        "metadata": {"name": name, "namespace": NS, "labels": labels,
-                     "annotations": {"weft.io/skip-inbound-ports": "8081"}},
-        "spec": {"serviceAccountName": sa, "containers": [
-            {"name": "app", "image": "weft-test-app", "env": app_env,
-             "ports": [{"containerPort": 8080}]},
-            {"name": "health", "image": "weft-test-app",
-             "args": ["http", "--listen", "0.0.0.0:8081", "--name", "health"],
-             "readinessProbe": {"httpGet": {"path": "/", "port": 8081}}}]}
+        "metadata": {"name": name, "namespace": NS, "labels": labels},
+        "spec": {"serviceAccountName": sa, "containers": [container]}
     }))
     .await;
 }
@@ -64,20 +75,80 @@ fn split(v1: u32, v2: u32) -> Value {
 
 /// `n` requests from the client pod's app (redirected through its proxy); the bodies.
 async fn requests(env: &KubeEnv, n: u32, path: &str) -> Vec<String> {
-    requests_with(env, n, path, "").await
+    requests_from(env, "client", n, path, "").await
 }
 
 /// As [`requests`], with extra curl arguments (e.g. `-H 'x-beta: true'`).
 async fn requests_with(env: &KubeEnv, n: u32, path: &str, curl_args: &str) -> Vec<String> {
+    requests_from(env, "client", n, path, curl_args).await
+}
+
+/// `n` requests to `web` from `pod`; each line is the body and the status code (`web v1 200`).
+async fn requests_from(
+    env: &KubeEnv,
+    pod: &str,
+    n: u32,
+    path: &str,
+    curl_args: &str,
+) -> Vec<String> {
     let script = format!(
         "for i in $(seq {n}); do (curl -s --max-time 5 {curl_args} -w ' %{{http_code}}' http://web.{NS}.svc.cluster.local{path} || echo fail) | tr -d '\\n'; echo; done"
     );
-    let out = env.exec(NS, "client", None, &["sh", "-c", &script]).await;
+    let out = env.exec(NS, pod, None, &["sh", "-c", &script]).await;
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| l.trim().to_string())
         .filter(|l| !l.is_empty())
         .collect()
+}
+
+/// The response headers of one request to `web` from `pod` (lower-cased).
+async fn response_headers(env: &KubeEnv, pod: &str, path: &str, curl_args: &str) -> String {
+    let script = format!(
+        "curl -s --max-time 5 -o /dev/null -D - {curl_args} http://web.{NS}.svc.cluster.local{path}"
+    );
+    let out = env.exec(NS, pod, None, &["sh", "-c", &script]).await;
+    String::from_utf8_lossy(&out.stdout).to_ascii_lowercase()
+}
+
+/// One TCP conversation with the `db` echo service from `pod`: `echo weft-ping` when the bytes
+/// came back, `closed` or `error ...` when the connection was refused or closed by a proxy.
+async fn tcp_echo(env: &KubeEnv, pod: &str) -> String {
+    let script = format!(
+        r#"
+import socket
+try:
+    s = socket.create_connection(("db.{NS}.svc.cluster.local", 9000), timeout=5)
+    s.sendall(b"weft-ping\n")
+    data = s.recv(100)
+    print("echo " + data.decode().strip() if data else "closed")
+except Exception as e:
+    print("error", type(e).__name__, e)
+"#
+    );
+    let out = env.exec(NS, pod, None, &["python3", "-c", &script]).await;
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Waits (up to 60 s) until `check` holds for what `probe` returns; panics with the last value.
+async fn eventually<T, F, Fut>(what: &str, mut probe: F, check: impl Fn(&T) -> bool) -> T
+where
+    T: std::fmt::Debug,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = probe().await;
+        if check(&got) {
+            return got;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not so after 60s; last: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
 
 fn share(bodies: &[String], needle: &str) -> f64 {
@@ -177,6 +248,10 @@ async fn kube_mesh_canary_mtls_and_access() {
         service("web", json!({"app": "web"})),
         service("web-v1", json!({"app": "web", "version": "v1"})),
         service("web-v2", json!({"app": "web", "version": "v2"})),
+        json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "db", "namespace": NS},
+            "spec": {"selector": {"app": "db"},
+                     "ports": [{"name": "tcp", "port": 9000, "targetPort": 9000}]}}),
     ] {
         env.create(s).await;
     }
@@ -204,7 +279,27 @@ async fn kube_mesh_canary_mtls_and_access() {
         json!([{"name": "APP_NAME", "value": "client"}]),
     )
     .await;
-    for p in ["web-v1", "web-v2", "client"] {
+    // A second caller, and a TCP echo server (no probe: ready when running).
+    deploy_app(
+        &env,
+        "intruder",
+        "intruder",
+        json!({"app": "intruder"}),
+        json!([{"name": "APP_NAME", "value": "intruder"}]),
+    )
+    .await;
+    deploy(
+        &env,
+        "db",
+        "db",
+        json!({"app": "db"}),
+        json!({"name": "echo", "image": "weft-test-app",
+               "env": [{"name": "APP_MODE", "value": "echo"},
+                       {"name": "APP_LISTEN", "value": "0.0.0.0:9000"}],
+               "ports": [{"containerPort": 9000}]}),
+    )
+    .await;
+    for p in ["web-v1", "web-v2", "client", "intruder", "db"] {
         let pod = env.wait_ready(NS, p, Duration::from_secs(90)).await;
         let names: Vec<String> = pod
             .spec
@@ -265,6 +360,16 @@ async fn kube_mesh_canary_mtls_and_access() {
         contains(&[0x17, 0x03, 0x03]),
         "no TLS application-data records on port 4143"
     );
+    // The server's proxy saw the client's SPIFFE identity (it passes it to the app in
+    // `x-weft-client-id`; the test app echoes it on `/whoami`).
+    let whoami = requests(&env, 1, "/whoami").await;
+    assert!(
+        whoami.len() == 1
+            && whoami[0].starts_with("client-id spiffe://")
+            && whoami[0].ends_with(&format!("/ns/{NS}/sa/client 200")),
+        "server proxy did not see the client's identity: {whoami:?}"
+    );
+    eprintln!("identity at the server: {}", whoami[0]);
 
     // A/B: only requests with `x-beta: true` are split (all to v2); the others go to the root
     // service, which selects both versions.
@@ -280,6 +385,21 @@ async fn kube_mesh_canary_mtls_and_access() {
         .delete("web-canary", &Default::default())
         .await
         .unwrap_or_else(|e| panic!("deleting web-canary: {e}"));
+    // Without the split, `web` is a plain Service again: it selects both versions.
+    let plain = eventually(
+        "plain Service behaviour after deleting the split",
+        || requests(&env, 40, "/"),
+        |b: &Vec<String>| {
+            b.iter().all(|l| l.ends_with(" 200"))
+                && share(b, "web v1") > 0.0
+                && share(b, "web v2") > 0.0
+        },
+    )
+    .await;
+    eprintln!(
+        "split deleted: v2 share {:.2} (the Service's endpoints)",
+        share(&plain, "web v2")
+    );
     apply::apply_yaml(
         &env.client,
         &format!(
@@ -324,18 +444,62 @@ spec:
         );
     }
 
-    // Access: once web's ServiceAccount is a TrafficTarget destination, only what it allows passes.
-    apply::apply_yaml(
-        &env.client,
-        &format!(
-            r#"
+    access(&env).await;
+
+    versions_validation_and_restart(&env, &operator_pod).await;
+
+    env.shutdown().await;
+}
+
+/// Access control under the namespace default `deny`: nothing passes without a TrafficTarget;
+/// an HTTPRouteGroup allows `GET /items` from one ServiceAccount only; a TCPRoute opens a TCP
+/// service to one caller; deleting the TrafficTarget denies again. The commands of
+/// docs/authorization.md.
+async fn access(env: &KubeEnv) {
+    // `kubectl annotate namespace shop weft.io/default-inbound-policy=deny`
+    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
+        kube::Api::all(env.client.clone());
+    namespaces
+        .patch(
+            NS,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"metadata": {"annotations": {
+                "weft.io/default-inbound-policy": "deny"}}})),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("annotating namespace {NS}: {e}"));
+    eventually(
+        "default deny: GET /items refused",
+        || requests(env, 5, "/items"),
+        |b: &Vec<String>| b.iter().all(|l| l.ends_with(" 403")),
+    )
+    .await;
+    let headers = response_headers(env, "client", "/items", "").await;
+    assert!(
+        headers.contains("x-weft-deny-reason"),
+        "a 403 says why: {headers}"
+    );
+    let tcp = tcp_echo(env, "client").await;
+    assert!(
+        !tcp.starts_with("echo"),
+        "default deny lets TCP through: {tcp}"
+    );
+    // The kubelet's probes still pass (the pods stay Ready through their proxies).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for p in ["web-v1", "web-v2"] {
+        env.wait_ready(NS, p, Duration::from_secs(1)).await;
+    }
+
+    // GET /items from the `client` ServiceAccount, nothing else.
+    let policy = format!(
+        r#"
 apiVersion: specs.smi-spec.io/v1alpha4
 kind: HTTPRouteGroup
 metadata: {{name: web-routes, namespace: {NS}}}
 spec:
   matches:
-  - name: public
-    pathRegex: /public
+  - name: items
+    pathRegex: /items
     methods: [GET]
 ---
 apiVersion: access.smi-spec.io/v1alpha3
@@ -346,29 +510,95 @@ spec:
   sources:
   - {{kind: ServiceAccount, name: client, namespace: {NS}}}
   rules:
-  - {{kind: HTTPRouteGroup, name: web-routes, matches: [public]}}
+  - {{kind: HTTPRouteGroup, name: web-routes, matches: [items]}}
+"#
+    );
+    apply::apply_yaml(&env.client, &policy)
+        .await
+        .unwrap_or_else(|e| panic!("applying access policy: {e}"));
+    eventually(
+        "GET /items allowed for client",
+        || requests(env, 5, "/items"),
+        |b: &Vec<String>| b.iter().all(|l| l.ends_with(" 200")),
+    )
+    .await;
+    let other_path = requests(env, 5, "/private").await;
+    assert!(
+        other_path.iter().all(|l| l.ends_with(" 403")),
+        "another path: {other_path:?}"
+    );
+    let other_method = requests_with(env, 5, "/items", "-X POST -d x=1").await;
+    assert!(
+        other_method.iter().all(|l| l.ends_with(" 403")),
+        "another method: {other_method:?}"
+    );
+    let other_caller = requests_from(env, "intruder", 5, "/items", "").await;
+    assert!(
+        other_caller.iter().all(|l| l.ends_with(" 403")),
+        "another caller: {other_caller:?}"
+    );
+
+    // A TCP service: a TCPRoute on its port, open to `client` only.
+    apply::apply_yaml(
+        &env.client,
+        &format!(
+            r#"
+apiVersion: specs.smi-spec.io/v1alpha4
+kind: TCPRoute
+metadata: {{name: db, namespace: {NS}}}
+spec:
+  matches:
+    ports: [9000]
+---
+apiVersion: access.smi-spec.io/v1alpha3
+kind: TrafficTarget
+metadata: {{name: client-to-db, namespace: {NS}}}
+spec:
+  destination: {{kind: ServiceAccount, name: db, namespace: {NS}}}
+  sources: [{{kind: ServiceAccount, name: client, namespace: {NS}}}]
+  rules: [{{kind: TCPRoute, name: db}}]
 "#
         ),
     )
     .await
-    .unwrap_or_else(|e| panic!("applying access policy: {e}"));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let private = requests(&env, 5, "/private").await;
-        let public = requests(&env, 5, "/public").await;
-        if private.iter().all(|b| b.ends_with(" 403")) && public.iter().all(|b| b.ends_with(" 200"))
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "access policy not enforced after 60s: /private {private:?} /public {public:?}"
-        );
-    }
+    .unwrap_or_else(|e| panic!("applying the TCP policy: {e}"));
+    eventually(
+        "TCP echo allowed for client",
+        || tcp_echo(env, "client"),
+        |r: &String| r == "echo weft-ping",
+    )
+    .await;
+    let intruder = tcp_echo(env, "intruder").await;
+    assert!(
+        !intruder.starts_with("echo"),
+        "TCP from another caller: {intruder}"
+    );
 
-    versions_validation_and_restart(&env, &operator_pod).await;
-
-    env.shutdown().await;
+    // Deleting the TrafficTarget denies again; applying it again restores access.
+    apply::delete(
+        &env.client,
+        "access.smi-spec.io/v1alpha3",
+        "TrafficTarget",
+        Some(NS),
+        "client-to-web",
+    )
+    .await
+    .unwrap_or_else(|e| panic!("deleting client-to-web: {e}"));
+    eventually(
+        "GET /items refused again after deleting the TrafficTarget",
+        || requests(env, 5, "/items"),
+        |b: &Vec<String>| b.iter().all(|l| l.ends_with(" 403")),
+    )
+    .await;
+    apply::apply_yaml(&env.client, &policy)
+        .await
+        .unwrap_or_else(|e| panic!("re-applying access policy: {e}"));
+    eventually(
+        "GET /items allowed again",
+        || requests(env, 5, "/items"),
+        |b: &Vec<String>| b.iter().all(|l| l.ends_with(" 200")),
+    )
+    .await;
 }
 
 /// Every SMI version round-trips through the conversion webhook; bad objects are refused; the
@@ -444,7 +674,7 @@ async fn versions_validation_and_restart(env: &KubeEnv, operator_pod: &str) {
     pods.delete(operator_pod, &Default::default())
         .await
         .unwrap_or_else(|e| panic!("deleting the operator pod: {e}"));
-    let during = requests(env, 20, "/public").await;
+    let during = requests(env, 20, "/items").await;
     assert!(
         during.iter().all(|b| b.ends_with(" 200")),
         "data plane broke during operator restart: {during:?}"
@@ -476,6 +706,11 @@ async fn versions_validation_and_restart(env: &KubeEnv, operator_pod: &str) {
         after.iter().all(|b| b.ends_with(" 403")),
         "policy lost after restart: {after:?}"
     );
+    let after = requests(env, 20, "/items").await;
+    assert!(
+        after.iter().all(|b| b.ends_with(" 200")),
+        "policy lost after restart: {after:?}"
+    );
 
     // `weft check` passes against the installed mesh.
     let weft = weft_e2e::workspace::target_debug().join("weft");
@@ -498,7 +733,11 @@ async fn versions_validation_and_restart(env: &KubeEnv, operator_pod: &str) {
             .await
             .unwrap_or_else(|e| panic!("running weft check: {e}"));
         let report = String::from_utf8_lossy(&out.stdout).to_string();
-        if out.status.success() {
+        // Every meshed pod's proxy reconnected to the new operator pod and ACKed its config.
+        let proxies_ok = report
+            .lines()
+            .any(|l| l.starts_with("ok ") && l.contains(" proxies ") && l.contains("5 connected"));
+        if out.status.success() && proxies_ok {
             eprintln!("weft check:\n{report}");
             break;
         }
@@ -536,4 +775,48 @@ async fn versions_validation_and_restart(env: &KubeEnv, operator_pod: &str) {
         "weft stat shows no meshed pod of {NS}: {text}"
     );
     eprintln!("weft stat rows: {pods:?}");
+
+    // The operator down (`kubectl -n weft-system scale deployment weft-operator --replicas=0`):
+    // `weft check` fails and says why.
+    let deployments: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
+        kube::Api::namespaced(env.client.clone(), "weft-system");
+    deployments
+        .patch(
+            "weft-operator",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"replicas": 0}})),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("scaling the operator to 0: {e}"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let report = loop {
+        let out = tokio::process::Command::new(&weft)
+            .args(["check", "--namespace", "weft-system"])
+            .env("KUBECONFIG", &env.cluster.kubeconfig)
+            .output()
+            .await
+            .unwrap_or_else(|e| panic!("running weft check: {e}"));
+        let report = String::from_utf8_lossy(&out.stdout).to_string();
+        if !out.status.success() && report.contains("scaled to 0") {
+            break report;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "weft check with the operator down (exit {}): {report}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    assert!(
+        report.contains("operator-ready"),
+        "names the unanswered /ready: {report}"
+    );
+    eprintln!("weft check, operator down:\n{report}");
+    // The data plane keeps its last good config meanwhile.
+    let down = requests(env, 10, "/items").await;
+    assert!(
+        down.iter().all(|b| b.ends_with(" 200")),
+        "data plane with the operator down: {down:?}"
+    );
 }

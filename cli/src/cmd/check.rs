@@ -206,23 +206,29 @@ pub async fn run(pre: bool, names: &InstallNames) -> Vec<Check> {
     }
 
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &names.namespace);
+    let mut selector = None;
     match deployments.get_opt(&names.deployment).await {
         Ok(Some(d)) => {
+            selector = d
+                .spec
+                .as_ref()
+                .and_then(|s| s.selector.match_labels.clone())
+                .filter(|l| !l.is_empty())
+                .map(|l| {
+                    l.iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                });
             let ready = d
                 .status
                 .as_ref()
                 .and_then(|s| s.ready_replicas)
                 .unwrap_or(0);
             let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-            out.push(check(
-                "operator",
-                if ready >= 1 {
-                    Outcome::Ok
-                } else {
-                    Outcome::Fail
-                },
-                format!("{ready}/{want} replicas ready"),
-            ));
+            let (outcome, detail) =
+                operator_replicas(ready, want, &names.namespace, &names.deployment);
+            out.push(check("operator", outcome, detail));
         }
         Ok(None) => out.push(check(
             "operator",
@@ -256,43 +262,7 @@ pub async fn run(pre: bool, names: &InstallNames) -> Vec<Check> {
             format!("GET /ready: {e}"),
         )),
     }
-    match get_text(&client, &format!("{base}/proxies")).await {
-        Ok(text) => match serde_json::from_str::<serde_json::Value>(&text)
-            .map_err(anyhow::Error::from)
-            .and_then(|v| super::proxies::parse(&v))
-        {
-            Ok(entries) => {
-                let bad: Vec<String> = entries
-                    .iter()
-                    .filter(|e| e.sync() != super::proxies::Sync::Current)
-                    .map(|e| format!("{} ({:?})", e.pod, e.sync()))
-                    .collect();
-                if bad.is_empty() {
-                    out.push(check(
-                        "proxies",
-                        Outcome::Ok,
-                        format!("{} connected, all ACKed the latest config", entries.len()),
-                    ));
-                } else {
-                    out.push(check(
-                        "proxies",
-                        Outcome::Fail,
-                        format!("not in sync: {}; see `weft proxies`", bad.join(", ")),
-                    ));
-                }
-            }
-            Err(e) => out.push(check(
-                "proxies",
-                Outcome::Fail,
-                format!("bad /proxies answer: {e}"),
-            )),
-        },
-        Err(e) => out.push(check(
-            "proxies",
-            Outcome::Fail,
-            format!("GET /proxies: {e}"),
-        )),
-    }
+    out.push(proxies_check(&client, names, &base, selector.as_deref()).await);
 
     let secrets: Api<Secret> = Api::namespaced(client, &names.namespace);
     match secrets.get_opt(&names.identity_secret).await {
@@ -335,6 +305,160 @@ pub async fn run(pre: bool, names: &InstallNames) -> Vec<Check> {
     out
 }
 
+/// The verdict on the operator Deployment's ready replicas, saying what a user loses without one.
+fn operator_replicas(ready: i32, want: i32, ns: &str, deployment: &str) -> (Outcome, String) {
+    const WITHOUT: &str = "proxies keep their last config but get no changes and no new \
+        certificates, and new pods in meshed namespaces are not injected";
+    match (ready, want) {
+        (r, w) if r >= 1 && r >= w => (Outcome::Ok, format!("{r}/{w} replicas ready")),
+        (r, w) if r >= 1 => (
+            Outcome::Warn,
+            format!("{r}/{w} replicas ready; see `kubectl -n {ns} describe deployment {deployment}`"),
+        ),
+        (_, 0) => (
+            Outcome::Fail,
+            format!("the operator is scaled to 0 replicas: {WITHOUT}"),
+        ),
+        (_, w) => (
+            Outcome::Fail,
+            format!("0/{w} replicas ready: {WITHOUT}; see `kubectl -n {ns} logs deployment/{deployment}`"),
+        ),
+    }
+}
+
+/// Every meshed pod's proxy connected to an operator replica and ACKing the latest config.
+///
+/// Each replica serves discovery, so `/proxies` is read from every operator pod (through the API
+/// server's pod proxy) and merged; without the Deployment's selector, from the admin Service.
+async fn proxies_check(
+    client: &Client,
+    names: &InstallNames,
+    base: &str,
+    selector: Option<&str>,
+) -> Check {
+    use k8s_openapi::api::core::v1::Pod;
+    let mut paths = Vec::new();
+    match selector {
+        Some(sel) => {
+            let pods: Api<Pod> = Api::namespaced(client.clone(), &names.namespace);
+            match pods
+                .list(&kube::api::ListParams::default().labels(sel))
+                .await
+            {
+                Ok(list) => {
+                    for p in list.items {
+                        let running =
+                            p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+                        if let (true, Some(name)) = (running, p.metadata.name) {
+                            paths.push(format!(
+                                "/api/v1/namespaces/{}/pods/{name}:{}/proxy/proxies",
+                                names.namespace, names.admin_port
+                            ));
+                        }
+                    }
+                }
+                Err(e) => {
+                    return check(
+                        "proxies",
+                        Outcome::Fail,
+                        format!("cannot list operator pods: {e}"),
+                    )
+                }
+            }
+        }
+        None => paths.push(format!("{base}/proxies")),
+    }
+    if paths.is_empty() {
+        return check(
+            "proxies",
+            Outcome::Fail,
+            "no running operator pod to ask which proxies are connected",
+        );
+    }
+    let mut entries = Vec::new();
+    let mut errors = Vec::new();
+    for path in &paths {
+        let parsed = get_text(client, path).await.and_then(|text| {
+            let v: serde_json::Value = serde_json::from_str(&text)?;
+            super::proxies::parse(&v)
+        });
+        match parsed {
+            Ok(e) => entries.extend(e),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    if errors.len() == paths.len() {
+        return check(
+            "proxies",
+            Outcome::Fail,
+            format!("GET /proxies: {}", errors.join("; ")),
+        );
+    }
+    let meshed = match super::stat::cluster_targets(client, None).await {
+        Ok(t) => t.iter().filter_map(|t| t.pod_name()).collect::<Vec<_>>(),
+        Err(e) => {
+            return check(
+                "proxies",
+                Outcome::Fail,
+                format!("cannot list meshed pods: {e}"),
+            )
+        }
+    };
+    let (outcome, detail) = judge_proxies(&entries, &meshed);
+    check("proxies", outcome, detail)
+}
+
+/// The verdict on connected proxies (`entries`, from `/proxies`) against the meshed pods
+/// (`namespace/name`) that are running.
+fn judge_proxies(entries: &[super::proxies::ProxyEntry], meshed: &[String]) -> (Outcome, String) {
+    let bad: Vec<String> = entries
+        .iter()
+        .filter(|e| e.sync() != super::proxies::Sync::Current)
+        .map(|e| format!("{} ({:?})", e.pod, e.sync()))
+        .collect();
+    if !bad.is_empty() {
+        return (
+            Outcome::Fail,
+            format!("not in sync: {}; see `weft proxies`", bad.join(", ")),
+        );
+    }
+    let connected: std::collections::BTreeSet<&str> =
+        entries.iter().map(|e| e.pod.as_str()).collect();
+    let missing: Vec<&str> = meshed
+        .iter()
+        .map(String::as_str)
+        .filter(|p| !connected.contains(p))
+        .collect();
+    if !missing.is_empty() {
+        const SHOWN: usize = 5;
+        let more = missing.len().saturating_sub(SHOWN);
+        let mut list = missing
+            .iter()
+            .take(SHOWN)
+            .copied()
+            .collect::<Vec<_>>()
+            .join(", ");
+        if more > 0 {
+            list.push_str(&format!(" and {more} more"));
+        }
+        return (
+            Outcome::Warn,
+            format!(
+                "{} of {} meshed pods have a connected proxy; none from {list} (starting, or reconnecting after an operator restart? see their weft-proxy logs)",
+                meshed.len() - missing.len(),
+                meshed.len()
+            ),
+        );
+    }
+    if meshed.is_empty() && entries.is_empty() {
+        return (Outcome::Ok, "no meshed pods yet".into());
+    }
+    (
+        Outcome::Ok,
+        format!("{} connected, all ACKed the latest config", entries.len()),
+    )
+}
+
 async fn get_text(client: &Client, path: &str) -> anyhow::Result<String> {
     let req = http::Request::get(path).body(Vec::new())?;
     let text = tokio::time::timeout(Duration::from_secs(10), client.request_text(req))
@@ -372,5 +496,63 @@ pub fn print(checks: &[Check]) {
             Outcome::Fail => "FAIL",
         };
         println!("{tag} {:<40} {}", c.name, c.detail);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operator_replicas_say_what_is_lost() {
+        assert_eq!(
+            operator_replicas(1, 1, "weft-system", "weft-operator").0,
+            Outcome::Ok
+        );
+        assert_eq!(
+            operator_replicas(1, 2, "weft-system", "weft-operator").0,
+            Outcome::Warn
+        );
+        let (o, d) = operator_replicas(0, 0, "weft-system", "weft-operator");
+        assert_eq!(o, Outcome::Fail);
+        assert!(
+            d.contains("scaled to 0") && d.contains("no new certificates"),
+            "{d}"
+        );
+        let (o, d) = operator_replicas(0, 1, "weft-system", "weft-operator");
+        assert_eq!(o, Outcome::Fail);
+        assert!(
+            d.contains("kubectl -n weft-system logs deployment/weft-operator"),
+            "{d}"
+        );
+    }
+
+    fn entry(pod: &str, sent: &str, acked: &str) -> super::super::proxies::ProxyEntry {
+        super::super::proxies::ProxyEntry {
+            pod: pod.into(),
+            last_sent_version: Some(sent.into()),
+            last_acked_version: Some(acked.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn proxies_missing_lagging_or_all_in_sync() {
+        let meshed = vec!["shop/a".to_string(), "shop/b".to_string()];
+        let (o, d) = judge_proxies(
+            &[entry("shop/a", "v2", "v2"), entry("shop/b", "v2", "v2")],
+            &meshed,
+        );
+        assert_eq!(o, Outcome::Ok, "{d}");
+        let (o, d) = judge_proxies(&[entry("shop/a", "v2", "v2")], &meshed);
+        assert_eq!(o, Outcome::Warn);
+        assert!(d.contains("1 of 2") && d.contains("shop/b"), "{d}");
+        let (o, d) = judge_proxies(
+            &[entry("shop/a", "v2", "v1"), entry("shop/b", "v2", "v2")],
+            &meshed,
+        );
+        assert_eq!(o, Outcome::Fail);
+        assert!(d.contains("shop/a"), "{d}");
+        assert_eq!(judge_proxies(&[], &[]).0, Outcome::Ok);
     }
 }

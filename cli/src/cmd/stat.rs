@@ -58,6 +58,16 @@ pub enum Target {
 }
 
 impl Target {
+    /// `namespace/name` of a pod target.
+    pub fn pod_name(&self) -> Option<String> {
+        match self {
+            Target::Direct(_) => None,
+            Target::Pod {
+                namespace, name, ..
+            } => Some(format!("{namespace}/{name}")),
+        }
+    }
+
     fn label(&self) -> String {
         match self {
             Target::Direct(a) => a.clone(),

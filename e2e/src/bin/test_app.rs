@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! weft-test-app http  --listen 0.0.0.0:8080 --name web --version v1   # answers "web v1\n"
+//!                                         # GET .../whoami answers "client-id <x-weft-client-id>\n"
 //! weft-test-app echo  --listen 0.0.0.0:9000                           # TCP echo
 //! weft-test-app origdst --listen 127.0.0.1:4140                       # answers the SO_ORIGINAL_DST
 //! ```
@@ -40,6 +41,7 @@ async fn serve_http(stream: TcpStream, body: String, name: String) -> anyhow::Re
         let mut head = Vec::new();
         let mut content_length = 0usize;
         let mut close = false;
+        let mut client_id = String::from("none");
         loop {
             let mut line = String::new();
             let n = reader.read_line(&mut line).await?;
@@ -60,9 +62,22 @@ async fn serve_http(stream: TcpStream, body: String, name: String) -> anyhow::Re
             if l == "connection: close" {
                 close = true;
             }
+            if let Some(v) = l.strip_prefix("x-weft-client-id:") {
+                client_id = v.trim().to_string();
+            }
         }
+        // The request line's path: `/whoami` reports the identity the server's proxy saw.
+        let whoami = head
+            .first()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .is_some_and(|path| path.ends_with("/whoami"));
         let mut discard = vec![0u8; content_length.min(1 << 20)];
         reader.read_exact(&mut discard).await?;
+        let body = if whoami {
+            format!("client-id {client_id}\n")
+        } else {
+            body.clone()
+        };
         let resp = format!(
             "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nx-app: {name}\r\ncontent-length: {}\r\n\r\n{body}",
             body.len()
