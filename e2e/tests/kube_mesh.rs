@@ -130,6 +130,41 @@ except Exception as e:
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// An HTTP/1.1 upgrade (`Upgrade: websocket`) to `web` from `pod` through the proxies, then bytes
+/// over the switched connection: `<status line> | <echoed bytes>`.
+async fn upgrade_echo(env: &KubeEnv, pod: &str, path: &str) -> String {
+    let script = format!(
+        r#"
+import socket
+try:
+    s = socket.create_connection(("web.{NS}.svc.cluster.local", 80), timeout=5)
+    s.sendall(b"GET {path} HTTP/1.1\r\nHost: web.{NS}.svc.cluster.local\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        head += chunk
+    status = head.split(b"\r\n")[0].decode()
+    data = head.split(b"\r\n\r\n", 1)[1] if b"\r\n\r\n" in head else b""
+    if status.startswith("HTTP/1.1 101"):
+        s.sendall(b"frames-after-101")
+        while len(data) < 16:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        print(status, "|", data.decode())
+    else:
+        print(status, "|")
+except Exception as e:
+    print("error", type(e).__name__, e)
+"#
+    );
+    let out = env.exec(NS, pod, None, &["python3", "-c", &script]).await;
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// Waits (up to 60 s) until `check` holds for what `probe` returns; panics with the last value.
 async fn eventually<T, F, Fut>(what: &str, mut probe: F, check: impl Fn(&T) -> bool) -> T
 where
@@ -536,6 +571,19 @@ spec:
     assert!(
         other_caller.iter().all(|l| l.ends_with(" 403")),
         "another caller: {other_caller:?}"
+    );
+
+    // A WebSocket-style upgrade (transparent interception, mTLS between the proxies) is a
+    // request like any other: authorized on its path, then spliced after the 101.
+    let ws = upgrade_echo(env, "client", "/items/ws").await;
+    assert_eq!(
+        ws, "HTTP/1.1 101 Switching Protocols | frames-after-101",
+        "upgrade through the mesh"
+    );
+    let ws = upgrade_echo(env, "intruder", "/items/ws").await;
+    assert!(
+        ws.starts_with("HTTP/1.1 403"),
+        "upgrade from another caller: {ws}"
     );
 
     // A TCP service: a TCPRoute on its port, open to `client` only.

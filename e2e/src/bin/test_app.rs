@@ -3,6 +3,7 @@
 //! ```text
 //! weft-test-app http  --listen 0.0.0.0:8080 --name web --version v1   # answers "web v1\n"
 //!                                         # GET .../whoami answers "client-id <x-weft-client-id>\n"
+//!                                         # `Upgrade: x` answers 101, then echoes bytes
 //! weft-test-app echo  --listen 0.0.0.0:9000                           # TCP echo
 //! weft-test-app origdst --listen 127.0.0.1:4140                       # answers the SO_ORIGINAL_DST
 //! ```
@@ -42,6 +43,8 @@ async fn serve_http(stream: TcpStream, body: String, name: String) -> anyhow::Re
         let mut content_length = 0usize;
         let mut close = false;
         let mut client_id = String::from("none");
+        let mut upgrade = None;
+        let mut connection_upgrade = false;
         loop {
             let mut line = String::new();
             let n = reader.read_line(&mut line).await?;
@@ -65,6 +68,12 @@ async fn serve_http(stream: TcpStream, body: String, name: String) -> anyhow::Re
             if let Some(v) = l.strip_prefix("x-weft-client-id:") {
                 client_id = v.trim().to_string();
             }
+            if let Some(v) = l.strip_prefix("upgrade:") {
+                upgrade = Some(v.trim().to_string());
+            }
+            if let Some(v) = l.strip_prefix("connection:") {
+                connection_upgrade |= v.split(',').any(|t| t.trim() == "upgrade");
+            }
         }
         // The request line's path: `/whoami` reports the identity the server's proxy saw.
         let whoami = head
@@ -73,6 +82,21 @@ async fn serve_http(stream: TcpStream, body: String, name: String) -> anyhow::Re
             .is_some_and(|path| path.ends_with("/whoami"));
         let mut discard = vec![0u8; content_length.min(1 << 20)];
         reader.read_exact(&mut discard).await?;
+        if let (Some(proto), true) = (upgrade, connection_upgrade) {
+            let resp = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nupgrade: {proto}\r\nconnection: upgrade\r\nx-app: {name}\r\n\r\n"
+            );
+            reader.get_mut().write_all(resp.as_bytes()).await?;
+            // The switched protocol: echo until the client closes.
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = reader.read(&mut buf).await?;
+                if n == 0 {
+                    return Ok(());
+                }
+                reader.get_mut().write_all(&buf[..n]).await?;
+            }
+        }
         let body = if whoami {
             format!("client-id {client_id}\n")
         } else {
