@@ -716,39 +716,60 @@ async fn versions_validation_and_restart(env: &KubeEnv, operator_pod: &str) {
         "{err}"
     );
 
-    // Operator restart: delete its pod; proxies keep serving; a new pod becomes ready.
+    // Operator restart mid-traffic: the client keeps sending while the operator pod is deleted
+    // and its replacement comes up; not one request may fail.
     let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
         kube::Api::namespaced(env.client.clone(), "weft-system");
-    pods.delete(operator_pod, &Default::default())
-        .await
-        .unwrap_or_else(|e| panic!("deleting the operator pod: {e}"));
-    let during = requests(env, 20, "/items").await;
-    assert!(
-        during.iter().all(|b| b.ends_with(" 200")),
-        "data plane broke during operator restart: {during:?}"
-    );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    let new_pod = loop {
-        let list = pods
-            .list(&Default::default())
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        if let Some(p) = list
-            .items
-            .iter()
-            .filter_map(|p| p.metadata.name.clone())
-            .find(|n| n != operator_pod)
-        {
-            break p;
+    let restarted = std::sync::atomic::AtomicBool::new(false);
+    let traffic = async {
+        let mut all = Vec::new();
+        // At least two batches: one overlaps the deletion, one the new pod's start.
+        while all.len() < 40 || !restarted.load(std::sync::atomic::Ordering::SeqCst) {
+            all.extend(requests(env, 10, "/items").await);
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no replacement operator pod"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        all
     };
-    env.wait_ready("weft-system", &new_pod, Duration::from_secs(90))
-        .await;
+    let restart = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        pods.delete(operator_pod, &Default::default())
+            .await
+            .unwrap_or_else(|e| panic!("deleting the operator pod: {e}"));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+        let new_pod = loop {
+            let list = pods
+                .list(&Default::default())
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            if let Some(p) = list
+                .items
+                .iter()
+                .filter_map(|p| p.metadata.name.clone())
+                .find(|n| n != operator_pod)
+            {
+                break p;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no replacement operator pod"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        };
+        env.wait_ready("weft-system", &new_pod, Duration::from_secs(90))
+            .await;
+        restarted.store(true, std::sync::atomic::Ordering::SeqCst);
+    };
+    let (during, ()) = tokio::join!(traffic, restart);
+    let failed: Vec<&String> = during.iter().filter(|b| !b.ends_with(" 200")).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed while the operator restarted: {failed:?}",
+        failed.len(),
+        during.len()
+    );
+    eprintln!(
+        "operator restart: {} requests during it, all 200",
+        during.len()
+    );
     let after = requests(env, 20, "/private").await;
     assert!(
         after.iter().all(|b| b.ends_with(" 403")),
