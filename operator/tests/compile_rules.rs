@@ -762,6 +762,28 @@ fn invalid_regex_is_reported_and_left_out() {
 }
 
 #[test]
+fn udp_routes_say_they_are_not_enforced() {
+    let udp = "apiVersion: specs.smi-spec.io/v1alpha4\nkind: UDPRoute\nmetadata:\n  name: dns\n  namespace: demo\nspec:\n  matches:\n    ports: [53]\n---\n";
+    let y = base() + udp;
+    let c = build(&y);
+    let conds = conditions(&c, Kind::UDPRoute, "dns");
+    assert!(
+        conds.contains(&cond("Accepted", "True", "Accepted")),
+        "{conds:?}"
+    );
+    assert!(
+        conds.contains(&cond("Programmed", "False", "UDPNotProxied")),
+        "{conds:?}"
+    );
+    // TCP routes are enforced: no such condition.
+    let y = base() + &tcp_route("db", &[5432]);
+    let c = build(&y);
+    assert!(!conditions(&c, Kind::TCPRoute, "db")
+        .iter()
+        .any(|(t, _, _)| t == "Programmed"));
+}
+
+#[test]
 fn unknown_pod_gets_a_valid_default_config() {
     let y = base() + &target("t", "web", None, &["client"], &[]);
     let c = build(&y);

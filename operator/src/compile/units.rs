@@ -31,6 +31,13 @@ pub const RETRY_NON_IDEMPOTENT_ANNOTATION: &str = "weft.io/retry-non-idempotent"
 pub const ACCEPTED: &str = "Accepted";
 pub const RESOLVED_REFS: &str = "ResolvedRefs";
 pub const CONFLICTED: &str = "Conflicted";
+/// Whether the data plane enforces the object (False on UDPRoutes: weft-proxy does not see UDP).
+pub const PROGRAMMED: &str = "Programmed";
+/// Why a UDPRoute is not enforced.
+pub const UDP_NOT_PROXIED: &str =
+    "weft-proxy does not intercept UDP (only TCP is redirected to it): \
+    TrafficTargets naming this route allow and deny nothing, and UDP to meshed pods bypasses their \
+    inbound policy; use a NetworkPolicy to restrict UDP";
 
 pub(crate) fn condition(
     type_: &str,
@@ -1026,5 +1033,20 @@ pub(crate) fn route_status(key: &ObjectKey, model: &Model) -> (Vec<hub::Conditio
         "no references".into(),
         generation,
     ));
+    if key.kind == Kind::UDPRoute {
+        warn(
+            &mut events,
+            key.clone(),
+            "UDPNotProxied",
+            UDP_NOT_PROXIED.to_string(),
+        );
+        conds.push(condition(
+            PROGRAMMED,
+            false,
+            "UDPNotProxied",
+            UDP_NOT_PROXIED.into(),
+            generation,
+        ));
+    }
     (conds, events)
 }
