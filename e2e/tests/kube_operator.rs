@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Namespace, Pod, Service};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch};
 use kube::api::{ListParams, PatchParams, PostParams};
 use serde_json::{json, Value};
@@ -37,6 +38,7 @@ struct Env {
     /// Webhook certificates folder, port, and the CA (the `caBundle`).
     certs: PathBuf,
     webhook_port: u16,
+    webhook_ca: String,
     // Dropped after the operators (declared last in tests), before the lock.
     cluster: Cluster,
     _guard: tokio::sync::OwnedMutexGuard<()>,
@@ -45,6 +47,11 @@ struct Env {
 /// A control plane with the SMI CRDs (conversion pointed at the webhook port the first operator
 /// will serve), or `None` after a loud skip.
 async fn env(test: &str, validating_webhook: bool) -> Option<Env> {
+    env_with(test, true, validating_webhook).await
+}
+
+/// [`env`], with or without the SMI CRDs installed.
+async fn env_with(test: &str, crds: bool, validating_webhook: bool) -> Option<Env> {
     let guard = lock().lock_owned().await;
     weft_e2e::cluster::install_crypto_provider();
     let bins = match tokio::task::spawn_blocking(Binaries::locate_or_build).await {
@@ -74,7 +81,9 @@ async fn env(test: &str, validating_webhook: bool) -> Option<Env> {
     let ca = webhook_tls(&certs).unwrap();
     let webhook_port = free_port().unwrap();
     let base = format!("https://127.0.0.1:{webhook_port}");
-    install_crds(&client, Some((&base, &ca))).await.unwrap();
+    if crds {
+        install_crds(&client, Some((&base, &ca))).await.unwrap();
+    }
     if validating_webhook {
         install_validating_webhook(&client, &base, &ca)
             .await
@@ -86,6 +95,7 @@ async fn env(test: &str, validating_webhook: bool) -> Option<Env> {
         bin,
         certs,
         webhook_port,
+        webhook_ca: ca,
         cluster,
         _guard: guard,
     })
@@ -783,4 +793,169 @@ async fn kube_operator_resumes_watches_after_api_server_restart() {
         o["metadata"]["generation"] == 3 && observed_current(o)
     })
     .await;
+}
+
+/// The CRD names of the SMI kinds weft watches.
+const SMI_CRDS: [&str; 5] = [
+    "trafficsplits.split.smi-spec.io",
+    "traffictargets.access.smi-spec.io",
+    "httproutegroups.specs.smi-spec.io",
+    "tcproutes.specs.smi-spec.io",
+    "udproutes.specs.smi-spec.io",
+];
+
+/// `GET /status` as JSON: its `unwatchedKinds` keys.
+async fn unwatched_kinds(op: &OperatorProcess) -> Result<Vec<String>, String> {
+    let (code, body) = op.admin_get("/status").await?;
+    if code != 200 {
+        return Err(format!("/status: {code} {body}"));
+    }
+    let v: Value = serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
+    let kinds = v
+        .get("unwatchedKinds")
+        .and_then(Value::as_object)
+        .ok_or_else(|| format!("no unwatchedKinds in /status: {body}"))?;
+    Ok(kinds.keys().cloned().collect())
+}
+
+/// `weft_operator_watch_errors_total` of one resource (0 when the series does not exist yet).
+async fn watch_errors(op: &OperatorProcess, resource: &str) -> f64 {
+    let (code, body) = op.admin_get("/metrics").await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    let prefix = format!("weft_operator_watch_errors_total{{resource=\"{resource}\"}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_operator_watches_smi_crds_installed_after_it_started() {
+    let Some(env) = env_with("kube_operator_crds_later", false, false).await else {
+        return;
+    };
+    env.base_objects().await;
+
+    // No SMI CRDs: the operator still becomes ready, says which kinds it does not watch, and
+    // serves config.
+    let op = env.operator("weft-operator", true, false).await;
+    let (code, body) = op.admin_get("/ready").await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    for crd in SMI_CRDS {
+        assert!(
+            body.contains(&format!("SMI kind {crd} not watched")),
+            "{body}"
+        );
+    }
+    let mut unwatched = unwatched_kinds(&op).await.unwrap();
+    unwatched.sort();
+    let mut want: Vec<String> = SMI_CRDS.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    assert_eq!(unwatched, want);
+    let mut proxy = SimProxy::connect(op.discovery_addr, NS, "client-0", "default")
+        .await
+        .unwrap();
+    let first = proxy.next(LIMIT).await.unwrap();
+    assert!(first.full_state, "the first response is full state");
+    let routes = web_routes(&proxy.state);
+    assert_eq!(
+        routes.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>(),
+        ["default"],
+        "without SMI, web has its default route"
+    );
+
+    // The CRDs are installed (as a GitOps tool would, after the operator): a split applied
+    // now reaches the proxy and gets its status, without restarting the operator.
+    let base = format!("https://127.0.0.1:{}", env.webhook_port);
+    install_crds(&env.client, Some((&base, &env.webhook_ca)))
+        .await
+        .unwrap();
+    env.apply(split(
+        "web-split",
+        json!([{"service": "web-v1", "weight": 90}, {"service": "web-v2", "weight": 10}]),
+    ))
+    .await
+    .unwrap();
+    let w1 = weights(&[("web-v1", 90), ("web-v2", 10)]);
+    proxy
+        .wait_until("the split's weights after the CRDs appeared", LIMIT, |s| {
+            has_split(s, "web-split", &w1)
+        })
+        .await
+        .unwrap();
+    env.wait_split_status("web-split", |o| {
+        cond_is(o, "Accepted", "True") && observed_current(o)
+    })
+    .await;
+    wait_for("every SMI kind watched", LIMIT, || async {
+        let unwatched = unwatched_kinds(&op).await?;
+        let (code, body) = op.admin_get("/ready").await?;
+        Ok((unwatched.is_empty() && code == 200 && body == "ready\n").then_some(()))
+    })
+    .await
+    .unwrap();
+
+    // The TrafficSplit CRD is deleted while the operator runs: its splits leave the proxy's
+    // config, the kind is reported unwatched, and its watcher stops (no more watch errors).
+    let crds: Api<CustomResourceDefinition> = Api::all(env.client.clone());
+    crds.delete(SMI_CRDS[0], &DeleteParams::default())
+        .await
+        .unwrap();
+    proxy
+        .wait_until("the default route alone after the CRD went", LIMIT, |s| {
+            let r = web_routes(s);
+            r.len() == 1 && r[0].0 == "default"
+        })
+        .await
+        .unwrap();
+    wait_for("TrafficSplit reported unwatched", LIMIT, || async {
+        let unwatched = unwatched_kinds(&op).await?;
+        let (_, body) = op.admin_get("/ready").await?;
+        Ok((unwatched == [SMI_CRDS[0]]
+            && body.contains(&format!("SMI kind {} not watched", SMI_CRDS[0])))
+        .then_some(()))
+    })
+    .await
+    .unwrap();
+    let errors = watch_errors(&op, SMI_CRDS[0]).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        watch_errors(&op, SMI_CRDS[0]).await,
+        errors,
+        "the watcher of a kind that is not served anymore is stopped"
+    );
+    let (code, _) = op.admin_get("/ready").await.unwrap();
+    assert_eq!(code, 200, "the rest is still served");
+
+    // Installed again: watched again.
+    wait_for("the CRD gone", LIMIT, || {
+        let crds = crds.clone();
+        async move {
+            let got = crds.get_opt(SMI_CRDS[0]).await.map_err(|e| e.to_string())?;
+            Ok(got.is_none().then_some(()))
+        }
+    })
+    .await
+    .unwrap();
+    install_crds(&env.client, Some((&base, &env.webhook_ca)))
+        .await
+        .unwrap();
+    env.apply(split(
+        "web-split",
+        json!([{"service": "web-v1", "weight": 30}, {"service": "web-v2", "weight": 70}]),
+    ))
+    .await
+    .unwrap();
+    let w2 = weights(&[("web-v1", 30), ("web-v2", 70)]);
+    proxy
+        .wait_until("the split after the CRD came back", LIMIT, |s| {
+            has_split(s, "web-split", &w2)
+        })
+        .await
+        .unwrap();
+    env.wait_split_status("web-split", |o| {
+        cond_is(o, "Accepted", "True") && observed_current(o)
+    })
+    .await;
+    assert!(unwatched_kinds(&op).await.unwrap().is_empty());
 }

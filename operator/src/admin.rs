@@ -28,6 +28,8 @@ pub struct Health {
     serving: AtomicBool,
     /// Source (e.g. manifest file) → error that keeps its last good objects in force.
     source_errors: Mutex<BTreeMap<String, String>>,
+    /// Kubernetes: SMI kinds (CRD name) not watched now → why.
+    unwatched_kinds: Mutex<BTreeMap<String, String>>,
 }
 
 impl Health {
@@ -62,6 +64,20 @@ impl Health {
             .map(|e| e.clone())
             .unwrap_or_default()
     }
+
+    /// Replaces the set of SMI kinds that are not watched (CRD name → why).
+    pub fn set_unwatched_kinds(&self, kinds: BTreeMap<String, String>) {
+        if let Ok(mut k) = self.unwatched_kinds.lock() {
+            *k = kinds;
+        }
+    }
+
+    pub fn unwatched_kinds(&self) -> BTreeMap<String, String> {
+        self.unwatched_kinds
+            .lock()
+            .map(|k| k.clone())
+            .unwrap_or_default()
+    }
 }
 
 /// Everything the admin server reports on.
@@ -78,6 +94,7 @@ pub struct AdminState {
 struct StatusReport {
     ready: bool,
     source_errors: BTreeMap<String, String>,
+    unwatched_kinds: BTreeMap<String, String>,
     objects: serde_json::Value,
 }
 
@@ -125,6 +142,9 @@ pub fn handle(state: &AdminState, req: &Request<impl Sized>) -> Response<Body> {
                         "warning: {source}: {error} (last good objects kept)\n"
                     ));
                 }
+                for (crd, why) in state.health.unwatched_kinds() {
+                    body.push_str(&format!("warning: SMI kind {crd} not watched: {why}\n"));
+                }
                 text(StatusCode::OK, body)
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
@@ -152,6 +172,7 @@ pub fn handle(state: &AdminState, req: &Request<impl Sized>) -> Response<Body> {
             &StatusReport {
                 ready: state.health.is_ready(),
                 source_errors: state.health.source_errors(),
+                unwatched_kinds: state.health.unwatched_kinds(),
                 objects: state.status.to_json(),
             },
         ),
@@ -253,5 +274,53 @@ pub(crate) async fn serve_http<F, Fut>(
                 tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> AdminState {
+        AdminState {
+            health: Arc::new(Health::new()),
+            metrics: Arc::new(Registry::default()),
+            proxies: Arc::new(ProxyRegistry::new()),
+            status: Arc::new(StatusBoard::new()),
+        }
+    }
+
+    async fn get(state: &AdminState, path: &str) -> (StatusCode, String) {
+        let req = Request::get(path).body(()).unwrap();
+        let resp = handle(state, &req);
+        let code = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (code, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn ready_and_status_name_the_smi_kinds_not_watched() {
+        let s = state();
+        s.health.set_compiled();
+        s.health.set_serving(true);
+        assert_eq!(get(&s, "/ready").await, (StatusCode::OK, "ready\n".into()));
+        s.health.set_unwatched_kinds(BTreeMap::from([(
+            "trafficsplits.split.smi-spec.io".to_string(),
+            "not served".to_string(),
+        )]));
+        let (code, body) = get(&s, "/ready").await;
+        assert_eq!(code, StatusCode::OK, "the rest is served");
+        assert_eq!(
+            body,
+            "ready\nwarning: SMI kind trafficsplits.split.smi-spec.io not watched: not served\n"
+        );
+        let (_, body) = get(&s, "/status").await;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            v["unwatchedKinds"],
+            serde_json::json!({"trafficsplits.split.smi-spec.io": "not served"})
+        );
+        s.health.set_unwatched_kinds(BTreeMap::new());
+        assert_eq!(get(&s, "/ready").await.1, "ready\n");
     }
 }

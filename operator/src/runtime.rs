@@ -684,9 +684,11 @@ async fn run_kubernetes(
                     held.extend(changes);
                     held_since = Some(held_since.map_or(observed_at, |t| t.min(observed_at)));
                 }
+                SourceEvent::Unwatched(kinds) => {
+                    reconciler.health.set_unwatched_kinds(kinds);
+                }
                 SourceEvent::Synced(name) => {
-                    pending_sync.remove(&name);
-                    if pending_sync.is_empty() {
+                    if pending_sync.remove(&name) && pending_sync.is_empty() {
                         tracing::info!("every watch listed; compiling");
                     }
                 }
