@@ -55,6 +55,10 @@ pub struct InjectSettings {
     pub memory_limit: Option<String>,
     /// Projected token lifetime.
     pub token_expiration_seconds: i64,
+    /// PEM trust anchors given to proxies as `WEFT_PROXY_TRUST_ANCHORS`: they verify the
+    /// operator's discovery certificate (TLS) and their peers against them. `None`: the variable
+    /// is not set and proxies talk to the operator in plaintext (with a warning).
+    pub trust_anchors_pem: Option<String>,
 }
 
 impl Default for InjectSettings {
@@ -74,6 +78,7 @@ impl Default for InjectSettings {
             cpu_limit: None,
             memory_limit: Some("250Mi".into()),
             token_expiration_seconds: 3600,
+            trust_anchors_pem: None,
         }
     }
 }
@@ -221,7 +226,7 @@ fn resources(settings: &InjectSettings) -> Value {
 /// The sidecar container.
 pub fn proxy_container(settings: &InjectSettings) -> Value {
     let field = |path: &str| json!({"fieldRef": {"apiVersion": "v1", "fieldPath": path}});
-    json!({
+    let mut container = json!({
         "name": PROXY_CONTAINER,
         "image": settings.proxy_image,
         "imagePullPolicy": settings.image_pull_policy,
@@ -264,7 +269,13 @@ pub fn proxy_container(settings: &InjectSettings) -> Value {
             {"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": true},
         ],
         "terminationMessagePolicy": "FallbackToLogsOnError",
-    })
+    });
+    if let (Some(anchors), Some(env)) =
+        (&settings.trust_anchors_pem, container["env"].as_array_mut())
+    {
+        env.push(json!({"name": "WEFT_PROXY_TRUST_ANCHORS", "value": anchors}));
+    }
+    container
 }
 
 /// The init container that installs the iptables redirection, for this pod's annotations.
@@ -694,6 +705,36 @@ mod tests {
         let twice = inject_pod(&once, &s).unwrap();
         assert_eq!(once, twice);
         assert_eq!(json_patch(&once, &twice), json!([]));
+    }
+
+    #[test]
+    fn trust_anchors_reach_the_proxy_and_reinjection_changes_nothing() {
+        let anchors = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        let s = InjectSettings {
+            trust_anchors_pem: Some(anchors.to_string()),
+            ..InjectSettings::default()
+        };
+        let once = inject_pod(&pod(json!({})), &s).unwrap();
+        let proxy = once["spec"]["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == PROXY_CONTAINER)
+            .unwrap();
+        let env: Vec<_> = proxy["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["name"] == "WEFT_PROXY_TRUST_ANCHORS")
+            .collect();
+        assert_eq!(env.len(), 1);
+        assert_eq!(env[0]["value"], anchors);
+        let twice = inject_pod(&once, &s).unwrap();
+        assert_eq!(once, twice);
+        assert_eq!(json_patch(&once, &twice), json!([]));
+        // A manifest injected offline without anchors keeps working (plaintext to the operator).
+        let plain = inject_pod(&pod(json!({})), &InjectSettings::default()).unwrap();
+        assert!(!plain.to_string().contains("WEFT_PROXY_TRUST_ANCHORS"));
     }
 
     #[test]

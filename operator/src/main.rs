@@ -8,7 +8,10 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use weft_operator::compile::{CompileOptions, DefaultPolicy};
-use weft_operator::identity::{BootstrapToken, CaStore, IdentityOptions, TokenReview};
+use weft_operator::identity::control_tls::anchors_pem;
+use weft_operator::identity::{
+    BootstrapToken, CaStore, ControlTlsOptions, IdentityOptions, SpiffeId, TokenReview,
+};
 use weft_operator::leader::LeaderOptions;
 use weft_operator::runtime::{IdentityConfig, Runtime, RuntimeConfig, SourceConfig, WebhookConfig};
 use weft_operator::source::manifests::WatchOptions;
@@ -77,6 +80,18 @@ struct Args {
     /// This replica's name (leader identity, Events).
     #[arg(long, env = "POD_NAME")]
     pod_name: Option<String>,
+    /// This operator's service account: its identity on the discovery port is
+    /// spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>.
+    #[arg(long, env = "POD_SERVICE_ACCOUNT", default_value = "weft-operator")]
+    service_account: String,
+    /// Name of the discovery Service: the discovery server certificate carries the DNS names
+    /// <service>.<namespace>.svc[.<cluster-domain>], <service>.<namespace> and <service>.
+    #[arg(long, default_value = "weft-discovery")]
+    discovery_service: String,
+    /// Refuse plaintext connections on the discovery port (TLS only). Needs the Identity
+    /// service (its issuer signs the discovery server certificate).
+    #[arg(long)]
+    require_control_tls: bool,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -127,6 +142,17 @@ async fn build(args: &Args) -> anyhow::Result<RuntimeConfig> {
         trust_domain: args.trust_domain.clone(),
         ..IdentityOptions::default()
     };
+    let control_tls = ControlTlsOptions {
+        identity: SpiffeId::new(&args.trust_domain, &args.namespace, &args.service_account)
+            .context("the operator's own identity (--namespace, --service-account)")?,
+        dns_names: ControlTlsOptions::service_dns_names(
+            &args.discovery_service,
+            &args.namespace,
+            &args.cluster_domain,
+        ),
+        lifetime: identity_options.leaf_lifetime,
+        require_tls: args.require_control_tls,
+    };
     let (source, identity) = match &args.manifests {
         Some(dir) => {
             let ca = CaStore::load_or_generate(args.identity_issuer.as_deref(), &args.trust_domain)
@@ -139,10 +165,20 @@ async fn build(args: &Args) -> anyhow::Result<RuntimeConfig> {
                         ca: Arc::new(ca),
                         authenticator: Arc::new(token),
                         options: identity_options,
+                        control_tls: Some(control_tls),
                     })
                 }
                 None => {
-                    tracing::warn!("no --bootstrap-token-file: the Identity service is off");
+                    if args.require_control_tls {
+                        anyhow::bail!(
+                            "--require-control-tls needs the Identity service \
+                             (--bootstrap-token-file in --manifests mode)"
+                        );
+                    }
+                    tracing::warn!(
+                        "no --bootstrap-token-file: the Identity service is off and the \
+                         discovery port is plaintext only"
+                    );
                     None
                 }
             };
@@ -165,6 +201,7 @@ async fn build(args: &Args) -> anyhow::Result<RuntimeConfig> {
                 ca: Arc::new(ca),
                 authenticator: Arc::new(TokenReview::new(client.clone())),
                 options: identity_options,
+                control_tls: Some(control_tls),
             };
             (SourceConfig::Kubernetes { client }, Some(identity))
         }
@@ -172,10 +209,15 @@ async fn build(args: &Args) -> anyhow::Result<RuntimeConfig> {
     let webhook = match &args.webhook_cert_dir {
         Some(dir) => {
             let inject = if args.inject {
-                Some(Arc::new(
-                    weft_operator::inject::InjectSettings::from_env()
-                        .context("injector settings")?,
-                ))
+                let mut settings = weft_operator::inject::InjectSettings::from_env()
+                    .context("injector settings")?;
+                // Proxies verify the discovery server against the mesh's trust anchors, given
+                // out of band (never taken from the connection they protect).
+                settings.trust_anchors_pem = identity
+                    .as_ref()
+                    .and_then(|i| i.ca.current())
+                    .map(|issuer| anchors_pem(&issuer));
+                Some(Arc::new(settings))
             } else {
                 None
             };

@@ -102,6 +102,9 @@ pub struct IdentityConfig {
     pub ca: Arc<CaStore>,
     pub authenticator: Arc<dyn TokenAuthenticator>,
     pub options: IdentityOptions,
+    /// TLS on the discovery port with a certificate from this issuer (plaintext still accepted
+    /// unless `require_tls`); `None`: plaintext only.
+    pub control_tls: Option<crate::identity::ControlTlsOptions>,
 }
 
 /// The webhook server's settings.
@@ -157,6 +160,8 @@ pub enum RuntimeError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("discovery TLS: {0}")]
+    ControlTls(#[from] crate::identity::ControlTlsError),
     #[error("webhook TLS: {0}")]
     WebhookTls(#[from] crate::webhook::WebhookError),
     #[error("discovery server: {0}")]
@@ -272,6 +277,14 @@ impl Runtime {
             service.register_metrics(&mut root);
             service
         });
+        let control_tls = match &config.identity {
+            Some(IdentityConfig {
+                ca,
+                control_tls: Some(opts),
+                ..
+            }) => Some(crate::identity::ControlTls::new(ca.clone(), opts.clone())?),
+            _ => None,
+        };
         let registry = Arc::new(root);
         let mut tasks = JoinSet::new();
 
@@ -297,7 +310,8 @@ impl Runtime {
                     .add_service(service.into_server())
                     .add_optional_service(identity.map(|i| i.into_server()));
                 health.set_serving(true);
-                let incoming = tokio_stream::wrappers::TcpListenerStream::new(discovery_listener);
+                let incoming =
+                    crate::identity::control_tls::incoming(discovery_listener, control_tls);
                 let result = router.serve_with_incoming_shutdown(incoming, stop).await;
                 health.set_serving(false);
                 result.map_err(RuntimeError::from)

@@ -18,6 +18,7 @@ pub use env::{ControlAddr, EnvError, LogFormat, ProxyEnv};
 use crate::admin::{self, AdminSource};
 use crate::config::{self, Config};
 use crate::control::{self, DiscoveryClient, ProxyId, Settings};
+use crate::control_tls::ControlTls;
 use crate::identity::{Identity, IdentityConfig};
 use crate::inbound::{self, InboundSettings};
 use crate::metrics::Metrics;
@@ -38,8 +39,8 @@ pub enum AppError {
     },
     #[error("{0}")]
     Control(#[from] control::ControlError),
-    #[error("TLS to the operator (https://) is not supported yet; use http://")]
-    ControlTlsUnsupported,
+    #[error("TLS to the operator: {0}")]
+    ControlTls(#[from] crate::control_tls::InvalidControlName),
     #[error("{what} stopped: {reason}")]
     Task { what: &'static str, reason: String },
 }
@@ -50,7 +51,7 @@ impl AppError {
         matches!(
             self,
             AppError::Env(_)
-                | AppError::ControlTlsUnsupported
+                | AppError::ControlTls(_)
                 | AppError::Control(control::ControlError::InvalidUri(..))
         )
     }
@@ -71,9 +72,6 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     bound: Option<tokio::sync::oneshot::Sender<BoundAddrs>>,
 ) -> Result<(), AppError> {
-    if env.control_addr.tls {
-        return Err(AppError::ControlTlsUnsupported);
-    }
     let metrics = Arc::new(Metrics::new());
 
     // Listeners first, so that a port clash fails fast with exit code 1.
@@ -81,7 +79,7 @@ pub async fn run(
     let (inbound_listener, inbound_addr) = bind("inbound", env.inbound_addr).await?;
     let (outbound_listener, outbound_addr) = bind("outbound", env.outbound_addr).await?;
 
-    let settings = Settings::new(
+    let mut settings = Settings::new(
         env.control_addr.uri.clone(),
         ProxyId {
             pod_namespace: env.pod_namespace.clone(),
@@ -89,6 +87,23 @@ pub async fn run(
             service_account: env.service_account.clone(),
         },
     );
+    match (&env.trust_anchors, &env.control_peer) {
+        (Some(anchors), Some(peer)) => {
+            settings.tls = Some(ControlTls::new(anchors, peer.clone())?);
+            tracing::info!(
+                control = %env.control_addr.uri,
+                expected = %peer,
+                anchors = anchors.certificates().len(),
+                "control plane connection: TLS, verified against WEFT_PROXY_TRUST_ANCHORS"
+            );
+        }
+        _ => tracing::warn!(
+            control = %env.control_addr.uri,
+            "control plane connection is UNAUTHENTICATED (plaintext): the service account token \
+             and the trust anchors travel unprotected; set WEFT_PROXY_TRUST_ANCHORS to verify \
+             the operator over TLS"
+        ),
+    }
     let endpoint = settings.endpoint()?;
 
     // Identity: certify now, renew at 70% of the lifetime; its own lazy channel.
@@ -100,8 +115,9 @@ pub async fn run(
             pod_name: env.pod_name.clone(),
             service_account: env.service_account.clone(),
             trust_domain: env.trust_domain.clone(),
+            trust_anchors: env.trust_anchors.clone(),
         },
-        endpoint.connect_lazy(),
+        settings.connect_lazy(&endpoint),
     );
     let identity_task = tokio::spawn(identity_driver);
     let expiry_task = tokio::spawn(track_cert_expiry(identity.clone(), Arc::clone(&metrics)));

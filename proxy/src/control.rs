@@ -87,8 +87,10 @@ fn random_unit() -> f64 {
 /// How the client reaches the operator.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// `http://host:port` (plaintext HTTP/2).
+    /// `http://host:port`: where to connect (HTTP/2; TLS when `tls` is set).
     pub uri: String,
+    /// TLS to the operator, verified against out-of-band trust anchors; `None`: plaintext.
+    pub tls: Option<crate::control_tls::ControlTls>,
     pub id: ProxyId,
     pub connect_timeout: Duration,
     /// How long to wait for the stream to open and the first response to arrive.
@@ -103,6 +105,7 @@ impl Settings {
     pub fn new(uri: impl Into<String>, id: ProxyId) -> Self {
         Self {
             uri: uri.into(),
+            tls: None,
             id,
             connect_timeout: Duration::from_secs(5),
             first_response_timeout: Duration::from_secs(15),
@@ -122,6 +125,26 @@ impl Settings {
             .keep_alive_timeout(self.keepalive_timeout)
             .keep_alive_while_idle(true)
             .tcp_nodelay(true))
+    }
+
+    /// Connects now (over TLS when configured).
+    pub async fn connect(&self, endpoint: &Endpoint) -> Result<Channel, tonic::transport::Error> {
+        match &self.tls {
+            Some(tls) => {
+                endpoint
+                    .connect_with_connector(tls.connector(self.connect_timeout))
+                    .await
+            }
+            None => endpoint.connect().await,
+        }
+    }
+
+    /// A channel that connects on first use (over TLS when configured).
+    pub fn connect_lazy(&self, endpoint: &Endpoint) -> Channel {
+        match &self.tls {
+            Some(tls) => endpoint.connect_with_connector_lazy(tls.connector(self.connect_timeout)),
+            None => endpoint.connect_lazy(),
+        }
     }
 }
 
@@ -284,8 +307,8 @@ impl DiscoveryClient {
         got_response: &mut bool,
     ) -> Result<(), ControlError> {
         let channel: Channel =
-            endpoint
-                .connect()
+            self.settings
+                .connect(endpoint)
                 .await
                 .map_err(|source| ControlError::Connect {
                     uri: self.settings.uri.clone(),

@@ -5,6 +5,7 @@ pub mod app;
 pub mod balance;
 pub mod config;
 pub mod control;
+pub mod control_tls;
 pub mod http;
 pub mod identity;
 pub mod inbound;

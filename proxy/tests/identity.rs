@@ -62,6 +62,7 @@ async fn proxy(op: &Operator, sa: &str, token: &str) -> Proxy {
         pod_name: format!("{sa}-0"),
         service_account: sa.into(),
         trust_domain: "cluster.local".into(),
+        trust_anchors: None,
     };
     let channel = Endpoint::from_shared(cfg.control_addr.clone())
         .unwrap()

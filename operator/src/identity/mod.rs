@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod ca;
+pub mod control_tls;
 pub mod csr;
 pub mod service;
 
@@ -11,5 +12,6 @@ pub use auth::{
     AuthError, AuthenticatedIdentity, BootstrapToken, TokenAuthenticator, TokenClaim, TokenReview,
 };
 pub use ca::{generate_ca, CaBundle, CaError, CaStore, IssuerState};
+pub use control_tls::{ControlTls, ControlTlsError, ControlTlsOptions};
 pub use csr::{CsrError, SpiffeId};
 pub use service::{CertifyError, IdentityOptions, IdentityService};

@@ -5,12 +5,17 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::control_tls::ControlPeer;
+use crate::identity::TrustAnchors;
+
 /// Where the operator's discovery (and identity) API is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ControlAddr {
-    /// `http://host:port` or `https://host:port`, as given to tonic.
+    /// `http://host:port`, as given to tonic (TLS, when on, is done by our own connector).
     pub uri: String,
-    /// True when the operator is reached over TLS.
+    /// The host part (a DNS name or an IP address, without brackets).
+    pub host: String,
+    /// True when the operator is reached over TLS (trust anchors are configured).
     pub tls: bool,
 }
 
@@ -38,6 +43,11 @@ pub struct ProxyEnv {
     pub threads: usize,
     pub log_filter: String,
     pub log_format: LogFormat,
+    /// `WEFT_PROXY_TRUST_ANCHORS` / `WEFT_PROXY_TRUST_ANCHORS_FILE`: when set, TLS to the
+    /// operator verified against them, and the roots for peers.
+    pub trust_anchors: Option<TrustAnchors>,
+    /// Who the operator must prove to be over TLS (set iff `trust_anchors` is).
+    pub control_peer: Option<ControlPeer>,
 }
 
 /// A bad or missing environment variable.
@@ -66,6 +76,9 @@ pub const SHUTDOWN_GRACE: &str = "WEFT_PROXY_SHUTDOWN_GRACE";
 pub const THREADS: &str = "WEFT_PROXY_THREADS";
 pub const LOG: &str = "WEFT_LOG";
 pub const LOG_FORMAT: &str = "WEFT_PROXY_LOG_FORMAT";
+pub const TRUST_ANCHORS: &str = "WEFT_PROXY_TRUST_ANCHORS";
+pub const TRUST_ANCHORS_FILE: &str = "WEFT_PROXY_TRUST_ANCHORS_FILE";
+pub const CONTROL_IDENTITY: &str = "WEFT_PROXY_CONTROL_IDENTITY";
 
 impl ProxyEnv {
     /// Reads the process environment.
@@ -81,7 +94,59 @@ impl ProxyEnv {
         };
         let required = |name: &'static str| get(name).ok_or(EnvError::Missing { name });
 
-        let control_addr = parse_control_addr(required(CONTROL_ADDR)?)?;
+        let (mut control_addr, https) = parse_control_addr(required(CONTROL_ADDR)?)?;
+        let trust_anchors = match (get(TRUST_ANCHORS), get(TRUST_ANCHORS_FILE)) {
+            (Some(_), Some(_)) => return Err(invalid(
+                TRUST_ANCHORS_FILE,
+                get(TRUST_ANCHORS_FILE).unwrap_or_default(),
+                "set either WEFT_PROXY_TRUST_ANCHORS or WEFT_PROXY_TRUST_ANCHORS_FILE, not both",
+            )),
+            (Some(pem), None) => Some(
+                TrustAnchors::from_pem(pem)
+                    .map_err(|e| invalid(TRUST_ANCHORS, "<PEM>", &e.to_string()))?,
+            ),
+            (None, Some(path)) => {
+                let pem = std::fs::read_to_string(path)
+                    .map_err(|e| invalid(TRUST_ANCHORS_FILE, path, &format!("cannot read: {e}")))?;
+                Some(
+                    TrustAnchors::from_pem(&pem)
+                        .map_err(|e| invalid(TRUST_ANCHORS_FILE, path, &e.to_string()))?,
+                )
+            }
+            (None, None) => None,
+        };
+        let control_identity = match get(CONTROL_IDENTITY) {
+            None => None,
+            Some(v) if is_spiffe_id(v) => Some(v.to_string()),
+            Some(v) => {
+                return Err(invalid(
+                    CONTROL_IDENTITY,
+                    v,
+                    "expected spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>",
+                ))
+            }
+        };
+        let control_peer = match (&trust_anchors, control_identity) {
+            (None, _) if https => {
+                return Err(invalid(
+                    CONTROL_ADDR,
+                    required(CONTROL_ADDR)?,
+                    "https:// needs WEFT_PROXY_TRUST_ANCHORS (or _FILE) to verify the operator",
+                ))
+            }
+            (None, _) => None,
+            (Some(_), Some(id)) => Some(ControlPeer::Identity(id)),
+            (Some(_), None) if control_addr.host.parse::<IpAddr>().is_ok() => {
+                return Err(invalid(
+                    CONTROL_ADDR,
+                    required(CONTROL_ADDR)?,
+                    "the host is an IP address: set WEFT_PROXY_CONTROL_IDENTITY to the operator's \
+                     SPIFFE ID so that its certificate can be checked",
+                ))
+            }
+            (Some(_), None) => Some(ControlPeer::DnsName(control_addr.host.clone())),
+        };
+        control_addr.tls = trust_anchors.is_some();
         let (pod_namespace, pod_name) = parse_pod(required(POD)?)?;
         let service_account = get(SERVICE_ACCOUNT).unwrap_or("default").to_string();
         if !is_dns_label(&service_account) && !is_dns_subdomain(&service_account) {
@@ -143,6 +208,8 @@ impl ProxyEnv {
             threads,
             log_filter,
             log_format,
+            trust_anchors,
+            control_peer,
         })
     }
 
@@ -163,8 +230,19 @@ fn invalid(name: &'static str, value: &str, reason: &str) -> EnvError {
     }
 }
 
-/// Accepts `host:port`, `http://host:port` (plaintext h2c) or `https://host:port` (TLS).
-fn parse_control_addr(v: &str) -> Result<ControlAddr, EnvError> {
+/// `spiffe://<td>/ns/<ns>/sa/<sa>`, nothing more.
+fn is_spiffe_id(v: &str) -> bool {
+    let Some(rest) = v.strip_prefix("spiffe://") else {
+        return false;
+    };
+    let parts: Vec<&str> = rest.split('/').collect();
+    matches!(parts.as_slice(), [td, "ns", ns, "sa", sa]
+        if is_dns_subdomain(td) && is_dns_label(ns) && is_dns_subdomain(sa))
+}
+
+/// Accepts `host:port`, `http://host:port` or `https://host:port`; the second value is true for
+/// `https://` (which then requires trust anchors).
+fn parse_control_addr(v: &str) -> Result<(ControlAddr, bool), EnvError> {
     let (tls, rest) = if let Some(rest) = v.strip_prefix("https://") {
         (true, rest)
     } else if let Some(rest) = v.strip_prefix("http://") {
@@ -185,11 +263,19 @@ fn parse_control_addr(v: &str) -> Result<ControlAddr, EnvError> {
     if parsed.port_u16().is_none() || authority.contains('/') {
         return Err(invalid(CONTROL_ADDR, v, "expected host:port"));
     }
-    let scheme = if tls { "https" } else { "http" };
-    Ok(ControlAddr {
-        uri: format!("{scheme}://{authority}"),
+    let host = parsed
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    Ok((
+        ControlAddr {
+            uri: format!("http://{authority}"),
+            host,
+            tls,
+        },
         tls,
-    })
+    ))
 }
 
 fn parse_pod(v: &str) -> Result<(String, String), EnvError> {
@@ -317,20 +403,119 @@ mod tests {
 
     #[test]
     fn overrides() {
-        let env = ProxyEnv::from_vars(vars(&[
+        let env = with_anchors(&[
+            (TRUST_ANCHORS, ANCHORS),
             (CONTROL_ADDR, "https://weft-operator.weft.svc:8086"),
             (SERVICE_ACCOUNT, "web"),
             (SHUTDOWN_GRACE, "500ms"),
             (THREADS, "2"),
             (LOG_FORMAT, "json"),
             (TRUST_DOMAIN, "example.org"),
-        ]))
+        ])
         .unwrap();
         assert!(env.control_addr.tls);
-        assert_eq!(env.control_addr.uri, "https://weft-operator.weft.svc:8086");
+        assert_eq!(env.control_addr.uri, "http://weft-operator.weft.svc:8086");
         assert_eq!(env.shutdown_grace, Duration::from_millis(500));
         assert_eq!(env.threads, 2);
         assert_eq!(env.log_format, LogFormat::Json);
         assert_eq!(env.spiffe_id(), "spiffe://example.org/ns/demo/sa/web");
+    }
+
+    const ANCHORS: &str = "__ANCHORS__";
+
+    fn ca_pem() -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.self_signed(&key).unwrap().pem()
+    }
+
+    fn with_anchors(extra: &[(&str, &str)]) -> Result<ProxyEnv, EnvError> {
+        let pem = ca_pem();
+        let extra: Vec<(&str, &str)> = extra
+            .iter()
+            .map(|(k, v)| (*k, if *v == ANCHORS { pem.as_str() } else { *v }))
+            .collect();
+        ProxyEnv::from_vars(vars(&extra))
+    }
+
+    #[test]
+    fn trust_anchors_turn_on_tls_to_the_operator() {
+        // DNS host: the operator's certificate must carry that DNS name.
+        let env = with_anchors(&[
+            (
+                CONTROL_ADDR,
+                "weft-discovery.weft-system.svc.cluster.local:8086",
+            ),
+            (TRUST_ANCHORS, ANCHORS),
+        ])
+        .unwrap();
+        assert!(env.control_addr.tls);
+        assert_eq!(
+            env.control_peer,
+            Some(ControlPeer::DnsName(
+                "weft-discovery.weft-system.svc.cluster.local".into()
+            ))
+        );
+        // IP host: the SPIFFE ID must be given.
+        let err = with_anchors(&[(TRUST_ANCHORS, ANCHORS)]).unwrap_err();
+        assert!(err.to_string().contains(CONTROL_IDENTITY), "{err}");
+        let id = "spiffe://cluster.local/ns/weft-system/sa/weft-operator";
+        let env = with_anchors(&[(TRUST_ANCHORS, ANCHORS), (CONTROL_IDENTITY, id)]).unwrap();
+        assert_eq!(env.control_peer, Some(ControlPeer::Identity(id.into())));
+        assert_eq!(env.trust_anchors.map(|a| a.certificates().len()), Some(1));
+        // From a file.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.crt");
+        std::fs::write(&path, ca_pem()).unwrap();
+        let path = path.display().to_string();
+        let env = with_anchors(&[(TRUST_ANCHORS_FILE, &path), (CONTROL_IDENTITY, id)]).unwrap();
+        assert!(env.control_addr.tls);
+        // No anchors: plaintext, as before.
+        let env = ProxyEnv::from_vars(vars(&[])).unwrap();
+        assert!(!env.control_addr.tls && env.control_peer.is_none());
+    }
+
+    #[test]
+    fn bad_trust_anchors_are_explained() {
+        let id = "spiffe://cluster.local/ns/weft-system/sa/weft-operator";
+        for (extra, name) in [
+            (
+                vec![(TRUST_ANCHORS, "not pem"), (CONTROL_IDENTITY, id)],
+                TRUST_ANCHORS,
+            ),
+            (
+                vec![
+                    (
+                        TRUST_ANCHORS,
+                        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+                    ),
+                    (CONTROL_IDENTITY, id),
+                ],
+                TRUST_ANCHORS,
+            ),
+            (
+                vec![
+                    (TRUST_ANCHORS_FILE, "/nonexistent/ca.crt"),
+                    (CONTROL_IDENTITY, id),
+                ],
+                TRUST_ANCHORS_FILE,
+            ),
+            (
+                vec![
+                    (TRUST_ANCHORS, ANCHORS),
+                    (CONTROL_IDENTITY, "weft-operator"),
+                ],
+                CONTROL_IDENTITY,
+            ),
+            (
+                vec![(CONTROL_ADDR, "https://weft-discovery.weft-system.svc:8086")],
+                CONTROL_ADDR,
+            ),
+        ] {
+            let err = with_anchors(&extra).unwrap_err();
+            let msg = err.to_string();
+            assert!(msg.starts_with(name), "{msg}");
+        }
     }
 }

@@ -11,6 +11,7 @@
 //! let name = server_name_for("spiffe://cluster.local/ns/shop/sa/cart");
 //! ```
 
+mod anchors;
 mod tls;
 
 use std::future::Future;
@@ -28,6 +29,7 @@ use tonic::transport::Channel;
 use weft_proxy_api::v1::identity_client::IdentityClient;
 use weft_proxy_api::v1::{CertifyRequest, CertifyResponse};
 
+pub use anchors::{AnchorsError, TrustAnchors};
 pub use tls::{
     identity_from_server_name, peer_identity, provider, server_name_for, SERVER_NAME_SUFFIX,
 };
@@ -44,6 +46,10 @@ pub struct IdentityConfig {
     pub pod_name: String,
     pub service_account: String,
     pub trust_domain: String,
+    /// Trust anchors given out of band (`WEFT_PROXY_TRUST_ANCHORS`): the roots for verifying
+    /// the issued certificate and peers, whatever the Certify response says. `None`: the
+    /// response's anchors are used (trust on first use).
+    pub trust_anchors: Option<TrustAnchors>,
 }
 
 impl IdentityConfig {
@@ -350,22 +356,39 @@ async fn certify_once(
             message: s.message().to_owned(),
         })?
         .into_inner();
-    install_response(&identity, key, response)
+    install_response(&identity, key, response, cfg.trust_anchors.as_ref())
 }
 
 fn install_response(
     identity: &str,
     key: KeyPair,
     response: CertifyResponse,
+    configured: Option<&TrustAnchors>,
 ) -> Result<CertState, IdentityError> {
     let bad = |m: String| IdentityError::InvalidResponse(m);
     let provider = provider();
-    let mut roots = RootCertStore::empty();
-    for der in response.trust_anchors_der {
-        roots
-            .add(CertificateDer::from(der))
-            .map_err(|e| bad(format!("trust anchor: {e}")))?;
-    }
+    let roots = match configured {
+        Some(anchors) => {
+            if !anchors.same_as(&response.trust_anchors_der) {
+                tracing::warn!(
+                    configured = anchors.certificates().len(),
+                    from_operator = response.trust_anchors_der.len(),
+                    "the operator's trust anchors differ from WEFT_PROXY_TRUST_ANCHORS; \
+                     using the configured ones (rotate anchors by changing the injected variable)"
+                );
+            }
+            anchors.roots()
+        }
+        None => {
+            let mut roots = RootCertStore::empty();
+            for der in response.trust_anchors_der {
+                roots
+                    .add(CertificateDer::from(der))
+                    .map_err(|e| bad(format!("trust anchor: {e}")))?;
+            }
+            Arc::new(roots)
+        }
+    };
     if roots.is_empty() {
         return Err(bad("no trust anchors".into()));
     }
@@ -396,7 +419,6 @@ fn install_response(
     let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
     let certified = CertifiedKey::from_der(chain, key_der, &provider)
         .map_err(|e| bad(format!("leaf does not match our key: {e}")))?;
-    let roots = Arc::new(roots);
     let client_verifier =
         WebPkiClientVerifier::builder_with_provider(Arc::clone(&roots), Arc::clone(&provider))
             .allow_unauthenticated()

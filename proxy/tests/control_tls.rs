@@ -1,0 +1,344 @@
+//! The real `weft-proxy` binary against the real operator runtime (in `--manifests` mode, on
+//! 127.0.0.1) whose discovery port speaks TLS and plaintext: a proxy given the trust anchors
+//! verifies the operator and gets config and certificate over TLS; one given another CA's
+//! anchors refuses the operator; a proxy without anchors still works over plaintext unless the
+//! operator requires TLS.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+use weft_operator::identity::{
+    generate_ca, BootstrapToken, CaStore, ControlTlsOptions, IdentityOptions, SpiffeId,
+};
+use weft_operator::runtime::{IdentityConfig, Runtime, RuntimeConfig};
+
+const TOKEN: &str = "bootstrap-secret";
+const WAIT: Duration = Duration::from_secs(30);
+const OPERATOR_ID: &str = "spiffe://cluster.local/ns/weft-system/sa/weft-operator";
+
+const MANIFESTS: &str = "\
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: web, namespace: demo}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-0, namespace: demo, labels: {app: web}}
+spec:
+  serviceAccountName: web
+  containers: [{name: web, image: web}]
+status:
+  podIP: 127.0.0.1
+  conditions: [{type: Ready, status: 'True'}]
+";
+
+struct Operator {
+    runtime: Runtime,
+    anchors_pem: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn start_operator(require_tls: bool) -> Operator {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("mesh.yaml"), MANIFESTS).expect("write manifests");
+    let bundle = generate_ca("cluster.local").expect("CA");
+    let ca = Arc::new(CaStore::from_bundle(&bundle).expect("CA store"));
+    let mut config = RuntimeConfig::manifests_on_loopback(dir.path());
+    config.identity = Some(IdentityConfig {
+        ca,
+        authenticator: Arc::new(BootstrapToken::new(TOKEN.as_bytes())),
+        options: IdentityOptions::default(),
+        control_tls: Some(ControlTlsOptions {
+            identity: SpiffeId::parse(OPERATOR_ID).expect("id"),
+            dns_names: vec!["localhost".into()],
+            lifetime: Duration::from_secs(3600),
+            require_tls,
+        }),
+    });
+    let runtime = Runtime::start(config).await.expect("operator starts");
+    Operator {
+        runtime,
+        anchors_pem: bundle.ca_cert_pem.clone(),
+        _dir: dir,
+    }
+}
+
+/// A free port on 127.0.0.1 (bound and released; the proxy binds it right after).
+async fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+struct ProxyProcess {
+    _child: Child,
+    admin: SocketAddr,
+    log: Arc<Mutex<String>>,
+    _dir: tempfile::TempDir,
+}
+
+impl ProxyProcess {
+    async fn start(control: &str, extra: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token = dir.path().join("token");
+        std::fs::write(&token, TOKEN).expect("write token");
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port().await));
+        let inbound = SocketAddr::from(([127, 0, 0, 1], free_port().await));
+        let outbound = SocketAddr::from(([127, 0, 0, 1], free_port().await));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_weft-proxy"));
+        cmd.env_clear()
+            .env("WEFT_PROXY_CONTROL_ADDR", control)
+            .env("WEFT_PROXY_POD", "demo/web-0")
+            .env("WEFT_PROXY_SERVICE_ACCOUNT", "web")
+            .env("WEFT_PROXY_TOKEN_FILE", &token)
+            .env("WEFT_PROXY_ADMIN_ADDR", admin.to_string())
+            .env("WEFT_PROXY_INBOUND_ADDR", inbound.to_string())
+            .env("WEFT_PROXY_OUTBOUND_ADDR", outbound.to_string())
+            .env("WEFT_LOG", "info");
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn weft-proxy");
+        let log = Arc::new(Mutex::new(String::new()));
+        if let Some(stderr) = child.stderr.take() {
+            let log = Arc::clone(&log);
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if let Ok(mut l) = log.lock() {
+                        l.push_str(&line);
+                        l.push('\n');
+                    }
+                }
+            });
+        }
+        ProxyProcess {
+            _child: child,
+            admin,
+            log,
+            _dir: dir,
+        }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    async fn admin_until(&self, path: &str, mut want: impl FnMut(u16, &str) -> bool) -> String {
+        let result = tokio::time::timeout(WAIT, async {
+            let mut interval = tokio::time::interval(Duration::from_millis(20));
+            loop {
+                interval.tick().await;
+                if let Ok((status, body)) = http_get(self.admin, path).await {
+                    if want(status, &body) {
+                        return body;
+                    }
+                }
+            }
+        })
+        .await;
+        match result {
+            Ok(body) => body,
+            Err(_) => panic!("GET {path} never matched; proxy log:\n{}", self.log()),
+        }
+    }
+
+    /// Waits until the log shows `needle` (how a refusal becomes visible without timing).
+    async fn log_until(&self, needle: &str) {
+        let found = tokio::time::timeout(WAIT, async {
+            let mut interval = tokio::time::interval(Duration::from_millis(20));
+            loop {
+                interval.tick().await;
+                if self.log().contains(needle) {
+                    return;
+                }
+            }
+        })
+        .await;
+        assert!(
+            found.is_ok(),
+            "log never showed {needle:?}:\n{}",
+            self.log()
+        );
+    }
+
+    /// Ready (certificate and config) with the expected identity; returns `/config`.
+    async fn ready(&self) -> serde_json::Value {
+        self.admin_until("/ready", |code, _| code == 200).await;
+        let body = self.admin_until("/config", |code, _| code == 200).await;
+        let config: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(
+            config["identity"]["id"],
+            "spiffe://cluster.local/ns/demo/sa/web"
+        );
+        assert!(config["version"].as_str().is_some(), "{config}");
+        config
+    }
+
+    /// Has neither a certificate nor a config.
+    async fn holds_nothing(&self) {
+        let (code, _) = http_get(self.admin, "/ready").await.expect("admin");
+        assert_ne!(code, 200, "log:\n{}", self.log());
+        let (_, body) = http_get(self.admin, "/config").await.expect("admin");
+        let config: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert!(config["version"].is_null(), "{config}");
+        assert!(config["identity"]["id"].is_null(), "{config}");
+    }
+}
+
+async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).await?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+    stream.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut buf))
+        .await
+        .map_err(|_| std::io::Error::other("response timed out"))??;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+fn other_ca_pem() -> String {
+    generate_ca("cluster.local").expect("CA").ca_cert_pem
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write");
+    path.display().to_string()
+}
+
+#[tokio::test]
+async fn proxy_with_anchors_gets_config_and_certificate_over_tls() {
+    let op = start_operator(false).await;
+    let addr = op.runtime.discovery_addr;
+    // The SPIFFE ID rule (IP host), anchors inline.
+    let by_id = ProxyProcess::start(
+        &addr.to_string(),
+        &[
+            ("WEFT_PROXY_TRUST_ANCHORS", &op.anchors_pem),
+            ("WEFT_PROXY_CONTROL_IDENTITY", OPERATOR_ID),
+        ],
+    )
+    .await;
+    by_id.ready().await;
+    assert!(by_id
+        .log()
+        .contains("TLS, verified against WEFT_PROXY_TRUST_ANCHORS"));
+    assert!(!by_id.log().contains("UNAUTHENTICATED"));
+    // The DNS rule (the host of the control address), anchors from a file.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = write(dir.path(), "ca.crt", &op.anchors_pem);
+    let by_dns = ProxyProcess::start(
+        &format!("localhost:{}", addr.port()),
+        &[("WEFT_PROXY_TRUST_ANCHORS_FILE", &file)],
+    )
+    .await;
+    by_dns.ready().await;
+    // The operator sees both proxies.
+    let (_, body) = http_get(op.runtime.admin_addr, "/proxies")
+        .await
+        .expect("admin");
+    let proxies: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(proxies.as_array().map(Vec::len), Some(2), "{body}");
+}
+
+#[tokio::test]
+async fn proxy_refuses_an_operator_that_chains_to_another_ca() {
+    let op = start_operator(false).await;
+    let addr = op.runtime.discovery_addr;
+    let proxy = ProxyProcess::start(
+        &addr.to_string(),
+        &[
+            ("WEFT_PROXY_TRUST_ANCHORS", &other_ca_pem()),
+            ("WEFT_PROXY_CONTROL_IDENTITY", OPERATOR_ID),
+        ],
+    )
+    .await;
+    proxy.log_until("invalid peer certificate").await;
+    proxy.holds_nothing().await;
+    // Right CA, wrong name: refused too.
+    let wrong_name = ProxyProcess::start(
+        &addr.to_string(),
+        &[
+            ("WEFT_PROXY_TRUST_ANCHORS", &op.anchors_pem),
+            (
+                "WEFT_PROXY_CONTROL_IDENTITY",
+                "spiffe://cluster.local/ns/weft-system/sa/someone-else",
+            ),
+        ],
+    )
+    .await;
+    wrong_name.log_until("NotValidForName").await;
+    wrong_name.holds_nothing().await;
+    let (_, body) = http_get(op.runtime.admin_addr, "/proxies")
+        .await
+        .expect("admin");
+    assert_eq!(body.trim(), "[]", "no proxy may have subscribed: {body}");
+}
+
+#[tokio::test]
+async fn plaintext_proxy_works_unless_the_operator_requires_tls() {
+    let op = start_operator(false).await;
+    let plain = ProxyProcess::start(&op.runtime.discovery_addr.to_string(), &[]).await;
+    plain.ready().await;
+    assert!(plain.log().contains("UNAUTHENTICATED"));
+
+    let strict = start_operator(true).await;
+    let addr = strict.runtime.discovery_addr;
+    let refused = ProxyProcess::start(&addr.to_string(), &[]).await;
+    refused.log_until("identity certificate not obtained").await;
+    refused.holds_nothing().await;
+    let tls = ProxyProcess::start(
+        &addr.to_string(),
+        &[
+            ("WEFT_PROXY_TRUST_ANCHORS", &strict.anchors_pem),
+            ("WEFT_PROXY_CONTROL_IDENTITY", OPERATOR_ID),
+        ],
+    )
+    .await;
+    tls.ready().await;
+}
+
+#[tokio::test]
+async fn bad_anchors_are_a_startup_error_not_a_panic() {
+    let status = Command::new(env!("CARGO_BIN_EXE_weft-proxy"))
+        .env_clear()
+        .env("WEFT_PROXY_CONTROL_ADDR", "127.0.0.1:8086")
+        .env("WEFT_PROXY_POD", "demo/web-0")
+        .env("WEFT_PROXY_TOKEN_FILE", "/nonexistent")
+        .env("WEFT_PROXY_TRUST_ANCHORS", "not a certificate")
+        .env("WEFT_PROXY_CONTROL_IDENTITY", OPERATOR_ID)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .await
+        .expect("run weft-proxy");
+    let stderr = String::from_utf8_lossy(&status.stderr);
+    assert_eq!(status.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("WEFT_PROXY_TRUST_ANCHORS"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
