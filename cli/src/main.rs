@@ -116,6 +116,11 @@ enum Command {
         /// The operator's discovery address the proxies use.
         #[arg(long)]
         control_addr: Option<String>,
+        /// PEM file with the mesh's trust anchors (the identity issuer's ca.crt): set as
+        /// WEFT_PROXY_TRUST_ANCHORS so that proxies verify the operator over TLS. Without it the
+        /// proxies talk to the operator in plaintext (and warn).
+        #[arg(long, value_name = "FILE")]
+        trust_anchors: Option<std::path::PathBuf>,
     },
     /// Print the SMI CRDs (the same YAML as crds/).
     #[command(after_help = "Examples:\n  weft crds | kubectl apply -f -")]
@@ -309,6 +314,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             file,
             proxy_image,
             control_addr,
+            trust_anchors,
         } => {
             let yaml = if file.as_os_str() == "-" {
                 let mut s = String::new();
@@ -324,6 +330,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             if let Some(a) = control_addr {
                 settings.control_addr = a;
+            }
+            if let Some(path) = trust_anchors {
+                settings.trust_anchors_pem = Some(read_trust_anchors(&path)?);
             }
             print!(
                 "{}",
@@ -420,6 +429,35 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
     }
+}
+
+/// Reads a PEM file of CA certificates for `weft inject --trust-anchors`: every CERTIFICATE
+/// block must parse and be a CA; other blocks are an error (a key must never end up in a pod spec).
+fn read_trust_anchors(path: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+    let mut count = 0;
+    for block in x509_parser::pem::Pem::iter_from_buffer(text.as_bytes()) {
+        let block = block.map_err(|e| anyhow::anyhow!("{}: not valid PEM: {e}", path.display()))?;
+        if block.label != "CERTIFICATE" {
+            anyhow::bail!(
+                "{}: holds a {} block; --trust-anchors takes CA certificates only",
+                path.display(),
+                block.label
+            );
+        }
+        let cert = block
+            .parse_x509()
+            .map_err(|e| anyhow::anyhow!("{}: certificate {count}: {e}", path.display()))?;
+        if !cert.is_ca() {
+            anyhow::bail!("{}: certificate {count} is not a CA", path.display());
+        }
+        count += 1;
+    }
+    if count == 0 {
+        anyhow::bail!("{}: no CERTIFICATE block", path.display());
+    }
+    Ok(format!("{}\n", text.trim()))
 }
 
 #[cfg(test)]

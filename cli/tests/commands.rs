@@ -127,6 +127,48 @@ fn inject_is_idempotent_and_labels_the_pod() {
 }
 
 #[test]
+fn inject_with_trust_anchors_sets_them_on_the_proxy_and_stays_idempotent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bundle = weft_operator::identity::generate_ca("cluster.local").expect("CA");
+    let ca = dir.path().join("ca.crt");
+    std::fs::write(&ca, &bundle.ca_cert_pem).expect("write");
+    let ca = ca.to_string_lossy().to_string();
+    let once = weft(&[
+        "inject",
+        "-f",
+        "examples/canary/20-pods.yaml",
+        "--trust-anchors",
+        &ca,
+    ]);
+    assert!(
+        once.status.success(),
+        "{}",
+        String::from_utf8_lossy(&once.stderr)
+    );
+    let text = stdout(&once);
+    assert!(text.contains("WEFT_PROXY_TRUST_ANCHORS"));
+    assert!(text.contains("BEGIN CERTIFICATE"));
+    let f = dir.path().join("once.yaml");
+    std::fs::write(&f, &text).expect("write");
+    let twice = weft(&["inject", "-f", &f.to_string_lossy(), "--trust-anchors", &ca]);
+    assert_eq!(stdout(&twice), text, "re-injecting changes nothing");
+
+    // A private key is refused, never copied into a pod spec.
+    let key = dir.path().join("issuer.key");
+    std::fs::write(&key, &bundle.issuer_key_pem).expect("write");
+    let bad = weft(&[
+        "inject",
+        "-f",
+        "examples/canary/20-pods.yaml",
+        "--trust-anchors",
+        &key.to_string_lossy(),
+    ]);
+    assert!(!bad.status.success());
+    assert!(stdout(&bad).is_empty());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("CA certificates only"));
+}
+
+#[test]
 fn install_has_fresh_certificates_each_time() {
     let a = stdout(&weft(&["install"]));
     let b = stdout(&weft(&["install"]));

@@ -76,6 +76,24 @@ fn demo_walks_the_canary_denies_the_caller_and_shows_identities() {
         })
         .unwrap_or_default();
     let ctx = format!("stdout:\n{stdout}\nstderr:\n{stderr}\nlogs:\n{logs}");
+    // The operator refuses plaintext; every proxy verified it over TLS.
+    assert!(stdout.contains("(TLS only, as spiffe://"), "{ctx}");
+    let proxy_logs: Vec<String> = std::fs::read_dir(dir.path().join("logs"))
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().ends_with("-proxy.log"))
+                .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(!proxy_logs.is_empty(), "{ctx}");
+    for log in &proxy_logs {
+        assert!(
+            log.contains("TLS, verified against WEFT_PROXY_TRUST_ANCHORS"),
+            "{ctx}"
+        );
+        assert!(!log.contains("UNAUTHENTICATED"), "{ctx}");
+    }
 
     let steps: Vec<&str> = stdout.lines().filter(|l| l.starts_with("step ")).collect();
     assert_eq!(steps.len(), 4, "four canary steps\n{ctx}");

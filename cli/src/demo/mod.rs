@@ -102,6 +102,14 @@ async fn scripted(opts: &DemoOptions, mesh: &mut Mesh, out: &Output) -> anyhow::
     let _ = std::fs::remove_file(manifests.join("access.yaml"));
     let token = dir.join("bootstrap-token");
     write_atomic(&token, &format!("weft-demo-{}\n", std::process::id()))?;
+    // The mesh CA, generated here so that proxies get its root out of band and verify the
+    // operator over TLS (the operator refuses plaintext).
+    let issuer = dir.join("identity");
+    weft_operator::identity::generate_ca("cluster.local")
+        .context("generating the demo CA")?
+        .write_issuer_dir(&issuer)
+        .context("writing the demo CA")?;
+    let anchors = issuer.join(weft_operator::identity::ca::CA_CERT_FILE);
     out.line(&format!("weft demo: manifests in {}", manifests.display()));
 
     let operator_bin = procs::find_binary("weft-operator")?;
@@ -124,12 +132,15 @@ async fn scripted(opts: &DemoOptions, mesh: &mut Mesh, out: &Output) -> anyhow::
             op_admin.clone(),
             "--bootstrap-token-file".into(),
             token.display().to_string(),
+            "--identity-issuer".into(),
+            issuer.display().to_string(),
+            "--require-control-tls".into(),
         ],
         &[("WEFT_LOG".into(), "info".into())],
         &dir.join("logs/operator.log"),
     )?;
     out.line(&format!(
-        "started weft-operator (pid {pid}): discovery {discovery}, admin http://{op_admin}"
+        "started weft-operator (pid {pid}): discovery {discovery} (TLS only, as {OPERATOR_IDENTITY}), admin http://{op_admin}"
     ));
     ready_or_explain(mesh, &op_admin, "/ready", "weft-operator").await?;
 
@@ -156,7 +167,7 @@ async fn scripted(opts: &DemoOptions, mesh: &mut Mesh, out: &Output) -> anyhow::
                 &dir.join(format!("logs/{}-app.log", pod.name)),
             )?;
         }
-        let env = proxy_env(pod, &layout, &discovery, &token);
+        let env = proxy_env(pod, &layout, &discovery, &token, &anchors);
         let pid = mesh.sup.spawn(
             &format!("{}/proxy", pod.name),
             &proxy_bin,
@@ -330,15 +341,25 @@ async fn scripted(opts: &DemoOptions, mesh: &mut Mesh, out: &Output) -> anyhow::
     Ok(all_ok)
 }
 
+/// The operator's identity on the discovery port (its defaults: namespace `weft-system`,
+/// service account `weft-operator`); the demo's control address is an IP, so proxies check this.
+const OPERATOR_IDENTITY: &str = "spiffe://cluster.local/ns/weft-system/sa/weft-operator";
+
 fn proxy_env(
     pod: &DemoPod,
     layout: &Layout,
     discovery: &str,
     token: &Path,
+    anchors: &Path,
 ) -> Vec<(String, String)> {
     let ip = layout.ip(pod.host);
     [
         ("WEFT_PROXY_CONTROL_ADDR", discovery.to_string()),
+        (
+            "WEFT_PROXY_TRUST_ANCHORS_FILE",
+            anchors.display().to_string(),
+        ),
+        ("WEFT_PROXY_CONTROL_IDENTITY", OPERATOR_IDENTITY.to_string()),
         ("WEFT_PROXY_POD", format!("{NAMESPACE}/{}", pod.name)),
         (
             "WEFT_PROXY_SERVICE_ACCOUNT",
