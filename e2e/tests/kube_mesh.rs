@@ -352,6 +352,13 @@ async fn kube_mesh_canary_mtls_and_access() {
             .labels
             .unwrap_or_default()
             .contains_key("weft.io/proxy-version"));
+        // The injector gave the proxy the trust anchors: it verified the operator over TLS.
+        let logs = env.logs(NS, p);
+        assert!(
+            logs.contains("TLS, verified against WEFT_PROXY_TRUST_ANCHORS")
+                && !logs.contains("UNAUTHENTICATED"),
+            "{p}: control connection not verified TLS:\n{logs}"
+        );
     }
 
     // Canary: 100/0 → 90/10 → 50/50 → 0/100.
