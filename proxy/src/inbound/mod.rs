@@ -278,11 +278,19 @@ async fn handle_request(
         .metrics
         .authorization(authz_name.clone(), true, "http");
 
-    if req.method() == Method::CONNECT {
-        let rsp = h::error(
-            StatusCode::NOT_IMPLEMENTED,
-            "CONNECT is not supported by weft-proxy",
-        );
+    let connect = req.method() == Method::CONNECT;
+    let wants_upgrade = !connect && upgrade::wants_upgrade(&req);
+    if connect || wants_upgrade {
+        let rsp = if connect {
+            h::error(
+                StatusCode::NOT_IMPLEMENTED,
+                "CONNECT is not supported by weft-proxy",
+            )
+        } else {
+            upgrade::keep_upgrade_headers(req.headers_mut());
+            set_client_id(&mut req, peer.as_deref());
+            forward_upgrade(shared, req, port).await
+        };
         record(
             shared,
             port,
@@ -293,29 +301,8 @@ async fn handle_request(
         );
         return rsp;
     }
-    let wants_upgrade = upgrade::wants_upgrade(&req);
-    if wants_upgrade {
-        upgrade::keep_upgrade_headers(req.headers_mut());
-    } else {
-        h::strip_hop_by_hop(req.headers_mut());
-    }
-    // Only the proxy may assert the client's identity.
-    req.headers_mut().remove(h::CLIENT_ID);
-    if let Some(id) = peer.as_deref().and_then(|p| HeaderValue::from_str(p).ok()) {
-        req.headers_mut().insert(h::CLIENT_ID, id);
-    }
-    if wants_upgrade {
-        let rsp = forward_upgrade(shared, req, port).await;
-        record(
-            shared,
-            port,
-            authz_name,
-            peer.as_ref(),
-            rsp.status(),
-            started,
-        );
-        return rsp;
-    }
+    h::strip_hop_by_hop(req.headers_mut());
+    set_client_id(&mut req, peer.as_deref());
     let app = SocketAddr::new(shared.settings.app_ip, port).to_string();
     let rsp = match h::set_upstream_uri(&mut req, &app) {
         Err(e) => h::error(StatusCode::BAD_REQUEST, &format!("bad request target: {e}")),
@@ -414,4 +401,13 @@ fn record(
         },
         started.elapsed(),
     );
+}
+
+/// Only the proxy may assert the client's identity: drops any `x-weft-client-id` the request
+/// carried and sets the mTLS peer's, if any.
+fn set_client_id<B>(req: &mut Request<B>, peer: Option<&str>) {
+    req.headers_mut().remove(h::CLIENT_ID);
+    if let Some(id) = peer.and_then(|p| HeaderValue::from_str(p).ok()) {
+        req.headers_mut().insert(h::CLIENT_ID, id);
+    }
 }

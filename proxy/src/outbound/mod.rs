@@ -500,6 +500,14 @@ async fn forward(
     }
 }
 
+/// The 503 for a backend with no endpoints.
+fn no_endpoints(backend: &Backend) -> Response<Body> {
+    h::error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &format!("backend {} has no endpoints", backend.service),
+    )
+}
+
 async fn attempt_once(
     shared: &Shared,
     mut req: Request<Body>,
@@ -507,13 +515,7 @@ async fn attempt_once(
     app_h2: bool,
 ) -> (Response<Body>, Option<Arc<str>>) {
     let Some(ep) = pick_endpoint(backend) else {
-        return (
-            h::error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &format!("backend {} has no endpoints", backend.service),
-            ),
-            None,
-        );
+        return (no_endpoints(backend), None);
     };
     let _in_flight = ep.load.start();
     let started = Instant::now();
@@ -616,13 +618,7 @@ async fn forward_upgrade(
     backend: &Backend,
 ) -> (Response<Body>, Option<Arc<str>>) {
     let Some(ep) = pick_endpoint(backend) else {
-        return (
-            h::error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &format!("backend {} has no endpoints", backend.service),
-            ),
-            None,
-        );
+        return (no_endpoints(backend), None);
     };
     let peer = ep.identity.clone();
     let downstream = hyper::upgrade::on(&mut req);
