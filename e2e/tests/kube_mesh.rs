@@ -290,39 +290,35 @@ async fn kube_mesh_canary_mtls_and_access() {
     ] {
         env.create(s).await;
     }
-    deploy_app(
-        &env,
-        "web-v1",
-        "web",
-        json!({"app": "web", "version": "v1"}),
-        json!([{"name": "APP_NAME", "value": "web"}, {"name": "APP_VERSION", "value": "v1"}]),
-    )
-    .await;
-    deploy_app(
-        &env,
-        "web-v2",
-        "web",
-        json!({"app": "web", "version": "v2"}),
-        json!([{"name": "APP_NAME", "value": "web"}, {"name": "APP_VERSION", "value": "v2"}]),
-    )
-    .await;
-    deploy_app(
-        &env,
-        "client",
-        "client",
-        json!({"app": "client"}),
-        json!([{"name": "APP_NAME", "value": "client"}]),
-    )
-    .await;
-    // A second caller, and a TCP echo server (no probe: ready when running).
-    deploy_app(
-        &env,
-        "intruder",
-        "intruder",
-        json!({"app": "intruder"}),
-        json!([{"name": "APP_NAME", "value": "intruder"}]),
-    )
-    .await;
+    // Two versions of web, the client, and a second caller.
+    for (name, sa, labels, version) in [
+        (
+            "web-v1",
+            "web",
+            json!({"app": "web", "version": "v1"}),
+            "v1",
+        ),
+        (
+            "web-v2",
+            "web",
+            json!({"app": "web", "version": "v2"}),
+            "v2",
+        ),
+        ("client", "client", json!({"app": "client"}), "v1"),
+        ("intruder", "intruder", json!({"app": "intruder"}), "v1"),
+    ] {
+        let app_name = labels["app"].clone();
+        deploy_app(
+            &env,
+            name,
+            sa,
+            labels,
+            json!([{"name": "APP_NAME", "value": app_name},
+                   {"name": "APP_VERSION", "value": version}]),
+        )
+        .await;
+    }
+    // A TCP echo server (no probe: ready when running).
     deploy(
         &env,
         "db",
