@@ -251,6 +251,7 @@ async fn scripted(opts: &DemoOptions, mesh: &mut Mesh, out: &Output) -> anyhow::
             && tally.success() == tally.requests
             && tally.requests > 0;
         all_ok &= ok;
+        let [p50, p99] = tally.percentiles_ms([0.5, 0.99]);
         out.line(&format!(
             "step {}/{} weights api-v1={} api-v2={v2} measured api-v1={:.1}% api-v2={:.1}% requests={} success={:.1}% p50={} p99={} {} (within ±{:.1} points)",
             i + 1,
@@ -260,8 +261,8 @@ async fn scripted(opts: &DemoOptions, mesh: &mut Mesh, out: &Output) -> anyhow::
             measured_v2 * 100.0,
             tally.requests,
             pct(tally.success(), tally.requests),
-            ms(tally.percentile_ms(0.5)),
-            ms(tally.percentile_ms(0.99)),
+            ms(p50),
+            ms(p99),
             if ok { "OK" } else { "MISMATCH" },
             tolerance * 100.0
         ));
@@ -480,12 +481,13 @@ fn canary_lines(t: &Tally, v2_weight: u32) -> Vec<String> {
             share * 100.0
         ));
     }
+    let [p50, p99] = t.percentiles_ms([0.5, 0.99]);
     lines.push(format!(
         "  {:.0} rps  success {:.1}%  p50 {}  p99 {}",
         t.rps(),
         pct(t.success(), t.requests),
-        ms(t.percentile_ms(0.5)),
-        ms(t.percentile_ms(0.99))
+        ms(p50),
+        ms(p99)
     ));
     lines
 }

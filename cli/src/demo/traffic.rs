@@ -70,15 +70,17 @@ impl Tally {
             _ => 0.0,
         }
     }
-    /// Latency percentile in milliseconds (`q` in 0..=1).
-    pub fn percentile_ms(&self, q: f64) -> Option<f64> {
+    /// Latency percentiles in milliseconds (each `q` in 0..=1), from one sorted copy.
+    pub fn percentiles_ms<const N: usize>(&self, qs: [f64; N]) -> [Option<f64>; N] {
         if self.latencies_us.is_empty() {
-            return None;
+            return [None; N];
         }
         let mut v = self.latencies_us.clone();
         v.sort_unstable();
-        let idx = ((v.len() as f64 - 1.0) * q).round() as usize;
-        v.get(idx.min(v.len() - 1)).map(|us| *us as f64 / 1000.0)
+        qs.map(|q| {
+            let idx = ((v.len() as f64 - 1.0) * q).round() as usize;
+            v.get(idx.min(v.len() - 1)).map(|us| *us as f64 / 1000.0)
+        })
     }
 }
 
@@ -258,7 +260,7 @@ mod tests {
         assert_eq!(t.requests, 101);
         assert_eq!(t.success(), 100);
         assert!((t.share("v2") - 0.10).abs() < 1e-9);
-        assert_eq!(t.percentile_ms(1.0), Some(1.0));
+        assert_eq!(t.percentiles_ms([0.0, 1.0]), [Some(0.01), Some(1.0)]);
         assert_eq!(t.errors, 1);
     }
 }
