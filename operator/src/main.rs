@@ -92,6 +92,11 @@ struct Args {
     /// service (its issuer signs the discovery server certificate).
     #[arg(long)]
     require_control_tls: bool,
+    /// Refuse Discovery streams without a client certificate verified against the mesh trust
+    /// anchors (proxies must connect over TLS and present their certificate; Certify stays open
+    /// to token-authenticated proxies). Needs the Identity service.
+    #[arg(long)]
+    require_discovery_identity: bool,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -152,6 +157,7 @@ async fn build(args: &Args) -> anyhow::Result<RuntimeConfig> {
         ),
         lifetime: identity_options.leaf_lifetime,
         require_tls: args.require_control_tls,
+        require_discovery_identity: args.require_discovery_identity,
     };
     let (source, identity) = match &args.manifests {
         Some(dir) => {
@@ -172,6 +178,12 @@ async fn build(args: &Args) -> anyhow::Result<RuntimeConfig> {
                     if args.require_control_tls {
                         anyhow::bail!(
                             "--require-control-tls needs the Identity service \
+                             (--bootstrap-token-file in --manifests mode)"
+                        );
+                    }
+                    if args.require_discovery_identity {
+                        anyhow::bail!(
+                            "--require-discovery-identity needs the Identity service \
                              (--bootstrap-token-file in --manifests mode)"
                         );
                     }

@@ -296,6 +296,11 @@ impl Runtime {
             shutdown.clone(),
             ServiceOptions {
                 trust_domain: config.compile.trust_domain.clone(),
+                require_client_identity: config
+                    .identity
+                    .as_ref()
+                    .and_then(|i| i.control_tls.as_ref())
+                    .is_some_and(|t| t.require_discovery_identity),
                 ..ServiceOptions::default()
             },
         );

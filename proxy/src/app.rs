@@ -124,7 +124,10 @@ pub async fn run(
 
     // Discovery: the data plane starts from the default config and follows the channel.
     let (config_tx, config_rx) = config::channel();
-    let discovery = DiscoveryClient::new(settings, config_tx).with_metrics(Arc::clone(&metrics));
+    // Over TLS, Discovery presents the proxy's certificate once it has one (Certify does not).
+    let discovery = DiscoveryClient::new(settings, config_tx)
+        .with_metrics(Arc::clone(&metrics))
+        .with_client_identity(identity.clone());
     let status = discovery.status();
     let mut control_registry = Registry::default();
     discovery.metrics().register(&mut control_registry);

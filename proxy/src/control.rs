@@ -25,6 +25,7 @@ use weft_proxy_api::v1::discovery_request::Request as Req;
 use weft_proxy_api::v1::{self, DiscoveryRequest, DiscoveryResponse};
 
 use crate::config::Config;
+use crate::identity::Identity;
 use crate::metrics::Metrics;
 
 /// Largest discovery message accepted (a config with thousands of services and endpoints).
@@ -167,6 +168,8 @@ pub enum ControlError {
     Closed,
     #[error("response {nonce:?}: {reason}")]
     Protocol { nonce: String, reason: String },
+    #[error("identity certificate obtained; reconnecting to present it to the operator")]
+    CertificateObtained,
 }
 
 /// The protocol mechanics of applying a response (full state, `unchanged`, incremental adds and
@@ -228,6 +231,11 @@ pub struct DiscoveryClient {
     data_metrics: Option<Arc<Metrics>>,
     /// Resources in force (those that compiled into the published config).
     resources: BTreeMap<String, v1::Resource>,
+    /// The identity whose certificate the TLS connection presents (see
+    /// [`DiscoveryClient::with_client_identity`]).
+    identity: Option<Identity>,
+    /// The last connection was made without a valid client certificate.
+    connected_without_cert: bool,
 }
 
 impl DiscoveryClient {
@@ -240,7 +248,22 @@ impl DiscoveryClient {
             metrics: ControlMetrics::default(),
             data_metrics: None,
             resources: BTreeMap::new(),
+            identity: None,
+            connected_without_cert: false,
         }
+    }
+
+    /// The TLS settings present `identity`'s certificate (see
+    /// [`crate::control_tls::ControlTls::with_client_cert`]): a stream opened before the
+    /// certificate was issued (or while it was expired) is reopened as soon as one is valid, and a
+    /// retry waiting for its backoff starts early at that moment. The config in force is kept
+    /// across the reconnect.
+    pub fn with_client_identity(mut self, identity: Identity) -> Self {
+        if let Some(tls) = &self.settings.tls {
+            self.settings.tls = Some(tls.with_client_cert(identity.control_client_cert()));
+            self.identity = Some(identity);
+        }
+        self
     }
 
     /// Also records the config version in force and NACKs in the data plane's metrics.
@@ -276,6 +299,7 @@ impl DiscoveryClient {
             let result = self.stream_once(&endpoint, &mut got_response).await;
             self.metrics.connected.set(0);
             self.metrics.reconnects.inc();
+            let upgrade = matches!(result, Err(ControlError::CertificateObtained));
             let message = match result {
                 Ok(()) => ControlError::Closed.to_string(),
                 Err(e) => e.to_string(),
@@ -290,13 +314,30 @@ impl DiscoveryClient {
             }
             let delay = self.settings.backoff.delay(attempt);
             attempt = attempt.saturating_add(1);
-            tracing::warn!(
-                error = %message,
-                retry_in_ms = delay.as_millis() as u64,
-                version = self.status.borrow().version.as_deref().unwrap_or(""),
-                "discovery stream lost; keeping the current config",
-            );
-            tokio::time::sleep(delay).await;
+            if upgrade {
+                tracing::info!(
+                    "identity certificate obtained; reopening the discovery stream with it"
+                );
+            } else {
+                tracing::warn!(
+                    error = %message,
+                    retry_in_ms = delay.as_millis() as u64,
+                    version = self.status.borrow().version.as_deref().unwrap_or(""),
+                    "discovery stream lost; keeping the current config",
+                );
+            }
+            match self
+                .identity
+                .clone()
+                .filter(|_| self.connected_without_cert)
+            {
+                // The operator may refuse a stream without a certificate: retry when one is there.
+                Some(identity) => tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = identity.valid_certificate() => {}
+                },
+                None => tokio::time::sleep(delay).await,
+            }
         }
     }
 
@@ -306,6 +347,10 @@ impl DiscoveryClient {
         endpoint: &Endpoint,
         got_response: &mut bool,
     ) -> Result<(), ControlError> {
+        self.connected_without_cert = self
+            .identity
+            .as_ref()
+            .is_some_and(|i| !i.has_valid_certificate());
         let channel: Channel =
             self.settings
                 .connect(endpoint)
@@ -363,7 +408,19 @@ impl DiscoveryClient {
             tx.send(answer).await.map_err(|_| ControlError::Closed)?;
             // Keepalive on the HTTP/2 connection detects a dead operator; no read timeout here
             // (the operator only sends when something changes).
-            next = inbound.next().await;
+            next = match self
+                .identity
+                .clone()
+                .filter(|_| self.connected_without_cert)
+            {
+                Some(identity) => tokio::select! {
+                    next = inbound.next() => next,
+                    () = identity.valid_certificate() => {
+                        return Err(ControlError::CertificateObtained);
+                    }
+                },
+                None => inbound.next().await,
+            };
         }
     }
 

@@ -8,6 +8,9 @@
 //!
 //! Nothing learnt over this connection is trusted more than these anchors. See
 //! `docs/identity.md`.
+//!
+//! Once the proxy holds its mesh certificate, the Discovery connection presents it as client
+//! certificate ([`ControlTls::with_client_cert`]); `Certify` connections do not need one.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,6 +20,7 @@ use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::ResolvesClientCert;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::ParsedCertificate;
@@ -99,6 +103,21 @@ impl ControlTls {
             server_name,
             peer,
         })
+    }
+
+    /// The same TLS client presenting the certificate `resolver` gives (if any) as client
+    /// certificate: the operator then knows which mesh identity connects (Discovery checks it
+    /// against the subscribed pod).
+    pub fn with_client_cert(&self, resolver: Arc<dyn ResolvesClientCert>) -> ControlTls {
+        let mut config = (*self.config).clone();
+        config.client_auth_cert_resolver = resolver;
+        // No resumption: each connection presents the certificate in force.
+        config.resumption = rustls::client::Resumption::disabled();
+        ControlTls {
+            config: Arc::new(config),
+            server_name: self.server_name.clone(),
+            peer: self.peer.clone(),
+        }
     }
 
     /// Who the operator must prove to be.

@@ -33,12 +33,26 @@ metadata: {name: web, namespace: demo}
 ---
 apiVersion: v1
 kind: Pod
-metadata: {name: web-0, namespace: demo, labels: {app: web}}
+metadata: {name: web-0, namespace: demo, labels: {app: web, weft.io/proxy-version: test}}
 spec:
   serviceAccountName: web
   containers: [{name: web, image: web}]
 status:
   podIP: 127.0.0.1
+  conditions: [{type: Ready, status: 'True'}]
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: a, namespace: demo}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a-0, namespace: demo, labels: {app: a, weft.io/proxy-version: test}}
+spec:
+  serviceAccountName: a
+  containers: [{name: a, image: a}]
+status:
+  podIP: 127.0.0.2
   conditions: [{type: Ready, status: 'True'}]
 ";
 
@@ -49,6 +63,10 @@ struct Operator {
 }
 
 async fn start_operator(require_tls: bool) -> Operator {
+    start_operator_with(require_tls, false).await
+}
+
+async fn start_operator_with(require_tls: bool, require_discovery_identity: bool) -> Operator {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("mesh.yaml"), MANIFESTS).expect("write manifests");
     let bundle = generate_ca("cluster.local").expect("CA");
@@ -63,6 +81,7 @@ async fn start_operator(require_tls: bool) -> Operator {
             dns_names: vec!["localhost".into()],
             lifetime: Duration::from_secs(3600),
             require_tls,
+            require_discovery_identity,
         }),
     });
     let runtime = Runtime::start(config).await.expect("operator starts");
@@ -258,12 +277,28 @@ async fn proxy_with_anchors_gets_config_and_certificate_over_tls() {
     )
     .await;
     by_dns.ready().await;
-    // The operator sees both proxies.
-    let (_, body) = http_get(op.runtime.admin_addr, "/proxies")
-        .await
-        .expect("admin");
-    let proxies: serde_json::Value = serde_json::from_str(&body).expect("json");
-    assert_eq!(proxies.as_array().map(Vec::len), Some(2), "{body}");
+    // The operator sees both proxies, authenticated by their certificates once they have them
+    // (their first stream may have opened before the certificate was issued: it is reopened).
+    let seen = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Ok((_, body)) = http_get(op.runtime.admin_addr, "/proxies").await {
+                let proxies: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                if proxies
+                    .as_array()
+                    .is_some_and(|p| p.len() == 2 && p.iter().all(|p| p["authenticated"] == true))
+                {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        seen.is_ok(),
+        "proxies never authenticated: {:?}",
+        http_get(op.runtime.admin_addr, "/proxies").await
+    );
 }
 
 #[tokio::test]
@@ -341,4 +376,347 @@ async fn bad_anchors_are_a_startup_error_not_a_panic() {
     assert_eq!(status.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("WEFT_PROXY_TRUST_ANCHORS"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+// --- Discovery authenticated by the client certificate -------------------------------------
+
+use weft_proxy::control::{ProxyId, Settings};
+use weft_proxy::control_tls::{ControlPeer, ControlTls as ProxyControlTls};
+use weft_proxy::identity::{Identity, IdentityConfig as ProxyIdentityConfig, TrustAnchors};
+use weft_proxy_api::v1;
+use weft_proxy_api::v1::discovery_client::DiscoveryClient as GrpcDiscovery;
+
+/// A TLS client of the operator's discovery port, with the mesh certificate of
+/// `demo/<pod>` running as service account `sa` (certified through the real Certify).
+struct MeshClient {
+    endpoint: tonic::transport::Endpoint,
+    tls: ProxyControlTls,
+    identity: Identity,
+    _dir: tempfile::TempDir,
+}
+
+impl MeshClient {
+    async fn certified(op: &Operator, pod: &str, sa: &str) -> MeshClient {
+        let anchors = TrustAnchors::from_pem(&op.anchors_pem).expect("anchors");
+        let tls = ProxyControlTls::new(&anchors, ControlPeer::Identity(OPERATOR_ID.into()))
+            .expect("control TLS");
+        let mut settings = Settings::new(
+            format!("http://{}", op.runtime.discovery_addr),
+            ProxyId {
+                pod_namespace: "demo".into(),
+                pod_name: pod.into(),
+                service_account: sa.into(),
+            },
+        );
+        settings.tls = Some(tls.clone());
+        let endpoint = settings.endpoint().expect("endpoint");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token = dir.path().join("token");
+        std::fs::write(&token, TOKEN).expect("write token");
+        let identity = Identity::spawn(
+            ProxyIdentityConfig {
+                control_addr: settings.uri.clone(),
+                token_file: token,
+                pod_namespace: "demo".into(),
+                pod_name: pod.into(),
+                service_account: sa.into(),
+                trust_domain: "cluster.local".into(),
+                trust_anchors: Some(anchors),
+            },
+            settings.connect_lazy(&endpoint),
+        );
+        tokio::time::timeout(WAIT, identity.ready())
+            .await
+            .expect("certified");
+        MeshClient {
+            endpoint,
+            tls,
+            identity,
+            _dir: dir,
+        }
+    }
+
+    /// Opens a Discovery stream for `demo/<pod>` (claiming `sa`) presenting the certificate.
+    async fn subscribe(&self, pod: &str, sa: &str) -> Result<v1::DiscoveryResponse, tonic::Status> {
+        let tls = self
+            .tls
+            .with_client_cert(self.identity.control_client_cert());
+        subscribe(&self.endpoint, Some(tls), pod, sa).await
+    }
+}
+
+/// Opens a Discovery stream for `demo/<pod>` over `tls` (plaintext without) and returns the
+/// first response or the status the operator answered with.
+async fn subscribe(
+    endpoint: &tonic::transport::Endpoint,
+    tls: Option<ProxyControlTls>,
+    pod: &str,
+    sa: &str,
+) -> Result<v1::DiscoveryResponse, tonic::Status> {
+    let channel = match tls {
+        Some(tls) => endpoint
+            .connect_with_connector(tls.connector(Duration::from_secs(5)))
+            .await
+            .expect("connect over TLS"),
+        None => endpoint.connect().await.expect("connect"),
+    };
+    let mut client = GrpcDiscovery::new(channel);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(v1::DiscoveryRequest {
+        request: Some(v1::discovery_request::Request::Subscribe(v1::Subscribe {
+            pod_namespace: "demo".into(),
+            pod_name: pod.into(),
+            service_account: sa.into(),
+            proxy_version: "test".into(),
+            known_versions: Default::default(),
+        })),
+    })
+    .await
+    .expect("queue Subscribe");
+    let result = tokio::time::timeout(WAIT, async move {
+        let mut inbound = client
+            .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        let first = inbound.message().await?;
+        // Keep the request side open until the answer is in.
+        drop(tx);
+        first.ok_or_else(|| tonic::Status::cancelled("stream ended without a response"))
+    })
+    .await;
+    result.expect("the operator answers in time")
+}
+
+async fn metrics(op: &Operator) -> String {
+    http_get(op.runtime.admin_addr, "/metrics")
+        .await
+        .expect("operator admin")
+        .1
+}
+
+#[tokio::test]
+async fn discovery_refuses_a_certificate_for_another_identity() {
+    let op = start_operator(false).await;
+    // A certificate for demo/sa/a (pod a-0 runs as `a`).
+    let client = MeshClient::certified(&op, "a-0", "a").await;
+
+    // Subscribing for web-0, which runs as `web` in the model: refused, whatever SA is claimed.
+    for claimed in ["web", "a", ""] {
+        let status = client
+            .subscribe("web-0", claimed)
+            .await
+            .expect_err("another pod's config must be refused");
+        assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+        assert!(
+            status.message().contains(
+                "spiffe://cluster.local/ns/demo/sa/a may not subscribe for pod demo/web-0"
+            ),
+            "{status:?}"
+        );
+    }
+    // A pod the model does not know, with another SA than the certificate's: refused.
+    let status = client
+        .subscribe("unknown-0", "web")
+        .await
+        .expect_err("claimed SA differs from the certificate");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+
+    // The honest subscription gets its config, and the operator records it as authenticated.
+    let response = client.subscribe("a-0", "a").await.expect("own config");
+    assert!(!response.version.is_empty(), "{response:?}");
+    let (_, body) = http_get(op.runtime.admin_addr, "/proxies")
+        .await
+        .expect("admin");
+    let proxies: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert!(
+        proxies
+            .as_array()
+            .is_some_and(|p| p.iter().all(|p| p["pod"] != "demo/web-0")),
+        "no stream for web-0 may be registered: {body}"
+    );
+    // A pod not known yet in the model: same namespace and SA as the certificate, accepted.
+    let response = client
+        .subscribe("a-1", "a")
+        .await
+        .expect("unknown pod of the same identity");
+    assert!(!response.version.is_empty(), "{response:?}");
+
+    let text = metrics(&op).await;
+    assert!(
+        text.lines().any(|l| l.starts_with(
+            "weft_operator_discovery_streams_refused_total{reason=\"identity_mismatch\"} 4"
+        )),
+        "{text}"
+    );
+
+    // Without a client certificate (TLS or plaintext) the default still accepts.
+    let anchors = TrustAnchors::from_pem(&op.anchors_pem).expect("anchors");
+    let no_cert = ProxyControlTls::new(&anchors, ControlPeer::Identity(OPERATOR_ID.into()))
+        .expect("control TLS");
+    subscribe(&client.endpoint, Some(no_cert), "web-0", "web")
+        .await
+        .expect("TLS without client certificate accepted by default");
+    subscribe(&client.endpoint, None, "web-0", "web")
+        .await
+        .expect("plaintext accepted by default");
+}
+
+#[tokio::test]
+async fn required_discovery_identity_refuses_anonymous_subscribers_and_proxies_still_start() {
+    let op = start_operator_with(false, true).await;
+    let addr = op.runtime.discovery_addr;
+    let endpoint =
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("endpoint");
+
+    // TLS without a client certificate, and plaintext: refused.
+    let anchors = TrustAnchors::from_pem(&op.anchors_pem).expect("anchors");
+    let no_cert = ProxyControlTls::new(&anchors, ControlPeer::Identity(OPERATOR_ID.into()))
+        .expect("control TLS");
+    for tls in [Some(no_cert), None] {
+        let status = subscribe(&endpoint, tls, "web-0", "web")
+            .await
+            .expect_err("no client certificate");
+        assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+        assert!(
+            status.message().contains("--require-discovery-identity"),
+            "{status:?}"
+        );
+    }
+    let text = metrics(&op).await;
+    assert!(
+        text.lines().any(|l| l.starts_with(
+            "weft_operator_discovery_streams_refused_total{reason=\"no_client_identity\"} 2"
+        )),
+        "{text}"
+    );
+
+    // The real proxy: certifies (token), then subscribes with its certificate, becomes ready.
+    let proxy = ProxyProcess::start(
+        &addr.to_string(),
+        &[
+            ("WEFT_PROXY_TRUST_ANCHORS", &op.anchors_pem),
+            ("WEFT_PROXY_CONTROL_IDENTITY", OPERATOR_ID),
+        ],
+    )
+    .await;
+    proxy.ready().await;
+    let (_, body) = http_get(op.runtime.admin_addr, "/proxies")
+        .await
+        .expect("admin");
+    let proxies: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(proxies[0]["pod"], "demo/web-0", "{body}");
+    assert_eq!(proxies[0]["authenticated"], true, "{body}");
+    assert_eq!(
+        proxies[0]["identity"], "spiffe://cluster.local/ns/demo/sa/web",
+        "{body}"
+    );
+
+    // A proxy certified as `a` (the bootstrap token believes its claim) that runs as pod web-0
+    // (service account `web` in the model) never gets web-0's config.
+    let impostor = ProxyProcess::start(
+        &addr.to_string(),
+        &[
+            ("WEFT_PROXY_TRUST_ANCHORS", &op.anchors_pem),
+            ("WEFT_PROXY_CONTROL_IDENTITY", OPERATOR_ID),
+            ("WEFT_PROXY_SERVICE_ACCOUNT", "a"),
+        ],
+    )
+    .await;
+    impostor.log_until("identity certificate installed").await;
+    impostor
+        .log_until("may not subscribe for pod demo/web-0")
+        .await;
+    let (_, body) = http_get(impostor.admin, "/config").await.expect("admin");
+    let config: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert!(config["version"].is_null(), "{config}");
+}
+
+#[tokio::test]
+async fn a_stream_for_a_pod_not_known_yet_ends_when_it_appears_with_another_identity() {
+    let op = start_operator(false).await;
+    let client = MeshClient::certified(&op, "a-0", "a").await;
+    let tls = client
+        .tls
+        .with_client_cert(client.identity.control_client_cert());
+    let channel = client
+        .endpoint
+        .connect_with_connector(tls.connector(Duration::from_secs(5)))
+        .await
+        .expect("connect");
+    let mut grpc = GrpcDiscovery::new(channel);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(v1::DiscoveryRequest {
+        request: Some(v1::discovery_request::Request::Subscribe(v1::Subscribe {
+            pod_namespace: "demo".into(),
+            pod_name: "late-0".into(),
+            service_account: "a".into(),
+            proxy_version: "test".into(),
+            known_versions: Default::default(),
+        })),
+    })
+    .await
+    .expect("queue Subscribe");
+    let mut inbound = tokio::time::timeout(
+        WAIT,
+        grpc.stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    )
+    .await
+    .expect("in time")
+    .expect("accepted: late-0 is not known yet")
+    .into_inner();
+    let first = tokio::time::timeout(WAIT, inbound.message())
+        .await
+        .expect("in time")
+        .expect("first response")
+        .expect("a response");
+    tx.send(v1::DiscoveryRequest {
+        request: Some(v1::discovery_request::Request::Ack(v1::Ack {
+            nonce: first.nonce.clone(),
+            version: first.version.clone(),
+        })),
+    })
+    .await
+    .expect("ACK");
+
+    // late-0 appears, running as `web`: the stream ends instead of carrying web's config.
+    write(
+        op._dir.path(),
+        "late.yaml",
+        "\
+apiVersion: v1
+kind: Pod
+metadata: {name: late-0, namespace: demo, labels: {app: web, weft.io/proxy-version: test}}
+spec:
+  serviceAccountName: web
+  containers: [{name: web, image: web}]
+status:
+  podIP: 127.0.0.3
+  conditions: [{type: Ready, status: 'True'}]
+",
+    );
+    let end = tokio::time::timeout(WAIT, async {
+        loop {
+            match inbound.message().await {
+                Ok(Some(r)) => {
+                    for res in &r.resources {
+                        if let Some(v1::resource::Kind::Inbound(p)) = &res.kind {
+                            assert_ne!(p.identity, "spiffe://cluster.local/ns/demo/sa/web");
+                        }
+                    }
+                }
+                Ok(None) => return None,
+                Err(status) => return Some(status),
+            }
+        }
+    })
+    .await
+    .expect("the stream ends in time")
+    .expect("ends with a status");
+    assert_eq!(end.code(), tonic::Code::PermissionDenied, "{end:?}");
+    assert!(
+        end.message()
+            .contains("which runs as spiffe://cluster.local/ns/demo/sa/web"),
+        "{end:?}"
+    );
+    drop(tx);
 }

@@ -13,6 +13,14 @@ pub struct PushLabels {
     pub kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    /// `identity_mismatch` (the client certificate is not the pod's identity) or
+    /// `no_client_identity` (no verified client certificate under
+    /// `--require-discovery-identity`).
+    pub reason: &'static str,
+}
+
 /// Counters and gauges of the discovery server.
 #[derive(Clone, Debug)]
 pub struct DiscoveryMetrics {
@@ -22,6 +30,7 @@ pub struct DiscoveryMetrics {
     pub acks: Counter,
     pub nacks: Counter,
     pub push_to_ack_seconds: Histogram,
+    pub refused: Family<RefusedLabels, Counter>,
 }
 
 impl Default for DiscoveryMetrics {
@@ -33,6 +42,7 @@ impl Default for DiscoveryMetrics {
             acks: Counter::default(),
             nacks: Counter::default(),
             push_to_ack_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            refused: Family::default(),
         }
     }
 }
@@ -70,5 +80,15 @@ impl DiscoveryMetrics {
             "Time from an observed cluster change to the proxy's ACK of the resulting push",
             self.push_to_ack_seconds.clone(),
         );
+        registry.register(
+            "discovery_streams_refused",
+            "Discovery streams refused for their client identity, by reason",
+            self.refused.clone(),
+        );
+    }
+
+    /// Counts a stream refused for `reason` (see [`RefusedLabels`]).
+    pub fn refuse(&self, reason: &'static str) {
+        self.refused.get_or_create(&RefusedLabels { reason }).inc();
     }
 }

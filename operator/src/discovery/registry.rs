@@ -11,8 +11,11 @@ use serde::Serialize;
 pub struct ProxyInfo {
     /// `namespace/name` of the proxy's pod.
     pub pod: String,
-    /// The SPIFFE identity the proxy claims (from its service account).
+    /// The SPIFFE identity the proxy claims (from its service account), or the one its client
+    /// certificate proves (see `authenticated`).
     pub identity: String,
+    /// True when `identity` comes from a client certificate verified on the connection (TLS).
+    pub authenticated: bool,
     pub service_account: String,
     pub proxy_version: String,
     /// Peer address of the stream.

@@ -17,6 +17,7 @@ use weft_proxy_api::v1;
 
 use super::encode::Encoded;
 use super::DiscoveryService;
+use crate::identity::{ControlConnectInfo, SpiffeId};
 
 /// Path of the only method.
 const STREAM_PATH: &str = "/weft.proxy.v1.Discovery/Stream";
@@ -63,17 +64,12 @@ where
                 });
             }
         }
-        let remote_addr = req
-            .extensions()
-            .get::<tonic::transport::server::TcpConnectInfo>()
-            .and_then(|i| i.remote_addr())
-            .map(|a| a.to_string())
-            .unwrap_or_default();
+        let peer = Peer::from_extensions(req.extensions());
         let inbound =
             Streaming::new_request(RequestDecoder, req.into_body(), None, Some(MAX_REQUEST));
         let service = self.inner.clone();
         Box::pin(async move {
-            match service.open(inbound, remote_addr).await {
+            match service.open(inbound, peer).await {
                 Ok(rx) => {
                     let mut response =
                         http::Response::new(tonic::body::Body::new(ResponseBody::new(rx)));
@@ -86,6 +82,39 @@ where
                 Err(status) => Ok(status.into_http()),
             }
         })
+    }
+}
+
+/// Who is at the other end of a stream, as far as the connection proves it.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Peer {
+    pub remote_addr: String,
+    pub tls: bool,
+    /// The verified client certificate's SPIFFE ID (see [`ControlConnectInfo`]).
+    pub identity: Option<Result<SpiffeId, String>>,
+}
+
+impl Peer {
+    fn from_extensions(ext: &http::Extensions) -> Peer {
+        if let Some(info) = ext.get::<ControlConnectInfo>() {
+            return Peer {
+                remote_addr: info
+                    .remote_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default(),
+                tls: info.tls,
+                identity: info.client_identity.clone(),
+            };
+        }
+        // Served on a plain TCP listener (not through `control_tls::incoming`).
+        Peer {
+            remote_addr: ext
+                .get::<tonic::transport::server::TcpConnectInfo>()
+                .and_then(|i| i.remote_addr())
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            ..Peer::default()
+        }
     }
 }
 

@@ -10,9 +10,10 @@ use weft_proxy_api::v1;
 use weft_proxy_api::v1::discovery_request::Request as Req;
 
 use super::encode::{EncodeCache, Encoded, ResponseBuilder};
-use super::server::DiscoveryServer;
+use super::server::{DiscoveryServer, Peer};
 use super::{DiscoveryMetrics, ProxyInfo, ProxyRegistry, Published, SnapshotRx};
-use crate::compile::{ProxyConfig, ProxyKey};
+use crate::compile::{ProxyConfig, ProxyKey, ResourceKind};
+use crate::identity::SpiffeId;
 use crate::runtime::Shutdown;
 
 /// Tunables of the discovery service.
@@ -24,6 +25,8 @@ pub struct ServiceOptions {
     pub queue_depth: usize,
     /// How long a new stream may take to send `Subscribe`.
     pub subscribe_timeout: Duration,
+    /// Refuse streams without a verified client certificate (`--require-discovery-identity`).
+    pub require_client_identity: bool,
 }
 
 impl Default for ServiceOptions {
@@ -32,6 +35,7 @@ impl Default for ServiceOptions {
             trust_domain: "cluster.local".to_string(),
             queue_depth: 2,
             subscribe_timeout: Duration::from_secs(30),
+            require_client_identity: false,
         }
     }
 }
@@ -75,8 +79,21 @@ impl DiscoveryService {
     pub(crate) async fn open(
         &self,
         mut inbound: Streaming<v1::DiscoveryRequest>,
-        remote_addr: String,
+        peer: Peer,
     ) -> Result<mpsc::Receiver<Result<Encoded, Status>>, Status> {
+        if peer.identity.is_none() && self.options.require_client_identity {
+            self.metrics.refuse(REFUSED_NO_IDENTITY);
+            tracing::info!(
+                peer = %peer.remote_addr,
+                tls = peer.tls,
+                "discovery stream refused: no client certificate (--require-discovery-identity)"
+            );
+            return Err(Status::unauthenticated(
+                "this operator requires a client certificate on Discovery \
+                 (--require-discovery-identity): connect over TLS with the mesh certificate \
+                 obtained from Certify",
+            ));
+        }
         let first = tokio::time::timeout(self.options.subscribe_timeout, inbound.message())
             .await
             .map_err(|_| Status::deadline_exceeded("no Subscribe received in time"))??;
@@ -99,10 +116,24 @@ impl DiscoveryService {
         if self.shutdown.is_triggered() {
             return Err(Status::unavailable("operator is shutting down"));
         }
-        let sa = if subscribe.service_account.is_empty() {
-            "default".to_string()
-        } else {
-            subscribe.service_account.clone()
+        let key = ProxyKey::new(subscribe.pod_namespace.clone(), subscribe.pod_name.clone());
+        let verified = match self.authorize(&peer, &key, &subscribe.service_account) {
+            Ok(verified) => verified,
+            Err(reason) => {
+                self.metrics.refuse(REFUSED_MISMATCH);
+                tracing::warn!(
+                    peer = %peer.remote_addr,
+                    pod = %format!("{}/{}", key.namespace, key.name),
+                    %reason,
+                    "discovery stream refused: client identity does not match the pod"
+                );
+                return Err(Status::permission_denied(reason));
+            }
+        };
+        let sa = match &verified {
+            Some(id) => id.service_account.clone(),
+            None if subscribe.service_account.is_empty() => "default".to_string(),
+            None => subscribe.service_account.clone(),
         };
         let info = ProxyInfo {
             pod: format!("{}/{}", subscribe.pod_namespace, subscribe.pod_name),
@@ -110,9 +141,10 @@ impl DiscoveryService {
                 "spiffe://{}/ns/{}/sa/{}",
                 self.options.trust_domain, subscribe.pod_namespace, sa
             ),
+            authenticated: verified.is_some(),
             service_account: sa.clone(),
             proxy_version: subscribe.proxy_version.clone(),
-            remote_addr,
+            remote_addr: peer.remote_addr,
             connected_since: chrono::Utc::now().to_rfc3339(),
             ..ProxyInfo::default()
         };
@@ -122,8 +154,9 @@ impl DiscoveryService {
         let (tx, rx) = mpsc::channel(self.options.queue_depth.max(1));
         let state = StreamState {
             id,
-            key: ProxyKey::new(subscribe.pod_namespace, subscribe.pod_name),
+            key,
             service_account: sa,
+            verified: verified.map(|id| id.to_string()),
             known_versions: Some(subscribe.known_versions),
             held: None,
             need_full: true,
@@ -149,6 +182,70 @@ impl DiscoveryService {
         ));
         Ok(rx)
     }
+
+    /// Checks the connection's client identity against the pod `key` (which claims to run as
+    /// `claimed_sa`). `Ok(Some(id))`: authenticated as `id`; `Ok(None)`: no client certificate
+    /// (accepted: `require_client_identity` was checked before); `Err(reason)`: refused.
+    ///
+    /// A pod the model knows must run as the certificate's identity (its service account in the
+    /// model). A pod the model does not know yet (its proxy may start before the operator sees
+    /// it) is accepted when the certificate is for the same trust domain and namespace and the
+    /// claimed service account, and gets the config of that identity; the check is repeated on
+    /// every response, so the stream ends once the pod appears with another service account.
+    fn authorize(
+        &self,
+        peer: &Peer,
+        key: &ProxyKey,
+        claimed_sa: &str,
+    ) -> Result<Option<SpiffeId>, String> {
+        let id = match &peer.identity {
+            None => return Ok(None),
+            Some(Err(e)) => return Err(format!("unusable client certificate: {e}")),
+            Some(Ok(id)) => id,
+        };
+        let pod = format!("{}/{}", key.namespace, key.name);
+        if id.trust_domain != self.options.trust_domain || id.namespace != key.namespace {
+            return Err(format!(
+                "client certificate identity {id} may not subscribe for pod {pod}: \
+                 not in trust domain {:?} and namespace {:?}",
+                self.options.trust_domain, key.namespace
+            ));
+        }
+        if !claimed_sa.is_empty() && claimed_sa != id.service_account {
+            return Err(format!(
+                "client certificate identity {id} may not subscribe for pod {pod} \
+                 as service account {claimed_sa:?}"
+            ));
+        }
+        let published = self.snapshots.borrow().clone();
+        if let Some(expected) = published
+            .and_then(|p| p.compiled.proxy(key))
+            .and_then(|config| inbound_identity(&config).map(str::to_owned))
+        {
+            if expected != id.to_string() {
+                return Err(mismatch(&id.to_string(), &pod, &expected));
+            }
+        }
+        Ok(Some(id.clone()))
+    }
+}
+
+const REFUSED_MISMATCH: &str = "identity_mismatch";
+const REFUSED_NO_IDENTITY: &str = "no_client_identity";
+
+/// The identity the pod's config is for (its service account in the model).
+fn inbound_identity(config: &ProxyConfig) -> Option<&str> {
+    match &config.inbound.resource {
+        ResourceKind::Inbound(policy) => Some(policy.identity.as_str()),
+        _ => None,
+    }
+}
+
+fn mismatch(client: &str, pod: &str, expected: &str) -> String {
+    format!(
+        "client certificate identity {client} may not subscribe for pod {pod}, \
+         which runs as {expected}"
+    )
 }
 
 /// Removes the registry entry and decrements the gauge however the stream ends.
@@ -179,6 +276,9 @@ struct StreamState {
     id: u64,
     key: ProxyKey,
     service_account: String,
+    /// The SPIFFE ID proven by the connection's client certificate, if any: every config sent
+    /// must be for it.
+    verified: Option<String>,
     /// What the proxy reported holding (used only by the first response).
     known_versions: Option<BTreeMap<String, String>>,
     /// The config the proxy holds once it applied everything sent (`None`: unknown).
@@ -241,7 +341,11 @@ async fn run_stream(
                 let published = snapshots.borrow_and_update().clone();
                 if let Some(published) = published {
                     if let Some(response) = state.next_response(&published) {
+                        let end = response.is_err();
                         permit.send(response);
+                        if end {
+                            return;
+                        }
                     }
                 }
             }
@@ -307,6 +411,15 @@ impl StreamState {
         let proxy = published
             .compiled
             .proxy_or_default(&self.key, &self.service_account);
+        if let (Some(verified), Some(expected)) = (&self.verified, inbound_identity(&proxy)) {
+            if verified != expected {
+                let pod = format!("{}/{}", self.key.namespace, self.key.name);
+                let reason = mismatch(verified, &pod, expected);
+                self.metrics.refuse(REFUSED_MISMATCH);
+                tracing::warn!(%pod, %reason, "discovery stream ended: the pod's identity changed");
+                return Some(Err(Status::permission_denied(reason)));
+            }
+        }
         if self.rejected_version.as_deref() == Some(proxy.version.as_str()) {
             return None;
         }

@@ -11,6 +11,12 @@
 //! on the next handshake after the issuer changes (hot reload of `--identity-issuer`). Proxies
 //! verify it against trust anchors they get out of band (`WEFT_PROXY_TRUST_ANCHORS`), never from
 //! this connection. See `docs/identity.md`.
+//!
+//! TLS clients are asked for a certificate, which is optional at the TLS layer: one that is
+//! presented must verify against the mesh trust anchors (the issuer in force, re-read after a hot
+//! reload) or the handshake fails. The verified peer's SPIFFE ID reaches the gRPC handlers as
+//! [`ControlConnectInfo`] in the request extensions (the Discovery stream checks it against the
+//! pod it subscribes for).
 
 use std::io;
 use std::pin::Pin;
@@ -22,9 +28,12 @@ use rcgen::{
     CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
     SanType,
 };
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -52,6 +61,10 @@ pub struct ControlTlsOptions {
     pub lifetime: Duration,
     /// Refuse plaintext connections (`--require-control-tls`).
     pub require_tls: bool,
+    /// Refuse Discovery streams whose connection carries no verified client certificate
+    /// (`--require-discovery-identity`). `Certify` is not affected (proxies call it before they
+    /// have a certificate).
+    pub require_discovery_identity: bool,
 }
 
 impl ControlTlsOptions {
@@ -81,6 +94,8 @@ pub enum ControlTlsError {
     Key(String),
     #[error("invalid DNS name {0:?} for the discovery server certificate")]
     DnsName(String),
+    #[error("client certificate verifier: {0}")]
+    ClientVerifier(String),
 }
 
 struct Issued {
@@ -203,6 +218,123 @@ impl ResolvesServerCert for ControlCertResolver {
     }
 }
 
+/// Verifies client certificates, when presented, against the trust anchors of the issuer in
+/// force (rebuilt when the issuer changes). A client without a certificate is let through: the
+/// handlers decide (see [`ControlConnectInfo::client_identity`]).
+pub struct MeshClientVerifier {
+    ca: Arc<CaStore>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    current: Mutex<Option<CachedVerifier>>,
+}
+
+/// The verifier built for one issuer's anchors.
+type CachedVerifier = (Arc<IssuerState>, Arc<dyn ClientCertVerifier>);
+
+impl std::fmt::Debug for MeshClientVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshClientVerifier").finish_non_exhaustive()
+    }
+}
+
+impl MeshClientVerifier {
+    /// Fails when the current issuer's anchors cannot make a verifier (so it fails at startup).
+    pub fn new(ca: Arc<CaStore>) -> Result<Self, ControlTlsError> {
+        let verifier = MeshClientVerifier {
+            ca,
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+            current: Mutex::new(None),
+        };
+        verifier.verifier()?;
+        Ok(verifier)
+    }
+
+    fn verifier(&self) -> Result<Arc<dyn ClientCertVerifier>, ControlTlsError> {
+        let issuer = self.ca.current().ok_or(ControlTlsError::NoIssuer)?;
+        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((cached, verifier)) = current.as_ref() {
+            if Arc::ptr_eq(cached, &issuer) {
+                return Ok(Arc::clone(verifier));
+            }
+        }
+        let mut roots = RootCertStore::empty();
+        for der in issuer.anchors_der() {
+            roots
+                .add(CertificateDer::from(der.clone()))
+                .map_err(|e| ControlTlsError::ClientVerifier(e.to_string()))?;
+        }
+        let verifier = WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::clone(&self.provider),
+        )
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| ControlTlsError::ClientVerifier(e.to_string()))?;
+        *current = Some((issuer, Arc::clone(&verifier)));
+        Ok(verifier)
+    }
+}
+
+impl ClientCertVerifier for MeshClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        // The anchors can change at runtime; proxies have a single certificate anyway.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verifier = self
+            .verifier()
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        verifier.verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
 /// TLS settings of the discovery port, ready to accept.
 #[derive(Clone)]
 pub struct ControlTls {
@@ -219,16 +351,21 @@ impl std::fmt::Debug for ControlTls {
 }
 
 impl ControlTls {
-    /// Builds the acceptor (TLS 1.2/1.3, ALPN `h2`) over a [`ControlCertResolver`].
+    /// Builds the acceptor (TLS 1.2/1.3, ALPN `h2`) over a [`ControlCertResolver`], asking
+    /// clients for an optional certificate verified by a [`MeshClientVerifier`].
     pub fn new(ca: Arc<CaStore>, opts: ControlTlsOptions) -> Result<Self, ControlTlsError> {
         let require_tls = opts.require_tls;
+        let client_verifier = Arc::new(MeshClientVerifier::new(Arc::clone(&ca))?);
         let resolver = Arc::new(ControlCertResolver::new(ca, opts)?);
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| ControlTlsError::Key(e.to_string()))?
-            .with_no_client_auth()
+            .with_client_cert_verifier(client_verifier)
             .with_cert_resolver(resolver);
+        // No resumption: each connection proves its current certificate.
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
         config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(ControlTls {
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
@@ -250,13 +387,70 @@ impl ControlConn {
     }
 }
 
-impl Connected for ControlConn {
-    type ConnectInfo = TcpConnectInfo;
+/// What a connection on the discovery port proved, as seen by the gRPC handlers (in the request
+/// extensions).
+#[derive(Clone, Debug)]
+pub struct ControlConnectInfo {
+    /// The TCP peer.
+    pub tcp: TcpConnectInfo,
+    /// The connection is TLS.
+    pub tls: bool,
+    /// The client certificate, verified against the mesh trust anchors during the handshake:
+    /// `None` without one (plaintext, or TLS without a client certificate), `Some(Err(..))`
+    /// when it does not carry exactly one valid SPIFFE ID.
+    pub client_identity: Option<Result<SpiffeId, String>>,
+}
 
-    fn connect_info(&self) -> TcpConnectInfo {
+impl ControlConnectInfo {
+    /// The TCP peer address.
+    pub fn remote_addr(&self) -> Option<std::net::SocketAddr> {
+        self.tcp.remote_addr()
+    }
+}
+
+/// The SPIFFE ID of a verified client certificate chain (leaf first).
+fn client_identity(certs: &[CertificateDer<'_>]) -> Result<SpiffeId, String> {
+    let leaf = certs.first().ok_or("empty certificate chain")?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf)
+        .map_err(|e| format!("client certificate: {e}"))?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| format!("client certificate SAN: {e}"))?
+        .ok_or("the client certificate has no SAN")?;
+    let mut ids = san.value.general_names.iter().filter_map(|n| match n {
+        x509_parser::extensions::GeneralName::URI(u) if u.starts_with("spiffe://") => Some(*u),
+        _ => None,
+    });
+    let first = ids
+        .next()
+        .ok_or("the client certificate has no SPIFFE ID")?;
+    if ids.next().is_some() {
+        return Err("the client certificate has several SPIFFE IDs".into());
+    }
+    SpiffeId::parse(first).map_err(|e| format!("client certificate: invalid SPIFFE ID {}", e.0))
+}
+
+impl Connected for ControlConn {
+    type ConnectInfo = ControlConnectInfo;
+
+    fn connect_info(&self) -> ControlConnectInfo {
         match self {
-            ControlConn::Plain(tcp) => tcp.connect_info(),
-            ControlConn::Tls(tls) => tls.get_ref().0.connect_info(),
+            ControlConn::Plain(tcp) => ControlConnectInfo {
+                tcp: tcp.connect_info(),
+                tls: false,
+                client_identity: None,
+            },
+            ControlConn::Tls(tls) => {
+                let (tcp, session) = tls.get_ref();
+                ControlConnectInfo {
+                    tcp: tcp.connect_info(),
+                    tls: true,
+                    client_identity: session
+                        .peer_certificates()
+                        .filter(|c| !c.is_empty())
+                        .map(client_identity),
+                }
+            }
         }
     }
 }

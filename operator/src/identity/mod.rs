@@ -12,6 +12,6 @@ pub use auth::{
     AuthError, AuthenticatedIdentity, BootstrapToken, TokenAuthenticator, TokenClaim, TokenReview,
 };
 pub use ca::{generate_ca, CaBundle, CaError, CaStore, IssuerState};
-pub use control_tls::{ControlTls, ControlTlsError, ControlTlsOptions};
+pub use control_tls::{ControlConnectInfo, ControlTls, ControlTlsError, ControlTlsOptions};
 pub use csr::{CsrError, SpiffeId};
 pub use service::{CertifyError, IdentityOptions, IdentityService};

@@ -33,7 +33,7 @@ pub use anchors::{AnchorsError, TrustAnchors};
 pub use tls::{
     identity_from_server_name, peer_identity, provider, server_name_for, SERVER_NAME_SUFFIX,
 };
-use tls::{CertState, ClientVerifier, CurrentCert, ServerVerifier};
+use tls::{CertState, ClientVerifier, ControlClientCert, CurrentCert, ServerVerifier};
 
 /// What the proxy needs to know to obtain its certificate.
 #[derive(Clone, Debug)]
@@ -213,6 +213,15 @@ impl Identity {
         let _ = rx.wait_for(Option::is_some).await;
     }
 
+    /// Waits until [`Identity::has_valid_certificate`] (the first certificate, or a renewal of
+    /// an expired one).
+    pub async fn valid_certificate(&self) {
+        let mut rx = self.shared.state.subscribe();
+        let _ = rx
+            .wait_for(|s| s.as_ref().is_some_and(|s| SystemTime::now() < s.not_after))
+            .await;
+    }
+
     /// Waits for the next certificate installed after this call (e.g. a renewal).
     pub async fn changed(&self) {
         let mut rx = self.shared.state.subscribe();
@@ -242,6 +251,22 @@ impl Identity {
             .as_ref()
             .map(|s| s.certified.cert.clone())
             .unwrap_or_default()
+    }
+
+    /// The client certificate resolver for the control connection (the operator's discovery
+    /// port): the current certificate, renewals included, while it is unexpired; nothing before
+    /// the first one is issued.
+    pub fn control_client_cert(&self) -> Arc<dyn rustls::client::ResolvesClientCert> {
+        Arc::new(ControlClientCert(self.shared.state.subscribe()))
+    }
+
+    /// True when [`Identity::control_client_cert`] has a certificate to present now.
+    pub fn has_valid_certificate(&self) -> bool {
+        self.shared
+            .state
+            .borrow()
+            .as_ref()
+            .is_some_and(|s| SystemTime::now() < s.not_after)
     }
 
     /// Inbound TLS: serves the current certificate (renewals take effect without rebuilding

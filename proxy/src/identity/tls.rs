@@ -187,6 +187,36 @@ impl ResolvesClientCert for CurrentCert {
     }
 }
 
+/// The client certificate for the control connection: the current certificate, as long as it
+/// has not expired (an expired one would make the operator refuse the handshake; without one
+/// the connection is still possible, e.g. while a renewal is pending).
+#[derive(Debug)]
+pub(crate) struct ControlClientCert(pub(crate) StateRx);
+
+impl ControlClientCert {
+    fn current(&self) -> Option<Arc<CertifiedKey>> {
+        self.0
+            .borrow()
+            .as_ref()
+            .filter(|s| std::time::SystemTime::now() < s.not_after)
+            .map(|s| Arc::clone(&s.certified))
+    }
+}
+
+impl ResolvesClientCert for ControlClientCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.current()
+    }
+
+    fn has_certs(&self) -> bool {
+        self.current().is_some()
+    }
+}
+
 impl std::fmt::Debug for CertState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CertState")
