@@ -135,12 +135,13 @@ async fn scripted(opts: &DemoOptions, mesh: &mut Mesh, out: &Output) -> anyhow::
             "--identity-issuer".into(),
             issuer.display().to_string(),
             "--require-control-tls".into(),
+            "--require-discovery-identity".into(),
         ],
         &[("WEFT_LOG".into(), "info".into())],
         &dir.join("logs/operator.log"),
     )?;
     out.line(&format!(
-        "started weft-operator (pid {pid}): discovery {discovery} (TLS only, as {OPERATOR_IDENTITY}), admin http://{op_admin}"
+        "started weft-operator (pid {pid}): discovery {discovery} (TLS only, as {OPERATOR_IDENTITY}; proxies subscribe with their certificates), admin http://{op_admin}"
     ));
     ready_or_explain(mesh, &op_admin, "/ready", "weft-operator").await?;
 
