@@ -16,7 +16,8 @@
 # temp dir that is kept).
 #
 # Environment: ROUNDS (2), PATHS (all), NET (127.77.9: the /24 used), RATES ("1000 5000"),
-# OHA_DURATION (10s), WRK_DURATION (8s), OUT (results dir), NO_BUILD=1 (skip cargo build),
+# OHA_DURATION (10s), WRK_DURATION (8s), OUT (results dir), PROFILE (dist: the cargo profile
+# images ship with; `release` for the quicker build), NO_BUILD=1 (skip cargo build),
 # NO_INSTALL=1 (never apt-get / cargo install), NICE (-10 as root, else 0: the niceness of every
 # process the benchmark starts, so that other work on a shared machine disturbs it less).
 set -euo pipefail
@@ -31,6 +32,7 @@ RATES=${RATES:-"1000 5000"}
 OHA_DURATION=${OHA_DURATION:-10s}
 WRK_DURATION=${WRK_DURATION:-8s}
 OUT=${OUT:-$(mktemp -d /tmp/weft-proxy-bench.XXXXXX)}
+PROFILE=${PROFILE:-dist}
 mkdir -p "$OUT"
 TOOLS="$HOME/.cache/weft/bin"
 if [ "$(id -u)" = 0 ]; then NICE=${NICE:--10}; else NICE=${NICE:-0}; fi
@@ -74,13 +76,13 @@ fi
 
 WEFT=""
 case " $PATHS " in *" weft-"*) WEFT=1 ;; esac
-BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE
 if [ -n "$WEFT" ]; then
     if [ -z "${NO_BUILD:-}" ]; then
-        log "cargo build --release -p weft-proxy -p weft-operator"
-        cargo build --release --quiet -p weft-proxy -p weft-operator
+        log "cargo build --profile $PROFILE -p weft-proxy -p weft-operator"
+        cargo build --profile "$PROFILE" --quiet -p weft-proxy -p weft-operator
     fi
-    [ -x "$BIN/weft-proxy" ] && [ -x "$BIN/weft-operator" ] || die "no release binaries in $BIN"
+    [ -x "$BIN/weft-proxy" ] && [ -x "$BIN/weft-operator" ] || die "no $PROFILE binaries in $BIN"
 fi
 
 # ---------------------------------------------------------------- processes

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Idle memory of weft-proxy: a release build, connected to a real weft-operator (--manifests mode,
+# Idle memory of weft-proxy: a build of the `dist` profile (what images ship; PROFILE=release for
+# the quicker build), connected to a real weft-operator (--manifests mode,
 # everything on 127.0.0.1), measured once /ready answers 200 and again after 18 config updates (10 → 100 → 10 services).
 #
 #   proxy/bench/rss.sh            # threads 1 (default) and 2
 #   THREADS="1" proxy/bench/rss.sh
-#   SKIP_BUILD=1 proxy/bench/rss.sh   # use the binaries already in target/release
+#   SKIP_BUILD=1 proxy/bench/rss.sh   # use the binaries already in target/$PROFILE
 #
 # Prints one line per run: threads, VmRSS and VmHWM (peak) in KiB, read from /proc/<pid>/status.
 set -euo pipefail
@@ -18,8 +19,9 @@ ADMIN=127.0.0.1:$((BASE_PORT + 2))
 INBOUND=127.0.0.1:$((BASE_PORT + 3))
 OUTBOUND=127.0.0.1:$((BASE_PORT + 4))
 
-[ -n "${SKIP_BUILD:-}" ] || cargo build --release --quiet -p weft-operator -p weft-proxy --bins
-bin=target/release
+PROFILE=${PROFILE:-dist}
+[ -n "${SKIP_BUILD:-}" ] || cargo build --profile "$PROFILE" --quiet -p weft-operator -p weft-proxy --bins
+bin=${CARGO_TARGET_DIR:-target}/$PROFILE
 
 tmp=$(mktemp -d)
 pids=()
