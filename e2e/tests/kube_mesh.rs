@@ -357,6 +357,16 @@ async fn kube_mesh_canary_mtls_and_access() {
         );
     }
 
+    // Before any split, `web` is a plain Service over both versions. Wait until its endpoints
+    // hold both, so that a step's "all v1" below can only mean the split is in force (with one
+    // version's pod not yet in the EndpointSlice, plain `web` answers v1 only too).
+    eventually(
+        "web serves both versions before the canary",
+        || requests(&env, 40, "/"),
+        |b: &Vec<String>| share(b, "web v1") > 0.0 && share(b, "web v2") > 0.0,
+    )
+    .await;
+
     // Canary: 100/0 → 90/10 → 50/50 → 0/100.
     assert_eq!(canary_step(&env, 100, 0).await, 0.0);
     let s = canary_step(&env, 90, 10).await;
