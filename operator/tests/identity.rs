@@ -466,7 +466,7 @@ async fn rotated_issuer_files_are_picked_up_and_broken_ones_ignored() {
     let ca = Arc::new(CaStore::from_dir(dir.path()).unwrap());
     let mut updates = ca.subscribe();
     updates.mark_unchanged();
-    tokio::spawn(Arc::clone(&ca).watch(Duration::from_millis(50)));
+    let watcher = tokio::spawn(Arc::clone(&ca).watch(Duration::from_millis(50)));
     let mut op = serve(Arc::clone(&ca), Arc::new(BootstrapToken::new(TOKEN))).await;
 
     let before = op
@@ -495,6 +495,11 @@ async fn rotated_issuer_files_are_picked_up_and_broken_ones_ignored() {
     let (_, leaf) = parse_x509_certificate(&after.leaf_der).unwrap();
     let (_, issuer) = parse_x509_certificate(&after.intermediates_der[0]).unwrap();
     leaf.verify_signature(Some(issuer.public_key())).unwrap();
+
+    // From here the test calls `reload` itself: stop the watcher, which would otherwise see each
+    // broken state first (a state already seen is reported as unchanged, `Ok(false)`).
+    watcher.abort();
+    let _ = watcher.await;
 
     // A broken key: reload fails, the second issuer stays.
     std::fs::write(dir.path().join("issuer.key"), "not a key").unwrap();

@@ -331,6 +331,13 @@ async fn run_stream(
             },
             changed = snapshots.changed(), if !dirty => {
                 if changed.is_err() {
+                    // The compiler is gone (the operator is stopping): end with a status that
+                    // makes the proxy reconnect, never with a clean OK end of stream.
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(1),
+                        tx.send(Err(Status::unavailable("operator shutting down; reconnect"))),
+                    )
+                    .await;
                     return;
                 }
                 dirty = true;
