@@ -165,6 +165,30 @@ except Exception as e:
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// One run of `weft check` against the test cluster.
+#[derive(Debug)]
+struct CheckRun {
+    passed: bool,
+    report: String,
+    /// Read only through `Debug`, in the failure message of [`eventually`].
+    #[allow(dead_code)]
+    stderr: String,
+}
+
+async fn weft_check(weft: &Path, env: &KubeEnv) -> CheckRun {
+    let out = tokio::process::Command::new(weft)
+        .args(["check", "--namespace", "weft-system"])
+        .env("KUBECONFIG", &env.cluster.kubeconfig)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("running weft check: {e}"));
+    CheckRun {
+        passed: out.status.success(),
+        report: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
 /// Waits (up to 60 s) until `check` holds for what `probe` returns; panics with the last value.
 async fn eventually<T, F, Fut>(what: &str, mut probe: F, check: impl Fn(&T) -> bool) -> T
 where
@@ -184,6 +208,12 @@ where
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+}
+
+/// Whether every answer (`<body> <status>` lines) has status `code`.
+fn all_status(lines: &[String], code: u16) -> bool {
+    let suffix = format!(" {code}");
+    lines.iter().all(|l| l.ends_with(&suffix))
 }
 
 fn share(bodies: &[String], needle: &str) -> f64 {
@@ -216,10 +246,7 @@ async fn canary_step(env: &KubeEnv, v1: u32, v2: u32) -> f64 {
         );
     }
     let bodies = requests(env, 200, "/").await;
-    assert!(
-        bodies.iter().all(|b| b.ends_with(" 200")),
-        "non-200 answers: {bodies:?}"
-    );
+    assert!(all_status(&bodies, 200), "non-200 answers: {bodies:?}");
     let measured = share(&bodies, "web v2");
     eprintln!(
         "canary {v1}/{v2}: measured v2 share {measured:.3} over {} requests",
@@ -438,9 +465,7 @@ async fn kube_mesh_canary_mtls_and_access() {
         "plain Service behaviour after deleting the split",
         || requests(&env, 40, "/"),
         |b: &Vec<String>| {
-            b.iter().all(|l| l.ends_with(" 200"))
-                && share(b, "web v1") > 0.0
-                && share(b, "web v2") > 0.0
+            all_status(b, 200) && share(b, "web v1") > 0.0 && share(b, "web v2") > 0.0
         },
     )
     .await;
@@ -478,7 +503,7 @@ spec:
         let beta = requests_with(&env, 20, "/", "-H 'x-beta: true'").await;
         let plain = requests(&env, 40, "/").await;
         let beta_ok = beta.iter().all(|b| b == "web v2 200");
-        let plain_ok = plain.iter().all(|b| b.ends_with(" 200")) && share(&plain, "web v1") > 0.0;
+        let plain_ok = all_status(&plain, 200) && share(&plain, "web v1") > 0.0;
         if beta_ok && plain_ok {
             eprintln!(
                 "A/B: beta requests all v2; others v2 share {:.2}",
@@ -519,7 +544,7 @@ async fn access(env: &KubeEnv) {
     eventually(
         "default deny: GET /items refused",
         || requests(env, 5, "/items"),
-        |b: &Vec<String>| b.iter().all(|l| l.ends_with(" 403")),
+        |b: &Vec<String>| all_status(b, 403),
     )
     .await;
     let headers = response_headers(env, "client", "/items", "").await;
@@ -567,22 +592,19 @@ spec:
     eventually(
         "GET /items allowed for client",
         || requests(env, 5, "/items"),
-        |b: &Vec<String>| b.iter().all(|l| l.ends_with(" 200")),
+        |b: &Vec<String>| all_status(b, 200),
     )
     .await;
     let other_path = requests(env, 5, "/private").await;
-    assert!(
-        other_path.iter().all(|l| l.ends_with(" 403")),
-        "another path: {other_path:?}"
-    );
+    assert!(all_status(&other_path, 403), "another path: {other_path:?}");
     let other_method = requests_with(env, 5, "/items", "-X POST -d x=1").await;
     assert!(
-        other_method.iter().all(|l| l.ends_with(" 403")),
+        all_status(&other_method, 403),
         "another method: {other_method:?}"
     );
     let other_caller = requests_from(env, "intruder", 5, "/items", "").await;
     assert!(
-        other_caller.iter().all(|l| l.ends_with(" 403")),
+        all_status(&other_caller, 403),
         "another caller: {other_caller:?}"
     );
 
@@ -648,7 +670,7 @@ spec:
     eventually(
         "GET /items refused again after deleting the TrafficTarget",
         || requests(env, 5, "/items"),
-        |b: &Vec<String>| b.iter().all(|l| l.ends_with(" 403")),
+        |b: &Vec<String>| all_status(b, 403),
     )
     .await;
     apply::apply_yaml(&env.client, &policy)
@@ -657,7 +679,7 @@ spec:
     eventually(
         "GET /items allowed again",
         || requests(env, 5, "/items"),
-        |b: &Vec<String>| b.iter().all(|l| l.ends_with(" 200")),
+        |b: &Vec<String>| all_status(b, 200),
     )
     .await;
 }
@@ -785,12 +807,12 @@ async fn versions_validation_and_restart(env: &KubeEnv, operator_pod: &str) {
     );
     let after = requests(env, 20, "/private").await;
     assert!(
-        after.iter().all(|b| b.ends_with(" 403")),
+        all_status(&after, 403),
         "policy lost after restart: {after:?}"
     );
     let after = requests(env, 20, "/items").await;
     assert!(
-        after.iter().all(|b| b.ends_with(" 200")),
+        all_status(&after, 200),
         "policy lost after restart: {after:?}"
     );
 
@@ -806,30 +828,19 @@ async fn versions_validation_and_restart(env: &KubeEnv, operator_pod: &str) {
         );
         return;
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let out = tokio::process::Command::new(&weft)
-            .args(["check", "--namespace", "weft-system"])
-            .env("KUBECONFIG", &env.cluster.kubeconfig)
-            .output()
-            .await
-            .unwrap_or_else(|e| panic!("running weft check: {e}"));
-        let report = String::from_utf8_lossy(&out.stdout).to_string();
-        // Every meshed pod's proxy reconnected to the new operator pod and ACKed its config.
-        let proxies_ok = report
-            .lines()
-            .any(|l| l.starts_with("ok ") && l.contains(" proxies ") && l.contains("5 connected"));
-        if out.status.success() && proxies_ok {
-            eprintln!("weft check:\n{report}");
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "weft check failed: {report}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    // Every meshed pod's proxy reconnected to the new operator pod and ACKed its config.
+    let passed = eventually(
+        "weft check passes with every proxy connected",
+        || weft_check(&weft, env),
+        |c: &CheckRun| {
+            c.passed
+                && c.report.lines().any(|l| {
+                    l.starts_with("ok ") && l.contains(" proxies ") && l.contains("5 connected")
+                })
+        },
+    )
+    .await;
+    eprintln!("weft check:\n{}", passed.report);
 
     // `weft stat` reads every meshed pod's metrics through the API server's pod proxy.
     let out = tokio::process::Command::new(&weft)
@@ -870,26 +881,13 @@ async fn versions_validation_and_restart(env: &KubeEnv, operator_pod: &str) {
         )
         .await
         .unwrap_or_else(|e| panic!("scaling the operator to 0: {e}"));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let report = loop {
-        let out = tokio::process::Command::new(&weft)
-            .args(["check", "--namespace", "weft-system"])
-            .env("KUBECONFIG", &env.cluster.kubeconfig)
-            .output()
-            .await
-            .unwrap_or_else(|e| panic!("running weft check: {e}"));
-        let report = String::from_utf8_lossy(&out.stdout).to_string();
-        if !out.status.success() && report.contains("scaled to 0") {
-            break report;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "weft check with the operator down (exit {}): {report}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    };
+    let report = eventually(
+        "weft check fails with the operator down",
+        || weft_check(&weft, env),
+        |c: &CheckRun| !c.passed && c.report.contains("scaled to 0"),
+    )
+    .await
+    .report;
     assert!(
         report.contains("operator-ready"),
         "names the unanswered /ready: {report}"
@@ -898,7 +896,7 @@ async fn versions_validation_and_restart(env: &KubeEnv, operator_pod: &str) {
     // The data plane keeps its last good config meanwhile.
     let down = requests(env, 10, "/items").await;
     assert!(
-        down.iter().all(|b| b.ends_with(" 200")),
+        all_status(&down, 200),
         "data plane with the operator down: {down:?}"
     );
 }
