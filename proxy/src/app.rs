@@ -23,7 +23,7 @@ use crate::identity::{Identity, IdentityConfig};
 use crate::inbound::{self, InboundSettings};
 use crate::metrics::Metrics;
 use crate::outbound;
-use crate::transport::MeshIdentity;
+use crate::transport::{MeshIdentity, ProxyIdentity};
 
 /// Why the proxy could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -135,14 +135,16 @@ pub async fn run(
 
     // Data plane: serves with the default config until the first one arrives.
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mesh_identity: Arc<dyn MeshIdentity> = Arc::new(identity.clone());
+    let mesh_identity: Arc<dyn MeshIdentity> = Arc::new(ProxyIdentity::new(identity.clone()));
     let mut listeners: JoinSet<(&'static str, Result<(), String>)> = JoinSet::new();
-    let inbound = inbound::serve(
+    // The proxy's own listeners are never an inbound target, whatever the policy lists.
+    let inbound = inbound::serve_reserving(
         inbound_listener,
         InboundSettings {
             app_ip: env.app_ip,
             drain_grace: env.shutdown_grace,
         },
+        [inbound_addr.port(), outbound_addr.port(), admin_addr.port()],
         config_rx.clone(),
         Arc::clone(&mesh_identity),
         Arc::clone(&metrics),

@@ -1,34 +1,59 @@
 //! The inbound proxy: traffic to the local app, authorized against the pod's policy.
 //!
-//! - mTLS from another proxy (first byte `0x16` on the inbound port): handshake, read the client's
-//!   identity and the transport header (target port, hint), then serve HTTP/2 (per-request
-//!   authorization) or relay opaque TCP (per-connection authorization).
+//! A connection is forwarded only to one of the pod's application ports: a port listed in the
+//! pod's inbound policy, never one of the proxy's own listeners (inbound, outbound, admin), even
+//! if listed. Anything else is refused: the connection is closed, counted in
+//! `authorizations_total{authorization="refused:<reason>",decision="deny"}` and logged at debug.
+//!
+//! - mTLS from another proxy (first byte `0x16` on the inbound port, not redirected): the client
+//!   must present a certificate that verifies against the trust anchors and carries a mesh
+//!   identity, else the connection is closed before the transport header is read. Then the
+//!   transport header names the target port and a hint.
 //! - Plaintext from unmeshed clients: with transparent redirection the target port is the
-//!   original destination port (`SO_ORIGINAL_DST`); without it, the pod's single inbound port if
-//!   its policy lists exactly one, else the connection is closed. The client has no identity, so
-//!   only ports whose policy admits unauthenticated clients serve it.
+//!   original destination port (`SO_ORIGINAL_DST`; a loopback original destination is refused);
+//!   without it, the pod's single inbound port if its policy lists exactly one, else the
+//!   connection is closed. The client has no identity, so only ports whose policy admits
+//!   unauthenticated clients serve it.
+//!
+//! The protocol is the inbound proxy's decision, from the port's policy; a client's hint can
+//! never make an HTTP port opaque:
+//! - HTTP ports (declared `http`/`http2`/`grpc`, or with HTTP rules in an authorization): HTTP
+//!   only. Hints `2`/`3` (HTTP/2 from a client proxy) are served directly; otherwise the proxy
+//!   reads the request head itself; bytes that cannot be HTTP get `400` and are closed.
+//! - Opaque ports (declared `opaque`): bytes are relayed (hints `2`/`3` are still served as
+//!   HTTP); the app gets no `x-weft-client-id` and must not trust one it finds.
+//! - Other ports (protocol unknown): [`transport::sniff`] decides. Anything that could be an
+//!   HTTP request is served as HTTP; only bytes that cannot be HTTP are relayed. A client silent
+//!   for [`transport::DETECT_TIMEOUT`] (or a meshed client's hint `0`) gets a relay for
+//!   server-speaks-first protocols, but its first bytes are still held back until they are known
+//!   not to be HTTP; HTTP there is served as HTTP if the app has not spoken, else closed.
+//!
+//! On every detection path a request head (or bytes that cannot be HTTP) must arrive within
+//! [`transport::HEAD_TIMEOUT`]; then the connection is closed, never relayed.
 //!
 //! HTTP/1.1 upgrade requests (WebSocket, ...) are authorized like any request, then forwarded to
 //! the app on a connection of their own and spliced on `101` (see [`crate::http::upgrade`]).
 //! CONNECT gets `501`.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::config::{Config, Protocol};
+use crate::config::{Config, InboundPort, Protocol};
 use crate::http::upgrade::{self, Splice};
 use crate::http::{self as h, Body, PlainClients};
 use crate::metrics::{self, LabelValue, Metrics, RequestLabels, INBOUND};
 use crate::route::{self, Decision, RequestInfo};
-use crate::transport::{self, Detected, Drain, Hint, MeshIdentity, TransportHeader};
+use crate::transport::{self, Drain, Head, Hint, MeshIdentity, PrefixedIo, Sniff, TransportHeader};
 
 /// Grace period for in-flight work when the listener shuts down.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
@@ -51,15 +76,99 @@ impl Default for InboundSettings {
     }
 }
 
+/// Why a connection was refused before any authorization (the `refused:<reason>` metric label).
+mod refused {
+    pub const UNLISTED_PORT: &str = "refused:unlisted_port";
+    pub const PROXY_PORT: &str = "refused:proxy_port";
+    pub const LOOPBACK_DESTINATION: &str = "refused:loopback_destination";
+    pub const NO_CLIENT_CERTIFICATE: &str = "refused:no_client_certificate";
+    pub const NO_MESH_IDENTITY: &str = "refused:no_mesh_identity";
+    pub const NOT_HTTP: &str = "refused:not_http";
+    pub const HEAD_TIMEOUT: &str = "refused:head_timeout";
+    pub const HTTP_AFTER_SERVER_BYTES: &str = "refused:http_after_server_bytes";
+}
+
 struct Shared {
     settings: InboundSettings,
+    /// The proxy's own listener ports: never a target.
+    reserved: BTreeSet<u16>,
     config: watch::Receiver<Arc<Config>>,
     identity: Arc<dyn MeshIdentity>,
     metrics: Arc<Metrics>,
     plain: PlainClients,
 }
 
-/// Serves the inbound listener until `shutdown` resolves, then drains.
+/// How a port's bytes are treated, from its policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// HTTP only: declared HTTP/1, HTTP/2 or gRPC, or with HTTP rules.
+    Http,
+    /// Declared opaque (or UDP): relayed.
+    Opaque,
+    /// Unknown: detected per connection.
+    Detect,
+}
+
+fn mode(port: &InboundPort) -> Mode {
+    let http_rules = port
+        .authorizations
+        .iter()
+        .any(|a| !a.all_traffic && !a.http_routes.is_empty());
+    match port.protocol {
+        Protocol::Http1 | Protocol::Http2 | Protocol::Grpc => Mode::Http,
+        _ if http_rules => Mode::Http,
+        Protocol::Opaque | Protocol::Udp => Mode::Opaque,
+        Protocol::Detect => Mode::Detect,
+    }
+}
+
+/// What the connection may reach.
+#[derive(Clone, Copy, Debug)]
+struct Target {
+    port: u16,
+    mode: Mode,
+    protocol: Protocol,
+}
+
+impl Target {
+    /// Whether the app speaks HTTP/2 on this port: its declared protocol, else the client's.
+    fn app_h2(&self, downstream_h2: bool) -> bool {
+        match self.protocol {
+            Protocol::Http2 | Protocol::Grpc => true,
+            Protocol::Http1 => false,
+            _ => downstream_h2,
+        }
+    }
+}
+
+impl Shared {
+    /// The target for `port`, if it is one of the app's ports.
+    fn target(&self, port: u16) -> Result<Target, &'static str> {
+        if self.reserved.contains(&port) {
+            return Err(refused::PROXY_PORT);
+        }
+        let config = self.config.borrow();
+        let p = config
+            .inbound
+            .ports
+            .get(&port)
+            .ok_or(refused::UNLISTED_PORT)?;
+        Ok(Target {
+            port,
+            mode: mode(p),
+            protocol: p.protocol,
+        })
+    }
+
+    fn refuse(&self, reason: &'static str, port: Option<u16>, peer: Option<&str>) {
+        self.metrics
+            .authorization(LabelValue::Static(reason), false, "tcp");
+        tracing::debug!(?port, ?peer, reason, "inbound connection refused");
+    }
+}
+
+/// Serves the inbound listener until `shutdown` resolves, then drains. The listener's own port
+/// is never a target; see [`serve_reserving`] for the proxy's other ports.
 pub async fn serve(
     listener: TcpListener,
     settings: InboundSettings,
@@ -68,9 +177,26 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    serve_reserving(listener, settings, [], config, identity, metrics, shutdown).await
+}
+
+/// [`serve`], and `reserved` (the proxy's outbound and admin ports) are never a target either,
+/// whatever the policy lists.
+pub async fn serve_reserving(
+    listener: TcpListener,
+    settings: InboundSettings,
+    reserved: impl IntoIterator<Item = u16>,
+    config: watch::Receiver<Arc<Config>>,
+    identity: Arc<dyn MeshIdentity>,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     let grace = settings.drain_grace;
+    let mut reserved: BTreeSet<u16> = reserved.into_iter().filter(|p| *p != 0).collect();
+    reserved.insert(listener.local_addr()?.port());
     let shared = Arc::new(Shared {
         settings,
+        reserved,
         config,
         identity,
         metrics,
@@ -84,12 +210,16 @@ pub async fn serve(
 }
 
 async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, drain: Drain) {
+    let start = tokio::time::Instant::now();
     if let Some(dst) = transport::original_dst(&stream) {
-        // Redirected app traffic from an unmeshed client.
-        return plaintext(shared, stream, dst.port(), drain).await;
+        // Redirected app traffic from an unmeshed client (an app's own TLS included).
+        if dst.ip().is_loopback() {
+            return shared.refuse(refused::LOOPBACK_DESTINATION, Some(dst.port()), None);
+        }
+        return plaintext(shared, stream, dst.port(), start, drain).await;
     }
     let mut first = [0u8; 1];
-    match tokio::time::timeout(transport::DETECT_TIMEOUT, stream.peek(&mut first)).await {
+    match tokio::time::timeout(transport::HEAD_TIMEOUT, stream.peek(&mut first)).await {
         Ok(Ok(1)) => {}
         _ => return,
     }
@@ -104,7 +234,7 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, drain: Drain)
             .flatten()
     };
     match single {
-        Some(port) => plaintext(shared, stream, port, drain).await,
+        Some(port) => plaintext(shared, stream, port, start, drain).await,
         None => tracing::debug!("plaintext connection without a target port: closed"),
     }
 }
@@ -114,75 +244,246 @@ async fn mesh(shared: Arc<Shared>, stream: TcpStream, drain: Drain) {
         tracing::debug!("mTLS connection before a certificate is held: closed");
         return;
     };
+    let deadline = tokio::time::Instant::now() + transport::HANDSHAKE_TIMEOUT;
     let acceptor = tokio_rustls::TlsAcceptor::from(server);
-    let handshake = async {
-        let mut tls = acceptor.accept(stream).await.ok()?;
-        let header = TransportHeader::read(&mut tls).await.ok()?;
-        Some((tls, header))
-    };
-    let Ok(Some((tls, header))) =
-        tokio::time::timeout(transport::HANDSHAKE_TIMEOUT, handshake).await
-    else {
-        tracing::debug!("mTLS handshake or transport header failed");
+    let Ok(Ok(mut tls)) = tokio::time::timeout_at(deadline, acceptor.accept(stream)).await else {
+        tracing::debug!("mTLS handshake failed");
         return;
     };
-    let peer: Option<Arc<str>> = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|certs| shared.identity.peer_identity(certs))
-        .map(Arc::from);
-    match header.hint {
-        Hint::Opaque => tcp(&shared, tls, header.port, peer).await,
-        Hint::Http1 | Hint::Http2 => {
-            serve_http(
-                shared,
-                tls,
-                header.port,
-                peer,
-                true,
-                header.hint == Hint::Http2,
-                drain,
-            )
-            .await
+    // The transport header is part of the mesh protocol: only a verified mesh identity may
+    // send one.
+    let peer: Arc<str> = match tls.get_ref().1.peer_certificates() {
+        None => return shared.refuse(refused::NO_CLIENT_CERTIFICATE, None, None),
+        Some(certs) => match shared.identity.peer_identity(certs) {
+            Some(id) => Arc::from(id),
+            None => return shared.refuse(refused::NO_MESH_IDENTITY, None, None),
+        },
+    };
+    let header = match tokio::time::timeout_at(deadline, TransportHeader::read(&mut tls)).await {
+        Ok(Ok(header)) => header,
+        Ok(Err(e)) => return tracing::debug!(peer = %peer, error = %e, "bad transport header"),
+        Err(_) => return tracing::debug!(peer = %peer, "transport header timed out"),
+    };
+    let target = match shared.target(header.port) {
+        Ok(t) => t,
+        Err(reason) => return shared.refuse(reason, Some(header.port), Some(&peer)),
+    };
+    let peer = Some(peer);
+    let start = tokio::time::Instant::now();
+    match (target.mode, header.hint) {
+        // HTTP/2 from the client proxy: the proxy serves it (and sets the client's identity).
+        (_, Hint::Http1 | Hint::Http2) => {
+            let app_h2 = target.app_h2(header.hint == Hint::Http2);
+            serve_http(shared, tls, target.port, peer, true, app_h2, drain).await
         }
-        Hint::Detect => detect_and_serve(shared, tls, header.port, peer, drain).await,
+        (Mode::Opaque, _) => tcp(&shared, tls, target.port, peer).await,
+        (Mode::Http, _) => detect_and_serve(shared, tls, target, peer, None, start, drain).await,
+        (Mode::Detect, Hint::Detect) => {
+            let silence = Some(start + transport::DETECT_TIMEOUT);
+            detect_and_serve(shared, tls, target, peer, silence, start, drain).await
+        }
+        // The client proxy found no HTTP (or was told the port is opaque): relay at once, but
+        // the app still never receives an HTTP request the proxy did not serve.
+        (Mode::Detect, Hint::Opaque) => guarded(shared, tls, target, peer, drain).await,
     }
 }
 
-async fn plaintext(shared: Arc<Shared>, stream: TcpStream, port: u16, drain: Drain) {
-    detect_and_serve(shared, stream, port, None, drain).await
+async fn plaintext(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    port: u16,
+    start: tokio::time::Instant,
+    drain: Drain,
+) {
+    let target = match shared.target(port) {
+        Ok(t) => t,
+        Err(reason) => return shared.refuse(reason, Some(port), None),
+    };
+    match target.mode {
+        Mode::Opaque => tcp(&shared, stream, port, None).await,
+        Mode::Http => detect_and_serve(shared, stream, target, None, None, start, drain).await,
+        Mode::Detect => {
+            let silence = Some(start + transport::DETECT_TIMEOUT);
+            detect_and_serve(shared, stream, target, None, silence, start, drain).await
+        }
+    }
 }
 
+/// Reads the client's first bytes (see [`transport::read_head`]) and serves them by what they
+/// are and what the port is. `silence` (ports of unknown protocol only): when nothing arrived
+/// by then, the connection is relayed as server-speaks-first ([`guarded`]).
 async fn detect_and_serve<I>(
     shared: Arc<Shared>,
-    io: I,
-    port: u16,
+    mut io: I,
+    target: Target,
+    peer: Option<Arc<str>>,
+    silence: Option<tokio::time::Instant>,
+    start: tokio::time::Instant,
+    drain: Drain,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut buf = BytesMut::with_capacity(1024);
+    let deadline = start + transport::HEAD_TIMEOUT;
+    let head = match transport::read_head(&mut io, &mut buf, silence, deadline).await {
+        Ok(head) => head,
+        Err(e) => return tracing::debug!(error = %e, "reading the first bytes failed"),
+    };
+    let port = target.port;
+    match head {
+        Head::Http1 => {
+            let io = PrefixedIo::new(buf, io);
+            serve_http(shared, io, port, peer, false, target.app_h2(false), drain).await
+        }
+        Head::Http2 => {
+            let io = PrefixedIo::new(buf, io);
+            serve_http(shared, io, port, peer, true, target.app_h2(true), drain).await
+        }
+        Head::Silent => guarded(shared, io, target, peer, drain).await,
+        Head::NotHttp | Head::Eof if target.mode == Mode::Detect => {
+            tcp(&shared, PrefixedIo::new(buf, io), port, peer).await
+        }
+        Head::NotHttp => {
+            shared.refuse(refused::NOT_HTTP, Some(port), peer.as_deref());
+            bad_request(io, port).await
+        }
+        Head::Eof => {}
+        Head::TimedOut => shared.refuse(refused::HEAD_TIMEOUT, Some(port), peer.as_deref()),
+    }
+}
+
+/// Answers bytes that are not HTTP on an HTTP port with a bare `400`, then closes.
+async fn bad_request<I: AsyncWrite + Unpin>(mut io: I, port: u16) {
+    let rsp = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\
+         x-weft-error: port {port} serves HTTP only\r\n\r\n"
+    );
+    let write = async {
+        io.write_all(rsp.as_bytes()).await?;
+        io.shutdown().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+}
+
+/// A relay for a client that has not spoken first (server-speaks-first protocols) on a port of
+/// unknown protocol. The app's bytes flow at once; the client's first bytes are held back until
+/// [`transport::sniff`] decides, within [`transport::HEAD_TIMEOUT`] from the first of them:
+/// bytes that cannot be HTTP are relayed from then on; an HTTP request is served as HTTP (the
+/// app connection is dropped) if the app has sent nothing yet, else the connection is closed.
+async fn guarded<I>(
+    shared: Arc<Shared>,
+    mut io: I,
+    target: Target,
     peer: Option<Arc<str>>,
     drain: Drain,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let Ok((detected, io)) = transport::detect(io, transport::DETECT_TIMEOUT).await else {
-        return;
+    let port = target.port;
+    let decision = {
+        let config = shared.config.borrow();
+        route::authorize_tcp(&config.inbound, port, peer.as_deref())
     };
-    // The port's declared protocol says what the app speaks; otherwise the client's version.
-    let declared = shared
-        .config
-        .borrow()
-        .inbound
-        .ports
-        .get(&port)
-        .map(|p| p.protocol);
-    let app_h2 = |downstream_h2: bool| match declared {
-        Some(Protocol::Http2 | Protocol::Grpc) => true,
-        Some(Protocol::Http1) => false,
-        _ => downstream_h2,
+    if !decision.is_allowed() {
+        // No relay for this client; it may still speak HTTP (authorized per request).
+        let start = tokio::time::Instant::now();
+        return Box::pin(detect_and_serve(
+            shared, io, target, peer, None, start, drain,
+        ))
+        .await;
+    }
+    let app_addr = SocketAddr::new(shared.settings.app_ip, port);
+    let mut app = match transport::connect(app_addr).await {
+        Ok(app) => app,
+        Err(e) => return tracing::debug!(error = %e, "connect to app failed"),
     };
-    match detected {
-        Detected::Http1 => serve_http(shared, io, port, peer, false, app_h2(false), drain).await,
-        Detected::Http2 => serve_http(shared, io, port, peer, true, app_h2(true), drain).await,
-        Detected::Opaque => tcp(&shared, io, port, peer).await,
+    let mut buf = BytesMut::with_capacity(1024);
+    let mut from_app = vec![0u8; 16 * 1024];
+    let mut app_spoke = false;
+    let mut deadline: Option<tokio::time::Instant> = None;
+    enum Event {
+        Client(std::io::Result<usize>),
+        App(std::io::Result<usize>),
+        Timeout,
+    }
+    let head = loop {
+        match transport::sniff(&buf) {
+            Sniff::NotHttp => break Head::NotHttp,
+            Sniff::Http2 => break Head::Http2,
+            Sniff::Http1 { head: true } => break Head::Http1,
+            Sniff::NeedMore | Sniff::Http1 { head: false } => {}
+        }
+        buf.reserve(1024);
+        let event = tokio::select! {
+            r = io.read_buf(&mut buf) => Event::Client(r),
+            r = app.read(&mut from_app) => Event::App(r),
+            () = sleep_until(deadline) => Event::Timeout,
+        };
+        match event {
+            Event::Client(Ok(0)) => {
+                break match transport::sniff(&buf) {
+                    Sniff::Http1 { .. } => Head::Http1,
+                    _ => Head::Eof,
+                }
+            }
+            Event::Client(Ok(_)) => {
+                deadline
+                    .get_or_insert_with(|| tokio::time::Instant::now() + transport::HEAD_TIMEOUT);
+            }
+            Event::App(Ok(n)) if n > 0 => {
+                app_spoke = true;
+                if io.write_all(&from_app[..n]).await.is_err() {
+                    return;
+                }
+            }
+            // The app closed (or failed) before the client's bytes were known: close too.
+            Event::App(_) | Event::Client(Err(_)) => return,
+            Event::Timeout => {
+                return shared.refuse(refused::HEAD_TIMEOUT, Some(port), peer.as_deref())
+            }
+        }
+    };
+    match head {
+        Head::NotHttp | Head::Eof => {
+            shared
+                .metrics
+                .authorization(allowed_by(&decision), true, "tcp");
+            let authority = format!(":{port}");
+            let _guard = shared.metrics.tcp_open(INBOUND, &authority);
+            let early = buf.len() as u64;
+            if app.write_all(&buf).await.is_err() {
+                return;
+            }
+            let (up, down) = transport::relay(io, app).await;
+            shared
+                .metrics
+                .tcp_bytes(INBOUND, &authority, up + early, down);
+        }
+        Head::Http1 | Head::Http2 if !app_spoke => {
+            drop(app);
+            let h2 = head == Head::Http2;
+            let io = PrefixedIo::new(buf, io);
+            serve_http(shared, io, port, peer, h2, target.app_h2(h2), drain).await
+        }
+        _ => shared.refuse(
+            refused::HTTP_AFTER_SERVER_BYTES,
+            Some(port),
+            peer.as_deref(),
+        ),
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn allowed_by(decision: &Decision) -> LabelValue {
+    match decision {
+        Decision::Allow(Some(by)) => LabelValue::from(by.clone()),
+        _ => LabelValue::Static("default"),
     }
 }
 
@@ -249,12 +550,17 @@ async fn handle_request(
     let started = Instant::now();
     let decision = {
         let config = shared.config.borrow();
-        route::authorize_http(
-            &config.inbound,
-            port,
-            peer.as_deref(),
-            &RequestInfo::from_request(&req),
-        )
+        if config.inbound.ports.contains_key(&port) {
+            route::authorize_http(
+                &config.inbound,
+                port,
+                peer.as_deref(),
+                &RequestInfo::from_request(&req),
+            )
+        } else {
+            // The policy no longer lists the port (a config update since the connection began).
+            Decision::Deny(format!("port {port} is not one of the app's ports"))
+        }
     };
     let authorization = match decision {
         Decision::Allow(by) => by,

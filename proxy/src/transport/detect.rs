@@ -1,4 +1,11 @@
 //! Protocol detection from a connection's first bytes, and an IO wrapper that replays them.
+//!
+//! Two detectors:
+//! - [`classify`] / [`detect`]: the outbound proxy's quick guess (an upper-case method and a
+//!   space → HTTP/1; silence or anything else → opaque). It only picks how to route.
+//! - [`sniff`] / [`read_head`]: the inbound proxy's decision, which guards the app. It reads the
+//!   bytes as leniently as any HTTP server might and only calls them opaque when they cannot be
+//!   the start of an HTTP request; an HTTP/1 request is buffered until its head is complete.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -72,6 +79,145 @@ pub async fn detect<T: AsyncRead + Unpin>(
         Err(_) => Detected::Opaque,
     };
     Ok((detected, PrefixedIo::new(buf, io)))
+}
+
+/// The most the inbound detection buffers: a request head that is still incomplete at this size
+/// is handed to the HTTP server (which answers `431`), never relayed.
+pub const MAX_HEAD: usize = 64 * 1024;
+
+/// What the first bytes of a client's stream are, for the inbound proxy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sniff {
+    /// Could still be an HTTP request: more bytes are needed.
+    NeedMore,
+    /// The HTTP/2 connection preface, complete.
+    Http2,
+    /// An HTTP/1 request line, complete. `head`: the whole request head (through the empty
+    /// line) is buffered, or [`MAX_HEAD`] bytes are.
+    Http1 { head: bool },
+    /// Cannot be the start of an HTTP request.
+    NotHttp,
+}
+
+/// RFC 9110 `tchar`: the characters of a method token (any case).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn is_blank(b: u8) -> bool {
+    matches!(b, b' ' | b'\t')
+}
+
+/// Decides from `buf` alone whether it is, could still be, or cannot be an HTTP request.
+///
+/// Deliberately lenient, so that nothing an HTTP server might accept is called opaque: leading
+/// empty lines and blanks are skipped; any token is a method, lower case included; the request
+/// line is `method`, blanks, then anything up to a line feed that contains a blank followed by
+/// `HTTP/` in any case (a CR is optional). A line without a version (HTTP/0.9, `get key` of a
+/// text protocol) is not HTTP: it cannot carry header fields. Bytes that are still undecided at
+/// [`MAX_HEAD`] count as HTTP (fail closed).
+pub fn sniff(buf: &[u8]) -> Sniff {
+    let undecided = |buf: &[u8]| {
+        if buf.len() >= MAX_HEAD {
+            Sniff::Http1 { head: true }
+        } else {
+            Sniff::NeedMore
+        }
+    };
+    let Some(start) = buf
+        .iter()
+        .position(|&b| !matches!(b, b'\r' | b'\n') && !is_blank(b))
+    else {
+        return undecided(buf);
+    };
+    let line = &buf[start..];
+    if start == 0 {
+        let n = line.len().min(H2_PREFACE.len());
+        if line[..n] == H2_PREFACE[..n] {
+            if n == H2_PREFACE.len() {
+                return Sniff::Http2;
+            }
+            return undecided(buf);
+        }
+    }
+    let method = line.iter().take_while(|&&b| is_tchar(b)).count();
+    if method == line.len() {
+        return undecided(buf);
+    }
+    if method == 0 || !is_blank(line[method]) {
+        return Sniff::NotHttp;
+    }
+    let rest = &line[method..];
+    let Some(eol) = rest.iter().position(|&b| b == b'\n') else {
+        return undecided(buf);
+    };
+    let has_version = rest[..eol]
+        .windows(6)
+        .any(|w| is_blank(w[0]) && w[1..].eq_ignore_ascii_case(b"HTTP/"));
+    if !has_version {
+        return Sniff::NotHttp;
+    }
+    // The head ends at the first empty line (CRLF or a bare LF).
+    let after = &rest[eol..];
+    let complete =
+        after.windows(2).any(|w| w == b"\n\n") || after.windows(3).any(|w| w == b"\n\r\n");
+    Sniff::Http1 {
+        head: complete || buf.len() >= MAX_HEAD,
+    }
+}
+
+/// How [`read_head`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Head {
+    /// An HTTP/1 request head (complete, or [`MAX_HEAD`] bytes, or cut short by the client's
+    /// end of stream after a complete request line).
+    Http1,
+    /// The HTTP/2 preface.
+    Http2,
+    /// Bytes that cannot be HTTP.
+    NotHttp,
+    /// Nothing arrived before the silence deadline.
+    Silent,
+    /// The client ended its stream before the bytes were decided (no complete request line).
+    Eof,
+    /// The deadline passed with the bytes undecided (a partial request, a slow client).
+    TimedOut,
+}
+
+/// Reads from `io` into `buf` until [`sniff`] decides, the client ends its stream, or a
+/// deadline passes: `silence` applies while nothing has arrived (for server-speaks-first
+/// protocols), `deadline` always (the request-head timeout).
+pub async fn read_head<T: AsyncRead + Unpin>(
+    io: &mut T,
+    buf: &mut BytesMut,
+    silence: Option<tokio::time::Instant>,
+    deadline: tokio::time::Instant,
+) -> std::io::Result<Head> {
+    loop {
+        match sniff(buf) {
+            Sniff::Http2 => return Ok(Head::Http2),
+            Sniff::Http1 { head: true } => return Ok(Head::Http1),
+            Sniff::NotHttp => return Ok(Head::NotHttp),
+            Sniff::NeedMore | Sniff::Http1 { head: false } => {}
+        }
+        let silent_until = silence.filter(|s| buf.is_empty() && *s < deadline);
+        let until = silent_until.unwrap_or(deadline);
+        buf.reserve(1024);
+        match tokio::time::timeout_at(until, io.read_buf(buf)).await {
+            Ok(Ok(0)) => {
+                return Ok(match sniff(buf) {
+                    Sniff::Http1 { .. } => Head::Http1,
+                    Sniff::Http2 => Head::Http2,
+                    Sniff::NotHttp => Head::NotHttp,
+                    Sniff::NeedMore => Head::Eof,
+                })
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) if silent_until.is_some() => return Ok(Head::Silent),
+            Err(_) => return Ok(Head::TimedOut),
+        }
+    }
 }
 
 /// An IO that first yields `prefix`, then reads from the inner IO. Writes go straight through.
@@ -158,6 +304,126 @@ mod tests {
             classify(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"),
             Some(Detected::Opaque)
         );
+    }
+
+    #[test]
+    fn sniffs_anything_an_http_server_might_read() {
+        let http1 = |head| Sniff::Http1 { head };
+        // Complete heads, any token method, lower case, bare LF, leading empty lines.
+        for req in [
+            &b"GET / HTTP/1.1\r\nhost: a\r\n\r\n"[..],
+            b"get / HTTP/1.1\r\nx-weft-client-id: x\r\n\r\n",
+            b"M-SEARCH * http/1.1\n\n",
+            b"\r\n\r\nGET /x HTTP/1.0\r\n\r\n",
+            b" \tPOST\t/x\tHTTP/1.1\r\n\r\n",
+            b"GET /a b HTTP/1.1\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nXY",
+        ] {
+            assert_eq!(sniff(req), http1(true), "{}", String::from_utf8_lossy(req));
+        }
+        // Every prefix of an HTTP request is undecided (or a request line without its head).
+        let req = b"get /x HTTP/1.1\r\nx-weft-client-id: spiffe://td/ns/a/sa/admin\r\n\r\n";
+        for n in 0..req.len() {
+            let got = sniff(&req[..n]);
+            assert!(
+                matches!(got, Sniff::NeedMore | Sniff::Http1 { head: false }),
+                "{n}: {got:?}"
+            );
+        }
+        assert_eq!(sniff(req), http1(true));
+        assert_eq!(sniff(b"GET / HTTP/1.1\r\nhost: a\r\n"), http1(false));
+        // HTTP/2 prior knowledge.
+        assert_eq!(sniff(H2_PREFACE), Sniff::Http2);
+        assert_eq!(sniff(&H2_PREFACE[..10]), Sniff::NeedMore);
+        // Cannot be HTTP.
+        for bytes in [
+            &b"\x16\x03\x01\x02\x00"[..],
+            b"\x00binary",
+            b"*1\r\n$4\r\nPING\r\n",
+            b"get key\r\n",
+            b"EHLO mail.example\r\n",
+            b"GET /\r\n",
+            b"SET k v\r\n",
+            b"(GET / HTTP/1.1\r\n",
+        ] {
+            assert_eq!(
+                sniff(bytes),
+                Sniff::NotHttp,
+                "{}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+        // Undecided at the limit: HTTP (fail closed).
+        assert_eq!(sniff(&vec![b'A'; MAX_HEAD]), http1(true));
+        let mut long = b"GET /".to_vec();
+        long.resize(MAX_HEAD, b'a');
+        assert_eq!(sniff(&long), http1(true));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn read_head_waits_for_the_head_then_times_out() {
+        use tokio::time::{Duration as D, Instant};
+        // A slow request line: still HTTP, whatever the pauses.
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        let writer = tokio::spawn(async move {
+            for b in b"get / HTTP/1.1\r\nx: y\r\n\r\n" {
+                tokio::time::sleep(D::from_millis(300)).await;
+                let _ = client.write_all(&[*b]).await;
+            }
+            client
+        });
+        let start = Instant::now();
+        let mut buf = BytesMut::new();
+        let head = read_head(
+            &mut server,
+            &mut buf,
+            Some(start + D::from_secs(1)),
+            start + D::from_secs(30),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(head, Head::Http1);
+        let _client = writer.await;
+        // A dripping client is cut off at the deadline.
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        client
+            .write_all(b"GET / HTTP/1.1\r\nx: ")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let start = Instant::now();
+        let mut buf = BytesMut::new();
+        let head = read_head(
+            &mut server,
+            &mut buf,
+            Some(start + D::from_secs(1)),
+            start + D::from_secs(10),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(head, Head::TimedOut);
+        // Silence: server speaks first.
+        let (_client, mut server) = tokio::io::duplex(1024);
+        let start = Instant::now();
+        let mut buf = BytesMut::new();
+        let head = read_head(
+            &mut server,
+            &mut buf,
+            Some(start + D::from_secs(1)),
+            start + D::from_secs(10),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(head, Head::Silent);
+        // Without a silence deadline (HTTP ports), silence is a timeout.
+        let head = read_head(
+            &mut server,
+            &mut buf,
+            None,
+            Instant::now() + D::from_secs(10),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(head, Head::TimedOut);
     }
 
     #[tokio::test]

@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-pub use detect::{detect, Detected, PrefixedIo};
+pub use detect::{detect, read_head, sniff, Detected, Head, PrefixedIo, Sniff};
 pub use header::{Hint, TransportHeader};
 
 /// Time allowed to connect to an upstream.
@@ -24,6 +24,11 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time a client has to send its first bytes before the connection is treated as opaque.
 pub const DETECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Time an inbound client has to send a complete request head (or bytes that cannot be HTTP)
+/// on the detection path; then the connection is closed, never relayed (slowloris). Counted
+/// from the connection's start (after the TLS handshake on the mesh path), or from the first
+/// byte when a server-speaks-first connection is already relayed.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The mesh identity as the data plane needs it. Implemented by `crate::identity::Identity`;
 /// tests provide their own. Methods return `None` while no certificate is held.
@@ -297,10 +302,10 @@ where
     Ok(())
 }
 
+/// Built per call; [`ProxyIdentity`] builds the server config once.
 impl MeshIdentity for crate::identity::Identity {
     fn server_config(&self) -> Option<Arc<rustls::ServerConfig>> {
-        self.is_ready()
-            .then(|| crate::identity::Identity::server_config(self))
+        self.is_ready().then(|| self.mesh_server_config()).flatten()
     }
     fn client_config(&self) -> Option<Arc<rustls::ClientConfig>> {
         self.is_ready()
@@ -311,5 +316,35 @@ impl MeshIdentity for crate::identity::Identity {
     }
     fn peer_identity(&self, certs: &[CertificateDer<'_>]) -> Option<String> {
         crate::identity::peer_identity(certs)
+    }
+}
+
+/// The proxy's identity for its data plane: inbound TLS requires a client certificate
+/// ([`crate::identity::Identity::mesh_server_config`], built once).
+#[derive(Clone)]
+pub struct ProxyIdentity {
+    identity: crate::identity::Identity,
+    server: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl ProxyIdentity {
+    pub fn new(identity: crate::identity::Identity) -> Self {
+        let server = identity.mesh_server_config();
+        ProxyIdentity { identity, server }
+    }
+}
+
+impl MeshIdentity for ProxyIdentity {
+    fn server_config(&self) -> Option<Arc<rustls::ServerConfig>> {
+        self.server.clone().filter(|_| self.identity.is_ready())
+    }
+    fn client_config(&self) -> Option<Arc<rustls::ClientConfig>> {
+        MeshIdentity::client_config(&self.identity)
+    }
+    fn server_name_for(&self, identity: &str) -> Option<ServerName<'static>> {
+        MeshIdentity::server_name_for(&self.identity, identity)
+    }
+    fn peer_identity(&self, certs: &[CertificateDer<'_>]) -> Option<String> {
+        MeshIdentity::peer_identity(&self.identity, certs)
     }
 }
