@@ -512,7 +512,21 @@ async fn opaque_tcp_over_mtls_is_authorized_per_connection() {
 #[tokio::test]
 async fn plaintext_opaque_to_single_inbound_port() {
     let echo = echo_server("127.0.0.6:0").await;
-    let cfg = inbound_policy(echo.port(), v1::DefaultPolicy::Allow, false);
+    // A port of unknown protocol: bytes that cannot be HTTP are relayed. (A port declared
+    // HTTP/gRPC or with HTTP rules serves HTTP only; see inbound_trust.rs.)
+    let cfg = config(vec![res(
+        "inbound",
+        v1::resource::Kind::Inbound(v1::InboundPolicy {
+            identity: API.into(),
+            default_policy: v1::DefaultPolicy::Allow as i32,
+            ports: vec![v1::InboundPort {
+                port: u32::from(echo.port()),
+                protocol: v1::Protocol::Detect as i32,
+                restricted: false,
+                authorizations: vec![],
+            }],
+        }),
+    )]);
     let server = start_inbound("127.0.0.6", cfg, Arc::new(NoIdentity)).await;
     let mut s = ok(tokio::net::TcpStream::connect(server.addr).await);
     ok(s.write_all(b"\x00binary").await);

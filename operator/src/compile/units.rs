@@ -825,6 +825,22 @@ pub(crate) fn inbound(
             }
             ports.entry(cp.port).or_insert(proto);
         }
+        // TCP ports a Service selecting the pod targets by number, declared or not (declaring
+        // container ports is optional): the proxy forwards only to listed ports.
+        for svc in model.services_in_namespace(&p.namespace) {
+            if !svc.selects(p) {
+                continue;
+            }
+            for sp in &svc.ports {
+                if let (crate::model::TargetPort::Number(n), L4Protocol::Tcp) =
+                    (&sp.target_port, sp.protocol)
+                {
+                    if *n != 0 {
+                        ports.entry(*n).or_insert(service_port_protocol(sp));
+                    }
+                }
+            }
+        }
     }
     for p in target_ports(model, &targets) {
         ports.entry(p).or_insert(Protocol::Detect);
