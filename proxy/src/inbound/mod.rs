@@ -218,13 +218,13 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, drain: Drain)
         }
         return plaintext(shared, stream, dst.port(), start, drain).await;
     }
+    // Mesh clients start with a TLS ClientHello at once; a client silent for DETECT_TIMEOUT is
+    // plaintext (a server-speaks-first protocol).
     let mut first = [0u8; 1];
-    match tokio::time::timeout(transport::HEAD_TIMEOUT, stream.peek(&mut first)).await {
-        Ok(Ok(1)) => {}
-        _ => return,
-    }
-    if first[0] == 0x16 {
-        return mesh(shared, stream, drain).await;
+    match tokio::time::timeout(transport::DETECT_TIMEOUT, stream.peek(&mut first)).await {
+        Ok(Ok(1)) if first[0] == 0x16 => return mesh(shared, stream, drain).await,
+        Ok(Ok(1)) | Err(_) => {}
+        Ok(_) => return,
     }
     let single = {
         let config = shared.config.borrow();
