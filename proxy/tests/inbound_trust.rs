@@ -231,7 +231,8 @@ impl rustls::client::ResolvesClientCert for NoClientCert {
 #[tokio::test]
 async fn transport_header_reaches_only_the_apps_listed_ports() {
     let ca = TestCa::new();
-    let ip = "127.0.13.1";
+    // The outbound proxy listens on 127.0.0.1, so the pod does too.
+    let ip = "127.0.0.1";
     // The pod's app, on its declared port, and a service on a port it does not declare.
     let app = backend(&format!("{ip}:0"), "app", false).await;
     let undeclared = backend(&format!("{ip}:0"), "undeclared", false).await;

@@ -497,6 +497,144 @@ mod tests {
         }
     }
 
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
+        r.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// An identity holding a certificate for `id` issued by `issuer` (whose certificate is
+    /// `ca`), without an operator.
+    fn identity(
+        issuer: &rcgen::Issuer<'static, rcgen::KeyPair>,
+        ca: &CertificateDer<'static>,
+        id: &str,
+    ) -> super::super::Identity {
+        let key = ok(rcgen::KeyPair::generate());
+        let mut params = ok(rcgen::CertificateParams::new(Vec::<String>::new()));
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::URI(ok(rcgen::string::Ia5String::try_from(
+                id.to_string(),
+            ))));
+        let leaf = ok(params.signed_by(&key, issuer)).der().clone();
+        let provider = provider();
+        let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let certified = ok(CertifiedKey::from_der(
+            vec![leaf, ca.clone()],
+            key_der,
+            &provider,
+        ));
+        let mut roots = RootCertStore::empty();
+        ok(roots.add(ca.clone()));
+        let roots = Arc::new(roots);
+        let client_verifier: Arc<dyn ClientCertVerifier> =
+            ok(rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::clone(&roots),
+                provider,
+            )
+            .allow_unauthenticated()
+            .build());
+        let identity = super::super::Identity::unconnected();
+        identity.shared.state.send_replace(Some(Arc::new(CertState {
+            identity: id.to_string(),
+            certified: Arc::new(certified),
+            roots,
+            client_verifier,
+            not_after: std::time::SystemTime::now() + std::time::Duration::from_secs(3600),
+        })));
+        identity
+    }
+
+    /// Serves one TLS connection per accept with `config`: answers `hello` once the handshake
+    /// is done.
+    async fn server(config: Arc<rustls::ServerConfig>) -> std::net::SocketAddr {
+        let listener = ok(tokio::net::TcpListener::bind("127.0.0.1:0").await);
+        let addr = ok(listener.local_addr());
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut tls) = acceptor.accept(tcp).await {
+                        let _ = tls.write_all(b"hello").await;
+                        let _ = tls.shutdown().await;
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    /// What a client reads from `addr`: `hello`, or nothing when refused.
+    async fn call(
+        config: Arc<rustls::ClientConfig>,
+        addr: std::net::SocketAddr,
+        id: &str,
+    ) -> Vec<u8> {
+        let connector = tokio_rustls::TlsConnector::from(config);
+        let tcp = ok(tokio::net::TcpStream::connect(addr).await);
+        let mut out = Vec::new();
+        if let Ok(mut tls) = connector.connect(server_name_for(id), tcp).await {
+            let _ = tls.read_to_end(&mut out).await;
+        }
+        out
+    }
+
+    #[derive(Debug)]
+    struct NoClientCert;
+
+    impl ResolvesClientCert for NoClientCert {
+        fn resolve(&self, _: &[&[u8]], _: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+            None
+        }
+        fn has_certs(&self) -> bool {
+            false
+        }
+    }
+
+    /// The inbound listener's TLS requires a client certificate from the mesh: without one, or
+    /// with one from another CA, the handshake fails; the general server config (optional
+    /// client certificates) is unchanged.
+    #[tokio::test]
+    async fn mesh_server_config_requires_a_client_certificate() {
+        let api = "spiffe://cluster.local/ns/demo/sa/api";
+        let web = "spiffe://cluster.local/ns/demo/sa/web";
+        let new_ca = || {
+            let key = ok(rcgen::KeyPair::generate());
+            let mut params = ok(rcgen::CertificateParams::new(Vec::<String>::new()));
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            let der = ok(params.self_signed(&key)).der().clone();
+            (rcgen::Issuer::new(params, key), der)
+        };
+        let (issuer, ca) = new_ca();
+        let server_id = identity(&issuer, &ca, api);
+        let client_id = identity(&issuer, &ca, web);
+        let mesh = server(
+            server_id
+                .mesh_server_config()
+                .unwrap_or_else(|| panic!("config")),
+        )
+        .await;
+        let optional = server(server_id.server_config()).await;
+
+        assert_eq!(call(client_id.client_config(), mesh, api).await, b"hello");
+        let mut anonymous = (*client_id.client_config()).clone();
+        anonymous.client_auth_cert_resolver = Arc::new(NoClientCert);
+        let anonymous = Arc::new(anonymous);
+        assert_eq!(call(anonymous.clone(), mesh, api).await, b"");
+        // Another CA's certificate (the client trusts both, so only the server can refuse).
+        let (other_issuer, other_ca) = new_ca();
+        let foreign = identity(&other_issuer, &other_ca, web);
+        let mut foreign_cfg = (*client_id.client_config()).clone();
+        foreign_cfg.client_auth_cert_resolver =
+            Arc::new(CurrentCert(foreign.shared.state.subscribe()));
+        assert_eq!(call(Arc::new(foreign_cfg), mesh, api).await, b"");
+        // Unchanged: the general server config serves a client without a certificate.
+        assert_eq!(call(anonymous, optional, api).await, b"hello");
+    }
+
     #[test]
     fn other_names_carry_no_identity() {
         let name = ServerName::try_from("web.default.svc.cluster.local").unwrap();
