@@ -53,7 +53,9 @@ use crate::http::upgrade::{self, Splice};
 use crate::http::{self as h, Body, PlainClients};
 use crate::metrics::{self, LabelValue, Metrics, RequestLabels, INBOUND};
 use crate::route::{self, Decision, RequestInfo};
-use crate::transport::{self, Drain, Head, Hint, MeshIdentity, PrefixedIo, Sniff, TransportHeader};
+use crate::transport::{
+    self, Drain, Head, Hint, MeshIdentity, PrefixedIo, Sniff, Sniffer, TransportHeader,
+};
 
 /// Grace period for in-flight work when the listener shuts down.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
@@ -406,8 +408,9 @@ async fn guarded<I>(
         App(std::io::Result<usize>),
         Timeout,
     }
+    let mut sniffer = Sniffer::default();
     let head = loop {
-        match transport::sniff(&buf) {
+        match sniffer.feed(&buf) {
             Sniff::NotHttp => break Head::NotHttp,
             Sniff::Http2 => break Head::Http2,
             Sniff::Http1 { head: true } => break Head::Http1,
@@ -421,7 +424,7 @@ async fn guarded<I>(
         };
         match event {
             Event::Client(Ok(0)) => {
-                break match transport::sniff(&buf) {
+                break match sniffer.feed(&buf) {
                     Sniff::Http1 { .. } => Head::Http1,
                     _ => Head::Eof,
                 }

@@ -108,6 +108,14 @@ fn is_blank(b: u8) -> bool {
     matches!(b, b' ' | b'\t')
 }
 
+/// Leading blanks and empty lines skipped before a request line; more count as HTTP (fail
+/// closed: the HTTP server skips them too).
+const MAX_LEADING_BLANKS: usize = 64;
+/// Longest method token; a longer token counts as HTTP (fail closed).
+const MAX_METHOD_TOKEN: usize = 64;
+/// Longest request line; a longer line still undecided counts as HTTP (fail closed).
+const MAX_REQUEST_LINE: usize = 16 * 1024;
+
 /// Decides from `buf` alone whether it is, could still be, or cannot be an HTTP request.
 ///
 /// Deliberately lenient, so that nothing an HTTP server might accept is called opaque: leading
@@ -115,54 +123,139 @@ fn is_blank(b: u8) -> bool {
 /// line is `method`, blanks, then anything up to a line feed that contains a blank followed by
 /// `HTTP/` in any case (a CR is optional). A line without a version (HTTP/0.9, `get key` of a
 /// text protocol) is not HTTP: it cannot carry header fields. Bytes that are still undecided at
-/// [`MAX_HEAD`] count as HTTP (fail closed).
+/// a limit (64 leading blanks, a 64-byte method, a 16 KiB request line, [`MAX_HEAD`]) count as
+/// HTTP (fail closed).
 pub fn sniff(buf: &[u8]) -> Sniff {
-    let undecided = |buf: &[u8]| {
-        if buf.len() >= MAX_HEAD {
-            Sniff::Http1 { head: true }
-        } else {
-            Sniff::NeedMore
-        }
-    };
-    let Some(start) = buf
-        .iter()
-        .position(|&b| !matches!(b, b'\r' | b'\n') && !is_blank(b))
-    else {
-        return undecided(buf);
-    };
-    let line = &buf[start..];
-    if start == 0 {
-        let n = line.len().min(H2_PREFACE.len());
-        if line[..n] == H2_PREFACE[..n] {
-            if n == H2_PREFACE.len() {
-                return Sniff::Http2;
+    Sniffer::default().feed(buf)
+}
+
+/// [`sniff`], incrementally: [`Sniffer::feed`] takes the whole buffer each time and looks at
+/// each byte once, so a client sending one byte at a time costs linear time.
+#[derive(Clone, Debug, Default)]
+pub struct Sniffer {
+    /// Bytes of the buffer already looked at.
+    pos: usize,
+    phase: Phase,
+    /// Length of the current token or line (phase dependent).
+    len: usize,
+    /// Bytes of `HTTP/` matched after a blank, in the request line.
+    version: usize,
+    /// The request line has a version.
+    versioned: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Phase {
+    #[default]
+    Blanks,
+    Method,
+    Target,
+    Headers,
+    Done(Sniff),
+}
+
+impl Sniffer {
+    /// The verdict on `buf`, which must extend the buffer given last time.
+    pub fn feed(&mut self, buf: &[u8]) -> Sniff {
+        for &b in buf.get(self.pos..).unwrap_or_default() {
+            if let Phase::Done(_) = self.phase {
+                break;
             }
-            return undecided(buf);
+            self.pos += 1;
+            self.phase = self.step(b);
+        }
+        // HTTP/2 prior knowledge takes precedence (its preface reads as an HTTP/1 head too).
+        let n = buf.len().min(H2_PREFACE.len());
+        if n > 0 && buf[..n] == H2_PREFACE[..n] {
+            return if n == H2_PREFACE.len() {
+                Sniff::Http2
+            } else {
+                Sniff::NeedMore
+            };
+        }
+        match self.phase {
+            Phase::Done(verdict) => verdict,
+            _ if buf.len() >= MAX_HEAD => Sniff::Http1 { head: true },
+            Phase::Headers => Sniff::Http1 { head: false },
+            _ => Sniff::NeedMore,
         }
     }
-    let method = line.iter().take_while(|&&b| is_tchar(b)).count();
-    if method == line.len() {
-        return undecided(buf);
-    }
-    if method == 0 || !is_blank(line[method]) {
-        return Sniff::NotHttp;
-    }
-    let rest = &line[method..];
-    let Some(eol) = rest.iter().position(|&b| b == b'\n') else {
-        return undecided(buf);
-    };
-    let has_version = rest[..eol]
-        .windows(6)
-        .any(|w| is_blank(w[0]) && w[1..].eq_ignore_ascii_case(b"HTTP/"));
-    if !has_version {
-        return Sniff::NotHttp;
-    }
-    // The head ends at the first empty line (CRLF or a bare LF).
-    let after = &rest[eol..];
-    let complete =
-        after.windows(2).any(|w| w == b"\n\n") || after.windows(3).any(|w| w == b"\n\r\n");
-    Sniff::Http1 {
-        head: complete || buf.len() >= MAX_HEAD,
+
+    fn step(&mut self, b: u8) -> Phase {
+        const FAIL_CLOSED: Phase = Phase::Done(Sniff::Http1 { head: true });
+        match self.phase {
+            Phase::Blanks if matches!(b, b'\r' | b'\n') || is_blank(b) => {
+                self.len += 1;
+                if self.len > MAX_LEADING_BLANKS {
+                    FAIL_CLOSED
+                } else {
+                    Phase::Blanks
+                }
+            }
+            Phase::Blanks | Phase::Method if is_tchar(b) => {
+                if self.phase == Phase::Blanks {
+                    self.len = 0;
+                }
+                self.len += 1;
+                if self.len > MAX_METHOD_TOKEN {
+                    FAIL_CLOSED
+                } else {
+                    Phase::Method
+                }
+            }
+            Phase::Blanks => Phase::Done(Sniff::NotHttp),
+            Phase::Method if is_blank(b) => {
+                self.len = 0;
+                self.version = 1;
+                Phase::Target
+            }
+            Phase::Method => Phase::Done(Sniff::NotHttp),
+            Phase::Target if b == b'\n' => {
+                if self.versioned {
+                    self.len = 0;
+                    Phase::Headers
+                } else {
+                    Phase::Done(Sniff::NotHttp)
+                }
+            }
+            Phase::Target => {
+                self.len += 1;
+                if is_blank(b) {
+                    self.version = 1;
+                } else if self.version >= 1
+                    && self.version <= 5
+                    && b.to_ascii_uppercase() == b"HTTP/"[self.version - 1]
+                {
+                    self.version += 1;
+                    if self.version == 6 {
+                        self.versioned = true;
+                    }
+                } else {
+                    self.version = 0;
+                }
+                if self.len > MAX_REQUEST_LINE {
+                    FAIL_CLOSED
+                } else {
+                    Phase::Target
+                }
+            }
+            // The head ends at the first empty line (CRLF or a bare LF).
+            Phase::Headers if b == b'\n' => {
+                if self.len == 0 {
+                    Phase::Done(Sniff::Http1 { head: true })
+                } else {
+                    self.len = 0;
+                    Phase::Headers
+                }
+            }
+            Phase::Headers => {
+                if b != b'\r' {
+                    self.len += 1;
+                }
+                Phase::Headers
+            }
+            Phase::Done(v) => Phase::Done(v),
+        }
     }
 }
 
@@ -193,8 +286,9 @@ pub async fn read_head<T: AsyncRead + Unpin>(
     silence: Option<tokio::time::Instant>,
     deadline: tokio::time::Instant,
 ) -> std::io::Result<Head> {
+    let mut sniffer = Sniffer::default();
     loop {
-        match sniff(buf) {
+        match sniffer.feed(buf) {
             Sniff::Http2 => return Ok(Head::Http2),
             Sniff::Http1 { head: true } => return Ok(Head::Http1),
             Sniff::NotHttp => return Ok(Head::NotHttp),
@@ -205,7 +299,7 @@ pub async fn read_head<T: AsyncRead + Unpin>(
         buf.reserve(1024);
         match tokio::time::timeout_at(until, io.read_buf(buf)).await {
             Ok(Ok(0)) => {
-                return Ok(match sniff(buf) {
+                return Ok(match sniffer.feed(buf) {
                     Sniff::Http1 { .. } => Head::Http1,
                     Sniff::Http2 => Head::Http2,
                     Sniff::NotHttp => Head::NotHttp,
@@ -353,7 +447,21 @@ mod tests {
                 String::from_utf8_lossy(bytes)
             );
         }
-        // Undecided at the limit: HTTP (fail closed).
+        // Fed incrementally, the verdicts are the same as on each prefix.
+        for bytes in [
+            &req[..],
+            H2_PREFACE,
+            b"\r\n get / HTTP/1.1\nx:y\n\n",
+            b"get key\r\n",
+        ] {
+            let mut sniffer = Sniffer::default();
+            for n in 0..=bytes.len() {
+                assert_eq!(sniffer.feed(&bytes[..n]), sniff(&bytes[..n]), "{n}");
+            }
+        }
+        // Undecided at a limit: HTTP (fail closed).
+        assert_eq!(sniff(&[b'\n'; 100]), http1(true));
+        assert_eq!(sniff(&[b'a'; 100]), http1(true));
         assert_eq!(sniff(&vec![b'A'; MAX_HEAD]), http1(true));
         let mut long = b"GET /".to_vec();
         long.resize(MAX_HEAD, b'a');

@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-pub use detect::{detect, read_head, sniff, Detected, Head, PrefixedIo, Sniff};
+pub use detect::{detect, read_head, sniff, Detected, Head, PrefixedIo, Sniff, Sniffer};
 pub use header::{Hint, TransportHeader};
 
 /// Time allowed to connect to an upstream.
