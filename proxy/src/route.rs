@@ -31,6 +31,13 @@ impl<'a> RequestInfo<'a> {
 }
 
 /// Whether one match holds: path (prefix-anchored regex), method, and every header condition.
+///
+/// A header condition holds when the header is present and **every** value it carries (each
+/// field line, as received) matches the regex: a client cannot satisfy a rule by adding a value
+/// next to one that fails it (`x-user: other` + `x-user: admin` fails `^admin$`), whichever value
+/// the app then reads. A value that is not visible ASCII fails. The same rule applies to
+/// authorization and to route (split) matches. The path is matched as normalised by
+/// [`crate::http::normalize`].
 pub fn http_match(m: &HttpMatch, req: &RequestInfo<'_>) -> bool {
     if let Some(re) = &m.path {
         if !re.is_match(req.path) {
@@ -43,10 +50,8 @@ pub fn http_match(m: &HttpMatch, req: &RequestInfo<'_>) -> bool {
         }
     }
     m.headers.iter().all(|h| {
-        req.headers
-            .get_all(&h.name)
-            .iter()
-            .any(|v| v.to_str().is_ok_and(|v| h.value.is_match(v)))
+        let mut values = req.headers.get_all(&h.name).iter().peekable();
+        values.peek().is_some() && values.all(|v| v.to_str().is_ok_and(|v| h.value.is_match(v)))
     })
 }
 
@@ -482,14 +487,34 @@ mod tests {
             "/",
             &[("x-user", "xbeta-7"), ("x-region", "eu")]
         ));
-        // Any value of a repeated header may match.
-        assert!(check(
+        // Every value of a repeated header must match: one failing value fails the rule.
+        assert!(!check(
             &mt,
             "GET",
             "/",
             &[
                 ("x-user", "alpha"),
                 ("x-user", "beta-1"),
+                ("x-region", "us")
+            ]
+        ));
+        assert!(!check(
+            &mt,
+            "GET",
+            "/",
+            &[
+                ("x-user", "beta-1"),
+                ("x-user", "alpha"),
+                ("x-region", "us")
+            ]
+        ));
+        assert!(check(
+            &mt,
+            "GET",
+            "/",
+            &[
+                ("x-user", "beta-1"),
+                ("x-user", "beta-2"),
                 ("x-region", "us")
             ]
         ));

@@ -247,6 +247,17 @@ async fn handle_request(
     app_h2: bool,
 ) -> Response<Body> {
     let started = Instant::now();
+    if let Err(rsp) = h::check_request(&mut req, &shared.metrics, INBOUND) {
+        record(
+            shared,
+            port,
+            "none".into(),
+            peer.as_ref(),
+            rsp.status(),
+            started,
+        );
+        return rsp;
+    }
     let decision = {
         let config = shared.config.borrow();
         route::authorize_http(
@@ -312,13 +323,16 @@ async fn handle_request(
             } else {
                 Version::HTTP_11
             };
-            let req = req.map(h::boxed);
+            let (req, body) = h::watch_body(req);
             match shared.plain.get(app_h2).request(req).await {
                 Ok(mut rsp) => {
                     h::strip_hop_by_hop(rsp.headers_mut());
                     rsp.map(h::boxed)
                 }
-                Err(e) => h::error(
+                Err(e) => h::forward_error(
+                    &body,
+                    &shared.metrics,
+                    INBOUND,
                     StatusCode::BAD_GATEWAY,
                     &format!("app on port {port} unreachable: {e}"),
                 ),
