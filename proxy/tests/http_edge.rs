@@ -415,17 +415,53 @@ async fn slow_or_silent_client_is_not_cut_off_after_one_second() {
 #[tokio::test]
 async fn incomplete_head_is_answered_408_and_closed() {
     let (out, inb, log, _o, _i) = both_listeners("127.0.0.27").await;
-    for addr in [out, inb] {
+    let partial = |addr: SocketAddr| async move {
         let mut s = ok(TcpStream::connect(addr).await);
         ok(
             s.write_all(b"GET /never HTTP/1.1\r\nhost: web.demo:8080\r\n")
                 .await,
         );
         // Bounded by WAIT; the proxy's header-read timeout is 10 s.
-        let a = read_all(&mut s).await;
-        assert_eq!(status(&a), 408, "{addr}: {a:?}");
+        (addr, read_all(&mut s).await)
+    };
+    let (a, b) = tokio::join!(partial(out), partial(inb));
+    for (addr, answer) in [a, b] {
+        assert_eq!(status(&answer), 408, "{addr}: {answer:?}");
+        assert!(answer.contains("connection: close"), "{answer}");
     }
     assert!(log_of(&log).is_empty());
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connection_is_closed_without_an_answer() {
+    let (out, inb, log, _o, _i) = both_listeners("127.0.0.32").await;
+    let idle = |addr: SocketAddr| async move {
+        let mut s = ok(TcpStream::connect(addr).await);
+        ok(
+            s.write_all(b"GET /first HTTP/1.1\r\nhost: web.demo:8080\r\n\r\n")
+                .await,
+        );
+        // The whole first answer (its body is `app`), then nothing more is sent.
+        let mut first = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !first.ends_with(b"app") {
+            let n = ok(ok(tokio::time::timeout(WAIT, s.read(&mut chunk)).await));
+            assert!(n > 0, "{addr}: closed before the first answer");
+            first.extend_from_slice(&chunk[..n]);
+        }
+        (
+            addr,
+            String::from_utf8_lossy(&first).into_owned(),
+            read_all(&mut s).await,
+        )
+    };
+    let (a, b) = tokio::join!(idle(out), idle(inb));
+    for (addr, first, rest) in [a, b] {
+        assert_eq!(status(&first), 200, "{addr}: {first}");
+        // Closed by the proxy (read_all is bounded), with no second, unasked-for answer.
+        assert_eq!(rest, "", "{addr}");
+    }
+    assert_eq!(log_of(&log).len(), 2);
 }
 
 #[tokio::test]

@@ -92,18 +92,17 @@ pub fn error(status: StatusCode, reason: &str) -> Response<Body> {
     reason_response(status, ERROR_REASON, reason)
 }
 
-/// Normalises a downstream request before routing and authorization (see [`normalize`]); a
-/// request that cannot be is answered `400` (the `Err` to return as is) and counted as a client
-/// error of `direction`.
-pub fn check_request<B>(
+/// Normalises a downstream request before routing and authorization (see [`normalize`]). A
+/// request that cannot be is counted as a client error of `direction` and its `400` answer is
+/// returned: the caller answers with it and forwards nothing.
+pub fn reject_bad_request<B>(
     req: &mut Request<B>,
     metrics: &crate::metrics::Metrics,
     direction: &'static str,
-) -> Result<(), Response<Body>> {
-    normalize::normalize_request(req).map_err(|rejected| {
-        metrics.client_error(direction, rejected.label());
-        error(StatusCode::BAD_REQUEST, &rejected.to_string())
-    })
+) -> Option<Response<Body>> {
+    let rejected = normalize::normalize_request(req).err()?;
+    metrics.client_error(direction, rejected.label());
+    Some(error(StatusCode::BAD_REQUEST, &rejected.to_string()))
 }
 
 /// The error a downstream request body failed with, as seen by the upstream client.

@@ -247,7 +247,7 @@ async fn handle_request(
     app_h2: bool,
 ) -> Response<Body> {
     let started = Instant::now();
-    if let Err(rsp) = h::check_request(&mut req, &shared.metrics, INBOUND) {
+    if let Some(rsp) = h::reject_bad_request(&mut req, &shared.metrics, INBOUND) {
         record(
             shared,
             port,

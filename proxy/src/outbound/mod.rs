@@ -263,7 +263,7 @@ async fn handle_request(
 ) -> Response<Body> {
     let started = Instant::now();
     // Routing sees the request as the app will read it, and the upstream gets exactly that.
-    if let Err(rsp) = h::check_request(&mut req, &shared.metrics, OUTBOUND) {
+    if let Some(rsp) = h::reject_bad_request(&mut req, &shared.metrics, OUTBOUND) {
         let labels = Labels {
             authority: "unknown".into(),
             route: LabelValue::EMPTY,
