@@ -185,6 +185,10 @@ pub fn normalize_request<B>(req: &mut Request<B>) -> Result<(), Rejected> {
             req.headers_mut().insert(HOST, v);
         }
     }
+    if req.method() == http::Method::CONNECT {
+        // Authority-form: no path (CONNECT is answered `501` anyway).
+        return Ok(());
+    }
     let path = req.uri().path();
     let canon = match normalize_path(path)? {
         Cow::Borrowed(_) => return Ok(()),
