@@ -806,6 +806,39 @@ mod tests {
         assert!(authz(&default, 1234, None, "GET", "/").is_allowed());
     }
 
+    #[test]
+    fn repeated_header_cannot_satisfy_an_authorization() {
+        let mut p = policy(DefaultPolicy::Deny, true);
+        if let Some(port) = p.ports.get_mut(&8080) {
+            port.authorizations = vec![Authorization {
+                name: Arc::from("demo/admins"),
+                sources: [WEB.to_string()].into(),
+                all_traffic: false,
+                http_routes: vec![m("admin", None, &[], &[("x-user", "admin")])],
+            }];
+        }
+        let decide = |users: &[&str]| {
+            let headers: Vec<(&str, &str)> = users.iter().map(|u| ("x-user", *u)).collect();
+            let (method, path, headers) = req("GET", "/", &headers);
+            authorize_http(
+                &p,
+                8080,
+                Some(WEB),
+                &RequestInfo {
+                    method: &method,
+                    path: &path,
+                    headers: &headers,
+                },
+            )
+            .is_allowed()
+        };
+        assert!(decide(&["admin"]));
+        assert!(decide(&["admin", "admin"]));
+        assert!(!decide(&["other", "admin"]));
+        assert!(!decide(&["admin", "other"]));
+        assert!(!decide(&[]));
+    }
+
     /// A `probe` authorization (source `*`) as the operator emits for kubelet probes.
     fn with_probe(mut p: InboundPolicy) -> InboundPolicy {
         if let Some(port) = p.ports.get_mut(&8080) {

@@ -565,3 +565,56 @@ async fn broken_client_bodies_are_400_and_client_errors() {
         );
     }
 }
+
+/// A meshed client that does not go through a weft outbound proxy (its own HTTP/2 client over
+/// mTLS with a valid certificate) gets the same answers from the server proxy: the inbound side
+/// normalises on its own.
+#[tokio::test]
+async fn inbound_normalises_http2_from_a_mesh_client_of_its_own() {
+    use weft_proxy::transport::{self, Hint, TransportHeader};
+    let ca = TestCa::new();
+    let (app_addr, log) = app("127.0.0.33").await;
+    let cfg = inbound_policy(
+        app_addr.port(),
+        &[WEB],
+        vec![path_match("public", "/public")],
+    );
+    let server = start_inbound("127.0.0.33", cfg, ca.identity(API)).await;
+    let web = ca.identity(WEB);
+    let header = TransportHeader {
+        port: app_addr.port(),
+        hint: Hint::Http1,
+    };
+    let tls = ok(transport::connect_mesh(&*web, server.addr, API, header).await);
+    let (mut sender, conn) = ok(hyper::client::conn::http2::Builder::new(
+        hyper_util::rt::TokioExecutor::new(),
+    )
+    .handshake::<_, Full<Bytes>>(TokioIo::new(tls))
+    .await);
+    tokio::spawn(conn);
+    let mut send = |path: &str, host: Option<&str>| {
+        let mut b = Request::get(format!("http://web.demo:8080{path}"));
+        if let Some(h) = host {
+            b = b.header("host", h);
+        }
+        let req = ok(b.body(Full::new(Bytes::new())));
+        let fut = sender.send_request(req);
+        async move {
+            let rsp = ok(ok(tokio::time::timeout(WAIT, fut).await));
+            rsp.status().as_u16()
+        }
+    };
+    for (path, want) in ESCAPES {
+        if path.contains('\\') {
+            continue; // not a valid `:path` for the client library
+        }
+        assert_eq!(send(path, None).await, *want, "{path}");
+    }
+    assert!(log_of(&log).is_empty(), "{:?}", log_of(&log));
+    assert_eq!(send("/public/%2e/a", Some("evil.demo")).await, 200);
+    let seen = log_of(&log).pop().unwrap_or_default();
+    assert!(
+        seen.starts_with("GET /public/a host=web.demo:8080 "),
+        "app saw {seen}"
+    );
+}
