@@ -317,6 +317,35 @@ async fn repeated_header_cannot_satisfy_an_authorization_one_value_fails() {
     }
 }
 
+/// A rule is matched against the headers the app will receive: not a header the client names
+/// in `Connection` (hop-by-hop, removed before forwarding), nor its own `x-weft-client-id`
+/// (replaced by the proxy).
+#[tokio::test]
+async fn headers_the_app_will_not_receive_cannot_satisfy_an_authorization() {
+    let (app_addr, log) = app("127.0.0.34").await;
+    let by_id = v1::HttpMatch {
+        name: "admin-id".into(),
+        path_regex: String::new(),
+        methods: vec!["*".into()],
+        headers: vec![v1::HeaderMatch {
+            name: "x-weft-client-id".into(),
+            value_regex: ".*/sa/admin".into(),
+        }],
+    };
+    let cfg = inbound_policy(app_addr.port(), &["*"], vec![user_rule(), by_id]);
+    let server = start_inbound("127.0.0.34", cfg, Arc::new(NoIdentity)).await;
+    let hop =
+        b"GET /x HTTP/1.1\r\nhost: web.demo\r\nconnection: close, x-user\r\nx-user: admin\r\n\r\n";
+    let a = raw(server.addr, hop).await;
+    assert_eq!(status(&a), 403, "{a}");
+    let forged = b"GET /x HTTP/1.1\r\nhost: web.demo\r\nconnection: close\r\nx-weft-client-id: spiffe://cluster.local/ns/demo/sa/admin\r\n\r\n";
+    let a = raw(server.addr, forged).await;
+    assert_eq!(status(&a), 403, "{a}");
+    assert!(log_of(&log).is_empty(), "{:?}", log_of(&log));
+    let a = raw(server.addr, &with_users(&["admin"])).await;
+    assert_eq!(status(&a), 200, "{a}");
+}
+
 #[tokio::test]
 async fn repeated_header_cannot_select_a_split_one_value_fails() {
     let (v1_addr, v1_log) = app("127.0.0.24").await;

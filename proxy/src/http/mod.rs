@@ -92,14 +92,19 @@ pub fn error(status: StatusCode, reason: &str) -> Response<Body> {
     reason_response(status, ERROR_REASON, reason)
 }
 
-/// Normalises a downstream request before routing and authorization (see [`normalize`]). A
-/// request that cannot be is counted as a client error of `direction` and its `400` answer is
-/// returned: the caller answers with it and forwards nothing.
+/// Normalises a downstream request before routing and authorization (see [`normalize`]); on
+/// the inbound side also drops a client-supplied `x-weft-client-id`. A request that cannot be
+/// normalised is counted as a client error of `direction` and its `400` answer is returned: the
+/// caller answers with it and forwards nothing.
 pub fn reject_bad_request<B>(
     req: &mut Request<B>,
     metrics: &crate::metrics::Metrics,
     direction: &'static str,
 ) -> Option<Response<Body>> {
+    if direction == crate::metrics::INBOUND {
+        // Set by the proxy after authorization; a client's own value is never matched.
+        req.headers_mut().remove(CLIENT_ID);
+    }
     let rejected = normalize::normalize_request(req).err()?;
     metrics.client_error(direction, rejected.label());
     Some(error(StatusCode::BAD_REQUEST, &rejected.to_string()))

@@ -15,6 +15,9 @@
 //! parameters (`/..;/`, `/.;x/`, which servlet containers resolve as `..` / `.`); a path that does
 //! not start with `/` (other than the asterisk-form `*`).
 //!
+//! Headers named by `Connection` (hop-by-hop, never forwarded) are removed before matching, so a
+//! rule is never satisfied by a header the upstream does not receive.
+//!
 //! `Host`: more than one is `400` (RFC 9112 §3.2). A request whose target carries an authority
 //! (HTTP/1.1 absolute-form, or HTTP/2 `:authority`) is routed by that authority and its `Host`
 //! is replaced by it (RFC 9112 §3.2.2: the target's authority wins over `Host`), so the upstream
@@ -178,6 +181,7 @@ pub fn normalize_request<B>(req: &mut Request<B>) -> Result<(), Rejected> {
     if hosts.next().is_some() && hosts.next().is_some() {
         return Err(Rejected::DuplicateHost);
     }
+    drop_connection_named(req.headers_mut());
     if let Some(authority) = req.uri().authority() {
         let host = host_of(authority);
         if req.headers().get(HOST).map(|v| v.as_bytes()) != Some(host.as_bytes()) {
@@ -203,6 +207,26 @@ pub fn normalize_request<B>(req: &mut Request<B>) -> Result<(), Rejected> {
     parts.path_and_query = Some(pq);
     *req.uri_mut() = Uri::from_parts(parts).map_err(|_| Rejected::Target)?;
     Ok(())
+}
+
+/// Removes the headers a `Connection` header names (they are hop-by-hop and never reach the
+/// upstream), so that matching sees only headers that are forwarded. `upgrade` is kept: the
+/// upgrade path carries it on; the standard hop-by-hop headers are removed later as before.
+fn drop_connection_named(headers: &mut http::HeaderMap) {
+    if !headers.contains_key(http::header::CONNECTION) {
+        return;
+    }
+    let named: Vec<http::HeaderName> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| http::HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .filter(|n| *n != http::header::UPGRADE && *n != http::header::CONNECTION)
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
 }
 
 /// `host[:port]` of an authority, without userinfo.
@@ -312,6 +336,22 @@ mod tests {
             b = b.header(HOST, *h);
         }
         b.body(()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn headers_named_by_connection_are_not_matched() {
+        let mut r = Request::get("/")
+            .header("connection", "x-user, Upgrade")
+            .header("upgrade", "websocket")
+            .header("x-user", "admin")
+            .header("x-keep", "1")
+            .body(())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(normalize_request(&mut r), Ok(()));
+        assert!(r.headers().get("x-user").is_none());
+        assert!(r.headers().get("upgrade").is_some());
+        assert!(r.headers().get("connection").is_some());
+        assert!(r.headers().get("x-keep").is_some());
     }
 
     #[test]
