@@ -26,7 +26,7 @@
 use std::borrow::Cow;
 
 use http::header::HOST;
-use http::uri::{Authority, PathAndQuery};
+use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Uri};
 
 /// Why a request was refused before routing (answered `400`).
@@ -183,9 +183,11 @@ pub fn normalize_request<B>(req: &mut Request<B>) -> Result<(), Rejected> {
     }
     drop_connection_named(req.headers_mut());
     if let Some(authority) = req.uri().authority() {
-        let host = host_of(authority);
-        if req.headers().get(HOST).map(|v| v.as_bytes()) != Some(host.as_bytes()) {
-            let v = HeaderValue::from_str(&host).map_err(|_| Rejected::Target)?;
+        // `host[:port]`, without userinfo.
+        let target = authority.as_str();
+        let target = target.rsplit_once('@').map_or(target, |(_, h)| h);
+        if req.headers().get(HOST).map(|v| v.as_bytes()) != Some(target.as_bytes()) {
+            let v = HeaderValue::from_str(target).map_err(|_| Rejected::Target)?;
             req.headers_mut().insert(HOST, v);
         }
     }
@@ -226,14 +228,6 @@ fn drop_connection_named(headers: &mut http::HeaderMap) {
         .collect();
     for n in named {
         headers.remove(n);
-    }
-}
-
-/// `host[:port]` of an authority, without userinfo.
-fn host_of(a: &Authority) -> String {
-    match a.port() {
-        Some(p) => format!("{}:{}", a.host(), p.as_str()),
-        None => a.host().to_string(),
     }
 }
 
