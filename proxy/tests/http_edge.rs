@@ -494,6 +494,15 @@ async fn idle_keep_alive_connection_is_closed_without_an_answer() {
 }
 
 #[tokio::test]
+async fn silent_connection_is_closed_without_an_answer() {
+    let (out, _inb, log, _o, _i) = both_listeners("127.0.0.35").await;
+    let mut s = ok(TcpStream::connect(out).await);
+    // Bounded by WAIT: the outbound listener gives a new connection 10 s to start a request.
+    assert_eq!(read_all(&mut s).await, "");
+    assert!(log_of(&log).is_empty());
+}
+
+#[tokio::test]
 async fn duplicate_host_is_refused() {
     let (out, inb, log, o, i) = both_listeners("127.0.0.28").await;
     let req =
