@@ -656,3 +656,39 @@ async fn inbound_normalises_http2_from_a_mesh_client_of_its_own() {
         "app saw {seen}"
     );
 }
+
+/// The same through the mesh: the client proxy streams the body over HTTP/2 and answers `400`
+/// when the client's body breaks; neither proxy counts an upstream failure.
+#[tokio::test]
+async fn broken_client_body_through_the_mesh_is_400() {
+    let ca = TestCa::new();
+    let (app_addr, _log) = app("127.0.0.36").await;
+    let cfg = inbound_policy(app_addr.port(), &[WEB], vec![path_match("all", "/")]);
+    let server = start_inbound("127.0.0.36", cfg, ca.identity(API)).await;
+    let client = start_outbound(
+        web_service(
+            app_addr,
+            Some(server.addr.port()),
+            vec![default_route("endpoints:web.demo:8080")],
+        ),
+        ca.identity(WEB),
+    )
+    .await;
+    let a = raw(
+        client.addr,
+        b"POST /upload HTTP/1.1\r\nhost: web.demo:8080\r\ntransfer-encoding: chunked\r\n\r\n4\r\nabcd\r\nzz\r\n",
+    )
+    .await;
+    assert_eq!(status(&a), 400, "{a}");
+    let text = client.metrics.encode();
+    assert!(
+        text.contains(
+            "weft_proxy_client_errors_total{direction=\"outbound\",reason=\"request_body\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("status_class=\"5xx\""), "{text}");
+    // The server proxy saw its client (the client proxy) abandon the body: not a 5xx either.
+    let text = server.metrics.encode();
+    assert!(!text.contains("status_class=\"5xx\""), "{text}");
+}
