@@ -168,6 +168,15 @@ pub struct AuthzLabels {
     pub protocol: &'static str,
 }
 
+/// A request refused or failed because of the client (never counted as an upstream failure).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClientErrorLabels {
+    pub direction: &'static str,
+    /// `bad_path`, `duplicate_host`, `bad_target` (refused before routing, `400`) or
+    /// `request_body` (the client's body could not be read: bad chunk, early end; `400`).
+    pub reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VersionLabels {
     pub version: String,
@@ -193,6 +202,7 @@ pub struct Metrics {
     cert_expiry: Gauge<i64, std::sync::atomic::AtomicI64>,
     retries: Family<LatencyLabels, Counter>,
     retries_skipped: AtomicU64,
+    client_errors: Family<ClientErrorLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -222,6 +232,7 @@ impl Metrics {
         let nacks = Counter::default();
         let cert_expiry = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
         let retries = Family::<LatencyLabels, Counter>::default();
+        let client_errors = Family::<ClientErrorLabels, Counter>::default();
         registry.register(
             "requests",
             "HTTP requests by direction, authority, route, backend, status class and peer",
@@ -260,6 +271,11 @@ impl Metrics {
             cert_expiry.clone(),
         );
         registry.register("retries", "Requests retried", retries.clone());
+        registry.register(
+            "client_errors",
+            "Requests refused or failed because of the client (bad path, duplicate Host, unreadable request body)",
+            client_errors.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -274,6 +290,7 @@ impl Metrics {
             cert_expiry,
             retries,
             retries_skipped: AtomicU64::new(0),
+            client_errors,
         }
     }
 
@@ -342,6 +359,13 @@ impl Metrics {
 
     pub fn retry(&self, labels: &LatencyLabels) {
         self.retries.get_or_create(labels).inc();
+    }
+
+    /// Counts a request refused or failed because of the client (see [`ClientErrorLabels`]).
+    pub fn client_error(&self, direction: &'static str, reason: &'static str) {
+        self.client_errors
+            .get_or_create(&ClientErrorLabels { direction, reason })
+            .inc();
     }
 
     /// Retries refused by the budget.

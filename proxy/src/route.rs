@@ -31,6 +31,13 @@ impl<'a> RequestInfo<'a> {
 }
 
 /// Whether one match holds: path (prefix-anchored regex), method, and every header condition.
+///
+/// A header condition holds when the header is present and **every** value it carries (each
+/// field line, as received) matches the regex: a client cannot satisfy a rule by adding a value
+/// next to one that fails it (`x-user: other` + `x-user: admin` fails `^admin$`), whichever value
+/// the app then reads. A value that is not visible ASCII fails. The same rule applies to
+/// authorization and to route (split) matches. The path is matched as normalised by
+/// [`crate::http::normalize`].
 pub fn http_match(m: &HttpMatch, req: &RequestInfo<'_>) -> bool {
     if let Some(re) = &m.path {
         if !re.is_match(req.path) {
@@ -43,10 +50,8 @@ pub fn http_match(m: &HttpMatch, req: &RequestInfo<'_>) -> bool {
         }
     }
     m.headers.iter().all(|h| {
-        req.headers
-            .get_all(&h.name)
-            .iter()
-            .any(|v| v.to_str().is_ok_and(|v| h.value.is_match(v)))
+        let mut values = req.headers.get_all(&h.name).iter().peekable();
+        values.peek().is_some() && values.all(|v| v.to_str().is_ok_and(|v| h.value.is_match(v)))
     })
 }
 
@@ -482,14 +487,34 @@ mod tests {
             "/",
             &[("x-user", "xbeta-7"), ("x-region", "eu")]
         ));
-        // Any value of a repeated header may match.
-        assert!(check(
+        // Every value of a repeated header must match: one failing value fails the rule.
+        assert!(!check(
             &mt,
             "GET",
             "/",
             &[
                 ("x-user", "alpha"),
                 ("x-user", "beta-1"),
+                ("x-region", "us")
+            ]
+        ));
+        assert!(!check(
+            &mt,
+            "GET",
+            "/",
+            &[
+                ("x-user", "beta-1"),
+                ("x-user", "alpha"),
+                ("x-region", "us")
+            ]
+        ));
+        assert!(check(
+            &mt,
+            "GET",
+            "/",
+            &[
+                ("x-user", "beta-1"),
+                ("x-user", "beta-2"),
                 ("x-region", "us")
             ]
         ));
@@ -779,6 +804,39 @@ mod tests {
         // The safe default config (no policy) allows everything.
         let default = InboundPolicy::default();
         assert!(authz(&default, 1234, None, "GET", "/").is_allowed());
+    }
+
+    #[test]
+    fn repeated_header_cannot_satisfy_an_authorization() {
+        let mut p = policy(DefaultPolicy::Deny, true);
+        if let Some(port) = p.ports.get_mut(&8080) {
+            port.authorizations = vec![Authorization {
+                name: Arc::from("demo/admins"),
+                sources: [WEB.to_string()].into(),
+                all_traffic: false,
+                http_routes: vec![m("admin", None, &[], &[("x-user", "admin")])],
+            }];
+        }
+        let decide = |users: &[&str]| {
+            let headers: Vec<(&str, &str)> = users.iter().map(|u| ("x-user", *u)).collect();
+            let (method, path, headers) = req("GET", "/", &headers);
+            authorize_http(
+                &p,
+                8080,
+                Some(WEB),
+                &RequestInfo {
+                    method: &method,
+                    path: &path,
+                    headers: &headers,
+                },
+            )
+            .is_allowed()
+        };
+        assert!(decide(&["admin"]));
+        assert!(decide(&["admin", "admin"]));
+        assert!(!decide(&["other", "admin"]));
+        assert!(!decide(&["admin", "other"]));
+        assert!(!decide(&[]));
     }
 
     /// A `probe` authorization (source `*`) as the operator emits for kubelet probes.

@@ -2,8 +2,11 @@
 //! server builders with limits, pooled clients to plain-HTTP upstreams, and HTTP/1.1 upgrades
 //! ([`upgrade`]).
 
+pub mod normalize;
 pub mod upgrade;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -89,6 +92,78 @@ pub fn error(status: StatusCode, reason: &str) -> Response<Body> {
     reason_response(status, ERROR_REASON, reason)
 }
 
+/// Normalises a downstream request before routing and authorization (see [`normalize`]); on
+/// the inbound side also drops a client-supplied `x-weft-client-id`. A request that cannot be
+/// normalised is counted as a client error of `direction` and its `400` answer is returned: the
+/// caller answers with it and forwards nothing.
+pub fn reject_bad_request<B>(
+    req: &mut Request<B>,
+    metrics: &crate::metrics::Metrics,
+    direction: &'static str,
+) -> Option<Response<Body>> {
+    if direction == crate::metrics::INBOUND {
+        // Set by the proxy after authorization; a client's own value is never matched.
+        req.headers_mut().remove(CLIENT_ID);
+    }
+    let rejected = normalize::normalize_request(req).err()?;
+    metrics.client_error(direction, rejected.label());
+    Some(error(StatusCode::BAD_REQUEST, &rejected.to_string()))
+}
+
+/// The error a downstream request body failed with, as seen by the upstream client.
+#[derive(Debug, thiserror::Error)]
+#[error("client request body: {0}")]
+pub struct ClientBodyError(#[source] pub hyper::Error);
+
+/// Set when a downstream request body failed (bad chunk, early end, reset stream): the failure
+/// of the forwarded request is then the client's, not the upstream's.
+#[derive(Clone, Debug, Default)]
+pub struct ClientBodyFailed(Option<Arc<AtomicBool>>);
+
+impl ClientBodyFailed {
+    pub fn failed(&self) -> bool {
+        self.0.as_ref().is_some_and(|f| f.load(Ordering::Acquire))
+    }
+}
+
+/// Boxes a downstream request's body so that its failure is recorded in the returned flag (no
+/// allocation for bodies that are already complete, e.g. without a body).
+pub fn watch_body(req: Request<hyper::body::Incoming>) -> (Request<Body>, ClientBodyFailed) {
+    use http_body::Body as _;
+    if req.body().is_end_stream() {
+        return (req.map(boxed), ClientBodyFailed::default());
+    }
+    let flag = Arc::new(AtomicBool::new(false));
+    let set = flag.clone();
+    let req = req.map(move |b| {
+        b.map_err(move |e| {
+            set.store(true, Ordering::Release);
+            BoxError::from(ClientBodyError(e))
+        })
+        .boxed()
+    });
+    (req, ClientBodyFailed(Some(flag)))
+}
+
+/// The answer to a forwarded request that failed: `400` (and a client error of `direction`)
+/// when the client's own body failed, else `status` (`502`...) with `reason`.
+pub fn forward_error(
+    body: &ClientBodyFailed,
+    metrics: &crate::metrics::Metrics,
+    direction: &'static str,
+    status: StatusCode,
+    reason: &str,
+) -> Response<Body> {
+    if body.failed() {
+        metrics.client_error(direction, "request_body");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "the request body could not be read from the client",
+        );
+    }
+    error(status, reason)
+}
+
 const HOP_BY_HOP: [HeaderName; 6] = [
     http::header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -167,6 +242,9 @@ pub fn http1_server() -> hyper::server::conn::http1::Builder {
     b.timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_buf_size(MAX_HEADER_BYTES)
+        // A client that sends its request and then shuts down its writing half still gets
+        // the answer (without this the read EOF aborts the exchange).
+        .half_close(true)
         .keep_alive(true);
     b
 }
@@ -233,19 +311,48 @@ pub async fn serve_downstream<I, F, Fut>(
                 Ok::<_, std::convert::Infallible>(rsp)
             }
         });
-        let conn = http1_server().serve_connection(io, svc).with_upgrades();
-        tokio::pin!(conn);
-        tokio::select! {
-            _ = conn.as_mut() => {}
+        let mut conn = http1_server().serve_connection(io, svc).with_upgrades();
+        let result = tokio::select! {
+            r = &mut conn => r,
             _ = drain.signaled() => {
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
+                std::pin::Pin::new(&mut conn).graceful_shutdown();
+                (&mut conn).await
             }
-        }
+        };
         if let Some(work) = slot.take() {
             work.await;
         }
+        // The header-read timeout fired. With part of a request head received the client is
+        // told (`408`); an idle keep-alive connection is closed without a word (RFC 9112 §9.3).
+        if result.as_ref().is_err_and(|e| e.is_timeout()) {
+            if let Some(parts) = conn.into_parts() {
+                if !parts.read_buf.is_empty() {
+                    request_timeout(parts.io.into_inner()).await;
+                }
+            }
+        }
     }
+}
+
+/// Writes a `408` on a connection whose request head did not arrive in time, then closes it
+/// (at most one second is spent on it).
+async fn request_timeout<I: tokio::io::AsyncWrite + Unpin>(mut io: I) {
+    use tokio::io::AsyncWriteExt;
+    let body = format!(
+        "request head not received within {} s\n",
+        HEADER_READ_TIMEOUT.as_secs()
+    );
+    let rsp = format!(
+        "HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         {ERROR_REASON}: request head not received in time\r\nconnection: close\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        io.write_all(rsp.as_bytes()).await?;
+        io.shutdown().await
+    })
+    .await;
 }
 
 pub type PlainClient = hyper_util::client::legacy::Client<HttpConnector, Body>;

@@ -551,6 +551,17 @@ async fn handle_request(
     app_h2: bool,
 ) -> Response<Body> {
     let started = Instant::now();
+    if let Some(rsp) = h::reject_bad_request(&mut req, &shared.metrics, INBOUND) {
+        record(
+            shared,
+            port,
+            "none".into(),
+            peer.as_ref(),
+            rsp.status(),
+            started,
+        );
+        return rsp;
+    }
     let decision = {
         let config = shared.config.borrow();
         if config.inbound.ports.contains_key(&port) {
@@ -621,13 +632,16 @@ async fn handle_request(
             } else {
                 Version::HTTP_11
             };
-            let req = req.map(h::boxed);
+            let (req, body) = h::watch_body(req);
             match shared.plain.get(app_h2).request(req).await {
                 Ok(mut rsp) => {
                     h::strip_hop_by_hop(rsp.headers_mut());
                     rsp.map(h::boxed)
                 }
-                Err(e) => h::error(
+                Err(e) => h::forward_error(
+                    &body,
+                    &shared.metrics,
+                    INBOUND,
                     StatusCode::BAD_GATEWAY,
                     &format!("app on port {port} unreachable: {e}"),
                 ),

@@ -87,7 +87,9 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, drain: Drain)
     match transport::original_dst(&stream) {
         Some(dst) => transparent(shared, stream, dst, drain).await,
         None => {
-            let (detected, io) = match transport::detect(stream, transport::DETECT_TIMEOUT).await {
+            // Explicit mode only ever serves HTTP: a client slow to send its first request is
+            // given the header-read time, not the detection time meant for server-first TCP.
+            let (detected, io) = match transport::detect(stream, h::HEADER_READ_TIMEOUT).await {
                 Ok(x) => x,
                 Err(_) => return,
             };
@@ -112,7 +114,13 @@ async fn transparent(shared: Arc<Shared>, stream: TcpStream, dst: SocketAddr, dr
         if matches!(protocol, Protocol::Opaque | Protocol::Udp) {
             return tcp_to_service(&shared, stream, &svc, dst.port()).await;
         }
-        match transport::detect(stream, transport::DETECT_TIMEOUT).await {
+        // A port declared HTTP waits for its client like any HTTP server; only undeclared ports
+        // give up after the short detection timeout (server-speaks-first protocols).
+        let detect_timeout = match protocol {
+            Protocol::Http1 | Protocol::Http2 | Protocol::Grpc => h::HEADER_READ_TIMEOUT,
+            _ => transport::DETECT_TIMEOUT,
+        };
+        match transport::detect(stream, detect_timeout).await {
             Ok((Detected::Opaque, io)) => tcp_to_service(&shared, io, &svc, dst.port()).await,
             Ok((d, io)) => serve_http(shared, io, d == Detected::Http2, Some(dst), drain).await,
             Err(_) => {}
@@ -249,11 +257,21 @@ fn record(
 
 async fn handle_request(
     shared: &Shared,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     dst: Option<SocketAddr>,
     downstream_h2: bool,
 ) -> Response<Body> {
     let started = Instant::now();
+    // Routing sees the request as the app will read it, and the upstream gets exactly that.
+    if let Some(rsp) = h::reject_bad_request(&mut req, &shared.metrics, OUTBOUND) {
+        let labels = Labels {
+            authority: "unknown".into(),
+            route: LabelValue::EMPTY,
+            backend: LabelValue::EMPTY,
+        };
+        record(shared, &labels, None, rsp.status(), started);
+        return rsp;
+    }
     let config = shared.config.borrow().clone();
     let resolved = match dst {
         Some(dst) => config
@@ -398,7 +416,12 @@ impl Prepared {
     }
 }
 
-async fn prepare(req: Request<Incoming>, policy: &TrafficPolicy) -> Result<Prepared, StatusCode> {
+/// Prepares the request for one or more attempts. The flag tells whether a streamed body failed
+/// on the client's side; `Err` when a buffered body could not be read from the client.
+async fn prepare(
+    req: Request<Incoming>,
+    policy: &TrafficPolicy,
+) -> Result<(Prepared, h::ClientBodyFailed), StatusCode> {
     let retryable = policy.max_retries > 0
         && (idempotent(req.method()) || policy.retry_non_idempotent)
         && req
@@ -409,7 +432,8 @@ async fn prepare(req: Request<Incoming>, policy: &TrafficPolicy) -> Result<Prepa
     let (mut head, body) = req.into_parts();
     h::strip_hop_by_hop(&mut head.headers);
     if !retryable {
-        return Ok(Prepared::Once(Request::from_parts(head, h::boxed(body))));
+        let (req, failed) = h::watch_body(Request::from_parts(head, body));
+        return Ok((Prepared::Once(req), failed));
     }
     match http_body_util::Limited::new(body, MAX_RETRY_BODY as usize)
         .collect()
@@ -419,12 +443,18 @@ async fn prepare(req: Request<Incoming>, policy: &TrafficPolicy) -> Result<Prepa
             // A body with trailers cannot be replayed faithfully from bytes alone.
             if collected.trailers().is_some() {
                 let bytes = collected.to_bytes();
-                return Ok(Prepared::Once(Request::from_parts(head, h::full(bytes))));
+                return Ok((
+                    Prepared::Once(Request::from_parts(head, h::full(bytes))),
+                    h::ClientBodyFailed::default(),
+                ));
             }
-            Ok(Prepared::Replayable {
-                head,
-                body: collected.to_bytes(),
-            })
+            Ok((
+                Prepared::Replayable {
+                    head,
+                    body: collected.to_bytes(),
+                },
+                h::ClientBodyFailed::default(),
+            ))
         }
         Err(_) => Err(StatusCode::BAD_REQUEST),
     }
@@ -449,9 +479,15 @@ async fn forward(
 ) -> (Response<Body>, Option<Arc<str>>) {
     let policy = &svc.policy;
     let attempts = async {
-        let mut prepared = match prepare(req, policy).await {
+        let (mut prepared, body) = match prepare(req, policy).await {
             Ok(p) => p,
-            Err(status) => return (h::error(status, "could not read request body"), None),
+            Err(status) => {
+                shared.metrics.client_error(OUTBOUND, "request_body");
+                return (
+                    h::error(status, "the request body could not be read from the client"),
+                    None,
+                );
+            }
         };
         let mut attempt = 0u32;
         loop {
@@ -461,7 +497,7 @@ async fn forward(
                     None,
                 );
             };
-            let (rsp, peer) = attempt_once(shared, req, backend, app_h2).await;
+            let (rsp, peer) = attempt_once(shared, req, backend, app_h2, &body).await;
             let can_retry = matches!(prepared, Prepared::Replayable { .. })
                 && attempt < policy.max_retries
                 && retryable_status(rsp.status());
@@ -513,6 +549,7 @@ async fn attempt_once(
     mut req: Request<Body>,
     backend: &Backend,
     app_h2: bool,
+    body: &h::ClientBodyFailed,
 ) -> (Response<Body>, Option<Arc<str>>) {
     let Some(ep) = pick_endpoint(backend) else {
         return (no_endpoints(backend), None);
@@ -555,10 +592,14 @@ async fn attempt_once(
             (rsp, peer)
         }
         Err((status, reason)) => {
-            if status == StatusCode::BAD_GATEWAY {
+            // The client's own body failing is not the endpoint's fault.
+            if status == StatusCode::BAD_GATEWAY && !body.failed() {
                 ep.load.observe_failure();
             }
-            (h::error(status, &reason), peer)
+            (
+                h::forward_error(body, &shared.metrics, OUTBOUND, status, &reason),
+                peer,
+            )
         }
     }
 }
