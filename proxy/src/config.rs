@@ -10,6 +10,9 @@
 //! - A route backend that names an unknown endpoint set is accepted and has no endpoints: requests
 //!   routed to it get `503` ("no endpoints"). Endpoints arrive as separate resources and may lag
 //!   the route; rejecting the whole update would be less robust.
+//! - A backend with an `unavailable_reason` (the operator could not resolve it) keeps its weight
+//!   and never has endpoints: requests routed to it get `503` with that reason. Its share is
+//!   never given to the other backends.
 //! - A missing `inbound` resource means the default inbound policy (allow).
 //! - Unknown protocol enum values mean "detect"; `DEFAULT_POLICY_UNSPECIFIED` means allow; an
 //!   unknown default-policy value fails closed (deny).
@@ -291,9 +294,25 @@ pub struct Backend {
     pub service: Arc<str>,
     pub weight: u64,
     pub endpoint_set: Arc<str>,
-    /// Resolved from `endpoint_set`; empty when the set is unknown.
+    /// Resolved from `endpoint_set`; empty when the set is unknown or the backend is
+    /// `unavailable`.
     #[serde(skip)]
     pub endpoints: Arc<EndpointSet>,
+    /// Why the backend cannot be used (the operator could not resolve it). It keeps its weight:
+    /// requests routed to it are answered 503 with this reason, never sent elsewhere.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unavailable: Option<Arc<str>>,
+}
+
+impl Backend {
+    /// The reason given (503) when a request routed to this backend finds no endpoint: the
+    /// operator's reason when the backend is unavailable, else "no endpoints".
+    pub fn no_endpoints_reason(&self) -> String {
+        match &self.unavailable {
+            Some(reason) => reason.to_string(),
+            None => format!("backend {} has no endpoints", self.service),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -605,14 +624,24 @@ fn outbound_service(
             let backends: Vec<Backend> = r
                 .backends
                 .iter()
-                .map(|b| Backend {
-                    service: Arc::from(b.service.as_str()),
-                    weight: b.weight,
-                    endpoint_set: Arc::from(b.endpoint_set.as_str()),
-                    endpoints: sets
-                        .get(&b.endpoint_set)
-                        .cloned()
-                        .unwrap_or_else(|| empty.clone()),
+                .map(|b| {
+                    let unavailable = (!b.unavailable_reason.is_empty())
+                        .then(|| Arc::from(b.unavailable_reason.as_str()));
+                    // An unavailable backend never gets endpoints, whatever set it names.
+                    let endpoints = match unavailable {
+                        Some(_) => empty.clone(),
+                        None => sets
+                            .get(&b.endpoint_set)
+                            .cloned()
+                            .unwrap_or_else(|| empty.clone()),
+                    };
+                    Backend {
+                        service: Arc::from(b.service.as_str()),
+                        weight: b.weight,
+                        endpoint_set: Arc::from(b.endpoint_set.as_str()),
+                        endpoints,
+                        unavailable,
+                    }
                 })
                 .collect();
             let total_weight = backends
@@ -822,6 +851,7 @@ mod tests {
                                     service: "api-v2".into(),
                                     weight: 1,
                                     endpoint_set: "endpoints:api-v2.demo:80".into(),
+                                    ..Default::default()
                                 }],
                             },
                             v1::Route {
@@ -831,6 +861,7 @@ mod tests {
                                     service: "api".into(),
                                     weight: 1,
                                     endpoint_set: "endpoints:api.demo:80".into(),
+                                    ..Default::default()
                                 }],
                             },
                         ],
