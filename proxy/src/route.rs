@@ -508,6 +508,7 @@ mod tests {
             weight,
             endpoint_set: Arc::from(""),
             endpoints: Arc::new(EndpointSet::default()),
+            unavailable: None,
         }
     }
 
