@@ -458,13 +458,17 @@ fn port(resource: &str, port: u32) -> Result<u16, ConfigError> {
     }
 }
 
-/// Compiles a path regex the way SMI defines it: anchored at the start only.
+/// Compiles a path regex the way SMI defines it: anchored at the start only. The regex must
+/// also compile on its own, so that it cannot close the anchoring group (`a)|(.*` would
+/// otherwise become `^(?:a)|(.*)`, matching anything anywhere); the operator checks the same.
 pub fn compile_path_regex(re: &str) -> Result<Regex, regex::Error> {
+    Regex::new(re)?;
     Regex::new(&format!("^(?:{re})"))
 }
 
-/// Compiles a header value regex: anchored at both ends.
+/// Compiles a header value regex: anchored at both ends (and valid on its own, as above).
 pub fn compile_header_regex(re: &str) -> Result<Regex, regex::Error> {
+    Regex::new(re)?;
     Regex::new(&format!("^(?:{re})$"))
 }
 
@@ -941,6 +945,26 @@ mod tests {
         let err = err.unwrap_or_else(|| panic!("accepted an invalid regex"));
         assert_eq!(err.resource(), "outbound:api.demo");
         assert!(err.to_string().contains("path_regex"), "{err}");
+    }
+
+    /// A regex that would close the anchoring group is rejected (the update is NACKed), never
+    /// compiled into one that matches any value.
+    #[test]
+    fn rejects_regex_that_escapes_its_anchors() {
+        assert!(compile_header_regex("admin)|(.*").is_err());
+        assert!(compile_path_regex("/a)|(/b").is_err());
+        assert!(compile_header_regex("admin").is_ok_and(|re| !re.is_match("x-admin")));
+        let mut r = sample();
+        if let Some(Kind::Outbound(s)) =
+            r.get_mut("outbound:api.demo").and_then(|r| r.kind.as_mut())
+        {
+            s.ports[0].routes[0].matches[0].headers[0].value_regex = "beta)|(.*".into();
+        }
+        let err = Config::from_resources("v2", &r).err();
+        assert!(
+            matches!(err, Some(ConfigError::InvalidHeaderRegex { .. })),
+            "{err:?}"
+        );
     }
 
     #[test]
