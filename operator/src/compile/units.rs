@@ -763,13 +763,18 @@ pub(crate) fn target_status(
     let mut invalid = Vec::new();
     if t.destination.kind != "ServiceAccount" {
         invalid.push(format!(
-            "destination kind {:?} is not ServiceAccount",
+            "destination kind {:?} is not ServiceAccount: this TrafficTarget is ignored \
+             (it allows nothing)",
             t.destination.kind
         ));
     }
     for s in &t.sources {
         if s.kind != "ServiceAccount" {
-            invalid.push(format!("source kind {:?} is not ServiceAccount", s.kind));
+            invalid.push(format!(
+                "source kind {:?} is not ServiceAccount: that source admits no one (the \
+                 ServiceAccount sources are in force)",
+                s.kind
+            ));
         }
     }
     let mut unresolved: Vec<(&str, String)> = Vec::new();
