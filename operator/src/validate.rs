@@ -13,12 +13,12 @@
 //! | TrafficSplit | `matches` kind other than HTTPRouteGroup, apiGroup other than `specs.smi-spec.io`, a namespaced name | Error |
 //! | TrafficSplit | `matches` names a missing HTTPRouteGroup | Error |
 //! | TrafficSplit | root or backend Service missing (only when Services are known) | Warning |
-//! | TrafficSplit | another split on the same root: the oldest (creationTimestamp, then name) wins, the others get | Warning |
+//! | TrafficSplit | another split on the same root: the oldest (creationTimestamp, then name; `compile::rules::split_order`) wins, the others get a message naming the deciding reason | Warning |
 //! | TrafficTarget | destination/source kind not ServiceAccount, empty names | Error |
 //! | TrafficTarget | destination namespace differs from the object's namespace | Error |
 //! | TrafficTarget | rule names a missing route object, or a match name the route object lacks | Error |
 //! | TrafficTarget | no sources or no rules (allows nothing) | Warning |
-//! | HTTPRouteGroup | invalid path or header regex, unknown method, invalid header name, duplicate match names | Error |
+//! | HTTPRouteGroup | invalid path or header regex, unknown method, invalid header name (the compiler's own check, `compile::rules::match_problems`), duplicate match names | Error |
 //! | HTTPRouteGroup | no matches | Warning |
 //! | TCPRoute/UDPRoute | port 0 | Error; duplicate ports: Warning |
 //!
@@ -859,6 +859,31 @@ mod tests {
         );
         assert!(p.message.contains("GRPCRoute"), "{}", p.message);
         assert!(has_errors(&[p]));
+    }
+
+    /// The admission warning names the reason that decided, as the compiler's status does;
+    /// without timestamps it never calls the winner "older".
+    #[test]
+    fn validate_conflict_names_the_deciding_reason() {
+        let two = json!({"service": "web", "backends": [{"service": "a", "weight": 1}]});
+        let no_ts = |name: &str| {
+            json!({"apiVersion": "split.smi-spec.io/v1alpha4", "kind": "TrafficSplit",
+                   "metadata": {"name": name, "namespace": "shop"}, "spec": two.clone()})
+        };
+        let objects = objs(&[no_ts("b"), no_ts("a")]);
+        let ctx = ValidationContext {
+            objects: &objects,
+            services: None,
+        };
+        let p = validate(&objects[0], &ctx);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].message.contains("shop/a")
+                && p[0].message.contains("neither has a creationTimestamp")
+                && !p[0].message.contains("older"),
+            "{}",
+            p[0].message
+        );
     }
 
     #[test]
