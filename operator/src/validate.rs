@@ -13,12 +13,12 @@
 //! | TrafficSplit | `matches` kind other than HTTPRouteGroup, apiGroup other than `specs.smi-spec.io`, a namespaced name | Error |
 //! | TrafficSplit | `matches` names a missing HTTPRouteGroup | Error |
 //! | TrafficSplit | root or backend Service missing (only when Services are known) | Warning |
-//! | TrafficSplit | another split on the same root: the oldest (creationTimestamp, then name) wins, the others get | Warning |
+//! | TrafficSplit | another split on the same root: the oldest (creationTimestamp, then name; `compile::rules::split_order`) wins, the others get a message naming the deciding reason | Warning |
 //! | TrafficTarget | destination/source kind not ServiceAccount, empty names | Error |
 //! | TrafficTarget | destination namespace differs from the object's namespace | Error |
 //! | TrafficTarget | rule names a missing route object, or a match name the route object lacks | Error |
 //! | TrafficTarget | no sources or no rules (allows nothing) | Warning |
-//! | HTTPRouteGroup | invalid path or header regex, unknown method, invalid header name, duplicate match names | Error |
+//! | HTTPRouteGroup | invalid path or header regex, unknown method, invalid header name (the compiler's own check, `compile::rules::match_problems`), duplicate match names | Error |
 //! | HTTPRouteGroup | no matches | Warning |
 //! | TCPRoute/UDPRoute | port 0 | Error; duplicate ports: Warning |
 //!
@@ -126,17 +126,11 @@ fn push(
     });
 }
 
-/// Orders objects for "oldest wins": by creationTimestamp (missing counts as newest), then
-/// by name. `Less` means `a` wins.
+/// Orders objects for "oldest wins": by creationTimestamp (missing or unparsable counts as
+/// newest), then by name. `Less` means `a` wins. The compiler uses the same function
+/// ([`crate::compile::rules::split_order`]).
 pub fn age_order(a: &Meta, b: &Meta) -> std::cmp::Ordering {
-    let key = |m: &Meta| {
-        (
-            m.creation_timestamp.is_none(),
-            m.creation_timestamp.clone(),
-            m.name.clone(),
-        )
-    };
-    key(a).cmp(&key(b))
+    crate::compile::rules::split_order(a, b)
 }
 
 /// Among the TrafficSplits of `objects` in `namespace` whose root is `service`, the one that
@@ -317,7 +311,18 @@ fn split(s: &TrafficSplit, ctx: &ValidationContext<'_>, out: &mut Vec<Problem>) 
     if !s.service.is_empty() {
         if let Some(owner) = apex_owner(ctx.objects, ns, &s.service) {
             if owner.meta.name != s.meta.name && age_order(&owner.meta, &s.meta).is_lt() {
-                push(out, Warning, "spec.service", "Conflicted", format!("TrafficSplit {ns}/{} (older) also splits {:?}; this split is ignored while it exists", owner.meta.name, s.service));
+                let why = crate::compile::rules::precedence(&owner.meta, &s.meta);
+                push(
+                    out,
+                    Warning,
+                    "spec.service",
+                    "Conflicted",
+                    format!(
+                        "TrafficSplit {ns}/{} also splits {:?} and takes precedence because \
+                         {why}; this split is ignored while it exists",
+                        owner.meta.name, s.service
+                    ),
+                );
             }
         }
     }
@@ -430,13 +435,6 @@ fn target(t: &TrafficTarget, ctx: &ValidationContext<'_>, out: &mut Vec<Problem>
     }
 }
 
-/// Header field names are RFC 7230 tokens.
-fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
 fn http_group(g: &HttpRouteGroup, out: &mut Vec<Problem>) {
     use Severity::*;
     if g.matches.is_empty() {
@@ -463,48 +461,21 @@ fn http_group(g: &HttpRouteGroup, out: &mut Vec<Problem>) {
                 ),
             );
         }
-        if let Some(p) = &m.path_regex {
-            if let Err(e) = regex::Regex::new(p) {
-                push(
-                    out,
-                    Error,
-                    format!("{path}.pathRegex"),
-                    "InvalidRegex",
-                    format!("invalid regex {p:?}: {e}"),
-                );
-            }
-        }
-        for (j, method) in m.methods.iter().enumerate() {
-            if !weft_smi::specs::METHODS.contains(&method.as_str()) {
-                push(
-                    out,
-                    Error,
-                    format!("{path}.methods[{j}]"),
-                    "UnknownMethod",
-                    format!("unknown HTTP method {method:?}"),
-                );
-            }
-        }
-        for (name, value) in &m.headers {
-            let hpath = format!("{path}.headers.{name}");
-            if !is_token(name) {
-                push(
-                    out,
-                    Error,
-                    &hpath,
-                    "InvalidHeaderName",
-                    format!("{name:?} is not a valid header name"),
-                );
-            }
-            if let Err(e) = regex::Regex::new(value) {
-                push(
-                    out,
-                    Error,
-                    &hpath,
-                    "InvalidRegex",
-                    format!("invalid regex {value:?}: {e}"),
-                );
-            }
+        // The compiler's own check (crate::compile::rules::match_problems): what admission
+        // rejects is exactly what the compiler would leave out.
+        for p in crate::compile::rules::match_problems(m) {
+            use crate::compile::rules::MatchProblem as P;
+            let at = match &p {
+                P::InvalidPathRegex { .. } => format!("{path}.pathRegex"),
+                P::UnknownMethod { method } => {
+                    let j = m.methods.iter().position(|x| x == method).unwrap_or(0);
+                    format!("{path}.methods[{j}]")
+                }
+                P::InvalidHeaderName { header } | P::InvalidHeaderRegex { header, .. } => {
+                    format!("{path}.headers.{header}")
+                }
+            };
+            push(out, Error, at, p.validator_reason(), p.to_string());
         }
     }
 }
@@ -888,6 +859,31 @@ mod tests {
         );
         assert!(p.message.contains("GRPCRoute"), "{}", p.message);
         assert!(has_errors(&[p]));
+    }
+
+    /// The admission warning names the reason that decided, as the compiler's status does;
+    /// without timestamps it never calls the winner "older".
+    #[test]
+    fn validate_conflict_names_the_deciding_reason() {
+        let two = json!({"service": "web", "backends": [{"service": "a", "weight": 1}]});
+        let no_ts = |name: &str| {
+            json!({"apiVersion": "split.smi-spec.io/v1alpha4", "kind": "TrafficSplit",
+                   "metadata": {"name": name, "namespace": "shop"}, "spec": two.clone()})
+        };
+        let objects = objs(&[no_ts("b"), no_ts("a")]);
+        let ctx = ValidationContext {
+            objects: &objects,
+            services: None,
+        };
+        let p = validate(&objects[0], &ctx);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].message.contains("shop/a")
+                && p[0].message.contains("neither has a creationTimestamp")
+                && !p[0].message.contains("older"),
+            "{}",
+            p[0].message
+        );
     }
 
     #[test]

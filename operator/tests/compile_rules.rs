@@ -293,17 +293,29 @@ fn weights_are_relative_and_zero_is_kept() {
     }
 }
 
+/// Fail closed (issue #13): every backend at weight 0 does not send the split's requests to
+/// the root service (whose pods may include the very backends set to 0); the split route is
+/// kept with its zero weights, so proxies answer 503, and the split is not Accepted.
+/// (Before: the split route was left out and requests went to the root, with an event only.)
 #[test]
-fn all_zero_weights_fall_back_to_root_with_event() {
+fn all_zero_weights_fail_closed_and_are_not_accepted() {
     let c = build(&(base() + &split("s", "web", &[("web-v1", 0), ("web-v2", 0)], &[], T0)));
     let r = routes(&c, "web", 80);
-    assert_eq!(r.len(), 1);
-    assert_eq!(r[0].name, "default");
+    assert_eq!(r.len(), 2);
+    assert_eq!(r[0].name, "split:demo/s");
+    assert!(r[0].matches.is_empty());
+    assert!(r[0].backends.iter().all(|b| b.weight == 0));
     assert!(c.events().iter().any(|e| e.reason == "NoWeight"));
+    assert!(
+        conditions(&c, Kind::TrafficSplit, "s").contains(&cond("Accepted", "False", "NoWeight"))
+    );
 }
 
+/// A backend without the root's port keeps its weight on that port and fails there (503 with
+/// a reason); its share is not given to the other backends. (Before: it was left out, so
+/// web-v1 got 100 %.)
 #[test]
-fn backend_without_root_port_gets_no_traffic_and_a_condition() {
+fn backend_without_root_port_keeps_its_weight_and_fails() {
     let y = base()
         + &svc("web-v3", "web-v2", "10.96.0.9", &[(81, "http")], "")
         + &split("s", "web", &[("web-v1", 50), ("web-v3", 50)], &[], T0);
@@ -311,7 +323,15 @@ fn backend_without_root_port_gets_no_traffic_and_a_condition() {
     let r = routes(&c, "web", 80);
     assert_eq!(
         backends(&r[0]),
-        vec![("web-v1".into(), 50, "endpoints:web-v1.demo:80".into())]
+        vec![
+            ("web-v1".into(), 50, "endpoints:web-v1.demo:80".into()),
+            ("web-v3".into(), 50, String::new()),
+        ]
+    );
+    assert_eq!(r[0].backends[0].unavailable_reason, "");
+    assert_eq!(
+        r[0].backends[1].unavailable_reason,
+        "backend web-v3 of split demo/s has no port 80"
     );
     assert!(conditions(&c, Kind::TrafficSplit, "s").contains(&cond(
         "ResolvedRefs",
@@ -321,15 +341,38 @@ fn backend_without_root_port_gets_no_traffic_and_a_condition() {
     assert!(c.events().iter().any(|e| e.reason == "BackendPortMismatch"));
 }
 
+/// A missing backend keeps its weight: its share fails instead of moving to the others.
+/// (Before: it was skipped, so a typo in the stable backend sent 100 % to the canary.)
 #[test]
-fn missing_backend_is_reported_and_skipped() {
-    let c = build(&(base() + &split("s", "web", &[("web-v1", 50), ("nope", 50)], &[], T0)));
-    assert_eq!(routes(&c, "web", 80)[0].backends.len(), 1);
-    assert!(conditions(&c, Kind::TrafficSplit, "s").contains(&cond(
-        "ResolvedRefs",
-        "False",
-        "BackendNotFound"
-    )));
+fn missing_backend_keeps_its_weight_and_fails() {
+    let c = build(&(base() + &split("s", "web", &[("web-v1typo", 90), ("web-v2", 10)], &[], T0)));
+    let r = routes(&c, "web", 80);
+    assert_eq!(
+        backends(&r[0]),
+        vec![
+            ("web-v1typo".into(), 90, String::new()),
+            ("web-v2".into(), 10, "endpoints:web-v2.demo:80".into()),
+        ]
+    );
+    assert_eq!(
+        r[0].backends[0].unavailable_reason,
+        "backend web-v1typo of split demo/s does not exist"
+    );
+    let conds = conditions(&c, Kind::TrafficSplit, "s");
+    assert!(conds.contains(&cond("ResolvedRefs", "False", "BackendNotFound")));
+    // In force (the other 10 % flow), and the Accepted message says the rest fails.
+    assert!(conds.contains(&cond("Accepted", "True", "Accepted")));
+    let st = &c.statuses()[&ObjectKey::new(Kind::TrafficSplit, "demo", "s")];
+    let accepted = st.iter().find(|c| c.type_ == "Accepted").expect("Accepted");
+    assert!(
+        accepted.message.contains("web-v1typo"),
+        "{}",
+        accepted.message
+    );
+    assert!(c
+        .events()
+        .iter()
+        .any(|e| e.reason == "BackendNotFound" && e.message.contains("web-v1typo")));
 }
 
 #[test]
@@ -456,6 +499,148 @@ fn split_on_missing_root_is_reported() {
         "ServiceNotFound"
     )));
     assert!(proxy(&c, "client-0").get("outbound:ghost.demo").is_none());
+}
+
+/// Issue #13: a split on a missing root is not Accepted (it was `Accepted=True`), with the
+/// reason and an event.
+#[test]
+fn split_on_missing_root_is_not_accepted() {
+    let c = build(&(base() + &split("s", "ghost", &[("web-v2", 1)], &[], T0)));
+    assert!(conditions(&c, Kind::TrafficSplit, "s").contains(&cond(
+        "Accepted",
+        "False",
+        "ServiceNotFound"
+    )));
+    assert!(c.events().iter().any(|e| e.reason == "ServiceNotFound"));
+}
+
+/// Issue #13: an A/B split whose only match cannot be compiled (invalid regex, or over the
+/// regex size limit, or one that would close the proxy's anchoring group) applies to NO
+/// request: no split route at all, never a route with an empty match list (= every request).
+#[test]
+fn ab_split_with_uncompilable_match_routes_nothing() {
+    for value in ["(on", "a{1000}{1000}", "x)|(.*"] {
+        let g = format!("  - name: beta\n    headers:\n      x-beta: \"{value}\"\n");
+        let y =
+            base() + &http_group("beta", &g) + &split("ab", "web", &[("web-v2", 1)], &["beta"], T0);
+        let c = build(&y);
+        let r = routes(&c, "web", 80);
+        assert_eq!(r.len(), 1, "{value}: only the default route: {r:?}");
+        assert_eq!(r[0].name, "default");
+        assert!(
+            conditions(&c, Kind::TrafficSplit, "ab").contains(&cond(
+                "Accepted",
+                "False",
+                "InvalidMatch"
+            )),
+            "{value}"
+        );
+        assert!(
+            conditions(&c, Kind::HTTPRouteGroup, "beta").contains(&cond(
+                "Accepted",
+                "False",
+                "InvalidMatch"
+            )),
+            "{value}"
+        );
+        assert!(c
+            .events()
+            .iter()
+            .any(|e| e.reason == "InvalidMatch" && e.object.name == "ab"));
+    }
+}
+
+/// Only the uncompilable match routes nothing; the valid ones stay in force.
+#[test]
+fn ab_split_keeps_its_valid_matches() {
+    let g = "  - name: bad\n    pathRegex: \"/(\"\n  - name: good\n    pathRegex: /beta\n";
+    let y = base() + &http_group("g", g) + &split("ab", "web", &[("web-v2", 1)], &["g"], T0);
+    let c = build(&y);
+    let r = routes(&c, "web", 80);
+    assert_eq!(r.len(), 2);
+    let names: Vec<&str> = r[0].matches.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, vec!["good"]);
+    assert!(conditions(&c, Kind::TrafficSplit, "ab").contains(&cond(
+        "Accepted",
+        "False",
+        "InvalidMatch"
+    )));
+}
+
+/// A referenced HTTPRouteGroup without matches matches nothing (it used to mean every request).
+#[test]
+fn ab_split_on_empty_group_routes_nothing() {
+    let y = base()
+        + "apiVersion: specs.smi-spec.io/v1alpha4\nkind: HTTPRouteGroup\nmetadata:\n  name: g\n  namespace: demo\nspec:\n  matches: []\n---\n"
+        + &split("ab", "web", &[("web-v2", 1)], &["g"], T0);
+    let c = build(&y);
+    assert_eq!(routes(&c, "web", 80).len(), 1);
+    assert!(conditions(&c, Kind::TrafficSplit, "ab").contains(&cond(
+        "Accepted",
+        "False",
+        "NoMatches"
+    )));
+}
+
+/// A split without a creationTimestamp (manifests usually have none).
+fn split_no_ts(name: &str, root: &str, backend: &str) -> String {
+    format!(
+        "apiVersion: split.smi-spec.io/v1alpha4\nkind: TrafficSplit\nmetadata:\n  name: {name}\n  namespace: demo\nspec:\n  service: {root}\n  backends:\n  - service: {backend}\n    weight: 1\n---\n"
+    )
+}
+
+fn message(c: &Compiled, name: &str, type_: &str) -> String {
+    c.statuses()[&ObjectKey::new(Kind::TrafficSplit, "demo", name)]
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.message.clone())
+        .unwrap_or_default()
+}
+
+/// Issue #13: conflict messages name the actual precedence reason. "older" only when the
+/// winner's creationTimestamp is earlier; otherwise the name order (and why).
+#[test]
+fn conflict_messages_name_the_actual_precedence_reason() {
+    // Both without timestamps: the name decides, and the message says so (it used to call the
+    // winner "older").
+    let y = base() + &split_no_ts("b", "web", "web-v2") + &split_no_ts("a", "web", "web-v1");
+    let c = build(&y);
+    assert_eq!(routes(&c, "web", 80)[0].name, "split:demo/a");
+    let m = message(&c, "b", "Conflicted");
+    assert!(
+        m.contains("demo/a") && m.contains("neither has a creationTimestamp"),
+        "{m}"
+    );
+    assert!(!m.contains("older"), "{m}");
+
+    // Only one has a timestamp: it wins, even with the later name.
+    let y =
+        base() + &split("z", "web", &[("web-v2", 1)], &[], T0) + &split_no_ts("a", "web", "web-v1");
+    let c = build(&y);
+    assert_eq!(routes(&c, "web", 80)[0].name, "split:demo/z");
+    let m = message(&c, "a", "Conflicted");
+    assert!(
+        m.contains("demo/z") && m.contains("this split has none"),
+        "{m}"
+    );
+
+    // Same timestamp: name order, said as such.
+    let y = base()
+        + &split("b", "web", &[("web-v2", 1)], &[], T0)
+        + &split("a", "web", &[("web-v1", 1)], &[], T0);
+    let m = message(&build(&y), "b", "Conflicted");
+    assert!(
+        m.contains("demo/a") && m.contains("both were created at"),
+        "{m}"
+    );
+
+    // Really older.
+    let y = base()
+        + &split("a", "web", &[("web-v2", 1)], &[], T1)
+        + &split("b", "web", &[("web-v1", 1)], &[], T0);
+    let m = message(&build(&y), "a", "Conflicted");
+    assert!(m.contains("demo/b") && m.contains("it is older"), "{m}");
+    assert!(m.contains(T0) && m.contains(T1), "{m}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -759,6 +944,65 @@ fn invalid_regex_is_reported_and_left_out() {
         .map(|m| m.name.clone())
         .collect();
     assert_eq!(names, vec!["good".to_string()]);
+}
+
+/// Status says a match with an unknown method is left out; the compiler now leaves it out too
+/// (it used to keep it and the proxy accepted it as an extension method). Also for splits.
+#[test]
+fn match_with_unknown_method_is_left_out_as_status_says() {
+    let g = "  - name: odd\n    pathRegex: /api\n    methods: [FETCH]\n  - name: good\n    pathRegex: /ok\n    methods: [get]\n";
+    let y = base()
+        + &http_group("api", g)
+        + &target(
+            "t",
+            "web",
+            None,
+            &["client"],
+            &[("HTTPRouteGroup", "api", &[])],
+        );
+    let c = build(&y);
+    let st = &c.statuses()[&ObjectKey::new(Kind::HTTPRouteGroup, "demo", "api")];
+    let accepted = st.iter().find(|c| c.type_ == "Accepted").expect("Accepted");
+    assert_eq!(
+        (accepted.status.as_str(), accepted.reason.as_str()),
+        ("False", "InvalidMatch")
+    );
+    assert!(accepted.message.contains("FETCH"), "{}", accepted.message);
+    let policy = inbound(&c, "web-v1-0");
+    let routes_in_force = &port(&policy, 8080).authorizations[0].http_routes;
+    let names: Vec<&str> = routes_in_force.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, vec!["good"]);
+    assert_eq!(routes_in_force[0].methods, vec!["GET".to_string()]);
+
+    // As the only match of an A/B split: the split applies to no request.
+    let only = "  - name: odd\n    methods: [FETCH]\n";
+    let y = base() + &http_group("g", only) + &split("ab", "web", &[("web-v2", 1)], &["g"], T0);
+    assert_eq!(routes(&build(&y), "web", 80).len(), 1);
+}
+
+/// A regex that would close the proxy's anchoring group (`x)|(.*` → `^(?:x)|(.*)$`, which
+/// matches any value) is left out of authorizations too.
+#[test]
+fn regex_that_escapes_its_anchors_is_left_out() {
+    let g = "  - name: admin\n    headers:\n      x-user: \"admin)|(.*\"\n";
+    let y = base()
+        + &http_group("api", g)
+        + &target(
+            "t",
+            "web",
+            None,
+            &["client"],
+            &[("HTTPRouteGroup", "api", &[])],
+        );
+    let c = build(&y);
+    assert!(conditions(&c, Kind::HTTPRouteGroup, "api").contains(&cond(
+        "Accepted",
+        "False",
+        "InvalidMatch"
+    )));
+    assert!(port(&inbound(&c, "web-v1-0"), 8080)
+        .authorizations
+        .is_empty());
 }
 
 #[test]

@@ -55,6 +55,7 @@ fn route_to(name: &str, backends: &[(&str, u64)], port: u32) -> Route {
                 service: (*svc).into(),
                 weight: *weight,
                 endpoint_set: endpoints_name(svc, NS, port),
+                ..Default::default()
             })
             .collect(),
     }

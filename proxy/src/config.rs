@@ -10,6 +10,9 @@
 //! - A route backend that names an unknown endpoint set is accepted and has no endpoints: requests
 //!   routed to it get `503` ("no endpoints"). Endpoints arrive as separate resources and may lag
 //!   the route; rejecting the whole update would be less robust.
+//! - A backend with an `unavailable_reason` (the operator could not resolve it) keeps its weight
+//!   and never has endpoints: requests routed to it get `503` with that reason. Its share is
+//!   never given to the other backends.
 //! - A missing `inbound` resource means the default inbound policy (allow).
 //! - Unknown protocol enum values mean "detect"; `DEFAULT_POLICY_UNSPECIFIED` means allow; an
 //!   unknown default-policy value fails closed (deny).
@@ -291,9 +294,25 @@ pub struct Backend {
     pub service: Arc<str>,
     pub weight: u64,
     pub endpoint_set: Arc<str>,
-    /// Resolved from `endpoint_set`; empty when the set is unknown.
+    /// Resolved from `endpoint_set`; empty when the set is unknown or the backend is
+    /// `unavailable`.
     #[serde(skip)]
     pub endpoints: Arc<EndpointSet>,
+    /// Why the backend cannot be used (the operator could not resolve it). It keeps its weight:
+    /// requests routed to it are answered 503 with this reason, never sent elsewhere.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unavailable: Option<Arc<str>>,
+}
+
+impl Backend {
+    /// The reason given (503) when a request routed to this backend finds no endpoint: the
+    /// operator's reason when the backend is unavailable, else "no endpoints".
+    pub fn no_endpoints_reason(&self) -> String {
+        match &self.unavailable {
+            Some(reason) => reason.to_string(),
+            None => format!("backend {} has no endpoints", self.service),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -439,13 +458,17 @@ fn port(resource: &str, port: u32) -> Result<u16, ConfigError> {
     }
 }
 
-/// Compiles a path regex the way SMI defines it: anchored at the start only.
+/// Compiles a path regex the way SMI defines it: anchored at the start only. The regex must
+/// also compile on its own, so that it cannot close the anchoring group (`a)|(.*` would
+/// otherwise become `^(?:a)|(.*)`, matching anything anywhere); the operator checks the same.
 pub fn compile_path_regex(re: &str) -> Result<Regex, regex::Error> {
+    Regex::new(re)?;
     Regex::new(&format!("^(?:{re})"))
 }
 
-/// Compiles a header value regex: anchored at both ends.
+/// Compiles a header value regex: anchored at both ends (and valid on its own, as above).
 pub fn compile_header_regex(re: &str) -> Result<Regex, regex::Error> {
+    Regex::new(re)?;
     Regex::new(&format!("^(?:{re})$"))
 }
 
@@ -605,14 +628,24 @@ fn outbound_service(
             let backends: Vec<Backend> = r
                 .backends
                 .iter()
-                .map(|b| Backend {
-                    service: Arc::from(b.service.as_str()),
-                    weight: b.weight,
-                    endpoint_set: Arc::from(b.endpoint_set.as_str()),
-                    endpoints: sets
-                        .get(&b.endpoint_set)
-                        .cloned()
-                        .unwrap_or_else(|| empty.clone()),
+                .map(|b| {
+                    let unavailable = (!b.unavailable_reason.is_empty())
+                        .then(|| Arc::from(b.unavailable_reason.as_str()));
+                    // An unavailable backend never gets endpoints, whatever set it names.
+                    let endpoints = match unavailable {
+                        Some(_) => empty.clone(),
+                        None => sets
+                            .get(&b.endpoint_set)
+                            .cloned()
+                            .unwrap_or_else(|| empty.clone()),
+                    };
+                    Backend {
+                        service: Arc::from(b.service.as_str()),
+                        weight: b.weight,
+                        endpoint_set: Arc::from(b.endpoint_set.as_str()),
+                        endpoints,
+                        unavailable,
+                    }
                 })
                 .collect();
             let total_weight = backends
@@ -822,6 +855,7 @@ mod tests {
                                     service: "api-v2".into(),
                                     weight: 1,
                                     endpoint_set: "endpoints:api-v2.demo:80".into(),
+                                    ..Default::default()
                                 }],
                             },
                             v1::Route {
@@ -831,6 +865,7 @@ mod tests {
                                     service: "api".into(),
                                     weight: 1,
                                     endpoint_set: "endpoints:api.demo:80".into(),
+                                    ..Default::default()
                                 }],
                             },
                         ],
@@ -910,6 +945,26 @@ mod tests {
         let err = err.unwrap_or_else(|| panic!("accepted an invalid regex"));
         assert_eq!(err.resource(), "outbound:api.demo");
         assert!(err.to_string().contains("path_regex"), "{err}");
+    }
+
+    /// A regex that would close the anchoring group is rejected (the update is NACKed), never
+    /// compiled into one that matches any value.
+    #[test]
+    fn rejects_regex_that_escapes_its_anchors() {
+        assert!(compile_header_regex("admin)|(.*").is_err());
+        assert!(compile_path_regex("/a)|(/b").is_err());
+        assert!(compile_header_regex("admin").is_ok_and(|re| !re.is_match("x-admin")));
+        let mut r = sample();
+        if let Some(Kind::Outbound(s)) =
+            r.get_mut("outbound:api.demo").and_then(|r| r.kind.as_mut())
+        {
+            s.ports[0].routes[0].matches[0].headers[0].value_regex = "beta)|(.*".into();
+        }
+        let err = Config::from_resources("v2", &r).err();
+        assert!(
+            matches!(err, Some(ConfigError::InvalidHeaderRegex { .. })),
+            "{err:?}"
+        );
     }
 
     #[test]

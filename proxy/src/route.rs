@@ -533,6 +533,7 @@ mod tests {
             weight,
             endpoint_set: Arc::from(""),
             endpoints: Arc::new(EndpointSet::default()),
+            unavailable: None,
         }
     }
 

@@ -35,6 +35,7 @@
 
 mod proto;
 pub mod report;
+pub mod rules;
 mod types;
 mod units;
 

@@ -118,6 +118,7 @@ impl From<&OutboundService> for pb::OutboundService {
                                     service: b.service.clone(),
                                     weight: b.weight,
                                     endpoint_set: b.endpoint_set.clone(),
+                                    unavailable_reason: b.unavailable_reason.clone(),
                                 })
                                 .collect(),
                         })

@@ -130,8 +130,13 @@ pub struct WeightedBackend {
     pub service: String,
     /// Relative weight; 0 receives no traffic.
     pub weight: u64,
-    /// Name of the EndpointSet resource with the backend's endpoints for this port.
+    /// Name of the EndpointSet resource with the backend's endpoints for this port; empty
+    /// when the backend cannot be used (then `unavailable_reason` says why).
     pub endpoint_set: String,
+    /// Set when the backend cannot be used (its Service does not exist, or lacks this port): it
+    /// keeps its weight and the proxy answers its share of requests 503 with this reason.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub unavailable_reason: String,
 }
 
 /// Timeouts and retries from Service annotations.

@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use weft_smi::hub;
 
 use super::types::*;
-use super::{CompileOptions, Event};
+use super::{rules, CompileOptions, Event};
 use crate::model::{
     destination_ref, EndpointGroup, Kind, L4Protocol, Model, ObjectKey, ObjectRef, Pod, Service,
     ServicePort, DEFAULT_INBOUND_POLICY_ANNOTATION,
@@ -156,66 +156,10 @@ pub(crate) fn traffic_policy(svc: &Service, events: &mut Vec<Event>) -> TrafficP
     p
 }
 
-/// Sort key of a split for conflict resolution: oldest creationTimestamp first (missing or
-/// unparsable ones last), then name.
-fn split_age_key(s: &hub::TrafficSplit) -> (i64, String) {
-    let ts = s
-        .meta
-        .creation_timestamp
-        .as_deref()
-        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-        .map(|t| t.timestamp())
-        .unwrap_or(i64::MAX);
-    (ts, s.meta.name.clone())
-}
-
-/// At most this many regexes are remembered by [`compiles`] (then it starts over).
-const REGEX_MEMO_LIMIT: usize = 4096;
-
-/// Whether `pattern` compiles (as the proxy will compile it), memoized: the same few route
-/// regexes are checked for every pod a TrafficTarget restricts and every split using them, and
-/// compiling a regex costs far more than the rest of a match conversion.
-fn compiles(pattern: String) -> bool {
-    static MEMO: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, bool>>> =
-        std::sync::LazyLock::new(Default::default);
-    let mut memo = MEMO.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(ok) = memo.get(&pattern) {
-        return *ok;
-    }
-    let ok = regex::Regex::new(&pattern).is_ok();
-    if memo.len() >= REGEX_MEMO_LIMIT {
-        memo.clear();
-    }
-    memo.insert(pattern, ok);
-    ok
-}
-
-/// Converts an SMI match. Invalid regexes are dropped (the route's status reports them).
+/// Converts an SMI match, or `None` when it cannot be compiled (see [`rules::match_problems`]:
+/// it is left out and matches nothing; the route's status reports it).
 pub(crate) fn convert_match(m: &hub::HttpMatch) -> Option<HttpMatch> {
-    if let Some(p) = &m.path_regex {
-        compiles(format!("^(?:{p})")).then_some(())?;
-    }
-    let mut headers = Vec::with_capacity(m.headers.len());
-    for (k, v) in &m.headers {
-        compiles(format!("^(?:{v})$")).then_some(())?;
-        headers.push(HeaderMatch {
-            name: k.to_ascii_lowercase(),
-            value_regex: v.clone(),
-        });
-    }
-    headers.sort();
-    let mut methods: Vec<String> = m.methods.iter().map(|x| x.to_ascii_uppercase()).collect();
-    if methods.iter().any(|x| x == "*") {
-        methods = vec!["*".to_string()];
-    }
-    methods.sort();
-    methods.dedup();
-    Some(HttpMatch {
-        name: m.name.clone(),
-        path_regex: m.path_regex.clone().unwrap_or_default(),
-        methods,
-        headers,
-    })
+    rules::convert_match(m)
 }
 
 /// Output of the outbound unit.
@@ -229,136 +173,50 @@ pub(crate) struct OutboundUnit {
     pub routes: BTreeSet<ObjectRef>,
 }
 
-/// Compiles one service (or split apex): its OutboundService and its splits' statuses.
-pub(crate) fn outbound(model: &Model, apex: &ObjectRef) -> OutboundUnit {
-    let mut events = Vec::new();
-    let mut statuses = Vec::new();
-    let mut backends_read = BTreeSet::new();
-    let mut routes_read = BTreeSet::new();
-    let svc = model.services.get(apex);
-
-    // Splits on this apex, oldest first: the first one is in force.
-    let mut splits: Vec<&hub::TrafficSplit> = model
-        .splits_for_apex(apex)
-        .filter_map(|r| model.splits.get(r))
+/// The status conditions of a split from its plan (the same values the routes are built from).
+/// `lost_to`: the split in force on the same root, when this one is not.
+fn split_conditions(
+    plan: &rules::SplitPlan<'_>,
+    apex: &ObjectRef,
+    lost_to: Option<&hub::TrafficSplit>,
+    events: &mut Vec<Event>,
+) -> Vec<hub::Condition> {
+    let split = plan.split;
+    let key = ObjectKey::new(
+        Kind::TrafficSplit,
+        split.meta.namespace.clone(),
+        split.meta.name.clone(),
+    );
+    let generation = split.meta.generation;
+    let messages: Vec<(&rules::SplitIssue, String)> = plan
+        .issues
+        .iter()
+        .map(|i| (i, i.message(&plan.key)))
         .collect();
-    splits.sort_by_key(|s| split_age_key(s));
-
-    let mut active: Option<(&hub::TrafficSplit, Vec<HttpMatch>, bool)> = None;
-    for (i, split) in splits.iter().enumerate() {
-        let key = ObjectKey::new(
-            Kind::TrafficSplit,
-            split.meta.namespace.clone(),
-            split.meta.name.clone(),
-        );
-        let generation = split.meta.generation;
-        let mut unresolved: Vec<(String, String)> = Vec::new();
-        if svc.is_none() {
-            unresolved.push((
-                "ServiceNotFound".into(),
-                format!("root service {} not found", apex),
-            ));
-        }
-        for b in &split.backends {
-            let bref = ObjectRef::new(apex.namespace.clone(), b.service.clone());
-            backends_read.insert(bref.clone());
-            match model.services.get(&bref) {
-                None => unresolved.push((
-                    "BackendNotFound".into(),
-                    format!("backend service {} not found", bref),
-                )),
-                Some(bsvc) => {
-                    if let Some(root) = svc {
-                        let missing: Vec<String> = root
-                            .ports
-                            .iter()
-                            .filter(|rp| !bsvc.ports.iter().any(|bp| bp.port == rp.port))
-                            .map(|rp| rp.port.to_string())
-                            .collect();
-                        if !missing.is_empty() {
-                            unresolved.push((
-                                "BackendPortMismatch".into(),
-                                format!(
-                                    "backend {} has no port {} of the root service; it gets no traffic on that port",
-                                    bref,
-                                    missing.join(", ")
-                                ),
-                            ));
-                        }
-                    }
-                }
-            }
-        }
-        let mut matches = Vec::new();
-        let mut matches_ok = split.matches.is_empty();
-        for m in &split.matches {
-            if m.kind != "HTTPRouteGroup" {
-                unresolved.push((
-                    "InvalidKind".into(),
-                    format!(
-                        "match {} {}: only HTTPRouteGroup is supported",
-                        m.kind, m.name
-                    ),
-                ));
-                continue;
-            }
-            let gref = ObjectRef::new(apex.namespace.clone(), m.name.clone());
-            routes_read.insert(gref.clone());
-            match model.http_routes.get(&gref) {
-                None => unresolved.push((
-                    "RouteNotFound".into(),
-                    format!("HTTPRouteGroup {} not found", gref),
-                )),
-                Some(g) => {
-                    matches_ok = true;
-                    matches.extend(g.matches.iter().filter_map(convert_match));
-                }
-            }
-        }
-        let total: u64 = split.backends.iter().map(|b| b.weight_milli).sum();
-        if !split.backends.is_empty() && total == 0 {
-            warn(
-                &mut events,
-                key.clone(),
-                "NoWeight",
-                "every backend has weight 0: the split sends no traffic; requests go to the root service".into(),
-            );
-        }
-        let mut conds = Vec::new();
-        if i == 0 {
-            let accepted_msg = if split.backends.is_empty() {
-                warn(
-                    &mut events,
-                    key.clone(),
-                    "NoBackends",
-                    "the split has no backends; requests go to the root service".into(),
-                );
-                "accepted; it has no backends".to_string()
-            } else {
-                format!("in force for {}", apex)
-            };
-            conds.push(condition(
-                ACCEPTED,
-                true,
-                "Accepted",
-                accepted_msg,
-                generation,
-            ));
-            conds.push(condition(
-                CONFLICTED,
-                false,
-                "NoConflict",
-                "no other split has this root service".into(),
-                generation,
-            ));
-            active = Some((split, matches, matches_ok));
-        } else {
-            let winner = splits[0];
+    for (issue, msg) in &messages {
+        warn(events, key.clone(), issue.reason(), msg.clone());
+    }
+    let summary = |pick: fn(&rules::SplitIssue) -> bool| -> Option<(&'static str, String)> {
+        let found: Vec<&(&rules::SplitIssue, String)> =
+            messages.iter().filter(|(i, _)| pick(i)).collect();
+        let first = found.first()?;
+        let msg = found
+            .iter()
+            .map(|(_, m)| m.as_str())
+            .collect::<Vec<_>>()
+            .join("; ");
+        Some((first.0.reason(), msg))
+    };
+    let mut conds = Vec::new();
+    match lost_to {
+        Some(winner) => {
+            let why = rules::precedence(&winner.meta, &split.meta);
             let msg = format!(
-                "{} is also the root of TrafficSplit {}/{}, which is older; this split is ignored",
+                "{} is also the root of TrafficSplit {}/{}, which takes precedence because {why}; \
+                 this split is ignored",
                 apex, winner.meta.namespace, winner.meta.name
             );
-            warn(&mut events, key.clone(), "Conflicted", msg.clone());
+            warn(events, key.clone(), "Conflicted", msg.clone());
             conds.push(condition(
                 ACCEPTED,
                 false,
@@ -368,33 +226,100 @@ pub(crate) fn outbound(model: &Model, apex: &ObjectRef) -> OutboundUnit {
             ));
             conds.push(condition(CONFLICTED, true, "ApexConflict", msg, generation));
         }
-        if unresolved.is_empty() {
+        None => {
+            match summary(rules::SplitIssue::affects_accepted) {
+                Some((reason, msg)) => {
+                    conds.push(condition(ACCEPTED, false, reason, msg, generation));
+                }
+                None => {
+                    let failing: Vec<&str> = plan
+                        .issues
+                        .iter()
+                        .filter_map(|i| match i {
+                            rules::SplitIssue::BackendNotFound { backend }
+                            | rules::SplitIssue::BackendPortMismatch { backend, .. } => {
+                                Some(backend.name.as_str())
+                            }
+                            _ => None,
+                        })
+                        .collect();
+                    let msg = if failing.is_empty() {
+                        format!("in force for {apex}")
+                    } else {
+                        format!(
+                            "in force for {apex}; requests for backend {} fail with 503 (see \
+                             ResolvedRefs)",
+                            failing.join(", ")
+                        )
+                    };
+                    conds.push(condition(ACCEPTED, true, "Accepted", msg, generation));
+                }
+            }
             conds.push(condition(
-                RESOLVED_REFS,
-                true,
-                "ResolvedRefs",
-                "all references resolved".into(),
+                CONFLICTED,
+                false,
+                "NoConflict",
+                "no other split has this root service".into(),
                 generation,
             ));
-        } else {
-            for (reason, msg) in &unresolved {
-                warn(&mut events, key.clone(), reason, msg.clone());
-            }
-            let reason = unresolved[0].0.clone();
-            let msg = unresolved
-                .iter()
-                .map(|(_, m)| m.as_str())
-                .collect::<Vec<_>>()
-                .join("; ");
-            conds.push(condition(RESOLVED_REFS, false, &reason, msg, generation));
         }
-        // Keep a stable order: Accepted, ResolvedRefs, Conflicted.
-        conds.sort_by_key(|c| match c.type_.as_str() {
-            ACCEPTED => 0,
-            RESOLVED_REFS => 1,
-            _ => 2,
-        });
+    }
+    match summary(rules::SplitIssue::affects_refs) {
+        None => conds.push(condition(
+            RESOLVED_REFS,
+            true,
+            "ResolvedRefs",
+            "all references resolved".into(),
+            generation,
+        )),
+        Some((reason, msg)) => {
+            conds.push(condition(RESOLVED_REFS, false, reason, msg, generation));
+        }
+    }
+    // Keep a stable order: Accepted, ResolvedRefs, Conflicted.
+    conds.sort_by_key(|c| match c.type_.as_str() {
+        ACCEPTED => 0,
+        RESOLVED_REFS => 1,
+        _ => 2,
+    });
+    conds
+}
+
+/// Compiles one service (or split apex): its OutboundService and its splits' statuses.
+pub(crate) fn outbound(model: &Model, apex: &ObjectRef) -> OutboundUnit {
+    let mut events = Vec::new();
+    let mut statuses = Vec::new();
+    let mut backends_read = BTreeSet::new();
+    let mut routes_read = BTreeSet::new();
+    let svc = model.services.get(apex);
+
+    // Splits on this apex in precedence order: the first one is in force.
+    let mut splits: Vec<&hub::TrafficSplit> = model
+        .splits_for_apex(apex)
+        .filter_map(|r| model.splits.get(r))
+        .collect();
+    splits.sort_by(|a, b| rules::split_order(&a.meta, &b.meta));
+
+    let mut active: Option<rules::SplitPlan<'_>> = None;
+    for (i, split) in splits.iter().enumerate() {
+        for b in &split.backends {
+            backends_read.insert(ObjectRef::new(apex.namespace.clone(), b.service.clone()));
+        }
+        for m in split.matches.iter().filter(|m| m.kind == "HTTPRouteGroup") {
+            routes_read.insert(ObjectRef::new(apex.namespace.clone(), m.name.clone()));
+        }
+        let plan = rules::plan_split(model, apex, split);
+        let lost_to = (i > 0).then(|| splits[0]);
+        let conds = split_conditions(&plan, apex, lost_to, &mut events);
+        let key = ObjectKey::new(
+            Kind::TrafficSplit,
+            split.meta.namespace.clone(),
+            split.meta.name.clone(),
+        );
         statuses.push((key, conds));
+        if i == 0 {
+            active = Some(plan);
+        }
     }
 
     let resource = svc.map(|svc| {
@@ -404,12 +329,8 @@ pub(crate) fn outbound(model: &Model, apex: &ObjectRef) -> OutboundUnit {
             .iter()
             .map(|sp| {
                 let mut routes = Vec::new();
-                if let Some((split, matches, matches_ok)) = &active {
-                    if *matches_ok {
-                        if let Some(r) = split_route(model, apex, split, sp.port, matches) {
-                            routes.push(r);
-                        }
-                    }
+                if let Some(plan) = &active {
+                    routes.extend(plan.route(model, sp.port));
                 }
                 routes.push(Route {
                     name: "default".into(),
@@ -418,6 +339,7 @@ pub(crate) fn outbound(model: &Model, apex: &ObjectRef) -> OutboundUnit {
                         service: svc.name.clone(),
                         weight: 1,
                         endpoint_set: endpoints_name(&svc.namespace, &svc.name, sp.port),
+                        unavailable_reason: String::new(),
                     }],
                 });
                 OutboundPort {
@@ -442,47 +364,6 @@ pub(crate) fn outbound(model: &Model, apex: &ObjectRef) -> OutboundUnit {
         backends: backends_read,
         routes: routes_read,
     }
-}
-
-/// The route of a split on one root port, or `None` when no backend can take traffic there
-/// (then requests fall through to the `default` route).
-fn split_route(
-    model: &Model,
-    apex: &ObjectRef,
-    split: &hub::TrafficSplit,
-    port: u16,
-    matches: &[HttpMatch],
-) -> Option<Route> {
-    let mut backends = Vec::new();
-    for b in &split.backends {
-        let bref = ObjectRef::new(apex.namespace.clone(), b.service.clone());
-        let Some(bsvc) = model.services.get(&bref) else {
-            continue;
-        };
-        // Used only if it has the root's port; its own targetPort is in its EndpointSet.
-        if !bsvc.ports.iter().any(|p| p.port == port) {
-            continue;
-        }
-        backends.push(WeightedBackend {
-            service: b.service.clone(),
-            weight: b.weight_milli,
-            endpoint_set: endpoints_name(&apex.namespace, &b.service, port),
-        });
-    }
-    if backends.iter().all(|b| b.weight == 0) {
-        return None;
-    }
-    // Weights are kept in thousandths in the hub; show whole numbers when they are.
-    if backends.iter().all(|b| b.weight % 1000 == 0) {
-        for b in &mut backends {
-            b.weight /= 1000;
-        }
-    }
-    Some(Route {
-        name: format!("split:{}/{}", split.meta.namespace, split.meta.name),
-        matches: matches.to_vec(),
-        backends,
-    })
 }
 
 /// Output of the endpoints unit.
@@ -898,13 +779,18 @@ pub(crate) fn target_status(
     let mut invalid = Vec::new();
     if t.destination.kind != "ServiceAccount" {
         invalid.push(format!(
-            "destination kind {:?} is not ServiceAccount",
+            "destination kind {:?} is not ServiceAccount: this TrafficTarget is ignored \
+             (it allows nothing)",
             t.destination.kind
         ));
     }
     for s in &t.sources {
         if s.kind != "ServiceAccount" {
-            invalid.push(format!("source kind {:?} is not ServiceAccount", s.kind));
+            invalid.push(format!(
+                "source kind {:?} is not ServiceAccount: that source admits no one (the \
+                 ServiceAccount sources are in force)",
+                s.kind
+            ));
         }
     }
     let mut unresolved: Vec<(&str, String)> = Vec::new();
@@ -991,27 +877,8 @@ pub(crate) fn route_status(key: &ObjectKey, model: &Model) -> (Vec<hub::Conditio
             Some(g) => {
                 let mut problems = Vec::new();
                 for m in &g.matches {
-                    if let Some(p) = &m.path_regex {
-                        if let Err(e) = regex::Regex::new(&format!("^(?:{p})")) {
-                            problems.push(format!("match {:?}: invalid pathRegex: {e}", m.name));
-                        }
-                    }
-                    for (h, v) in &m.headers {
-                        if let Err(e) = regex::Regex::new(&format!("^(?:{v})$")) {
-                            problems.push(format!(
-                                "match {:?}: header {h:?}: invalid regex: {e}",
-                                m.name
-                            ));
-                        }
-                    }
-                    for meth in &m.methods {
-                        const KNOWN: [&str; 10] = [
-                            "*", "GET", "HEAD", "PUT", "POST", "DELETE", "CONNECT", "OPTIONS",
-                            "TRACE", "PATCH",
-                        ];
-                        if !KNOWN.contains(&meth.to_ascii_uppercase().as_str()) {
-                            problems.push(format!("match {:?}: unknown method {meth:?}", m.name));
-                        }
+                    for p in rules::match_problems(m) {
+                        problems.push(format!("match {:?}: {p}", m.name));
                     }
                 }
                 (g.meta.generation, problems)
@@ -1038,7 +905,10 @@ pub(crate) fn route_status(key: &ObjectKey, model: &Model) -> (Vec<hub::Conditio
             generation,
         ));
     } else {
-        let msg = format!("{}; the invalid matches are left out", problems.join("; "));
+        let msg = format!(
+            "{}; the invalid matches are left out: they match no request and allow nothing",
+            problems.join("; ")
+        );
         warn(&mut events, key.clone(), "InvalidMatch", msg.clone());
         conds.push(condition(ACCEPTED, false, "InvalidMatch", msg, generation));
     }

@@ -259,9 +259,17 @@ pub struct WeightedBackend {
     /// Relative weight; 0 receives no traffic.
     #[prost(uint64, tag = "2")]
     pub weight: u64,
-    /// Name of the EndpointSet resource holding its endpoints (for the matching port).
+    /// Name of the EndpointSet resource holding its endpoints (for the matching port). Empty when
+    /// the backend cannot be used (see `unavailable_reason`).
     #[prost(string, tag = "3")]
     pub endpoint_set: ::prost::alloc::string::String,
+    /// Set when the backend cannot be used: its Service does not exist, or has no such port. The
+    /// backend keeps its weight; the proxy answers the requests (connections) it is chosen for
+    /// with 503 and this reason instead of sending them to another backend (the rule Gateway API
+    /// states for invalid backendRefs). The operator also leaves `endpoint_set` empty, so a proxy
+    /// that predates this field finds no endpoints and fails these requests (503) as well.
+    #[prost(string, tag = "4")]
+    pub unavailable_reason: ::prost::alloc::string::String,
 }
 /// Timeouts and retries, from annotations on the Service (see docs/proxy.md).
 #[derive(Clone, Copy, PartialEq, ::prost::Message)]

@@ -536,11 +536,11 @@ async fn forward(
     }
 }
 
-/// The 503 for a backend with no endpoints.
+/// The 503 for a backend with no endpoints (or one the operator could not resolve: its reason).
 fn no_endpoints(backend: &Backend) -> Response<Body> {
     h::error(
         StatusCode::SERVICE_UNAVAILABLE,
-        &format!("backend {} has no endpoints", backend.service),
+        &backend.no_endpoints_reason(),
     )
 }
 

@@ -213,6 +213,7 @@ pub fn outbound(ns: &str, name: &str, port: u32, path_regex: &str) -> v1::Resour
         service: name.into(),
         weight: 1,
         endpoint_set: set,
+        ..Default::default()
     };
     v1::Resource {
         name: format!("outbound:{name}.{ns}"),

@@ -310,6 +310,7 @@ pub fn weighted(service: &str, weight: u64, set: &str) -> v1::WeightedBackend {
         service: service.to_string(),
         weight,
         endpoint_set: set.to_string(),
+        ..Default::default()
     }
 }
 
