@@ -164,8 +164,8 @@ impl Scan<'_> {
                 continue;
             }
             match c {
-                b'%' if col == 0 => self.to_line_end()?,
-                b'#' => self.to_line_end()?,
+                b'%' if col == 0 => self.skip_line()?,
+                b'#' => self.skip_line()?,
                 b'-' | b'?' if blankz(self.at(1)) => {
                     node_col = Some(col);
                     self.i += 1;
@@ -201,7 +201,7 @@ impl Scan<'_> {
     }
 
     /// Skips to the end of the line (a comment, a directive).
-    fn to_line_end(&mut self) -> Result<(), LimitError> {
+    fn skip_line(&mut self) -> Result<(), LimitError> {
         let mut local = 0;
         while self.i < self.b.len() && self.b[self.i] != b'\n' {
             let c = self.b[self.i];
@@ -297,7 +297,7 @@ impl Scan<'_> {
     /// A block scalar (`|`, `>`): the header line, then every line indented more than
     /// `parent` (the indentation of the first content line sets the scalar's indentation).
     fn block_scalar(&mut self, parent: usize) -> Result<(), LimitError> {
-        self.to_line_end()?;
+        self.skip_line()?;
         let mut local = 0;
         let mut content: Option<usize> = None;
         while self.i < self.b.len() {
@@ -348,7 +348,7 @@ impl Scan<'_> {
                 continue;
             }
             match c {
-                b'#' => self.to_line_end()?,
+                b'#' => self.skip_line()?,
                 b'[' | b'{' => self.open()?,
                 b']' | b'}' => {
                     self.flow -= 1;

@@ -565,4 +565,89 @@ mod tests {
         assert!(dir.rescan().is_empty());
         assert!(dir.errors().is_empty());
     }
+
+    #[test]
+    fn an_emptied_file_keeps_its_objects_until_the_grace_ends() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("split.yaml");
+        std::fs::write(&path, SPLIT).unwrap();
+        let mut dir = ManifestDir::new(tmp.path()).with_empty_grace(Duration::from_secs(10));
+        let t0 = Instant::now();
+        assert_eq!(kinds(&dir.rescan_at(t0)), vec!["+canary"]);
+
+        // Empty (whitespace and a comment count as empty): kept, reported, deadline set.
+        std::fs::write(&path, "# rewritten\n\n").unwrap();
+        assert!(dir.rescan_at(t0).is_empty());
+        assert_eq!(dir.len(), 1);
+        assert!(
+            dir.errors()["split.yaml"].starts_with("empty"),
+            "{:?}",
+            dir.errors()
+        );
+        assert_eq!(dir.next_deadline(), Some(t0 + Duration::from_secs(10)));
+        assert!(dir.rescan_at(t0 + Duration::from_secs(9)).is_empty());
+
+        // Content again before the grace ends: applies, nothing was removed.
+        std::fs::write(&path, SPLIT.replace("weight: 100", "weight: 7")).unwrap();
+        assert_eq!(
+            kinds(&dir.rescan_at(t0 + Duration::from_secs(9))),
+            vec!["+canary"]
+        );
+        assert!(dir.errors().is_empty());
+        assert_eq!(dir.next_deadline(), None);
+
+        // Empty for the whole grace: honoured.
+        std::fs::write(&path, "").unwrap();
+        let t1 = t0 + Duration::from_secs(20);
+        assert!(dir.rescan_at(t1).is_empty());
+        assert_eq!(
+            kinds(&dir.rescan_at(t1 + Duration::from_secs(10))),
+            vec!["-canary"]
+        );
+        assert!(dir.errors().is_empty());
+        assert!(dir.is_empty());
+
+        // A file that never had objects may be empty: nothing to report.
+        std::fs::write(tmp.path().join("new.yaml"), "").unwrap();
+        assert!(dir.rescan_at(t1).is_empty());
+        assert!(dir.errors().is_empty());
+    }
+
+    #[test]
+    fn a_manifest_replaced_by_a_socket_keeps_its_objects_and_is_reported() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("split.yaml");
+        std::fs::write(&path, SPLIT).unwrap();
+        let mut dir = ManifestDir::new(tmp.path());
+        assert_eq!(kinds(&dir.rescan()), vec!["+canary"]);
+        std::fs::remove_file(&path).unwrap();
+        let _socket = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        assert!(dir.rescan().is_empty(), "kept");
+        let errors = dir.errors();
+        assert!(
+            errors["split.yaml"].contains("not a regular file (socket)"),
+            "{errors:?}"
+        );
+        assert!(errors["split.yaml"].contains("stay in force"), "{errors:?}");
+    }
+
+    #[test]
+    fn directories_deeper_than_the_limit_are_not_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut deep = tmp.path().to_path_buf();
+        for _ in 0..crate::model::manifests::MAX_DIR_DEPTH {
+            deep.push("d");
+        }
+        std::fs::create_dir_all(deep.join("d")).unwrap();
+        std::fs::write(deep.join("svc.yaml"), SVC).unwrap();
+        std::fs::write(deep.join("d/split.yaml"), SPLIT).unwrap();
+        let mut dir = ManifestDir::new(tmp.path());
+        assert_eq!(kinds(&dir.rescan()), vec!["+web"]);
+        let errors = dir.errors();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors.values().all(|e| e.contains("levels deep")),
+            "{errors:?}"
+        );
+    }
 }
