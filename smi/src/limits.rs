@@ -45,8 +45,26 @@ pub fn check_nesting(text: &str, limit: usize) -> Result<(), LimitError> {
         flow: 0,
         extra: 0,
         limit,
+        max: 0,
     };
     s.block()
+}
+
+/// The deepest flow nesting [`check_nesting`] counts in `text` (an upper bound of what the
+/// YAML parser would reach).
+pub fn flow_nesting(text: &str) -> usize {
+    let mut s = Scan {
+        b: text.as_bytes(),
+        i: 0,
+        line: 1,
+        line_start: 0,
+        flow: 0,
+        extra: 0,
+        limit: usize::MAX,
+        max: 0,
+    };
+    let _ = s.block();
+    s.max
 }
 
 /// The nesting depth of a parsed value (a scalar is 0, `[]` is 1).
@@ -79,6 +97,8 @@ struct Scan<'a> {
     /// Brackets opened in skipped text and not closed there (see the module docs).
     extra: usize,
     limit: usize,
+    /// The deepest count reached.
+    max: usize,
 }
 
 fn blankz(c: u8) -> bool {
@@ -100,8 +120,10 @@ impl Scan<'_> {
         self.line_start = self.i;
     }
 
-    fn check(&self, more: usize) -> Result<(), LimitError> {
-        if self.flow + self.extra + more > self.limit {
+    fn check(&mut self, more: usize) -> Result<(), LimitError> {
+        let depth = self.flow + self.extra + more;
+        self.max = self.max.max(depth);
+        if depth > self.limit {
             return Err(LimitError::TooDeep {
                 line: self.line,
                 limit: self.limit,
@@ -474,6 +496,29 @@ items: [{a: [1, [2, [3]]]}, {b: "]]]"}]
             format!("[\"]]]\", {deep}"),
         ] {
             assert!(!depth_ok(&text, 64), "{text:.40}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4000))]
+
+        /// Whatever libyaml makes of text without block collections (no `-`, `?`, `:`), the
+        /// pre-scan never counts less nesting than the parsed documents have.
+        #[test]
+        fn the_pre_scan_never_undercounts_what_the_parser_reads(
+            text in "[\\[\\]{}'\" #,|>!&*a\\\\\n]{0,40}"
+        ) {
+            use serde::Deserialize;
+            let counted = flow_nesting(&text);
+            for doc in serde_yaml::Deserializer::from_str(&text) {
+                match Value::deserialize(doc) {
+                    Ok(v) => proptest::prop_assert!(
+                        value_depth(&v) <= counted,
+                        "{text:?}: parsed depth {} > counted {counted}", value_depth(&v)
+                    ),
+                    Err(_) => break,
+                }
+            }
         }
     }
 
