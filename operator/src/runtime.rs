@@ -216,7 +216,7 @@ impl RuntimeMetrics {
         );
         registry.register(
             "manifest_errors",
-            "Manifest files that currently fail to load (their last good objects stay in force)",
+            "Manifest entries not in force: files that fail to load or are empty (their last good objects stay in force), and entries skipped (FIFOs, aliases, too deep)",
             self.manifest_errors.clone(),
         );
     }
