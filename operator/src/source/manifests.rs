@@ -85,10 +85,11 @@ struct FileState {
 
 impl FileState {
     /// The file's current content cannot be used: keep what the previous state had in force.
+    /// The digest is cleared, so that the next readable content is parsed (and the error
+    /// cleared) even if it is the same as before.
     fn failed(previous: Option<FileState>, error: String) -> FileState {
-        let digest = previous.as_ref().map(|p| p.digest).unwrap_or_default();
         FileState {
-            digest,
+            digest: [0; 32],
             objects: previous.map(|p| p.objects).unwrap_or_default(),
             error: Some(error),
             empty_since: None,
@@ -629,6 +630,14 @@ mod tests {
             "{errors:?}"
         );
         assert!(errors["split.yaml"].contains("stay in force"), "{errors:?}");
+
+        // The same content back: in force as before, and the report clears.
+        drop(_socket);
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, SPLIT).unwrap();
+        assert!(dir.rescan().is_empty());
+        assert!(dir.errors().is_empty(), "{:?}", dir.errors());
+        assert_eq!(dir.len(), 1);
     }
 
     #[test]
