@@ -6,7 +6,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -30,6 +30,37 @@ pub struct Health {
     source_errors: Mutex<BTreeMap<String, String>>,
     /// Kubernetes: SMI kinds (CRD name) not watched now → why.
     unwatched_kinds: Mutex<BTreeMap<String, String>>,
+    /// Manifests: progress of the directory rescans.
+    rescans: Mutex<Rescans>,
+}
+
+/// Progress of the manifests source's rescans.
+#[derive(Debug, Default)]
+struct Rescans {
+    /// Set once the source reports rescans (manifests mode).
+    tracked: bool,
+    /// When the rescan in progress started.
+    running_since: Option<Instant>,
+    last_finished: Option<Instant>,
+    last_duration: Option<Duration>,
+    completed: u64,
+    /// A rescan running longer than this makes the source stuck.
+    stuck_after: Duration,
+}
+
+/// What `GET /status` says about the source's rescans.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RescanReport {
+    /// Why the source is stuck (then `/ready` answers 503), if it is.
+    pub stuck: Option<String>,
+    /// How long the rescan in progress has been running.
+    pub running_seconds: Option<f64>,
+    /// How long the last completed rescan took.
+    pub last_duration_seconds: Option<f64>,
+    /// How long ago the last rescan completed.
+    pub last_completed_seconds_ago: Option<f64>,
+    pub completed: u64,
 }
 
 impl Health {
@@ -47,8 +78,64 @@ impl Health {
         self.serving.store(serving, Ordering::SeqCst);
     }
 
+    /// Compiled, serving, and the source is not stuck.
     pub fn is_ready(&self) -> bool {
-        self.compiled.load(Ordering::SeqCst) && self.serving.load(Ordering::SeqCst)
+        self.compiled.load(Ordering::SeqCst)
+            && self.serving.load(Ordering::SeqCst)
+            && self.stuck().is_none()
+    }
+
+    /// Starts tracking the source's rescans: one running longer than `stuck_after` makes the
+    /// source stuck.
+    pub fn track_rescans(&self, stuck_after: Duration) {
+        if let Ok(mut r) = self.rescans.lock() {
+            r.tracked = true;
+            r.stuck_after = stuck_after;
+        }
+    }
+
+    /// A rescan of the source started.
+    pub fn rescan_started(&self) {
+        if let Ok(mut r) = self.rescans.lock() {
+            r.running_since = Some(Instant::now());
+        }
+    }
+
+    /// The rescan in progress finished.
+    pub fn rescan_finished(&self) {
+        if let Ok(mut r) = self.rescans.lock() {
+            let now = Instant::now();
+            r.last_duration = r.running_since.take().map(|s| now.duration_since(s));
+            r.last_finished = Some(now);
+            r.completed += 1;
+        }
+    }
+
+    /// Why the source is stuck, if it is: a rescan that has run longer than its bound (it may
+    /// be blocked on the filesystem; the last compiled config stays served meanwhile).
+    pub fn stuck(&self) -> Option<String> {
+        let r = self.rescans.lock().ok()?;
+        let running = r.running_since?.elapsed();
+        (r.tracked && running > r.stuck_after).then(|| {
+            format!(
+                "manifests rescan running for {} s (bound {} s); the last compiled config stays in force",
+                running.as_secs(),
+                r.stuck_after.as_secs()
+            )
+        })
+    }
+
+    /// The rescans' progress, when the source reports it.
+    pub fn rescans(&self) -> Option<RescanReport> {
+        let stuck = self.stuck();
+        let r = self.rescans.lock().ok()?;
+        r.tracked.then(|| RescanReport {
+            stuck,
+            running_seconds: r.running_since.map(|s| s.elapsed().as_secs_f64()),
+            last_duration_seconds: r.last_duration.map(|d| d.as_secs_f64()),
+            last_completed_seconds_ago: r.last_finished.map(|f| f.elapsed().as_secs_f64()),
+            completed: r.completed,
+        })
     }
 
     /// Replaces the set of current source errors.
@@ -94,6 +181,8 @@ pub struct AdminState {
 struct StatusReport {
     ready: bool,
     source_errors: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rescans: Option<RescanReport>,
     unwatched_kinds: BTreeMap<String, String>,
     objects: serde_json::Value,
 }
@@ -134,13 +223,16 @@ pub fn handle(state: &AdminState, req: &Request<impl Sized>) -> Response<Body> {
     match req.uri().path() {
         "/live" => text(StatusCode::OK, "live\n"),
         "/ready" => {
-            if state.health.is_ready() {
+            if let Some(stuck) = state.health.stuck() {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: {stuck}\n"),
+                )
+            } else if state.health.is_ready() {
                 let errors = state.health.source_errors();
                 let mut body = String::from("ready\n");
                 for (source, error) in errors {
-                    body.push_str(&format!(
-                        "warning: {source}: {error} (last good objects kept)\n"
-                    ));
+                    body.push_str(&format!("warning: {source}: {error}\n"));
                 }
                 for (crd, why) in state.health.unwatched_kinds() {
                     body.push_str(&format!("warning: SMI kind {crd} not watched: {why}\n"));
@@ -172,6 +264,7 @@ pub fn handle(state: &AdminState, req: &Request<impl Sized>) -> Response<Body> {
             &StatusReport {
                 ready: state.health.is_ready(),
                 source_errors: state.health.source_errors(),
+                rescans: state.health.rescans(),
                 unwatched_kinds: state.health.unwatched_kinds(),
                 objects: state.status.to_json(),
             },
@@ -322,5 +415,57 @@ mod tests {
         );
         s.health.set_unwatched_kinds(BTreeMap::new());
         assert_eq!(get(&s, "/ready").await.1, "ready\n");
+    }
+
+    #[tokio::test]
+    async fn a_stuck_rescan_makes_ready_fail_and_status_say_so() {
+        let s = state();
+        s.health.set_compiled();
+        s.health.set_serving(true);
+        s.health.track_rescans(Duration::from_millis(50));
+        s.health.rescan_started();
+        s.health.rescan_finished();
+        assert_eq!(get(&s, "/ready").await.0, StatusCode::OK);
+        let (_, body) = get(&s, "/status").await;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["rescans"]["completed"], 1);
+        assert!(v["rescans"]["stuck"].is_null(), "{v}");
+
+        // A rescan that does not finish within its bound: not ready, and /status says why.
+        s.health.rescan_started();
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        let (code, body) = get(&s, "/ready").await;
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("manifests rescan running for"), "{body}");
+        let (_, body) = get(&s, "/status").await;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["ready"], false);
+        assert!(
+            v["rescans"]["stuck"]
+                .as_str()
+                .unwrap_or("")
+                .contains("rescan running"),
+            "{v}"
+        );
+        // It finishes: ready again.
+        s.health.rescan_finished();
+        assert_eq!(get(&s, "/ready").await.0, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn source_errors_are_warnings_on_ready() {
+        let s = state();
+        s.health.set_compiled();
+        s.health.set_serving(true);
+        s.health.set_source_errors(BTreeMap::from([(
+            "x.yaml".to_string(),
+            "skipped: not a regular file (FIFO); not read".to_string(),
+        )]));
+        let (code, body) = get(&s, "/ready").await;
+        assert_eq!(code, StatusCode::OK, "the last good config is in force");
+        assert_eq!(
+            body,
+            "ready\nwarning: x.yaml: skipped: not a regular file (FIFO); not read\n"
+        );
     }
 }

@@ -216,7 +216,7 @@ impl RuntimeMetrics {
         );
         registry.register(
             "manifest_errors",
-            "Manifest files that currently fail to load (their last good objects stay in force)",
+            "Manifest entries not in force: files that fail to load or are empty (their last good objects stay in force), and entries skipped (FIFOs, aliases, too deep)",
             self.manifest_errors.clone(),
         );
     }
@@ -626,15 +626,18 @@ async fn run_manifests(
             None
         }
     };
-    let mut state = ManifestDir::new(dir.clone());
+    let mut state = ManifestDir::new(dir.clone()).with_empty_grace(options.empty_grace);
+    reconciler.health.track_rescans(options.stuck_after);
     let mut observed_at = Instant::now();
     loop {
+        reconciler.health.rescan_started();
         let (back, changes) = tokio::task::spawn_blocking(move || {
             let changes = state.rescan();
             (state, changes)
         })
         .await
         .map_err(|e| RuntimeError::Manifests(dir.clone(), format!("rescan task: {e}")))?;
+        reconciler.health.rescan_finished();
         state = back;
         let errors = state.errors();
         metrics.manifest_errors.set(errors.len() as i64);
@@ -642,13 +645,24 @@ async fn run_manifests(
         if !changes.is_empty() || reconciler.generation == 0 {
             reconciler.apply(changes, observed_at);
         }
+        // An emptied file's grace ending is a reason to rescan too.
+        let deadline = state.next_deadline().map(tokio::time::Instant::from_std);
         let next = async {
-            match watcher.as_mut() {
-                Some(w) => w.next().await,
-                None => {
-                    tokio::time::sleep(options.rescan_interval).await;
-                    None
+            let event = async {
+                match watcher.as_mut() {
+                    Some(w) => w.next().await,
+                    None => {
+                        tokio::time::sleep(options.rescan_interval).await;
+                        None
+                    }
                 }
+            };
+            match deadline {
+                Some(at) => tokio::select! {
+                    e = event => e,
+                    _ = tokio::time::sleep_until(at) => None,
+                },
+                None => event.await,
             }
         };
         tokio::select! {

@@ -12,6 +12,7 @@ pub mod access;
 pub mod convert;
 pub mod crd;
 pub mod hub;
+pub mod limits;
 pub mod quantity;
 pub mod specs;
 pub mod split;

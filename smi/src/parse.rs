@@ -95,6 +95,18 @@ pub fn from_value_in(v: &Value, default_namespace: &str) -> Result<SmiObject, Sm
             kind: kind.to_string(),
         });
     }
+    // SMI objects nest a handful of levels; anything deeper is refused before it is copied,
+    // converted or compiled (a parser's own limits may be higher, or absent).
+    let depth = crate::limits::value_depth(v);
+    if depth > crate::limits::MAX_NESTING {
+        return Err(SmiError::invalid(
+            "",
+            format!(
+                "collections nested {depth} deep, more than the limit of {}",
+                crate::limits::MAX_NESTING
+            ),
+        ));
+    }
     let mut v = v.clone();
     let obj = v
         .as_object_mut()

@@ -540,3 +540,23 @@ fn to_value_rejects_wrong_kind_or_version() {
         Err(SmiError::NotSmi { .. })
     ));
 }
+
+#[test]
+fn an_object_nested_deeper_than_the_limit_is_refused() {
+    let mut deep = serde_json::json!("x");
+    for _ in 0..weft_smi::limits::MAX_NESTING {
+        deep = serde_json::json!([deep]);
+    }
+    let v = serde_json::json!({
+        "apiVersion": "split.smi-spec.io/v1alpha4",
+        "kind": "TrafficSplit",
+        "metadata": {"name": "s", "namespace": "demo"},
+        "spec": {"service": "web", "backends": [{"service": "a", "weight": 1}], "x": deep},
+    });
+    let err = weft_smi::from_value(&v).unwrap_err();
+    assert!(err.to_string().contains("nested"), "{err}");
+    // The same object without the deep field reads.
+    let mut ok = v.clone();
+    ok["spec"].as_object_mut().unwrap().remove("x");
+    assert!(weft_smi::from_value(&ok).is_ok());
+}

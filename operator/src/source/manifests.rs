@@ -5,16 +5,30 @@
 //! changed; a file that fails to parse keeps its last good objects in force and its error is
 //! reported (logs, metrics, `GET /status`, a warning on `GET /ready`). The rescan's result is
 //! one atomic batch of [`Change`]s.
+//!
+//! What removes a file's objects, and what does not (a file rewritten in place is briefly empty
+//! or half-written, and must not shift traffic meanwhile):
+//!
+//! * the file is deleted (or renamed to a name that is not a manifest): removed at once;
+//! * the file's new content is valid and lacks some objects: those are removed at once;
+//! * the file's content is invalid, unreadable, too large, too deep, or the file became a FIFO,
+//!   socket or device: nothing is removed, the last good objects stay in force until the file is
+//!   valid again (or deleted), and the file is reported;
+//! * the file is empty (no document: zero bytes, whitespace, comments): its last good objects
+//!   stay in force, and it is reported, until it has content again, is deleted, or has stayed
+//!   empty for [`WatchOptions::empty_grace`]; then the emptying is honoured.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use super::Change;
-use crate::model::manifests::{load_file, manifest_files, ManifestError};
+use crate::model::manifests::{
+    list_manifests, parse_file, read_manifest, ManifestError, ALIAS_REASON,
+};
 use crate::model::{ClusterObject, ObjectKey};
 
 /// Tunables of the directory watcher.
@@ -36,6 +50,13 @@ pub struct WatchOptions {
     pub max_delay: Duration,
     /// Rescan at least this often, events or not.
     pub rescan_interval: Duration,
+    /// How long a file that had objects must stay empty before its objects are removed (an
+    /// empty file is more often a rewrite in progress than an intent; delete the file to
+    /// remove its objects at once).
+    pub empty_grace: Duration,
+    /// A rescan that has not finished after this long makes the source stuck: `GET /ready`
+    /// answers 503 until it finishes.
+    pub stuck_after: Duration,
 }
 
 impl Default for WatchOptions {
@@ -45,6 +66,8 @@ impl Default for WatchOptions {
             debounce: Duration::from_millis(15),
             max_delay: Duration::from_millis(500),
             rescan_interval: Duration::from_secs(5),
+            empty_grace: Duration::from_secs(10),
+            stuck_after: Duration::from_secs(30),
         }
     }
 }
@@ -56,6 +79,22 @@ struct FileState {
     objects: Vec<ClusterObject>,
     /// Why the current content does not load, if it does not.
     error: Option<String>,
+    /// Since when the file has been empty while its last good objects are kept.
+    empty_since: Option<Instant>,
+}
+
+impl FileState {
+    /// The file's current content cannot be used: keep what the previous state had in force.
+    /// The digest is cleared, so that the next readable content is parsed (and the error
+    /// cleared) even if it is the same as before.
+    fn failed(previous: Option<FileState>, error: String) -> FileState {
+        FileState {
+            digest: [0; 32],
+            objects: previous.map(|p| p.objects).unwrap_or_default(),
+            error: Some(error),
+            empty_since: None,
+        }
+    }
 }
 
 /// The state of a manifests directory: the last good objects of each file.
@@ -67,6 +106,9 @@ pub struct ManifestDir {
     current: HashMap<ObjectKey, ClusterObject>,
     /// Error listing the directory itself.
     dir_error: Option<String>,
+    /// Entries the last walk did not read (FIFOs, aliases, too deep), with why.
+    skipped: BTreeMap<PathBuf, String>,
+    empty_grace: Duration,
 }
 
 impl ManifestDir {
@@ -76,7 +118,24 @@ impl ManifestDir {
             files: BTreeMap::new(),
             current: HashMap::new(),
             dir_error: None,
+            skipped: BTreeMap::new(),
+            empty_grace: WatchOptions::default().empty_grace,
         }
+    }
+
+    /// Sets how long an emptied file keeps its objects (see [`WatchOptions::empty_grace`]).
+    pub fn with_empty_grace(mut self, grace: Duration) -> Self {
+        self.empty_grace = grace;
+        self
+    }
+
+    /// When the next emptied file's grace ends (a rescan then removes its objects), if any.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.files
+            .values()
+            .filter_map(|s| s.empty_since)
+            .min()
+            .map(|since| since + self.empty_grace)
     }
 
     pub fn dir(&self) -> &Path {
@@ -85,84 +144,138 @@ impl ManifestDir {
 
     /// Rereads the directory (blocking I/O) and returns the changes since the last rescan.
     pub fn rescan(&mut self) -> Vec<Change> {
-        let paths = match manifest_files(&self.dir) {
-            Ok(p) => {
+        self.rescan_at(Instant::now())
+    }
+
+    /// [`rescan`](Self::rescan) at a given time (for the empty-file grace).
+    pub fn rescan_at(&mut self, now: Instant) -> Vec<Change> {
+        let listing = match list_manifests(&self.dir) {
+            Ok(l) => {
                 self.dir_error = None;
-                p
+                l
             }
             Err(e) => {
                 // Keep everything in force: a directory that cannot be listed right now (being
-                // replaced, permissions) is not an instruction to delete the mesh's config.
-                tracing::warn!(dir = %self.dir.display(), error = %e, "cannot list manifests");
-                self.dir_error = Some(e.to_string());
+                // replaced, permissions, over a limit) is not an instruction to delete the
+                // mesh's config.
+                let message = describe(&e);
+                tracing::warn!(dir = %self.dir.display(), error = %message, "cannot list manifests; keeping every object in force");
+                self.dir_error = Some(message);
                 return Vec::new();
             }
         };
         let mut seen = BTreeMap::new();
-        for path in paths {
-            let bytes = match std::fs::read(&path) {
+        self.skipped.clear();
+        for (path, reason) in listing.skipped {
+            // A manifest that became a FIFO or device keeps its last good objects, as an
+            // unreadable one does; a second path to a file already read adds nothing.
+            if !reason.starts_with(ALIAS_REASON) {
+                if let Some(previous) = self.files.remove(&path) {
+                    seen.insert(
+                        path.clone(),
+                        FileState::failed(Some(previous), reason.clone()),
+                    );
+                    continue;
+                }
+            }
+            self.skipped.insert(path, reason);
+        }
+        for path in listing.files {
+            let previous = self.files.remove(&path);
+            let bytes = match read_manifest(&path) {
                 Ok(b) => b,
                 // Deleted between listing and reading: gone.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) if e.is_not_found() => continue,
                 Err(e) => {
-                    self.record_error(&path, &mut seen, e.to_string());
+                    let message = describe(&e);
+                    tracing::warn!(file = %path.display(), error = %message, "cannot read manifest; keeping its last good objects");
+                    seen.insert(path, FileState::failed(previous, message));
                     continue;
                 }
             };
             let digest: [u8; 32] = Sha256::digest(&bytes).into();
-            match self.files.remove(&path) {
-                Some(state) if state.digest == digest => {
-                    seen.insert(path, state);
+            let state = match previous {
+                Some(mut state) if state.digest == digest => {
+                    self.expire_empty(&path, &mut state, now);
+                    state
                 }
-                previous => {
-                    let loaded = load_file(&path).map(|f| f.objects);
-                    let state = match (loaded, previous) {
-                        (Ok(objects), _) => {
-                            tracing::debug!(file = %path.display(), objects = objects.len(), "manifest loaded");
-                            FileState {
-                                digest,
-                                objects,
-                                error: None,
-                            }
-                        }
-                        (Err(e), previous) => {
-                            let message = describe(&e);
-                            tracing::warn!(
-                                file = %path.display(),
-                                error = %message,
-                                "manifest does not load; keeping its last good objects"
-                            );
-                            FileState {
-                                digest,
-                                objects: previous.map(|p| p.objects).unwrap_or_default(),
-                                error: Some(message),
-                            }
-                        }
-                    };
-                    seen.insert(path, state);
-                }
-            }
+                previous => self.load(&path, &bytes, digest, previous, now),
+            };
+            seen.insert(path, state);
         }
         self.files = seen;
         self.diff()
     }
 
-    fn record_error(
-        &mut self,
+    /// Parses changed content into the file's new state.
+    fn load(
+        &self,
         path: &Path,
-        seen: &mut BTreeMap<PathBuf, FileState>,
-        message: String,
-    ) {
-        tracing::warn!(file = %path.display(), error = %message, "cannot read manifest");
-        let previous = self.files.remove(path);
-        seen.insert(
-            path.to_path_buf(),
-            FileState {
-                digest: previous.as_ref().map(|p| p.digest).unwrap_or_default(),
-                objects: previous.map(|p| p.objects).unwrap_or_default(),
-                error: Some(message),
-            },
-        );
+        bytes: &[u8],
+        digest: [u8; 32],
+        previous: Option<FileState>,
+        now: Instant,
+    ) -> FileState {
+        match parse_file(path, bytes) {
+            Ok((objects, ignored)) => {
+                let empty = objects.is_empty() && ignored.is_empty();
+                match previous {
+                    Some(previous) if empty && !previous.objects.is_empty() => {
+                        let since = previous.empty_since.unwrap_or(now);
+                        tracing::warn!(
+                            file = %path.display(),
+                            objects = previous.objects.len(),
+                            grace_s = self.empty_grace.as_secs_f64(),
+                            "manifest is empty; keeping its last good objects for now"
+                        );
+                        let mut state = FileState {
+                            digest,
+                            objects: previous.objects,
+                            error: None,
+                            empty_since: Some(since),
+                        };
+                        self.expire_empty(path, &mut state, now);
+                        state
+                    }
+                    _ => {
+                        tracing::debug!(file = %path.display(), objects = objects.len(), "manifest loaded");
+                        FileState {
+                            digest,
+                            objects,
+                            error: None,
+                            empty_since: None,
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                let message = describe(&e);
+                tracing::warn!(
+                    file = %path.display(),
+                    error = %message,
+                    "manifest does not load; keeping its last good objects"
+                );
+                let mut state = FileState::failed(previous, message);
+                state.digest = digest;
+                state
+            }
+        }
+    }
+
+    /// Honours an emptied file once it has stayed empty for the grace period.
+    fn expire_empty(&self, path: &Path, state: &mut FileState, now: Instant) {
+        let Some(since) = state.empty_since else {
+            return;
+        };
+        if now.saturating_duration_since(since) >= self.empty_grace {
+            tracing::info!(
+                file = %path.display(),
+                objects = state.objects.len(),
+                "manifest stayed empty; removing its objects"
+            );
+            state.objects.clear();
+            state.empty_since = None;
+        }
     }
 
     /// Recomputes the objects in force and returns what changed.
@@ -188,22 +301,46 @@ impl ManifestDir {
         changes
     }
 
-    /// Files (relative to the directory) whose current content does not load, with the reason.
+    /// Entries (relative to the directory) whose current content is not in force, or that
+    /// were not read, with the reason; `.` for the directory itself.
     pub fn errors(&self) -> BTreeMap<String, String> {
-        let mut out: BTreeMap<String, String> = self
-            .files
-            .iter()
-            .filter_map(|(path, s)| {
-                let rel = path.strip_prefix(&self.dir).unwrap_or(path);
-                s.error
-                    .as_ref()
-                    .map(|e| (rel.display().to_string(), e.clone()))
-            })
-            .collect();
+        let rel = |path: &Path| {
+            path.strip_prefix(&self.dir)
+                .unwrap_or(path)
+                .display()
+                .to_string()
+        };
+        let mut out = BTreeMap::new();
+        for (path, s) in &self.files {
+            let kept = s.objects.len();
+            let message = match (&s.error, s.empty_since) {
+                (Some(e), _) if kept > 0 => {
+                    format!("{e} (its last good {kept} objects stay in force until it loads or is deleted)")
+                }
+                (Some(e), _) => e.clone(),
+                (None, Some(_)) => format!(
+                    "empty (its last good {kept} objects stay in force until it has content again, is deleted, or has stayed empty for {} s)",
+                    self.empty_grace.as_secs()
+                ),
+                (None, None) => continue,
+            };
+            out.insert(rel(path), message);
+        }
+        for (path, reason) in &self.skipped {
+            out.insert(rel(path), format!("skipped: {reason}"));
+        }
         if let Some(e) = &self.dir_error {
-            out.insert(".".to_string(), e.clone());
+            out.insert(
+                ".".to_string(),
+                format!("{e} (every object stays in force until the directory can be read)"),
+            );
         }
         out
+    }
+
+    /// Number of manifest files read by the last rescan.
+    pub fn file_count(&self) -> usize {
+        self.files.len()
     }
 
     /// Number of objects in force.
@@ -251,7 +388,7 @@ impl DirWatcher {
     pub fn new(dir: &Path, options: WatchOptions) -> Result<Self, WatchError> {
         use notify::Watcher;
         let (tx, rx) = mpsc::channel(1);
-        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        let handler = move |res: notify::Result<notify::Event>| {
             match res {
                 Ok(ev) if ev.kind.is_access() => {}
                 // A full channel already holds a tick: coalesced.
@@ -259,10 +396,16 @@ impl DirWatcher {
                     let _ = tx.try_send(());
                 }
             }
-        })
-        .map_err(|source| WatchError::Notify {
-            path: dir.display().to_string(),
-            source,
+        };
+        // Symlinked directories are not watched (the rescan still reads them, once each, and
+        // the periodic rescan notices their changes): following them could make the watcher
+        // walk and watch whatever they point to, the whole filesystem for a link to `/`.
+        let config = notify::Config::default().with_follow_symlinks(false);
+        let mut watcher = notify::RecommendedWatcher::new(handler, config).map_err(|source| {
+            WatchError::Notify {
+                path: dir.display().to_string(),
+                source,
+            }
         })?;
         watcher
             .watch(dir, notify::RecursiveMode::Recursive)
@@ -422,5 +565,98 @@ mod tests {
         let mut dir = ManifestDir::new(tmp.path());
         assert!(dir.rescan().is_empty());
         assert!(dir.errors().is_empty());
+    }
+
+    #[test]
+    fn an_emptied_file_keeps_its_objects_until_the_grace_ends() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("split.yaml");
+        std::fs::write(&path, SPLIT).unwrap();
+        let mut dir = ManifestDir::new(tmp.path()).with_empty_grace(Duration::from_secs(10));
+        let t0 = Instant::now();
+        assert_eq!(kinds(&dir.rescan_at(t0)), vec!["+canary"]);
+
+        // Empty (whitespace and a comment count as empty): kept, reported, deadline set.
+        std::fs::write(&path, "# rewritten\n\n").unwrap();
+        assert!(dir.rescan_at(t0).is_empty());
+        assert_eq!(dir.len(), 1);
+        assert!(
+            dir.errors()["split.yaml"].starts_with("empty"),
+            "{:?}",
+            dir.errors()
+        );
+        assert_eq!(dir.next_deadline(), Some(t0 + Duration::from_secs(10)));
+        assert!(dir.rescan_at(t0 + Duration::from_secs(9)).is_empty());
+
+        // Content again before the grace ends: applies, nothing was removed.
+        std::fs::write(&path, SPLIT.replace("weight: 100", "weight: 7")).unwrap();
+        assert_eq!(
+            kinds(&dir.rescan_at(t0 + Duration::from_secs(9))),
+            vec!["+canary"]
+        );
+        assert!(dir.errors().is_empty());
+        assert_eq!(dir.next_deadline(), None);
+
+        // Empty for the whole grace: honoured.
+        std::fs::write(&path, "").unwrap();
+        let t1 = t0 + Duration::from_secs(20);
+        assert!(dir.rescan_at(t1).is_empty());
+        assert_eq!(
+            kinds(&dir.rescan_at(t1 + Duration::from_secs(10))),
+            vec!["-canary"]
+        );
+        assert!(dir.errors().is_empty());
+        assert!(dir.is_empty());
+
+        // A file that never had objects may be empty: nothing to report.
+        std::fs::write(tmp.path().join("new.yaml"), "").unwrap();
+        assert!(dir.rescan_at(t1).is_empty());
+        assert!(dir.errors().is_empty());
+    }
+
+    #[test]
+    fn a_manifest_replaced_by_a_socket_keeps_its_objects_and_is_reported() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("split.yaml");
+        std::fs::write(&path, SPLIT).unwrap();
+        let mut dir = ManifestDir::new(tmp.path());
+        assert_eq!(kinds(&dir.rescan()), vec!["+canary"]);
+        std::fs::remove_file(&path).unwrap();
+        let _socket = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        assert!(dir.rescan().is_empty(), "kept");
+        let errors = dir.errors();
+        assert!(
+            errors["split.yaml"].contains("not a regular file (socket)"),
+            "{errors:?}"
+        );
+        assert!(errors["split.yaml"].contains("stay in force"), "{errors:?}");
+
+        // The same content back: in force as before, and the report clears.
+        drop(_socket);
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, SPLIT).unwrap();
+        assert!(dir.rescan().is_empty());
+        assert!(dir.errors().is_empty(), "{:?}", dir.errors());
+        assert_eq!(dir.len(), 1);
+    }
+
+    #[test]
+    fn directories_deeper_than_the_limit_are_not_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut deep = tmp.path().to_path_buf();
+        for _ in 0..crate::model::manifests::MAX_DIR_DEPTH {
+            deep.push("d");
+        }
+        std::fs::create_dir_all(deep.join("d")).unwrap();
+        std::fs::write(deep.join("svc.yaml"), SVC).unwrap();
+        std::fs::write(deep.join("d/split.yaml"), SPLIT).unwrap();
+        let mut dir = ManifestDir::new(tmp.path());
+        assert_eq!(kinds(&dir.rescan()), vec!["+web"]);
+        let errors = dir.errors();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors.values().all(|e| e.contains("levels deep")),
+            "{errors:?}"
+        );
     }
 }
