@@ -60,7 +60,9 @@ pub enum App {
         version: String,
     },
     /// `weft-test-app echo` on the pod IP.
-    Echo { port: u16 },
+    Echo {
+        port: u16,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -280,7 +282,9 @@ impl Pod {
     /// The app's own address (bypassing the proxy), if it has one.
     pub fn app_addr(&self) -> Option<SocketAddr> {
         match self.spec.app {
-            App::Http { port, .. } | App::Echo { port } => Some(SocketAddr::new(self.ip.into(), port)),
+            App::Http { port, .. } | App::Echo { port } => {
+                Some(SocketAddr::new(self.ip.into(), port))
+            }
             App::None => None,
         }
     }
@@ -383,7 +387,8 @@ impl LoopbackMesh {
             mesh.pods.push(pod);
         }
         for p in spec.pods.iter().filter(|p| !p.deferred) {
-            mesh.wait_proxy_ready(&p.name, Duration::from_secs(60)).await;
+            mesh.wait_proxy_ready(&p.name, Duration::from_secs(60))
+                .await;
         }
         mesh
     }
@@ -432,10 +437,7 @@ impl LoopbackMesh {
     }
     /// `<svc>.<ns>.svc.cluster.local:<port>`.
     pub fn authority(&self, service: &str, port: u16) -> String {
-        format!(
-            "{service}.{}.svc.cluster.local:{port}",
-            self.spec.namespace
-        )
+        format!("{service}.{}.svc.cluster.local:{port}", self.spec.namespace)
     }
     pub fn spiffe(&self, sa: &str) -> String {
         spiffe(&self.spec.namespace, sa)
@@ -738,7 +740,8 @@ impl LoopbackMesh {
 
     /// The operator's resident memory (VmRSS) in KiB, if it runs.
     pub fn operator_rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.operator.pid())).ok()?;
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.operator.pid())).ok()?;
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -777,7 +780,12 @@ impl LoopbackMesh {
     }
 
     /// Waits until `pod`'s config version differs from `before`; false after `limit`.
-    pub async fn wait_config_change(&self, pod: &str, before: Option<&str>, limit: Duration) -> bool {
+    pub async fn wait_config_change(
+        &self,
+        pod: &str,
+        before: Option<&str>,
+        limit: Duration,
+    ) -> bool {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             let now = self.proxy_config_version(pod).await;
@@ -820,7 +828,12 @@ impl LoopbackMesh {
             let _ = write!(req, "{k}: {v}\r\n");
         }
         req.push_str("Connection: close\r\n\r\n");
-        http_raw(self.pod(pod).outbound(), req.as_bytes(), Duration::from_secs(15)).await
+        http_raw(
+            self.pod(pod).outbound(),
+            req.as_bytes(),
+            Duration::from_secs(15),
+        )
+        .await
     }
 
     /// `n` requests (up to 8 at a time) from `pod` to `authority`; counts statuses and bodies.
@@ -870,7 +883,10 @@ impl LoopbackMesh {
 
     /// A client certificate chain and key for `sa` in this mesh's namespace, signed by the mesh
     /// issuer (as an attacker who got one would hold). Needs [`IssuerMode::Provided`].
-    pub fn mint_client_cert(&self, sa: &str) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+    pub fn mint_client_cert(
+        &self,
+        sa: &str,
+    ) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
         mint_cert(&self.issuer_dir(), &self.spiffe(sa))
     }
 
@@ -982,7 +998,11 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Result<RawResponse, Strin
 }
 
 /// Sends `request` as is on a new connection and reads one response (within `limit`).
-pub async fn http_raw(addr: SocketAddr, request: &[u8], limit: Duration) -> Result<RawResponse, String> {
+pub async fn http_raw(
+    addr: SocketAddr,
+    request: &[u8],
+    limit: Duration,
+) -> Result<RawResponse, String> {
     let attempt = async {
         let mut s = TcpStream::connect(addr)
             .await
@@ -1036,7 +1056,10 @@ pub async fn read_response<S: AsyncRead + Unpin>(s: &mut S) -> Result<RawRespons
     };
     let body = if let Some(len) = get("content-length").and_then(|v| v.parse::<usize>().ok()) {
         while rest.len() < len {
-            let n = s.read(&mut chunk).await.map_err(|e| format!("read body: {e}"))?;
+            let n = s
+                .read(&mut chunk)
+                .await
+                .map_err(|e| format!("read body: {e}"))?;
             if n == 0 {
                 break;
             }
@@ -1048,7 +1071,10 @@ pub async fn read_response<S: AsyncRead + Unpin>(s: &mut S) -> Result<RawRespons
         let mut body = Vec::new();
         loop {
             let Some(i) = find(&rest, b"\r\n") else {
-                let n = s.read(&mut chunk).await.map_err(|e| format!("read body: {e}"))?;
+                let n = s
+                    .read(&mut chunk)
+                    .await
+                    .map_err(|e| format!("read body: {e}"))?;
                 if n == 0 {
                     break;
                 }
@@ -1062,7 +1088,10 @@ pub async fn read_response<S: AsyncRead + Unpin>(s: &mut S) -> Result<RawRespons
                 break;
             }
             while rest.len() < i + 2 + size + 2 {
-                let n = s.read(&mut chunk).await.map_err(|e| format!("read body: {e}"))?;
+                let n = s
+                    .read(&mut chunk)
+                    .await
+                    .map_err(|e| format!("read body: {e}"))?;
                 if n == 0 {
                     return Err("connection closed inside a chunk".into());
                 }
@@ -1076,7 +1105,10 @@ pub async fn read_response<S: AsyncRead + Unpin>(s: &mut S) -> Result<RawRespons
         Vec::new()
     } else {
         loop {
-            let n = s.read(&mut chunk).await.map_err(|e| format!("read body: {e}"))?;
+            let n = s
+                .read(&mut chunk)
+                .await
+                .map_err(|e| format!("read body: {e}"))?;
             if n == 0 {
                 break;
             }
@@ -1143,7 +1175,9 @@ pub fn mint_cert(
         .unwrap_or_else(|e| panic!("issuer.crt: {e}"));
     let key = KeyPair::generate().unwrap_or_else(|e| panic!("{e}"));
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap_or_else(|e| panic!("{e}"));
-    params.distinguished_name.push(DnType::CommonName, "attacker");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "attacker");
     params.subject_alt_names = vec![SanType::URI(
         spiffe_id.try_into().unwrap_or_else(|e| panic!("{e}")),
     )];
@@ -1307,7 +1341,13 @@ pub fn traffic_target_yaml(
 
 /// A `TrafficSplit` (v1alpha4) of `root` over `backends` (service, weight); `matches`: names of
 /// HTTPRouteGroups the split applies to (empty: all requests).
-pub fn split_yaml(ns: &str, name: &str, root: &str, backends: &[(&str, u32)], matches: &[&str]) -> String {
+pub fn split_yaml(
+    ns: &str,
+    name: &str,
+    root: &str,
+    backends: &[(&str, u32)],
+    matches: &[&str],
+) -> String {
     let mut out = format!(
         "apiVersion: split.smi-spec.io/v1alpha4\nkind: TrafficSplit\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  service: {root}\n"
     );

@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use weft_e2e::loopback::{
-    normalise_path, read_all_within, route_group_yaml, traffic_target_yaml, LoopbackMesh,
-    MeshSpec, PodSpec, ServiceSpec, PROXY_ADMIN_PORT, OUTBOUND_PORT,
+    normalise_path, read_all_within, route_group_yaml, traffic_target_yaml, LoopbackMesh, MeshSpec,
+    PodSpec, ServiceSpec, OUTBOUND_PORT, PROXY_ADMIN_PORT,
 };
 
 const NS: &str = "shop";
@@ -71,21 +71,27 @@ async fn transport_header_cannot_reach_outbound_admin_or_undeclared_ports() {
         .get_via("other-0", &web, "/whoami", &[])
         .await
         .unwrap_or_else(|e| panic!("other-0 -> web: {e}\n{}", mesh.logs()));
-    assert_eq!(direct.status, 403, "sa/other calling web directly: {direct:?}");
+    assert_eq!(
+        direct.status, 403,
+        "sa/other calling web directly: {direct:?}"
+    );
     let ok = mesh
         .get_via("client-0", &web, "/whoami", &[])
         .await
         .unwrap_or_else(|e| panic!("client-0 -> web: {e}\n{}", mesh.logs()));
-    assert_eq!(ok.status, 200, "sa/client calling web: {ok:?}\n{}", mesh.logs());
+    assert_eq!(
+        ok.status,
+        200,
+        "sa/client calling web: {ok:?}\n{}",
+        mesh.logs()
+    );
     assert_eq!(
         ok.body_text().trim(),
         format!("client-id {}", mesh.spiffe("client"))
     );
     let baseline = mesh.app_seen("web-0").await.len();
 
-    let http_req = format!(
-        "GET /whoami HTTP/1.1\r\nHost: {web}\r\nConnection: close\r\n\r\n"
-    );
+    let http_req = format!("GET /whoami HTTP/1.1\r\nHost: {web}\r\nConnection: close\r\n\r\n");
     let admin_req = "GET /config HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n";
     let mut served = Vec::new();
     for cert in [Some("other"), None] {
@@ -97,7 +103,10 @@ async fn transport_header_cannot_reach_outbound_admin_or_undeclared_ports() {
             ];
             for (port, payload, success) in cases {
                 let what = format!("client cert {cert:?}, header port {port} hint {hint}");
-                let mut tls = match mesh.mesh_connect("client-0", cert, Some((port, hint))).await {
+                let mut tls = match mesh
+                    .mesh_connect("client-0", cert, Some((port, hint)))
+                    .await
+                {
                     Ok(t) => t,
                     Err(_) => continue, // refused: not served
                 };
@@ -139,7 +148,14 @@ fn only_public_paths() -> Vec<(&'static str, String)> {
         ),
         (
             "access.yaml",
-            traffic_target_yaml(NS, "web-access", "web", &["client"], "web-routes", &["public"]),
+            traffic_target_yaml(
+                NS,
+                "web-access",
+                "web",
+                &["client"],
+                "web-routes",
+                &["public"],
+            ),
         ),
     ]
 }
@@ -165,7 +181,11 @@ async fn dot_segments_do_not_escape_a_path_rule() {
         mesh.logs()
     );
     let private = mesh.get_via("client-0", &web, "/private", &[]).await;
-    assert_eq!(private.as_ref().map(|r| r.status).ok(), Some(403), "/private: {private:?}");
+    assert_eq!(
+        private.as_ref().map(|r| r.status).ok(),
+        Some(403),
+        "/private: {private:?}"
+    );
 
     let attacks = [
         "/public/../private",
@@ -219,7 +239,14 @@ async fn repeated_header_cannot_satisfy_an_exact_rule() {
         ),
         (
             "access.yaml",
-            traffic_target_yaml(NS, "web-access", "web", &["client"], "web-routes", &["admins"]),
+            traffic_target_yaml(
+                NS,
+                "web-access",
+                "web",
+                &["client"],
+                "web-routes",
+                &["admins"],
+            ),
         ),
     ];
     let mesh = LoopbackMesh::start(spec(&files)).await;
@@ -228,7 +255,12 @@ async fn repeated_header_cannot_satisfy_an_exact_rule() {
         .get_via("client-0", &web, "/", &[("x-user", "admin")])
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", mesh.logs()));
-    assert_eq!(admin.status, 200, "x-user: admin: {admin:?}\n{}", mesh.logs());
+    assert_eq!(
+        admin.status,
+        200,
+        "x-user: admin: {admin:?}\n{}",
+        mesh.logs()
+    );
     let other = mesh
         .get_via("client-0", &web, "/", &[("x-user", "other")])
         .await

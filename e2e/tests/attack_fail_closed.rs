@@ -58,7 +58,10 @@ async fn split_conditions(mesh: &LoopbackMesh, name: &str, want_problem: bool) -
     loop {
         let conds = mesh.conditions("TrafficSplit", name).await;
         if let Some(c) = &conds {
-            if !want_problem || c.iter().any(|c| c.status != "True" && c.type_ != "Conflicted") {
+            if !want_problem
+                || c.iter()
+                    .any(|c| c.status != "True" && c.type_ != "Conflicted")
+            {
                 return c.clone();
             }
         }
@@ -97,7 +100,13 @@ async fn ab_with_bad_regex(regex: &str) {
     let web = mesh.authority("web", 8080);
     let plain = mesh.tally("client-0", &web, "/", &[], 40).await;
     let beta = mesh
-        .tally("client-0", &web, "/", &[("x-beta", "on"), ("x-beta", "(on")], 40)
+        .tally(
+            "client-0",
+            &web,
+            "/",
+            &[("x-beta", "on"), ("x-beta", "(on")],
+            40,
+        )
         .await;
     assert_eq!(
         plain.body("web v2\n") + beta.body("web v2\n"),
@@ -151,7 +160,13 @@ async fn ab_split_with_oversized_regex_sends_nothing_to_beta() {
 async fn canary_with_missing_stable_backend_fails_its_share() {
     let files = vec![(
         "split.yaml",
-        split_yaml(NS, "web-canary", "web", &[("web-v1x", 90), ("web-v2", 10)], &[]),
+        split_yaml(
+            NS,
+            "web-canary",
+            "web",
+            &[("web-v1x", 90), ("web-v2", 10)],
+            &[],
+        ),
     )];
     let mesh = LoopbackMesh::start(spec(false, &files)).await;
     let web = mesh.authority("web", 8080);
@@ -165,7 +180,10 @@ async fn canary_with_missing_stable_backend_fails_its_share() {
         t.server_errors() >= 140,
         "the stable backend's share must fail (5xx), not go elsewhere: {t:?}"
     );
-    assert!(canary >= 1, "the canary's own 10 % must still be served: {t:?}");
+    assert!(
+        canary >= 1,
+        "the canary's own 10 % must still be served: {t:?}"
+    );
     let conds = split_conditions(&mesh, "web-canary", true).await;
     assert!(
         not_all_true(&conds),
@@ -188,7 +206,13 @@ async fn zero_weights_and_missing_root_are_not_accepted() {
         ),
         (
             "split-noroot.yaml",
-            split_yaml(NS, "no-root", "nosuch", &[("web-v1", 50), ("web-v2", 50)], &[]),
+            split_yaml(
+                NS,
+                "no-root",
+                "nosuch",
+                &[("web-v1", 50), ("web-v2", 50)],
+                &[],
+            ),
         ),
     ];
     let mesh = LoopbackMesh::start(spec(false, &files)).await;

@@ -63,7 +63,11 @@ async fn half_closed_client_gets_its_response() {
             wrong.push(format!("{what}: {r:?}"));
         }
     }
-    assert!(wrong.is_empty(), "half-closed clients did not get 200:\n{}", wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "half-closed clients did not get 200:\n{}",
+        wrong.join("\n")
+    );
 }
 
 /// Attack: two `Host` headers. Today both are forwarded (the proxy routes by one, the app may
@@ -82,10 +86,17 @@ async fn duplicate_host_is_rejected() {
         );
         let r = http_raw(addr, req.as_bytes(), Duration::from_secs(15)).await;
         if r.as_ref().map(|r| r.status).ok() != Some(400) {
-            wrong.push(format!("{what}: {:?}", r.map(|r| (r.status, r.body_text()))));
+            wrong.push(format!(
+                "{what}: {:?}",
+                r.map(|r| (r.status, r.body_text()))
+            ));
         }
     }
-    assert!(wrong.is_empty(), "two Host headers not answered 400:\n{}", wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "two Host headers not answered 400:\n{}",
+        wrong.join("\n")
+    );
     let seen = mesh.app_seen("web-0").await;
     let doubled: Vec<&String> = seen
         .iter()
@@ -96,7 +107,10 @@ async fn duplicate_host_is_rejected() {
                 > 1
         })
         .collect();
-    assert!(doubled.is_empty(), "the app received two Host headers: {doubled:?}");
+    assert!(
+        doubled.is_empty(),
+        "the app received two Host headers: {doubled:?}"
+    );
 }
 
 /// The Host header lines of the request head the app echoed.
@@ -166,10 +180,17 @@ async fn bad_chunk_size_is_a_client_error() {
         );
         let r = http_raw(addr, req.as_bytes(), Duration::from_secs(15)).await;
         if r.as_ref().map(|r| r.status).ok() != Some(400) {
-            wrong.push(format!("{what}: {:?}", r.map(|r| (r.status, r.body_text()))));
+            wrong.push(format!(
+                "{what}: {:?}",
+                r.map(|r| (r.status, r.body_text()))
+            ));
         }
     }
-    assert!(wrong.is_empty(), "bad chunk size not answered 400:\n{}", wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "bad chunk size not answered 400:\n{}",
+        wrong.join("\n")
+    );
 }
 
 /// Attack: slowloris on inbound plaintext: the client sends one byte per second from its very
@@ -186,7 +207,10 @@ async fn slowloris_on_inbound_plaintext_is_closed() {
     let mut s = TcpStream::connect(mesh.pod("web-0").inbound())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let drip = format!("GET / HTTP/1.1\r\nHost: {WEB}\r\nX-Slow: {}", "a".repeat(200));
+    let drip = format!(
+        "GET / HTTP/1.1\r\nHost: {WEB}\r\nX-Slow: {}",
+        "a".repeat(200)
+    );
     let start = tokio::time::Instant::now();
     let bound = Duration::from_secs(60);
     let mut closed = false;

@@ -108,7 +108,10 @@ async fn plaintext_lowercase_method_cannot_forge_identity() {
 async fn meshed_opaque_hint_cannot_forge_identity() {
     let mesh = web_mesh().await;
     let mut answer = Vec::new();
-    if let Ok(mut tls) = mesh.mesh_connect("web-0", Some("client"), Some((8080, 0))).await {
+    if let Ok(mut tls) = mesh
+        .mesh_connect("web-0", Some("client"), Some((8080, 0)))
+        .await
+    {
         let _ = tls.write_all(forged_request("GET").as_bytes()).await;
         let _ = tls.flush().await;
         answer = read_all_within(&mut tls, Duration::from_secs(10)).await.0;
@@ -136,15 +139,19 @@ mod certify {
         let anchors = TrustAnchors::from_pem(&pem).map_err(|e| e.to_string())?;
         let tls = ControlTls::new(&anchors, ControlPeer::Identity(OPERATOR_IDENTITY.into()))
             .map_err(|e| e.to_string())?;
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", mesh.discovery()))
-            .map_err(|e| e.to_string())?
-            .connect_with_connector(tls.connector(Duration::from_secs(5)))
-            .await
-            .map_err(|e| format!("connecting to the operator: {e}"))?;
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", mesh.discovery()))
+                .map_err(|e| e.to_string())?
+                .connect_with_connector(tls.connector(Duration::from_secs(5)))
+                .await
+                .map_err(|e| format!("connecting to the operator: {e}"))?;
         let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
         let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
         params.subject_alt_names = vec![rcgen::SanType::URI(
-            identity.try_into().map_err(|e: rcgen::Error| e.to_string())?,
+            identity
+                .try_into()
+                .map_err(|e: rcgen::Error| e.to_string())?,
         )];
         let csr = params.serialize_request(&key).map_err(|e| e.to_string())?;
         let request = CertifyRequest {
@@ -182,24 +189,51 @@ async fn bootstrap_token_buys_only_the_pods_own_identity() {
     let mesh = web_mesh().await;
     let own = mesh.spiffe("client");
     let got = certify::certify(&mesh, &own, NS, "client-0").await;
-    assert_eq!(got.as_deref(), Ok(own.as_str()), "own identity\n{}", mesh.logs());
+    assert_eq!(
+        got.as_deref(),
+        Ok(own.as_str()),
+        "own identity\n{}",
+        mesh.logs()
+    );
 
     let claims = [
-        (mesh.spiffe("web"), NS, "client-0", "another pod's service account"),
-        (mesh.spiffe("ghost"), NS, "client-0", "a service account that exists nowhere"),
-        (OPERATOR_IDENTITY.to_string(), NS, "client-0", "the operator's identity"),
+        (
+            mesh.spiffe("web"),
+            NS,
+            "client-0",
+            "another pod's service account",
+        ),
+        (
+            mesh.spiffe("ghost"),
+            NS,
+            "client-0",
+            "a service account that exists nowhere",
+        ),
+        (
+            OPERATOR_IDENTITY.to_string(),
+            NS,
+            "client-0",
+            "the operator's identity",
+        ),
         (
             OPERATOR_IDENTITY.to_string(),
             "weft-system",
             "weft-operator-0",
             "the operator's identity for a pod in weft-system",
         ),
-        (mesh.spiffe("web"), NS, "no-such-pod", "a pod that does not exist"),
+        (
+            mesh.spiffe("web"),
+            NS,
+            "no-such-pod",
+            "a pod that does not exist",
+        ),
     ];
     let mut issued = Vec::new();
     for (identity, ns, pod, what) in claims {
         if let Ok(id) = certify::certify(&mesh, &identity, ns, pod).await {
-            issued.push(format!("{what}: claimed {identity} for {ns}/{pod}, issued {id}"));
+            issued.push(format!(
+                "{what}: claimed {identity} for {ns}/{pod}, issued {id}"
+            ));
         }
     }
     assert!(

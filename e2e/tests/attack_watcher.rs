@@ -47,7 +47,13 @@ fn spec() -> MeshSpec {
 }
 
 fn canary(v2: u32) -> String {
-    split_yaml(NS, "web-canary", "web", &[("web-v1", 100 - v2), ("web-v2", v2)], &[])
+    split_yaml(
+        NS,
+        "web-canary",
+        "web",
+        &[("web-v1", 100 - v2), ("web-v2", v2)],
+        &[],
+    )
 }
 
 /// Plants `hostile` in the manifests folder, then moves the canary to 100 % v2 in another file
@@ -57,7 +63,11 @@ async fn edit_survives(what: &str, hostile: impl FnOnce(&std::path::Path)) {
     let mesh = LoopbackMesh::start(spec()).await;
     let web = mesh.authority("web", 8080);
     let before = mesh.tally("client-0", &web, "/", &[], 10).await;
-    assert_eq!(before.body("web v1\n"), 10, "{what}: initial split: {before:?}");
+    assert_eq!(
+        before.body("web v1\n"),
+        10,
+        "{what}: initial split: {before:?}"
+    );
     hostile(&mesh.manifests());
     // Give the watcher a rescan with the hostile entry before the edit.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -85,7 +95,11 @@ async fn edit_survives(what: &str, hostile: impl FnOnce(&std::path::Path)) {
         mesh.logs()
     );
     let after = mesh.tally("client-0", &web, "/", &[], 10).await;
-    assert_eq!(after.body("web v2\n"), 10, "{what}: after the edit: {after:?}");
+    assert_eq!(
+        after.body("web v2\n"),
+        10,
+        "{what}: after the edit: {after:?}"
+    );
     let rss = mesh.operator_rss_kib().unwrap_or(0);
     assert!(rss < RSS_LIMIT_KIB, "{what}: operator RSS {rss} KiB");
 }
@@ -137,8 +151,7 @@ async fn symlink_loops_do_not_blow_up_the_walk() {
 async fn deeply_nested_yaml_does_not_stall_edits() {
     edit_survives("120 KB nested YAML", |dir| {
         let text = format!("a: {}", "[".repeat(120 * 1024 - 3));
-        std::fs::write(dir.join("deep.yaml"), text)
-            .unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(dir.join("deep.yaml"), text).unwrap_or_else(|e| panic!("{e}"));
     })
     .await;
 }
@@ -200,7 +213,10 @@ async fn in_place_rewrite_never_routes_to_weight_zero_canary() {
         v2.load(Ordering::Relaxed),
         other.load(Ordering::Relaxed),
     );
-    assert!(v1 > 0, "no traffic was served during the rewrites ({other} failures)");
+    assert!(
+        v1 > 0,
+        "no traffic was served during the rewrites ({other} failures)"
+    );
     assert_eq!(
         v2, 0,
         "a weight-0 canary got {v2} requests while its split file was rewritten in place \
