@@ -70,6 +70,7 @@ async fn serve_http(stream: TcpStream, body: String, name: String) -> anyhow::Re
     loop {
         let mut head = Vec::new();
         let mut content_length = 0usize;
+        let mut chunked = false;
         let mut close = false;
         let mut client_id = String::from("none");
         let mut upgrade = None;
@@ -90,6 +91,9 @@ async fn serve_http(stream: TcpStream, body: String, name: String) -> anyhow::Re
             }
             if let Some(v) = l.strip_prefix("content-length:") {
                 content_length = v.trim().parse().unwrap_or(0);
+            }
+            if l.starts_with("transfer-encoding:") && l.contains("chunked") {
+                chunked = true;
             }
             if l == "connection: close" {
                 close = true;
@@ -116,8 +120,32 @@ async fn serve_http(stream: TcpStream, body: String, name: String) -> anyhow::Re
         if !seen {
             record(&head);
         }
-        let mut discard = vec![0u8; content_length.min(1 << 20)];
-        reader.read_exact(&mut discard).await?;
+        if chunked {
+            // Read the whole chunked body before answering (a bad chunk closes the connection).
+            loop {
+                let mut size_line = String::new();
+                if reader.read_line(&mut size_line).await? == 0 {
+                    anyhow::bail!("EOF inside a chunked body");
+                }
+                let hex = size_line.split(';').next().unwrap_or("").trim();
+                let size = usize::from_str_radix(hex, 16)
+                    .with_context(|| format!("bad chunk size {hex:?}"))?;
+                if size == 0 {
+                    loop {
+                        let mut trailer = String::new();
+                        if reader.read_line(&mut trailer).await? == 0 || trailer.trim().is_empty() {
+                            break;
+                        }
+                    }
+                    break;
+                }
+                let mut chunk = vec![0u8; size.min(1 << 20) + 2];
+                reader.read_exact(&mut chunk).await?;
+            }
+        } else {
+            let mut discard = vec![0u8; content_length.min(1 << 20)];
+            reader.read_exact(&mut discard).await?;
+        }
         if let (Some(proto), true) = (upgrade, connection_upgrade) {
             let resp = format!(
                 "HTTP/1.1 101 Switching Protocols\r\nupgrade: {proto}\r\nconnection: upgrade\r\nx-app: {name}\r\n\r\n"
