@@ -238,3 +238,43 @@ async fn slowloris_on_inbound_plaintext_is_closed() {
          {bound:?} ({i} bytes sent)"
     );
 }
+
+/// Failure: a request body that ends early (`Content-Length: 100`, 10 bytes, then the client
+/// half-closes) is answered 502 today, as if the app had failed.
+///
+/// Fixed outcome: 400 on both paths (a client error).
+///
+/// Depends on: the proxy HTTP fix (client body errors → 400, not counted as upstream failures).
+#[tokio::test]
+async fn early_eof_in_body_is_a_client_error() {
+    let mesh = web_mesh().await;
+    let mut wrong = Vec::new();
+    for (what, addr) in entries(&mesh) {
+        let attempt = async {
+            let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+            let req = format!(
+                "POST /upload HTTP/1.1\r\nHost: {WEB}\r\nContent-Length: 100\r\n\r\n0123456789"
+            );
+            s.write_all(req.as_bytes())
+                .await
+                .map_err(|e| e.to_string())?;
+            s.shutdown().await.map_err(|e| e.to_string())?;
+            read_response(&mut s).await
+        };
+        let r = tokio::time::timeout(Duration::from_secs(15), attempt)
+            .await
+            .unwrap_or_else(|_| Err("no response within 15 s".into()));
+        match &r {
+            Ok(r) if r.status == 400 => {}
+            _ => wrong.push(format!(
+                "{what}: {:?}",
+                r.map(|r| (r.status, r.body_text()))
+            )),
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "a body cut short by the client was not answered as a client error:\n{}",
+        wrong.join("\n")
+    );
+}
