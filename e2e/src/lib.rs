@@ -7,5 +7,6 @@ pub mod apply;
 pub mod cluster;
 pub mod harness;
 pub mod kubelet;
+pub mod loopback;
 pub mod operator;
 pub mod workspace;

@@ -4,6 +4,9 @@
 //! weft-test-app http  --listen 0.0.0.0:8080 --name web --version v1   # answers "web v1\n"
 //!                                         # GET .../whoami answers "client-id <x-weft-client-id>\n"
 //!                                         # `Upgrade: x` answers 101, then echoes bytes
+//!                                         # GET .../echo answers the request head it received
+//!                                         # GET /_seen (JSON) lists every request head received
+//!                                         #   (request line and headers, as sent), except its own
 //! weft-test-app echo  --listen 0.0.0.0:9000                           # TCP echo
 //! weft-test-app origdst --listen 127.0.0.1:4140                       # answers the SO_ORIGINAL_DST
 //! ```
@@ -36,11 +39,38 @@ struct Args {
 
 const MAX_HEAD: usize = 16 * 1024;
 
+/// Most request heads `/_seen` keeps (the oldest are dropped).
+const MAX_SEEN: usize = 20_000;
+
+/// Every request head received (request line and header lines, CRLF stripped), for `/_seen`.
+static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+fn record(head: &[String]) {
+    let text = head
+        .iter()
+        .map(|l| l.trim_end_matches(['\r', '\n']))
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n");
+    if let Ok(mut seen) = SEEN.lock() {
+        if seen.len() >= MAX_SEEN {
+            seen.remove(0);
+        }
+        seen.push(text);
+    }
+}
+
+fn seen_json() -> String {
+    let seen = SEEN.lock().map(|s| s.clone()).unwrap_or_default();
+    serde_json::to_string(&seen).unwrap_or_else(|_| "[]".into())
+}
+
 async fn serve_http(stream: TcpStream, body: String, name: String) -> anyhow::Result<()> {
     let mut reader = BufReader::new(stream);
     loop {
         let mut head = Vec::new();
         let mut content_length = 0usize;
+        let mut chunked = false;
         let mut close = false;
         let mut client_id = String::from("none");
         let mut upgrade = None;
@@ -62,6 +92,9 @@ async fn serve_http(stream: TcpStream, body: String, name: String) -> anyhow::Re
             if let Some(v) = l.strip_prefix("content-length:") {
                 content_length = v.trim().parse().unwrap_or(0);
             }
+            if l.starts_with("transfer-encoding:") && l.contains("chunked") {
+                chunked = true;
+            }
             if l == "connection: close" {
                 close = true;
             }
@@ -76,12 +109,43 @@ async fn serve_http(stream: TcpStream, body: String, name: String) -> anyhow::Re
             }
         }
         // The request line's path: `/whoami` reports the identity the server's proxy saw.
-        let whoami = head
+        let path = head
             .first()
             .and_then(|l| l.split_whitespace().nth(1))
-            .is_some_and(|path| path.ends_with("/whoami"));
-        let mut discard = vec![0u8; content_length.min(1 << 20)];
-        reader.read_exact(&mut discard).await?;
+            .unwrap_or("")
+            .to_string();
+        let whoami = path.ends_with("/whoami");
+        let seen = path == "/_seen";
+        let echo = path.ends_with("/echo");
+        if !seen {
+            record(&head);
+        }
+        if chunked {
+            // Read the whole chunked body before answering (a bad chunk closes the connection).
+            loop {
+                let mut size_line = String::new();
+                if reader.read_line(&mut size_line).await? == 0 {
+                    anyhow::bail!("EOF inside a chunked body");
+                }
+                let hex = size_line.split(';').next().unwrap_or("").trim();
+                let size = usize::from_str_radix(hex, 16)
+                    .with_context(|| format!("bad chunk size {hex:?}"))?;
+                if size == 0 {
+                    loop {
+                        let mut trailer = String::new();
+                        if reader.read_line(&mut trailer).await? == 0 || trailer.trim().is_empty() {
+                            break;
+                        }
+                    }
+                    break;
+                }
+                let mut chunk = vec![0u8; size.min(1 << 20) + 2];
+                reader.read_exact(&mut chunk).await?;
+            }
+        } else {
+            let mut discard = vec![0u8; content_length.min(1 << 20)];
+            reader.read_exact(&mut discard).await?;
+        }
         if let (Some(proto), true) = (upgrade, connection_upgrade) {
             let resp = format!(
                 "HTTP/1.1 101 Switching Protocols\r\nupgrade: {proto}\r\nconnection: upgrade\r\nx-app: {name}\r\n\r\n"
@@ -97,7 +161,11 @@ async fn serve_http(stream: TcpStream, body: String, name: String) -> anyhow::Re
                 reader.get_mut().write_all(&buf[..n]).await?;
             }
         }
-        let body = if whoami {
+        let body = if seen {
+            seen_json()
+        } else if echo {
+            head.concat()
+        } else if whoami {
             format!("client-id {client_id}\n")
         } else {
             body.clone()
