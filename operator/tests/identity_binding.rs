@@ -57,7 +57,6 @@ async fn a_token_holder_gets_only_the_identity_the_manifests_give_its_pod() {
     )
     .await;
     let mut client = op.client().await;
-    let anchors = pem_file_ders(&issuer.join("ca.crt"));
 
     // The pod's own service account: issued, and chains to the operator's anchor.
     for (identity, pod) in [
@@ -72,7 +71,7 @@ async fn a_token_holder_gets_only_the_identity_the_manifests_give_its_pod() {
         assert!(chains_to(
             &resp.leaf_der,
             &resp.intermediates_der[0],
-            &anchors[0]
+            &resp.trust_anchors_der[0]
         ));
     }
 

@@ -85,10 +85,11 @@ async fn a_partial_issuer_directory_is_refused_not_overwritten() {
     let ca = weft_operator::identity::generate_ca("cluster.local").unwrap();
     std::fs::write(issuer.join("ca.crt"), &ca.ca_cert_pem).unwrap();
 
+    // Bounded: an operator that (wrongly) starts is killed and the test fails.
     let out = tokio::task::spawn_blocking({
         let (manifests, token, issuer) = (manifests.clone(), token.clone(), issuer.clone());
         move || {
-            command(
+            let mut child = command(
                 &manifests,
                 &[
                     "--bootstrap-token-file",
@@ -97,8 +98,17 @@ async fn a_partial_issuer_directory_is_refused_not_overwritten() {
                     issuer.to_str().unwrap(),
                 ],
             )
-            .output()
-            .expect("run weft-operator")
+            .spawn()
+            .expect("run weft-operator");
+            let deadline = std::time::Instant::now() + WAIT;
+            while child.try_wait().expect("wait").is_none() {
+                if std::time::Instant::now() > deadline {
+                    let _ = child.kill();
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            child.wait_with_output().expect("operator output")
         }
     })
     .await
