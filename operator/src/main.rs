@@ -10,7 +10,8 @@ use clap::{Parser, ValueEnum};
 use weft_operator::compile::{CompileOptions, DefaultPolicy};
 use weft_operator::identity::control_tls::anchors_pem;
 use weft_operator::identity::{
-    BootstrapToken, CaStore, ControlTlsOptions, IdentityOptions, SpiffeId, TokenReview,
+    BootstrapToken, CaStore, ControlTlsOptions, IdentityOptions, PodDirectory, SpiffeId,
+    TokenReview,
 };
 use weft_operator::leader::LeaderOptions;
 use weft_operator::runtime::{IdentityConfig, Runtime, RuntimeConfig, SourceConfig, WebhookConfig};
@@ -53,7 +54,9 @@ struct Args {
     /// Cluster DNS domain.
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
-    /// Directory with ca.crt, issuer.crt, issuer.key (manifests mode: generated when absent).
+    /// Directory with ca.crt, issuer.crt, issuer.key. Manifests mode: when it holds none of
+    /// them, a CA is generated and written there (restarts reuse it); without it, a CA is
+    /// generated in memory and a restart changes it.
     #[arg(long, value_name = "DIR")]
     identity_issuer: Option<PathBuf>,
     /// Manifests mode: the shared secret proxies present to get a certificate.
@@ -143,13 +146,18 @@ async fn build(args: &Args) -> anyhow::Result<RuntimeConfig> {
         },
         ..CompileOptions::default()
     };
+    let own_identity = SpiffeId::new(&args.trust_domain, &args.namespace, &args.service_account)
+        .context("the operator's own identity (--namespace, --service-account)")?;
+    // Never issued to a workload: the operator's own identity and anything else in its
+    // namespace (docs/identity.md, "Reserved identities").
     let identity_options = IdentityOptions {
         trust_domain: args.trust_domain.clone(),
+        control_plane_namespace: args.namespace.clone(),
+        reserved: vec![own_identity.clone()],
         ..IdentityOptions::default()
     };
     let control_tls = ControlTlsOptions {
-        identity: SpiffeId::new(&args.trust_domain, &args.namespace, &args.service_account)
-            .context("the operator's own identity (--namespace, --service-account)")?,
+        identity: own_identity,
         dns_names: ControlTlsOptions::service_dns_names(
             &args.discovery_service,
             &args.namespace,
@@ -165,8 +173,18 @@ async fn build(args: &Args) -> anyhow::Result<RuntimeConfig> {
                 .context("loading the identity issuer")?;
             let identity = match &args.bootstrap_token_file {
                 Some(path) => {
+                    // The token buys only the identity the manifests give the pod it names.
                     let token = BootstrapToken::from_file(path)
-                        .with_context(|| format!("reading {}", path.display()))?;
+                        .with_context(|| format!("reading {}", path.display()))?
+                        .bound_to(PodDirectory::new());
+                    if args.identity_issuer.is_none() {
+                        tracing::warn!(
+                            "no --identity-issuer: the mesh CA is generated in memory, so a \
+                             restart of the operator changes it and proxies certified before \
+                             and after the restart cannot verify each other until they all \
+                             renew; pass --identity-issuer DIR to keep it in DIR"
+                        );
+                    }
                     Some(IdentityConfig {
                         ca: Arc::new(ca),
                         authenticator: Arc::new(token),

@@ -23,7 +23,9 @@ use crate::discovery::{
     snapshot_channel, DiscoveryMetrics, DiscoveryService, ProxyRegistry, Published, ServiceOptions,
     SnapshotTx,
 };
-use crate::identity::{CaStore, IdentityOptions, IdentityService, TokenAuthenticator};
+use crate::identity::{
+    CaStore, IdentityOptions, IdentityService, PodDirectory, TokenAuthenticator,
+};
 use crate::leader::LeaderOptions;
 use crate::model::{Kind, Model, ObjectKey};
 use crate::source::kube::{SourceEvent, SourceMetrics};
@@ -272,8 +274,12 @@ impl Runtime {
         let admin_addr = admin_listener.local_addr().unwrap_or(config.admin_addr);
 
         let identity = config.identity.as_ref().map(|i| {
-            let service =
-                IdentityService::new(i.ca.clone(), i.authenticator.clone(), i.options.clone());
+            // Never issue to a workload the identity the discovery server itself carries.
+            let mut options = i.options.clone();
+            if let Some(tls) = &i.control_tls {
+                options.reserved.push(tls.identity.clone());
+            }
+            let service = IdentityService::new(i.ca.clone(), i.authenticator.clone(), options);
             service.register_metrics(&mut root);
             service
         });
@@ -386,6 +392,10 @@ impl Runtime {
             health: health.clone(),
             metrics: runtime_metrics.clone(),
             statuses: None,
+            pods: config
+                .identity
+                .as_ref()
+                .and_then(|i| i.authenticator.pod_directory()),
         };
 
         match config.source.clone() {
@@ -487,6 +497,8 @@ struct Reconciler {
     metrics: RuntimeMetrics,
     /// Kubernetes mode: every object's desired status, for the status writer.
     statuses: Option<watch::Sender<Arc<Vec<ObjectStatus>>>>,
+    /// The pods a bootstrap token binds to (kept equal to the model's pods).
+    pods: Option<Arc<PodDirectory>>,
 }
 
 impl Reconciler {
@@ -494,14 +506,26 @@ impl Reconciler {
     fn apply(&mut self, changes: Vec<Change>, observed_at: Instant) {
         let first = self.generation == 0;
         let mut changed = ChangedKeys::default();
+        let mut pods_changed = first;
         for change in changes {
-            match change {
-                Change::Upsert(o) => changed.insert(self.model.upsert(o)),
+            let key = match change {
+                Change::Upsert(o) => self.model.upsert(o),
                 Change::Remove(key) => {
                     self.model.remove(&key);
-                    changed.insert(key);
+                    key
                 }
-            }
+            };
+            pods_changed |= key.kind == Kind::Pod;
+            changed.insert(key);
+        }
+        if let Some(pods) = self.pods.as_ref().filter(|_| pods_changed) {
+            pods.publish(self.model.pods.values().map(|p| {
+                (
+                    p.namespace.as_str(),
+                    p.name.as_str(),
+                    p.service_account.as_str(),
+                )
+            }));
         }
         if !first && changed.is_empty() {
             return;

@@ -1,11 +1,15 @@
 //! Authenticating the token a proxy presents with its certificate request.
 //!
-//! - [`BootstrapToken`] (`--manifests` mode): the token must equal a shared secret; the claimed
-//!   identity is then trusted.
+//! - [`BootstrapToken`] (`--manifests` mode): the token must equal a shared secret. Bound to a
+//!   [`PodDirectory`] (what the operator binary does), the service account is then the one the
+//!   manifests give the named pod, never the one the caller claims; unbound (library use,
+//!   tests), the claimed service account is trusted.
 //! - [`TokenReview`] (Kubernetes): the projected ServiceAccount token (audience
 //!   [`AUDIENCE`]) is checked with the TokenReview API; the service account and, when the
 //!   token is bound to a pod, the pod name come from the API server's answer.
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -46,6 +50,9 @@ pub enum AuthError {
     /// The authenticator could not decide, e.g. the API server is unreachable (`UNAVAILABLE`).
     #[error("cannot authenticate now: {0}")]
     Unavailable(String),
+    /// The token is good but the pod it names is not known (yet): `UNAVAILABLE`, retryable.
+    #[error("{0}")]
+    UnknownPod(String),
 }
 
 /// Checks a token and says whose it is.
@@ -54,11 +61,66 @@ pub trait TokenAuthenticator: Send + Sync + 'static {
         &'a self,
         claim: TokenClaim<'a>,
     ) -> BoxFuture<'a, Result<AuthenticatedIdentity, AuthError>>;
+
+    /// The pod directory this authenticator reads, if any: the runtime keeps it up to date
+    /// with the pods of its model.
+    fn pod_directory(&self) -> Option<Arc<PodDirectory>> {
+        None
+    }
+}
+
+type PodMap = BTreeMap<(String, String), String>;
+
+/// The pods the operator's model holds, `(namespace, name) → service account`: what a
+/// [`BootstrapToken`] binds a token holder to, as TokenReview binds a token to its pod.
+///
+/// Empty and "not loaded" until the runtime publishes the model's pods (after its first
+/// compile); every later change of a Pod publishes again.
+#[derive(Debug, Default)]
+pub struct PodDirectory {
+    pods: RwLock<Option<Arc<PodMap>>>,
+}
+
+impl PodDirectory {
+    pub fn new() -> Arc<Self> {
+        Arc::new(PodDirectory::default())
+    }
+
+    /// Replaces the directory with `pods`: `(namespace, name, service account)`.
+    pub fn publish<'a>(&self, pods: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>) {
+        let map: PodMap = pods
+            .into_iter()
+            .map(|(ns, name, sa)| ((ns.to_owned(), name.to_owned()), sa.to_owned()))
+            .collect();
+        *self.pods.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(map));
+    }
+
+    /// The service account of pod `namespace/name`; `UnknownPod` (retryable) when the
+    /// directory was not published yet or does not hold the pod.
+    pub fn service_account(&self, namespace: &str, name: &str) -> Result<String, AuthError> {
+        let pods = self.pods.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some(pods) = pods else {
+            return Err(AuthError::UnknownPod(
+                "the operator has not loaded its manifests yet; retry".into(),
+            ));
+        };
+        pods.get(&(namespace.to_owned(), name.to_owned()))
+            .cloned()
+            .ok_or_else(|| {
+                AuthError::UnknownPod(format!(
+                    "pod {namespace}/{name} is not in the operator's manifests (yet): a \
+                     certificate is issued only for a pod the manifests declare, as the \
+                     service account they give it; retry once the pod is there"
+                ))
+            })
+    }
 }
 
 /// Shared-secret authentication for `--manifests` mode.
 pub struct BootstrapToken {
     digest: [u8; 32],
+    /// When set, the service account comes from the pod the claim names, not from the claim.
+    pods: Option<Arc<PodDirectory>>,
 }
 
 impl std::fmt::Debug for BootstrapToken {
@@ -77,10 +139,21 @@ fn trimmed(b: &[u8]) -> &[u8] {
 
 impl BootstrapToken {
     /// The secret itself (trailing whitespace ignored). An empty secret accepts nothing.
+    ///
+    /// Unbound: the claimed service account is trusted. The operator binary always binds the
+    /// token to its model's pods ([`BootstrapToken::bound_to`]).
     pub fn new(secret: &[u8]) -> Self {
         BootstrapToken {
             digest: Sha256::digest(trimmed(secret)).into(),
+            pods: None,
         }
+    }
+
+    /// Binds the token to `pods`: a holder gets only the identity the directory gives the pod
+    /// it names (the pod must be there; its service account is the pod's).
+    pub fn bound_to(mut self, pods: Arc<PodDirectory>) -> Self {
+        self.pods = Some(pods);
+        self
     }
 
     /// Reads the secret from `--bootstrap-token-file`.
@@ -114,18 +187,26 @@ impl TokenAuthenticator for BootstrapToken {
         &'a self,
         claim: TokenClaim<'a>,
     ) -> BoxFuture<'a, Result<AuthenticatedIdentity, AuthError>> {
-        let result = if self.matches(claim.token) {
-            Ok(AuthenticatedIdentity {
-                namespace: claim.pod_namespace.to_owned(),
-                service_account: claim.service_account.to_owned(),
-                pod_name: Some(claim.pod_name.to_owned()),
-            })
-        } else {
+        let result = if !self.matches(claim.token) {
             Err(AuthError::Unauthenticated(
                 "the bootstrap token does not match".into(),
             ))
+        } else {
+            let service_account = match &self.pods {
+                Some(pods) => pods.service_account(claim.pod_namespace, claim.pod_name),
+                None => Ok(claim.service_account.to_owned()),
+            };
+            service_account.map(|service_account| AuthenticatedIdentity {
+                namespace: claim.pod_namespace.to_owned(),
+                service_account,
+                pod_name: Some(claim.pod_name.to_owned()),
+            })
         };
         Box::pin(std::future::ready(result))
+    }
+
+    fn pod_directory(&self) -> Option<Arc<PodDirectory>> {
+        self.pods.clone()
     }
 }
 
@@ -266,6 +347,84 @@ mod tests {
                 Err(AuthError::Unauthenticated(_))
             ));
         }
+    }
+
+    #[tokio::test]
+    async fn bound_bootstrap_token_gives_the_manifests_service_account_only() {
+        let pods = PodDirectory::new();
+        let auth = BootstrapToken::new(b"s3cret").bound_to(pods.clone());
+        // Before the model is loaded: retryable.
+        assert!(matches!(
+            auth.authenticate(claim(b"s3cret")).await,
+            Err(AuthError::UnknownPod(_))
+        ));
+        pods.publish([("default", "web-0", "db"), ("default", "db-0", "db")]);
+        // The claim says `web`; the manifests say the pod runs as `db`.
+        let id = auth.authenticate(claim(b"s3cret")).await.unwrap();
+        assert_eq!(
+            id,
+            AuthenticatedIdentity {
+                namespace: "default".into(),
+                service_account: "db".into(),
+                pod_name: Some("web-0".into()),
+            }
+        );
+        // A pod the manifests do not have.
+        let ghost = TokenClaim {
+            pod_name: "ghost-0",
+            ..claim(b"s3cret")
+        };
+        match auth.authenticate(ghost).await {
+            Err(AuthError::UnknownPod(m)) => assert!(m.contains("default/ghost-0"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        // The secret is checked first: a wrong token learns nothing about pods.
+        assert!(matches!(
+            auth.authenticate(TokenClaim {
+                pod_name: "ghost-0",
+                ..claim(b"guess")
+            })
+            .await,
+            Err(AuthError::Unauthenticated(_))
+        ));
+        assert!(auth.pod_directory().is_some());
+        assert!(BootstrapToken::new(b"s3cret").pod_directory().is_none());
+    }
+
+    /// The Kubernetes path: a TokenReview that really authenticates the operator's service
+    /// account (e.g. a pod created with it) goes through the shared decision, which refuses it.
+    #[test]
+    fn token_review_of_the_operators_account_is_refused_by_the_decision() {
+        use super::super::csr::SpiffeId;
+        use super::super::service::{authorize, CertifyError, IdentityOptions};
+        let operator =
+            SpiffeId::parse("spiffe://cluster.local/ns/weft-system/sa/weft-operator").unwrap();
+        let opts = IdentityOptions {
+            reserved: vec![operator.clone()],
+            ..IdentityOptions::default()
+        };
+        let answer = Some(authn::TokenReviewStatus {
+            authenticated: Some(true),
+            audiences: Some(vec![AUDIENCE.into()]),
+            user: Some(authn::UserInfo {
+                username: Some("system:serviceaccount:weft-system:weft-operator".into()),
+                extra: Some(
+                    [(
+                        POD_NAME_EXTRA.to_owned(),
+                        vec!["weft-operator-7d9".to_owned()],
+                    )]
+                    .into(),
+                ),
+                ..Default::default()
+            }),
+            error: None,
+        });
+        let token = interpret(answer, AUDIENCE).unwrap();
+        let decision = authorize(&opts, &operator, "weft-system", "weft-operator-7d9", &token);
+        assert!(
+            matches!(&decision, Err(CertifyError::Reserved(m)) if m.contains("weft-operator")),
+            "{decision:?}"
+        );
     }
 
     #[test]

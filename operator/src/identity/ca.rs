@@ -2,8 +2,10 @@
 //!
 //! The issuer is loaded from a directory holding PEM `ca.crt` (one or more trust anchors),
 //! `issuer.crt` (the issuer certificate, optionally followed by further intermediates up to an
-//! anchor) and `issuer.key` (PKCS#8), or generated in memory. A directory is polled for changes;
-//! a broken new set of files is logged and the previous issuer stays in force.
+//! anchor) and `issuer.key` (PKCS#8), or generated (`--manifests` mode: written to the directory
+//! when it holds none, so that restarts keep the CA; in memory without a directory). A directory
+//! is polled for changes; a broken new set of files is logged and the previous issuer stays in
+//! force.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -59,6 +61,16 @@ pub enum CaError {
     Expired { what: &'static str },
     #[error("generating CA material: {0}")]
     Generate(#[from] rcgen::Error),
+    #[error(
+        "{dir}: holds {present} but not {missing}: refusing to generate an issuer over a partial \
+         one (restore the missing files, or remove the others to generate a new CA, which \
+         every proxy must then be restarted to trust)"
+    )]
+    PartialIssuerDir {
+        dir: PathBuf,
+        present: String,
+        missing: String,
+    },
 }
 
 /// PEM material for a CA: what `weft install`, the chart and tests write to disk.
@@ -93,6 +105,36 @@ impl CaBundle {
         Ok(())
     }
 
+    /// Writes `ca.crt`, `issuer.crt` and `issuer.key` (mode 0600) into `dir` (created with mode
+    /// 0700 when missing) without ever replacing a file: each is written to a temporary file,
+    /// synced, then hard-linked into place, which fails if the name exists. The root key is
+    /// not written. Used by `--identity-issuer DIR` when `DIR` holds no issuer yet.
+    pub fn write_new_issuer_dir(&self, dir: &Path) -> std::io::Result<()> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        let mode = std::fs::metadata(dir)?.permissions().mode();
+        if mode & 0o022 != 0 {
+            tracing::warn!(
+                dir = %dir.display(),
+                mode = format!("{:o}", mode & 0o777),
+                "the identity issuer directory is writable by others: they could replace the issuer"
+            );
+        }
+        // The key first: a crash part-way leaves a partial directory, which is refused at the
+        // next start rather than silently replaced.
+        for (name, contents, mode) in [
+            (ISSUER_KEY_FILE, self.issuer_key_pem.as_bytes(), 0o600),
+            (ISSUER_CERT_FILE, self.issuer_cert_pem.as_bytes(), 0o644),
+            (CA_CERT_FILE, self.ca_cert_pem.as_bytes(), 0o644),
+        ] {
+            write_new(&dir.join(name), contents, mode)?;
+        }
+        std::fs::File::open(dir)?.sync_all()
+    }
+
     /// A new issuer (fresh key) under the same trust anchor: issuer rotation.
     pub fn rotate_issuer(&self, trust_domain: &str) -> Result<CaBundle, CaError> {
         let root_key =
@@ -122,6 +164,27 @@ fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> 
         f.sync_all()?;
     }
     std::fs::rename(&tmp, path)
+}
+
+/// Writes `path` atomically and never over an existing file (`AlreadyExists` then).
+fn write_new(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::hard_link(&tmp, path)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    result
 }
 
 pub(crate) fn random_serial() -> SerialNumber {
@@ -445,22 +508,45 @@ impl CaStore {
         Ok(store)
     }
 
-    /// `--identity-issuer DIR` when given and its files exist; otherwise a CA generated in memory.
-    /// With a directory whose files are missing, the directory is still watched: files written
-    /// there later replace the generated issuer.
+    /// `--identity-issuer DIR` (`--manifests` mode) or a CA generated in memory.
+    ///
+    /// - `DIR` with `ca.crt`, `issuer.crt` and `issuer.key`: loaded (and watched).
+    /// - `DIR` with none of them (or missing): a CA is generated and written there
+    ///   ([`CaBundle::write_new_issuer_dir`]), then loaded from it, so that a restarted
+    ///   operator keeps its CA.
+    /// - `DIR` with some of them only: [`CaError::PartialIssuerDir`], nothing is written.
+    /// - no `DIR`: generated in memory; a restart generates another CA.
     pub fn load_or_generate(dir: Option<&Path>, trust_domain: &str) -> Result<Self, CaError> {
-        match dir {
-            Some(dir) if dir.join(ISSUER_CERT_FILE).exists() => Self::from_dir(dir),
-            Some(dir) => {
-                let bundle = generate_ca(trust_domain)?;
-                tracing::info!(dir = %dir.display(), "no issuer in directory; generated one in memory");
-                Ok(Self::with(
-                    Some(IssuerState::from_bundle(&bundle)?),
-                    Source::Dir(dir.to_path_buf()),
-                ))
-            }
-            None => Self::generate(trust_domain),
+        let Some(dir) = dir else {
+            return Self::generate(trust_domain);
+        };
+        let names = [CA_CERT_FILE, ISSUER_CERT_FILE, ISSUER_KEY_FILE];
+        let (present, missing): (Vec<&str>, Vec<&str>) = names
+            .into_iter()
+            .partition(|name| std::fs::symlink_metadata(dir.join(name)).is_ok());
+        if missing.is_empty() {
+            return Self::from_dir(dir);
         }
+        if !present.is_empty() {
+            return Err(CaError::PartialIssuerDir {
+                dir: dir.to_path_buf(),
+                present: present.join(", "),
+                missing: missing.join(", "),
+            });
+        }
+        let bundle = generate_ca(trust_domain)?;
+        bundle
+            .write_new_issuer_dir(dir)
+            .map_err(|source| CaError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        tracing::info!(
+            dir = %dir.display(),
+            "no issuer in the directory: generated a new CA and wrote ca.crt, issuer.crt and \
+             issuer.key there (restarts reuse them; the root key is not kept)"
+        );
+        Self::from_dir(dir)
     }
 
     /// The issuer in force, if any.

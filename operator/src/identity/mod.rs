@@ -9,9 +9,10 @@ pub mod csr;
 pub mod service;
 
 pub use auth::{
-    AuthError, AuthenticatedIdentity, BootstrapToken, TokenAuthenticator, TokenClaim, TokenReview,
+    AuthError, AuthenticatedIdentity, BootstrapToken, PodDirectory, TokenAuthenticator, TokenClaim,
+    TokenReview,
 };
 pub use ca::{generate_ca, CaBundle, CaError, CaStore, IssuerState};
 pub use control_tls::{ControlConnectInfo, ControlTls, ControlTlsError, ControlTlsOptions};
 pub use csr::{CsrError, SpiffeId};
-pub use service::{CertifyError, IdentityOptions, IdentityService};
+pub use service::{authorize, CertifyError, IdentityOptions, IdentityService};
