@@ -350,16 +350,39 @@ async fn detect_and_serve<I>(
             bad_request(io, port).await
         }
         Head::Eof => {}
-        Head::TimedOut => shared.refuse(refused::HEAD_TIMEOUT, Some(port), peer.as_deref()),
+        Head::TimedOut => {
+            shared.refuse(refused::HEAD_TIMEOUT, Some(port), peer.as_deref());
+            // A partial request head (the bytes so far could be HTTP) is answered as the HTTP
+            // servers answer one: `408`, then close. A client that sent nothing gets nothing.
+            if !buf.is_empty() {
+                request_timeout(io).await
+            }
+        }
     }
 }
 
 /// Answers bytes that are not HTTP on an HTTP port with a bare `400`, then closes.
-async fn bad_request<I: AsyncWrite + Unpin>(mut io: I, port: u16) {
+async fn bad_request<I: AsyncWrite + Unpin>(io: I, port: u16) {
     let rsp = format!(
         "HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\
          x-weft-error: port {port} serves HTTP only\r\n\r\n"
     );
+    answer_and_close(io, &rsp).await
+}
+
+/// Answers a request head that did not arrive within [`transport::HEAD_TIMEOUT`] with `408`,
+/// then closes.
+async fn request_timeout<I: AsyncWrite + Unpin>(io: I) {
+    let rsp = format!(
+        "HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\
+         x-weft-error: request head not received within {} s\r\n\r\n",
+        transport::HEAD_TIMEOUT.as_secs()
+    );
+    answer_and_close(io, &rsp).await
+}
+
+/// Writes `rsp` (a whole response) and closes, bounded by one second.
+async fn answer_and_close<I: AsyncWrite + Unpin>(mut io: I, rsp: &str) {
     let write = async {
         io.write_all(rsp.as_bytes()).await?;
         io.shutdown().await
@@ -442,7 +465,11 @@ async fn guarded<I>(
             // The app closed (or failed) before the client's bytes were known: close too.
             Event::App(_) | Event::Client(Err(_)) => return,
             Event::Timeout => {
-                return shared.refuse(refused::HEAD_TIMEOUT, Some(port), peer.as_deref())
+                shared.refuse(refused::HEAD_TIMEOUT, Some(port), peer.as_deref());
+                if !app_spoke {
+                    request_timeout(io).await;
+                }
+                return;
             }
         }
     };
