@@ -44,7 +44,12 @@ fn replay(args: &[String]) -> ExitCode {
             other => PathBuf::from(other),
         };
         let (n, failures) = driver::replay(t, &dir);
-        println!("{}: {n} inputs from {}, {} crash", t.name, dir.display(), failures.len());
+        println!(
+            "{}: {n} inputs from {}, {} crash",
+            t.name,
+            dir.display(),
+            failures.len()
+        );
         for (p, msg) in failures {
             failed = true;
             println!("  {}: {msg}", p.display());
@@ -74,7 +79,10 @@ fn main() -> ExitCode {
             let repo = dir.parent().map(PathBuf::from).unwrap_or_default();
             return match weft_fuzz::seeds::write_corpus(&dir, &repo) {
                 Ok(n) => {
-                    println!("wrote {n} seed inputs under {}", dir.join("corpus").display());
+                    println!(
+                        "wrote {n} seed inputs under {}",
+                        dir.join("corpus").display()
+                    );
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -128,7 +136,10 @@ fn main() -> ExitCode {
     for t in ts {
         let dir = fuzz_dir();
         let mut o = opts.clone();
-        o.corpus = vec![dir.join("corpus").join(t.name), dir.join("regressions").join(t.name)];
+        o.corpus = vec![
+            dir.join("corpus").join(t.name),
+            dir.join("regressions").join(t.name),
+        ];
         o.corpus.extend(extra_corpus.iter().cloned());
         o.artifacts = Some(dir.join("artifacts").join(t.name));
         if save_new {
@@ -137,7 +148,10 @@ fn main() -> ExitCode {
         let report = std::thread::Builder::new()
             .stack_size(stack)
             .spawn(move || driver::fuzz(t, &o))
-            .and_then(|h| h.join().map_err(|_| std::io::Error::other("driver panicked")));
+            .and_then(|h| {
+                h.join()
+                    .map_err(|_| std::io::Error::other("driver panicked"))
+            });
         let report = match report {
             Ok(r) => r,
             Err(e) => {

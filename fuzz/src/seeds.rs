@@ -138,7 +138,7 @@ const SMI_HAND: &[(&str, &str)] = &[
 /// Hand-made manifest files for the compiler: the issue's failure modes and rule corners.
 const COMPILE_HAND: &[(&str, &str)] = &[
     (
-        "ab-invalid-regex.yaml",
+        "ab-some-invalid-regex.yaml",
         r#"apiVersion: v1
 kind: Service
 metadata: {name: checkout, namespace: store}
@@ -158,7 +158,7 @@ status: {podIP: 10.0.0.5, conditions: [{type: Ready, status: "True"}]}
 apiVersion: specs.smi-spec.io/v1alpha4
 kind: HTTPRouteGroup
 metadata: {name: beta, namespace: store}
-spec: {matches: [{name: on, headers: {x-beta: "(on"}}, {name: big, pathRegex: "a{1000}{1000}"}]}
+spec: {matches: [{name: on, headers: {x-beta: "(on"}}, {name: big, pathRegex: "a{1000}{1000}"}, {name: ok, headers: {x-beta: "yes"}}]}
 ---
 apiVersion: split.smi-spec.io/v1alpha4
 kind: TrafficSplit
@@ -289,7 +289,11 @@ pub fn write_corpus(fuzz_dir: &Path, repo: &Path) -> std::io::Result<usize> {
             }
             if let Ok(val) = to_value(&o, v) {
                 let y = serde_yaml::to_string(&val).unwrap_or_default();
-                write(&smi, &format!("{k}-{}.yaml", short_version(v)), y.as_bytes())?;
+                write(
+                    &smi,
+                    &format!("{k}-{}.yaml", short_version(v)),
+                    y.as_bytes(),
+                )?;
                 n += 1;
             }
         }
@@ -318,7 +322,11 @@ pub fn write_corpus(fuzz_dir: &Path, repo: &Path) -> std::io::Result<usize> {
                 if is_smi {
                     let stem = f.file_stem().and_then(|s| s.to_str()).unwrap_or("f");
                     let y = serde_yaml::to_string(doc).unwrap_or_default();
-                    write(&smi, &format!("example-{name}-{stem}-{i}.yaml"), y.as_bytes())?;
+                    write(
+                        &smi,
+                        &format!("example-{name}-{stem}-{i}.yaml"),
+                        y.as_bytes(),
+                    )?;
                     n += 1;
                 }
             }
@@ -361,7 +369,11 @@ pub fn write_corpus(fuzz_dir: &Path, repo: &Path) -> std::io::Result<usize> {
         n += 1;
     }
     for (name, text) in COMPILE_HAND {
-        write(&corpus.join("compile"), &format!("hand-{name}"), text.as_bytes())?;
+        write(
+            &corpus.join("compile"),
+            &format!("hand-{name}"),
+            text.as_bytes(),
+        )?;
         n += 1;
     }
 
@@ -396,7 +408,10 @@ pub fn write_corpus(fuzz_dir: &Path, repo: &Path) -> std::io::Result<usize> {
     // transport_header / detect: control byte, then the stream.
     let headers: &[(&str, &[u8])] = &[
         ("valid-opaque", b"\x00WEFT\x01\x1f\x90\x00rest"),
-        ("valid-detect-chunked", b"\x07WEFT\x01\x00\x50\x01GET / HTTP/1.1\r\n\r\n"),
+        (
+            "valid-detect-chunked",
+            b"\x07WEFT\x01\x00\x50\x01GET / HTTP/1.1\r\n\r\n",
+        ),
         ("valid-http2", b"\x01WEFT\x01\x10\x2c\x03"),
         ("bad-version", b"\x00WEFT\x02\x00\x50\x00"),
         ("port-zero", b"\x00WEFT\x01\x00\x00\x02"),
@@ -410,7 +425,10 @@ pub fn write_corpus(fuzz_dir: &Path, repo: &Path) -> std::io::Result<usize> {
         ("http1", b"\x00GET /x HTTP/1.1\r\nhost: a\r\n\r\n"),
         ("http1-drip", b"\x00POST / HTTP/1.1\r\n"),
         ("http1-lower", b"\x03get / HTTP/1.1\r\n"),
-        ("h2-preface", b"\x05PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00"),
+        (
+            "h2-preface",
+            b"\x05PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00",
+        ),
         ("h2-partial", b"\x02PRI * HTTP/2.0\r\n"),
         ("tls", b"\x01\x16\x03\x01\x02\x00\x01\x00"),
         ("long-token", b"\x0fABCDEFGHIJKLMNOPQRSTUVWXYZ "),

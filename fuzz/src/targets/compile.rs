@@ -108,7 +108,13 @@ pub fn run(data: &[u8], f: &mut Features) {
         if let Err(e) = weft_proxy::config::Config::from_resources(&cfg.version, &resources) {
             panic!("proxy {key} rejects the config compiled for it: {e}");
         }
-        check_inbound(&model, &opts, key, cfg.get(INBOUND_NAME).map(|r| &r.resource), f);
+        check_inbound(
+            &model,
+            &opts,
+            key,
+            cfg.get(INBOUND_NAME).map(|r| &r.resource),
+            f,
+        );
     }
     check_outbound(&model, &compiled, f);
 

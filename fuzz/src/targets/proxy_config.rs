@@ -197,7 +197,11 @@ fn check_accepted(cfg: &Config, resources: &BTreeMap<String, v1::Resource>) {
             else {
                 panic!("inbound port {} lost", port.port);
             };
-            assert_eq!(got.restricted, port.restricted, "port {} restriction", port.port);
+            assert_eq!(
+                got.restricted, port.restricted,
+                "port {} restriction",
+                port.port
+            );
             assert_eq!(
                 got.authorizations.len(),
                 port.authorizations.len(),
@@ -283,7 +287,10 @@ pub fn run(data: &[u8], f: &mut Features) {
         }
         Err(_) => {
             f.hit("nacked");
-            assert_eq!(state, before, "a rejected response changed the client state");
+            assert_eq!(
+                state, before,
+                "a rejected response changed the client state"
+            );
         }
     }
 }

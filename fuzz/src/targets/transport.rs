@@ -59,11 +59,14 @@ impl AsyncRead for Chunked {
             }
             return Poll::Ready(Ok(()));
         }
-        let size = this.sizes.get(this.next).copied().unwrap_or(usize::MAX).max(1);
+        let size = this
+            .sizes
+            .get(this.next)
+            .copied()
+            .unwrap_or(usize::MAX)
+            .max(1);
         this.next += 1;
-        let n = size
-            .min(this.data.len() - this.pos)
-            .min(buf.remaining());
+        let n = size.min(this.data.len() - this.pos).min(buf.remaining());
         buf.put_slice(&this.data[this.pos..this.pos + n]);
         this.pos += n;
         Poll::Ready(Ok(()))
@@ -117,7 +120,11 @@ pub fn header(data: &[u8], f: &mut Features) {
             match (&result, stream.get(..header::LEN)) {
                 (Ok(h), Some(first)) => {
                     f.hit(("ok", h.hint as u8));
-                    assert_eq!(&h.encode()[..], first, "header does not re-encode to its bytes");
+                    assert_eq!(
+                        &h.encode()[..],
+                        first,
+                        "header does not re-encode to its bytes"
+                    );
                     assert_ne!(h.port, 0, "port 0 accepted");
                     let first: [u8; header::LEN] = first.try_into().unwrap_or([0; header::LEN]);
                     assert!(TransportHeader::decode(&first).is_ok());
@@ -125,7 +132,11 @@ pub fn header(data: &[u8], f: &mut Features) {
                     let mut rest = Vec::new();
                     let r = reader.read_to_end(&mut rest).await;
                     assert!(r.is_ok() || fail_at_end, "reading the rest: {r:?}");
-                    assert_eq!(rest, stream[header::LEN..], "bytes after the header were lost");
+                    assert_eq!(
+                        rest,
+                        stream[header::LEN..],
+                        "bytes after the header were lost"
+                    );
                 }
                 (Ok(h), None) => panic!("a header ({h:?}) read from {} bytes", stream.len()),
                 (Err(e), Some(first)) => {
