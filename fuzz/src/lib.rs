@@ -42,6 +42,23 @@ impl Features {
     }
 }
 
+/// A message with digits and quoted values dropped (a bounded set of outcomes).
+pub fn message_shape(m: &str) -> String {
+    let mut out = String::new();
+    let mut quoted = false;
+    for c in m.chars() {
+        match c {
+            '"' | '`' => quoted = !quoted,
+            _ if quoted || c.is_ascii_digit() => {}
+            _ => out.push(c),
+        }
+        if out.len() >= 48 {
+            break;
+        }
+    }
+    out
+}
+
 /// How the driver mutates a target's inputs (every kind also gets the byte-level mutations).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InputKind {

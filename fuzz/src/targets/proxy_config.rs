@@ -239,6 +239,42 @@ pub fn run(data: &[u8], f: &mut Features) {
     };
     f.hit_n("resources", resp.resources.len());
     f.hit(("full_state", resp.full_state));
+    for r in &resp.resources {
+        use v1::resource::Kind;
+        match &r.kind {
+            None => f.hit("no-kind"),
+            Some(Kind::Inbound(p)) => {
+                f.hit_n("inbound-ports", p.ports.len());
+                f.hit(("default-policy", p.default_policy.clamp(-1, 4)));
+                for port in &p.ports {
+                    f.hit_n("authorizations", port.authorizations.len());
+                    for a in &port.authorizations {
+                        f.hit((
+                            "authz",
+                            a.all_traffic,
+                            a.http_routes.len().min(3),
+                            a.sources.len().min(3),
+                        ));
+                    }
+                }
+            }
+            Some(Kind::Outbound(s)) => {
+                f.hit_n("cluster-ips", s.cluster_ips.len());
+                f.hit(("policy", s.policy.is_some()));
+                for port in &s.ports {
+                    f.hit_n("routes", port.routes.len());
+                    for route in &port.routes {
+                        f.hit((
+                            "route",
+                            route.matches.len().min(3),
+                            route.backends.len().min(3),
+                        ));
+                    }
+                }
+            }
+            Some(Kind::Endpoints(s)) => f.hit_n("endpoints", s.endpoints.len()),
+        }
+    }
 
     // Directly: the resources of the response as a set (the last of a name wins).
     let resources: BTreeMap<String, v1::Resource> = resp
@@ -257,7 +293,11 @@ pub fn run(data: &[u8], f: &mut Features) {
             check_accepted(&cfg, &resources);
         }
         Err(e) => {
-            f.hit(("rejected", variant(&e)));
+            f.hit((
+                "rejected",
+                variant(&e),
+                crate::message_shape(&e.to_string()),
+            ));
             assert!(
                 resources.contains_key(e.resource()) || e.resource().is_empty(),
                 "error names resource {:?}, which is not in the set: {e}",

@@ -129,6 +129,59 @@ fn error_kind(e: &SmiError) -> &'static str {
     }
 }
 
+/// What the hub object looks like (which optional parts it has), for feedback.
+fn shape(hub: &SmiObject, f: &mut Features) {
+    match hub {
+        SmiObject::TrafficSplit(s) => {
+            f.hit_n("split-backends", s.backends.len());
+            f.hit_n("split-matches", s.matches.len());
+            f.hit((
+                "split-weights",
+                s.backends.iter().any(|b| b.weight_milli % 1000 != 0),
+                s.backends.iter().any(|b| b.weight_milli == 0),
+                s.backends.iter().any(|b| b.weight_milli > i64::MAX as u64),
+            ));
+        }
+        SmiObject::TrafficTarget(t) => {
+            f.hit_n("target-sources", t.sources.len());
+            f.hit_n("target-rules", t.rules.len());
+            f.hit((
+                "target",
+                t.destination.port.is_some(),
+                t.sources.iter().any(|s| s.port.is_some()),
+                t.rules.iter().any(|r| !r.matches.is_empty()),
+            ));
+        }
+        SmiObject::HTTPRouteGroup(g) => {
+            f.hit_n("hrg-matches", g.matches.len());
+            for m in &g.matches {
+                f.hit((
+                    "hrg-match",
+                    m.path_regex.is_some(),
+                    m.methods.len().min(3),
+                    m.headers.len().min(3),
+                ));
+            }
+        }
+        SmiObject::PortRoute(r) => {
+            f.hit((
+                "route",
+                r.kind.as_str(),
+                r.matches
+                    .as_ref()
+                    .map(|m| (m.name.is_some(), m.ports.len().min(3))),
+            ));
+        }
+    }
+    let m = hub.meta();
+    f.hit((
+        "meta",
+        m.generation.is_some(),
+        m.creation_timestamp.is_some(),
+        m.uid.is_some(),
+    ));
+}
+
 fn versions_of(kind: &str) -> impl Iterator<Item = &'static str> + '_ {
     served_versions()
         .iter()
@@ -190,7 +243,11 @@ pub fn run(data: &[u8], f: &mut Features) {
     let hub = match from_value(&v) {
         Ok(h) => h,
         Err(e) => {
-            f.hit(("error", error_kind(&e)));
+            f.hit((
+                "error",
+                error_kind(&e),
+                crate::message_shape(&e.to_string()),
+            ));
             // The conversion webhook reads with the same parser: it must refuse it too.
             if let Some(kind) = v.get("kind").and_then(Value::as_str) {
                 for b in versions_of(kind) {
@@ -210,6 +267,7 @@ pub fn run(data: &[u8], f: &mut Features) {
     let kind = hub.kind();
     let read_as = v.get("apiVersion").and_then(Value::as_str).unwrap_or("");
     f.hit(("ok", kind, read_as));
+    shape(&hub, f);
     assert_eq!(hub.meta().api_version, read_as, "hub apiVersion");
     check_normalised(&hub);
 
