@@ -293,11 +293,7 @@ pub fn run(data: &[u8], f: &mut Features) {
             check_accepted(&cfg, &resources);
         }
         Err(e) => {
-            f.hit((
-                "rejected",
-                variant(&e),
-                crate::message_shape(&e.to_string()),
-            ));
+            f.hit(("rejected", variant(&e)));
             assert!(
                 resources.contains_key(e.resource()) || e.resource().is_empty(),
                 "error names resource {:?}, which is not in the set: {e}",

@@ -243,11 +243,13 @@ pub fn run(data: &[u8], f: &mut Features) {
     let hub = match from_value(&v) {
         Ok(h) => h,
         Err(e) => {
-            f.hit((
-                "error",
-                error_kind(&e),
-                crate::message_shape(&e.to_string()),
-            ));
+            // Only messages made of field paths and serde's words: others hold user values.
+            let shape = match &e {
+                SmiError::Malformed { message, .. } => crate::message_shape(message),
+                SmiError::Invalid { path, .. } => crate::message_shape(path),
+                _ => String::new(),
+            };
+            f.hit(("error", error_kind(&e), shape));
             // The conversion webhook reads with the same parser: it must refuse it too.
             if let Some(kind) = v.get("kind").and_then(Value::as_str) {
                 for b in versions_of(kind) {
