@@ -128,3 +128,58 @@ fn pending_inputs_still_crash_or_are_ready_to_move() {
         }
     });
 }
+
+fn explodes_on_boom(data: &[u8], f: &mut weft_fuzz::Features) {
+    f.hit(data.len().min(4));
+    if data.windows(4).any(|w| w == b"boom") {
+        panic!("found boom");
+    }
+}
+
+#[test]
+fn a_crash_is_caught_written_and_stops_the_run() {
+    let t = weft_fuzz::Target {
+        name: "boom",
+        about: "test",
+        run: explodes_on_boom,
+        kind: weft_fuzz::InputKind::Bytes,
+        max_len: 64,
+        dictionary: &["boom"],
+    };
+    let base = std::env::temp_dir().join(format!("weft-fuzz-boom-{}", std::process::id()));
+    let seeds = base.join("seeds");
+    std::fs::create_dir_all(&seeds).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(seeds.join("a"), b"bo").unwrap_or_else(|e| panic!("{e}"));
+    let opts = Options {
+        runs: Some(100_000),
+        seed: 1,
+        corpus: vec![seeds],
+        artifacts: Some(base.join("artifacts")),
+        ..Options::default()
+    };
+    let t: &'static weft_fuzz::Target = Box::leak(Box::new(t));
+    let report = driver::fuzz(t, &opts);
+    assert_eq!(report.crashes.len(), 1, "the run stops at the first crash");
+    let crash = &report.crashes[0];
+    assert!(crash.message.contains("found boom"), "{}", crash.message);
+    let written = crash
+        .artifact
+        .as_ref()
+        .and_then(|p| std::fs::read(p).ok())
+        .unwrap_or_default();
+    assert_eq!(
+        written, crash.input,
+        "the crashing input is written to artifacts/"
+    );
+    assert!(
+        report.executions < 100_000,
+        "the run went on after the crash"
+    );
+    let (n, failures) = driver::replay(t, &base.join("artifacts"));
+    assert_eq!(
+        (n, failures.len()),
+        (1, 1),
+        "the artifact replays as a crash"
+    );
+    let _ = std::fs::remove_dir_all(&base);
+}
