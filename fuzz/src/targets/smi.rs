@@ -245,7 +245,11 @@ pub fn run(data: &[u8], f: &mut Features) {
         Err(e) => {
             // Only messages made of field paths and serde's words: others hold user values.
             let shape = match &e {
-                SmiError::Malformed { message, .. } => crate::message_shape(message),
+                SmiError::Malformed { message, .. } => crate::message_shape(message)
+                    .split_whitespace()
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" "),
                 SmiError::Invalid { path, .. } => crate::message_shape(path),
                 _ => String::new(),
             };
