@@ -47,10 +47,7 @@ fn assert_no_secret(what: &str, body: &str, token: &str) {
             "{what} exposes key material ({marker})"
         );
     }
-    assert!(
-        !body.contains(token),
-        "{what} exposes the bootstrap token"
-    );
+    assert!(!body.contains(token), "{what} exposes the bootstrap token");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -62,7 +59,8 @@ async fn admin_ports_are_read_only_and_hold_no_secret() {
     // The proxies: config and metrics are readable (that is what the port is for)...
     for pod in ["client-0", "web-0"] {
         let admin = mesh.pod(pod).admin();
-        for (path, status, body) in pages(admin, &["/ready", "/live", "/metrics", "/config"]).await {
+        for (path, status, body) in pages(admin, &["/ready", "/live", "/metrics", "/config"]).await
+        {
             assert_eq!(status, 200, "{pod} admin {path}: {body}");
             assert_no_secret(&format!("{pod} admin {path}"), &body, &token);
         }

@@ -625,6 +625,11 @@ fn mutate_outbound(s: &mut v1::OutboundService, rng: &mut Rng, dict: &[&str]) {
                             service: interesting_string(rng, dict, "web"),
                             weight: *rng.pick(&[0, 1, 1000, u64::MAX]),
                             endpoint_set: interesting_string(rng, dict, "endpoints:web.shop:80"),
+                            unavailable_reason: if rng.below(4) == 0 {
+                                interesting_string(rng, dict, "backend web-v1 does not exist")
+                            } else {
+                                String::new()
+                            },
                         }),
                         3 if !r.backends.is_empty() => {
                             let k = rng.below(r.backends.len());

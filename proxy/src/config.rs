@@ -417,6 +417,10 @@ pub enum ConfigError {
     InvalidPort { resource: String, port: u32 },
     #[error("resource {resource:?}: more than one inbound policy (also {other:?})")]
     DuplicateInbound { resource: String, other: String },
+    /// A port listed twice: the second entry would silently replace the first (a restricted
+    /// port followed by an open one would open it), so the whole policy is refused.
+    #[error("resource {resource:?}: inbound port {port} listed twice")]
+    DuplicateInboundPort { resource: String, port: u16 },
 }
 
 impl ConfigError {
@@ -430,7 +434,8 @@ impl ConfigError {
             | ConfigError::InvalidMethod { resource, .. }
             | ConfigError::InvalidIp { resource, .. }
             | ConfigError::InvalidPort { resource, .. }
-            | ConfigError::DuplicateInbound { resource, .. } => resource,
+            | ConfigError::DuplicateInbound { resource, .. }
+            | ConfigError::DuplicateInboundPort { resource, .. } => resource,
         }
     }
 }
@@ -547,7 +552,7 @@ fn inbound_policy(resource: &str, p: &v1::InboundPolicy) -> Result<InboundPolicy
                 http_routes,
             });
         }
-        ports.insert(
+        let previous = ports.insert(
             number,
             InboundPort {
                 port: number,
@@ -556,6 +561,12 @@ fn inbound_policy(resource: &str, p: &v1::InboundPolicy) -> Result<InboundPolicy
                 authorizations,
             },
         );
+        if previous.is_some() {
+            return Err(ConfigError::DuplicateInboundPort {
+                resource: resource.to_string(),
+                port: number,
+            });
+        }
     }
     Ok(InboundPolicy {
         identity: p.identity.clone(),

@@ -40,6 +40,11 @@ fn load_error_kind(e: &ManifestError) -> &'static str {
             ModelError::Smi(_) => "smi",
             ModelError::Field { .. } => "field",
         },
+        ManifestError::Limit(_) => "limit",
+        ManifestError::TooDeep { .. } => "too-deep",
+        ManifestError::NotUtf8 => "not-utf8",
+        ManifestError::NotRegular { .. } => "not-regular",
+        ManifestError::Walk { .. } => "walk",
     }
 }
 
