@@ -5,77 +5,12 @@
 //! proxy must fail closed (a missing backend keeps its weight; an uncompilable match routes
 //! nothing).
 
+mod operator_process;
 mod runtime_support;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-
+use operator_process::Operator;
 use runtime_support::*;
 use weft_proxy_api::v1;
-
-/// The operator process; killed on drop.
-struct Operator {
-    child: Child,
-    discovery: SocketAddr,
-    admin: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(dir: &std::path::Path) -> Operator {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weft-operator"))
-        .args(["--manifests"])
-        .arg(dir)
-        .args([
-            "--discovery-addr",
-            "127.0.0.1:0",
-            "--admin-addr",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-        ])
-        .env("WEFT_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn weft-operator");
-    let stderr = child.stderr.take().expect("stderr");
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let sink = log.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("weft-operator started") {
-                let _ = tx.send(line.clone());
-            }
-            if let Ok(mut l) = sink.lock() {
-                l.push(line);
-            }
-        }
-    });
-    let line = rx.recv_timeout(WAIT).expect("operator started");
-    let field = |name: &str| -> SocketAddr {
-        line.split(&format!("\"{name}\":\""))
-            .nth(1)
-            .and_then(|rest| rest.split('"').next())
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} address in {line}"))
-    };
-    Operator {
-        discovery: field("discovery"),
-        admin: field("admin"),
-        child,
-        log,
-    }
-}
 
 /// A Service `name` selecting `app: web` pods of `version` on port 80.
 fn svc(name: &str, version: &str, n: u8) -> String {
@@ -161,7 +96,7 @@ fn outbound(r: &v1::DiscoveryResponse, name: &str) -> Option<v1::OutboundService
 #[tokio::test]
 async fn binary_reports_each_mistake_and_pushes_a_config_that_fails_closed() {
     let dir = mesh_dir();
-    let op = start(dir.path());
+    let op = Operator::spawn(dir.path(), &[]);
     until(op.admin, "/ready", |code, _| code == 200).await;
     let mut proxy = Proxy::connect(op.discovery, "web-0").await;
     let first = proxy.next().await;
@@ -204,7 +139,7 @@ async fn binary_reports_each_mistake_and_pushes_a_config_that_fails_closed() {
     assert!(!m.contains("older"), "{m}");
 
     // Each is also a warning line in the log.
-    let log = op.log.lock().map(|l| l.clone()).unwrap_or_default();
+    let log = op.log_lines();
     for (name, reason) in [
         ("typo", "BackendNotFound"),
         ("ab", "InvalidMatch"),

@@ -2,6 +2,7 @@
 //! `weft-operator` binary in `--manifests` mode on 127.0.0.1, Certify over gRPC.
 
 mod identity_support;
+mod operator_process;
 
 use identity_support::*;
 

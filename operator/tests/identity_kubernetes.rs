@@ -2,6 +2,7 @@
 //! control plane's identities even for a token that really is the operator's service account.
 
 mod identity_support;
+mod operator_process;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -2,6 +2,7 @@
 //! mode on 127.0.0.1, with `--identity-issuer DIR`.
 
 mod identity_support;
+mod operator_process;
 
 use std::os::unix::fs::PermissionsExt;
 

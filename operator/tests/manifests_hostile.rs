@@ -3,83 +3,23 @@
 //! rewritten in place. Most tests run the real `weft-operator` binary on loopback and judge
 //! what a proxy is served and what `/ready` and `/status` say.
 
+mod operator_process;
 mod runtime_support;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::SocketAddr;
+use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
+use operator_process::Operator;
 use runtime_support::*;
 use weft_operator::runtime::{Runtime, RuntimeConfig, SourceConfig};
 use weft_operator::source::manifests::WatchOptions;
 
-/// The operator binary on a manifests directory; killed on drop.
-struct Operator {
-    child: Child,
-    discovery: SocketAddr,
-    admin: SocketAddr,
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 impl Operator {
-    fn start(dir: &Path) -> Operator {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_weft-operator"))
-            .args(["--manifests"])
-            .arg(dir)
-            .args([
-                "--discovery-addr",
-                "127.0.0.1:0",
-                "--admin-addr",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-            ])
-            .env("WEFT_LOG", "info")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn weft-operator");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("weft-operator started") {
-                    let _ = tx.send(line);
-                }
-            }
-        });
-        let line = match rx.recv_timeout(WAIT) {
-            Ok(line) => line,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("operator did not start");
-            }
-        };
-        let field = |name: &str| -> SocketAddr {
-            line.split(&format!("\"{name}\":\""))
-                .nth(1)
-                .and_then(|rest| rest.split('"').next())
-                .and_then(|a| a.parse().ok())
-                .unwrap_or_else(|| panic!("no {name} address in {line}"))
-        };
-        Operator {
-            discovery: field("discovery"),
-            admin: field("admin"),
-            child,
-        }
-    }
-
     /// Resident memory of the operator process, in bytes.
     fn rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
             .expect("read /proc/<pid>/status");
         let kb: u64 = status
             .lines()
@@ -144,7 +84,7 @@ async fn a_fifo_or_socket_named_yaml_is_skipped_and_edits_still_apply() {
     let dir = mesh_dir();
     // One present at start (the first rescan must not block on it)...
     mkfifo(&dir.path().join("x.yaml"));
-    let op = Operator::start(dir.path());
+    let op = Operator::spawn(dir.path(), &[]);
     let mut proxy = ready_proxy(&op).await;
     // ...and more created while it runs.
     mkfifo(&dir.path().join("sub-fifo.yml"));
@@ -171,7 +111,7 @@ async fn a_fifo_or_socket_named_yaml_is_skipped_and_edits_still_apply() {
 async fn symlink_loops_keep_memory_bounded_and_edits_still_apply() {
     let dir = mesh_dir();
     std::fs::create_dir(dir.path().join("sub")).expect("mkdir");
-    let op = Operator::start(dir.path());
+    let op = Operator::spawn(dir.path(), &[]);
     let mut proxy = ready_proxy(&op).await;
 
     // Two symlinks to `.` (and one to the parent of a subdirectory): an unbounded walk would
@@ -204,7 +144,7 @@ async fn symlink_loops_keep_memory_bounded_and_edits_still_apply() {
 #[tokio::test]
 async fn a_deeply_nested_file_is_refused_quickly_and_edits_still_apply() {
     let dir = mesh_dir();
-    let op = Operator::start(dir.path());
+    let op = Operator::spawn(dir.path(), &[]);
     let mut proxy = ready_proxy(&op).await;
 
     // 120 KB of `[` (21.7 s of parsing before the fix) and 160 KB of `{a: ` (over 30 s).
@@ -244,7 +184,7 @@ async fn a_deeply_nested_file_is_refused_quickly_and_edits_still_apply() {
 #[tokio::test]
 async fn a_too_large_file_is_refused_and_keeps_the_last_good_objects() {
     let dir = mesh_dir();
-    let op = Operator::start(dir.path());
+    let op = Operator::spawn(dir.path(), &[]);
     let mut proxy = ready_proxy(&op).await;
 
     // services.yaml grows past the limit (valid YAML: a comment): refused, and its services
@@ -269,7 +209,7 @@ async fn a_too_large_file_is_refused_and_keeps_the_last_good_objects() {
 #[tokio::test]
 async fn a_file_rewritten_in_place_never_loses_its_objects_in_the_gap() {
     let dir = mesh_dir();
-    let op = Operator::start(dir.path());
+    let op = Operator::spawn(dir.path(), &[]);
     let mut proxy = ready_proxy(&op).await;
     let path = dir.path().join("split.yaml");
 
