@@ -23,7 +23,7 @@ use crate::identity::{Identity, IdentityConfig};
 use crate::inbound::{self, InboundSettings};
 use crate::metrics::Metrics;
 use crate::outbound;
-use crate::transport::{MeshIdentity, ProxyIdentity};
+use crate::transport::MeshIdentity;
 
 /// Why the proxy could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -135,7 +135,7 @@ pub async fn run(
 
     // Data plane: serves with the default config until the first one arrives.
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mesh_identity: Arc<dyn MeshIdentity> = Arc::new(ProxyIdentity::new(identity.clone()));
+    let mesh_identity: Arc<dyn MeshIdentity> = Arc::new(identity.clone());
     let mut listeners: JoinSet<(&'static str, Result<(), String>)> = JoinSet::new();
     // The proxy's own listeners are never an inbound target, whatever the policy lists.
     let inbound = inbound::serve_reserving(

@@ -107,6 +107,7 @@ pub enum IdentityError {
 struct Shared {
     state: watch::Sender<Option<Arc<CertState>>>,
     server_config: Arc<rustls::ServerConfig>,
+    mesh_server_config: Arc<rustls::ServerConfig>,
     client_config: Arc<rustls::ClientConfig>,
 }
 
@@ -162,16 +163,21 @@ impl Identity {
         let state = watch::Sender::new(None);
         let provider = provider();
         let resolver = Arc::new(CurrentCert(state.subscribe()));
-        let verifier = Arc::new(ClientVerifier {
-            state: state.subscribe(),
-            provider: Arc::clone(&provider),
-        });
-        let server_config = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map(|b| {
-                b.with_client_cert_verifier(verifier)
-                    .with_cert_resolver(resolver.clone())
+        let server_config = |mandatory: bool| {
+            let verifier = Arc::new(ClientVerifier {
+                state: state.subscribe(),
+                provider: Arc::clone(&provider),
+                mandatory,
             });
+            rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .map(|b| {
+                    b.with_client_cert_verifier(verifier)
+                        .with_cert_resolver(resolver.clone())
+                })
+        };
+        let mesh_server_config = server_config(true);
+        let server_config = server_config(false);
         let server_verifier = Arc::new(ServerVerifier {
             state: state.subscribe(),
             provider: Arc::clone(&provider),
@@ -184,18 +190,23 @@ impl Identity {
                     .with_client_cert_resolver(resolver)
             });
         // The ring provider always supports TLS 1.3; these cannot fail.
-        let (Ok(mut server_config), Ok(mut client_config)) = (server_config, client_config) else {
+        let (Ok(mut server_config), Ok(mut mesh_server_config), Ok(mut client_config)) =
+            (server_config, mesh_server_config, client_config)
+        else {
             unreachable!("ring supports TLS 1.3")
         };
         // No resumption: every connection verifies the peer's current certificate against the
         // current trust anchors, so renewals and anchor rotations take effect at once.
-        server_config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-        server_config.send_tls13_tickets = 0;
+        for config in [&mut server_config, &mut mesh_server_config] {
+            config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+            config.send_tls13_tickets = 0;
+        }
         client_config.resumption = rustls::client::Resumption::disabled();
         Identity {
             shared: Arc::new(Shared {
                 state,
                 server_config: Arc::new(server_config),
+                mesh_server_config: Arc::new(mesh_server_config),
                 client_config: Arc::new(client_config),
             }),
         }
@@ -276,6 +287,13 @@ impl Identity {
     /// [`Identity::server_config_with_alpn`].
     pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
         Arc::clone(&self.shared.server_config)
+    }
+
+    /// The inbound listener's TLS: like [`Identity::server_config`], but a client certificate
+    /// that verifies against the current trust anchors is required; without one the handshake
+    /// fails.
+    pub fn mesh_server_config(&self) -> Arc<rustls::ServerConfig> {
+        Arc::clone(&self.shared.mesh_server_config)
     }
 
     /// Outbound TLS: presents the current certificate and accepts a server only if its chain

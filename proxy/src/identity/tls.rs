@@ -230,11 +230,14 @@ fn no_identity() -> Error {
     Error::General("this proxy has no identity certificate yet".into())
 }
 
-/// Verifies client certificates (when presented) against the current trust anchors.
+/// Verifies client certificates against the current trust anchors. `mandatory`: the handshake
+/// fails without one (the inbound listener: a mesh connection carries the transport header,
+/// which only a proxy with a mesh identity may send); otherwise one is verified when presented.
 #[derive(Debug)]
 pub(crate) struct ClientVerifier {
     pub(crate) state: StateRx,
     pub(crate) provider: Arc<CryptoProvider>,
+    pub(crate) mandatory: bool,
 }
 
 impl ClientCertVerifier for ClientVerifier {
@@ -243,7 +246,7 @@ impl ClientCertVerifier for ClientVerifier {
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        false
+        self.mandatory
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
@@ -297,79 +300,6 @@ impl ClientCertVerifier for ClientVerifier {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
-    }
-}
-
-/// [`ClientVerifier`] for the inbound listener: a client certificate is required. A mesh
-/// connection carries the transport header, which only a proxy with a mesh identity may send.
-#[derive(Debug)]
-pub(crate) struct MandatoryClientVerifier(pub(crate) ClientVerifier);
-
-impl ClientCertVerifier for MandatoryClientVerifier {
-    fn offer_client_auth(&self) -> bool {
-        true
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        true
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.0.root_hint_subjects()
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, Error> {
-        self.0.verify_client_cert(end_entity, intermediates, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
-}
-
-impl super::Identity {
-    /// The inbound listener's TLS config: like [`super::Identity::server_config`] (current
-    /// certificate, TLS 1.3, no resumption), but a client certificate that verifies against the
-    /// current trust anchors is required; without one the handshake fails.
-    pub fn mesh_server_config(&self) -> Option<Arc<rustls::ServerConfig>> {
-        let state = &self.shared.state;
-        let provider = provider();
-        let verifier = Arc::new(MandatoryClientVerifier(ClientVerifier {
-            state: state.subscribe(),
-            provider: Arc::clone(&provider),
-        }));
-        let resolver = Arc::new(CurrentCert(state.subscribe()));
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .ok()?
-            .with_client_cert_verifier(verifier)
-            .with_cert_resolver(resolver);
-        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-        config.send_tls13_tickets = 0;
-        Some(Arc::new(config))
     }
 }
 
@@ -611,12 +541,7 @@ mod tests {
         let (issuer, ca) = new_ca();
         let server_id = identity(&issuer, &ca, api);
         let client_id = identity(&issuer, &ca, web);
-        let mesh = server(
-            server_id
-                .mesh_server_config()
-                .unwrap_or_else(|| panic!("config")),
-        )
-        .await;
+        let mesh = server(server_id.mesh_server_config()).await;
         let optional = server(server_id.server_config()).await;
 
         assert_eq!(call(client_id.client_config(), mesh, api).await, b"hello");

@@ -302,10 +302,11 @@ where
     Ok(())
 }
 
-/// Built per call; [`ProxyIdentity`] builds the server config once.
+/// The proxy's identity for its data plane: inbound TLS requires a client certificate
+/// ([`crate::identity::Identity::mesh_server_config`]).
 impl MeshIdentity for crate::identity::Identity {
     fn server_config(&self) -> Option<Arc<rustls::ServerConfig>> {
-        self.is_ready().then(|| self.mesh_server_config()).flatten()
+        self.is_ready().then(|| self.mesh_server_config())
     }
     fn client_config(&self) -> Option<Arc<rustls::ClientConfig>> {
         self.is_ready()
@@ -316,35 +317,5 @@ impl MeshIdentity for crate::identity::Identity {
     }
     fn peer_identity(&self, certs: &[CertificateDer<'_>]) -> Option<String> {
         crate::identity::peer_identity(certs)
-    }
-}
-
-/// The proxy's identity for its data plane: inbound TLS requires a client certificate
-/// ([`crate::identity::Identity::mesh_server_config`], built once).
-#[derive(Clone)]
-pub struct ProxyIdentity {
-    identity: crate::identity::Identity,
-    server: Option<Arc<rustls::ServerConfig>>,
-}
-
-impl ProxyIdentity {
-    pub fn new(identity: crate::identity::Identity) -> Self {
-        let server = identity.mesh_server_config();
-        ProxyIdentity { identity, server }
-    }
-}
-
-impl MeshIdentity for ProxyIdentity {
-    fn server_config(&self) -> Option<Arc<rustls::ServerConfig>> {
-        self.server.clone().filter(|_| self.identity.is_ready())
-    }
-    fn client_config(&self) -> Option<Arc<rustls::ClientConfig>> {
-        MeshIdentity::client_config(&self.identity)
-    }
-    fn server_name_for(&self, identity: &str) -> Option<ServerName<'static>> {
-        MeshIdentity::server_name_for(&self.identity, identity)
-    }
-    fn peer_identity(&self, certs: &[CertificateDer<'_>]) -> Option<String> {
-        MeshIdentity::peer_identity(&self.identity, certs)
     }
 }
