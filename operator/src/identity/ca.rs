@@ -150,39 +150,30 @@ impl CaBundle {
     }
 }
 
-fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
+/// Writes `contents` to `path` with `mode` and syncs it to disk.
+fn write_synced(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)?;
+    f.write_all(contents)?;
+    f.sync_all()
+}
+
+fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
-    {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(contents)?;
-        f.sync_all()?;
-    }
+    write_synced(&tmp, contents, mode)?;
     std::fs::rename(&tmp, path)
 }
 
 /// Writes `path` atomically and never over an existing file (`AlreadyExists` then).
 fn write_new(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(contents)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::hard_link(&tmp, path)
-    })();
+    let result = write_synced(&tmp, contents, mode).and_then(|()| std::fs::hard_link(&tmp, path));
     let _ = std::fs::remove_file(&tmp);
     result
 }
