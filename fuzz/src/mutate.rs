@@ -549,6 +549,7 @@ fn mutate_inbound(p: &mut v1::InboundPolicy, rng: &mut Rng, dict: &[&str]) {
                     sources: vec![interesting_string(rng, dict, "*")],
                     all_traffic: rng.chance(1, 2),
                     http_routes: Vec::new(),
+                    clients: None,
                 }),
                 _ if !port.authorizations.is_empty() => {
                     let j = rng.below(port.authorizations.len());

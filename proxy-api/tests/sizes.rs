@@ -12,9 +12,9 @@ use weft_proxy_api::discovery::{
 };
 use weft_proxy_api::names::{endpoints_name, outbound_name, INBOUND};
 use weft_proxy_api::v1::{
-    resource::Kind, Authorization, DefaultPolicy, Endpoint, EndpointSet, HttpMatch, InboundPolicy,
-    InboundPort, OutboundPort, OutboundService, Protocol, Resource, Route, TrafficPolicy,
-    WeightedBackend,
+    authorization, resource::Kind, Authorization, DefaultPolicy, Endpoint, EndpointSet, HttpMatch,
+    InboundPolicy, InboundPort, MeshClients, OutboundPort, OutboundService, Protocol, Resource,
+    Route, TrafficPolicy, WeightedBackend,
 };
 
 const NS: &str = "demo";
@@ -110,9 +110,14 @@ fn outbound(service: &str, index: usize, split: bool) -> Resource {
 }
 
 fn inbound() -> Resource {
+    // An operator sends both the typed choice and its deprecated untyped form.
+    #[allow(deprecated)]
     let authorization = |name: &str, sources: &[&str]| Authorization {
         name: format!("{NS}/{name}"),
         sources: sources.iter().map(|s| identity(s)).collect(),
+        clients: Some(authorization::Clients::Mesh(MeshClients {
+            identities: sources.iter().map(|s| identity(s)).collect(),
+        })),
         all_traffic: false,
         http_routes: vec![HttpMatch {
             name: "read".into(),

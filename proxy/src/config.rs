@@ -545,9 +545,12 @@ fn inbound_policy(resource: &str, p: &v1::InboundPolicy) -> Result<InboundPolicy
                 .iter()
                 .map(|m| http_match(resource, m))
                 .collect::<Result<Vec<_>, _>>()?;
+            // TODO(#14): read the typed `clients` choice; `sources` is deprecated.
+            #[allow(deprecated)]
+            let sources = a.sources.iter().cloned().collect();
             authorizations.push(Authorization {
                 name: Arc::from(a.name.as_str()),
-                sources: a.sources.iter().cloned().collect(),
+                sources,
                 all_traffic: a.all_traffic,
                 http_routes,
             });
@@ -805,6 +808,7 @@ pub fn channel() -> (
 }
 
 #[cfg(test)]
+#[allow(deprecated)] // TODO(#14): fixtures use the untyped `Authorization.sources`.
 mod tests {
     use super::*;
     use v1::resource::Kind;
@@ -843,6 +847,7 @@ mod tests {
                         authorizations: vec![v1::Authorization {
                             name: "demo/web-to-api".into(),
                             sources: vec!["spiffe://cluster.local/ns/demo/sa/web".into()],
+                            clients: None,
                             all_traffic: false,
                             http_routes: vec![m.clone()],
                         }],
@@ -1027,6 +1032,7 @@ mod tests {
             p.ports[0].authorizations.push(v1::Authorization {
                 name: "probe".into(),
                 sources: vec![ANY_CLIENT.into()],
+                clients: None,
                 all_traffic: false,
                 http_routes: vec![v1::HttpMatch {
                     name: "probe".into(),

@@ -1,5 +1,7 @@
 //! Data-plane tests with real sockets on loopback: outbound and inbound proxies, small hyper
 //! backends, configs built directly from proto resources.
+// TODO(#14): fixtures still use the deprecated untyped `Authorization.sources`.
+#![allow(deprecated)]
 
 mod dataplane_support;
 
@@ -332,6 +334,7 @@ fn inbound_policy(app_port: u16, default: v1::DefaultPolicy, restricted: bool) -
                 authorizations: vec![v1::Authorization {
                     name: "demo/web-to-api".into(),
                     sources: vec![WEB.into()],
+                    clients: None,
                     all_traffic: false,
                     http_routes: vec![v1::HttpMatch {
                         name: "grpc".into(),
@@ -478,6 +481,7 @@ async fn opaque_tcp_over_mtls_is_authorized_per_connection() {
                     authorizations: vec![v1::Authorization {
                         name: "demo/tcp".into(),
                         sources: vec![WEB.into()],
+                        clients: None,
                         all_traffic,
                         http_routes: vec![],
                     }],

@@ -69,11 +69,16 @@ impl From<&InboundPolicy> for pb::InboundPolicy {
                     authorizations: port
                         .authorizations
                         .iter()
-                        .map(|a| pb::Authorization {
-                            name: a.name.clone(),
-                            sources: a.sources.clone(),
-                            all_traffic: a.all_traffic,
-                            http_routes: a.http_routes.iter().map(Into::into).collect(),
+                        .map(|a| {
+                            // TODO(#14): set the typed `clients` choice; `sources` is deprecated.
+                            #[allow(deprecated)]
+                            pb::Authorization {
+                                name: a.name.clone(),
+                                sources: a.sources.clone(),
+                                clients: None,
+                                all_traffic: a.all_traffic,
+                                http_routes: a.http_routes.iter().map(Into::into).collect(),
+                            }
                         })
                         .collect(),
                 })

@@ -9,7 +9,8 @@ pub struct HttpMatch {
     /// Empty: any path.
     #[prost(string, tag = "2")]
     pub path_regex: ::prost::alloc::string::String,
-    /// Upper-case methods; `*` matches any. Empty: any method.
+    /// Upper-case methods. Empty: any method. (Operators before 0.2 sent `*` for any method; a
+    /// proxy still reads it so.)
     #[prost(string, repeated, tag = "3")]
     pub methods: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
     /// All must match.
@@ -201,9 +202,10 @@ pub struct Authorization {
     /// `<namespace>/<name>` of the TrafficTarget (metrics label, denial reasons).
     #[prost(string, tag = "1")]
     pub name: ::prost::alloc::string::String,
-    /// SPIFFE identities of allowed clients. The source "\*" admits any client, authenticated
-    /// (mTLS) or not: the operator uses it for the "probe" authorization that lets the kubelet's
-    /// plaintext HTTP probes reach their paths.
+    /// Deprecated: the untyped form of `clients`, kept for proxies one minor version older. SPIFFE
+    /// identities of allowed clients; the source "\*" admits any client, authenticated or not. An
+    /// operator sets it to what `clients` says; a proxy reads it only when `clients` is unset.
+    #[deprecated]
     #[prost(string, repeated, tag = "2")]
     pub sources: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
     /// Allow every connection and request on the port (a TCPRoute/UDPRoute rule covering it).
@@ -212,7 +214,34 @@ pub struct Authorization {
     /// Allow HTTP requests matching any of these (HTTPRouteGroup rules).
     #[prost(message, repeated, tag = "4")]
     pub http_routes: ::prost::alloc::vec::Vec<HttpMatch>,
+    /// Who this authorization admits.
+    #[prost(oneof = "authorization::Clients", tags = "5, 6")]
+    pub clients: ::core::option::Option<authorization::Clients>,
 }
+/// Nested message and enum types in `Authorization`.
+pub mod authorization {
+    /// Who this authorization admits.
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Clients {
+        /// Clients that present one of these mesh identities over mTLS (a TrafficTarget's sources).
+        #[prost(message, tag = "5")]
+        Mesh(super::MeshClients),
+        /// Any client, authenticated or not: the kubelet's plaintext HTTP probes, limited by
+        /// `http_routes` to the probe paths of the pod.
+        #[prost(message, tag = "6")]
+        Probes(super::KubeletProbes),
+    }
+}
+/// Mesh identities a TrafficTarget admits.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct MeshClients {
+    /// SPIFFE IDs (`spiffe://<trust domain>/ns/<namespace>/sa/<service account>`).
+    #[prost(string, repeated, tag = "1")]
+    pub identities: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+/// The kubelet's health probes (no fields: the kind is the meaning).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct KubeletProbes {}
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct OutboundService {
     #[prost(string, tag = "1")]
