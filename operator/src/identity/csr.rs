@@ -21,76 +21,7 @@ pub const MAX_CSR_LEN: usize = 16 * 1024;
 /// Smallest RSA modulus accepted (bits).
 pub const MIN_RSA_BITS: usize = 2048;
 
-/// A workload identity `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct SpiffeId {
-    pub trust_domain: String,
-    pub namespace: String,
-    pub service_account: String,
-}
-
-/// A string that is not a weft SPIFFE ID.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("{0:?} is not a SPIFFE ID of the form spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>")]
-pub struct InvalidSpiffeId(pub String);
-
-fn valid_segment(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-}
-
-impl SpiffeId {
-    /// Builds an identity; segments must be lowercase DNS-style names.
-    pub fn new(
-        trust_domain: &str,
-        namespace: &str,
-        service_account: &str,
-    ) -> Result<Self, InvalidSpiffeId> {
-        let id = SpiffeId {
-            trust_domain: trust_domain.to_owned(),
-            namespace: namespace.to_owned(),
-            service_account: service_account.to_owned(),
-        };
-        if [trust_domain, namespace, service_account]
-            .iter()
-            .all(|s| valid_segment(s))
-        {
-            Ok(id)
-        } else {
-            Err(InvalidSpiffeId(id.to_string()))
-        }
-    }
-
-    /// Parses `spiffe://<td>/ns/<ns>/sa/<sa>` exactly (no query, fragment or extra segments).
-    pub fn parse(s: &str) -> Result<Self, InvalidSpiffeId> {
-        let err = || InvalidSpiffeId(s.to_owned());
-        let rest = s.strip_prefix("spiffe://").ok_or_else(err)?;
-        let mut parts = rest.split('/');
-        let (Some(td), Some("ns"), Some(ns), Some("sa"), Some(sa), None) = (
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-        ) else {
-            return Err(err());
-        };
-        Self::new(td, ns, sa).map_err(|_| err())
-    }
-}
-
-impl std::fmt::Display for SpiffeId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "spiffe://{}/ns/{}/sa/{}",
-            self.trust_domain, self.namespace, self.service_account
-        )
-    }
-}
+pub use weft_common::spiffe::{InvalidSpiffeId, SpiffeId};
 
 /// Why a CSR was refused (all map to `INVALID_ARGUMENT`).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
