@@ -1382,6 +1382,344 @@ mod tests {
             && a.admits(Some("spiffe://cluster.local/ns/demo/sa/web"))));
     }
 
+    fn with_version(mut r: v1::Resource, version: &str) -> v1::Resource {
+        r.version = version.to_string();
+        r
+    }
+
+    /// `sample()` plus a second service `web.demo` with its own endpoint set.
+    fn two_services() -> BTreeMap<String, v1::Resource> {
+        let mut r = sample();
+        let mut web = r["outbound:api.demo"].clone();
+        web.name = "outbound:web.demo".into();
+        if let Some(Kind::Outbound(s)) = web.kind.as_mut() {
+            s.name = "web".into();
+            s.cluster_ips = vec![vec![10, 96, 0, 11]];
+            s.ports[0].routes.truncate(1);
+            s.ports[0].routes[0].backends[0].endpoint_set = "endpoints:web.demo:80".into();
+        }
+        let mut eps = r["endpoints:api.demo:80"].clone();
+        eps.name = "endpoints:web.demo:80".into();
+        if let Some(Kind::Endpoints(e)) = eps.kind.as_mut() {
+            e.endpoints[0].ip = vec![127, 0, 0, 3];
+        }
+        r.insert(web.name.clone(), web);
+        r.insert(eps.name.clone(), eps);
+        r
+    }
+
+    fn svc<'c>(cfg: &'c Config, name: &str) -> &'c Arc<OutboundService> {
+        cfg.service("demo", name)
+            .unwrap_or_else(|| panic!("no service {name}"))
+    }
+
+    fn endpoints_of(svc: &OutboundService) -> &Arc<EndpointSet> {
+        &svc.ports[0].routes.last().unwrap_or_else(|| panic!()).backends[0].endpoints
+    }
+
+    /// Uses a config's live state the way requests do: deposits, a retry, a latency sample.
+    fn use_state(svc: &OutboundService) {
+        for _ in 0..7 {
+            svc.retry_budget.deposit();
+        }
+        assert!(svc.retry_budget.try_withdraw());
+        endpoints_of(svc).endpoints[0]
+            .load
+            .observe(Duration::from_millis(500));
+    }
+
+    #[test]
+    fn a_push_converting_nothing_new_keeps_every_object_and_its_state() {
+        let mut store = Store::new();
+        let first = store
+            .update("v1", &two_services())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(store.last_update().converted, 5);
+        use_state(svc(&first, "api"));
+        let budget = svc(&first, "api").retry_budget.balance_milli();
+        let ewma = endpoints_of(svc(&first, "api")).endpoints[0].load.ewma_nanos();
+
+        let second = store
+            .update("v2", &two_services())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            store.last_update(),
+            UpdateStats {
+                converted: 0,
+                relinked: 0,
+                reused: 5
+            }
+        );
+        assert_eq!(second.version, "v2");
+        for name in ["api", "web"] {
+            assert!(Arc::ptr_eq(svc(&first, name), svc(&second, name)), "{name}");
+        }
+        assert!(Arc::ptr_eq(&first.inbound, &second.inbound));
+        assert_eq!(svc(&second, "api").retry_budget.balance_milli(), budget);
+        let load = &endpoints_of(svc(&second, "api")).endpoints[0].load;
+        assert_eq!(load.ewma_nanos(), ewma);
+        assert_eq!(ewma, 500_000_000.0);
+    }
+
+    #[test]
+    fn an_endpoint_change_for_one_service_keeps_the_others_state() {
+        let mut store = Store::new();
+        let r = two_services();
+        let first = store.update("v1", &r).unwrap_or_else(|e| panic!("{e}"));
+        use_state(svc(&first, "api"));
+        use_state(svc(&first, "web"));
+        let web_budget = svc(&first, "web").retry_budget.balance_milli();
+        assert_ne!(web_budget, RetryBudget::RESERVE * 1000);
+
+        // web.demo gains an endpoint; its first endpoint stays.
+        let mut changed = r.clone();
+        let eps = changed
+            .get_mut("endpoints:web.demo:80")
+            .unwrap_or_else(|| panic!());
+        eps.version = "2".into();
+        if let Some(Kind::Endpoints(e)) = eps.kind.as_mut() {
+            let mut added = e.endpoints[0].clone();
+            added.ip = vec![127, 0, 0, 4];
+            e.endpoints.push(added);
+        }
+        let second = store.update("v2", &changed).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            store.last_update(),
+            UpdateStats {
+                converted: 1,
+                relinked: 1,
+                reused: 3
+            }
+        );
+        // The other service: the same object, the same budget and estimates.
+        assert!(Arc::ptr_eq(svc(&first, "api"), svc(&second, "api")));
+        // The changed service: re-resolved, not re-converted; its budget and the estimate of
+        // its remaining endpoint are kept, the new endpoint starts fresh.
+        let (web1, web2) = (svc(&first, "web"), svc(&second, "web"));
+        assert!(!Arc::ptr_eq(web1, web2));
+        assert!(Arc::ptr_eq(&web1.retry_budget, &web2.retry_budget));
+        assert_eq!(web2.retry_budget.balance_milli(), web_budget);
+        let (old, new) = (endpoints_of(web1), endpoints_of(web2));
+        assert_eq!(new.endpoints.len(), 2);
+        assert!(Arc::ptr_eq(&old.endpoints[0].load, &new.endpoints[0].load));
+        assert_eq!(new.endpoints[0].load.ewma_nanos(), 500_000_000.0);
+        assert_eq!(
+            new.endpoints[1].load.ewma_nanos(),
+            crate::balance::DEFAULT_RTT.as_nanos() as f64
+        );
+        // The route regexes were not compiled again.
+        let re = |s: &OutboundService| s.ports[0].routes[0].matches[0].path.clone();
+        assert_eq!(
+            re(web1).map(|r| r.as_str().to_string()),
+            re(web2).map(|r| r.as_str().to_string())
+        );
+    }
+
+    #[test]
+    fn a_removed_service_and_its_endpoints_are_freed() {
+        let mut store = Store::new();
+        let r = two_services();
+        let first = store.update("v1", &r).unwrap_or_else(|e| panic!("{e}"));
+        let budget = Arc::downgrade(&svc(&first, "web").retry_budget);
+        let load = Arc::downgrade(&endpoints_of(svc(&first, "web")).endpoints[0].load);
+        assert_eq!((store.state().services(), store.state().endpoints()), (2, 2));
+
+        let mut fewer = r.clone();
+        fewer.remove("outbound:web.demo");
+        fewer.remove("endpoints:web.demo:80");
+        let second = store.update("v2", &fewer).unwrap_or_else(|e| panic!("{e}"));
+        assert!(second.service("demo", "web").is_none());
+        assert_eq!((store.state().services(), store.state().endpoints()), (1, 1));
+        assert!(store.state().budget("demo", "web").is_none());
+        // Once the old config is gone (requests finished), nothing holds the state.
+        drop(first);
+        assert!(budget.upgrade().is_none());
+        assert!(load.upgrade().is_none());
+        // Added back: fresh state.
+        let third = store.update("v3", &r).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            svc(&third, "web").retry_budget.balance_milli(),
+            RetryBudget::RESERVE * 1000
+        );
+    }
+
+    #[test]
+    fn a_rejected_update_leaves_the_store_as_it_was() {
+        let mut store = Store::new();
+        let r = two_services();
+        let first = store.update("v1", &r).unwrap_or_else(|e| panic!("{e}"));
+        let mut bad = r.clone();
+        bad.remove("outbound:web.demo");
+        let api = bad
+            .get_mut("outbound:api.demo")
+            .unwrap_or_else(|| panic!());
+        *api = with_version(api.clone(), "2");
+        if let Some(Kind::Outbound(s)) = api.kind.as_mut() {
+            s.ports[0].routes[0].matches[0].path_regex = "/(unclosed".into();
+        }
+        let err = store.update("v2", &bad).err();
+        assert!(matches!(err, Some(ConfigError::InvalidPathRegex { .. })), "{err:?}");
+        // web.demo's state is still there; the next good update reuses everything.
+        assert_eq!(store.state().services(), 2);
+        let again = store.update("v3", &r).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(store.last_update().converted, 0);
+        assert!(Arc::ptr_eq(svc(&first, "web"), svc(&again, "web")));
+    }
+
+    #[test]
+    fn a_changed_retry_ratio_keeps_the_balance() {
+        let mut store = Store::new();
+        let r = two_services();
+        let first = store.update("v1", &r).unwrap_or_else(|e| panic!("{e}"));
+        use_state(svc(&first, "api"));
+        let mut changed = r.clone();
+        let api = changed
+            .get_mut("outbound:api.demo")
+            .unwrap_or_else(|| panic!());
+        api.version = "2".into();
+        if let Some(Kind::Outbound(s)) = api.kind.as_mut() {
+            s.policy = None;
+        }
+        let second = store.update("v2", &changed).unwrap_or_else(|e| panic!("{e}"));
+        let api = svc(&second, "api");
+        assert_eq!(api.policy.retry_budget_ratio, 0.0);
+        assert!(Arc::ptr_eq(&svc(&first, "api").retry_budget, &api.retry_budget));
+        let balance = api.retry_budget.balance_milli();
+        api.retry_budget.deposit();
+        assert_eq!(api.retry_budget.balance_milli(), balance);
+    }
+
+    fn inbound_with(authz: v1::Authorization) -> BTreeMap<String, v1::Resource> {
+        let mut r = sample();
+        if let Some(v1::Resource {
+            kind: Some(Kind::Inbound(p)),
+            ..
+        }) = r.get_mut("inbound")
+        {
+            p.ports[0].authorizations.push(authz);
+        }
+        r
+    }
+
+    #[test]
+    fn typed_clients_admit_mesh_identities_or_any_client() {
+        let probe = v1::Authorization {
+            name: "kubelet".into(),
+            clients: Some(v1::authorization::Clients::Probes(v1::KubeletProbes {})),
+            http_routes: vec![v1::HttpMatch {
+                name: "probe".into(),
+                path_regex: "/healthz$".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let cfg = Config::from_resources("v1", &inbound_with(probe))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let authz = &cfg.inbound.ports[&8080].authorizations;
+        assert_eq!(authz[1].clients, Clients::AnyClient);
+        assert!(authz[1].admits(None));
+        let Clients::Mesh(ids) = &authz[0].clients else {
+            panic!("{:?}", authz[0].clients)
+        };
+        assert_eq!(ids.ids(), ["spiffe://cluster.local/ns/demo/sa/web"]);
+        assert!(!authz[0].admits(None));
+        assert!(authz[0].admits(Some("spiffe://cluster.local/ns/demo/sa/web")));
+        // An empty identity list admits nobody.
+        let nobody = v1::Authorization {
+            name: "demo/nobody".into(),
+            clients: Some(mesh(&[])),
+            all_traffic: true,
+            ..Default::default()
+        };
+        let cfg = Config::from_resources("v1", &inbound_with(nobody))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let a = &cfg.inbound.ports[&8080].authorizations[1];
+        assert!(!a.admits(None) && !a.admits(Some("spiffe://cluster.local/ns/demo/sa/web")));
+    }
+
+    /// `clients`, when set, is what counts: the deprecated `sources` beside it is ignored.
+    #[test]
+    #[allow(deprecated)]
+    fn typed_clients_win_over_deprecated_sources() {
+        let both = v1::Authorization {
+            name: "demo/both".into(),
+            sources: vec!["*".into()],
+            clients: Some(mesh(&["spiffe://cluster.local/ns/demo/sa/web"])),
+            all_traffic: true,
+            ..Default::default()
+        };
+        let cfg =
+            Config::from_resources("v1", &inbound_with(both)).unwrap_or_else(|e| panic!("{e}"));
+        let a = &cfg.inbound.ports[&8080].authorizations[1];
+        assert!(!a.admits(None));
+        assert!(a.admits(Some("spiffe://cluster.local/ns/demo/sa/web")));
+    }
+
+    /// A malformed identity could never match a peer: the update is refused (typed or not).
+    #[test]
+    #[allow(deprecated)]
+    fn a_malformed_identity_is_rejected() {
+        for authz in [
+            v1::Authorization {
+                name: "demo/typo".into(),
+                clients: Some(mesh(&["spiffe://cluster.local/ns/demo/web"])),
+                ..Default::default()
+            },
+            v1::Authorization {
+                name: "demo/typo".into(),
+                sources: vec!["web".into()],
+                ..Default::default()
+            },
+        ] {
+            let err = Config::from_resources("v1", &inbound_with(authz)).err();
+            let err = err.unwrap_or_else(|| panic!("accepted a malformed identity"));
+            assert!(matches!(err, ConfigError::InvalidIdentity { .. }), "{err}");
+            assert_eq!(err.resource(), "inbound");
+        }
+    }
+
+    /// Regression (#14): a method that is not an HTTP method token is refused even next to
+    /// `*` (it used to be accepted as "any method").
+    #[test]
+    fn an_invalid_method_is_rejected_even_beside_the_wildcard() {
+        let with_methods = |methods: &[&str]| {
+            let mut r = sample();
+            if let Some(Kind::Outbound(s)) =
+                r.get_mut("outbound:api.demo").and_then(|r| r.kind.as_mut())
+            {
+                s.ports[0].routes[0].matches[0].methods =
+                    methods.iter().map(|m| m.to_string()).collect();
+            }
+            Config::from_resources("v1", &r)
+        };
+        for bad in [&["*", "G ET"][..], &["GET", ""], &["G(ET"]] {
+            let err = with_methods(bad).err();
+            assert!(
+                matches!(err, Some(ConfigError::InvalidMethod { .. })),
+                "{bad:?}: {err:?}"
+            );
+        }
+        for (ok, any) in [(&["*"][..], true), (&[], true), (&["get", "PATCH"], false)] {
+            let cfg = with_methods(ok).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
+            let m = &svc(&cfg, "api").ports[0].routes[0].matches[0];
+            assert_eq!(m.methods.is_none(), any, "{ok:?}");
+        }
+    }
+
+    #[test]
+    fn state_view_reports_budgets_and_estimates() {
+        let cfg = Config::from_resources("v1", &sample()).unwrap_or_else(|e| panic!("{e}"));
+        use_state(svc(&cfg, "api"));
+        let view = cfg.state_view();
+        assert_eq!(
+            view.services["api.demo"].retry_budget_milli,
+            svc(&cfg, "api").retry_budget.balance_milli()
+        );
+        let eps = &view.endpoints["endpoints:api.demo:80"];
+        assert_eq!(eps[0].ewma_ns, 500_000_000.0);
+        assert_eq!(eps[0].pending, 0);
+    }
+
     #[test]
     fn unspecified_default_policy_is_allow() {
         assert_eq!(DefaultPolicy::from_proto(0), DefaultPolicy::Allow);
