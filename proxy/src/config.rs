@@ -31,8 +31,8 @@ use weft_common::SpiffeId;
 use weft_proxy_api::v1;
 
 use crate::balance::Load;
-use crate::state::{EndpointView, ServiceView, StateBuilder, StateRegistry};
 pub use crate::state::RetryBudget;
+use crate::state::{EndpointView, ServiceView, StateBuilder, StateRegistry};
 
 /// The application protocol of a port.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -588,10 +588,7 @@ fn mesh_clients<'a>(
 
 /// Who an authorization admits: the typed `clients` choice; only when an (older) operator left
 /// it unset, the deprecated `sources` list ([`deprecated_sources`]).
-fn authorization_clients(
-    resource: &str,
-    a: &v1::Authorization,
-) -> Result<Clients, ConfigError> {
+fn authorization_clients(resource: &str, a: &v1::Authorization) -> Result<Clients, ConfigError> {
     use v1::authorization::Clients as Wire;
     match &a.clients {
         Some(Wire::Mesh(m)) => Ok(Clients::Mesh(mesh_clients(resource, a, &m.identities)?)),
@@ -1414,7 +1411,12 @@ mod tests {
     }
 
     fn endpoints_of(svc: &OutboundService) -> &Arc<EndpointSet> {
-        &svc.ports[0].routes.last().unwrap_or_else(|| panic!()).backends[0].endpoints
+        &svc.ports[0]
+            .routes
+            .last()
+            .unwrap_or_else(|| panic!())
+            .backends[0]
+            .endpoints
     }
 
     /// Uses a config's live state the way requests do: deposits, a retry, a latency sample.
@@ -1437,7 +1439,9 @@ mod tests {
         assert_eq!(store.last_update().converted, 5);
         use_state(svc(&first, "api"));
         let budget = svc(&first, "api").retry_budget.balance_milli();
-        let ewma = endpoints_of(svc(&first, "api")).endpoints[0].load.ewma_nanos();
+        let ewma = endpoints_of(svc(&first, "api")).endpoints[0]
+            .load
+            .ewma_nanos();
 
         let second = store
             .update("v2", &two_services())
@@ -1482,7 +1486,9 @@ mod tests {
             added.ip = vec![127, 0, 0, 4];
             e.endpoints.push(added);
         }
-        let second = store.update("v2", &changed).unwrap_or_else(|e| panic!("{e}"));
+        let second = store
+            .update("v2", &changed)
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             store.last_update(),
             UpdateStats {
@@ -1522,14 +1528,20 @@ mod tests {
         let first = store.update("v1", &r).unwrap_or_else(|e| panic!("{e}"));
         let budget = Arc::downgrade(&svc(&first, "web").retry_budget);
         let load = Arc::downgrade(&endpoints_of(svc(&first, "web")).endpoints[0].load);
-        assert_eq!((store.state().services(), store.state().endpoints()), (2, 2));
+        assert_eq!(
+            (store.state().services(), store.state().endpoints()),
+            (2, 2)
+        );
 
         let mut fewer = r.clone();
         fewer.remove("outbound:web.demo");
         fewer.remove("endpoints:web.demo:80");
         let second = store.update("v2", &fewer).unwrap_or_else(|e| panic!("{e}"));
         assert!(second.service("demo", "web").is_none());
-        assert_eq!((store.state().services(), store.state().endpoints()), (1, 1));
+        assert_eq!(
+            (store.state().services(), store.state().endpoints()),
+            (1, 1)
+        );
         assert!(store.state().budget("demo", "web").is_none());
         // Once the old config is gone (requests finished), nothing holds the state.
         drop(first);
@@ -1550,15 +1562,16 @@ mod tests {
         let first = store.update("v1", &r).unwrap_or_else(|e| panic!("{e}"));
         let mut bad = r.clone();
         bad.remove("outbound:web.demo");
-        let api = bad
-            .get_mut("outbound:api.demo")
-            .unwrap_or_else(|| panic!());
+        let api = bad.get_mut("outbound:api.demo").unwrap_or_else(|| panic!());
         *api = with_version(api.clone(), "2");
         if let Some(Kind::Outbound(s)) = api.kind.as_mut() {
             s.ports[0].routes[0].matches[0].path_regex = "/(unclosed".into();
         }
         let err = store.update("v2", &bad).err();
-        assert!(matches!(err, Some(ConfigError::InvalidPathRegex { .. })), "{err:?}");
+        assert!(
+            matches!(err, Some(ConfigError::InvalidPathRegex { .. })),
+            "{err:?}"
+        );
         // web.demo's state is still there; the next good update reuses everything.
         assert_eq!(store.state().services(), 2);
         let again = store.update("v3", &r).unwrap_or_else(|e| panic!("{e}"));
@@ -1580,10 +1593,15 @@ mod tests {
         if let Some(Kind::Outbound(s)) = api.kind.as_mut() {
             s.policy = None;
         }
-        let second = store.update("v2", &changed).unwrap_or_else(|e| panic!("{e}"));
+        let second = store
+            .update("v2", &changed)
+            .unwrap_or_else(|e| panic!("{e}"));
         let api = svc(&second, "api");
         assert_eq!(api.policy.retry_budget_ratio, 0.0);
-        assert!(Arc::ptr_eq(&svc(&first, "api").retry_budget, &api.retry_budget));
+        assert!(Arc::ptr_eq(
+            &svc(&first, "api").retry_budget,
+            &api.retry_budget
+        ));
         let balance = api.retry_budget.balance_milli();
         api.retry_budget.deposit();
         assert_eq!(api.retry_budget.balance_milli(), balance);
@@ -1613,8 +1631,8 @@ mod tests {
             }],
             ..Default::default()
         };
-        let cfg = Config::from_resources("v1", &inbound_with(probe))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let cfg =
+            Config::from_resources("v1", &inbound_with(probe)).unwrap_or_else(|e| panic!("{e}"));
         let authz = &cfg.inbound.ports[&8080].authorizations;
         assert_eq!(authz[1].clients, Clients::AnyClient);
         assert!(authz[1].admits(None));
@@ -1631,8 +1649,8 @@ mod tests {
             all_traffic: true,
             ..Default::default()
         };
-        let cfg = Config::from_resources("v1", &inbound_with(nobody))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let cfg =
+            Config::from_resources("v1", &inbound_with(nobody)).unwrap_or_else(|e| panic!("{e}"));
         let a = &cfg.inbound.ports[&8080].authorizations[1];
         assert!(!a.admits(None) && !a.admits(Some("spiffe://cluster.local/ns/demo/sa/web")));
     }

@@ -372,9 +372,7 @@ pub fn authorize_tcp(policy: &InboundPolicy, port: u16, peer: Option<&str>) -> D
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{
-        Authorization, Clients, EndpointSet, InboundPort, MeshClients, Protocol,
-    };
+    use crate::config::{Authorization, Clients, EndpointSet, InboundPort, MeshClients, Protocol};
     use std::collections::BTreeMap;
     use weft_common::SpiffeId;
 

@@ -405,7 +405,11 @@ async fn both_listeners(ip: &str) -> (SocketAddr, SocketAddr, Log, Proxy, Proxy)
         Arc::new(NoIdentity),
     )
     .await;
-    let cfg = inbound_policy(app_addr.port(), probe_clients(), vec![path_match("all", "/")]);
+    let cfg = inbound_policy(
+        app_addr.port(),
+        probe_clients(),
+        vec![path_match("all", "/")],
+    );
     let inbound = start_inbound(ip, cfg, Arc::new(NoIdentity)).await;
     (outbound.addr, inbound.addr, log, outbound, inbound)
 }
@@ -551,7 +555,11 @@ async fn absolute_form_reaches_the_app_in_origin_form_with_the_routed_authority(
 async fn absolute_form_through_the_mesh_keeps_the_routed_authority() {
     let ca = TestCa::new();
     let (app_addr, log) = app("127.0.0.30").await;
-    let cfg = inbound_policy(app_addr.port(), mesh_clients(&[WEB]), vec![path_match("all", "/")]);
+    let cfg = inbound_policy(
+        app_addr.port(),
+        mesh_clients(&[WEB]),
+        vec![path_match("all", "/")],
+    );
     let server = start_inbound("127.0.0.30", cfg, ca.identity(API)).await;
     let client = start_outbound(
         web_service(
@@ -668,7 +676,11 @@ async fn inbound_normalises_http2_from_a_mesh_client_of_its_own() {
 async fn broken_client_body_through_the_mesh_is_400() {
     let ca = TestCa::new();
     let (app_addr, _log) = app("127.0.0.36").await;
-    let cfg = inbound_policy(app_addr.port(), mesh_clients(&[WEB]), vec![path_match("all", "/")]);
+    let cfg = inbound_policy(
+        app_addr.port(),
+        mesh_clients(&[WEB]),
+        vec![path_match("all", "/")],
+    );
     let server = start_inbound("127.0.0.36", cfg, ca.identity(API)).await;
     let client = start_outbound(
         web_service(

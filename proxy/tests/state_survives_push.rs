@@ -57,9 +57,7 @@ fn ports(addrs: &[SocketAddr]) -> Vec<u16> {
 
 /// `GET /state` as JSON.
 async fn state(proxy: &ProxyProcess) -> Value {
-    let body = proxy
-        .admin_until("/state", |status, _| status == 200)
-        .await;
+    let body = proxy.admin_until("/state", |status, _| status == 200).await;
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("/state is not JSON ({e}): {body}"))
 }
 
@@ -129,7 +127,12 @@ async fn an_endpoint_change_for_one_service_keeps_the_others_balancer_state_and_
     op.push(incremental(
         "n2",
         "v2",
-        vec![endpoints("demo", "web", 80, &[web[0].port(), web_added.port()])],
+        vec![endpoints(
+            "demo",
+            "web",
+            80,
+            &[web[0].port(), web_added.port()],
+        )],
         vec![],
     ))
     .await;

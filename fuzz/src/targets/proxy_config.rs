@@ -220,7 +220,11 @@ fn check_accepted(cfg: &Config, resources: &BTreeMap<String, v1::Resource>) {
                     Some(v1::authorization::Clients::Probes(_)) => (true, BTreeSet::new()),
                     None => (
                         a.sources.iter().any(|s| s == "*"),
-                        a.sources.iter().map(String::as_str).filter(|s| *s != "*").collect(),
+                        a.sources
+                            .iter()
+                            .map(String::as_str)
+                            .filter(|s| *s != "*")
+                            .collect(),
                     ),
                 };
                 match &g.clients {
