@@ -228,6 +228,19 @@ mod tests {
     }
 
     #[test]
+    fn state_is_served_as_json_apart_from_config() {
+        let ok = Fixed { ready: Ok(()) };
+        let resp = handle(&get("/state"), &ok);
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(
+            resp.headers()
+                .get(header::CONTENT_TYPE)
+                .map(|v| v.as_bytes()),
+            Some(&b"application/json"[..])
+        );
+    }
+
+    #[test]
     fn strip_eof_allows_concatenation() {
         let mut s = String::from("a 1\n# EOF\n");
         strip_eof(&mut s);
