@@ -1,7 +1,8 @@
 //! The discovery client: keeps the proxy's [`Config`] in sync with the operator.
 //!
 //! One long-lived `Discovery.Stream` per connection. Each response is applied to a copy of the
-//! resource map, the whole map is compiled with [`Config::from_resources`], and either the new
+//! resource map, the whole map is compiled by the client's [`Store`] (which converts only the
+//! resources whose version changed and keeps the data plane's live state), and either the new
 //! config is published on the `watch` channel (and ACKed) or the response is NACKed and the
 //! previous map and config stay in force. When the stream breaks the proxy keeps serving with
 //! what it has and reconnects with jittered exponential backoff, reporting what it holds in
