@@ -1,4 +1,4 @@
-//! The admin server: `GET /ready`, `GET /live`, `GET /metrics`, `GET /config`.
+//! The admin server: `GET /ready`, `GET /live`, `GET /metrics`, `GET /config`, `GET /state`.
 //!
 //! HTTP/1.1 only (it is scraped by kubelet and Prometheus). What it reports comes from an
 //! [`AdminSource`], so the server knows nothing about identity, discovery or the data plane.
@@ -32,6 +32,11 @@ pub trait AdminSource: Send + Sync + 'static {
     fn encode_metrics(&self, out: &mut String);
     /// The config in force, as JSON.
     fn config_json(&self) -> serde_json::Value;
+    /// The data plane's live state (retry budgets, per-endpoint load estimates), as JSON: kept
+    /// apart from `/config`, because it is not config and survives config pushes.
+    fn state_json(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
 }
 
 /// Errors of the admin server.
@@ -122,22 +127,24 @@ pub fn handle<B>(req: &Request<B>, source: &dyn AdminSource) -> Response<Full<By
             out.push_str("# EOF\n");
             with_type(StatusCode::OK, METRICS_CONTENT_TYPE, out)
         }
-        "/config" => {
-            let value = source.config_json();
-            match serde_json::to_vec_pretty(&value) {
-                Ok(mut body) => {
-                    body.push(b'\n');
-                    with_type(StatusCode::OK, "application/json", body)
-                }
-                Err(e) => text(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("cannot render config: {e}\n"),
-                ),
-            }
-        }
+        "/config" => json(&source.config_json(), "config"),
+        "/state" => json(&source.state_json(), "state"),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /ready, /live, /metrics or /config\n",
+            "not found; try /ready, /live, /metrics, /config or /state\n",
+        ),
+    }
+}
+
+fn json(value: &serde_json::Value, what: &str) -> Response<Full<Bytes>> {
+    match serde_json::to_vec_pretty(value) {
+        Ok(mut body) => {
+            body.push(b'\n');
+            with_type(StatusCode::OK, "application/json", body)
+        }
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot render {what}: {e}\n"),
         ),
     }
 }
@@ -217,6 +224,19 @@ mod tests {
         assert_eq!(
             resp.headers().get(header::ALLOW).map(|v| v.as_bytes()),
             Some(&b"GET, HEAD"[..])
+        );
+    }
+
+    #[test]
+    fn state_is_served_as_json_apart_from_config() {
+        let ok = Fixed { ready: Ok(()) };
+        let resp = handle(&get("/state"), &ok);
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(
+            resp.headers()
+                .get(header::CONTENT_TYPE)
+                .map(|v| v.as_bytes()),
+            Some(&b"application/json"[..])
         );
     }
 

@@ -312,4 +312,12 @@ impl AdminSource for AppAdmin {
             "config": config.to_json(),
         })
     }
+
+    fn state_json(&self) -> serde_json::Value {
+        let config = Arc::clone(&self.config.borrow());
+        serde_json::json!({
+            "version": config.version,
+            "state": config.state_view(),
+        })
+    }
 }

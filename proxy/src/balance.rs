@@ -5,10 +5,10 @@
 //! The EWMA is "peak" sensitive: a latency above the current estimate replaces it at once, lower
 //! latencies pull it down with a decay of time constant [`DECAY`]. Connect failures count as a
 //! large latency so that broken endpoints are avoided until they recover.
+//!
+//! The [`Load`]s are live state: they belong to the [`crate::state::StateRegistry`], not to a
+//! config, and survive pushes while their endpoint stays in its set.
 
-use std::cell::Cell;
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -136,35 +136,14 @@ pub fn p2c<F: Fn(usize) -> f64>(n: usize, cost: F) -> Option<usize> {
     }
 }
 
-thread_local! {
-    static RNG: Cell<u64> = Cell::new(seed());
-}
-
-fn seed() -> u64 {
-    let mut h = RandomState::new().build_hasher();
-    h.write_u64(now_nanos());
-    h.finish() | 1
-}
-
-/// A fast, thread-local pseudo-random number (xorshift64*). Not for cryptography.
-pub fn random_u64() -> u64 {
-    RNG.with(|cell| {
-        let mut x = cell.get();
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        cell.set(x);
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    })
-}
-
-/// A pseudo-random number in `0..n` (`0` when `n == 0`).
+/// A uniform pseudo-random number in `0..n` (`0` when `n == 0`), from `rand`'s thread-local
+/// generator: the proxy's one RNG (also behind `weft_common::Backoff`'s jitter and the identity
+/// renewal spread). Not for secrets.
 pub fn random_below(n: u64) -> u64 {
     if n == 0 {
         return 0;
     }
-    // Multiply-shift: unbiased enough for load balancing and splits.
-    ((u128::from(random_u64()) * u128::from(n)) >> 64) as u64
+    rand::random_range(0..n)
 }
 
 #[cfg(test)]

@@ -1,10 +1,13 @@
 //! The proxy's own configuration types, converted once from the proxy API's resources.
 //!
-//! Proto types stay at the edge: [`Config::from_resources`] validates a whole resource set and
-//! either returns a fully compiled [`Config`] (regexes compiled, endpoint sets resolved, lookup
-//! indexes built) or a typed [`ConfigError`] naming the offending resource, so the control client
-//! can NACK and keep the last good config. The live config is shared as
-//! `tokio::sync::watch::Receiver<Arc<Config>>`.
+//! Proto types stay at the edge: a [`Store`] validates a whole resource set and either returns a
+//! fully compiled [`Config`] (regexes compiled, endpoint sets resolved, lookup indexes built) or a
+//! typed [`ConfigError`] naming the offending resource, so the control client can NACK and keep
+//! the last good config. The store caches each converted resource by name and version, so a push
+//! converts only what changed, and hands every config the live state of the services and
+//! endpoints it names ([`crate::state`]): a config is a snapshot, not the state.
+//! [`Config::from_resources`] converts a set from scratch (a fresh store). The live config is
+//! shared as `tokio::sync::watch::Receiver<Arc<Config>>`.
 //!
 //! Decisions:
 //! - A route backend that names an unknown endpoint set is accepted and has no endpoints: requests
@@ -24,9 +27,12 @@ use std::time::Duration;
 
 use regex::Regex;
 use serde::{Serialize, Serializer};
+use weft_common::SpiffeId;
 use weft_proxy_api::v1;
 
 use crate::balance::Load;
+pub use crate::state::RetryBudget;
+use crate::state::{EndpointView, ServiceView, StateBuilder, StateRegistry};
 
 /// The application protocol of a port.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -151,18 +157,57 @@ pub struct InboundPort {
     pub authorizations: Vec<Authorization>,
 }
 
-/// The source that admits any client, authenticated (mTLS) or not (e.g. the kubelet's
-/// probes).
-pub const ANY_CLIENT: &str = "*";
+/// Who an authorization admits: the typed `Authorization.clients` choice of the proxy API.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Clients {
+    /// Clients that present one of these mesh identities over mTLS.
+    Mesh(MeshClients),
+    /// Every client, with or without an identity: the kubelet's plaintext probes
+    /// (`KubeletProbes` on the wire), limited by the authorization's `http_routes`.
+    AnyClient,
+}
 
-/// One TrafficTarget's grant on a port.
+/// A set of mesh identities, each a valid SPIFFE ID (kept in canonical form, so a peer's
+/// certificate identity is looked up without parsing or allocating).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MeshClients {
+    ids: HashSet<String>,
+}
+
+impl MeshClients {
+    pub fn new(ids: impl IntoIterator<Item = SpiffeId>) -> Self {
+        MeshClients {
+            ids: ids.into_iter().map(|id| id.to_string()).collect(),
+        }
+    }
+
+    /// True when `peer` (a certificate's SPIFFE ID) is one of the identities.
+    pub fn contains(&self, peer: &str) -> bool {
+        self.ids.contains(peer)
+    }
+
+    /// The identities, sorted.
+    pub fn ids(&self) -> Vec<&str> {
+        let mut ids: Vec<&str> = self.ids.iter().map(String::as_str).collect();
+        ids.sort_unstable();
+        ids
+    }
+}
+
+impl Serialize for MeshClients {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.ids())
+    }
+}
+
+/// One TrafficTarget's grant on a port (or the operator's grant to the kubelet's probes).
 #[derive(Clone, Debug, Serialize)]
 pub struct Authorization {
-    /// `<namespace>/<name>` of the TrafficTarget (or `probe`).
+    /// `<namespace>/<name>` of the TrafficTarget, or the operator's name for a probe grant (a
+    /// label for metrics and reasons: nothing is decided by it).
     pub name: Arc<str>,
-    /// SPIFFE identities of allowed clients; [`ANY_CLIENT`] admits every client, with or
-    /// without an identity.
-    pub sources: HashSet<String>,
+    pub clients: Clients,
     /// Every connection and request on the port.
     pub all_traffic: bool,
     /// HTTP requests matching any of these.
@@ -170,9 +215,13 @@ pub struct Authorization {
 }
 
 impl Authorization {
-    /// True when `peer` (its mTLS identity, `None` for a plaintext client) is a source.
+    /// True when `peer` (its mTLS identity, `None` for a plaintext client) is a client this
+    /// authorization admits.
     pub fn admits(&self, peer: Option<&str>) -> bool {
-        self.sources.contains(ANY_CLIENT) || peer.is_some_and(|id| self.sources.contains(id))
+        match &self.clients {
+            Clients::AnyClient => true,
+            Clients::Mesh(ids) => peer.is_some_and(|id| ids.contains(id)),
+        }
     }
 }
 
@@ -198,59 +247,9 @@ pub struct OutboundService {
     pub cluster_ips: Vec<IpAddr>,
     pub ports: Vec<OutboundPort>,
     pub policy: TrafficPolicy,
-    /// Retries left for this service (fresh with every config).
+    /// Retries left for this service: live state, kept across pushes (see [`crate::state`]).
     #[serde(skip)]
     pub retry_budget: Arc<RetryBudget>,
-}
-
-/// A retry budget: every request deposits `ratio` of a retry, every retry withdraws one. Starts
-/// with (and is capped at) a small reserve so that a quiet service can still retry.
-#[derive(Debug)]
-pub struct RetryBudget {
-    /// In thousandths of a retry.
-    milli: std::sync::atomic::AtomicI64,
-    deposit_milli: i64,
-}
-
-impl RetryBudget {
-    /// Retries available to a quiet service, and the cap on savings.
-    pub const RESERVE: i64 = 10;
-    const CAP: i64 = 100;
-
-    pub fn new(ratio: f64) -> Self {
-        let deposit_milli = if ratio.is_finite() && ratio > 0.0 {
-            (ratio.min(1000.0) * 1000.0) as i64
-        } else {
-            0
-        };
-        RetryBudget {
-            milli: std::sync::atomic::AtomicI64::new(Self::RESERVE * 1000),
-            deposit_milli,
-        }
-    }
-
-    /// Called once per request.
-    pub fn deposit(&self) {
-        use std::sync::atomic::Ordering;
-        if self.deposit_milli == 0 {
-            return;
-        }
-        let _ = self
-            .milli
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
-                (v < Self::CAP * 1000).then_some((v + self.deposit_milli).min(Self::CAP * 1000))
-            });
-    }
-
-    /// Takes one retry from the budget; `false` when exhausted.
-    pub fn try_withdraw(&self) -> bool {
-        use std::sync::atomic::Ordering;
-        self.milli
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
-                (v >= 1000).then_some(v - 1000)
-            })
-            .is_ok()
-    }
 }
 
 impl OutboundService {
@@ -329,7 +328,8 @@ pub struct Endpoint {
     /// The pod proxy's inbound port (mTLS) when meshed.
     pub inbound_port: Option<u16>,
     pub pod: Arc<str>,
-    /// Load estimate for balancing (fresh with every config).
+    /// Load estimate for balancing: live state, kept across pushes while the endpoint stays in
+    /// its set (see [`crate::state`]).
     #[serde(skip)]
     pub load: Arc<Load>,
 }
@@ -356,7 +356,7 @@ pub struct PodIdentity {
 pub struct Config {
     /// Content hash from the control plane; empty for the defaults.
     pub version: String,
-    pub inbound: InboundPolicy,
+    pub inbound: Arc<InboundPolicy>,
     /// Outbound services by namespace, then name (nested so that a lookup by `&str` allocates
     /// nothing: it runs once per outbound request).
     #[serde(skip)]
@@ -411,6 +411,15 @@ pub enum ConfigError {
         name: String,
         method: String,
     },
+    /// A client identity that is not a SPIFFE ID: it could never match a peer, so the
+    /// authorization would silently admit less than it says; the update is refused instead.
+    #[error("resource {resource:?}: authorization {authorization:?}: {source}")]
+    InvalidIdentity {
+        resource: String,
+        authorization: String,
+        #[source]
+        source: weft_common::spiffe::InvalidSpiffeId,
+    },
     #[error("resource {resource:?}: invalid IP address of {len} bytes (want 4 or 16)")]
     InvalidIp { resource: String, len: usize },
     #[error("resource {resource:?}: invalid port {port}")]
@@ -432,6 +441,7 @@ impl ConfigError {
             | ConfigError::InvalidHeaderRegex { resource, .. }
             | ConfigError::InvalidHeaderName { resource, .. }
             | ConfigError::InvalidMethod { resource, .. }
+            | ConfigError::InvalidIdentity { resource, .. }
             | ConfigError::InvalidIp { resource, .. }
             | ConfigError::InvalidPort { resource, .. }
             | ConfigError::DuplicateInbound { resource, .. }
@@ -477,6 +487,45 @@ pub fn compile_header_regex(re: &str) -> Result<Regex, regex::Error> {
     Regex::new(&format!("^(?:{re})$"))
 }
 
+/// The method an older operator wrote for "any method"; an empty list means the same.
+const ANY_METHOD: &str = "*";
+
+/// The methods of a match: `None` (any) for an empty list or one holding [`ANY_METHOD`]. Every
+/// other entry must be a valid HTTP method token (case-insensitive), even next to
+/// [`ANY_METHOD`]: a match naming something that is not a method is refused (NACK), never
+/// accepted as written.
+fn http_methods(
+    resource: &str,
+    m: &v1::HttpMatch,
+) -> Result<Option<Vec<http::Method>>, ConfigError> {
+    let mut any = m.methods.is_empty();
+    let mut out = Vec::with_capacity(m.methods.len());
+    for method in &m.methods {
+        if method == ANY_METHOD {
+            any = true;
+            continue;
+        }
+        let parsed =
+            http::Method::from_bytes(method.to_ascii_uppercase().as_bytes()).map_err(|_| {
+                ConfigError::InvalidMethod {
+                    resource: resource.to_string(),
+                    name: m.name.clone(),
+                    method: method.clone(),
+                }
+            })?;
+        out.push(parsed);
+    }
+    Ok((!any).then_some(out))
+}
+
+impl HttpMatch {
+    /// Converts one match of resource `resource` (path and header regexes compiled, methods
+    /// and header names checked).
+    pub fn from_proto(resource: &str, m: &v1::HttpMatch) -> Result<HttpMatch, ConfigError> {
+        http_match(resource, m)
+    }
+}
+
 fn http_match(resource: &str, m: &v1::HttpMatch) -> Result<HttpMatch, ConfigError> {
     let path = if m.path_regex.is_empty() {
         None
@@ -490,22 +539,7 @@ fn http_match(resource: &str, m: &v1::HttpMatch) -> Result<HttpMatch, ConfigErro
             })?,
         )
     };
-    let methods =
-        if m.methods.is_empty() || m.methods.iter().any(|x| x == "*") {
-            None
-        } else {
-            let mut out = Vec::with_capacity(m.methods.len());
-            for method in &m.methods {
-                let parsed = http::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
-                    .map_err(|_| ConfigError::InvalidMethod {
-                        resource: resource.to_string(),
-                        name: m.name.clone(),
-                        method: method.clone(),
-                    })?;
-                out.push(parsed);
-            }
-            Some(out)
-        };
+    let methods = http_methods(resource, m)?;
     let mut headers = Vec::with_capacity(m.headers.len());
     for h in &m.headers {
         let name =
@@ -534,6 +568,49 @@ fn http_match(resource: &str, m: &v1::HttpMatch) -> Result<HttpMatch, ConfigErro
     })
 }
 
+fn mesh_clients<'a>(
+    resource: &str,
+    a: &v1::Authorization,
+    ids: impl IntoIterator<Item = &'a String>,
+) -> Result<MeshClients, ConfigError> {
+    let ids = ids
+        .into_iter()
+        .map(|id| {
+            SpiffeId::parse(id).map_err(|source| ConfigError::InvalidIdentity {
+                resource: resource.to_string(),
+                authorization: a.name.clone(),
+                source,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(MeshClients::new(ids))
+}
+
+/// Who an authorization admits: the typed `clients` choice; only when an (older) operator left
+/// it unset, the deprecated `sources` list ([`deprecated_sources`]).
+fn authorization_clients(resource: &str, a: &v1::Authorization) -> Result<Clients, ConfigError> {
+    use v1::authorization::Clients as Wire;
+    match &a.clients {
+        Some(Wire::Mesh(m)) => Ok(Clients::Mesh(mesh_clients(resource, a, &m.identities)?)),
+        Some(Wire::Probes(v1::KubeletProbes {})) => Ok(Clients::AnyClient),
+        None => deprecated_sources(resource, a),
+    }
+}
+
+/// Version skew (an operator one minor version older): the untyped `sources`, where `"*"` meant
+/// any client (the kubelet's probes) and every other entry is a SPIFFE ID. The one place that
+/// reads the deprecated field.
+#[allow(deprecated)]
+fn deprecated_sources(resource: &str, a: &v1::Authorization) -> Result<Clients, ConfigError> {
+    const ANY_SOURCE: &str = "*";
+    let ids = mesh_clients(resource, a, a.sources.iter().filter(|s| *s != ANY_SOURCE))?;
+    if a.sources.iter().any(|s| s == ANY_SOURCE) {
+        Ok(Clients::AnyClient)
+    } else {
+        Ok(Clients::Mesh(ids))
+    }
+}
+
 fn inbound_policy(resource: &str, p: &v1::InboundPolicy) -> Result<InboundPolicy, ConfigError> {
     let mut ports = BTreeMap::new();
     for ip in &p.ports {
@@ -545,12 +622,9 @@ fn inbound_policy(resource: &str, p: &v1::InboundPolicy) -> Result<InboundPolicy
                 .iter()
                 .map(|m| http_match(resource, m))
                 .collect::<Result<Vec<_>, _>>()?;
-            // TODO(#14): read the typed `clients` choice; `sources` is deprecated.
-            #[allow(deprecated)]
-            let sources = a.sources.iter().cloned().collect();
             authorizations.push(Authorization {
                 name: Arc::from(a.name.as_str()),
-                sources,
+                clients: authorization_clients(resource, a)?,
                 all_traffic: a.all_traffic,
                 http_routes,
             });
@@ -578,7 +652,11 @@ fn inbound_policy(resource: &str, p: &v1::InboundPolicy) -> Result<InboundPolicy
     })
 }
 
-fn endpoint_set(resource: &str, s: &v1::EndpointSet) -> Result<EndpointSet, ConfigError> {
+fn endpoint_set(
+    resource: &Arc<str>,
+    s: &v1::EndpointSet,
+    state: &mut StateBuilder<'_>,
+) -> Result<EndpointSet, ConfigError> {
     let mut endpoints = Vec::with_capacity(s.endpoints.len());
     for e in &s.endpoints {
         let ip = ip_from_bytes(resource, &e.ip)?;
@@ -589,12 +667,13 @@ fn endpoint_set(resource: &str, s: &v1::EndpointSet) -> Result<EndpointSet, Conf
         } else {
             Some(port(resource, e.inbound_port)?)
         };
+        let addr = SocketAddr::new(ip, app_port);
         endpoints.push(Endpoint {
-            addr: SocketAddr::new(ip, app_port),
+            addr,
             identity,
             inbound_port,
             pod: Arc::from(e.pod.as_str()),
-            load: Arc::new(Load::default()),
+            load: state.load(resource, addr),
         });
     }
     Ok(EndpointSet { endpoints })
@@ -618,17 +697,18 @@ fn traffic_policy(p: Option<&v1::TrafficPolicy>) -> TrafficPolicy {
     }
 }
 
+/// Converts an outbound service; its backends are not resolved yet (see [`link`]).
 fn outbound_service(
     resource: &str,
     s: &v1::OutboundService,
-    sets: &HashMap<String, Arc<EndpointSet>>,
+    empty: &Arc<EndpointSet>,
+    state: &mut StateBuilder<'_>,
 ) -> Result<OutboundService, ConfigError> {
     let cluster_ips = s
         .cluster_ips
         .iter()
         .map(|b| ip_from_bytes(resource, b))
         .collect::<Result<Vec<_>, _>>()?;
-    let empty = Arc::new(EndpointSet::default());
     let mut ports = Vec::with_capacity(s.ports.len());
     for p in &s.ports {
         let number = port(resource, p.port)?;
@@ -642,24 +722,13 @@ fn outbound_service(
             let backends: Vec<Backend> = r
                 .backends
                 .iter()
-                .map(|b| {
-                    let unavailable = (!b.unavailable_reason.is_empty())
-                        .then(|| Arc::from(b.unavailable_reason.as_str()));
-                    // An unavailable backend never gets endpoints, whatever set it names.
-                    let endpoints = match unavailable {
-                        Some(_) => empty.clone(),
-                        None => sets
-                            .get(&b.endpoint_set)
-                            .cloned()
-                            .unwrap_or_else(|| empty.clone()),
-                    };
-                    Backend {
-                        service: Arc::from(b.service.as_str()),
-                        weight: b.weight,
-                        endpoint_set: Arc::from(b.endpoint_set.as_str()),
-                        endpoints,
-                        unavailable,
-                    }
+                .map(|b| Backend {
+                    service: Arc::from(b.service.as_str()),
+                    weight: b.weight,
+                    endpoint_set: Arc::from(b.endpoint_set.as_str()),
+                    endpoints: empty.clone(),
+                    unavailable: (!b.unavailable_reason.is_empty())
+                        .then(|| Arc::from(b.unavailable_reason.as_str())),
                 })
                 .collect();
             let total_weight = backends
@@ -678,60 +747,216 @@ fn outbound_service(
             routes,
         });
     }
+    let policy = traffic_policy(s.policy.as_ref());
+    let retry_budget = state.budget(&s.namespace, &s.name, policy.retry_budget_ratio);
     Ok(OutboundService {
         namespace: s.namespace.clone(),
         name: s.name.clone(),
         authority: Arc::from(format!("{}.{}", s.name, s.namespace)),
         cluster_ips,
         ports,
-        policy: traffic_policy(s.policy.as_ref()),
-        retry_budget: Arc::new(RetryBudget::new(
-            s.policy.as_ref().map_or(0.0, |p| p.retry_budget_ratio),
-        )),
+        policy,
+        retry_budget,
     })
 }
 
-impl Config {
+/// The endpoints a backend gets from `sets`: none when it is unavailable (whatever set it
+/// names) or names an unknown set.
+fn resolve<'a>(
+    b: &Backend,
+    sets: &'a HashMap<String, Arc<EndpointSet>>,
+    empty: &'a Arc<EndpointSet>,
+) -> &'a Arc<EndpointSet> {
+    if b.unavailable.is_some() {
+        return empty;
+    }
+    sets.get(&*b.endpoint_set).unwrap_or(empty)
+}
+
+/// True when every backend of `svc` already holds the endpoint set it resolves to in `sets`.
+fn is_linked(
+    svc: &OutboundService,
+    sets: &HashMap<String, Arc<EndpointSet>>,
+    empty: &Arc<EndpointSet>,
+) -> bool {
+    svc.ports
+        .iter()
+        .flat_map(|p| &p.routes)
+        .flat_map(|r| &r.backends)
+        .all(|b| Arc::ptr_eq(&b.endpoints, resolve(b, sets, empty)))
+}
+
+/// Resolves every backend of `svc` against `sets`.
+fn link(
+    mut svc: OutboundService,
+    sets: &HashMap<String, Arc<EndpointSet>>,
+    empty: &Arc<EndpointSet>,
+) -> OutboundService {
+    for b in svc
+        .ports
+        .iter_mut()
+        .flat_map(|p| &mut p.routes)
+        .flat_map(|r| &mut r.backends)
+    {
+        b.endpoints = resolve(b, sets, empty).clone();
+    }
+    svc
+}
+
+/// A converted resource, as the config in force holds it.
+#[derive(Clone, Debug)]
+enum Converted {
+    Inbound(Arc<InboundPolicy>),
+    /// With its backends resolved against the endpoint sets of the config in force.
+    Outbound(Arc<OutboundService>),
+    /// With the load estimates of its endpoints.
+    Endpoints(Arc<EndpointSet>),
+}
+
+#[derive(Clone, Debug)]
+struct Cached {
+    version: String,
+    converted: Converted,
+}
+
+/// What the last applied update did, resource by resource.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UpdateStats {
+    /// Resources converted from the proto (new, or their version changed).
+    pub converted: usize,
+    /// Outbound services whose conversion was kept but whose backends were resolved again
+    /// (an endpoint set they use changed).
+    pub relinked: usize,
+    /// Resources whose converted form was kept as it was (same object).
+    pub reused: usize,
+}
+
+/// The proxy's converted config and live state across pushes: the one place where resource sets
+/// become [`Config`]s.
+///
+/// Converted resources are cached by name and version (the version is a content hash): an update
+/// converts only the resources whose version changed, re-resolves the outbound services whose
+/// endpoint sets changed, and keeps every other converted object as it was. Live state (retry
+/// budgets, per-endpoint load estimates) comes from a [`StateRegistry`] keyed by service and
+/// endpoint: kept for what the new config still names, dropped for what it no longer names.
+///
+/// An update is applied atomically or not at all: on error neither the cache nor the registry
+/// changes, so the previous config and its state stay in force.
+#[derive(Debug)]
+pub struct Store {
+    cache: HashMap<String, Cached>,
+    state: StateRegistry,
+    /// The one empty endpoint set (unknown or unavailable backends), shared so that a backend
+    /// left without endpoints is recognised as already resolved.
+    empty: Arc<EndpointSet>,
+    last: UpdateStats,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Store {
+            cache: HashMap::new(),
+            state: StateRegistry::default(),
+            empty: Arc::new(EndpointSet::default()),
+            last: UpdateStats::default(),
+        }
+    }
+}
+
+impl Store {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The live state of the config last applied.
+    pub fn state(&self) -> &StateRegistry {
+        &self.state
+    }
+
+    /// What the last applied update converted and kept.
+    pub fn last_update(&self) -> UpdateStats {
+        self.last
+    }
+
+    fn cached(&self, name: &str, r: &v1::Resource) -> Option<&Converted> {
+        // An empty version is no content hash: always convert.
+        if r.version.is_empty() {
+            return None;
+        }
+        self.cache
+            .get(name)
+            .filter(|c| c.version == r.version)
+            .map(|c| &c.converted)
+    }
+
     /// Validates and compiles a complete resource set (as held by the control client after
-    /// applying a response). On error nothing is applied.
-    pub fn from_resources(
+    /// applying a response), reusing what is unchanged since the last applied update. On error
+    /// nothing is applied: the store is left as it was.
+    pub fn update(
+        &mut self,
         version: &str,
         resources: &BTreeMap<String, v1::Resource>,
     ) -> Result<Config, ConfigError> {
         use v1::resource::Kind;
 
+        let mut state = StateBuilder::new(&self.state);
+        let mut cache = HashMap::with_capacity(resources.len());
+        let mut stats = UpdateStats::default();
+        let empty = &self.empty;
+
         // Endpoint sets first: outbound routes resolve against them.
         let mut endpoint_sets = HashMap::new();
         let mut pods = HashMap::new();
         for (name, r) in resources {
-            if let Some(Kind::Endpoints(set)) = &r.kind {
-                let set = endpoint_set(name, set)?;
-                for e in &set.endpoints {
-                    if let (Some(id), Some(port)) = (&e.identity, e.inbound_port) {
-                        pods.insert(
-                            e.addr.ip(),
-                            PodIdentity {
-                                identity: id.clone(),
-                                inbound_port: port,
-                            },
-                        );
+            let Some(Kind::Endpoints(proto)) = &r.kind else {
+                continue;
+            };
+            let set_name: Arc<str> = Arc::from(name.as_str());
+            let set = match self.cached(name, r) {
+                Some(Converted::Endpoints(set)) => {
+                    stats.reused += 1;
+                    for e in &set.endpoints {
+                        state.keep_load(&set_name, e.addr, &e.load);
                     }
+                    set.clone()
                 }
-                endpoint_sets.insert(name.clone(), Arc::new(set));
+                _ => {
+                    stats.converted += 1;
+                    Arc::new(endpoint_set(&set_name, proto, &mut state)?)
+                }
+            };
+            for e in &set.endpoints {
+                if let (Some(id), Some(port)) = (&e.identity, e.inbound_port) {
+                    pods.insert(
+                        e.addr.ip(),
+                        PodIdentity {
+                            identity: id.clone(),
+                            inbound_port: port,
+                        },
+                    );
+                }
             }
+            endpoint_sets.insert(name.clone(), set.clone());
+            cache.insert(
+                name.clone(),
+                Cached {
+                    version: r.version.clone(),
+                    converted: Converted::Endpoints(set),
+                },
+            );
         }
 
-        let mut inbound: Option<(String, InboundPolicy)> = None;
+        let mut inbound: Option<(String, Arc<InboundPolicy>)> = None;
         let mut services = HashMap::new();
         let mut by_cluster_ip = HashMap::new();
         for (name, r) in resources {
-            match &r.kind {
+            let converted = match &r.kind {
                 None => {
                     return Err(ConfigError::MissingKind {
                         resource: name.clone(),
                     })
                 }
-                Some(Kind::Endpoints(_)) => {}
+                Some(Kind::Endpoints(_)) => continue,
                 Some(Kind::Inbound(p)) => {
                     if let Some((other, _)) = &inbound {
                         return Err(ConfigError::DuplicateInbound {
@@ -739,10 +964,37 @@ impl Config {
                             other: other.clone(),
                         });
                     }
-                    inbound = Some((name.clone(), inbound_policy(name, p)?));
+                    let policy = match self.cached(name, r) {
+                        Some(Converted::Inbound(policy)) => {
+                            stats.reused += 1;
+                            policy.clone()
+                        }
+                        _ => {
+                            stats.converted += 1;
+                            Arc::new(inbound_policy(name, p)?)
+                        }
+                    };
+                    inbound = Some((name.clone(), policy.clone()));
+                    Converted::Inbound(policy)
                 }
                 Some(Kind::Outbound(s)) => {
-                    let svc = Arc::new(outbound_service(name, s, &endpoint_sets)?);
+                    let svc = match self.cached(name, r) {
+                        Some(Converted::Outbound(svc)) => {
+                            state.keep_budget(&svc.namespace, &svc.name, &svc.retry_budget);
+                            if is_linked(svc, &endpoint_sets, empty) {
+                                stats.reused += 1;
+                                svc.clone()
+                            } else {
+                                stats.relinked += 1;
+                                Arc::new(link(OutboundService::clone(svc), &endpoint_sets, empty))
+                            }
+                        }
+                        _ => {
+                            stats.converted += 1;
+                            let svc = outbound_service(name, s, empty, &mut state)?;
+                            Arc::new(link(svc, &endpoint_sets, empty))
+                        }
+                    };
                     for ip in &svc.cluster_ips {
                         for p in &svc.ports {
                             by_cluster_ip.insert(SocketAddr::new(*ip, p.port), svc.clone());
@@ -751,21 +1003,29 @@ impl Config {
                     services
                         .entry(svc.namespace.clone())
                         .or_insert_with(HashMap::new)
-                        .insert(svc.name.clone(), svc);
+                        .insert(svc.name.clone(), svc.clone());
+                    Converted::Outbound(svc)
                 }
-            }
+            };
+            cache.insert(
+                name.clone(),
+                Cached {
+                    version: r.version.clone(),
+                    converted,
+                },
+            );
         }
 
         let mut outbound_sorted: Vec<_> = services
             .values()
-            .flat_map(|by_name| by_name.values().cloned())
+            .flat_map(|by_name: &HashMap<String, Arc<OutboundService>>| by_name.values().cloned())
             .collect();
         outbound_sorted.sort_by(|a, b| a.authority.cmp(&b.authority));
         let endpoint_sets_sorted = endpoint_sets
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        Ok(Config {
+        let config = Config {
             version: version.to_string(),
             inbound: inbound.map(|(_, p)| p).unwrap_or_default(),
             services,
@@ -774,7 +1034,66 @@ impl Config {
             pods,
             outbound_sorted,
             endpoint_sets_sorted,
-        })
+        };
+
+        // Commit: the new cache and registry replace the old ones (dropping what is gone).
+        self.state = state.finish();
+        self.cache = cache;
+        self.last = stats;
+        Ok(config)
+    }
+}
+
+/// The live state a config holds, as `GET /state` reports it: retry budgets by service
+/// authority, load estimates by endpoint set.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct StateView {
+    pub services: BTreeMap<String, ServiceView>,
+    pub endpoints: BTreeMap<String, Vec<EndpointView>>,
+}
+
+impl Config {
+    /// Validates and compiles a complete resource set from scratch (fresh live state). On error
+    /// nothing is applied. The control client uses a [`Store`] instead, which keeps state.
+    pub fn from_resources(
+        version: &str,
+        resources: &BTreeMap<String, v1::Resource>,
+    ) -> Result<Config, ConfigError> {
+        Store::new().update(version, resources)
+    }
+
+    /// The live state this config's services and endpoints hold right now.
+    pub fn state_view(&self) -> StateView {
+        StateView {
+            services: self
+                .outbound_sorted
+                .iter()
+                .map(|s| {
+                    (
+                        s.authority.to_string(),
+                        ServiceView {
+                            retry_budget_milli: s.retry_budget.balance_milli(),
+                        },
+                    )
+                })
+                .collect(),
+            endpoints: self
+                .endpoint_sets_sorted
+                .iter()
+                .map(|(name, set)| {
+                    let eps = set
+                        .endpoints
+                        .iter()
+                        .map(|e| EndpointView {
+                            addr: e.addr,
+                            ewma_ns: e.load.ewma_nanos(),
+                            pending: e.load.pending(),
+                        })
+                        .collect();
+                    (name.clone(), eps)
+                })
+                .collect(),
+        }
     }
 
     /// The outbound service `<name>.<namespace>`.
@@ -808,7 +1127,6 @@ pub fn channel() -> (
 }
 
 #[cfg(test)]
-#[allow(deprecated)] // TODO(#14): fixtures use the untyped `Authorization.sources`.
 mod tests {
     use super::*;
     use v1::resource::Kind;
@@ -822,6 +1140,12 @@ mod tests {
                 kind: Some(kind),
             },
         )
+    }
+
+    fn mesh(ids: &[&str]) -> v1::authorization::Clients {
+        v1::authorization::Clients::Mesh(v1::MeshClients {
+            identities: ids.iter().map(|s| s.to_string()).collect(),
+        })
     }
 
     fn sample() -> BTreeMap<String, v1::Resource> {
@@ -846,10 +1170,10 @@ mod tests {
                         restricted: true,
                         authorizations: vec![v1::Authorization {
                             name: "demo/web-to-api".into(),
-                            sources: vec!["spiffe://cluster.local/ns/demo/sa/web".into()],
-                            clients: None,
+                            clients: Some(mesh(&["spiffe://cluster.local/ns/demo/sa/web"])),
                             all_traffic: false,
                             http_routes: vec![m.clone()],
+                            ..Default::default()
                         }],
                     }],
                 }),
@@ -1021,7 +1345,10 @@ mod tests {
         assert!(none.try_withdraw());
     }
 
+    /// Version skew: an operator one minor version older sends only the deprecated `sources`
+    /// (`"*"` for the kubelet's probes); the proxy reads them as before.
     #[test]
+    #[allow(deprecated)]
     fn any_client_source_admits_every_peer() {
         let mut r = sample();
         if let Some(v1::Resource {
@@ -1031,7 +1358,7 @@ mod tests {
         {
             p.ports[0].authorizations.push(v1::Authorization {
                 name: "probe".into(),
-                sources: vec![ANY_CLIENT.into()],
+                sources: vec!["*".into()],
                 clients: None,
                 all_traffic: false,
                 http_routes: vec![v1::HttpMatch {
@@ -1050,6 +1377,365 @@ mod tests {
         assert!(web.is_some_and(|a| !a.admits(None)
             && !a.admits(Some("spiffe://cluster.local/ns/demo/sa/other"))
             && a.admits(Some("spiffe://cluster.local/ns/demo/sa/web"))));
+    }
+
+    fn with_version(mut r: v1::Resource, version: &str) -> v1::Resource {
+        r.version = version.to_string();
+        r
+    }
+
+    /// `sample()` plus a second service `web.demo` with its own endpoint set.
+    fn two_services() -> BTreeMap<String, v1::Resource> {
+        let mut r = sample();
+        let mut web = r["outbound:api.demo"].clone();
+        web.name = "outbound:web.demo".into();
+        if let Some(Kind::Outbound(s)) = web.kind.as_mut() {
+            s.name = "web".into();
+            s.cluster_ips = vec![vec![10, 96, 0, 11]];
+            s.ports[0].routes.truncate(1);
+            s.ports[0].routes[0].backends[0].endpoint_set = "endpoints:web.demo:80".into();
+        }
+        let mut eps = r["endpoints:api.demo:80"].clone();
+        eps.name = "endpoints:web.demo:80".into();
+        if let Some(Kind::Endpoints(e)) = eps.kind.as_mut() {
+            e.endpoints[0].ip = vec![127, 0, 0, 3];
+        }
+        r.insert(web.name.clone(), web);
+        r.insert(eps.name.clone(), eps);
+        r
+    }
+
+    fn svc<'c>(cfg: &'c Config, name: &str) -> &'c Arc<OutboundService> {
+        cfg.service("demo", name)
+            .unwrap_or_else(|| panic!("no service {name}"))
+    }
+
+    fn endpoints_of(svc: &OutboundService) -> &Arc<EndpointSet> {
+        &svc.ports[0]
+            .routes
+            .last()
+            .unwrap_or_else(|| panic!())
+            .backends[0]
+            .endpoints
+    }
+
+    /// Uses a config's live state the way requests do: deposits, a retry, a latency sample.
+    fn use_state(svc: &OutboundService) {
+        for _ in 0..7 {
+            svc.retry_budget.deposit();
+        }
+        assert!(svc.retry_budget.try_withdraw());
+        endpoints_of(svc).endpoints[0]
+            .load
+            .observe(Duration::from_millis(500));
+    }
+
+    #[test]
+    fn a_push_converting_nothing_new_keeps_every_object_and_its_state() {
+        let mut store = Store::new();
+        let first = store
+            .update("v1", &two_services())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(store.last_update().converted, 5);
+        use_state(svc(&first, "api"));
+        let budget = svc(&first, "api").retry_budget.balance_milli();
+        let ewma = endpoints_of(svc(&first, "api")).endpoints[0]
+            .load
+            .ewma_nanos();
+
+        let second = store
+            .update("v2", &two_services())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            store.last_update(),
+            UpdateStats {
+                converted: 0,
+                relinked: 0,
+                reused: 5
+            }
+        );
+        assert_eq!(second.version, "v2");
+        for name in ["api", "web"] {
+            assert!(Arc::ptr_eq(svc(&first, name), svc(&second, name)), "{name}");
+        }
+        assert!(Arc::ptr_eq(&first.inbound, &second.inbound));
+        assert_eq!(svc(&second, "api").retry_budget.balance_milli(), budget);
+        let load = &endpoints_of(svc(&second, "api")).endpoints[0].load;
+        assert_eq!(load.ewma_nanos(), ewma);
+        assert_eq!(ewma, 500_000_000.0);
+    }
+
+    #[test]
+    fn an_endpoint_change_for_one_service_keeps_the_others_state() {
+        let mut store = Store::new();
+        let r = two_services();
+        let first = store.update("v1", &r).unwrap_or_else(|e| panic!("{e}"));
+        use_state(svc(&first, "api"));
+        use_state(svc(&first, "web"));
+        let web_budget = svc(&first, "web").retry_budget.balance_milli();
+        assert_ne!(web_budget, RetryBudget::RESERVE * 1000);
+
+        // web.demo gains an endpoint; its first endpoint stays.
+        let mut changed = r.clone();
+        let eps = changed
+            .get_mut("endpoints:web.demo:80")
+            .unwrap_or_else(|| panic!());
+        eps.version = "2".into();
+        if let Some(Kind::Endpoints(e)) = eps.kind.as_mut() {
+            let mut added = e.endpoints[0].clone();
+            added.ip = vec![127, 0, 0, 4];
+            e.endpoints.push(added);
+        }
+        let second = store
+            .update("v2", &changed)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            store.last_update(),
+            UpdateStats {
+                converted: 1,
+                relinked: 1,
+                reused: 3
+            }
+        );
+        // The other service: the same object, the same budget and estimates.
+        assert!(Arc::ptr_eq(svc(&first, "api"), svc(&second, "api")));
+        // The changed service: re-resolved, not re-converted; its budget and the estimate of
+        // its remaining endpoint are kept, the new endpoint starts fresh.
+        let (web1, web2) = (svc(&first, "web"), svc(&second, "web"));
+        assert!(!Arc::ptr_eq(web1, web2));
+        assert!(Arc::ptr_eq(&web1.retry_budget, &web2.retry_budget));
+        assert_eq!(web2.retry_budget.balance_milli(), web_budget);
+        let (old, new) = (endpoints_of(web1), endpoints_of(web2));
+        assert_eq!(new.endpoints.len(), 2);
+        assert!(Arc::ptr_eq(&old.endpoints[0].load, &new.endpoints[0].load));
+        assert_eq!(new.endpoints[0].load.ewma_nanos(), 500_000_000.0);
+        assert_eq!(
+            new.endpoints[1].load.ewma_nanos(),
+            crate::balance::DEFAULT_RTT.as_nanos() as f64
+        );
+        // The route regexes were not compiled again.
+        let re = |s: &OutboundService| s.ports[0].routes[0].matches[0].path.clone();
+        assert_eq!(
+            re(web1).map(|r| r.as_str().to_string()),
+            re(web2).map(|r| r.as_str().to_string())
+        );
+    }
+
+    #[test]
+    fn a_removed_service_and_its_endpoints_are_freed() {
+        let mut store = Store::new();
+        let r = two_services();
+        let first = store.update("v1", &r).unwrap_or_else(|e| panic!("{e}"));
+        let budget = Arc::downgrade(&svc(&first, "web").retry_budget);
+        let load = Arc::downgrade(&endpoints_of(svc(&first, "web")).endpoints[0].load);
+        assert_eq!(
+            (store.state().services(), store.state().endpoints()),
+            (2, 2)
+        );
+
+        let mut fewer = r.clone();
+        fewer.remove("outbound:web.demo");
+        fewer.remove("endpoints:web.demo:80");
+        let second = store.update("v2", &fewer).unwrap_or_else(|e| panic!("{e}"));
+        assert!(second.service("demo", "web").is_none());
+        assert_eq!(
+            (store.state().services(), store.state().endpoints()),
+            (1, 1)
+        );
+        assert!(store.state().budget("demo", "web").is_none());
+        // Once the old config is gone (requests finished), nothing holds the state.
+        drop(first);
+        assert!(budget.upgrade().is_none());
+        assert!(load.upgrade().is_none());
+        // Added back: fresh state.
+        let third = store.update("v3", &r).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            svc(&third, "web").retry_budget.balance_milli(),
+            RetryBudget::RESERVE * 1000
+        );
+    }
+
+    #[test]
+    fn a_rejected_update_leaves_the_store_as_it_was() {
+        let mut store = Store::new();
+        let r = two_services();
+        let first = store.update("v1", &r).unwrap_or_else(|e| panic!("{e}"));
+        let mut bad = r.clone();
+        bad.remove("outbound:web.demo");
+        let api = bad.get_mut("outbound:api.demo").unwrap_or_else(|| panic!());
+        *api = with_version(api.clone(), "2");
+        if let Some(Kind::Outbound(s)) = api.kind.as_mut() {
+            s.ports[0].routes[0].matches[0].path_regex = "/(unclosed".into();
+        }
+        let err = store.update("v2", &bad).err();
+        assert!(
+            matches!(err, Some(ConfigError::InvalidPathRegex { .. })),
+            "{err:?}"
+        );
+        // web.demo's state is still there; the next good update reuses everything.
+        assert_eq!(store.state().services(), 2);
+        let again = store.update("v3", &r).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(store.last_update().converted, 0);
+        assert!(Arc::ptr_eq(svc(&first, "web"), svc(&again, "web")));
+    }
+
+    #[test]
+    fn a_changed_retry_ratio_keeps_the_balance() {
+        let mut store = Store::new();
+        let r = two_services();
+        let first = store.update("v1", &r).unwrap_or_else(|e| panic!("{e}"));
+        use_state(svc(&first, "api"));
+        let mut changed = r.clone();
+        let api = changed
+            .get_mut("outbound:api.demo")
+            .unwrap_or_else(|| panic!());
+        api.version = "2".into();
+        if let Some(Kind::Outbound(s)) = api.kind.as_mut() {
+            s.policy = None;
+        }
+        let second = store
+            .update("v2", &changed)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let api = svc(&second, "api");
+        assert_eq!(api.policy.retry_budget_ratio, 0.0);
+        assert!(Arc::ptr_eq(
+            &svc(&first, "api").retry_budget,
+            &api.retry_budget
+        ));
+        let balance = api.retry_budget.balance_milli();
+        api.retry_budget.deposit();
+        assert_eq!(api.retry_budget.balance_milli(), balance);
+    }
+
+    fn inbound_with(authz: v1::Authorization) -> BTreeMap<String, v1::Resource> {
+        let mut r = sample();
+        if let Some(v1::Resource {
+            kind: Some(Kind::Inbound(p)),
+            ..
+        }) = r.get_mut("inbound")
+        {
+            p.ports[0].authorizations.push(authz);
+        }
+        r
+    }
+
+    #[test]
+    fn typed_clients_admit_mesh_identities_or_any_client() {
+        let probe = v1::Authorization {
+            name: "kubelet".into(),
+            clients: Some(v1::authorization::Clients::Probes(v1::KubeletProbes {})),
+            http_routes: vec![v1::HttpMatch {
+                name: "probe".into(),
+                path_regex: "/healthz$".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let cfg =
+            Config::from_resources("v1", &inbound_with(probe)).unwrap_or_else(|e| panic!("{e}"));
+        let authz = &cfg.inbound.ports[&8080].authorizations;
+        assert_eq!(authz[1].clients, Clients::AnyClient);
+        assert!(authz[1].admits(None));
+        let Clients::Mesh(ids) = &authz[0].clients else {
+            panic!("{:?}", authz[0].clients)
+        };
+        assert_eq!(ids.ids(), ["spiffe://cluster.local/ns/demo/sa/web"]);
+        assert!(!authz[0].admits(None));
+        assert!(authz[0].admits(Some("spiffe://cluster.local/ns/demo/sa/web")));
+        // An empty identity list admits nobody.
+        let nobody = v1::Authorization {
+            name: "demo/nobody".into(),
+            clients: Some(mesh(&[])),
+            all_traffic: true,
+            ..Default::default()
+        };
+        let cfg =
+            Config::from_resources("v1", &inbound_with(nobody)).unwrap_or_else(|e| panic!("{e}"));
+        let a = &cfg.inbound.ports[&8080].authorizations[1];
+        assert!(!a.admits(None) && !a.admits(Some("spiffe://cluster.local/ns/demo/sa/web")));
+    }
+
+    /// `clients`, when set, is what counts: the deprecated `sources` beside it is ignored.
+    #[test]
+    #[allow(deprecated)]
+    fn typed_clients_win_over_deprecated_sources() {
+        let both = v1::Authorization {
+            name: "demo/both".into(),
+            sources: vec!["*".into()],
+            clients: Some(mesh(&["spiffe://cluster.local/ns/demo/sa/web"])),
+            all_traffic: true,
+            ..Default::default()
+        };
+        let cfg =
+            Config::from_resources("v1", &inbound_with(both)).unwrap_or_else(|e| panic!("{e}"));
+        let a = &cfg.inbound.ports[&8080].authorizations[1];
+        assert!(!a.admits(None));
+        assert!(a.admits(Some("spiffe://cluster.local/ns/demo/sa/web")));
+    }
+
+    /// A malformed identity could never match a peer: the update is refused (typed or not).
+    #[test]
+    #[allow(deprecated)]
+    fn a_malformed_identity_is_rejected() {
+        for authz in [
+            v1::Authorization {
+                name: "demo/typo".into(),
+                clients: Some(mesh(&["spiffe://cluster.local/ns/demo/web"])),
+                ..Default::default()
+            },
+            v1::Authorization {
+                name: "demo/typo".into(),
+                sources: vec!["web".into()],
+                ..Default::default()
+            },
+        ] {
+            let err = Config::from_resources("v1", &inbound_with(authz)).err();
+            let err = err.unwrap_or_else(|| panic!("accepted a malformed identity"));
+            assert!(matches!(err, ConfigError::InvalidIdentity { .. }), "{err}");
+            assert_eq!(err.resource(), "inbound");
+        }
+    }
+
+    /// Regression (#14): a method that is not an HTTP method token is refused even next to
+    /// `*` (it used to be accepted as "any method").
+    #[test]
+    fn an_invalid_method_is_rejected_even_beside_the_wildcard() {
+        let with_methods = |methods: &[&str]| {
+            let mut r = sample();
+            if let Some(Kind::Outbound(s)) =
+                r.get_mut("outbound:api.demo").and_then(|r| r.kind.as_mut())
+            {
+                s.ports[0].routes[0].matches[0].methods =
+                    methods.iter().map(|m| m.to_string()).collect();
+            }
+            Config::from_resources("v1", &r)
+        };
+        for bad in [&["*", "G ET"][..], &["GET", ""], &["G(ET"]] {
+            let err = with_methods(bad).err();
+            assert!(
+                matches!(err, Some(ConfigError::InvalidMethod { .. })),
+                "{bad:?}: {err:?}"
+            );
+        }
+        for (ok, any) in [(&["*"][..], true), (&[], true), (&["get", "PATCH"], false)] {
+            let cfg = with_methods(ok).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
+            let m = &svc(&cfg, "api").ports[0].routes[0].matches[0];
+            assert_eq!(m.methods.is_none(), any, "{ok:?}");
+        }
+    }
+
+    #[test]
+    fn state_view_reports_budgets_and_estimates() {
+        let cfg = Config::from_resources("v1", &sample()).unwrap_or_else(|e| panic!("{e}"));
+        use_state(svc(&cfg, "api"));
+        let view = cfg.state_view();
+        assert_eq!(
+            view.services["api.demo"].retry_budget_milli,
+            svc(&cfg, "api").retry_budget.balance_milli()
+        );
+        let eps = &view.endpoints["endpoints:api.demo:80"];
+        assert_eq!(eps[0].ewma_ns, 500_000_000.0);
+        assert_eq!(eps[0].pending, 0);
     }
 
     #[test]

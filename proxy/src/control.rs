@@ -1,7 +1,8 @@
 //! The discovery client: keeps the proxy's [`Config`] in sync with the operator.
 //!
 //! One long-lived `Discovery.Stream` per connection. Each response is applied to a copy of the
-//! resource map, the whole map is compiled with [`Config::from_resources`], and either the new
+//! resource map, the whole map is compiled by the client's [`Store`] (which converts only the
+//! resources whose version changed and keeps the data plane's live state), and either the new
 //! config is published on the `watch` channel (and ACKed) or the response is NACKed and the
 //! previous map and config stay in force. When the stream breaks the proxy keeps serving with
 //! what it has and reconnects with jittered exponential backoff, reporting what it holds in
@@ -24,7 +25,7 @@ use weft_proxy_api::v1::discovery_client::DiscoveryClient as GrpcClient;
 use weft_proxy_api::v1::discovery_request::Request as Req;
 use weft_proxy_api::v1::{self, DiscoveryRequest, DiscoveryResponse};
 
-use crate::config::Config;
+use crate::config::{Config, Store};
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 
@@ -231,6 +232,8 @@ pub struct DiscoveryClient {
     data_metrics: Option<Arc<Metrics>>,
     /// Resources in force (those that compiled into the published config).
     resources: BTreeMap<String, v1::Resource>,
+    /// The converted config and live state of `resources`.
+    store: Store,
     /// The identity whose certificate the TLS connection presents (see
     /// [`DiscoveryClient::with_client_identity`]).
     identity: Option<Identity>,
@@ -248,6 +251,7 @@ impl DiscoveryClient {
             metrics: ControlMetrics::default(),
             data_metrics: None,
             resources: BTreeMap::new(),
+            store: Store::new(),
             identity: None,
             connected_without_cert: false,
         }
@@ -430,7 +434,8 @@ impl DiscoveryClient {
         let compiled = apply_response(&mut next, resp)
             .map_err(|e| (e.to_string(), Vec::new()))
             .and_then(|()| {
-                Config::from_resources(&resp.version, &next)
+                self.store
+                    .update(&resp.version, &next)
                     .map_err(|e| (e.to_string(), vec![e.resource().to_string()]))
             });
         match compiled {

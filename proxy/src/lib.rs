@@ -12,4 +12,5 @@ pub mod inbound;
 pub mod metrics;
 pub mod outbound;
 pub mod route;
+pub mod state;
 pub mod transport;

@@ -321,8 +321,8 @@ fn default_decision(
 
 /// Authorizes an HTTP request to `port` from `peer` (its mTLS identity, if any): allowed iff any
 /// authorization on the port allows it, or the port is not restricted and the default policy
-/// allows the client. An authorization whose sources hold `*` ([`crate::config::ANY_CLIENT`])
-/// admits every client, plaintext ones included (kubelet probes).
+/// allows the client. An authorization for [`crate::config::Clients::AnyClient`] admits every
+/// client, plaintext ones included (kubelet probes).
 pub fn authorize_http(
     policy: &InboundPolicy,
     port: u16,
@@ -372,35 +372,32 @@ pub fn authorize_tcp(policy: &InboundPolicy, port: u16, peer: Option<&str>) -> D
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{
-        compile_header_regex, compile_path_regex, Authorization, EndpointSet, HeaderMatch,
-        InboundPort, Protocol,
-    };
+    use crate::config::{Authorization, Clients, EndpointSet, InboundPort, MeshClients, Protocol};
     use std::collections::BTreeMap;
+    use weft_common::SpiffeId;
 
+    fn mesh(ids: &[&str]) -> Clients {
+        Clients::Mesh(MeshClients::new(
+            ids.iter()
+                .map(|id| SpiffeId::parse(id).unwrap_or_else(|e| panic!("{e}"))),
+        ))
+    }
+
+    /// A match as the config conversion builds it from the proxy API's form.
     fn m(name: &str, path: Option<&str>, methods: &[&str], headers: &[(&str, &str)]) -> HttpMatch {
-        HttpMatch {
-            name: Arc::from(name),
-            path: path.map(|p| compile_path_regex(p).unwrap_or_else(|e| panic!("{e}"))),
-            methods: if methods.is_empty() || methods.contains(&"*") {
-                None
-            } else {
-                Some(
-                    methods
-                        .iter()
-                        .map(|x| Method::from_bytes(x.as_bytes()).unwrap_or_else(|e| panic!("{e}")))
-                        .collect(),
-                )
-            },
+        let proto = weft_proxy_api::v1::HttpMatch {
+            name: name.to_string(),
+            path_regex: path.unwrap_or_default().to_string(),
+            methods: methods.iter().map(|x| x.to_string()).collect(),
             headers: headers
                 .iter()
-                .map(|(n, v)| HeaderMatch {
-                    name: http::HeaderName::from_bytes(n.as_bytes())
-                        .unwrap_or_else(|e| panic!("{e}")),
-                    value: compile_header_regex(v).unwrap_or_else(|e| panic!("{e}")),
+                .map(|(n, v)| weft_proxy_api::v1::HeaderMatch {
+                    name: n.to_string(),
+                    value_regex: v.to_string(),
                 })
                 .collect(),
-        }
+        };
+        HttpMatch::from_proto("test", &proto).unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn req(method: &str, path: &str, headers: &[(&str, &str)]) -> (Method, String, HeaderMap) {
@@ -708,13 +705,13 @@ mod tests {
                 authorizations: vec![
                     Authorization {
                         name: Arc::from("demo/web-reads"),
-                        sources: ["spiffe://td/ns/demo/sa/web".to_string()].into(),
+                        clients: mesh(&["spiffe://td/ns/demo/sa/web"]),
                         all_traffic: false,
                         http_routes: vec![m("reads", Some("/api"), &["GET"], &[])],
                     },
                     Authorization {
                         name: Arc::from("demo/admin-all"),
-                        sources: ["spiffe://td/ns/demo/sa/admin".to_string()].into(),
+                        clients: mesh(&["spiffe://td/ns/demo/sa/admin"]),
                         all_traffic: true,
                         http_routes: vec![],
                     },
@@ -813,7 +810,7 @@ mod tests {
         if let Some(port) = p.ports.get_mut(&8080) {
             port.authorizations = vec![Authorization {
                 name: Arc::from("demo/admins"),
-                sources: [WEB.to_string()].into(),
+                clients: mesh(&[WEB]),
                 all_traffic: false,
                 http_routes: vec![m("admin", None, &[], &[("x-user", "admin")])],
             }];
@@ -840,12 +837,12 @@ mod tests {
         assert!(!decide(&[]));
     }
 
-    /// A `probe` authorization (source `*`) as the operator emits for kubelet probes.
+    /// A `probe` authorization (any client) as the operator emits for kubelet probes.
     fn with_probe(mut p: InboundPolicy) -> InboundPolicy {
         if let Some(port) = p.ports.get_mut(&8080) {
             port.authorizations.push(Authorization {
                 name: Arc::from("probe"),
-                sources: [crate::config::ANY_CLIENT.to_string()].into(),
+                clients: Clients::AnyClient,
                 all_traffic: false,
                 http_routes: vec![m("probe", Some("/healthz$"), &["GET", "HEAD"], &[])],
             });
@@ -887,7 +884,7 @@ mod tests {
         if let Some(port) = p.ports.get_mut(&8080) {
             port.authorizations.push(Authorization {
                 name: Arc::from("open"),
-                sources: [crate::config::ANY_CLIENT.to_string()].into(),
+                clients: Clients::AnyClient,
                 all_traffic: true,
                 http_routes: vec![],
             });

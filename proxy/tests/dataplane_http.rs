@@ -1,7 +1,5 @@
 //! Data-plane tests with real sockets on loopback: outbound and inbound proxies, small hyper
 //! backends, configs built directly from proto resources.
-// TODO(#14): fixtures still use the deprecated untyped `Authorization.sources`.
-#![allow(deprecated)]
 
 mod dataplane_support;
 
@@ -333,8 +331,7 @@ fn inbound_policy(app_port: u16, default: v1::DefaultPolicy, restricted: bool) -
                 restricted,
                 authorizations: vec![v1::Authorization {
                     name: "demo/web-to-api".into(),
-                    sources: vec![WEB.into()],
-                    clients: None,
+                    clients: mesh_clients(&[WEB]),
                     all_traffic: false,
                     http_routes: vec![v1::HttpMatch {
                         name: "grpc".into(),
@@ -342,6 +339,7 @@ fn inbound_policy(app_port: u16, default: v1::DefaultPolicy, restricted: bool) -
                         methods: vec!["*".into()],
                         headers: vec![],
                     }],
+                    ..Default::default()
                 }],
             }],
         }),
@@ -480,10 +478,10 @@ async fn opaque_tcp_over_mtls_is_authorized_per_connection() {
                     restricted: true,
                     authorizations: vec![v1::Authorization {
                         name: "demo/tcp".into(),
-                        sources: vec![WEB.into()],
-                        clients: None,
+                        clients: mesh_clients(&[WEB]),
                         all_traffic,
                         http_routes: vec![],
+                        ..Default::default()
                     }],
                 }],
             }),

@@ -1,8 +1,6 @@
 //! HTTP/1.1 upgrades (WebSocket) through the mesh with real sockets on loopback: a client
 //! speaking raw HTTP/1.1 to the outbound proxy, mTLS to the server proxy, and an app that answers
 //! the WebSocket handshake with `101` and then echoes bytes.
-// TODO(#14): fixtures still use the deprecated untyped `Authorization.sources`.
-#![allow(deprecated)]
 
 mod dataplane_support;
 
@@ -283,8 +281,7 @@ fn inbound_policy(app_port: u16) -> Arc<weft_proxy::config::Config> {
                 restricted: true,
                 authorizations: vec![v1::Authorization {
                     name: "demo/web-to-api".into(),
-                    sources: vec![WEB.into()],
-                    clients: None,
+                    clients: mesh_clients(&[WEB]),
                     all_traffic: false,
                     http_routes: vec![
                         v1::HttpMatch {
@@ -303,6 +300,7 @@ fn inbound_policy(app_port: u16) -> Arc<weft_proxy::config::Config> {
                             headers: vec![],
                         },
                     ],
+                    ..Default::default()
                 }],
             }],
         }),

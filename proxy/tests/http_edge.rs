@@ -6,8 +6,6 @@
 //! - a repeated header cannot satisfy a rule that one of its values fails;
 //! - half-closed clients, silent and slow clients, duplicate `Host`, absolute-form targets and
 //!   broken client bodies get the documented answers.
-// TODO(#14): fixtures still use the deprecated untyped `Authorization.sources`.
-#![allow(deprecated)]
 
 mod dataplane_support;
 
@@ -127,7 +125,11 @@ fn path_match(name: &str, path: &str) -> v1::HttpMatch {
 }
 
 /// An inbound policy for `app_port` (restricted, default deny) with one authorization.
-fn inbound_policy(app_port: u16, sources: &[&str], matches: Vec<v1::HttpMatch>) -> Arc<Config> {
+fn inbound_policy(
+    app_port: u16,
+    clients: Option<v1::authorization::Clients>,
+    matches: Vec<v1::HttpMatch>,
+) -> Arc<Config> {
     config(vec![res(
         "inbound",
         v1::resource::Kind::Inbound(v1::InboundPolicy {
@@ -139,10 +141,10 @@ fn inbound_policy(app_port: u16, sources: &[&str], matches: Vec<v1::HttpMatch>) 
                 restricted: true,
                 authorizations: vec![v1::Authorization {
                     name: "demo/rule".into(),
-                    sources: sources.iter().map(|s| s.to_string()).collect(),
-                    clients: None,
+                    clients,
                     all_traffic: false,
                     http_routes: matches,
+                    ..Default::default()
                 }],
             }],
         }),
@@ -209,7 +211,7 @@ async fn inbound_authorizes_and_forwards_the_normalised_path() {
     let (app_addr, log) = app("127.0.0.21").await;
     let cfg = inbound_policy(
         app_addr.port(),
-        &["*"],
+        probe_clients(),
         vec![path_match("public", "/public")],
     );
     let server = start_inbound("127.0.0.21", cfg, Arc::new(NoIdentity)).await;
@@ -244,7 +246,7 @@ async fn mesh_path_authorization_through_both_proxies() {
     let (app_addr, log) = app("127.0.0.22").await;
     let cfg = inbound_policy(
         app_addr.port(),
-        &[WEB],
+        mesh_clients(&[WEB]),
         vec![path_match("public", "/public")],
     );
     let server = start_inbound("127.0.0.22", cfg, ca.identity(API)).await;
@@ -301,7 +303,7 @@ fn with_users(users: &[&str]) -> Vec<u8> {
 #[tokio::test]
 async fn repeated_header_cannot_satisfy_an_authorization_one_value_fails() {
     let (app_addr, log) = app("127.0.0.23").await;
-    let cfg = inbound_policy(app_addr.port(), &["*"], vec![user_rule()]);
+    let cfg = inbound_policy(app_addr.port(), probe_clients(), vec![user_rule()]);
     let server = start_inbound("127.0.0.23", cfg, Arc::new(NoIdentity)).await;
     for users in [
         &["other", "admin"][..],
@@ -335,7 +337,7 @@ async fn headers_the_app_will_not_receive_cannot_satisfy_an_authorization() {
             value_regex: ".*/sa/admin".into(),
         }],
     };
-    let cfg = inbound_policy(app_addr.port(), &["*"], vec![user_rule(), by_id]);
+    let cfg = inbound_policy(app_addr.port(), probe_clients(), vec![user_rule(), by_id]);
     let server = start_inbound("127.0.0.34", cfg, Arc::new(NoIdentity)).await;
     let hop =
         b"GET /x HTTP/1.1\r\nhost: web.demo\r\nconnection: close, x-user\r\nx-user: admin\r\n\r\n";
@@ -403,7 +405,11 @@ async fn both_listeners(ip: &str) -> (SocketAddr, SocketAddr, Log, Proxy, Proxy)
         Arc::new(NoIdentity),
     )
     .await;
-    let cfg = inbound_policy(app_addr.port(), &["*"], vec![path_match("all", "/")]);
+    let cfg = inbound_policy(
+        app_addr.port(),
+        probe_clients(),
+        vec![path_match("all", "/")],
+    );
     let inbound = start_inbound(ip, cfg, Arc::new(NoIdentity)).await;
     (outbound.addr, inbound.addr, log, outbound, inbound)
 }
@@ -549,7 +555,11 @@ async fn absolute_form_reaches_the_app_in_origin_form_with_the_routed_authority(
 async fn absolute_form_through_the_mesh_keeps_the_routed_authority() {
     let ca = TestCa::new();
     let (app_addr, log) = app("127.0.0.30").await;
-    let cfg = inbound_policy(app_addr.port(), &[WEB], vec![path_match("all", "/")]);
+    let cfg = inbound_policy(
+        app_addr.port(),
+        mesh_clients(&[WEB]),
+        vec![path_match("all", "/")],
+    );
     let server = start_inbound("127.0.0.30", cfg, ca.identity(API)).await;
     let client = start_outbound(
         web_service(
@@ -617,7 +627,7 @@ async fn inbound_normalises_http2_from_a_mesh_client_of_its_own() {
     let (app_addr, log) = app("127.0.0.33").await;
     let cfg = inbound_policy(
         app_addr.port(),
-        &[WEB],
+        mesh_clients(&[WEB]),
         vec![path_match("public", "/public")],
     );
     let server = start_inbound("127.0.0.33", cfg, ca.identity(API)).await;
@@ -666,7 +676,11 @@ async fn inbound_normalises_http2_from_a_mesh_client_of_its_own() {
 async fn broken_client_body_through_the_mesh_is_400() {
     let ca = TestCa::new();
     let (app_addr, _log) = app("127.0.0.36").await;
-    let cfg = inbound_policy(app_addr.port(), &[WEB], vec![path_match("all", "/")]);
+    let cfg = inbound_policy(
+        app_addr.port(),
+        mesh_clients(&[WEB]),
+        vec![path_match("all", "/")],
+    );
     let server = start_inbound("127.0.0.36", cfg, ca.identity(API)).await;
     let client = start_outbound(
         web_service(

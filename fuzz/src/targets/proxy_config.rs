@@ -211,9 +211,32 @@ fn check_accepted(cfg: &Config, resources: &BTreeMap<String, v1::Resource>) {
             for (g, a) in got.authorizations.iter().zip(&port.authorizations) {
                 assert_eq!(g.all_traffic, a.all_traffic, "all_traffic");
                 assert_eq!(g.http_routes.len(), a.http_routes.len(), "http routes");
-                let sources: BTreeSet<&str> = a.sources.iter().map(String::as_str).collect();
-                let got_sources: BTreeSet<&str> = g.sources.iter().map(|s| s.as_ref()).collect();
-                assert_eq!(got_sources, sources, "authorization sources");
+                // TODO(#14-merge): the proxy now reads the typed `clients` (the deprecated
+                // `sources`, "*" = any client, only when it is unset) into `config::Clients`.
+                let (any, ids): (bool, BTreeSet<&str>) = match &a.clients {
+                    Some(v1::authorization::Clients::Mesh(m)) => {
+                        (false, m.identities.iter().map(String::as_str).collect())
+                    }
+                    Some(v1::authorization::Clients::Probes(_)) => (true, BTreeSet::new()),
+                    None => (
+                        a.sources.iter().any(|s| s == "*"),
+                        a.sources
+                            .iter()
+                            .map(String::as_str)
+                            .filter(|s| *s != "*")
+                            .collect(),
+                    ),
+                };
+                match &g.clients {
+                    weft_proxy::config::Clients::AnyClient => {
+                        assert!(any, "authorization clients: any")
+                    }
+                    weft_proxy::config::Clients::Mesh(m) => {
+                        assert!(!any, "authorization clients: mesh");
+                        let got: BTreeSet<&str> = m.ids().into_iter().collect();
+                        assert_eq!(got, ids, "authorization clients");
+                    }
+                }
             }
         }
     } else {

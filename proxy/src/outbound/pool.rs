@@ -1,5 +1,6 @@
 //! Pooled HTTP/2 connections to other proxies: one multiplexed mTLS connection per (endpoint,
-//! target port, hint), reopened when it closes.
+//! target port, hint), reopened when it closes. Live state: the pool belongs to the outbound
+//! listener, not to a config, so a config push keeps every connection.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -90,6 +91,9 @@ impl MeshPool {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
+        // Bounded: connections that have closed (their endpoint gone, or idle and shut by the
+        // peer) leave the pool here, not only when their own key is looked up again.
+        conns.retain(|_, s| !s.is_closed());
         conns.insert(key, sender.clone());
         Ok(sender)
     }

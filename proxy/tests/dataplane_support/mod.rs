@@ -284,6 +284,18 @@ pub fn res(name: &str, kind: v1::resource::Kind) -> (String, v1::Resource) {
     )
 }
 
+/// `Authorization.clients` admitting these mesh identities.
+pub fn mesh_clients(ids: &[&str]) -> Option<v1::authorization::Clients> {
+    Some(v1::authorization::Clients::Mesh(v1::MeshClients {
+        identities: ids.iter().map(|id| id.to_string()).collect(),
+    }))
+}
+
+/// `Authorization.clients` admitting any client (the kubelet's probes).
+pub fn probe_clients() -> Option<v1::authorization::Clients> {
+    Some(v1::authorization::Clients::Probes(v1::KubeletProbes {}))
+}
+
 pub fn endpoint(addr: SocketAddr, identity: &str, inbound_port: u16) -> v1::Endpoint {
     let ip = match addr.ip() {
         std::net::IpAddr::V4(v4) => v4.octets().to_vec(),

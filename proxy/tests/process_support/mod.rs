@@ -1,0 +1,184 @@
+//! The real `weft-proxy` binary as a child process against a fake operator on 127.0.0.1
+//! (discovery from the scripted fake, identity from the operator's own Certify service with a
+//! bootstrap token), plus a minimal HTTP client and backend. Shared by the process tests.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+use weft_operator::identity::{BootstrapToken, CaStore, IdentityOptions, IdentityService};
+
+use crate::control_support::{FakeOperator, WAIT};
+
+pub const TOKEN: &str = "bootstrap-secret";
+
+/// A free port on 127.0.0.1 (bound and released; the proxy binds it right after).
+pub async fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+pub async fn start_operator(addr: SocketAddr) -> FakeOperator {
+    let ca = CaStore::generate("cluster.local").expect("generate CA");
+    let identity = IdentityService::new(
+        Arc::new(ca),
+        Arc::new(BootstrapToken::new(TOKEN.as_bytes())),
+        IdentityOptions::default(),
+    );
+    FakeOperator::start_with(addr, move |routes| {
+        routes.add_service(identity.into_server())
+    })
+    .await
+}
+
+pub struct ProxyProcess {
+    pub child: Child,
+    pub admin: SocketAddr,
+    pub outbound: SocketAddr,
+    log: Arc<Mutex<String>>,
+    _dir: tempfile::TempDir,
+}
+
+impl ProxyProcess {
+    pub async fn start(control: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token = dir.path().join("token");
+        std::fs::write(&token, TOKEN).expect("write token");
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port().await));
+        let inbound = SocketAddr::from(([127, 0, 0, 1], free_port().await));
+        let outbound = SocketAddr::from(([127, 0, 0, 1], free_port().await));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_weft-proxy"))
+            .env_clear()
+            .env("WEFT_PROXY_CONTROL_ADDR", control)
+            .env("WEFT_PROXY_POD", "demo/web-0")
+            .env("WEFT_PROXY_SERVICE_ACCOUNT", "web")
+            .env("WEFT_PROXY_TOKEN_FILE", &token)
+            .env("WEFT_PROXY_ADMIN_ADDR", admin.to_string())
+            .env("WEFT_PROXY_INBOUND_ADDR", inbound.to_string())
+            .env("WEFT_PROXY_OUTBOUND_ADDR", outbound.to_string())
+            .env("WEFT_PROXY_SHUTDOWN_GRACE", "5s")
+            .env("WEFT_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn weft-proxy");
+        let log = Arc::new(Mutex::new(String::new()));
+        if let Some(stderr) = child.stderr.take() {
+            let log = Arc::clone(&log);
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if let Ok(mut l) = log.lock() {
+                        l.push_str(&line);
+                        l.push('\n');
+                    }
+                }
+            });
+        }
+        ProxyProcess {
+            child,
+            admin,
+            outbound,
+            log,
+            _dir: dir,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Polls `GET path` until `want` holds (the proxy needs a moment to bind and certify).
+    pub async fn admin_until(&self, path: &str, mut want: impl FnMut(u16, &str) -> bool) -> String {
+        let result = tokio::time::timeout(WAIT, async {
+            let mut interval = tokio::time::interval(Duration::from_millis(20));
+            loop {
+                interval.tick().await;
+                if let Ok((status, body)) = http_get(self.admin, path, "admin").await {
+                    if want(status, &body) {
+                        return body;
+                    }
+                }
+            }
+        })
+        .await;
+        match result {
+            Ok(body) => body,
+            Err(_) => panic!("GET {path} never matched; proxy log:\n{}", self.log()),
+        }
+    }
+
+    pub async fn sigterm(&mut self) -> ExitStatus {
+        let pid = self.child.id().expect("running");
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+        match tokio::time::timeout(WAIT, self.child.wait()).await {
+            Ok(status) => status.expect("wait"),
+            Err(_) => panic!("proxy did not exit after SIGTERM; log:\n{}", self.log()),
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 GET (Connection: close); returns status and body.
+pub async fn http_get(addr: SocketAddr, path: &str, host: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).await?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    stream.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut buf))
+        .await
+        .map_err(|_| std::io::Error::other("response timed out"))??;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad response: {text:?}")))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// A backend answering every request with `200 backend-<port>`.
+pub async fn backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind backend");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut seen = Vec::new();
+                loop {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                    if seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+                let body = format!("backend-{}", addr.port());
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(resp.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    addr
+}
