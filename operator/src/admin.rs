@@ -18,7 +18,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 
 use crate::discovery::ProxyRegistry;
-use crate::runtime::Shutdown;
+use crate::shutdown::Shutdown;
 use crate::status::StatusBoard;
 
 /// Readiness and source problems of the runtime.

@@ -13,7 +13,7 @@ use kube::api::{Api, PostParams};
 use kube::Client;
 use tokio::sync::watch;
 
-use crate::runtime::Shutdown;
+use crate::shutdown::Shutdown;
 
 /// Settings of the election.
 #[derive(Clone, Debug)]

@@ -37,7 +37,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::Change;
 use crate::model::{ClusterObject, ObjectKey};
-use crate::runtime::Shutdown;
+use crate::shutdown::Shutdown;
 
 /// What a Kubernetes watcher reports to the runtime.
 #[derive(Debug)]
