@@ -270,9 +270,7 @@ const MAX_BATCH: usize = 10_000;
 /// [`SourceEvent::Expect`]): the first snapshot is compiled from a complete view of the
 /// cluster.
 pub async fn run(mut reconciler: Reconciler, mut rx: SourceRx, mut shutdown: Shutdown) {
-    let mut pending: Option<BTreeSet<String>> = None;
-    let mut held: Vec<Change> = Vec::new();
-    let mut held_since: Option<Instant> = None;
+    let mut pending = Pending::default();
     loop {
         let first = tokio::select! {
             _ = shutdown.triggered() => break,
@@ -288,34 +286,117 @@ pub async fn run(mut reconciler: Reconciler, mut rx: SourceRx, mut shutdown: Shu
         }
         for ev in batch {
             match ev {
-                SourceEvent::Expect(names) => {
-                    if reconciler.generation == 0 {
-                        pending.get_or_insert_with(BTreeSet::new).extend(names);
-                    }
+                SourceEvent::Unwatched(kinds) => reconciler.health.set_unwatched_kinds(kinds),
+                other => pending.take(other),
+            }
+        }
+        if let Some((changes, observed_at)) = pending.batch(reconciler.generation == 0) {
+            reconciler.apply(changes, observed_at);
+        }
+    }
+}
+
+/// What the loop holds between batches: the changes not applied yet, and the initial listings
+/// the first snapshot still waits for.
+#[derive(Debug, Default)]
+struct Pending {
+    /// `None` until a source said what to wait for.
+    expected: Option<BTreeSet<String>>,
+    /// Whether the first batch was handed out (later `Expect`s change nothing).
+    started: bool,
+    held: Vec<Change>,
+    /// When the first held change was observed.
+    held_since: Option<Instant>,
+}
+
+impl Pending {
+    fn take(&mut self, ev: SourceEvent) {
+        match ev {
+            SourceEvent::Expect(names) => {
+                if !self.started {
+                    self.expected
+                        .get_or_insert_with(BTreeSet::new)
+                        .extend(names);
                 }
-                SourceEvent::Changes {
-                    changes,
-                    observed_at,
-                } => {
-                    held.extend(changes);
-                    held_since = Some(held_since.map_or(observed_at, |t| t.min(observed_at)));
-                }
-                SourceEvent::Unwatched(kinds) => {
-                    reconciler.health.set_unwatched_kinds(kinds);
-                }
-                SourceEvent::Synced(name) => {
-                    if let Some(p) = pending.as_mut() {
-                        if p.remove(&name) && p.is_empty() {
-                            tracing::info!("every source listed; compiling");
-                        }
+            }
+            SourceEvent::Changes {
+                changes,
+                observed_at,
+            } => {
+                self.held.extend(changes);
+                self.held_since = Some(self.held_since.map_or(observed_at, |t| t.min(observed_at)));
+            }
+            SourceEvent::Synced(name) => {
+                if let Some(expected) = self.expected.as_mut() {
+                    if expected.remove(&name) && expected.is_empty() {
+                        tracing::info!("every source listed; compiling");
                     }
                 }
             }
+            SourceEvent::Unwatched(_) => {}
         }
-        let listed = pending.as_ref().is_some_and(BTreeSet::is_empty);
-        if listed && (!held.is_empty() || reconciler.generation == 0) {
-            let observed_at = held_since.take().unwrap_or_else(Instant::now);
-            reconciler.apply(std::mem::take(&mut held), observed_at);
+    }
+
+    /// The batch to apply now, if any: nothing before every expected listing is complete;
+    /// then what is held, or an empty first batch (`first`: nothing was compiled yet).
+    fn batch(&mut self, first: bool) -> Option<(Vec<Change>, Instant)> {
+        let listed = self.expected.as_ref().is_some_and(BTreeSet::is_empty);
+        if !listed || (self.held.is_empty() && !first) {
+            return None;
         }
+        self.started = true;
+        let observed_at = self.held_since.take().unwrap_or_else(Instant::now);
+        Some((std::mem::take(&mut self.held), observed_at))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn remove(name: &str) -> Change {
+        Change::Remove(ObjectKey::new(Kind::Namespace, "", name))
+    }
+
+    fn changes(names: &[&str], observed_at: Instant) -> SourceEvent {
+        SourceEvent::Changes {
+            changes: names.iter().map(|n| remove(n)).collect(),
+            observed_at,
+        }
+    }
+
+    #[test]
+    fn the_first_batch_waits_for_every_expected_listing() {
+        let t0 = Instant::now();
+        let mut p = Pending::default();
+        // Nothing expected yet: no source has spoken, nothing is compiled.
+        p.take(changes(&["a"], t0 + Duration::from_secs(1)));
+        assert_eq!(p.batch(true), None);
+        p.take(SourceEvent::Expect(
+            ["pods".into(), "services".into()].into(),
+        ));
+        p.take(SourceEvent::Synced("pods".into()));
+        p.take(SourceEvent::Synced("unknown".into()));
+        assert_eq!(p.batch(true), None);
+        p.take(changes(&["b"], t0));
+        p.take(SourceEvent::Synced("services".into()));
+        // Everything held comes as one batch, observed when the first of it was.
+        assert_eq!(p.batch(true), Some((vec![remove("a"), remove("b")], t0)));
+        assert_eq!(p.batch(false), None);
+        // Later expectations do not hold anything back.
+        p.take(SourceEvent::Expect(["late".into()].into()));
+        p.take(changes(&["c"], t0));
+        assert_eq!(p.batch(false), Some((vec![remove("c")], t0)));
+    }
+
+    #[test]
+    fn an_empty_source_still_gets_a_first_snapshot() {
+        let mut p = Pending::default();
+        p.take(SourceEvent::Expect(["manifests".into()].into()));
+        p.take(SourceEvent::Synced("manifests".into()));
+        assert!(p.batch(true).is_some_and(|(c, _)| c.is_empty()));
+        assert_eq!(p.batch(false), None);
     }
 }

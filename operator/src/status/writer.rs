@@ -327,6 +327,61 @@ mod tests {
         assert!(api_resource("v1", "Pod").is_err());
     }
 
+    fn cond(type_: &str, status: &str, at: Option<&str>) -> Condition {
+        Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: "R".into(),
+            message: String::new(),
+            observed_generation: Some(1),
+            last_transition_time: at.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn merge_keeps_transition_times_drops_unwanted_conditions_and_says_what_changed() {
+        let current = SmiStatus {
+            conditions: vec![
+                cond("Conflicted", "False", Some("t0")),
+                cond("Accepted", "True", Some("t0")),
+            ],
+        };
+        // Same conditions: nothing to write, times kept.
+        let (merged, changed) = merge(
+            &current,
+            &[
+                cond("Accepted", "True", None),
+                cond("Conflicted", "False", None),
+            ],
+            "t1",
+        );
+        assert!(!changed);
+        assert!(merged
+            .conditions
+            .iter()
+            .all(|c| c.last_transition_time.as_deref() == Some("t0")));
+        // Accepted flips, Conflicted is no longer wanted, ResolvedRefs is new.
+        let (merged, changed) = merge(
+            &current,
+            &[
+                cond("Accepted", "False", None),
+                cond("ResolvedRefs", "True", None),
+            ],
+            "t1",
+        );
+        assert!(changed);
+        assert_eq!(
+            merged.conditions,
+            vec![
+                cond("Accepted", "False", Some("t1")),
+                cond("ResolvedRefs", "True", Some("t1"))
+            ]
+        );
+        // Only dropping a condition is a change too.
+        let (_, changed) = merge(&current, &[cond("Accepted", "True", None)], "t1");
+        assert!(changed);
+    }
+
     #[test]
     fn truncation_respects_char_boundaries() {
         assert_eq!(truncate("héllo", 2), "h");

@@ -380,4 +380,20 @@ mod tests {
             ]
         );
     }
+
+    #[test]
+    fn a_relist_keeps_what_it_cannot_read_in_force() {
+        let mut s = WatchState::default();
+        s.apply(ns("a"));
+        s.apply(ns("b"));
+        // a is re-listed unreadable, b is gone.
+        s.unreadable.insert((String::new(), "a".into()));
+        let changes = s.finish_relist();
+        assert_eq!(
+            changes,
+            vec![Change::Remove(ObjectKey::new(Kind::Namespace, "", "b"))]
+        );
+        assert!(s.known.contains_key(&(String::new(), "a".into())));
+        assert!(s.unreadable.is_empty());
+    }
 }
