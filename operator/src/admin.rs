@@ -296,6 +296,10 @@ pub(crate) async fn read_body(req: Request<Incoming>) -> Result<Bytes, String> {
 }
 
 /// A minimal HTTP/1.1 server (optionally over TLS) with graceful shutdown.
+/// Retries after a failed accept: from 50 ms doubling up to 1 s, jittered.
+const ACCEPT_RETRY: weft_common::Backoff =
+    weft_common::Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+
 pub(crate) async fn serve_http<F, Fut>(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
@@ -306,16 +310,26 @@ pub(crate) async fn serve_http<F, Fut>(
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
     let mut stop = shutdown.clone();
+    // Accept errors in a row (out of file descriptors, ...): retried with backoff.
+    let mut failing: u32 = 0;
     loop {
         let accepted = tokio::select! {
             _ = stop.triggered() => return,
             a = listener.accept() => a,
         };
         let (tcp, peer): (_, SocketAddr) = match accepted {
-            Ok(a) => a,
+            Ok(a) => {
+                failing = 0;
+                a
+            }
             Err(e) => {
-                tracing::debug!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                let delay = ACCEPT_RETRY.delay(failing);
+                failing = failing.saturating_add(1);
+                tracing::debug!(error = %e, retry_in = ?delay, "accept failed");
+                tokio::select! {
+                    _ = stop.triggered() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
                 continue;
             }
         };

@@ -17,18 +17,9 @@ use tokio::sync::{mpsc, oneshot};
 use weft_common::Backoff;
 
 use super::discovery::{discover_smi, is_smi_crd, NOT_SERVED, SMI_KINDS};
-use super::watch::{is_forbidden, reflect_with, Known, WatchCtl};
-use super::{ResourceLabels, SourceMetrics};
+use super::metrics::{ResourceLabels, SourceMetrics};
+use super::watch::{is_forbidden, reflect_with, Known, Note, WatchCtl};
 use crate::source::{Change, SourceEvent, SourceTx};
-
-/// What SMI kinds' watchers and the CRD watcher tell the [`SmiSupervisor`].
-#[derive(Debug)]
-pub(super) enum Note {
-    /// An SMI group's CRD changed (or the CRD watch re-listed): what is served may have changed.
-    Crds,
-    /// An SMI watcher got `404 Not Found`: its kind may not be served anymore.
-    NotFound,
-}
 
 /// Watches CustomResourceDefinitions (metadata only) and notes changes of the SMI groups' ones.
 /// Needs `list`/`watch` on `customresourcedefinitions`; without them the supervisor still

@@ -8,7 +8,32 @@ use kube::api::ApiResource;
 use kube::Client;
 use weft_common::Backoff;
 
-use super::Watched;
+/// One resource to watch.
+#[derive(Clone, Debug)]
+pub enum Watched {
+    Namespaces,
+    ServiceAccounts,
+    Pods,
+    Services,
+    EndpointSlices,
+    Endpoints,
+    /// An SMI kind at the API server's preferred version.
+    Smi(ApiResource),
+}
+
+impl Watched {
+    pub fn name(&self) -> String {
+        match self {
+            Watched::Namespaces => "namespaces".into(),
+            Watched::ServiceAccounts => "serviceaccounts".into(),
+            Watched::Pods => "pods".into(),
+            Watched::Services => "services".into(),
+            Watched::EndpointSlices => "endpointslices".into(),
+            Watched::Endpoints => "endpoints".into(),
+            Watched::Smi(ar) => format!("{}.{}", ar.plural, ar.group),
+        }
+    }
+}
 
 /// One SMI kind weft reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

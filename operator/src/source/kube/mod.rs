@@ -19,91 +19,22 @@
 
 pub mod crds;
 pub mod discovery;
+pub mod metrics;
 pub mod watch;
 
 use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1 as core;
-use kube::api::{Api, ApiResource};
+use kube::api::Api;
 use kube::Client;
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
 use tokio::sync::mpsc;
 
-pub use discovery::{discover, SmiKind, NOT_SERVED, SMI_KINDS};
+pub use discovery::{discover, SmiKind, Watched, NOT_SERVED, SMI_KINDS};
+pub use metrics::{ResourceLabels, SourceMetrics};
 pub use watch::{reflect, Reflect};
 
 use crate::shutdown::Shutdown;
 use crate::source::{Source, SourceError, SourceEvent, SourceTx};
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResourceLabels {
-    pub resource: String,
-}
-
-/// Watcher metrics (labelled by resource kind only).
-#[derive(Clone, Debug, Default)]
-pub struct SourceMetrics {
-    pub watch_errors: Family<ResourceLabels, Counter>,
-    pub events: Family<ResourceLabels, Counter>,
-    pub invalid_objects: Family<ResourceLabels, Counter>,
-    pub unwatched_smi_kinds: Gauge,
-}
-
-impl SourceMetrics {
-    pub fn register(&self, registry: &mut Registry) {
-        registry.register(
-            "watch_errors",
-            "Errors of Kubernetes watches (each is retried with backoff)",
-            self.watch_errors.clone(),
-        );
-        registry.register(
-            "watch_events",
-            "Objects received from Kubernetes watches",
-            self.events.clone(),
-        );
-        registry.register(
-            "invalid_objects",
-            "Objects from Kubernetes that weft could not read (skipped)",
-            self.invalid_objects.clone(),
-        );
-        registry.register(
-            "unwatched_smi_kinds",
-            "SMI kinds not watched because the API server does not serve them (CRD missing)",
-            self.unwatched_smi_kinds.clone(),
-        );
-    }
-}
-
-/// One resource to watch.
-#[derive(Clone, Debug)]
-pub enum Watched {
-    Namespaces,
-    ServiceAccounts,
-    Pods,
-    Services,
-    EndpointSlices,
-    Endpoints,
-    /// An SMI kind at the API server's preferred version.
-    Smi(ApiResource),
-}
-
-impl Watched {
-    pub fn name(&self) -> String {
-        match self {
-            Watched::Namespaces => "namespaces".into(),
-            Watched::ServiceAccounts => "serviceaccounts".into(),
-            Watched::Pods => "pods".into(),
-            Watched::Services => "services".into(),
-            Watched::EndpointSlices => "endpointslices".into(),
-            Watched::Endpoints => "endpoints".into(),
-            Watched::Smi(ar) => format!("{}.{}", ar.plural, ar.group),
-        }
-    }
-}
 
 /// The Kubernetes API as a [`Source`]: discovers what is served, then watches it until
 /// shutdown (see [`run`]).

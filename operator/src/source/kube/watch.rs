@@ -16,10 +16,18 @@ use kube::Resource;
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
 
-use super::crds::Note;
-use super::{ResourceLabels, SourceMetrics};
+use super::metrics::{ResourceLabels, SourceMetrics};
 use crate::model::{ClusterObject, ModelError, ObjectKey};
 use crate::source::{Change, SourceEvent, SourceTx};
+
+/// What SMI kinds' watchers and the CRD watcher tell the [`SmiSupervisor`](super::crds::SmiSupervisor).
+#[derive(Debug)]
+pub(super) enum Note {
+    /// An SMI group's CRD changed (or the CRD watch re-listed): what is served may have changed.
+    Crds,
+    /// An SMI watcher got `404 Not Found`: its kind may not be served anymore.
+    NotFound,
+}
 
 /// What a watcher reported and has not removed: `(namespace, name)` → key.
 pub(super) type Known = HashMap<(String, String), ObjectKey>;
