@@ -6,7 +6,10 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// The runtime's clock: rescan progress follows paused time in tests.
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -431,7 +434,7 @@ mod tests {
         assert_eq!(get(&s, "/ready").await.1, "ready\n");
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_stuck_rescan_makes_ready_fail_and_status_say_so() {
         let s = state();
         s.health.set_compiled();

@@ -16,7 +16,7 @@ use kube::Client;
 use tokio::sync::{mpsc, oneshot};
 use weft_common::Backoff;
 
-use super::discovery::{discover_smi, is_smi_crd, NOT_SERVED, SMI_KINDS};
+use super::discovery::{discover_smi, is_smi_crd, smi_watch_name, NOT_SERVED, SMI_KINDS};
 use super::metrics::{ResourceLabels, SourceMetrics};
 use super::watch::{is_forbidden, reflect_with, Known, Note, WatchCtl};
 use crate::source::{Change, SourceEvent, SourceTx};
@@ -305,7 +305,7 @@ impl SmiSupervisor {
     fn spawn(&self, ar: ApiResource, known: Known) -> Running {
         let (stop, stop_rx) = oneshot::channel();
         let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &ar);
-        let name = format!("{}.{}", ar.plural, ar.group);
+        let name = smi_watch_name(&ar);
         let ctl = WatchCtl {
             known,
             stop: Some(stop_rx),
@@ -363,7 +363,7 @@ impl SmiSupervisor {
                 let Some(r) = self.running[i].take() else {
                     return true;
                 };
-                let name = format!("{}.{}", r.ar.plural, r.ar.group);
+                let name = smi_watch_name(&r.ar);
                 let known = r.stop().await;
                 tracing::warn!(crd = %crd, objects = known.len(), "SMI kind not served anymore (CRD deleted?); its objects are removed");
                 let changes: Vec<Change> = known.into_values().map(Change::Remove).collect();

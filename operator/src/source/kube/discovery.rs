@@ -30,9 +30,14 @@ impl Watched {
             Watched::Services => "services".into(),
             Watched::EndpointSlices => "endpointslices".into(),
             Watched::Endpoints => "endpoints".into(),
-            Watched::Smi(ar) => format!("{}.{}", ar.plural, ar.group),
+            Watched::Smi(ar) => smi_watch_name(ar),
         }
     }
+}
+
+/// The name of an SMI kind's watcher: `<plural>.<group>`, its CRD's name.
+pub fn smi_watch_name(ar: &ApiResource) -> String {
+    format!("{}.{}", ar.plural, ar.group)
 }
 
 /// One SMI kind weft reads.
