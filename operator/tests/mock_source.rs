@@ -27,7 +27,15 @@ fn list(api_version: &str, kind: &str, items: Vec<Value>) -> Value {
 /// What the API server answers to every request but the watches (held open) and the Service
 /// list (answered by the test).
 fn answer(path: &str) -> Value {
+    answer_with(path, true)
+}
+
+/// [`answer`], with the split group served or not (its CRD not installed yet).
+fn answer_with(path: &str, split_served: bool) -> Value {
     match path {
+        "/apis" if !split_served => {
+            json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []})
+        }
         "/apis/discovery.k8s.io/v1" => json!({
             "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "discovery.k8s.io/v1",
             "resources": [{"name": "endpointslices", "singularName": "endpointslice",
@@ -172,4 +180,76 @@ async fn the_first_snapshot_waits_for_every_watcher_and_holds_the_whole_cluster(
     source_task.await.unwrap().unwrap();
     loop_task.await.unwrap();
     drop(open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_smi_kind_served_after_the_start_is_watched_and_compiled_in() {
+    let (client, mut server) = mock_api::client();
+    let (snap_tx, mut snapshots) = snapshot_channel();
+    let (status_tx, statuses) = watch::channel(Arc::new(Vec::new()));
+    let health = Arc::new(Health::new());
+    let reconciler = Reconciler::new(
+        Model::new(),
+        Compiler::new(CompileOptions::default()),
+        snap_tx,
+        Arc::new(StatusBoard::new()),
+        health.clone(),
+        RuntimeMetrics::default(),
+    )
+    .with_statuses(status_tx);
+    let (trigger, shutdown) = Shutdown::new();
+    let (tx, rx) = weft_operator::source::channel();
+    let source = KubeSource {
+        client,
+        metrics: SourceMetrics::default(),
+    };
+    let source_task = tokio::spawn(source.run(tx, shutdown.clone()));
+    let loop_task = tokio::spawn(weft_operator::source::reconcile::run(
+        reconciler, rx, shutdown,
+    ));
+
+    // Phase 1: no SMI group served. Phase 2 (after the first snapshot): the split CRD is
+    // installed, and the supervisor's next look at discovery finds it.
+    let mut open = Vec::new();
+    let mut served = false;
+    let mut listed_split = false;
+    loop {
+        tokio::select! {
+            call = server.next() => {
+                if call.param("watch") == Some("true") {
+                    open.push(call);
+                } else if call.path == "/api/v1/services" {
+                    call.ok(list("v1", "ServiceList", vec![service()]));
+                } else {
+                    if call.path.starts_with("/apis/split.smi-spec.io/") {
+                        assert!(served, "split looked at before it was served");
+                    }
+                    listed_split |= call.path == "/apis/split.smi-spec.io/v1alpha4/trafficsplits";
+                    let body = answer_with(&call.path, served);
+                    call.ok(body);
+                }
+            }
+            r = snapshots.changed() => {
+                r.unwrap();
+                let generation = snapshots.borrow().as_ref().map(|p| p.generation);
+                if generation == Some(1) {
+                    assert!(statuses.borrow().is_empty());
+                    assert!(health
+                        .unwatched_kinds()
+                        .contains_key("trafficsplits.split.smi-spec.io"));
+                    served = true;
+                } else if statuses.borrow().iter().any(|s| s.object.name == "web") {
+                    break;
+                }
+            }
+        }
+    }
+    assert!(!health
+        .unwatched_kinds()
+        .contains_key("trafficsplits.split.smi-spec.io"));
+    assert!(listed_split);
+    drop(open);
+    trigger.trigger();
+    source_task.await.unwrap().unwrap();
+    loop_task.await.unwrap();
 }
