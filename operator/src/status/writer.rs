@@ -90,7 +90,9 @@ pub fn api_resource(api_version: &str, kind: &str) -> Result<ApiResource, Status
 /// ([`weft_smi::status::set_condition`]: `lastTransitionTime` is kept while a condition's status
 /// does not change). Conditions weft no longer wants are dropped; the result lists `desired`'s
 /// types in its order. Returns the merged status and whether it differs from `current`.
-// TODO(#14-merge): if the core engineer moves `set_condition`, follow it here.
+// TODO(#14-merge): if the core engineer moves `set_condition`, follow it here; and
+// `status::merge_conditions` (the StatusBoard's, in status/mod.rs) is a second merge of the
+// same rule: it should call this `merge` (or `set_condition`) instead.
 pub fn merge(current: &SmiStatus, desired: &[Condition], now: &str) -> (SmiStatus, bool) {
     let mut merged = SmiStatus::default();
     let mut changed = current
