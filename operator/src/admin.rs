@@ -6,7 +6,10 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// The runtime's clock: rescan progress follows paused time in tests.
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -18,7 +21,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 
 use crate::discovery::ProxyRegistry;
-use crate::runtime::Shutdown;
+use crate::shutdown::Shutdown;
 use crate::status::StatusBoard;
 
 /// Readiness and source problems of the runtime.
@@ -296,6 +299,10 @@ pub(crate) async fn read_body(req: Request<Incoming>) -> Result<Bytes, String> {
 }
 
 /// A minimal HTTP/1.1 server (optionally over TLS) with graceful shutdown.
+/// Retries after a failed accept: from 50 ms doubling up to 1 s, jittered.
+const ACCEPT_RETRY: weft_common::Backoff =
+    weft_common::Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+
 pub(crate) async fn serve_http<F, Fut>(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
@@ -306,16 +313,26 @@ pub(crate) async fn serve_http<F, Fut>(
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
     let mut stop = shutdown.clone();
+    // Accept errors in a row (out of file descriptors, ...): retried with backoff.
+    let mut failing: u32 = 0;
     loop {
         let accepted = tokio::select! {
             _ = stop.triggered() => return,
             a = listener.accept() => a,
         };
         let (tcp, peer): (_, SocketAddr) = match accepted {
-            Ok(a) => a,
+            Ok(a) => {
+                failing = 0;
+                a
+            }
             Err(e) => {
-                tracing::debug!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                let delay = ACCEPT_RETRY.delay(failing);
+                failing = failing.saturating_add(1);
+                tracing::debug!(error = %e, retry_in = ?delay, "accept failed");
+                tokio::select! {
+                    _ = stop.triggered() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
                 continue;
             }
         };
@@ -417,7 +434,7 @@ mod tests {
         assert_eq!(get(&s, "/ready").await.1, "ready\n");
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_stuck_rescan_makes_ready_fail_and_status_say_so() {
         let s = state();
         s.health.set_compiled();

@@ -5,7 +5,10 @@
 //! lease whose record (resourceVersion) has not changed for `lease_duration` is expired. Writes
 //! are guarded by resourceVersion, so two replicas can never both take the lease.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// The runtime's clock (not `std`'s): expiry follows paused time in tests.
+use tokio::time::Instant;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
@@ -13,7 +16,7 @@ use kube::api::{Api, PostParams};
 use kube::Client;
 use tokio::sync::watch;
 
-use crate::runtime::Shutdown;
+use crate::shutdown::Shutdown;
 
 /// Settings of the election.
 #[derive(Clone, Debug)]

@@ -8,6 +8,7 @@ pub mod inject;
 pub mod leader;
 pub mod model;
 pub mod runtime;
+pub mod shutdown;
 pub mod source;
 pub mod status;
 pub mod validate;

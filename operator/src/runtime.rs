@@ -1,93 +1,38 @@
-//! Wiring: sources → model → compiler → snapshot → discovery, plus admin, status and webhooks.
+//! Wiring only: flags → components → tasks. The source feeds the one reconcile loop
+//! ([`crate::source::reconcile`]) which compiles and publishes to discovery; admin, status
+//! writing, leader election and webhooks run beside it. No domain logic lives here.
 //!
 //! [`Runtime::start`] binds every listener (port 0 works, for tests), spawns the tasks and
 //! returns at once; [`Runtime::shutdown`] + [`Runtime::wait`] drain them.
 
-use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::admin::{AdminState, Health};
-use crate::compile::{ChangedKeys, CompileOptions, Compiled, Compiler};
+use crate::compile::{CompileOptions, Compiler};
 use crate::discovery::{
     snapshot_channel, DiscoveryMetrics, DiscoveryService, ProxyRegistry, Published, ServiceOptions,
-    SnapshotTx,
 };
-use crate::identity::{
-    CaStore, IdentityOptions, IdentityService, PodDirectory, TokenAuthenticator,
-};
+use crate::identity::{CaStore, IdentityOptions, IdentityService, TokenAuthenticator};
 use crate::leader::LeaderOptions;
-use crate::model::{Kind, Model, ObjectKey};
-use crate::source::kube::{SourceEvent, SourceMetrics};
-use crate::source::manifests::{DirWatcher, ManifestDir, WatchOptions};
-use crate::source::Change;
+use crate::model::Model;
+use crate::shutdown::{Shutdown, ShutdownTrigger};
+use crate::source::kube::{KubeSource, SourceMetrics};
+use crate::source::manifests::{ManifestsSource, WatchOptions};
+use crate::source::reconcile::Reconciler;
+use crate::source::{Source, SourceError, SourceTx};
 use crate::status::writer::{StatusMetrics, StatusWriter};
-use crate::status::{ObjectRef, ObjectStatus, StatusBoard};
+use crate::status::StatusBoard;
 use crate::webhook::{TlsPem, Validator, WebhookState};
 
-/// A cloneable "stop now" signal shared by every task of the runtime.
-#[derive(Clone, Debug)]
-pub struct Shutdown {
-    rx: watch::Receiver<bool>,
-}
-
-/// The side that triggers a [`Shutdown`].
-#[derive(Debug)]
-pub struct ShutdownTrigger {
-    tx: watch::Sender<bool>,
-}
-
-impl Shutdown {
-    /// A new signal and the trigger that fires it.
-    pub fn new() -> (ShutdownTrigger, Shutdown) {
-        let (tx, rx) = watch::channel(false);
-        (ShutdownTrigger { tx }, Shutdown { rx })
-    }
-
-    /// True once shutdown has been requested.
-    pub fn is_triggered(&self) -> bool {
-        *self.rx.borrow()
-    }
-
-    /// Resolves once shutdown has been requested (or the trigger was dropped).
-    pub async fn triggered(&mut self) {
-        while !*self.rx.borrow_and_update() {
-            if self.rx.changed().await.is_err() {
-                return;
-            }
-        }
-    }
-
-    /// An owned future that resolves on shutdown, for `serve_with_shutdown`-style APIs.
-    pub fn wait(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let mut this = self.clone();
-        async move { this.triggered().await }
-    }
-}
-
-impl ShutdownTrigger {
-    /// Asks every task holding a [`Shutdown`] to stop.
-    pub fn trigger(&self) {
-        self.tx.send_replace(true);
-    }
-
-    /// A new receiver of this trigger.
-    pub fn subscribe(&self) -> Shutdown {
-        Shutdown {
-            rx: self.tx.subscribe(),
-        }
-    }
-}
+pub use crate::source::reconcile::{statuses_of, RuntimeMetrics};
 
 /// Where cluster state comes from.
 #[derive(Clone)]
@@ -168,60 +113,8 @@ pub enum RuntimeError {
     WebhookTls(#[from] crate::webhook::WebhookError),
     #[error("discovery server: {0}")]
     Serve(#[from] tonic::transport::Error),
-    #[error("manifests directory {0}: {1}")]
-    Manifests(PathBuf, String),
-}
-
-/// Runtime metrics (besides discovery's, the sources' and the identity service's).
-#[derive(Clone, Debug)]
-pub struct RuntimeMetrics {
-    pub reconciles: Counter,
-    pub compile_seconds: Histogram,
-    pub snapshot_generation: Gauge,
-    pub proxies_known: Gauge,
-    pub manifest_errors: Gauge,
-}
-
-impl Default for RuntimeMetrics {
-    fn default() -> Self {
-        RuntimeMetrics {
-            reconciles: Counter::default(),
-            compile_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
-            snapshot_generation: Gauge::default(),
-            proxies_known: Gauge::default(),
-            manifest_errors: Gauge::default(),
-        }
-    }
-}
-
-impl RuntimeMetrics {
-    pub fn register(&self, registry: &mut Registry) {
-        registry.register(
-            "reconciles",
-            "Batches of changes applied to the model and compiled",
-            self.reconciles.clone(),
-        );
-        registry.register(
-            "compile_seconds",
-            "Time to compile one batch of changes",
-            self.compile_seconds.clone(),
-        );
-        registry.register(
-            "snapshot_generation",
-            "Generation of the snapshot served to proxies",
-            self.snapshot_generation.clone(),
-        );
-        registry.register(
-            "proxies_known",
-            "Meshed pods the compiled snapshot has a config for",
-            self.proxies_known.clone(),
-        );
-        registry.register(
-            "manifest_errors",
-            "Manifest entries not in force: files that fail to load or are empty (their last good objects stay in force), and entries skipped (FIFOs, aliases, too deep)",
-            self.manifest_errors.clone(),
-        );
-    }
+    #[error(transparent)]
+    Source(#[from] SourceError),
 }
 
 /// A running operator.
@@ -383,33 +276,39 @@ impl Runtime {
         // Service has no EndpointSlice/Endpoints in it (CONTRACT.md, `--manifests`).
         let mut model = Model::new();
         model.derive_endpoints_from_pods = matches!(config.source, SourceConfig::Manifests { .. });
-        let reconciler = Reconciler {
+        let mut reconciler = Reconciler::new(
             model,
-            compiler: Compiler::new(config.compile.clone()),
-            generation: 0,
-            tx: snap_tx,
-            board: board.clone(),
-            health: health.clone(),
-            metrics: runtime_metrics.clone(),
-            statuses: None,
-            pods: config
+            Compiler::new(config.compile.clone()),
+            snap_tx,
+            board.clone(),
+            health.clone(),
+            runtime_metrics.clone(),
+        )
+        .with_pods(
+            config
                 .identity
                 .as_ref()
                 .and_then(|i| i.authenticator.pod_directory()),
-        };
+        );
 
+        // One bounded channel from the source to the one reconcile loop.
+        let (source_tx, source_rx) = crate::source::channel();
         match config.source.clone() {
             SourceConfig::Manifests { dir, watch } => {
                 if !dir.is_dir() {
-                    return Err(RuntimeError::Manifests(dir, "not a directory".to_string()));
+                    return Err(SourceError::Manifests(dir, "not a directory".to_string()).into());
                 }
-                let stop = shutdown.clone();
-                tasks.spawn(run_manifests(dir, watch, reconciler, runtime_metrics, stop));
+                let source = ManifestsSource {
+                    dir,
+                    options: watch,
+                    health: health.clone(),
+                    errors: runtime_metrics.manifest_errors.clone(),
+                };
+                spawn_source(&mut tasks, source, source_tx, shutdown.clone());
             }
             SourceConfig::Kubernetes { client } => {
                 let (status_tx, status_rx) = watch::channel(Arc::new(Vec::new()));
-                let mut reconciler = reconciler;
-                reconciler.statuses = Some(status_tx);
+                reconciler = reconciler.with_statuses(status_tx);
                 let (leading_tx, leading_rx) = watch::channel(config.leader.is_none());
                 // Without an election the sender must outlive the writer: a dropped sender
                 // would end the writer's loop before it wrote anything.
@@ -429,13 +328,21 @@ impl Runtime {
                 let stop = shutdown.clone();
                 tasks.spawn(async move {
                     let _always_leading = always_leading;
-                    run_status_writer(writer, status_rx, leading_rx, stop).await;
+                    crate::status::writer::run(writer, status_rx, leading_rx, stop).await;
                     Ok(())
                 });
-                let stop = shutdown.clone();
-                tasks.spawn(run_kubernetes(client, reconciler, source_metrics, stop));
+                let source = KubeSource {
+                    client,
+                    metrics: source_metrics,
+                };
+                spawn_source(&mut tasks, source, source_tx, shutdown.clone());
             }
         }
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            crate::source::reconcile::run(reconciler, source_rx, stop).await;
+            Ok(())
+        });
 
         Ok(Runtime {
             discovery_addr,
@@ -486,332 +393,12 @@ impl Runtime {
     }
 }
 
-/// Owns the model and the compiler: applies batches of changes, compiles, publishes.
-struct Reconciler {
-    model: Model,
-    compiler: Compiler,
-    generation: u64,
-    tx: SnapshotTx,
-    board: Arc<StatusBoard>,
-    health: Arc<Health>,
-    metrics: RuntimeMetrics,
-    /// Kubernetes mode: every object's desired status, for the status writer.
-    statuses: Option<watch::Sender<Arc<Vec<ObjectStatus>>>>,
-    /// The pods a bootstrap token binds to (kept equal to the model's pods).
-    pods: Option<Arc<PodDirectory>>,
-}
-
-impl Reconciler {
-    /// Applies one batch as a whole, compiles and publishes the result.
-    fn apply(&mut self, changes: Vec<Change>, observed_at: Instant) {
-        let first = self.generation == 0;
-        let mut changed = ChangedKeys::default();
-        let mut pods_changed = first;
-        for change in changes {
-            let key = match change {
-                Change::Upsert(o) => self.model.upsert(o),
-                Change::Remove(key) => {
-                    self.model.remove(&key);
-                    key
-                }
-            };
-            pods_changed |= key.kind == Kind::Pod;
-            changed.insert(key);
-        }
-        if let Some(pods) = self.pods.as_ref().filter(|_| pods_changed) {
-            pods.publish(self.model.pods.values().map(|p| {
-                (
-                    p.namespace.as_str(),
-                    p.name.as_str(),
-                    p.service_account.as_str(),
-                )
-            }));
-        }
-        if !first && changed.is_empty() {
-            return;
-        }
-        let start = Instant::now();
-        let compiled = if first {
-            self.compiler.full(&self.model)
-        } else {
-            self.compiler.update(&self.model, &changed)
-        };
-        self.metrics
-            .compile_seconds
-            .observe(start.elapsed().as_secs_f64());
-        self.metrics.reconciles.inc();
-        self.generation += 1;
-        self.metrics.snapshot_generation.set(self.generation as i64);
-        self.metrics
-            .proxies_known
-            .set(compiled.proxies().len() as i64);
-        let stats = self.compiler.last_stats();
-        tracing::info!(
-            generation = self.generation,
-            objects_changed = changed.len(),
-            proxies_changed = stats.proxies_changed,
-            resources_changed = stats.resources_changed,
-            resources_removed = stats.resources_removed,
-            compile_ms = start.elapsed().as_secs_f64() * 1000.0,
-            "compiled"
-        );
-        self.tx.send_replace(Some(Arc::new(Published {
-            generation: self.generation,
-            changed_at: observed_at,
-            compiled: compiled.clone(),
-        })));
-        self.health.set_compiled();
-        self.publish_statuses(&compiled);
-    }
-
-    fn publish_statuses(&self, compiled: &Compiled) {
-        let statuses = statuses_of(&self.model, compiled);
-        let changed = self.board.update(statuses);
-        for s in &changed {
-            for c in &s.conditions {
-                if crate::status::is_problem(c) {
-                    tracing::warn!(object = %s.object, condition = %c.type_, status = %c.status, reason = %c.reason, message = %c.message, "status");
-                } else {
-                    tracing::info!(object = %s.object, condition = %c.type_, status = %c.status, reason = %c.reason, "status");
-                }
-            }
-        }
-        if let Some(tx) = &self.statuses {
-            tx.send_replace(Arc::new(self.board.all()));
-        }
-    }
-}
-
-/// The API group of an SMI kind.
-pub fn smi_group(kind: Kind) -> Option<&'static str> {
-    match kind {
-        Kind::TrafficSplit => Some("split.smi-spec.io"),
-        Kind::TrafficTarget => Some("access.smi-spec.io"),
-        Kind::HTTPRouteGroup | Kind::TCPRoute | Kind::UDPRoute => Some("specs.smi-spec.io"),
-        _ => None,
-    }
-}
-
-fn read_api_version(model: &Model, key: &ObjectKey) -> Option<String> {
-    let r = key.object_ref();
-    let v = match key.kind {
-        Kind::TrafficSplit => model.splits.get(&r).map(|o| o.meta.api_version.clone()),
-        Kind::TrafficTarget => model.targets.get(&r).map(|o| o.meta.api_version.clone()),
-        Kind::HTTPRouteGroup => model
-            .http_routes
-            .get(&r)
-            .map(|o| o.meta.api_version.clone()),
-        Kind::TCPRoute => model.tcp_routes.get(&r).map(|o| o.meta.api_version.clone()),
-        Kind::UDPRoute => model.udp_routes.get(&r).map(|o| o.meta.api_version.clone()),
-        _ => None,
-    }?;
-    (!v.is_empty()).then_some(v)
-}
-
-/// The compiler's conditions as [`ObjectStatus`]es, with the group and read apiVersion of each.
-pub fn statuses_of(model: &Model, compiled: &Compiled) -> Vec<ObjectStatus> {
-    compiled
-        .statuses()
-        .iter()
-        .filter_map(|(key, conditions)| {
-            let group = smi_group(key.kind)?;
-            let api_version = read_api_version(model, key).unwrap_or_else(|| {
-                let version = match key.kind {
-                    Kind::TrafficTarget => "v1alpha3",
-                    _ => "v1alpha4",
-                };
-                format!("{group}/{version}")
-            });
-            Some(ObjectStatus {
-                object: ObjectRef {
-                    group: group.to_string(),
-                    kind: key.kind.as_str().to_string(),
-                    namespace: key.namespace.clone(),
-                    name: key.name.clone(),
-                },
-                api_version,
-                conditions: conditions.clone(),
-            })
-        })
-        .collect()
-}
-
-async fn run_manifests(
-    dir: PathBuf,
-    options: WatchOptions,
-    mut reconciler: Reconciler,
-    metrics: RuntimeMetrics,
-    mut shutdown: Shutdown,
-) -> Result<(), RuntimeError> {
-    let mut watcher = match DirWatcher::new(&dir, options.clone()) {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::warn!(error = %e, "no filesystem events; rescanning periodically");
-            None
-        }
-    };
-    let mut state = ManifestDir::new(dir.clone()).with_empty_grace(options.empty_grace);
-    reconciler.health.track_rescans(options.stuck_after);
-    let mut observed_at = Instant::now();
-    loop {
-        reconciler.health.rescan_started();
-        let (back, changes) = tokio::task::spawn_blocking(move || {
-            let changes = state.rescan();
-            (state, changes)
-        })
-        .await
-        .map_err(|e| RuntimeError::Manifests(dir.clone(), format!("rescan task: {e}")))?;
-        reconciler.health.rescan_finished();
-        state = back;
-        let errors = state.errors();
-        metrics.manifest_errors.set(errors.len() as i64);
-        reconciler.health.set_source_errors(errors);
-        if !changes.is_empty() || reconciler.generation == 0 {
-            reconciler.apply(changes, observed_at);
-        }
-        // An emptied file's grace ending is a reason to rescan too.
-        let deadline = state.next_deadline().map(tokio::time::Instant::from_std);
-        let next = async {
-            let event = async {
-                match watcher.as_mut() {
-                    Some(w) => w.next().await,
-                    None => {
-                        tokio::time::sleep(options.rescan_interval).await;
-                        None
-                    }
-                }
-            };
-            match deadline {
-                Some(at) => tokio::select! {
-                    e = event => e,
-                    _ = tokio::time::sleep_until(at) => None,
-                },
-                None => event.await,
-            }
-        };
-        tokio::select! {
-            _ = shutdown.triggered() => return Ok(()),
-            first_event = next => observed_at = first_event_or_now(first_event),
-        }
-    }
-}
-
-fn first_event_or_now(at: Option<Instant>) -> Instant {
-    at.unwrap_or_else(Instant::now)
-}
-
-async fn run_kubernetes(
-    client: kube::Client,
-    mut reconciler: Reconciler,
-    metrics: SourceMetrics,
-    mut shutdown: Shutdown,
-) -> Result<(), RuntimeError> {
-    // Discovery waits for an unreachable API server; shutdown must not wait for it.
-    let watched = tokio::select! {
-        w = crate::source::kube::discover(&client) => w,
-        _ = shutdown.triggered() => return Ok(()),
-    };
-    let mut pending_sync: HashSet<String> = watched.iter().map(|w| w.name()).collect();
-    let (tx, mut rx) = mpsc::channel(1024);
-    let stop = shutdown.clone();
-    let sources = tokio::spawn(crate::source::kube::run(client, watched, tx, metrics, stop));
-    // Changes received before every watcher listed once are held back: the first snapshot is
-    // compiled from a complete view of the cluster.
-    let mut held: Vec<Change> = Vec::new();
-    let mut held_since: Option<Instant> = None;
-    loop {
-        let first = tokio::select! {
-            _ = shutdown.triggered() => break,
-            ev = rx.recv() => match ev { Some(ev) => ev, None => break },
-        };
-        let mut batch = vec![first];
-        // Coalesce whatever else is already queued.
-        while batch.len() < 10_000 {
-            match rx.try_recv() {
-                Ok(ev) => batch.push(ev),
-                Err(_) => break,
-            }
-        }
-        for ev in batch {
-            match ev {
-                SourceEvent::Changes {
-                    changes,
-                    observed_at,
-                } => {
-                    held.extend(changes);
-                    held_since = Some(held_since.map_or(observed_at, |t| t.min(observed_at)));
-                }
-                SourceEvent::Unwatched(kinds) => {
-                    reconciler.health.set_unwatched_kinds(kinds);
-                }
-                SourceEvent::Synced(name) => {
-                    if pending_sync.remove(&name) && pending_sync.is_empty() {
-                        tracing::info!("every watch listed; compiling");
-                    }
-                }
-            }
-        }
-        if pending_sync.is_empty() && (!held.is_empty() || reconciler.generation == 0) {
-            let observed_at = held_since.take().unwrap_or_else(Instant::now);
-            reconciler.apply(std::mem::take(&mut held), observed_at);
-        }
-    }
-    sources.abort();
-    Ok(())
-}
-
-/// Writes statuses while this replica leads; rewrites everything when it becomes leader.
-async fn run_status_writer(
-    mut writer: StatusWriter,
-    mut statuses: watch::Receiver<Arc<Vec<ObjectStatus>>>,
-    mut leading: watch::Receiver<bool>,
-    mut shutdown: Shutdown,
+/// Runs `source` as a task of the runtime, feeding the reconcile loop through `tx`.
+fn spawn_source(
+    tasks: &mut JoinSet<Result<(), RuntimeError>>,
+    source: impl Source,
+    tx: SourceTx,
+    shutdown: Shutdown,
 ) {
-    let mut written: BTreeMap<ObjectRef, ObjectStatus> = BTreeMap::new();
-    loop {
-        if *leading.borrow_and_update() {
-            let desired = statuses.borrow_and_update().clone();
-            let todo: Vec<ObjectStatus> = desired
-                .iter()
-                .filter(|s| {
-                    written
-                        .get(&s.object)
-                        .is_none_or(|w| strip(&w.conditions) != strip(&s.conditions))
-                })
-                .cloned()
-                .collect();
-            if !todo.is_empty() {
-                let errors = writer.write(&todo).await;
-                let failed: HashSet<String> = errors.iter().map(|e| e.to_string()).collect();
-                for s in todo {
-                    if !failed.iter().any(|f| f.starts_with(&s.object.to_string())) {
-                        written.insert(s.object.clone(), s);
-                    }
-                }
-            }
-            let live: HashSet<ObjectRef> = desired.iter().map(|s| s.object.clone()).collect();
-            written.retain(|k, _| live.contains(k));
-            writer.retain(|k| live.contains(k));
-        } else {
-            written.clear();
-        }
-        tokio::select! {
-            _ = shutdown.triggered() => return,
-            r = statuses.changed() => if r.is_err() { return },
-            r = leading.changed() => if r.is_err() { return },
-            // Retry failed writes.
-            _ = tokio::time::sleep(Duration::from_secs(30)) => {}
-        }
-    }
-}
-
-fn strip(conditions: &[weft_smi::hub::Condition]) -> Vec<weft_smi::hub::Condition> {
-    conditions
-        .iter()
-        .cloned()
-        .map(|mut c| {
-            c.last_transition_time = None;
-            c
-        })
-        .collect()
+    tasks.spawn(async move { source.run(tx, shutdown).await.map_err(RuntimeError::from) });
 }

@@ -14,7 +14,7 @@ use super::server::{DiscoveryServer, Peer};
 use super::{DiscoveryMetrics, ProxyInfo, ProxyRegistry, Published, SnapshotRx};
 use crate::compile::{ProxyConfig, ProxyKey, ResourceKind};
 use crate::identity::SpiffeId;
-use crate::runtime::Shutdown;
+use crate::shutdown::Shutdown;
 
 /// Tunables of the discovery service.
 #[derive(Clone, Debug)]

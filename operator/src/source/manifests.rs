@@ -20,16 +20,21 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use super::Change;
+use prometheus_client::metrics::gauge::Gauge;
+
+use super::{Change, Source, SourceError, SourceEvent, SourceTx};
+use crate::admin::Health;
 use crate::model::manifests::{
     list_manifests, parse_file, read_manifest, ManifestError, ALIAS_REASON,
 };
 use crate::model::{ClusterObject, ObjectKey};
+use crate::shutdown::Shutdown;
 
 /// Tunables of the directory watcher.
 ///
@@ -454,6 +459,107 @@ impl DirWatcher {
         }
         self.last_batch = Some(tokio::time::Instant::now());
         Some(at)
+    }
+}
+
+/// A watched manifests directory as a [`Source`]: rescans it on filesystem events (see
+/// [`DirWatcher`]), periodically, and when an emptied file's grace ends, and sends each
+/// rescan's changes as one batch. Its first scan is the listing the first snapshot waits for
+/// ([`MANIFESTS`]).
+pub struct ManifestsSource {
+    pub dir: PathBuf,
+    pub options: WatchOptions,
+    /// Where the rescans' progress and the files' errors are reported (`/ready`, `/status`).
+    pub health: Arc<Health>,
+    /// Manifest entries not in force.
+    pub errors: Gauge,
+}
+
+/// The name of the manifests source's initial listing (see [`SourceEvent::Expect`]).
+pub const MANIFESTS: &str = "manifests";
+
+impl Source for ManifestsSource {
+    async fn run(self, tx: SourceTx, mut shutdown: Shutdown) -> Result<(), SourceError> {
+        let ManifestsSource {
+            dir,
+            options,
+            health,
+            errors,
+        } = self;
+        if tx
+            .send(SourceEvent::Expect([MANIFESTS.to_string()].into()))
+            .await
+            .is_err()
+        {
+            return Ok(());
+        }
+        let mut watcher = match DirWatcher::new(&dir, options.clone()) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, "no filesystem events; rescanning periodically");
+                None
+            }
+        };
+        let mut state = ManifestDir::new(dir.clone()).with_empty_grace(options.empty_grace);
+        health.track_rescans(options.stuck_after);
+        let mut observed_at = Instant::now();
+        let mut first = true;
+        loop {
+            health.rescan_started();
+            let (back, changes) = tokio::task::spawn_blocking(move || {
+                let changes = state.rescan();
+                (state, changes)
+            })
+            .await
+            .map_err(|e| SourceError::Manifests(dir.clone(), format!("rescan task: {e}")))?;
+            health.rescan_finished();
+            state = back;
+            let failing = state.errors();
+            errors.set(failing.len() as i64);
+            health.set_source_errors(failing);
+            let mut sent = changes.is_empty()
+                || tx
+                    .send(SourceEvent::Changes {
+                        changes,
+                        observed_at,
+                    })
+                    .await
+                    .is_ok();
+            if first && sent {
+                first = false;
+                sent = tx
+                    .send(SourceEvent::Synced(MANIFESTS.to_string()))
+                    .await
+                    .is_ok();
+            }
+            if !sent {
+                return Ok(());
+            }
+            // An emptied file's grace ending is a reason to rescan too.
+            let deadline = state.next_deadline().map(tokio::time::Instant::from_std);
+            let next = async {
+                let event = async {
+                    match watcher.as_mut() {
+                        Some(w) => w.next().await,
+                        None => {
+                            tokio::time::sleep(options.rescan_interval).await;
+                            None
+                        }
+                    }
+                };
+                match deadline {
+                    Some(at) => tokio::select! {
+                        e = event => e,
+                        _ = tokio::time::sleep_until(at) => None,
+                    },
+                    None => event.await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.triggered() => return Ok(()),
+                first_event = next => observed_at = first_event.unwrap_or_else(Instant::now),
+            }
+        }
     }
 }
 

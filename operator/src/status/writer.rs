@@ -1,17 +1,25 @@
 //! Writes status conditions to the Kubernetes API (server-side apply on the status subresource,
-//! field manager `weft`) and publishes Events for problems. Only the leader writes.
+//! field manager `weft`) and publishes Events for problems. Only the leader writes ([`run`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::Client;
+use tokio::sync::watch;
+use weft_common::Backoff;
+
+use crate::shutdown::Shutdown;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
-use weft_smi::hub::SmiStatus;
+use weft_smi::hub::{Condition, SmiStatus};
+use weft_smi::status::set_condition;
 
-use super::{merge_conditions, ObjectStatus};
+use super::{ObjectRef, ObjectStatus};
+use crate::source::kube::SmiKind;
 
 /// Field manager of every write weft makes.
 pub const FIELD_MANAGER: &str = "weft";
@@ -24,6 +32,8 @@ pub enum StatusError {
     Apply { object: String, source: kube::Error },
     #[error("malformed apiVersion {0:?}")]
     ApiVersion(String),
+    #[error("{api_version} {kind} is not an SMI kind weft writes status to")]
+    NotSmi { api_version: String, kind: String },
 }
 
 /// Status writer metrics.
@@ -56,19 +66,53 @@ pub struct StatusWriter {
     recorder: Recorder,
     metrics: StatusMetrics,
     /// Problems already reported per object (type, reason, message), to publish each once.
-    reported: HashMap<super::ObjectRef, Vec<(String, String, String)>>,
+    reported: HashMap<ObjectRef, Vec<(String, String, String)>>,
 }
 
-/// The `ApiResource` of an SMI kind in a given apiVersion.
+/// The `ApiResource` of an SMI kind in a given apiVersion: its plural is the one the `weft_smi`
+/// types declare (see [`SMI_KINDS`](crate::source::kube::SMI_KINDS)), never guessed; a kind or
+/// group weft does not read is refused.
 pub fn api_resource(api_version: &str, kind: &str) -> Result<ApiResource, StatusError> {
     let (group, version) = api_version
         .split_once('/')
         .ok_or_else(|| StatusError::ApiVersion(api_version.to_string()))?;
+    let smi = SmiKind::named(kind)
+        .filter(|k| k.group == group)
+        .ok_or_else(|| StatusError::NotSmi {
+            api_version: api_version.to_string(),
+            kind: kind.to_string(),
+        })?;
     let gvk = GroupVersionKind::gvk(group, version, kind);
-    Ok(ApiResource::from_gvk_with_plural(
-        &gvk,
-        &format!("{}s", kind.to_ascii_lowercase()),
-    ))
+    Ok(ApiResource::from_gvk_with_plural(&gvk, smi.plural))
+}
+
+/// Merges the `desired` conditions into the `current` status with the one condition-merge rule
+/// ([`weft_smi::status::set_condition`]: `lastTransitionTime` is kept while a condition's status
+/// does not change). Conditions weft no longer wants are dropped; the result lists `desired`'s
+/// types in its order. Returns the merged status and whether it differs from `current`.
+// TODO(#14-merge): if the core engineer moves `set_condition`, follow it here; and
+// `status::merge_conditions` (the StatusBoard's, in status/mod.rs) is a second merge of the
+// same rule: it should call this `merge` (or `set_condition`) instead.
+pub fn merge(current: &SmiStatus, desired: &[Condition], now: &str) -> (SmiStatus, bool) {
+    let mut merged = SmiStatus::default();
+    let mut changed = current
+        .conditions
+        .iter()
+        .any(|c| !desired.iter().any(|d| d.type_ == c.type_));
+    for want in desired {
+        let mut one = SmiStatus {
+            conditions: current
+                .conditions
+                .iter()
+                .find(|c| c.type_ == want.type_)
+                .cloned()
+                .into_iter()
+                .collect(),
+        };
+        changed |= set_condition(&mut one, want.clone(), now);
+        merged.conditions.extend(one.conditions);
+    }
+    (merged, changed)
 }
 
 impl StatusWriter {
@@ -88,14 +132,15 @@ impl StatusWriter {
 
     /// Writes each status whose conditions differ from the object's current status (ignoring
     /// `lastTransitionTime`, which is kept when a condition's status did not change). Errors are
-    /// counted and returned; the remaining objects are still written.
-    pub async fn write(&mut self, statuses: &[ObjectStatus]) -> Vec<StatusError> {
+    /// counted and returned with the object they are about; the remaining objects are still
+    /// written.
+    pub async fn write(&mut self, statuses: &[ObjectStatus]) -> Vec<(ObjectRef, StatusError)> {
         let mut errors = Vec::new();
         for status in statuses {
             if let Err(e) = self.write_one(status).await {
                 self.metrics.write_errors.inc();
                 tracing::warn!(error = %e, "status write failed");
-                errors.push(e);
+                errors.push((status.object.clone(), e));
             }
             self.publish_events(status).await;
         }
@@ -122,7 +167,7 @@ impl StatusWriter {
             }
         };
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        let (merged, changed) = merge_conditions(&current, &status.conditions, &now);
+        let (merged, changed) = merge(&current, &status.conditions, &now);
         if !changed {
             return Ok(());
         }
@@ -182,9 +227,80 @@ impl StatusWriter {
     }
 
     /// Forgets objects that no longer exist (so a re-created object gets its Events again).
-    pub fn retain(&mut self, live: impl Fn(&super::ObjectRef) -> bool) {
+    pub fn retain(&mut self, live: impl Fn(&ObjectRef) -> bool) {
         self.reported.retain(|k, _| live(k));
     }
+}
+
+/// Retries of failed status writes: from 1 s doubling up to 30 s, jittered.
+const RETRY: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+
+/// Writes statuses while this replica leads; rewrites everything when it becomes leader.
+pub async fn run(
+    mut writer: StatusWriter,
+    mut statuses: watch::Receiver<Arc<Vec<ObjectStatus>>>,
+    mut leading: watch::Receiver<bool>,
+    mut shutdown: Shutdown,
+) {
+    let mut written: BTreeMap<ObjectRef, ObjectStatus> = BTreeMap::new();
+    // Consecutive passes that left a write failed (the retry's backoff attempt).
+    let mut failing: u32 = 0;
+    loop {
+        let mut failed_now = false;
+        if *leading.borrow_and_update() {
+            let desired = statuses.borrow_and_update().clone();
+            let todo: Vec<ObjectStatus> = desired
+                .iter()
+                .filter(|s| {
+                    written
+                        .get(&s.object)
+                        .is_none_or(|w| strip(&w.conditions) != strip(&s.conditions))
+                })
+                .cloned()
+                .collect();
+            if !todo.is_empty() {
+                let errors = writer.write(&todo).await;
+                failed_now = !errors.is_empty();
+                let failed: HashSet<ObjectRef> = errors.into_iter().map(|(o, _)| o).collect();
+                for s in todo {
+                    if !failed.contains(&s.object) {
+                        written.insert(s.object.clone(), s);
+                    }
+                }
+            }
+            let live: HashSet<ObjectRef> = desired.iter().map(|s| s.object.clone()).collect();
+            written.retain(|k, _| live.contains(k));
+            writer.retain(|k| live.contains(k));
+        } else {
+            written.clear();
+        }
+        // Failed writes are retried with backoff; otherwise the pass repeats every 30 s.
+        let wait = if failed_now {
+            let d = RETRY.delay(failing);
+            failing = failing.saturating_add(1);
+            d
+        } else {
+            failing = 0;
+            RETRY.max
+        };
+        tokio::select! {
+            _ = shutdown.triggered() => return,
+            r = statuses.changed() => if r.is_err() { return },
+            r = leading.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+fn strip(conditions: &[weft_smi::hub::Condition]) -> Vec<weft_smi::hub::Condition> {
+    conditions
+        .iter()
+        .cloned()
+        .map(|mut c| {
+            c.last_transition_time = None;
+            c
+        })
+        .collect()
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -211,6 +327,61 @@ mod tests {
         let ar = api_resource("specs.smi-spec.io/v1alpha4", "HTTPRouteGroup").unwrap();
         assert_eq!(ar.plural, "httproutegroups");
         assert!(api_resource("v1", "Pod").is_err());
+    }
+
+    fn cond(type_: &str, status: &str, at: Option<&str>) -> Condition {
+        Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: "R".into(),
+            message: String::new(),
+            observed_generation: Some(1),
+            last_transition_time: at.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn merge_keeps_transition_times_drops_unwanted_conditions_and_says_what_changed() {
+        let current = SmiStatus {
+            conditions: vec![
+                cond("Conflicted", "False", Some("t0")),
+                cond("Accepted", "True", Some("t0")),
+            ],
+        };
+        // Same conditions: nothing to write, times kept.
+        let (merged, changed) = merge(
+            &current,
+            &[
+                cond("Accepted", "True", None),
+                cond("Conflicted", "False", None),
+            ],
+            "t1",
+        );
+        assert!(!changed);
+        assert!(merged
+            .conditions
+            .iter()
+            .all(|c| c.last_transition_time.as_deref() == Some("t0")));
+        // Accepted flips, Conflicted is no longer wanted, ResolvedRefs is new.
+        let (merged, changed) = merge(
+            &current,
+            &[
+                cond("Accepted", "False", None),
+                cond("ResolvedRefs", "True", None),
+            ],
+            "t1",
+        );
+        assert!(changed);
+        assert_eq!(
+            merged.conditions,
+            vec![
+                cond("Accepted", "False", Some("t1")),
+                cond("ResolvedRefs", "True", Some("t1"))
+            ]
+        );
+        // Only dropping a condition is a change too.
+        let (_, changed) = merge(&current, &[cond("Accepted", "True", None)], "t1");
+        assert!(changed);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 
 use crate::admin::{json, read_body, serve_http, text, Body};
-use crate::runtime::Shutdown;
+use crate::shutdown::Shutdown;
 
 pub use admission::{Validator, Verdict};
 
