@@ -19,7 +19,7 @@ use weft_proxy::config::{compile_header_regex, compile_path_regex, Config, Defau
 use weft_proxy_api::discovery::{ClientState, Rejection};
 use weft_proxy_api::v1;
 
-use crate::Features;
+use crate::{clients, Features};
 
 /// Tokens for the mutators.
 pub const DICTIONARY: &[&str] = &[
@@ -211,7 +211,8 @@ fn check_accepted(cfg: &Config, resources: &BTreeMap<String, v1::Resource>) {
             for (g, a) in got.authorizations.iter().zip(&port.authorizations) {
                 assert_eq!(g.all_traffic, a.all_traffic, "all_traffic");
                 assert_eq!(g.http_routes.len(), a.http_routes.len(), "http routes");
-                let sources: BTreeSet<&str> = a.sources.iter().map(String::as_str).collect();
+                let admitted = clients::admitted(a);
+                let sources: BTreeSet<&str> = admitted.iter().map(String::as_str).collect();
                 let got_sources: BTreeSet<&str> = g.sources.iter().map(|s| s.as_ref()).collect();
                 assert_eq!(got_sources, sources, "authorization sources");
             }
@@ -253,7 +254,11 @@ pub fn run(data: &[u8], f: &mut Features) {
                             "authz",
                             a.all_traffic,
                             a.http_routes.len().min(3),
-                            a.sources.len().min(3),
+                            clients::admitted(a).len().min(3),
+                            a.clients.as_ref().map(|c| match c {
+                                v1::authorization::Clients::Mesh(_) => "mesh",
+                                v1::authorization::Clients::Probes(_) => "probes",
+                            }),
                         ));
                     }
                 }
