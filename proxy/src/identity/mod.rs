@@ -55,10 +55,14 @@ pub struct IdentityConfig {
 impl IdentityConfig {
     /// `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`.
     pub fn spiffe_id(&self) -> String {
-        format!(
-            "spiffe://{}/ns/{}/sa/{}",
-            self.trust_domain, self.pod_namespace, self.service_account
-        )
+        // Formatted by the one SPIFFE ID type; not validated here (the operator refuses a
+        // malformed identity in the CSR).
+        weft_common::SpiffeId {
+            trust_domain: self.trust_domain.clone(),
+            namespace: self.pod_namespace.clone(),
+            service_account: self.service_account.clone(),
+        }
+        .to_string()
     }
 }
 
@@ -67,7 +71,8 @@ impl IdentityConfig {
 pub struct RenewPolicy {
     /// Renew when this fraction of the remaining lifetime has passed (jittered down by up to 10%).
     pub renew_fraction: f64,
-    /// First retry delay after a failure; doubles up to `max_backoff` (each jittered).
+    /// Bound of the first retry delay after a failure; doubles up to `max_backoff` (each delay
+    /// drawn by [`weft_common::Backoff`]).
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
     /// Timeout of one Certify call.
@@ -319,6 +324,8 @@ impl Identity {
     }
 }
 
+/// `d` shortened by a random fraction of up to `spread` (renewals of many proxies issued together
+/// do not all come back at once). Same RNG as [`weft_common::Backoff`] (rand's thread RNG).
 fn jitter(d: Duration, spread: f64) -> Duration {
     let f: f64 = 1.0 - spread * rand::random::<f64>();
     d.mul_f64(f.clamp(0.0, 1.0))
@@ -330,7 +337,8 @@ async fn run(
     mut client: IdentityClient<Channel>,
     policy: RenewPolicy,
 ) {
-    let mut backoff = policy.initial_backoff;
+    let backoff = weft_common::Backoff::new(policy.initial_backoff, policy.max_backoff);
+    let mut failures: u32 = 0;
     loop {
         match certify_once(&cfg, &mut client, &policy).await {
             Ok(new) => {
@@ -341,7 +349,7 @@ async fn run(
                     "identity certificate installed"
                 );
                 state.send_replace(Some(Arc::new(new)));
-                backoff = policy.initial_backoff;
+                failures = 0;
                 let remaining = not_after
                     .duration_since(SystemTime::now())
                     .unwrap_or(Duration::ZERO);
@@ -352,7 +360,7 @@ async fn run(
                 tokio::time::sleep(wait).await;
             }
             Err(e) => {
-                let wait = jitter(backoff, 0.5);
+                let wait = backoff.delay(failures);
                 tracing::warn!(
                     error = %e,
                     control = %cfg.control_addr,
@@ -361,7 +369,7 @@ async fn run(
                     "identity certificate not obtained; keeping the current one"
                 );
                 tokio::time::sleep(wait).await;
-                backoff = (backoff * 2).min(policy.max_backoff);
+                failures = failures.saturating_add(1);
             }
         }
     }
