@@ -28,7 +28,7 @@ pub const NAMESPACE: &str = "weft-system";
 pub fn render(trust_domain: &str, save_anchor_key: Option<&Path>) -> anyhow::Result<String> {
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
     let (ca_pem, tls_crt, tls_key) = webhook_certs(NAMESPACE)?;
-    let mesh = weft_operator::identity::generate_ca(trust_domain)
+    let mesh = weft_common::ca::generate_ca(trust_domain)
         .map_err(|e| anyhow::anyhow!("generating the mesh trust anchor: {e}"))?;
     if let Some(path) = save_anchor_key {
         std::fs::write(path, &mesh.ca_key_pem)

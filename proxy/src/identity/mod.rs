@@ -21,7 +21,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rcgen::{CertificateParams, DistinguishedName, KeyPair, SanType};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
-use rustls::server::WebPkiClientVerifier;
 use rustls::sign::CertifiedKey;
 use rustls::RootCertStore;
 use tokio::sync::watch;
@@ -33,7 +32,8 @@ pub use anchors::{AnchorsError, TrustAnchors};
 pub use tls::{
     identity_from_server_name, peer_identity, provider, server_name_for, SERVER_NAME_SUFFIX,
 };
-use tls::{CertState, ClientVerifier, ControlClientCert, CurrentCert, ServerVerifier};
+use tls::{CertState, ControlClientCert, CurrentCert, CurrentClientAnchors, MeshServerPeer};
+use weft_common::tls::{AnchoredClientVerifier, AnchoredServerVerifier};
 
 /// What the proxy needs to know to obtain its certificate.
 #[derive(Clone, Debug)]
@@ -169,11 +169,11 @@ impl Identity {
         let provider = provider();
         let resolver = Arc::new(CurrentCert(state.subscribe()));
         let server_config = |mandatory: bool| {
-            let verifier = Arc::new(ClientVerifier {
-                state: state.subscribe(),
-                provider: Arc::clone(&provider),
+            let verifier = Arc::new(AnchoredClientVerifier::new(
+                CurrentClientAnchors(state.subscribe()),
+                Arc::clone(&provider),
                 mandatory,
-            });
+            ));
             rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
                 .with_protocol_versions(&[&rustls::version::TLS13])
                 .map(|b| {
@@ -183,10 +183,10 @@ impl Identity {
         };
         let mesh_server_config = server_config(true);
         let server_config = server_config(false);
-        let server_verifier = Arc::new(ServerVerifier {
-            state: state.subscribe(),
-            provider: Arc::clone(&provider),
-        });
+        let server_verifier = Arc::new(AnchoredServerVerifier::new(
+            MeshServerPeer(state.subscribe()),
+            Arc::clone(&provider),
+        ));
         let client_config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map(|b| {
@@ -471,9 +471,7 @@ fn install_response(
     let certified = CertifiedKey::from_der(chain, key_der, &provider)
         .map_err(|e| bad(format!("leaf does not match our key: {e}")))?;
     let client_verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::clone(&roots), Arc::clone(&provider))
-            .allow_unauthenticated()
-            .build()
+        weft_common::tls::webpki_client_verifier(Arc::clone(&roots), Arc::clone(&provider))
             .map_err(|e| bad(format!("trust anchors: {e}")))?;
     let not_after =
         UNIX_EPOCH + Duration::from_millis(u64::try_from(response.not_after_unix_ms).unwrap_or(0));
