@@ -285,6 +285,111 @@ mod tests {
             .clone()
     }
 
+    fn ok<T, E: fmt::Display>(r: Result<T, E>) -> T {
+        r.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A CA and its roots.
+    fn ca() -> (rcgen::Issuer<'static, rcgen::KeyPair>, Arc<RootCertStore>) {
+        let key = ok(rcgen::KeyPair::generate());
+        let mut params = ok(rcgen::CertificateParams::new(Vec::<String>::new()));
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let der = ok(params.self_signed(&key)).der().clone();
+        let mut roots = RootCertStore::empty();
+        ok(roots.add(der));
+        (rcgen::Issuer::new(params, key), Arc::new(roots))
+    }
+
+    fn leaf(issuer: &rcgen::Issuer<'static, rcgen::KeyPair>, uri: &str) -> CertificateDer<'static> {
+        let key = ok(rcgen::KeyPair::generate());
+        let mut params = ok(rcgen::CertificateParams::new(Vec::<String>::new()));
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::URI(ok(rcgen::string::Ia5String::try_from(
+                uri.to_owned(),
+            ))));
+        ok(params.signed_by(&key, issuer)).der().clone()
+    }
+
+    fn provider() -> Arc<CryptoProvider> {
+        Arc::new(rustls::crypto::ring::default_provider())
+    }
+
+    /// Expects one SPIFFE URI, whatever the server name.
+    #[derive(Debug)]
+    struct Expect {
+        roots: Option<Arc<RootCertStore>>,
+        id: &'static str,
+    }
+
+    impl ServerPeer for Expect {
+        fn roots(&self) -> Result<Arc<RootCertStore>, Error> {
+            self.roots
+                .clone()
+                .ok_or_else(|| Error::General("no anchors".into()))
+        }
+        fn check_peer(
+            &self,
+            _leaf: &ParsedCertificate<'_>,
+            end_entity: &CertificateDer<'_>,
+            _server_name: &ServerName<'_>,
+        ) -> Result<(), Error> {
+            match spiffe_uri(end_entity) {
+                Ok(id) if id == self.id => Ok(()),
+                _ => Err(not_valid_for_name()),
+            }
+        }
+    }
+
+    #[derive(Debug)]
+    struct Anchors(Option<Arc<RootCertStore>>);
+
+    impl ClientAnchors for Anchors {
+        fn verifier(&self) -> Result<Arc<dyn ClientCertVerifier>, Error> {
+            let roots = self
+                .0
+                .clone()
+                .ok_or_else(|| Error::General("no anchors".into()))?;
+            webpki_client_verifier(roots, provider())
+        }
+    }
+
+    #[test]
+    fn verifiers_check_the_chain_against_the_anchors_then_the_peer() {
+        let web = "spiffe://cluster.local/ns/demo/sa/web";
+        let (issuer, roots) = ca();
+        let (other_issuer, _) = ca();
+        let good = leaf(&issuer, web);
+        let impostor = leaf(&issuer, "spiffe://cluster.local/ns/demo/sa/other");
+        let foreign = leaf(&other_issuer, web);
+        let name = ok(ServerName::try_from("web.demo"));
+        let now = UnixTime::now();
+
+        let server = |roots: Option<Arc<RootCertStore>>| {
+            AnchoredServerVerifier::new(Expect { roots, id: web }, provider())
+        };
+        let verify = |v: &AnchoredServerVerifier<Expect>, cert: &CertificateDer<'_>| {
+            v.verify_server_cert(cert, &[], &name, &[], now).is_ok()
+        };
+        let v = server(Some(Arc::clone(&roots)));
+        assert!(verify(&v, &good));
+        assert!(!verify(&v, &impostor), "another identity of the same CA");
+        assert!(!verify(&v, &foreign), "the right identity from another CA");
+        assert!(!verify(&server(None), &good), "no anchors in force");
+
+        let client = |anchors, mandatory| {
+            AnchoredClientVerifier::new(Anchors(anchors), provider(), mandatory)
+        };
+        let v = client(Some(Arc::clone(&roots)), true);
+        assert!(v.offer_client_auth() && v.client_auth_mandatory());
+        assert!(!client(Some(Arc::clone(&roots)), false).client_auth_mandatory());
+        assert!(v.verify_client_cert(&good, &[], now).is_ok());
+        assert!(v.verify_client_cert(&foreign, &[], now).is_err());
+        assert!(client(None, false)
+            .verify_client_cert(&good, &[], now)
+            .is_err());
+    }
+
     #[test]
     fn a_certificate_names_one_spiffe_identity_or_none() {
         let web = "spiffe://cluster.local/ns/demo/sa/web";
