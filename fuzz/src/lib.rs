@@ -8,13 +8,73 @@
 //! cheap feedback signal ([`Features`]: the outcomes an input reached, e.g. "error kind X",
 //! "condition Accepted=False/InvalidMatch") instead of code coverage, which needs nightly.
 #![forbid(unsafe_code)]
-// TODO(#14): the deprecated untyped `Authorization.sources` is still mutated and read here.
-#![allow(deprecated)]
 
 pub mod driver;
 pub mod mutate;
 pub mod seeds;
 pub mod targets;
+
+/// Who an `Authorization` admits, across the version skew of the proxy API: the one place in
+/// the fuzz crate that touches the deprecated untyped `Authorization.sources`.
+///
+/// An operator sets the typed `clients` choice and mirrors it into `sources`; a proxy reads
+/// `sources` only when `clients` is unset (an operator one minor version older).
+pub mod clients {
+    use weft_proxy_api::v1::{authorization::Clients, Authorization, KubeletProbes, MeshClients};
+
+    /// What the deprecated `sources` says for a typed choice (`*` admits any client).
+    pub fn untyped(clients: &Clients) -> Vec<String> {
+        match clients {
+            Clients::Mesh(m) => m.identities.clone(),
+            Clients::Probes(KubeletProbes {}) => vec!["*".to_owned()],
+        }
+    }
+
+    /// Sets the typed choice and its deprecated mirror, as an operator does.
+    #[allow(deprecated)]
+    pub fn set(a: &mut Authorization, clients: Clients) {
+        a.sources = untyped(&clients);
+        a.clients = Some(clients);
+    }
+
+    /// Sets only the deprecated form, as an operator one minor version older does.
+    #[allow(deprecated)]
+    pub fn set_untyped(a: &mut Authorization, sources: Vec<String>) {
+        a.clients = None;
+        a.sources = sources;
+    }
+
+    /// Adds a mesh identity to whichever form the authorization carries.
+    pub fn push_identity(a: &mut Authorization, identity: String) {
+        match a.clients.clone() {
+            Some(Clients::Mesh(mut m)) => {
+                m.identities.push(identity);
+                set(a, Clients::Mesh(m));
+            }
+            Some(Clients::Probes(_)) => set(
+                a,
+                Clients::Mesh(MeshClients {
+                    identities: vec![identity],
+                }),
+            ),
+            None => {
+                let mut sources = admitted(a);
+                sources.push(identity);
+                set_untyped(a, sources);
+            }
+        }
+    }
+
+    /// Who the authorization admits, as a proxy reads it: the typed choice, or the deprecated
+    /// `sources` when it is unset.
+    #[allow(deprecated)]
+    pub fn admitted(a: &Authorization) -> Vec<String> {
+        match &a.clients {
+            Some(c) => untyped(c),
+            None => a.sources.clone(),
+        }
+    }
+}
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 

@@ -6,7 +6,7 @@ use prost::Message;
 use serde_json::{Map, Value};
 use weft_proxy_api::v1;
 
-use crate::InputKind;
+use crate::{clients, InputKind};
 
 /// A small deterministic PRNG (xorshift64*): the same seed gives the same run on every
 /// platform and Rust version.
@@ -544,19 +544,36 @@ fn mutate_inbound(p: &mut v1::InboundPolicy, rng: &mut Rng, dict: &[&str]) {
                 0 => port.port = interesting_u32(rng),
                 1 => port.protocol = interesting_i32(rng),
                 2 => port.restricted = !port.restricted,
-                3 => port.authorizations.push(v1::Authorization {
-                    name: interesting_string(rng, dict, "ns/target"),
-                    sources: vec![interesting_string(rng, dict, "*")],
-                    all_traffic: rng.chance(1, 2),
-                    http_routes: Vec::new(),
-                    clients: None,
-                }),
+                3 => {
+                    let mut a = v1::Authorization {
+                        name: interesting_string(rng, dict, "ns/target"),
+                        all_traffic: rng.chance(1, 2),
+                        ..Default::default()
+                    };
+                    match rng.below(3) {
+                        0 => clients::set(
+                            &mut a,
+                            v1::authorization::Clients::Mesh(v1::MeshClients {
+                                identities: vec![interesting_string(rng, dict, "")],
+                            }),
+                        ),
+                        1 => clients::set(
+                            &mut a,
+                            v1::authorization::Clients::Probes(v1::KubeletProbes {}),
+                        ),
+                        // An operator one minor version older.
+                        _ => clients::set_untyped(&mut a, vec![interesting_string(rng, dict, "*")]),
+                    }
+                    // TODO(#14-merge): once the proxy reads the typed choice, also send a typed
+                    // choice whose deprecated mirror disagrees (the proxy must follow `clients`).
+                    port.authorizations.push(a);
+                }
                 _ if !port.authorizations.is_empty() => {
                     let j = rng.below(port.authorizations.len());
                     let a = &mut port.authorizations[j];
                     match rng.below(4) {
                         0 => a.all_traffic = !a.all_traffic,
-                        1 => a.sources.push(interesting_string(rng, dict, "")),
+                        1 => clients::push_identity(a, interesting_string(rng, dict, "")),
                         2 => a.http_routes.push(v1::HttpMatch::default()),
                         _ if !a.http_routes.is_empty() => {
                             let k = rng.below(a.http_routes.len());

@@ -1,16 +1,16 @@
-//! Protocol mechanics of the Discovery stream, shared by the proxy (client side), the operator
-//! (server side) and tests. No domain logic: resources are opaque here apart from their names and
-//! kinds.
+//! Client-side mechanics of the Discovery stream, shared by the proxy, the fuzz targets and the
+//! tests. No domain logic: resources are opaque here apart from their names and kinds.
 //!
-//! Client side: [`apply_response`] applies one [`DiscoveryResponse`] to the resources a proxy
-//! holds, atomically; [`ClientState`] wraps it with the version bookkeeping and builds the
-//! `Ack`/`Nack` to send back. Server side: [`full_state_response`] and [`incremental_response`]
-//! build responses from snapshots of a proxy's resources, versioned with [`resource_version`] and
-//! [`config_version`].
+//! [`apply_response`] applies one [`DiscoveryResponse`] to the resources a proxy holds,
+//! atomically; [`ClientState`] wraps it with the version bookkeeping and builds the `Ack`/`Nack`
+//! to send back.
+//!
+//! The server side has one implementation, the operator's (`weft_operator::discovery`): it
+//! computes resource and config versions when it compiles a snapshot and writes responses
+//! straight in protobuf wire format. `operator/tests/wire_contract.rs` checks those bytes
+//! against the generated types of this crate and against [`apply_response`].
 
 use std::collections::BTreeMap;
-
-use sha2::{Digest, Sha256};
 
 use crate::names::{NameError, ResourceName};
 use crate::v1::{
@@ -307,109 +307,31 @@ impl std::fmt::Display for Rejection {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Server side.
-
-/// Number of hex digits in a version (64 bits of SHA-256).
-const VERSION_HEX_LEN: usize = 16;
-
-fn short_hex(digest: &[u8]) -> String {
-    let mut s = hex::encode(digest);
-    s.truncate(VERSION_HEX_LEN);
-    s
-}
-
-/// The content hash of a resource's kind: stable across processes and releases (SHA-256 of the
-/// protobuf encoding), so that versions survive a control-plane restart.
-pub fn resource_version(kind: &resource::Kind) -> String {
-    let mut buf = Vec::new();
-    kind.encode(&mut buf);
-    short_hex(&Sha256::digest(&buf))
-}
-
-/// A resource named `name` with `kind` and its [`resource_version`].
-pub fn versioned_resource(name: impl Into<String>, kind: resource::Kind) -> Resource {
-    Resource {
-        name: name.into(),
-        version: resource_version(&kind),
-        kind: Some(kind),
-    }
-}
-
-/// The content hash of a proxy's whole config (`DiscoveryResponse.version`), from the names and
-/// versions of its resources.
-pub fn config_version(resources: &ResourceMap) -> String {
-    let mut hasher = Sha256::new();
-    for (name, res) in resources {
-        hasher.update((name.len() as u64).to_le_bytes());
-        hasher.update(name.as_bytes());
-        hasher.update((res.version.len() as u64).to_le_bytes());
-        hasher.update(res.version.as_bytes());
-    }
-    short_hex(&hasher.finalize())
-}
-
-/// The first response of a stream: every resource of `current`, except those the proxy reported
-/// in `known` with their current version, which are listed in `unchanged` instead.
-pub fn full_state_response(
-    current: &ResourceMap,
-    known: &BTreeMap<String, String>,
-    nonce: impl Into<String>,
-) -> DiscoveryResponse {
-    let mut resources = Vec::new();
-    let mut unchanged = Vec::new();
-    for (name, res) in current {
-        if !res.version.is_empty() && known.get(name) == Some(&res.version) {
-            unchanged.push(name.clone());
-        } else {
-            resources.push(res.clone());
-        }
-    }
-    DiscoveryResponse {
-        nonce: nonce.into(),
-        version: config_version(current),
-        full_state: true,
-        resources,
-        removed: Vec::new(),
-        unchanged,
-    }
-}
-
-/// The incremental response that takes a proxy from `previous` to `current`, or `None` when
-/// nothing changed.
-pub fn incremental_response(
-    previous: &ResourceMap,
-    current: &ResourceMap,
-    nonce: impl Into<String>,
-) -> Option<DiscoveryResponse> {
-    let resources: Vec<Resource> = current
-        .iter()
-        .filter(|(name, res)| previous.get(*name) != Some(*res))
-        .map(|(_, res)| res.clone())
-        .collect();
-    let removed: Vec<String> = previous
-        .keys()
-        .filter(|name| !current.contains_key(*name))
-        .cloned()
-        .collect();
-    if resources.is_empty() && removed.is_empty() {
-        return None;
-    }
-    Some(DiscoveryResponse {
-        nonce: nonce.into(),
-        version: config_version(current),
-        full_state: false,
-        resources,
-        removed,
-        unchanged: Vec::new(),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::names::{endpoints_name, outbound_name, INBOUND};
     use crate::v1::{Endpoint, EndpointSet, InboundPolicy};
+    use prost::Message;
+    use std::hash::{Hash, Hasher};
+
+    /// A resource versioned by a content hash (what the operator's versions are, by another
+    /// hash: the client only compares them).
+    fn versioned_resource(name: impl Into<String>, kind: resource::Kind) -> Resource {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        Resource {
+            name: String::new(),
+            version: String::new(),
+            kind: Some(kind.clone()),
+        }
+        .encode_to_vec()
+        .hash(&mut h);
+        Resource {
+            name: name.into(),
+            version: format!("{:016x}", h.finish()),
+            kind: Some(kind),
+        }
+    }
 
     fn endpoints(svc: &str, last_octet: u8) -> Resource {
         versioned_resource(
@@ -442,25 +364,42 @@ mod tests {
     fn full_state_replaces_everything_but_unchanged() {
         let mut state = map([inbound(), endpoints("a", 1), endpoints("b", 1)]);
         let current = map([inbound(), endpoints("a", 2), endpoints("c", 1)]);
-        let resp = full_state_response(&current, &known_versions(&state), "n1");
-        assert_eq!(resp.unchanged, vec![INBOUND.to_owned()]);
-        assert_eq!(resp.resources.len(), 2);
+        // What a server sends to a proxy that reported `known_versions(&state)`.
+        assert_eq!(known_versions(&state)[INBOUND], current[INBOUND].version);
+        let resp = DiscoveryResponse {
+            nonce: "n1".into(),
+            version: "v1".into(),
+            full_state: true,
+            resources: vec![endpoints("a", 2), endpoints("c", 1)],
+            unchanged: vec![INBOUND.to_owned()],
+            ..Default::default()
+        };
         apply_response(&mut state, &resp).unwrap();
         assert_eq!(state, current);
-        assert_eq!(resp.version, config_version(&state));
     }
 
     #[test]
     fn incremental_adds_replaces_and_removes() {
         let previous = map([inbound(), endpoints("a", 1), endpoints("b", 1)]);
         let current = map([inbound(), endpoints("a", 2), endpoints("c", 1)]);
-        let resp = incremental_response(&previous, &current, "n2").unwrap();
-        assert_eq!(resp.removed, vec![endpoints_name("b", "demo", 80)]);
-        assert_eq!(resp.resources.len(), 2);
+        let resp = DiscoveryResponse {
+            nonce: "n2".into(),
+            version: "v2".into(),
+            resources: vec![endpoints("a", 2), endpoints("c", 1)],
+            removed: vec![endpoints_name("b", "demo", 80)],
+            ..Default::default()
+        };
         let mut state = previous.clone();
         apply_response(&mut state, &resp).unwrap();
         assert_eq!(state, current);
-        assert!(incremental_response(&current, &current, "n3").is_none());
+        // Removing what is not held is not an error.
+        let again = DiscoveryResponse {
+            nonce: "n3".into(),
+            removed: vec![endpoints_name("b", "demo", 80)],
+            ..Default::default()
+        };
+        apply_response(&mut state, &again).unwrap();
+        assert_eq!(state, current);
     }
 
     #[test]
@@ -560,7 +499,13 @@ mod tests {
     fn client_state_acks_and_nacks() {
         let mut client = ClientState::new();
         let current = map([inbound()]);
-        let resp = full_state_response(&current, &BTreeMap::new(), "1");
+        let resp = DiscoveryResponse {
+            nonce: "1".into(),
+            version: "v1".into(),
+            full_state: true,
+            resources: current.values().cloned().collect(),
+            ..Default::default()
+        };
         let (req, outcome) = client.handle(&resp);
         assert_eq!(outcome, Ok(()));
         assert_eq!(req, DiscoveryRequest::ack(&resp));

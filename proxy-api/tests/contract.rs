@@ -1,22 +1,22 @@
 //! The Discovery and Identity contracts, exercised end to end over gRPC on loopback: a tiny
-//! reference server (built from the crate's server-side helpers) and a client that uses the
-//! crate's reference client logic (`ClientState`).
+//! test server (its responses built by the test double in `support/`) and a client that uses the
+//! crate's client logic (`ClientState`).
 #![cfg(all(feature = "client", feature = "server"))]
+
+mod support;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::Duration;
 
+use support::{full_state_response, incremental_response, versioned_resource};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_stream::Stream;
 use tonic::transport::{Channel, Server};
 use tonic::{Code, Request, Response, Status, Streaming};
-use weft_proxy_api::discovery::{
-    full_state_response, incremental_response, versioned_resource, ResourceMap,
-};
 use weft_proxy_api::names::{endpoints_name, outbound_name, INBOUND};
 use weft_proxy_api::v1::discovery_client::DiscoveryClient;
 use weft_proxy_api::v1::discovery_request::Request as Req;
@@ -28,6 +28,7 @@ use weft_proxy_api::v1::{
     EndpointSet, InboundPolicy, Subscribe,
 };
 use weft_proxy_api::ClientState;
+use weft_proxy_api::ResourceMap;
 
 /// Upper bound for every network wait in these tests (never reached when things work).
 const WAIT: Duration = Duration::from_secs(10);
@@ -40,7 +41,7 @@ async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Reference Discovery server: publishes the latest snapshot of one proxy's resources from a
+// Test Discovery server: publishes the latest snapshot of one proxy's resources from a
 // `watch`, and reports every Ack/Nack it receives on `answers`.
 
 struct RefDiscovery {

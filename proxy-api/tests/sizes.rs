@@ -4,12 +4,13 @@
 //! Print the numbers with:
 //! `cargo test -p weft-proxy-api --test sizes -- --nocapture`
 
+mod support;
+
 use std::collections::BTreeMap;
 
 use prost::Message;
-use weft_proxy_api::discovery::{
-    full_state_response, incremental_response, known_versions, versioned_resource, ResourceMap,
-};
+use support::{full_state_response, incremental_response, versioned_resource};
+use weft_proxy_api::discovery::{known_versions, ResourceMap};
 use weft_proxy_api::names::{endpoints_name, outbound_name, INBOUND};
 use weft_proxy_api::v1::{
     authorization, resource::Kind, Authorization, DefaultPolicy, Endpoint, EndpointSet, HttpMatch,

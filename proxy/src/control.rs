@@ -9,7 +9,6 @@
 //! `known_versions`.
 
 use std::collections::BTreeMap;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,51 +39,8 @@ pub struct ProxyId {
     pub service_account: String,
 }
 
-/// Jittered exponential backoff ("full jitter": a uniform delay between 0 and the bound, which
-/// doubles per failed attempt up to `max`).
-#[derive(Clone, Copy, Debug)]
-pub struct Backoff {
-    pub min: Duration,
-    pub max: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self {
-            min: Duration::from_millis(100),
-            max: Duration::from_secs(30),
-        }
-    }
-}
-
-impl Backoff {
-    /// The upper bound of the delay before attempt number `attempt` (0-based).
-    pub fn bound(&self, attempt: u32) -> Duration {
-        let factor = 1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX);
-        self.min.saturating_mul(factor).min(self.max).max(self.min)
-    }
-
-    /// A random delay in `[min/2, bound(attempt)]`: full jitter with a small floor so that a
-    /// flapping operator is never hammered in a tight loop.
-    pub fn delay(&self, attempt: u32) -> Duration {
-        let bound = self.bound(attempt);
-        let floor = self.min / 2;
-        let span = bound.saturating_sub(floor);
-        floor + span.mul_f64(random_unit())
-    }
-}
-
-/// A uniform random number in [0, 1), from the standard library's randomly keyed hasher.
-fn random_unit() -> f64 {
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default(),
-    );
-    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
-}
+/// The reconnect backoff: the one jittered exponential backoff of weft.
+pub use weft_common::Backoff;
 
 /// How the client reaches the operator.
 #[derive(Clone, Debug)]

@@ -19,15 +19,14 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::ResolvesClientCert;
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::server::ParsedCertificate;
-use rustls::{CertificateError, DigitallySignedStruct, Error, RootCertStore, SignatureScheme};
+use rustls::{Error, RootCertStore};
 use tokio::net::TcpStream;
 use tonic::codegen::http::Uri;
 use tonic::codegen::Service;
+use weft_common::tls::{not_valid_for_name, AnchoredServerVerifier, ServerPeer};
 
 use crate::identity::{peer_identity, provider, TrustAnchors};
 
@@ -82,11 +81,13 @@ impl ControlTls {
             }
         };
         let provider = provider();
-        let verifier = Arc::new(ControlVerifier {
-            roots: anchors.roots(),
-            peer: peer.clone(),
-            provider: Arc::clone(&provider),
-        });
+        let verifier = Arc::new(AnchoredServerVerifier::new(
+            ControlServerPeer {
+                roots: anchors.roots(),
+                peer: peer.clone(),
+            },
+            Arc::clone(&provider),
+        ));
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map(|b| {
@@ -134,77 +135,36 @@ impl ControlTls {
     }
 }
 
+/// The operator must chain to the out-of-band anchors and be `peer`.
 #[derive(Debug)]
-struct ControlVerifier {
+struct ControlServerPeer {
     roots: Arc<RootCertStore>,
     peer: ControlPeer,
-    provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for ControlVerifier {
-    fn verify_server_cert(
+impl ServerPeer for ControlServerPeer {
+    fn roots(&self) -> Result<Arc<RootCertStore>, Error> {
+        Ok(Arc::clone(&self.roots))
+    }
+
+    fn check_peer(
         &self,
+        leaf: &ParsedCertificate<'_>,
         end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
         server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, Error> {
-        let parsed = ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &parsed,
-            &self.roots,
-            intermediates,
-            now,
-            self.provider.signature_verification_algorithms.all,
-        )?;
+    ) -> Result<(), Error> {
         match &self.peer {
-            ControlPeer::DnsName(_) => {
-                rustls::client::verify_server_name(&parsed, server_name)?;
-            }
+            ControlPeer::DnsName(_) => rustls::client::verify_server_name(leaf, server_name),
             ControlPeer::Identity(expected) => {
                 if peer_identity(std::slice::from_ref(end_entity)).as_deref()
-                    != Some(expected.as_str())
+                    == Some(expected.as_str())
                 {
-                    return Err(Error::InvalidCertificate(CertificateError::NotValidForName));
+                    Ok(())
+                } else {
+                    Err(not_valid_for_name())
                 }
             }
         }
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
     }
 }
 

@@ -268,7 +268,11 @@ pub async fn run(pre: bool, names: &InstallNames) -> Vec<Check> {
     match secrets.get_opt(&names.identity_secret).await {
         Ok(Some(s)) => {
             let data = s.data.unwrap_or_default();
-            for key in ["ca.crt", "issuer.crt"] {
+            // The Secret is mounted as the issuer directory: its keys are the file names.
+            for key in [
+                weft_common::ca::CA_CERT_FILE,
+                weft_common::ca::ISSUER_CERT_FILE,
+            ] {
                 match data.get(key).map(|b| cert_days_left(&b.0)) {
                     Some(Some(days)) if days < 30.0 => out.push(check(
                         &format!("identity/{key}"),

@@ -28,7 +28,10 @@ pub const NAMESPACE: &str = "weft-system";
 pub fn render(trust_domain: &str, save_anchor_key: Option<&Path>) -> anyhow::Result<String> {
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
     let (ca_pem, tls_crt, tls_key) = webhook_certs(NAMESPACE)?;
-    let mesh = weft_operator::identity::generate_ca(trust_domain)
+    // The identity Secret is mounted as the operator's issuer directory: its keys are the file
+    // names of one.
+    use weft_common::ca::{CA_CERT_FILE, ISSUER_CERT_FILE, ISSUER_KEY_FILE};
+    let mesh = weft_common::ca::generate_ca(trust_domain)
         .map_err(|e| anyhow::anyhow!("generating the mesh trust anchor: {e}"))?;
     if let Some(path) = save_anchor_key {
         std::fs::write(path, &mesh.ca_key_pem)
@@ -45,7 +48,7 @@ pub fn render(trust_domain: &str, save_anchor_key: Option<&Path>) -> anyhow::Res
          ---\n\
          # The mesh trust anchor (ca.crt) and the issuer that signs proxies' certificates.\n\
          apiVersion: v1\nkind: Secret\nmetadata:\n  name: weft-identity\n  namespace: {NAMESPACE}\n  annotations:\n    helm.sh/resource-policy: keep\n\
-         type: Opaque\ndata:\n  ca.crt: {}\n  issuer.crt: {}\n  issuer.key: {}\n---\n",
+         type: Opaque\ndata:\n  {CA_CERT_FILE}: {}\n  {ISSUER_CERT_FILE}: {}\n  {ISSUER_KEY_FILE}: {}\n---\n",
         b64(&tls_crt),
         b64(&tls_key),
         b64(&ca_pem),

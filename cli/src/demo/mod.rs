@@ -105,11 +105,11 @@ async fn scripted(opts: &DemoOptions, mesh: &mut Mesh, out: &Output) -> anyhow::
     // The mesh CA, generated here so that proxies get its root out of band and verify the
     // operator over TLS (the operator refuses plaintext).
     let issuer = dir.join("identity");
-    weft_operator::identity::generate_ca("cluster.local")
+    weft_common::ca::generate_ca("cluster.local")
         .context("generating the demo CA")?
         .write_issuer_dir(&issuer)
         .context("writing the demo CA")?;
-    let anchors = issuer.join(weft_operator::identity::ca::CA_CERT_FILE);
+    let anchors = issuer.join(weft_common::ca::CA_CERT_FILE);
     out.line(&format!("weft demo: manifests in {}", manifests.display()));
 
     let operator_bin = procs::find_binary("weft-operator")?;

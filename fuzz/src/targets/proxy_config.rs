@@ -19,7 +19,7 @@ use weft_proxy::config::{compile_header_regex, compile_path_regex, Config, Defau
 use weft_proxy_api::discovery::{ClientState, Rejection};
 use weft_proxy_api::v1;
 
-use crate::Features;
+use crate::{clients, Features};
 
 /// Tokens for the mutators.
 pub const DICTIONARY: &[&str] = &[
@@ -211,22 +211,14 @@ fn check_accepted(cfg: &Config, resources: &BTreeMap<String, v1::Resource>) {
             for (g, a) in got.authorizations.iter().zip(&port.authorizations) {
                 assert_eq!(g.all_traffic, a.all_traffic, "all_traffic");
                 assert_eq!(g.http_routes.len(), a.http_routes.len(), "http routes");
-                // TODO(#14-merge): the proxy now reads the typed `clients` (the deprecated
-                // `sources`, "*" = any client, only when it is unset) into `config::Clients`.
-                let (any, ids): (bool, BTreeSet<&str>) = match &a.clients {
-                    Some(v1::authorization::Clients::Mesh(m)) => {
-                        (false, m.identities.iter().map(String::as_str).collect())
-                    }
-                    Some(v1::authorization::Clients::Probes(_)) => (true, BTreeSet::new()),
-                    None => (
-                        a.sources.iter().any(|s| s == "*"),
-                        a.sources
-                            .iter()
-                            .map(String::as_str)
-                            .filter(|s| *s != "*")
-                            .collect(),
-                    ),
-                };
+                // Who the authorization admits as the skew rule reads it ("*" = any client).
+                let admitted = clients::admitted(a);
+                let any = admitted.iter().any(|s| s == "*");
+                let ids: BTreeSet<&str> = admitted
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|s| *s != "*")
+                    .collect();
                 match &g.clients {
                     weft_proxy::config::Clients::AnyClient => {
                         assert!(any, "authorization clients: any")
@@ -276,7 +268,11 @@ pub fn run(data: &[u8], f: &mut Features) {
                             "authz",
                             a.all_traffic,
                             a.http_routes.len().min(3),
-                            a.sources.len().min(3),
+                            clients::admitted(a).len().min(3),
+                            a.clients.as_ref().map(|c| match c {
+                                v1::authorization::Clients::Mesh(_) => "mesh",
+                                v1::authorization::Clients::Probes(_) => "probes",
+                            }),
                         ));
                     }
                 }

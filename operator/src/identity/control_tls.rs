@@ -28,17 +28,17 @@ use rcgen::{
     CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
     SanType,
 };
-use rustls::client::danger::HandshakeSignatureValid;
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
+use rustls::RootCertStore;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
+use weft_common::tls::{AnchoredClientVerifier, ClientAnchors};
 
 use super::ca::{random_serial, to_system_time, unix_secs, CaStore, IssuerState};
 use super::csr::SpiffeId;
@@ -218,9 +218,10 @@ impl ResolvesServerCert for ControlCertResolver {
     }
 }
 
-/// Verifies client certificates, when presented, against the trust anchors of the issuer in
-/// force (rebuilt when the issuer changes). A client without a certificate is let through: the
-/// handlers decide (see [`ControlConnectInfo::client_identity`]).
+/// The trust anchors of the issuer in force, for the discovery port's client verifier
+/// ([`weft_common::tls::AnchoredClientVerifier`], optional client certificates): the webpki
+/// verifier is rebuilt when the issuer changes. A client without a certificate is let through:
+/// the handlers decide (see [`ControlConnectInfo::client_identity`]).
 pub struct MeshClientVerifier {
     ca: Arc<CaStore>,
     provider: Arc<rustls::crypto::CryptoProvider>,
@@ -244,11 +245,11 @@ impl MeshClientVerifier {
             provider: Arc::new(rustls::crypto::ring::default_provider()),
             current: Mutex::new(None),
         };
-        verifier.verifier()?;
+        verifier.verifier_for_issuer()?;
         Ok(verifier)
     }
 
-    fn verifier(&self) -> Result<Arc<dyn ClientCertVerifier>, ControlTlsError> {
+    fn verifier_for_issuer(&self) -> Result<Arc<dyn ClientCertVerifier>, ControlTlsError> {
         let issuer = self.ca.current().ok_or(ControlTlsError::NoIssuer)?;
         let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((cached, verifier)) = current.as_ref() {
@@ -262,76 +263,18 @@ impl MeshClientVerifier {
                 .add(CertificateDer::from(der.clone()))
                 .map_err(|e| ControlTlsError::ClientVerifier(e.to_string()))?;
         }
-        let verifier = WebPkiClientVerifier::builder_with_provider(
-            Arc::new(roots),
-            Arc::clone(&self.provider),
-        )
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| ControlTlsError::ClientVerifier(e.to_string()))?;
+        let verifier =
+            weft_common::tls::webpki_client_verifier(Arc::new(roots), Arc::clone(&self.provider))
+                .map_err(|e| ControlTlsError::ClientVerifier(e.to_string()))?;
         *current = Some((issuer, Arc::clone(&verifier)));
         Ok(verifier)
     }
 }
 
-impl ClientCertVerifier for MeshClientVerifier {
-    fn offer_client_auth(&self) -> bool {
-        true
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        false
-    }
-
-    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
-        // The anchors can change at runtime; proxies have a single certificate anyway.
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        let verifier = self
-            .verifier()
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
-        verifier.verify_client_cert(end_entity, intermediates, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+impl ClientAnchors for MeshClientVerifier {
+    fn verifier(&self) -> Result<Arc<dyn ClientCertVerifier>, rustls::Error> {
+        self.verifier_for_issuer()
+            .map_err(|e| rustls::Error::General(e.to_string()))
     }
 }
 
@@ -355,9 +298,13 @@ impl ControlTls {
     /// clients for an optional certificate verified by a [`MeshClientVerifier`].
     pub fn new(ca: Arc<CaStore>, opts: ControlTlsOptions) -> Result<Self, ControlTlsError> {
         let require_tls = opts.require_tls;
-        let client_verifier = Arc::new(MeshClientVerifier::new(Arc::clone(&ca))?);
-        let resolver = Arc::new(ControlCertResolver::new(ca, opts)?);
         let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let client_verifier = Arc::new(AnchoredClientVerifier::new(
+            MeshClientVerifier::new(Arc::clone(&ca))?,
+            Arc::clone(&provider),
+            false,
+        ));
+        let resolver = Arc::new(ControlCertResolver::new(ca, opts)?);
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| ControlTlsError::Key(e.to_string()))?
@@ -410,24 +357,7 @@ impl ControlConnectInfo {
 
 /// The SPIFFE ID of a verified client certificate chain (leaf first).
 fn client_identity(certs: &[CertificateDer<'_>]) -> Result<SpiffeId, String> {
-    let leaf = certs.first().ok_or("empty certificate chain")?;
-    let (_, cert) = x509_parser::parse_x509_certificate(leaf)
-        .map_err(|e| format!("client certificate: {e}"))?;
-    let san = cert
-        .subject_alternative_name()
-        .map_err(|e| format!("client certificate SAN: {e}"))?
-        .ok_or("the client certificate has no SAN")?;
-    let mut ids = san.value.general_names.iter().filter_map(|n| match n {
-        x509_parser::extensions::GeneralName::URI(u) if u.starts_with("spiffe://") => Some(*u),
-        _ => None,
-    });
-    let first = ids
-        .next()
-        .ok_or("the client certificate has no SPIFFE ID")?;
-    if ids.next().is_some() {
-        return Err("the client certificate has several SPIFFE IDs".into());
-    }
-    SpiffeId::parse(first).map_err(|e| format!("client certificate: invalid SPIFFE ID {}", e.0))
+    weft_common::tls::spiffe_id(certs).map_err(|e| format!("client certificate: {e}"))
 }
 
 impl Connected for ControlConn {

@@ -21,7 +21,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rcgen::{CertificateParams, DistinguishedName, KeyPair, SanType};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
-use rustls::server::WebPkiClientVerifier;
 use rustls::sign::CertifiedKey;
 use rustls::RootCertStore;
 use tokio::sync::watch;
@@ -33,7 +32,8 @@ pub use anchors::{AnchorsError, TrustAnchors};
 pub use tls::{
     identity_from_server_name, peer_identity, provider, server_name_for, SERVER_NAME_SUFFIX,
 };
-use tls::{CertState, ClientVerifier, ControlClientCert, CurrentCert, ServerVerifier};
+use tls::{CertState, ControlClientCert, CurrentCert, CurrentClientAnchors, MeshServerPeer};
+use weft_common::tls::{AnchoredClientVerifier, AnchoredServerVerifier};
 
 /// What the proxy needs to know to obtain its certificate.
 #[derive(Clone, Debug)]
@@ -55,10 +55,14 @@ pub struct IdentityConfig {
 impl IdentityConfig {
     /// `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`.
     pub fn spiffe_id(&self) -> String {
-        format!(
-            "spiffe://{}/ns/{}/sa/{}",
-            self.trust_domain, self.pod_namespace, self.service_account
-        )
+        // Formatted by the one SPIFFE ID type; not validated here (the operator refuses a
+        // malformed identity in the CSR).
+        weft_common::SpiffeId {
+            trust_domain: self.trust_domain.clone(),
+            namespace: self.pod_namespace.clone(),
+            service_account: self.service_account.clone(),
+        }
+        .to_string()
     }
 }
 
@@ -67,7 +71,8 @@ impl IdentityConfig {
 pub struct RenewPolicy {
     /// Renew when this fraction of the remaining lifetime has passed (jittered down by up to 10%).
     pub renew_fraction: f64,
-    /// First retry delay after a failure; doubles up to `max_backoff` (each jittered).
+    /// Bound of the first retry delay after a failure; doubles up to `max_backoff` (each delay
+    /// drawn by [`weft_common::Backoff`]).
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
     /// Timeout of one Certify call.
@@ -164,11 +169,11 @@ impl Identity {
         let provider = provider();
         let resolver = Arc::new(CurrentCert(state.subscribe()));
         let server_config = |mandatory: bool| {
-            let verifier = Arc::new(ClientVerifier {
-                state: state.subscribe(),
-                provider: Arc::clone(&provider),
+            let verifier = Arc::new(AnchoredClientVerifier::new(
+                CurrentClientAnchors(state.subscribe()),
+                Arc::clone(&provider),
                 mandatory,
-            });
+            ));
             rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
                 .with_protocol_versions(&[&rustls::version::TLS13])
                 .map(|b| {
@@ -178,10 +183,10 @@ impl Identity {
         };
         let mesh_server_config = server_config(true);
         let server_config = server_config(false);
-        let server_verifier = Arc::new(ServerVerifier {
-            state: state.subscribe(),
-            provider: Arc::clone(&provider),
-        });
+        let server_verifier = Arc::new(AnchoredServerVerifier::new(
+            MeshServerPeer(state.subscribe()),
+            Arc::clone(&provider),
+        ));
         let client_config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map(|b| {
@@ -319,6 +324,8 @@ impl Identity {
     }
 }
 
+/// `d` shortened by a random fraction of up to `spread` (renewals of many proxies issued together
+/// do not all come back at once). Same RNG as [`weft_common::Backoff`] (rand's thread RNG).
 fn jitter(d: Duration, spread: f64) -> Duration {
     let f: f64 = 1.0 - spread * rand::random::<f64>();
     d.mul_f64(f.clamp(0.0, 1.0))
@@ -330,7 +337,8 @@ async fn run(
     mut client: IdentityClient<Channel>,
     policy: RenewPolicy,
 ) {
-    let mut backoff = policy.initial_backoff;
+    let backoff = weft_common::Backoff::new(policy.initial_backoff, policy.max_backoff);
+    let mut failures: u32 = 0;
     loop {
         match certify_once(&cfg, &mut client, &policy).await {
             Ok(new) => {
@@ -341,7 +349,7 @@ async fn run(
                     "identity certificate installed"
                 );
                 state.send_replace(Some(Arc::new(new)));
-                backoff = policy.initial_backoff;
+                failures = 0;
                 let remaining = not_after
                     .duration_since(SystemTime::now())
                     .unwrap_or(Duration::ZERO);
@@ -352,7 +360,7 @@ async fn run(
                 tokio::time::sleep(wait).await;
             }
             Err(e) => {
-                let wait = jitter(backoff, 0.5);
+                let wait = backoff.delay(failures);
                 tracing::warn!(
                     error = %e,
                     control = %cfg.control_addr,
@@ -361,7 +369,7 @@ async fn run(
                     "identity certificate not obtained; keeping the current one"
                 );
                 tokio::time::sleep(wait).await;
-                backoff = (backoff * 2).min(policy.max_backoff);
+                failures = failures.saturating_add(1);
             }
         }
     }
@@ -463,9 +471,7 @@ fn install_response(
     let certified = CertifiedKey::from_der(chain, key_der, &provider)
         .map_err(|e| bad(format!("leaf does not match our key: {e}")))?;
     let client_verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::clone(&roots), Arc::clone(&provider))
-            .allow_unauthenticated()
-            .build()
+        weft_common::tls::webpki_client_verifier(Arc::clone(&roots), Arc::clone(&provider))
             .map_err(|e| bad(format!("trust anchors: {e}")))?;
     let not_after =
         UNIX_EPOCH + Duration::from_millis(u64::try_from(response.not_after_unix_ms).unwrap_or(0));

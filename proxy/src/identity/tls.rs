@@ -1,21 +1,19 @@
-//! rustls glue: certificate resolvers that read the current certificate, verifiers that check
-//! chains against the current trust anchors, and SPIFFE identities carried in server names.
+//! rustls glue of the mesh: certificate resolvers that read the current certificate, the trust
+//! anchors in force for the shared verifiers of `weft_common::tls` (chain against the anchors,
+//! then the peer's SPIFFE identity), and SPIFFE identities carried in server names.
 
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::ResolvesClientCert;
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ClientHello, ParsedCertificate, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::{
-    CertificateError, DigitallySignedStruct, DistinguishedName, Error, RootCertStore,
-    SignatureScheme,
-};
+use rustls::{Error, RootCertStore, SignatureScheme};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
+use weft_common::tls::{not_valid_for_name, ClientAnchors, ServerPeer};
 
 /// Suffix of the server names that carry an expected SPIFFE identity.
 pub const SERVER_NAME_SUFFIX: &str = "id.weft.invalid";
@@ -147,20 +145,9 @@ pub fn identity_from_server_name(name: &ServerName<'_>) -> Option<String> {
 }
 
 /// The SPIFFE ID (the URI SAN starting with `spiffe://`) of the first certificate, if it has
-/// exactly one.
+/// exactly one ([`weft_common::tls::spiffe_uri`]).
 pub fn peer_identity(certs: &[CertificateDer<'_>]) -> Option<String> {
-    let leaf = certs.first()?;
-    let (_, cert) = x509_parser::parse_x509_certificate(leaf).ok()?;
-    let san = cert.subject_alternative_name().ok()??;
-    let mut ids = san.value.general_names.iter().filter_map(|n| match n {
-        x509_parser::extensions::GeneralName::URI(u) if u.starts_with("spiffe://") => Some(*u),
-        _ => None,
-    });
-    let first = ids.next()?;
-    if ids.next().is_some() {
-        return None;
-    }
-    Some(first.to_owned())
+    weft_common::tls::spiffe_uri(certs.first()?).ok()
 }
 
 /// Serves the current certificate; the same `ServerConfig` serves each renewed one.
@@ -230,153 +217,53 @@ fn no_identity() -> Error {
     Error::General("this proxy has no identity certificate yet".into())
 }
 
-/// Verifies client certificates against the current trust anchors. `mandatory`: the handshake
-/// fails without one (the inbound listener: a mesh connection carries the transport header,
-/// which only a proxy with a mesh identity may send); otherwise one is verified when presented.
+/// The trust anchors of the certificate in force, for the mesh client verifier
+/// ([`weft_common::tls::AnchoredClientVerifier`]). With `mandatory` (the inbound listener: a
+/// mesh connection carries the transport header, which only a proxy with a mesh identity may
+/// send) the handshake fails without a client certificate; otherwise one is verified when
+/// presented. Without a certificate of its own the proxy verifies nothing and refuses.
 #[derive(Debug)]
-pub(crate) struct ClientVerifier {
-    pub(crate) state: StateRx,
-    pub(crate) provider: Arc<CryptoProvider>,
-    pub(crate) mandatory: bool,
-}
+pub(crate) struct CurrentClientAnchors(pub(crate) StateRx);
 
-impl ClientCertVerifier for ClientVerifier {
-    fn offer_client_auth(&self) -> bool {
-        true
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        self.mandatory
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, Error> {
-        let verifier = self
-            .state
+impl ClientAnchors for CurrentClientAnchors {
+    fn verifier(&self) -> Result<Arc<dyn ClientCertVerifier>, Error> {
+        self.0
             .borrow()
             .as_ref()
             .map(|s| Arc::clone(&s.client_verifier))
-            .ok_or_else(no_identity)?;
-        verifier.verify_client_cert(end_entity, intermediates, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+            .ok_or_else(no_identity)
     }
 }
 
-/// Verifies a server's chain against the current trust anchors and its URI SAN against the
-/// identity encoded in the server name.
+/// A mesh server must chain to the current trust anchors and carry, as its one SPIFFE URI SAN,
+/// the identity encoded in the server name ([`server_name_for`]).
 #[derive(Debug)]
-pub(crate) struct ServerVerifier {
-    pub(crate) state: StateRx,
-    pub(crate) provider: Arc<CryptoProvider>,
-}
+pub(crate) struct MeshServerPeer(pub(crate) StateRx);
 
-impl ServerCertVerifier for ServerVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, Error> {
-        let roots = self
-            .state
+impl ServerPeer for MeshServerPeer {
+    fn roots(&self) -> Result<Arc<RootCertStore>, Error> {
+        self.0
             .borrow()
             .as_ref()
             .map(|s| Arc::clone(&s.roots))
-            .ok_or_else(no_identity)?;
+            .ok_or_else(no_identity)
+    }
+
+    fn check_peer(
+        &self,
+        _leaf: &ParsedCertificate<'_>,
+        end_entity: &CertificateDer<'_>,
+        server_name: &ServerName<'_>,
+    ) -> Result<(), Error> {
         let expected = Expected::from_server_name(server_name).ok_or_else(|| {
             Error::General(format!(
                 "server name {server_name:?} does not carry a SPIFFE identity; use server_name_for()"
             ))
         })?;
-        let parsed = ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &parsed,
-            &roots,
-            intermediates,
-            now,
-            self.provider.signature_verification_algorithms.all,
-        )?;
         match peer_identity(std::slice::from_ref(end_entity)) {
-            Some(id) if expected.matches(&id) => Ok(ServerCertVerified::assertion()),
-            _ => Err(Error::InvalidCertificate(CertificateError::NotValidForName)),
+            Some(id) if expected.matches(&id) => Ok(()),
+            _ => Err(not_valid_for_name()),
         }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
     }
 }
 
