@@ -79,7 +79,10 @@ fn core_links_no_runtime_client_grpc_or_protobuf() {
 #[test]
 fn cli_does_not_link_the_operator() {
     let deps = dependency_names("weft-cli");
-    assert!(deps.contains("weft-core"), "the CLI compiles with weft-core");
+    assert!(
+        deps.contains("weft-core"),
+        "the CLI compiles with weft-core"
+    );
     for crate_name in ["weft-operator", "kube-runtime", "tonic", "notify"] {
         assert!(
             !deps.contains(crate_name),
@@ -152,8 +155,7 @@ fn references(code: &str, here: &ModPath) -> Vec<ModPath> {
         while let Some(i) = code[from..].find(anchor) {
             let start = from + i;
             from = start + anchor.len();
-            if start > 0 && (bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_')
-            {
+            if start > 0 && (bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_') {
                 continue;
             }
             let mut base: ModPath = match anchor {
@@ -220,10 +222,7 @@ fn expand(rest: &str) -> Vec<Vec<String>> {
             }
         }
         items.push(&inner[item_start..]);
-        return items
-            .into_iter()
-            .flat_map(|it| expand(it.trim()))
-            .collect();
+        return items.into_iter().flat_map(|it| expand(it.trim())).collect();
     }
     let mut path = Vec::new();
     let mut s = rest;
@@ -274,11 +273,7 @@ fn module_cycles(src: &Path) -> Vec<String> {
         let text = std::fs::read_to_string(file).expect("read source");
         for r in references(&non_test_code(&text), here) {
             let target = resolve(&r, &modules);
-            let common = here
-                .iter()
-                .zip(&target)
-                .take_while(|(a, b)| a == b)
-                .count();
+            let common = here.iter().zip(&target).take_while(|(a, b)| a == b).count();
             if common == here.len() || common == target.len() {
                 continue; // a module and its ancestor or descendant
             }
@@ -298,11 +293,8 @@ fn module_cycles(src: &Path) -> Vec<String> {
             for next in edges.get(&node).into_iter().flatten() {
                 if next == start {
                     if trail.iter().all(|t| t >= start) {
-                        let names: Vec<String> = trail
-                            .iter()
-                            .chain([start])
-                            .map(|p| p.join("::"))
-                            .collect();
+                        let names: Vec<String> =
+                            trail.iter().chain([start]).map(|p| p.join("::")).collect();
                         cycles.push(names.join(" -> "));
                     }
                 } else if seen.insert(next.clone()) {
@@ -350,7 +342,11 @@ fn the_cycle_finder_finds_a_cycle() {
     let src = dir.path();
     std::fs::create_dir_all(src.join("a")).expect("mkdir");
     std::fs::write(src.join("lib.rs"), "pub mod a; pub mod b; pub mod c;\n").expect("write");
-    std::fs::write(src.join("a/mod.rs"), "mod x; mod y;\nuse crate::b::Thing;\n").expect("write");
+    std::fs::write(
+        src.join("a/mod.rs"),
+        "mod x; mod y;\nuse crate::b::Thing;\n",
+    )
+    .expect("write");
     std::fs::write(src.join("a/x.rs"), "use super::y::Y;\n").expect("write");
     std::fs::write(
         src.join("a/y.rs"),
@@ -360,5 +356,9 @@ fn the_cycle_finder_finds_a_cycle() {
     std::fs::write(src.join("b.rs"), "use crate::{c::C, a};\n").expect("write");
     std::fs::write(src.join("c.rs"), "// use crate::a;\npub struct C;\n").expect("write");
     let cycles = module_cycles(src);
-    assert_eq!(cycles, ["a -> b -> a", "a::x -> a::y -> a::x"], "{cycles:?}");
+    assert_eq!(
+        cycles,
+        ["a -> b -> a", "a::x -> a::y -> a::x"],
+        "{cycles:?}"
+    );
 }
