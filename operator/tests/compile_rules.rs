@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use weft_operator::compile::{
     compile, ChangedKeys, CompileOptions, Compiled, Compiler, DefaultPolicy, EndpointSet,
-    InboundPolicy, OutboundService, ProxyConfig, ResourceKind, Route,
+    InboundPolicy, OutboundService, ProxyConfig, ResourceKind, Route, ToProto,
 };
 use weft_operator::model::manifests::parse_manifests;
 use weft_operator::model::{Kind, Model, ObjectKey, ObjectRef};

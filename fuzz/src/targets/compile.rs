@@ -17,21 +17,21 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use weft_operator::compile::{
-    compile, ChangedKeys, CompileOptions, Compiled, Compiler, DefaultPolicy, ResourceKind,
+    compile, ChangedKeys, CompileOptions, Compiled, Compiler, DefaultPolicy, ResourceKind, ToProto,
     ANY_CLIENT, INBOUND_NAME, PROBE_AUTHORIZATION,
 };
-use weft_operator::model::manifests::{parse_manifests, ManifestError};
+use weft_operator::model::manifests::parse_manifests;
+use weft_operator::model::parse::ParseError;
 use weft_operator::model::{ClusterObject, Model, ModelError, ObjectKey, ObjectRef};
 use weft_proxy_api::v1;
 
 use crate::Features;
 
-fn load_error_kind(e: &ManifestError) -> &'static str {
+fn load_error_kind(e: &ParseError) -> &'static str {
     match e {
-        ManifestError::Io { .. } => "io",
-        ManifestError::Yaml { .. } => "yaml",
-        ManifestError::Json(_) => "json",
-        ManifestError::Object { source, .. } => match source {
+        ParseError::Yaml { .. } => "yaml",
+        ParseError::Json(_) => "json",
+        ParseError::Object { source, .. } => match source {
             ModelError::MissingKind => "missing-kind",
             ModelError::MissingApiVersion => "missing-api-version",
             ModelError::UnsupportedKind { .. } => "unsupported",
@@ -40,11 +40,9 @@ fn load_error_kind(e: &ManifestError) -> &'static str {
             ModelError::Smi(_) => "smi",
             ModelError::Field { .. } => "field",
         },
-        ManifestError::Limit(_) => "limit",
-        ManifestError::TooDeep { .. } => "too-deep",
-        ManifestError::NotUtf8 => "not-utf8",
-        ManifestError::NotRegular { .. } => "not-regular",
-        ManifestError::Walk { .. } => "walk",
+        ParseError::Limit(_) => "limit",
+        ParseError::TooDeep { .. } => "too-deep",
+        ParseError::NotUtf8 => "not-utf8",
     }
 }
 
@@ -155,7 +153,7 @@ pub fn run(data: &[u8], f: &mut Features) {
 }
 
 fn spiffe(opts: &CompileOptions, ns: &str, sa: &str) -> String {
-    format!("spiffe://{}/ns/{ns}/sa/{sa}", opts.trust_domain)
+    weft_operator::compile::spiffe_id(&opts.trust_domain, ns, sa)
 }
 
 fn check_inbound(

@@ -220,11 +220,15 @@ impl VersionedResource {
     }
 }
 
-/// The version of a resource: sha256 of its canonical proto encoding, as the first 16 hex
-/// characters.
+/// The version of a resource: sha256 of its canonical encoding (its serde JSON: struct fields in
+/// declaration order, lists in the compiler's sorted order, no maps with unordered keys), as the
+/// first 16 hex characters. The wire encoding is the operator's business and is done once, to
+/// send the resource.
 pub fn content_version(resource: &ResourceKind) -> String {
     let mut h = Sha256::new();
-    h.update(super::proto::canonical_bytes(resource));
+    // Serialising these plain data types cannot fail; an empty encoding would still be a
+    // deterministic version.
+    h.update(serde_json::to_vec(resource).unwrap_or_default());
     short_hex(&h.finalize())
 }
 
@@ -234,20 +238,31 @@ pub(crate) fn short_hex(bytes: &[u8]) -> String {
     s
 }
 
-/// Resource name of a service's OutboundService.
+// The Discovery protocol's resource names. Their home is `weft_proxy_api::names`, which the
+// core cannot depend on (it links prost and tonic); the operator's
+// `discovery::proto::tests::core_names_are_the_wire_names` checks these agree.
+// TODO(#14-merge): move `names` into weft-common (pure) so proxy-api and the core share it.
+
+/// Resource name of a service's OutboundService (`outbound:<service>.<namespace>`).
 pub fn outbound_name(namespace: &str, service: &str) -> String {
-    weft_proxy_api::names::outbound_name(service, namespace)
+    format!("outbound:{service}.{namespace}")
 }
 
-/// Resource name of a service port's EndpointSet.
+/// Resource name of a service port's EndpointSet (`endpoints:<service>.<namespace>:<port>`).
 pub fn endpoints_name(namespace: &str, service: &str, port: u16) -> String {
-    weft_proxy_api::names::endpoints_name(service, namespace, u32::from(port))
+    format!("endpoints:{service}.{namespace}:{port}")
 }
 
 /// Resource name of the pod's InboundPolicy.
-pub const INBOUND_NAME: &str = weft_proxy_api::names::INBOUND;
+pub const INBOUND_NAME: &str = "inbound";
 
-/// SPIFFE id of a service account.
+/// SPIFFE id of a service account, as the proxy config carries it (formatted by
+/// [`weft_common::SpiffeId`]; not validated here: names come from the API server).
 pub fn spiffe_id(trust_domain: &str, namespace: &str, service_account: &str) -> String {
-    format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}")
+    weft_common::SpiffeId {
+        trust_domain: trust_domain.to_owned(),
+        namespace: namespace.to_owned(),
+        service_account: service_account.to_owned(),
+    }
+    .to_string()
 }

@@ -1,10 +1,18 @@
-//! Conversion of the compiler's output into `weft_proxy_api::v1` messages (the wire format).
+//! Conversion of the compiler's output (`weft_core::compile` types) into `weft_proxy_api::v1`
+//! messages (the wire format). A resource is converted once, when it is encoded to be sent
+//! (`super::encode`); its version is the core's content hash and needs no protobuf.
 
 use std::net::IpAddr;
 
 use weft_proxy_api::v1 as pb;
 
-use super::types::*;
+use crate::compile::*;
+
+/// A core type's wire message.
+pub trait ToProto {
+    type Proto;
+    fn to_proto(&self) -> Self::Proto;
+}
 
 fn ip_bytes(ip: &IpAddr) -> Vec<u8> {
     match ip {
@@ -13,9 +21,11 @@ fn ip_bytes(ip: &IpAddr) -> Vec<u8> {
     }
 }
 
-impl From<Protocol> for pb::Protocol {
-    fn from(p: Protocol) -> Self {
-        match p {
+impl ToProto for Protocol {
+    type Proto = pb::Protocol;
+    fn to_proto(&self) -> pb::Protocol {
+        let p = self;
+        match *p {
             Protocol::Detect => pb::Protocol::Detect,
             Protocol::Http1 => pb::Protocol::Http1,
             Protocol::Http2 => pb::Protocol::Http2,
@@ -26,9 +36,11 @@ impl From<Protocol> for pb::Protocol {
     }
 }
 
-impl From<DefaultPolicy> for pb::DefaultPolicy {
-    fn from(p: DefaultPolicy) -> Self {
-        match p {
+impl ToProto for DefaultPolicy {
+    type Proto = pb::DefaultPolicy;
+    fn to_proto(&self) -> pb::DefaultPolicy {
+        let p = self;
+        match *p {
             DefaultPolicy::Allow => pb::DefaultPolicy::Allow,
             DefaultPolicy::Mesh => pb::DefaultPolicy::Mesh,
             DefaultPolicy::Deny => pb::DefaultPolicy::Deny,
@@ -36,8 +48,10 @@ impl From<DefaultPolicy> for pb::DefaultPolicy {
     }
 }
 
-impl From<&HttpMatch> for pb::HttpMatch {
-    fn from(m: &HttpMatch) -> Self {
+impl ToProto for HttpMatch {
+    type Proto = pb::HttpMatch;
+    fn to_proto(&self) -> pb::HttpMatch {
+        let m = self;
         pb::HttpMatch {
             name: m.name.clone(),
             path_regex: m.path_regex.clone(),
@@ -54,17 +68,19 @@ impl From<&HttpMatch> for pb::HttpMatch {
     }
 }
 
-impl From<&InboundPolicy> for pb::InboundPolicy {
-    fn from(p: &InboundPolicy) -> Self {
+impl ToProto for InboundPolicy {
+    type Proto = pb::InboundPolicy;
+    fn to_proto(&self) -> pb::InboundPolicy {
+        let p = self;
         pb::InboundPolicy {
             identity: p.identity.clone(),
-            default_policy: pb::DefaultPolicy::from(p.default_policy) as i32,
+            default_policy: p.default_policy.to_proto() as i32,
             ports: p
                 .ports
                 .iter()
                 .map(|port| pb::InboundPort {
                     port: u32::from(port.port),
-                    protocol: pb::Protocol::from(port.protocol) as i32,
+                    protocol: port.protocol.to_proto() as i32,
                     restricted: port.restricted,
                     authorizations: port
                         .authorizations
@@ -77,7 +93,7 @@ impl From<&InboundPolicy> for pb::InboundPolicy {
                                 sources: a.sources.clone(),
                                 clients: None,
                                 all_traffic: a.all_traffic,
-                                http_routes: a.http_routes.iter().map(Into::into).collect(),
+                                http_routes: a.http_routes.iter().map(ToProto::to_proto).collect(),
                             }
                         })
                         .collect(),
@@ -87,8 +103,10 @@ impl From<&InboundPolicy> for pb::InboundPolicy {
     }
 }
 
-impl From<&TrafficPolicy> for pb::TrafficPolicy {
-    fn from(p: &TrafficPolicy) -> Self {
+impl ToProto for TrafficPolicy {
+    type Proto = pb::TrafficPolicy;
+    fn to_proto(&self) -> pb::TrafficPolicy {
+        let p = self;
         pb::TrafficPolicy {
             request_timeout_ms: p.request_timeout_ms,
             max_retries: p.max_retries,
@@ -98,8 +116,10 @@ impl From<&TrafficPolicy> for pb::TrafficPolicy {
     }
 }
 
-impl From<&OutboundService> for pb::OutboundService {
-    fn from(o: &OutboundService) -> Self {
+impl ToProto for OutboundService {
+    type Proto = pb::OutboundService;
+    fn to_proto(&self) -> pb::OutboundService {
+        let o = self;
         pb::OutboundService {
             namespace: o.namespace.clone(),
             name: o.name.clone(),
@@ -109,13 +129,13 @@ impl From<&OutboundService> for pb::OutboundService {
                 .iter()
                 .map(|p| pb::OutboundPort {
                     port: u32::from(p.port),
-                    protocol: pb::Protocol::from(p.protocol) as i32,
+                    protocol: p.protocol.to_proto() as i32,
                     routes: p
                         .routes
                         .iter()
                         .map(|r| pb::Route {
                             name: r.name.clone(),
-                            matches: r.matches.iter().map(Into::into).collect(),
+                            matches: r.matches.iter().map(ToProto::to_proto).collect(),
                             backends: r
                                 .backends
                                 .iter()
@@ -130,13 +150,15 @@ impl From<&OutboundService> for pb::OutboundService {
                         .collect(),
                 })
                 .collect(),
-            policy: Some((&o.policy).into()),
+            policy: Some(o.policy.to_proto()),
         }
     }
 }
 
-impl From<&EndpointSet> for pb::EndpointSet {
-    fn from(s: &EndpointSet) -> Self {
+impl ToProto for EndpointSet {
+    type Proto = pb::EndpointSet;
+    fn to_proto(&self) -> pb::EndpointSet {
+        let s = self;
         pb::EndpointSet {
             endpoints: s
                 .endpoints
@@ -153,35 +175,45 @@ impl From<&EndpointSet> for pb::EndpointSet {
     }
 }
 
-impl From<&ResourceKind> for pb::resource::Kind {
-    fn from(k: &ResourceKind) -> Self {
-        match k {
-            ResourceKind::Inbound(p) => pb::resource::Kind::Inbound(p.into()),
-            ResourceKind::Outbound(o) => pb::resource::Kind::Outbound(o.into()),
-            ResourceKind::Endpoints(e) => pb::resource::Kind::Endpoints(e.into()),
+impl ToProto for ResourceKind {
+    type Proto = pb::resource::Kind;
+    fn to_proto(&self) -> pb::resource::Kind {
+        match self {
+            ResourceKind::Inbound(p) => pb::resource::Kind::Inbound(p.to_proto()),
+            ResourceKind::Outbound(o) => pb::resource::Kind::Outbound(o.to_proto()),
+            ResourceKind::Endpoints(e) => pb::resource::Kind::Endpoints(e.to_proto()),
         }
     }
 }
 
-impl VersionedResource {
+impl ToProto for VersionedResource {
+    type Proto = pb::Resource;
     /// The resource as the proto message sent to proxies.
-    pub fn to_proto(&self) -> pb::Resource {
+    fn to_proto(&self) -> pb::Resource {
         pb::Resource {
             name: self.name.clone(),
             version: self.version.clone(),
-            kind: Some((&self.resource).into()),
+            kind: Some(self.resource.to_proto()),
         }
     }
 }
 
-/// The canonical encoding of a resource payload: its proto encoding (prost writes fields in
-/// tag order and these messages have no maps, so equal values encode to equal bytes).
-pub(crate) fn canonical_bytes(k: &ResourceKind) -> Vec<u8> {
-    use prost::Message;
-    let msg = pb::Resource {
-        name: String::new(),
-        version: String::new(),
-        kind: Some(k.into()),
-    };
-    msg.encode_to_vec()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The core names resources without depending on proxy-api; the names must be the wire's.
+    #[test]
+    fn core_names_are_the_wire_names() {
+        use weft_proxy_api::names;
+        assert_eq!(INBOUND_NAME, names::INBOUND);
+        assert_eq!(
+            outbound_name("shop", "web"),
+            names::outbound_name("web", "shop")
+        );
+        assert_eq!(
+            endpoints_name("shop", "web", 8080),
+            names::endpoints_name("web", "shop", 8080)
+        );
+    }
 }
