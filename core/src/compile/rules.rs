@@ -151,18 +151,64 @@ pub fn convert_match(m: &hub::HttpMatch) -> Option<HttpMatch> {
         })
         .collect();
     headers.sort();
-    let mut methods: Vec<String> = m.methods.iter().map(|x| x.to_ascii_uppercase()).collect();
-    if methods.iter().any(|x| x == "*") {
-        methods = vec!["*".to_string()];
-    }
-    methods.sort();
-    methods.dedup();
     Some(HttpMatch {
         name: m.name.clone(),
         path_regex: m.path_regex.clone().unwrap_or_default(),
-        methods,
+        methods: compiled_methods(&m.methods),
         headers,
     })
+}
+
+/// The methods a compiled match allows: upper case, sorted, deduplicated; SMI's `*` means any
+/// method, which the compiled form says with an empty list (no magic string on the wire).
+/// Only call on methods [`match_problems`] accepted: an unknown method leaves the whole match
+/// out, it never widens it.
+fn compiled_methods(methods: &[String]) -> Vec<String> {
+    if methods.iter().any(|x| x == "*") {
+        return Vec::new();
+    }
+    let mut methods: Vec<String> = methods.iter().map(|x| x.to_ascii_uppercase()).collect();
+    methods.sort();
+    methods.dedup();
+    methods
+}
+
+#[cfg(test)]
+mod match_tests {
+    use super::*;
+
+    fn hub_match(methods: &[&str]) -> hub::HttpMatch {
+        hub::HttpMatch {
+            name: "m".into(),
+            path_regex: None,
+            methods: methods.iter().map(|s| s.to_string()).collect(),
+            headers: Default::default(),
+        }
+    }
+
+    /// Regression (#14): a match with a method SMI does not define is left out (it matches
+    /// nothing), as the HTTPRouteGroup's status says; it is never compiled, and never widened
+    /// to "any method".
+    #[test]
+    fn unknown_method_leaves_the_match_out() {
+        for methods in [&["FETCH"][..], &["GET", "FETCH"], &["fetch", "*"]] {
+            let m = hub_match(methods);
+            assert!(convert_match(&m).is_none(), "{methods:?}");
+            assert!(match_problems(&m)
+                .iter()
+                .any(|p| matches!(p, MatchProblem::UnknownMethod { method } if method.eq_ignore_ascii_case("fetch"))));
+        }
+    }
+
+    #[test]
+    fn any_method_is_an_empty_list_and_methods_are_normalised() {
+        let any = convert_match(&hub_match(&["get", "*"])).unwrap();
+        assert!(any.methods.is_empty());
+        let none_listed = convert_match(&hub_match(&[])).unwrap();
+        assert!(none_listed.methods.is_empty());
+        let some = convert_match(&hub_match(&["post", "GET", "get"])).unwrap();
+        assert_eq!(some.methods, vec!["GET".to_string(), "POST".to_string()]);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
