@@ -7,6 +7,7 @@
 //! * [`model`]: the mesh model (SMI hub objects and the cluster state the compiler reads);
 //!   [`model::parse`] reads manifest text.
 //! * [`compile`]: from the model to per-proxy config.
+//! * [`reason`]: the typed reasons of problems and their condition/Event strings.
 //! * [`validate`]: the per-object checks behind admission and status conditions.
 //! * [`inject`]: the proxy injector (JSON in, JSON out).
 #![forbid(unsafe_code)]
@@ -14,4 +15,5 @@
 pub mod compile;
 pub mod inject;
 pub mod model;
+pub mod reason;
 pub mod validate;

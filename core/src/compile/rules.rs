@@ -18,6 +18,7 @@ use weft_smi::hub;
 
 use super::types::*;
 use crate::model::{Model, ObjectRef};
+use crate::reason::Reason;
 
 // ---------------------------------------------------------------------------------------------
 // HTTP matches.
@@ -40,14 +41,14 @@ pub enum MatchProblem {
 }
 
 impl MatchProblem {
-    /// The reason used by the validator (admission) for this problem.
-    pub fn validator_reason(&self) -> &'static str {
+    /// The validator's (admission's) reason for this problem.
+    pub fn reason(&self) -> Reason {
         match self {
             MatchProblem::InvalidPathRegex { .. } | MatchProblem::InvalidHeaderRegex { .. } => {
-                "InvalidRegex"
+                Reason::InvalidRegex
             }
-            MatchProblem::InvalidHeaderName { .. } => "InvalidHeaderName",
-            MatchProblem::UnknownMethod { .. } => "UnknownMethod",
+            MatchProblem::InvalidHeaderName { .. } => Reason::InvalidHeaderName,
+            MatchProblem::UnknownMethod { .. } => Reason::UnknownMethod,
         }
     }
 }
