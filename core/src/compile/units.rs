@@ -94,25 +94,11 @@ pub(crate) fn protocol_hint(l4: L4Protocol, app: Option<&str>, name: Option<&str
         .unwrap_or(Protocol::Detect)
 }
 
-/// Parses a duration like `2s`, `500ms`, `1m`, `1.5s` into milliseconds.
+/// Parses a duration like `2s`, `500ms`, `1m`, `1.5s` into milliseconds
+/// ([`weft_common::duration::parse`], the one duration parser).
 pub(crate) fn parse_duration_ms(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1000.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60_000.0)
-    } else if let Some(n) = s.strip_suffix('h') {
-        (n, 3_600_000.0)
-    } else {
-        return None;
-    };
-    let v: f64 = num.trim().parse().ok()?;
-    if !v.is_finite() || v < 0.0 {
-        return None;
-    }
-    Some((v * mult).round() as u64)
+    let d = weft_common::duration::parse(s).ok()?;
+    u64::try_from(d.as_millis()).ok()
 }
 
 /// The TrafficPolicy of a service from its annotations; bad values are reported and ignored.
