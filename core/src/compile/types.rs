@@ -6,6 +6,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+pub use weft_common::SpiffeId;
 
 /// The application protocol of a port (proto `Protocol`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -90,11 +91,64 @@ pub struct InboundPort {
 pub struct Authorization {
     /// `<namespace>/<name>` of the TrafficTarget.
     pub name: String,
-    /// SPIFFE identities of allowed clients.
-    pub sources: Vec<String>,
+    /// Who is admitted. `weft compile` prints it in the deprecated untyped form, as `sources`
+    /// ([`Clients::legacy_sources`]).
+    #[serde(rename = "sources", serialize_with = "ser_legacy_sources")]
+    pub clients: Clients,
     pub all_traffic: bool,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub http_routes: Vec<HttpMatch>,
+}
+
+/// Who an authorization admits: a typed choice, not strings with magic values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Clients {
+    /// Clients presenting one of these mesh identities over mTLS (a TrafficTarget's sources),
+    /// in the order of their string form, without duplicates.
+    Mesh(Vec<SpiffeId>),
+    /// The kubelet's plaintext HTTP probes: any client, authenticated or not, limited by the
+    /// authorization's routes to the pod's probe paths.
+    KubeletProbes,
+}
+
+impl Default for Clients {
+    /// No client.
+    fn default() -> Self {
+        Clients::Mesh(Vec::new())
+    }
+}
+
+/// The deprecated untyped source that admitted any client (proto `Authorization.sources`,
+/// which proxies of the previous minor version read): the form of [`Clients::KubeletProbes`].
+pub const LEGACY_ANY_CLIENT: &str = "*";
+
+impl Clients {
+    /// Mesh clients with these identities, sorted by their string form and deduplicated.
+    pub fn mesh(ids: impl IntoIterator<Item = SpiffeId>) -> Clients {
+        let mut ids: Vec<(String, SpiffeId)> =
+            ids.into_iter().map(|i| (i.to_string(), i)).collect();
+        ids.sort_by(|a, b| a.0.cmp(&b.0));
+        ids.dedup_by(|a, b| a.0 == b.0);
+        Clients::Mesh(ids.into_iter().map(|(_, i)| i).collect())
+    }
+
+    /// Whether no client is admitted.
+    pub fn is_empty(&self) -> bool {
+        matches!(self, Clients::Mesh(ids) if ids.is_empty())
+    }
+
+    /// The one mapping to the deprecated untyped form: the SPIFFE IDs, or
+    /// [`LEGACY_ANY_CLIENT`] for the kubelet's probes.
+    pub fn legacy_sources(&self) -> Vec<String> {
+        match self {
+            Clients::Mesh(ids) => ids.iter().map(SpiffeId::to_string).collect(),
+            Clients::KubeletProbes => vec![LEGACY_ANY_CLIENT.to_string()],
+        }
+    }
+}
+
+fn ser_legacy_sources<S: serde::Serializer>(c: &Clients, s: S) -> Result<S::Ok, S::Error> {
+    c.legacy_sources().serialize(s)
 }
 
 /// Where requests to one service go (proto `OutboundService`).
@@ -256,13 +310,17 @@ pub fn endpoints_name(namespace: &str, service: &str, port: u16) -> String {
 /// Resource name of the pod's InboundPolicy.
 pub const INBOUND_NAME: &str = "inbound";
 
-/// SPIFFE id of a service account, as the proxy config carries it (formatted by
-/// [`weft_common::SpiffeId`]; not validated here: names come from the API server).
-pub fn spiffe_id(trust_domain: &str, namespace: &str, service_account: &str) -> String {
-    weft_common::SpiffeId {
+/// SPIFFE ID of a service account ([`weft_common::SpiffeId`]; not validated here: names come
+/// from the API server).
+pub fn spiffe(trust_domain: &str, namespace: &str, service_account: &str) -> SpiffeId {
+    SpiffeId {
         trust_domain: trust_domain.to_owned(),
         namespace: namespace.to_owned(),
         service_account: service_account.to_owned(),
     }
-    .to_string()
+}
+
+/// [`spiffe`] in its string form, as the proxy config carries endpoint and proxy identities.
+pub fn spiffe_id(trust_domain: &str, namespace: &str, service_account: &str) -> String {
+    spiffe(trust_domain, namespace, service_account).to_string()
 }

@@ -506,22 +506,20 @@ fn authorization(
     if t.destination.port.is_some_and(|p| p != port) {
         return None;
     }
-    let mut sources: Vec<String> = t
-        .sources
-        .iter()
-        .filter(|s| s.kind == "ServiceAccount")
-        .map(|s| {
-            let ns = if s.namespace.is_empty() {
-                &t.meta.namespace
-            } else {
-                &s.namespace
-            };
-            spiffe_id(&opts.trust_domain, ns, &s.name)
-        })
-        .collect();
-    sources.sort();
-    sources.dedup();
-    if sources.is_empty() {
+    let clients = Clients::mesh(
+        t.sources
+            .iter()
+            .filter(|s| s.kind == "ServiceAccount")
+            .map(|s| {
+                let ns = if s.namespace.is_empty() {
+                    &t.meta.namespace
+                } else {
+                    &s.namespace
+                };
+                spiffe(&opts.trust_domain, ns, &s.name)
+            }),
+    );
+    if clients.is_empty() {
         return None;
     }
     let mut all_traffic = false;
@@ -567,7 +565,7 @@ fn authorization(
     http_routes.dedup();
     Some(Authorization {
         name: tref.to_string(),
-        sources,
+        clients,
         all_traffic,
         http_routes,
     })
@@ -595,8 +593,9 @@ fn target_ports(model: &Model, targets: &[(&ObjectRef, &hub::TrafficTarget)]) ->
 
 /// Name of the authorization that admits the kubelet's HTTP probes.
 pub const PROBE_AUTHORIZATION: &str = "probe";
-/// The authorization source that admits any client, authenticated or not.
-pub const ANY_CLIENT: &str = "*";
+/// The authorization source that admitted any client in the untyped form (kept for the
+/// fuzz oracle and older callers; the compiler says [`Clients::KubeletProbes`]).
+pub const ANY_CLIENT: &str = LEGACY_ANY_CLIENT;
 
 /// The paths of a pod's plaintext `httpGet` probes by container port. HTTPS probes are left
 /// out (the proxy cannot see their paths) with an event; so are probes on unknown port names.
@@ -629,7 +628,7 @@ fn probe_paths(pod: &Pod, events: &mut Vec<Event>) -> BTreeMap<u16, BTreeSet<Str
 fn probe_authorization(paths: &BTreeSet<String>) -> Authorization {
     Authorization {
         name: PROBE_AUTHORIZATION.to_string(),
-        sources: vec![ANY_CLIENT.to_string()],
+        clients: Clients::KubeletProbes,
         all_traffic: false,
         http_routes: paths
             .iter()

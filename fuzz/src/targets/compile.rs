@@ -196,7 +196,11 @@ fn check_inbound(
         for a in &port.authorizations {
             if a.name == PROBE_AUTHORIZATION {
                 f.hit("probe-authorization");
-                assert_eq!(a.sources, [ANY_CLIENT], "probe authorization sources");
+                assert_eq!(
+                    a.clients.legacy_sources(),
+                    [ANY_CLIENT],
+                    "probe authorization sources"
+                );
                 assert!(!a.all_traffic, "probe authorization allows all traffic");
                 for m in &a.http_routes {
                     assert!(
@@ -209,6 +213,7 @@ fn check_inbound(
                 continue;
             }
             f.hit(("authorization", a.all_traffic, a.http_routes.is_empty()));
+            let sources = a.clients.legacy_sources();
             // The sources every TrafficTarget with this name grants to this pod.
             let granted: BTreeSet<String> = targets
                 .iter()
@@ -218,13 +223,13 @@ fn check_inbound(
                 .map(|s| spiffe(opts, &s.namespace, &s.name))
                 .collect();
             assert!(
-                !granted.is_empty() || a.sources.is_empty(),
+                !granted.is_empty() || sources.is_empty(),
                 "pod {key} port {}: authorization {:?} names no TrafficTarget for sa {sa}, yet admits {:?}",
                 port.port,
                 a.name,
-                a.sources
+                sources
             );
-            for s in &a.sources {
+            for s in &sources {
                 assert!(
                     granted.contains(s),
                     "pod {key} port {}: authorization {:?} admits {s:?}, which it does not grant (grants {granted:?})",

@@ -82,23 +82,32 @@ impl ToProto for InboundPolicy {
                     port: u32::from(port.port),
                     protocol: port.protocol.to_proto() as i32,
                     restricted: port.restricted,
-                    authorizations: port
-                        .authorizations
-                        .iter()
-                        .map(|a| {
-                            // TODO(#14): set the typed `clients` choice; `sources` is deprecated.
-                            #[allow(deprecated)]
-                            pb::Authorization {
-                                name: a.name.clone(),
-                                sources: a.sources.clone(),
-                                clients: None,
-                                all_traffic: a.all_traffic,
-                                http_routes: a.http_routes.iter().map(ToProto::to_proto).collect(),
-                            }
-                        })
-                        .collect(),
+                    authorizations: port.authorizations.iter().map(ToProto::to_proto).collect(),
                 })
                 .collect(),
+        }
+    }
+}
+
+/// The one conversion of who an authorization admits: the typed `clients` choice and, for
+/// proxies of the previous minor version, the deprecated untyped `sources` from the same value
+/// (`"*"` for the kubelet's probes).
+impl ToProto for Authorization {
+    type Proto = pb::Authorization;
+    #[allow(deprecated)]
+    fn to_proto(&self) -> pb::Authorization {
+        let clients = match &self.clients {
+            Clients::Mesh(ids) => pb::authorization::Clients::Mesh(pb::MeshClients {
+                identities: ids.iter().map(ToString::to_string).collect(),
+            }),
+            Clients::KubeletProbes => pb::authorization::Clients::Probes(pb::KubeletProbes {}),
+        };
+        pb::Authorization {
+            name: self.name.clone(),
+            sources: self.clients.legacy_sources(),
+            clients: Some(clients),
+            all_traffic: self.all_traffic,
+            http_routes: self.http_routes.iter().map(ToProto::to_proto).collect(),
         }
     }
 }
@@ -215,5 +224,47 @@ mod tests {
             endpoints_name("shop", "web", 8080),
             names::endpoints_name("web", "shop", 8080)
         );
+    }
+
+    /// The typed choice and the deprecated sources come from one value, so a proxy of either
+    /// minor version admits the same clients.
+    #[test]
+    #[allow(deprecated)]
+    fn authorization_sets_typed_clients_and_legacy_sources_from_one_value() {
+        let mesh = Authorization {
+            name: "demo/t".into(),
+            clients: Clients::mesh([
+                spiffe("cluster.local", "demo", "web"),
+                spiffe("cluster.local", "demo", "client"),
+                spiffe("cluster.local", "demo", "web"),
+            ]),
+            all_traffic: true,
+            http_routes: Vec::new(),
+        }
+        .to_proto();
+        let ids = vec![
+            "spiffe://cluster.local/ns/demo/sa/client".to_string(),
+            "spiffe://cluster.local/ns/demo/sa/web".to_string(),
+        ];
+        assert_eq!(
+            mesh.clients,
+            Some(pb::authorization::Clients::Mesh(pb::MeshClients {
+                identities: ids.clone()
+            }))
+        );
+        assert_eq!(mesh.sources, ids);
+
+        let probes = Authorization {
+            name: "probe".into(),
+            clients: Clients::KubeletProbes,
+            all_traffic: false,
+            http_routes: Vec::new(),
+        }
+        .to_proto();
+        assert_eq!(
+            probes.clients,
+            Some(pb::authorization::Clients::Probes(pb::KubeletProbes {}))
+        );
+        assert_eq!(probes.sources, vec!["*".to_string()]);
     }
 }
