@@ -27,9 +27,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use weft_smi::hub::{
-    self, HttpRouteGroup, Meta, RouteKind, SmiObject, TrafficSplit, TrafficTarget,
-};
+use weft_smi::hub::{self, HttpRouteGroup, RouteKind, SmiObject, TrafficSplit, TrafficTarget};
 use weft_smi::SmiError;
 
 pub use crate::reason::Reason;
@@ -143,12 +141,9 @@ fn push(
     });
 }
 
-/// Orders objects for "oldest wins": by creationTimestamp (missing or unparsable counts as
-/// newest), then by name. `Less` means `a` wins. The compiler uses the same function
-/// ([`crate::compile::rules::split_order`]).
-pub fn age_order(a: &Meta, b: &Meta) -> std::cmp::Ordering {
-    crate::compile::rules::split_order(a, b)
-}
+/// Orders objects for "oldest wins" ([`crate::compile::rules::split_order`], the one rule:
+/// parsed creationTimestamp, missing or unparsable counts as newest, a tie broken by name).
+pub use crate::compile::rules::split_order as age_order;
 
 /// Among the TrafficSplits of `objects` in `namespace` whose root is `service`, the one that
 /// takes effect (the oldest). The compiler and the validator use the same rule.
@@ -346,7 +341,7 @@ fn split(s: &TrafficSplit, ctx: Option<&ValidationContext<'_>>, out: &mut Vec<Pr
 }
 
 fn identity(r: &hub::IdentityRef, path: &str, out: &mut Vec<Problem>) {
-    if r.kind != "ServiceAccount" {
+    if !crate::compile::rules::is_identity(r) {
         push(
             out,
             Severity::Error,

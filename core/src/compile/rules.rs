@@ -213,6 +213,54 @@ mod match_tests {
 }
 
 // ---------------------------------------------------------------------------------------------
+// TrafficTarget identities.
+
+/// The only identity kind SMI access control names that weft enforces.
+pub const IDENTITY_KIND: &str = "ServiceAccount";
+
+/// Who may be a TrafficTarget source or destination: a ServiceAccount. Another kind admits no
+/// one (the validator rejects it; status says it is ignored).
+pub fn is_identity(r: &hub::IdentityRef) -> bool {
+    r.kind == IDENTITY_KIND
+}
+
+/// The identity a source of `t` admits, or `None` when it admits no one ([`is_identity`]).
+/// A source without a namespace is in the TrafficTarget's namespace.
+pub fn source_identity(
+    t: &hub::TrafficTarget,
+    s: &hub::IdentityRef,
+    trust_domain: &str,
+) -> Option<SpiffeId> {
+    if !is_identity(s) {
+        return None;
+    }
+    let ns = if s.namespace.is_empty() {
+        &t.meta.namespace
+    } else {
+        &s.namespace
+    };
+    Some(spiffe(trust_domain, ns, &s.name))
+}
+
+/// Whether these TrafficTargets (all naming one destination) restrict `port` of it: a
+/// destination without a port is restricted on every port, listed or not; one with a port
+/// only on that port.
+pub fn restricts_port<'a>(
+    targets: impl IntoIterator<Item = &'a hub::TrafficTarget>,
+    port: u16,
+) -> bool {
+    targets
+        .into_iter()
+        .any(|t| t.destination.port.is_none_or(|p| p == port))
+}
+
+/// Whether these TrafficTargets restrict every port of their destination (the pod's default
+/// becomes deny).
+pub fn restricts_every_port<'a>(targets: impl IntoIterator<Item = &'a hub::TrafficTarget>) -> bool {
+    targets.into_iter().any(|t| t.destination.port.is_none())
+}
+
+// ---------------------------------------------------------------------------------------------
 // Precedence of splits on one root.
 
 /// A parsed creationTimestamp (seconds, nanoseconds), or `None` when absent or unparsable.

@@ -503,21 +503,13 @@ fn authorization(
     t: &hub::TrafficTarget,
     port: u16,
 ) -> Option<Authorization> {
-    if t.destination.port.is_some_and(|p| p != port) {
+    if !rules::restricts_port([t], port) {
         return None;
     }
     let clients = Clients::mesh(
         t.sources
             .iter()
-            .filter(|s| s.kind == "ServiceAccount")
-            .map(|s| {
-                let ns = if s.namespace.is_empty() {
-                    &t.meta.namespace
-                } else {
-                    &s.namespace
-                };
-                spiffe(&opts.trust_domain, ns, &s.name)
-            }),
+            .filter_map(|s| rules::source_identity(t, s, &opts.trust_domain)),
     );
     if clients.is_empty() {
         return None;
@@ -656,17 +648,12 @@ pub(crate) fn inbound(
     let targets: Vec<(&ObjectRef, &hub::TrafficTarget)> = model
         .targets_for_destination(&sa)
         .filter_map(|r| model.targets.get(r).map(|t| (r, t)))
-        .filter(|(_, t)| t.destination.kind == "ServiceAccount")
+        .filter(|(_, t)| rules::is_identity(&t.destination))
         .collect();
     let mut default = default_policy(model, opts, namespace, pod, events);
-    // A destination without a port restriction is restricted on every port, listed or not.
-    if targets.iter().any(|(_, t)| t.destination.port.is_none()) {
+    if rules::restricts_every_port(targets.iter().map(|(_, t)| *t)) {
         default = DefaultPolicy::Deny;
     }
-    let restricted_ports: BTreeSet<u16> = targets
-        .iter()
-        .filter_map(|(_, t)| t.destination.port)
-        .collect();
 
     // Ports: declared container ports, plus any a TrafficTarget names.
     let mut ports: BTreeMap<u16, Protocol> = BTreeMap::new();
@@ -720,8 +707,7 @@ pub(crate) fn inbound(
     let ports = ports
         .into_iter()
         .map(|(port, protocol)| {
-            let restricted = restricted_ports.contains(&port)
-                || targets.iter().any(|(_, t)| t.destination.port.is_none());
+            let restricted = rules::restricts_port(targets.iter().map(|(_, t)| *t), port);
             let mut authorizations: Vec<Authorization> = if restricted {
                 targets
                     .iter()
@@ -762,7 +748,7 @@ pub(crate) fn target_status(
     let g = t.meta.generation;
     let mut events = Vec::new();
     let mut invalid = Vec::new();
-    if t.destination.kind != "ServiceAccount" {
+    if !rules::is_identity(&t.destination) {
         invalid.push(format!(
             "destination kind {:?} is not ServiceAccount: this TrafficTarget is ignored \
              (it allows nothing)",
@@ -770,7 +756,7 @@ pub(crate) fn target_status(
         ));
     }
     for s in &t.sources {
-        if s.kind != "ServiceAccount" {
+        if !rules::is_identity(s) {
             invalid.push(format!(
                 "source kind {:?} is not ServiceAccount: that source admits no one (the \
                  ServiceAccount sources are in force)",
