@@ -1,4 +1,5 @@
-//! The typed reasons of the per-object checks, and their one string form.
+//! The typed reasons of problems found in SMI objects (the validator's and the compiler's
+//! split issues), and their one string form: the `reason` of conditions and Events.
 
 /// Why the validator reports a problem: the reason of conditions, Events and admission
 /// messages ([`Reason::as_str`]).
@@ -54,6 +55,14 @@ pub enum Reason {
     InvalidPort,
     /// A port is listed twice.
     DuplicatePort,
+    /// Every backend of a split has weight 0 (the compiler's name for [`Reason::ZeroWeights`]).
+    NoWeight,
+    /// A split backend lacks some of the root's ports (needs the Services).
+    BackendPortMismatch,
+    /// A split `matches` entry is of a kind other than HTTPRouteGroup (the compiler's name).
+    InvalidKind,
+    /// A match cannot be compiled; for a split, one of a referenced group's matches.
+    InvalidMatch,
     /// A field has a value the object cannot have.
     InvalidField,
     /// A required field is missing.
@@ -95,6 +104,10 @@ impl Reason {
             Reason::UnknownMethod => "UnknownMethod",
             Reason::InvalidPort => "InvalidPort",
             Reason::DuplicatePort => "DuplicatePort",
+            Reason::NoWeight => "NoWeight",
+            Reason::BackendPortMismatch => "BackendPortMismatch",
+            Reason::InvalidKind => "InvalidKind",
+            Reason::InvalidMatch => "InvalidMatch",
             Reason::InvalidField => "InvalidField",
             Reason::MissingField => "MissingField",
             Reason::NotSmi => "NotSmi",
@@ -114,6 +127,7 @@ impl Reason {
                 | Reason::Conflicted
                 | Reason::RouteNotFound
                 | Reason::MatchNotFound
+                | Reason::BackendPortMismatch
         )
     }
 }

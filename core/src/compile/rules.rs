@@ -371,18 +371,18 @@ pub enum SplitIssue {
 }
 
 impl SplitIssue {
-    /// The condition reason (CamelCase).
-    pub fn reason(&self) -> &'static str {
+    /// The condition reason ([`Reason::as_str`] is its string).
+    pub fn reason(&self) -> Reason {
         match self {
-            SplitIssue::RootNotFound { .. } => "ServiceNotFound",
-            SplitIssue::NoBackends => "NoBackends",
-            SplitIssue::NoWeight => "NoWeight",
-            SplitIssue::BackendNotFound { .. } => "BackendNotFound",
-            SplitIssue::BackendPortMismatch { .. } => "BackendPortMismatch",
-            SplitIssue::UnsupportedMatchKind { .. } => "InvalidKind",
-            SplitIssue::RouteGroupNotFound { .. } => "RouteNotFound",
-            SplitIssue::EmptyRouteGroup { .. } => "NoMatches",
-            SplitIssue::InvalidMatch { .. } => "InvalidMatch",
+            SplitIssue::RootNotFound { .. } => Reason::ServiceNotFound,
+            SplitIssue::NoBackends => Reason::NoBackends,
+            SplitIssue::NoWeight => Reason::NoWeight,
+            SplitIssue::BackendNotFound { .. } => Reason::BackendNotFound,
+            SplitIssue::BackendPortMismatch { .. } => Reason::BackendPortMismatch,
+            SplitIssue::UnsupportedMatchKind { .. } => Reason::InvalidKind,
+            SplitIssue::RouteGroupNotFound { .. } => Reason::RouteNotFound,
+            SplitIssue::EmptyRouteGroup { .. } => Reason::NoMatches,
+            SplitIssue::InvalidMatch { .. } => Reason::InvalidMatch,
         }
     }
 

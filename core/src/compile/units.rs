@@ -17,6 +17,7 @@ use crate::model::{
     destination_ref, EndpointGroup, Kind, L4Protocol, Model, ObjectKey, ObjectRef, Pod, Service,
     ServicePort, DEFAULT_INBOUND_POLICY_ANNOTATION,
 };
+use crate::reason::Reason;
 
 /// Service annotation: request timeout (`2s`, `500ms`, `1m`).
 pub const TIMEOUT_ANNOTATION: &str = "weft.io/timeout";
@@ -180,7 +181,7 @@ fn split_conditions(
         .map(|i| (i, i.message(&plan.key)))
         .collect();
     for (issue, msg) in &messages {
-        warn(events, key.clone(), issue.reason(), msg.clone());
+        warn(events, key.clone(), issue.reason().as_str(), msg.clone());
     }
     let summary = |pick: fn(&rules::SplitIssue) -> bool| -> Option<(&'static str, String)> {
         let found: Vec<&(&rules::SplitIssue, String)> =
@@ -191,7 +192,7 @@ fn split_conditions(
             .map(|(_, m)| m.as_str())
             .collect::<Vec<_>>()
             .join("; ");
-        Some((first.0.reason(), msg))
+        Some((first.0.reason().as_str(), msg))
     };
     let mut conds = Vec::new();
     match lost_to {
@@ -880,8 +881,19 @@ pub(crate) fn route_status(key: &ObjectKey, model: &Model) -> (Vec<hub::Conditio
             "{}; the invalid matches are left out: they match no request and allow nothing",
             problems.join("; ")
         );
-        warn(&mut events, key.clone(), "InvalidMatch", msg.clone());
-        conds.push(condition(ACCEPTED, false, "InvalidMatch", msg, generation));
+        warn(
+            &mut events,
+            key.clone(),
+            Reason::InvalidMatch.as_str(),
+            msg.clone(),
+        );
+        conds.push(condition(
+            ACCEPTED,
+            false,
+            Reason::InvalidMatch.as_str(),
+            msg,
+            generation,
+        ));
     }
     conds.push(condition(
         RESOLVED_REFS,
