@@ -194,7 +194,7 @@ fn split(s: &TrafficSplit, ctx: Option<&ValidationContext<'_>>, out: &mut Vec<Pr
             Reason::NoBackends,
             "the split has no backends",
         );
-    } else if s.backends.iter().all(|b| b.weight_milli == 0) {
+    } else if crate::compile::rules::has_no_weight(s) {
         push(
             out,
             Error,
@@ -243,7 +243,11 @@ fn split(s: &TrafficSplit, ctx: Option<&ValidationContext<'_>>, out: &mut Vec<Pr
             }
         }
     }
-    let weighted: Vec<&hub::Backend> = s.backends.iter().filter(|b| b.weight_milli > 0).collect();
+    let weighted: Vec<&hub::Backend> = s
+        .backends
+        .iter()
+        .filter(|b| crate::compile::rules::carries_traffic(b))
+        .collect();
     if !s.service.is_empty()
         && !weighted.is_empty()
         && weighted.iter().all(|b| b.service == s.service)

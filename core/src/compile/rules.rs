@@ -567,6 +567,18 @@ impl SplitPlan<'_> {
     }
 }
 
+/// What a zero weight means: the backend stays in the split's route with weight 0 and gets no
+/// traffic. Whether a backend gets a share of the split's traffic.
+pub fn carries_traffic(b: &hub::Backend) -> bool {
+    b.weight_milli > 0
+}
+
+/// A split whose backends all weigh 0 (and has some): the requests it matches fail with 503;
+/// they are not sent to the root ([`SplitIssue::NoWeight`]; the validator's `ZeroWeights`).
+pub fn has_no_weight(split: &hub::TrafficSplit) -> bool {
+    !split.backends.is_empty() && !split.backends.iter().any(carries_traffic)
+}
+
 /// Plans one split on `apex` (its root). Reads services and HTTPRouteGroups of the model.
 pub fn plan_split<'a>(
     model: &Model,
@@ -581,7 +593,7 @@ pub fn plan_split<'a>(
     }
     if split.backends.is_empty() {
         issues.push(SplitIssue::NoBackends);
-    } else if split.backends.iter().all(|b| b.weight_milli == 0) {
+    } else if has_no_weight(split) {
         issues.push(SplitIssue::NoWeight);
     }
     for b in &split.backends {
