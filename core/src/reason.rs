@@ -63,6 +63,24 @@ pub enum Reason {
     InvalidKind,
     /// A match cannot be compiled; for a split, one of a referenced group's matches.
     InvalidMatch,
+    /// The object is in force as written.
+    Accepted,
+    /// Every reference resolves.
+    ResolvedRefs,
+    /// No other split has this root.
+    NoConflict,
+    /// Another split on the same root takes precedence (the `Conflicted` condition).
+    ApexConflict,
+    /// A TrafficTarget has no rules or no sources: it allows nothing but restricts.
+    AllowsNothing,
+    /// A TrafficTarget names identities of a kind other than ServiceAccount.
+    Invalid,
+    /// An annotation value is ignored.
+    InvalidAnnotation,
+    /// An HTTPS probe gets no authorization (its path is not visible).
+    HttpsProbeNotAuthorized,
+    /// A UDPRoute is not enforced (UDP bypasses the proxy).
+    UDPNotProxied,
     /// A field has a value the object cannot have.
     InvalidField,
     /// A required field is missing.
@@ -108,6 +126,15 @@ impl Reason {
             Reason::BackendPortMismatch => "BackendPortMismatch",
             Reason::InvalidKind => "InvalidKind",
             Reason::InvalidMatch => "InvalidMatch",
+            Reason::Accepted => "Accepted",
+            Reason::ResolvedRefs => "ResolvedRefs",
+            Reason::NoConflict => "NoConflict",
+            Reason::ApexConflict => "ApexConflict",
+            Reason::AllowsNothing => "AllowsNothing",
+            Reason::Invalid => "Invalid",
+            Reason::InvalidAnnotation => "InvalidAnnotation",
+            Reason::HttpsProbeNotAuthorized => "HttpsProbeNotAuthorized",
+            Reason::UDPNotProxied => "UDPNotProxied",
             Reason::InvalidField => "InvalidField",
             Reason::MissingField => "MissingField",
             Reason::NotSmi => "NotSmi",

@@ -8,6 +8,8 @@ pub use crate::hub::{Condition, SmiStatus};
 pub const ACCEPTED: &str = "Accepted";
 pub const RESOLVED_REFS: &str = "ResolvedRefs";
 pub const CONFLICTED: &str = "Conflicted";
+/// Whether the data plane enforces the object (False on UDPRoutes: weft-proxy does not see UDP).
+pub const PROGRAMMED: &str = "Programmed";
 
 /// The one condition merge. Merges `desired` conditions into the `current` status: each condition keeps its
 /// `lastTransitionTime` when its `status` did not change. Returns the merged status and whether

@@ -28,12 +28,8 @@ pub const RETRY_BUDGET_ANNOTATION: &str = "weft.io/retry-budget";
 /// Service annotation: `true` to also retry non-idempotent methods.
 pub const RETRY_NON_IDEMPOTENT_ANNOTATION: &str = "weft.io/retry-non-idempotent";
 
-/// Condition types and statuses.
-pub const ACCEPTED: &str = "Accepted";
-pub const RESOLVED_REFS: &str = "ResolvedRefs";
-pub const CONFLICTED: &str = "Conflicted";
-/// Whether the data plane enforces the object (False on UDPRoutes: weft-proxy does not see UDP).
-pub const PROGRAMMED: &str = "Programmed";
+/// Condition types (their home is `weft_smi::status`).
+pub use weft_smi::status::{ACCEPTED, CONFLICTED, PROGRAMMED, RESOLVED_REFS};
 /// Why a UDPRoute is not enforced.
 pub const UDP_NOT_PROXIED: &str =
     "weft-proxy does not intercept UDP (only TCP is redirected to it): \
@@ -43,7 +39,7 @@ pub const UDP_NOT_PROXIED: &str =
 pub(crate) fn condition(
     type_: &str,
     ok: bool,
-    reason: &str,
+    reason: Reason,
     message: String,
     generation: Option<i64>,
 ) -> hub::Condition {
@@ -57,10 +53,10 @@ pub(crate) fn condition(
     }
 }
 
-fn warn(events: &mut Vec<Event>, object: ObjectKey, reason: &str, message: String) {
+fn warn(events: &mut Vec<Event>, object: ObjectKey, reason: Reason, message: String) {
     events.push(Event {
         object,
-        reason: reason.to_string(),
+        reason: reason.as_str().to_string(),
         message,
     });
 }
@@ -111,7 +107,7 @@ pub(crate) fn traffic_policy(svc: &Service, events: &mut Vec<Event>) -> TrafficP
         warn(
             events,
             key.clone(),
-            "InvalidAnnotation",
+            Reason::InvalidAnnotation,
             format!("{ann}: {v:?} is not {what}; ignored"),
         )
     };
@@ -181,9 +177,9 @@ fn split_conditions(
         .map(|i| (i, i.message(&plan.key)))
         .collect();
     for (issue, msg) in &messages {
-        warn(events, key.clone(), issue.reason().as_str(), msg.clone());
+        warn(events, key.clone(), issue.reason(), msg.clone());
     }
-    let summary = |pick: fn(&rules::SplitIssue) -> bool| -> Option<(&'static str, String)> {
+    let summary = |pick: fn(&rules::SplitIssue) -> bool| -> Option<(Reason, String)> {
         let found: Vec<&(&rules::SplitIssue, String)> =
             messages.iter().filter(|(i, _)| pick(i)).collect();
         let first = found.first()?;
@@ -192,7 +188,7 @@ fn split_conditions(
             .map(|(_, m)| m.as_str())
             .collect::<Vec<_>>()
             .join("; ");
-        Some((first.0.reason().as_str(), msg))
+        Some((first.0.reason(), msg))
     };
     let mut conds = Vec::new();
     match lost_to {
@@ -203,15 +199,21 @@ fn split_conditions(
                  this split is ignored",
                 apex, winner.meta.namespace, winner.meta.name
             );
-            warn(events, key.clone(), "Conflicted", msg.clone());
+            warn(events, key.clone(), Reason::Conflicted, msg.clone());
             conds.push(condition(
                 ACCEPTED,
                 false,
-                "Conflicted",
+                Reason::Conflicted,
                 msg.clone(),
                 generation,
             ));
-            conds.push(condition(CONFLICTED, true, "ApexConflict", msg, generation));
+            conds.push(condition(
+                CONFLICTED,
+                true,
+                Reason::ApexConflict,
+                msg,
+                generation,
+            ));
         }
         None => {
             match summary(rules::SplitIssue::affects_accepted) {
@@ -239,13 +241,13 @@ fn split_conditions(
                             failing.join(", ")
                         )
                     };
-                    conds.push(condition(ACCEPTED, true, "Accepted", msg, generation));
+                    conds.push(condition(ACCEPTED, true, Reason::Accepted, msg, generation));
                 }
             }
             conds.push(condition(
                 CONFLICTED,
                 false,
-                "NoConflict",
+                Reason::NoConflict,
                 "no other split has this root service".into(),
                 generation,
             ));
@@ -255,7 +257,7 @@ fn split_conditions(
         None => conds.push(condition(
             RESOLVED_REFS,
             true,
-            "ResolvedRefs",
+            Reason::ResolvedRefs,
             "all references resolved".into(),
             generation,
         )),
@@ -471,7 +473,7 @@ pub(crate) fn default_policy(
                 None => warn(
                     events,
                     ObjectKey::new(Kind::Pod, p.namespace.clone(), p.name.clone()),
-                    "InvalidAnnotation",
+                    Reason::InvalidAnnotation,
                     format!("{DEFAULT_INBOUND_POLICY_ANNOTATION}: {v:?} is not allow, mesh or deny; ignored"),
                 ),
             }
@@ -602,7 +604,7 @@ fn probe_paths(pod: &Pod, events: &mut Vec<Event>) -> BTreeMap<u16, BTreeSet<Str
             warn(
                 events,
                 ObjectKey::new(Kind::Pod, pod.namespace.clone(), pod.name.clone()),
-                "HttpsProbeNotAuthorized",
+                Reason::HttpsProbeNotAuthorized,
                 format!(
                     "{:?} probe on port {port} uses HTTPS: the proxy cannot see its path, so it \
                      is not authorized; it only passes where the port admits unauthenticated clients",
@@ -765,7 +767,7 @@ pub(crate) fn target_status(
             ));
         }
     }
-    let mut unresolved: Vec<(&str, String)> = Vec::new();
+    let mut unresolved: Vec<(Reason, String)> = Vec::new();
     for rule in &t.rules {
         let rref = ObjectRef::new(tref.namespace.clone(), rule.name.clone());
         let names: Option<Vec<String>> = match rule.kind {
@@ -784,14 +786,14 @@ pub(crate) fn target_status(
         };
         match names {
             None => unresolved.push((
-                "RouteNotFound",
+                Reason::RouteNotFound,
                 format!("{} {} not found", rule.kind.as_str(), rref),
             )),
             Some(names) => {
                 for m in &rule.matches {
                     if !names.contains(m) {
                         unresolved.push((
-                            "MatchNotFound",
+                            Reason::MatchNotFound,
                             format!("{} {} has no match named {:?}", rule.kind.as_str(), rref, m),
                         ));
                     }
@@ -807,28 +809,28 @@ pub(crate) fn target_status(
                 if t.rules.is_empty() { "rules" } else { "sources" },
                 destination_ref(t)
             );
-            warn(&mut events, key.clone(), "AllowsNothing", m.clone());
+            warn(&mut events, key.clone(), Reason::AllowsNothing, m.clone());
             m
         } else {
             format!("in force for service account {}", destination_ref(t))
         };
-        conds.push(condition(ACCEPTED, true, "Accepted", msg, g));
+        conds.push(condition(ACCEPTED, true, Reason::Accepted, msg, g));
     } else {
         let msg = invalid.join("; ");
-        warn(&mut events, key.clone(), "Invalid", msg.clone());
-        conds.push(condition(ACCEPTED, false, "Invalid", msg, g));
+        warn(&mut events, key.clone(), Reason::Invalid, msg.clone());
+        conds.push(condition(ACCEPTED, false, Reason::Invalid, msg, g));
     }
     if unresolved.is_empty() {
         conds.push(condition(
             RESOLVED_REFS,
             true,
-            "ResolvedRefs",
+            Reason::ResolvedRefs,
             "all references resolved".into(),
             g,
         ));
     } else {
         for (r, m) in &unresolved {
-            warn(&mut events, key.clone(), r, m.clone());
+            warn(&mut events, key.clone(), *r, m.clone());
         }
         let msg = unresolved
             .iter()
@@ -872,7 +874,7 @@ pub(crate) fn route_status(key: &ObjectKey, model: &Model) -> (Vec<hub::Conditio
         conds.push(condition(
             ACCEPTED,
             true,
-            "Accepted",
+            Reason::Accepted,
             "all matches are valid".into(),
             generation,
         ));
@@ -881,16 +883,11 @@ pub(crate) fn route_status(key: &ObjectKey, model: &Model) -> (Vec<hub::Conditio
             "{}; the invalid matches are left out: they match no request and allow nothing",
             problems.join("; ")
         );
-        warn(
-            &mut events,
-            key.clone(),
-            Reason::InvalidMatch.as_str(),
-            msg.clone(),
-        );
+        warn(&mut events, key.clone(), Reason::InvalidMatch, msg.clone());
         conds.push(condition(
             ACCEPTED,
             false,
-            Reason::InvalidMatch.as_str(),
+            Reason::InvalidMatch,
             msg,
             generation,
         ));
@@ -898,7 +895,7 @@ pub(crate) fn route_status(key: &ObjectKey, model: &Model) -> (Vec<hub::Conditio
     conds.push(condition(
         RESOLVED_REFS,
         true,
-        "ResolvedRefs",
+        Reason::ResolvedRefs,
         "no references".into(),
         generation,
     ));
@@ -906,13 +903,13 @@ pub(crate) fn route_status(key: &ObjectKey, model: &Model) -> (Vec<hub::Conditio
         warn(
             &mut events,
             key.clone(),
-            "UDPNotProxied",
+            Reason::UDPNotProxied,
             UDP_NOT_PROXIED.to_string(),
         );
         conds.push(condition(
             PROGRAMMED,
             false,
-            "UDPNotProxied",
+            Reason::UDPNotProxied,
             UDP_NOT_PROXIED.into(),
             generation,
         ));
