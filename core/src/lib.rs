@@ -6,11 +6,15 @@
 //!
 //! * [`model`]: the mesh model (SMI hub objects and the cluster state the compiler reads);
 //!   [`model::parse`] reads manifest text.
+//! * [`analysis`]: one analysis per SMI kind, read by the compiler, status and admission.
 //! * [`compile`]: from the model to per-proxy config.
 //! * [`reason`]: the typed reasons of problems and their condition/Event strings.
 //! * [`validate`]: the per-object checks behind admission and status conditions.
 //! * [`inject`]: the proxy injector (JSON in, JSON out).
 #![forbid(unsafe_code)]
+
+/// One analysis per SMI kind ([`compile::analysis`]).
+pub use compile::analysis;
 
 pub mod compile;
 pub mod inject;

@@ -479,22 +479,23 @@ fn http_group(g: &HttpRouteGroup, out: &mut Vec<Problem>) {
                 ),
             );
         }
-        // The compiler's own check (crate::compile::rules::match_problems): what admission
-        // rejects is exactly what the compiler would leave out.
-        for p in crate::compile::rules::match_problems(m) {
-            use crate::compile::rules::MatchProblem as P;
-            let at = match &p {
-                P::InvalidPathRegex { .. } => format!("{path}.pathRegex"),
-                P::UnknownMethod { method } => {
-                    let j = m.methods.iter().position(|x| x == method).unwrap_or(0);
-                    format!("{path}.methods[{j}]")
-                }
-                P::InvalidHeaderName { header } | P::InvalidHeaderRegex { header, .. } => {
-                    format!("{path}.headers.{header}")
-                }
-            };
-            push(out, Error, at, p.reason(), p.to_string());
-        }
+    }
+    // The group's analysis (crate::analysis): what admission rejects is exactly what the
+    // compiler leaves out.
+    for (a, p) in crate::analysis::http_route_group(g).problems() {
+        use crate::compile::rules::MatchProblem as P;
+        let (path, m) = (format!("spec.matches[{}]", a.index), a.source);
+        let at = match p {
+            P::InvalidPathRegex { .. } => format!("{path}.pathRegex"),
+            P::UnknownMethod { method } => {
+                let j = m.methods.iter().position(|x| x == method).unwrap_or(0);
+                format!("{path}.methods[{j}]")
+            }
+            P::InvalidHeaderName { header } | P::InvalidHeaderRegex { header, .. } => {
+                format!("{path}.headers.{header}")
+            }
+        };
+        push(out, Error, at, p.reason(), p.to_string());
     }
 }
 

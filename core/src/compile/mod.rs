@@ -33,6 +33,7 @@
 //! let config = snapshot.proxy_or_default(&ObjectRef::new("demo", "web-0"), "web");
 //! ```
 
+pub mod analysis;
 pub mod report;
 pub mod rules;
 mod types;

@@ -140,8 +140,15 @@ pub fn match_problems(m: &hub::HttpMatch) -> Vec<MatchProblem> {
 /// Converts an SMI match, or `None` when it has a problem (it is then left out: it matches
 /// nothing, and the HTTPRouteGroup's status says why).
 pub fn convert_match(m: &hub::HttpMatch) -> Option<HttpMatch> {
-    if !match_problems(m).is_empty() {
-        return None;
+    analyze_match(m).ok()
+}
+
+/// The one decision about an SMI match: its compiled form, or every reason it cannot be
+/// compiled (then it is left out everywhere; never widened).
+pub fn analyze_match(m: &hub::HttpMatch) -> Result<HttpMatch, Vec<MatchProblem>> {
+    let problems = match_problems(m);
+    if !problems.is_empty() {
+        return Err(problems);
     }
     let mut headers: Vec<HeaderMatch> = m
         .headers
@@ -152,7 +159,7 @@ pub fn convert_match(m: &hub::HttpMatch) -> Option<HttpMatch> {
         })
         .collect();
     headers.sort();
-    Some(HttpMatch {
+    Ok(HttpMatch {
         name: m.name.clone(),
         path_regex: m.path_regex.clone().unwrap_or_default(),
         methods: compiled_methods(&m.methods),

@@ -849,12 +849,10 @@ pub(crate) fn route_status(key: &ObjectKey, model: &Model) -> (Vec<hub::Conditio
     let (generation, problems) = match key.kind {
         Kind::HTTPRouteGroup => match model.http_routes.get(&r) {
             Some(g) => {
-                let mut problems = Vec::new();
-                for m in &g.matches {
-                    for p in rules::match_problems(m) {
-                        problems.push(format!("match {:?}: {p}", m.name));
-                    }
-                }
+                let problems = super::analysis::http_route_group(g)
+                    .problems()
+                    .map(|(m, p)| format!("match {:?}: {p}", m.source.name))
+                    .collect();
                 (g.meta.generation, problems)
             }
             None => return (Vec::new(), events),
