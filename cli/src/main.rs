@@ -324,7 +324,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 std::fs::read_to_string(&file)
                     .map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?
             };
-            let mut settings = weft_operator::inject::InjectSettings::default();
+            let mut settings = weft_core::inject::InjectSettings::default();
             if let Some(i) = proxy_image {
                 settings.proxy_image = i;
             }
@@ -334,10 +334,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             if let Some(path) = trust_anchors {
                 settings.trust_anchors_pem = Some(read_trust_anchors(&path)?);
             }
-            print!(
-                "{}",
-                weft_operator::inject::inject_manifest(&yaml, &settings)?
-            );
+            print!("{}", weft_core::inject::inject_manifest(&yaml, &settings)?);
             Ok(exit::OK)
         }
         Command::Crds => {

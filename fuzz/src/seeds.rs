@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use prost::Message;
-use weft_operator::compile::{compile, CompileOptions};
+use weft_operator::compile::{compile, CompileOptions, ToProto};
 use weft_operator::model::manifests::load_dir;
 use weft_proxy_api::v1;
 use weft_smi::hub::*;

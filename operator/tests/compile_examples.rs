@@ -78,7 +78,7 @@ fn authz_example_restricts_the_api_only() {
         .expect("scrape grant");
     assert!(scrape.all_traffic);
     assert_eq!(
-        scrape.sources,
+        scrape.clients.legacy_sources(),
         vec!["spiffe://cluster.local/ns/bank/sa/metrics".to_string()]
     );
     assert!(!http.authorizations.iter().any(|a| a.all_traffic));

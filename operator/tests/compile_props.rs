@@ -199,7 +199,7 @@ fn evaluate(policy: &InboundPolicy, port: u16, src: &str, method: &str, path: &s
     let identity = format!("spiffe://cluster.local/ns/demo/sa/{src}");
     match policy.ports.iter().find(|p| p.port == port) {
         Some(p) if p.restricted => p.authorizations.iter().any(|a| {
-            a.sources.contains(&identity)
+            a.clients.legacy_sources().contains(&identity)
                 && (a.all_traffic || a.http_routes.iter().any(|m| http_match(m, method, path)))
         }),
         _ => policy.default_policy != DefaultPolicy::Deny,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use weft_operator::compile::{
     compile, ChangedKeys, CompileOptions, Compiled, Compiler, DefaultPolicy, EndpointSet,
-    InboundPolicy, OutboundService, ProxyConfig, ResourceKind, Route,
+    InboundPolicy, OutboundService, ProxyConfig, ResourceKind, Route, ToProto,
 };
 use weft_operator::model::manifests::parse_manifests;
 use weft_operator::model::{Kind, Model, ObjectKey, ObjectRef};
@@ -801,7 +801,7 @@ fn traffic_targets_union() {
         .map(|a| {
             (
                 a.name.clone(),
-                a.sources.clone(),
+                a.clients.legacy_sources(),
                 a.http_routes.iter().map(|m| m.name.clone()).collect(),
             )
         })
@@ -1104,7 +1104,8 @@ fn admits(i: &InboundPolicy, port_no: u16, peer: Option<&str>, method: &str, pat
     let p = port(i, port_no);
     let by_authz = p.authorizations.iter().any(|a| {
         let source_ok = a
-            .sources
+            .clients
+            .legacy_sources()
             .iter()
             .any(|s| s == "*" || Some(s.as_str()) == peer);
         source_ok
@@ -1173,7 +1174,7 @@ fn kubelet_probes_are_authorized_on_restricted_pods() {
         .find(|a| a.name == "probe")
         .cloned()
         .expect("probe authorization");
-    assert_eq!(probe.sources, vec!["*".to_string()]);
+    assert_eq!(probe.clients.legacy_sources(), vec!["*".to_string()]);
     let regexes: Vec<&str> = probe
         .http_routes
         .iter()

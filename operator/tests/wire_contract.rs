@@ -28,6 +28,7 @@ use weft_operator::discovery::{
 };
 use weft_operator::model::manifests::parse_manifests;
 use weft_operator::model::Model;
+use weft_operator::compile::ToProto;
 use weft_operator::shutdown::Shutdown;
 use weft_proxy_api::v1::{self, discovery_request::Request as Req};
 use weft_proxy_api::{ClientState, ResourceMap};

@@ -19,7 +19,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use weft_operator::compile::{compile, CompileOptions};
+use weft_operator::compile::{compile, CompileOptions, ToProto};
 use weft_operator::model::manifests::parse_manifests;
 use weft_operator::model::{Model, ObjectRef};
 use weft_proxy::config::Config;

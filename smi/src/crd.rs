@@ -16,6 +16,7 @@ use schemars::JsonSchema;
 use serde_json::{json, Value};
 
 use crate::hub::SmiStatus;
+use crate::kinds::{self, SmiKind};
 use crate::{access, specs, split};
 
 /// Where the API server sends ConversionReviews (placeholder; the Helm chart sets `caBundle`).
@@ -34,9 +35,9 @@ fn generate<T: JsonSchema>() -> Value {
             s.meta_schema = None;
         })
         .with_transform(schemars::transform::AddNullable::default())
-        .with_transform(kube::core::schema::StructuralSchemaRewriter)
-        .with_transform(kube::core::schema::OptionalEnum)
-        .with_transform(kube::core::schema::OptionalIntOrString)
+        .with_transform(kube_core::schema::StructuralSchemaRewriter)
+        .with_transform(kube_core::schema::OptionalEnum)
+        .with_transform(kube_core::schema::OptionalIntOrString)
         .into_generator();
     let mut v = serde_json::to_value(generator.into_root_schema_for::<T>()).unwrap_or(Value::Null);
     clean(&mut v);
@@ -156,13 +157,14 @@ fn version(
     }
 }
 
+/// The CRD of `smi_kind` (names from [`kinds`]); `versions` are given oldest first and must be
+/// the table's versions with the table's storage flag (checked in the tests).
 fn crd(
-    group: &str,
-    kind: &str,
-    plural: &str,
-    short_names: &[&str],
+    smi_kind: &SmiKind,
     versions: Vec<CustomResourceDefinitionVersion>,
 ) -> CustomResourceDefinition {
+    let (group, kind, plural) = (smi_kind.group, smi_kind.kind, smi_kind.plural);
+    let short_names = smi_kind.short_names;
     CustomResourceDefinition {
         metadata: ObjectMeta {
             name: Some(format!("{plural}.{group}")),
@@ -232,10 +234,7 @@ fn traffic_split() -> CustomResourceDefinition {
         c
     };
     crd(
-        split::GROUP,
-        "TrafficSplit",
-        "trafficsplits",
-        &["ts"],
+        &kinds::TRAFFIC_SPLIT,
         vec![
             version(
                 "v1alpha1",
@@ -277,10 +276,7 @@ fn traffic_target() -> CustomResourceDefinition {
         c
     };
     crd(
-        access::GROUP,
-        "TrafficTarget",
-        "traffictargets",
-        &["tt"],
+        &kinds::TRAFFIC_TARGET,
         vec![
             version(
                 "v1alpha1",
@@ -306,10 +302,7 @@ fn traffic_target() -> CustomResourceDefinition {
 
 fn http_route_group() -> CustomResourceDefinition {
     crd(
-        specs::GROUP,
-        "HTTPRouteGroup",
-        "httproutegroups",
-        &["htr"],
+        &kinds::HTTP_ROUTE_GROUP,
         vec![
             version(
                 "v1alpha1",
@@ -341,10 +334,7 @@ fn http_route_group() -> CustomResourceDefinition {
 
 fn port_routes() -> [CustomResourceDefinition; 2] {
     let tcp = crd(
-        specs::GROUP,
-        "TCPRoute",
-        "tcproutes",
-        &["tr"],
+        &kinds::TCP_ROUTE,
         vec![
             version(
                 "v1alpha1",
@@ -373,10 +363,7 @@ fn port_routes() -> [CustomResourceDefinition; 2] {
         ],
     );
     let udp = crd(
-        specs::GROUP,
-        "UDPRoute",
-        "udproutes",
-        &["ur"],
+        &kinds::UDP_ROUTE,
         vec![
             version(
                 "v1alpha1",
@@ -428,4 +415,30 @@ pub fn render_yaml() -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod kind_table_tests {
+    use super::*;
+
+    #[test]
+    fn every_crd_is_its_kind_table_row() {
+        let crds = all_crds();
+        assert_eq!(crds.len(), kinds::SMI_KINDS.len());
+        for (crd, k) in crds.iter().zip(kinds::SMI_KINDS.iter()) {
+            assert_eq!(crd.metadata.name.as_deref(), Some(k.crd_name().as_str()));
+            let versions: Vec<(&str, bool, bool)> = crd
+                .spec
+                .versions
+                .iter()
+                .map(|v| (v.name.as_str(), v.served, v.storage))
+                .collect();
+            let table: Vec<(&str, bool, bool)> = k
+                .versions
+                .iter()
+                .map(|v| (v.name, v.served, v.storage))
+                .collect();
+            assert_eq!(versions, table, "{}", k.kind);
+        }
+    }
 }

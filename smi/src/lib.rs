@@ -5,6 +5,7 @@
 //! * [`from_value`] / [`to_value`]: tolerant parsing of any served version into the hub, and
 //!   rendering the hub in any served version.
 //! * [`convert`]: hub conversions per version and the CRD conversion webhook logic.
+//! * [`kinds`]: the one table of served kinds (group, plural, versions, storage version).
 //! * [`crd`]: the CustomResourceDefinitions (`crds/smi.yaml`).
 #![forbid(unsafe_code)]
 
@@ -12,6 +13,7 @@ pub mod access;
 pub mod convert;
 pub mod crd;
 pub mod hub;
+pub mod kinds;
 pub mod limits;
 pub mod quantity;
 pub mod specs;
@@ -19,6 +21,13 @@ pub mod split;
 pub mod status;
 
 mod parse;
+
+/// Re-exports for [`impl_resource!`]'s expansion.
+#[doc(hidden)]
+pub mod __private {
+    pub use k8s_openapi;
+    pub use kube_core;
+}
 
 pub use parse::{from_value, from_value_in, is_smi, served_versions, to_value};
 
@@ -53,14 +62,14 @@ impl SmiError {
     }
 }
 
-/// Implements `kube::Resource` for the hand-written (spec-less) root types.
+/// Implements `kube_core::Resource` for the hand-written (spec-less) root types.
 #[macro_export]
 #[doc(hidden)]
 macro_rules! impl_resource {
     ($ty:ty, $group:literal, $version:literal, $kind:literal, $plural:literal) => {
-        impl kube::Resource for $ty {
+        impl $crate::__private::kube_core::Resource for $ty {
             type DynamicType = ();
-            type Scope = kube::core::NamespaceResourceScope;
+            type Scope = $crate::__private::kube_core::NamespaceResourceScope;
 
             fn kind(_: &()) -> std::borrow::Cow<'_, str> {
                 $kind.into()
@@ -77,12 +86,16 @@ macro_rules! impl_resource {
             fn plural(_: &()) -> std::borrow::Cow<'_, str> {
                 $plural.into()
             }
-            fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            fn meta(
+                &self,
+            ) -> &$crate::__private::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta
+            {
                 &self.metadata
             }
             fn meta_mut(
                 &mut self,
-            ) -> &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            ) -> &mut $crate::__private::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta
+            {
                 &mut self.metadata
             }
         }

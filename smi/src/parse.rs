@@ -35,29 +35,22 @@ macro_rules! dispatch {
     };
 }
 
-/// Every served `(apiVersion, kind)` pair, oldest version first per kind.
+/// Every served `(apiVersion, kind)` pair, oldest version first per kind (from
+/// [`crate::kinds::SMI_KINDS`]).
 pub fn served_versions() -> &'static [(&'static str, &'static str)] {
-    &[
-        (split::v1alpha1::API_VERSION, "TrafficSplit"),
-        (split::v1alpha2::API_VERSION, "TrafficSplit"),
-        (split::v1alpha3::API_VERSION, "TrafficSplit"),
-        (split::v1alpha4::API_VERSION, "TrafficSplit"),
-        (access::v1alpha1::API_VERSION, "TrafficTarget"),
-        (access::v1alpha2::API_VERSION, "TrafficTarget"),
-        (access::v1alpha3::API_VERSION, "TrafficTarget"),
-        (specs::v1alpha1::API_VERSION, "HTTPRouteGroup"),
-        (specs::v1alpha2::API_VERSION, "HTTPRouteGroup"),
-        (specs::v1alpha3::API_VERSION, "HTTPRouteGroup"),
-        (specs::v1alpha4::API_VERSION, "HTTPRouteGroup"),
-        (specs::v1alpha1::API_VERSION, "TCPRoute"),
-        (specs::v1alpha2::API_VERSION, "TCPRoute"),
-        (specs::v1alpha3::API_VERSION, "TCPRoute"),
-        (specs::v1alpha4::API_VERSION, "TCPRoute"),
-        (specs::v1alpha1::API_VERSION, "UDPRoute"),
-        (specs::v1alpha2::API_VERSION, "UDPRoute"),
-        (specs::v1alpha3::API_VERSION, "UDPRoute"),
-        (specs::v1alpha4::API_VERSION, "UDPRoute"),
-    ]
+    static SERVED: std::sync::OnceLock<Vec<(&'static str, &'static str)>> =
+        std::sync::OnceLock::new();
+    SERVED.get_or_init(|| {
+        crate::kinds::SMI_KINDS
+            .iter()
+            .flat_map(|k| {
+                k.versions
+                    .iter()
+                    .filter(|v| v.served)
+                    .map(move |v| (v.api_version, k.kind))
+            })
+            .collect()
+    })
 }
 
 /// Whether weft serves this `(apiVersion, kind)` as SMI.

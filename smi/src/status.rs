@@ -8,32 +8,59 @@ pub use crate::hub::{Condition, SmiStatus};
 pub const ACCEPTED: &str = "Accepted";
 pub const RESOLVED_REFS: &str = "ResolvedRefs";
 pub const CONFLICTED: &str = "Conflicted";
+/// Whether the data plane enforces the object (False on UDPRoutes: weft-proxy does not see UDP).
+pub const PROGRAMMED: &str = "Programmed";
 
-/// Inserts or replaces the condition of the same type. `last_transition_time` is kept from the
-/// previous condition when its `status` did not change, else set to `now` (RFC 3339).
-/// Returns whether anything changed (so callers can skip a no-op status patch).
-pub fn set_condition(status: &mut SmiStatus, mut cond: Condition, now: &str) -> bool {
-    match status.conditions.iter_mut().find(|c| c.type_ == cond.type_) {
-        Some(prev) => {
-            cond.last_transition_time = if prev.status == cond.status {
-                prev.last_transition_time
-                    .clone()
-                    .or_else(|| Some(now.to_string()))
-            } else {
-                Some(now.to_string())
-            };
-            if *prev == cond {
-                return false;
-            }
-            *prev = cond;
-            true
-        }
-        None => {
-            cond.last_transition_time = Some(now.to_string());
-            status.conditions.push(cond);
-            true
-        }
+/// The one condition merge. Merges `desired` conditions into the `current` status: each condition keeps its
+/// `lastTransitionTime` when its `status` did not change. Returns the merged status and whether
+/// it differs from `current` (ignoring `lastTransitionTime`).
+pub fn merge_conditions(
+    current: &SmiStatus,
+    desired: &[Condition],
+    now: &str,
+) -> (SmiStatus, bool) {
+    let mut merged = SmiStatus::default();
+    for want in desired {
+        let mut c = want.clone();
+        c.last_transition_time = match current.conditions.iter().find(|p| p.type_ == c.type_) {
+            Some(prev) if prev.status == c.status => prev
+                .last_transition_time
+                .clone()
+                .or_else(|| Some(now.to_string())),
+            _ => Some(now.to_string()),
+        };
+        merged.conditions.push(c);
     }
+    let strip = |s: &SmiStatus| {
+        let mut v: Vec<Condition> = s
+            .conditions
+            .iter()
+            .cloned()
+            .map(|mut c| {
+                c.last_transition_time = None;
+                c
+            })
+            .collect();
+        v.sort_by(|a, b| a.type_.cmp(&b.type_));
+        v
+    };
+    let changed = strip(current) != strip(&merged);
+    (merged, changed)
+}
+
+/// Inserts or replaces the condition of the same type ([`merge_conditions`] with the other
+/// conditions kept). `last_transition_time` is kept from the previous condition when its
+/// `status` did not change, else set to `now` (RFC 3339). Returns whether anything changed
+/// (ignoring `lastTransitionTime`), so callers can skip a no-op status patch.
+pub fn set_condition(status: &mut SmiStatus, cond: Condition, now: &str) -> bool {
+    let mut desired = status.conditions.clone();
+    match desired.iter_mut().find(|c| c.type_ == cond.type_) {
+        Some(c) => *c = cond,
+        None => desired.push(cond),
+    }
+    let (merged, changed) = merge_conditions(status, &desired, now);
+    *status = merged;
+    changed
 }
 
 #[cfg(test)]

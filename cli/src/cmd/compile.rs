@@ -3,8 +3,8 @@
 use std::path::Path;
 
 use anyhow::{bail, Context};
-use weft_operator::compile::report::compile_dir;
-use weft_operator::compile::CompileOptions;
+use weft_core::compile::CompileOptions;
+use weft_manifests::compile_dir;
 
 use crate::OutputFormat;
 

@@ -11,8 +11,8 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use serde::Serialize;
 use serde_json::Value;
-use weft_operator::compile::report::{compile_dir, CompileReport};
-use weft_operator::compile::CompileOptions;
+use weft_core::compile::{CompileOptions, CompileReport};
+use weft_manifests::compile_dir;
 
 use crate::OutputFormat;
 
@@ -88,38 +88,24 @@ pub async fn run(new: &Path, base: Base<'_>, format: OutputFormat) -> anyhow::Re
 async fn cluster_report(opts: &CompileOptions) -> anyhow::Result<CompileReport> {
     use kube::api::{Api, DynamicObject, ListParams};
     use kube::discovery::ApiResource;
-    use weft_operator::model::{ClusterObject, Model};
+    use weft_core::model::{ClusterObject, Model};
 
     let client = kube::Client::try_default()
         .await
         .context("no usable kubeconfig (set KUBECONFIG) for --cluster")?;
-    let kinds: &[(&str, &str, &str, &str)] = &[
+    // Core kinds, then every SMI kind at its storage version (weft_smi::kinds).
+    let mut kinds: Vec<(&str, &str, &str, &str)> = vec![
         ("", "v1", "Namespace", "namespaces"),
         ("", "v1", "ServiceAccount", "serviceaccounts"),
         ("", "v1", "Pod", "pods"),
         ("", "v1", "Service", "services"),
         ("", "v1", "Endpoints", "endpoints"),
-        (
-            "split.smi-spec.io",
-            "v1alpha4",
-            "TrafficSplit",
-            "trafficsplits",
-        ),
-        (
-            "access.smi-spec.io",
-            "v1alpha3",
-            "TrafficTarget",
-            "traffictargets",
-        ),
-        (
-            "specs.smi-spec.io",
-            "v1alpha4",
-            "HTTPRouteGroup",
-            "httproutegroups",
-        ),
-        ("specs.smi-spec.io", "v1alpha4", "TCPRoute", "tcproutes"),
-        ("specs.smi-spec.io", "v1alpha4", "UDPRoute", "udproutes"),
     ];
+    kinds.extend(
+        weft_smi::kinds::SMI_KINDS
+            .iter()
+            .map(|k| (k.group, k.storage().name, k.kind, k.plural)),
+    );
     let mut objects = Vec::new();
     for (group, version, kind, plural) in kinds {
         let api_version = if group.is_empty() {
@@ -154,7 +140,7 @@ async fn cluster_report(opts: &CompileOptions) -> anyhow::Result<CompileReport> 
     }
     // Endpoints come from the cluster's endpoints controller: no derivation from pods.
     let model = Model::from_objects(objects);
-    let compiled = weft_operator::compile::compile(&model, opts);
+    let compiled = weft_core::compile::compile(&model, opts);
     Ok(CompileReport::from_compiled(&compiled))
 }
 

@@ -17,21 +17,21 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use weft_operator::compile::{
-    compile, ChangedKeys, CompileOptions, Compiled, Compiler, DefaultPolicy, ResourceKind,
+    compile, ChangedKeys, CompileOptions, Compiled, Compiler, DefaultPolicy, ResourceKind, ToProto,
     ANY_CLIENT, INBOUND_NAME, PROBE_AUTHORIZATION,
 };
-use weft_operator::model::manifests::{parse_manifests, ManifestError};
+use weft_operator::model::manifests::parse_manifests;
+use weft_operator::model::parse::ParseError;
 use weft_operator::model::{ClusterObject, Model, ModelError, ObjectKey, ObjectRef};
 use weft_proxy_api::v1;
 
 use crate::Features;
 
-fn load_error_kind(e: &ManifestError) -> &'static str {
+fn load_error_kind(e: &ParseError) -> &'static str {
     match e {
-        ManifestError::Io { .. } => "io",
-        ManifestError::Yaml { .. } => "yaml",
-        ManifestError::Json(_) => "json",
-        ManifestError::Object { source, .. } => match source {
+        ParseError::Yaml { .. } => "yaml",
+        ParseError::Json(_) => "json",
+        ParseError::Object { source, .. } => match source {
             ModelError::MissingKind => "missing-kind",
             ModelError::MissingApiVersion => "missing-api-version",
             ModelError::UnsupportedKind { .. } => "unsupported",
@@ -40,11 +40,9 @@ fn load_error_kind(e: &ManifestError) -> &'static str {
             ModelError::Smi(_) => "smi",
             ModelError::Field { .. } => "field",
         },
-        ManifestError::Limit(_) => "limit",
-        ManifestError::TooDeep { .. } => "too-deep",
-        ManifestError::NotUtf8 => "not-utf8",
-        ManifestError::NotRegular { .. } => "not-regular",
-        ManifestError::Walk { .. } => "walk",
+        ParseError::Limit(_) => "limit",
+        ParseError::TooDeep { .. } => "too-deep",
+        ParseError::NotUtf8 => "not-utf8",
     }
 }
 
@@ -155,7 +153,7 @@ pub fn run(data: &[u8], f: &mut Features) {
 }
 
 fn spiffe(opts: &CompileOptions, ns: &str, sa: &str) -> String {
-    format!("spiffe://{}/ns/{ns}/sa/{sa}", opts.trust_domain)
+    weft_operator::compile::spiffe_id(&opts.trust_domain, ns, sa)
 }
 
 fn check_inbound(
@@ -198,7 +196,11 @@ fn check_inbound(
         for a in &port.authorizations {
             if a.name == PROBE_AUTHORIZATION {
                 f.hit("probe-authorization");
-                assert_eq!(a.sources, [ANY_CLIENT], "probe authorization sources");
+                assert_eq!(
+                    a.clients.legacy_sources(),
+                    [ANY_CLIENT],
+                    "probe authorization sources"
+                );
                 assert!(!a.all_traffic, "probe authorization allows all traffic");
                 for m in &a.http_routes {
                     assert!(
@@ -211,6 +213,7 @@ fn check_inbound(
                 continue;
             }
             f.hit(("authorization", a.all_traffic, a.http_routes.is_empty()));
+            let sources = a.clients.legacy_sources();
             // The sources every TrafficTarget with this name grants to this pod.
             let granted: BTreeSet<String> = targets
                 .iter()
@@ -220,13 +223,13 @@ fn check_inbound(
                 .map(|s| spiffe(opts, &s.namespace, &s.name))
                 .collect();
             assert!(
-                !granted.is_empty() || a.sources.is_empty(),
+                !granted.is_empty() || sources.is_empty(),
                 "pod {key} port {}: authorization {:?} names no TrafficTarget for sa {sa}, yet admits {:?}",
                 port.port,
                 a.name,
-                a.sources
+                sources
             );
-            for s in &a.sources {
+            for s in &sources {
                 assert!(
                     granted.contains(s),
                     "pod {key} port {}: authorization {:?} admits {s:?}, which it does not grant (grants {granted:?})",

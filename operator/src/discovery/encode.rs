@@ -15,6 +15,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use prost::encoding::{encode_key, encode_varint, message as pb_message, WireType};
 use tonic::Status;
 
+use super::proto::ToProto;
 use crate::compile::{SharedResources, VersionedResource};
 
 /// Wire tags of `DiscoveryResponse`.

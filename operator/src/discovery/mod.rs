@@ -8,6 +8,7 @@
 
 mod encode;
 mod metrics;
+pub mod proto;
 mod registry;
 mod server;
 mod stream;

@@ -54,42 +54,7 @@ pub fn is_problem(c: &Condition) -> bool {
     }
 }
 
-/// Merges `desired` conditions into the `current` status: each condition keeps its
-/// `lastTransitionTime` when its `status` did not change. Returns the merged status and whether
-/// it differs from `current` (ignoring `lastTransitionTime`).
-pub fn merge_conditions(
-    current: &SmiStatus,
-    desired: &[Condition],
-    now: &str,
-) -> (SmiStatus, bool) {
-    let mut merged = SmiStatus::default();
-    for want in desired {
-        let mut c = want.clone();
-        c.last_transition_time = match current.conditions.iter().find(|p| p.type_ == c.type_) {
-            Some(prev) if prev.status == c.status => prev
-                .last_transition_time
-                .clone()
-                .or_else(|| Some(now.to_string())),
-            _ => Some(now.to_string()),
-        };
-        merged.conditions.push(c);
-    }
-    let strip = |s: &SmiStatus| {
-        let mut v: Vec<Condition> = s
-            .conditions
-            .iter()
-            .cloned()
-            .map(|mut c| {
-                c.last_transition_time = None;
-                c
-            })
-            .collect();
-        v.sort_by(|a, b| a.type_.cmp(&b.type_));
-        v
-    };
-    let changed = strip(current) != strip(&merged);
-    (merged, changed)
-}
+pub use weft_smi::status::merge_conditions;
 
 /// The latest status of every SMI object, with transition times maintained across updates.
 #[derive(Debug, Default)]

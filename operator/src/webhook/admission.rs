@@ -22,23 +22,15 @@ pub fn parse_only() -> Validator {
     Arc::new(|_| Verdict::default())
 }
 
-/// Reasons of problems about references to other objects. The webhook sees one object and
-/// none of the others, so it cannot judge these: a TrafficTarget would be rejected for every
-/// route it names (and apply order would matter). Missing references are reported in status
-/// (`ResolvedRefs=False`) instead.
-const CROSS_OBJECT_REASONS: &[&str] = &["RouteNotFound", "MatchNotFound", "RouteGroupNotFound"];
-
-/// The semantic validator (`crate::validate`), judging each object on its own (references to
-/// and conflicts with other objects are reported in status conditions instead).
+/// The semantic validator (`crate::validate`), judging each object on its own
+/// ([`crate::validate::validate_object`]): the webhook sees one object and none of the others,
+/// so references to and conflicts with other objects are not judged here (a TrafficTarget would
+/// otherwise be rejected for every route it names, and apply order would matter); status
+/// conditions report them (`ResolvedRefs=False`, `Conflicted`).
 pub fn semantic() -> Validator {
     Arc::new(|obj: &SmiObject| {
-        let problems =
-            crate::validate::validate(obj, &crate::validate::ValidationContext::default());
         let mut verdict = Verdict::default();
-        for p in problems
-            .into_iter()
-            .filter(|p| !CROSS_OBJECT_REASONS.contains(&p.reason))
-        {
+        for p in crate::validate::validate_object(obj) {
             match p.severity {
                 crate::validate::Severity::Error => verdict.errors.push(p.to_string()),
                 crate::validate::Severity::Warning => verdict.warnings.push(p.to_string()),

@@ -1,6 +1,6 @@
 //! `access.smi-spec.io/v1alpha2` TrafficTarget (adds `destination.port`).
 
-use kube::CustomResource;
+use kube_derive::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -11,6 +11,7 @@ pub const API_VERSION: &str = "access.smi-spec.io/v1alpha2";
 
 #[derive(CustomResource, Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[kube(
+    crates(kube_core = "::kube_core"),
     group = "access.smi-spec.io",
     version = "v1alpha2",
     kind = "TrafficTarget",

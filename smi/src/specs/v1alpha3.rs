@@ -1,7 +1,7 @@
 //! `specs.smi-spec.io/v1alpha3`: `spec.matches` for HTTPRouteGroup, `spec: {}` for TCPRoute
 //! and UDPRoute (their matches live in an annotation).
 
-use kube::CustomResource;
+use kube_derive::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +14,7 @@ pub const API_VERSION: &str = "specs.smi-spec.io/v1alpha3";
     CustomResource, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema,
 )]
 #[kube(
+    crates(kube_core = "::kube_core"),
     group = "specs.smi-spec.io",
     version = "v1alpha3",
     kind = "HTTPRouteGroup",
@@ -31,6 +32,7 @@ pub struct HTTPRouteGroupSpec {
     CustomResource, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema,
 )]
 #[kube(
+    crates(kube_core = "::kube_core"),
     group = "specs.smi-spec.io",
     version = "v1alpha3",
     kind = "TCPRoute",
@@ -44,6 +46,7 @@ pub struct TCPRouteSpec {}
     CustomResource, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema,
 )]
 #[kube(
+    crates(kube_core = "::kube_core"),
     group = "specs.smi-spec.io",
     version = "v1alpha3",
     kind = "UDPRoute",

@@ -1,6 +1,6 @@
 //! `specs.smi-spec.io/v1alpha4` (current): `spec.matches` everywhere, TCPRoute/UDPRoute ports.
 
-use kube::CustomResource;
+use kube_derive::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -13,6 +13,7 @@ pub const API_VERSION: &str = "specs.smi-spec.io/v1alpha4";
     CustomResource, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema,
 )]
 #[kube(
+    crates(kube_core = "::kube_core"),
     group = "specs.smi-spec.io",
     version = "v1alpha4",
     kind = "HTTPRouteGroup",
@@ -30,6 +31,7 @@ pub struct HTTPRouteGroupSpec {
     CustomResource, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema,
 )]
 #[kube(
+    crates(kube_core = "::kube_core"),
     group = "specs.smi-spec.io",
     version = "v1alpha4",
     kind = "TCPRoute",
@@ -47,6 +49,7 @@ pub struct TCPRouteSpec {
     CustomResource, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema,
 )]
 #[kube(
+    crates(kube_core = "::kube_core"),
     group = "specs.smi-spec.io",
     version = "v1alpha4",
     kind = "UDPRoute",

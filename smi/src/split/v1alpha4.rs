@@ -1,6 +1,6 @@
 //! `split.smi-spec.io/v1alpha4` TrafficSplit (current).
 
-use kube::CustomResource;
+use kube_derive::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -11,6 +11,7 @@ pub const API_VERSION: &str = "split.smi-spec.io/v1alpha4";
 
 #[derive(CustomResource, Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[kube(
+    crates(kube_core = "::kube_core"),
     group = "split.smi-spec.io",
     version = "v1alpha4",
     kind = "TrafficSplit",

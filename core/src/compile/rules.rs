@@ -18,6 +18,7 @@ use weft_smi::hub;
 
 use super::types::*;
 use crate::model::{Model, ObjectRef};
+use crate::reason::Reason;
 
 // ---------------------------------------------------------------------------------------------
 // HTTP matches.
@@ -40,14 +41,14 @@ pub enum MatchProblem {
 }
 
 impl MatchProblem {
-    /// The reason used by the validator (admission) for this problem.
-    pub fn validator_reason(&self) -> &'static str {
+    /// The validator's (admission's) reason for this problem.
+    pub fn reason(&self) -> Reason {
         match self {
             MatchProblem::InvalidPathRegex { .. } | MatchProblem::InvalidHeaderRegex { .. } => {
-                "InvalidRegex"
+                Reason::InvalidRegex
             }
-            MatchProblem::InvalidHeaderName { .. } => "InvalidHeaderName",
-            MatchProblem::UnknownMethod { .. } => "UnknownMethod",
+            MatchProblem::InvalidHeaderName { .. } => Reason::InvalidHeaderName,
+            MatchProblem::UnknownMethod { .. } => Reason::UnknownMethod,
         }
     }
 }
@@ -139,8 +140,15 @@ pub fn match_problems(m: &hub::HttpMatch) -> Vec<MatchProblem> {
 /// Converts an SMI match, or `None` when it has a problem (it is then left out: it matches
 /// nothing, and the HTTPRouteGroup's status says why).
 pub fn convert_match(m: &hub::HttpMatch) -> Option<HttpMatch> {
-    if !match_problems(m).is_empty() {
-        return None;
+    analyze_match(m).ok()
+}
+
+/// The one decision about an SMI match: its compiled form, or every reason it cannot be
+/// compiled (then it is left out everywhere; never widened).
+pub fn analyze_match(m: &hub::HttpMatch) -> Result<HttpMatch, Vec<MatchProblem>> {
+    let problems = match_problems(m);
+    if !problems.is_empty() {
+        return Err(problems);
     }
     let mut headers: Vec<HeaderMatch> = m
         .headers
@@ -151,18 +159,112 @@ pub fn convert_match(m: &hub::HttpMatch) -> Option<HttpMatch> {
         })
         .collect();
     headers.sort();
-    let mut methods: Vec<String> = m.methods.iter().map(|x| x.to_ascii_uppercase()).collect();
-    if methods.iter().any(|x| x == "*") {
-        methods = vec!["*".to_string()];
-    }
-    methods.sort();
-    methods.dedup();
-    Some(HttpMatch {
+    Ok(HttpMatch {
         name: m.name.clone(),
         path_regex: m.path_regex.clone().unwrap_or_default(),
-        methods,
+        methods: compiled_methods(&m.methods),
         headers,
     })
+}
+
+/// The methods a compiled match allows: upper case, sorted, deduplicated; SMI's `*` means any
+/// method, which the compiled form says with an empty list (no magic string on the wire).
+/// Only call on methods [`match_problems`] accepted: an unknown method leaves the whole match
+/// out, it never widens it.
+fn compiled_methods(methods: &[String]) -> Vec<String> {
+    if methods.iter().any(|x| x == "*") {
+        return Vec::new();
+    }
+    let mut methods: Vec<String> = methods.iter().map(|x| x.to_ascii_uppercase()).collect();
+    methods.sort();
+    methods.dedup();
+    methods
+}
+
+#[cfg(test)]
+mod match_tests {
+    use super::*;
+
+    fn hub_match(methods: &[&str]) -> hub::HttpMatch {
+        hub::HttpMatch {
+            name: "m".into(),
+            path_regex: None,
+            methods: methods.iter().map(|s| s.to_string()).collect(),
+            headers: Default::default(),
+        }
+    }
+
+    /// Regression (#14): a match with a method SMI does not define is left out (it matches
+    /// nothing), as the HTTPRouteGroup's status says; it is never compiled, and never widened
+    /// to "any method".
+    #[test]
+    fn unknown_method_leaves_the_match_out() {
+        for methods in [&["FETCH"][..], &["GET", "FETCH"], &["fetch", "*"]] {
+            let m = hub_match(methods);
+            assert!(convert_match(&m).is_none(), "{methods:?}");
+            assert!(match_problems(&m)
+                .iter()
+                .any(|p| matches!(p, MatchProblem::UnknownMethod { method } if method.eq_ignore_ascii_case("fetch"))));
+        }
+    }
+
+    #[test]
+    fn any_method_is_an_empty_list_and_methods_are_normalised() {
+        let any = convert_match(&hub_match(&["get", "*"])).unwrap();
+        assert!(any.methods.is_empty());
+        let none_listed = convert_match(&hub_match(&[])).unwrap();
+        assert!(none_listed.methods.is_empty());
+        let some = convert_match(&hub_match(&["post", "GET", "get"])).unwrap();
+        assert_eq!(some.methods, vec!["GET".to_string(), "POST".to_string()]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// TrafficTarget identities.
+
+/// The only identity kind SMI access control names that weft enforces.
+pub const IDENTITY_KIND: &str = "ServiceAccount";
+
+/// Who may be a TrafficTarget source or destination: a ServiceAccount. Another kind admits no
+/// one (the validator rejects it; status says it is ignored).
+pub fn is_identity(r: &hub::IdentityRef) -> bool {
+    r.kind == IDENTITY_KIND
+}
+
+/// The identity a source of `t` admits, or `None` when it admits no one ([`is_identity`]).
+/// A source without a namespace is in the TrafficTarget's namespace.
+pub fn source_identity(
+    t: &hub::TrafficTarget,
+    s: &hub::IdentityRef,
+    trust_domain: &str,
+) -> Option<SpiffeId> {
+    if !is_identity(s) {
+        return None;
+    }
+    let ns = if s.namespace.is_empty() {
+        &t.meta.namespace
+    } else {
+        &s.namespace
+    };
+    Some(spiffe(trust_domain, ns, &s.name))
+}
+
+/// Whether these TrafficTargets (all naming one destination) restrict `port` of it: a
+/// destination without a port is restricted on every port, listed or not; one with a port
+/// only on that port.
+pub fn restricts_port<'a>(
+    targets: impl IntoIterator<Item = &'a hub::TrafficTarget>,
+    port: u16,
+) -> bool {
+    targets
+        .into_iter()
+        .any(|t| t.destination.port.is_none_or(|p| p == port))
+}
+
+/// Whether these TrafficTargets restrict every port of their destination (the pod's default
+/// becomes deny).
+pub fn restricts_every_port<'a>(targets: impl IntoIterator<Item = &'a hub::TrafficTarget>) -> bool {
+    targets.into_iter().any(|t| t.destination.port.is_none())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -276,18 +378,18 @@ pub enum SplitIssue {
 }
 
 impl SplitIssue {
-    /// The condition reason (CamelCase).
-    pub fn reason(&self) -> &'static str {
+    /// The condition reason ([`Reason::as_str`] is its string).
+    pub fn reason(&self) -> Reason {
         match self {
-            SplitIssue::RootNotFound { .. } => "ServiceNotFound",
-            SplitIssue::NoBackends => "NoBackends",
-            SplitIssue::NoWeight => "NoWeight",
-            SplitIssue::BackendNotFound { .. } => "BackendNotFound",
-            SplitIssue::BackendPortMismatch { .. } => "BackendPortMismatch",
-            SplitIssue::UnsupportedMatchKind { .. } => "InvalidKind",
-            SplitIssue::RouteGroupNotFound { .. } => "RouteNotFound",
-            SplitIssue::EmptyRouteGroup { .. } => "NoMatches",
-            SplitIssue::InvalidMatch { .. } => "InvalidMatch",
+            SplitIssue::RootNotFound { .. } => Reason::ServiceNotFound,
+            SplitIssue::NoBackends => Reason::NoBackends,
+            SplitIssue::NoWeight => Reason::NoWeight,
+            SplitIssue::BackendNotFound { .. } => Reason::BackendNotFound,
+            SplitIssue::BackendPortMismatch { .. } => Reason::BackendPortMismatch,
+            SplitIssue::UnsupportedMatchKind { .. } => Reason::InvalidKind,
+            SplitIssue::RouteGroupNotFound { .. } => Reason::RouteNotFound,
+            SplitIssue::EmptyRouteGroup { .. } => Reason::NoMatches,
+            SplitIssue::InvalidMatch { .. } => Reason::InvalidMatch,
         }
     }
 
@@ -472,6 +574,18 @@ impl SplitPlan<'_> {
     }
 }
 
+/// What a zero weight means: the backend stays in the split's route with weight 0 and gets no
+/// traffic. Whether a backend gets a share of the split's traffic.
+pub fn carries_traffic(b: &hub::Backend) -> bool {
+    b.weight_milli > 0
+}
+
+/// A split whose backends all weigh 0 (and has some): the requests it matches fail with 503;
+/// they are not sent to the root ([`SplitIssue::NoWeight`]; the validator's `ZeroWeights`).
+pub fn has_no_weight(split: &hub::TrafficSplit) -> bool {
+    !split.backends.is_empty() && !split.backends.iter().any(carries_traffic)
+}
+
 /// Plans one split on `apex` (its root). Reads services and HTTPRouteGroups of the model.
 pub fn plan_split<'a>(
     model: &Model,
@@ -486,7 +600,7 @@ pub fn plan_split<'a>(
     }
     if split.backends.is_empty() {
         issues.push(SplitIssue::NoBackends);
-    } else if split.backends.iter().all(|b| b.weight_milli == 0) {
+    } else if has_no_weight(split) {
         issues.push(SplitIssue::NoWeight);
     }
     for b in &split.backends {

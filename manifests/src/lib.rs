@@ -19,10 +19,12 @@ use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
 pub use weft_smi::limits::{LimitError, MAX_MANIFEST_BYTES, MAX_NESTING};
 
-use super::{ClusterObject, Model, ModelError};
+pub use weft_core::compile::report::LoadError;
+use weft_core::compile::{compile, CompileOptions, CompileReport};
+pub use weft_core::model::parse::{parse_manifests, ParseError};
+use weft_core::model::{ClusterObject, Model};
 
 /// A failure to read a manifest file or directory.
 #[derive(Debug, thiserror::Error)]
@@ -33,32 +35,9 @@ pub enum ManifestError {
         #[source]
         source: std::io::Error,
     },
-    #[error("document {document}: invalid YAML: {source}")]
-    Yaml {
-        document: usize,
-        #[source]
-        source: serde_yaml::Error,
-    },
-    #[error("invalid JSON: {0}")]
-    Json(#[source] serde_json::Error),
-    #[error("document {document}: {source}")]
-    Object {
-        document: usize,
-        #[source]
-        source: ModelError,
-    },
-    #[error("refused before parsing: {0}")]
-    Limit(#[source] LimitError),
-    #[error(
-        "document {document}: collections nested {depth} deep, more than the limit of {limit}"
-    )]
-    TooDeep {
-        document: usize,
-        depth: usize,
-        limit: usize,
-    },
-    #[error("not UTF-8 text")]
-    NotUtf8,
+    /// The text could not be parsed (YAML/JSON, limits, objects): [`ParseError`].
+    #[error(transparent)]
+    Parse(#[from] ParseError),
     #[error("not a regular file ({kind}); not read")]
     NotRegular { kind: &'static str },
     #[error("{path}: {reason}")]
@@ -89,13 +68,6 @@ pub struct LoadedFile {
     pub objects: Vec<ClusterObject>,
     /// `apiVersion/kind name` of documents weft does not read.
     pub ignored: Vec<String>,
-}
-
-/// A file that could not be loaded.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct LoadError {
-    pub path: PathBuf,
-    pub message: String,
 }
 
 /// The result of loading a directory.
@@ -284,7 +256,8 @@ pub fn read_manifest(path: &Path) -> Result<Vec<u8>, ManifestError> {
         source,
     };
     let limit = MAX_MANIFEST_BYTES as u64;
-    let too_large = |size: u64| ManifestError::Limit(LimitError::TooLarge { size, limit });
+    let too_large =
+        |size: u64| ManifestError::Parse(ParseError::Limit(LimitError::TooLarge { size, limit }));
     let meta = std::fs::metadata(path).map_err(io)?;
     if !meta.is_file() {
         return Err(ManifestError::NotRegular {
@@ -349,94 +322,29 @@ pub fn parse_file(
     path: &Path,
     bytes: &[u8],
 ) -> Result<(Vec<ClusterObject>, Vec<String>), ManifestError> {
-    let text = std::str::from_utf8(bytes).map_err(|_| ManifestError::NotUtf8)?;
+    let text = std::str::from_utf8(bytes).map_err(|_| ParseError::NotUtf8)?;
     let json = path.extension().and_then(|e| e.to_str()) == Some("json");
-    parse_manifests(text, json)
+    Ok(parse_manifests(text, json)?)
 }
 
-/// Parses the text of a manifest file: YAML (several documents) or JSON. Returns the objects
-/// weft reads and a description of the documents it skipped. Text larger than
-/// [`MAX_MANIFEST_BYTES`] or nesting deeper than [`MAX_NESTING`] is refused before parsing.
-pub fn parse_manifests(
-    text: &str,
-    json: bool,
-) -> Result<(Vec<ClusterObject>, Vec<String>), ManifestError> {
-    if text.len() > MAX_MANIFEST_BYTES {
-        return Err(ManifestError::Limit(LimitError::TooLarge {
-            size: text.len() as u64,
-            limit: MAX_MANIFEST_BYTES as u64,
-        }));
-    }
-    weft_smi::limits::check_nesting(text, MAX_NESTING).map_err(ManifestError::Limit)?;
-    let mut docs = Vec::new();
-    if json {
-        docs.push(serde_json::from_str::<serde_json::Value>(text).map_err(ManifestError::Json)?);
-    } else {
-        for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-            let v = serde_json::Value::deserialize(doc).map_err(|source| ManifestError::Yaml {
-                document: i + 1,
-                source,
-            })?;
-            docs.push(v);
-        }
-    }
-    for (i, doc) in docs.iter().enumerate() {
-        // Block collections (indentation) are not counted by the pre-scan.
-        let depth = weft_smi::limits::value_depth(doc);
-        if depth > MAX_NESTING {
-            return Err(ManifestError::TooDeep {
-                document: i + 1,
-                depth,
-                limit: MAX_NESTING,
-            });
-        }
-    }
-    let mut objects = Vec::new();
-    let mut ignored = Vec::new();
-    for (i, doc) in docs.into_iter().enumerate() {
-        let mut items = Vec::new();
-        flatten_lists(doc, &mut items);
-        for item in items {
-            match ClusterObject::from_value(&item) {
-                Ok(o) => objects.push(o),
-                Err(ModelError::UnsupportedKind { api_version, kind }) => {
-                    let name = item
-                        .pointer("/metadata/name")
-                        .and_then(|n| n.as_str())
-                        .unwrap_or("");
-                    ignored.push(format!("{api_version}/{kind} {name}"));
-                }
-                Err(source) => {
-                    return Err(ManifestError::Object {
-                        document: i + 1,
-                        source,
-                    })
-                }
-            }
-        }
-    }
-    Ok((objects, ignored))
+/// Why a directory could not be compiled at all (per-file problems are in the report).
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error(transparent)]
+    Manifests(#[from] ManifestError),
 }
 
-fn flatten_lists(doc: serde_json::Value, out: &mut Vec<serde_json::Value>) {
-    match doc {
-        serde_json::Value::Null => {}
-        serde_json::Value::Object(mut map) => {
-            let is_list = map
-                .get("kind")
-                .and_then(|k| k.as_str())
-                .is_some_and(|k| k.ends_with("List"))
-                && map.get("items").is_some_and(|i| i.is_array());
-            if is_list {
-                if let Some(serde_json::Value::Array(items)) = map.remove("items") {
-                    for item in items {
-                        flatten_lists(item, out);
-                    }
-                }
-            } else {
-                out.push(serde_json::Value::Object(map));
-            }
+/// Loads a manifests directory, compiles it and reports the result. Only an unreadable
+/// directory is an error; malformed files are listed in [`CompileReport::load_errors`].
+pub fn compile_dir(dir: &Path, opts: &CompileOptions) -> Result<CompileReport, ReportError> {
+    let loaded = load_dir(dir)?;
+    let compiled = compile(&loaded.to_model(), opts);
+    let mut report = CompileReport::from_compiled(&compiled);
+    report.load_errors = loaded.errors.clone();
+    for f in &loaded.files {
+        for i in &f.ignored {
+            report.ignored.push(format!("{}: {i}", f.path.display()));
         }
-        other => out.push(other),
     }
+    Ok(report)
 }

@@ -9,7 +9,7 @@
 //! find what a change affects without scanning the whole cluster.
 
 mod k8s;
-pub mod manifests;
+pub mod parse;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;

@@ -17,6 +17,7 @@ use crate::model::{
     destination_ref, EndpointGroup, Kind, L4Protocol, Model, ObjectKey, ObjectRef, Pod, Service,
     ServicePort, DEFAULT_INBOUND_POLICY_ANNOTATION,
 };
+use crate::reason::Reason;
 
 /// Service annotation: request timeout (`2s`, `500ms`, `1m`).
 pub const TIMEOUT_ANNOTATION: &str = "weft.io/timeout";
@@ -27,12 +28,8 @@ pub const RETRY_BUDGET_ANNOTATION: &str = "weft.io/retry-budget";
 /// Service annotation: `true` to also retry non-idempotent methods.
 pub const RETRY_NON_IDEMPOTENT_ANNOTATION: &str = "weft.io/retry-non-idempotent";
 
-/// Condition types and statuses.
-pub const ACCEPTED: &str = "Accepted";
-pub const RESOLVED_REFS: &str = "ResolvedRefs";
-pub const CONFLICTED: &str = "Conflicted";
-/// Whether the data plane enforces the object (False on UDPRoutes: weft-proxy does not see UDP).
-pub const PROGRAMMED: &str = "Programmed";
+/// Condition types (their home is `weft_smi::status`).
+pub use weft_smi::status::{ACCEPTED, CONFLICTED, PROGRAMMED, RESOLVED_REFS};
 /// Why a UDPRoute is not enforced.
 pub const UDP_NOT_PROXIED: &str =
     "weft-proxy does not intercept UDP (only TCP is redirected to it): \
@@ -42,7 +39,7 @@ pub const UDP_NOT_PROXIED: &str =
 pub(crate) fn condition(
     type_: &str,
     ok: bool,
-    reason: &str,
+    reason: Reason,
     message: String,
     generation: Option<i64>,
 ) -> hub::Condition {
@@ -56,10 +53,10 @@ pub(crate) fn condition(
     }
 }
 
-fn warn(events: &mut Vec<Event>, object: ObjectKey, reason: &str, message: String) {
+fn warn(events: &mut Vec<Event>, object: ObjectKey, reason: Reason, message: String) {
     events.push(Event {
         object,
-        reason: reason.to_string(),
+        reason: reason.as_str().to_string(),
         message,
     });
 }
@@ -94,25 +91,11 @@ pub(crate) fn protocol_hint(l4: L4Protocol, app: Option<&str>, name: Option<&str
         .unwrap_or(Protocol::Detect)
 }
 
-/// Parses a duration like `2s`, `500ms`, `1m`, `1.5s` into milliseconds.
+/// Parses a duration like `2s`, `500ms`, `1m`, `1.5s` into milliseconds
+/// ([`weft_common::duration::parse`], the one duration parser).
 pub(crate) fn parse_duration_ms(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1000.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60_000.0)
-    } else if let Some(n) = s.strip_suffix('h') {
-        (n, 3_600_000.0)
-    } else {
-        return None;
-    };
-    let v: f64 = num.trim().parse().ok()?;
-    if !v.is_finite() || v < 0.0 {
-        return None;
-    }
-    Some((v * mult).round() as u64)
+    let d = weft_common::duration::parse(s).ok()?;
+    u64::try_from(d.as_millis()).ok()
 }
 
 /// The TrafficPolicy of a service from its annotations; bad values are reported and ignored.
@@ -124,7 +107,7 @@ pub(crate) fn traffic_policy(svc: &Service, events: &mut Vec<Event>) -> TrafficP
         warn(
             events,
             key.clone(),
-            "InvalidAnnotation",
+            Reason::InvalidAnnotation,
             format!("{ann}: {v:?} is not {what}; ignored"),
         )
     };
@@ -196,7 +179,7 @@ fn split_conditions(
     for (issue, msg) in &messages {
         warn(events, key.clone(), issue.reason(), msg.clone());
     }
-    let summary = |pick: fn(&rules::SplitIssue) -> bool| -> Option<(&'static str, String)> {
+    let summary = |pick: fn(&rules::SplitIssue) -> bool| -> Option<(Reason, String)> {
         let found: Vec<&(&rules::SplitIssue, String)> =
             messages.iter().filter(|(i, _)| pick(i)).collect();
         let first = found.first()?;
@@ -216,15 +199,21 @@ fn split_conditions(
                  this split is ignored",
                 apex, winner.meta.namespace, winner.meta.name
             );
-            warn(events, key.clone(), "Conflicted", msg.clone());
+            warn(events, key.clone(), Reason::Conflicted, msg.clone());
             conds.push(condition(
                 ACCEPTED,
                 false,
-                "Conflicted",
+                Reason::Conflicted,
                 msg.clone(),
                 generation,
             ));
-            conds.push(condition(CONFLICTED, true, "ApexConflict", msg, generation));
+            conds.push(condition(
+                CONFLICTED,
+                true,
+                Reason::ApexConflict,
+                msg,
+                generation,
+            ));
         }
         None => {
             match summary(rules::SplitIssue::affects_accepted) {
@@ -252,13 +241,13 @@ fn split_conditions(
                             failing.join(", ")
                         )
                     };
-                    conds.push(condition(ACCEPTED, true, "Accepted", msg, generation));
+                    conds.push(condition(ACCEPTED, true, Reason::Accepted, msg, generation));
                 }
             }
             conds.push(condition(
                 CONFLICTED,
                 false,
-                "NoConflict",
+                Reason::NoConflict,
                 "no other split has this root service".into(),
                 generation,
             ));
@@ -268,7 +257,7 @@ fn split_conditions(
         None => conds.push(condition(
             RESOLVED_REFS,
             true,
-            "ResolvedRefs",
+            Reason::ResolvedRefs,
             "all references resolved".into(),
             generation,
         )),
@@ -484,7 +473,7 @@ pub(crate) fn default_policy(
                 None => warn(
                     events,
                     ObjectKey::new(Kind::Pod, p.namespace.clone(), p.name.clone()),
-                    "InvalidAnnotation",
+                    Reason::InvalidAnnotation,
                     format!("{DEFAULT_INBOUND_POLICY_ANNOTATION}: {v:?} is not allow, mesh or deny; ignored"),
                 ),
             }
@@ -517,25 +506,15 @@ fn authorization(
     t: &hub::TrafficTarget,
     port: u16,
 ) -> Option<Authorization> {
-    if t.destination.port.is_some_and(|p| p != port) {
+    if !rules::restricts_port([t], port) {
         return None;
     }
-    let mut sources: Vec<String> = t
-        .sources
-        .iter()
-        .filter(|s| s.kind == "ServiceAccount")
-        .map(|s| {
-            let ns = if s.namespace.is_empty() {
-                &t.meta.namespace
-            } else {
-                &s.namespace
-            };
-            spiffe_id(&opts.trust_domain, ns, &s.name)
-        })
-        .collect();
-    sources.sort();
-    sources.dedup();
-    if sources.is_empty() {
+    let clients = Clients::mesh(
+        t.sources
+            .iter()
+            .filter_map(|s| rules::source_identity(t, s, &opts.trust_domain)),
+    );
+    if clients.is_empty() {
         return None;
     }
     let mut all_traffic = false;
@@ -581,7 +560,7 @@ fn authorization(
     http_routes.dedup();
     Some(Authorization {
         name: tref.to_string(),
-        sources,
+        clients,
         all_traffic,
         http_routes,
     })
@@ -609,8 +588,9 @@ fn target_ports(model: &Model, targets: &[(&ObjectRef, &hub::TrafficTarget)]) ->
 
 /// Name of the authorization that admits the kubelet's HTTP probes.
 pub const PROBE_AUTHORIZATION: &str = "probe";
-/// The authorization source that admits any client, authenticated or not.
-pub const ANY_CLIENT: &str = "*";
+/// The authorization source that admitted any client in the untyped form (kept for the
+/// fuzz oracle and older callers; the compiler says [`Clients::KubeletProbes`]).
+pub const ANY_CLIENT: &str = LEGACY_ANY_CLIENT;
 
 /// The paths of a pod's plaintext `httpGet` probes by container port. HTTPS probes are left
 /// out (the proxy cannot see their paths) with an event; so are probes on unknown port names.
@@ -624,7 +604,7 @@ fn probe_paths(pod: &Pod, events: &mut Vec<Event>) -> BTreeMap<u16, BTreeSet<Str
             warn(
                 events,
                 ObjectKey::new(Kind::Pod, pod.namespace.clone(), pod.name.clone()),
-                "HttpsProbeNotAuthorized",
+                Reason::HttpsProbeNotAuthorized,
                 format!(
                     "{:?} probe on port {port} uses HTTPS: the proxy cannot see its path, so it \
                      is not authorized; it only passes where the port admits unauthenticated clients",
@@ -643,7 +623,7 @@ fn probe_paths(pod: &Pod, events: &mut Vec<Event>) -> BTreeMap<u16, BTreeSet<Str
 fn probe_authorization(paths: &BTreeSet<String>) -> Authorization {
     Authorization {
         name: PROBE_AUTHORIZATION.to_string(),
-        sources: vec![ANY_CLIENT.to_string()],
+        clients: Clients::KubeletProbes,
         all_traffic: false,
         http_routes: paths
             .iter()
@@ -671,17 +651,12 @@ pub(crate) fn inbound(
     let targets: Vec<(&ObjectRef, &hub::TrafficTarget)> = model
         .targets_for_destination(&sa)
         .filter_map(|r| model.targets.get(r).map(|t| (r, t)))
-        .filter(|(_, t)| t.destination.kind == "ServiceAccount")
+        .filter(|(_, t)| rules::is_identity(&t.destination))
         .collect();
     let mut default = default_policy(model, opts, namespace, pod, events);
-    // A destination without a port restriction is restricted on every port, listed or not.
-    if targets.iter().any(|(_, t)| t.destination.port.is_none()) {
+    if rules::restricts_every_port(targets.iter().map(|(_, t)| *t)) {
         default = DefaultPolicy::Deny;
     }
-    let restricted_ports: BTreeSet<u16> = targets
-        .iter()
-        .filter_map(|(_, t)| t.destination.port)
-        .collect();
 
     // Ports: declared container ports, plus any a TrafficTarget names.
     let mut ports: BTreeMap<u16, Protocol> = BTreeMap::new();
@@ -735,8 +710,7 @@ pub(crate) fn inbound(
     let ports = ports
         .into_iter()
         .map(|(port, protocol)| {
-            let restricted = restricted_ports.contains(&port)
-                || targets.iter().any(|(_, t)| t.destination.port.is_none());
+            let restricted = rules::restricts_port(targets.iter().map(|(_, t)| *t), port);
             let mut authorizations: Vec<Authorization> = if restricted {
                 targets
                     .iter()
@@ -777,7 +751,7 @@ pub(crate) fn target_status(
     let g = t.meta.generation;
     let mut events = Vec::new();
     let mut invalid = Vec::new();
-    if t.destination.kind != "ServiceAccount" {
+    if !rules::is_identity(&t.destination) {
         invalid.push(format!(
             "destination kind {:?} is not ServiceAccount: this TrafficTarget is ignored \
              (it allows nothing)",
@@ -785,7 +759,7 @@ pub(crate) fn target_status(
         ));
     }
     for s in &t.sources {
-        if s.kind != "ServiceAccount" {
+        if !rules::is_identity(s) {
             invalid.push(format!(
                 "source kind {:?} is not ServiceAccount: that source admits no one (the \
                  ServiceAccount sources are in force)",
@@ -793,7 +767,7 @@ pub(crate) fn target_status(
             ));
         }
     }
-    let mut unresolved: Vec<(&str, String)> = Vec::new();
+    let mut unresolved: Vec<(Reason, String)> = Vec::new();
     for rule in &t.rules {
         let rref = ObjectRef::new(tref.namespace.clone(), rule.name.clone());
         let names: Option<Vec<String>> = match rule.kind {
@@ -812,14 +786,14 @@ pub(crate) fn target_status(
         };
         match names {
             None => unresolved.push((
-                "RouteNotFound",
+                Reason::RouteNotFound,
                 format!("{} {} not found", rule.kind.as_str(), rref),
             )),
             Some(names) => {
                 for m in &rule.matches {
                     if !names.contains(m) {
                         unresolved.push((
-                            "MatchNotFound",
+                            Reason::MatchNotFound,
                             format!("{} {} has no match named {:?}", rule.kind.as_str(), rref, m),
                         ));
                     }
@@ -835,28 +809,28 @@ pub(crate) fn target_status(
                 if t.rules.is_empty() { "rules" } else { "sources" },
                 destination_ref(t)
             );
-            warn(&mut events, key.clone(), "AllowsNothing", m.clone());
+            warn(&mut events, key.clone(), Reason::AllowsNothing, m.clone());
             m
         } else {
             format!("in force for service account {}", destination_ref(t))
         };
-        conds.push(condition(ACCEPTED, true, "Accepted", msg, g));
+        conds.push(condition(ACCEPTED, true, Reason::Accepted, msg, g));
     } else {
         let msg = invalid.join("; ");
-        warn(&mut events, key.clone(), "Invalid", msg.clone());
-        conds.push(condition(ACCEPTED, false, "Invalid", msg, g));
+        warn(&mut events, key.clone(), Reason::Invalid, msg.clone());
+        conds.push(condition(ACCEPTED, false, Reason::Invalid, msg, g));
     }
     if unresolved.is_empty() {
         conds.push(condition(
             RESOLVED_REFS,
             true,
-            "ResolvedRefs",
+            Reason::ResolvedRefs,
             "all references resolved".into(),
             g,
         ));
     } else {
         for (r, m) in &unresolved {
-            warn(&mut events, key.clone(), r, m.clone());
+            warn(&mut events, key.clone(), *r, m.clone());
         }
         let msg = unresolved
             .iter()
@@ -875,12 +849,10 @@ pub(crate) fn route_status(key: &ObjectKey, model: &Model) -> (Vec<hub::Conditio
     let (generation, problems) = match key.kind {
         Kind::HTTPRouteGroup => match model.http_routes.get(&r) {
             Some(g) => {
-                let mut problems = Vec::new();
-                for m in &g.matches {
-                    for p in rules::match_problems(m) {
-                        problems.push(format!("match {:?}: {p}", m.name));
-                    }
-                }
+                let problems = super::analysis::http_route_group(g)
+                    .problems()
+                    .map(|(m, p)| format!("match {:?}: {p}", m.source.name))
+                    .collect();
                 (g.meta.generation, problems)
             }
             None => return (Vec::new(), events),
@@ -900,7 +872,7 @@ pub(crate) fn route_status(key: &ObjectKey, model: &Model) -> (Vec<hub::Conditio
         conds.push(condition(
             ACCEPTED,
             true,
-            "Accepted",
+            Reason::Accepted,
             "all matches are valid".into(),
             generation,
         ));
@@ -909,13 +881,19 @@ pub(crate) fn route_status(key: &ObjectKey, model: &Model) -> (Vec<hub::Conditio
             "{}; the invalid matches are left out: they match no request and allow nothing",
             problems.join("; ")
         );
-        warn(&mut events, key.clone(), "InvalidMatch", msg.clone());
-        conds.push(condition(ACCEPTED, false, "InvalidMatch", msg, generation));
+        warn(&mut events, key.clone(), Reason::InvalidMatch, msg.clone());
+        conds.push(condition(
+            ACCEPTED,
+            false,
+            Reason::InvalidMatch,
+            msg,
+            generation,
+        ));
     }
     conds.push(condition(
         RESOLVED_REFS,
         true,
-        "ResolvedRefs",
+        Reason::ResolvedRefs,
         "no references".into(),
         generation,
     ));
@@ -923,13 +901,13 @@ pub(crate) fn route_status(key: &ObjectKey, model: &Model) -> (Vec<hub::Conditio
         warn(
             &mut events,
             key.clone(),
-            "UDPNotProxied",
+            Reason::UDPNotProxied,
             UDP_NOT_PROXIED.to_string(),
         );
         conds.push(condition(
             PROGRAMMED,
             false,
-            "UDPNotProxied",
+            Reason::UDPNotProxied,
             UDP_NOT_PROXIED.into(),
             generation,
         ));

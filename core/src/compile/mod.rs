@@ -1,8 +1,8 @@
 //! The compiler: from the mesh model (SMI objects and cluster state) to per-proxy config.
 //!
 //! Translation is pure: [`compile`] and [`Compiler::update`] read a [`Model`] and return a
-//! [`Compiled`] snapshot; nothing here does I/O (except [`compile_dir`], a convenience for the
-//! CLI). The rules it implements are in `docs/compile.md`.
+//! [`Compiled`] snapshot; nothing here does I/O (`weft_manifests::compile_dir` reads a directory and
+//! calls it, for the CLI). The rules it implements are in `docs/compile.md`.
 //!
 //! # Output
 //!
@@ -21,8 +21,8 @@
 //! # Incremental use (the runtime)
 //!
 //! ```no_run
-//! use weft_operator::compile::{ChangedKeys, CompileOptions, Compiler};
-//! use weft_operator::model::{Model, ObjectRef};
+//! use weft_core::compile::{ChangedKeys, CompileOptions, Compiler};
+//! use weft_core::model::{Model, ObjectRef};
 //! let mut model = Model::new();
 //! let mut compiler = Compiler::new(CompileOptions::default());
 //! let snapshot = compiler.full(&model);
@@ -33,7 +33,7 @@
 //! let config = snapshot.proxy_or_default(&ObjectRef::new("demo", "web-0"), "web");
 //! ```
 
-mod proto;
+pub mod analysis;
 pub mod report;
 pub mod rules;
 mod types;
@@ -50,7 +50,7 @@ use weft_smi::hub;
 
 use crate::model::{destination_ref, Kind, Model, ObjectKey, ObjectRef};
 
-pub use report::{compile_dir, CompileReport, ReportError};
+pub use report::CompileReport;
 pub use types::*;
 pub use units::{
     ACCEPTED, ANY_CLIENT, CONFLICTED, PROBE_AUTHORIZATION, RESOLVED_REFS, RETRIES_ANNOTATION,

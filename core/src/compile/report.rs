@@ -1,21 +1,20 @@
 //! A readable, serialisable report of a compilation, for `weft compile`.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::PathBuf;
 
 use serde::Serialize;
 use weft_smi::hub;
 
 use super::types::*;
-use super::{compile, CompileOptions, Compiled, Event, ProxyConfig};
-use crate::model::manifests::{self, LoadError, ManifestError};
+use super::{Compiled, Event, ProxyConfig};
 use crate::model::ObjectKey;
 
-/// Why a directory could not be compiled at all (per-file problems are in the report).
-#[derive(Debug, thiserror::Error)]
-pub enum ReportError {
-    #[error(transparent)]
-    Manifests(#[from] ManifestError),
+/// A file that could not be loaded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LoadError {
+    pub path: PathBuf,
+    pub message: String,
 }
 
 /// What one proxy is told, in readable form.
@@ -110,19 +109,4 @@ impl CompileReport {
         self.proxies.retain(|k, _| k == proxy);
         !self.proxies.is_empty()
     }
-}
-
-/// Loads a manifests directory, compiles it and reports the result. Only an unreadable
-/// directory is an error; malformed files are listed in [`CompileReport::load_errors`].
-pub fn compile_dir(dir: &Path, opts: &CompileOptions) -> Result<CompileReport, ReportError> {
-    let loaded = manifests::load_dir(dir)?;
-    let compiled = compile(&loaded.to_model(), opts);
-    let mut report = CompileReport::from_compiled(&compiled);
-    report.load_errors = loaded.errors.clone();
-    for f in &loaded.files {
-        for i in &f.ignored {
-            report.ignored.push(format!("{}: {i}", f.path.display()));
-        }
-    }
-    Ok(report)
 }

@@ -27,10 +27,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use weft_smi::hub::{
-    self, HttpRouteGroup, Meta, RouteKind, SmiObject, TrafficSplit, TrafficTarget,
-};
+use weft_smi::hub::{self, HttpRouteGroup, RouteKind, SmiObject, TrafficSplit, TrafficTarget};
 use weft_smi::SmiError;
+
+pub use crate::reason::Reason;
 
 /// How bad a problem is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -47,8 +47,8 @@ pub struct Problem {
     pub severity: Severity,
     /// Field path in the object, e.g. `spec.backends[1].weight`.
     pub path: String,
-    /// CamelCase reason for status conditions and Events, e.g. `DuplicateBackend`.
-    pub reason: &'static str,
+    /// Why, typed; [`Reason::as_str`] is the CamelCase reason of conditions and Events.
+    pub reason: Reason,
     /// A sentence for humans.
     pub message: String,
 }
@@ -80,11 +80,11 @@ pub fn has_errors(problems: &[Problem]) -> bool {
 /// Turns a parse/convert error from `weft_smi::from_value` into a rejecting problem.
 pub fn problem_from_error(e: &SmiError) -> Problem {
     let (path, reason) = match e {
-        SmiError::Invalid { path, .. } => (path.clone(), "InvalidField"),
-        SmiError::MissingField(f) => ((*f).to_string(), "MissingField"),
-        SmiError::NotSmi { .. } => (String::new(), "NotSmi"),
-        SmiError::Malformed { .. } => (String::new(), "Malformed"),
-        SmiError::KindMismatch { .. } => (String::new(), "KindMismatch"),
+        SmiError::Invalid { path, .. } => (path.clone(), Reason::InvalidField),
+        SmiError::MissingField(f) => ((*f).to_string(), Reason::MissingField),
+        SmiError::NotSmi { .. } => (String::new(), Reason::NotSmi),
+        SmiError::Malformed { .. } => (String::new(), Reason::Malformed),
+        SmiError::KindMismatch { .. } => (String::new(), Reason::KindMismatch),
     };
     Problem {
         severity: Severity::Error,
@@ -94,8 +94,22 @@ pub fn problem_from_error(e: &SmiError) -> Problem {
     }
 }
 
-/// Validates one object. Problems are sorted: errors first, then by path.
+/// Validates one object on its own: every check that needs no other object (what admission
+/// can judge). References to other objects and conflicts with them are not judged (see
+/// [`Reason::needs_other_objects`]); they are reported in status by the compiler. Problems are
+/// sorted: errors first, then by path.
+pub fn validate_object(obj: &SmiObject) -> Vec<Problem> {
+    run(obj, None)
+}
+
+/// Validates one object against the other SMI objects of its namespace (and its Services when
+/// known): [`validate_object`]'s checks plus the cross-object ones. Problems are sorted: errors
+/// first, then by path.
 pub fn validate(obj: &SmiObject, ctx: &ValidationContext<'_>) -> Vec<Problem> {
+    run(obj, Some(ctx))
+}
+
+fn run(obj: &SmiObject, ctx: Option<&ValidationContext<'_>>) -> Vec<Problem> {
     let mut out = Vec::new();
     match obj {
         SmiObject::TrafficSplit(s) => split(s, ctx, &mut out),
@@ -103,6 +117,7 @@ pub fn validate(obj: &SmiObject, ctx: &ValidationContext<'_>) -> Vec<Problem> {
         SmiObject::HTTPRouteGroup(g) => http_group(g, &mut out),
         SmiObject::PortRoute(r) => port_route(r, &mut out),
     }
+    debug_assert!(ctx.is_some() || out.iter().all(|p| !p.reason.needs_other_objects()));
     out.sort_by(|a, b| {
         b.severity
             .cmp(&a.severity)
@@ -115,7 +130,7 @@ fn push(
     out: &mut Vec<Problem>,
     severity: Severity,
     path: impl Into<String>,
-    reason: &'static str,
+    reason: Reason,
     message: impl Into<String>,
 ) {
     out.push(Problem {
@@ -126,12 +141,9 @@ fn push(
     });
 }
 
-/// Orders objects for "oldest wins": by creationTimestamp (missing or unparsable counts as
-/// newest), then by name. `Less` means `a` wins. The compiler uses the same function
-/// ([`crate::compile::rules::split_order`]).
-pub fn age_order(a: &Meta, b: &Meta) -> std::cmp::Ordering {
-    crate::compile::rules::split_order(a, b)
-}
+/// Orders objects for "oldest wins" ([`crate::compile::rules::split_order`], the one rule:
+/// parsed creationTimestamp, missing or unparsable counts as newest, a tie broken by name).
+pub use crate::compile::rules::split_order as age_order;
 
 /// Among the TrafficSplits of `objects` in `namespace` whose root is `service`, the one that
 /// takes effect (the oldest). The compiler and the validator use the same rule.
@@ -162,7 +174,7 @@ fn find_http_group<'a>(
     })
 }
 
-fn split(s: &TrafficSplit, ctx: &ValidationContext<'_>, out: &mut Vec<Problem>) {
+fn split(s: &TrafficSplit, ctx: Option<&ValidationContext<'_>>, out: &mut Vec<Problem>) {
     use Severity::*;
     let ns = &s.meta.namespace;
     if s.service.is_empty() {
@@ -170,7 +182,7 @@ fn split(s: &TrafficSplit, ctx: &ValidationContext<'_>, out: &mut Vec<Problem>) 
             out,
             Error,
             "spec.service",
-            "MissingService",
+            Reason::MissingService,
             "the root service is empty",
         );
     }
@@ -179,15 +191,15 @@ fn split(s: &TrafficSplit, ctx: &ValidationContext<'_>, out: &mut Vec<Problem>) 
             out,
             Error,
             "spec.backends",
-            "NoBackends",
+            Reason::NoBackends,
             "the split has no backends",
         );
-    } else if s.backends.iter().all(|b| b.weight_milli == 0) {
+    } else if crate::compile::rules::has_no_weight(s) {
         push(
             out,
             Error,
             "spec.backends",
-            "ZeroWeights",
+            Reason::ZeroWeights,
             "the weights sum to 0: no backend would get traffic",
         );
     }
@@ -199,7 +211,7 @@ fn split(s: &TrafficSplit, ctx: &ValidationContext<'_>, out: &mut Vec<Problem>) 
                 out,
                 Error,
                 &path,
-                "MissingService",
+                Reason::MissingService,
                 "the backend service is empty",
             );
             continue;
@@ -209,20 +221,20 @@ fn split(s: &TrafficSplit, ctx: &ValidationContext<'_>, out: &mut Vec<Problem>) 
                 out,
                 Error,
                 &path,
-                "DuplicateBackend",
+                Reason::DuplicateBackend,
                 format!(
                     "backend {:?} is listed twice (also spec.backends[{first}])",
                     b.service
                 ),
             );
         }
-        if let Some(services) = ctx.services {
+        if let Some(services) = ctx.and_then(|c| c.services) {
             if !services.contains(&b.service) {
                 push(
                     out,
                     Warning,
                     &path,
-                    "BackendNotFound",
+                    Reason::BackendNotFound,
                     format!(
                         "Service {ns}/{} does not exist; it gets no traffic until it does",
                         b.service
@@ -231,7 +243,11 @@ fn split(s: &TrafficSplit, ctx: &ValidationContext<'_>, out: &mut Vec<Problem>) 
             }
         }
     }
-    let weighted: Vec<&hub::Backend> = s.backends.iter().filter(|b| b.weight_milli > 0).collect();
+    let weighted: Vec<&hub::Backend> = s
+        .backends
+        .iter()
+        .filter(|b| crate::compile::rules::carries_traffic(b))
+        .collect();
     if !s.service.is_empty()
         && !weighted.is_empty()
         && weighted.iter().all(|b| b.service == s.service)
@@ -240,20 +256,20 @@ fn split(s: &TrafficSplit, ctx: &ValidationContext<'_>, out: &mut Vec<Problem>) 
             out,
             Warning,
             "spec.backends",
-            "RootOnlyBackend",
+            Reason::RootOnlyBackend,
             format!(
                 "the root service {:?} is the only backend with traffic: the split changes nothing",
                 s.service
             ),
         );
     }
-    if let Some(services) = ctx.services {
+    if let Some(services) = ctx.and_then(|c| c.services) {
         if !s.service.is_empty() && !services.contains(&s.service) {
             push(
                 out,
                 Warning,
                 "spec.service",
-                "ServiceNotFound",
+                Reason::ServiceNotFound,
                 format!("the root Service {ns}/{} does not exist", s.service),
             );
         }
@@ -265,7 +281,7 @@ fn split(s: &TrafficSplit, ctx: &ValidationContext<'_>, out: &mut Vec<Problem>) 
                 out,
                 Error,
                 format!("{path}.kind"),
-                "UnsupportedMatchKind",
+                Reason::UnsupportedMatchKind,
                 format!(
                     "kind {:?} cannot be used in a TrafficSplit; only HTTPRouteGroup",
                     m.kind
@@ -279,7 +295,7 @@ fn split(s: &TrafficSplit, ctx: &ValidationContext<'_>, out: &mut Vec<Problem>) 
                     out,
                     Error,
                     format!("{path}.apiGroup"),
-                    "UnsupportedMatchKind",
+                    Reason::UnsupportedMatchKind,
                     format!("apiGroup {g:?} is not {}", weft_smi::specs::GROUP),
                 );
                 continue;
@@ -290,7 +306,7 @@ fn split(s: &TrafficSplit, ctx: &ValidationContext<'_>, out: &mut Vec<Problem>) 
                 out,
                 Error,
                 format!("{path}.name"),
-                "CrossNamespaceReference",
+                Reason::CrossNamespaceReference,
                 format!(
                     "{:?}: matches must name an HTTPRouteGroup in the split's own namespace",
                     m.name
@@ -298,25 +314,25 @@ fn split(s: &TrafficSplit, ctx: &ValidationContext<'_>, out: &mut Vec<Problem>) 
             );
             continue;
         }
-        if find_http_group(ctx, ns, &m.name).is_none() {
+        if ctx.is_some_and(|ctx| find_http_group(ctx, ns, &m.name).is_none()) {
             push(
                 out,
                 Error,
                 format!("{path}.name"),
-                "RouteGroupNotFound",
+                Reason::RouteGroupNotFound,
                 format!("HTTPRouteGroup {ns}/{} does not exist", m.name),
             );
         }
     }
     if !s.service.is_empty() {
-        if let Some(owner) = apex_owner(ctx.objects, ns, &s.service) {
+        if let Some(owner) = ctx.and_then(|ctx| apex_owner(ctx.objects, ns, &s.service)) {
             if owner.meta.name != s.meta.name && age_order(&owner.meta, &s.meta).is_lt() {
                 let why = crate::compile::rules::precedence(&owner.meta, &s.meta);
                 push(
                     out,
                     Warning,
                     "spec.service",
-                    "Conflicted",
+                    Reason::Conflicted,
                     format!(
                         "TrafficSplit {ns}/{} also splits {:?} and takes precedence because \
                          {why}; this split is ignored while it exists",
@@ -329,12 +345,12 @@ fn split(s: &TrafficSplit, ctx: &ValidationContext<'_>, out: &mut Vec<Problem>) 
 }
 
 fn identity(r: &hub::IdentityRef, path: &str, out: &mut Vec<Problem>) {
-    if r.kind != "ServiceAccount" {
+    if !crate::compile::rules::is_identity(r) {
         push(
             out,
             Severity::Error,
             format!("{path}.kind"),
-            "UnsupportedIdentityKind",
+            Reason::UnsupportedIdentityKind,
             format!("kind {:?} is not supported; only ServiceAccount", r.kind),
         );
     }
@@ -343,13 +359,13 @@ fn identity(r: &hub::IdentityRef, path: &str, out: &mut Vec<Problem>) {
             out,
             Severity::Error,
             format!("{path}.name"),
-            "MissingName",
+            Reason::MissingName,
             "the service account name is empty",
         );
     }
 }
 
-fn target(t: &TrafficTarget, ctx: &ValidationContext<'_>, out: &mut Vec<Problem>) {
+fn target(t: &TrafficTarget, ctx: Option<&ValidationContext<'_>>, out: &mut Vec<Problem>) {
     use Severity::*;
     let ns = &t.meta.namespace;
     identity(&t.destination, "spec.destination", out);
@@ -358,7 +374,7 @@ fn target(t: &TrafficTarget, ctx: &ValidationContext<'_>, out: &mut Vec<Problem>
             out,
             Error,
             "spec.destination.namespace",
-            "CrossNamespaceReference",
+            Reason::CrossNamespaceReference,
             format!(
                 "the destination must be in the TrafficTarget's namespace {ns:?}, not {:?}",
                 t.destination.namespace
@@ -370,7 +386,7 @@ fn target(t: &TrafficTarget, ctx: &ValidationContext<'_>, out: &mut Vec<Problem>
             out,
             Warning,
             "spec.sources",
-            "NoSources",
+            Reason::NoSources,
             "no sources: this TrafficTarget allows nothing",
         );
     }
@@ -383,7 +399,7 @@ fn target(t: &TrafficTarget, ctx: &ValidationContext<'_>, out: &mut Vec<Problem>
                 out,
                 Warning,
                 path,
-                "DuplicateSource",
+                Reason::DuplicateSource,
                 format!("source {}/{} is listed twice", s.namespace, s.name),
             );
         }
@@ -393,10 +409,12 @@ fn target(t: &TrafficTarget, ctx: &ValidationContext<'_>, out: &mut Vec<Problem>
             out,
             Warning,
             "spec.rules",
-            "NoRules",
+            Reason::NoRules,
             "no rules: this TrafficTarget allows nothing",
         );
     }
+    // Whether the rules' route objects and matches exist needs the namespace's objects.
+    let Some(ctx) = ctx else { return };
     for (i, r) in t.rules.iter().enumerate() {
         let path = format!("spec.rules[{i}]");
         let found = ctx.objects.iter().find(|o| {
@@ -407,7 +425,7 @@ fn target(t: &TrafficTarget, ctx: &ValidationContext<'_>, out: &mut Vec<Problem>
                 out,
                 Error,
                 format!("{path}.name"),
-                "RouteNotFound",
+                Reason::RouteNotFound,
                 format!("{} {ns}/{} does not exist", r.kind.as_str(), r.name),
             );
             continue;
@@ -423,7 +441,7 @@ fn target(t: &TrafficTarget, ctx: &ValidationContext<'_>, out: &mut Vec<Problem>
                     out,
                     Error,
                     format!("{path}.matches[{j}]"),
-                    "MatchNotFound",
+                    Reason::MatchNotFound,
                     format!(
                         "{} {ns}/{} has no match named {m:?}",
                         r.kind.as_str(),
@@ -442,7 +460,7 @@ fn http_group(g: &HttpRouteGroup, out: &mut Vec<Problem>) {
             out,
             Warning,
             "spec.matches",
-            "NoMatches",
+            Reason::NoMatches,
             "no matches: this route group matches nothing",
         );
     }
@@ -454,29 +472,30 @@ fn http_group(g: &HttpRouteGroup, out: &mut Vec<Problem>) {
                 out,
                 Error,
                 format!("{path}.name"),
-                "DuplicateMatch",
+                Reason::DuplicateMatch,
                 format!(
                     "match name {:?} is used twice (also spec.matches[{first}])",
                     m.name
                 ),
             );
         }
-        // The compiler's own check (crate::compile::rules::match_problems): what admission
-        // rejects is exactly what the compiler would leave out.
-        for p in crate::compile::rules::match_problems(m) {
-            use crate::compile::rules::MatchProblem as P;
-            let at = match &p {
-                P::InvalidPathRegex { .. } => format!("{path}.pathRegex"),
-                P::UnknownMethod { method } => {
-                    let j = m.methods.iter().position(|x| x == method).unwrap_or(0);
-                    format!("{path}.methods[{j}]")
-                }
-                P::InvalidHeaderName { header } | P::InvalidHeaderRegex { header, .. } => {
-                    format!("{path}.headers.{header}")
-                }
-            };
-            push(out, Error, at, p.validator_reason(), p.to_string());
-        }
+    }
+    // The group's analysis (crate::analysis): what admission rejects is exactly what the
+    // compiler leaves out.
+    for (a, p) in crate::analysis::http_route_group(g).problems() {
+        use crate::compile::rules::MatchProblem as P;
+        let (path, m) = (format!("spec.matches[{}]", a.index), a.source);
+        let at = match p {
+            P::InvalidPathRegex { .. } => format!("{path}.pathRegex"),
+            P::UnknownMethod { method } => {
+                let j = m.methods.iter().position(|x| x == method).unwrap_or(0);
+                format!("{path}.methods[{j}]")
+            }
+            P::InvalidHeaderName { header } | P::InvalidHeaderRegex { header, .. } => {
+                format!("{path}.headers.{header}")
+            }
+        };
+        push(out, Error, at, p.reason(), p.to_string());
     }
 }
 
@@ -490,7 +509,7 @@ fn port_route(r: &hub::PortRoute, out: &mut Vec<Problem>) {
                 out,
                 Severity::Error,
                 &path,
-                "InvalidPort",
+                Reason::InvalidPort,
                 "port 0 is not a valid port",
             );
         } else if !seen.insert(*p) {
@@ -498,7 +517,7 @@ fn port_route(r: &hub::PortRoute, out: &mut Vec<Problem>) {
                 out,
                 Severity::Warning,
                 &path,
-                "DuplicatePort",
+                Reason::DuplicatePort,
                 format!("port {p} is listed twice"),
             );
         }
@@ -563,7 +582,7 @@ mod tests {
             };
             let got: Vec<(Severity, &str, String)> = validate(&objects[0], &ctx)
                 .into_iter()
-                .map(|p| (p.severity, p.reason, p.path))
+                .map(|p| (p.severity, p.reason.as_str(), p.path))
                 .collect();
             let want: Vec<(Severity, &str, String)> = c
                 .want
@@ -854,7 +873,7 @@ mod tests {
         let e = weft_smi::from_value(&v).expect_err("unknown rule kind");
         let p = problem_from_error(&e);
         assert_eq!(
-            (p.severity, p.reason, p.path.as_str()),
+            (p.severity, p.reason.as_str(), p.path.as_str()),
             (Severity::Error, "InvalidField", "spec.rules[0].kind")
         );
         assert!(p.message.contains("GRPCRoute"), "{}", p.message);
@@ -898,5 +917,45 @@ mod tests {
             Some("old")
         );
         assert!(apex_owner(&objects, "shop", "other").is_none());
+    }
+}
+
+#[cfg(test)]
+mod single_object_tests {
+    use super::*;
+    use serde_json::json;
+
+    /// What admission judges is the single-object check: references to objects it cannot see
+    /// are not reported (no empty context, no filtering by reason string), the object's own
+    /// problems are.
+    #[test]
+    fn single_object_validation_skips_references_and_keeps_own_problems() {
+        let t = weft_smi::from_value(&json!({
+            "apiVersion": "access.smi-spec.io/v1alpha3", "kind": "TrafficTarget",
+            "metadata": {"name": "t", "namespace": "shop"},
+            "spec": {
+                "destination": {"kind": "ServiceAccount", "name": "api", "namespace": "shop"},
+                "sources": [{"kind": "ServiceAccount", "name": "web", "namespace": "shop"}],
+                "rules": [{"kind": "HTTPRouteGroup", "name": "missing", "matches": ["nope"]}]
+            }
+        }))
+        .unwrap();
+        assert!(validate_object(&t).is_empty(), "{:?}", validate_object(&t));
+        let with_ctx = validate(&t, &ValidationContext::default());
+        assert_eq!(with_ctx.len(), 1);
+        assert_eq!(with_ctx[0].reason, Reason::RouteNotFound);
+        assert!(with_ctx[0].reason.needs_other_objects());
+
+        let g = weft_smi::from_value(&json!({
+            "apiVersion": "specs.smi-spec.io/v1alpha4", "kind": "HTTPRouteGroup",
+            "metadata": {"name": "g", "namespace": "shop"},
+            "spec": {"matches": [{"name": "a", "methods": ["FETCH"]}]}
+        }))
+        .unwrap();
+        let own = validate_object(&g);
+        assert_eq!(own.len(), 1);
+        assert_eq!(own[0].reason, Reason::UnknownMethod);
+        assert_eq!(own[0].reason.as_str(), "UnknownMethod");
+        assert!(!own[0].reason.needs_other_objects());
     }
 }

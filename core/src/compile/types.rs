@@ -6,6 +6,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+pub use weft_common::SpiffeId;
 
 /// The application protocol of a port (proto `Protocol`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -90,11 +91,64 @@ pub struct InboundPort {
 pub struct Authorization {
     /// `<namespace>/<name>` of the TrafficTarget.
     pub name: String,
-    /// SPIFFE identities of allowed clients.
-    pub sources: Vec<String>,
+    /// Who is admitted. `weft compile` prints it in the deprecated untyped form, as `sources`
+    /// ([`Clients::legacy_sources`]).
+    #[serde(rename = "sources", serialize_with = "ser_legacy_sources")]
+    pub clients: Clients,
     pub all_traffic: bool,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub http_routes: Vec<HttpMatch>,
+}
+
+/// Who an authorization admits: a typed choice, not strings with magic values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Clients {
+    /// Clients presenting one of these mesh identities over mTLS (a TrafficTarget's sources),
+    /// in the order of their string form, without duplicates.
+    Mesh(Vec<SpiffeId>),
+    /// The kubelet's plaintext HTTP probes: any client, authenticated or not, limited by the
+    /// authorization's routes to the pod's probe paths.
+    KubeletProbes,
+}
+
+impl Default for Clients {
+    /// No client.
+    fn default() -> Self {
+        Clients::Mesh(Vec::new())
+    }
+}
+
+/// The deprecated untyped source that admitted any client (proto `Authorization.sources`,
+/// which proxies of the previous minor version read): the form of [`Clients::KubeletProbes`].
+pub const LEGACY_ANY_CLIENT: &str = "*";
+
+impl Clients {
+    /// Mesh clients with these identities, sorted by their string form and deduplicated.
+    pub fn mesh(ids: impl IntoIterator<Item = SpiffeId>) -> Clients {
+        let mut ids: Vec<(String, SpiffeId)> =
+            ids.into_iter().map(|i| (i.to_string(), i)).collect();
+        ids.sort_by(|a, b| a.0.cmp(&b.0));
+        ids.dedup_by(|a, b| a.0 == b.0);
+        Clients::Mesh(ids.into_iter().map(|(_, i)| i).collect())
+    }
+
+    /// Whether no client is admitted.
+    pub fn is_empty(&self) -> bool {
+        matches!(self, Clients::Mesh(ids) if ids.is_empty())
+    }
+
+    /// The one mapping to the deprecated untyped form: the SPIFFE IDs, or
+    /// [`LEGACY_ANY_CLIENT`] for the kubelet's probes.
+    pub fn legacy_sources(&self) -> Vec<String> {
+        match self {
+            Clients::Mesh(ids) => ids.iter().map(SpiffeId::to_string).collect(),
+            Clients::KubeletProbes => vec![LEGACY_ANY_CLIENT.to_string()],
+        }
+    }
+}
+
+fn ser_legacy_sources<S: serde::Serializer>(c: &Clients, s: S) -> Result<S::Ok, S::Error> {
+    c.legacy_sources().serialize(s)
 }
 
 /// Where requests to one service go (proto `OutboundService`).
@@ -220,11 +274,15 @@ impl VersionedResource {
     }
 }
 
-/// The version of a resource: sha256 of its canonical proto encoding, as the first 16 hex
-/// characters.
+/// The version of a resource: sha256 of its canonical encoding (its serde JSON: struct fields in
+/// declaration order, lists in the compiler's sorted order, no maps with unordered keys), as the
+/// first 16 hex characters. The wire encoding is the operator's business and is done once, to
+/// send the resource.
 pub fn content_version(resource: &ResourceKind) -> String {
     let mut h = Sha256::new();
-    h.update(super::proto::canonical_bytes(resource));
+    // Serialising these plain data types cannot fail; an empty encoding would still be a
+    // deterministic version.
+    h.update(serde_json::to_vec(resource).unwrap_or_default());
     short_hex(&h.finalize())
 }
 
@@ -234,20 +292,35 @@ pub(crate) fn short_hex(bytes: &[u8]) -> String {
     s
 }
 
-/// Resource name of a service's OutboundService.
+// The Discovery protocol's resource names. Their home is `weft_proxy_api::names`, which the
+// core cannot depend on (it links prost and tonic); the operator's
+// `discovery::proto::tests::core_names_are_the_wire_names` checks these agree.
+// TODO(#14-merge): move `names` into weft-common (pure) so proxy-api and the core share it.
+
+/// Resource name of a service's OutboundService (`outbound:<service>.<namespace>`).
 pub fn outbound_name(namespace: &str, service: &str) -> String {
-    weft_proxy_api::names::outbound_name(service, namespace)
+    format!("outbound:{service}.{namespace}")
 }
 
-/// Resource name of a service port's EndpointSet.
+/// Resource name of a service port's EndpointSet (`endpoints:<service>.<namespace>:<port>`).
 pub fn endpoints_name(namespace: &str, service: &str, port: u16) -> String {
-    weft_proxy_api::names::endpoints_name(service, namespace, u32::from(port))
+    format!("endpoints:{service}.{namespace}:{port}")
 }
 
 /// Resource name of the pod's InboundPolicy.
-pub const INBOUND_NAME: &str = weft_proxy_api::names::INBOUND;
+pub const INBOUND_NAME: &str = "inbound";
 
-/// SPIFFE id of a service account.
+/// SPIFFE ID of a service account ([`weft_common::SpiffeId`]; not validated here: names come
+/// from the API server).
+pub fn spiffe(trust_domain: &str, namespace: &str, service_account: &str) -> SpiffeId {
+    SpiffeId {
+        trust_domain: trust_domain.to_owned(),
+        namespace: namespace.to_owned(),
+        service_account: service_account.to_owned(),
+    }
+}
+
+/// [`spiffe`] in its string form, as the proxy config carries endpoint and proxy identities.
 pub fn spiffe_id(trust_domain: &str, namespace: &str, service_account: &str) -> String {
-    format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}")
+    spiffe(trust_domain, namespace, service_account).to_string()
 }
