@@ -129,7 +129,7 @@ fn inject_is_idempotent_and_labels_the_pod() {
 #[test]
 fn inject_with_trust_anchors_sets_them_on_the_proxy_and_stays_idempotent() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let bundle = weft_operator::identity::generate_ca("cluster.local").expect("CA");
+    let bundle = weft_common::ca::generate_ca("cluster.local").expect("CA");
     let ca = dir.path().join("ca.crt");
     std::fs::write(&ca, &bundle.ca_cert_pem).expect("write");
     let ca = ca.to_string_lossy().to_string();

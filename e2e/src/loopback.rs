@@ -45,7 +45,12 @@ pub const MAX_MESHES: usize = 2;
 
 /// The SPIFFE ID of a service account.
 pub fn spiffe(ns: &str, sa: &str) -> String {
-    format!("spiffe://{TRUST_DOMAIN}/ns/{ns}/sa/{sa}")
+    weft_common::SpiffeId {
+        trust_domain: TRUST_DOMAIN.into(),
+        namespace: ns.into(),
+        service_account: sa.into(),
+    }
+    .to_string()
 }
 
 /// What a pod runs next to its proxy.

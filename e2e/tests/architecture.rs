@@ -83,7 +83,7 @@ fn cli_does_not_link_the_operator() {
         deps.contains("weft-core"),
         "the CLI compiles with weft-core"
     );
-    for crate_name in ["weft-operator", "kube-runtime", "tonic", "notify"] {
+    for crate_name in ["weft-operator", "tonic", "notify"] {
         assert!(
             !deps.contains(crate_name),
             "weft-cli depends on {crate_name} (see `cargo tree -p weft-cli -i {crate_name}`)"

@@ -21,6 +21,7 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::{Channel, Server};
 use tonic::{Status, Streaming};
+use weft_operator::compile::ToProto;
 use weft_operator::compile::{compile, CompileOptions, Compiled, ProxyConfig, ProxyKey};
 use weft_operator::discovery::{
     snapshot_channel, DiscoveryMetrics, DiscoveryService, ProxyRegistry, Published, ServiceOptions,
@@ -28,7 +29,6 @@ use weft_operator::discovery::{
 };
 use weft_operator::model::manifests::parse_manifests;
 use weft_operator::model::Model;
-use weft_operator::compile::ToProto;
 use weft_operator::shutdown::Shutdown;
 use weft_proxy_api::v1::{self, discovery_request::Request as Req};
 use weft_proxy_api::{ClientState, ResourceMap};

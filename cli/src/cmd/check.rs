@@ -56,30 +56,6 @@ fn check(name: &str, outcome: Outcome, detail: impl Into<String>) -> Check {
     }
 }
 
-/// The SMI CRDs weft serves, with the versions each must serve.
-pub const SMI_CRDS: &[(&str, &[&str])] = &[
-    (
-        "trafficsplits.split.smi-spec.io",
-        &["v1alpha1", "v1alpha2", "v1alpha3", "v1alpha4"],
-    ),
-    (
-        "traffictargets.access.smi-spec.io",
-        &["v1alpha1", "v1alpha2", "v1alpha3"],
-    ),
-    (
-        "httproutegroups.specs.smi-spec.io",
-        &["v1alpha1", "v1alpha2", "v1alpha3", "v1alpha4"],
-    ),
-    (
-        "tcproutes.specs.smi-spec.io",
-        &["v1alpha1", "v1alpha2", "v1alpha3", "v1alpha4"],
-    ),
-    (
-        "udproutes.specs.smi-spec.io",
-        &["v1alpha1", "v1alpha2", "v1alpha3", "v1alpha4"],
-    ),
-];
-
 /// Runs the checks; `pre` limits them to what can be known before installing.
 pub async fn run(pre: bool, names: &InstallNames) -> Vec<Check> {
     let mut out = Vec::new();
@@ -133,7 +109,15 @@ pub async fn run(pre: bool, names: &InstallNames) -> Vec<Check> {
     }
 
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for (name, versions) in SMI_CRDS {
+    // The SMI CRDs weft serves and the versions each must serve: the one kind table.
+    for kind in weft_smi::kinds::SMI_KINDS.iter() {
+        let name = &kind.crd_name();
+        let versions: Vec<&str> = kind
+            .versions
+            .iter()
+            .filter(|v| v.served)
+            .map(|v| v.name)
+            .collect();
         match crds.get_opt(name).await {
             Ok(Some(crd)) if pre => out.push(check(
                 &format!("crd/{name}"),

@@ -137,10 +137,12 @@ impl DiscoveryService {
         };
         let info = ProxyInfo {
             pod: format!("{}/{}", subscribe.pod_namespace, subscribe.pod_name),
-            identity: format!(
-                "spiffe://{}/ns/{}/sa/{}",
-                self.options.trust_domain, subscribe.pod_namespace, sa
-            ),
+            identity: weft_common::SpiffeId {
+                trust_domain: self.options.trust_domain.clone(),
+                namespace: subscribe.pod_namespace.clone(),
+                service_account: sa.clone(),
+            }
+            .to_string(),
             authenticated: verified.is_some(),
             service_account: sa.clone(),
             proxy_version: subscribe.proxy_version.clone(),

@@ -215,10 +215,12 @@ impl ProxyEnv {
 
     /// This proxy's SPIFFE identity.
     pub fn spiffe_id(&self) -> String {
-        format!(
-            "spiffe://{}/ns/{}/sa/{}",
-            self.trust_domain, self.pod_namespace, self.service_account
-        )
+        weft_common::SpiffeId {
+            trust_domain: self.trust_domain.clone(),
+            namespace: self.pod_namespace.clone(),
+            service_account: self.service_account.clone(),
+        }
+        .to_string()
     }
 }
 
@@ -230,14 +232,10 @@ fn invalid(name: &'static str, value: &str, reason: &str) -> EnvError {
     }
 }
 
-/// `spiffe://<td>/ns/<ns>/sa/<sa>`, nothing more.
+/// `spiffe://<td>/ns/<ns>/sa/<sa>`, nothing more (the one SPIFFE ID parser), with a namespace
+/// that is a DNS label as Kubernetes requires.
 fn is_spiffe_id(v: &str) -> bool {
-    let Some(rest) = v.strip_prefix("spiffe://") else {
-        return false;
-    };
-    let parts: Vec<&str> = rest.split('/').collect();
-    matches!(parts.as_slice(), [td, "ns", ns, "sa", sa]
-        if is_dns_subdomain(td) && is_dns_label(ns) && is_dns_subdomain(sa))
+    weft_common::SpiffeId::parse(v).is_ok_and(|id| is_dns_label(&id.namespace))
 }
 
 /// Accepts `host:port`, `http://host:port` or `https://host:port`; the second value is true for

@@ -51,23 +51,6 @@ pub struct SmiKind {
 }
 
 impl SmiKind {
-    /// The kind as the `weft_smi` type `K` declares it.
-    fn of<K: kube::Resource<DynamicType = ()>>() -> SmiKind {
-        fn fixed(s: std::borrow::Cow<'static, str>) -> &'static str {
-            match s {
-                std::borrow::Cow::Borrowed(s) => s,
-                // Not reached for derived resources (their names are literals); kept once.
-                std::borrow::Cow::Owned(s) => Box::leak(s.into_boxed_str()),
-            }
-        }
-        SmiKind {
-            group: fixed(K::group(&())),
-            kind: fixed(K::kind(&())),
-            plural: fixed(K::plural(&())),
-            api_version: fixed(K::api_version(&())),
-        }
-    }
-
     /// `<plural>.<group>`: the name of its CRD, and of its watcher.
     pub fn crd_name(&self) -> String {
         format!("{}.{}", self.plural, self.group)
@@ -83,17 +66,15 @@ impl SmiKind {
     }
 }
 
-/// The SMI kinds weft reads: the one table of their groups, kinds and plurals, taken from the
-/// `weft_smi` types at their storage versions.
+/// The SMI kinds weft reads, as the watchers need them: a view of the one kind table,
+/// `weft_smi::kinds::SMI_KINDS` (the version written when none was read is the storage version).
 pub static SMI_KINDS: LazyLock<[SmiKind; 5]> = LazyLock::new(|| {
-    use weft_smi::{access, specs, split};
-    [
-        SmiKind::of::<split::v1alpha4::TrafficSplit>(),
-        SmiKind::of::<access::v1alpha3::TrafficTarget>(),
-        SmiKind::of::<specs::v1alpha4::HTTPRouteGroup>(),
-        SmiKind::of::<specs::v1alpha4::TCPRoute>(),
-        SmiKind::of::<specs::v1alpha4::UDPRoute>(),
-    ]
+    weft_smi::kinds::SMI_KINDS.map(|k| SmiKind {
+        group: k.group,
+        kind: k.kind,
+        plural: k.plural,
+        api_version: k.storage().api_version,
+    })
 });
 
 /// Why an SMI kind that is not served is not watched (`/ready`, `/status`).
