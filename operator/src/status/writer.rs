@@ -19,7 +19,6 @@ use weft_smi::hub::{Condition, SmiStatus};
 use weft_smi::status::set_condition;
 
 use super::{ObjectRef, ObjectStatus};
-use crate::source::kube::SmiKind;
 
 /// Field manager of every write weft makes.
 pub const FIELD_MANAGER: &str = "weft";
@@ -70,18 +69,16 @@ pub struct StatusWriter {
 }
 
 /// The `ApiResource` of an SMI kind in a given apiVersion: its plural is the one the `weft_smi`
-/// types declare (see [`SMI_KINDS`](crate::source::kube::SMI_KINDS)), never guessed; a kind or
+/// kind table declares ([`weft_smi::kinds`]), never guessed; a kind or
 /// group weft does not read is refused.
 pub fn api_resource(api_version: &str, kind: &str) -> Result<ApiResource, StatusError> {
     let (group, version) = api_version
         .split_once('/')
         .ok_or_else(|| StatusError::ApiVersion(api_version.to_string()))?;
-    let smi = SmiKind::named(kind)
-        .filter(|k| k.group == group)
-        .ok_or_else(|| StatusError::NotSmi {
-            api_version: api_version.to_string(),
-            kind: kind.to_string(),
-        })?;
+    let smi = weft_smi::kinds::by_kind(Some(group), kind).ok_or_else(|| StatusError::NotSmi {
+        api_version: api_version.to_string(),
+        kind: kind.to_string(),
+    })?;
     let gvk = GroupVersionKind::gvk(group, version, kind);
     Ok(ApiResource::from_gvk_with_plural(&gvk, smi.plural))
 }
