@@ -4,6 +4,8 @@
 //!   parsed and formatted in one place so that identities are values, not strings;
 //! - [`backoff`]: the one jittered exponential backoff used by every reconnect loop;
 //! - [`duration`]: the one parser of human durations (`500ms`, `2s`, `1.5m`, `1h`);
+//! - [`names`]: the resource names of the Discovery protocol (`inbound`, `outbound:…`, `endpoints:…`),
+//!   used by the core that compiles them and by `weft-proxy-api` (re-exported there);
 //! - `tls` (feature `tls`): the SPIFFE ID of a certificate and the rustls verifiers that check a
 //!   chain against the trust anchors in force, then the peer's identity (the proxy's mesh TLS and
 //!   both sides of the control-plane TLS);
@@ -18,6 +20,7 @@ pub mod backoff;
 #[cfg(feature = "ca")]
 pub mod ca;
 pub mod duration;
+pub mod names;
 pub mod spiffe;
 #[cfg(feature = "tls")]
 pub mod tls;

@@ -12,7 +12,8 @@
 #![forbid(unsafe_code)]
 
 pub mod discovery;
-pub mod names;
+/// The resource naming scheme (its home is `weft_common::names`, shared with the core).
+pub use weft_common::names;
 
 pub use discovery::{apply_response, ApplyError, ClientState, Rejection, ResourceMap};
 

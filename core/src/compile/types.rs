@@ -292,23 +292,21 @@ pub(crate) fn short_hex(bytes: &[u8]) -> String {
     s
 }
 
-// The Discovery protocol's resource names. Their home is `weft_proxy_api::names`, which the
-// core cannot depend on (it links prost and tonic); the operator's
-// `discovery::proto::tests::core_names_are_the_wire_names` checks these agree.
-// TODO(#14-merge): move `names` into weft-common (pure) so proxy-api and the core share it.
+// The Discovery protocol's resource names: their home is `weft_common::names` (shared with
+// `weft-proxy-api`); these adapters take the core's (namespace, service) argument order.
 
 /// Resource name of a service's OutboundService (`outbound:<service>.<namespace>`).
 pub fn outbound_name(namespace: &str, service: &str) -> String {
-    format!("outbound:{service}.{namespace}")
+    weft_common::names::outbound_name(service, namespace)
 }
 
 /// Resource name of a service port's EndpointSet (`endpoints:<service>.<namespace>:<port>`).
 pub fn endpoints_name(namespace: &str, service: &str, port: u16) -> String {
-    format!("endpoints:{service}.{namespace}:{port}")
+    weft_common::names::endpoints_name(service, namespace, u32::from(port))
 }
 
 /// Resource name of the pod's InboundPolicy.
-pub const INBOUND_NAME: &str = "inbound";
+pub const INBOUND_NAME: &str = weft_common::names::INBOUND;
 
 /// SPIFFE ID of a service account ([`weft_common::SpiffeId`]; not validated here: names come
 /// from the API server).
