@@ -720,4 +720,121 @@ mod tests {
         assert_eq!(problems[0].0, 0);
         assert!(matches!(problems[0].1, MatchProblem::UnknownMethod { .. }));
     }
+
+    fn model(objects: &[serde_json::Value]) -> Model {
+        Model::from_objects(
+            objects
+                .iter()
+                .map(|v| crate::model::ClusterObject::from_value(v).expect("test object")),
+        )
+    }
+
+    fn svc(name: &str, port: u16) -> serde_json::Value {
+        serde_json::json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": "shop"},
+            "spec": {"ports": [{"port": port}]}})
+    }
+
+    fn smi(v: serde_json::Value) -> hub::SmiObject {
+        weft_smi::from_value(&v).expect("test manifest parses")
+    }
+
+    /// A split's single-object analysis is what admission reports and what the compiler's
+    /// plan reads: no weight is `ZeroWeights` for admission and `NoWeight` for status, from one
+    /// decision; a foreign apiGroup is rejected by admission and matches nothing in the plan.
+    #[test]
+    fn split_analysis_feeds_admission_and_the_plan() {
+        let hub::SmiObject::TrafficSplit(s) = smi(serde_json::json!({
+            "apiVersion": "split.smi-spec.io/v1alpha4", "kind": "TrafficSplit",
+            "metadata": {"name": "s", "namespace": "shop"},
+            "spec": {"service": "web", "backends": [{"service": "v1", "weight": 0}],
+                     "matches": [{"kind": "HTTPRouteGroup", "apiGroup": "example.com", "name": "g"},
+                                 {"kind": "HTTPRouteGroup", "name": "g"}]}
+        })) else {
+            panic!("not a split")
+        };
+        let a = traffic_split(&s);
+        assert_eq!(a.weights, SplitWeights::NoWeight);
+        assert_eq!(
+            a.matches,
+            vec![
+                SplitMatchRef::ForeignApiGroup("example.com"),
+                SplitMatchRef::Group("g")
+            ]
+        );
+        let reasons: Vec<Reason> = a.problems.iter().map(|p| p.reason).collect();
+        assert_eq!(
+            reasons,
+            vec![Reason::ZeroWeights, Reason::UnsupportedMatchKind]
+        );
+
+        let m = model(&[
+            svc("web", 80),
+            svc("v1", 80),
+            serde_json::json!({"apiVersion": "specs.smi-spec.io/v1alpha4", "kind": "HTTPRouteGroup",
+                "metadata": {"name": "g", "namespace": "shop"},
+                "spec": {"matches": [{"name": "m", "pathRegex": "/x"}]}}),
+        ]);
+        let apex = ObjectRef::new("shop", "web");
+        let plan = split_plan(&m, &apex, &s);
+        let issues: Vec<Reason> = plan.issues.iter().map(SplitIssue::reason).collect();
+        assert_eq!(issues, vec![Reason::NoWeight, Reason::InvalidKind]);
+        // Only the group of the right apiGroup is in force.
+        assert_eq!(plan.matches.as_ref().map(Vec::len), Some(1));
+    }
+
+    /// A TrafficTarget's analysis: the identity decisions status reads and the problems
+    /// admission reports; its rules resolve through one function for status and `validate`.
+    #[test]
+    fn target_analysis_and_rule_resolution() {
+        let hub::SmiObject::TrafficTarget(t) = smi(serde_json::json!({
+            "apiVersion": "access.smi-spec.io/v1alpha3", "kind": "TrafficTarget",
+            "metadata": {"name": "t", "namespace": "shop"},
+            "spec": {"destination": {"kind": "ServiceAccount", "name": "api", "namespace": "shop"},
+                     "sources": [{"kind": "ServiceAccount", "name": "web", "namespace": "shop"},
+                                 {"kind": "User", "name": "bob"}],
+                     "rules": [{"kind": "HTTPRouteGroup", "name": "g", "matches": ["m", "nope"]},
+                               {"kind": "TCPRoute", "name": "db"}]}
+        })) else {
+            panic!("not a target")
+        };
+        let a = traffic_target(&t);
+        assert!(a.destination_is_identity);
+        assert_eq!(a.unsupported_sources, vec![1]);
+        assert_eq!(a.allows_nothing, None);
+        assert!(a.problems.iter().any(
+            |p| p.reason == Reason::UnsupportedIdentityKind && p.path == "spec.sources[1].kind"
+        ));
+
+        let m = model(&[
+            serde_json::json!({"apiVersion": "specs.smi-spec.io/v1alpha4",
+            "kind": "HTTPRouteGroup", "metadata": {"name": "g", "namespace": "shop"},
+            "spec": {"matches": [{"name": "m", "pathRegex": "/x"}]}}),
+        ]);
+        let r = target_rules(&t, |kind, name| model_match_names(&m, "shop", kind, name));
+        assert_eq!(
+            r,
+            vec![
+                RuleResolution::MatchesNotFound(vec![(1, "nope")]),
+                RuleResolution::RouteNotFound
+            ]
+        );
+    }
+
+    /// A port route's analysis: port 0 rejects it, a duplicate warns, the valid ports remain.
+    #[test]
+    fn port_route_analysis() {
+        let hub::SmiObject::PortRoute(r) = smi(serde_json::json!({
+            "apiVersion": "specs.smi-spec.io/v1alpha4", "kind": "TCPRoute",
+            "metadata": {"name": "db", "namespace": "shop"},
+            "spec": {"matches": {"ports": [5432, 0, 5432, 6432]}}
+        })) else {
+            panic!("not a port route")
+        };
+        let a = port_route(&r);
+        assert_eq!(a.ports, vec![5432, 6432]);
+        let errors: Vec<Reason> = a.errors().map(|p| p.reason).collect();
+        assert_eq!(errors, vec![Reason::InvalidPort]);
+        assert_eq!(a.problems.len(), 2);
+    }
 }
