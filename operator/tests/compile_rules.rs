@@ -1355,3 +1355,16 @@ fn tcp_route_with_port_zero_is_not_accepted_as_admission_says() {
     assert!(conditions(&build(&ok), Kind::TCPRoute, "db")
         .contains(&cond("Accepted", "True", "Accepted")));
 }
+
+/// #14: the inbound ports a TCPRoute adds are its analysis's valid ports: port 0 is not listed
+/// (as Service ports with target port 0 are not), the valid port is restricted.
+#[test]
+fn tcp_route_port_zero_is_not_an_inbound_port() {
+    let y = base()
+        + &tcp_route("db", &[0, 5432])
+        + &target("t", "web", None, &["client"], &[("TCPRoute", "db", &[])]);
+    let c = build(&y);
+    let i = inbound(&c, "web-v1-0");
+    assert!(!i.ports.iter().any(|p| p.port == 0), "{:?}", i.ports);
+    assert!(i.ports.iter().any(|p| p.port == 5432 && p.restricted));
+}

@@ -639,7 +639,9 @@ pub fn model_match_names(
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PortRouteAnalysis<'a> {
     pub route: &'a hub::PortRoute,
-    /// The ports it names that are valid, deduplicated, in order (empty: every port).
+    /// The valid ports it names (not 0), deduplicated, in order: the ports a destination's
+    /// inbound policy lists for it. Which ports the route covers is decided on its `matches`
+    /// (no ports listed = every port; a list of only port 0 covers none — never widened).
     pub ports: Vec<u16>,
     /// Port 0 (Error), a port listed twice (Warning).
     pub problems: Vec<Problem>,

@@ -578,8 +578,9 @@ fn target_ports(model: &Model, targets: &[(&ObjectRef, &hub::TrafficTarget)]) ->
                 hub::RouteKind::UDPRoute => model.udp_routes.get(&rref),
                 hub::RouteKind::HTTPRouteGroup => None,
             };
-            if let Some(m) = r.and_then(|r| r.matches.as_ref()) {
-                ports.extend(m.ports.iter().copied());
+            // The route's analysis: its valid ports (port 0 is not a port to list).
+            if let Some(r) = r {
+                ports.extend(super::analysis::port_route(r).ports);
             }
         }
     }
