@@ -1,5 +1,13 @@
-//! The semantic validator: pure checks of one SMI object (hub form) against the other SMI
-//! objects of its namespace and, when known, its Services.
+//! The validator: the problems of one SMI object, as admission reports them.
+//!
+//! [`validate_object`] (what admission calls) is each kind's analysis in [`crate::analysis`]
+//! and nothing else: [`crate::analysis::traffic_split`], [`crate::analysis::traffic_target`],
+//! [`crate::analysis::http_route_group`] (`issues`) and [`crate::analysis::port_route`] hold
+//! the rules, and the compiler reads the same results for its decisions and status.
+//! [`validate`] adds the checks against the other objects of a namespace
+//! ([`ValidationContext`]); no production path calls it (the compiler's status judges
+//! references with [`crate::analysis::split_plan`] and [`crate::analysis::target_rules`], the
+//! latter shared with [`validate`]).
 //!
 //! [`Severity::Error`] means reject (the object is not applied and its `Accepted` condition is
 //! `False`); [`Severity::Warning`] means apply but tell the user. Rules and decisions:
@@ -25,43 +33,15 @@
 //! Objects that do not even parse (an unknown rule kind, a negative weight) never reach the
 //! hub: [`problem_from_error`] turns the typed parse error into an Error problem.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
-use weft_smi::hub::{self, HttpRouteGroup, RouteKind, SmiObject, TrafficSplit, TrafficTarget};
+use weft_smi::hub::{HttpRouteGroup, RouteKind, SmiObject, TrafficSplit, TrafficTarget};
 use weft_smi::SmiError;
 
 pub use crate::reason::Reason;
 
-/// How bad a problem is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Severity {
-    /// Accept the object but tell the user (condition message, Event).
-    Warning,
-    /// Reject the object: it is not applied.
-    Error,
-}
-
-/// One finding about one object.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Problem {
-    pub severity: Severity,
-    /// Field path in the object, e.g. `spec.backends[1].weight`.
-    pub path: String,
-    /// Why, typed; [`Reason::as_str`] is the CamelCase reason of conditions and Events.
-    pub reason: Reason,
-    /// A sentence for humans.
-    pub message: String,
-}
-
-impl std::fmt::Display for Problem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let sev = match self.severity {
-            Severity::Error => "error",
-            Severity::Warning => "warning",
-        };
-        write!(f, "{sev}: {}: {}", self.path, self.message)
-    }
-}
+/// The one problem type of every analysis ([`crate::analysis`]).
+pub use crate::analysis::{Problem, Severity};
 
 /// What the validator may look at besides the object itself.
 #[derive(Clone, Copy, Debug, Default)]
@@ -110,12 +90,18 @@ pub fn validate(obj: &SmiObject, ctx: &ValidationContext<'_>) -> Vec<Problem> {
 }
 
 fn run(obj: &SmiObject, ctx: Option<&ValidationContext<'_>>) -> Vec<Problem> {
-    let mut out = Vec::new();
-    match obj {
-        SmiObject::TrafficSplit(s) => split(s, ctx, &mut out),
-        SmiObject::TrafficTarget(t) => target(t, ctx, &mut out),
-        SmiObject::HTTPRouteGroup(g) => http_group(g, &mut out),
-        SmiObject::PortRoute(r) => port_route(r, &mut out),
+    let mut out = match obj {
+        SmiObject::TrafficSplit(s) => crate::analysis::traffic_split(s).problems,
+        SmiObject::TrafficTarget(t) => crate::analysis::traffic_target(t).problems,
+        SmiObject::HTTPRouteGroup(g) => crate::analysis::http_route_group(g).issues(),
+        SmiObject::PortRoute(r) => crate::analysis::port_route(r).problems,
+    };
+    if let Some(ctx) = ctx {
+        match obj {
+            SmiObject::TrafficSplit(s) => split_refs(s, ctx, &mut out),
+            SmiObject::TrafficTarget(t) => target_refs(t, ctx, &mut out),
+            SmiObject::HTTPRouteGroup(_) | SmiObject::PortRoute(_) => {}
+        }
     }
     debug_assert!(ctx.is_some() || out.iter().all(|p| !p.reason.needs_other_objects()));
     out.sort_by(|a, b| {
@@ -174,66 +160,20 @@ fn find_http_group<'a>(
     })
 }
 
-fn split(s: &TrafficSplit, ctx: Option<&ValidationContext<'_>>, out: &mut Vec<Problem>) {
+/// The split's references against `ctx` (not used by admission, which sees one object; the
+/// compiler's status judges them with [`crate::analysis::split_plan`]): missing Services (when
+/// known), missing HTTPRouteGroups (only the entries [`crate::analysis::traffic_split`] found to
+/// name one), and an older split on the same root.
+fn split_refs(s: &TrafficSplit, ctx: &ValidationContext<'_>, out: &mut Vec<Problem>) {
     use Severity::*;
     let ns = &s.meta.namespace;
-    if s.service.is_empty() {
-        push(
-            out,
-            Error,
-            "spec.service",
-            Reason::MissingService,
-            "the root service is empty",
-        );
-    }
-    if s.backends.is_empty() {
-        push(
-            out,
-            Error,
-            "spec.backends",
-            Reason::NoBackends,
-            "the split has no backends",
-        );
-    } else if crate::compile::rules::has_no_weight(s) {
-        push(
-            out,
-            Error,
-            "spec.backends",
-            Reason::ZeroWeights,
-            "the weights sum to 0: no backend would get traffic",
-        );
-    }
-    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
-    for (i, b) in s.backends.iter().enumerate() {
-        let path = format!("spec.backends[{i}].service");
-        if b.service.is_empty() {
-            push(
-                out,
-                Error,
-                &path,
-                Reason::MissingService,
-                "the backend service is empty",
-            );
-            continue;
-        }
-        if let Some(first) = seen.insert(&b.service, i) {
-            push(
-                out,
-                Error,
-                &path,
-                Reason::DuplicateBackend,
-                format!(
-                    "backend {:?} is listed twice (also spec.backends[{first}])",
-                    b.service
-                ),
-            );
-        }
-        if let Some(services) = ctx.and_then(|c| c.services) {
-            if !services.contains(&b.service) {
+    if let Some(services) = ctx.services {
+        for (i, b) in s.backends.iter().enumerate() {
+            if !b.service.is_empty() && !services.contains(&b.service) {
                 push(
                     out,
                     Warning,
-                    &path,
+                    format!("spec.backends[{i}].service"),
                     Reason::BackendNotFound,
                     format!(
                         "Service {ns}/{} does not exist; it gets no traffic until it does",
@@ -242,28 +182,6 @@ fn split(s: &TrafficSplit, ctx: Option<&ValidationContext<'_>>, out: &mut Vec<Pr
                 );
             }
         }
-    }
-    let weighted: Vec<&hub::Backend> = s
-        .backends
-        .iter()
-        .filter(|b| crate::compile::rules::carries_traffic(b))
-        .collect();
-    if !s.service.is_empty()
-        && !weighted.is_empty()
-        && weighted.iter().all(|b| b.service == s.service)
-    {
-        push(
-            out,
-            Warning,
-            "spec.backends",
-            Reason::RootOnlyBackend,
-            format!(
-                "the root service {:?} is the only backend with traffic: the split changes nothing",
-                s.service
-            ),
-        );
-    }
-    if let Some(services) = ctx.and_then(|c| c.services) {
         if !s.service.is_empty() && !services.contains(&s.service) {
             push(
                 out,
@@ -274,58 +192,22 @@ fn split(s: &TrafficSplit, ctx: Option<&ValidationContext<'_>>, out: &mut Vec<Pr
             );
         }
     }
-    for (i, m) in s.matches.iter().enumerate() {
-        let path = format!("spec.matches[{i}]");
-        if m.kind != RouteKind::HTTPRouteGroup.as_str() {
-            push(
-                out,
-                Error,
-                format!("{path}.kind"),
-                Reason::UnsupportedMatchKind,
-                format!(
-                    "kind {:?} cannot be used in a TrafficSplit; only HTTPRouteGroup",
-                    m.kind
-                ),
-            );
-            continue;
-        }
-        if let Some(g) = &m.api_group {
-            if !g.is_empty() && g != weft_smi::specs::GROUP {
+    let own = crate::analysis::traffic_split(s);
+    for (i, r) in own.matches.iter().enumerate() {
+        if let crate::analysis::SplitMatchRef::Group(name) = r {
+            if find_http_group(ctx, ns, name).is_none() {
                 push(
                     out,
                     Error,
-                    format!("{path}.apiGroup"),
-                    Reason::UnsupportedMatchKind,
-                    format!("apiGroup {g:?} is not {}", weft_smi::specs::GROUP),
+                    format!("spec.matches[{i}].name"),
+                    Reason::RouteGroupNotFound,
+                    format!("HTTPRouteGroup {ns}/{name} does not exist"),
                 );
-                continue;
             }
-        }
-        if m.name.contains('/') {
-            push(
-                out,
-                Error,
-                format!("{path}.name"),
-                Reason::CrossNamespaceReference,
-                format!(
-                    "{:?}: matches must name an HTTPRouteGroup in the split's own namespace",
-                    m.name
-                ),
-            );
-            continue;
-        }
-        if ctx.is_some_and(|ctx| find_http_group(ctx, ns, &m.name).is_none()) {
-            push(
-                out,
-                Error,
-                format!("{path}.name"),
-                Reason::RouteGroupNotFound,
-                format!("HTTPRouteGroup {ns}/{} does not exist", m.name),
-            );
         }
     }
     if !s.service.is_empty() {
-        if let Some(owner) = ctx.and_then(|ctx| apex_owner(ctx.objects, ns, &s.service)) {
+        if let Some(owner) = apex_owner(ctx.objects, ns, &s.service) {
             if owner.meta.name != s.meta.name && age_order(&owner.meta, &s.meta).is_lt() {
                 let why = crate::compile::rules::precedence(&owner.meta, &s.meta);
                 push(
@@ -344,182 +226,47 @@ fn split(s: &TrafficSplit, ctx: Option<&ValidationContext<'_>>, out: &mut Vec<Pr
     }
 }
 
-fn identity(r: &hub::IdentityRef, path: &str, out: &mut Vec<Problem>) {
-    if !crate::compile::rules::is_identity(r) {
-        push(
-            out,
-            Severity::Error,
-            format!("{path}.kind"),
-            Reason::UnsupportedIdentityKind,
-            format!("kind {:?} is not supported; only ServiceAccount", r.kind),
-        );
-    }
-    if r.name.is_empty() {
-        push(
-            out,
-            Severity::Error,
-            format!("{path}.name"),
-            Reason::MissingName,
-            "the service account name is empty",
-        );
-    }
-}
-
-fn target(t: &TrafficTarget, ctx: Option<&ValidationContext<'_>>, out: &mut Vec<Problem>) {
-    use Severity::*;
+/// The TrafficTarget's rules against `ctx`: [`crate::analysis::target_rules`], the one
+/// resolution the compiler's status reads too.
+fn target_refs(t: &TrafficTarget, ctx: &ValidationContext<'_>, out: &mut Vec<Problem>) {
     let ns = &t.meta.namespace;
-    identity(&t.destination, "spec.destination", out);
-    if &t.destination.namespace != ns {
-        push(
-            out,
-            Error,
-            "spec.destination.namespace",
-            Reason::CrossNamespaceReference,
-            format!(
-                "the destination must be in the TrafficTarget's namespace {ns:?}, not {:?}",
-                t.destination.namespace
-            ),
-        );
-    }
-    if t.sources.is_empty() {
-        push(
-            out,
-            Warning,
-            "spec.sources",
-            Reason::NoSources,
-            "no sources: this TrafficTarget allows nothing",
-        );
-    }
-    let mut seen = BTreeSet::new();
-    for (i, s) in t.sources.iter().enumerate() {
-        let path = format!("spec.sources[{i}]");
-        identity(s, &path, out);
-        if !seen.insert((&s.kind, &s.namespace, &s.name)) {
-            push(
-                out,
-                Warning,
-                path,
-                Reason::DuplicateSource,
-                format!("source {}/{} is listed twice", s.namespace, s.name),
-            );
-        }
-    }
-    if t.rules.is_empty() {
-        push(
-            out,
-            Warning,
-            "spec.rules",
-            Reason::NoRules,
-            "no rules: this TrafficTarget allows nothing",
-        );
-    }
-    // Whether the rules' route objects and matches exist needs the namespace's objects.
-    let Some(ctx) = ctx else { return };
-    for (i, r) in t.rules.iter().enumerate() {
-        let path = format!("spec.rules[{i}]");
+    let names = |kind: RouteKind, name: &str| -> Option<Vec<String>> {
         let found = ctx.objects.iter().find(|o| {
-            o.meta().namespace == *ns && o.meta().name == r.name && o.kind() == r.kind.as_str()
-        });
-        let Some(found) = found else {
-            push(
+            o.meta().namespace == *ns && o.meta().name == name && o.kind() == kind.as_str()
+        })?;
+        Some(match found {
+            SmiObject::HTTPRouteGroup(g) => g.matches.iter().map(|m| m.name.clone()).collect(),
+            SmiObject::PortRoute(p) => p.matches.iter().filter_map(|m| m.name.clone()).collect(),
+            _ => Vec::new(),
+        })
+    };
+    let resolutions = crate::analysis::target_rules(t, names);
+    for (i, (r, res)) in t.rules.iter().zip(resolutions).enumerate() {
+        let path = format!("spec.rules[{i}]");
+        match res {
+            crate::analysis::RuleResolution::Resolved => {}
+            crate::analysis::RuleResolution::RouteNotFound => push(
                 out,
-                Error,
+                Severity::Error,
                 format!("{path}.name"),
                 Reason::RouteNotFound,
                 format!("{} {ns}/{} does not exist", r.kind.as_str(), r.name),
-            );
-            continue;
-        };
-        let names: BTreeSet<&str> = match found {
-            SmiObject::HTTPRouteGroup(g) => g.matches.iter().map(|m| m.name.as_str()).collect(),
-            SmiObject::PortRoute(p) => p.matches.iter().filter_map(|m| m.name.as_deref()).collect(),
-            _ => BTreeSet::new(),
-        };
-        for (j, m) in r.matches.iter().enumerate() {
-            if !names.contains(m.as_str()) {
-                push(
-                    out,
-                    Error,
-                    format!("{path}.matches[{j}]"),
-                    Reason::MatchNotFound,
-                    format!(
-                        "{} {ns}/{} has no match named {m:?}",
-                        r.kind.as_str(),
-                        r.name
-                    ),
-                );
+            ),
+            crate::analysis::RuleResolution::MatchesNotFound(missing) => {
+                for (j, m) in missing {
+                    push(
+                        out,
+                        Severity::Error,
+                        format!("{path}.matches[{j}]"),
+                        Reason::MatchNotFound,
+                        format!(
+                            "{} {ns}/{} has no match named {m:?}",
+                            r.kind.as_str(),
+                            r.name
+                        ),
+                    );
+                }
             }
-        }
-    }
-}
-
-fn http_group(g: &HttpRouteGroup, out: &mut Vec<Problem>) {
-    use Severity::*;
-    if g.matches.is_empty() {
-        push(
-            out,
-            Warning,
-            "spec.matches",
-            Reason::NoMatches,
-            "no matches: this route group matches nothing",
-        );
-    }
-    let mut names = BTreeMap::new();
-    for (i, m) in g.matches.iter().enumerate() {
-        let path = format!("spec.matches[{i}]");
-        if let Some(first) = names.insert(m.name.as_str(), i) {
-            push(
-                out,
-                Error,
-                format!("{path}.name"),
-                Reason::DuplicateMatch,
-                format!(
-                    "match name {:?} is used twice (also spec.matches[{first}])",
-                    m.name
-                ),
-            );
-        }
-    }
-    // The group's analysis (crate::analysis): what admission rejects is exactly what the
-    // compiler leaves out.
-    for (a, p) in crate::analysis::http_route_group(g).problems() {
-        use crate::compile::rules::MatchProblem as P;
-        let (path, m) = (format!("spec.matches[{}]", a.index), a.source);
-        let at = match p {
-            P::InvalidPathRegex { .. } => format!("{path}.pathRegex"),
-            P::UnknownMethod { method } => {
-                let j = m.methods.iter().position(|x| x == method).unwrap_or(0);
-                format!("{path}.methods[{j}]")
-            }
-            P::InvalidHeaderName { header } | P::InvalidHeaderRegex { header, .. } => {
-                format!("{path}.headers.{header}")
-            }
-        };
-        push(out, Error, at, p.reason(), p.to_string());
-    }
-}
-
-fn port_route(r: &hub::PortRoute, out: &mut Vec<Problem>) {
-    let Some(m) = &r.matches else { return };
-    let mut seen = BTreeSet::new();
-    for (i, p) in m.ports.iter().enumerate() {
-        let path = format!("spec.matches.ports[{i}]");
-        if *p == 0 {
-            push(
-                out,
-                Severity::Error,
-                &path,
-                Reason::InvalidPort,
-                "port 0 is not a valid port",
-            );
-        } else if !seen.insert(*p) {
-            push(
-                out,
-                Severity::Warning,
-                &path,
-                Reason::DuplicatePort,
-                format!("port {p} is listed twice"),
-            );
         }
     }
 }

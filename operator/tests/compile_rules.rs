@@ -1335,3 +1335,36 @@ fn target_change_touches_only_destination_proxies() {
         fingerprint(&compile(&m, &CompileOptions::default()))
     );
 }
+
+/// #14 regression: a TCPRoute listing port 0 was rejected by admission but reported
+/// `Accepted=True` in status; status now reads the route's analysis (`InvalidPort`), and the
+/// valid ports keep working.
+#[test]
+fn tcp_route_with_port_zero_is_not_accepted_as_admission_says() {
+    let y = base()
+        + &tcp_route("db", &[0, 5432])
+        + &target("t", "web", None, &["client"], &[("TCPRoute", "db", &[])]);
+    let c = build(&y);
+    let conds = conditions(&c, Kind::TCPRoute, "db");
+    assert!(
+        conds.contains(&cond("Accepted", "False", "InvalidPort")),
+        "{conds:?}"
+    );
+    assert!(c.events().iter().any(|e| e.reason == "InvalidPort"));
+    let ok = base() + &tcp_route("db", &[5432]);
+    assert!(conditions(&build(&ok), Kind::TCPRoute, "db")
+        .contains(&cond("Accepted", "True", "Accepted")));
+}
+
+/// #14: the inbound ports a TCPRoute adds are its analysis's valid ports: port 0 is not listed
+/// (as Service ports with target port 0 are not), the valid port is restricted.
+#[test]
+fn tcp_route_port_zero_is_not_an_inbound_port() {
+    let y = base()
+        + &tcp_route("db", &[0, 5432])
+        + &target("t", "web", None, &["client"], &[("TCPRoute", "db", &[])]);
+    let c = build(&y);
+    let i = inbound(&c, "web-v1-0");
+    assert!(!i.ports.iter().any(|p| p.port == 0), "{:?}", i.ports);
+    assert!(i.ports.iter().any(|p| p.port == 5432 && p.restricted));
+}

@@ -6,8 +6,9 @@
 //! * [`match_problems`]: why an HTTP match cannot be compiled. A match with any problem is left
 //!   out everywhere (TrafficSplit matches and TrafficTarget rules), so it routes and allows
 //!   nothing; the HTTPRouteGroup says so (`Accepted=False`, `InvalidMatch`).
-//! * [`plan_split`]: what a TrafficSplit puts in force and every [`SplitIssue`] found on the
-//!   way. A backend that cannot be resolved keeps its weight and fails (the proxy answers 503
+//! * [`SplitPlan`]/[`SplitIssue`]: what a TrafficSplit puts in force and every issue found on
+//!   the way (computed by [`crate::analysis::split_plan`], the split's analysis against the
+//!   model). A backend that cannot be resolved keeps its weight and fails (the proxy answers 503
 //!   with [`SplitIssue::message`]); a split whose matches all fail to resolve applies to no
 //!   request; a split with no weight fails the requests it matches.
 //! * [`precedence`]: which of two splits on one root wins, and why ([`Precedence`]).
@@ -584,89 +585,4 @@ pub fn carries_traffic(b: &hub::Backend) -> bool {
 /// they are not sent to the root ([`SplitIssue::NoWeight`]; the validator's `ZeroWeights`).
 pub fn has_no_weight(split: &hub::TrafficSplit) -> bool {
     !split.backends.is_empty() && !split.backends.iter().any(carries_traffic)
-}
-
-/// Plans one split on `apex` (its root). Reads services and HTTPRouteGroups of the model.
-pub fn plan_split<'a>(
-    model: &Model,
-    apex: &ObjectRef,
-    split: &'a hub::TrafficSplit,
-) -> SplitPlan<'a> {
-    let key = ObjectRef::new(split.meta.namespace.clone(), split.meta.name.clone());
-    let mut issues = Vec::new();
-    let root = model.services.get(apex);
-    if root.is_none() {
-        issues.push(SplitIssue::RootNotFound { root: apex.clone() });
-    }
-    if split.backends.is_empty() {
-        issues.push(SplitIssue::NoBackends);
-    } else if has_no_weight(split) {
-        issues.push(SplitIssue::NoWeight);
-    }
-    for b in &split.backends {
-        let bref = ObjectRef::new(apex.namespace.clone(), b.service.clone());
-        match model.services.get(&bref) {
-            None => issues.push(SplitIssue::BackendNotFound { backend: bref }),
-            Some(bsvc) => {
-                if let Some(root) = root {
-                    let ports: Vec<u16> = root
-                        .ports
-                        .iter()
-                        .map(|rp| rp.port)
-                        .filter(|p| !bsvc.ports.iter().any(|bp| bp.port == *p))
-                        .collect();
-                    if !ports.is_empty() {
-                        issues.push(SplitIssue::BackendPortMismatch {
-                            backend: bref,
-                            ports,
-                        });
-                    }
-                }
-            }
-        }
-    }
-    let matches = if split.matches.is_empty() {
-        Some(Vec::new())
-    } else {
-        let mut out: Vec<HttpMatch> = Vec::new();
-        for m in &split.matches {
-            if m.kind != "HTTPRouteGroup" {
-                issues.push(SplitIssue::UnsupportedMatchKind {
-                    kind: m.kind.clone(),
-                    name: m.name.clone(),
-                });
-                continue;
-            }
-            let gref = ObjectRef::new(apex.namespace.clone(), m.name.clone());
-            let Some(g) = model.http_routes.get(&gref) else {
-                issues.push(SplitIssue::RouteGroupNotFound { group: gref });
-                continue;
-            };
-            if g.matches.is_empty() {
-                issues.push(SplitIssue::EmptyRouteGroup { group: gref });
-                continue;
-            }
-            for hm in &g.matches {
-                let problems = match_problems(hm);
-                if problems.is_empty() {
-                    out.extend(convert_match(hm));
-                } else {
-                    issues.push(SplitIssue::InvalidMatch {
-                        group: gref.clone(),
-                        name: hm.name.clone(),
-                        problems,
-                    });
-                }
-            }
-        }
-        // An empty list would mean every request: with no usable match the split applies to
-        // none.
-        (!out.is_empty()).then_some(out)
-    };
-    SplitPlan {
-        split,
-        key,
-        matches,
-        issues,
-    }
 }

@@ -297,7 +297,7 @@ pub(crate) fn outbound(model: &Model, apex: &ObjectRef) -> OutboundUnit {
         for m in split.matches.iter().filter(|m| m.kind == "HTTPRouteGroup") {
             routes_read.insert(ObjectRef::new(apex.namespace.clone(), m.name.clone()));
         }
-        let plan = rules::plan_split(model, apex, split);
+        let plan = super::analysis::split_plan(model, apex, split);
         let lost_to = (i > 0).then(|| splits[0]);
         let conds = split_conditions(&plan, apex, lost_to, &mut events);
         let key = ObjectKey::new(
@@ -578,8 +578,9 @@ fn target_ports(model: &Model, targets: &[(&ObjectRef, &hub::TrafficTarget)]) ->
                 hub::RouteKind::UDPRoute => model.udp_routes.get(&rref),
                 hub::RouteKind::HTTPRouteGroup => None,
             };
-            if let Some(m) = r.and_then(|r| r.matches.as_ref()) {
-                ports.extend(m.ports.iter().copied());
+            // The route's analysis: its valid ports (port 0 is not a port to list).
+            if let Some(r) = r {
+                ports.extend(super::analysis::port_route(r).ports);
             }
         }
     }
@@ -750,63 +751,54 @@ pub(crate) fn target_status(
     );
     let g = t.meta.generation;
     let mut events = Vec::new();
+    // The TrafficTarget's analysis: the identity decisions and whether its rules resolve.
+    let own = super::analysis::traffic_target(t);
     let mut invalid = Vec::new();
-    if !rules::is_identity(&t.destination) {
+    if !own.destination_is_identity {
         invalid.push(format!(
             "destination kind {:?} is not ServiceAccount: this TrafficTarget is ignored \
              (it allows nothing)",
             t.destination.kind
         ));
     }
-    for s in &t.sources {
-        if !rules::is_identity(s) {
-            invalid.push(format!(
-                "source kind {:?} is not ServiceAccount: that source admits no one (the \
-                 ServiceAccount sources are in force)",
-                s.kind
-            ));
-        }
+    for s in own.unsupported_sources.iter().map(|&i| &t.sources[i]) {
+        invalid.push(format!(
+            "source kind {:?} is not ServiceAccount: that source admits no one (the \
+             ServiceAccount sources are in force)",
+            s.kind
+        ));
     }
     let mut unresolved: Vec<(Reason, String)> = Vec::new();
-    for rule in &t.rules {
+    let resolutions = super::analysis::target_rules(t, |kind, name| {
+        super::analysis::model_match_names(model, &tref.namespace, kind, name)
+    });
+    for (rule, res) in t.rules.iter().zip(resolutions) {
         let rref = ObjectRef::new(tref.namespace.clone(), rule.name.clone());
-        let names: Option<Vec<String>> = match rule.kind {
-            hub::RouteKind::HTTPRouteGroup => model
-                .http_routes
-                .get(&rref)
-                .map(|g| g.matches.iter().map(|m| m.name.clone()).collect()),
-            hub::RouteKind::TCPRoute => model
-                .tcp_routes
-                .get(&rref)
-                .map(|r| r.matches.iter().filter_map(|m| m.name.clone()).collect()),
-            hub::RouteKind::UDPRoute => model
-                .udp_routes
-                .get(&rref)
-                .map(|r| r.matches.iter().filter_map(|m| m.name.clone()).collect()),
-        };
-        match names {
-            None => unresolved.push((
+        match res {
+            super::analysis::RuleResolution::Resolved => {}
+            super::analysis::RuleResolution::RouteNotFound => unresolved.push((
                 Reason::RouteNotFound,
                 format!("{} {} not found", rule.kind.as_str(), rref),
             )),
-            Some(names) => {
-                for m in &rule.matches {
-                    if !names.contains(m) {
-                        unresolved.push((
-                            Reason::MatchNotFound,
-                            format!("{} {} has no match named {:?}", rule.kind.as_str(), rref, m),
-                        ));
-                    }
+            super::analysis::RuleResolution::MatchesNotFound(missing) => {
+                for (_, m) in missing {
+                    unresolved.push((
+                        Reason::MatchNotFound,
+                        format!("{} {} has no match named {:?}", rule.kind.as_str(), rref, m),
+                    ));
                 }
             }
         }
     }
     let mut conds = Vec::new();
     if invalid.is_empty() {
-        let msg = if t.rules.is_empty() || t.sources.is_empty() {
+        let msg = if let Some(nothing) = own.allows_nothing {
             let m = format!(
                 "accepted; it has no {} and allows nothing, but {} now only accepts what TrafficTargets allow",
-                if t.rules.is_empty() { "rules" } else { "sources" },
+                match nothing {
+                    super::analysis::AllowsNothing::NoRules => "rules",
+                    super::analysis::AllowsNothing::NoSources => "sources",
+                },
                 destination_ref(t)
             );
             warn(&mut events, key.clone(), Reason::AllowsNothing, m.clone());
@@ -846,49 +838,67 @@ pub(crate) fn target_status(
 pub(crate) fn route_status(key: &ObjectKey, model: &Model) -> (Vec<hub::Condition>, Vec<Event>) {
     let r = key.object_ref();
     let mut events = Vec::new();
-    let (generation, problems) = match key.kind {
+    // Each kind's analysis: what is left out, and why (`None`: everything is valid).
+    let port_route = |p: &hub::PortRoute| -> Option<(Reason, String)> {
+        let a = super::analysis::port_route(p);
+        let errors: Vec<&super::analysis::Problem> = a.errors().collect();
+        let first = errors.first()?;
+        Some((
+            first.reason,
+            format!(
+                "{}; the invalid ports are left out: they match no traffic and allow nothing",
+                errors
+                    .iter()
+                    .map(|e| format!("{}: {}", e.path, e.message))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        ))
+    };
+    let (generation, failure) = match key.kind {
         Kind::HTTPRouteGroup => match model.http_routes.get(&r) {
             Some(g) => {
-                let problems = super::analysis::http_route_group(g)
+                let problems: Vec<String> = super::analysis::http_route_group(g)
                     .problems()
                     .map(|(m, p)| format!("match {:?}: {p}", m.source.name))
                     .collect();
-                (g.meta.generation, problems)
+                let failure = (!problems.is_empty()).then(|| {
+                    (
+                        Reason::InvalidMatch,
+                        format!(
+                            "{}; the invalid matches are left out: they match no request and \
+                             allow nothing",
+                            problems.join("; ")
+                        ),
+                    )
+                });
+                (g.meta.generation, failure)
             }
             None => return (Vec::new(), events),
         },
         Kind::TCPRoute => match model.tcp_routes.get(&r) {
-            Some(p) => (p.meta.generation, Vec::new()),
+            Some(p) => (p.meta.generation, port_route(p)),
             None => return (Vec::new(), events),
         },
         Kind::UDPRoute => match model.udp_routes.get(&r) {
-            Some(p) => (p.meta.generation, Vec::new()),
+            Some(p) => (p.meta.generation, port_route(p)),
             None => return (Vec::new(), events),
         },
         _ => return (Vec::new(), events),
     };
     let mut conds = Vec::new();
-    if problems.is_empty() {
-        conds.push(condition(
+    match failure {
+        None => conds.push(condition(
             ACCEPTED,
             true,
             Reason::Accepted,
             "all matches are valid".into(),
             generation,
-        ));
-    } else {
-        let msg = format!(
-            "{}; the invalid matches are left out: they match no request and allow nothing",
-            problems.join("; ")
-        );
-        warn(&mut events, key.clone(), Reason::InvalidMatch, msg.clone());
-        conds.push(condition(
-            ACCEPTED,
-            false,
-            Reason::InvalidMatch,
-            msg,
-            generation,
-        ));
+        )),
+        Some((reason, msg)) => {
+            warn(&mut events, key.clone(), reason, msg.clone());
+            conds.push(condition(ACCEPTED, false, reason, msg, generation));
+        }
     }
     conds.push(condition(
         RESOLVED_REFS,
