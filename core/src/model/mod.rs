@@ -18,7 +18,10 @@ use std::sync::Arc;
 use serde::Serialize;
 use weft_smi::hub;
 
-pub use k8s::{from_k8s_endpoint_slice, from_k8s_endpoints, from_k8s_pod, from_k8s_service};
+pub use k8s::{
+    from_k8s_endpoint_slice, from_k8s_endpoints, from_k8s_namespace, from_k8s_pod,
+    from_k8s_service, from_k8s_service_account,
+};
 
 /// Pod label set by the injector: its presence means the pod runs a weft proxy.
 pub const PROXY_VERSION_LABEL: &str = "weft.io/proxy-version";

@@ -286,36 +286,16 @@ impl Reflect for core::Endpoints {
     }
 }
 
-/// Only the metadata goes through JSON here (a Namespace is nothing else).
-// TODO(#14-merge): `crate::model` does not re-export `from_k8s_namespace`; call it directly
-// once it does.
 impl Reflect for core::Namespace {
     fn to_model(&self) -> Result<ClusterObject, ModelError> {
-        metadata_only("v1", "Namespace", &self.metadata)
+        crate::model::from_k8s_namespace(self).map(ClusterObject::Namespace)
     }
 }
 
-/// Only the metadata goes through JSON here (a ServiceAccount is nothing else weft reads).
-// TODO(#14-merge): `crate::model` does not re-export `from_k8s_service_account`; call it
-// directly once it does.
 impl Reflect for core::ServiceAccount {
     fn to_model(&self) -> Result<ClusterObject, ModelError> {
-        metadata_only("v1", "ServiceAccount", &self.metadata)
+        crate::model::from_k8s_service_account(self).map(ClusterObject::ServiceAccount)
     }
-}
-
-fn metadata_only(
-    api_version: &str,
-    kind: &str,
-    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-) -> Result<ClusterObject, ModelError> {
-    let metadata = serde_json::to_value(meta).map_err(|source| ModelError::Invalid {
-        kind: kind.into(),
-        source,
-    })?;
-    ClusterObject::from_value(&serde_json::json!({
-        "apiVersion": api_version, "kind": kind, "metadata": metadata,
-    }))
 }
 
 /// An SMI object of any served version, watched untyped: its body already is JSON, read by the
