@@ -16,7 +16,6 @@ use crate::shutdown::Shutdown;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use weft_smi::hub::{Condition, SmiStatus};
-use weft_smi::status::set_condition;
 
 use super::{ObjectRef, ObjectStatus};
 
@@ -84,32 +83,12 @@ pub fn api_resource(api_version: &str, kind: &str) -> Result<ApiResource, Status
 }
 
 /// Merges the `desired` conditions into the `current` status with the one condition-merge rule
-/// ([`weft_smi::status::set_condition`]: `lastTransitionTime` is kept while a condition's status
-/// does not change). Conditions weft no longer wants are dropped; the result lists `desired`'s
-/// types in its order. Returns the merged status and whether it differs from `current`.
-// TODO(#14-merge): if the core engineer moves `set_condition`, follow it here; and
-// `status::merge_conditions` (the StatusBoard's, in status/mod.rs) is a second merge of the
-// same rule: it should call this `merge` (or `set_condition`) instead.
+/// ([`weft_smi::status::merge_conditions`]: `lastTransitionTime` is kept while a condition's
+/// status does not change). Conditions weft no longer wants are dropped; the result lists
+/// `desired`'s types in its order. Returns the merged status and whether it differs from
+/// `current`.
 pub fn merge(current: &SmiStatus, desired: &[Condition], now: &str) -> (SmiStatus, bool) {
-    let mut merged = SmiStatus::default();
-    let mut changed = current
-        .conditions
-        .iter()
-        .any(|c| !desired.iter().any(|d| d.type_ == c.type_));
-    for want in desired {
-        let mut one = SmiStatus {
-            conditions: current
-                .conditions
-                .iter()
-                .find(|c| c.type_ == want.type_)
-                .cloned()
-                .into_iter()
-                .collect(),
-        };
-        changed |= set_condition(&mut one, want.clone(), now);
-        merged.conditions.extend(one.conditions);
-    }
-    (merged, changed)
+    weft_smi::status::merge_conditions(current, desired, now)
 }
 
 impl StatusWriter {
