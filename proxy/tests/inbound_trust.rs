@@ -7,8 +7,6 @@
 //!   method case or transport hint.
 //! - A client that drips its request head is closed.
 //! - Legitimate traffic still flows.
-// TODO(#14): fixtures still use the deprecated untyped `Authorization.sources`.
-#![allow(deprecated)]
 
 mod dataplane_support;
 
@@ -428,8 +426,7 @@ async fn meshed_clients_cannot_forge_the_caller_identity_with_hints() {
     with_rules.restricted = true;
     with_rules.authorizations = vec![v1::Authorization {
         name: "demo/other-reads".into(),
-        sources: vec![OTHER.into()],
-        clients: None,
+        clients: mesh_clients(&[OTHER]),
         all_traffic: false,
         http_routes: vec![v1::HttpMatch {
             name: "all".into(),
@@ -437,6 +434,7 @@ async fn meshed_clients_cannot_forge_the_caller_identity_with_hints() {
             methods: vec!["*".into()],
             headers: vec![],
         }],
+        ..Default::default()
     }];
     let cfg = policy(vec![
         port(http_app.port(), v1::Protocol::Http1),
