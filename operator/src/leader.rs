@@ -4,6 +4,13 @@
 //! Like client-go, expiry is judged from local observation, not from the holder's clock: a
 //! lease whose record (resourceVersion) has not changed for `lease_duration` is expired. Writes
 //! are guarded by resourceVersion, so two replicas can never both take the lease.
+//!
+//! A leader that cannot renew (API unreachable, a round that hangs) stops leading once its last
+//! renewal is `renew_deadline` old, which is before any other replica can see the lease expire
+//! (`lease_duration` after it last saw the lease change): at most one replica writes. Failover
+//! after a leader dies without releasing the lease takes at most `lease_duration` +
+//! `retry_period` (+ one round); after a clean shutdown the lease is released and the next round
+//! of another replica (within `retry_period`) takes it.
 
 use std::time::Duration;
 
@@ -27,7 +34,10 @@ pub struct LeaderOptions {
     /// This replica's identity (its pod name).
     pub identity: String,
     pub lease_duration: Duration,
-    /// How often the holder renews and others retry.
+    /// A leader that has not renewed for this long stops leading (shorter than
+    /// `lease_duration`, so it steps down before anyone else may take over).
+    pub renew_deadline: Duration,
+    /// How often the holder renews and others retry; also the bound of one round's API calls.
     pub retry_period: Duration,
 }
 
@@ -38,8 +48,30 @@ impl LeaderOptions {
             lease_name: "weft-operator".into(),
             identity: identity.into(),
             lease_duration: Duration::from_secs(15),
-            retry_period: Duration::from_secs(3),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
         }
+    }
+
+    /// The same options with other timings, made consistent: `retry_period` at least 100 ms,
+    /// `lease_duration` whole seconds (as the Lease stores it) of at least 1 s, and
+    /// `renew_deadline` + `retry_period` (the longest a leader that cannot renew keeps leading:
+    /// the deadline, then at most one round bounded by `retry_period`) below `lease_duration`.
+    pub fn with_timings(
+        mut self,
+        lease_duration: Duration,
+        renew_deadline: Duration,
+        retry_period: Duration,
+    ) -> Self {
+        let lease = Duration::from_secs(lease_duration.as_secs().max(1));
+        let retry = retry_period.max(Duration::from_millis(100)).min(lease / 4);
+        let deadline = renew_deadline
+            .min(lease.saturating_sub(retry * 2))
+            .max(retry);
+        self.lease_duration = lease;
+        self.renew_deadline = deadline;
+        self.retry_period = retry;
+        self
     }
 }
 
@@ -48,6 +80,8 @@ impl LeaderOptions {
 pub enum LeaderError {
     #[error("lease {0}: {1}")]
     Api(String, #[source] kube::Error),
+    #[error("lease round did not finish within {0:?}")]
+    Timeout(Duration),
 }
 
 fn now() -> MicroTime {
@@ -69,17 +103,27 @@ pub async fn run(
 ) {
     let api: Api<Lease> = Api::namespaced(client, &options.namespace);
     let mut observed: Option<Observed> = None;
+    // When this replica last acquired or renewed the lease.
+    let mut renewed: Option<Instant> = None;
     let mut stop = shutdown;
     loop {
-        let is_leader = match round(&api, &options, &mut observed).await {
-            Ok(l) => l,
+        // One round never outlasts the retry period: a hung API call counts as a failed round.
+        // A renewal counts from before its write, never later than other replicas see it.
+        let started = Instant::now();
+        let result =
+            tokio::time::timeout(options.retry_period, round(&api, &options, &mut observed))
+                .await
+                .unwrap_or(Err(LeaderError::Timeout(options.retry_period)));
+        let is_leader = match result {
+            Ok(true) => {
+                renewed = Some(started);
+                true
+            }
+            Ok(false) => false,
             Err(e) => {
                 tracing::warn!(error = %e, "leader election round failed");
-                // Keep leading only while our last renewal is still valid.
-                *leading.borrow()
-                    && observed
-                        .as_ref()
-                        .is_some_and(|o| o.at.elapsed() < options.lease_duration)
+                // Keep leading only until the renew deadline of our last renewal.
+                *leading.borrow() && renewed.is_some_and(|r| r.elapsed() < options.renew_deadline)
             }
         };
         if *leading.borrow() != is_leader {
@@ -93,8 +137,10 @@ pub async fn run(
     }
     if *leading.borrow() {
         leading.send_replace(false);
-        if let Err(e) = release(&api, &options).await {
-            tracing::warn!(error = %e, "releasing the lease");
+        match tokio::time::timeout(options.retry_period, release(&api, &options)).await {
+            Ok(Ok(())) => tracing::info!(identity = %options.identity, "released the lease"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "releasing the lease"),
+            Err(_) => tracing::warn!("releasing the lease timed out"),
         }
     }
 }

@@ -77,6 +77,17 @@ struct Args {
     /// Elect a leader (Lease) so that only one replica writes status and Events.
     #[arg(long)]
     leader_elect: bool,
+    /// Leader election: how long the Lease stays valid without renewal, i.e. how long others
+    /// wait before taking over from a leader that died without releasing it.
+    #[arg(long, default_value = "15s", value_parser = weft_common::duration::parse)]
+    leader_lease_duration: Duration,
+    /// Leader election: a leader that could not renew for this long stops writing (kept below
+    /// the lease duration).
+    #[arg(long, default_value = "10s", value_parser = weft_common::duration::parse)]
+    leader_renew_deadline: Duration,
+    /// Leader election: how often the leader renews and the others try to acquire.
+    #[arg(long, default_value = "2s", value_parser = weft_common::duration::parse)]
+    leader_retry_period: Duration,
     /// Namespace of the leader-election Lease.
     #[arg(long, env = "POD_NAMESPACE", default_value = "weft-system")]
     namespace: String,
@@ -265,7 +276,13 @@ async fn build(args: &Args) -> anyhow::Result<RuntimeConfig> {
         let identity = instance
             .clone()
             .unwrap_or_else(|| format!("weft-operator-{:08x}", rand::random::<u32>()));
-        Some(LeaderOptions::new(args.namespace.clone(), identity))
+        Some(
+            LeaderOptions::new(args.namespace.clone(), identity).with_timings(
+                args.leader_lease_duration,
+                args.leader_renew_deadline,
+                args.leader_retry_period,
+            ),
+        )
     } else {
         None
     };

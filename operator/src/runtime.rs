@@ -4,6 +4,12 @@
 //!
 //! [`Runtime::start`] binds every listener (port 0 works, for tests), spawns the tasks and
 //! returns at once; [`Runtime::shutdown`] + [`Runtime::wait`] drain them.
+//!
+//! High availability: every replica runs the whole runtime (source, reconcile loop, discovery
+//! and identity, webhooks, admin), whether it leads or not, so any replica answers proxies and
+//! the API server, and `/ready` means the same on each: the first snapshot is compiled and the
+//! discovery and webhook servers accept. Leadership ([`crate::leader`]) gates only the status
+//! writer (status conditions and Events), the one part that writes to the cluster.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -253,8 +259,11 @@ impl Runtime {
                 client: client.clone(),
             };
             let stop = shutdown.clone();
+            let health = health.clone();
             tasks.spawn(async move {
                 crate::webhook::serve(listener, acceptor, state, stop).await;
+                // `/ready` means "serves discovery and webhooks": not once either stopped.
+                health.set_serving(false);
                 Ok(())
             });
         }

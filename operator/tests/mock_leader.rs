@@ -258,3 +258,60 @@ async fn losing_the_lease_stops_status_writing() {
     elector.await.unwrap();
     writing.await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_leader_that_cannot_renew_steps_down_before_anyone_may_take_over() {
+    let (client, mut server) = mock_api::client();
+    let (mut leading, trigger, task) = start(client);
+    server
+        .expect(Method::GET, LEASE)
+        .await
+        .fail(404, "NotFound");
+    let create = server.expect(Method::POST, LEASES).await;
+    let body = stored(create.body.clone(), "1");
+    create.json(StatusCode::CREATED, body);
+    leading.wait_for(|l| *l).await.unwrap();
+    let acquired = tokio::time::Instant::now();
+
+    // From now on the API server never answers (a partition, a hung apiserver): every round
+    // times out. The calls are held unanswered.
+    let hung = tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let call = server.next().await;
+            assert_eq!(call.path, LEASE);
+            held.push(call);
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(60), leading.wait_for(|l| !*l))
+        .await
+        .expect("still leading a minute after its last renewal")
+        .unwrap();
+    let led_for = acquired.elapsed();
+    let options = options();
+    assert!(
+        led_for >= options.renew_deadline,
+        "stepped down after {led_for:?}, before its renew deadline"
+    );
+    assert!(
+        led_for < options.lease_duration,
+        "still leading after {led_for:?}: another replica may already have taken the lease"
+    );
+    trigger.trigger();
+    task.await.unwrap();
+    hung.abort();
+}
+
+#[test]
+fn timings_are_made_consistent() {
+    let o = options().with_timings(
+        Duration::from_secs(4),
+        Duration::from_secs(10),
+        Duration::from_secs(3),
+    );
+    assert_eq!(o.lease_duration, Duration::from_secs(4));
+    assert_eq!(o.retry_period, Duration::from_secs(1));
+    assert!(o.renew_deadline + o.retry_period * 2 <= o.lease_duration);
+    let d = options();
+    assert!(d.renew_deadline + d.retry_period * 2 < d.lease_duration);
+}
