@@ -5,6 +5,7 @@
     e2e/scripts/helm.py setup                         # create the venv (~/.cache/weft/helm-venv)
     e2e/scripts/helm.py lint     [--set k=v ...] [-f values.yaml]
     e2e/scripts/helm.py template [--namespace weft-system] [--name weft] [--set k=v ...]
+                                 [--kube-version v1.20.2] [--api-versions policy/v1/PodDisruptionBudget ...]
     e2e/scripts/helm.py install  --kubeconfig PATH [--namespace weft-system] [--name weft] [--set k=v ...]
     e2e/scripts/helm.py uninstall --kubeconfig PATH [--namespace weft-system] [--name weft]
 
@@ -68,11 +69,25 @@ def merge(dst: dict, src: dict) -> None:
             dst[k] = v
 
 
-def render(values: dict, name: str, namespace: str) -> str:
+def render(values: dict, name: str, namespace: str, kube_version: str | None = None,
+           api_versions: list[str] | None = None) -> str:
     import helm_python as helm
 
     chart = helm.Chart.load(str(CHART))
-    manifests = chart.render(values, name=name, namespace=namespace, is_install=True)
+    if kube_version or api_versions:
+        # The SDK's render options take the capabilities `helm template --kube-version
+        # --api-versions` sets; its Python wrapper does not expose them yet.
+        from helm_python import _native
+
+        opts = {"name": name, "namespace": namespace, "is_install": True}
+        if kube_version:
+            opts["kube_version"] = kube_version
+        if api_versions:
+            opts["api_versions"] = api_versions
+        manifests = json.loads(_native.call_string(
+            "helm_render", chart._raw(), json.dumps(values), json.dumps(opts)))
+    else:
+        manifests = chart.render(values, name=name, namespace=namespace, is_install=True)
     docs = []
     for path in sorted(manifests):
         if not path.endswith((".yaml", ".yml")) or "NOTES" in path:
@@ -93,7 +108,10 @@ def main() -> int:
     p.add_argument("--values", "-f", action="append")
     p.add_argument("--timeout", type=int, default=120)
     p.add_argument("--wait", action="store_true", help="wait for the operator to be ready")
-    p.add_argument("--kube-version", default=None, help="lint against this Kubernetes version, e.g. v1.20.2")
+    p.add_argument("--kube-version", default=None,
+                   help="lint or template against this Kubernetes version, e.g. v1.20.2")
+    p.add_argument("--api-versions", action="append",
+                   help="template: an API the cluster serves, e.g. policy/v1/PodDisruptionBudget")
     args = p.parse_args()
     if args.command == "setup":
         setup()
@@ -116,7 +134,8 @@ def main() -> int:
             print(f"lint: {report.get('total_charts_linted', 0)} chart(s) linted, no findings")
             return 0
         if args.command == "template":
-            sys.stdout.write(render(values, args.name, args.namespace))
+            sys.stdout.write(render(values, args.name, args.namespace, args.kube_version,
+                                    args.api_versions))
             return 0
         if not args.kubeconfig:
             print("helm.py: --kubeconfig is required", file=sys.stderr)

@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 pub use weft_core::inject::*;
 
-/// The `/inject` handler: reads the namespace's annotations through `client` (when given) and
-/// answers the AdmissionReview. A namespace that cannot be read counts as not annotated.
+/// The `/inject` handler: reads the namespace's annotations (and its `weft.io/inject` label)
+/// through `client` (when given) and answers the AdmissionReview. A namespace that cannot be
+/// read counts as not annotated.
 pub async fn handle_admission(
     review: Value,
     settings: &InjectSettings,
@@ -21,7 +22,21 @@ pub async fn handle_admission(
     if let (Some(client), Some(ns)) = (client, namespace) {
         let api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client.clone());
         match tokio::time::timeout(std::time::Duration::from_secs(5), api.get(&ns)).await {
-            Ok(Ok(n)) => ns_annotations = n.metadata.annotations.unwrap_or_default(),
+            Ok(Ok(n)) => {
+                ns_annotations = n.metadata.annotations.unwrap_or_default();
+                // The label `weft.io/inject` (what the chart's webhook selects namespaces by)
+                // counts as the annotation when the namespace has no annotation of its own.
+                if let Some(v) = n
+                    .metadata
+                    .labels
+                    .unwrap_or_default()
+                    .remove(INJECT_ANNOTATION)
+                {
+                    ns_annotations
+                        .entry(INJECT_ANNOTATION.to_string())
+                        .or_insert(v);
+                }
+            }
             Ok(Err(e)) => tracing::warn!(namespace = %ns, error = %e, "cannot read namespace"),
             Err(_) => tracing::warn!(namespace = %ns, "timed out reading namespace"),
         }
