@@ -9,8 +9,15 @@
 //!                                         #   (request line and headers, as sent), except its own
 //! weft-test-app echo  --listen 0.0.0.0:9000                           # TCP echo
 //! weft-test-app origdst --listen 127.0.0.1:4140                       # answers the SO_ORIGINAL_DST
+//! weft-test-app frontend --listen 0.0.0.0:8080 --name frontend \
+//!     --backend http://backend.demo.svc.cluster.local/
+//!                     # GET /?n=N calls the backend N times (1 to 1000, default 1), one line
+//!                     # per call: "<status> <backend's answer>", e.g. "200 backend v2" or
+//!                     # "403 ..." or "502 unreachable: ..."; the status is the backend's
+//!                     # when N=1, else 200. GET /healthz answers "ok" without calling it.
 //! ```
-//! Flags may also come from `APP_LISTEN`, `APP_NAME`, `APP_VERSION` (set them in a pod's env).
+//! Flags may also come from `APP_LISTEN`, `APP_NAME`, `APP_VERSION`, `APP_BACKEND` (set them in
+//! a pod's env). This is the sample application of examples/app (image `weft/sample-app`).
 #![forbid(unsafe_code)]
 
 use anyhow::Context;
@@ -23,6 +30,7 @@ enum Mode {
     Http,
     Echo,
     Origdst,
+    Frontend,
 }
 
 #[derive(Parser, Debug)]
@@ -35,6 +43,9 @@ struct Args {
     name: String,
     #[arg(long, env = "APP_VERSION", default_value = "v1")]
     version: String,
+    /// Frontend mode: the backend's URL (`http://host[:port][/path]`).
+    #[arg(long, env = "APP_BACKEND", default_value = "http://backend/")]
+    backend: String,
 }
 
 const MAX_HEAD: usize = 16 * 1024;
@@ -181,6 +192,146 @@ async fn serve_http(stream: TcpStream, body: String, name: String) -> anyhow::Re
     }
 }
 
+/// Where the frontend sends its calls.
+#[derive(Clone, Debug)]
+struct Backend {
+    /// `host:port` to connect to.
+    authority: String,
+    /// The `Host` header.
+    host: String,
+    path: String,
+}
+
+impl Backend {
+    fn parse(url: &str) -> anyhow::Result<Backend> {
+        let rest = url
+            .strip_prefix("http://")
+            .with_context(|| format!("backend {url:?}: only http:// URLs"))?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        anyhow::ensure!(!authority.is_empty(), "backend {url:?}: no host");
+        let with_port = if authority.contains(':') {
+            authority.to_string()
+        } else {
+            format!("{authority}:80")
+        };
+        Ok(Backend {
+            authority: with_port,
+            host: authority.to_string(),
+            path: path.to_string(),
+        })
+    }
+}
+
+/// Most calls one frontend request may fan out to.
+const MAX_CALLS: usize = 1000;
+
+/// One call to the backend: its status and its body's first line (`502` when unreachable).
+async fn call_backend(backend: &Backend) -> (u16, String) {
+    let attempt = async {
+        let mut stream = TcpStream::connect(&backend.authority).await?;
+        let request = format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            backend.path, backend.host
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        stream.take(64 * 1024).read_to_end(&mut response).await?;
+        anyhow::Ok(String::from_utf8_lossy(&response).into_owned())
+    };
+    let text = match tokio::time::timeout(std::time::Duration::from_secs(5), attempt).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => return (502, format!("unreachable: {e}")),
+        Err(_) => return (504, "timed out after 5s".into()),
+    };
+    let status = text
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse::<u16>().ok());
+    let Some(status) = status else {
+        return (502, "not an HTTP response".into());
+    };
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.lines().next().unwrap_or("").trim().to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The number of calls `GET /?n=N` asks for.
+fn calls_asked(target: &str) -> Result<usize, String> {
+    let Some((_, query)) = target.split_once('?') else {
+        return Ok(1);
+    };
+    for pair in query.split('&') {
+        if let Some(n) = pair.strip_prefix("n=") {
+            return match n.parse::<usize>() {
+                Ok(n) if (1..=MAX_CALLS).contains(&n) => Ok(n),
+                _ => Err(format!("n must be 1 to {MAX_CALLS}, not {n:?}")),
+            };
+        }
+    }
+    Ok(1)
+}
+
+async fn serve_frontend(stream: TcpStream, backend: Backend) -> anyhow::Result<()> {
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut head = Vec::new();
+        let mut content_length = 0usize;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).await? == 0 {
+                return Ok(());
+            }
+            head.push(line.clone());
+            if head.iter().map(String::len).sum::<usize>() > MAX_HEAD {
+                anyhow::bail!("request head too large");
+            }
+            let l = line.trim_end().to_ascii_lowercase();
+            if l.is_empty() {
+                break;
+            }
+            if let Some(v) = l.strip_prefix("content-length:") {
+                content_length = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut discard = vec![0u8; content_length.min(1 << 20)];
+        reader.read_exact(&mut discard).await?;
+        let target = head
+            .first()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or("/")
+            .to_string();
+        let (status, body) = if target.starts_with("/healthz") {
+            (200, "ok\n".to_string())
+        } else {
+            match calls_asked(&target) {
+                Err(e) => (400, format!("{e}\n")),
+                Ok(n) => {
+                    let mut lines = String::new();
+                    let mut last = 200;
+                    for _ in 0..n {
+                        let (code, answer) = call_backend(&backend).await;
+                        last = code;
+                        lines.push_str(&format!("{code} {answer}\n"));
+                    }
+                    (if n == 1 { last } else { 200 }, lines)
+                }
+            }
+        };
+        let resp = format!(
+            "HTTP/1.1 {status} {}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
+            if status == 200 { "OK" } else { "Upstream" },
+            body.len()
+        );
+        reader.get_mut().write_all(resp.as_bytes()).await?;
+    }
+}
+
 async fn serve_echo(mut stream: TcpStream) -> anyhow::Result<()> {
     let (mut r, mut w) = stream.split();
     tokio::io::copy(&mut r, &mut w).await?;
@@ -215,15 +366,18 @@ async fn main() -> anyhow::Result<()> {
         listener.local_addr()?
     );
     let body = format!("{} {}\n", args.name, args.version);
+    let backend = Backend::parse(&args.backend)?;
     loop {
         let (stream, _) = listener.accept().await?;
         let (body, name) = (body.clone(), args.name.clone());
         let mode = args.mode;
+        let backend = backend.clone();
         tokio::spawn(async move {
             let r = match mode {
                 Mode::Http => serve_http(stream, body, name).await,
                 Mode::Echo => serve_echo(stream).await,
                 Mode::Origdst => serve_origdst(stream).await,
+                Mode::Frontend => serve_frontend(stream, backend).await,
             };
             if let Err(e) = r {
                 eprintln!("connection: {e:#}");
