@@ -116,7 +116,12 @@ pub async fn handle(state: &WebhookState, req: Request<Incoming>) -> Response<Bo
         "/validate" => admission::review(&review, &state.validator),
         _ => match &state.inject {
             Some(settings) => {
-                crate::inject::handle_admission(review, settings, state.client.as_ref()).await
+                match crate::inject::handle_admission(review, settings, state.client.as_ref()).await
+                {
+                    Ok(answer) => answer,
+                    // Undecidable: a webhook failure, so the webhook's failurePolicy applies.
+                    Err(e) => return text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+                }
             }
             None => return text(StatusCode::NOT_FOUND, "injector disabled\n"),
         },
