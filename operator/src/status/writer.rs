@@ -117,18 +117,17 @@ impl StatusWriter {
     pub async fn write(&mut self, statuses: &[ObjectStatus]) -> Vec<(ObjectRef, StatusError)> {
         let mut errors = Vec::new();
         for status in statuses {
-            match self.write_one(status).await {
-                Ok(Some(regarding)) => {
-                    if let Err(e) = self.publish_events(status, &regarding).await {
-                        tracing::warn!(error = %e, "publishing an Event failed");
-                        errors.push((status.object.clone(), e));
-                    }
-                }
-                // The object is gone.
-                Ok(None) => {}
-                Err(e) => {
-                    self.metrics.write_errors.inc();
-                    tracing::warn!(error = %e, "status write failed");
+            let mut regarding = None;
+            if let Err(e) = self.write_one(status, &mut regarding).await {
+                self.metrics.write_errors.inc();
+                tracing::warn!(error = %e, "status write failed");
+                errors.push((status.object.clone(), e));
+            }
+            // Events need the object's uid: published once it was read, even if the status
+            // patch failed (it is retried); not for an object that is gone.
+            if let Some(regarding) = regarding {
+                if let Err(e) = self.publish_events(status, &regarding).await {
+                    tracing::warn!(error = %e, "publishing an Event failed");
                     errors.push((status.object.clone(), e));
                 }
             }
@@ -136,25 +135,27 @@ impl StatusWriter {
         errors
     }
 
-    /// Writes one status if it changed; returns the object's reference for Events (with its
-    /// uid and resourceVersion as read), or `None` when the object no longer exists.
+    /// Writes one status if it changed. Once the object is read, `regarding` is its reference
+    /// for Events (uid and resourceVersion as read, or as written); it stays `None` when the
+    /// object no longer exists.
     async fn write_one(
         &self,
         status: &ObjectStatus,
-    ) -> Result<Option<ObjectReference>, StatusError> {
+        regarding: &mut Option<ObjectReference>,
+    ) -> Result<(), StatusError> {
         let ar = api_resource(&status.api_version, &status.object.kind)?;
         let api: Api<DynamicObject> =
             Api::namespaced_with(self.client.clone(), &status.object.namespace, &ar);
-        let (current, mut regarding) = match api.get_status(&status.object.name).await {
-            Ok(obj) => (
+        let current = match api.get_status(&status.object.name).await {
+            Ok(obj) => {
+                *regarding = Some(reference(status, &obj.metadata));
                 obj.data
                     .get("status")
                     .and_then(|s| serde_json::from_value::<SmiStatus>(s.clone()).ok())
-                    .unwrap_or_default(),
-                reference(status, &obj.metadata),
-            ),
+                    .unwrap_or_default()
+            }
             // The object is gone: nothing to write.
-            Err(kube::Error::Api(e)) if e.code == 404 => return Ok(None),
+            Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
             Err(source) => {
                 return Err(StatusError::Read {
                     object: status.object.to_string(),
@@ -165,7 +166,7 @@ impl StatusWriter {
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let (merged, changed) = merge(&current, &status.conditions, &now);
         if !changed {
-            return Ok(Some(regarding));
+            return Ok(());
         }
         let patch = serde_json::json!({
             "apiVersion": status.api_version,
@@ -186,8 +187,10 @@ impl StatusWriter {
             })?;
         self.metrics.writes.inc();
         tracing::info!(object = %status.object, "status written");
-        regarding.resource_version = written.metadata.resource_version;
-        Ok(Some(regarding))
+        if let (Some(r), Some(v)) = (regarding.as_mut(), written.metadata.resource_version) {
+            r.resource_version = Some(v);
+        }
+        Ok(())
     }
 
     /// Publishes a Warning Event for each problem condition not yet reported for this object
