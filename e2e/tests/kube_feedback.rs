@@ -382,6 +382,28 @@ async fn kube_feedback_kubectl_apply_names_every_invalid_field() {
         "the missing service's field:\n{out}"
     );
 
+    // Accepted but suspicious (the root is the only backend with traffic): applied, and
+    // kubectl prints the admission warning with its field and reason.
+    let (ok, out) = env
+        .kubectl_apply(
+            "root-only",
+            &format!(
+                "apiVersion: split.smi-spec.io/v1alpha4\nkind: TrafficSplit\n\
+                 metadata: {{name: root-only, namespace: {NS}}}\n\
+                 spec:\n  service: web\n  backends:\n\
+                 \x20 - {{service: web, weight: 100}}\n\
+                 \x20 - {{service: web-v1, weight: 0}}\n"
+            ),
+            &[],
+        )
+        .await;
+    eprintln!("kubectl apply (warning):\n{out}");
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("Warning: spec.backends: RootOnlyBackend: the root service \"web\""),
+        "{out}"
+    );
+
     // Nothing was stored; a valid split still applies.
     assert!(env.splits().get_opt("zero").await.unwrap().is_none());
     let (ok, out) = env
