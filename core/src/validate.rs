@@ -43,18 +43,21 @@ pub fn has_errors(problems: &[Problem]) -> bool {
 
 /// Turns a parse/convert error from `weft_smi::from_value` into a rejecting problem.
 pub fn problem_from_error(e: &SmiError) -> Problem {
-    let (path, reason) = match e {
-        SmiError::Invalid { path, .. } => (path.clone(), Reason::InvalidField),
-        SmiError::MissingField(f) => ((*f).to_string(), Reason::MissingField),
-        SmiError::NotSmi { .. } => (String::new(), Reason::NotSmi),
-        SmiError::Malformed { .. } => (String::new(), Reason::Malformed),
-        SmiError::KindMismatch { .. } => (String::new(), Reason::KindMismatch),
+    // The message does not repeat the path: each consumer prints `path` beside it.
+    let (path, reason, message) = match e {
+        SmiError::Invalid { path, message } => {
+            (path.clone(), Reason::InvalidField, message.clone())
+        }
+        SmiError::MissingField(f) => ((*f).to_string(), Reason::MissingField, e.to_string()),
+        SmiError::NotSmi { .. } => ("kind".to_string(), Reason::NotSmi, e.to_string()),
+        SmiError::Malformed { .. } => (String::new(), Reason::Malformed, e.to_string()),
+        SmiError::KindMismatch { .. } => ("kind".to_string(), Reason::KindMismatch, e.to_string()),
     };
     Problem {
         severity: Severity::Error,
         path,
         reason,
-        message: e.to_string(),
+        message,
     }
 }
 
@@ -338,6 +341,11 @@ mod tests {
             (Severity::Error, "InvalidField", "spec.rules[0].kind")
         );
         assert!(p.message.contains("GRPCRoute"), "{}", p.message);
+        assert!(
+            !p.message.contains("spec.rules[0].kind"),
+            "the path is a field of its own, not repeated in the message: {}",
+            p.message
+        );
         assert!(has_errors(&[p]));
     }
 

@@ -60,7 +60,8 @@ fn current(
 ) -> serde_json::Value {
     json!({
         "apiVersion": api_version, "kind": kind,
-        "metadata": {"name": name, "namespace": "shop", "resourceVersion": "5", "generation": 3},
+        "metadata": {"name": name, "namespace": "shop", "resourceVersion": "5", "generation": 3,
+                     "uid": format!("uid-of-{name}")},
         "spec": {}, "status": status,
     })
 }
@@ -262,19 +263,23 @@ async fn the_writer_loop_retries_a_failed_write_and_publishes_an_event_for_a_pro
         shutdown,
     ));
     let path = "/apis/split.smi-spec.io/v1alpha4/namespaces/shop/trafficsplits/web/status";
-    // First pass: the patch fails with 500; the problem still becomes one Event.
+    // First pass: the patch fails with 500; the problem still becomes one core/v1 Event about
+    // the object as read (its uid: `kubectl describe` selects Events by uid).
     read_then_apply(&mut server, path, json!({}), 500).await;
     let event = server
-        .expect(
-            Method::POST,
-            "/apis/events.k8s.io/v1/namespaces/shop/events",
-        )
+        .expect(Method::POST, "/api/v1/namespaces/shop/events")
         .await;
     assert_eq!(event.body["type"], "Warning");
     assert_eq!(event.body["reason"], "BackendNotFound");
-    assert_eq!(event.body["regarding"]["kind"], "TrafficSplit");
-    assert_eq!(event.body["regarding"]["name"], "web");
-    assert_eq!(event.body["reportingController"], "weft-operator");
+    assert_eq!(event.body["involvedObject"]["kind"], "TrafficSplit");
+    assert_eq!(event.body["involvedObject"]["name"], "web");
+    assert_eq!(event.body["involvedObject"]["uid"], "uid-of-web");
+    assert_eq!(event.body["involvedObject"]["resourceVersion"], "5");
+    assert_eq!(event.body["reportingComponent"], "weft-operator");
+    assert_eq!(event.body["reportingInstance"], "op-0");
+    assert_eq!(event.body["count"], 1);
+    let name = event.body["metadata"]["name"].as_str().unwrap().to_string();
+    assert!(name.starts_with("web."), "{name}");
     let echo = event.body.clone();
     event.json(StatusCode::CREATED, echo);
     // The retry (after a backoff, on the paused clock): written this time, no second Event.
@@ -284,4 +289,67 @@ async fn the_writer_loop_retries_a_failed_write_and_publishes_an_event_for_a_pro
     trigger.trigger();
     task.await.unwrap();
     assert!(!server.has_pending());
+}
+
+/// The same problem published by a new process (an operator restart, another leader) finds its
+/// Event by name: AlreadyExists, then its count is raised; no second Event. Without `get` on
+/// Events (the RBAC grants create and patch), `lastTimestamp` alone is refreshed.
+#[tokio::test]
+async fn a_restarted_writer_counts_the_existing_event_instead_of_adding_one() {
+    let problem = status_of(
+        "split.smi-spec.io/v1alpha4",
+        "TrafficSplit",
+        "web",
+        vec![condition("ResolvedRefs", "False", "BackendNotFound")],
+    );
+    let path = "/apis/split.smi-spec.io/v1alpha4/namespaces/shop/trafficsplits/web/status";
+    let mut names = Vec::new();
+    for can_read_events in [true, false] {
+        // A fresh writer: nothing remembered, as after a restart.
+        let (client, mut server) = mock_api::client();
+        let mut writer = StatusWriter::new(client, None, StatusMetrics::default());
+        let statuses = vec![problem.clone()];
+        let task = tokio::spawn(async move { writer.write(&statuses).await });
+        read_then_apply(&mut server, path, json!({}), 200).await;
+        let create = server
+            .expect(Method::POST, "/api/v1/namespaces/shop/events")
+            .await;
+        let name = create.body["metadata"]["name"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        create.fail(409, "AlreadyExists");
+        let event_path = format!("/api/v1/namespaces/shop/events/{name}");
+        let get = server.expect(Method::GET, &event_path).await;
+        if can_read_events {
+            get.ok(json!({"apiVersion": "v1", "kind": "Event",
+                          "metadata": {"name": name, "namespace": "shop"},
+                          "involvedObject": {"name": "web"}, "count": 4}));
+        } else {
+            get.fail(403, "Forbidden");
+        }
+        let patch = server.expect(Method::PATCH, &event_path).await;
+        assert_eq!(
+            patch.content_type.as_deref(),
+            Some("application/merge-patch+json")
+        );
+        assert!(patch.body["lastTimestamp"].is_string(), "{}", patch.body);
+        assert_eq!(patch.body["involvedObject"]["uid"], "uid-of-web");
+        if can_read_events {
+            assert_eq!(patch.body["count"], 5, "{}", patch.body);
+        } else {
+            assert!(patch.body.get("count").is_none(), "{}", patch.body);
+        }
+        let mut echo = patch.body.clone();
+        echo["metadata"] = json!({"name": name, "namespace": "shop"});
+        patch.ok(echo);
+        let errors = task.await.unwrap();
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(!server.has_pending(), "no second Event");
+        names.push(name);
+    }
+    assert_eq!(
+        names[0], names[1],
+        "the same problem has the same Event name"
+    );
 }

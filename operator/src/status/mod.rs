@@ -2,6 +2,7 @@
 //! `GET /status`, logged in manifests mode) and, in Kubernetes, written by server-side apply on
 //! the status subresource with Events for problems (see [`writer`]).
 
+pub mod events;
 pub mod writer;
 
 use std::collections::BTreeMap;

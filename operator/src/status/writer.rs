@@ -1,13 +1,13 @@
 //! Writes status conditions to the Kubernetes API (server-side apply on the status subresource,
-//! field manager `weft`) and publishes Events for problems. Only the leader writes ([`run`]).
+//! field manager `weft`) and publishes Events for problems ([`super::events`]: by the object's
+//! uid, deduplicated across restarts). Only the leader writes ([`run`]).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::Client;
 use tokio::sync::watch;
 use weft_common::Backoff;
@@ -17,6 +17,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use weft_smi::hub::{Condition, SmiStatus};
 
+use super::events::{self, EventPublisher, Published};
 use super::{ObjectRef, ObjectStatus};
 
 /// Field manager of every write weft makes.
@@ -32,6 +33,12 @@ pub enum StatusError {
     ApiVersion(String),
     #[error("{api_version} {kind} is not an SMI kind weft writes status to")]
     NotSmi { api_version: String, kind: String },
+    #[error("{object}: publishing Event {reason}: {source}")]
+    Event {
+        object: String,
+        reason: String,
+        source: kube::Error,
+    },
 }
 
 /// Status writer metrics.
@@ -61,10 +68,11 @@ impl StatusMetrics {
 /// Writes statuses and Events to the Kubernetes API.
 pub struct StatusWriter {
     client: Client,
-    recorder: Recorder,
+    events: EventPublisher,
     metrics: StatusMetrics,
-    /// Problems already reported per object (type, reason, message), to publish each once.
-    reported: HashMap<ObjectRef, Vec<(String, String, String)>>,
+    /// The problems reported as Events per live object (with the uid they were reported for),
+    /// to publish each once while it lasts; bounded by the live objects ([`Self::retain`]).
+    reported: HashMap<ObjectRef, (String, BTreeSet<events::Problem>)>,
 }
 
 /// The `ApiResource` of an SMI kind in a given apiVersion: its plural is the one the `weft_smi`
@@ -94,12 +102,8 @@ pub fn merge(current: &SmiStatus, desired: &[Condition], now: &str) -> (SmiStatu
 impl StatusWriter {
     /// `instance` names this replica (e.g. its pod name) in Events.
     pub fn new(client: Client, instance: Option<String>, metrics: StatusMetrics) -> Self {
-        let reporter = Reporter {
-            controller: "weft-operator".to_string(),
-            instance,
-        };
         StatusWriter {
-            recorder: Recorder::new(client.clone(), reporter),
+            events: EventPublisher::new(client.clone(), instance),
             client,
             metrics,
             reported: HashMap::new(),
@@ -113,26 +117,43 @@ impl StatusWriter {
     pub async fn write(&mut self, statuses: &[ObjectStatus]) -> Vec<(ObjectRef, StatusError)> {
         let mut errors = Vec::new();
         for status in statuses {
-            if let Err(e) = self.write_one(status).await {
+            let mut regarding = None;
+            if let Err(e) = self.write_one(status, &mut regarding).await {
                 self.metrics.write_errors.inc();
                 tracing::warn!(error = %e, "status write failed");
                 errors.push((status.object.clone(), e));
             }
-            self.publish_events(status).await;
+            // Events need the object's uid: published once it was read, even if the status
+            // patch failed (it is retried); not for an object that is gone.
+            if let Some(regarding) = regarding {
+                if let Err(e) = self.publish_events(status, &regarding).await {
+                    tracing::warn!(error = %e, "publishing an Event failed");
+                    errors.push((status.object.clone(), e));
+                }
+            }
         }
         errors
     }
 
-    async fn write_one(&self, status: &ObjectStatus) -> Result<(), StatusError> {
+    /// Writes one status if it changed. Once the object is read, `regarding` is its reference
+    /// for Events (uid and resourceVersion as read, or as written); it stays `None` when the
+    /// object no longer exists.
+    async fn write_one(
+        &self,
+        status: &ObjectStatus,
+        regarding: &mut Option<ObjectReference>,
+    ) -> Result<(), StatusError> {
         let ar = api_resource(&status.api_version, &status.object.kind)?;
         let api: Api<DynamicObject> =
             Api::namespaced_with(self.client.clone(), &status.object.namespace, &ar);
         let current = match api.get_status(&status.object.name).await {
-            Ok(obj) => obj
-                .data
-                .get("status")
-                .and_then(|s| serde_json::from_value::<SmiStatus>(s.clone()).ok())
-                .unwrap_or_default(),
+            Ok(obj) => {
+                *regarding = Some(reference(status, &obj.metadata));
+                obj.data
+                    .get("status")
+                    .and_then(|s| serde_json::from_value::<SmiStatus>(s.clone()).ok())
+                    .unwrap_or_default()
+            }
             // The object is gone: nothing to write.
             Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
             Err(source) => {
@@ -153,53 +174,73 @@ impl StatusWriter {
             "metadata": { "name": status.object.name, "namespace": status.object.namespace },
             "status": merged,
         });
-        api.patch_status(
-            &status.object.name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map_err(|source| StatusError::Apply {
-            object: status.object.to_string(),
-            source,
-        })?;
+        let written = api
+            .patch_status(
+                &status.object.name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+            .map_err(|source| StatusError::Apply {
+                object: status.object.to_string(),
+                source,
+            })?;
         self.metrics.writes.inc();
         tracing::info!(object = %status.object, "status written");
+        if let (Some(r), Some(v)) = (regarding.as_mut(), written.metadata.resource_version) {
+            r.resource_version = Some(v);
+        }
         Ok(())
     }
 
-    /// Publishes a Warning Event for each problem condition not yet reported for this object.
-    async fn publish_events(&mut self, status: &ObjectStatus) {
-        let problems: Vec<(String, String, String)> = status
+    /// Publishes a Warning Event for each problem condition not yet reported for this object
+    /// (for this uid: a re-created object is a new object). A problem that went away and comes
+    /// back is counted again on its Event. A failed publish is retried on the next pass.
+    async fn publish_events(
+        &mut self,
+        status: &ObjectStatus,
+        regarding: &ObjectReference,
+    ) -> Result<(), StatusError> {
+        let uid = regarding.uid.clone().unwrap_or_default();
+        let problems: BTreeSet<events::Problem> = status
             .problems()
-            .map(|c| (c.type_.clone(), c.reason.clone(), c.message.clone()))
+            .map(|c| events::Problem {
+                condition: c.type_.clone(),
+                reason: c.reason.clone(),
+                message: c.message.clone(),
+            })
             .collect();
-        let previous = self
-            .reported
-            .insert(status.object.clone(), problems.clone())
-            .unwrap_or_default();
-        let reference = ObjectReference {
-            api_version: Some(status.api_version.clone()),
-            kind: Some(status.object.kind.clone()),
-            name: Some(status.object.name.clone()),
-            namespace: Some(status.object.namespace.clone()),
-            ..Default::default()
+        let previous = match self.reported.remove(&status.object) {
+            Some((was, reported)) if was == uid => reported,
+            _ => BTreeSet::new(),
         };
-        for problem in problems.iter().filter(|p| !previous.contains(p)) {
-            let event = Event {
-                type_: EventType::Warning,
-                reason: truncate(&problem.1, 128),
-                note: Some(truncate(&format!("{}: {}", problem.0, problem.2), 1024)),
-                action: "Reconcile".to_string(),
-                secondary: None,
-            };
-            match self.recorder.publish(&event, &reference).await {
-                Ok(()) => {
+        // Problems that went away are forgotten, so their return is published.
+        let mut reported: BTreeSet<events::Problem> =
+            previous.intersection(&problems).cloned().collect();
+        let mut failed = None;
+        for problem in problems.difference(&previous) {
+            match self.events.publish(regarding, problem).await {
+                Ok(outcome) => {
                     self.metrics.events.inc();
+                    tracing::info!(
+                        object = %status.object,
+                        reason = %problem.reason,
+                        new = outcome == Published::Created,
+                        "event published"
+                    );
+                    reported.insert(problem.clone());
                 }
-                Err(e) => tracing::warn!(object = %status.object, error = %e, "publishing event"),
+                Err(source) => {
+                    failed = Some(StatusError::Event {
+                        object: status.object.to_string(),
+                        reason: problem.reason.clone(),
+                        source,
+                    });
+                }
             }
         }
+        self.reported.insert(status.object.clone(), (uid, reported));
+        failed.map_or(Ok(()), Err)
     }
 
     /// Forgets objects that no longer exist (so a re-created object gets its Events again).
@@ -279,15 +320,20 @@ fn strip(conditions: &[weft_smi::hub::Condition]) -> Vec<weft_smi::hub::Conditio
         .collect()
 }
 
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
+/// The `involvedObject` of the Events about `status`'s object, from the object as read.
+fn reference(
+    status: &ObjectStatus,
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> ObjectReference {
+    ObjectReference {
+        api_version: Some(status.api_version.clone()),
+        kind: Some(status.object.kind.clone()),
+        name: Some(status.object.name.clone()),
+        namespace: Some(status.object.namespace.clone()),
+        uid: meta.uid.clone(),
+        resource_version: meta.resource_version.clone(),
+        ..Default::default()
     }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_string()
 }
 
 #[cfg(test)]
@@ -358,11 +404,5 @@ mod tests {
         // Only dropping a condition is a change too.
         let (_, changed) = merge(&current, &[cond("Accepted", "True", None)], "t1");
         assert!(changed);
-    }
-
-    #[test]
-    fn truncation_respects_char_boundaries() {
-        assert_eq!(truncate("héllo", 2), "h");
-        assert_eq!(truncate("abc", 10), "abc");
     }
 }

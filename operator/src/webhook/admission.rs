@@ -5,13 +5,16 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 use weft_smi::hub::SmiObject;
 
-/// What a validator says about one object.
+use crate::validate::{problem_from_error, Problem, Reason, Severity};
+
+/// What a validator says about one object: the problems of the one validator
+/// ([`crate::validate::validate_object`]), each with its typed reason and field path.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Verdict {
-    /// Reasons to reject the object.
-    pub errors: Vec<String>,
-    /// Admitted, but reported to the user (`kubectl` prints them).
-    pub warnings: Vec<String>,
+    /// Reasons to reject the object (one `details.causes` entry each).
+    pub errors: Vec<Problem>,
+    /// Admitted, but reported to the user (admission `warnings`, which `kubectl` prints).
+    pub warnings: Vec<Problem>,
 }
 
 /// Semantic validation of one SMI object (the runtime plugs in `crate::validate`).
@@ -32,17 +35,108 @@ pub fn semantic() -> Validator {
         let mut verdict = Verdict::default();
         for p in crate::validate::validate_object(obj) {
             match p.severity {
-                crate::validate::Severity::Error => verdict.errors.push(p.to_string()),
-                crate::validate::Severity::Warning => verdict.warnings.push(p.to_string()),
+                Severity::Error => verdict.errors.push(p),
+                Severity::Warning => verdict.warnings.push(p),
             }
         }
         verdict
     })
 }
 
+/// The `reason` of a `metav1.StatusCause` for a problem: the Kubernetes field-error type
+/// (`k8s.io/apimachinery/pkg/util/validation/field`) that says the same thing. Exhaustive, so a
+/// new [`Reason`] has to be classified here.
+pub fn cause_type(reason: Reason) -> &'static str {
+    use Reason::*;
+    match reason {
+        MissingService | NoBackends | MissingName | MissingField => "FieldValueRequired",
+        DuplicateBackend | DuplicateSource | DuplicateMatch | DuplicatePort => {
+            "FieldValueDuplicate"
+        }
+        UnsupportedMatchKind | UnsupportedIdentityKind | UnknownMethod | InvalidKind | NotSmi => {
+            "FieldValueNotSupported"
+        }
+        CrossNamespaceReference => "FieldValueForbidden",
+        BackendNotFound | ServiceNotFound | RouteGroupNotFound | RouteNotFound | MatchNotFound => {
+            "FieldValueNotFound"
+        }
+        ZeroWeights
+        | RootOnlyBackend
+        | Conflicted
+        | NoSources
+        | NoRules
+        | NoMatches
+        | InvalidRegex
+        | InvalidHeaderName
+        | InvalidPort
+        | NoWeight
+        | BackendPortMismatch
+        | InvalidMatch
+        | Accepted
+        | ResolvedRefs
+        | NoConflict
+        | ApexConflict
+        | AllowsNothing
+        | Invalid
+        | InvalidAnnotation
+        | HttpsProbeNotAuthorized
+        | UDPNotProxied
+        | InvalidField
+        | Malformed
+        | KindMismatch => "FieldValueInvalid",
+    }
+}
+
+/// One `metav1.StatusCause`: kubectl prints each as `<field>: <message>`, so the message
+/// starts with weft's typed reason. A problem about the whole object has no field.
+pub fn cause(p: &Problem) -> Value {
+    let mut c = json!({
+        "reason": cause_type(p.reason),
+        "message": format!("{}: {}", p.reason, p.message),
+    });
+    if !p.path.is_empty() {
+        c["field"] = json!(p.path);
+    }
+    c
+}
+
+/// One line for humans: `<field>: <Reason>: <message>` (admission warnings, the status message).
+fn line(p: &Problem) -> String {
+    if p.path.is_empty() {
+        format!("{}: {}", p.reason, p.message)
+    } else {
+        format!("{}: {}: {}", p.path, p.reason, p.message)
+    }
+}
+
+/// The `metav1.Status` of a denial: `422 Invalid`, a one-line `message` naming every problem,
+/// and `details` (`group`, `kind`, `name`, one cause per problem with its field path), which
+/// is what kubectl prints (`The TrafficSplit "x" is invalid: * spec...: ...`).
+pub fn denial_status(group: &str, kind: &str, name: &str, errors: &[Problem]) -> Value {
+    let lines: Vec<String> = errors.iter().map(line).collect();
+    let what = if name.is_empty() {
+        kind.to_string()
+    } else {
+        format!("{kind} {name:?}")
+    };
+    json!({
+        "status": "Failure",
+        "code": 422,
+        "reason": "Invalid",
+        "message": format!("{what} is invalid: {}", lines.join("; ")),
+        "details": {
+            "group": group,
+            "kind": kind,
+            "name": name,
+            "causes": errors.iter().map(cause).collect::<Vec<_>>(),
+        },
+    })
+}
+
 /// Answers an AdmissionReview: objects that do not parse as SMI, or that the validator finds
-/// errors in, are denied with a message listing every error; warnings become admission warnings.
-/// DELETE (no object) is always allowed.
+/// errors in, are denied with a `metav1.Status` carrying one cause per problem
+/// ([`denial_status`]); warnings become admission warnings. DELETE (no object) is always
+/// allowed.
 pub fn review(review: &Value, validator: &Validator) -> Value {
     let api_version = review
         .get("apiVersion")
@@ -52,8 +146,9 @@ pub fn review(review: &Value, validator: &Validator) -> Value {
         .pointer("/request/uid")
         .cloned()
         .unwrap_or_else(|| json!(""));
-    let verdict = match review.pointer("/request/object") {
-        None | Some(Value::Null) => Verdict::default(),
+    let object = review.pointer("/request/object").filter(|o| !o.is_null());
+    let verdict = match object {
+        None => Verdict::default(),
         Some(obj) => {
             let namespace = review
                 .pointer("/request/namespace")
@@ -62,7 +157,7 @@ pub fn review(review: &Value, validator: &Validator) -> Value {
             match weft_smi::from_value_in(obj, namespace) {
                 Ok(parsed) => validator(&parsed),
                 Err(e) => Verdict {
-                    errors: vec![e.to_string()],
+                    errors: vec![problem_from_error(&e)],
                     warnings: Vec::new(),
                 },
             }
@@ -70,22 +165,30 @@ pub fn review(review: &Value, validator: &Validator) -> Value {
     };
     let mut response = json!({ "uid": uid, "allowed": verdict.errors.is_empty() });
     if !verdict.errors.is_empty() {
-        let kind = review
-            .pointer("/request/kind/kind")
-            .and_then(Value::as_str)
-            .unwrap_or("object");
-        let name = review
-            .pointer("/request/name")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        response["status"] = json!({
-            "code": 422,
-            "reason": "Invalid",
-            "message": format!("weft: {kind} {name:?} is invalid: {}", verdict.errors.join("; ")),
-        });
+        let str_at = |v: Option<&Value>, p: &str| {
+            v.and_then(|v| v.pointer(p))
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string()
+        };
+        let group = str_at(Some(review), "/request/kind/group");
+        let mut kind = str_at(Some(review), "/request/kind/kind");
+        if kind.is_empty() {
+            kind = "object".to_string();
+        }
+        // `request.name` is empty on CREATE with `generateName`.
+        let name = [
+            str_at(Some(review), "/request/name"),
+            str_at(object, "/metadata/name"),
+            str_at(object, "/metadata/generateName"),
+        ]
+        .into_iter()
+        .find(|n| !n.is_empty())
+        .unwrap_or_default();
+        response["status"] = denial_status(&group, &kind, &name, &verdict.errors);
     }
     if !verdict.warnings.is_empty() {
-        response["warnings"] = json!(verdict.warnings);
+        response["warnings"] = json!(verdict.warnings.iter().map(line).collect::<Vec<_>>());
     }
     json!({ "apiVersion": api_version, "kind": "AdmissionReview", "response": response })
 }
@@ -122,11 +225,25 @@ mod tests {
         })
     }
 
+    fn problem(severity: Severity, path: &str, reason: Reason, message: &str) -> Problem {
+        Problem {
+            severity,
+            path: path.into(),
+            reason,
+            message: message.into(),
+        }
+    }
+
     #[test]
     fn valid_object_is_allowed_with_warnings() {
         let validator: Validator = Arc::new(|o: &SmiObject| Verdict {
             errors: vec![],
-            warnings: vec![format!("{} looks odd", o.meta().name)],
+            warnings: vec![problem(
+                Severity::Warning,
+                "spec.backends",
+                Reason::RootOnlyBackend,
+                &format!("{} looks odd", o.meta().name),
+            )],
         });
         let out = review(&recorded(split(json!(100))), &validator);
         assert_eq!(out["kind"], "AdmissionReview");
@@ -135,21 +252,127 @@ mod tests {
             "b1a2c3d4-0000-4000-8000-00000000abcd"
         );
         assert_eq!(out["response"]["allowed"], true, "{out}");
-        assert_eq!(out["response"]["warnings"][0], "canary looks odd");
+        assert_eq!(
+            out["response"]["warnings"][0],
+            "spec.backends: RootOnlyBackend: canary looks odd"
+        );
+        assert!(out["response"].get("status").is_none(), "{out}");
     }
 
     #[test]
-    fn validator_errors_deny_with_every_message() {
+    fn validator_errors_deny_with_one_cause_per_problem() {
         let validator: Validator = Arc::new(|_| Verdict {
-            errors: vec!["first problem".into(), "second problem".into()],
+            errors: vec![
+                problem(
+                    Severity::Error,
+                    "spec.backends",
+                    Reason::ZeroWeights,
+                    "first problem",
+                ),
+                problem(
+                    Severity::Error,
+                    "spec.backends[1].service",
+                    Reason::MissingService,
+                    "second problem",
+                ),
+            ],
             warnings: vec![],
         });
         let out = review(&recorded(split(json!(100))), &validator);
         assert_eq!(out["response"]["allowed"], false);
-        let msg = out["response"]["status"]["message"].as_str().unwrap();
+        let status = &out["response"]["status"];
+        assert_eq!(status["code"], 422);
+        assert_eq!(status["reason"], "Invalid");
+        assert_eq!(status["status"], "Failure");
+        let msg = status["message"].as_str().unwrap();
+        assert_eq!(
+            msg,
+            "TrafficSplit \"canary\" is invalid: spec.backends: ZeroWeights: first problem; \
+             spec.backends[1].service: MissingService: second problem"
+        );
+        assert!(!msg.contains('\n'), "one line: {msg}");
+        assert_eq!(
+            status["details"],
+            json!({
+                "group": "split.smi-spec.io",
+                "kind": "TrafficSplit",
+                "name": "canary",
+                "causes": [
+                    {"reason": "FieldValueInvalid", "field": "spec.backends",
+                     "message": "ZeroWeights: first problem"},
+                    {"reason": "FieldValueRequired", "field": "spec.backends[1].service",
+                     "message": "MissingService: second problem"},
+                ]
+            })
+        );
+    }
+
+    #[test]
+    fn cause_types_follow_the_reason() {
+        assert_eq!(cause_type(Reason::MissingName), "FieldValueRequired");
+        assert_eq!(cause_type(Reason::DuplicateBackend), "FieldValueDuplicate");
+        assert_eq!(cause_type(Reason::UnknownMethod), "FieldValueNotSupported");
+        assert_eq!(
+            cause_type(Reason::CrossNamespaceReference),
+            "FieldValueForbidden"
+        );
+        assert_eq!(cause_type(Reason::InvalidRegex), "FieldValueInvalid");
+        // A problem about the whole object has no field (kubectl prints no path).
+        let c = cause(&problem(Severity::Error, "", Reason::Malformed, "bad"));
+        assert!(c.get("field").is_none(), "{c}");
+        assert_eq!(c["message"], "Malformed: bad");
+    }
+
+    #[test]
+    fn the_real_validator_gives_each_problem_its_field() {
+        // Two problems of the one validator: an empty backend name and weights summing to 0.
+        let bad = json!({
+            "apiVersion": "split.smi-spec.io/v1alpha4",
+            "kind": "TrafficSplit",
+            "metadata": {"generateName": "canary-", "namespace": "demo"},
+            "spec": {"service": "web", "backends": [
+                {"service": "web-v1", "weight": 0}, {"service": "", "weight": 0}]}
+        });
+        let mut req = recorded(bad);
+        req["request"]["name"] = json!("");
+        let out = review(&req, &semantic());
+        assert_eq!(out["response"]["allowed"], false, "{out}");
+        let details = &out["response"]["status"]["details"];
+        assert_eq!(details["name"], "canary-", "{details}");
+        let fields: Vec<(&str, &str)> = details["causes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c["field"].as_str().unwrap(), c["reason"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            fields,
+            vec![
+                ("spec.backends", "FieldValueInvalid"),
+                ("spec.backends[1].service", "FieldValueRequired"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_parse_error_is_a_cause_with_its_field() {
+        let bad = json!({
+            "apiVersion": "access.smi-spec.io/v1alpha3",
+            "kind": "TrafficTarget",
+            "metadata": {"name": "t", "namespace": "demo"},
+            "spec": {"destination": {"kind": "ServiceAccount", "name": "web"},
+                     "rules": [{"kind": "GRPCRoute", "name": "x"}]}
+        });
+        let out = review(&recorded(bad), &parse_only());
+        let causes = &out["response"]["status"]["details"]["causes"];
+        assert_eq!(causes[0]["field"], "spec.rules[0].kind", "{out}");
+        assert_eq!(causes[0]["reason"], "FieldValueInvalid", "{out}");
         assert!(
-            msg.contains("first problem") && msg.contains("second problem"),
-            "{msg}"
+            causes[0]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("InvalidField: "),
+            "{out}"
         );
     }
 
