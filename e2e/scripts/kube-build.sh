@@ -70,6 +70,19 @@ if [[ -n ${missing// /} ]]; then
   DEBIAN_FRONTEND=noninteractive "${APT[@]}" -q install -y --no-install-recommends $missing
 fi
 
+# 1b. kubectl 1.20 (Debian's kubernetes-client, unpacked, not installed): the tests that check
+# what users see (kubectl's output) use this one, whatever kubectl the machine has on PATH.
+if [[ ! -x $CACHE_ROOT/$TARBALL_SHA256/kubectl ]]; then
+  apt_update
+  KDEB=$(mktemp -d)
+  (cd "$KDEB" && "${APT[@]}" -q download kubernetes-client)
+  dpkg-deb -x "$KDEB"/kubernetes-client_*.deb "$KDEB/x"
+  mkdir -p "$OUT"
+  cp "$KDEB/x/usr/bin/kubectl" "$OUT/kubectl"
+  rm -rf "$KDEB"
+  log "kubectl 1.20 in $OUT/kubectl"
+fi
+
 if have_binaries; then
   log "binaries cached in $OUT"
   exit 0
@@ -127,6 +140,7 @@ for bin in kube-apiserver kube-controller-manager; do
   [[ -n $path ]] || die "$bin not found under $BUILD/_output"
   cp "$path" "$OUT.tmp/$bin"
 done
+[[ -x $OUT/kubectl ]] && cp "$OUT/kubectl" "$OUT.tmp/kubectl"
 rm -rf "$OUT"
 mv "$OUT.tmp" "$OUT"
 rm -rf "$BUILD"
