@@ -571,7 +571,8 @@ struct Output {
 impl Output {
     fn new(plain: bool) -> Self {
         Output {
-            live: !plain && std::io::stdout().is_terminal(),
+            // Redrawing in place needs escape sequences: only on a terminal, never with NO_COLOR.
+            live: !plain && crate::term::stdout_colour(),
         }
     }
     fn line(&self, s: &str) {
