@@ -311,10 +311,11 @@ mod tests {
     fn the_disruption_budget_follows_the_server_version() {
         let pdb = |v| {
             let out = render("cluster.local", None, &Target::offline(Some(v))).expect("renders");
-            serde_yaml::Deserializer::from_str(&out)
+            let found = serde_yaml::Deserializer::from_str(&out)
                 .filter_map(|d| serde_yaml::Value::deserialize(d).ok())
                 .find(|v| v["kind"] == "PodDisruptionBudget")
-                .map(|v| v["apiVersion"].as_str().unwrap_or_default().to_string())
+                .map(|v| v["apiVersion"].as_str().unwrap_or_default().to_string());
+            found
         };
         use serde::Deserialize;
         assert_eq!(pdb((1, 20)).as_deref(), Some("policy/v1beta1"));

@@ -10,7 +10,7 @@ pub mod manifests;
 pub mod procs;
 pub mod traffic;
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
