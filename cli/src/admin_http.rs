@@ -24,14 +24,12 @@ pub async fn get(addr: &str, path: &str, timeout: Duration) -> anyhow::Result<(u
         let body = resp.into_body().collect().await?.to_bytes();
         Ok::<_, anyhow::Error>((status, String::from_utf8_lossy(&body).into_owned()))
     };
-    tokio::time::timeout(timeout, fut)
-        .await
-        .map_err(|_| {
-            anyhow!(
-                "could not reach {addr} (no answer to GET {path} within {}s)",
-                timeout.as_secs_f64()
-            )
-        })?
+    tokio::time::timeout(timeout, fut).await.map_err(|_| {
+        anyhow!(
+            "could not reach {addr} (no answer to GET {path} within {}s)",
+            timeout.as_secs_f64()
+        )
+    })?
 }
 
 /// "could not reach ADDR (connection refused)": the root io cause of a failed request, in words.

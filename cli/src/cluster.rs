@@ -35,7 +35,9 @@ impl ClusterArgs {
         let file = match &self.kubeconfig {
             Some(p) => format!("kubeconfig {}", p.display()),
             None => match std::env::var_os("KUBECONFIG") {
-                Some(k) if !k.is_empty() => format!("kubeconfig $KUBECONFIG={}", k.to_string_lossy()),
+                Some(k) if !k.is_empty() => {
+                    format!("kubeconfig $KUBECONFIG={}", k.to_string_lossy())
+                }
                 _ => "the default kubeconfig (~/.kube/config, or in-cluster)".to_string(),
             },
         };

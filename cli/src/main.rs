@@ -207,7 +207,9 @@ enum Command {
         cluster: ClusterArgs,
     },
     /// The client's version and, when a cluster is reachable, the operator replicas' and proxies'.
-    #[command(after_help = "Examples:\n  weft version\n  weft version --client\n  weft version --context prod -o json")]
+    #[command(
+        after_help = "Examples:\n  weft version\n  weft version --client\n  weft version --context prod -o json"
+    )]
     Version {
         /// Only the client's version (no cluster).
         #[arg(long)]

@@ -72,7 +72,10 @@ mod tests {
         assert!(colour(true, None));
         assert!(!colour(false, None), "a file or a pipe gets no colour");
         assert!(!colour(true, Some(OsStr::new("1"))), "NO_COLOR=1");
-        assert!(colour(true, Some(OsStr::new(""))), "an empty NO_COLOR is unset");
+        assert!(
+            colour(true, Some(OsStr::new(""))),
+            "an empty NO_COLOR is unset"
+        );
     }
 
     #[test]

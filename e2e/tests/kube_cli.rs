@@ -211,11 +211,13 @@ async fn kube_cli_proxies_check_diff_against_the_chart() {
     for (name, version) in [("web-v1", "v1"), ("web-v2", "v2")] {
         app_pod(&env, NS, name, json!({"app": "web", "version": version})).await;
     }
-    env.create(json!({"apiVersion": "split.smi-spec.io/v1alpha4", "kind": "TrafficSplit",
+    env.create(
+        json!({"apiVersion": "split.smi-spec.io/v1alpha4", "kind": "TrafficSplit",
         "metadata": {"name": "web-canary", "namespace": NS},
         "spec": {"service": "web", "backends": [
-            {"service": "web-v1", "weight": 90}, {"service": "web-v2", "weight": 10}]}}))
-        .await;
+            {"service": "web-v1", "weight": 90}, {"service": "web-v2", "weight": 10}]}}),
+    )
+    .await;
     for p in ["web-v1", "web-v2"] {
         env.wait_ready(NS, p, Duration::from_secs(90)).await;
     }
@@ -249,7 +251,10 @@ async fn kube_cli_proxies_check_diff_against_the_chart() {
     let v = weft(&bin, &env, &["version"]).await;
     assert_eq!(v.code, Some(0), "{v:?}");
     assert!(v.out.contains("server: Kubernetes v1.20.2"), "{v:?}");
-    assert!(v.out.contains(&format!("operator: ")) && v.out.contains(&operator_pod), "{v:?}");
+    assert!(
+        v.out.contains("operator: ") && v.out.contains(&operator_pod),
+        "{v:?}"
+    );
     eprintln!("weft version:\n{}", v.out);
 
     // `weft check` passes, and says it verified the webhooks' certificates and a conversion.
@@ -366,7 +371,12 @@ async fn kube_cli_proxies_check_diff_against_the_chart() {
     )
     .expect("write");
     let pr_dir = pr.path().to_string_lossy().into_owned();
-    let d = weft(&bin, &env, &["diff", "-f", &pr_dir, "--cluster", "-o", "json"]).await;
+    let d = weft(
+        &bin,
+        &env,
+        &["diff", "-f", &pr_dir, "--cluster", "-o", "json"],
+    )
+    .await;
     assert_eq!(d.code, Some(1), "something changes: {d:?}");
     let diff: Value = serde_json::from_str(&d.out).unwrap_or_else(|e| panic!("{e}: {d:?}"));
     assert_eq!(diff["proxies_removed"], json!([]), "{diff:#}");
@@ -508,12 +518,16 @@ async fn kube_cli_install_twice_keeps_the_trust_anchor() {
     let vwc: kube::Api<
         k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration,
     > = kube::Api::all(env.client.clone());
-    let bundle = vwc.get("weft-smi-validation").await.expect("webhook").webhooks.unwrap_or_default()
-        [0]
-    .client_config
-    .ca_bundle
-    .clone()
-    .expect("caBundle");
+    let bundle = vwc
+        .get("weft-smi-validation")
+        .await
+        .expect("webhook")
+        .webhooks
+        .unwrap_or_default()[0]
+        .client_config
+        .ca_bundle
+        .clone()
+        .expect("caBundle");
     assert_eq!(
         Some(&bundle),
         webhook_after.get("ca.crt"),

@@ -114,10 +114,12 @@ pub async fn for_inject(args: &ClusterArgs, namespace: &str) -> anyhow::Result<S
              (and --namespace if not {namespace})"
         )
     };
-    let cluster = args
-        .connect()
-        .await
-        .map_err(|e| refuse(format!("no cluster to read them from: {}", crate::term::error_text(&e))))?;
+    let cluster = args.connect().await.map_err(|e| {
+        refuse(format!(
+            "no cluster to read them from: {}",
+            crate::term::error_text(&e)
+        ))
+    })?;
     let cms: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), namespace);
     match cms.get_opt(ANCHORS_CONFIGMAP).await {
         Ok(Some(cm)) => {

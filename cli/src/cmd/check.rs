@@ -261,13 +261,22 @@ pub async fn run(pre: bool, args: &ClusterArgs, names: &InstallNames) -> Vec<Che
 /// `--pre` on an existing SMI CRD: Helm installs over it only when it already belongs to the
 /// release (annotations `meta.helm.sh/release-name`/`-namespace`, label
 /// `app.kubernetes.io/managed-by: Helm`). Otherwise: fail, with the commands that adopt it.
-pub fn adoption(crd: &CustomResourceDefinition, release: &str, namespace: &str) -> (Outcome, String) {
+pub fn adoption(
+    crd: &CustomResourceDefinition,
+    release: &str,
+    namespace: &str,
+) -> (Outcome, String) {
     let name = crd.metadata.name.clone().unwrap_or_default();
     let ann = crd.metadata.annotations.clone().unwrap_or_default();
     let labels = crd.metadata.labels.clone().unwrap_or_default();
     let owner = ann.get("meta.helm.sh/release-name").map(String::as_str);
-    let owner_ns = ann.get("meta.helm.sh/release-namespace").map(String::as_str);
-    let managed = labels.get("app.kubernetes.io/managed-by").map(String::as_str) == Some("Helm");
+    let owner_ns = ann
+        .get("meta.helm.sh/release-namespace")
+        .map(String::as_str);
+    let managed = labels
+        .get("app.kubernetes.io/managed-by")
+        .map(String::as_str)
+        == Some("Helm");
     let adopt = format!(
         "to let `helm install {release} -n {namespace}` adopt it: \
          `kubectl annotate crd {name} meta.helm.sh/release-name={release} meta.helm.sh/release-namespace={namespace} --overwrite` and \
@@ -309,11 +318,12 @@ async fn release_hooks(client: &Client, names: &InstallNames) -> Result<Vec<Hook
     let mut hooks = Vec::new();
     let mine = |ns: &str| ns == names.namespace;
     let vwcs: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
-    for c in vwcs
-        .list(&ListParams::default())
-        .await
-        .map_err(|e| format!("listing validating webhook configurations: {}", kube_error(&e)))?
-    {
+    for c in vwcs.list(&ListParams::default()).await.map_err(|e| {
+        format!(
+            "listing validating webhook configurations: {}",
+            kube_error(&e)
+        )
+    })? {
         let cname = c.metadata.name.unwrap_or_default();
         for w in c.webhooks.unwrap_or_default() {
             if let Some(svc) = w.client_config.service.filter(|s| mine(&s.namespace)) {
@@ -328,11 +338,12 @@ async fn release_hooks(client: &Client, names: &InstallNames) -> Result<Vec<Hook
         }
     }
     let mwcs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    for c in mwcs
-        .list(&ListParams::default())
-        .await
-        .map_err(|e| format!("listing mutating webhook configurations: {}", kube_error(&e)))?
-    {
+    for c in mwcs.list(&ListParams::default()).await.map_err(|e| {
+        format!(
+            "listing mutating webhook configurations: {}",
+            kube_error(&e)
+        )
+    })? {
         let cname = c.metadata.name.unwrap_or_default();
         for w in c.webhooks.unwrap_or_default() {
             if let Some(svc) = w.client_config.service.filter(|s| mine(&s.namespace)) {
@@ -426,7 +437,10 @@ async fn webhook_checks(cluster: &Cluster, names: &InstallNames) -> Vec<Check> {
         return vec![check(
             "webhooks",
             Outcome::Fail,
-            format!("no webhook configuration points at a service in {}; is weft installed there?", names.namespace),
+            format!(
+                "no webhook configuration points at a service in {}; is weft installed there?",
+                names.namespace
+            ),
         )];
     }
     // Handshakes are shared by hooks with the same service and caBundle.
@@ -444,10 +458,7 @@ async fn webhook_checks(cluster: &Cluster, names: &InstallNames) -> Vec<Check> {
         };
         let key = (h.service_ns.clone(), h.service.clone(), h.port, ca.clone());
         if let Some(c) = cache.get(&key) {
-            out.push(Check {
-                name,
-                ..c.clone()
-            });
+            out.push(Check { name, ..c.clone() });
             continue;
         }
         let c = probe_hook(&cluster.client, &h, &ca).await;
@@ -461,7 +472,13 @@ async fn probe_hook(client: &Client, h: &Hook, ca: &[u8]) -> Check {
     let host = format!("{}.{}.svc", h.service, h.service_ns);
     let endpoints = match service_endpoints(client, &h.service_ns, &h.service, h.port).await {
         Ok(e) => e,
-        Err(e) => return check("", Outcome::Fail, format!("{e}: every call to the webhook fails")),
+        Err(e) => {
+            return check(
+                "",
+                Outcome::Fail,
+                format!("{e}: every call to the webhook fails"),
+            )
+        }
     };
     if endpoints.is_empty() {
         return check(
@@ -583,7 +600,11 @@ async fn conversion_check(cluster: &Cluster, names: &InstallNames) -> Check {
         .find(|v| v.served && !v.storage)
         .map(|v| v.name)
     else {
-        return check(NAME, Outcome::Warn, "no SMI kind serves two versions: nothing to convert");
+        return check(
+            NAME,
+            Outcome::Warn,
+            "no SMI kind serves two versions: nothing to convert",
+        );
     };
     let body = serde_json::json!({
         "apiVersion": format!("{}/{version}", kind.group),
@@ -679,7 +700,10 @@ pub fn restart_hint(pod: &Pod) -> String {
             o.kind.to_ascii_lowercase(),
             o.name
         ),
-        Some(o) => format!("kubectl -n {ns} delete pod {name} (its {} re-creates it)", o.kind),
+        Some(o) => format!(
+            "kubectl -n {ns} delete pod {name} (its {} re-creates it)",
+            o.kind
+        ),
         None => format!("kubectl -n {ns} delete pod {name}, then create it again"),
     }
 }
@@ -693,7 +717,13 @@ async fn uninjected_check(client: &Client) -> Check {
         .await
     {
         Ok(l) => l.items,
-        Err(e) => return check(NAME, Outcome::Fail, format!("cannot list namespaces: {}", kube_error(&e))),
+        Err(e) => {
+            return check(
+                NAME,
+                Outcome::Fail,
+                format!("cannot list namespaces: {}", kube_error(&e)),
+            )
+        }
     };
     let meshed_ns: std::collections::BTreeSet<String> = namespaces
         .iter()
@@ -704,16 +734,26 @@ async fn uninjected_check(client: &Client) -> Check {
         })
         .filter_map(|n| n.metadata.name.clone())
         .collect();
-    let pods = match Api::<Pod>::all(client.clone()).list(&ListParams::default()).await {
+    let pods = match Api::<Pod>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+    {
         Ok(l) => l.items,
-        Err(e) => return check(NAME, Outcome::Fail, format!("cannot list pods: {}", kube_error(&e))),
+        Err(e) => {
+            return check(
+                NAME,
+                Outcome::Fail,
+                format!("cannot list pods: {}", kube_error(&e)),
+            )
+        }
     };
     let mut missing = Vec::new();
     let mut meshed = 0;
     for p in &pods {
         let ns = p.metadata.namespace.clone().unwrap_or_default();
         let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
-        if matches!(phase, Some("Succeeded" | "Failed")) || p.metadata.deletion_timestamp.is_some() {
+        if matches!(phase, Some("Succeeded" | "Failed")) || p.metadata.deletion_timestamp.is_some()
+        {
             continue;
         }
         if !should_be_meshed(p, meshed_ns.contains(&ns)) {
@@ -792,14 +832,21 @@ async fn identity_checks(cluster: &Cluster, names: &InstallNames) -> Vec<Check> 
         Some((d, from)) if d <= 0.0 => check(
             name,
             Outcome::Fail,
-            format!("expired {:.0} days ago (per {from}); rotate it (docs/identity.md)", -d),
+            format!(
+                "expired {:.0} days ago (per {from}); rotate it (docs/identity.md)",
+                -d
+            ),
         ),
         Some((d, from)) if d < 30.0 => check(
             name,
             Outcome::Warn,
             format!("expires in {d:.0} days (per {from}); rotate it (docs/identity.md)"),
         ),
-        Some((d, from)) => check(name, Outcome::Ok, format!("valid for {d:.0} more days (per {from})")),
+        Some((d, from)) => check(
+            name,
+            Outcome::Ok,
+            format!("valid for {d:.0} more days (per {from})"),
+        ),
         None => check(name, Outcome::Warn, missing.to_string()),
     };
     vec![
@@ -1027,7 +1074,11 @@ mod tests {
 
     #[test]
     fn pre_existing_crds_need_adopting_with_exact_commands() {
-        let (o, d) = adoption(&crd(serde_json::json!({}), serde_json::json!({})), "weft", "weft-system");
+        let (o, d) = adoption(
+            &crd(serde_json::json!({}), serde_json::json!({})),
+            "weft",
+            "weft-system",
+        );
         assert_eq!(o, Outcome::Fail);
         assert!(d.contains("kubectl annotate crd trafficsplits.split.smi-spec.io meta.helm.sh/release-name=weft meta.helm.sh/release-namespace=weft-system --overwrite"), "{d}");
         assert!(d.contains("kubectl label crd trafficsplits.split.smi-spec.io app.kubernetes.io/managed-by=Helm --overwrite"), "{d}");
@@ -1055,7 +1106,10 @@ mod tests {
         }));
         assert!(should_be_meshed(&plain, true));
         assert!(!is_meshed(&plain));
-        assert_eq!(restart_hint(&plain), "kubectl -n shop rollout restart deployment/web");
+        assert_eq!(
+            restart_hint(&plain),
+            "kubectl -n shop rollout restart deployment/web"
+        );
         let opted_out = pod(serde_json::json!({
             "metadata": {"name": "x", "namespace": "shop", "annotations": {"weft.io/inject": "disabled"}},
             "spec": {"containers": [{"name": "app"}]}

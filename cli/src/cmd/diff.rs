@@ -123,15 +123,12 @@ async fn cluster_reports(
 ) -> anyhow::Result<(CompileReport, CompileReport)> {
     use weft_core::model::Model;
 
-    let loaded = weft_manifests::load_dir(new)
-        .with_context(|| format!("reading {}", new.display()))?;
+    let loaded =
+        weft_manifests::load_dir(new).with_context(|| format!("reading {}", new.display()))?;
     for e in &loaded.errors {
         eprintln!("weft diff: {}: {}", e.path.display(), e.message);
     }
-    let cluster = args
-        .connect()
-        .await
-        .context("--cluster needs a cluster")?;
+    let cluster = args.connect().await.context("--cluster needs a cluster")?;
     let live = live_objects(&cluster).await?;
     let live_count = live.len();
     let (merged, counts) = overlay(live.clone(), loaded.objects().cloned().collect());
@@ -192,7 +189,9 @@ async fn live_objects(
         let list = match api.list(&ListParams::default()).await {
             Ok(l) => l,
             Err(kube::Error::Api(s)) if s.code == 404 && !group.is_empty() => {
-                eprintln!("weft diff: the cluster does not serve {api_version} {plural}; none read");
+                eprintln!(
+                    "weft diff: the cluster does not serve {api_version} {plural}; none read"
+                );
                 continue;
             }
             Err(e @ kube::Error::Api(_)) => {
@@ -458,8 +457,18 @@ mod tests {
             split("v1alpha4", "other", 1, 1),
         ];
         let (merged, counts) = overlay(live, pr);
-        assert_eq!(counts, OverlayCounts { replaced: 1, added: 1 });
-        assert_eq!(merged.len(), 3, "the namespace stays, canary replaced, other added");
+        assert_eq!(
+            counts,
+            OverlayCounts {
+                replaced: 1,
+                added: 1
+            }
+        );
+        assert_eq!(
+            merged.len(),
+            3,
+            "the namespace stays, canary replaced, other added"
+        );
         let canary = merged
             .iter()
             .filter(|o| o.key().name == "canary")

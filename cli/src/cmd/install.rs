@@ -60,7 +60,9 @@ pub fn parse_kube_version(s: &str) -> Result<(u32, u32), String> {
         .and_then(|m| m.parse::<u32>().ok());
     match (major, minor) {
         (Some(1), Some(minor)) => Ok((1, minor)),
-        _ => Err(format!("`{s}` is not a Kubernetes version like 1.20 or v1.20.2")),
+        _ => Err(format!(
+            "`{s}` is not a Kubernetes version like 1.20 or v1.20.2"
+        )),
     }
 }
 

@@ -13,7 +13,8 @@ use crate::OutputFormat;
 pub const OPERATOR_DEPLOYMENT: &str = "weft-operator";
 /// Its pods' labels when the Deployment cannot be read (the chart's `weft.selectorLabels`,
 /// without the release-specific instance label).
-pub const OPERATOR_SELECTOR: &str = "app.kubernetes.io/name=weft,app.kubernetes.io/component=operator";
+pub const OPERATOR_SELECTOR: &str =
+    "app.kubernetes.io/name=weft,app.kubernetes.io/component=operator";
 /// The operator's admin port (`--admin-addr=0.0.0.0:9990` in the chart).
 pub const ADMIN_PORT: u16 = 9990;
 
@@ -85,8 +86,9 @@ pub async fn replica_proxies(
         .get_text(&path)
         .await
         .map_err(|e| anyhow!("GET /proxies of {namespace}/{pod} through the API server: {e}"))?;
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|_| anyhow!("{namespace}/{pod} answered /proxies with something that is not JSON"))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|_| {
+        anyhow!("{namespace}/{pod} answered /proxies with something that is not JSON")
+    })?;
     let mut entries = parse(&v)?;
     for e in &mut entries {
         e.replica = pod.to_string();

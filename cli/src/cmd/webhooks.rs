@@ -63,18 +63,17 @@ pub async fn probe(addr: SocketAddr, host: &str, ca_bundle: &[u8]) -> Probe {
         Ok(n) => n,
         Err(e) => return Probe::Rejected(format!("`{host}` is not a DNS name: {e}")),
     };
-    let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
-        .await
-    {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Probe::Unreachable(crate::cluster::io_cause(&e)),
-        Err(_) => {
-            return Probe::Unreachable(format!(
-                "no connection within {}s",
-                CONNECT_TIMEOUT.as_secs()
-            ))
-        }
-    };
+    let tcp =
+        match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Probe::Unreachable(crate::cluster::io_cause(&e)),
+            Err(_) => {
+                return Probe::Unreachable(format!(
+                    "no connection within {}s",
+                    CONNECT_TIMEOUT.as_secs()
+                ))
+            }
+        };
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     match tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, tcp)).await {
         Ok(Ok(tls)) => {
