@@ -492,6 +492,55 @@ async fn kube_cli_install_twice_keeps_the_trust_anchor() {
             install.out
         }
     };
+    // Every binary answers --version (the proxy is otherwise configured by environment only).
+    for b in ["weft-operator", "weft-proxy", "weft-proxy-init"] {
+        let o = std::process::Command::new(weft_e2e::workspace::target_debug().join(b))
+            .arg("--version")
+            .output()
+            .unwrap_or_else(|e| panic!("{b}: {e}"));
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            o.status.success() && text.trim() == format!("{b} {}", env!("CARGO_PKG_VERSION")),
+            "{b} --version: {text}"
+        );
+    }
+
+    // `check --pre`: a clean cluster passes; SMI CRDs that no Helm release owns (installed with
+    // `weft crds | kubectl apply -f -`) fail, with the commands that let the release adopt them.
+    let pre = weft(&bin, &env, &["check", "--pre"]).await;
+    assert_eq!(pre.code, Some(0), "{pre:?}");
+    let crds = std::process::Command::new(&bin)
+        .arg("crds")
+        .output()
+        .expect("weft crds");
+    let mut child = tokio::process::Command::new(&kubectl)
+        .arg("--kubeconfig")
+        .arg(&env.cluster.kubeconfig)
+        .args(["apply", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl");
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(&crds.stdout).await.expect("writing");
+    }
+    let o = child.wait_with_output().await.expect("kubectl apply crds");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let pre = weft(&bin, &env, &["check", "--pre"]).await;
+    assert_eq!(pre.code, Some(1), "{pre:?}");
+    let line = check_line(&pre.out, "crd/trafficsplits.split.smi-spec.io")
+        .unwrap_or_else(|| panic!("{}", pre.out));
+    assert!(
+        line.starts_with("FAIL")
+            && line.contains("kubectl annotate crd trafficsplits.split.smi-spec.io meta.helm.sh/release-name=weft meta.helm.sh/release-namespace=weft-system --overwrite")
+            && line.contains("kubectl label crd trafficsplits.split.smi-spec.io app.kubernetes.io/managed-by=Helm --overwrite"),
+        "{line}"
+    );
+    eprintln!("weft check --pre with un-owned CRDs:\n{}", pre.out);
+
     let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
         kube::Api::namespaced(env.client.clone(), "weft-system");
     let identity = |s: k8s_openapi::api::core::v1::Secret| s.data.unwrap_or_default();
