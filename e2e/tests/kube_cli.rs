@@ -114,6 +114,43 @@ async fn app_pod(env: &KubeEnv, ns: &str, name: &str, labels: Value) {
     .await;
 }
 
+/// kubectl 1.20 from the control-plane cache, or `None` after a loud skip message.
+fn kubectl(test: &str) -> Option<PathBuf> {
+    let k = weft_e2e::cluster::cache_dir().join("kubectl");
+    if k.is_file() {
+        Some(k)
+    } else {
+        skip(
+            test,
+            &format!("no kubectl 1.20 at {} (kube-build.sh)", k.display()),
+        );
+        None
+    }
+}
+
+/// `kubectl apply -f -` of `yaml` against the test cluster; panics with kubectl's stderr.
+async fn kubectl_apply(kubectl: &Path, env: &KubeEnv, yaml: &[u8]) {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(kubectl)
+        .arg("--kubeconfig")
+        .arg(&env.cluster.kubeconfig)
+        .args(["apply", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(yaml).await.expect("writing to kubectl");
+    drop(stdin);
+    let o = child.wait_with_output().await.expect("kubectl apply");
+    assert!(
+        o.status.success(),
+        "kubectl 1.20 apply failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
 fn service(name: &str, selector: Value) -> Value {
     json!({"apiVersion": "v1", "kind": "Service",
         "metadata": {"name": name, "namespace": NS},
@@ -172,9 +209,66 @@ async fn kube_cli_proxies_check_diff_against_the_chart() {
         );
         return;
     }
+    // SMI CRDs already in the cluster, owned by no release (`weft crds | kubectl apply -f -`):
+    // `check --pre` fails and prints the commands that let the release adopt them; once they
+    // are run, `check --pre` passes and `helm install` accepts the CRDs.
+    if let Some(kubectl) = kubectl(TEST) {
+        let crds = std::process::Command::new(&bin)
+            .arg("crds")
+            .output()
+            .expect("weft crds");
+        kubectl_apply(&kubectl, &env, &crds.stdout).await;
+        let pre = weft(&bin, &env, &["check", "--pre"]).await;
+        assert_eq!(pre.code, Some(1), "{pre:?}");
+        let mut commands = Vec::new();
+        for kind in [
+            "trafficsplits.split.smi-spec.io",
+            "traffictargets.access.smi-spec.io",
+            "httproutegroups.specs.smi-spec.io",
+            "tcproutes.specs.smi-spec.io",
+            "udproutes.specs.smi-spec.io",
+        ] {
+            let line = check_line(&pre.out, &format!("crd/{kind}"))
+                .unwrap_or_else(|| panic!("{}", pre.out));
+            // The commands are quoted in backticks: run the two `kubectl annotate`/`label` ones.
+            commands.extend(
+                line.split('`')
+                    .skip(1)
+                    .step_by(2)
+                    .filter(|c| c.starts_with("kubectl annotate") || c.starts_with("kubectl label"))
+                    .map(str::to_string),
+            );
+        }
+        assert_eq!(commands.len(), 10, "{}", pre.out);
+        for c in &commands {
+            let words: Vec<&str> = c.split_whitespace().skip(1).collect();
+            let o = std::process::Command::new(&kubectl)
+                .arg("--kubeconfig")
+                .arg(&env.cluster.kubeconfig)
+                .args(&words)
+                .output()
+                .expect("kubectl");
+            assert!(
+                o.status.success(),
+                "{c}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        let pre = weft(&bin, &env, &["check", "--pre"]).await;
+        assert_eq!(pre.code, Some(0), "adopted: {pre:?}");
+    }
+    // Two operator replicas: `proxies` merges what each one has connected.
     let out = helm(
         &env,
-        &["install", "--namespace", "weft-system", "--name", "weft"],
+        &[
+            "install",
+            "--namespace",
+            "weft-system",
+            "--name",
+            "weft",
+            "--set",
+            "operator.replicas=2",
+        ],
     );
     assert!(
         out.status.success(),
@@ -183,20 +277,26 @@ async fn kube_cli_proxies_check_diff_against_the_chart() {
     );
     let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
         kube::Api::namespaced(env.client.clone(), "weft-system");
-    let operator_pod = eventually(
-        "an operator pod exists",
+    let operator_pods: Vec<String> = eventually(
+        "two operator pods exist",
         || async {
             pods.list(&Default::default())
                 .await
-                .ok()
-                .and_then(|l| l.items.first().and_then(|p| p.metadata.name.clone()))
+                .map(|l| {
+                    l.items
+                        .into_iter()
+                        .filter_map(|p| p.metadata.name)
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
         },
-        Option::is_some,
+        |p: &Vec<String>| p.len() == 2,
     )
-    .await
-    .unwrap_or_default();
-    env.wait_ready("weft-system", &operator_pod, Duration::from_secs(90))
-        .await;
+    .await;
+    for p in &operator_pods {
+        env.wait_ready("weft-system", p, Duration::from_secs(90))
+            .await;
+    }
 
     // A meshed namespace with two versions of web and a 90/10 split.
     env.namespace(NS, json!({"weft.io/inject": "enabled"}))
@@ -238,23 +338,22 @@ async fn kube_cli_proxies_check_diff_against_the_chart() {
     .await;
     let entries: Vec<Value> = serde_json::from_str(&run.out).expect("json");
     for e in &entries {
-        assert_eq!(e["replica"], operator_pod.as_str(), "{e}");
+        assert!(
+            operator_pods.iter().any(|p| e["replica"] == p.as_str()),
+            "each proxy names the replica it is connected to: {e}"
+        );
     }
     let table = weft(&bin, &env, &["proxies"]).await;
-    assert!(
-        table.out.contains("REPLICA") && table.out.contains(&operator_pod),
-        "{table:?}"
-    );
+    assert!(table.out.contains("REPLICA"), "{table:?}");
     eprintln!("weft proxies:\n{}", table.out);
 
     // `weft version`: client, server, operator replica.
     let v = weft(&bin, &env, &["version"]).await;
     assert_eq!(v.code, Some(0), "{v:?}");
     assert!(v.out.contains("server: Kubernetes v1.20.2"), "{v:?}");
-    assert!(
-        v.out.contains("operator: ") && v.out.contains(&operator_pod),
-        "{v:?}"
-    );
+    for p in &operator_pods {
+        assert!(v.out.contains(&format!("(weft-system/{p})")), "{v:?}");
+    }
     eprintln!("weft version:\n{}", v.out);
 
     // `weft check` passes, and says it verified the webhooks' certificates and a conversion.
@@ -443,14 +542,7 @@ async fn kube_cli_proxies_check_diff_against_the_chart() {
 async fn kube_cli_install_twice_keeps_the_trust_anchor() {
     const TEST: &str = "kube_cli_install_twice_keeps_the_trust_anchor";
     let Some(bin) = weft_bin(TEST) else { return };
-    let kubectl = weft_e2e::cluster::cache_dir().join("kubectl");
-    if !kubectl.is_file() {
-        skip(
-            TEST,
-            &format!("no kubectl 1.20 at {} (kube-build.sh)", kubectl.display()),
-        );
-        return;
-    }
+    let Some(kubectl) = kubectl(TEST) else { return };
     let Some(env) = kube_env(
         TEST,
         &["weft-proxy", "weft-proxy-init", "weft-operator"],
@@ -467,28 +559,7 @@ async fn kube_cli_install_twice_keeps_the_trust_anchor() {
         async move {
             let install = weft(bin, env, &["install"]).await;
             assert_eq!(install.code, Some(0), "install {round}: {install:?}");
-            let mut child = tokio::process::Command::new(&kubectl)
-                .arg("--kubeconfig")
-                .arg(&env.cluster.kubeconfig)
-                .args(["apply", "-f", "-"])
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .expect("kubectl");
-            use tokio::io::AsyncWriteExt;
-            let mut stdin = child.stdin.take().expect("stdin");
-            stdin
-                .write_all(install.out.as_bytes())
-                .await
-                .expect("writing to kubectl");
-            drop(stdin);
-            let o = child.wait_with_output().await.expect("kubectl apply");
-            assert!(
-                o.status.success(),
-                "kubectl 1.20 apply of `weft install` (round {round}) failed:\n{}",
-                String::from_utf8_lossy(&o.stderr)
-            );
+            kubectl_apply(&kubectl, env, install.out.as_bytes()).await;
             install.out
         }
     };
@@ -513,22 +584,7 @@ async fn kube_cli_install_twice_keeps_the_trust_anchor() {
         .arg("crds")
         .output()
         .expect("weft crds");
-    let mut child = tokio::process::Command::new(&kubectl)
-        .arg("--kubeconfig")
-        .arg(&env.cluster.kubeconfig)
-        .args(["apply", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("kubectl");
-    {
-        use tokio::io::AsyncWriteExt;
-        let mut stdin = child.stdin.take().expect("stdin");
-        stdin.write_all(&crds.stdout).await.expect("writing");
-    }
-    let o = child.wait_with_output().await.expect("kubectl apply crds");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    kubectl_apply(&kubectl, &env, &crds.stdout).await;
     let pre = weft(&bin, &env, &["check", "--pre"]).await;
     assert_eq!(pre.code, Some(1), "{pre:?}");
     let line = check_line(&pre.out, "crd/trafficsplits.split.smi-spec.io")
