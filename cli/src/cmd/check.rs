@@ -280,8 +280,10 @@ pub fn adoption(
     let adopt = format!(
         "to let `helm install {release} -n {namespace}` adopt it: \
          `kubectl annotate crd {name} meta.helm.sh/release-name={release} meta.helm.sh/release-namespace={namespace} --overwrite` and \
-         `kubectl label crd {name} app.kubernetes.io/managed-by=Helm --overwrite`; \
-         or, if nothing uses it, `kubectl delete crd {name}` (deletes every object of the kind)"
+         `kubectl label crd {name} app.kubernetes.io/managed-by=Helm --overwrite`, \
+         then with Helm 4 (server-side apply) add --force-conflicts to helm install, since fields \
+         another tool set differently conflict; or, if nothing uses it, `kubectl delete crd {name}` \
+         (deletes every object of the kind)"
     );
     match (owner, owner_ns, managed) {
         (Some(r), Some(n), true) if r == release && n == namespace => (
