@@ -662,6 +662,14 @@ fn enabled(m: &Option<BTreeMap<String, String>>) -> Option<bool> {
 /// Whether a pod should have been injected: the pod's own `weft.io/inject` annotation or
 /// label wins, else its namespace's.
 pub fn should_be_meshed(pod: &Pod, namespace_enabled: bool) -> bool {
+    // The injector leaves host-network pods alone (their traffic cannot be redirected).
+    if pod
+        .spec
+        .as_ref()
+        .is_some_and(|s| s.host_network == Some(true))
+    {
+        return false;
+    }
     let m = &pod.metadata;
     enabled(&m.annotations)
         .or_else(|| enabled(&m.labels))
@@ -1117,6 +1125,14 @@ mod tests {
             "spec": {"containers": [{"name": "app"}]}
         }));
         assert!(!should_be_meshed(&opted_out, true));
+        let host = pod(serde_json::json!({
+            "metadata": {"name": "h", "namespace": "shop"},
+            "spec": {"hostNetwork": true, "containers": [{"name": "app"}]}
+        }));
+        assert!(
+            !should_be_meshed(&host, true),
+            "the injector skips host-network pods"
+        );
         let injected = pod(serde_json::json!({
             "metadata": {"name": "y", "namespace": "shop", "labels": {"weft.io/proxy-version": "0.1.0"}},
             "spec": {"containers": [{"name": "app"}, {"name": "weft-proxy"}]}
