@@ -141,7 +141,17 @@ pub fn kube_error(e: &kube::Error) -> String {
             }
             out
         }
-        other => causes(other),
+        other => {
+            // A connection failure: its root io error in words ("connection refused").
+            let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(other);
+            while let Some(err) = cur {
+                if let Some(io) = err.downcast_ref::<std::io::Error>() {
+                    return io_cause(io);
+                }
+                cur = err.source();
+            }
+            causes(other)
+        }
     }
 }
 

@@ -284,7 +284,10 @@ fn parse_prefix(s: &str) -> Result<[u8; 3], String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = std::env::var("WEFT_LOG").unwrap_or_else(|_| "warn".into());
+    // kube's client logs every failed request at ERROR; the command's own error says it once,
+    // with the address and the next step.
+    let filter = std::env::var("WEFT_LOG")
+        .unwrap_or_else(|_| "warn,kube_client::client::builder=off".into());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
@@ -414,9 +417,15 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                     let json = admin_http::get_json(&addr, "/proxies", Duration::from_secs(5))
                         .await
                         .map_err(|e| {
+                            let text = term::error_text(&e);
+                            let text = match text.strip_prefix("could not reach ") {
+                                Some(rest) => {
+                                    format!("could not reach the operator admin API at {rest}")
+                                }
+                                None => text,
+                            };
                             anyhow::anyhow!(
-                                "{} from the operator admin API. Is `weft-operator` running there? In a cluster, drop --admin-addr and pass --kubeconfig/--context",
-                                term::error_text(&e)
+                                "{text}. Is `weft-operator` running there? In a cluster, drop --admin-addr and pass --kubeconfig/--context"
                             )
                         })?;
                     (cmd::proxies::parse(&json)?, Vec::new())
