@@ -19,14 +19,31 @@ pub async fn get(addr: &str, path: &str, timeout: Duration) -> anyhow::Result<(u
         .parse()
         .with_context(|| format!("bad address {addr}"))?;
     let fut = async {
-        let resp = client.get(uri).await?;
+        let resp = client.get(uri).await.map_err(|e| connect_error(addr, &e))?;
         let status = resp.status().as_u16();
         let body = resp.into_body().collect().await?.to_bytes();
         Ok::<_, anyhow::Error>((status, String::from_utf8_lossy(&body).into_owned()))
     };
-    tokio::time::timeout(timeout, fut)
-        .await
-        .map_err(|_| anyhow!("no answer from {addr}{path} within {timeout:?}"))?
+    tokio::time::timeout(timeout, fut).await.map_err(|_| {
+        anyhow!(
+            "could not reach {addr} (no answer to GET {path} within {}s)",
+            timeout.as_secs_f64()
+        )
+    })?
+}
+
+/// "could not reach ADDR (connection refused)": the root io cause of a failed request, in words.
+fn connect_error(addr: &str, e: &(dyn std::error::Error + 'static)) -> anyhow::Error {
+    let mut cur = Some(e);
+    let mut cause = None;
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            cause = Some(crate::cluster::io_cause(io));
+        }
+        cur = err.source();
+    }
+    let cause = cause.unwrap_or_else(|| crate::cluster::causes(e));
+    anyhow!("could not reach {addr} ({cause})")
 }
 
 /// `GET` and parse JSON, failing on a non-2xx status.

@@ -2,15 +2,19 @@
 #![forbid(unsafe_code)]
 
 mod admin_http;
+mod cluster;
 mod cmd;
 mod demo;
 mod promtext;
+mod term;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+
+use cluster::ClusterArgs;
 
 /// Exit codes scripts can rely on.
 mod exit {
@@ -88,6 +92,15 @@ enum Command {
         /// Write the trust anchor's private key here (to sign a new issuer later); by default it is discarded.
         #[arg(long)]
         save_trust_anchor_key: Option<std::path::PathBuf>,
+        /// The Kubernetes version to render for (e.g. 1.20), when the cluster cannot be asked
+        /// (default: the cluster's own version, else the newest supported).
+        #[arg(long, value_name = "MAJOR.MINOR", value_parser = cmd::install::parse_kube_version)]
+        kube_version: Option<(u32, u32)>,
+        /// Render without asking any cluster (fresh identity, newest or --kube-version).
+        #[arg(long)]
+        offline: bool,
+        #[command(flatten)]
+        cluster: ClusterArgs,
     },
     /// What changes for which proxies if NEW replaces BASE (for reviewing GitOps pull requests).
     #[command(
@@ -97,11 +110,14 @@ enum Command {
         /// NEW, then BASE: two manifest folders (or files).
         #[arg(short = 'f', long = "filename", num_args = 1, required = true)]
         files: Vec<std::path::PathBuf>,
-        /// Compare against the live cluster instead of a BASE folder.
+        /// Compare against the live cluster instead of a BASE folder: NEW is laid over the
+        /// live objects (same kind, namespace and name replaced, new ones added).
         #[arg(long)]
         cluster: bool,
         #[arg(short, long, value_enum, default_value = "table")]
         output: OutputFormat,
+        #[command(flatten)]
+        kube: ClusterArgs,
     },
     /// Add the weft proxy to the workloads of a manifest (for GitOps pipelines); `-f -` reads stdin.
     #[command(
@@ -117,24 +133,34 @@ enum Command {
         #[arg(long)]
         control_addr: Option<String>,
         /// PEM file with the mesh's trust anchors (the identity issuer's ca.crt): set as
-        /// WEFT_PROXY_TRUST_ANCHORS so that proxies verify the operator over TLS. Without it the
-        /// proxies talk to the operator in plaintext (and warn).
+        /// WEFT_PROXY_TRUST_ANCHORS so that proxies verify the operator over TLS. Without it they
+        /// are read from the cluster (--kubeconfig/--context); with neither, inject refuses.
         #[arg(long, value_name = "FILE")]
         trust_anchors: Option<std::path::PathBuf>,
+        /// The namespace weft is installed in (where the trust anchors are read from).
+        #[arg(long, default_value = "weft-system")]
+        namespace: String,
+        #[command(flatten)]
+        cluster: ClusterArgs,
     },
     /// Print the SMI CRDs (the same YAML as crds/).
     #[command(after_help = "Examples:\n  weft crds | kubectl apply -f -")]
     Crds,
     /// Which proxy runs which config version, and any NACK (lagging or NACKing proxies first).
     #[command(
-        after_help = "Examples:\n  weft proxies --operator 127.42.0.1:9990     # the demo's operator\n  weft proxies -o json"
+        after_help = "Examples:\n  weft proxies                                  # every operator replica, through the API server\n  weft proxies --context prod -o json\n  weft proxies --admin-addr 127.42.0.1:9990     # a local operator (the demo's)\n\nExit status: 0 every proxy in sync, 1 a proxy lags or NACKs (or a replica could not be read), 2 usage error or nothing reachable."
     )]
     Proxies {
-        /// The operator's admin address (host:port).
-        #[arg(long, default_value = "127.0.0.1:9990")]
-        operator: String,
+        /// A local operator's admin address (host:port), instead of the cluster.
+        #[arg(long, alias = "operator", value_name = "HOST:PORT")]
+        admin_addr: Option<String>,
+        /// The namespace weft is installed in.
+        #[arg(short, long, default_value = "weft-system")]
+        namespace: String,
         #[arg(short, long, value_enum, default_value = "table")]
         output: OutputFormat,
+        #[command(flatten)]
+        cluster: ClusterArgs,
     },
     /// Golden metrics (success rate, rps, latency percentiles) per workload, service, backend or route.
     #[command(
@@ -158,6 +184,8 @@ enum Command {
         window: Duration,
         #[arg(short, long, value_enum, default_value = "table")]
         output: OutputFormat,
+        #[command(flatten)]
+        cluster: ClusterArgs,
     },
     /// Verify a cluster before (`--pre`) and after installing weft.
     #[command(
@@ -170,8 +198,29 @@ enum Command {
         /// The namespace weft is installed in.
         #[arg(long, default_value = "weft-system")]
         namespace: String,
+        /// The Helm release name (for --pre: which release pre-existing CRDs must belong to).
+        #[arg(long, default_value = "weft")]
+        release: String,
         #[arg(short, long, value_enum, default_value = "table")]
         output: OutputFormat,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// The client's version and, when a cluster is reachable, the operator replicas' and proxies'.
+    #[command(
+        after_help = "Examples:\n  weft version\n  weft version --client\n  weft version --context prod -o json"
+    )]
+    Version {
+        /// Only the client's version (no cluster).
+        #[arg(long)]
+        client: bool,
+        /// The namespace weft is installed in.
+        #[arg(short, long, default_value = "weft-system")]
+        namespace: String,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: OutputFormat,
+        #[command(flatten)]
+        cluster: ClusterArgs,
     },
     /// The sample workload the demo runs (an HTTP server answering with its name and version).
     #[command(hide = true)]
@@ -235,10 +284,14 @@ fn parse_prefix(s: &str) -> Result<[u8; 3], String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = std::env::var("WEFT_LOG").unwrap_or_else(|_| "warn".into());
+    // kube's client logs every failed request at ERROR; the command's own error says it once,
+    // with the address and the next step.
+    let filter = std::env::var("WEFT_LOG")
+        .unwrap_or_else(|_| "warn,kube_client::client::builder=off".into());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
+        .with_ansi(term::stderr_colour())
         .try_init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -255,7 +308,7 @@ fn main() -> ExitCode {
         match run(cli).await {
             Ok(code) => ExitCode::from(code),
             Err(e) => {
-                eprintln!("weft: {e:#}");
+                eprintln!("weft: {}", term::error_text(&e));
                 ExitCode::from(exit::USAGE)
             }
         }
@@ -292,10 +345,18 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Install {
             trust_domain,
             save_trust_anchor_key,
+            kube_version,
+            offline,
+            cluster,
         } => {
+            let target = if offline {
+                cmd::install::Target::offline(kube_version)
+            } else {
+                cmd::install::Target::discover(&cluster, kube_version).await?
+            };
             print!(
                 "{}",
-                cmd::install::render(&trust_domain, save_trust_anchor_key.as_deref())?
+                cmd::install::render(&trust_domain, save_trust_anchor_key.as_deref(), &target)?
             );
             Ok(exit::OK)
         }
@@ -303,11 +364,12 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             files,
             cluster,
             output,
+            kube,
         } => match (files.as_slice(), cluster) {
             ([new, base], false) => {
                 cmd::diff::run(new, cmd::diff::Base::Folder(base), output).await
             }
-            ([new], true) => cmd::diff::run(new, cmd::diff::Base::Cluster, output).await,
+            ([new], true) => cmd::diff::run(new, cmd::diff::Base::Cluster(&kube), output).await,
             _ => anyhow::bail!("pass -f NEW -f BASE (two folders or files), or -f NEW --cluster"),
         },
         Command::Inject {
@@ -315,6 +377,8 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             proxy_image,
             control_addr,
             trust_anchors,
+            namespace,
+            cluster,
         } => {
             let yaml = if file.as_os_str() == "-" {
                 let mut s = String::new();
@@ -331,9 +395,10 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             if let Some(a) = control_addr {
                 settings.control_addr = a;
             }
-            if let Some(path) = trust_anchors {
-                settings.trust_anchors_pem = Some(read_trust_anchors(&path)?);
-            }
+            settings.trust_anchors_pem = Some(match trust_anchors {
+                Some(path) => read_trust_anchors(&path)?,
+                None => cmd::anchors::for_inject(&cluster, &namespace).await?,
+            });
             print!("{}", weft_core::inject::inject_manifest(&yaml, &settings)?);
             Ok(exit::OK)
         }
@@ -341,13 +406,48 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             print!("{}", weft_smi::crd::render_yaml());
             Ok(exit::OK)
         }
-        Command::Proxies { operator, output } => {
-            let json = admin_http::get_json(&operator, "/proxies", Duration::from_secs(5)).await?;
-            let entries = cmd::proxies::parse(&json)?;
+        Command::Proxies {
+            admin_addr,
+            namespace,
+            output,
+            cluster,
+        } => {
+            let (entries, errors) = match admin_addr {
+                Some(addr) => {
+                    let json = admin_http::get_json(&addr, "/proxies", Duration::from_secs(5))
+                        .await
+                        .map_err(|e| {
+                            let text = term::error_text(&e);
+                            let text = match text.strip_prefix("could not reach ") {
+                                Some(rest) => {
+                                    format!("could not reach the operator admin API at {rest}")
+                                }
+                                None => text,
+                            };
+                            anyhow::anyhow!(
+                                "{text}. Is `weft-operator` running there? In a cluster, drop --admin-addr and pass --kubeconfig/--context"
+                            )
+                        })?;
+                    (cmd::proxies::parse(&json)?, Vec::new())
+                }
+                None => {
+                    let c = cluster.connect().await.map_err(|e| {
+                        anyhow::anyhow!(
+                            "{}. Locally, start `weft-operator --manifests DIR` and pass --admin-addr HOST:PORT",
+                            term::error_text(&e)
+                        )
+                    })?;
+                    cmd::proxies::from_cluster(&c, &namespace).await?
+                }
+            };
             cmd::proxies::print(&entries, output)?;
-            let healthy = entries
-                .iter()
-                .all(|e| e.sync() == cmd::proxies::Sync::Current);
+            for e in &errors {
+                eprintln!("weft proxies: this replica's proxies are missing from the list: {e}");
+            }
+            let healthy = errors.is_empty()
+                && entries
+                    .iter()
+                    .all(|e| e.sync() == cmd::proxies::Sync::Current);
             Ok(if healthy {
                 exit::OK
             } else {
@@ -361,6 +461,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             by,
             window,
             output,
+            cluster,
         } => {
             let mut targets: Vec<cmd::stat::Target> = proxy_admin
                 .into_iter()
@@ -380,11 +481,16 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             let client = if targets.is_empty() {
                 // In a cluster: every meshed pod, through the API server's pod proxy.
-                let client = kube::Client::try_default().await.map_err(|e| {
-                    anyhow::anyhow!(
-                        "no --proxy-admin or --demo given, and no usable kubeconfig to find meshed pods: {e}"
-                    )
-                })?;
+                let client = cluster
+                    .connect()
+                    .await
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "no --proxy-admin or --demo given, and {}",
+                            term::error_text(&e)
+                        )
+                    })?
+                    .client;
                 targets = cmd::stat::cluster_targets(&client, namespace.as_deref()).await?;
                 Some(client)
             } else {
@@ -397,9 +503,16 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Check {
             pre,
             namespace,
+            release,
             output,
+            cluster,
         } => {
-            let checks = cmd::check::run(pre, &cmd::check::InstallNames::new(&namespace)).await;
+            let checks = cmd::check::run(
+                pre,
+                &cluster,
+                &cmd::check::InstallNames::new(&namespace, &release),
+            )
+            .await;
             match output {
                 OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&checks)?),
                 OutputFormat::Yaml => print!("{}", serde_yaml::to_string(&checks)?),
@@ -410,6 +523,12 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 .any(|c| c.outcome == cmd::check::Outcome::Fail);
             Ok(if failed { exit::CHECK_FAILED } else { exit::OK })
         }
+        Command::Version {
+            client,
+            namespace,
+            output,
+            cluster,
+        } => cmd::version::run(client, &cluster, &namespace, output).await,
         Command::DemoApp {
             name,
             version,
@@ -432,29 +551,8 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
 /// block must parse and be a CA; other blocks are an error (a key must never end up in a pod spec).
 fn read_trust_anchors(path: &std::path::Path) -> anyhow::Result<String> {
     let text = std::fs::read_to_string(path)
-        .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
-    let mut count = 0;
-    for block in x509_parser::pem::Pem::iter_from_buffer(text.as_bytes()) {
-        let block = block.map_err(|e| anyhow::anyhow!("{}: not valid PEM: {e}", path.display()))?;
-        if block.label != "CERTIFICATE" {
-            anyhow::bail!(
-                "{}: holds a {} block; --trust-anchors takes CA certificates only",
-                path.display(),
-                block.label
-            );
-        }
-        let cert = block
-            .parse_x509()
-            .map_err(|e| anyhow::anyhow!("{}: certificate {count}: {e}", path.display()))?;
-        if !cert.is_ca() {
-            anyhow::bail!("{}: certificate {count} is not a CA", path.display());
-        }
-        count += 1;
-    }
-    if count == 0 {
-        anyhow::bail!("{}: no CERTIFICATE block", path.display());
-    }
-    Ok(format!("{}\n", text.trim()))
+        .map_err(|e| anyhow::anyhow!("reading {}: {}", path.display(), cluster::io_cause(&e)))?;
+    cmd::anchors::validate(&text, &path.display().to_string())
 }
 
 #[cfg(test)]

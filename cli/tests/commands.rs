@@ -108,9 +108,44 @@ fn diff_names_the_changed_weights_and_exits_1() {
     assert_eq!(same.status.code(), Some(0));
 }
 
+/// `weft` with no cluster configuration at all.
+fn weft_no_cluster(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(args)
+        .current_dir(repo())
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .env("HOME", "/nonexistent")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .expect("running weft")
+}
+
+#[test]
+fn inject_without_trust_anchors_or_a_cluster_refuses_naming_both_options() {
+    let o = weft_no_cluster(&["inject", "-f", "examples/canary/20-pods.yaml"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stdout(&o).is_empty(), "nothing half-injected is printed");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("--trust-anchors") && err.contains("--kubeconfig"),
+        "{err}"
+    );
+}
+
 #[test]
 fn inject_is_idempotent_and_labels_the_pod() {
-    let once = weft(&["inject", "-f", "examples/canary/20-pods.yaml"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bundle = weft_common::ca::generate_ca("cluster.local").expect("CA");
+    let ca = dir.path().join("ca.crt");
+    std::fs::write(&ca, &bundle.ca_cert_pem).expect("write");
+    let ca = ca.to_string_lossy().to_string();
+    let once = weft(&[
+        "inject",
+        "-f",
+        "examples/canary/20-pods.yaml",
+        "--trust-anchors",
+        &ca,
+    ]);
     assert!(
         once.status.success(),
         "{}",
@@ -119,10 +154,9 @@ fn inject_is_idempotent_and_labels_the_pod() {
     let text = stdout(&once);
     assert!(text.contains("name: weft-proxy"));
     assert!(text.contains("weft.io/proxy-version"));
-    let dir = tempfile::tempdir().expect("tempdir");
     let f = dir.path().join("once.yaml");
     std::fs::write(&f, &text).expect("write");
-    let twice = weft(&["inject", "-f", &f.to_string_lossy()]);
+    let twice = weft(&["inject", "-f", &f.to_string_lossy(), "--trust-anchors", &ca]);
     assert_eq!(stdout(&twice), text, "re-injecting changes nothing");
 }
 
@@ -170,11 +204,37 @@ fn inject_with_trust_anchors_sets_them_on_the_proxy_and_stays_idempotent() {
 
 #[test]
 fn install_has_fresh_certificates_each_time() {
-    let a = stdout(&weft(&["install"]));
-    let b = stdout(&weft(&["install"]));
+    let a = stdout(&weft_no_cluster(&["install"]));
+    let b = stdout(&weft_no_cluster(&["install"]));
     assert!(a.contains("kind: Deployment") && a.contains("name: weft-identity"));
     assert!(!a.contains("WEFT_CA_BUNDLE_PLACEHOLDER"));
     assert_ne!(a, b, "certificates are generated on every run");
+    // Offline, for the newest version unless told otherwise.
+    assert!(a.contains("apiVersion: policy/v1\nkind: PodDisruptionBudget"));
+    let old = stdout(&weft_no_cluster(&["install", "--kube-version", "1.20"]));
+    assert!(old.contains("apiVersion: policy/v1beta1\nkind: PodDisruptionBudget"));
+    // An explicit kubeconfig that cannot be read is an error, not a silent fresh identity.
+    let o = weft_no_cluster(&["install", "--kubeconfig", "/nonexistent/kc"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent/kc"));
+}
+
+#[test]
+fn every_binary_answers_version() {
+    let o = weft(&["--version"]);
+    assert!(o.status.success());
+    assert_eq!(
+        stdout(&o).trim(),
+        format!("weft {}", env!("CARGO_PKG_VERSION"))
+    );
+    let o = weft_no_cluster(&["version"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = stdout(&o);
+    assert!(
+        text.contains(&format!("client: weft {}", env!("CARGO_PKG_VERSION"))),
+        "{text}"
+    );
+    assert!(text.contains("cluster: not shown"), "{text}");
 }
 
 #[test]
@@ -193,9 +253,36 @@ fn proxies_orders_nacking_first_and_fails_when_not_in_sync() {
 
 #[test]
 fn proxies_explains_an_unreachable_operator() {
-    let o = weft(&["proxies", "--operator", "127.0.0.1:1"]);
+    let o = weft(&["proxies", "--admin-addr", "127.0.0.1:1"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(!String::from_utf8_lossy(&o.stderr).is_empty());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("127.0.0.1:1") && err.contains("connection refused"),
+        "names the address and the cause: {err}"
+    );
+    assert!(err.contains("--kubeconfig"), "and the next step: {err}");
+    assert!(!err.contains("Os {") && !err.contains('\u{1b}'), "{err}");
+
+    // No --admin-addr and no cluster: says both ways.
+    let o = weft_no_cluster(&["proxies"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("--kubeconfig") && err.contains("--admin-addr"),
+        "{err}"
+    );
+}
+
+#[test]
+fn errors_and_logs_carry_no_colour_into_files() {
+    // stderr is a pipe here: a warning logged by tracing must carry no escape sequence.
+    let o = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["proxies", "--admin-addr", "127.0.0.1:1"])
+        .env("WEFT_LOG", "debug")
+        .output()
+        .expect("running weft");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains('\u{1b}'), "{err:?}");
 }
 
 #[test]

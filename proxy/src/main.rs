@@ -8,6 +8,15 @@ use std::process::ExitCode;
 use weft_proxy::app::{self, LogFormat, ProxyEnv};
 
 fn main() -> ExitCode {
+    // Configured by environment only; the one argument it answers is `--version`.
+    if let Some(arg) = std::env::args().nth(1) {
+        if arg == "--version" || arg == "-V" {
+            println!("weft-proxy {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        eprintln!("weft-proxy: unexpected argument `{arg}`: the proxy is configured by WEFT_PROXY_* environment variables (docs/proxy.md); `--version` prints its version");
+        return ExitCode::from(2);
+    }
     let env = match ProxyEnv::from_process_env() {
         Ok(env) => env,
         Err(e) => {

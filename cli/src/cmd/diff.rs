@@ -4,6 +4,10 @@
 //! resource (an inbound policy, an outbound service, an endpoint set) with the proxies it
 //! reaches, as field-level changes a reviewer of a GitOps pull request can read, followed by
 //! changes in the status conditions of SMI objects.
+//!
+//! With `--cluster`, NEW is a pull request's folder, not a whole cluster: it is laid over the live
+//! objects (an object of NEW replaces the live one of the same kind, namespace and name, whatever
+//! the SMI version of either; others are added), and the live objects are compared with that.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -43,8 +47,8 @@ pub struct Diff {
 /// What NEW is compared with.
 pub enum Base<'a> {
     Folder(&'a Path),
-    /// The live cluster (current kubeconfig context).
-    Cluster,
+    /// The live cluster, with NEW laid over it.
+    Cluster(&'a crate::cluster::ClusterArgs),
 }
 
 pub async fn run(new: &Path, base: Base<'_>, format: OutputFormat) -> anyhow::Result<u8> {
@@ -52,24 +56,25 @@ pub async fn run(new: &Path, base: Base<'_>, format: OutputFormat) -> anyhow::Re
         bail!("{} does not exist", new.display());
     }
     let opts = CompileOptions::default();
-    let a = match base {
+    let (a, b) = match base {
         Base::Folder(dir) => {
             if !dir.exists() {
                 bail!("{} does not exist", dir.display());
             }
-            let r =
+            let a =
                 compile_dir(dir, &opts).with_context(|| format!("compiling {}", dir.display()))?;
-            for e in &r.load_errors {
-                eprintln!("weft diff: {}: {e:?}", dir.display());
+            for e in &a.load_errors {
+                eprintln!("weft diff: {}: {}", e.path.display(), e.message);
             }
-            r
+            let b =
+                compile_dir(new, &opts).with_context(|| format!("compiling {}", new.display()))?;
+            for e in &b.load_errors {
+                eprintln!("weft diff: {}: {}", e.path.display(), e.message);
+            }
+            (a, b)
         }
-        Base::Cluster => cluster_report(&opts).await?,
+        Base::Cluster(args) => cluster_reports(args, new, &opts).await?,
     };
-    let b = compile_dir(new, &opts).with_context(|| format!("compiling {}", new.display()))?;
-    for e in &b.load_errors {
-        eprintln!("weft diff: {}: {e:?}", new.display());
-    }
     let d = diff(&a, &b)?;
     match format {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&d)?),
@@ -84,15 +89,75 @@ pub async fn run(new: &Path, base: Base<'_>, format: OutputFormat) -> anyhow::Re
     })
 }
 
-/// Reads what the operator reads from the cluster and compiles it the same way.
-async fn cluster_report(opts: &CompileOptions) -> anyhow::Result<CompileReport> {
+/// What laying NEW over the live objects did.
+#[derive(Debug, Default, PartialEq)]
+pub struct OverlayCounts {
+    pub replaced: usize,
+    pub added: usize,
+}
+
+/// `live` with every object of `overlay` in place of the live one with the same identity (kind,
+/// namespace, name: one identity per kind whatever the SMI version), or added.
+pub fn overlay(
+    live: Vec<weft_core::model::ClusterObject>,
+    overlay: Vec<weft_core::model::ClusterObject>,
+) -> (Vec<weft_core::model::ClusterObject>, OverlayCounts) {
+    let mut by_key: BTreeMap<weft_core::model::ObjectKey, weft_core::model::ClusterObject> =
+        live.into_iter().map(|o| (o.key(), o)).collect();
+    let mut counts = OverlayCounts::default();
+    for o in overlay {
+        match by_key.insert(o.key(), o) {
+            Some(_) => counts.replaced += 1,
+            None => counts.added += 1,
+        }
+    }
+    (by_key.into_values().collect(), counts)
+}
+
+/// Reads what the operator reads from the cluster, lays NEW over it, and compiles both the same
+/// way `weft compile` does: (live, live + NEW).
+async fn cluster_reports(
+    args: &crate::cluster::ClusterArgs,
+    new: &Path,
+    opts: &CompileOptions,
+) -> anyhow::Result<(CompileReport, CompileReport)> {
+    use weft_core::model::Model;
+
+    let loaded =
+        weft_manifests::load_dir(new).with_context(|| format!("reading {}", new.display()))?;
+    for e in &loaded.errors {
+        eprintln!("weft diff: {}: {}", e.path.display(), e.message);
+    }
+    let cluster = args.connect().await.context("--cluster needs a cluster")?;
+    let live = live_objects(&cluster).await?;
+    let live_count = live.len();
+    let (merged, counts) = overlay(live.clone(), loaded.objects().cloned().collect());
+    eprintln!(
+        "weft diff: {} laid over {live_count} live objects of {}: {} replaced, {} added",
+        new.display(),
+        cluster.server,
+        counts.replaced,
+        counts.added
+    );
+    // Live: endpoints come from the cluster's endpoints controller. NEW may add a Service the
+    // cluster has no endpoints for yet: derive those from pods, as the controller will.
+    let base = Model::from_objects(live);
+    let mut next = Model::from_objects(merged);
+    next.derive_endpoints_from_pods = true;
+    let a = CompileReport::from_compiled(&weft_core::compile::compile(&base, opts));
+    let mut b = CompileReport::from_compiled(&weft_core::compile::compile(&next, opts));
+    b.load_errors = loaded.errors.clone();
+    Ok((a, b))
+}
+
+/// Every object of the kinds the compiler reads, from the cluster.
+async fn live_objects(
+    cluster: &crate::cluster::Cluster,
+) -> anyhow::Result<Vec<weft_core::model::ClusterObject>> {
     use kube::api::{Api, DynamicObject, ListParams};
     use kube::discovery::ApiResource;
-    use weft_core::model::{ClusterObject, Model};
+    use weft_core::model::ClusterObject;
 
-    let client = kube::Client::try_default()
-        .await
-        .context("no usable kubeconfig (set KUBECONFIG) for --cluster")?;
     // Core kinds, then every SMI kind at its storage version (weft_smi::kinds).
     let mut kinds: Vec<(&str, &str, &str, &str)> = vec![
         ("", "v1", "Namespace", "namespaces"),
@@ -120,11 +185,24 @@ async fn cluster_report(opts: &CompileOptions) -> anyhow::Result<CompileReport> 
             kind: kind.to_string(),
             plural: plural.to_string(),
         };
-        let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
-        let list = api
-            .list(&ListParams::default())
-            .await
-            .with_context(|| format!("listing {plural} ({api_version})"))?;
+        let api: Api<DynamicObject> = Api::all_with(cluster.client.clone(), &ar);
+        let list = match api.list(&ListParams::default()).await {
+            Ok(l) => l,
+            Err(kube::Error::Api(s)) if s.code == 404 && !group.is_empty() => {
+                eprintln!(
+                    "weft diff: the cluster does not serve {api_version} {plural}; none read"
+                );
+                continue;
+            }
+            Err(e @ kube::Error::Api(_)) => {
+                bail!(
+                    "listing {plural} ({api_version}) on {}: {}",
+                    cluster.server,
+                    crate::cluster::kube_error(&e)
+                )
+            }
+            Err(e) => return Err(cluster.unreachable(&e)),
+        };
         for item in list.items {
             let mut v = serde_json::to_value(&item)?;
             v["apiVersion"] = Value::String(api_version.clone());
@@ -132,16 +210,14 @@ async fn cluster_report(opts: &CompileOptions) -> anyhow::Result<CompileReport> 
             match ClusterObject::from_value(&v) {
                 Ok(o) => objects.push(o),
                 Err(e) => eprintln!(
-                    "weft diff: skipping {kind} {}: {e}",
+                    "weft diff: skipping live {kind} {}/{}: {e}",
+                    item.metadata.namespace.unwrap_or_default(),
                     item.metadata.name.unwrap_or_default()
                 ),
             }
         }
     }
-    // Endpoints come from the cluster's endpoints controller: no derivation from pods.
-    let model = Model::from_objects(objects);
-    let compiled = weft_core::compile::compile(&model, opts);
-    Ok(CompileReport::from_compiled(&compiled))
+    Ok(objects)
 }
 
 /// Every resource of every proxy, as JSON, by resource name then proxy.
@@ -359,6 +435,48 @@ fn print_text(d: &Diff) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn obj(yaml: &str) -> weft_core::model::ClusterObject {
+        let v: Value = serde_yaml::from_str(yaml).expect("yaml");
+        weft_core::model::ClusterObject::from_value(&v).expect("object")
+    }
+
+    fn split(version: &str, name: &str, v1: u32, v2: u32) -> weft_core::model::ClusterObject {
+        obj(&format!(
+            "apiVersion: split.smi-spec.io/{version}\nkind: TrafficSplit\nmetadata: {{name: {name}, namespace: shop}}\n\
+             spec: {{service: web, backends: [{{service: web-v1, weight: {v1}}}, {{service: web-v2, weight: {v2}}}]}}\n"
+        ))
+    }
+
+    #[test]
+    fn overlay_replaces_by_identity_across_versions_and_adds_the_rest() {
+        let ns = obj("apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n");
+        let live = vec![ns, split("v1alpha4", "canary", 90, 10)];
+        let pr = vec![
+            split("v1alpha2", "canary", 50, 50),
+            split("v1alpha4", "other", 1, 1),
+        ];
+        let (merged, counts) = overlay(live, pr);
+        assert_eq!(
+            counts,
+            OverlayCounts {
+                replaced: 1,
+                added: 1
+            }
+        );
+        assert_eq!(
+            merged.len(),
+            3,
+            "the namespace stays, canary replaced, other added"
+        );
+        let canary = merged
+            .iter()
+            .filter(|o| o.key().name == "canary")
+            .collect::<Vec<_>>();
+        assert_eq!(canary.len(), 1, "one identity whatever the SMI version");
+        let text = format!("{:?}", canary[0]);
+        assert!(text.contains("50"), "the PR's weights: {text}");
+    }
 
     #[test]
     fn leaf_changes_name_array_elements() {

@@ -1,8 +1,11 @@
 //! The subcommands that print data.
 
+pub mod anchors;
 pub mod check;
 pub mod compile;
 pub mod diff;
 pub mod install;
 pub mod proxies;
 pub mod stat;
+pub mod version;
+pub mod webhooks;

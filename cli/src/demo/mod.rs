@@ -10,7 +10,7 @@ pub mod manifests;
 pub mod procs;
 pub mod traffic;
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -571,7 +571,8 @@ struct Output {
 impl Output {
     fn new(plain: bool) -> Self {
         Output {
-            live: !plain && std::io::stdout().is_terminal(),
+            // Redrawing in place needs escape sequences: only on a terminal, never with NO_COLOR.
+            live: !plain && crate::term::stdout_colour(),
         }
     }
     fn line(&self, s: &str) {

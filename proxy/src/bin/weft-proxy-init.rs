@@ -228,6 +228,10 @@ impl Runner<'_> {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--version" || a == "-V") {
+        println!("weft-proxy-init {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
     let config = match parse(&args, |k| std::env::var(k).ok()) {
         Ok(c) => c,
         Err(e) => {
