@@ -207,8 +207,8 @@ fn convert_between(kind: &SmiKind, from: &KindVersion, to: &KindVersion, obj: &O
     // 3. The bodies the output keeps, most useful first.
     let mut keep: Vec<(&str, Obj)> = Vec::new();
     if to != storage {
-        // What `to` cannot express.
-        let back = shapes.up(to, &projected);
+        // What `to` cannot express (in the form it is given).
+        let back = shapes.up(to, &out);
         if body(&back) != body(&at_storage) {
             keep.push((storage.name, body(&at_storage)));
         }

@@ -33,6 +33,7 @@ pub(crate) type Obj = Map<String, Value>;
 
 /// Rewrites `obj`, an object of `kind` at `version`, into the storage version's shape.
 pub(crate) fn up(kind: &str, version: &str, obj: &mut Obj) {
+    legacy_up(kind, version, obj);
     match (kind, version) {
         ("TrafficSplit", "v1alpha1") => weights_up(obj),
         ("TrafficTarget", "v1alpha1") => {
@@ -87,6 +88,57 @@ pub(crate) fn down(kind: &str, version: &str, obj: &mut Obj) {
         ("TCPRoute" | "UDPRoute", "v1alpha1" | "v1alpha2") => unwrap(obj, &[]),
         ("TCPRoute" | "UDPRoute", "v1alpha3") => remove_in_spec(obj, "matches"),
         _ => {}
+    }
+}
+
+/// Earlier weft releases kept what an older version cannot express in annotations of their
+/// own ([`crate::convert::WEFT_ANNOTATIONS`]); an object read and saved with one of them still
+/// carries it. Its values fill in the fields they stand for (never over a field the object
+/// has), and the annotation goes.
+fn legacy_up(kind: &str, version: &str, obj: &mut Obj) {
+    use crate::{specs, split};
+    let (key, field) = match (kind, version) {
+        ("TrafficSplit", "v1alpha1" | "v1alpha2") => (split::ANN_ORIGINAL_MATCHES, "matches"),
+        ("TCPRoute" | "UDPRoute", "v1alpha1" | "v1alpha2" | "v1alpha3") => {
+            (specs::ANN_ORIGINAL_MATCHES, "matches")
+        }
+        ("HTTPRouteGroup", "v1alpha1") => (specs::ANN_ORIGINAL_HEADERS, "headers"),
+        _ => return,
+    };
+    let Some(value) = annotations(obj)
+        .and_then(|a| a.get(key))
+        .and_then(Value::as_str)
+        .and_then(|s| serde_json::from_str::<Value>(s).ok())
+    else {
+        return;
+    };
+    remove_annotation(obj, key);
+    if field == "headers" {
+        // One map per match, in order.
+        let (Value::Array(per_match), Some(Value::Array(ms))) = (value, obj.get_mut("matches"))
+        else {
+            return;
+        };
+        if per_match.len() != ms.len() {
+            return;
+        }
+        for (m, h) in ms.iter_mut().zip(per_match) {
+            let Some(m) = m.as_object_mut() else { continue };
+            if !m.contains_key("headers") && h.as_object().is_some_and(|h| !h.is_empty()) {
+                m.insert("headers".into(), h);
+            }
+        }
+        return;
+    }
+    let spec = obj
+        .entry("spec")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if !spec.is_object() {
+        // As readers do: a `spec` that is not an object is an empty one.
+        *spec = Value::Object(Map::new());
+    }
+    if let Some(spec) = spec.as_object_mut() {
+        spec.entry(field).or_insert(value);
     }
 }
 
