@@ -405,7 +405,10 @@ fn webhook_is_total_and_faithful(v: &Value, f: &mut Features) {
     let small = serde_json::to_string(v)
         .map(|s| s.len() < weft_smi::convert::fidelity::MAX_KEPT_BYTES / 2)
         .unwrap_or(false);
-    if !has_weft_annotation(v) && small && v["metadata"].is_object() {
+    let annotations_ok = v
+        .pointer("/metadata/annotations")
+        .is_none_or(Value::is_object);
+    if !has_weft_annotation(v) && small && v["metadata"].is_object() && annotations_ok {
         let stored = convert_object(v, storage).unwrap_or_else(|e| panic!("{e}"));
         let back = convert_object(&stored, from).unwrap_or_else(|e| panic!("{e}"));
         // The API server never stores an empty annotations map (Go omits it): whether one is

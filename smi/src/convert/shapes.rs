@@ -293,20 +293,21 @@ pub(crate) fn annotations(obj: &Obj) -> Option<&Obj> {
     obj.get("metadata")?.get("annotations")?.as_object()
 }
 
-/// Sets an annotation, creating `metadata` and `metadata.annotations` when missing (or when
-/// they are not objects).
+/// Sets an annotation, creating `metadata` and `metadata.annotations` when missing (or
+/// `null`). `metadata` or `annotations` of another type are left alone, and the annotation is
+/// not set (the API server never sends such objects; nothing of the input is destroyed).
 pub(crate) fn set_annotation(obj: &mut Obj, key: &str, value: String) {
     let meta = obj
         .entry("metadata")
         .or_insert_with(|| Value::Object(Map::new()));
-    if !meta.is_object() {
+    if meta.is_null() {
         *meta = Value::Object(Map::new());
     }
     if let Some(m) = meta.as_object_mut() {
         let ann = m
             .entry("annotations")
             .or_insert_with(|| Value::Object(Map::new()));
-        if !ann.is_object() {
+        if ann.is_null() {
             *ann = Value::Object(Map::new());
         }
         if let Some(a) = ann.as_object_mut() {
