@@ -100,6 +100,11 @@ pub fn from_value_in(v: &Value, default_namespace: &str) -> Result<SmiObject, Sm
             ),
         ));
     }
+    if let Some(at_storage) = via_kept_storage_body(v, api_version, kind) {
+        let mut hub = from_value_in(&at_storage, default_namespace)?;
+        set_api_version(&mut hub, api_version);
+        return Ok(hub);
+    }
     let mut v = v.clone();
     let obj = v
         .as_object_mut()
@@ -113,6 +118,16 @@ pub fn from_value_in(v: &Value, default_namespace: &str) -> Result<SmiObject, Sm
     )?;
     keep_unexpressible(&mut hub, &v)?;
     Ok(hub)
+}
+
+fn set_api_version(hub: &mut SmiObject, api_version: &str) {
+    let meta = match hub {
+        SmiObject::TrafficSplit(o) => &mut o.meta,
+        SmiObject::TrafficTarget(o) => &mut o.meta,
+        SmiObject::HTTPRouteGroup(o) => &mut o.meta,
+        SmiObject::PortRoute(o) => &mut o.meta,
+    };
+    meta.api_version = api_version.to_string();
 }
 
 fn unreachable_pair(api_version: &str, kind: &str) -> Result<SmiObject, SmiError> {
@@ -262,24 +277,44 @@ fn keep_unexpressible(hub: &mut SmiObject, v: &Value) -> Result<(), SmiError> {
 }
 
 /// Renders a hub object as a full object (`apiVersion`, `kind`, `metadata`, `spec`) of the
-/// given served version.
+/// given served version: rendered at the storage version, then converted the way the
+/// conversion webhook converts (so an older version carries what it cannot express in the
+/// annotation the webhook uses, and [`from_value`] reads it back).
 pub fn to_value(obj: &SmiObject, api_version: &str) -> Result<Value, SmiError> {
     let kind = obj.kind();
-    let mut v = dispatch!(
-        api_version,
-        kind,
-        render_as(obj),
-        Err(SmiError::NotSmi {
-            api_version: api_version.to_string(),
-            kind: kind.to_string(),
-        })
-    )?;
+    let not_served = || SmiError::NotSmi {
+        api_version: api_version.to_string(),
+        kind: kind.to_string(),
+    };
+    if !is_smi(api_version, kind) {
+        return Err(not_served());
+    }
+    let storage = crate::kinds::by_kind(None, kind)
+        .ok_or_else(not_served)?
+        .storage()
+        .api_version;
+    let mut v = dispatch!(storage, kind, render_as(obj), Err(not_served()))?;
     if let Some(o) = v.as_object_mut() {
-        o.insert("apiVersion".into(), Value::String(api_version.to_string()));
+        o.insert("apiVersion".into(), Value::String(storage.to_string()));
         o.insert("kind".into(), Value::String(kind.to_string()));
         o.remove("status");
     }
-    Ok(v)
+    if api_version == storage {
+        return Ok(v);
+    }
+    crate::convert::convert_object(&v, api_version)
+}
+
+/// The object at its kind's storage version, when it is at an older one and carries the
+/// storage body the conversion webhook keeps (see [`crate::convert::fidelity`]).
+fn via_kept_storage_body(v: &Value, api_version: &str, kind: &str) -> Option<Value> {
+    let storage = crate::kinds::by_kind(None, kind)?.storage();
+    if storage.api_version == api_version {
+        return None;
+    }
+    let key = crate::convert::fidelity::kept_annotation(storage.name);
+    v.pointer("/metadata/annotations")?.get(&key)?;
+    crate::convert::convert_object(v, storage.api_version).ok()
 }
 
 fn render_as<T: Versioned>(obj: &SmiObject) -> Result<Value, SmiError> {

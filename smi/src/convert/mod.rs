@@ -1,10 +1,18 @@
 //! Conversions between every served version and the hub, and the CRD conversion webhook logic.
 //!
-//! Every typed version implements [`Versioned`]. Converting hub -> version -> hub is lossless:
-//! values a version cannot express are kept in annotations ([`crate::split::ANN_ORIGINAL_WEIGHTS`],
-//! [`crate::split::ANN_ORIGINAL_MATCHES`], [`crate::specs::ANN_ORIGINAL_HEADERS`],
-//! [`crate::specs::ANN_ORIGINAL_MATCHES`]) and restored on the way back. An annotation that no
-//! longer agrees with the object (someone edited the weights afterwards) is ignored.
+//! * [`Versioned`]: every typed version to and from the hub (what weft reads and renders).
+//!   The storage version carries every hub value, exact weights included
+//!   ([`crate::split::ANN_ORIGINAL_WEIGHTS`] when they are not whole numbers);
+//!   [`crate::to_value`] renders older versions from it with [`convert_object`].
+//! * [`convert_object`]: the conversion webhook's rewrite of whole objects between versions,
+//!   total and faithful ([`fidelity`], shapes in `shapes`).
+//!
+//! The typed readers of older versions still honour the annotations earlier weft releases
+//! wrote ([`WEFT_ANNOTATIONS`]); nothing writes them any more except
+//! [`crate::split::ANN_ORIGINAL_WEIGHTS`].
+
+pub mod fidelity;
+mod shapes;
 
 use std::collections::BTreeMap;
 
@@ -787,45 +795,10 @@ port_route!(no_spec v1alpha1, UDPRoute, UDPRoute);
 // ---------------------------------------------------------------------------------------------
 // the conversion webhook
 
-/// Converts a whole object (as the API server sends it in a ConversionReview) to
-/// `desired_api_version`: the spec is rewritten through the hub, `metadata` is kept except for
-/// weft's own annotations (recomputed), and `status` is kept as is.
+/// Converts a whole object (as the API server sends it in a ConversionReview, partial objects
+/// from server-side apply included) to `desired_api_version`, faithfully and without
+/// validating it; see [`fidelity`]. `metadata` and `status` are kept; only weft's own
+/// annotations change.
 pub fn convert_object(obj: &Value, desired_api_version: &str) -> Result<Value, SmiError> {
-    let hub = crate::from_value_in(obj, "")?;
-    let mut out = crate::to_value(&hub, desired_api_version)?;
-    let mut metadata = obj
-        .get("metadata")
-        .cloned()
-        .unwrap_or_else(|| Value::Object(Default::default()));
-    if let Some(m) = metadata.as_object_mut() {
-        let mut annotations = m
-            .get("annotations")
-            .and_then(Value::as_object)
-            .cloned()
-            .unwrap_or_default();
-        for key in WEFT_ANNOTATIONS {
-            annotations.remove(key);
-        }
-        if let Some(new) = out
-            .pointer("/metadata/annotations")
-            .and_then(Value::as_object)
-        {
-            for (k, v) in new {
-                annotations.insert(k.clone(), v.clone());
-            }
-        }
-        if annotations.is_empty() {
-            m.remove("annotations");
-        } else {
-            m.insert("annotations".into(), Value::Object(annotations));
-        }
-    }
-    if let Some(o) = out.as_object_mut() {
-        o.insert("metadata".into(), metadata);
-        match obj.get("status") {
-            Some(s) => o.insert("status".into(), s.clone()),
-            None => o.remove("status"),
-        };
-    }
-    Ok(out)
+    fidelity::convert(obj, desired_api_version)
 }
