@@ -317,7 +317,8 @@ fn unpack(digest: &str, layers: &[PathBuf], cache: &Path) -> Result<PathBuf, Ima
 }
 
 impl ImageStore {
-    /// Builds the images (or reuses them) and unpacks them; once per process.
+    /// Builds the images (or reuses them) and unpacks them; once per process. With
+    /// `WEFT_IMAGES_DIR` set, uses the images there and builds nothing.
     pub fn ensure() -> Result<Arc<ImageStore>, String> {
         static STORE: OnceLock<Mutex<Option<Arc<ImageStore>>>> = OnceLock::new();
         let cell = STORE.get_or_init(|| Mutex::new(None));
@@ -325,8 +326,17 @@ impl ImageStore {
         if let Some(s) = guard.as_ref() {
             return Ok(s.clone());
         }
-        build().map_err(|e| e.to_string())?;
-        let store = Arc::new(Self::open(&images_dir(), &rootfs_cache()).map_err(|e| e.to_string())?);
+        let dir = match std::env::var_os("WEFT_IMAGES_DIR") {
+            // Images built elsewhere (e.g. `scripts/build-images.sh --out DIR`): used as they are.
+            Some(d) => PathBuf::from(d),
+            None => {
+                build().map_err(|e| e.to_string())?;
+                images_dir()
+            }
+        };
+        let store = Self::open(&dir, &rootfs_cache())
+            .map_err(|e| format!("{e} (in {})", dir.display()))?;
+        let store = Arc::new(store);
         *guard = Some(store.clone());
         Ok(store)
     }

@@ -332,3 +332,32 @@ async fn kube_pods_run_from_images_and_unstartable_images_fail_the_pod() {
     }
     env.shutdown().await;
 }
+
+/// The chart's defaults name exactly the images the script builds (tag = appVersion = the
+/// workspace version), and the proxy's uid is the proxy image's user.
+#[test]
+fn chart_defaults_name_the_built_images() {
+    let root = weft_e2e::cluster::repo_root();
+    let read = |p: &str| -> Value {
+        let text = std::fs::read_to_string(root.join(p)).unwrap();
+        serde_yaml::from_str(&text).unwrap()
+    };
+    let values = read("charts/weft/values.yaml");
+    let chart = read("charts/weft/Chart.yaml");
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(chart["appVersion"], json!(version));
+    assert_eq!(values["operator"]["image"]["repository"], json!("weft/operator"));
+    assert_eq!(values["proxy"]["image"]["repository"], json!("weft/proxy"));
+    for c in ["operator", "proxy"] {
+        let tag = values[c]["image"]["tag"].as_str().unwrap_or("");
+        assert!(tag.is_empty() || tag == version, "{c} tag {tag}");
+    }
+    assert_eq!(values["proxy"]["uid"], json!(2102));
+    let script = std::fs::read_to_string(root.join("scripts/build_images.py")).unwrap();
+    assert!(script.contains("PROXY_UID = 2102"));
+    let rendered = std::fs::read_to_string(root.join("charts/weft/rendered/install.yaml"))
+        .unwrap_or_default();
+    if !rendered.is_empty() {
+        assert!(rendered.contains(&format!("image: weft/operator:{version}")));
+    }
+}
