@@ -310,10 +310,15 @@ async fn kube_pods_run_from_images_and_unstartable_images_fail_the_pod() {
         Some("65532"),
         "{uid_line}"
     );
-    let root = std::fs::read_link(format!("/proc/{pid}/root")).unwrap();
-    assert_ne!(root, Path::new("/"), "the container runs in the host's root");
+    let root_link = std::fs::read_link(format!("/proc/{pid}/root")).unwrap();
+    assert_ne!(root_link, Path::new("/"), "the container runs in the host's root");
+    // Its root as it sees it (through the magic link, in its mount namespace).
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
     assert!(root.join("usr/local/bin/weft-test-app").is_file());
     assert!(!root.join("bin/sh").exists(), "the host's files are visible");
+    assert!(root.join("var/run/weft-e2e/kubeconfig").is_file(), "kubeconfig");
+    let hosts = std::fs::read_to_string(root.join("etc/hosts")).unwrap();
+    assert!(hosts.contains("kubernetes.default.svc.cluster.local"), "{hosts}");
     let cwd_exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
     assert!(cwd_exe.ends_with("usr/local/bin/weft-test-app"), "{cwd_exe:?}");
     // The pod's /etc/hosts is the kubelet's (names of Services), the sample app answers.
