@@ -334,8 +334,8 @@ impl ImageStore {
                 images_dir()
             }
         };
-        let store = Self::open(&dir, &rootfs_cache())
-            .map_err(|e| format!("{e} (in {})", dir.display()))?;
+        let store =
+            Self::open(&dir, &rootfs_cache()).map_err(|e| format!("{e} (in {})", dir.display()))?;
         let store = Arc::new(store);
         *guard = Some(store.clone());
         Ok(store)
@@ -383,7 +383,10 @@ mod tests {
     fn repositories() {
         assert_eq!(repository_of("weft/proxy:dev"), "weft/proxy");
         assert_eq!(repository_of("weft/proxy"), "weft/proxy");
-        assert_eq!(repository_of("docker.io/weft/operator:0.1.0"), "weft/operator");
+        assert_eq!(
+            repository_of("docker.io/weft/operator:0.1.0"),
+            "weft/operator"
+        );
         assert_eq!(
             repository_of("localhost:5000/weft/proxy@sha256:abcd"),
             "weft/proxy"

@@ -128,7 +128,13 @@ impl Images {
         let args = c.args.clone().filter(|v| !v.is_empty());
         let argv: Vec<String> = match (command, args) {
             (Some(cmd), args) => cmd.into_iter().chain(args.unwrap_or_default()).collect(),
-            (None, Some(args)) => image.config.entrypoint.iter().cloned().chain(args).collect(),
+            (None, Some(args)) => image
+                .config
+                .entrypoint
+                .iter()
+                .cloned()
+                .chain(args)
+                .collect(),
             (None, None) => image
                 .config
                 .entrypoint
@@ -1059,10 +1065,12 @@ const EXIT_SETUP_FAILED: i32 = 125;
 fn container_script(netns: &str, c: &RunningContainer) -> String {
     let q = |p: &Path| sh_quote(&p.display().to_string());
     let mut s = String::new();
-    s.push_str(
-        "fail() { echo \"weft-e2e kubelet: container setup failed: $*\" >&2; exit 125; }\n",
-    );
-    s.push_str(&format!("D={}\nL={}\nR=\"$D/root\"\n", q(&c.dir), q(&c.rootfs)));
+    s.push_str("fail() { echo \"weft-e2e kubelet: container setup failed: $*\" >&2; exit 125; }\n");
+    s.push_str(&format!(
+        "D={}\nL={}\nR=\"$D/root\"\n",
+        q(&c.dir),
+        q(&c.rootfs)
+    ));
     let step = |s: &mut String, cmd: &str| {
         s.push_str(&format!("{cmd} || fail {}\n", sh_quote(cmd)));
     };
@@ -1074,14 +1082,20 @@ fn container_script(netns: &str, c: &RunningContainer) -> String {
     );
     step(&mut s, "mkdir -p \"$R/proc\" \"$R/dev\" \"$R/etc\"");
     step(&mut s, "mount -t proc proc \"$R/proc\"");
-    step(&mut s, "mount -t tmpfs -o mode=755,nosuid,size=1m tmpfs \"$R/dev\"");
+    step(
+        &mut s,
+        "mount -t tmpfs -o mode=755,nosuid,size=1m tmpfs \"$R/dev\"",
+    );
     for dev in ["null", "zero", "full", "random", "urandom", "tty"] {
         step(&mut s, &format!("touch \"$R/dev/{dev}\""));
         step(&mut s, &format!("mount --bind /dev/{dev} \"$R/dev/{dev}\""));
     }
     step(&mut s, "ln -s /proc/self/fd \"$R/dev/fd\"");
     step(&mut s, "mkdir \"$R/dev/shm\"");
-    step(&mut s, "mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs \"$R/dev/shm\"");
+    step(
+        &mut s,
+        "mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs \"$R/dev/shm\"",
+    );
     let etc = Path::new("/etc/netns").join(netns);
     let mut binds: Vec<BindMount> = ["hosts", "resolv.conf"]
         .iter()
@@ -1105,7 +1119,10 @@ fn container_script(netns: &str, c: &RunningContainer) -> String {
             step(&mut s, &format!("mount -o remount,bind,ro {target}"));
         }
     }
-    step(&mut s, &format!("mkdir -p \"$R\"{}", sh_quote(&c.working_dir)));
+    step(
+        &mut s,
+        &format!("mkdir -p \"$R\"{}", sh_quote(&c.working_dir)),
+    );
     if c.read_only_root {
         step(&mut s, "mount -o remount,bind,ro \"$R\"");
     }
@@ -1291,7 +1308,10 @@ pub fn missing_requirements() -> Option<String> {
         }
     }
     let fs = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
-    if !fs.lines().any(|l| l.split_whitespace().last() == Some("overlay")) {
+    if !fs
+        .lines()
+        .any(|l| l.split_whitespace().last() == Some("overlay"))
+    {
         // Loaded on first use on most kernels.
         let _ = std::process::Command::new("modprobe")
             .arg("overlay")

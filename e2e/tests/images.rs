@@ -80,7 +80,10 @@ fn chroot(root: &Path, userspec: Option<&str>, argv: &[&str]) -> std::process::O
     cmd.arg(root)
         .args(argv)
         .env_clear()
-        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
         .output()
         .unwrap()
 }
@@ -93,7 +96,11 @@ fn images_config_users_entrypoints_and_shared_libraries() {
     let version = env!("CARGO_PKG_VERSION");
     for (repo, user, bins) in [
         ("weft/operator", "65532:65532", &["weft-operator"][..]),
-        ("weft/proxy", "2102:2102", &["weft-proxy", "weft-proxy-init"][..]),
+        (
+            "weft/proxy",
+            "2102:2102",
+            &["weft-proxy", "weft-proxy-init"][..],
+        ),
         ("weft/sample-app", "65532:65532", &["weft-test-app"][..]),
     ] {
         let im = image(&s, repo);
@@ -110,7 +117,10 @@ fn images_config_users_entrypoints_and_shared_libraries() {
             assert!(p.is_file(), "{repo}: {} missing", p.display());
         }
         assert!(
-            im.config.env.iter().any(|(k, v)| k == "PATH" && v.contains("/usr/sbin")),
+            im.config
+                .env
+                .iter()
+                .any(|(k, v)| k == "PATH" && v.contains("/usr/sbin")),
             "{repo}: PATH"
         );
         // No shell: nothing but what the binaries need.
@@ -136,11 +146,19 @@ fn images_config_users_entrypoints_and_shared_libraries() {
     }
     // The binaries run inside their image, as the image's user.
     let op = image(&s, "weft/operator");
-    let out = chroot(&op.rootfs, Some("65532:65532"), &["weft-operator", "--help"]);
+    let out = chroot(
+        &op.rootfs,
+        Some("65532:65532"),
+        &["weft-operator", "--help"],
+    );
     assert!(out.status.success(), "weft-operator --help: {}", text(&out));
     assert!(text(&out).contains("--kubeconfig"), "{}", text(&out));
     let app = image(&s, "weft/sample-app");
-    let out = chroot(&app.rootfs, Some("65532:65532"), &["weft-test-app", "--help"]);
+    let out = chroot(
+        &app.rootfs,
+        Some("65532:65532"),
+        &["weft-test-app", "--help"],
+    );
     assert!(out.status.success(), "weft-test-app --help: {}", text(&out));
 }
 
@@ -164,7 +182,10 @@ fn proxy_image_iptables_runs_in_a_network_namespace() {
         Command::new("ip")
             .args(&full)
             .env_clear()
-            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
             .output()
             .unwrap()
     };
@@ -173,9 +194,44 @@ fn proxy_image_iptables_runs_in_a_network_namespace() {
     // extension it uses (tcp, multiport, owner, REDIRECT).
     let rules: Vec<Vec<&str>> = vec![
         vec!["-t", "nat", "-N", "WEFT_TEST"],
-        vec!["-t", "nat", "-A", "WEFT_TEST", "-p", "tcp", "-m", "multiport", "--dports", "22,3306:3310", "-j", "RETURN"],
-        vec!["-t", "nat", "-A", "WEFT_TEST", "-m", "owner", "--uid-owner", "2102", "-j", "RETURN"],
-        vec!["-t", "nat", "-A", "WEFT_TEST", "-p", "tcp", "-j", "REDIRECT", "--to-ports", "4140"],
+        vec![
+            "-t",
+            "nat",
+            "-A",
+            "WEFT_TEST",
+            "-p",
+            "tcp",
+            "-m",
+            "multiport",
+            "--dports",
+            "22,3306:3310",
+            "-j",
+            "RETURN",
+        ],
+        vec![
+            "-t",
+            "nat",
+            "-A",
+            "WEFT_TEST",
+            "-m",
+            "owner",
+            "--uid-owner",
+            "2102",
+            "-j",
+            "RETURN",
+        ],
+        vec![
+            "-t",
+            "nat",
+            "-A",
+            "WEFT_TEST",
+            "-p",
+            "tcp",
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            "4140",
+        ],
         vec!["-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-j", "WEFT_TEST"],
     ];
     let mut outs = Vec::new();
@@ -197,7 +253,11 @@ fn proxy_image_iptables_runs_in_a_network_namespace() {
             && saved.contains("-A WEFT_TEST -p tcp -j REDIRECT --to-ports 4140"),
         "{saved}"
     );
-    assert!(dry.status.success(), "weft-proxy-init --dry-run: {}", text(&dry));
+    assert!(
+        dry.status.success(),
+        "weft-proxy-init --dry-run: {}",
+        text(&dry)
+    );
     assert!(text(&dry).contains("WEFT_OUTPUT"), "{}", text(&dry));
 }
 
@@ -218,9 +278,10 @@ fn images_are_reproducible() {
             .output()
             .unwrap();
         assert!(out.status.success(), "build-images: {}", text(&out));
-        let info: Value =
-            serde_json::from_str(&std::fs::read_to_string(out_dir.path().join("images.json")).unwrap())
-                .unwrap();
+        let info: Value = serde_json::from_str(
+            &std::fs::read_to_string(out_dir.path().join("images.json")).unwrap(),
+        )
+        .unwrap();
         let mut d = Vec::new();
         let mut a = Vec::new();
         for im in info["images"].as_array().unwrap() {
@@ -233,7 +294,10 @@ fn images_are_reproducible() {
         archives.push(a);
     }
     assert_eq!(digests[0], digests[1], "same inputs, different digests");
-    assert!(archives[0] == archives[1], "same inputs, different archives");
+    assert!(
+        archives[0] == archives[1],
+        "same inputs, different archives"
+    );
     // The layers the harness unpacked are the ones the script wrote.
     for im in s.all() {
         assert!(im.rootfs.join(".weft-unpacked").is_file());
@@ -297,12 +361,21 @@ async fn kube_pods_run_from_images_and_unstartable_images_fail_the_pod() {
     let cs = status.container_statuses.unwrap_or_default();
     let image_id = cs.first().map(|c| c.image_id.clone()).unwrap_or_default();
     let sample = env.images.get("weft/sample-app").unwrap();
-    assert_eq!(image_id, format!("docker.io/weft/sample-app@{}", sample.digest));
+    assert_eq!(
+        image_id,
+        format!("docker.io/weft/sample-app@{}", sample.digest)
+    );
     // The container's process: the image's binary, as uid 65532, in a root that is not the host's.
     let netns = weft_e2e::kubelet::netns_of(&env.state_dir, "img", "app").unwrap();
-    let pids = Command::new("ip").args(["netns", "pids", &netns]).output().unwrap();
+    let pids = Command::new("ip")
+        .args(["netns", "pids", &netns])
+        .output()
+        .unwrap();
     let pids = String::from_utf8_lossy(&pids.stdout).to_string();
-    let pid = pids.split_whitespace().next().expect("a process in the pod");
+    let pid = pids
+        .split_whitespace()
+        .next()
+        .expect("a process in the pod");
     let proc_status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let uid_line = proc_status.lines().find(|l| l.starts_with("Uid:")).unwrap();
     assert_eq!(
@@ -311,19 +384,40 @@ async fn kube_pods_run_from_images_and_unstartable_images_fail_the_pod() {
         "{uid_line}"
     );
     let root_link = std::fs::read_link(format!("/proc/{pid}/root")).unwrap();
-    assert_ne!(root_link, Path::new("/"), "the container runs in the host's root");
+    assert_ne!(
+        root_link,
+        Path::new("/"),
+        "the container runs in the host's root"
+    );
     // Its root as it sees it (through the magic link, in its mount namespace).
     let root = PathBuf::from(format!("/proc/{pid}/root"));
     assert!(root.join("usr/local/bin/weft-test-app").is_file());
-    assert!(!root.join("bin/sh").exists(), "the host's files are visible");
-    assert!(root.join("var/run/weft-e2e/kubeconfig").is_file(), "kubeconfig");
+    assert!(
+        !root.join("bin/sh").exists(),
+        "the host's files are visible"
+    );
+    assert!(
+        root.join("var/run/weft-e2e/kubeconfig").is_file(),
+        "kubeconfig"
+    );
     let hosts = std::fs::read_to_string(root.join("etc/hosts")).unwrap();
-    assert!(hosts.contains("kubernetes.default.svc.cluster.local"), "{hosts}");
+    assert!(
+        hosts.contains("kubernetes.default.svc.cluster.local"),
+        "{hosts}"
+    );
     let cwd_exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
-    assert!(cwd_exe.ends_with("usr/local/bin/weft-test-app"), "{cwd_exe:?}");
+    assert!(
+        cwd_exe.ends_with("usr/local/bin/weft-test-app"),
+        "{cwd_exe:?}"
+    );
     // The pod's /etc/hosts is the kubelet's (names of Services), the sample app answers.
     let out = env
-        .exec("img", "app", None, &["curl", "-s", "--max-time", "5", "http://127.0.0.1:8080/"])
+        .exec(
+            "img",
+            "app",
+            None,
+            &["curl", "-s", "--max-time", "5", "http://127.0.0.1:8080/"],
+        )
         .await;
     assert_eq!(text(&out).trim(), "app v1");
 
@@ -351,7 +445,10 @@ fn chart_defaults_name_the_built_images() {
     let chart = read("charts/weft/Chart.yaml");
     let version = env!("CARGO_PKG_VERSION");
     assert_eq!(chart["appVersion"], json!(version));
-    assert_eq!(values["operator"]["image"]["repository"], json!("weft/operator"));
+    assert_eq!(
+        values["operator"]["image"]["repository"],
+        json!("weft/operator")
+    );
     assert_eq!(values["proxy"]["image"]["repository"], json!("weft/proxy"));
     for c in ["operator", "proxy"] {
         let tag = values[c]["image"]["tag"].as_str().unwrap_or("");
@@ -360,8 +457,8 @@ fn chart_defaults_name_the_built_images() {
     assert_eq!(values["proxy"]["uid"], json!(2102));
     let script = std::fs::read_to_string(root.join("scripts/build_images.py")).unwrap();
     assert!(script.contains("PROXY_UID = 2102"));
-    let rendered = std::fs::read_to_string(root.join("charts/weft/rendered/install.yaml"))
-        .unwrap_or_default();
+    let rendered =
+        std::fs::read_to_string(root.join("charts/weft/rendered/install.yaml")).unwrap_or_default();
     if !rendered.is_empty() {
         assert!(rendered.contains(&format!("image: weft/operator:{version}")));
     }
