@@ -14,4 +14,10 @@ fi
 
 # Build every binary first: the end-to-end tests run weft-operator, weft-proxy and weft.
 cargo build --workspace --bins --locked
+
+# The images the Kubernetes end-to-end tests run their pods from (reused from
+# ~/.cache/weft/images when the inputs did not change; docs/images.md).
+if [ "$(id -u)" = 0 ] && [ "${WEFT_SKIP_KUBE:-0}" != 1 ]; then
+  scripts/build-images.sh
+fi
 cargo test --workspace --locked -- --test-threads="${WEFT_TEST_THREADS:-2}"

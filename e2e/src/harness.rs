@@ -1,5 +1,6 @@
-//! One call for Kubernetes end-to-end tests: a control plane, the kubelet stand-in and the
-//! workspace binaries, or a loud skip saying what is missing.
+//! One call for Kubernetes end-to-end tests: a control plane, the kubelet stand-in running pods
+//! from the images `scripts/build-images.sh` builds, or a loud skip saying what is missing (a
+//! failure in CI).
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -10,6 +11,7 @@ use kube::api::{Api, PostParams};
 use serde_json::Value;
 
 use crate::cluster::{skip, Binaries, Cluster, ClusterOptions};
+use crate::images::ImageStore;
 use crate::kubelet::{self, Images, Kubelet, KubeletConfig, KubeletHandle};
 
 /// Everything a test needs. Dropping it stops the kubelet (cleaning namespaces, bridge and
@@ -20,8 +22,11 @@ pub struct KubeEnv {
     pub client: kube::Client,
     /// The kubelet's folder (see [`kubelet::pod_dir`]).
     pub state_dir: PathBuf,
-    /// Binaries the kubelet runs (symlinks).
+    /// The workspace's debug binaries named in `kube_env`'s `bins` (symlinks), for tests that
+    /// run them outside pods. Pods run from [`KubeEnv::images`].
     pub bin_dir: PathBuf,
+    /// The images pods run from.
+    pub images: Arc<ImageStore>,
     _bins: tempfile::TempDir,
     _state: tempfile::TempDir,
     _guard: tokio::sync::OwnedMutexGuard<()>,
@@ -33,9 +38,12 @@ fn lock() -> Arc<tokio::sync::Mutex<()>> {
         .clone()
 }
 
-/// Starts a control plane and the kubelet. `bins`: workspace binaries the pods need (see
-/// [`crate::workspace`]); `test_app`: `env!("CARGO_BIN_EXE_weft-test-app")`. `None` (after a
-/// loud skip message; a panic in CI) when the environment cannot run the test.
+/// Starts a control plane and the kubelet, whose pods run from the built images (built by
+/// `scripts/build-images.sh` here when its cache does not match the sources; a failure to build
+/// them skips the test, and fails it in CI). `bins`: workspace debug binaries the test runs
+/// outside pods (see [`KubeEnv::bin_dir`]); `test_app`: `env!("CARGO_BIN_EXE_weft-test-app")`
+/// (exposed in `bin_dir` too). `None` (after a loud skip message; a panic in CI) when the
+/// environment cannot run the test.
 pub async fn kube_env(test: &str, bins: &[&str], test_app: &std::path::Path) -> Option<KubeEnv> {
     let guard = lock().lock_owned().await;
     let _ = tracing_subscriber::fmt()
@@ -61,6 +69,14 @@ pub async fn kube_env(test: &str, bins: &[&str], test_app: &std::path::Path) -> 
             skip(test, &format!("workspace binaries unavailable: {e}"));
             return None;
         }
+    };
+    let images = match tokio::task::spawn_blocking(ImageStore::ensure).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            skip(test, &format!("images: {e}"));
+            return None;
+        }
+        Err(e) => panic!("{e}"),
     };
     kubelet::cleanup_host();
     if let Err(e) = kubelet::ensure_bridge().await {
@@ -88,7 +104,7 @@ pub async fn kube_env(test: &str, bins: &[&str], test_app: &std::path::Path) -> 
         KubeletConfig {
             node_name: "weft-e2e".into(),
             images: Images {
-                bin_dir: bin_dir.clone(),
+                store: images.clone(),
             },
             api_server: cluster.server.clone(),
             api_ca_pem: cluster.ca_pem.clone(),
@@ -103,6 +119,7 @@ pub async fn kube_env(test: &str, bins: &[&str], test_app: &std::path::Path) -> 
         client,
         state_dir,
         bin_dir,
+        images,
         _bins: bins_dir,
         _state: state,
         _guard: guard,

@@ -2,11 +2,17 @@
 //!
 //! It watches Pods, and for each one (with no `nodeName`, or this node's): creates a network
 //! namespace with a veth pair to the bridge `weftbr0` (198.18.0.1/16) and an address from
-//! 198.18.0.0/16, runs the init containers to completion and then the containers as processes
-//! inside the namespace (the image is mapped to a binary built in this workspace), writes
-//! projected ServiceAccount tokens and Secrets to files (mount paths in env and args are rewritten
-//! to them; every container also gets `KUBECONFIG` for its ServiceAccount), probes readiness and
-//! patches the Pod status (`podIP`, `phase: Running`, `Ready`).
+//! 198.18.0.0/16, runs the init containers to completion and then the containers, each from its
+//! image (built by `scripts/build-images.sh`, see [`crate::images`]): the image's entrypoint and
+//! cmd overridden by the container's `command`/`args` as Kubernetes does, chrooted into an
+//! overlay of the image's unpacked root filesystem, in the pod's network namespace and a private
+//! mount namespace, as the image's `User` unless `runAsUser`/`runAsGroup` say otherwise. Projected
+//! ServiceAccount tokens and Secrets are written to files and bind-mounted at their `mountPath`s,
+//! `/etc/hosts` and `/etc/resolv.conf` come from the pod's netns files, and every container gets
+//! a kubeconfig for its ServiceAccount at [`KUBECONFIG_PATH`] (in place of in-cluster config). A
+//! container that cannot start (its command or a shared library missing from the image: exit
+//! 126/127, or the mounts failing: 125) fails its pod. Readiness is probed and the Pod status
+//! patched (`podIP`, `phase: Running`, `Ready`).
 //!
 //! Service names resolve through `/etc/netns/<ns>/hosts` to ClusterIPs, and a small kube-proxy
 //! (host iptables, chains `WEFT_E2E_SVC`/`WEFT_E2E_MASQ`) DNATs ClusterIPs to ready endpoints.
@@ -24,6 +30,8 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Container, Endpoints, Pod, Secret, Service};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::{reflector, watcher, WatchStreamExt};
+
+use crate::images::{Image, ImageStore};
 use serde_json::{json, Value};
 use tokio::process::{Child, Command};
 use tokio::sync::Notify;
@@ -97,41 +105,51 @@ pub async fn ensure_bridge() -> Result<(), KubeletError> {
     Ok(())
 }
 
-/// Where the kubelet finds binaries for images.
+/// Where a container finds the kubeconfig the kubelet writes for its ServiceAccount
+/// (`KUBECONFIG` points there).
+pub const KUBECONFIG_PATH: &str = "/var/run/weft-e2e/kubeconfig";
+
+/// The images pods run from (see [`crate::images`] for which image an `image:` maps to).
 #[derive(Clone, Debug)]
 pub struct Images {
-    /// Folder with `weft-proxy`, `weft-proxy-init`, `weft-operator`, `weft-test-app`.
-    pub bin_dir: PathBuf,
+    pub store: Arc<ImageStore>,
 }
 
 impl Images {
-    /// The binary for a container: its `command[0]` when given (by base name), else by image:
-    /// `…/proxy:tag` → `weft-proxy`, `…/operator:tag` → `weft-operator`, anything else →
-    /// `weft-test-app`.
-    pub fn resolve(&self, c: &Container) -> (PathBuf, Vec<String>) {
-        let mut argv: Vec<String> = c.command.clone().unwrap_or_default();
-        argv.extend(c.args.clone().unwrap_or_default());
-        if let Some(cmd) = c.command.as_ref().and_then(|c| c.first()) {
-            let base = Path::new(cmd)
-                .file_name()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            return (self.bin_dir.join(base), argv.into_iter().skip(1).collect());
-        }
-        let image = c.image.clone().unwrap_or_default();
-        let name = image
-            .rsplit('/')
-            .next()
-            .unwrap_or("")
-            .split([':', '@'])
-            .next()
-            .unwrap_or("");
-        let bin = match name {
-            "proxy" | "weft-proxy" => "weft-proxy",
-            "operator" | "weft-operator" => "weft-operator",
-            _ => "weft-test-app",
+    /// The image a container runs from and its argv, by Kubernetes' rules: `command` replaces
+    /// the image's `Entrypoint` (and drops its `Cmd`), `args` replaces `Cmd`.
+    pub fn resolve(&self, c: &Container) -> Result<(&Image, Vec<String>), String> {
+        let image_ref = c.image.clone().unwrap_or_default();
+        let image = self
+            .store
+            .for_image(&image_ref)
+            .ok_or_else(|| format!("no image for {image_ref:?}"))?;
+        let command = c.command.clone().filter(|v| !v.is_empty());
+        let args = c.args.clone().filter(|v| !v.is_empty());
+        let argv: Vec<String> = match (command, args) {
+            (Some(cmd), args) => cmd.into_iter().chain(args.unwrap_or_default()).collect(),
+            (None, Some(args)) => image
+                .config
+                .entrypoint
+                .iter()
+                .cloned()
+                .chain(args)
+                .collect(),
+            (None, None) => image
+                .config
+                .entrypoint
+                .iter()
+                .chain(&image.config.cmd)
+                .cloned()
+                .collect(),
         };
-        (self.bin_dir.join(bin), argv)
+        if argv.is_empty() {
+            return Err(format!(
+                "container {}: no command (image {} has no entrypoint or cmd)",
+                c.name, image.reference
+            ));
+        }
+        Ok((image, argv))
     }
 }
 
@@ -147,13 +165,31 @@ pub struct KubeletConfig {
     pub state_dir: PathBuf,
 }
 
+/// A bind mount into a container's root: host path, path inside the container, read-only.
+#[derive(Clone, Debug)]
+struct BindMount {
+    host: PathBuf,
+    path: String,
+    read_only: bool,
+}
+
 struct RunningContainer {
     name: String,
     child: Option<Child>,
-    bin: PathBuf,
+    /// The pod's `image:` and the built image's digest (for the status).
+    image: String,
+    image_id: String,
+    /// The image's unpacked layers (the overlay's lower folder).
+    rootfs: PathBuf,
+    /// Per-container folder: overlay `upper`, `work` and the mounted `root`.
+    dir: PathBuf,
     argv: Vec<String>,
     env: Vec<(String, String)>,
-    uid: Option<i64>,
+    uid: u32,
+    gid: u32,
+    working_dir: String,
+    mounts: Vec<BindMount>,
+    read_only_root: bool,
     restarts: i32,
     probe: Option<(String, u16)>,
     ready: bool,
@@ -560,10 +596,27 @@ impl Kubelet {
             };
             if rp.failed.is_none() {
                 for c in &mut rp.containers {
-                    let exited = match c.child.as_mut() {
-                        Some(ch) => matches!(ch.try_wait(), Ok(Some(_))),
-                        None => true,
+                    let exit = match c.child.as_mut() {
+                        Some(ch) => ch.try_wait().ok().flatten(),
+                        None => None,
                     };
+                    // Exit codes of a container that could not start (its command or a shared
+                    // library is missing, not executable, or its mounts failed): the pod fails
+                    // instead of restarting forever.
+                    let code = exit.and_then(|st| st.code());
+                    if let Some(code @ (EXIT_SETUP_FAILED | 126 | 127)) = code {
+                        let log = std::fs::read_to_string(&c.log).unwrap_or_default();
+                        let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                        let tail: Vec<&str> = tail.into_iter().rev().collect();
+                        rp.failed = Some(format!(
+                            "container {} cannot start (exit {code}): {}",
+                            c.name,
+                            tail.join("\n")
+                        ));
+                        tracing::warn!(pod = %k, reason = ?rp.failed, "container cannot start");
+                        break;
+                    }
+                    let exited = c.child.is_none() || exit.is_some();
                     if exited {
                         c.ready = false;
                         c.restarts += 1;
@@ -756,27 +809,44 @@ impl Kubelet {
             ),
         )?;
         let pod_ip = rp.ip.to_string();
-        let build = |c: &Container, images: &Images| -> RunningContainer {
-            let mut rewrites: Vec<(String, String)> = Vec::new();
-            for m in c.volume_mounts.clone().unwrap_or_default() {
-                if let Some(dir) = mounts.get(&m.name) {
-                    rewrites.push((m.mount_path.clone(), dir.display().to_string()));
-                }
-            }
-            rewrites.sort_by_key(|(a, _)| std::cmp::Reverse(a.len()));
-            let rewrite = |s: String| {
-                for (from, to) in &rewrites {
-                    if s.contains(from.as_str()) {
-                        return s.replace(from.as_str(), to);
-                    }
-                }
-                s
+        let build = |c: &Container, images: &Images| -> Result<RunningContainer, KubeletError> {
+            let fail = |msg: String| KubeletError::Pod {
+                pod: rp.name.clone(),
+                msg,
             };
-            let mut env: Vec<(String, String)> = vec![
-                ("PATH".into(), std::env::var("PATH").unwrap_or_default()),
-                ("KUBECONFIG".into(), kubeconfig.display().to_string()),
-                ("HOSTNAME".into(), rp.name.clone()),
-            ];
+            let (image, argv) = images.resolve(c).map_err(fail)?;
+            let mut bind_mounts = vec![BindMount {
+                host: kubeconfig.clone(),
+                path: KUBECONFIG_PATH.into(),
+                read_only: true,
+            }];
+            for m in c.volume_mounts.clone().unwrap_or_default() {
+                let Some(dir) = mounts.get(&m.name) else {
+                    return Err(fail(format!(
+                        "container {}: volume {} is not supported by the kubelet stand-in",
+                        c.name, m.name
+                    )));
+                };
+                let host = match m.sub_path.as_deref().filter(|p| !p.is_empty()) {
+                    Some(sub) if !sub.split('/').any(|p| p == "..") => dir.join(sub),
+                    Some(sub) => return Err(fail(format!("bad subPath {sub:?}"))),
+                    None => dir.clone(),
+                };
+                bind_mounts.push(BindMount {
+                    host,
+                    path: m.mount_path.clone(),
+                    read_only: m.read_only.unwrap_or(false),
+                });
+            }
+            // The image's environment, then the kubelet's, then the container's (a later entry
+            // replaces an earlier one of the same name).
+            let mut env: Vec<(String, String)> = image.config.env.clone();
+            let set = |env: &mut Vec<(String, String)>, k: String, v: String| {
+                env.retain(|(n, _)| *n != k);
+                env.push((k, v));
+            };
+            set(&mut env, "HOSTNAME".into(), rp.name.clone());
+            set(&mut env, "KUBECONFIG".into(), KUBECONFIG_PATH.into());
             for e in c.env.clone().unwrap_or_default() {
                 let value = if let Some(v) = e.value {
                     expand(&v, &env)
@@ -793,13 +863,9 @@ impl Kubelet {
                 } else {
                     String::new()
                 };
-                env.push((e.name, rewrite(value)));
+                set(&mut env, e.name, value);
             }
-            let (bin, argv) = images.resolve(c);
-            let argv = argv
-                .into_iter()
-                .map(|a| rewrite(expand(&a, &env)))
-                .collect();
+            let argv = argv.into_iter().map(|a| expand(&a, &env)).collect();
             let probe = c
                 .readiness_probe
                 .as_ref()
@@ -819,26 +885,53 @@ impl Kubelet {
                     }?;
                     Some((h.path.clone().unwrap_or_else(|| "/".into()), port))
                 });
-            let uid = c
-                .security_context
-                .as_ref()
+            // The image's user, unless the container's or the pod's securityContext says.
+            let csc = c.security_context.as_ref();
+            let psc = spec.security_context.as_ref();
+            let run_as_user = csc
                 .and_then(|s| s.run_as_user)
-                .or_else(|| spec.security_context.as_ref().and_then(|s| s.run_as_user));
-            RunningContainer {
+                .or_else(|| psc.and_then(|s| s.run_as_user));
+            let run_as_group = csc
+                .and_then(|s| s.run_as_group)
+                .or_else(|| psc.and_then(|s| s.run_as_group));
+            let (image_uid, image_gid) = image.user_ids().map_err(fail)?;
+            let id = |v: i64| u32::try_from(v).map_err(|_| fail(format!("bad uid/gid {v}")));
+            let uid = match run_as_user {
+                Some(u) => id(u)?,
+                None => image_uid,
+            };
+            let gid = match run_as_group {
+                Some(g) => id(g)?,
+                None if run_as_user.is_some() && uid != image_uid => image.primary_gid(uid),
+                None => image_gid,
+            };
+            let working_dir = match image.config.working_dir.as_str() {
+                "" => "/".to_string(),
+                w => w.to_string(),
+            };
+            let working_dir = c.working_dir.clone().unwrap_or(working_dir);
+            Ok(RunningContainer {
                 name: c.name.clone(),
                 child: None,
-                bin,
+                image: c.image.clone().unwrap_or_default(),
+                image_id: format!("docker.io/{}@{}", image.repository, image.digest),
+                rootfs: image.rootfs.clone(),
+                dir: pod_dir.join("containers").join(&c.name),
                 argv,
                 env,
                 uid,
+                gid,
+                working_dir,
+                mounts: bind_mounts,
+                read_only_root: csc.and_then(|s| s.read_only_root_filesystem) == Some(true),
                 restarts: -1,
                 probe,
                 ready: false,
                 log: pod_dir.join(format!("{}.log", c.name)),
-            }
+            })
         };
         for ic in spec.init_containers.clone().unwrap_or_default() {
-            let mut c = build(&ic, &self.config.images);
+            let mut c = build(&ic, &self.config.images)?;
             let mut child = spawn_container(&netns, &c)?;
             let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
                 .await
@@ -860,7 +953,7 @@ impl Kubelet {
             c.restarts = 0;
         }
         for cont in &spec.containers {
-            rp.containers.push(build(cont, &self.config.images));
+            rp.containers.push(build(cont, &self.config.images)?);
         }
         Ok(())
     }
@@ -956,27 +1049,111 @@ fn write_in_place(p: &Path, content: &str) -> std::io::Result<()> {
     set_mode(p, 0o644)
 }
 
+/// Single-quotes a string for `sh`.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// Exit code of a container whose setup (mounts) failed before its command ran.
+const EXIT_SETUP_FAILED: i32 = 125;
+
+/// The `sh` script that prepares a container's root filesystem in the (private) mount namespace
+/// it runs in, then enters it: an overlay of the image's layers with a fresh upper folder, `/proc`,
+/// a small `/dev`, the pod's `/etc/hosts` and `/etc/resolv.conf`, the volumes and the kubeconfig
+/// at their paths, the root read-only if the container asks, then `unshare --root --wd --setgid
+/// --setuid` execs the container's argv (`"$@"`) with exactly the container's environment.
+fn container_script(netns: &str, c: &RunningContainer) -> String {
+    let q = |p: &Path| sh_quote(&p.display().to_string());
+    let mut s = String::new();
+    s.push_str("fail() { echo \"weft-e2e kubelet: container setup failed: $*\" >&2; exit 125; }\n");
+    s.push_str(&format!(
+        "D={}\nL={}\nR=\"$D/root\"\n",
+        q(&c.dir),
+        q(&c.rootfs)
+    ));
+    let step = |s: &mut String, cmd: &str| {
+        s.push_str(&format!("{cmd} || fail {}\n", sh_quote(cmd)));
+    };
+    step(&mut s, "rm -rf \"$D/upper\" \"$D/work\"");
+    step(&mut s, "mkdir -p \"$D/upper\" \"$D/work\" \"$R\"");
+    step(
+        &mut s,
+        "mount -t overlay overlay -o \"lowerdir=$L,upperdir=$D/upper,workdir=$D/work\" \"$R\"",
+    );
+    step(&mut s, "mkdir -p \"$R/proc\" \"$R/dev\" \"$R/etc\"");
+    step(&mut s, "mount -t proc proc \"$R/proc\"");
+    step(
+        &mut s,
+        "mount -t tmpfs -o mode=755,nosuid,size=1m tmpfs \"$R/dev\"",
+    );
+    for dev in ["null", "zero", "full", "random", "urandom", "tty"] {
+        step(&mut s, &format!("touch \"$R/dev/{dev}\""));
+        step(&mut s, &format!("mount --bind /dev/{dev} \"$R/dev/{dev}\""));
+    }
+    step(&mut s, "ln -s /proc/self/fd \"$R/dev/fd\"");
+    step(&mut s, "mkdir \"$R/dev/shm\"");
+    step(
+        &mut s,
+        "mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs \"$R/dev/shm\"",
+    );
+    let etc = Path::new("/etc/netns").join(netns);
+    let mut binds: Vec<BindMount> = ["hosts", "resolv.conf"]
+        .iter()
+        .map(|f| BindMount {
+            host: etc.join(f),
+            path: format!("/etc/{f}"),
+            read_only: false,
+        })
+        .collect();
+    binds.extend(c.mounts.iter().cloned());
+    for m in &binds {
+        let target = format!("\"$R\"{}", sh_quote(&m.path));
+        if m.host.is_dir() {
+            step(&mut s, &format!("mkdir -p {target}"));
+        } else {
+            step(&mut s, &format!("mkdir -p \"$(dirname {target})\""));
+            step(&mut s, &format!("touch {target}"));
+        }
+        step(&mut s, &format!("mount --bind {} {target}", q(&m.host)));
+        if m.read_only {
+            step(&mut s, &format!("mount -o remount,bind,ro {target}"));
+        }
+    }
+    step(
+        &mut s,
+        &format!("mkdir -p \"$R\"{}", sh_quote(&c.working_dir)),
+    );
+    if c.read_only_root {
+        step(&mut s, "mount -o remount,bind,ro \"$R\"");
+    }
+    s.push_str("exec /usr/bin/env -i");
+    for (k, v) in &c.env {
+        s.push(' ');
+        s.push_str(&sh_quote(&format!("{k}={v}")));
+    }
+    s.push_str(&format!(
+        " /usr/bin/unshare --root=\"$R\" --wd={} --setgid {} --setuid {} -- \"$@\"\n",
+        sh_quote(&c.working_dir),
+        c.gid,
+        c.uid
+    ));
+    s
+}
+
 fn spawn_container(netns: &str, c: &RunningContainer) -> Result<Child, KubeletError> {
+    std::fs::create_dir_all(&c.dir)?;
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&c.log)?;
     let err = log.try_clone()?;
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", netns]);
-    if let Some(uid) = c.uid.filter(|u| *u != 0) {
-        cmd.args([
-            "setpriv",
-            &format!("--reuid={uid}"),
-            &format!("--regid={uid}"),
-            "--clear-groups",
-            "--",
-        ]);
-    }
-    cmd.arg(&c.bin)
+    cmd.args(["netns", "exec", netns])
+        .args(["unshare", "--mount", "--propagation", "private"])
+        .args(["/bin/sh", "-c", &container_script(netns, c), "sh"])
         .args(&c.argv)
         .env_clear()
-        .envs(c.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .stdin(Stdio::null())
         .stdout(Stdio::from(log))
         .stderr(Stdio::from(err))
@@ -1021,8 +1198,8 @@ fn pod_status(rp: &RunningPod) -> Value {
         .map(|c| {
             json!({
                 "name": c.name, "ready": c.ready, "started": c.child.is_some(),
-                "restartCount": c.restarts.max(0), "image": c.bin.display().to_string(),
-                "imageID": "", "state": {"running": {"startedAt": now}},
+                "restartCount": c.restarts.max(0), "image": c.image,
+                "imageID": c.image_id, "state": {"running": {"startedAt": now}},
             })
         })
         .collect();
@@ -1114,18 +1291,33 @@ async fn apply_service_rules(rules: &[String]) -> Result<(), KubeletError> {
     Ok(())
 }
 
-/// Environment in which the kubelet can run: root, `ip`, `iptables`, `setpriv`.
+/// Environment in which the kubelet can run: root, `ip`, `iptables`, `setpriv`, `unshare`
+/// (util-linux 2.36+ for `--root`/`--wd`/`--setuid`), `mount`, `tar`, overlayfs.
 pub fn missing_requirements() -> Option<String> {
     if !crate::cluster::is_root() {
         return Some("not root (network namespaces and iptables need root)".into());
     }
-    for tool in ["ip", "iptables", "setpriv", "sysctl"] {
+    for tool in [
+        "ip", "iptables", "setpriv", "sysctl", "unshare", "mount", "tar", "env",
+    ] {
         let found = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
             .iter()
             .any(|d| Path::new(d).join(tool).exists());
         if !found {
             return Some(format!("{tool} is not installed"));
         }
+    }
+    let fs = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+    if !fs
+        .lines()
+        .any(|l| l.split_whitespace().last() == Some("overlay"))
+    {
+        // Loaded on first use on most kernels.
+        let _ = std::process::Command::new("modprobe")
+            .arg("overlay")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
     None
 }

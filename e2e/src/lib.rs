@@ -1,11 +1,13 @@
 //! Harness for weft's end-to-end tests: a real control plane ([`cluster`]), a kubelet stand-in
-//! that runs pods as processes in network namespaces ([`kubelet`]), and Helm via the Python SDK
-//! ([`helm`]).
+//! that runs pods from the repository's images (built by `scripts/build-images.sh`, read and
+//! unpacked by [`images`]) as processes in network namespaces ([`kubelet`]), and Helm via the
+//! Python SDK (`e2e/scripts/helm.py`).
 #![forbid(unsafe_code)]
 
 pub mod apply;
 pub mod cluster;
 pub mod harness;
+pub mod images;
 pub mod kubelet;
 pub mod loopback;
 pub mod operator;

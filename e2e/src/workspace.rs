@@ -1,5 +1,6 @@
-//! Binaries of this workspace, exposed to the kubelet stand-in in one folder (names as the
-//! kubelet maps images to them).
+//! Binaries of this workspace (debug builds), for tests that run them outside pods, exposed in
+//! one folder. Pods do not use them: the kubelet stand-in runs pods from the images
+//! (`scripts/build-images.sh`, [`crate::images`]).
 //!
 //! Tests cannot run cargo themselves (the build directory is locked while `cargo test` runs), so
 //! build the other crates' binaries first:

@@ -39,6 +39,8 @@ async fn kube_pods_run_in_netns_with_iptables_redirection() {
         "spec": {
             "initContainers": [{"name": "weft-init", "image": "weft/proxy:dev",
                 "command": ["weft-proxy-init"],
+                // As the injector does: the image's user is the proxy's, iptables needs root.
+                "securityContext": {"runAsUser": 0},
                 "args": ["--proxy-uid", "2102", "--skip-inbound-ports", "4191", "--skip-outbound-ports", "3306"]}],
             "containers": [
                 {"name": "inbound", "image": "weft-test-app", "args": ["origdst", "--listen", "0.0.0.0:4143"]},

@@ -2,14 +2,16 @@
 //!
 //! ```text
 //! sudo weft-e2e-kubelet --kubeconfig /tmp/weft-kube-XXXX/kubeconfig --api-server https://198.18.0.1:PORT \
-//!     --ca /tmp/weft-kube-XXXX/ca.crt --bin-dir target/debug
+//!     --ca /tmp/weft-kube-XXXX/ca.crt
 //! ```
+//! Pods run from the images in `target/images` (run `scripts/build-images.sh` first).
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use weft_e2e::images::ImageStore;
 use weft_e2e::kubelet::{Images, Kubelet, KubeletConfig};
 
 #[derive(Parser, Debug)]
@@ -22,8 +24,9 @@ struct Args {
     /// CA of the API server's certificate.
     #[arg(long)]
     ca: PathBuf,
-    #[arg(long, default_value = "target/debug")]
-    bin_dir: PathBuf,
+    /// Folder with `images.json` and the image layouts (`scripts/build-images.sh` output).
+    #[arg(long, default_value = "target/images")]
+    images_dir: PathBuf,
     #[arg(long, default_value = "/tmp/weft-e2e-kubelet")]
     state_dir: PathBuf,
     #[arg(long, default_value = "weft-e2e")]
@@ -43,7 +46,10 @@ async fn main() -> anyhow::Result<()> {
         KubeletConfig {
             node_name: args.node_name,
             images: Images {
-                bin_dir: std::fs::canonicalize(&args.bin_dir).context("bin dir")?,
+                store: std::sync::Arc::new(
+                    ImageStore::open(&args.images_dir, &weft_e2e::images::rootfs_cache())
+                        .context("reading the images")?,
+                ),
             },
             api_server: args.api_server,
             api_ca_pem: std::fs::read_to_string(&args.ca).context("reading the CA")?,
