@@ -78,6 +78,33 @@ pub fn cache_dir() -> PathBuf {
     root.join(KUBE_TARBALL_SHA256)
 }
 
+/// kubectl 1.20, what users of the tested API server run and whose output the tests check:
+/// `$WEFT_KUBECTL`, else `<kube cache>/kubectl` (Debian's kubernetes-client, unpacked there by
+/// `e2e/scripts/kube-build.sh`). An error when it is missing or is not 1.20.
+pub fn kubectl_120() -> Result<PathBuf, String> {
+    let path = std::env::var_os("WEFT_KUBECTL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache_dir().join("kubectl"));
+    let out = std::process::Command::new(&path)
+        .args(["version", "--client", "--short"])
+        .output()
+        .map_err(|e| {
+            format!(
+                "running {} (e2e/scripts/kube-build.sh puts it there): {e}",
+                path.display()
+            )
+        })?;
+    let version = String::from_utf8_lossy(&out.stdout).to_string();
+    if !version.contains("v1.20.") {
+        return Err(format!(
+            "{} is not kubectl 1.20 ({})",
+            path.display(),
+            version.trim()
+        ));
+    }
+    Ok(path)
+}
+
 /// The repository root (this crate's parent folder).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -283,6 +283,82 @@ where
     }
 }
 
+/// A control plane prepared for operators that serve webhooks on 127.0.0.1:`webhook_port`:
+/// webhook certificates in `certs` (their CA is `webhook_ca`), the SMI CRDs converting through
+/// that port and, when asked, the validating webhook pointed at it. No operator runs yet.
+pub struct WebhookPlane {
+    pub cluster: crate::cluster::Cluster,
+    pub client: kube::Client,
+    /// Scratch folder (operators' logs); `certs` is inside it.
+    pub dir: tempfile::TempDir,
+    /// The `weft-operator` binary.
+    pub bin: PathBuf,
+    pub certs: PathBuf,
+    pub webhook_port: u16,
+    pub webhook_ca: String,
+}
+
+impl WebhookPlane {
+    /// Starts it (`crds`: install the SMI CRDs; `validating_webhook`: and weft's validating
+    /// webhook). `None` after a loud skip when the control-plane or operator binaries are
+    /// missing (a panic in CI, see [`crate::cluster::skip`]).
+    pub async fn start(
+        test: &str,
+        dir_prefix: &str,
+        crds: bool,
+        validating_webhook: bool,
+    ) -> Option<WebhookPlane> {
+        use crate::cluster::{skip, Binaries, Cluster, ClusterOptions};
+        crate::cluster::install_crypto_provider();
+        let bins = match tokio::task::spawn_blocking(Binaries::locate_or_build).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                skip(test, &e.to_string());
+                return None;
+            }
+            Err(e) => panic!("{e}"),
+        };
+        let bin = match operator_binary() {
+            Ok(b) => b,
+            Err(e) => {
+                skip(test, &e.to_string());
+                return None;
+            }
+        };
+        let cluster = Cluster::start(&bins, ClusterOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("{test}: control plane failed to start: {e}"));
+        let client = cluster.client().await.unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix(dir_prefix)
+            .tempdir()
+            .unwrap();
+        let certs = dir.path().join("webhook");
+        let webhook_ca = webhook_tls(&certs).unwrap();
+        let webhook_port = free_port().unwrap();
+        let base = format!("https://127.0.0.1:{webhook_port}");
+        if crds {
+            install_crds(&client, Some((&base, &webhook_ca)))
+                .await
+                .unwrap();
+        }
+        if validating_webhook {
+            install_validating_webhook(&client, &base, &webhook_ca)
+                .await
+                .unwrap();
+        }
+        Some(WebhookPlane {
+            cluster,
+            client,
+            dir,
+            bin,
+            certs,
+            webhook_port,
+            webhook_ca,
+        })
+    }
+}
+
 /// How to run one operator process.
 #[derive(Clone, Debug, Default)]
 pub struct OperatorOptions {

@@ -114,18 +114,11 @@ async fn app_pod(env: &KubeEnv, ns: &str, name: &str, labels: Value) {
     .await;
 }
 
-/// kubectl 1.20 from the control-plane cache, or `None` after a loud skip message.
+/// kubectl 1.20 ([`weft_e2e::cluster::kubectl_120`]), or `None` after a loud skip message.
 fn kubectl(test: &str) -> Option<PathBuf> {
-    let k = weft_e2e::cluster::cache_dir().join("kubectl");
-    if k.is_file() {
-        Some(k)
-    } else {
-        skip(
-            test,
-            &format!("no kubectl 1.20 at {} (kube-build.sh)", k.display()),
-        );
-        None
-    }
+    weft_e2e::cluster::kubectl_120()
+        .map_err(|e| skip(test, &e))
+        .ok()
 }
 
 /// `kubectl apply -f -` of `yaml` against the test cluster; panics with kubectl's stderr.

@@ -4,8 +4,8 @@
 //! objects at old versions and the operator's status writes succeed, and every object reads at
 //! every version of its kind.
 //!
-//! Needs `cargo build -p weft-operator --bins` first, and kubectl 1.20 (`WEFT_E2E_KUBECTL`,
-//! else `kubectl` in the kube cache folder next to kube-apiserver, else `kubectl` on `PATH`).
+//! Needs `cargo build -p weft-operator --bins` first, and kubectl 1.20 (`$WEFT_KUBECTL`,
+//! else `kubectl` in the kube cache folder next to kube-apiserver; [`weft_e2e::cluster::kubectl_120`]).
 //! Run with the machine-wide lock:
 //! `flock /tmp/weft-kube-e2e.lock cargo test -p weft-e2e --test kube_conversion`.
 
@@ -17,12 +17,8 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, PostParams};
 use serde_json::{json, Value};
-use weft_e2e::cluster::KUBE_TARBALL_SHA256;
-use weft_e2e::cluster::{cache_dir, free_port, skip, Binaries, Cluster, ClusterOptions};
-use weft_e2e::operator::{
-    install_crds, install_validating_webhook, operator_binary, wait_for, webhook_tls,
-    OperatorOptions, OperatorProcess,
-};
+use weft_e2e::cluster::{kubectl_120, skip, Cluster};
+use weft_e2e::operator::{wait_for, OperatorOptions, OperatorProcess, WebhookPlane};
 
 const NS: &str = "conv";
 const LIMIT: Duration = Duration::from_secs(60);
@@ -52,62 +48,27 @@ impl Drop for Env {
     }
 }
 
-fn kubectl_binary() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("WEFT_E2E_KUBECTL") {
-        return Some(PathBuf::from(p));
-    }
-    let cached = cache_dir().join(KUBE_TARBALL_SHA256).join("kubectl");
-    if cached.is_file() {
-        return Some(cached);
-    }
-    std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|d| d.join("kubectl"))
-            .find(|p| p.is_file())
-    })
-}
-
 /// A control plane with the SMI CRDs converting through the operator's webhook, the
 /// validating webhook, namespace `conv` with Services `web`, `web-v1`, `web-v2`, and one
 /// operator (webhooks and status writer) ready. `None` after a loud skip.
 async fn env(test: &str) -> Option<Env> {
     let guard = lock().lock_owned().await;
-    weft_e2e::cluster::install_crypto_provider();
-    let bins = match tokio::task::spawn_blocking(Binaries::locate_or_build).await {
-        Ok(Ok(b)) => b,
-        Ok(Err(e)) => {
-            skip(test, &e.to_string());
-            return None;
-        }
-        Err(e) => panic!("{e}"),
-    };
-    let bin = match operator_binary() {
-        Ok(b) => b,
+    let kubectl = match kubectl_120() {
+        Ok(k) => k,
         Err(e) => {
-            skip(test, &e.to_string());
+            skip(test, &e);
             return None;
         }
     };
-    let Some(kubectl) = kubectl_binary() else {
-        skip(test, "no kubectl (set WEFT_E2E_KUBECTL)");
-        return None;
-    };
-    let cluster = Cluster::start(&bins, ClusterOptions::default())
-        .await
-        .unwrap_or_else(|e| panic!("{test}: control plane failed to start: {e}"));
-    let client = cluster.client().await.unwrap();
-    let dir = tempfile::Builder::new()
-        .prefix("weft-conv-")
-        .tempdir()
-        .unwrap();
-    let certs = dir.path().join("webhook");
-    let ca = webhook_tls(&certs).unwrap();
-    let webhook_port = free_port().unwrap();
-    let base = format!("https://127.0.0.1:{webhook_port}");
-    install_crds(&client, Some((&base, &ca))).await.unwrap();
-    install_validating_webhook(&client, &base, &ca)
-        .await
-        .unwrap();
+    let WebhookPlane {
+        cluster,
+        client,
+        dir,
+        bin,
+        certs,
+        webhook_port,
+        ..
+    } = WebhookPlane::start(test, "weft-conv-", true, true).await?;
     let namespaces: Api<Namespace> = Api::all(client.clone());
     for name in [NS, "weft-system"] {
         namespaces

@@ -9,9 +9,8 @@
 //!   rises); a changed problem is a new Event.
 //!
 //! Needs `cargo build -p weft-operator --bins` first, and kubectl 1.20 at `$WEFT_KUBECTL` or in
-//! the kube cache folder (`<cache>/kubectl`, see docs/operator.md "Events"):
-//!   `apt-get download kubernetes-client && dpkg -x kubernetes-client_*.deb x &&
-//!    cp x/usr/bin/kubectl "$(e2e/scripts/kube-build.sh --print-dir)/kubectl"`
+//! the kube cache folder (`<cache>/kubectl`, which `e2e/scripts/kube-build.sh` unpacks from
+//! Debian's kubernetes-client; [`weft_e2e::cluster::kubectl_120`]).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -20,11 +19,8 @@ use k8s_openapi::api::core::v1::{Event, Namespace, Service};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch};
 use kube::api::{PatchParams, PostParams};
 use serde_json::{json, Value};
-use weft_e2e::cluster::{cache_dir, free_port, skip, Binaries, Cluster, ClusterOptions};
-use weft_e2e::operator::{
-    install_crds, install_validating_webhook, operator_binary, wait_for, webhook_tls,
-    OperatorOptions, OperatorProcess, MANAGER,
-};
+use weft_e2e::cluster::{kubectl_120, skip, Cluster};
+use weft_e2e::operator::{wait_for, OperatorOptions, OperatorProcess, WebhookPlane, MANAGER};
 
 const NS: &str = "e2e";
 const LIMIT: Duration = Duration::from_secs(30);
@@ -44,46 +40,10 @@ struct Env {
     _guard: tokio::sync::MutexGuard<'static, ()>,
 }
 
-/// kubectl 1.20: `$WEFT_KUBECTL`, else `<kube cache>/kubectl`; it must say v1.20.
-fn kubectl_120() -> Result<PathBuf, String> {
-    let path = std::env::var_os("WEFT_KUBECTL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| cache_dir().join("kubectl"));
-    let out = std::process::Command::new(&path)
-        .args(["version", "--client", "--short"])
-        .output()
-        .map_err(|e| format!("running {}: {e}", path.display()))?;
-    let version = String::from_utf8_lossy(&out.stdout).to_string();
-    if !version.contains("v1.20.") {
-        return Err(format!(
-            "{} is not kubectl 1.20 ({})",
-            path.display(),
-            version.trim()
-        ));
-    }
-    Ok(path)
-}
-
 /// A control plane with the SMI CRDs and weft's validating webhook, namespaces `e2e` and
 /// `weft-system`, Services `web` and `web-v1`; or `None` after a loud skip.
 async fn env(test: &str) -> Option<Env> {
     let guard = LOCK.lock().await;
-    weft_e2e::cluster::install_crypto_provider();
-    let bins = match tokio::task::spawn_blocking(Binaries::locate_or_build).await {
-        Ok(Ok(b)) => b,
-        Ok(Err(e)) => {
-            skip(test, &e.to_string());
-            return None;
-        }
-        Err(e) => panic!("{e}"),
-    };
-    let bin = match operator_binary() {
-        Ok(b) => b,
-        Err(e) => {
-            skip(test, &e.to_string());
-            return None;
-        }
-    };
     let kubectl = match kubectl_120() {
         Ok(k) => k,
         Err(e) => {
@@ -91,22 +51,15 @@ async fn env(test: &str) -> Option<Env> {
             return None;
         }
     };
-    let cluster = Cluster::start(&bins, ClusterOptions::default())
-        .await
-        .unwrap_or_else(|e| panic!("{test}: control plane failed to start: {e}"));
-    let client = cluster.client().await.unwrap();
-    let dir = tempfile::Builder::new()
-        .prefix("weft-feedback-")
-        .tempdir()
-        .unwrap();
-    let certs = dir.path().join("webhook");
-    let ca = webhook_tls(&certs).unwrap();
-    let webhook_port = free_port().unwrap();
-    let base = format!("https://127.0.0.1:{webhook_port}");
-    install_crds(&client, Some((&base, &ca))).await.unwrap();
-    install_validating_webhook(&client, &base, &ca)
-        .await
-        .unwrap();
+    let WebhookPlane {
+        cluster,
+        client,
+        dir,
+        bin,
+        certs,
+        webhook_port,
+        ..
+    } = WebhookPlane::start(test, "weft-feedback-", true, true).await?;
 
     let namespaces: Api<Namespace> = Api::all(client.clone());
     for name in [NS, "weft-system"] {

@@ -16,10 +16,10 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch};
 use kube::api::{ListParams, PatchParams, PostParams};
 use serde_json::{json, Value};
-use weft_e2e::cluster::{free_port, skip, Binaries, Cluster, ClusterOptions};
+use weft_e2e::cluster::Cluster;
 use weft_e2e::operator::{
-    install_crds, install_validating_webhook, operator_binary, outbound_routes, wait_for,
-    webhook_tls, OperatorOptions, OperatorProcess, RouteSummary, SimProxy, MANAGER,
+    install_crds, outbound_routes, wait_for, OperatorOptions, OperatorProcess, RouteSummary,
+    SimProxy, WebhookPlane, MANAGER,
 };
 
 const NS: &str = "e2e";
@@ -53,42 +53,15 @@ async fn env(test: &str, validating_webhook: bool) -> Option<Env> {
 /// [`env`], with or without the SMI CRDs installed.
 async fn env_with(test: &str, crds: bool, validating_webhook: bool) -> Option<Env> {
     let guard = lock().lock_owned().await;
-    weft_e2e::cluster::install_crypto_provider();
-    let bins = match tokio::task::spawn_blocking(Binaries::locate_or_build).await {
-        Ok(Ok(b)) => b,
-        Ok(Err(e)) => {
-            skip(test, &e.to_string());
-            return None;
-        }
-        Err(e) => panic!("{e}"),
-    };
-    let bin = match operator_binary() {
-        Ok(b) => b,
-        Err(e) => {
-            skip(test, &e.to_string());
-            return None;
-        }
-    };
-    let cluster = Cluster::start(&bins, ClusterOptions::default())
-        .await
-        .unwrap_or_else(|e| panic!("{test}: control plane failed to start: {e}"));
-    let client = cluster.client().await.unwrap();
-    let dir = tempfile::Builder::new()
-        .prefix("weft-op-")
-        .tempdir()
-        .unwrap();
-    let certs = dir.path().join("webhook");
-    let ca = webhook_tls(&certs).unwrap();
-    let webhook_port = free_port().unwrap();
-    let base = format!("https://127.0.0.1:{webhook_port}");
-    if crds {
-        install_crds(&client, Some((&base, &ca))).await.unwrap();
-    }
-    if validating_webhook {
-        install_validating_webhook(&client, &base, &ca)
-            .await
-            .unwrap();
-    }
+    let WebhookPlane {
+        cluster,
+        client,
+        dir,
+        bin,
+        certs,
+        webhook_port,
+        webhook_ca: ca,
+    } = WebhookPlane::start(test, "weft-op-", crds, validating_webhook).await?;
     Some(Env {
         client,
         dir,
