@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration, WebhookClientConfig,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Endpoints, Namespace, Pod, Service};
@@ -319,6 +319,8 @@ struct Hook {
 async fn release_hooks(client: &Client, names: &InstallNames) -> Result<Vec<Hook>, String> {
     let mut hooks = Vec::new();
     let mine = |ns: &str| ns == names.namespace;
+    // Validating and mutating webhooks share the client config type: collect, then map once.
+    let mut admission: Vec<(String, WebhookClientConfig)> = Vec::new();
     let vwcs: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
     for c in vwcs.list(&ListParams::default()).await.map_err(|e| {
         format!(
@@ -328,15 +330,7 @@ async fn release_hooks(client: &Client, names: &InstallNames) -> Result<Vec<Hook
     })? {
         let cname = c.metadata.name.unwrap_or_default();
         for w in c.webhooks.unwrap_or_default() {
-            if let Some(svc) = w.client_config.service.filter(|s| mine(&s.namespace)) {
-                hooks.push(Hook {
-                    what: format!("validating/{cname}"),
-                    service_ns: svc.namespace,
-                    service: svc.name,
-                    port: svc.port.unwrap_or(443),
-                    ca_bundle: w.client_config.ca_bundle.map(|b| b.0),
-                });
-            }
+            admission.push((format!("validating/{cname}"), w.client_config));
         }
     }
     let mwcs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
@@ -348,15 +342,18 @@ async fn release_hooks(client: &Client, names: &InstallNames) -> Result<Vec<Hook
     })? {
         let cname = c.metadata.name.unwrap_or_default();
         for w in c.webhooks.unwrap_or_default() {
-            if let Some(svc) = w.client_config.service.filter(|s| mine(&s.namespace)) {
-                hooks.push(Hook {
-                    what: format!("mutating/{cname}"),
-                    service_ns: svc.namespace,
-                    service: svc.name,
-                    port: svc.port.unwrap_or(443),
-                    ca_bundle: w.client_config.ca_bundle.map(|b| b.0),
-                });
-            }
+            admission.push((format!("mutating/{cname}"), w.client_config));
+        }
+    }
+    for (what, cc) in admission {
+        if let Some(svc) = cc.service.filter(|s| mine(&s.namespace)) {
+            hooks.push(Hook {
+                what,
+                service_ns: svc.namespace,
+                service: svc.name,
+                port: svc.port.unwrap_or(443),
+                ca_bundle: cc.ca_bundle.map(|b| b.0),
+            });
         }
     }
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
