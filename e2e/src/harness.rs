@@ -234,3 +234,59 @@ impl KubeEnv {
             .unwrap_or_else(|e| panic!("exec {argv:?}: {e}"))
     }
 }
+
+/// Polls `probe` (every 300 ms) until `check` holds for what it returns; panics after `limit`
+/// with `what` and the last value.
+pub async fn eventually<T, F, Fut>(
+    what: &str,
+    limit: Duration,
+    mut probe: F,
+    check: impl Fn(&T) -> bool,
+) -> T
+where
+    T: std::fmt::Debug,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let got = probe().await;
+        if check(&got) {
+            return got;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not so after {limit:?}; last: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+impl KubeEnv {
+    /// Runs `e2e/scripts/helm.py ARGS --kubeconfig <this cluster>` (the Helm v4 SDK).
+    pub fn helm(&self, args: &[&str]) -> std::process::Output {
+        let kubeconfig = self.cluster.kubeconfig.display().to_string();
+        std::process::Command::new("python3")
+            .arg(crate::cluster::repo_root().join("e2e/scripts/helm.py"))
+            .args(args)
+            .args(["--kubeconfig", &kubeconfig])
+            .output()
+            .unwrap_or_else(|e| panic!("helm.py: {e}"))
+    }
+
+    /// Prepares the Helm SDK (`helm.py setup`); `false` after a loud skip when it cannot be
+    /// installed (a panic in CI, see [`crate::cluster::skip`]).
+    pub fn helm_ready(&self, test: &str) -> bool {
+        let setup = self.helm(&["setup"]);
+        if !setup.status.success() {
+            crate::cluster::skip(
+                test,
+                &format!(
+                    "helm-python-sdk unavailable: {}",
+                    String::from_utf8_lossy(&setup.stderr)
+                ),
+            );
+        }
+        setup.status.success()
+    }
+}

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use weft_e2e::apply;
-use weft_e2e::cluster::{repo_root, skip};
-use weft_e2e::harness::{kube_env, KubeEnv};
+use weft_e2e::cluster::skip;
+use weft_e2e::harness::{eventually, kube_env, KubeEnv};
 
 const NS: &str = "shop";
 
@@ -56,37 +56,6 @@ async fn weft(bin: &Path, env: &KubeEnv, args: &[&str]) -> Run {
         code: o.status.code(),
         out: String::from_utf8_lossy(&o.stdout).into_owned(),
         err: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
-}
-
-fn helm(env: &KubeEnv, args: &[&str]) -> std::process::Output {
-    let kubeconfig = env.cluster.kubeconfig.display().to_string();
-    std::process::Command::new("python3")
-        .arg(repo_root().join("e2e/scripts/helm.py"))
-        .args(args)
-        .args(["--kubeconfig", &kubeconfig])
-        .output()
-        .unwrap_or_else(|e| panic!("helm.py: {e}"))
-}
-
-/// Waits (up to 90 s) until `check` holds for what `probe` returns; panics with the last value.
-async fn eventually<T, F, Fut>(what: &str, mut probe: F, check: impl Fn(&T) -> bool) -> T
-where
-    T: std::fmt::Debug,
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = T>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        let got = probe().await;
-        if check(&got) {
-            return got;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not so after 90s; last: {got:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
@@ -191,15 +160,7 @@ async fn kube_cli_proxies_check_diff_against_the_chart() {
     else {
         return;
     };
-    let setup = helm(&env, &["setup"]);
-    if !setup.status.success() {
-        skip(
-            TEST,
-            &format!(
-                "helm-python-sdk unavailable: {}",
-                String::from_utf8_lossy(&setup.stderr)
-            ),
-        );
+    if !env.helm_ready(TEST) {
         return;
     }
     // SMI CRDs already in the cluster, owned by no release (`weft crds | kubectl apply -f -`):
@@ -269,18 +230,15 @@ async fn kube_cli_proxies_check_diff_against_the_chart() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
     // Two operator replicas: `proxies` merges what each one has connected.
-    let out = helm(
-        &env,
-        &[
-            "install",
-            "--namespace",
-            "weft-system",
-            "--name",
-            "weft",
-            "--set",
-            "operator.replicas=2",
-        ],
-    );
+    let out = env.helm(&[
+        "install",
+        "--namespace",
+        "weft-system",
+        "--name",
+        "weft",
+        "--set",
+        "operator.replicas=2",
+    ]);
     assert!(
         out.status.success(),
         "helm install: {}",
@@ -290,6 +248,7 @@ async fn kube_cli_proxies_check_diff_against_the_chart() {
         kube::Api::namespaced(env.client.clone(), "weft-system");
     let operator_pods: Vec<String> = eventually(
         "two operator pods exist",
+        Duration::from_secs(90),
         || async {
             pods.list(&Default::default())
                 .await
@@ -336,6 +295,7 @@ async fn kube_cli_proxies_check_diff_against_the_chart() {
     // `weft proxies` through the API server: every proxy, with the replica it is connected to.
     let run = eventually(
         "weft proxies lists both proxies in sync",
+        Duration::from_secs(90),
         || weft(&bin, &env, &["proxies", "-o", "json"]),
         |r: &Run| {
             r.code == Some(0)
@@ -387,6 +347,7 @@ async fn kube_cli_proxies_check_diff_against_the_chart() {
     // `weft check` passes, and says it verified the webhooks' certificates and a conversion.
     let passed = eventually(
         "weft check passes",
+        Duration::from_secs(90),
         || weft(&bin, &env, &["check"]),
         |r: &Run| r.code == Some(0),
     )
@@ -439,6 +400,7 @@ async fn kube_cli_proxies_check_diff_against_the_chart() {
     set_validating_ca(&env, &original_ca).await;
     eventually(
         "weft check passes with the caBundle restored",
+        Duration::from_secs(90),
         || weft(&bin, &env, &["check"]),
         |r: &Run| r.code == Some(0),
     )
@@ -483,6 +445,7 @@ async fn kube_cli_proxies_check_diff_against_the_chart() {
         .expect("deleting the straggler");
     eventually(
         "weft check passes without the straggler",
+        Duration::from_secs(90),
         || weft(&bin, &env, &["check"]),
         |r: &Run| r.code == Some(0),
     )

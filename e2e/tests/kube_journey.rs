@@ -22,8 +22,8 @@ use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch
 use serde_json::{json, Value};
 use tokio::time::Instant;
 use weft_e2e::apply;
-use weft_e2e::cluster::{repo_root, skip};
-use weft_e2e::harness::{kube_env, KubeEnv};
+use weft_e2e::cluster::repo_root;
+use weft_e2e::harness::{eventually, kube_env, KubeEnv};
 
 const TEST: &str = "kube_journey";
 /// The sample application's namespace (examples/app/00-namespace.yaml).
@@ -38,16 +38,6 @@ const RETRY_PERIOD: Duration = Duration::from_secs(2);
 /// readiness probe period; generous on a 2-core machine running the whole control plane.
 const PROPAGATION: Duration = Duration::from_secs(8);
 
-fn helm(env: &KubeEnv, args: &[&str]) -> std::process::Output {
-    let kubeconfig = env.cluster.kubeconfig.display().to_string();
-    std::process::Command::new("python3")
-        .arg(repo_root().join("e2e/scripts/helm.py"))
-        .args(args)
-        .args(["--kubeconfig", &kubeconfig])
-        .output()
-        .unwrap_or_else(|e| panic!("helm.py: {e}"))
-}
-
 /// `kubectl apply -f FILE` for a file of examples/app.
 async fn apply_example(env: &KubeEnv, file: &str) {
     let path = repo_root().join("examples/app").join(file);
@@ -56,32 +46,6 @@ async fn apply_example(env: &KubeEnv, file: &str) {
     apply::apply_yaml(&env.client, &text)
         .await
         .unwrap_or_else(|e| panic!("applying {file}: {e}"));
-}
-
-/// Waits (up to `limit`) until `check` holds for what `probe` returns; panics with the last value.
-async fn eventually<T, F, Fut>(
-    what: &str,
-    limit: Duration,
-    mut probe: F,
-    check: impl Fn(&T) -> bool,
-) -> T
-where
-    T: std::fmt::Debug,
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = T>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        let got = probe().await;
-        if check(&got) {
-            return got;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not so after {limit:?}; last: {got:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
 }
 
 fn is_ready(p: &Pod) -> bool {
@@ -300,20 +264,12 @@ async fn kube_journey_install_app_canary_access_and_operator_failover() {
     else {
         return;
     };
-    let setup = helm(&env, &["setup"]);
-    if !setup.status.success() {
-        skip(
-            TEST,
-            &format!(
-                "helm-python-sdk unavailable: {}",
-                String::from_utf8_lossy(&setup.stderr)
-            ),
-        );
+    if !env.helm_ready(TEST) {
         return;
     }
 
     // docs/install.md: `helm install weft charts/weft -n weft-system --create-namespace`.
-    let out = helm(&env, &["install", "--namespace", SYSTEM, "--name", "weft"]);
+    let out = env.helm(&["install", "--namespace", SYSTEM, "--name", "weft"]);
     assert!(
         out.status.success(),
         "helm install: {}",

@@ -15,20 +15,11 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use weft_e2e::apply;
-use weft_e2e::cluster::{repo_root, skip};
-use weft_e2e::harness::{kube_env, KubeEnv};
+use weft_e2e::cluster::skip;
+use weft_e2e::harness::{eventually, kube_env, KubeEnv};
 
 const TEST: &str = "kube_mesh";
 const NS: &str = "shop";
-
-fn helm(env: &KubeEnv, args: &[&str]) -> std::process::Output {
-    let kubeconfig = env.cluster.kubeconfig.display().to_string();
-    let mut cmd = std::process::Command::new("python3");
-    cmd.arg(repo_root().join("e2e/scripts/helm.py"))
-        .args(args)
-        .args(["--kubeconfig", &kubeconfig]);
-    cmd.output().unwrap_or_else(|e| panic!("helm.py: {e}"))
-}
 
 async fn deploy_app(env: &KubeEnv, name: &str, sa: &str, labels: Value, app_env: Value) {
     // The readiness probe goes through the inbound proxy: the operator authorizes `GET /healthz`
@@ -189,27 +180,6 @@ async fn weft_check(weft: &Path, env: &KubeEnv) -> CheckRun {
     }
 }
 
-/// Waits (up to 60 s) until `check` holds for what `probe` returns; panics with the last value.
-async fn eventually<T, F, Fut>(what: &str, mut probe: F, check: impl Fn(&T) -> bool) -> T
-where
-    T: std::fmt::Debug,
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = T>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let got = probe().await;
-        if check(&got) {
-            return got;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not so after 60s; last: {got:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-}
-
 /// Whether every answer (`<body> <status>` lines) has status `code`.
 fn all_status(lines: &[String], code: u16) -> bool {
     let suffix = format!(" {code}");
@@ -266,23 +236,12 @@ async fn kube_mesh_canary_mtls_and_access() {
     else {
         return;
     };
-    let setup = helm(&env, &["setup"]);
-    if !setup.status.success() {
-        skip(
-            TEST,
-            &format!(
-                "helm-python-sdk unavailable: {}",
-                String::from_utf8_lossy(&setup.stderr)
-            ),
-        );
+    if !env.helm_ready(TEST) {
         return;
     }
 
     // Install: the exact command of docs/install.md (plus the test cluster's kubeconfig).
-    let out = helm(
-        &env,
-        &["install", "--namespace", "weft-system", "--name", "weft"],
-    );
+    let out = env.helm(&["install", "--namespace", "weft-system", "--name", "weft"]);
     assert!(
         out.status.success(),
         "helm install: {}",
@@ -389,6 +348,7 @@ async fn kube_mesh_canary_mtls_and_access() {
     // version's pod not yet in the EndpointSlice, plain `web` answers v1 only too).
     eventually(
         "web serves both versions before the canary",
+        Duration::from_secs(60),
         || requests(&env, 40, "/"),
         |b: &Vec<String>| share(b, "web v1") > 0.0 && share(b, "web v2") > 0.0,
     )
@@ -463,6 +423,7 @@ async fn kube_mesh_canary_mtls_and_access() {
     // Without the split, `web` is a plain Service again: it selects both versions.
     let plain = eventually(
         "plain Service behaviour after deleting the split",
+        Duration::from_secs(60),
         || requests(&env, 40, "/"),
         |b: &Vec<String>| {
             all_status(b, 200) && share(b, "web v1") > 0.0 && share(b, "web v2") > 0.0
@@ -543,6 +504,7 @@ async fn access(env: &KubeEnv) {
         .unwrap_or_else(|e| panic!("annotating namespace {NS}: {e}"));
     eventually(
         "default deny: GET /items refused",
+        Duration::from_secs(60),
         || requests(env, 5, "/items"),
         |b: &Vec<String>| all_status(b, 403),
     )
@@ -591,6 +553,7 @@ spec:
         .unwrap_or_else(|e| panic!("applying access policy: {e}"));
     eventually(
         "GET /items allowed for client",
+        Duration::from_secs(60),
         || requests(env, 5, "/items"),
         |b: &Vec<String>| all_status(b, 200),
     )
@@ -647,6 +610,7 @@ spec:
     .unwrap_or_else(|e| panic!("applying the TCP policy: {e}"));
     eventually(
         "TCP echo allowed for client",
+        Duration::from_secs(60),
         || tcp_echo(env, "client"),
         |r: &String| r == "echo weft-ping",
     )
@@ -669,6 +633,7 @@ spec:
     .unwrap_or_else(|e| panic!("deleting client-to-web: {e}"));
     eventually(
         "GET /items refused again after deleting the TrafficTarget",
+        Duration::from_secs(60),
         || requests(env, 5, "/items"),
         |b: &Vec<String>| all_status(b, 403),
     )
@@ -678,6 +643,7 @@ spec:
         .unwrap_or_else(|e| panic!("re-applying access policy: {e}"));
     eventually(
         "GET /items allowed again",
+        Duration::from_secs(60),
         || requests(env, 5, "/items"),
         |b: &Vec<String>| all_status(b, 200),
     )
@@ -831,6 +797,7 @@ async fn versions_validation_and_restart(env: &KubeEnv, operator_pod: &str) {
     // Every meshed pod's proxy reconnected to the new operator pod and ACKed its config.
     let passed = eventually(
         "weft check passes with every proxy connected",
+        Duration::from_secs(60),
         || weft_check(&weft, env),
         |c: &CheckRun| {
             c.passed
@@ -883,6 +850,7 @@ async fn versions_validation_and_restart(env: &KubeEnv, operator_pod: &str) {
         .unwrap_or_else(|e| panic!("scaling the operator to 0: {e}"));
     let report = eventually(
         "weft check fails with the operator down",
+        Duration::from_secs(60),
         || weft_check(&weft, env),
         |c: &CheckRun| !c.passed && c.report.contains("scaled to 0"),
     )
