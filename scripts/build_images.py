@@ -771,6 +771,11 @@ def main() -> int:
         help="do not run cargo: use the binaries already in <target>/dist",
     )
     ap.add_argument(
+        "--bins",
+        type=Path,
+        help="with --no-cargo: take the binaries from this folder instead of <target>/dist",
+    )
+    ap.add_argument(
         "--out", type=Path, help="copy the images to this folder instead of <target>/images"
     )
     ap.add_argument("--print-key", action="store_true", help="print the input key and exit")
@@ -786,11 +791,14 @@ def main() -> int:
     debs = deb.resolve(BASE_PACKAGES + IPTABLES_PACKAGES)
     key = input_key(version, epoch, debs, arch)
     specs = image_specs(version)
+    if args.bins and not args.no_cargo:
+        raise BuildError("--bins needs --no-cargo")
+    dist = args.bins or target_dir() / "dist"
     if args.no_cargo:
         # Whatever is in <target>/dist, which may not match the sources: key on its bytes.
         h = hashlib.sha256(key.encode())
         for b in sorted(b for s in specs for b in s["bins"]):
-            p = target_dir() / "dist" / b
+            p = dist / b
             h.update(sha256_file(p).encode() if p.is_file() else b"missing")
         key = "bins-" + h.hexdigest()[:27]
     if args.print_key:
@@ -800,7 +808,7 @@ def main() -> int:
     images_dir = target_dir() / "images"
     if args.no_cache or not (cached / "images.json").is_file():
         start = time.monotonic()
-        bins_dir = target_dir() / "dist" if args.no_cargo else cargo_build(specs)
+        bins_dir = dist if args.no_cargo else cargo_build(specs)
         with tempfile.TemporaryDirectory(prefix="weft-images-") as tmp:
             root = Path(tmp) / "debian"
             root.mkdir()

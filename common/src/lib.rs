@@ -4,6 +4,7 @@
 //!   parsed and formatted in one place so that identities are values, not strings;
 //! - [`backoff`]: the one jittered exponential backoff used by every reconnect loop;
 //! - [`duration`]: the one parser of human durations (`500ms`, `2s`, `1.5m`, `1h`);
+//! - [`reliability`]: the defaults of timeouts, retries, failure accrual and load shedding;
 //! - [`names`]: the resource names of the Discovery protocol (`inbound`, `outbound:…`, `endpoints:…`),
 //!   used by the core that compiles them and by `weft-proxy-api` (re-exported there);
 //! - `tls` (feature `tls`): the SPIFFE ID of a certificate and the rustls verifiers that check a
@@ -21,6 +22,7 @@ pub mod backoff;
 pub mod ca;
 pub mod duration;
 pub mod names;
+pub mod reliability;
 pub mod spiffe;
 #[cfg(feature = "tls")]
 pub mod tls;

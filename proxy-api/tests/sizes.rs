@@ -13,9 +13,9 @@ use support::{full_state_response, incremental_response, versioned_resource};
 use weft_proxy_api::discovery::{known_versions, ResourceMap};
 use weft_proxy_api::names::{endpoints_name, outbound_name, INBOUND};
 use weft_proxy_api::v1::{
-    authorization, resource::Kind, Authorization, DefaultPolicy, Endpoint, EndpointSet, HttpMatch,
-    InboundPolicy, InboundPort, MeshClients, OutboundPort, OutboundService, Protocol, Resource,
-    Route, TrafficPolicy, WeightedBackend,
+    authorization, resource::Kind, Authorization, DefaultPolicy, Endpoint, EndpointSet,
+    FailureAccrual, HttpMatch, InboundPolicy, InboundPort, MeshClients, OutboundPort,
+    OutboundService, Protocol, Resource, Route, StatusRange, TrafficPolicy, WeightedBackend,
 };
 
 const NS: &str = "demo";
@@ -105,6 +105,25 @@ fn outbound(service: &str, index: usize, split: bool) -> Resource {
                 max_retries: 2,
                 retry_budget_ratio: 0.2,
                 retry_non_idempotent: false,
+                // What the operator sends for an unannotated Service: the defaults, explicit.
+                retry_budget_min_per_second: 10,
+                per_try_timeout_ms: 0,
+                retry_statuses: vec![StatusRange { min: 502, max: 504 }],
+                retry_grpc_codes: vec![14],
+                failure_accrual: Some(FailureAccrual {
+                    consecutive_failures: 5,
+                    min_success_rate: 0.0,
+                    window_ms: 10_000,
+                    min_requests: 20,
+                    min_backoff_ms: 1_000,
+                    max_backoff_ms: 60_000,
+                    failure_statuses: vec![StatusRange { min: 500, max: 599 }],
+                    failure_grpc_codes: vec![2, 4, 13, 14, 15],
+                }),
+                max_concurrent_requests: 10_000,
+                max_pending_requests: 1_000,
+                max_requests_per_endpoint: 0,
+                queue_timeout_ms: 1_000,
             }),
         }),
     )
@@ -142,6 +161,7 @@ fn inbound() -> Resource {
                         authorization("frontend-to-web", &["frontend"]),
                         authorization("ops-to-web", &["prometheus", "ops"]),
                     ],
+                    limits: None,
                 })
                 .collect(),
         }),

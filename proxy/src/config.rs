@@ -155,6 +155,27 @@ pub struct InboundPort {
     /// Only `authorizations` allow traffic, whatever the default policy.
     pub restricted: bool,
     pub authorizations: Vec<Authorization>,
+    /// What protects the application on this port (`None`: nothing limited).
+    pub limits: Option<InboundLimits>,
+}
+
+/// Load shedding and local rate limits of an inbound port, for this pod's proxy.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct InboundLimits {
+    /// 0: unlimited.
+    pub max_concurrent_requests: u32,
+    pub max_pending_requests: u32,
+    #[serde(serialize_with = "ser_duration_ms_plain", rename = "queue_timeout_ms")]
+    pub queue_timeout: Duration,
+    pub rate_limit: Option<RateLimit>,
+    pub rate_limit_per_identity: Option<RateLimit>,
+}
+
+/// A token bucket: `burst` requests at once, refilled at `requests_per_second`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct RateLimit {
+    pub requests_per_second: f64,
+    pub burst: u32,
 }
 
 /// Who an authorization admits: the typed `Authorization.clients` choice of the proxy API.
@@ -225,8 +246,10 @@ impl Authorization {
     }
 }
 
-/// Timeouts and retries for requests to a service.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+/// Timeouts, retries, failure accrual and load shedding for requests to a service
+/// (docs/reliability.md). [`Default`] is the policy of a service the operator sent none for:
+/// the defaults of [`weft_common::reliability`].
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct TrafficPolicy {
     /// `None`: no timeout.
     #[serde(serialize_with = "ser_duration_ms", rename = "request_timeout_ms")]
@@ -235,6 +258,94 @@ pub struct TrafficPolicy {
     /// Retries allowed as a fraction of requests.
     pub retry_budget_ratio: f64,
     pub retry_non_idempotent: bool,
+    /// Retries allowed per second whatever the ratio.
+    pub retry_budget_min_per_second: u32,
+    /// `None`: each attempt may use what is left of the request's time.
+    #[serde(serialize_with = "ser_duration_ms", rename = "per_try_timeout_ms")]
+    pub per_try_timeout: Option<Duration>,
+    pub retry_statuses: StatusSet,
+    pub retry_grpc_codes: Vec<u32>,
+    pub failure_accrual: FailureAccrual,
+    /// 0: unlimited.
+    pub max_concurrent_requests: u32,
+    pub max_pending_requests: u32,
+    /// 0: unlimited.
+    pub max_requests_per_endpoint: u32,
+    #[serde(serialize_with = "ser_duration_ms_plain", rename = "queue_timeout_ms")]
+    pub queue_timeout: Duration,
+}
+
+impl Default for TrafficPolicy {
+    fn default() -> Self {
+        use weft_common::reliability as d;
+        TrafficPolicy {
+            request_timeout: None,
+            max_retries: 0,
+            retry_budget_ratio: d::RETRY_BUDGET_RATIO,
+            retry_non_idempotent: false,
+            retry_budget_min_per_second: d::RETRY_BUDGET_MIN_PER_SECOND,
+            per_try_timeout: None,
+            retry_statuses: StatusSet::from_pairs(d::RETRY_STATUSES),
+            retry_grpc_codes: d::RETRY_GRPC_CODES.to_vec(),
+            failure_accrual: FailureAccrual::default(),
+            max_concurrent_requests: d::MAX_CONCURRENT_REQUESTS,
+            max_pending_requests: d::MAX_PENDING_REQUESTS,
+            max_requests_per_endpoint: d::MAX_REQUESTS_PER_ENDPOINT,
+            queue_timeout: Duration::from_millis(d::QUEUE_TIMEOUT_MS),
+        }
+    }
+}
+
+/// A set of HTTP statuses, as inclusive ranges.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct StatusSet(pub Vec<(u16, u16)>);
+
+impl StatusSet {
+    pub fn from_pairs(pairs: &[(u16, u16)]) -> Self {
+        StatusSet(pairs.to_vec())
+    }
+
+    pub fn contains(&self, status: u16) -> bool {
+        self.0.iter().any(|&(lo, hi)| lo <= status && status <= hi)
+    }
+}
+
+/// When an endpoint is ejected from the balancer, and for how long.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FailureAccrual {
+    /// 0: never by consecutive failures.
+    pub consecutive_failures: u32,
+    /// 0: never by success rate.
+    pub min_success_rate: f64,
+    #[serde(serialize_with = "ser_duration_ms_plain", rename = "window_ms")]
+    pub window: Duration,
+    pub min_requests: u32,
+    #[serde(serialize_with = "ser_duration_ms_plain", rename = "min_backoff_ms")]
+    pub min_backoff: Duration,
+    #[serde(serialize_with = "ser_duration_ms_plain", rename = "max_backoff_ms")]
+    pub max_backoff: Duration,
+    pub failure_statuses: StatusSet,
+    pub failure_grpc_codes: Vec<u32>,
+}
+
+impl Default for FailureAccrual {
+    fn default() -> Self {
+        use weft_common::reliability as d;
+        FailureAccrual {
+            consecutive_failures: d::ACCRUAL_CONSECUTIVE_FAILURES,
+            min_success_rate: d::ACCRUAL_MIN_SUCCESS_RATE,
+            window: Duration::from_millis(d::ACCRUAL_WINDOW_MS),
+            min_requests: d::ACCRUAL_MIN_REQUESTS,
+            min_backoff: Duration::from_millis(d::ACCRUAL_MIN_BACKOFF_MS),
+            max_backoff: Duration::from_millis(d::ACCRUAL_MAX_BACKOFF_MS),
+            failure_statuses: StatusSet::from_pairs(d::FAILURE_STATUSES),
+            failure_grpc_codes: d::FAILURE_GRPC_CODES.to_vec(),
+        }
+    }
+}
+
+fn ser_duration_ms_plain<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// A service this pod may call.
@@ -636,6 +747,7 @@ fn inbound_policy(resource: &str, p: &v1::InboundPolicy) -> Result<InboundPolicy
                 protocol: Protocol::from_proto(ip.protocol),
                 restricted: ip.restricted,
                 authorizations,
+                limits: inbound_limits(ip.limits.as_ref()),
             },
         );
         if previous.is_some() {
@@ -679,22 +791,125 @@ fn endpoint_set(
     Ok(EndpointSet { endpoints })
 }
 
+fn finite_ratio(r: f64) -> f64 {
+    if r.is_finite() && r > 0.0 {
+        r.min(1.0)
+    } else {
+        0.0
+    }
+}
+
+/// The statuses of `ranges`, or `default` when there are none (the proto's rule for empty lists).
+fn status_set(ranges: &[v1::StatusRange], default: &[(u16, u16)]) -> StatusSet {
+    if ranges.is_empty() {
+        return StatusSet::from_pairs(default);
+    }
+    StatusSet(
+        ranges
+            .iter()
+            .filter_map(|r| {
+                let lo = u16::try_from(r.min).ok()?;
+                let hi = u16::try_from(r.max).ok()?;
+                (lo <= hi).then_some((lo, hi))
+            })
+            .collect(),
+    )
+}
+
+fn codes(codes: &[u32], default: &[u32]) -> Vec<u32> {
+    if codes.is_empty() {
+        default.to_vec()
+    } else {
+        codes.to_vec()
+    }
+}
+
+fn millis(ms: u64) -> Option<Duration> {
+    (ms > 0).then(|| Duration::from_millis(ms))
+}
+
+fn failure_accrual(a: Option<&v1::FailureAccrual>) -> FailureAccrual {
+    let Some(a) = a else {
+        return FailureAccrual::default();
+    };
+    let d = FailureAccrual::default();
+    let min_backoff = millis(a.min_backoff_ms).unwrap_or(d.min_backoff);
+    FailureAccrual {
+        consecutive_failures: a.consecutive_failures,
+        min_success_rate: finite_ratio(a.min_success_rate),
+        window: millis(a.window_ms).unwrap_or(d.window),
+        min_requests: a.min_requests,
+        min_backoff,
+        max_backoff: millis(a.max_backoff_ms)
+            .unwrap_or(d.max_backoff)
+            .max(min_backoff),
+        failure_statuses: status_set(
+            &a.failure_statuses,
+            weft_common::reliability::FAILURE_STATUSES,
+        ),
+        failure_grpc_codes: codes(
+            &a.failure_grpc_codes,
+            weft_common::reliability::FAILURE_GRPC_CODES,
+        ),
+    }
+}
+
 fn traffic_policy(p: Option<&v1::TrafficPolicy>) -> TrafficPolicy {
     let Some(p) = p else {
         return TrafficPolicy::default();
     };
-    let ratio = if p.retry_budget_ratio.is_finite() && p.retry_budget_ratio > 0.0 {
-        p.retry_budget_ratio
-    } else {
-        0.0
-    };
     TrafficPolicy {
-        request_timeout: (p.request_timeout_ms > 0)
-            .then(|| Duration::from_millis(p.request_timeout_ms)),
+        request_timeout: millis(p.request_timeout_ms),
         max_retries: p.max_retries,
-        retry_budget_ratio: ratio,
+        retry_budget_ratio: finite_ratio(p.retry_budget_ratio),
         retry_non_idempotent: p.retry_non_idempotent,
+        retry_budget_min_per_second: p.retry_budget_min_per_second,
+        per_try_timeout: millis(p.per_try_timeout_ms),
+        retry_statuses: status_set(&p.retry_statuses, weft_common::reliability::RETRY_STATUSES),
+        retry_grpc_codes: codes(
+            &p.retry_grpc_codes,
+            weft_common::reliability::RETRY_GRPC_CODES,
+        ),
+        failure_accrual: failure_accrual(p.failure_accrual.as_ref()),
+        max_concurrent_requests: p.max_concurrent_requests,
+        max_pending_requests: p.max_pending_requests,
+        max_requests_per_endpoint: p.max_requests_per_endpoint,
+        queue_timeout: millis(p.queue_timeout_ms).unwrap_or(Duration::from_millis(
+            weft_common::reliability::QUEUE_TIMEOUT_MS,
+        )),
     }
+}
+
+fn inbound_limits(l: Option<&v1::InboundLimits>) -> Option<InboundLimits> {
+    let l = l?;
+    let rate = |r: &Option<v1::RateLimit>| {
+        r.as_ref().and_then(|r| {
+            let rps = finite_positive(r.requests_per_second)?;
+            let burst = if r.burst > 0 {
+                r.burst
+            } else {
+                // One second's worth, at least one request.
+                u32::try_from(rps.ceil() as u64).unwrap_or(u32::MAX).max(1)
+            };
+            Some(RateLimit {
+                requests_per_second: rps,
+                burst,
+            })
+        })
+    };
+    Some(InboundLimits {
+        max_concurrent_requests: l.max_concurrent_requests,
+        max_pending_requests: l.max_pending_requests,
+        queue_timeout: millis(l.queue_timeout_ms).unwrap_or(Duration::from_millis(
+            weft_common::reliability::QUEUE_TIMEOUT_MS,
+        )),
+        rate_limit: rate(&l.rate_limit),
+        rate_limit_per_identity: rate(&l.rate_limit_per_identity),
+    })
+}
+
+fn finite_positive(x: f64) -> Option<f64> {
+    (x.is_finite() && x > 0.0).then_some(x)
 }
 
 /// Converts an outbound service; its backends are not resolved yet (see [`link`]).
@@ -1165,6 +1380,7 @@ mod tests {
                     identity: "spiffe://cluster.local/ns/demo/sa/api".into(),
                     default_policy: v1::DefaultPolicy::Mesh as i32,
                     ports: vec![v1::InboundPort {
+                        limits: None,
                         port: 8080,
                         protocol: v1::Protocol::Http1 as i32,
                         restricted: true,
@@ -1215,6 +1431,7 @@ mod tests {
                         max_retries: 2,
                         retry_budget_ratio: 0.2,
                         retry_non_idempotent: false,
+                        ..Default::default()
                     }),
                 }),
             ),
@@ -1591,7 +1808,10 @@ mod tests {
             .unwrap_or_else(|| panic!());
         api.version = "2".into();
         if let Some(Kind::Outbound(s)) = api.kind.as_mut() {
-            s.policy = None;
+            s.policy = Some(v1::TrafficPolicy {
+                retry_budget_ratio: 0.0,
+                ..Default::default()
+            });
         }
         let second = store
             .update("v2", &changed)

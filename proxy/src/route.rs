@@ -699,6 +699,7 @@ mod tests {
         ports.insert(
             8080,
             InboundPort {
+                limits: None,
                 port: 8080,
                 protocol: Protocol::Detect,
                 restricted,

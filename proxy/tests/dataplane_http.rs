@@ -244,6 +244,7 @@ async fn proxy_errors_503_502_504() {
                 max_retries: 0,
                 retry_budget_ratio: 0.0,
                 retry_non_idempotent: false,
+                ..Default::default()
             }),
         ),
         outbound(
@@ -326,6 +327,7 @@ fn inbound_policy(app_port: u16, default: v1::DefaultPolicy, restricted: bool) -
             identity: API.into(),
             default_policy: default as i32,
             ports: vec![v1::InboundPort {
+                limits: None,
                 port: u32::from(app_port),
                 protocol: v1::Protocol::Grpc as i32,
                 restricted,
@@ -473,6 +475,7 @@ async fn opaque_tcp_over_mtls_is_authorized_per_connection() {
                 identity: API.into(),
                 default_policy: v1::DefaultPolicy::Deny as i32,
                 ports: vec![v1::InboundPort {
+                    limits: None,
                     port: u32::from(echo.port()),
                     protocol: v1::Protocol::Opaque as i32,
                     restricted: true,
@@ -522,6 +525,7 @@ async fn plaintext_opaque_to_single_inbound_port() {
             identity: API.into(),
             default_policy: v1::DefaultPolicy::Allow as i32,
             ports: vec![v1::InboundPort {
+                limits: None,
                 port: u32::from(echo.port()),
                 protocol: v1::Protocol::Detect as i32,
                 restricted: false,

@@ -136,6 +136,7 @@ fn inbound_policy(
             identity: API.into(),
             default_policy: v1::DefaultPolicy::Deny as i32,
             ports: vec![v1::InboundPort {
+                limits: None,
                 port: u32::from(app_port),
                 protocol: v1::Protocol::Http1 as i32,
                 restricted: true,

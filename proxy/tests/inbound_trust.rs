@@ -33,6 +33,7 @@ const BOUND: Duration = Duration::from_secs(20);
 
 fn port(port: u16, protocol: v1::Protocol) -> v1::InboundPort {
     v1::InboundPort {
+        limits: None,
         port: u32::from(port),
         protocol: protocol as i32,
         restricted: false,

@@ -46,6 +46,7 @@ fn service(name: &str) -> v1::Resource {
                 max_retries: 0,
                 retry_budget_ratio: 0.5,
                 retry_non_idempotent: false,
+                ..Default::default()
             }),
         })),
     }

@@ -69,14 +69,14 @@ pub struct HeaderMatch {
 }
 
 /// What may reach a pod (proto `InboundPolicy`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct InboundPolicy {
     pub identity: String,
     pub default_policy: DefaultPolicy,
     pub ports: Vec<InboundPort>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct InboundPort {
     pub port: u16,
     pub protocol: Protocol,
@@ -84,6 +84,9 @@ pub struct InboundPort {
     pub restricted: bool,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub authorizations: Vec<Authorization>,
+    /// Load shedding and rate limits protecting the application on this port.
+    #[serde(skip_serializing_if = "InboundLimits::is_unlimited")]
+    pub limits: InboundLimits,
 }
 
 /// One TrafficTarget's grant on a port.
@@ -193,7 +196,9 @@ pub struct WeightedBackend {
     pub unavailable_reason: String,
 }
 
-/// Timeouts and retries from Service annotations.
+/// Timeouts, retries, failure accrual and load shedding from Service and Namespace annotations
+/// (proto `TrafficPolicy`; docs/reliability.md). Always the effective values: the defaults of
+/// [`weft_common::reliability`] where nothing is annotated.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct TrafficPolicy {
     /// 0: no timeout.
@@ -202,21 +207,121 @@ pub struct TrafficPolicy {
     pub max_retries: u32,
     pub retry_budget_ratio: f64,
     pub retry_non_idempotent: bool,
+    pub retry_budget_min_per_second: u32,
+    /// 0: none.
+    pub per_try_timeout_ms: u64,
+    pub retry_statuses: Vec<StatusRange>,
+    pub retry_grpc_codes: Vec<u32>,
+    pub failure_accrual: FailureAccrual,
+    /// 0: unlimited.
+    pub max_concurrent_requests: u32,
+    pub max_pending_requests: u32,
+    /// 0: unlimited.
+    pub max_requests_per_endpoint: u32,
+    pub queue_timeout_ms: u64,
 }
 
 impl Default for TrafficPolicy {
     fn default() -> Self {
+        use weft_common::reliability as d;
         TrafficPolicy {
             request_timeout_ms: 0,
             max_retries: 0,
-            retry_budget_ratio: DEFAULT_RETRY_BUDGET,
+            retry_budget_ratio: d::RETRY_BUDGET_RATIO,
             retry_non_idempotent: false,
+            retry_budget_min_per_second: d::RETRY_BUDGET_MIN_PER_SECOND,
+            per_try_timeout_ms: 0,
+            retry_statuses: StatusRange::list(d::RETRY_STATUSES),
+            retry_grpc_codes: d::RETRY_GRPC_CODES.to_vec(),
+            failure_accrual: FailureAccrual::default(),
+            max_concurrent_requests: d::MAX_CONCURRENT_REQUESTS,
+            max_pending_requests: d::MAX_PENDING_REQUESTS,
+            max_requests_per_endpoint: d::MAX_REQUESTS_PER_ENDPOINT,
+            queue_timeout_ms: d::QUEUE_TIMEOUT_MS,
         }
     }
 }
 
+/// An inclusive range of HTTP statuses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct StatusRange {
+    pub min: u16,
+    pub max: u16,
+}
+
+impl StatusRange {
+    pub fn list(ranges: &[(u16, u16)]) -> Vec<StatusRange> {
+        ranges
+            .iter()
+            .map(|&(min, max)| StatusRange { min, max })
+            .collect()
+    }
+}
+
+/// Per-endpoint circuit breaking (proto `FailureAccrual`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FailureAccrual {
+    /// 0: never by consecutive failures.
+    pub consecutive_failures: u32,
+    /// 0: never by success rate.
+    pub min_success_rate: f64,
+    pub window_ms: u64,
+    pub min_requests: u32,
+    pub min_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    pub failure_statuses: Vec<StatusRange>,
+    pub failure_grpc_codes: Vec<u32>,
+}
+
+impl Default for FailureAccrual {
+    fn default() -> Self {
+        use weft_common::reliability as d;
+        FailureAccrual {
+            consecutive_failures: d::ACCRUAL_CONSECUTIVE_FAILURES,
+            min_success_rate: d::ACCRUAL_MIN_SUCCESS_RATE,
+            window_ms: d::ACCRUAL_WINDOW_MS,
+            min_requests: d::ACCRUAL_MIN_REQUESTS,
+            min_backoff_ms: d::ACCRUAL_MIN_BACKOFF_MS,
+            max_backoff_ms: d::ACCRUAL_MAX_BACKOFF_MS,
+            failure_statuses: StatusRange::list(d::FAILURE_STATUSES),
+            failure_grpc_codes: d::FAILURE_GRPC_CODES.to_vec(),
+        }
+    }
+}
+
+/// Load shedding and local rate limits of an inbound port (proto `InboundLimits`), per pod.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct InboundLimits {
+    /// 0: unlimited.
+    pub max_concurrent_requests: u32,
+    pub max_pending_requests: u32,
+    /// 0: the default ([`weft_common::reliability::QUEUE_TIMEOUT_MS`]).
+    pub queue_timeout_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit_per_identity: Option<RateLimit>,
+}
+
+impl InboundLimits {
+    /// Whether nothing is limited (the proto then carries no `limits`).
+    pub fn is_unlimited(&self) -> bool {
+        self.max_concurrent_requests == 0
+            && self.rate_limit.is_none()
+            && self.rate_limit_per_identity.is_none()
+    }
+}
+
+/// A token bucket.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct RateLimit {
+    pub requests_per_second: f64,
+    /// 0: one second's worth.
+    pub burst: u32,
+}
+
 /// Default `weft.io/retry-budget`.
-pub const DEFAULT_RETRY_BUDGET: f64 = 0.2;
+pub const DEFAULT_RETRY_BUDGET: f64 = weft_common::reliability::RETRY_BUDGET_RATIO;
 
 /// The endpoints of one service port (proto `EndpointSet`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]

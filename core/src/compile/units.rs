@@ -728,6 +728,7 @@ pub(crate) fn inbound(
                 protocol,
                 restricted,
                 authorizations,
+                limits: InboundLimits::default(),
             }
         })
         .collect();

@@ -83,6 +83,7 @@ impl ToProto for InboundPolicy {
                     protocol: port.protocol.to_proto() as i32,
                     restricted: port.restricted,
                     authorizations: port.authorizations.iter().map(ToProto::to_proto).collect(),
+                    limits: (!port.limits.is_unlimited()).then(|| port.limits.to_proto()),
                 })
                 .collect(),
         }
@@ -121,6 +122,61 @@ impl ToProto for TrafficPolicy {
             max_retries: p.max_retries,
             retry_budget_ratio: p.retry_budget_ratio,
             retry_non_idempotent: p.retry_non_idempotent,
+            retry_budget_min_per_second: p.retry_budget_min_per_second,
+            per_try_timeout_ms: p.per_try_timeout_ms,
+            retry_statuses: status_ranges(&p.retry_statuses),
+            retry_grpc_codes: p.retry_grpc_codes.clone(),
+            failure_accrual: Some(p.failure_accrual.to_proto()),
+            max_concurrent_requests: p.max_concurrent_requests,
+            max_pending_requests: p.max_pending_requests,
+            max_requests_per_endpoint: p.max_requests_per_endpoint,
+            queue_timeout_ms: p.queue_timeout_ms,
+        }
+    }
+}
+
+fn status_ranges(r: &[StatusRange]) -> Vec<pb::StatusRange> {
+    r.iter()
+        .map(|r| pb::StatusRange {
+            min: u32::from(r.min),
+            max: u32::from(r.max),
+        })
+        .collect()
+}
+
+impl ToProto for FailureAccrual {
+    type Proto = pb::FailureAccrual;
+    fn to_proto(&self) -> pb::FailureAccrual {
+        let a = self;
+        pb::FailureAccrual {
+            consecutive_failures: a.consecutive_failures,
+            min_success_rate: a.min_success_rate,
+            window_ms: a.window_ms,
+            min_requests: a.min_requests,
+            min_backoff_ms: a.min_backoff_ms,
+            max_backoff_ms: a.max_backoff_ms,
+            failure_statuses: status_ranges(&a.failure_statuses),
+            failure_grpc_codes: a.failure_grpc_codes.clone(),
+        }
+    }
+}
+
+impl ToProto for InboundLimits {
+    type Proto = pb::InboundLimits;
+    fn to_proto(&self) -> pb::InboundLimits {
+        let l = self;
+        let rate = |r: &Option<RateLimit>| {
+            r.map(|r| pb::RateLimit {
+                requests_per_second: r.requests_per_second,
+                burst: r.burst,
+            })
+        };
+        pb::InboundLimits {
+            max_concurrent_requests: l.max_concurrent_requests,
+            max_pending_requests: l.max_pending_requests,
+            queue_timeout_ms: l.queue_timeout_ms,
+            rate_limit: rate(&l.rate_limit),
+            rate_limit_per_identity: rate(&l.rate_limit_per_identity),
         }
     }
 }

@@ -195,6 +195,38 @@ pub struct InboundPort {
     pub restricted: bool,
     #[prost(message, repeated, tag = "4")]
     pub authorizations: ::prost::alloc::vec::Vec<Authorization>,
+    /// What protects the application on this port; absent: no limits.
+    #[prost(message, optional, tag = "5")]
+    pub limits: ::core::option::Option<InboundLimits>,
+}
+/// Load shedding and local rate limits of one inbound port, per pod (each replica's proxy counts
+/// for itself), from annotations on the Services that target the port (docs/reliability.md).
+#[derive(Clone, Copy, PartialEq, ::prost::Message)]
+pub struct InboundLimits {
+    /// Requests in flight to the application on this port; 0: unlimited.
+    #[prost(uint32, tag = "1")]
+    pub max_concurrent_requests: u32,
+    /// Requests that may wait for a slot; beyond, a fast 503.
+    #[prost(uint32, tag = "2")]
+    pub max_pending_requests: u32,
+    /// Longest a request waits for a slot before a 503; 0: the default.
+    #[prost(uint64, tag = "3")]
+    pub queue_timeout_ms: u64,
+    /// All callers together; absent: no limit. Answered 429 with Retry-After.
+    #[prost(message, optional, tag = "4")]
+    pub rate_limit: ::core::option::Option<RateLimit>,
+    /// Each calling identity (unauthenticated callers share one bucket); absent: no limit.
+    #[prost(message, optional, tag = "5")]
+    pub rate_limit_per_identity: ::core::option::Option<RateLimit>,
+}
+/// A token bucket.
+#[derive(Clone, Copy, PartialEq, ::prost::Message)]
+pub struct RateLimit {
+    #[prost(double, tag = "1")]
+    pub requests_per_second: f64,
+    /// Requests allowed at once after an idle period; 0: one second's worth.
+    #[prost(uint32, tag = "2")]
+    pub burst: u32,
 }
 /// One TrafficTarget's grant on a port. A request is allowed if ANY authorization allows it.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -300,8 +332,11 @@ pub struct WeightedBackend {
     #[prost(string, tag = "4")]
     pub unavailable_reason: ::prost::alloc::string::String,
 }
-/// Timeouts and retries, from annotations on the Service (see docs/proxy.md).
-#[derive(Clone, Copy, PartialEq, ::prost::Message)]
+/// Timeouts, retries, failure accrual and load shedding for requests to a service, from
+/// annotations on the Service and its Namespace (docs/reliability.md). The operator always sends
+/// the effective values (defaults applied, in `weft_common::reliability`); a proxy given no
+/// policy at all uses those same defaults.
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct TrafficPolicy {
     /// 0: no timeout.
     #[prost(uint64, tag = "1")]
@@ -315,6 +350,70 @@ pub struct TrafficPolicy {
     /// Also retry non-idempotent methods (only when the service says it is safe).
     #[prost(bool, tag = "4")]
     pub retry_non_idempotent: bool,
+    /// Retries allowed per second whatever the ratio (so that a quiet service can retry at all).
+    #[prost(uint32, tag = "5")]
+    pub retry_budget_min_per_second: u32,
+    /// Time limit of each attempt (retries get a fresh one, within request_timeout); 0: none.
+    #[prost(uint64, tag = "6")]
+    pub per_try_timeout_ms: u64,
+    /// HTTP statuses that are retried, when the request may be retried at all; empty: the
+    /// defaults (502-504). (No retries at all is `max_retries: 0`.)
+    #[prost(message, repeated, tag = "7")]
+    pub retry_statuses: ::prost::alloc::vec::Vec<StatusRange>,
+    /// gRPC status codes (grpc-status of a response) that are retried; empty: the defaults.
+    #[prost(uint32, repeated, tag = "8")]
+    pub retry_grpc_codes: ::prost::alloc::vec::Vec<u32>,
+    /// When an endpoint is taken out of the balancer; absent: the defaults.
+    #[prost(message, optional, tag = "9")]
+    pub failure_accrual: ::core::option::Option<FailureAccrual>,
+    /// Requests to this service in flight from this proxy; 0: unlimited.
+    #[prost(uint32, tag = "10")]
+    pub max_concurrent_requests: u32,
+    /// Requests that may wait for a free slot (service or endpoint limit); beyond, a fast 503.
+    #[prost(uint32, tag = "11")]
+    pub max_pending_requests: u32,
+    /// Requests in flight to one endpoint of this service from this proxy; 0: unlimited.
+    #[prost(uint32, tag = "12")]
+    pub max_requests_per_endpoint: u32,
+    /// Longest a request waits for a slot before a 503; 0: the default.
+    #[prost(uint64, tag = "13")]
+    pub queue_timeout_ms: u64,
+}
+/// An inclusive range of HTTP status codes (`500-599`, or `429-429`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct StatusRange {
+    #[prost(uint32, tag = "1")]
+    pub min: u32,
+    #[prost(uint32, tag = "2")]
+    pub max: u32,
+}
+/// Per-endpoint circuit breaking. Connect errors and timeouts are always failures; responses are
+/// failures when their status or grpc-status is listed here. 429 and RESOURCE_EXHAUSTED are not
+/// failures: the endpoint is backed off for its Retry-After (bounded by max_backoff_ms).
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct FailureAccrual {
+    /// Ejected after this many consecutive failures; 0: never by consecutive failures.
+    #[prost(uint32, tag = "1")]
+    pub consecutive_failures: u32,
+    /// Ejected when the success rate over `window_ms` falls below this (0 to 1); 0: never by rate.
+    #[prost(double, tag = "2")]
+    pub min_success_rate: f64,
+    #[prost(uint64, tag = "3")]
+    pub window_ms: u64,
+    /// Responses needed in the window before the success rate can eject.
+    #[prost(uint32, tag = "4")]
+    pub min_requests: u32,
+    /// First ejection lasts min_backoff_ms, doubling (with jitter) up to max_backoff_ms while
+    /// the probe sent after each ejection fails.
+    #[prost(uint64, tag = "5")]
+    pub min_backoff_ms: u64,
+    #[prost(uint64, tag = "6")]
+    pub max_backoff_ms: u64,
+    /// Empty: the defaults (500-599; UNKNOWN, DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE, DATA_LOSS).
+    #[prost(message, repeated, tag = "7")]
+    pub failure_statuses: ::prost::alloc::vec::Vec<StatusRange>,
+    #[prost(uint32, repeated, tag = "8")]
+    pub failure_grpc_codes: ::prost::alloc::vec::Vec<u32>,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct EndpointSet {
