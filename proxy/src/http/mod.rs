@@ -2,6 +2,7 @@
 //! server builders with limits, pooled clients to plain-HTTP upstreams, and HTTP/1.1 upgrades
 //! ([`upgrade`]).
 
+pub mod deadline;
 pub mod normalize;
 pub mod upgrade;
 
