@@ -177,6 +177,37 @@ pub struct ClientErrorLabels {
     pub reason: &'static str,
 }
 
+// #16 inbound
+/// A request to the local app refused by the inbound port's limits.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InboundShedLabels {
+    /// `:<port>`.
+    pub authority: LabelValue,
+    /// `concurrency`, `pending` or `queue-timeout` (the `weft-reason` header).
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InboundRateLimitLabels {
+    pub authority: LabelValue,
+    /// `total` (the port's bucket) or `identity` (the caller's).
+    pub scope: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InboundDeadlineLabels {
+    pub authority: LabelValue,
+    /// `arrival` (expired when it arrived: the app was not called), `queue` (ran out waiting
+    /// for a slot) or `app` (ran out while the app worked on it).
+    pub stage: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InboundPortLabels {
+    pub authority: LabelValue,
+}
+// end #16 inbound
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VersionLabels {
     pub version: String,
@@ -203,6 +234,12 @@ pub struct Metrics {
     retries: Family<LatencyLabels, Counter>,
     retries_skipped: AtomicU64,
     client_errors: Family<ClientErrorLabels, Counter>,
+    // #16 inbound
+    inbound_shed: Family<InboundShedLabels, Counter>,
+    inbound_rate_limited: Family<InboundRateLimitLabels, Counter>,
+    inbound_deadline_exceeded: Family<InboundDeadlineLabels, Counter>,
+    inbound_in_flight: Family<InboundPortLabels, Gauge>,
+    // end #16 inbound
 }
 
 impl std::fmt::Debug for Metrics {
@@ -276,6 +313,32 @@ impl Metrics {
             "Requests refused or failed because of the client (bad path, duplicate Host, unreadable request body)",
             client_errors.clone(),
         );
+        // #16 inbound
+        let inbound_shed = Family::<InboundShedLabels, Counter>::default();
+        let inbound_rate_limited = Family::<InboundRateLimitLabels, Counter>::default();
+        let inbound_deadline_exceeded = Family::<InboundDeadlineLabels, Counter>::default();
+        let inbound_in_flight = Family::<InboundPortLabels, Gauge>::default();
+        registry.register(
+            "inbound_shed_requests",
+            "Inbound requests answered 503 by the port's concurrency limit, by reason",
+            inbound_shed.clone(),
+        );
+        registry.register(
+            "inbound_rate_limited_requests",
+            "Inbound requests answered 429 by a local rate limit, by bucket scope (total or identity)",
+            inbound_rate_limited.clone(),
+        );
+        registry.register(
+            "inbound_deadline_exceeded_requests",
+            "Inbound requests answered 504 (gRPC: DEADLINE_EXCEEDED) because their deadline ran out, by stage",
+            inbound_deadline_exceeded.clone(),
+        );
+        registry.register(
+            "inbound_in_flight_requests",
+            "Inbound requests in flight to the app now, per port",
+            inbound_in_flight.clone(),
+        );
+        // end #16 inbound
         Metrics {
             registry,
             requests,
@@ -291,8 +354,50 @@ impl Metrics {
             retries,
             retries_skipped: AtomicU64::new(0),
             client_errors,
+            // #16 inbound
+            inbound_shed,
+            inbound_rate_limited,
+            inbound_deadline_exceeded,
+            inbound_in_flight,
+            // end #16 inbound
         }
     }
+
+    // #16 inbound
+    /// Counts a request shed by an inbound port's concurrency limit.
+    pub fn inbound_shed(&self, authority: LabelValue, reason: &'static str) {
+        self.inbound_shed
+            .get_or_create(&InboundShedLabels { authority, reason })
+            .inc();
+    }
+
+    /// Counts a request refused by an inbound rate limit (`scope`: `total` or `identity`).
+    pub fn inbound_rate_limited(&self, authority: LabelValue, scope: &'static str) {
+        self.inbound_rate_limited
+            .get_or_create(&InboundRateLimitLabels { authority, scope })
+            .inc();
+    }
+
+    /// Counts an inbound request whose deadline ran out (`stage`: see [`InboundDeadlineLabels`]).
+    pub fn inbound_deadline_exceeded(&self, authority: LabelValue, stage: &'static str) {
+        self.inbound_deadline_exceeded
+            .get_or_create(&InboundDeadlineLabels { authority, stage })
+            .inc();
+    }
+
+    /// The in-flight gauge of an inbound port (kept by the port's limiter).
+    pub fn inbound_in_flight(&self, authority: LabelValue) -> Gauge {
+        self.inbound_in_flight
+            .get_or_create_owned(&InboundPortLabels { authority })
+    }
+
+    /// Drops the in-flight gauge of a port that left the policy.
+    pub fn inbound_forget_port(&self, authority: &LabelValue) {
+        self.inbound_in_flight.remove(&InboundPortLabels {
+            authority: authority.clone(),
+        });
+    }
+    // end #16 inbound
 
     /// The registry, to register more metrics before serving or to encode.
     pub fn registry(&self) -> &Registry {

@@ -35,6 +35,8 @@
 //! the app on a connection of their own and spliced on `101` (see [`crate::http::upgrade`]).
 //! CONNECT gets `501`.
 
+pub mod limits;
+
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -49,6 +51,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::config::{Config, InboundPort, Protocol};
+use crate::http::deadline;
 use crate::http::upgrade::{self, Splice};
 use crate::http::{self as h, Body, PlainClients};
 use crate::metrics::{self, LabelValue, Metrics, RequestLabels, INBOUND};
@@ -56,6 +59,8 @@ use crate::route::{self, Decision, RequestInfo};
 use crate::transport::{
     self, Drain, Head, Hint, MeshIdentity, PrefixedIo, Sniff, Sniffer, TransportHeader,
 };
+use limits::{Limited, Limiters, Permit, Shed};
+use weft_common::reliability::REASON_HEADER;
 
 /// Grace period for in-flight work when the listener shuts down.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
@@ -98,6 +103,8 @@ struct Shared {
     identity: Arc<dyn MeshIdentity>,
     metrics: Arc<Metrics>,
     plain: PlainClients,
+    /// Concurrency and rate limits per port, kept across config pushes.
+    limiters: Limiters,
 }
 
 /// How a port's bytes are treated, from its policy.
@@ -201,6 +208,7 @@ pub async fn serve_reserving(
         reserved,
         config,
         identity,
+        limiters: Limiters::new(metrics.clone()),
         metrics,
         plain: PlainClients::new(),
     });
@@ -589,8 +597,8 @@ async fn handle_request(
         );
         return rsp;
     }
+    let config = shared.config.borrow().clone();
     let decision = {
-        let config = shared.config.borrow();
         if config.inbound.ports.contains_key(&port) {
             route::authorize_http(
                 &config.inbound,
@@ -625,6 +633,22 @@ async fn handle_request(
         .metrics
         .authorization(authz_name.clone(), true, "http");
 
+    // Authorized: now the app's protection (docs/reliability.md, inbound).
+    let (permit, deadline) = match admit(shared, &config, port, peer.as_ref(), &req).await {
+        Ok(admitted) => admitted,
+        Err(rsp) => {
+            record(
+                shared,
+                port,
+                authz_name,
+                peer.as_ref(),
+                rsp.status(),
+                started,
+            );
+            return rsp;
+        }
+    };
+
     let connect = req.method() == Method::CONNECT;
     let wants_upgrade = !connect && upgrade::wants_upgrade(&req);
     if connect || wants_upgrade {
@@ -636,8 +660,10 @@ async fn handle_request(
         } else {
             upgrade::keep_upgrade_headers(req.headers_mut());
             set_client_id(&mut req, peer.as_deref());
+            // The permit is held until the app answers the upgrade, not for the tunnel's life.
             forward_upgrade(shared, req, port).await
         };
+        drop(permit);
         record(
             shared,
             port,
@@ -650,6 +676,14 @@ async fn handle_request(
     }
     h::strip_hop_by_hop(req.headers_mut());
     set_client_id(&mut req, peer.as_deref());
+    let grpc = is_grpc(req.headers());
+    if let Some(deadline) = deadline {
+        // What is left after the wait for a slot travels on to the app.
+        deadline::set_remaining(
+            req.headers_mut(),
+            deadline.saturating_duration_since(tokio::time::Instant::now()),
+        );
+    }
     let app = SocketAddr::new(shared.settings.app_ip, port).to_string();
     let rsp = match h::set_upstream_uri(&mut req, &app) {
         Err(e) => h::error(StatusCode::BAD_REQUEST, &format!("bad request target: {e}")),
@@ -660,12 +694,23 @@ async fn handle_request(
                 Version::HTTP_11
             };
             let (req, body) = h::watch_body(req);
-            match shared.plain.get(app_h2).request(req).await {
-                Ok(mut rsp) => {
+            let call = shared.plain.get(app_h2).request(req);
+            let answered = match deadline {
+                Some(at) => tokio::time::timeout_at(at, call).await.ok(),
+                None => Some(call.await),
+            };
+            match answered {
+                Some(Ok(mut rsp)) => {
                     h::strip_hop_by_hop(rsp.headers_mut());
-                    rsp.map(h::boxed)
+                    rsp.map(|b| limits::hold_until_done(h::boxed(b), permit))
                 }
-                Err(e) => h::forward_error(
+                None => {
+                    shared
+                        .metrics
+                        .inbound_deadline_exceeded(LabelValue::port(port), "app");
+                    deadline_exceeded(grpc, "the app did not answer within the request's deadline")
+                }
+                Some(Err(e)) => h::forward_error(
                     &body,
                     &shared.metrics,
                     INBOUND,
@@ -684,6 +729,149 @@ async fn handle_request(
         started,
     );
     rsp
+}
+
+/// The protection of the app, for an authorized request, in this order (each check costs the
+/// request nothing it has not passed):
+/// 1. a deadline that has already run out: `504` (gRPC: `DEADLINE_EXCEEDED`), the app is not
+///    called and no token is spent;
+/// 2. the caller's rate limit, then the port's: `429` with `Retry-After`;
+/// 3. a slot under the port's concurrency limit, waiting in the bounded queue for at most the
+///    queue timeout (or the request's deadline, if sooner): `503`, or `504` when the deadline
+///    ran out first.
+///
+/// Every answer carries `weft-reason`. On success: the slot, held until the response is done,
+/// and the request's deadline, if it carries one.
+async fn admit<B>(
+    shared: &Shared,
+    config: &Arc<Config>,
+    port: u16,
+    peer: Option<&Arc<str>>,
+    req: &Request<B>,
+) -> Result<(Permit, Option<tokio::time::Instant>), Response<Body>> {
+    let arrived = tokio::time::Instant::now();
+    let grpc = is_grpc(req.headers());
+    let remaining = deadline::remaining(req.headers());
+    if remaining.is_some_and(|d| d.is_zero()) {
+        shared
+            .metrics
+            .inbound_deadline_exceeded(LabelValue::port(port), "arrival");
+        return Err(deadline_exceeded(
+            grpc,
+            "the request's deadline had run out when it arrived",
+        ));
+    }
+    let state = shared.limiters.port(config, port);
+    if let Err(limited) = state.rate_limit(peer) {
+        shared
+            .metrics
+            .inbound_rate_limited(LabelValue::port(port), limited.scope.label());
+        return Err(rate_limited(grpc, port, limited));
+    }
+    match state.acquire(remaining).await {
+        Ok(permit) => Ok((permit, remaining.map(|r| arrived + r))),
+        Err(Some(shed)) => {
+            shared
+                .metrics
+                .inbound_shed(LabelValue::port(port), shed.reason());
+            Err(shed_answer(grpc, port, shed))
+        }
+        Err(None) => {
+            shared
+                .metrics
+                .inbound_deadline_exceeded(LabelValue::port(port), "queue");
+            Err(deadline_exceeded(
+                grpc,
+                "the request's deadline ran out while it waited for a slot",
+            ))
+        }
+    }
+}
+
+/// gRPC status codes of the proxy's own answers.
+const GRPC_RESOURCE_EXHAUSTED: u32 = 8;
+const GRPC_UNAVAILABLE: u32 = 14;
+const GRPC_DEADLINE_EXCEEDED: u32 = 4;
+
+fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// An answer of the proxy's own with `weft-reason: reason`: `status` and `message` for HTTP;
+/// for gRPC a trailers-only response (HTTP 200, `grpc-status: grpc_code`), which gRPC clients
+/// read as that status rather than as a transport failure.
+fn local_answer(
+    grpc: bool,
+    status: StatusCode,
+    grpc_code: u32,
+    reason: &'static str,
+    message: &str,
+) -> Response<Body> {
+    let mut rsp = if grpc {
+        let mut rsp = Response::new(h::empty());
+        let headers = rsp.headers_mut();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert("grpc-status", HeaderValue::from(grpc_code));
+        // Our messages are plain ASCII without `%`: valid grpc-message values as they are.
+        if let Ok(v) = HeaderValue::from_str(message) {
+            headers.insert("grpc-message", v);
+        }
+        rsp
+    } else {
+        h::error(status, message)
+    };
+    rsp.headers_mut()
+        .insert(REASON_HEADER, HeaderValue::from_static(reason));
+    rsp
+}
+
+fn deadline_exceeded(grpc: bool, message: &str) -> Response<Body> {
+    local_answer(
+        grpc,
+        StatusCode::GATEWAY_TIMEOUT,
+        GRPC_DEADLINE_EXCEEDED,
+        "deadline",
+        message,
+    )
+}
+
+fn rate_limited(grpc: bool, port: u16, limited: Limited) -> Response<Body> {
+    let message = match limited.scope {
+        limits::Scope::Total => format!("port {port}: rate limit of the port reached"),
+        limits::Scope::Identity => format!("port {port}: rate limit of the caller reached"),
+    };
+    let mut rsp = local_answer(
+        grpc,
+        StatusCode::TOO_MANY_REQUESTS,
+        GRPC_RESOURCE_EXHAUSTED,
+        "rate-limit",
+        &message,
+    );
+    rsp.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        HeaderValue::from(limited.retry_after_secs()),
+    );
+    rsp
+}
+
+fn shed_answer(grpc: bool, port: u16, shed: Shed) -> Response<Body> {
+    let message = match shed {
+        Shed::Concurrency => format!("port {port}: concurrency limit reached"),
+        Shed::Pending => format!("port {port}: concurrency limit reached and queue full"),
+        Shed::QueueTimeout => format!("port {port}: no slot free within the queue timeout"),
+    };
+    local_answer(
+        grpc,
+        StatusCode::SERVICE_UNAVAILABLE,
+        GRPC_UNAVAILABLE,
+        shed.reason(),
+        &message,
+    )
 }
 
 /// Forwards an authorized HTTP/1.1 upgrade request to the app on a connection of its own (the
