@@ -10,6 +10,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -296,6 +297,8 @@ pub struct PortLimits {
     /// The limits last applied (`None`: nothing limited).
     applied: Mutex<Option<InboundLimits>>,
     slots: Mutex<Slots>,
+    /// Whether either rate limit is set (lets unlimited ports skip the buckets' locks).
+    rate_limited: AtomicBool,
     total: Mutex<TotalBucket>,
     per_identity: Mutex<IdentityBuckets>,
     in_flight: Gauge,
@@ -351,6 +354,7 @@ impl PortLimits {
                 next_waiter: 0,
                 waiters: VecDeque::new(),
             }),
+            rate_limited: AtomicBool::new(false),
             total: Mutex::new(TotalBucket::default()),
             per_identity: Mutex::new(IdentityBuckets::new(identity_cap)),
             in_flight,
@@ -371,14 +375,21 @@ impl PortLimits {
             slots.hand_over(&self.in_flight);
             // A smaller queue: the newest waiters beyond it are shed when their wait ends.
         }
-        lock(&self.total).set_limit(limits.and_then(|l| l.rate_limit));
-        lock(&self.per_identity).set_limit(limits.and_then(|l| l.rate_limit_per_identity));
+        let total = limits.and_then(|l| l.rate_limit);
+        let per_identity = limits.and_then(|l| l.rate_limit_per_identity);
+        lock(&self.total).set_limit(total);
+        lock(&self.per_identity).set_limit(per_identity);
+        self.rate_limited
+            .store(total.is_some() || per_identity.is_some(), Ordering::Release);
         *applied = limits.cloned();
     }
 
     /// Takes a token from the caller's bucket and from the port's, or says which refused. A
     /// request refused by the total bucket gives its identity token back.
     pub fn rate_limit(&self, peer: Option<&Arc<str>>) -> Result<(), Limited> {
+        if !self.rate_limited.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let now = Instant::now();
         let taken = lock(&self.per_identity)
             .take(peer, now)
@@ -728,5 +739,68 @@ mod tests {
         assert_eq!(p.in_flight(), 2);
         drop((b, c));
         assert_eq!(p.in_flight(), 0);
+    }
+
+    fn config(ports: &[(u16, Option<weft_proxy_api::v1::InboundLimits>)]) -> Arc<Config> {
+        use weft_proxy_api::v1;
+        let policy = v1::InboundPolicy {
+            identity: "spiffe://cluster.local/ns/demo/sa/web".into(),
+            default_policy: v1::DefaultPolicy::Allow as i32,
+            ports: ports
+                .iter()
+                .map(|(port, limits)| v1::InboundPort {
+                    port: u32::from(*port),
+                    protocol: v1::Protocol::Http1 as i32,
+                    restricted: false,
+                    authorizations: vec![],
+                    limits: *limits,
+                })
+                .collect(),
+        };
+        let resources = std::collections::BTreeMap::from([(
+            "inbound".to_string(),
+            v1::Resource {
+                name: "inbound".into(),
+                version: "t".into(),
+                kind: Some(v1::resource::Kind::Inbound(policy)),
+            },
+        )]);
+        Arc::new(Config::from_resources("t", &resources).unwrap())
+    }
+
+    #[tokio::test]
+    async fn limiters_keep_a_ports_state_across_configs_until_the_port_leaves() {
+        let metrics = Arc::new(Metrics::new());
+        let limiters = Limiters::new(metrics.clone());
+        let one = Some(weft_proxy_api::v1::InboundLimits {
+            max_concurrent_requests: 1,
+            ..Default::default()
+        });
+        let v1 = config(&[(8080, one)]);
+        let held = limiters.port(&v1, 8080).acquire(None).await.unwrap();
+        assert!(metrics
+            .encode()
+            .contains("weft_proxy_inbound_in_flight_requests{authority=\":8080\"} 1"));
+        // Another config, the same limits: the same state, the slot still taken.
+        let v2 = config(&[(8080, one), (9090, None)]);
+        let state = limiters.port(&v2, 8080);
+        assert_eq!(state.in_flight(), 1);
+        assert_eq!(
+            state.acquire(None).await.unwrap_err(),
+            Some(Shed::Concurrency)
+        );
+        // Unlimited ports count too (the gauge), and are never refused.
+        let free = limiters.port(&v2, 9090);
+        let a = free.acquire(None).await.unwrap();
+        let b = free.acquire(None).await.unwrap();
+        assert_eq!(free.in_flight(), 2);
+        drop((a, b));
+        // The port left the policy: its state and its gauge are gone.
+        let v3 = config(&[(9090, None)]);
+        let _ = limiters.port(&v3, 9090);
+        assert!(!metrics.encode().contains("authority=\":8080\""));
+        let v4 = config(&[(8080, one), (9090, None)]);
+        assert_eq!(limiters.port(&v4, 8080).in_flight(), 0);
+        drop(held);
     }
 }
