@@ -654,6 +654,7 @@ async fn deadlines_bound_the_app_and_travel_on_rewritten() {
         .await;
     assert_eq!(late.status, 504, "{late:?}");
     assert_eq!(late.header("weft-reason"), Some("deadline"), "{late:?}");
+    eventually("the app saw the request", || app.seen.total() == 1).await;
     let seen = app.seen.deadlines();
     assert_eq!(seen.len(), 1, "{seen:?}");
     let told: u64 = seen[0]
@@ -704,6 +705,10 @@ async fn deadlines_bound_the_app_and_travel_on_rewritten() {
     );
     let body = rsp.into_body().collect().await.expect("body").to_bytes();
     assert!(body.is_empty(), "a trailers-only response has no body");
+    eventually("the gRPC app saw the request", || {
+        grpc_app.seen.total() == 1
+    })
+    .await;
     let seen = grpc_app.seen.deadlines();
     let (weft, grpc) = seen.last().cloned().unwrap_or_default();
     let weft: u64 = weft.and_then(|v| v.parse().ok()).unwrap_or(u64::MAX);
