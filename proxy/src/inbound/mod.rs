@@ -34,6 +34,12 @@
 //! HTTP/1.1 upgrade requests (WebSocket, ...) are authorized like any request, then forwarded to
 //! the app on a connection of their own and spliced on `101` (see [`crate::http::upgrade`]).
 //! CONNECT gets `501`.
+//!
+//! An authorized HTTP request then passes the app's protection ([`limits`], issue #16): an
+//! expired deadline is answered `504` at once, then the caller's and the port's rate limits
+//! (`429`), then the port's concurrency limit with its bounded queue (`503`); the request goes to
+//! the app bounded by its deadline (`504`), with the time left rewritten in its headers. See
+//! `docs/reliability.md`, section *inbound*.
 
 pub mod limits;
 
@@ -598,18 +604,16 @@ async fn handle_request(
         return rsp;
     }
     let config = shared.config.borrow().clone();
-    let decision = {
-        if config.inbound.ports.contains_key(&port) {
-            route::authorize_http(
-                &config.inbound,
-                port,
-                peer.as_deref(),
-                &RequestInfo::from_request(&req),
-            )
-        } else {
-            // The policy no longer lists the port (a config update since the connection began).
-            Decision::Deny(format!("port {port} is not one of the app's ports"))
-        }
+    let decision = if config.inbound.ports.contains_key(&port) {
+        route::authorize_http(
+            &config.inbound,
+            port,
+            peer.as_deref(),
+            &RequestInfo::from_request(&req),
+        )
+    } else {
+        // The policy no longer lists the port (a config update since the connection began).
+        Decision::Deny(format!("port {port} is not one of the app's ports"))
     };
     let authorization = match decision {
         Decision::Allow(by) => by,
@@ -633,6 +637,22 @@ async fn handle_request(
         .metrics
         .authorization(authz_name.clone(), true, "http");
 
+    if req.method() == Method::CONNECT {
+        let rsp = h::error(
+            StatusCode::NOT_IMPLEMENTED,
+            "CONNECT is not supported by weft-proxy",
+        );
+        record(
+            shared,
+            port,
+            authz_name,
+            peer.as_ref(),
+            rsp.status(),
+            started,
+        );
+        return rsp;
+    }
+
     // Authorized: now the app's protection (docs/reliability.md, inbound).
     let (permit, deadline) = match admit(shared, &config, port, peer.as_ref(), &req).await {
         Ok(admitted) => admitted,
@@ -649,20 +669,11 @@ async fn handle_request(
         }
     };
 
-    let connect = req.method() == Method::CONNECT;
-    let wants_upgrade = !connect && upgrade::wants_upgrade(&req);
-    if connect || wants_upgrade {
-        let rsp = if connect {
-            h::error(
-                StatusCode::NOT_IMPLEMENTED,
-                "CONNECT is not supported by weft-proxy",
-            )
-        } else {
-            upgrade::keep_upgrade_headers(req.headers_mut());
-            set_client_id(&mut req, peer.as_deref());
-            // The permit is held until the app answers the upgrade, not for the tunnel's life.
-            forward_upgrade(shared, req, port).await
-        };
+    if upgrade::wants_upgrade(&req) {
+        upgrade::keep_upgrade_headers(req.headers_mut());
+        set_client_id(&mut req, peer.as_deref());
+        let rsp = forward_upgrade(shared, req, port).await;
+        // The slot is held until the app answers the upgrade, not for the tunnel's life.
         drop(permit);
         record(
             shared,
