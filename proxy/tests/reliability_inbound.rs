@@ -783,3 +783,81 @@ async fn a_push_keeps_the_in_flight_count() {
         .await;
     assert_eq!(plain(inbound, "/", &[]).await.status, 200);
 }
+
+/// The bounded queue: with one slot (held) and one queue place, of two more requests one waits
+/// and is served once the slot frees, the other gets `503 pending` at once; a waiting request
+/// gets `503 queue-timeout` when the queue timeout runs out, and `504 deadline` when its own
+/// deadline is shorter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bounded_queue_waits_for_a_slot_and_sheds_beyond_it() {
+    let app = App::start(false).await;
+    let queued = |queue_timeout_ms| {
+        policy(vec![app_port(
+            app.port,
+            v1::Protocol::Http1,
+            Some(v1::InboundLimits {
+                queue_timeout_ms,
+                ..concurrency(1, 1)
+            }),
+        )])
+    };
+    let mut mesh = Mesh::start(vec![queued(60_000)]).await;
+    let inbound = mesh.proxy.inbound;
+    let held = tokio::spawn(async move { plain(inbound, "/gate", &[]).await });
+    eventually("1 request at the app", || app.seen.current() == 1).await;
+
+    let answered = Arc::new(AtomicUsize::new(0));
+    let two: Vec<_> = (0..2)
+        .map(|_| {
+            let answered = answered.clone();
+            tokio::spawn(async move {
+                let a = plain(inbound, "/", &[]).await;
+                answered.fetch_add(1, Ordering::SeqCst);
+                a
+            })
+        })
+        .collect();
+    // One of the two is shed at once; the other waits (the slot is still held).
+    eventually("one of the two answered", || {
+        answered.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert_eq!(app.seen.total(), 1);
+    app.open_gate();
+    assert_eq!(held.await.expect("task").status, 200);
+    let mut answers = Vec::new();
+    for r in two {
+        answers.push(r.await.expect("task"));
+    }
+    assert_eq!(count(&answers, 200), 1, "{answers:?}");
+    let shed: Vec<_> = answers.iter().filter(|a| a.status == 503).collect();
+    assert_eq!(shed.len(), 1, "{answers:?}");
+    assert_eq!(shed[0].header("weft-reason"), Some("pending"));
+    assert_eq!(app.seen.max(), 1);
+    assert_eq!(app.seen.total(), 2);
+
+    // A short queue timeout; the slot held again.
+    mesh.push("v2", vec![queued(100)]).await;
+    let _ = app.gate.send(false);
+    let held = tokio::spawn(async move { plain(inbound, "/gate", &[]).await });
+    eventually("1 request at the app", || app.seen.current() == 1).await;
+    let timed_out = plain(inbound, "/", &[]).await;
+    assert_eq!(timed_out.status, 503, "{timed_out:?}");
+    assert_eq!(timed_out.header("weft-reason"), Some("queue-timeout"));
+    // A deadline shorter than the queue timeout: the deadline answers.
+    mesh.push("v3", vec![queued(60_000)]).await;
+    let late = plain(inbound, "/", &[("weft-timeout-ms", "100")]).await;
+    assert_eq!(late.status, 504, "{late:?}");
+    assert_eq!(late.header("weft-reason"), Some("deadline"));
+    app.open_gate();
+    assert_eq!(held.await.expect("task").status, 200);
+    assert_eq!(app.seen.total(), 3);
+    let port = app.port;
+    for line in [
+        format!("weft_proxy_inbound_shed_requests_total{{authority=\":{port}\",reason=\"pending\"}} 1"),
+        format!("weft_proxy_inbound_shed_requests_total{{authority=\":{port}\",reason=\"queue-timeout\"}} 1"),
+        format!("weft_proxy_inbound_deadline_exceeded_requests_total{{authority=\":{port}\",stage=\"queue\"}} 1"),
+    ] {
+        mesh.proxy.metric(&line).await;
+    }
+}

@@ -960,3 +960,63 @@ fn set_client_id<B>(req: &mut Request<B>, peer: Option<&str>) {
         req.headers_mut().insert(h::CLIENT_ID, id);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header<'r>(rsp: &'r Response<Body>, name: &str) -> Option<&'r str> {
+        rsp.headers().get(name).and_then(|v| v.to_str().ok())
+    }
+
+    #[test]
+    fn local_answers_name_their_reason_for_http_and_grpc() {
+        let limited = Limited {
+            scope: limits::Scope::Identity,
+            retry_after: Duration::from_millis(1500),
+        };
+        let http = rate_limited(false, 8080, limited);
+        assert_eq!(http.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(header(&http, "weft-reason"), Some("rate-limit"));
+        assert_eq!(header(&http, "retry-after"), Some("2"));
+        let grpc = rate_limited(true, 8080, limited);
+        assert_eq!(grpc.status(), StatusCode::OK);
+        assert_eq!(header(&grpc, "grpc-status"), Some("8"));
+        assert_eq!(header(&grpc, "content-type"), Some("application/grpc"));
+        assert_eq!(header(&grpc, "retry-after"), Some("2"));
+
+        for (shed, reason) in [
+            (Shed::Concurrency, "concurrency"),
+            (Shed::Pending, "pending"),
+            (Shed::QueueTimeout, "queue-timeout"),
+        ] {
+            let http = shed_answer(false, 8080, shed);
+            assert_eq!(http.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(header(&http, "weft-reason"), Some(reason));
+            let grpc = shed_answer(true, 8080, shed);
+            assert_eq!(header(&grpc, "grpc-status"), Some("14"));
+            assert_eq!(header(&grpc, "weft-reason"), Some(reason));
+        }
+
+        let http = deadline_exceeded(false, "late");
+        assert_eq!(http.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(header(&http, "weft-reason"), Some("deadline"));
+        let grpc = deadline_exceeded(true, "late");
+        assert_eq!(grpc.status(), StatusCode::OK);
+        assert_eq!(header(&grpc, "grpc-status"), Some("4"));
+        assert_eq!(header(&grpc, "grpc-message"), Some("late"));
+    }
+
+    #[test]
+    fn grpc_is_told_by_its_content_type() {
+        let mut h = http::HeaderMap::new();
+        assert!(!is_grpc(&h));
+        h.insert(
+            "content-type",
+            HeaderValue::from_static("application/grpc+proto"),
+        );
+        assert!(is_grpc(&h));
+        h.insert("content-type", HeaderValue::from_static("application/json"));
+        assert!(!is_grpc(&h));
+    }
+}
