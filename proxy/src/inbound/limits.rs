@@ -11,14 +11,14 @@
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::config::{Config, InboundLimits, RateLimit};
 use crate::http::{Body, BoxError};
@@ -475,7 +475,10 @@ impl PortLimits {
 pub struct Limiters {
     metrics: Arc<Metrics>,
     identity_cap: usize,
-    inner: Mutex<LimitersInner>,
+    /// The config in force: ports are always reconciled with the latest (never with the config
+    /// an older request started under).
+    config: watch::Receiver<Arc<Config>>,
+    inner: RwLock<LimitersInner>,
 }
 
 #[derive(Debug, Default)]
@@ -486,22 +489,40 @@ struct LimitersInner {
 }
 
 impl Limiters {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self::with_identity_cap(metrics, MAX_IDENTITY_BUCKETS)
+    pub fn new(metrics: Arc<Metrics>, config: watch::Receiver<Arc<Config>>) -> Self {
+        Self::with_identity_cap(metrics, config, MAX_IDENTITY_BUCKETS)
     }
 
-    pub fn with_identity_cap(metrics: Arc<Metrics>, identity_cap: usize) -> Self {
+    pub fn with_identity_cap(
+        metrics: Arc<Metrics>,
+        config: watch::Receiver<Arc<Config>>,
+        identity_cap: usize,
+    ) -> Self {
         Limiters {
             metrics,
             identity_cap,
-            inner: Mutex::new(LimitersInner::default()),
+            config,
+            inner: RwLock::new(LimitersInner::default()),
         }
     }
 
-    /// The state of `port` under `config`: when `config` is new, every port's limits are
-    /// brought up to date and ports no longer listed are forgotten.
-    pub fn port(&self, config: &Arc<Config>, port: u16) -> Arc<PortLimits> {
-        let mut inner = lock(&self.inner);
+    /// The state of `port` under the config in force: when that config is new, every port's
+    /// limits are brought up to date and ports no longer listed are forgotten.
+    pub fn port(&self, port: u16) -> Arc<PortLimits> {
+        let config = self.config.borrow().clone();
+        let config = &config;
+        {
+            // The common case: nothing changed since the last request, a shared lock.
+            let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+            let same = inner
+                .config
+                .as_ref()
+                .is_some_and(|c| Arc::ptr_eq(c, config));
+            if let (true, Some(state)) = (same, inner.ports.get(&port)) {
+                return state.clone();
+            }
+        }
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
         let fresh = !inner
             .config
             .as_ref()
@@ -771,36 +792,37 @@ mod tests {
     #[tokio::test]
     async fn limiters_keep_a_ports_state_across_configs_until_the_port_leaves() {
         let metrics = Arc::new(Metrics::new());
-        let limiters = Limiters::new(metrics.clone());
+        let (push, rx) = watch::channel(config(&[]));
+        let limiters = Limiters::new(metrics.clone(), rx);
         let one = Some(weft_proxy_api::v1::InboundLimits {
             max_concurrent_requests: 1,
             ..Default::default()
         });
-        let v1 = config(&[(8080, one)]);
-        let held = limiters.port(&v1, 8080).acquire(None).await.unwrap();
+        push.send_replace(config(&[(8080, one)]));
+        let held = limiters.port(8080).acquire(None).await.unwrap();
         assert!(metrics
             .encode()
             .contains("weft_proxy_inbound_in_flight_requests{authority=\":8080\"} 1"));
         // Another config, the same limits: the same state, the slot still taken.
-        let v2 = config(&[(8080, one), (9090, None)]);
-        let state = limiters.port(&v2, 8080);
+        push.send_replace(config(&[(8080, one), (9090, None)]));
+        let state = limiters.port(8080);
         assert_eq!(state.in_flight(), 1);
         assert_eq!(
             state.acquire(None).await.unwrap_err(),
             Some(Shed::Concurrency)
         );
         // Unlimited ports count too (the gauge), and are never refused.
-        let free = limiters.port(&v2, 9090);
+        let free = limiters.port(9090);
         let a = free.acquire(None).await.unwrap();
         let b = free.acquire(None).await.unwrap();
         assert_eq!(free.in_flight(), 2);
         drop((a, b));
         // The port left the policy: its state and its gauge are gone.
-        let v3 = config(&[(9090, None)]);
-        let _ = limiters.port(&v3, 9090);
+        push.send_replace(config(&[(9090, None)]));
+        let _ = limiters.port(9090);
         assert!(!metrics.encode().contains("authority=\":8080\""));
-        let v4 = config(&[(8080, one), (9090, None)]);
-        assert_eq!(limiters.port(&v4, 8080).in_flight(), 0);
+        push.send_replace(config(&[(8080, one), (9090, None)]));
+        assert_eq!(limiters.port(8080).in_flight(), 0);
         drop(held);
     }
 }

@@ -212,9 +212,9 @@ pub async fn serve_reserving(
     let shared = Arc::new(Shared {
         settings,
         reserved,
+        limiters: Limiters::new(metrics.clone(), config.clone()),
         config,
         identity,
-        limiters: Limiters::new(metrics.clone()),
         metrics,
         plain: PlainClients::new(),
     });
@@ -654,7 +654,7 @@ async fn handle_request(
     }
 
     // Authorized: now the app's protection (docs/reliability.md, inbound).
-    let (permit, deadline) = match admit(shared, &config, port, peer.as_ref(), &req).await {
+    let (permit, deadline) = match admit(shared, port, peer.as_ref(), &req).await {
         Ok(admitted) => admitted,
         Err(rsp) => {
             record(
@@ -755,7 +755,6 @@ async fn handle_request(
 /// and the request's deadline, if it carries one.
 async fn admit<B>(
     shared: &Shared,
-    config: &Arc<Config>,
     port: u16,
     peer: Option<&Arc<str>>,
     req: &Request<B>,
@@ -772,7 +771,7 @@ async fn admit<B>(
             "the request's deadline had run out when it arrived",
         ));
     }
-    let state = shared.limiters.port(config, port);
+    let state = shared.limiters.port(port);
     if let Err(limited) = state.rate_limit(peer) {
         shared
             .metrics
