@@ -34,6 +34,7 @@
 //! ```
 
 pub mod analysis;
+pub mod reliability;
 pub mod report;
 pub mod rules;
 mod types;
@@ -547,6 +548,12 @@ impl Compiler {
                     d.globals = true;
                     d.inbound
                         .extend(model.pods_in_namespace(&key.name).map(|p| p.object_ref()));
+                    // Its reliability annotations are every Service's defaults.
+                    d.outbound.extend(
+                        model
+                            .services_in_namespace(&key.name)
+                            .map(|s| s.object_ref()),
+                    );
                 }
                 Kind::ServiceAccount => {}
                 Kind::Pod => {
