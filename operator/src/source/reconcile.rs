@@ -204,9 +204,54 @@ impl Reconciler {
             }
         }
         if let Some(tx) = &self.statuses {
-            tx.send_replace(Arc::new(self.board.all()));
+            let mut all = self.board.all();
+            all.extend(core_problems(compiled));
+            tx.send_replace(Arc::new(all));
         }
     }
+}
+
+/// The condition type under which the compiler's problems with a Service's or Namespace's
+/// annotations are published (Event message `Annotations: <message>`).
+pub const ANNOTATIONS_CONDITION: &str = "Annotations";
+
+/// The compiler's problems with Services and Namespaces (invalid reliability annotations,
+/// conflicting inbound limits), one entry per object with one `False` condition per problem:
+/// not statuses (these objects have none of weft's), but what the status writer publishes as
+/// Warning Events on them.
+pub fn core_problems(compiled: &Compiled) -> Vec<ObjectStatus> {
+    let mut by_object: std::collections::BTreeMap<ObjectRef, Vec<weft_smi::hub::Condition>> =
+        std::collections::BTreeMap::new();
+    for e in compiled.events() {
+        if !matches!(e.object.kind, Kind::Service | Kind::Namespace) {
+            continue;
+        }
+        let object = ObjectRef {
+            group: String::new(),
+            kind: e.object.kind.as_str().to_string(),
+            namespace: e.object.namespace.clone(),
+            name: e.object.name.clone(),
+        };
+        by_object
+            .entry(object)
+            .or_default()
+            .push(weft_smi::hub::Condition {
+                type_: ANNOTATIONS_CONDITION.to_string(),
+                status: "False".to_string(),
+                reason: e.reason.clone(),
+                message: e.message.clone(),
+                observed_generation: None,
+                last_transition_time: None,
+            });
+    }
+    by_object
+        .into_iter()
+        .map(|(object, conditions)| ObjectStatus {
+            object,
+            api_version: "v1".to_string(),
+            conditions,
+        })
+        .collect()
 }
 
 /// The SMI kind of a model kind (see [`SMI_KINDS`](crate::source::kube::SMI_KINDS)).
