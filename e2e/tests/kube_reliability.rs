@@ -99,7 +99,7 @@ fn inbound_limits(state: &ClientState, port: u32) -> Option<v1::InboundLimits> {
             .ports
             .iter()
             .find(|p| p.port == port)
-            .and_then(|p| p.limits.clone()),
+            .and_then(|p| p.limits),
         _ => None,
     }
 }
