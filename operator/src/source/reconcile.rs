@@ -413,6 +413,43 @@ mod tests {
     }
 
     #[test]
+    fn core_problems_are_the_compilers_events_on_services_and_namespaces() {
+        let yaml = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: demo\n  annotations:\n    weft.io/retries: many\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: api\n  namespace: demo\n  annotations:\n    weft.io/timeout: soon\n    weft.io/rate-limit: 0/s\nspec:\n  selector: {app: api}\n  ports: [{port: 80}]\n";
+        let (objects, _) = crate::model::manifests::parse_manifests(yaml, false).unwrap();
+        let model = Model::from_objects(objects);
+        let compiled = crate::compile::compile(&model, &crate::compile::CompileOptions::default());
+        let problems = core_problems(&compiled);
+        let summary: Vec<(String, String, String, usize)> = problems
+            .iter()
+            .map(|p| {
+                (
+                    p.object.kind.clone(),
+                    p.object.namespace.clone(),
+                    p.object.name.clone(),
+                    p.conditions.len(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("Namespace".into(), String::new(), "demo".into(), 1),
+                ("Service".into(), "demo".into(), "api".into(), 2),
+            ]
+        );
+        for p in &problems {
+            assert!(p.object.group.is_empty());
+            assert_eq!(p.api_version, "v1");
+            for c in &p.conditions {
+                assert_eq!(c.type_, ANNOTATIONS_CONDITION);
+                assert!(crate::status::is_problem(c), "published as an Event");
+                assert_eq!(c.reason, "InvalidAnnotation");
+            }
+        }
+        assert!(problems[1].conditions[0].message.contains("weft.io/"));
+    }
+
+    #[test]
     fn the_first_batch_waits_for_every_expected_listing() {
         let t0 = Instant::now();
         let mut p = Pending::default();
