@@ -557,3 +557,45 @@ fn namespace_change_recompiles_its_services_incrementally() {
     assert_eq!(after.shared().digest(), full.shared().digest());
     assert_eq!(after.events(), full.events());
 }
+
+#[test]
+fn namespace_problems_are_reported_once_with_or_without_services() {
+    let bad = [("weft.io/queue-timeout", "0s")];
+    // No Service in the Namespace: still reported.
+    let c = build(&(ns(&bad) + &pod("client-0", "client", "10.0.0.1")));
+    let on_ns = events_on(&c, Kind::Namespace, "", "demo");
+    assert_eq!(on_ns.len(), 1, "{on_ns:#?}");
+    assert!(on_ns[0]
+        .message
+        .starts_with("weft.io/queue-timeout: \"0s\" is not"));
+    // Several Services: one Event, on the Namespace, none on the Services.
+    let y = mesh(&bad, &[]) + &svc("other", "client", "8080", &[]);
+    let c = build(&y);
+    assert_eq!(c.events().len(), 1, "{:?}", c.events());
+    assert_eq!(events_on(&c, Kind::Namespace, "", "demo").len(), 1);
+
+    // Fixed, then the Namespace deleted, incrementally: the problem goes away.
+    let mut m = model(&y);
+    let mut compiler = Compiler::new(CompileOptions::default());
+    assert_eq!(compiler.full(&m).events().len(), 1);
+    let (objs, _) = parse_manifests(&ns(&[("weft.io/queue-timeout", "2s")]), false).expect("parse");
+    let mut changed = ChangedKeys::default();
+    for o in objs {
+        changed.insert(m.upsert(o));
+    }
+    let fixed = compiler.update(&m, &changed);
+    assert!(fixed.events().is_empty(), "{:?}", fixed.events());
+    assert_eq!(policy(&fixed).queue_timeout_ms, 2000);
+    let key = ObjectKey::new(Kind::Namespace, "", "demo");
+    let (objs, _) = parse_manifests(&ns(&bad), false).expect("parse");
+    for o in objs {
+        m.upsert(o);
+    }
+    let mut changed = ChangedKeys::default();
+    changed.insert(key.clone());
+    assert_eq!(compiler.update(&m, &changed).events().len(), 1);
+    m.remove(&key);
+    let gone = compiler.update(&m, &changed);
+    assert!(gone.events().is_empty(), "{:?}", gone.events());
+    assert_eq!(policy(&gone), TrafficPolicy::default());
+}

@@ -316,6 +316,7 @@ impl<'a> Proxies<'a> {
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum UnitId {
+    Namespace(String),
     Outbound(ObjectRef),
     Inbound(ObjectRef),
     Target(ObjectRef),
@@ -862,6 +863,24 @@ impl Compiler {
                     .collect(),
             );
             next.destinations = Arc::new(model.targets.values().map(destination_ref).collect());
+            // Invalid reliability annotations of Namespaces: reported once per Namespace,
+            // whether or not it has Services.
+            let gone: Vec<UnitId> = next
+                .events
+                .keys()
+                .filter(|u| matches!(u, UnitId::Namespace(n) if !model.namespaces.contains_key(n)))
+                .cloned()
+                .collect();
+            for u in &gone {
+                cow_remove(&mut next.events, u);
+            }
+            for n in model.namespaces.values() {
+                set_events(
+                    &mut next.events,
+                    UnitId::Namespace(n.name.clone()),
+                    units::namespace_events(n),
+                );
+            }
         }
 
         // Proxies: only inbound resources are per proxy; a shared change touches none of them.

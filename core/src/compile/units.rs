@@ -87,35 +87,32 @@ pub(crate) fn protocol_hint(l4: L4Protocol, app: Option<&str>, name: Option<&str
         .unwrap_or(Protocol::Detect)
 }
 
-/// Reports invalid reliability annotations of a Service (and of its Namespace) as Warnings.
-fn report_invalid(
-    svc: &Service,
-    ns_invalid: &[reliability::Invalid],
-    svc_invalid: &[reliability::Invalid],
-    events: &mut Vec<Event>,
-) {
-    let ns_key = ObjectKey::new(Kind::Namespace, "", svc.namespace.clone());
-    for i in ns_invalid {
+/// The problems with a Namespace's reliability annotations (the defaults of its Services),
+/// reported once per Namespace, on it.
+pub(crate) fn namespace_events(ns: &crate::model::Namespace) -> Vec<Event> {
+    let mut invalid = Vec::new();
+    reliability::outbound(&ns.annotations, &mut TrafficPolicy::default(), &mut invalid);
+    reliability::inbound_limits(
+        &ns.annotations,
+        &mut reliability::InboundSettings::default(),
+        &mut invalid,
+    );
+    let key = ObjectKey::new(Kind::Namespace, "", ns.name.clone());
+    let mut events = Vec::new();
+    for i in invalid {
         warn(
-            events,
-            ns_key.clone(),
+            &mut events,
+            key.clone(),
             Reason::InvalidAnnotation,
             i.message("the default"),
         );
     }
-    let key = ObjectKey::new(Kind::Service, svc.namespace.clone(), svc.name.clone());
-    for i in svc_invalid {
-        warn(
-            events,
-            key.clone(),
-            Reason::InvalidAnnotation,
-            i.message("the Namespace's value or the default"),
-        );
-    }
+    events
 }
 
-/// A Service's reliability settings: defaults, then its Namespace's annotations, then its own
-/// ([`reliability::service_settings`]).
+/// A Service's reliability settings and its invalid values: defaults, then its Namespace's
+/// annotations, then its own ([`reliability::service_settings`]; the Namespace's invalid values
+/// are [`namespace_events`]'s to report).
 fn service_settings(
     model: &Model,
     svc: &Service,
@@ -123,22 +120,29 @@ fn service_settings(
     TrafficPolicy,
     reliability::InboundSettings,
     Vec<reliability::Invalid>,
-    Vec<reliability::Invalid>,
 ) {
     let ns = model.namespaces.get(&svc.namespace).map(|n| &n.annotations);
-    reliability::service_settings(ns, &svc.annotations)
+    let (policy, inbound, _, invalid) = reliability::service_settings(ns, &svc.annotations);
+    (policy, inbound, invalid)
 }
 
 /// The TrafficPolicy of a service from its and its Namespace's annotations (the Service wins);
-/// bad values are reported (on the object that carries them, inbound ones included) and
-/// ignored.
+/// the Service's bad values, inbound ones included, are reported on it and ignored.
 pub(crate) fn traffic_policy(
     model: &Model,
     svc: &Service,
     events: &mut Vec<Event>,
 ) -> TrafficPolicy {
-    let (policy, _, ns_invalid, svc_invalid) = service_settings(model, svc);
-    report_invalid(svc, &ns_invalid, &svc_invalid, events);
+    let (policy, _, invalid) = service_settings(model, svc);
+    let key = ObjectKey::new(Kind::Service, svc.namespace.clone(), svc.name.clone());
+    for i in invalid {
+        warn(
+            events,
+            key.clone(),
+            Reason::InvalidAnnotation,
+            i.message("the Namespace's value or the default"),
+        );
+    }
     policy
 }
 
@@ -655,7 +659,7 @@ fn inbound_limits(
         if !svc.selects(pod) {
             continue;
         }
-        let (_, settings, _, _) = service_settings(model, svc);
+        let (_, settings, _) = service_settings(model, svc);
         if settings == reliability::InboundSettings::default() {
             continue;
         }
