@@ -673,6 +673,37 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Whatever the input, the parsers never panic, and what they accept keeps the
+        /// promises the proxy relies on.
+        #[test]
+        fn parsers_accept_only_well_formed_values(s in "[0-9a-zA-Z_,/ .x-]{0,24}") {
+            if let Some(r) = parse_statuses(&s) {
+                proptest::prop_assert!(!r.is_empty());
+                for w in r.windows(2) {
+                    proptest::prop_assert!(w[0].max + 1 < w[1].min, "sorted, merged: {r:?}");
+                }
+                for x in &r {
+                    proptest::prop_assert!(100 <= x.min && x.min <= x.max && x.max <= 599);
+                }
+            }
+            if let Some(c) = parse_grpc_codes(&s) {
+                proptest::prop_assert!(!c.is_empty());
+                proptest::prop_assert!(c.windows(2).all(|w| w[0] < w[1]));
+                proptest::prop_assert!(c.iter().all(|&n| (1..=16).contains(&n)));
+            }
+            if let Some((min, max)) = parse_backoff(&s) {
+                proptest::prop_assert!(0 < min && min <= max);
+            }
+            if let Some(r) = parse_rate(&s) {
+                proptest::prop_assert!(r.is_finite() && r > 0.0);
+            }
+            if let Some(r) = parse_ratio(&s) {
+                proptest::prop_assert!((0.0..=1.0).contains(&r));
+            }
+        }
+    }
+
     #[test]
     fn backoff_and_rate() {
         assert_eq!(parse_backoff("1s-60s"), Some((1000, 60_000)));
