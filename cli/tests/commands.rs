@@ -87,6 +87,84 @@ fn compile_reports_proxies_and_accepted_objects() {
 }
 
 #[test]
+fn compile_shows_reliability_policy_and_invalid_annotations() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = r#"apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+  annotations:
+    weft.io/retries: "2"
+    weft.io/rate-limit: "fast"
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: api
+  namespace: shop
+  annotations:
+    weft.io/retry-statuses: "5xx"
+    weft.io/failure-accrual-backoff: "60s-1s"
+    weft.io/inbound-max-concurrent-requests: "8"
+spec:
+  clusterIP: 10.96.0.9
+  selector: {app: api}
+  ports:
+  - {name: http, port: 80, targetPort: 8080}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: api-0
+  namespace: shop
+  labels: {app: api, weft.io/proxy-version: "0.1.0"}
+spec:
+  containers: [{name: app, image: app}]
+status:
+  podIP: 10.0.0.9
+  conditions: [{type: Ready, status: "True"}]
+"#;
+    std::fs::write(dir.path().join("shop.yaml"), yaml).expect("write");
+    let path = dir.path().to_string_lossy().into_owned();
+    let o = weft(&["compile", "-f", &path, "-o", "json"]);
+    // Invalid annotations are warnings: the exit code is unchanged.
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    let text = v.to_string();
+    // The effective policy: the Namespace's retries, the Service's statuses, the default
+    // backoff in place of the invalid one; the inbound limit on the targeted port.
+    assert!(text.contains(r#""max_retries":2"#), "{text}");
+    assert!(
+        text.contains(r#""retry_statuses":[{"max":599,"min":500}]"#)
+            || text.contains(r#""retry_statuses":[{"min":500,"max":599}]"#),
+        "{text}"
+    );
+    assert!(text.contains(r#""min_backoff_ms":1000"#), "{text}");
+    assert!(text.contains(r#""max_concurrent_requests":8"#), "{text}");
+    let events = v["events"].as_array().expect("events");
+    let find = |kind: &str, ann: &str| {
+        events.iter().any(|e| {
+            e["object"]["kind"] == kind
+                && e["reason"] == "InvalidAnnotation"
+                && e["message"].as_str().is_some_and(|m| m.starts_with(ann))
+        })
+    };
+    assert!(
+        find("Service", "weft.io/failure-accrual-backoff: \"60s-1s\""),
+        "{events:?}"
+    );
+    assert!(
+        find("Namespace", "weft.io/rate-limit: \"fast\""),
+        "{events:?}"
+    );
+}
+
+#[test]
 fn diff_names_the_changed_weights_and_exits_1() {
     let dir = tempfile::tempdir().expect("tempdir");
     for entry in std::fs::read_dir(repo().join("examples/canary")).expect("examples") {

@@ -77,6 +77,9 @@ pub enum Reason {
     Invalid,
     /// An annotation value is ignored.
     InvalidAnnotation,
+    /// Services targeting the same pod port give different inbound limits (the strictest
+    /// applies).
+    InboundLimitConflict,
     /// An HTTPS probe gets no authorization (its path is not visible).
     HttpsProbeNotAuthorized,
     /// A UDPRoute is not enforced (UDP bypasses the proxy).
@@ -133,6 +136,7 @@ impl Reason {
             Reason::AllowsNothing => "AllowsNothing",
             Reason::Invalid => "Invalid",
             Reason::InvalidAnnotation => "InvalidAnnotation",
+            Reason::InboundLimitConflict => "InboundLimitConflict",
             Reason::HttpsProbeNotAuthorized => "HttpsProbeNotAuthorized",
             Reason::UDPNotProxied => "UDPNotProxied",
             Reason::InvalidField => "InvalidField",

@@ -34,6 +34,7 @@
 //! ```
 
 pub mod analysis;
+pub mod reliability;
 pub mod report;
 pub mod rules;
 mod types;
@@ -315,6 +316,7 @@ impl<'a> Proxies<'a> {
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum UnitId {
+    Namespace(String),
     Outbound(ObjectRef),
     Inbound(ObjectRef),
     Target(ObjectRef),
@@ -547,6 +549,12 @@ impl Compiler {
                     d.globals = true;
                     d.inbound
                         .extend(model.pods_in_namespace(&key.name).map(|p| p.object_ref()));
+                    // Its reliability annotations are every Service's defaults.
+                    d.outbound.extend(
+                        model
+                            .services_in_namespace(&key.name)
+                            .map(|s| s.object_ref()),
+                    );
                 }
                 Kind::ServiceAccount => {}
                 Kind::Pod => {
@@ -855,6 +863,24 @@ impl Compiler {
                     .collect(),
             );
             next.destinations = Arc::new(model.targets.values().map(destination_ref).collect());
+            // Invalid reliability annotations of Namespaces: reported once per Namespace,
+            // whether or not it has Services.
+            let gone: Vec<UnitId> = next
+                .events
+                .keys()
+                .filter(|u| matches!(u, UnitId::Namespace(n) if !model.namespaces.contains_key(n)))
+                .cloned()
+                .collect();
+            for u in &gone {
+                cow_remove(&mut next.events, u);
+            }
+            for n in model.namespaces.values() {
+                set_events(
+                    &mut next.events,
+                    UnitId::Namespace(n.name.clone()),
+                    units::namespace_events(n),
+                );
+            }
         }
 
         // Proxies: only inbound resources are per proxy; a shared change touches none of them.

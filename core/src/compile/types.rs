@@ -349,9 +349,11 @@ fn is_zero(v: &u16) -> bool {
     *v == 0
 }
 
-/// The payload of a resource.
+/// The payload of a resource. Resources live behind `Arc`s (one per resource), so the size of
+/// the largest variant (an OutboundService with its TrafficPolicy) costs nothing per copy.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "lowercase")]
+#[allow(clippy::large_enum_variant)]
 pub enum ResourceKind {
     Inbound(InboundPolicy),
     Outbound(OutboundService),

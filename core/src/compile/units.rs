@@ -12,21 +12,17 @@ use std::net::IpAddr;
 use weft_smi::hub;
 
 use super::types::*;
-use super::{rules, CompileOptions, Event};
+use super::{reliability, rules, CompileOptions, Event};
 use crate::model::{
     destination_ref, EndpointGroup, Kind, L4Protocol, Model, ObjectKey, ObjectRef, Pod, Service,
     ServicePort, DEFAULT_INBOUND_POLICY_ANNOTATION,
 };
 use crate::reason::Reason;
 
-/// Service annotation: request timeout (`2s`, `500ms`, `1m`).
-pub const TIMEOUT_ANNOTATION: &str = "weft.io/timeout";
-/// Service annotation: maximum retries per request.
-pub const RETRIES_ANNOTATION: &str = "weft.io/retries";
-/// Service annotation: retries as a fraction of requests (default 0.2).
-pub const RETRY_BUDGET_ANNOTATION: &str = "weft.io/retry-budget";
-/// Service annotation: `true` to also retry non-idempotent methods.
-pub const RETRY_NON_IDEMPOTENT_ANNOTATION: &str = "weft.io/retry-non-idempotent";
+pub use super::reliability::{
+    RETRIES_ANNOTATION, RETRY_BUDGET_ANNOTATION, RETRY_NON_IDEMPOTENT_ANNOTATION,
+    TIMEOUT_ANNOTATION,
+};
 
 /// Condition types (their home is `weft_smi::status`).
 pub use weft_smi::status::{ACCEPTED, CONFLICTED, PROGRAMMED, RESOLVED_REFS};
@@ -91,52 +87,63 @@ pub(crate) fn protocol_hint(l4: L4Protocol, app: Option<&str>, name: Option<&str
         .unwrap_or(Protocol::Detect)
 }
 
-/// Parses a duration like `2s`, `500ms`, `1m`, `1.5s` into milliseconds
-/// ([`weft_common::duration::parse`], the one duration parser).
-pub(crate) fn parse_duration_ms(s: &str) -> Option<u64> {
-    let d = weft_common::duration::parse(s).ok()?;
-    u64::try_from(d.as_millis()).ok()
+/// The problems with a Namespace's reliability annotations (the defaults of its Services),
+/// reported once per Namespace, on it.
+pub(crate) fn namespace_events(ns: &crate::model::Namespace) -> Vec<Event> {
+    let mut invalid = Vec::new();
+    reliability::outbound(&ns.annotations, &mut TrafficPolicy::default(), &mut invalid);
+    reliability::inbound_limits(
+        &ns.annotations,
+        &mut reliability::InboundSettings::default(),
+        &mut invalid,
+    );
+    let key = ObjectKey::new(Kind::Namespace, "", ns.name.clone());
+    let mut events = Vec::new();
+    for i in invalid {
+        warn(
+            &mut events,
+            key.clone(),
+            Reason::InvalidAnnotation,
+            i.message("the default"),
+        );
+    }
+    events
 }
 
-/// The TrafficPolicy of a service from its annotations; bad values are reported and ignored.
-pub(crate) fn traffic_policy(svc: &Service, events: &mut Vec<Event>) -> TrafficPolicy {
-    let mut p = TrafficPolicy::default();
+/// A Service's reliability settings and its invalid values: defaults, then its Namespace's
+/// annotations, then its own ([`reliability::service_settings`]; the Namespace's invalid values
+/// are [`namespace_events`]'s to report).
+fn service_settings(
+    model: &Model,
+    svc: &Service,
+) -> (
+    TrafficPolicy,
+    reliability::InboundSettings,
+    Vec<reliability::Invalid>,
+) {
+    let ns = model.namespaces.get(&svc.namespace).map(|n| &n.annotations);
+    let (policy, inbound, _, invalid) = reliability::service_settings(ns, &svc.annotations);
+    (policy, inbound, invalid)
+}
+
+/// The TrafficPolicy of a service from its and its Namespace's annotations (the Service wins);
+/// the Service's bad values, inbound ones included, are reported on it and ignored.
+pub(crate) fn traffic_policy(
+    model: &Model,
+    svc: &Service,
+    events: &mut Vec<Event>,
+) -> TrafficPolicy {
+    let (policy, _, invalid) = service_settings(model, svc);
     let key = ObjectKey::new(Kind::Service, svc.namespace.clone(), svc.name.clone());
-    let a = &svc.annotations;
-    let mut bad = |ann: &str, v: &str, what: &str| {
+    for i in invalid {
         warn(
             events,
             key.clone(),
             Reason::InvalidAnnotation,
-            format!("{ann}: {v:?} is not {what}; ignored"),
-        )
-    };
-    if let Some(v) = a.get(TIMEOUT_ANNOTATION) {
-        match parse_duration_ms(v) {
-            Some(ms) => p.request_timeout_ms = ms,
-            None => bad(TIMEOUT_ANNOTATION, v, "a duration like 2s or 500ms"),
-        }
+            i.message("the Namespace's value or the default"),
+        );
     }
-    if let Some(v) = a.get(RETRIES_ANNOTATION) {
-        match v.trim().parse::<u32>() {
-            Ok(n) => p.max_retries = n,
-            Err(_) => bad(RETRIES_ANNOTATION, v, "a whole number"),
-        }
-    }
-    if let Some(v) = a.get(RETRY_BUDGET_ANNOTATION) {
-        match v.trim().parse::<f64>() {
-            Ok(r) if r.is_finite() && (0.0..=1.0).contains(&r) => p.retry_budget_ratio = r,
-            _ => bad(RETRY_BUDGET_ANNOTATION, v, "a ratio between 0 and 1"),
-        }
-    }
-    if let Some(v) = a.get(RETRY_NON_IDEMPOTENT_ANNOTATION) {
-        match v.trim() {
-            "true" => p.retry_non_idempotent = true,
-            "false" => {}
-            _ => bad(RETRY_NON_IDEMPOTENT_ANNOTATION, v, "true or false"),
-        }
-    }
-    p
+    policy
 }
 
 /// Converts an SMI match, or `None` when it cannot be compiled (see [`rules::match_problems`]:
@@ -312,7 +319,7 @@ pub(crate) fn outbound(model: &Model, apex: &ObjectRef) -> OutboundUnit {
     }
 
     let resource = svc.map(|svc| {
-        let policy = traffic_policy(svc, &mut events);
+        let policy = traffic_policy(model, svc, &mut events);
         let ports = svc
             .ports
             .iter()
@@ -638,6 +645,75 @@ fn probe_authorization(paths: &BTreeSet<String>) -> Authorization {
     }
 }
 
+/// The inbound limits of a pod's ports, from the Services that select it (and their
+/// Namespace): where several Services target one port, the strictest value of each annotation
+/// applies, with a Warning on the Services whose values differ.
+fn inbound_limits(
+    model: &Model,
+    pod: &Pod,
+    events: &mut Vec<Event>,
+) -> BTreeMap<u16, InboundLimits> {
+    // Per port: the combined settings, and the Service each annotation's value came from.
+    let mut by_port: BTreeMap<u16, (reliability::InboundSettings, Vec<&Service>)> = BTreeMap::new();
+    for svc in model.services_in_namespace(&pod.namespace) {
+        if !svc.selects(pod) {
+            continue;
+        }
+        let (_, settings, _) = service_settings(model, svc);
+        if settings == reliability::InboundSettings::default() {
+            continue;
+        }
+        let mut ports: BTreeSet<u16> = BTreeSet::new();
+        for sp in &svc.ports {
+            if sp.protocol != L4Protocol::Tcp {
+                continue;
+            }
+            if let Some(port) = pod.resolve_target_port(&sp.target_port, sp.protocol) {
+                if port != 0 {
+                    ports.insert(port);
+                }
+            }
+        }
+        for port in ports {
+            match by_port.get_mut(&port) {
+                None => {
+                    by_port.insert(port, (settings, vec![svc.as_ref()]));
+                }
+                Some((current, services)) => {
+                    let (combined, conflicts) = current.strictest(&settings);
+                    for ann in conflicts {
+                        for other in services.iter().copied() {
+                            for (a, b) in [(other, svc.as_ref()), (svc.as_ref(), other)] {
+                                warn(
+                                    events,
+                                    ObjectKey::new(
+                                        Kind::Service,
+                                        a.namespace.clone(),
+                                        a.name.clone(),
+                                    ),
+                                    Reason::InboundLimitConflict,
+                                    format!(
+                                        "{ann}: Services {}/{} and {}/{} give different values \
+                                         for the same pod port {port}; the strictest applies to \
+                                         both",
+                                        a.namespace, a.name, b.namespace, b.name
+                                    ),
+                                );
+                            }
+                        }
+                    }
+                    *current = combined;
+                    services.push(svc.as_ref());
+                }
+            }
+        }
+    }
+    by_port
+        .into_iter()
+        .map(|(port, (s, _))| (port, s.limits()))
+        .collect()
+}
+
 /// Compiles a pod's InboundPolicy. `pod` is `None` for a proxy the model does not know yet:
 /// then it gets the namespace's default (or deny, when its service account is restricted).
 pub(crate) fn inbound(
@@ -704,6 +780,9 @@ pub(crate) fn inbound(
     }
     // Kubelet probes: their ports are listed too (a closed port would fail the probe).
     let probes = pod.map(|p| probe_paths(p, events)).unwrap_or_default();
+    let mut limits = pod
+        .map(|p| inbound_limits(model, p, events))
+        .unwrap_or_default();
     for p in probes.keys() {
         ports.entry(*p).or_insert(Protocol::Detect);
     }
@@ -728,7 +807,7 @@ pub(crate) fn inbound(
                 protocol,
                 restricted,
                 authorizations,
-                limits: InboundLimits::default(),
+                limits: limits.remove(&port).unwrap_or_default(),
             }
         })
         .collect();

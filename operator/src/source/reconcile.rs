@@ -204,9 +204,54 @@ impl Reconciler {
             }
         }
         if let Some(tx) = &self.statuses {
-            tx.send_replace(Arc::new(self.board.all()));
+            let mut all = self.board.all();
+            all.extend(core_problems(compiled));
+            tx.send_replace(Arc::new(all));
         }
     }
+}
+
+/// The condition type under which the compiler's problems with a Service's or Namespace's
+/// annotations are published (Event message `Annotations: <message>`).
+pub const ANNOTATIONS_CONDITION: &str = "Annotations";
+
+/// The compiler's problems with Services and Namespaces (invalid reliability annotations,
+/// conflicting inbound limits), one entry per object with one `False` condition per problem:
+/// not statuses (these objects have none of weft's), but what the status writer publishes as
+/// Warning Events on them.
+pub fn core_problems(compiled: &Compiled) -> Vec<ObjectStatus> {
+    let mut by_object: std::collections::BTreeMap<ObjectRef, Vec<weft_smi::hub::Condition>> =
+        std::collections::BTreeMap::new();
+    for e in compiled.events() {
+        if !matches!(e.object.kind, Kind::Service | Kind::Namespace) {
+            continue;
+        }
+        let object = ObjectRef {
+            group: String::new(),
+            kind: e.object.kind.as_str().to_string(),
+            namespace: e.object.namespace.clone(),
+            name: e.object.name.clone(),
+        };
+        by_object
+            .entry(object)
+            .or_default()
+            .push(weft_smi::hub::Condition {
+                type_: ANNOTATIONS_CONDITION.to_string(),
+                status: "False".to_string(),
+                reason: e.reason.clone(),
+                message: e.message.clone(),
+                observed_generation: None,
+                last_transition_time: None,
+            });
+    }
+    by_object
+        .into_iter()
+        .map(|(object, conditions)| ObjectStatus {
+            object,
+            api_version: "v1".to_string(),
+            conditions,
+        })
+        .collect()
 }
 
 /// The SMI kind of a model kind (see [`SMI_KINDS`](crate::source::kube::SMI_KINDS)).
@@ -365,6 +410,43 @@ mod tests {
             changes: names.iter().map(|n| remove(n)).collect(),
             observed_at,
         }
+    }
+
+    #[test]
+    fn core_problems_are_the_compilers_events_on_services_and_namespaces() {
+        let yaml = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: demo\n  annotations:\n    weft.io/retries: many\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: api\n  namespace: demo\n  annotations:\n    weft.io/timeout: soon\n    weft.io/rate-limit: 0/s\nspec:\n  selector: {app: api}\n  ports: [{port: 80}]\n";
+        let (objects, _) = crate::model::manifests::parse_manifests(yaml, false).unwrap();
+        let model = Model::from_objects(objects);
+        let compiled = crate::compile::compile(&model, &crate::compile::CompileOptions::default());
+        let problems = core_problems(&compiled);
+        let summary: Vec<(String, String, String, usize)> = problems
+            .iter()
+            .map(|p| {
+                (
+                    p.object.kind.clone(),
+                    p.object.namespace.clone(),
+                    p.object.name.clone(),
+                    p.conditions.len(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("Namespace".into(), String::new(), "demo".into(), 1),
+                ("Service".into(), "demo".into(), "api".into(), 2),
+            ]
+        );
+        for p in &problems {
+            assert!(p.object.group.is_empty());
+            assert_eq!(p.api_version, "v1");
+            for c in &p.conditions {
+                assert_eq!(c.type_, ANNOTATIONS_CONDITION);
+                assert!(crate::status::is_problem(c), "published as an Event");
+                assert_eq!(c.reason, "InvalidAnnotation");
+            }
+        }
+        assert!(problems[1].conditions[0].message.contains("weft.io/"));
     }
 
     #[test]

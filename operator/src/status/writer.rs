@@ -118,7 +118,12 @@ impl StatusWriter {
         let mut errors = Vec::new();
         for status in statuses {
             let mut regarding = None;
-            if let Err(e) = self.write_one(status, &mut regarding).await {
+            let written = if status.object.group.is_empty() {
+                self.read_core(status, &mut regarding).await
+            } else {
+                self.write_one(status, &mut regarding).await
+            };
+            if let Err(e) = written {
                 self.metrics.write_errors.inc();
                 tracing::warn!(error = %e, "status write failed");
                 errors.push((status.object.clone(), e));
@@ -133,6 +138,49 @@ impl StatusWriter {
             }
         }
         errors
+    }
+
+    /// A core object (Service, Namespace) has no status of weft's: only its reference is read,
+    /// for the Events about it ([`crate::source::reconcile::core_problems`]). A Namespace is
+    /// cluster-scoped: its Events go to the `default` namespace, as Kubernetes expects.
+    async fn read_core(
+        &self,
+        status: &ObjectStatus,
+        regarding: &mut Option<ObjectReference>,
+    ) -> Result<(), StatusError> {
+        use k8s_openapi::api::core::v1::{Namespace, Service};
+        let name = &status.object.name;
+        let read = match status.object.kind.as_str() {
+            "Service" => Api::<Service>::namespaced(self.client.clone(), &status.object.namespace)
+                .get_metadata(name)
+                .await
+                .map(|o| o.metadata),
+            "Namespace" => Api::<Namespace>::all(self.client.clone())
+                .get_metadata(name)
+                .await
+                .map(|o| o.metadata),
+            _ => {
+                return Err(StatusError::NotSmi {
+                    api_version: status.api_version.clone(),
+                    kind: status.object.kind.clone(),
+                })
+            }
+        };
+        match read {
+            Ok(meta) => {
+                let mut r = reference(status, &meta);
+                if status.object.namespace.is_empty() {
+                    r.namespace = None;
+                }
+                *regarding = Some(r);
+                Ok(())
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(source) => Err(StatusError::Read {
+                object: status.object.to_string(),
+                source,
+            }),
+        }
     }
 
     /// Writes one status if it changed. Once the object is read, `regarding` is its reference

@@ -79,6 +79,7 @@ pub fn cause_type(reason: Reason) -> &'static str {
         | AllowsNothing
         | Invalid
         | InvalidAnnotation
+        | InboundLimitConflict
         | HttpsProbeNotAuthorized
         | UDPNotProxied
         | InvalidField
