@@ -1,10 +1,22 @@
 //! Load balancing across endpoints: power of two choices over a peak-EWMA latency estimate.
 //!
-//! Every endpoint carries a [`Load`] (lock-free atomics). A request picks two distinct endpoints at
-//! random and takes the one with the lower cost, where cost = EWMA latency × (in-flight + 1).
+//! Every endpoint carries a [`Load`] (lock-free atomics, plus its failure accrual state,
+//! [`Breaker`]). A request picks two distinct endpoints at random and takes one of them with a
+//! probability inversely proportional to its cost, where cost = EWMA latency × (in-flight + 1).
 //! The EWMA is "peak" sensitive: a latency above the current estimate replaces it at once, lower
-//! latencies pull it down with a decay of time constant [`DECAY`]. Connect failures count as a
-//! large latency so that broken endpoints are avoided until they recover.
+//! latencies pull it down, by at least [`MIN_PULL`] of the way per answer and more the longer
+//! the endpoint went without one (time constant [`DECAY`]). Failures (connect errors, timeouts,
+//! failure statuses) count as a latency of [`FAILURE_PENALTY`]: a fast `502` is not a fast
+//! success.
+//!
+//! Why not "always the cheaper of the two" (as before): with two endpoints both are always the
+//! two choices, so the choice was deterministic and the endpoint with the slightly lower
+//! estimate got *every* request. The other one's estimate then only moved through its idle
+//! decay (10 s), so a single slow answer (the first request paying for the connection, a GC
+//! pause) starved an identical endpoint for tens of seconds: the ~95/5 split seen between two
+//! identical endpoints. Now equal costs give each 50 %, a cost ten times higher gives ~9 %, so
+//! every endpoint keeps being measured, and an estimate falls back after a few good answers
+//! instead of after tens of seconds.
 //!
 //! The [`Load`]s are live state: they belong to the [`crate::state::StateRegistry`], not to a
 //! config, and survive pushes while their endpoint stays in its set.
@@ -13,12 +25,17 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub use crate::outbound::accrual::Breaker;
+
 /// Time constant of the EWMA decay.
 pub const DECAY: Duration = Duration::from_secs(10);
 /// Estimate for an endpoint that has not answered yet.
 pub const DEFAULT_RTT: Duration = Duration::from_millis(30);
-/// Latency charged for a failed connection attempt.
+/// Latency charged for a failed attempt (connect error, timeout, failure status).
 pub const FAILURE_PENALTY: Duration = Duration::from_secs(1);
+/// Least share of the way a lower latency pulls the estimate down, however recent the last
+/// answer: a peak fades after a few good answers, not only with time.
+pub const MIN_PULL: f64 = 0.5;
 
 fn now_nanos() -> u64 {
     static ORIGIN: OnceLock<Instant> = OnceLock::new();
@@ -34,6 +51,8 @@ pub struct Load {
     /// When `ewma_bits` was last updated (nanoseconds since process-local origin).
     stamp: AtomicU64,
     pending: AtomicU32,
+    /// Failure accrual (ejection, probation, `Retry-After` back-off).
+    pub breaker: Breaker,
 }
 
 impl Default for Load {
@@ -48,7 +67,21 @@ impl Load {
             ewma_bits: AtomicU64::new((initial.as_nanos() as f64).to_bits()),
             stamp: AtomicU64::new(now_nanos()),
             pending: AtomicU32::new(0),
+            breaker: Breaker::default(),
         }
+    }
+
+    /// Marks a request as started unless `max` (0: unlimited) are already in flight.
+    pub fn try_start(&self, max: u32) -> Option<InFlight<'_>> {
+        if max == 0 {
+            return Some(self.start());
+        }
+        self.pending
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| InFlight { load: self })
     }
 
     /// Marks a request as started; the returned guard marks it finished when dropped.
@@ -94,13 +127,16 @@ impl Load {
             rtt
         } else {
             let elapsed = now.saturating_sub(last) as f64;
-            let w = (-elapsed / DECAY.as_nanos() as f64).exp();
+            let w = (-elapsed / DECAY.as_nanos() as f64)
+                .exp()
+                .min(1.0 - MIN_PULL);
             prev * w + rtt * (1.0 - w)
         };
         self.ewma_bits.store(next.to_bits(), Ordering::Relaxed);
     }
 
-    /// Records a failed attempt (connect error): charged as [`FAILURE_PENALTY`].
+    /// Records a failed attempt (connect error, timeout, failure status): charged as
+    /// [`FAILURE_PENALTY`].
     pub fn observe_failure(&self) {
         self.observe(FAILURE_PENALTY);
     }
@@ -118,8 +154,9 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Picks an index among `n` items by power of two choices over `cost`.
-/// Returns `None` when `n == 0`.
+/// Picks an index among `n` items by power of two choices over `cost`: of two distinct random
+/// items, each is taken with a probability inversely proportional to its cost (equal costs:
+/// 50/50; one ten times the other: ~91/9). Returns `None` when `n == 0`.
 pub fn p2c<F: Fn(usize) -> f64>(n: usize, cost: F) -> Option<usize> {
     match n {
         0 => None,
@@ -131,8 +168,24 @@ pub fn p2c<F: Fn(usize) -> f64>(n: usize, cost: F) -> Option<usize> {
             if b >= a {
                 b += 1;
             }
-            Some(if cost(b) < cost(a) { b } else { a })
+            Some(if prefer_second(cost(a), cost(b), rand::random::<f64>()) {
+                b
+            } else {
+                a
+            })
         }
+    }
+}
+
+/// Whether the second of two items with costs `ca` and `cb` is taken, given a uniform `r` in
+/// `[0, 1)`: with probability `ca / (ca + cb)`. Costs that are not finite and positive fall
+/// back to "the lower wins" (ties: the first).
+fn prefer_second(ca: f64, cb: f64, r: f64) -> bool {
+    let sum = ca + cb;
+    if ca.is_finite() && cb.is_finite() && ca > 0.0 && cb > 0.0 && sum.is_finite() {
+        r * sum < ca
+    } else {
+        cb < ca
     }
 }
 
@@ -174,9 +227,9 @@ mod tests {
         load.observe_at(Duration::from_millis(0), t0 + DECAY.as_nanos() as u64);
         let v = load.ewma_nanos();
         assert!(v > 35_000_000.0 && v < 38_000_000.0, "{v}");
-        // Immediately afterwards a fast answer barely moves it.
+        // Immediately afterwards a fast answer still pulls it down by [`MIN_PULL`].
         load.observe_at(Duration::from_millis(0), t0 + DECAY.as_nanos() as u64);
-        assert!((load.ewma_nanos() - v).abs() < 1.0);
+        assert!((load.ewma_nanos() - v * (1.0 - MIN_PULL)).abs() < 1.0);
     }
 
     #[test]
@@ -197,19 +250,64 @@ mod tests {
     fn p2c_prefers_cheaper_endpoints() {
         assert_eq!(p2c(0, |_| 0.0), None);
         assert_eq!(p2c(1, |_| 0.0), Some(0));
-        // Endpoint 0 is much slower: it only wins when both picks are... never, since picks are
-        // distinct. With two endpoints, the cheaper one always wins.
-        for _ in 0..1000 {
-            assert_eq!(p2c(2, |i| if i == 0 { 100.0 } else { 1.0 }), Some(1));
+        // Endpoint 0 costs 100 times more: it gets about 1 % (binomial, n = 10,000: sd ~10).
+        let mut slow = 0;
+        for _ in 0..10_000 {
+            if p2c(2, |i| if i == 0 { 100.0 } else { 1.0 }) == Some(0) {
+                slow += 1;
+            }
         }
-        // With three, the most expensive is never chosen (it always loses its comparison).
+        assert!((40..=160).contains(&slow), "{slow}");
+        // With three, the cheapest gets most and the most expensive least.
         let mut counts = [0u32; 3];
         for _ in 0..3000 {
             let i = p2c(3, |i| [5.0, 1.0, 9.0][i]).unwrap_or(99);
             counts[i] += 1;
         }
-        assert_eq!(counts[2], 0);
-        assert!(counts[1] > counts[0], "{counts:?}");
+        assert!(counts[1] > counts[0] && counts[0] > counts[2], "{counts:?}");
+    }
+
+    #[test]
+    fn equal_costs_split_evenly() {
+        // 20,000 draws of 2 equal endpoints: mean 10,000, sd ~71; 5 sd either side.
+        let mut first = 0;
+        for _ in 0..20_000 {
+            if p2c(2, |_| 3.0) == Some(0) {
+                first += 1;
+            }
+        }
+        assert!((9_645..=10_355).contains(&first), "{first}");
+        assert!(!prefer_second(1.0, 1.0, 0.5));
+        assert!(prefer_second(1.0, 1.0, 0.49));
+        // Degenerate costs: the lower wins.
+        assert!(prefer_second(f64::INFINITY, 1.0, 0.9));
+        assert!(!prefer_second(0.0, 1.0, 0.0));
+    }
+
+    #[test]
+    fn a_peak_fades_after_a_few_good_answers() {
+        let load = Load::new(Duration::from_millis(1));
+        let t0 = load.stamp.load(Ordering::Relaxed);
+        load.observe_at(FAILURE_PENALTY, t0);
+        assert_eq!(load.ewma_nanos(), 1e9);
+        // Answers 1 µs apart (no time decay to speak of): each halves the distance.
+        for k in 1..=12u64 {
+            load.observe_at(Duration::from_millis(1), t0 + k * 1_000);
+        }
+        let v = load.ewma_nanos();
+        assert!(v < 1_300_000.0, "{v}");
+    }
+
+    #[test]
+    fn try_start_respects_the_limit() {
+        let load = Load::default();
+        let a = load.try_start(2);
+        let b = load.try_start(2);
+        assert!(a.is_some() && b.is_some());
+        assert!(load.try_start(2).is_none());
+        drop(a);
+        assert!(load.try_start(2).is_some());
+        assert!(load.try_start(0).is_some());
     }
 
     #[test]

@@ -109,12 +109,23 @@ mod tests {
 
     #[test]
     fn grpc_timeout_round_trips_and_rejects_garbage() {
-        assert_eq!(parse_grpc_timeout(b"100m"), Some(Duration::from_millis(100)));
+        assert_eq!(
+            parse_grpc_timeout(b"100m"),
+            Some(Duration::from_millis(100))
+        );
         assert_eq!(parse_grpc_timeout(b"5S"), Some(Duration::from_secs(5)));
         assert_eq!(parse_grpc_timeout(b"2M"), Some(Duration::from_secs(120)));
         assert_eq!(parse_grpc_timeout(b"1H"), Some(Duration::from_secs(3600)));
         assert_eq!(parse_grpc_timeout(b"99999999H"), Some(MAX_DEADLINE));
-        for bad in [&b""[..], b"m", b"123456789m", b"10x", b"-1S", b"1.5S", b" 1S"] {
+        for bad in [
+            &b""[..],
+            b"m",
+            b"123456789m",
+            b"10x",
+            b"-1S",
+            b"1.5S",
+            b" 1S",
+        ] {
             assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
         }
         for d in [
@@ -125,7 +136,10 @@ mod tests {
         ] {
             let v = format_grpc_timeout(d);
             let back = parse_grpc_timeout(v.as_bytes()).unwrap();
-            assert!(back <= d && d - back < Duration::from_secs(60), "{d:?} -> {v:?}");
+            assert!(
+                back <= d && d - back < Duration::from_secs(60),
+                "{d:?} -> {v:?}"
+            );
         }
     }
 
