@@ -430,9 +430,13 @@ impl Metrics {
             .inc();
     }
 
-    /// An endpoint of `labels` ejected; the guard keeps it counted as ejected until dropped.
-    pub fn ejection(&self, labels: &OutboundLabels) -> EjectedGuard {
+    /// An endpoint of `labels` ejected (again, after a failed probe, too).
+    pub fn ejection(&self, labels: &OutboundLabels) {
         self.outbound_ejections.get_or_create(labels).inc();
+    }
+
+    /// Counts an endpoint of `labels` as ejected until the guard is dropped.
+    pub fn ejected(&self, labels: &OutboundLabels) -> EjectedGuard {
         let gauge = self.outbound_ejected.get_or_create_owned(labels);
         gauge.inc();
         EjectedGuard { gauge }

@@ -259,8 +259,9 @@ impl Breaker {
         // A re-ejection after a failed probe keeps the one count in the gauge.
         let counted = match inner.ejected.take() {
             Some(e) => e._counted,
-            None => ctx.metrics.ejection(ctx.labels),
+            None => ctx.metrics.ejected(ctx.labels),
         };
+        ctx.metrics.ejection(ctx.labels);
         inner.ejected = Some(Ejection {
             until: now + backoff,
             probing: false,
