@@ -135,6 +135,14 @@ impl Load {
         self.ewma_bits.store(next.to_bits(), Ordering::Relaxed);
     }
 
+    /// Starts the estimate afresh from `rtt` (an endpoint restored by a successful probe: its
+    /// failures are history).
+    pub fn reset(&self, rtt: Duration) {
+        self.ewma_bits
+            .store((rtt.as_nanos() as f64).to_bits(), Ordering::Relaxed);
+        self.stamp.store(now_nanos(), Ordering::Relaxed);
+    }
+
     /// Records a failed attempt (connect error, timeout, failure status): charged as
     /// [`FAILURE_PENALTY`].
     pub fn observe_failure(&self) {

@@ -208,7 +208,8 @@ async fn send(
     .await));
     let status = rsp.status();
     let headers = rsp.headers().clone();
-    let body = String::from_utf8_lossy(&ok(rsp.into_body().collect().await).to_bytes()).into_owned();
+    let body =
+        String::from_utf8_lossy(&ok(rsp.into_body().collect().await).to_bytes()).into_owned();
     Answer {
         status,
         headers,
@@ -266,8 +267,11 @@ async fn a_fast_failing_endpoint_is_ejected_and_restored_by_a_probe() {
     dying.dead.store(true, Ordering::SeqCst);
     let policy = v1::TrafficPolicy {
         max_retries: 2,
+        // One failure ejects: the balancer alone already keeps the fast-failing endpoint at
+        // ~0.1 % (its failures are charged 1 s), so it would take long to fail 5 times in a row
+        // (the default); here the ejection and its probes are what is under test.
         failure_accrual: Some(v1::FailureAccrual {
-            consecutive_failures: 3,
+            consecutive_failures: 1,
             min_backoff_ms: 200,
             max_backoff_ms: 1_000,
             ..Default::default()
@@ -275,7 +279,12 @@ async fn a_fast_failing_endpoint_is_ejected_and_restored_by_a_probe() {
         ..Default::default()
     };
     let proxy = start_outbound(
-        service("api", v1::Protocol::Http1, &[&good1, &good2, &dying], policy),
+        service(
+            "api",
+            v1::Protocol::Http1,
+            &[&good1, &good2, &dying],
+            policy,
+        ),
         Arc::new(NoIdentity),
     )
     .await;
@@ -289,7 +298,10 @@ async fn a_fast_failing_endpoint_is_ejected_and_restored_by_a_probe() {
     let dead_hits = dying.hits();
     // Before: the dead endpoint looked fastest and got most of 6,001 requests.
     assert!(failed <= 10, "{failed} of 1,000 failed");
-    assert!(dead_hits <= 30, "the dead endpoint got {dead_hits} of 1,000");
+    assert!(
+        dead_hits <= 30,
+        "the dead endpoint got {dead_hits} of 1,000"
+    );
     let text = proxy.metrics.encode();
     assert!(
         text.contains(
@@ -352,7 +364,8 @@ async fn all_endpoints_ejected_answers_a_clear_503() {
         assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(reason(&a), "ejected");
         assert!(
-            a.body.contains("api.demo: 1 of 1 endpoints of backend api are ejected")
+            a.body
+                .contains("api.demo: 1 of 1 endpoints of backend api are ejected")
                 && a.body.contains("next probe is due in"),
             "{}",
             a.body
@@ -369,7 +382,10 @@ fn share_bound(n: usize) -> (usize, usize) {
     // 50 % ± 5 binomial standard deviations (sqrt(n / 4)).
     let sd = (n as f64 / 4.0).sqrt();
     let half = n as f64 / 2.0;
-    ((half - 5.0 * sd) as usize, (half + 5.0 * sd).ceil() as usize)
+    (
+        (half - 5.0 * sd) as usize,
+        (half + 5.0 * sd).ceil() as usize,
+    )
 }
 
 /// (b) Two identical endpoints get equal shares, sequentially and concurrently.
@@ -378,7 +394,12 @@ async fn identical_endpoints_get_equal_shares() {
     let a = Scripted::start("127.0.0.2", false, always(200)).await;
     let b = Scripted::start("127.0.0.3", false, always(200)).await;
     let proxy = start_outbound(
-        service("api", v1::Protocol::Http1, &[&a, &b], v1::TrafficPolicy::default()),
+        service(
+            "api",
+            v1::Protocol::Http1,
+            &[&a, &b],
+            v1::TrafficPolicy::default(),
+        ),
         Arc::new(NoIdentity),
     )
     .await;
@@ -463,7 +484,10 @@ async fn a_full_service_sheds_with_a_reason() {
         }
     }
     assert_eq!(admitted + shed, 10);
-    assert!(shed >= 1 && admitted >= 2, "{admitted} admitted, {shed} shed");
+    assert!(
+        shed >= 1 && admitted >= 2,
+        "{admitted} admitted, {shed} shed"
+    );
     assert_eq!(slow.hits(), admitted);
     assert!(slow.max_in_flight.load(Ordering::SeqCst) <= 2);
     let text = proxy.metrics.encode();
@@ -570,16 +594,30 @@ async fn grpc_unavailable_is_retried() {
         Arc::new(NoIdentity),
     )
     .await;
-    let c = client(true);
-    let a = send(
-        &c,
-        proxy.addr,
-        "grpc.demo",
-        "POST",
-        &[("content-type", "application/grpc"), ("te", "trailers")],
-        full(b"\0\0\0\0\0"),
+    // HTTP/2 with the service in `:authority`, as a gRPC client in explicit mode sends it.
+    let stream = ok(tokio::net::TcpStream::connect(proxy.addr).await);
+    let (mut sender, conn) = ok(
+        hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .handshake::<_, ClientBody>(TokioIo::new(stream))
+            .await,
+    );
+    tokio::spawn(conn);
+    let req = ok(Request::builder()
+        .method("POST")
+        .uri("http://grpc.demo/demo.Api/Get")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(full(b"\0\0\0\0\0")));
+    let rsp = ok(ok(tokio::time::timeout(
+        Duration::from_secs(30),
+        sender.send_request(req),
     )
-    .await;
+    .await));
+    let a = Answer {
+        status: rsp.status(),
+        headers: rsp.headers().clone(),
+        body: String::new(),
+    };
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(
         a.headers.get("grpc-status").and_then(|v| v.to_str().ok()),
@@ -606,7 +644,12 @@ async fn retry_after_backs_an_endpoint_off() {
     .await;
     let other = Scripted::start("127.0.0.3", false, always(200)).await;
     let proxy = start_outbound(
-        service("api", v1::Protocol::Http1, &[&busy, &other], v1::TrafficPolicy::default()),
+        service(
+            "api",
+            v1::Protocol::Http1,
+            &[&busy, &other],
+            v1::TrafficPolicy::default(),
+        ),
         Arc::new(NoIdentity),
     )
     .await;

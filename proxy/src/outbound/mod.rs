@@ -925,6 +925,10 @@ async fn attempt_once(
         if outcome != Outcome::Unknown {
             p.decided();
         }
+        if outcome == Outcome::Success {
+            // Restored: it competes from its probe's latency, not from its old penalties.
+            ep.load.reset(started.elapsed());
+        }
     }
     Attempt {
         rsp,
