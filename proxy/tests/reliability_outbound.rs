@@ -410,6 +410,7 @@ async fn identical_endpoints_get_equal_shares() {
     }
     let (lo, hi) = share_bound(n);
     let first = a.hits();
+    eprintln!("sequential shares: {first} / {}", b.hits());
     assert_eq!(first + b.hits(), n);
     assert!(
         (lo..=hi).contains(&first),
@@ -433,6 +434,7 @@ async fn identical_endpoints_get_equal_shares() {
         ok(t.await);
     }
     let (da, db) = (a.hits() - a0, b.hits() - b0);
+    eprintln!("concurrent shares: {da} / {db}");
     assert_eq!(da + db, n);
     assert!(
         (lo..=hi).contains(&da),

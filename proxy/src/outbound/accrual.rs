@@ -30,6 +30,9 @@ use crate::metrics::{EjectedGuard, Metrics, OutboundLabels};
 
 /// Buckets of the success-rate window.
 const BUCKETS: usize = 10;
+/// Longest ejection or back-off, whatever the policy says (keeps `Instant` arithmetic far from
+/// overflow).
+const LONGEST: Duration = Duration::from_secs(24 * 3600);
 /// gRPC `RESOURCE_EXHAUSTED`.
 pub const GRPC_RESOURCE_EXHAUSTED: u32 = 8;
 
@@ -201,7 +204,7 @@ impl Breaker {
             Outcome::Unknown => {}
             Outcome::Overloaded(after) => {
                 let d = after.unwrap_or(p.min_backoff).min(p.max_backoff);
-                let until = now + d;
+                let until = later(now, d);
                 inner.backoff_until = Some(inner.backoff_until.map_or(until, |u| u.max(until)));
                 self.impaired.store(true, Ordering::Release);
                 ctx.metrics.retry_after_backoff(ctx.labels);
@@ -263,12 +266,17 @@ impl Breaker {
         };
         ctx.metrics.ejection(ctx.labels);
         inner.ejected = Some(Ejection {
-            until: now + backoff,
+            until: later(now, backoff),
             probing: false,
             _counted: counted,
         });
         self.impaired.store(true, Ordering::Release);
     }
+}
+
+/// `now + d`, `d` bounded by [`LONGEST`].
+fn later(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d.min(LONGEST)).unwrap_or(now)
 }
 
 /// The backoff of the `(k+1)`-th ejection in a row: `min × 2^k` plus up to 25 % jitter

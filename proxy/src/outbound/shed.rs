@@ -122,7 +122,9 @@ impl Limiter {
             });
         }
         let _waiting = Waiting(&self.waiting);
-        let until = tokio::time::Instant::now() + wait;
+        // A wait too long to express is no limit (it cannot be configured that long anyway:
+        // the deadline and the queue timeout are bounded by the config's conversion).
+        let until = tokio::time::Instant::now().checked_add(wait);
         loop {
             let notified = self.freed.notified();
             tokio::pin!(notified);
@@ -132,7 +134,14 @@ impl Limiter {
                     limiter: Some(self),
                 });
             }
-            if tokio::time::timeout_at(until, notified).await.is_err() {
+            let timed_out = match until {
+                Some(until) => tokio::time::timeout_at(until, notified).await.is_err(),
+                None => {
+                    notified.await;
+                    false
+                }
+            };
+            if timed_out {
                 return if self.try_take(max) {
                     Ok(Permit {
                         limiter: Some(self),
