@@ -420,10 +420,7 @@ async fn handle_request(
     let (rsp, peer) = if upgrade::wants_upgrade(&req) {
         forward_upgrade(shared, req, svc, backend).await
     } else {
-        forward(
-            shared, req, svc, backend, app_h2, &labels, deadline, started,
-        )
-        .await
+        forward(shared, req, svc, backend, app_h2, &labels, deadline).await
     };
     record(shared, &labels, peer, rsp.status(), started);
     rsp
@@ -472,11 +469,11 @@ impl Head {
 /// replayed if it ended within [`MAX_RETRY_BODY_BYTES`]), or streaming (one attempt).
 enum Prepared {
     Replayable {
-        head: Head,
+        head: Box<Head>,
         body: Bytes,
     },
     Teed {
-        head: Head,
+        head: Box<Head>,
         capture: Arc<body::Capture>,
         first: Option<Request<Body>>,
     },
@@ -529,7 +526,7 @@ async fn prepare(
         return Ok((Prepared::Once(Some(req)), failed));
     }
     if upper.is_none() {
-        let kept = Head::of(&head);
+        let kept = Box::new(Head::of(&head));
         let (req, failed) = h::watch_body(Request::from_parts(head, body));
         let capture = body::Capture::new(MAX_RETRY_BODY_BYTES);
         let req = req.map(|b| h::boxed(body::Tee::new(b, capture.clone())));
@@ -557,7 +554,7 @@ async fn prepare(
             }
             Ok((
                 Prepared::Replayable {
-                    head: Head::of(&head),
+                    head: Box::new(Head::of(&head)),
                     body: collected.to_bytes(),
                 },
                 h::ClientBodyFailed::default(),
@@ -578,6 +575,8 @@ fn retry_on(policy: &TrafficPolicy, rsp: &Response<Body>) -> bool {
 /// `weft-timeout-ms`) and the service's timeout, from when the proxy received it.
 #[derive(Clone, Copy, Debug)]
 struct Deadline {
+    /// When the proxy received the request.
+    received: Instant,
     at: Option<Instant>,
     /// The request's own deadline is the binding one: running out of it is not the endpoint's
     /// fault.
@@ -589,6 +588,7 @@ impl Deadline {
         let client = deadline::remaining(headers);
         let limit = deadline::effective(headers, policy.request_timeout);
         Deadline {
+            received,
             at: limit.and_then(|d| received.checked_add(d)),
             from_client: client.is_some() && client == limit,
         }
@@ -625,8 +625,8 @@ async fn forward(
     app_h2: bool,
     labels: &Labels,
     deadline: Deadline,
-    received: Instant,
 ) -> (Response<Body>, Option<Arc<str>>) {
+    let received = deadline.received;
     let policy = &svc.policy;
     let attempts = async {
         let (mut prepared, body) = match prepare(req, policy).await {
