@@ -59,6 +59,12 @@ impl Capture {
         Some(out.freeze())
     }
 
+    /// Whether [`Capture::replay`] has the whole body (without copying it).
+    pub fn ready(&self) -> bool {
+        let s = self.lock();
+        s.complete && !s.spoilt
+    }
+
     /// Whether the copy was given up (the request cannot be retried).
     #[cfg(test)]
     pub fn spoilt(&self) -> bool {
@@ -170,6 +176,7 @@ mod tests {
             .map(|b| b.to_bytes())
             .unwrap();
         assert_eq!(&sent[..], b"abcdef");
+        assert!(c.ready());
         assert_eq!(c.replay().as_deref(), Some(&b"abcdef"[..]));
 
         let c = Capture::new(8);

@@ -500,7 +500,7 @@ impl Prepared {
     fn replayable(&self) -> bool {
         match self {
             Prepared::Replayable { .. } => true,
-            Prepared::Teed { capture, first, .. } => first.is_none() && capture.replay().is_some(),
+            Prepared::Teed { capture, first, .. } => first.is_none() && capture.ready(),
             Prepared::Once(_) => false,
         }
     }
