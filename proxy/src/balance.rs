@@ -3,9 +3,10 @@
 //! Every endpoint carries a [`Load`] (lock-free atomics, plus its failure accrual state,
 //! [`Breaker`]). A request picks two distinct endpoints at random and takes one of them with a
 //! probability inversely proportional to its cost, where cost = EWMA latency × (in-flight + 1).
-//! The EWMA is "peak" sensitive: a latency above the current estimate replaces it at once, lower
-//! latencies pull it down, by at least [`MIN_PULL`] of the way per answer and more the longer
-//! the endpoint went without one (time constant [`DECAY`]). Failures (connect errors, timeouts,
+//! The EWMA is "peak" sensitive: a latency above the current estimate replaces it at once (but
+//! one answer at most doubles it, [`PEAK_STEP`]), lower latencies pull it down, by at least
+//! [`MIN_PULL`] of the way per answer and more the longer the endpoint went without one (time
+//! constant [`DECAY`]). Failures (connect errors, timeouts,
 //! failure statuses) count as a latency of [`FAILURE_PENALTY`]: a fast `502` is not a fast
 //! success.
 //!
@@ -14,9 +15,9 @@
 //! estimate got *every* request. The other one's estimate then only moved through its idle
 //! decay (10 s), so a single slow answer (the first request paying for the connection, a GC
 //! pause) starved an identical endpoint for tens of seconds: the ~95/5 split seen between two
-//! identical endpoints. Now equal costs give each 50 %, a cost ten times higher gives ~9 %, so
-//! every endpoint keeps being measured, and an estimate falls back after a few good answers
-//! instead of after tens of seconds.
+//! identical endpoints. Now costs within a factor [`TIE_RATIO`] (noise) give each 50 %, a cost
+//! ten times higher gives ~9 %, so every endpoint keeps being measured, and an estimate falls
+//! back after a few good answers instead of after tens of seconds.
 //!
 //! The [`Load`]s are live state: they belong to the [`crate::state::StateRegistry`], not to a
 //! config, and survive pushes while their endpoint stays in its set.
@@ -33,9 +34,19 @@ pub const DECAY: Duration = Duration::from_secs(10);
 pub const DEFAULT_RTT: Duration = Duration::from_millis(30);
 /// Latency charged for a failed attempt (connect error, timeout, failure status).
 pub const FAILURE_PENALTY: Duration = Duration::from_secs(1);
+/// Most one answer can multiply the estimate by.
+pub const PEAK_STEP: f64 = 1.5;
+/// Costs closer than this factor are a tie, broken at random: between equal endpoints the
+/// estimates differ by noise (on one host, answers of 0.2 ms and 0.6 ms alternate), and a
+/// choice steered by noise keeps a stale high estimate unrefreshed, which skews shares. A real
+/// difference (a slower endpoint, one with requests piling up, a failure penalty) exceeds it;
+/// under concurrency the in-flight factor of the cost grows it further. Measured (see
+/// docs/reliability.md): with 2.0, two identical loopback backends on a busy host sometimes
+/// split 2,000 sequential requests 889/1,111; with 3.0 the spread was smaller.
+pub const TIE_RATIO: f64 = 3.0;
 /// Least share of the way a lower latency pulls the estimate down, however recent the last
 /// answer: a peak fades after a few good answers, not only with time.
-pub const MIN_PULL: f64 = 0.5;
+pub const MIN_PULL: f64 = 0.25;
 
 fn now_nanos() -> u64 {
     static ORIGIN: OnceLock<Instant> = OnceLock::new();
@@ -124,7 +135,10 @@ impl Load {
         let prev = self.ewma_nanos();
         let last = self.stamp.swap(now, Ordering::Relaxed);
         let next = if rtt > prev {
-            rtt
+            // A peak counts at once, but one answer at most doubles the estimate: a single
+            // hiccup is noise, and it would otherwise steer traffic away until the endpoint is
+            // measured again. A sustained slowdown reaches its level within a few answers.
+            rtt.min((prev * PEAK_STEP).max(1_000.0))
         } else {
             let elapsed = now.saturating_sub(last) as f64;
             let w = (-elapsed / DECAY.as_nanos() as f64)
@@ -144,9 +158,16 @@ impl Load {
     }
 
     /// Records a failed attempt (connect error, timeout, failure status): charged as
-    /// [`FAILURE_PENALTY`].
+    /// [`FAILURE_PENALTY`] at once (a failure is not noise: no [`PEAK_STEP`] limit).
     pub fn observe_failure(&self) {
-        self.observe(FAILURE_PENALTY);
+        self.observe_failure_at(now_nanos());
+    }
+
+    fn observe_failure_at(&self, now: u64) {
+        let penalty = FAILURE_PENALTY.as_nanos() as f64;
+        self.stamp.store(now, Ordering::Relaxed);
+        let next = self.ewma_nanos().max(penalty);
+        self.ewma_bits.store(next.to_bits(), Ordering::Relaxed);
     }
 }
 
@@ -163,8 +184,9 @@ impl Drop for InFlight<'_> {
 }
 
 /// Picks an index among `n` items by power of two choices over `cost`: of two distinct random
-/// items, each is taken with a probability inversely proportional to its cost (equal costs:
-/// 50/50; one ten times the other: ~91/9). Returns `None` when `n == 0`.
+/// items, each is taken with a probability inversely proportional to its cost (one ten times
+/// the other: ~91/9), or even odds when their costs are within [`TIE_RATIO`]. Returns `None`
+/// when `n == 0`.
 pub fn p2c<F: Fn(usize) -> f64>(n: usize, cost: F) -> Option<usize> {
     match n {
         0 => None,
@@ -186,12 +208,17 @@ pub fn p2c<F: Fn(usize) -> f64>(n: usize, cost: F) -> Option<usize> {
 }
 
 /// Whether the second of two items with costs `ca` and `cb` is taken, given a uniform `r` in
-/// `[0, 1)`: with probability `ca / (ca + cb)`. Costs that are not finite and positive fall
-/// back to "the lower wins" (ties: the first).
+/// `[0, 1)`: with probability `ca / (ca + cb)`, or 1/2 when the costs are within
+/// [`TIE_RATIO`] of each other. Costs that are not finite and positive fall back to "the lower
+/// wins" (ties: the first).
 fn prefer_second(ca: f64, cb: f64, r: f64) -> bool {
     let sum = ca + cb;
     if ca.is_finite() && cb.is_finite() && ca > 0.0 && cb > 0.0 && sum.is_finite() {
-        r * sum < ca
+        if ca.max(cb) < ca.min(cb) * TIE_RATIO {
+            r < 0.5
+        } else {
+            r * sum < ca
+        }
     } else {
         cb < ca
     }
@@ -229,7 +256,13 @@ mod tests {
     fn peak_replaces_and_decays() {
         let load = Load::new(Duration::from_millis(10));
         let t0 = load.stamp.load(Ordering::Relaxed);
+        // One slow answer multiplies it by 1.5 at most; a sustained slowdown reaches its level
+        // (10 → 15 → 22.5 → 33.75 → 50.6 → 75.9 → 100 ms).
         load.observe_at(Duration::from_millis(100), t0);
+        assert_eq!(load.ewma_nanos(), 15_000_000.0);
+        for _ in 0..5 {
+            load.observe_at(Duration::from_millis(100), t0);
+        }
         assert_eq!(load.ewma_nanos(), 100_000_000.0);
         // One time constant later a fast answer pulls the estimate down by about 1 - 1/e.
         load.observe_at(Duration::from_millis(0), t0 + DECAY.as_nanos() as u64);
@@ -269,7 +302,7 @@ mod tests {
         // With three, the cheapest gets most and the most expensive least.
         let mut counts = [0u32; 3];
         for _ in 0..3000 {
-            let i = p2c(3, |i| [5.0, 1.0, 9.0][i]).unwrap_or(99);
+            let i = p2c(3, |i| [5.0, 1.0, 40.0][i]).unwrap_or(99);
             counts[i] += 1;
         }
         assert!(counts[1] > counts[0] && counts[0] > counts[2], "{counts:?}");
@@ -287,6 +320,10 @@ mod tests {
         assert!((9_645..=10_355).contains(&first), "{first}");
         assert!(!prefer_second(1.0, 1.0, 0.5));
         assert!(prefer_second(1.0, 1.0, 0.49));
+        // Within the tie ratio: even odds; beyond: by inverse cost (1/4 for three times).
+        assert!(prefer_second(1.0, 2.9, 0.49));
+        assert!(!prefer_second(1.0, 3.0, 0.26));
+        assert!(prefer_second(1.0, 3.0, 0.24));
         // Degenerate costs: the lower wins.
         assert!(prefer_second(f64::INFINITY, 1.0, 0.9));
         assert!(!prefer_second(0.0, 1.0, 0.0));
@@ -296,10 +333,11 @@ mod tests {
     fn a_peak_fades_after_a_few_good_answers() {
         let load = Load::new(Duration::from_millis(1));
         let t0 = load.stamp.load(Ordering::Relaxed);
-        load.observe_at(FAILURE_PENALTY, t0);
+        load.observe_failure_at(t0);
         assert_eq!(load.ewma_nanos(), 1e9);
-        // Answers 1 µs apart (no time decay to speak of): each halves the distance.
-        for k in 1..=12u64 {
+        // Answers 1 µs apart (no time decay to speak of): each pulls a quarter of the way:
+        // 0.75^30 × 1 s ≈ 0.18 ms above the 1 ms answers.
+        for k in 1..=30u64 {
             load.observe_at(Duration::from_millis(1), t0 + k * 1_000);
         }
         let v = load.ewma_nanos();

@@ -379,12 +379,15 @@ async fn all_endpoints_ejected_answers_a_clear_503() {
 }
 
 fn share_bound(n: usize) -> (usize, usize) {
-    // 50 % ± 5 binomial standard deviations (sqrt(n / 4)).
+    // 50 % ± 6 binomial standard deviations (sqrt(n / 4)): n = 2,000 gives 866..=1,134. The
+    // choices are not quite independent (the balancer follows measured latency, and a busy test
+    // host makes one backend slower for a while), so the spread is somewhat above binomial;
+    // the old balancer settled far outside (810 / 1,190 measured, ~95/5 in the cluster).
     let sd = (n as f64 / 4.0).sqrt();
     let half = n as f64 / 2.0;
     (
-        (half - 5.0 * sd) as usize,
-        (half + 5.0 * sd).ceil() as usize,
+        (half - 6.0 * sd) as usize,
+        (half + 6.0 * sd).ceil() as usize,
     )
 }
 
