@@ -10,19 +10,20 @@
 //! failure statuses) count as a latency of [`FAILURE_PENALTY`]: a fast `502` is not a fast
 //! success.
 //!
-//! Why not "always the cheaper of the two" (as before): with two endpoints both are always the
-//! two choices, so the choice was deterministic and the endpoint with the slightly lower
-//! estimate got *every* request. The other one's estimate then only moved through its idle
-//! decay (10 s), so a single slow answer (the first request paying for the connection, a GC
-//! pause) starved an identical endpoint for tens of seconds: the ~95/5 split seen between two
-//! identical endpoints. Now costs within a factor [`TIE_RATIO`] (noise) give each 50 %, a cost
+//! Why two identical endpoints settled at ~95/5 before: with two endpoints both are always the
+//! two choices, and "always the cheaper" made the choice deterministic: the endpoint with the
+//! slightly lower estimate got *every* request. The other one's estimate then only moved
+//! through its idle decay (10 s): an endpoint not measured yet stood at [`DEFAULT_RTT`] (30 ms)
+//! against its peer's measured ~1 ms, and a single slow answer (a connection set up, a GC
+//! pause) did the same, so an identical endpoint starved for tens of seconds. Now an endpoint
+//! not measured yet is a tie with anyone and its first answer replaces the default. Now costs within a factor [`TIE_RATIO`] (noise) give each 50 %, a cost
 //! ten times higher gives ~9 %, so every endpoint keeps being measured, and an estimate falls
 //! back after a few good answers instead of after tens of seconds.
 //!
 //! The [`Load`]s are live state: they belong to the [`crate::state::StateRegistry`], not to a
 //! config, and survive pushes while their endpoint stays in its set.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -40,13 +41,11 @@ pub const PEAK_STEP: f64 = 1.5;
 /// estimates differ by noise (on one host, answers of 0.2 ms and 0.6 ms alternate), and a
 /// choice steered by noise keeps a stale high estimate unrefreshed, which skews shares. A real
 /// difference (a slower endpoint, one with requests piling up, a failure penalty) exceeds it;
-/// under concurrency the in-flight factor of the cost grows it further. Measured (see
-/// docs/reliability.md): with 2.0, two identical loopback backends on a busy host sometimes
-/// split 2,000 sequential requests 889/1,111; with 3.0 the spread was smaller.
-pub const TIE_RATIO: f64 = 3.0;
+/// under concurrency the in-flight factor of the cost grows it further.
+pub const TIE_RATIO: f64 = 2.0;
 /// Least share of the way a lower latency pulls the estimate down, however recent the last
 /// answer: a peak fades after a few good answers, not only with time.
-pub const MIN_PULL: f64 = 0.25;
+pub const MIN_PULL: f64 = 0.5;
 
 fn now_nanos() -> u64 {
     static ORIGIN: OnceLock<Instant> = OnceLock::new();
@@ -62,6 +61,8 @@ pub struct Load {
     /// When `ewma_bits` was last updated (nanoseconds since process-local origin).
     stamp: AtomicU64,
     pending: AtomicU32,
+    /// Whether it has answered (or failed) at least once.
+    measured: AtomicBool,
     /// Failure accrual (ejection, probation, `Retry-After` back-off).
     pub breaker: Breaker,
 }
@@ -78,6 +79,7 @@ impl Load {
             ewma_bits: AtomicU64::new((initial.as_nanos() as f64).to_bits()),
             stamp: AtomicU64::new(now_nanos()),
             pending: AtomicU32::new(0),
+            measured: AtomicBool::new(false),
             breaker: Breaker::default(),
         }
     }
@@ -120,6 +122,10 @@ impl Load {
     }
 
     fn cost_at(&self, now: u64) -> f64 {
+        if !self.measured.load(Ordering::Relaxed) {
+            // Unknown: a tie with anything (see [`p2c`]), never "30 ms against 1 ms".
+            return f64::NAN;
+        }
         let idle = now.saturating_sub(self.stamp.load(Ordering::Relaxed)) as f64;
         let decayed = self.ewma_nanos() * (-idle / DECAY.as_nanos() as f64).exp();
         decayed * f64::from(self.pending().saturating_add(1))
@@ -134,7 +140,10 @@ impl Load {
         let rtt = rtt.as_nanos() as f64;
         let prev = self.ewma_nanos();
         let last = self.stamp.swap(now, Ordering::Relaxed);
-        let next = if rtt > prev {
+        let next = if !self.measured.swap(true, Ordering::Relaxed) {
+            // The first answer replaces the default estimate.
+            rtt
+        } else if rtt > prev {
             // A peak counts at once, but one answer at most doubles the estimate: a single
             // hiccup is noise, and it would otherwise steer traffic away until the endpoint is
             // measured again. A sustained slowdown reaches its level within a few answers.
@@ -155,6 +164,7 @@ impl Load {
         self.ewma_bits
             .store((rtt.as_nanos() as f64).to_bits(), Ordering::Relaxed);
         self.stamp.store(now_nanos(), Ordering::Relaxed);
+        self.measured.store(true, Ordering::Relaxed);
     }
 
     /// Records a failed attempt (connect error, timeout, failure status): charged as
@@ -166,6 +176,7 @@ impl Load {
     fn observe_failure_at(&self, now: u64) {
         let penalty = FAILURE_PENALTY.as_nanos() as f64;
         self.stamp.store(now, Ordering::Relaxed);
+        self.measured.store(true, Ordering::Relaxed);
         let next = self.ewma_nanos().max(penalty);
         self.ewma_bits.store(next.to_bits(), Ordering::Relaxed);
     }
@@ -209,9 +220,12 @@ pub fn p2c<F: Fn(usize) -> f64>(n: usize, cost: F) -> Option<usize> {
 
 /// Whether the second of two items with costs `ca` and `cb` is taken, given a uniform `r` in
 /// `[0, 1)`: with probability `ca / (ca + cb)`, or 1/2 when the costs are within
-/// [`TIE_RATIO`] of each other. Costs that are not finite and positive fall back to "the lower
-/// wins" (ties: the first).
+/// [`TIE_RATIO`] of each other or one is unknown (NaN: not measured yet). Other costs that are
+/// not finite and positive fall back to "the lower wins" (ties: the first).
 fn prefer_second(ca: f64, cb: f64, r: f64) -> bool {
+    if ca.is_nan() || cb.is_nan() {
+        return r < 0.5;
+    }
     let sum = ca + cb;
     if ca.is_finite() && cb.is_finite() && ca > 0.0 && cb > 0.0 && sum.is_finite() {
         if ca.max(cb) < ca.min(cb) * TIE_RATIO {
@@ -243,6 +257,7 @@ mod tests {
         let slow = Load::new(Duration::from_millis(5));
         let busy = Load::new(Duration::from_millis(1));
         let t0 = slow.stamp.load(Ordering::Relaxed);
+        slow.observe_at(Duration::from_millis(5), t0);
         busy.observe_at(Duration::from_millis(1), t0);
         assert!(slow.cost_at(t0) > busy.cost_at(t0));
         // After 20 s without a response the slow one's estimate has decayed below the busy
@@ -254,8 +269,11 @@ mod tests {
 
     #[test]
     fn peak_replaces_and_decays() {
-        let load = Load::new(Duration::from_millis(10));
+        let load = Load::new(Duration::from_millis(30));
         let t0 = load.stamp.load(Ordering::Relaxed);
+        // The first answer replaces the default estimate.
+        load.observe_at(Duration::from_millis(10), t0);
+        assert_eq!(load.ewma_nanos(), 10_000_000.0);
         // One slow answer multiplies it by 1.5 at most; a sustained slowdown reaches its level
         // (10 → 15 → 22.5 → 33.75 → 50.6 → 75.9 → 100 ms).
         load.observe_at(Duration::from_millis(100), t0);
@@ -277,6 +295,8 @@ mod tests {
     fn pending_counts_in_cost() {
         let load = Load::new(Duration::from_millis(1));
         let now = load.stamp.load(Ordering::Relaxed);
+        assert!(load.cost_at(now).is_nan(), "unmeasured: unknown");
+        load.observe_at(Duration::from_millis(1), now);
         let c0 = load.cost_at(now);
         let g1 = load.start();
         let g2 = load.start();
@@ -320,10 +340,13 @@ mod tests {
         assert!((9_645..=10_355).contains(&first), "{first}");
         assert!(!prefer_second(1.0, 1.0, 0.5));
         assert!(prefer_second(1.0, 1.0, 0.49));
-        // Within the tie ratio: even odds; beyond: by inverse cost (1/4 for three times).
-        assert!(prefer_second(1.0, 2.9, 0.49));
-        assert!(!prefer_second(1.0, 3.0, 0.26));
-        assert!(prefer_second(1.0, 3.0, 0.24));
+        // Within the tie ratio: even odds; beyond: by inverse cost (1/3 for twice the cost).
+        assert!(prefer_second(1.0, 1.9, 0.49));
+        assert!(!prefer_second(1.0, 2.0, 0.34));
+        assert!(prefer_second(1.0, 2.0, 0.33));
+        // Unknown (not measured yet): even odds.
+        assert!(prefer_second(f64::NAN, 1.0, 0.49));
+        assert!(!prefer_second(1.0, f64::NAN, 0.5));
         // Degenerate costs: the lower wins.
         assert!(prefer_second(f64::INFINITY, 1.0, 0.9));
         assert!(!prefer_second(0.0, 1.0, 0.0));
@@ -335,9 +358,9 @@ mod tests {
         let t0 = load.stamp.load(Ordering::Relaxed);
         load.observe_failure_at(t0);
         assert_eq!(load.ewma_nanos(), 1e9);
-        // Answers 1 µs apart (no time decay to speak of): each pulls a quarter of the way:
-        // 0.75^30 × 1 s ≈ 0.18 ms above the 1 ms answers.
-        for k in 1..=30u64 {
+        // Answers 1 µs apart (no time decay to speak of): each pulls half of the way:
+        // 0.5^12 × 1 s ≈ 0.24 ms above the 1 ms answers.
+        for k in 1..=12u64 {
             load.observe_at(Duration::from_millis(1), t0 + k * 1_000);
         }
         let v = load.ewma_nanos();
