@@ -605,7 +605,7 @@ fn mutate_outbound(s: &mut v1::OutboundService, rng: &mut Rng, dict: &[&str]) {
         2 => s.namespace = interesting_string(rng, dict, &s.namespace),
         3 => {
             let p = s.policy.get_or_insert_with(Default::default);
-            match rng.below(4) {
+            match rng.below(5) {
                 0 => {
                     p.retry_budget_ratio = *rng.pick(&[
                         f64::NAN,
@@ -620,7 +620,10 @@ fn mutate_outbound(s: &mut v1::OutboundService, rng: &mut Rng, dict: &[&str]) {
                 }
                 1 => p.request_timeout_ms = *rng.pick(&[0, 1, u64::MAX, u64::MAX / 1000]),
                 2 => p.max_retries = *rng.pick(&[0, 1, 100, u32::MAX]),
-                _ => p.retry_non_idempotent = !p.retry_non_idempotent,
+                3 => p.retry_non_idempotent = !p.retry_non_idempotent,
+                // #16: the reliability fields (durations at the extremes, inverted and
+                // out-of-range status ranges, odd gRPC codes, limits of 0 and u32::MAX).
+                _ => mutate_reliability(p, rng),
             }
         }
         _ => {
@@ -664,6 +667,48 @@ fn mutate_outbound(s: &mut v1::OutboundService, rng: &mut Rng, dict: &[&str]) {
                     }
                 }
                 _ => {}
+            }
+        }
+    }
+}
+
+fn interesting_ms(rng: &mut Rng) -> u64 {
+    *rng.pick(&[0, 1, 300, 60_000, u64::MAX / 1000, u64::MAX])
+}
+
+fn interesting_status_range(rng: &mut Rng) -> v1::StatusRange {
+    let pick = |rng: &mut Rng| *rng.pick(&[0, 99, 200, 429, 500, 502, 599, 600, 65_536, u32::MAX]);
+    v1::StatusRange {
+        min: pick(rng),
+        max: pick(rng),
+    }
+}
+
+fn mutate_reliability(p: &mut v1::TrafficPolicy, rng: &mut Rng) {
+    let code = |rng: &mut Rng| *rng.pick(&[0, 2, 8, 14, 16, 17, u32::MAX]);
+    match rng.below(11) {
+        0 => p.per_try_timeout_ms = interesting_ms(rng),
+        1 => p.retry_budget_min_per_second = interesting_u32(rng),
+        2 => p.retry_statuses.push(interesting_status_range(rng)),
+        3 => p.retry_grpc_codes.push(code(rng)),
+        4 => p.max_concurrent_requests = *rng.pick(&[0, 1, 2, u32::MAX]),
+        5 => p.max_pending_requests = *rng.pick(&[0, 1, u32::MAX]),
+        6 => p.max_requests_per_endpoint = *rng.pick(&[0, 1, u32::MAX]),
+        7 => p.queue_timeout_ms = interesting_ms(rng),
+        _ => {
+            let a = p.failure_accrual.get_or_insert_with(Default::default);
+            match rng.below(8) {
+                0 => a.consecutive_failures = *rng.pick(&[0, 1, u32::MAX]),
+                1 => {
+                    a.min_success_rate =
+                        *rng.pick(&[f64::NAN, f64::INFINITY, -1.0, 0.0, 0.5, 1.0, 2.0])
+                }
+                2 => a.window_ms = interesting_ms(rng),
+                3 => a.min_requests = *rng.pick(&[0, 1, u32::MAX]),
+                4 => a.min_backoff_ms = interesting_ms(rng),
+                5 => a.max_backoff_ms = interesting_ms(rng),
+                6 => a.failure_statuses.push(interesting_status_range(rng)),
+                _ => a.failure_grpc_codes.push(code(rng)),
             }
         }
     }

@@ -361,6 +361,9 @@ pub struct OutboundService {
     /// Retries left for this service: live state, kept across pushes (see [`crate::state`]).
     #[serde(skip)]
     pub retry_budget: Arc<RetryBudget>,
+    /// Requests in flight and waiting (load shedding): live state, kept across pushes.
+    #[serde(skip)]
+    pub limiter: Arc<crate::state::Limiter>,
 }
 
 impl OutboundService {
@@ -964,6 +967,7 @@ fn outbound_service(
     }
     let policy = traffic_policy(s.policy.as_ref());
     let retry_budget = state.budget(&s.namespace, &s.name, policy.retry_budget_ratio);
+    let limiter = state.limiter(&s.namespace, &s.name);
     Ok(OutboundService {
         namespace: s.namespace.clone(),
         name: s.name.clone(),
@@ -972,6 +976,7 @@ fn outbound_service(
         ports,
         policy,
         retry_budget,
+        limiter,
     })
 }
 
@@ -1196,6 +1201,7 @@ impl Store {
                     let svc = match self.cached(name, r) {
                         Some(Converted::Outbound(svc)) => {
                             state.keep_budget(&svc.namespace, &svc.name, &svc.retry_budget);
+                            state.keep_limiter(&svc.namespace, &svc.name, &svc.limiter);
                             if is_linked(svc, &endpoint_sets, empty) {
                                 stats.reused += 1;
                                 svc.clone()

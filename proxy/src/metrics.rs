@@ -5,7 +5,6 @@
 //! configuration), never pod IPs, paths or request ids.
 
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -232,7 +231,6 @@ pub struct Metrics {
     nacks: Counter,
     cert_expiry: Gauge<i64, std::sync::atomic::AtomicI64>,
     retries: Family<LatencyLabels, Counter>,
-    retries_skipped: AtomicU64,
     client_errors: Family<ClientErrorLabels, Counter>,
     // #16 inbound
     inbound_shed: Family<InboundShedLabels, Counter>,
@@ -240,6 +238,14 @@ pub struct Metrics {
     inbound_deadline_exceeded: Family<InboundDeadlineLabels, Counter>,
     inbound_in_flight: Family<InboundPortLabels, Gauge>,
     // end #16 inbound
+    // #16 outbound
+    retries_skipped: Family<AuthorityLabels, Counter>,
+    outbound_ejections: Family<OutboundLabels, Counter>,
+    outbound_ejected: Family<OutboundLabels, Gauge>,
+    outbound_retry_after: Family<OutboundLabels, Counter>,
+    outbound_shed: Family<ShedLabels, Counter>,
+    outbound_deadline_exceeded: Family<AuthorityLabels, Counter>,
+    // end #16 outbound
 }
 
 impl std::fmt::Debug for Metrics {
@@ -339,6 +345,44 @@ impl Metrics {
             inbound_in_flight.clone(),
         );
         // end #16 inbound
+        // #16 outbound
+        let retries_skipped = Family::<AuthorityLabels, Counter>::default();
+        let outbound_ejections = Family::<OutboundLabels, Counter>::default();
+        let outbound_ejected = Family::<OutboundLabels, Gauge>::default();
+        let outbound_retry_after = Family::<OutboundLabels, Counter>::default();
+        let outbound_shed = Family::<ShedLabels, Counter>::default();
+        let outbound_deadline_exceeded = Family::<AuthorityLabels, Counter>::default();
+        registry.register(
+            "retries_skipped",
+            "Outbound retries refused by the service's retry budget",
+            retries_skipped.clone(),
+        );
+        registry.register(
+            "outbound_ejections",
+            "Endpoints ejected by failure accrual, by service and backend",
+            outbound_ejections.clone(),
+        );
+        registry.register(
+            "outbound_ejected_endpoints",
+            "Endpoints ejected now (until a probe succeeds), by service and backend",
+            outbound_ejected.clone(),
+        );
+        registry.register(
+            "outbound_retry_after_backoffs",
+            "Endpoints backed off for a 429 / RESOURCE_EXHAUSTED answer (Retry-After)",
+            outbound_retry_after.clone(),
+        );
+        registry.register(
+            "outbound_shed",
+            "Outbound requests answered 503 without being sent, by service and reason",
+            outbound_shed.clone(),
+        );
+        registry.register(
+            "outbound_deadline_exceeded",
+            "Outbound requests answered 504 because their deadline passed",
+            outbound_deadline_exceeded.clone(),
+        );
+        // end #16 outbound
         Metrics {
             registry,
             requests,
@@ -352,7 +396,6 @@ impl Metrics {
             nacks,
             cert_expiry,
             retries,
-            retries_skipped: AtomicU64::new(0),
             client_errors,
             // #16 inbound
             inbound_shed,
@@ -360,6 +403,14 @@ impl Metrics {
             inbound_deadline_exceeded,
             inbound_in_flight,
             // end #16 inbound
+            // #16 outbound
+            retries_skipped,
+            outbound_ejections,
+            outbound_ejected,
+            outbound_retry_after,
+            outbound_shed,
+            outbound_deadline_exceeded,
+            // end #16 outbound
         }
     }
 
@@ -473,10 +524,54 @@ impl Metrics {
             .inc();
     }
 
-    /// Retries refused by the budget.
-    pub fn retry_skipped(&self) {
-        self.retries_skipped.fetch_add(1, Ordering::Relaxed);
+    // #16 outbound
+
+    /// A retry of a request to `authority` refused by its retry budget.
+    pub fn retry_skipped(&self, authority: impl Into<LabelValue>) {
+        self.retries_skipped
+            .get_or_create(&AuthorityLabels {
+                authority: authority.into(),
+            })
+            .inc();
     }
+
+    /// An endpoint of `labels` ejected (again, after a failed probe, too).
+    pub fn ejection(&self, labels: &OutboundLabels) {
+        self.outbound_ejections.get_or_create(labels).inc();
+    }
+
+    /// Counts an endpoint of `labels` as ejected until the guard is dropped.
+    pub fn ejected(&self, labels: &OutboundLabels) -> EjectedGuard {
+        let gauge = self.outbound_ejected.get_or_create_owned(labels);
+        gauge.inc();
+        EjectedGuard { gauge }
+    }
+
+    /// An endpoint of `labels` backed off for its `Retry-After`.
+    pub fn retry_after_backoff(&self, labels: &OutboundLabels) {
+        self.outbound_retry_after.get_or_create(labels).inc();
+    }
+
+    /// A request to `authority` shed (answered 503 unsent) for `reason`.
+    pub fn shed(&self, authority: impl Into<LabelValue>, reason: &'static str) {
+        self.outbound_shed
+            .get_or_create(&ShedLabels {
+                authority: authority.into(),
+                reason,
+            })
+            .inc();
+    }
+
+    /// A request to `authority` answered 504 because its deadline passed.
+    pub fn deadline_exceeded(&self, authority: impl Into<LabelValue>) {
+        self.outbound_deadline_exceeded
+            .get_or_create(&AuthorityLabels {
+                authority: authority.into(),
+            })
+            .inc();
+    }
+
+    // end #16 outbound
 
     pub fn authorization(
         &self,
@@ -517,6 +612,41 @@ impl Metrics {
         }
     }
 }
+
+// #16 outbound
+
+/// Outbound failure accrual labels: the service and the backend (never an endpoint address).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutboundLabels {
+    pub authority: LabelValue,
+    pub backend: LabelValue,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthorityLabels {
+    pub authority: LabelValue,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShedLabels {
+    pub authority: LabelValue,
+    /// `concurrency`, `pending`, `queue-timeout` or `ejected`.
+    pub reason: &'static str,
+}
+
+/// Counts an endpoint as ejected while it lives.
+#[derive(Debug)]
+pub struct EjectedGuard {
+    gauge: Gauge,
+}
+
+impl Drop for EjectedGuard {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+// end #16 outbound
 
 /// Decrements the open-connections gauge when dropped.
 #[derive(Debug)]

@@ -17,15 +17,20 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use serde::Serialize;
 
 use crate::balance::Load;
+pub use crate::outbound::shed::Limiter;
 
 /// A retry budget: every request deposits `ratio` of a retry, every retry withdraws one. Starts
-/// with (and is capped at) a small reserve so that a quiet service can still retry.
+/// with (and is capped at) a small reserve so that a quiet service can still retry. Besides,
+/// `retry_budget_min_per_second` retries are allowed in every second whatever the ratio
+/// ([`RetryBudget::try_withdraw_with_floor`]), so that a quiet service can retry at all, and a
+/// busy one never more than ratio × requests + that floor.
 ///
 /// The ratio is config and the balance is state: a push that changes a service's ratio keeps
 /// its balance ([`RetryBudget::set_ratio`]).
@@ -34,6 +39,14 @@ pub struct RetryBudget {
     /// In thousandths of a retry.
     milli: AtomicI64,
     deposit_milli: AtomicI64,
+    /// The second (since the process's origin) the floor counts retries in.
+    floor_second: AtomicU64,
+    floor_used: AtomicU32,
+}
+
+fn seconds_now() -> u64 {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    ORIGIN.get_or_init(Instant::now).elapsed().as_secs()
 }
 
 fn deposit_milli(ratio: f64) -> i64 {
@@ -53,6 +66,8 @@ impl RetryBudget {
         RetryBudget {
             milli: AtomicI64::new(Self::RESERVE * 1000),
             deposit_milli: AtomicI64::new(deposit_milli(ratio)),
+            floor_second: AtomicU64::new(0),
+            floor_used: AtomicU32::new(0),
         }
     }
 
@@ -84,6 +99,32 @@ impl RetryBudget {
             .is_ok()
     }
 
+    /// Takes one retry from the budget, or else from the `min_per_second` retries allowed in
+    /// the current second whatever the ratio; `false` when both are exhausted.
+    pub fn try_withdraw_with_floor(&self, min_per_second: u32) -> bool {
+        self.try_withdraw() || self.try_floor(min_per_second, seconds_now())
+    }
+
+    fn try_floor(&self, min_per_second: u32, second: u64) -> bool {
+        if min_per_second == 0 {
+            return false;
+        }
+        let current = self.floor_second.load(Ordering::Acquire);
+        if current != second
+            && self
+                .floor_second
+                .compare_exchange(current, second, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            self.floor_used.store(0, Ordering::Release);
+        }
+        self.floor_used
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < min_per_second).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
     /// The balance, in thousandths of a retry.
     pub fn balance_milli(&self) -> i64 {
         self.milli.load(Ordering::Relaxed)
@@ -103,6 +144,7 @@ pub type EndpointKey = (Arc<str>, SocketAddr);
 #[derive(Debug, Default)]
 pub struct StateRegistry {
     budgets: HashMap<ServiceKey, Arc<RetryBudget>>,
+    limiters: HashMap<ServiceKey, Arc<Limiter>>,
     loads: HashMap<EndpointKey, Arc<Load>>,
 }
 
@@ -166,6 +208,25 @@ impl<'a> StateBuilder<'a> {
         budget
     }
 
+    /// The concurrency limiter of `<name>.<namespace>` (load shedding).
+    pub fn limiter(&mut self, namespace: &str, name: &str) -> Arc<Limiter> {
+        let key = (namespace.to_string(), name.to_string());
+        if let Some(l) = self.next.limiters.get(&key) {
+            return l.clone();
+        }
+        let limiter = self.prev.limiters.get(&key).cloned().unwrap_or_default();
+        self.next.limiters.insert(key, limiter.clone());
+        limiter
+    }
+
+    /// Keeps `limiter` (already in force, unchanged config) for `<name>.<namespace>`.
+    pub fn keep_limiter(&mut self, namespace: &str, name: &str, limiter: &Arc<Limiter>) {
+        self.next
+            .limiters
+            .entry((namespace.to_string(), name.to_string()))
+            .or_insert_with(|| limiter.clone());
+    }
+
     /// Keeps `budget` (already in force, unchanged config) for `<name>.<namespace>`.
     pub fn keep_budget(&mut self, namespace: &str, name: &str, budget: &Arc<RetryBudget>) {
         self.next
@@ -226,6 +287,21 @@ pub struct ServiceView {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_floor_allows_min_per_second_whatever_the_ratio() {
+        let b = RetryBudget::new(0.0);
+        for _ in 0..RetryBudget::RESERVE {
+            assert!(b.try_withdraw());
+        }
+        assert!(!b.try_withdraw());
+        assert!(b.try_floor(2, 7));
+        assert!(b.try_floor(2, 7));
+        assert!(!b.try_floor(2, 7));
+        // The next second allows two more; a floor of 0 allows none.
+        assert!(b.try_floor(2, 8));
+        assert!(!b.try_floor(0, 9));
+    }
 
     #[test]
     fn a_changed_ratio_keeps_the_balance() {

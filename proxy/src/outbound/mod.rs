@@ -10,7 +10,11 @@
 //! dedicated connection to the chosen endpoint (mTLS with hint `detect` to a meshed one, plain
 //! TCP otherwise) and spliced on `101`; see [`crate::http::upgrade`]. CONNECT gets `501`.
 
+pub mod accrual;
+mod body;
+mod pick;
 mod pool;
+pub mod shed;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -26,20 +30,25 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::balance;
+use weft_common::reliability::MAX_RETRY_BODY_BYTES;
+
 use crate::config::{Backend, Config, Endpoint, OutboundService, Protocol, TrafficPolicy};
+use crate::http::deadline;
 use crate::http::upgrade::{self, Splice};
 use crate::http::{self as h, Body, PlainClients};
-use crate::metrics::{self, LabelValue, LatencyLabels, Metrics, RequestLabels, OUTBOUND};
+use crate::metrics::{
+    self, LabelValue, LatencyLabels, Metrics, OutboundLabels, RequestLabels, OUTBOUND,
+};
 use crate::route::{self, RequestInfo};
 use crate::transport::{self, Detected, Drain, Hint, MeshIdentity, TransportHeader};
+use accrual::Outcome;
+use pick::{Picked, Unpicked};
+use shed::Shed;
 
 pub use pool::{MeshPool, PoolError};
 
 /// Grace period for in-flight work when the listener shuts down.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
-/// Request bodies up to this size are buffered so the request can be retried.
-pub const MAX_RETRY_BODY: u64 = 64 * 1024;
 
 struct Shared {
     config: watch::Receiver<Arc<Config>>,
@@ -169,11 +178,22 @@ where
         tracing::debug!(service = %svc.authority, "no TCP route or backend");
         return;
     };
-    let Some(ep) = pick_endpoint(backend) else {
-        tracing::debug!(service = %svc.authority, backend = %backend.service, "no endpoints");
+    let picked = pick::pick(
+        backend,
+        svc.policy.max_requests_per_endpoint,
+        None,
+        false,
+        Instant::now(),
+    );
+    let Ok(Picked {
+        ep,
+        in_flight: _in_flight,
+        ..
+    }) = picked
+    else {
+        tracing::debug!(service = %svc.authority, backend = %backend.service, "no endpoint to connect to");
         return;
     };
-    let _in_flight = ep.load.start();
     let started = Instant::now();
     match ep.mesh_target() {
         Some((addr, identity)) => {
@@ -203,11 +223,6 @@ where
             }
         },
     }
-}
-
-fn pick_endpoint(backend: &Backend) -> Option<&Endpoint> {
-    let eps = &backend.endpoints.endpoints;
-    balance::p2c(eps.len(), |i| eps[i].load.cost()).and_then(|i| eps.get(i))
 }
 
 async fn serve_http<I>(
@@ -364,10 +379,48 @@ async fn handle_request(
         route: (&route.name).into(),
         backend: (&backend.service).into(),
     };
+    let deadline = Deadline::of(req.headers(), &svc.policy, started);
+    let policy = &svc.policy;
+    let wait = deadline
+        .left(Instant::now())
+        .map_or(policy.queue_timeout, |l| l.min(policy.queue_timeout));
+    let _permit = match svc
+        .limiter
+        .acquire(
+            policy.max_concurrent_requests,
+            policy.max_pending_requests,
+            wait,
+        )
+        .await
+    {
+        Ok(p) => p,
+        Err(why) => {
+            shared.metrics.shed(&svc.authority, why.reason());
+            let message = match why {
+                Shed::Concurrency => format!(
+                    "{}: {} requests in flight from this proxy (weft.io/max-concurrent-requests), none may wait; not sent",
+                    svc.authority, policy.max_concurrent_requests
+                ),
+                Shed::Pending => format!(
+                    "{}: {} requests in flight and {} waiting (weft.io/max-pending-requests); not sent",
+                    svc.authority, policy.max_concurrent_requests, policy.max_pending_requests
+                ),
+                Shed::QueueTimeout => format!(
+                    "{}: no slot of {} freed within {} ms (weft.io/queue-timeout or the request's deadline); not sent",
+                    svc.authority,
+                    policy.max_concurrent_requests,
+                    wait.as_millis()
+                ),
+            };
+            let rsp = shed::refuse(StatusCode::SERVICE_UNAVAILABLE, why.reason(), &message);
+            record(shared, &labels, None, rsp.status(), started);
+            return rsp;
+        }
+    };
     let (rsp, peer) = if upgrade::wants_upgrade(&req) {
         forward_upgrade(shared, req, svc, backend).await
     } else {
-        forward(shared, req, svc, backend, app_h2, &labels).await
+        forward(shared, req, svc, backend, app_h2, &labels, deadline).await
     };
     record(shared, &labels, peer, rsp.status(), started);
     rsp
@@ -380,62 +433,113 @@ fn idempotent(m: &Method) -> bool {
     )
 }
 
-/// A request whose body is either buffered (can be replayed) or streaming (one attempt).
+/// A request's head, kept to build a retry.
+struct Head {
+    method: Method,
+    uri: http::Uri,
+    version: Version,
+    headers: http::HeaderMap,
+}
+
+impl Head {
+    fn of(parts: &http::request::Parts) -> Self {
+        Head {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+        }
+    }
+
+    fn request(&self, body: Bytes) -> Request<Body> {
+        let mut req = Request::new(if body.is_empty() {
+            h::empty()
+        } else {
+            h::full(body)
+        });
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
+
+/// A request whose body is buffered (can be replayed), copied while it is sent (can be
+/// replayed if it ended within [`MAX_RETRY_BODY_BYTES`]), or streaming (one attempt).
 enum Prepared {
     Replayable {
-        head: http::request::Parts,
+        head: Box<Head>,
         body: Bytes,
     },
-    Once(Request<Body>),
+    Teed {
+        head: Box<Head>,
+        capture: Arc<body::Capture>,
+        first: Option<Request<Body>>,
+    },
+    Once(Option<Request<Body>>),
 }
 
 impl Prepared {
     fn take(&mut self) -> Option<Request<Body>> {
         match self {
-            Prepared::Replayable { head, body } => {
-                let mut req = Request::new(if body.is_empty() {
-                    h::empty()
-                } else {
-                    h::full(body.clone())
-                });
-                *req.method_mut() = head.method.clone();
-                *req.uri_mut() = head.uri.clone();
-                *req.version_mut() = head.version;
-                *req.headers_mut() = head.headers.clone();
-                Some(req)
-            }
-            Prepared::Once(_) => {
-                let Prepared::Once(req) =
-                    std::mem::replace(self, Prepared::Once(Request::new(h::empty())))
-                else {
-                    return None;
-                };
-                Some(req)
-            }
+            Prepared::Replayable { head, body } => Some(head.request(body.clone())),
+            Prepared::Teed {
+                head,
+                capture,
+                first,
+            } => match first.take() {
+                Some(req) => Some(req),
+                None => capture.replay().map(|b| head.request(b)),
+            },
+            Prepared::Once(req) => req.take(),
+        }
+    }
+
+    /// Whether another attempt can be sent.
+    fn replayable(&self) -> bool {
+        match self {
+            Prepared::Replayable { .. } => true,
+            Prepared::Teed { capture, first, .. } => first.is_none() && capture.ready(),
+            Prepared::Once(_) => false,
         }
     }
 }
 
 /// Prepares the request for one or more attempts. The flag tells whether a streamed body failed
 /// on the client's side; `Err` when a buffered body could not be read from the client.
+///
+/// A retryable request (retries on, and an idempotent method or `retry_non_idempotent`) with a
+/// body of known length up to [`MAX_RETRY_BODY_BYTES`] is buffered before it is sent; one of
+/// unknown length is copied while it is sent ([`body::Tee`]); a longer one streams, once.
 async fn prepare(
     req: Request<Incoming>,
     policy: &TrafficPolicy,
 ) -> Result<(Prepared, h::ClientBodyFailed), StatusCode> {
-    let retryable = policy.max_retries > 0
-        && (idempotent(req.method()) || policy.retry_non_idempotent)
-        && req
-            .body()
-            .size_hint()
-            .upper()
-            .is_some_and(|n| n <= MAX_RETRY_BODY);
+    let retryable =
+        policy.max_retries > 0 && (idempotent(req.method()) || policy.retry_non_idempotent);
+    let upper = req.body().size_hint().upper();
     let (mut head, body) = req.into_parts();
     h::strip_hop_by_hop(&mut head.headers);
-    if !retryable {
+    if !retryable || upper.is_some_and(|n| n > MAX_RETRY_BODY_BYTES) {
         let (req, failed) = h::watch_body(Request::from_parts(head, body));
-        return Ok((Prepared::Once(req), failed));
+        return Ok((Prepared::Once(Some(req)), failed));
     }
-    match http_body_util::Limited::new(body, MAX_RETRY_BODY as usize)
+    if upper.is_none() {
+        let kept = Box::new(Head::of(&head));
+        let (req, failed) = h::watch_body(Request::from_parts(head, body));
+        let capture = body::Capture::new(MAX_RETRY_BODY_BYTES);
+        let req = req.map(|b| h::boxed(body::Tee::new(b, capture.clone())));
+        return Ok((
+            Prepared::Teed {
+                head: kept,
+                capture,
+                first: Some(req),
+            },
+            failed,
+        ));
+    }
+    match http_body_util::Limited::new(body, MAX_RETRY_BODY_BYTES as usize)
         .collect()
         .await
     {
@@ -444,13 +548,13 @@ async fn prepare(
             if collected.trailers().is_some() {
                 let bytes = collected.to_bytes();
                 return Ok((
-                    Prepared::Once(Request::from_parts(head, h::full(bytes))),
+                    Prepared::Once(Some(Request::from_parts(head, h::full(bytes)))),
                     h::ClientBodyFailed::default(),
                 ));
             }
             Ok((
                 Prepared::Replayable {
-                    head,
+                    head: Box::new(Head::of(&head)),
                     body: collected.to_bytes(),
                 },
                 h::ClientBodyFailed::default(),
@@ -460,15 +564,59 @@ async fn prepare(
     }
 }
 
-fn retryable_status(s: StatusCode) -> bool {
-    matches!(
-        s,
-        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+/// Whether `rsp` is worth another attempt under `policy`: a status in `retry_statuses`, or a
+/// `grpc-status` (trailers-only answer) in `retry_grpc_codes`.
+fn retry_on(policy: &TrafficPolicy, rsp: &Response<Body>) -> bool {
+    policy.retry_statuses.contains(rsp.status().as_u16())
+        || accrual::grpc_status(rsp.headers()).is_some_and(|c| policy.retry_grpc_codes.contains(&c))
+}
+
+/// When a request must be answered by: the smaller of what it carries (`grpc-timeout`,
+/// `weft-timeout-ms`) and the service's timeout, from when the proxy received it.
+#[derive(Clone, Copy, Debug)]
+struct Deadline {
+    /// When the proxy received the request.
+    received: Instant,
+    at: Option<Instant>,
+    /// The request's own deadline is the binding one: running out of it is not the endpoint's
+    /// fault.
+    from_client: bool,
+}
+
+impl Deadline {
+    fn of(headers: &http::HeaderMap, policy: &TrafficPolicy, received: Instant) -> Self {
+        let client = deadline::remaining(headers);
+        let limit = deadline::effective(headers, policy.request_timeout);
+        Deadline {
+            received,
+            at: limit.and_then(|d| received.checked_add(d)),
+            from_client: client.is_some() && client == limit,
+        }
+    }
+
+    /// Time left at `now` (`None`: no deadline).
+    fn left(&self, now: Instant) -> Option<Duration> {
+        self.at.map(|at| at.saturating_duration_since(now))
+    }
+}
+
+/// The `504` of a request whose deadline passed.
+fn deadline_exceeded(shared: &Shared, svc: &OutboundService, received: Instant) -> Response<Body> {
+    shared.metrics.deadline_exceeded(&svc.authority);
+    shed::refuse(
+        StatusCode::GATEWAY_TIMEOUT,
+        "deadline",
+        &format!(
+            "{}: the request's deadline passed after {} ms (weft-timeout-ms, grpc-timeout or weft.io/timeout)",
+            svc.authority,
+            received.elapsed().as_millis()
+        ),
     )
 }
 
-/// Sends the request to an endpoint of `backend`, with the service's timeout and budgeted
-/// retries. Returns the response and the endpoint's identity (if meshed).
+/// Sends the request to an endpoint of `backend`, within its deadline, each attempt within
+/// `per_try_timeout`, with budgeted retries to (preferably) another endpoint. Returns the
+/// response and the endpoint's identity (if meshed).
 async fn forward(
     shared: &Shared,
     req: Request<Incoming>,
@@ -476,7 +624,9 @@ async fn forward(
     backend: &Backend,
     app_h2: bool,
     labels: &Labels,
+    deadline: Deadline,
 ) -> (Response<Body>, Option<Arc<str>>) {
+    let received = deadline.received;
     let policy = &svc.policy;
     let attempts = async {
         let (mut prepared, body) = match prepare(req, policy).await {
@@ -490,25 +640,58 @@ async fn forward(
             }
         };
         let mut attempt = 0u32;
+        let mut avoid = None;
         loop {
-            let Some(req) = prepared.take() else {
+            let left = deadline.left(Instant::now());
+            if left == Some(Duration::ZERO) {
+                return (deadline_exceeded(shared, svc, received), None);
+            }
+            let Some(mut req) = prepared.take() else {
                 return (
                     h::error(StatusCode::BAD_GATEWAY, "request could not be retried"),
                     None,
                 );
             };
-            let (rsp, peer) = attempt_once(shared, req, backend, app_h2, &body).await;
-            let can_retry = matches!(prepared, Prepared::Replayable { .. })
-                && attempt < policy.max_retries
-                && retryable_status(rsp.status());
-            if !can_retry {
-                return (rsp, peer);
+            let limit = match (left, policy.per_try_timeout) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            if let Some(t) = limit {
+                deadline::set_remaining(req.headers_mut(), t);
             }
-            if !svc.retry_budget.try_withdraw() {
-                shared.metrics.retry_skipped();
-                return (rsp, peer);
+            // Running out of the client's own time says nothing about the endpoint.
+            let charge = !(deadline.from_client && limit == left);
+            let a = attempt_once(
+                shared,
+                req,
+                svc,
+                backend,
+                app_h2,
+                &body,
+                Limit { limit, charge },
+                avoid,
+            )
+            .await;
+            let can_retry = a.sent
+                && attempt < policy.max_retries
+                && retry_on(policy, &a.rsp)
+                && prepared.replayable()
+                && deadline.left(Instant::now()) != Some(Duration::ZERO);
+            if !can_retry {
+                if a.rsp.status() == StatusCode::GATEWAY_TIMEOUT && !charge {
+                    return (deadline_exceeded(shared, svc, received), a.peer);
+                }
+                return (a.rsp, a.peer);
+            }
+            if !svc
+                .retry_budget
+                .try_withdraw_with_floor(policy.retry_budget_min_per_second)
+            {
+                shared.metrics.retry_skipped(&svc.authority);
+                return (a.rsp, a.peer);
             }
             attempt += 1;
+            avoid = a.addr;
             shared.metrics.retry(&LatencyLabels {
                 direction: OUTBOUND,
                 authority: labels.authority.clone(),
@@ -517,20 +700,10 @@ async fn forward(
             });
         }
     };
-    match policy.request_timeout {
-        Some(t) => match tokio::time::timeout(t, attempts).await {
+    match deadline.at {
+        Some(at) => match tokio::time::timeout_at(at.into(), attempts).await {
             Ok(r) => r,
-            Err(_) => (
-                h::error(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    &format!(
-                        "{} did not answer within {} ms",
-                        svc.authority,
-                        t.as_millis()
-                    ),
-                ),
-                None,
-            ),
+            Err(_) => (deadline_exceeded(shared, svc, received), None),
         },
         None => attempts.await,
     }
@@ -544,63 +717,224 @@ fn no_endpoints(backend: &Backend) -> Response<Body> {
     )
 }
 
+/// The fast answer when no endpoint of `backend` can take the request.
+fn unpicked(
+    shared: &Shared,
+    svc: &OutboundService,
+    backend: &Backend,
+    why: Unpicked,
+) -> Response<Body> {
+    let now = Instant::now();
+    match why {
+        Unpicked::NoEndpoints => no_endpoints(backend),
+        Unpicked::Ejected {
+            ejected,
+            total,
+            next_probe,
+        } => {
+            shared.metrics.shed(&svc.authority, "ejected");
+            let next = match next_probe {
+                Some(t) => format!(
+                    "the next probe is due in {} ms",
+                    t.saturating_duration_since(now).as_millis()
+                ),
+                None => "a probe is in flight".to_string(),
+            };
+            shed::refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ejected",
+                &format!(
+                    "{}: {ejected} of {total} endpoints of backend {} are ejected after failures (failure accrual); {next}",
+                    svc.authority, backend.service
+                ),
+            )
+        }
+        Unpicked::BackingOff { until } => {
+            shared.metrics.shed(&svc.authority, "rate-limit");
+            let left = until.saturating_duration_since(now);
+            let mut rsp = shed::refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limit",
+                &format!(
+                    "{}: every endpoint of backend {} asked to back off (429 / RESOURCE_EXHAUSTED); the first is free again in {} ms",
+                    svc.authority,
+                    backend.service,
+                    left.as_millis()
+                ),
+            );
+            let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+            rsp.headers_mut()
+                .insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
+            rsp
+        }
+        Unpicked::Full { max } => {
+            shared.metrics.shed(&svc.authority, "concurrency");
+            shed::refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "concurrency",
+                &format!(
+                    "{}: every endpoint of backend {} has {max} requests in flight from this proxy (weft.io/max-requests-per-endpoint)",
+                    svc.authority, backend.service
+                ),
+            )
+        }
+    }
+}
+
+/// The time limit of one attempt, and whether running out of it counts against the endpoint.
+#[derive(Clone, Copy, Debug)]
+struct Limit {
+    limit: Option<Duration>,
+    charge: bool,
+}
+
+/// What one attempt gave.
+struct Attempt {
+    rsp: Response<Body>,
+    peer: Option<Arc<str>>,
+    /// The endpoint it went to.
+    addr: Option<SocketAddr>,
+    /// Whether it reached an endpoint at all (not refused by the proxy itself).
+    sent: bool,
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn attempt_once(
     shared: &Shared,
     mut req: Request<Body>,
+    svc: &OutboundService,
     backend: &Backend,
     app_h2: bool,
     body: &h::ClientBodyFailed,
-) -> (Response<Body>, Option<Arc<str>>) {
-    let Some(ep) = pick_endpoint(backend) else {
-        return (no_endpoints(backend), None);
+    limit: Limit,
+    avoid: Option<SocketAddr>,
+) -> Attempt {
+    let policy = &svc.policy;
+    let picked = match pick::pick(
+        backend,
+        policy.max_requests_per_endpoint,
+        avoid,
+        true,
+        Instant::now(),
+    ) {
+        Ok(p) => p,
+        Err(why) => {
+            return Attempt {
+                rsp: unpicked(shared, svc, backend, why),
+                peer: None,
+                addr: None,
+                sent: false,
+            }
+        }
     };
-    let _in_flight = ep.load.start();
+    let Picked {
+        ep,
+        in_flight: _in_flight,
+        mut probe,
+    } = picked;
     let started = Instant::now();
     let peer = ep.identity.clone();
-    let result = match ep.mesh_target() {
-        Some((addr, identity)) => send_mesh(shared, req, ep, addr, identity, app_h2).await,
-        None => {
-            let target = ep.addr.to_string();
-            match h::set_upstream_uri(&mut req, &target) {
-                Err(e) => Err((StatusCode::BAD_REQUEST, format!("bad request target: {e}"))),
-                Ok(()) => {
-                    *req.version_mut() = if app_h2 {
-                        Version::HTTP_2
-                    } else {
-                        Version::HTTP_11
-                    };
-                    shared
-                        .plain
-                        .get(app_h2)
-                        .request(req)
-                        .await
-                        .map(|rsp| rsp.map(h::boxed))
-                        .map_err(|e| {
-                            (
-                                StatusCode::BAD_GATEWAY,
-                                format!("{} ({}): {e}", backend.service, ep.pod),
-                            )
-                        })
+    let send = async {
+        match ep.mesh_target() {
+            Some((addr, identity)) => send_mesh(shared, req, ep, addr, identity, app_h2).await,
+            None => {
+                let target = ep.addr.to_string();
+                match h::set_upstream_uri(&mut req, &target) {
+                    Err(e) => Err((StatusCode::BAD_REQUEST, format!("bad request target: {e}"))),
+                    Ok(()) => {
+                        *req.version_mut() = if app_h2 {
+                            Version::HTTP_2
+                        } else {
+                            Version::HTTP_11
+                        };
+                        shared
+                            .plain
+                            .get(app_h2)
+                            .request(req)
+                            .await
+                            .map(|rsp| rsp.map(h::boxed))
+                            .map_err(|e| {
+                                (
+                                    StatusCode::BAD_GATEWAY,
+                                    format!("{} ({}): {e}", backend.service, ep.pod),
+                                )
+                            })
+                    }
                 }
             }
         }
     };
-    match result {
+    let result = match limit.limit {
+        Some(t) => match tokio::time::timeout(t, send).await {
+            Ok(r) => r,
+            Err(_) => Err((
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "{} ({}) did not answer within {} ms",
+                    backend.service,
+                    ep.pod,
+                    t.as_millis()
+                ),
+            )),
+        },
+        None => send.await,
+    };
+    let accrual = &policy.failure_accrual;
+    let olabels = OutboundLabels {
+        authority: (&svc.authority).into(),
+        backend: (&backend.service).into(),
+    };
+    let ctx = accrual::Ctx {
+        policy: accrual,
+        metrics: &shared.metrics,
+        labels: &olabels,
+    };
+    let (outcome, rsp) = match result {
         Ok(mut rsp) => {
-            ep.load.observe(started.elapsed());
+            let outcome = accrual::classify(rsp.status(), rsp.headers(), accrual);
+            if outcome == Outcome::Failure {
+                // A fast error is not a fast success.
+                ep.load.observe_failure();
+            } else {
+                ep.load.observe(started.elapsed());
+            }
             h::strip_hop_by_hop(rsp.headers_mut());
-            (rsp, peer)
+            (outcome, rsp)
         }
         Err((status, reason)) => {
-            // The client's own body failing is not the endpoint's fault.
-            if status == StatusCode::BAD_GATEWAY && !body.failed() {
+            let outcome = if body.failed() || status == StatusCode::BAD_REQUEST {
+                // The client's own body failing is not the endpoint's fault.
+                Outcome::Unknown
+            } else if status == StatusCode::GATEWAY_TIMEOUT && !limit.charge {
+                ep.load.observe(started.elapsed());
+                Outcome::Unknown
+            } else {
                 ep.load.observe_failure();
-            }
+                Outcome::Failure
+            };
             (
+                outcome,
                 h::forward_error(body, &shared.metrics, OUTBOUND, status, &reason),
-                peer,
             )
         }
+    };
+    ep.load
+        .breaker
+        .record(outcome, probe.is_some(), Instant::now(), ctx);
+    if let Some(p) = &mut probe {
+        if outcome != Outcome::Unknown {
+            p.decided();
+        }
+        if outcome == Outcome::Success {
+            // Restored: it competes from its probe's latency, not from its old penalties.
+            ep.load.reset(started.elapsed());
+        }
+    }
+    Attempt {
+        rsp,
+        peer,
+        addr: Some(ep.addr),
+        sent: true,
     }
 }
 
@@ -658,8 +992,17 @@ async fn forward_upgrade(
     svc: &OutboundService,
     backend: &Backend,
 ) -> (Response<Body>, Option<Arc<str>>) {
-    let Some(ep) = pick_endpoint(backend) else {
-        return (no_endpoints(backend), None);
+    let picked = pick::pick(
+        backend,
+        svc.policy.max_requests_per_endpoint,
+        None,
+        false,
+        Instant::now(),
+    );
+    let ep = match picked {
+        // The upgraded connection counts as in flight from the splice on (below).
+        Ok(Picked { ep, .. }) => ep,
+        Err(why) => return (unpicked(shared, svc, backend, why), None),
     };
     let peer = ep.identity.clone();
     let downstream = hyper::upgrade::on(&mut req);
