@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-pub use crate::outbound::accrual::Breaker;
+pub use crate::accrual::Breaker;
 
 /// Time constant of the EWMA decay.
 pub const DECAY: Duration = Duration::from_secs(10);

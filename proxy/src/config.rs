@@ -30,6 +30,7 @@ use serde::{Serialize, Serializer};
 use weft_common::SpiffeId;
 use weft_proxy_api::v1;
 
+pub use crate::accrual::{FailureAccrual, StatusSet};
 use crate::balance::Load;
 pub use crate::state::RetryBudget;
 use crate::state::{EndpointView, ServiceView, StateBuilder, StateRegistry};
@@ -292,54 +293,6 @@ impl Default for TrafficPolicy {
             max_pending_requests: d::MAX_PENDING_REQUESTS,
             max_requests_per_endpoint: d::MAX_REQUESTS_PER_ENDPOINT,
             queue_timeout: Duration::from_millis(d::QUEUE_TIMEOUT_MS),
-        }
-    }
-}
-
-/// A set of HTTP statuses, as inclusive ranges.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct StatusSet(pub Vec<(u16, u16)>);
-
-impl StatusSet {
-    pub fn from_pairs(pairs: &[(u16, u16)]) -> Self {
-        StatusSet(pairs.to_vec())
-    }
-
-    pub fn contains(&self, status: u16) -> bool {
-        self.0.iter().any(|&(lo, hi)| lo <= status && status <= hi)
-    }
-}
-
-/// When an endpoint is ejected from the balancer, and for how long.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct FailureAccrual {
-    /// 0: never by consecutive failures.
-    pub consecutive_failures: u32,
-    /// 0: never by success rate.
-    pub min_success_rate: f64,
-    #[serde(serialize_with = "ser_duration_ms_plain", rename = "window_ms")]
-    pub window: Duration,
-    pub min_requests: u32,
-    #[serde(serialize_with = "ser_duration_ms_plain", rename = "min_backoff_ms")]
-    pub min_backoff: Duration,
-    #[serde(serialize_with = "ser_duration_ms_plain", rename = "max_backoff_ms")]
-    pub max_backoff: Duration,
-    pub failure_statuses: StatusSet,
-    pub failure_grpc_codes: Vec<u32>,
-}
-
-impl Default for FailureAccrual {
-    fn default() -> Self {
-        use weft_common::reliability as d;
-        FailureAccrual {
-            consecutive_failures: d::ACCRUAL_CONSECUTIVE_FAILURES,
-            min_success_rate: d::ACCRUAL_MIN_SUCCESS_RATE,
-            window: Duration::from_millis(d::ACCRUAL_WINDOW_MS),
-            min_requests: d::ACCRUAL_MIN_REQUESTS,
-            min_backoff: Duration::from_millis(d::ACCRUAL_MIN_BACKOFF_MS),
-            max_backoff: Duration::from_millis(d::ACCRUAL_MAX_BACKOFF_MS),
-            failure_statuses: StatusSet::from_pairs(d::FAILURE_STATUSES),
-            failure_grpc_codes: d::FAILURE_GRPC_CODES.to_vec(),
         }
     }
 }

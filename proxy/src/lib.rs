@@ -1,5 +1,6 @@
 //! weft-proxy: the sidecar library.
 #![forbid(unsafe_code)]
+pub mod accrual;
 pub mod admin;
 pub mod app;
 pub mod balance;
@@ -12,5 +13,6 @@ pub mod inbound;
 pub mod metrics;
 pub mod outbound;
 pub mod route;
+pub mod shed;
 pub mod state;
 pub mod transport;

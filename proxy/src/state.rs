@@ -24,7 +24,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::balance::Load;
-pub use crate::outbound::shed::Limiter;
+pub use crate::shed::Limiter;
 
 /// A retry budget: every request deposits `ratio` of a retry, every retry withdraws one. Starts
 /// with (and is capped at) a small reserve so that a quiet service can still retry. Besides,

@@ -10,11 +10,9 @@
 //! dedicated connection to the chosen endpoint (mTLS with hint `detect` to a meshed one, plain
 //! TCP otherwise) and spliced on `101`; see [`crate::http::upgrade`]. CONNECT gets `501`.
 
-pub mod accrual;
 mod body;
 mod pick;
 mod pool;
-pub mod shed;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -32,6 +30,7 @@ use tokio::sync::watch;
 
 use weft_common::reliability::MAX_RETRY_BODY_BYTES;
 
+use crate::accrual::{self, Outcome};
 use crate::config::{Backend, Config, Endpoint, OutboundService, Protocol, TrafficPolicy};
 use crate::http::deadline;
 use crate::http::upgrade::{self, Splice};
@@ -40,10 +39,9 @@ use crate::metrics::{
     self, LabelValue, LatencyLabels, Metrics, OutboundLabels, RequestLabels, OUTBOUND,
 };
 use crate::route::{self, RequestInfo};
+use crate::shed::{self, Shed};
 use crate::transport::{self, Detected, Drain, Hint, MeshIdentity, TransportHeader};
-use accrual::Outcome;
 use pick::{Picked, Unpicked};
-use shed::Shed;
 
 pub use pool::{MeshPool, PoolError};
 

@@ -12,7 +12,7 @@ use std::time::Instant;
 use crate::balance::{self, Breaker, InFlight};
 use crate::config::{Backend, Endpoint};
 
-use super::accrual::Availability;
+use crate::accrual::Availability;
 
 /// The one probe of an ejected endpoint; given back (the next request may probe) unless a
 /// verdict was recorded.

@@ -25,8 +25,60 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, StatusCode};
 
-use crate::config::FailureAccrual;
 use crate::metrics::{EjectedGuard, Metrics, OutboundLabels};
+use serde::Serialize;
+
+/// A set of HTTP statuses, as inclusive ranges.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct StatusSet(pub Vec<(u16, u16)>);
+
+impl StatusSet {
+    pub fn from_pairs(pairs: &[(u16, u16)]) -> Self {
+        StatusSet(pairs.to_vec())
+    }
+
+    pub fn contains(&self, status: u16) -> bool {
+        self.0.iter().any(|&(lo, hi)| lo <= status && status <= hi)
+    }
+}
+
+/// When an endpoint is ejected from the balancer, and for how long.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FailureAccrual {
+    /// 0: never by consecutive failures.
+    pub consecutive_failures: u32,
+    /// 0: never by success rate.
+    pub min_success_rate: f64,
+    #[serde(serialize_with = "ser_duration_ms_plain", rename = "window_ms")]
+    pub window: Duration,
+    pub min_requests: u32,
+    #[serde(serialize_with = "ser_duration_ms_plain", rename = "min_backoff_ms")]
+    pub min_backoff: Duration,
+    #[serde(serialize_with = "ser_duration_ms_plain", rename = "max_backoff_ms")]
+    pub max_backoff: Duration,
+    pub failure_statuses: StatusSet,
+    pub failure_grpc_codes: Vec<u32>,
+}
+
+impl Default for FailureAccrual {
+    fn default() -> Self {
+        use weft_common::reliability as d;
+        FailureAccrual {
+            consecutive_failures: d::ACCRUAL_CONSECUTIVE_FAILURES,
+            min_success_rate: d::ACCRUAL_MIN_SUCCESS_RATE,
+            window: Duration::from_millis(d::ACCRUAL_WINDOW_MS),
+            min_requests: d::ACCRUAL_MIN_REQUESTS,
+            min_backoff: Duration::from_millis(d::ACCRUAL_MIN_BACKOFF_MS),
+            max_backoff: Duration::from_millis(d::ACCRUAL_MAX_BACKOFF_MS),
+            failure_statuses: StatusSet::from_pairs(d::FAILURE_STATUSES),
+            failure_grpc_codes: d::FAILURE_GRPC_CODES.to_vec(),
+        }
+    }
+}
+
+fn ser_duration_ms_plain<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
 
 /// Buckets of the success-rate window.
 const BUCKETS: usize = 10;
@@ -254,7 +306,7 @@ impl Breaker {
         let backoff = ejection_backoff(
             ctx.policy,
             inner.ejections,
-            crate::balance::random_below(1 << 16),
+            rand::random_range(0..1u64 << 16),
         );
         inner.ejections = inner.ejections.saturating_add(1);
         inner.consecutive = 0;
@@ -379,7 +431,6 @@ fn parse_http_date(v: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::StatusSet;
 
     fn policy() -> FailureAccrual {
         FailureAccrual {
