@@ -331,9 +331,9 @@ report() { # $1: run name, $2: label, rest: chaos_load report flags
     shift 2
     "$BIN/chaos_load" report --in "$OUT/$name.tsv" "$@" >"$OUT/$name.$label.json"
 }
-at_all() { # $1: seconds, $2: control path; --at flags for every backend
+at_all() { # $1: seconds, $2: control path; appends --at flags for every backend to AT
     local i
-    for i in 0 1 2; do printf -- '--at\n%s=http://%s:9000%s\n' "$1" "${BACKENDS[$i]}" "$2"; done
+    for i in 0 1 2; do AT+=(--at "$1=http://${BACKENDS[$i]}:9000$2"); done
 }
 
 # The parameters, for the summary.
@@ -371,9 +371,9 @@ for scenario in $SCENARIOS; do
             log "$name"
             backends_set "mode=ok&delay_ms=$BASE_MS"
             target_up "$mesh" slow
-            # shellcheck disable=SC2046 # one word per line
-            load "$mesh" slow "$name" "$SLOW_RATE" "$SLOW_DURATION" \
-                $(at_all "$SLOW_AT" /stats) \
+            AT=()
+            at_all "$SLOW_AT" /stats
+            load "$mesh" slow "$name" "$SLOW_RATE" "$SLOW_DURATION" "${AT[@]}" \
                 --at "$SLOW_AT=http://${BACKENDS[0]}:9000/set?mode=ok&delay_ms=$((10 * BASE_MS))"
             target_down
             report "$name" healthy --from 0 --to "$SLOW_AT"
@@ -395,10 +395,10 @@ for scenario in $SCENARIOS; do
             log "$name"
             backends_set "mode=ok&delay_ms=2"
             target_up "$mesh" storm
-            # shellcheck disable=SC2046 # one word per line
-            load "$mesh" storm "$name" "$STORM_RATE" "$STORM_DURATION" \
-                $(at_all "$STORM_FROM" "/set?mode=status&status=503") \
-                $(at_all "$STORM_TO" "/set?mode=ok&delay_ms=2")
+            AT=()
+            at_all "$STORM_FROM" "/set?mode=status&status=503"
+            at_all "$STORM_TO" "/set?mode=ok&delay_ms=2"
+            load "$mesh" storm "$name" "$STORM_RATE" "$STORM_DURATION" "${AT[@]}"
             target_down
             report "$name" failing --from "$STORM_FROM" --to "$STORM_TO"
             report "$name" after --from "$STORM_TO" --to "$STORM_DURATION" --fault-at "$STORM_TO" \
