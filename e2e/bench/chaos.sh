@@ -43,7 +43,7 @@
 #   DIES_RATE (400) DIES_DURATION (12) DIES_AT (2) HOLD (3)
 #   SLOW_RATE (300) SLOW_DURATION (12) SLOW_AT (4) BASE_MS (5)
 #   CAP_CONC (2) CAP_MS (10) OVERLOAD_FACTOR (3) OVERLOAD_DURATION (8)
-#   STORM_RATE (300) STORM_DURATION (12) STORM_FROM (2) STORM_TO (8)
+#   STORM_RATE (300) STORM_DURATION (14) STORM_FROM (2) STORM_TO (8)
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
@@ -61,7 +61,7 @@ SLOW_RATE=${SLOW_RATE:-300} SLOW_DURATION=${SLOW_DURATION:-12} SLOW_AT=${SLOW_AT
 BASE_MS=${BASE_MS:-5}
 CAP_CONC=${CAP_CONC:-2} CAP_MS=${CAP_MS:-10} OVERLOAD_FACTOR=${OVERLOAD_FACTOR:-3}
 OVERLOAD_DURATION=${OVERLOAD_DURATION:-8}
-STORM_RATE=${STORM_RATE:-300} STORM_DURATION=${STORM_DURATION:-12} STORM_FROM=${STORM_FROM:-2}
+STORM_RATE=${STORM_RATE:-300} STORM_DURATION=${STORM_DURATION:-14} STORM_FROM=${STORM_FROM:-2}
 STORM_TO=${STORM_TO:-8}
 mkdir -p "$OUT"
 if [ "$(id -u)" = 0 ]; then NICE=${NICE:--10}; else NICE=${NICE:-0}; fi
@@ -77,13 +77,19 @@ need_tools haproxy taskset openssl curl python3
 [ "$(nproc)" -ge 2 ] || die "needs at least 2 CPUs (load on CPU 0, servers on CPU 1)"
 # Overload keeps thousands of connections open (load generator, proxies, backends).
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+# HAProxy needs two descriptors per connection (client and server side) and refuses to start
+# with a maxconn the limit cannot hold.
+HAPROXY_MAXCONN=$((($(ulimit -n) - 200) / 2))
+[ "$HAPROXY_MAXCONN" -le 20000 ] || HAPROXY_MAXCONN=20000
 
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE
 if [ -z "${NO_BUILD:-}" ]; then
     log "cargo build --profile $PROFILE -p weft-proxy -p weft-operator -p weft-e2e --bins"
     cargo build --profile "$PROFILE" --quiet -p weft-proxy -p weft-operator -p weft-e2e --bins
 fi
-for b in weft-proxy weft-operator chaos_backend chaos_load; do
+need_bins=(chaos_backend chaos_load)
+case " $MESHES " in *" weft "*) need_bins+=(weft-proxy weft-operator) ;; esac
+for b in "${need_bins[@]}"; do
     [ -x "$BIN/$b" ] || die "no $PROFILE build of $b in $BIN"
 done
 
@@ -226,7 +232,7 @@ haproxy_head() {
     cat <<EOF
 global
     nbthread 1
-    maxconn 20000
+    maxconn $HAPROXY_MAXCONN
     ssl-server-verify required
 defaults
     mode http
@@ -278,7 +284,7 @@ haproxy_client() { # $1: scenario; writes its config, prints the path
         *) echo "    retries 0" ;;
         esac
         echo "    default-server ssl verify required ca-file $OUT/pki/ca.crt crt $OUT/pki/client.pem" \
-            "sni str(server.bench) verifyhost server.bench alpn h2" \
+            "sni str(server.bench) verifyhost server.bench alpn h2 check-alpn http/1.1" \
             "check inter 500ms fall 3 rise 2 observe layer7 error-limit 5 on-error mark-down$extra"
         for i in 0 1 2; do echo "    server s$i ${HAS[$i]}:8443"; done
     } >"$cfg"
