@@ -28,7 +28,11 @@ fn get(addr: SocketAddr, path: &str) -> Option<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
     Some(text)
@@ -50,7 +54,12 @@ fn the_load_generator_records_each_fault_the_backend_was_switched_to() {
     let (data, control) = (free_port(ip), free_port(ip));
     let _backend = Kill(
         Command::new(env!("CARGO_BIN_EXE_chaos_backend"))
-            .args(["--listen", &data.to_string(), "--control", &control.to_string()])
+            .args([
+                "--listen",
+                &data.to_string(),
+                "--control",
+                &control.to_string(),
+            ])
             .args(["--name", "b0"])
             .stdout(Stdio::null())
             .spawn()
@@ -77,14 +86,22 @@ fn the_load_generator_records_each_fault_the_backend_was_switched_to() {
         .args(["--at", &format!("3={ctl}/set?mode=ok")])
         .output()
         .expect("run chaos_load");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let samples: Vec<Sample> = std::fs::read_to_string(&tsv)
         .expect("record")
         .lines()
         .map(|l| Sample::parse_line(l).expect("a sample line"))
         .collect();
-    assert_eq!(samples.len(), 800, "rate x duration requests, each recorded");
+    assert_eq!(
+        samples.len(),
+        800,
+        "rate x duration requests, each recorded"
+    );
     // Away from the switches (±0.15 s), every request saw exactly its phase's behaviour.
     let phase = |from, to| report(&samples, &window(from, to)).outcomes;
     let only = |key: &str, n: u64| [(key.to_string(), n)].into_iter().collect();
@@ -113,7 +130,11 @@ fn the_load_generator_records_each_fault_the_backend_was_switched_to() {
     let stats = get(control, "/stats").expect("stats");
     let body = stats.split("\r\n\r\n").nth(1).expect("a body");
     let stats: serde_json::Value = serde_json::from_str(body.trim()).expect("stats JSON");
-    let answered = r.outcomes.get("200").copied().unwrap_or(0) + r.outcomes.get("503").copied().unwrap_or(0);
+    let answered =
+        r.outcomes.get("200").copied().unwrap_or(0) + r.outcomes.get("503").copied().unwrap_or(0);
     assert_eq!(stats["requests"].as_u64(), Some(answered));
-    assert_eq!(stats["statuses"]["503"].as_u64(), r.outcomes.get("503").copied());
+    assert_eq!(
+        stats["statuses"]["503"].as_u64(),
+        r.outcomes.get("503").copied()
+    );
 }

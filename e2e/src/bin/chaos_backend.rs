@@ -82,7 +82,10 @@ impl Fault {
         let mut mode = "ok";
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let num = |v: &str| v.parse::<u64>().map_err(|_| format!("{k}={v}: not a number"));
+            let num = |v: &str| {
+                v.parse::<u64>()
+                    .map_err(|_| format!("{k}={v}: not a number"))
+            };
             match k {
                 "mode" => mode = v,
                 "status" => {
@@ -338,8 +341,10 @@ async fn bind_retrying(addr: SocketAddr) -> anyhow::Result<TcpListener> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Err(last.map(anyhow::Error::from).unwrap_or_else(|| anyhow::anyhow!("bind {addr}")))
-        .with_context(|| format!("bind {addr}"))
+    Err(last
+        .map(anyhow::Error::from)
+        .unwrap_or_else(|| anyhow::anyhow!("bind {addr}")))
+    .with_context(|| format!("bind {addr}"))
 }
 
 async fn serve_control(app: Arc<App>, stream: TcpStream) -> anyhow::Result<()> {

@@ -161,7 +161,9 @@ async fn get(url: &str, timeout: Duration) -> Result<(u16, String), String> {
         let s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
         let mut conn = Conn::new(s);
         let req = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
-        conn.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+        conn.write_all(req.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
         let head = conn
             .read_head()
             .await
@@ -209,7 +211,9 @@ async fn run(args: Run) -> anyhow::Result<()> {
         let (secs, url) = spec
             .split_once('=')
             .with_context(|| format!("--at {spec}: SECONDS=URL"))?;
-        let secs: f64 = secs.parse().with_context(|| format!("--at {spec}: seconds"))?;
+        let secs: f64 = secs
+            .parse()
+            .with_context(|| format!("--at {spec}: seconds"))?;
         anyhow::ensure!(secs >= 0.0 && secs.is_finite(), "--at {spec}: seconds");
         let url = url.to_string();
         events.push(tokio::spawn(async move {

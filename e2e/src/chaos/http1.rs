@@ -53,7 +53,11 @@ impl Head {
         if !version.starts_with("HTTP/1.") {
             return None;
         }
-        parts.next()?.parse().ok().filter(|s| (100..1000).contains(s))
+        parts
+            .next()?
+            .parse()
+            .ok()
+            .filter(|s| (100..1000).contains(s))
     }
 
     /// Method and target of a request's start line (`GET /x HTTP/1.1`).
@@ -282,7 +286,10 @@ HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\nConnection: cl
 
     #[tokio::test]
     async fn a_head_cut_short_or_too_long_is_an_error_not_a_message() {
-        let mut conn = Conn::new(tokio::io::join(&b"HTTP/1.1 200 OK\r\n"[..], tokio::io::sink()));
+        let mut conn = Conn::new(tokio::io::join(
+            &b"HTTP/1.1 200 OK\r\n"[..],
+            tokio::io::sink(),
+        ));
         assert!(conn.read_head().await.is_err());
         let long = vec![b'a'; MAX_HEAD + 10];
         let mut conn = Conn::new(tokio::io::join(&long[..], tokio::io::sink()));

@@ -307,7 +307,11 @@ mod tests {
         let every: Vec<(u64, Outcome)> = (0..1000)
             .map(|i| {
                 let bad = i >= 200 && i % 3 == 0;
-                let o = if bad { Outcome::Error } else { Outcome::Status(200) };
+                let o = if bad {
+                    Outcome::Error
+                } else {
+                    Outcome::Status(200)
+                };
                 (i * 10, o)
             })
             .collect();
