@@ -37,12 +37,8 @@ mkdir -p "$OUT"
 TOOLS="$HOME/.cache/weft/bin"
 if [ "$(id -u)" = 0 ]; then NICE=${NICE:--10}; else NICE=${NICE:-0}; fi
 export PATH="$TOOLS:$PATH:/usr/sbin:/sbin"
-
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() {
-    log "error: $*"
-    exit 1
-}
+# shellcheck source=e2e/bench/lib.sh
+. "$ROOT/e2e/bench/lib.sh"
 
 case $NET in
 127.*.*) ;;
@@ -50,23 +46,7 @@ case $NET in
 esac
 
 # ---------------------------------------------------------------- tools
-need_apt=()
-command -v nginx >/dev/null || need_apt+=(nginx)
-command -v haproxy >/dev/null || need_apt+=(haproxy)
-command -v wrk >/dev/null || need_apt+=(wrk)
-command -v taskset >/dev/null || need_apt+=(util-linux)
-command -v openssl >/dev/null || need_apt+=(openssl)
-command -v curl >/dev/null || need_apt+=(curl)
-command -v python3 >/dev/null || need_apt+=(python3)
-if [ ${#need_apt[@]} -gt 0 ]; then
-    if [ "$(id -u)" = 0 ] && [ -z "${NO_INSTALL:-}" ]; then
-        log "installing ${need_apt[*]}"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >"$OUT/apt.log"
-    else
-        die "missing tools: ${need_apt[*]} (run as root to install them, or apt-get install them)"
-    fi
-fi
+need_tools nginx haproxy wrk taskset openssl curl python3
 if ! command -v oha >/dev/null; then
     [ -z "${NO_INSTALL:-}" ] || die "oha missing (cargo install oha --locked --root ~/.cache/weft)"
     log "installing oha into $TOOLS"
@@ -85,42 +65,7 @@ if [ -n "$WEFT" ]; then
     [ -x "$BIN/weft-proxy" ] && [ -x "$BIN/weft-operator" ] || die "no $PROFILE binaries in $BIN"
 fi
 
-# ---------------------------------------------------------------- processes
-pids=()
-cleanup() {
-    local p
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-start() { # $1: name, $2: cpu, rest: command. Sets $last_pid.
-    local name=$1 cpu=$2
-    shift 2
-    nice -n "$NICE" taskset -c "$cpu" "$@" >"$OUT/$name.log" 2>&1 &
-    last_pid=$!
-    pids+=("$last_pid")
-}
-
-wait_http() { # $1: url; waits for a 200
-    local i
-    for i in $(seq 1 600); do
-        if curl -fs -o /dev/null --max-time 1 "$1"; then return 0; fi
-        sleep 0.1
-    done
-    die "no 200 from $1 within 60 s (logs in $OUT)"
-}
-
-wait_port() { # $1: host, $2: port
-    local i
-    for i in $(seq 1 300); do
-        if (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    die "nothing listens on $1:$2 (logs in $OUT)"
-}
-
+# ---------------------------------------------------------------- processes (lib.sh: start, wait_*)
 # Layout (one loopback address per "pod").
 BACKEND=$NET.2     # nginx backend, unmeshed pod backend-0, port 8080
 CLIENT=$NET.1      # meshed pod client-0: the client proxy
@@ -214,20 +159,7 @@ EOF
 } >"$OUT/haproxy-1hop.cfg"
 
 pki=$OUT/pki
-mkdir -p "$pki"
-(
-    cd "$pki"
-    openssl ecparam -name prime256v1 -genkey -noout -out ca.key 2>/dev/null
-    openssl req -x509 -new -key ca.key -subj /CN=bench-ca -days 2 -out ca.crt 2>/dev/null
-    for who in server client; do
-        openssl ecparam -name prime256v1 -genkey -noout -out $who.key 2>/dev/null
-        openssl req -new -key $who.key -subj "/CN=$who" -out $who.csr 2>/dev/null
-        printf 'subjectAltName=DNS:%s.bench\nextendedKeyUsage=serverAuth,clientAuth\n' $who >$who.ext
-        openssl x509 -req -in $who.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
-            -extfile $who.ext -out $who.crt 2>/dev/null
-        cat $who.crt $who.key >$who.pem
-    done
-)
+make_pki "$pki"
 {
     haproxy_head
     cat <<EOF
@@ -339,24 +271,7 @@ start haproxy-2hop-server 1 haproxy -db -f "$OUT/haproxy-2hop-server.cfg"
 pid_haproxy_s=$last_pid
 
 if [ -n "$WEFT" ]; then
-    WEFT_LOG=warn start operator 0 "$BIN/weft-operator" --manifests "$OUT/manifests" \
-        --discovery-addr "$OPERATOR:8086" --admin-addr "$OPERATOR:9990" \
-        --bootstrap-token-file "$OUT/token"
-    wait_http "http://$OPERATOR:9990/ready"
-
-    start_proxy() { # $1: pod name, $2: service account, $3: pod IP, $4: app IP
-        WEFT_PROXY_CONTROL_ADDR="http://$OPERATOR:8086" \
-            WEFT_PROXY_POD="$NS/$1" \
-            WEFT_PROXY_SERVICE_ACCOUNT="$2" \
-            WEFT_PROXY_TOKEN_FILE="$OUT/token" \
-            WEFT_PROXY_INBOUND_ADDR="$3:4143" \
-            WEFT_PROXY_OUTBOUND_ADDR="$3:4140" \
-            WEFT_PROXY_ADMIN_ADDR="$3:4191" \
-            WEFT_PROXY_APP_IP="$4" \
-            WEFT_PROXY_THREADS=1 \
-            WEFT_LOG=warn \
-            start "proxy-$1" 1 "$BIN/weft-proxy"
-    }
+    start_operator "$OPERATOR"
     start_proxy client-0 client "$CLIENT" 127.0.0.1
     pid_client=$last_pid
     start_proxy server-0 server "$SERVER" "$BACKEND"

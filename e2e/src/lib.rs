@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod apply;
+pub mod chaos;
 pub mod cluster;
 pub mod harness;
 pub mod images;
