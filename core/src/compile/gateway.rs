@@ -14,7 +14,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 
 use gateway_api::httproutes as gw;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use weft_smi::hub;
 
 use super::rules;
@@ -28,7 +28,7 @@ use crate::reason::Reason;
 pub const CONTROLLER_NAME: &str = "weft.io/mesh-controller";
 
 /// `status.parents[]` entry of an HTTPRoute for one Service parent.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RouteParentStatus {
     /// The parentRef as written in the spec.
@@ -37,6 +37,9 @@ pub struct RouteParentStatus {
     /// `Accepted`, `ResolvedRefs` (in that order).
     pub conditions: Vec<hub::Condition>,
 }
+
+// Strings, integers and conditions only: equality is total.
+impl Eq for RouteParentStatus {}
 
 /// Where a match sorts among all matches on a port: the Gateway API's precedence (Exact path,
 /// then RegularExpression, then the longest PathPrefix; a method; more headers), then the older

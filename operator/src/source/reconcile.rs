@@ -235,7 +235,8 @@ fn read_api_version(model: &Model, key: &ObjectKey) -> Option<String> {
     (!v.is_empty()).then_some(v)
 }
 
-/// The compiler's conditions as [`ObjectStatus`]es, with the group and read apiVersion of each.
+/// The compiler's conditions as [`ObjectStatus`]es, with the group and read apiVersion of each
+/// SMI object, and the `status.parents[]` entries of each Gateway API route.
 pub fn statuses_of(model: &Model, compiled: &Compiled) -> Vec<ObjectStatus> {
     compiled
         .statuses()
@@ -254,8 +255,22 @@ pub fn statuses_of(model: &Model, compiled: &Compiled) -> Vec<ObjectStatus> {
                 },
                 api_version,
                 conditions: conditions.clone(),
+                parents: Vec::new(),
             })
         })
+        .chain(compiled.route_parents().iter().map(|(key, parents)| {
+            ObjectStatus {
+                object: ObjectRef {
+                    group: weft_core::model::gateway::GROUP.to_string(),
+                    kind: key.kind.as_str().to_string(),
+                    namespace: key.namespace.clone(),
+                    name: key.name.clone(),
+                },
+                api_version: weft_core::model::gateway::API_VERSION.to_string(),
+                conditions: Vec::new(),
+                parents: parents.clone(),
+            }
+        }))
         .collect()
 }
 

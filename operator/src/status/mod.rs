@@ -11,6 +11,9 @@ use std::sync::Mutex;
 use serde::Serialize;
 use weft_smi::hub::{Condition, SmiStatus};
 
+/// One `status.parents[]` entry of a Gateway API route (weft's own entries only).
+pub use weft_core::compile::gateway::{RouteParentStatus as ParentStatus, CONTROLLER_NAME};
+
 /// Which SMI object a status belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -36,15 +39,70 @@ pub struct ObjectStatus {
     pub object: ObjectRef,
     /// The apiVersion to write the status with (the object's stored/read version).
     pub api_version: String,
+    /// SMI objects' `status.conditions` (empty for Gateway API routes).
     pub conditions: Vec<Condition>,
+    /// Gateway API routes' `status.parents[]` entries written by weft (empty for SMI objects).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parents: Vec<ParentStatus>,
 }
 
 impl ObjectStatus {
     /// Conditions that report a problem (`Accepted`/`ResolvedRefs` not `True`, or `Conflicted`
     /// `True`): these also become Warning Events.
     pub fn problems(&self) -> impl Iterator<Item = &Condition> {
-        self.conditions.iter().filter(|c| is_problem(c))
+        self.conditions
+            .iter()
+            .chain(self.parents.iter().flat_map(|p| p.conditions.iter()))
+            .filter(|c| is_problem(c))
     }
+
+    /// Whether `other` says the same, ignoring `lastTransitionTime`.
+    pub fn same_as(&self, other: &ObjectStatus) -> bool {
+        let strip = |c: &[Condition]| -> Vec<Condition> {
+            c.iter()
+                .cloned()
+                .map(|mut c| {
+                    c.last_transition_time = None;
+                    c
+                })
+                .collect()
+        };
+        strip(&self.conditions) == strip(&other.conditions)
+            && self.parents.len() == other.parents.len()
+            && self.parents.iter().zip(&other.parents).all(|(a, b)| {
+                a.parent_ref == b.parent_ref
+                    && a.controller_name == b.controller_name
+                    && strip(&a.conditions) == strip(&b.conditions)
+            })
+    }
+}
+
+/// Merges weft's `desired` parent entries into the `current` ones (weft's entries as read):
+/// each entry's conditions keep their `lastTransitionTime` while their status does not change
+/// ([`merge_conditions`]); entries weft no longer wants are dropped. Returns the merged entries
+/// and whether they differ from `current` (ignoring `lastTransitionTime`).
+pub fn merge_parents(
+    current: &[ParentStatus],
+    desired: &[ParentStatus],
+    now: &str,
+) -> (Vec<ParentStatus>, bool) {
+    let mut changed = current.len() != desired.len();
+    let mut merged = Vec::with_capacity(desired.len());
+    for (i, want) in desired.iter().enumerate() {
+        let prev = current
+            .iter()
+            .find(|p| p.parent_ref == want.parent_ref && p.controller_name == want.controller_name);
+        let prev_status = SmiStatus {
+            conditions: prev.map(|p| p.conditions.clone()).unwrap_or_default(),
+        };
+        let (m, differs) = merge_conditions(&prev_status, &want.conditions, now);
+        changed |= differs || prev.is_none() || current.get(i).map(|c| &c.parent_ref) != Some(&want.parent_ref);
+        merged.push(ParentStatus {
+            conditions: m.conditions,
+            ..want.clone()
+        });
+    }
+    (merged, changed)
 }
 
 /// Whether a condition reports a problem.
@@ -85,8 +143,15 @@ impl StatusBoard {
                 })
                 .unwrap_or_default();
             let (merged, differs) = merge_conditions(&current, &s.conditions, &now);
+            let current_parents = objects
+                .get(&s.object)
+                .map(|o| o.parents.clone())
+                .unwrap_or_default();
+            let (parents, parents_differ) = merge_parents(&current_parents, &s.parents, &now);
+            let differs = differs || parents_differ;
             let status = ObjectStatus {
                 conditions: merged.conditions,
+                parents,
                 ..s
             };
             if differs {
@@ -140,6 +205,7 @@ mod tests {
             },
             api_version: "split.smi-spec.io/v1alpha4".into(),
             conditions,
+            parents: Vec::new(),
         }
     }
 
