@@ -374,17 +374,6 @@ pub async fn run(
     }
 }
 
-fn strip(conditions: &[weft_smi::hub::Condition]) -> Vec<weft_smi::hub::Condition> {
-    conditions
-        .iter()
-        .cloned()
-        .map(|mut c| {
-            c.last_transition_time = None;
-            c
-        })
-        .collect()
-}
-
 /// The `involvedObject` of the Events about `status`'s object, from the object as read.
 fn reference(
     status: &ObjectStatus,
