@@ -195,7 +195,11 @@ impl Reconciler {
         let statuses = statuses_of(&self.model, compiled);
         let changed = self.board.update(statuses);
         for s in &changed {
-            for c in &s.conditions {
+            for c in s
+                .conditions
+                .iter()
+                .chain(s.parents.iter().flat_map(|p| p.conditions.iter()))
+            {
                 if crate::status::is_problem(c) {
                     tracing::warn!(object = %s.object, condition = %c.type_, status = %c.status, reason = %c.reason, message = %c.message, "status");
                 } else {

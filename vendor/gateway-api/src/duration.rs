@@ -13,7 +13,7 @@
 
 use std::{fmt, str::FromStr, sync::LazyLock, time::Duration as stdDuration};
 
-use kube::core::Duration as k8sDuration;
+use kube_core::Duration as k8sDuration;
 use regex::Regex;
 
 /// GEP-2257-compliant Duration type for Gateway API
@@ -138,7 +138,7 @@ impl TryFrom<stdDuration> for Duration {
 /// use gateway_api::Duration;
 /// use std::convert::TryFrom;
 /// use std::str::FromStr;
-/// use kube::core::Duration as k8sDuration;
+/// use kube_core::Duration as k8sDuration;
 ///
 /// // A one-hour duration is valid according to GEP-2257.
 /// let k8s_duration = k8sDuration::from_str("1h").unwrap();

@@ -7,7 +7,7 @@ mod prelude {
     pub use std::collections::BTreeMap;
 
     pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-    pub use kube::CustomResource;
+    pub use kube_derive::CustomResource;
     pub use schemars::JsonSchema;
     pub use serde::{Deserialize, Serialize};
 }
@@ -16,6 +16,7 @@ use self::prelude::*;
 
 /// Spec defines the desired state of Gateway.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, JsonSchema, Default, PartialEq)]
+#[kube(crates(kube_core = "::kube_core"))]
 #[kube(
     group = "gateway.networking.k8s.io",
     version = "v1",

@@ -5,7 +5,7 @@
 #[allow(unused_imports)]
 mod prelude {
     pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-    pub use kube::CustomResource;
+    pub use kube_derive::CustomResource;
     pub use schemars::JsonSchema;
     pub use serde::{Deserialize, Serialize};
 }
@@ -14,6 +14,7 @@ use self::prelude::*;
 
 /// Spec defines the desired state of HTTPRoute.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, JsonSchema, Default, PartialEq)]
+#[kube(crates(kube_core = "::kube_core"))]
 #[kube(
     group = "gateway.networking.k8s.io",
     version = "v1",

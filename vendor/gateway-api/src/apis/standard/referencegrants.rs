@@ -4,7 +4,7 @@
 
 #[allow(unused_imports)]
 mod prelude {
-    pub use kube::CustomResource;
+    pub use kube_derive::CustomResource;
     pub use schemars::JsonSchema;
     pub use serde::{Deserialize, Serialize};
 }
@@ -13,6 +13,7 @@ use self::prelude::*;
 
 /// Spec defines the desired state of ReferenceGrant.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, JsonSchema, Default, PartialEq)]
+#[kube(crates(kube_core = "::kube_core"))]
 #[kube(
     group = "gateway.networking.k8s.io",
     version = "v1",
