@@ -17,12 +17,34 @@ use gateway_api::httproutes as gw;
 use serde::{Deserialize, Serialize};
 use weft_smi::hub;
 
+use weft_smi::status::{ACCEPTED, RESOLVED_REFS};
+
 use super::rules;
 use super::types::*;
-use super::units::{condition, service_port_protocol, ACCEPTED, RESOLVED_REFS};
 use crate::model::gateway::{is_core_group, HttpRoute, ServiceParent};
-use crate::model::{Model, ObjectRef, Service};
+use crate::model::{Model, ObjectRef, Service, ServicePort};
 use crate::reason::Reason;
+
+/// The protocol of a Service port: the compiler's one decision (`units::service_port_protocol`),
+/// passed in by the caller so that this module does not depend on the units module.
+pub type PortProtocol = fn(&ServicePort) -> Protocol;
+
+fn condition(
+    type_: &str,
+    ok: bool,
+    reason: Reason,
+    message: String,
+    generation: Option<i64>,
+) -> hub::Condition {
+    hub::Condition {
+        type_: type_.to_string(),
+        status: if ok { "True" } else { "False" }.to_string(),
+        reason: reason.to_string(),
+        message,
+        observed_generation: generation,
+        last_transition_time: None,
+    }
+}
 
 /// The `controllerName` weft writes in `status.parents[]`.
 pub const CONTROLLER_NAME: &str = "weft.io/mesh-controller";
@@ -371,6 +393,7 @@ pub fn analyze_parent(
     route: &HttpRoute,
     analysis: &RouteAnalysis,
     parent: &ServiceParent,
+    port_protocol: PortProtocol,
 ) -> ParentAnalysis {
     let mut out = ParentAnalysis {
         parent: parent.clone(),
@@ -391,7 +414,7 @@ pub fn analyze_parent(
             ),
         ))
     } else if let Some(svc) = svc {
-        attach(svc, reference, &mut out.ports)
+        attach(svc, reference, port_protocol, &mut out.ports)
     } else {
         Err((
             Reason::NoMatchingParent,
@@ -469,6 +492,7 @@ pub fn analyze_parent(
 fn attach(
     svc: &Service,
     reference: &gw::HttpRouteParentRefs,
+    port_protocol: PortProtocol,
     ports: &mut Vec<u16>,
 ) -> Result<(), (Reason, String)> {
     let svc_name = format!("{}/{}", svc.namespace, svc.name);
@@ -482,7 +506,7 @@ fn attach(
         ));
     }
     for p in &svc.ports {
-        if !http_capable(service_port_protocol(p)) {
+        if !http_capable(port_protocol(p)) {
             continue;
         }
         if reference.port.is_some_and(|want| i32::from(p.port) != want) {
@@ -531,7 +555,11 @@ pub(crate) struct GatewayOutbound {
 }
 
 /// The routes of `apex`'s ports from every HTTPRoute attached to it.
-pub(crate) fn outbound_routes(model: &Model, apex: &ObjectRef) -> GatewayOutbound {
+pub(crate) fn outbound_routes(
+    model: &Model,
+    apex: &ObjectRef,
+    port_protocol: PortProtocol,
+) -> GatewayOutbound {
     let mut out = GatewayOutbound::default();
     let Some(svc) = model.services.get(apex) else {
         return out;
@@ -553,7 +581,7 @@ pub(crate) fn outbound_routes(model: &Model, apex: &ObjectRef) -> GatewayOutboun
             .into_iter()
             .filter(|p| &p.service == apex)
         {
-            let pa = analyze_parent(model, route, &analysis, &parent);
+            let pa = analyze_parent(model, route, &analysis, &parent, port_protocol);
             if pa.accepted.is_ok() {
                 attached.extend(pa.ports);
             }
@@ -627,15 +655,18 @@ fn rule_backends(
 }
 
 /// `status.parents[]` of a route: one entry per Service parent (other parents are not weft's).
-/// `splits`: TrafficSplits on the parent that this route, when accepted, overrides.
-pub fn route_status(model: &Model, route: &HttpRoute) -> Vec<RouteParentStatus> {
+pub fn route_status(
+    model: &Model,
+    route: &HttpRoute,
+    port_protocol: PortProtocol,
+) -> Vec<RouteParentStatus> {
     let analysis = analyze_route(route);
     let generation = route.meta.generation;
     route
         .service_parents()
         .iter()
         .map(|parent| {
-            let pa = analyze_parent(model, route, &analysis, parent);
+            let pa = analyze_parent(model, route, &analysis, parent, port_protocol);
             let accepted = match &pa.accepted {
                 Ok(()) => {
                     let mut msg = format!(

@@ -891,7 +891,8 @@ impl Compiler {
             for key in d.routes.iter().filter(|k| k.kind == Kind::HTTPRoute) {
                 match model.gateway_routes.get(&key.object_ref()) {
                     Some(route) => {
-                        let parents = gateway::route_status(model, route);
+                        let parents =
+                            gateway::route_status(model, route, units::service_port_protocol);
                         cow_insert(&mut next.route_parents, key.clone(), parents);
                     }
                     None => {

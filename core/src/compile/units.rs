@@ -282,7 +282,7 @@ pub(crate) fn outbound(model: &Model, apex: &ObjectRef) -> OutboundUnit {
     let mut routes_read = BTreeSet::new();
     let svc = model.services.get(apex);
     // HTTPRoutes attached to this Service take precedence over its TrafficSplits.
-    let gateway = super::gateway::outbound_routes(model, apex);
+    let gateway = super::gateway::outbound_routes(model, apex, service_port_protocol);
     backends_read.extend(gateway.backends.iter().cloned());
 
     // Splits on this apex in precedence order: the first one is in force.
