@@ -22,7 +22,10 @@ fn chart_gateway_api_crds_match_the_vendored_crds() {
 fn vendored_crd_serves_and_stores_http_route_v1_from_the_standard_channel() {
     let text = std::fs::read_to_string(repo_root().join("crds/gateway-api").join(FILE)).unwrap();
     let crd: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
-    assert_eq!(crd["spec"]["group"].as_str(), Some("gateway.networking.k8s.io"));
+    assert_eq!(
+        crd["spec"]["group"].as_str(),
+        Some("gateway.networking.k8s.io")
+    );
     assert_eq!(crd["spec"]["names"]["kind"].as_str(), Some("HTTPRoute"));
     let ann = &crd["metadata"]["annotations"];
     assert_eq!(

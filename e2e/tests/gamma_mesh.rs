@@ -367,7 +367,8 @@ async fn gamma_mesh_conformance() {
     env.wait_ready("weft-system", &operator_pod, Duration::from_secs(90))
         .await;
 
-    env.namespace(NS, json!({"weft.io/inject": "enabled"})).await;
+    env.namespace(NS, json!({"weft.io/inject": "enabled"}))
+        .await;
     for s in services() {
         env.create(s).await;
     }
@@ -493,7 +494,9 @@ async fn gamma_mesh_conformance() {
     // weft-proxy answers 503, see docs/gateway-api.md).
     let lines = requests(&env, 5, "/other", &[]).await;
     assert!(
-        lines.iter().all(|l| backend_of(l).is_none() && !l.ends_with(" 200")),
+        lines
+            .iter()
+            .all(|l| backend_of(l).is_none() && !l.ends_with(" 200")),
         "{test}: /other reached a backend: {lines:?}"
     );
     delete_route(&env, &name).await;

@@ -262,19 +262,22 @@ pub fn statuses_of(model: &Model, compiled: &Compiled) -> Vec<ObjectStatus> {
                 parents: Vec::new(),
             })
         })
-        .chain(compiled.route_parents().iter().map(|(key, parents)| {
-            ObjectStatus {
-                object: ObjectRef {
-                    group: weft_core::model::gateway::GROUP.to_string(),
-                    kind: key.kind.as_str().to_string(),
-                    namespace: key.namespace.clone(),
-                    name: key.name.clone(),
-                },
-                api_version: weft_core::model::gateway::API_VERSION.to_string(),
-                conditions: Vec::new(),
-                parents: parents.clone(),
-            }
-        }))
+        .chain(
+            compiled
+                .route_parents()
+                .iter()
+                .map(|(key, parents)| ObjectStatus {
+                    object: ObjectRef {
+                        group: weft_core::model::gateway::GROUP.to_string(),
+                        kind: key.kind.as_str().to_string(),
+                        namespace: key.namespace.clone(),
+                        name: key.name.clone(),
+                    },
+                    api_version: weft_core::model::gateway::API_VERSION.to_string(),
+                    conditions: Vec::new(),
+                    parents: parents.clone(),
+                }),
+        )
         .collect()
 }
 

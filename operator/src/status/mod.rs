@@ -96,7 +96,9 @@ pub fn merge_parents(
             conditions: prev.map(|p| p.conditions.clone()).unwrap_or_default(),
         };
         let (m, differs) = merge_conditions(&prev_status, &want.conditions, now);
-        changed |= differs || prev.is_none() || current.get(i).map(|c| &c.parent_ref) != Some(&want.parent_ref);
+        changed |= differs
+            || prev.is_none()
+            || current.get(i).map(|c| &c.parent_ref) != Some(&want.parent_ref);
         merged.push(ParentStatus {
             conditions: m.conditions,
             ..want.clone()

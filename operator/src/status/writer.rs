@@ -333,11 +333,7 @@ pub async fn run(
             let desired = statuses.borrow_and_update().clone();
             let todo: Vec<ObjectStatus> = desired
                 .iter()
-                .filter(|s| {
-                    written
-                        .get(&s.object)
-                        .is_none_or(|w| !w.same_as(s))
-                })
+                .filter(|s| written.get(&s.object).is_none_or(|w| !w.same_as(s)))
                 .cloned()
                 .collect();
             if !todo.is_empty() {

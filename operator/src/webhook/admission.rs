@@ -53,7 +53,11 @@ pub fn cause_type(reason: Reason) -> &'static str {
         DuplicateBackend | DuplicateSource | DuplicateMatch | DuplicatePort => {
             "FieldValueDuplicate"
         }
-        UnsupportedMatchKind | UnsupportedIdentityKind | UnknownMethod | InvalidKind | NotSmi
+        UnsupportedMatchKind
+        | UnsupportedIdentityKind
+        | UnknownMethod
+        | InvalidKind
+        | NotSmi
         | UnsupportedValue => "FieldValueNotSupported",
         CrossNamespaceReference | RefNotPermitted => "FieldValueForbidden",
         BackendNotFound | ServiceNotFound | RouteGroupNotFound | RouteNotFound | MatchNotFound

@@ -108,10 +108,11 @@ pub async fn run(
                 tx,
                 metrics,
             )),
-            Watched::HttpRoutes => tasks.spawn(reflect::<
-                gateway_api::httproutes::HttpRoute,
-            >(
-                Api::all(client), name, tx, metrics
+            Watched::HttpRoutes => tasks.spawn(reflect::<gateway_api::httproutes::HttpRoute>(
+                Api::all(client),
+                name,
+                tx,
+                metrics,
             )),
             Watched::Smi(ar) => {
                 smi.push(ar);
