@@ -152,6 +152,9 @@ fn weights_compile_to_one_route_with_weighted_backends_and_no_default() {
     assert_eq!(p.parent_ref.port, Some(80));
 }
 
+/// (route name, path regex, methods, headers as (name, value regex)).
+type Summary = (String, String, Vec<String>, Vec<(String, String)>);
+
 #[test]
 fn matches_follow_the_spec_precedence_across_rules_and_routes() {
     // Rules deliberately listed least specific first.
@@ -181,7 +184,7 @@ fn matches_follow_the_spec_precedence_across_rules_and_routes() {
     let yaml = base() + &route("m", "echo", "2024-01-01T00:00:00Z", rules);
     let c = compile(&model(&yaml), &CompileOptions::default());
     let r = routes(&c, "echo", 80);
-    let summary: Vec<(String, String, Vec<String>, Vec<(String, String)>)> = r
+    let summary: Vec<Summary> = r
         .iter()
         .map(|r| {
             let m = r.matches.first().cloned().unwrap_or_default();

@@ -554,6 +554,9 @@ pub(crate) struct GatewayOutbound {
     pub backends: BTreeSet<ObjectRef>,
 }
 
+/// A route with where it sorts: (match precedence, route rank, rule index, match index).
+type Ranked = ((Precedence, usize, usize, usize), Route);
+
 /// The routes of `apex`'s ports from every HTTPRoute attached to it.
 pub(crate) fn outbound_routes(
     model: &Model,
@@ -570,9 +573,7 @@ pub(crate) fn outbound_routes(
         .map(|r| r.as_ref())
         .collect();
     routes.sort_by(|a, b| rules::split_order(&a.meta, &b.meta));
-    // (precedence, route rank, rule index, match index) -> route
-    let mut entries: BTreeMap<u16, Vec<((Precedence, usize, usize, usize), Route)>> =
-        BTreeMap::new();
+    let mut entries: BTreeMap<u16, Vec<Ranked>> = BTreeMap::new();
     for (rank, route) in routes.iter().enumerate() {
         let analysis = analyze_route(route);
         let mut attached = BTreeSet::new();
