@@ -251,6 +251,86 @@ mod tests {
         assert_eq!(board.all().len(), 1);
     }
 
+    fn parent(name: &str, conditions: Vec<Condition>) -> ParentStatus {
+        ParentStatus {
+            parent_ref: gateway_api::httproutes::HttpRouteParentRefs {
+                group: Some(String::new()),
+                kind: Some("Service".into()),
+                name: name.into(),
+                ..Default::default()
+            },
+            controller_name: CONTROLLER_NAME.into(),
+            conditions,
+        }
+    }
+
+    #[test]
+    fn route_parents_keep_transition_times_and_report_changes() {
+        let current = vec![parent(
+            "echo",
+            vec![Condition {
+                last_transition_time: Some("2020-01-01T00:00:00Z".into()),
+                ..cond("Accepted", "True", "Accepted")
+            }],
+        )];
+        let same = vec![parent("echo", vec![cond("Accepted", "True", "Accepted")])];
+        let (merged, changed) = merge_parents(&current, &same, "now");
+        assert!(!changed);
+        assert_eq!(
+            merged[0].conditions[0].last_transition_time.as_deref(),
+            Some("2020-01-01T00:00:00Z")
+        );
+        let refused = vec![parent(
+            "echo",
+            vec![cond("Accepted", "False", "NoMatchingParent")],
+        )];
+        let (merged, changed) = merge_parents(&current, &refused, "now");
+        assert!(changed);
+        assert_eq!(
+            merged[0].conditions[0].last_transition_time.as_deref(),
+            Some("now")
+        );
+        // Another parent, or one parent fewer, is a change.
+        let (_, changed) = merge_parents(
+            &current,
+            &[parent("other", same[0].conditions.clone())],
+            "now",
+        );
+        assert!(changed);
+        let (merged, changed) = merge_parents(&current, &[], "now");
+        assert!(changed && merged.is_empty());
+    }
+
+    #[test]
+    fn a_route_status_is_the_same_whatever_its_transition_times_and_reports_parent_problems() {
+        let status = |p: ParentStatus| ObjectStatus {
+            object: ObjectRef {
+                group: "gateway.networking.k8s.io".into(),
+                kind: "HTTPRoute".into(),
+                namespace: "demo".into(),
+                name: "r".into(),
+            },
+            api_version: "gateway.networking.k8s.io/v1".into(),
+            conditions: Vec::new(),
+            parents: vec![p],
+        };
+        let a = status(parent(
+            "echo",
+            vec![cond("ResolvedRefs", "False", "BackendNotFound")],
+        ));
+        let mut b = a.clone();
+        b.parents[0].conditions[0].last_transition_time = Some("later".into());
+        assert!(a.same_as(&b));
+        let c = status(parent(
+            "echo",
+            vec![cond("ResolvedRefs", "True", "ResolvedRefs")],
+        ));
+        assert!(!a.same_as(&c));
+        let kinds: Vec<&str> = a.problems().map(|c| c.reason.as_str()).collect();
+        assert_eq!(kinds, vec!["BackendNotFound"]);
+        assert_eq!(c.problems().count(), 0);
+    }
+
     #[test]
     fn problems_are_non_true_or_conflicted() {
         let s = obj(
