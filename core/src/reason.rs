@@ -94,6 +94,16 @@ pub enum Reason {
     Malformed,
     /// Rendered as the wrong kind.
     KindMismatch,
+    /// A TrafficSplit is not in force: an HTTPRoute targets the same Service and takes
+    /// precedence (docs/gateway-api.md).
+    HTTPRouteInForce,
+    /// Gateway API: a parentRef names no Service weft can attach the route to (missing, no
+    /// such port or port name, no cluster IP).
+    NoMatchingParent,
+    /// Gateway API: the route uses a field or value weft does not implement (yet).
+    UnsupportedValue,
+    /// Gateway API: a backendRef leaves the route's namespace.
+    RefNotPermitted,
 }
 
 impl Reason {
@@ -142,6 +152,10 @@ impl Reason {
             Reason::InvalidField => "InvalidField",
             Reason::MissingField => "MissingField",
             Reason::NotSmi => "NotSmi",
+            Reason::HTTPRouteInForce => "HTTPRouteInForce",
+            Reason::NoMatchingParent => "NoMatchingParent",
+            Reason::UnsupportedValue => "UnsupportedValue",
+            Reason::RefNotPermitted => "RefNotPermitted",
             Reason::Malformed => "Malformed",
             Reason::KindMismatch => "KindMismatch",
         }

@@ -203,6 +203,7 @@ async fn losing_the_lease_stops_status_writing() {
             observed_generation: Some(1),
             last_transition_time: None,
         }],
+        parents: Vec::new(),
     };
     let (statuses_tx, statuses_rx) = watch::channel(Arc::new(vec![status("Valid")]));
     let writer = StatusWriter::new(writer_client, None, StatusMetrics::default());

@@ -36,6 +36,11 @@ fn answer_with(path: &str, split_served: bool) -> Value {
         "/apis" if !split_served => {
             json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []})
         }
+        // No Gateway API CRDs installed: HTTPRoutes are not watched.
+        "/apis/gateway.networking.k8s.io/v1" => json!({
+            "kind": "APIResourceList", "apiVersion": "v1",
+            "groupVersion": "gateway.networking.k8s.io/v1", "resources": [],
+        }),
         "/apis/discovery.k8s.io/v1" => json!({
             "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "discovery.k8s.io/v1",
             "resources": [{"name": "endpointslices", "singularName": "endpointslice",

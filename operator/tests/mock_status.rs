@@ -39,6 +39,7 @@ fn status_of(
         },
         api_version: api_version.into(),
         conditions,
+        parents: Vec::new(),
     }
 }
 

@@ -34,6 +34,7 @@
 //! ```
 
 pub mod analysis;
+pub mod gateway;
 pub mod reliability;
 pub mod report;
 pub mod rules;
@@ -332,6 +333,8 @@ pub struct Compiled {
     /// on demand in O(1) (so a shared change touches no per-proxy state).
     proxies: Arc<BTreeMap<ProxyKey, Arc<VersionedResource>>>,
     statuses: Arc<BTreeMap<ObjectKey, Vec<hub::Condition>>>,
+    /// Gateway API routes' `status.parents[]` (weft's entries only).
+    route_parents: Arc<BTreeMap<ObjectKey, Vec<gateway::RouteParentStatus>>>,
     events: Arc<BTreeMap<UnitId, Vec<Event>>>,
     namespace_defaults: Arc<BTreeMap<String, DefaultPolicy>>,
     destinations: Arc<BTreeSet<ObjectRef>>,
@@ -387,6 +390,11 @@ impl Compiled {
 
     /// Status conditions of every SMI object in the model (`Accepted`, `ResolvedRefs`, and
     /// `Conflicted` for TrafficSplits).
+    pub fn route_parents(&self) -> &BTreeMap<ObjectKey, Vec<gateway::RouteParentStatus>> {
+        &self.route_parents
+    }
+
+    /// Status conditions of every SMI object, by object.
     pub fn statuses(&self) -> &BTreeMap<ObjectKey, Vec<hub::Condition>> {
         &self.statuses
     }
@@ -478,6 +486,7 @@ pub struct Compiler {
     target_dest: BTreeMap<ObjectRef, ObjectRef>,
     group_service: BTreeMap<ObjectKey, ObjectRef>,
     pod_ip: BTreeMap<ObjectRef, IpAddr>,
+    gateway_parents: BTreeMap<ObjectRef, Vec<ObjectRef>>,
 }
 
 impl Compiler {
@@ -512,6 +521,7 @@ impl Compiler {
         };
         dirty.outbound.extend(model.services.keys().cloned());
         dirty.outbound.extend(model.apexes().cloned());
+        dirty.outbound.extend(model.gateway_parents().cloned());
         dirty.endpoints.extend(model.services.keys().cloned());
         dirty.inbound.extend(model.pods.keys().cloned());
         dirty.targets.extend(model.targets.keys().cloned());
@@ -529,6 +539,12 @@ impl Compiler {
                 .http_routes
                 .keys()
                 .map(|r| ObjectKey::new(Kind::HTTPRouteGroup, r.namespace.clone(), r.name.clone())),
+        );
+        dirty.routes.extend(
+            model
+                .gateway_routes
+                .keys()
+                .map(|r| ObjectKey::new(Kind::HTTPRoute, r.namespace.clone(), r.name.clone())),
         );
         let out = self.apply(model, dirty);
         self.record_pointers(model, None);
@@ -593,6 +609,8 @@ impl Compiler {
                         }
                     }
                     d.endpoints.insert(r.clone());
+                    // HTTPRoutes whose parent or backend it is: their status depends on it.
+                    d.routes.extend(gateway_routes_reading(model, &r));
                     d.inbound.extend(
                         model
                             .pods_in_namespace(&r.namespace)
@@ -610,10 +628,33 @@ impl Compiler {
                     }
                 }
                 Kind::TrafficSplit => {
-                    d.outbound.extend(self.split_apex.get(&r).cloned());
-                    if let Some(s) = model.splits.get(&r) {
+                    let apexes: Vec<ObjectRef> =
+                        self.split_apex
+                            .get(&r)
+                            .cloned()
+                            .into_iter()
+                            .chain(
+                                model.splits.get(&r).map(|s| {
+                                    ObjectRef::new(r.namespace.clone(), s.service.clone())
+                                }),
+                            )
+                            .collect();
+                    for apex in apexes {
+                        // An HTTPRoute's status names the splits it overrides.
+                        d.routes
+                            .extend(model.gateway_routes_for_parent(&apex).map(|g| {
+                                ObjectKey::new(Kind::HTTPRoute, g.namespace.clone(), g.name.clone())
+                            }));
+                        d.outbound.insert(apex);
+                    }
+                }
+                Kind::HTTPRoute => {
+                    d.routes.insert(key.clone());
+                    d.outbound
+                        .extend(self.gateway_parents.get(&r).into_iter().flatten().cloned());
+                    if let Some(g) = model.gateway_routes.get(&r) {
                         d.outbound
-                            .insert(ObjectRef::new(r.namespace.clone(), s.service.clone()));
+                            .extend(g.service_parents().into_iter().map(|p| p.service));
                     }
                 }
                 Kind::TrafficTarget => {
@@ -676,6 +717,9 @@ impl Compiler {
                             ObjectKey::new(Kind::TrafficTarget, r.namespace.clone(), r.name.clone())
                         }))
                         .chain(model.endpoint_groups.keys().cloned())
+                        .chain(model.gateway_routes.keys().map(|r| {
+                            ObjectKey::new(Kind::HTTPRoute, r.namespace.clone(), r.name.clone())
+                        }))
                         .chain(model.pods.keys().map(|r| {
                             ObjectKey::new(Kind::Pod, r.namespace.clone(), r.name.clone())
                         }))
@@ -719,6 +763,15 @@ impl Compiler {
                         }
                     }
                 }
+                Kind::HTTPRoute => match model.gateway_routes.get(&r) {
+                    Some(g) => {
+                        let parents = g.service_parents().into_iter().map(|p| p.service).collect();
+                        self.gateway_parents.insert(r, parents);
+                    }
+                    None => {
+                        self.gateway_parents.remove(&r);
+                    }
+                },
                 Kind::Pod => match model.pods.get(&r).and_then(|p| p.ip) {
                     Some(ip) => {
                         self.pod_ip.insert(r, ip);
@@ -843,7 +896,19 @@ impl Compiler {
                     }
                 }
             }
-            for key in &d.routes {
+            for key in d.routes.iter().filter(|k| k.kind == Kind::HTTPRoute) {
+                match model.gateway_routes.get(&key.object_ref()) {
+                    Some(route) => {
+                        let parents =
+                            gateway::route_status(model, route, units::service_port_protocol);
+                        cow_insert(&mut next.route_parents, key.clone(), parents);
+                    }
+                    None => {
+                        cow_remove(&mut next.route_parents, key);
+                    }
+                }
+            }
+            for key in d.routes.iter().filter(|k| k.kind != Kind::HTTPRoute) {
                 let (conds, evs) = units::route_status(key, model);
                 if conds.is_empty() {
                     cow_remove(statuses, key);
@@ -931,6 +996,25 @@ impl Compiler {
         self.current = out.clone();
         out
     }
+}
+
+/// HTTPRoutes whose status reads the Service (as parent or backend).
+fn gateway_routes_reading(model: &Model, svc: &ObjectRef) -> Vec<ObjectKey> {
+    model
+        .gateway_routes
+        .iter()
+        .filter(|(_, g)| {
+            g.service_parents().iter().any(|p| &p.service == svc)
+                || (g.meta.namespace == svc.namespace
+                    && g.spec
+                        .rules
+                        .iter()
+                        .flatten()
+                        .flat_map(|rule| rule.backend_refs.iter().flatten())
+                        .any(|b| b.name == svc.name))
+        })
+        .map(|(r, _)| ObjectKey::new(Kind::HTTPRoute, r.namespace.clone(), r.name.clone()))
+        .collect()
 }
 
 fn set_events(events: &mut Arc<BTreeMap<UnitId, Vec<Event>>>, unit: UnitId, evs: Vec<Event>) {

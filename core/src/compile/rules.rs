@@ -98,7 +98,7 @@ fn compile_error(pattern: &str) -> Option<String> {
 /// Why a user regex cannot be used: it must compile on its own (so that it cannot close the
 /// group the proxy wraps it in: `a)|(.*` would otherwise become `^(?:a)|(.*)$`, which matches
 /// anything) and in the proxy's anchored form `prefix + re + suffix`.
-fn regex_error(re: &str, prefix: &str, suffix: &str) -> Option<String> {
+pub(crate) fn regex_error(re: &str, prefix: &str, suffix: &str) -> Option<String> {
     compile_error(re).or_else(|| compile_error(&format!("{prefix}{re}{suffix}")))
 }
 

@@ -288,6 +288,9 @@ pub(crate) fn outbound(model: &Model, apex: &ObjectRef) -> OutboundUnit {
     let mut backends_read = BTreeSet::new();
     let mut routes_read = BTreeSet::new();
     let svc = model.services.get(apex);
+    // HTTPRoutes attached to this Service take precedence over its TrafficSplits.
+    let gateway = super::gateway::outbound_routes(model, apex, service_port_protocol);
+    backends_read.extend(gateway.backends.iter().cloned());
 
     // Splits on this apex in precedence order: the first one is in force.
     let mut splits: Vec<&hub::TrafficSplit> = model
@@ -306,14 +309,23 @@ pub(crate) fn outbound(model: &Model, apex: &ObjectRef) -> OutboundUnit {
         }
         let plan = super::analysis::split_plan(model, apex, split);
         let lost_to = (i > 0).then(|| splits[0]);
-        let conds = split_conditions(&plan, apex, lost_to, &mut events);
+        let mut conds = split_conditions(&plan, apex, lost_to, &mut events);
+        if !gateway.in_force.is_empty() {
+            for c in conds.iter_mut().filter(|c| c.type_ == ACCEPTED) {
+                *c = super::gateway::split_overridden(
+                    apex,
+                    &gateway.in_force,
+                    split.meta.generation,
+                );
+            }
+        }
         let key = ObjectKey::new(
             Kind::TrafficSplit,
             split.meta.namespace.clone(),
             split.meta.name.clone(),
         );
         statuses.push((key, conds));
-        if i == 0 {
+        if i == 0 && gateway.in_force.is_empty() {
             active = Some(plan);
         }
     }
@@ -324,6 +336,13 @@ pub(crate) fn outbound(model: &Model, apex: &ObjectRef) -> OutboundUnit {
             .ports
             .iter()
             .map(|sp| {
+                if let Some(routes) = gateway.ports.get(&sp.port) {
+                    return OutboundPort {
+                        port: sp.port,
+                        protocol: service_port_protocol(sp),
+                        routes: routes.clone(),
+                    };
+                }
                 let mut routes = Vec::new();
                 if let Some(plan) = &active {
                     routes.extend(plan.route(model, sp.port));

@@ -327,6 +327,10 @@ pub(super) fn from_value(value: &serde_json::Value) -> Result<ClusterObject, Mod
             )?)?))
         }
         (g, _) if g.ends_with(".smi-spec.io") => smi_from_value(value).map(ClusterObject::Smi),
+        (super::gateway::GROUP, "HTTPRoute") if api_version == super::gateway::API_VERSION => {
+            super::gateway::from_gateway_http_route(&de(value.clone(), kind)?)
+                .map(ClusterObject::HttpRoute)
+        }
         _ => Err(unsupported()),
     }
 }

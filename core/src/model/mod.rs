@@ -8,6 +8,7 @@
 //! targets by destination) up to date on every change so that incremental recompilation can
 //! find what a change affects without scanning the whole cluster.
 
+pub mod gateway;
 mod k8s;
 pub mod parse;
 
@@ -18,6 +19,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use weft_smi::hub;
 
+pub use gateway::{from_gateway_http_route, HttpRoute, ServiceParent};
 pub use k8s::{
     from_k8s_endpoint_slice, from_k8s_endpoints, from_k8s_namespace, from_k8s_pod,
     from_k8s_service, from_k8s_service_account,
@@ -71,6 +73,8 @@ pub enum Kind {
     HTTPRouteGroup,
     TCPRoute,
     UDPRoute,
+    /// Gateway API `gateway.networking.k8s.io/v1` HTTPRoute (GAMMA: parentRefs naming Services).
+    HTTPRoute,
 }
 
 impl Kind {
@@ -87,7 +91,13 @@ impl Kind {
             Kind::HTTPRouteGroup => "HTTPRouteGroup",
             Kind::TCPRoute => "TCPRoute",
             Kind::UDPRoute => "UDPRoute",
+            Kind::HTTPRoute => "HTTPRoute",
         }
+    }
+
+    /// True for the Gateway API kinds (which get per-parent status).
+    pub fn is_gateway_api(self) -> bool {
+        matches!(self, Kind::HTTPRoute)
     }
 
     /// True for the SMI kinds (which get status conditions).
@@ -386,6 +396,8 @@ pub enum ClusterObject {
     /// An EndpointSlice or Endpoints (see [`EndpointGroup::source`]).
     Endpoints(EndpointGroup),
     Smi(hub::SmiObject),
+    /// A Gateway API HTTPRoute.
+    HttpRoute(HttpRoute),
 }
 
 impl ClusterObject {
@@ -408,6 +420,11 @@ impl ClusterObject {
             }
             ClusterObject::Endpoints(e) => e.key(),
             ClusterObject::Smi(o) => smi_key(o),
+            ClusterObject::HttpRoute(r) => ObjectKey::new(
+                Kind::HTTPRoute,
+                r.meta.namespace.clone(),
+                r.meta.name.clone(),
+            ),
         }
     }
 }
@@ -455,6 +472,8 @@ pub struct Model {
     pub http_routes: BTreeMap<ObjectRef, hub::HttpRouteGroup>,
     pub tcp_routes: BTreeMap<ObjectRef, hub::PortRoute>,
     pub udp_routes: BTreeMap<ObjectRef, hub::PortRoute>,
+    /// Gateway API HTTPRoutes (`gateway.networking.k8s.io/v1`), by namespace/name.
+    pub gateway_routes: BTreeMap<ObjectRef, Arc<HttpRoute>>,
     /// When true, a service with no EndpointSlice/Endpoints gets endpoints derived from the
     /// ready pods its selector matches (as the endpoints controller would). Set by the
     /// manifests source; off for a real cluster, where the controller writes EndpointSlices.
@@ -465,6 +484,7 @@ pub struct Model {
     groups_by_service: BTreeMap<ObjectRef, BTreeSet<ObjectKey>>,
     splits_by_apex: BTreeMap<ObjectRef, BTreeSet<ObjectRef>>,
     targets_by_destination: BTreeMap<ObjectRef, BTreeSet<ObjectRef>>,
+    gateway_routes_by_parent: BTreeMap<ObjectRef, BTreeSet<ObjectRef>>,
 }
 
 impl Model {
@@ -544,6 +564,17 @@ impl Model {
                     }
                 }
             }
+            ClusterObject::HttpRoute(route) => {
+                let r = key.object_ref();
+                for parent in route.service_parents() {
+                    add_index(
+                        &mut self.gateway_routes_by_parent,
+                        parent.service,
+                        r.clone(),
+                    );
+                }
+                self.gateway_routes.insert(r, Arc::new(route));
+            }
         }
         key
     }
@@ -599,6 +630,15 @@ impl Model {
             Kind::HTTPRouteGroup => self.http_routes.remove(&r).is_some(),
             Kind::TCPRoute => self.tcp_routes.remove(&r).is_some(),
             Kind::UDPRoute => self.udp_routes.remove(&r).is_some(),
+            Kind::HTTPRoute => match self.gateway_routes.remove(&r) {
+                Some(route) => {
+                    for parent in route.service_parents() {
+                        remove_index(&mut self.gateway_routes_by_parent, &parent.service, &r);
+                    }
+                    true
+                }
+                None => false,
+            },
         }
     }
 
@@ -676,6 +716,23 @@ impl Model {
     /// Every apex named by some split.
     pub fn apexes(&self) -> impl Iterator<Item = &ObjectRef> {
         self.splits_by_apex.keys()
+    }
+
+    /// HTTPRoutes with a parentRef naming the Service (in any namespace: producer and consumer
+    /// routes alike), in namespace/name order.
+    pub fn gateway_routes_for_parent(
+        &self,
+        service: &ObjectRef,
+    ) -> impl Iterator<Item = &ObjectRef> {
+        self.gateway_routes_by_parent
+            .get(service)
+            .into_iter()
+            .flatten()
+    }
+
+    /// Every Service named as a parent by some HTTPRoute.
+    pub fn gateway_parents(&self) -> impl Iterator<Item = &ObjectRef> {
+        self.gateway_routes_by_parent.keys()
     }
 
     /// TrafficTargets whose destination is the service account.

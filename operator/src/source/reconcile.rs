@@ -195,7 +195,11 @@ impl Reconciler {
         let statuses = statuses_of(&self.model, compiled);
         let changed = self.board.update(statuses);
         for s in &changed {
-            for c in &s.conditions {
+            for c in s
+                .conditions
+                .iter()
+                .chain(s.parents.iter().flat_map(|p| p.conditions.iter()))
+            {
                 if crate::status::is_problem(c) {
                     tracing::warn!(object = %s.object, condition = %c.type_, status = %c.status, reason = %c.reason, message = %c.message, "status");
                 } else {
@@ -280,7 +284,8 @@ fn read_api_version(model: &Model, key: &ObjectKey) -> Option<String> {
     (!v.is_empty()).then_some(v)
 }
 
-/// The compiler's conditions as [`ObjectStatus`]es, with the group and read apiVersion of each.
+/// The compiler's conditions as [`ObjectStatus`]es, with the group and read apiVersion of each
+/// SMI object, and the `status.parents[]` entries of each Gateway API route.
 pub fn statuses_of(model: &Model, compiled: &Compiled) -> Vec<ObjectStatus> {
     compiled
         .statuses()
@@ -299,8 +304,25 @@ pub fn statuses_of(model: &Model, compiled: &Compiled) -> Vec<ObjectStatus> {
                 },
                 api_version,
                 conditions: conditions.clone(),
+                parents: Vec::new(),
             })
         })
+        .chain(
+            compiled
+                .route_parents()
+                .iter()
+                .map(|(key, parents)| ObjectStatus {
+                    object: ObjectRef {
+                        group: weft_core::model::gateway::GROUP.to_string(),
+                        kind: key.kind.as_str().to_string(),
+                        namespace: key.namespace.clone(),
+                        name: key.name.clone(),
+                    },
+                    api_version: weft_core::model::gateway::API_VERSION.to_string(),
+                    conditions: Vec::new(),
+                    parents: parents.clone(),
+                }),
+        )
         .collect()
 }
 

@@ -18,7 +18,7 @@ use prometheus_client::registry::Registry;
 use weft_smi::hub::{Condition, SmiStatus};
 
 use super::events::{self, EventPublisher, Published};
-use super::{ObjectRef, ObjectStatus};
+use super::{merge_parents, ObjectRef, ObjectStatus, ParentStatus, CONTROLLER_NAME};
 
 /// Field manager of every write weft makes.
 pub const FIELD_MANAGER: &str = "weft";
@@ -31,6 +31,8 @@ pub enum StatusError {
     Apply { object: String, source: kube::Error },
     #[error("malformed apiVersion {0:?}")]
     ApiVersion(String),
+    #[error("{object}: encoding status: {message}")]
+    Encode { object: String, message: String },
     #[error("{api_version} {kind} is not an SMI kind weft writes status to")]
     NotSmi { api_version: String, kind: String },
     #[error("{object}: publishing Event {reason}: {source}")]
@@ -82,6 +84,10 @@ pub fn api_resource(api_version: &str, kind: &str) -> Result<ApiResource, Status
     let (group, version) = api_version
         .split_once('/')
         .ok_or_else(|| StatusError::ApiVersion(api_version.to_string()))?;
+    if group == weft_core::model::gateway::GROUP && kind == "HTTPRoute" {
+        let gvk = GroupVersionKind::gvk(group, version, kind);
+        return Ok(ApiResource::from_gvk_with_plural(&gvk, "httproutes"));
+    }
     let smi = weft_smi::kinds::by_kind(Some(group), kind).ok_or_else(|| StatusError::NotSmi {
         api_version: api_version.to_string(),
         kind: kind.to_string(),
@@ -197,6 +203,9 @@ impl StatusWriter {
         let current = match api.get_status(&status.object.name).await {
             Ok(obj) => {
                 *regarding = Some(reference(status, &obj.metadata));
+                if status.object.group == weft_core::model::gateway::GROUP {
+                    return self.write_parents(&api, status, &obj.data).await;
+                }
                 obj.data
                     .get("status")
                     .and_then(|s| serde_json::from_value::<SmiStatus>(s.clone()).ok())
@@ -238,6 +247,62 @@ impl StatusWriter {
         if let (Some(r), Some(v)) = (regarding.as_mut(), written.metadata.resource_version) {
             r.resource_version = Some(v);
         }
+        Ok(())
+    }
+
+    /// Writes a Gateway API route's `status.parents[]`: weft's entries (controllerName
+    /// [`CONTROLLER_NAME`]) replaced by the desired ones, every other controller's entries kept
+    /// as read, only when weft's entries changed (ignoring `lastTransitionTime`).
+    async fn write_parents(
+        &self,
+        api: &Api<DynamicObject>,
+        status: &ObjectStatus,
+        data: &serde_json::Value,
+    ) -> Result<(), StatusError> {
+        let read: Vec<serde_json::Value> = data
+            .pointer("/status/parents")
+            .and_then(|p| p.as_array())
+            .cloned()
+            .unwrap_or_default();
+        let (ours, others): (Vec<serde_json::Value>, Vec<serde_json::Value>) =
+            read.into_iter().partition(|p| {
+                p.get("controllerName").and_then(|c| c.as_str()) == Some(CONTROLLER_NAME)
+            });
+        // An entry of ours that does not parse is rewritten.
+        let current: Vec<ParentStatus> = ours
+            .into_iter()
+            .filter_map(|p| serde_json::from_value(p).ok())
+            .collect();
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let (merged, changed) = merge_parents(&current, &status.parents, &now);
+        if !changed {
+            return Ok(());
+        }
+        let mut parents = others;
+        for p in &merged {
+            parents.push(serde_json::to_value(p).map_err(|e| StatusError::Encode {
+                object: status.object.to_string(),
+                message: e.to_string(),
+            })?);
+        }
+        let patch = serde_json::json!({
+            "apiVersion": status.api_version,
+            "kind": status.object.kind,
+            "metadata": { "name": status.object.name, "namespace": status.object.namespace },
+            "status": { "parents": parents },
+        });
+        api.patch_status(
+            &status.object.name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(|source| StatusError::Apply {
+            object: status.object.to_string(),
+            source,
+        })?;
+        self.metrics.writes.inc();
+        tracing::info!(object = %status.object, "status written");
         Ok(())
     }
 
@@ -316,11 +381,7 @@ pub async fn run(
             let desired = statuses.borrow_and_update().clone();
             let todo: Vec<ObjectStatus> = desired
                 .iter()
-                .filter(|s| {
-                    written
-                        .get(&s.object)
-                        .is_none_or(|w| strip(&w.conditions) != strip(&s.conditions))
-                })
+                .filter(|s| written.get(&s.object).is_none_or(|w| !w.same_as(s)))
                 .cloned()
                 .collect();
             if !todo.is_empty() {
@@ -355,17 +416,6 @@ pub async fn run(
             _ = tokio::time::sleep(wait) => {}
         }
     }
-}
-
-fn strip(conditions: &[weft_smi::hub::Condition]) -> Vec<weft_smi::hub::Condition> {
-    conditions
-        .iter()
-        .cloned()
-        .map(|mut c| {
-            c.last_transition_time = None;
-            c
-        })
-        .collect()
 }
 
 /// The `involvedObject` of the Events about `status`'s object, from the object as read.

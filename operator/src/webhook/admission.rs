@@ -53,13 +53,15 @@ pub fn cause_type(reason: Reason) -> &'static str {
         DuplicateBackend | DuplicateSource | DuplicateMatch | DuplicatePort => {
             "FieldValueDuplicate"
         }
-        UnsupportedMatchKind | UnsupportedIdentityKind | UnknownMethod | InvalidKind | NotSmi => {
-            "FieldValueNotSupported"
-        }
-        CrossNamespaceReference => "FieldValueForbidden",
-        BackendNotFound | ServiceNotFound | RouteGroupNotFound | RouteNotFound | MatchNotFound => {
-            "FieldValueNotFound"
-        }
+        UnsupportedMatchKind
+        | UnsupportedIdentityKind
+        | UnknownMethod
+        | InvalidKind
+        | NotSmi
+        | UnsupportedValue => "FieldValueNotSupported",
+        CrossNamespaceReference | RefNotPermitted => "FieldValueForbidden",
+        BackendNotFound | ServiceNotFound | RouteGroupNotFound | RouteNotFound | MatchNotFound
+        | NoMatchingParent => "FieldValueNotFound",
         ZeroWeights
         | RootOnlyBackend
         | Conflicted
@@ -84,7 +86,8 @@ pub fn cause_type(reason: Reason) -> &'static str {
         | UDPNotProxied
         | InvalidField
         | Malformed
-        | KindMismatch => "FieldValueInvalid",
+        | KindMismatch
+        | HTTPRouteInForce => "FieldValueInvalid",
     }
 }
 

@@ -19,6 +19,8 @@ pub enum Watched {
     Endpoints,
     /// An SMI kind at the API server's preferred version.
     Smi(ApiResource),
+    /// Gateway API `gateway.networking.k8s.io/v1` HTTPRoutes (when served at start).
+    HttpRoutes,
 }
 
 impl Watched {
@@ -31,9 +33,13 @@ impl Watched {
             Watched::EndpointSlices => "endpointslices".into(),
             Watched::Endpoints => "endpoints".into(),
             Watched::Smi(ar) => smi_watch_name(ar),
+            Watched::HttpRoutes => HTTP_ROUTES_CRD.into(),
         }
     }
 }
+
+/// The name of the HTTPRoute CRD, and of its watcher.
+pub const HTTP_ROUTES_CRD: &str = "httproutes.gateway.networking.k8s.io";
 
 /// The name of an SMI kind's watcher: `<plural>.<group>`, its CRD's name.
 pub fn smi_watch_name(ar: &ApiResource) -> String {
@@ -114,6 +120,21 @@ pub async fn discover(client: &Client) -> Vec<Watched> {
     } else {
         tracing::info!("discovery.k8s.io/v1 EndpointSlice not served; watching core v1 Endpoints");
         out.push(Watched::Endpoints);
+    }
+    let http_routes = with_retry(weft_core::model::gateway::API_VERSION, || {
+        client.list_api_group_resources(weft_core::model::gateway::API_VERSION)
+    })
+    .await
+    .map(|l| l.resources.iter().any(|r| r.name == "httproutes"))
+    .unwrap_or(false);
+    if http_routes {
+        out.push(Watched::HttpRoutes);
+    } else {
+        tracing::info!(
+            crd = HTTP_ROUTES_CRD,
+            "Gateway API HTTPRoute v1 not served; not watched (restart the operator after \
+             installing the Gateway API CRDs)"
+        );
     }
     match with_retry("SMI API groups", || discover_smi(client)).await {
         Ok(served) => {

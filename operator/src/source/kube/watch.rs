@@ -298,6 +298,12 @@ impl Reflect for core::ServiceAccount {
     }
 }
 
+impl Reflect for gateway_api::httproutes::HttpRoute {
+    fn to_model(&self) -> Result<ClusterObject, ModelError> {
+        crate::model::from_gateway_http_route(self).map(ClusterObject::HttpRoute)
+    }
+}
+
 /// An SMI object of any served version, watched untyped: its body already is JSON, read by the
 /// tolerant `weft_smi` parser (the one reader of every version) without a round trip.
 impl Reflect for DynamicObject {

@@ -1,0 +1,3 @@
+// WARNING: generated file — do not edit
+
+pub mod standard;
