@@ -254,6 +254,7 @@ pub fn core_problems(compiled: &Compiled) -> Vec<ObjectStatus> {
             object,
             api_version: "v1".to_string(),
             conditions,
+            parents: Vec::new(),
         })
         .collect()
 }
