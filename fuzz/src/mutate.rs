@@ -651,6 +651,7 @@ fn mutate_outbound(s: &mut v1::OutboundService, rng: &mut Rng, dict: &[&str]) {
                             } else {
                                 String::new()
                             },
+                            ..Default::default()
                         }),
                         3 if !r.backends.is_empty() => {
                             let k = rng.below(r.backends.len());

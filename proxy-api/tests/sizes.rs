@@ -59,6 +59,7 @@ fn route_to(name: &str, backends: &[(&str, u64)], port: u32) -> Route {
                 ..Default::default()
             })
             .collect(),
+        ..Default::default()
     }
 }
 
@@ -74,6 +75,7 @@ fn outbound(service: &str, index: usize, split: bool) -> Resource {
                         path_regex: "/api/.*".into(),
                         methods: vec!["GET".into(), "POST".into()],
                         headers: Vec::new(),
+                        ..Default::default()
                     }],
                     ..route_to(
                         &format!("split:{NS}/{service}-rollout"),
@@ -144,6 +146,7 @@ fn inbound() -> Resource {
             path_regex: "/.*".into(),
             methods: vec!["GET".into()],
             headers: Vec::new(),
+            ..Default::default()
         }],
     };
     versioned_resource(

@@ -1331,6 +1331,7 @@ mod tests {
                 name: "X-User".into(),
                 value_regex: "beta.*".into(),
             }],
+            ..Default::default()
         };
         [
             res(
@@ -1372,6 +1373,7 @@ mod tests {
                                     endpoint_set: "endpoints:api-v2.demo:80".into(),
                                     ..Default::default()
                                 }],
+                                ..Default::default()
                             },
                             v1::Route {
                                 name: "default".into(),
@@ -1382,6 +1384,7 @@ mod tests {
                                     endpoint_set: "endpoints:api.demo:80".into(),
                                     ..Default::default()
                                 }],
+                                ..Default::default()
                             },
                         ],
                     }],
@@ -1542,6 +1545,7 @@ mod tests {
                     path_regex: "/healthz$".into(),
                     methods: vec!["GET".into(), "HEAD".into()],
                     headers: vec![],
+                    ..Default::default()
                 }],
             });
         }

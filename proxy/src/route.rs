@@ -396,6 +396,7 @@ mod tests {
                     value_regex: v.to_string(),
                 })
                 .collect(),
+            ..Default::default()
         };
         HttpMatch::from_proto("test", &proto).unwrap_or_else(|e| panic!("{e}"))
     }

@@ -115,6 +115,7 @@ fn default_route(backends: Vec<v1::WeightedBackend>) -> v1::Route {
         name: "default".into(),
         matches: vec![],
         backends,
+        ..Default::default()
     }
 }
 
@@ -136,6 +137,7 @@ async fn weighted_split_is_per_request_over_keepalive() {
                     weighted("web-v2", 100, "endpoints:web-v2.demo:80"),
                     weighted("web-v3", 0, "endpoints:web-v1.demo:80"),
                 ],
+                ..Default::default()
             }],
             None,
         ),
@@ -186,8 +188,10 @@ async fn ab_split_by_header_and_explicit_authority_forms() {
                             name: "x-beta".into(),
                             value_regex: "yes|1".into(),
                         }],
+                        ..Default::default()
                     }],
                     backends: vec![weighted("web-v2", 1, "endpoints:web-v2.demo:8080")],
+                    ..Default::default()
                 },
                 default_route(vec![weighted("web", 1, "endpoints:web-v1.demo:8080")]),
             ],
@@ -340,6 +344,7 @@ fn inbound_policy(app_port: u16, default: v1::DefaultPolicy, restricted: bool) -
                         path_regex: "/trailers|/allowed".into(),
                         methods: vec!["*".into()],
                         headers: vec![],
+                        ..Default::default()
                     }],
                     ..Default::default()
                 }],

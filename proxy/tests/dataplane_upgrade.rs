@@ -293,12 +293,14 @@ fn inbound_policy(app_port: u16) -> Arc<weft_proxy::config::Config> {
                                 name: "upgrade".into(),
                                 value_regex: "websocket".into(),
                             }],
+                            ..Default::default()
                         },
                         v1::HttpMatch {
                             name: "plain".into(),
                             path_regex: "/plain".into(),
                             methods: vec!["GET".into()],
                             headers: vec![],
+                            ..Default::default()
                         },
                     ],
                     ..Default::default()
@@ -323,6 +325,7 @@ fn api_service(
                 name: "default".into(),
                 matches: vec![],
                 backends: vec![weighted("api", 1, "endpoints:api.demo:9090")],
+                ..Default::default()
             }],
             None,
         ),

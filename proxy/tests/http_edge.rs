@@ -121,6 +121,7 @@ fn path_match(name: &str, path: &str) -> v1::HttpMatch {
         path_regex: path.into(),
         methods: vec!["*".into()],
         headers: vec![],
+        ..Default::default()
     }
 }
 
@@ -157,6 +158,7 @@ fn default_route(set: &str) -> v1::Route {
         name: "default".into(),
         matches: vec![],
         backends: vec![weighted("web", 1, set)],
+        ..Default::default()
     }
 }
 
@@ -289,6 +291,7 @@ fn user_rule() -> v1::HttpMatch {
             name: "x-user".into(),
             value_regex: "admin".into(),
         }],
+        ..Default::default()
     }
 }
 
@@ -337,6 +340,7 @@ async fn headers_the_app_will_not_receive_cannot_satisfy_an_authorization() {
             name: "x-weft-client-id".into(),
             value_regex: ".*/sa/admin".into(),
         }],
+        ..Default::default()
     };
     let cfg = inbound_policy(app_addr.port(), probe_clients(), vec![user_rule(), by_id]);
     let server = start_inbound("127.0.0.34", cfg, Arc::new(NoIdentity)).await;
@@ -367,6 +371,7 @@ async fn repeated_header_cannot_select_a_split_one_value_fails() {
                     name: "split:demo/ab".into(),
                     matches: vec![user_rule()],
                     backends: vec![weighted("web-v2", 1, "endpoints:web-v2")],
+                    ..Default::default()
                 },
                 default_route("endpoints:web-v1"),
             ],

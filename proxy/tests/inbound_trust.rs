@@ -58,6 +58,7 @@ fn default_route(backends: Vec<v1::WeightedBackend>) -> v1::Route {
         name: "default".into(),
         matches: vec![],
         backends,
+        ..Default::default()
     }
 }
 
@@ -434,6 +435,7 @@ async fn meshed_clients_cannot_forge_the_caller_identity_with_hints() {
             path_regex: "/".into(),
             methods: vec!["*".into()],
             headers: vec![],
+            ..Default::default()
         }],
         ..Default::default()
     }];

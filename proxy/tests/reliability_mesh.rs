@@ -61,6 +61,7 @@ fn client_config(endpoints_: Vec<v1::Endpoint>) -> Arc<Config> {
                 name: "default".into(),
                 matches: vec![],
                 backends: vec![weighted("api", 1, "endpoints:api.demo:8080")],
+                ..Default::default()
             }],
             Some(v1::TrafficPolicy {
                 max_retries: 2,

@@ -239,6 +239,7 @@ fn service(
                 name: "default".into(),
                 matches: vec![],
                 backends: vec![weighted(name, 1, &set)],
+                ..Default::default()
             }],
             Some(policy),
         ),

@@ -39,6 +39,7 @@ fn service(name: &str) -> v1::Resource {
                         endpoint_set: format!("endpoints:{name}.demo:80"),
                         ..Default::default()
                     }],
+                    ..Default::default()
                 }],
             }],
             policy: Some(v1::TrafficPolicy {

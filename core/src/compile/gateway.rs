@@ -234,6 +234,7 @@ fn compile_match(
             path_regex,
             methods,
             headers,
+            ..Default::default()
         }),
     })
 }
@@ -607,6 +608,7 @@ pub(crate) fn outbound_routes(
                             name: rule.name.clone(),
                             matches: m.http.iter().cloned().collect(),
                             backends: backends.clone(),
+                            ..Default::default()
                         },
                     ));
                 }
@@ -634,6 +636,7 @@ fn rule_backends(
             weight: 1,
             endpoint_set: endpoints_name(&svc.namespace, &svc.name, port),
             unavailable_reason: String::new(),
+            ..Default::default()
         }];
     }
     rule.backends
@@ -644,12 +647,14 @@ fn rule_backends(
                 weight: b.weight,
                 endpoint_set: endpoints_name(&svc.namespace, &b.name, b.port.unwrap_or(port)),
                 unavailable_reason: String::new(),
+                ..Default::default()
             },
             Some((_, msg)) => WeightedBackend {
                 service: b.name.clone(),
                 weight: b.weight,
                 endpoint_set: String::new(),
                 unavailable_reason: format!("backendRef not resolved: {msg}"),
+                ..Default::default()
             },
         })
         .collect()

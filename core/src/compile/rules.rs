@@ -165,6 +165,7 @@ pub fn analyze_match(m: &hub::HttpMatch) -> Result<HttpMatch, Vec<MatchProblem>>
         path_regex: m.path_regex.clone().unwrap_or_default(),
         methods: compiled_methods(&m.methods),
         headers,
+        ..Default::default()
     })
 }
 
@@ -549,6 +550,7 @@ impl SplitPlan<'_> {
                         weight: b.weight_milli,
                         endpoint_set: endpoints_name(ns, &b.service, port),
                         unavailable_reason: String::new(),
+                        ..Default::default()
                     },
                     // No endpoint set: a proxy that does not know `unavailable_reason` finds
                     // no endpoints and answers 503 as well.
@@ -557,6 +559,7 @@ impl SplitPlan<'_> {
                         weight: b.weight_milli,
                         endpoint_set: String::new(),
                         unavailable_reason: reason,
+                        ..Default::default()
                     },
                 }
             })
@@ -571,6 +574,7 @@ impl SplitPlan<'_> {
             name: format!("split:{}", self.key),
             matches: self.matches.clone().unwrap_or_default(),
             backends,
+            ..Default::default()
         })
     }
 }

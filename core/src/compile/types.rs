@@ -59,11 +59,22 @@ pub struct HttpMatch {
     pub methods: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<HeaderMatch>,
+    /// Gateway API `queryParams`: all must match.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub query_params: Vec<QueryParamMatch>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct HeaderMatch {
     /// Lower-case.
+    pub name: String,
+    pub value_regex: String,
+}
+
+/// A query parameter match (proto `QueryParamMatch`): the first parameter called `name` (exact,
+/// case-sensitive) must match `value_regex` whole.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct QueryParamMatch {
     pub name: String,
     pub value_regex: String,
 }
@@ -180,6 +191,93 @@ pub struct Route {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub matches: Vec<HttpMatch>,
     pub backends: Vec<WeightedBackend>,
+    /// Applied in order to requests taking this route (Gateway API rule filters).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<RouteFilter>,
+    /// Non-zero: the proxy answers with this status itself and `backends` is empty (the 404 of
+    /// a Gateway API route for requests that match none of its rules).
+    #[serde(skip_serializing_if = "is_zero_u16")]
+    pub direct_status: u16,
+    /// Gateway API `timeouts`; `None`: the service's [`TrafficPolicy`] applies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<RouteTimeouts>,
+}
+
+fn is_zero_u16(v: &u16) -> bool {
+    *v == 0
+}
+
+/// One Gateway API filter in the proxy's form (proto `RouteFilter`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RouteFilter {
+    RequestHeaderModifier(HeaderModifier),
+    ResponseHeaderModifier(HeaderModifier),
+    RequestRedirect(RequestRedirect),
+    UrlRewrite(UrlRewrite),
+}
+
+/// Header edits: remove, then set, then add (proto `HeaderModifier`). Names are lower-case.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct HeaderModifier {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub set: Vec<HeaderValue>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub add: Vec<HeaderValue>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct HeaderValue {
+    /// Lower-case.
+    pub name: String,
+    pub value: String,
+}
+
+/// Answer with a redirect (proto `RequestRedirect`); empty or zero fields keep the request's.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RequestRedirect {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub scheme: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub hostname: String,
+    #[serde(skip_serializing_if = "is_zero_u16")]
+    pub port: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathModifier>,
+    /// 301, 302, 303, 307 or 308; 0 means 302.
+    #[serde(skip_serializing_if = "is_zero_u16")]
+    pub status_code: u16,
+}
+
+/// Rewrite before forwarding (proto `UrlRewrite`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct UrlRewrite {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub hostname: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathModifier>,
+}
+
+/// A path rewrite (proto `PathModifier`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PathModifier {
+    ReplaceFullPath(String),
+    /// Replace `matched_prefix` (the PathPrefix of the match that selected the route) with
+    /// `replacement`, on segment boundaries.
+    ReplacePrefixMatch {
+        matched_prefix: String,
+        replacement: String,
+    },
+}
+
+/// Gateway API route `timeouts` (proto `RouteTimeouts`); 0 means none.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RouteTimeouts {
+    pub request_ms: u64,
+    pub backend_request_ms: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -194,6 +292,13 @@ pub struct WeightedBackend {
     /// keeps its weight and the proxy answers its share of requests 503 with this reason.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub unavailable_reason: String,
+    /// Applied to requests sent to this backend after the route's (Gateway API backendRef
+    /// filters).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<RouteFilter>,
+    /// Status for requests chosen while unavailable; 0 means 503 (SMI). Gateway API: 500.
+    #[serde(skip_serializing_if = "is_zero_u16")]
+    pub unavailable_status: u16,
 }
 
 /// Timeouts, retries, failure accrual and load shedding from Service and Namespace annotations

@@ -355,7 +355,9 @@ pub(crate) fn outbound(model: &Model, apex: &ObjectRef) -> OutboundUnit {
                         weight: 1,
                         endpoint_set: endpoints_name(&svc.namespace, &svc.name, sp.port),
                         unavailable_reason: String::new(),
+                        ..Default::default()
                     }],
+                    ..Default::default()
                 });
                 OutboundPort {
                     port: sp.port,
@@ -659,6 +661,7 @@ fn probe_authorization(paths: &BTreeSet<String>) -> Authorization {
                 path_regex: format!("{}$", regex::escape(p)),
                 methods: vec!["GET".to_string(), "HEAD".to_string()],
                 headers: Vec::new(),
+                ..Default::default()
             })
             .collect(),
     }

@@ -64,7 +64,77 @@ impl ToProto for HttpMatch {
                     value_regex: h.value_regex.clone(),
                 })
                 .collect(),
+            query_params: m
+                .query_params
+                .iter()
+                .map(|q| pb::QueryParamMatch {
+                    name: q.name.clone(),
+                    value_regex: q.value_regex.clone(),
+                })
+                .collect(),
         }
+    }
+}
+
+impl ToProto for HeaderModifier {
+    type Proto = pb::HeaderModifier;
+    fn to_proto(&self) -> pb::HeaderModifier {
+        let values = |v: &[HeaderValue]| {
+            v.iter()
+                .map(|h| pb::HeaderValue {
+                    name: h.name.clone(),
+                    value: h.value.clone(),
+                })
+                .collect()
+        };
+        pb::HeaderModifier {
+            set: values(&self.set),
+            add: values(&self.add),
+            remove: self.remove.clone(),
+        }
+    }
+}
+
+impl ToProto for PathModifier {
+    type Proto = pb::PathModifier;
+    fn to_proto(&self) -> pb::PathModifier {
+        use pb::path_modifier::Kind;
+        match self {
+            PathModifier::ReplaceFullPath(p) => pb::PathModifier {
+                kind: Some(Kind::ReplaceFullPath(p.clone())),
+                matched_prefix: String::new(),
+            },
+            PathModifier::ReplacePrefixMatch {
+                matched_prefix,
+                replacement,
+            } => pb::PathModifier {
+                kind: Some(Kind::ReplacePrefixMatch(replacement.clone())),
+                matched_prefix: matched_prefix.clone(),
+            },
+        }
+    }
+}
+
+impl ToProto for RouteFilter {
+    type Proto = pb::RouteFilter;
+    fn to_proto(&self) -> pb::RouteFilter {
+        use pb::route_filter::Kind;
+        let kind = match self {
+            RouteFilter::RequestHeaderModifier(m) => Kind::RequestHeaderModifier(m.to_proto()),
+            RouteFilter::ResponseHeaderModifier(m) => Kind::ResponseHeaderModifier(m.to_proto()),
+            RouteFilter::RequestRedirect(r) => Kind::RequestRedirect(pb::RequestRedirect {
+                scheme: r.scheme.clone(),
+                hostname: r.hostname.clone(),
+                port: u32::from(r.port),
+                path: r.path.as_ref().map(ToProto::to_proto),
+                status_code: u32::from(r.status_code),
+            }),
+            RouteFilter::UrlRewrite(r) => Kind::UrlRewrite(pb::UrlRewrite {
+                hostname: r.hostname.clone(),
+                path: r.path.as_ref().map(ToProto::to_proto),
+            }),
+        };
+        pb::RouteFilter { kind: Some(kind) }
     }
 }
 
@@ -209,8 +279,16 @@ impl ToProto for OutboundService {
                                     weight: b.weight,
                                     endpoint_set: b.endpoint_set.clone(),
                                     unavailable_reason: b.unavailable_reason.clone(),
+                                    filters: b.filters.iter().map(ToProto::to_proto).collect(),
+                                    unavailable_status: u32::from(b.unavailable_status),
                                 })
                                 .collect(),
+                            filters: r.filters.iter().map(ToProto::to_proto).collect(),
+                            direct_status: u32::from(r.direct_status),
+                            timeouts: r.timeouts.map(|t| pb::RouteTimeouts {
+                                request_ms: t.request_ms,
+                                backend_request_ms: t.backend_request_ms,
+                            }),
                         })
                         .collect(),
                 })

@@ -16,6 +16,9 @@ pub struct HttpMatch {
     /// All must match.
     #[prost(message, repeated, tag = "4")]
     pub headers: ::prost::alloc::vec::Vec<HeaderMatch>,
+    /// All must match (Gateway API `queryParams`).
+    #[prost(message, repeated, tag = "5")]
+    pub query_params: ::prost::alloc::vec::Vec<QueryParamMatch>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct HeaderMatch {
@@ -23,6 +26,16 @@ pub struct HeaderMatch {
     #[prost(string, tag = "1")]
     pub name: ::prost::alloc::string::String,
     /// Regular expression matched against the whole header value (anchored at both ends).
+    #[prost(string, tag = "2")]
+    pub value_regex: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct QueryParamMatch {
+    /// Parameter name, compared exactly (case-sensitive). When the query repeats the name, the
+    /// first occurrence is the one matched (Gateway API).
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// Regular expression matched against the whole, percent-decoded value (anchored at both ends).
     #[prost(string, tag = "2")]
     pub value_regex: ::prost::alloc::string::String,
 }
@@ -302,7 +315,8 @@ pub struct OutboundPort {
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Route {
-    /// `split:<namespace>/<name>` or `default`.
+    /// `split:<namespace>/<name>`, `httproute:<namespace>/<name>/<rule>` (Gateway API; `<rule>` is
+    /// the rule's name or index), or `default`.
     #[prost(string, tag = "1")]
     pub name: ::prost::alloc::string::String,
     /// Empty: every request (and every TCP connection).
@@ -311,10 +325,129 @@ pub struct Route {
     /// Chosen per request (per connection for TCP) in proportion to weight.
     #[prost(message, repeated, tag = "3")]
     pub backends: ::prost::alloc::vec::Vec<WeightedBackend>,
+    /// HTTP only: applied in order to every request that takes this route, before a backend is
+    /// chosen (Gateway API rule filters). A route with a `request_redirect` filter sends nothing to
+    /// a backend: the proxy answers with the redirect.
+    #[prost(message, repeated, tag = "4")]
+    pub filters: ::prost::alloc::vec::Vec<RouteFilter>,
+    /// When non-zero the proxy answers every request that takes this route itself, with this HTTP
+    /// status and a `weft-reason` header, and sends nothing (backends are empty): the 404 a Gateway
+    /// API route gives a request that matches none of its rules.
+    #[prost(uint32, tag = "5")]
+    pub direct_status: u32,
+    /// Timeouts of this route (Gateway API `timeouts`); absent: the service's TrafficPolicy.
+    #[prost(message, optional, tag = "6")]
+    pub timeouts: ::core::option::Option<RouteTimeouts>,
+}
+/// One Gateway API filter, as the proxy applies it.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RouteFilter {
+    #[prost(oneof = "route_filter::Kind", tags = "1, 2, 3, 4")]
+    pub kind: ::core::option::Option<route_filter::Kind>,
+}
+/// Nested message and enum types in `RouteFilter`.
+pub mod route_filter {
+    #[derive(Clone, PartialEq, ::prost::Oneof)]
+    pub enum Kind {
+        #[prost(message, tag = "1")]
+        RequestHeaderModifier(super::HeaderModifier),
+        #[prost(message, tag = "2")]
+        ResponseHeaderModifier(super::HeaderModifier),
+        #[prost(message, tag = "3")]
+        RequestRedirect(super::RequestRedirect),
+        #[prost(message, tag = "4")]
+        UrlRewrite(super::UrlRewrite),
+    }
+}
+/// Header edits, applied as remove, then set, then add (Gateway API HTTPHeaderFilter: the three
+/// lists never name the same header, so the order is only a definition).
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct HeaderModifier {
+    /// Replace every value of the header with this one (added when absent).
+    #[prost(message, repeated, tag = "1")]
+    pub set: ::prost::alloc::vec::Vec<HeaderValue>,
+    /// Append a value (the header keeps its existing values).
+    #[prost(message, repeated, tag = "2")]
+    pub add: ::prost::alloc::vec::Vec<HeaderValue>,
+    /// Lower-case names of headers to remove.
+    #[prost(string, repeated, tag = "3")]
+    pub remove: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct HeaderValue {
+    /// Lower-case header name.
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub value: ::prost::alloc::string::String,
+}
+/// Answer with a redirect instead of forwarding (Gateway API HTTPRequestRedirectFilter). Each
+/// empty field keeps the request's value; the port follows the Gateway API rules (a scheme given
+/// without a port implies its well-known port, which the Location then omits).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RequestRedirect {
+    /// `http` or `https`; empty: the request's scheme.
+    #[prost(string, tag = "1")]
+    pub scheme: ::prost::alloc::string::String,
+    /// Empty: the request's host (without its port).
+    #[prost(string, tag = "2")]
+    pub hostname: ::prost::alloc::string::String,
+    /// 0: derived from the scheme or the request, as above.
+    #[prost(uint32, tag = "3")]
+    pub port: u32,
+    /// Absent: the request's path. The query is always kept.
+    #[prost(message, optional, tag = "4")]
+    pub path: ::core::option::Option<PathModifier>,
+    /// 301, 302, 303, 307 or 308; 0: 302.
+    #[prost(uint32, tag = "5")]
+    pub status_code: u32,
+}
+/// Rewrite the request before it is sent (Gateway API HTTPURLRewriteFilter).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct UrlRewrite {
+    /// Replaces the Host (`:authority`) header; empty: unchanged.
+    #[prost(string, tag = "1")]
+    pub hostname: ::prost::alloc::string::String,
+    /// Absent: the path is unchanged.
+    #[prost(message, optional, tag = "2")]
+    pub path: ::core::option::Option<PathModifier>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PathModifier {
+    /// The PathPrefix value of the match that selected the route (the compiler emits one route per
+    /// match, so there is exactly one). Used only with `replace_prefix_match`.
+    #[prost(string, tag = "3")]
+    pub matched_prefix: ::prost::alloc::string::String,
+    #[prost(oneof = "path_modifier::Kind", tags = "1, 2")]
+    pub kind: ::core::option::Option<path_modifier::Kind>,
+}
+/// Nested message and enum types in `PathModifier`.
+pub mod path_modifier {
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Kind {
+        /// The whole path is replaced by this one (the query is kept).
+        #[prost(string, tag = "1")]
+        ReplaceFullPath(::prost::alloc::string::String),
+        /// The prefix in `matched_prefix` is replaced by this one, on segment boundaries
+        /// (`/foo` -> `/bar` turns `/foo/x` into `/bar/x` and `/foo` into `/bar`; `/foo` -> `/`
+        /// turns `/foo/x` into `/x`).
+        #[prost(string, tag = "2")]
+        ReplacePrefixMatch(::prost::alloc::string::String),
+    }
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RouteTimeouts {
+    /// The whole request, retries included, until the response head; 0: no timeout.
+    #[prost(uint64, tag = "1")]
+    pub request_ms: u64,
+    /// Each attempt to a backend; 0: no timeout of its own.
+    #[prost(uint64, tag = "2")]
+    pub backend_request_ms: u64,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct WeightedBackend {
-    /// Backend service name (in the OutboundService's namespace), for metrics.
+    /// Backend service name, for metrics: `<name>` in the OutboundService's namespace, or
+    /// `<namespace>/<name>` for a Gateway API backendRef to another namespace.
     #[prost(string, tag = "1")]
     pub service: ::prost::alloc::string::String,
     /// Relative weight; 0 receives no traffic.
@@ -331,6 +464,14 @@ pub struct WeightedBackend {
     /// that predates this field finds no endpoints and fails these requests (503) as well.
     #[prost(string, tag = "4")]
     pub unavailable_reason: ::prost::alloc::string::String,
+    /// Applied in order to requests sent to this backend, after the route's filters (Gateway API
+    /// backendRef filters).
+    #[prost(message, repeated, tag = "5")]
+    pub filters: ::prost::alloc::vec::Vec<RouteFilter>,
+    /// The status answered for requests chosen for an unavailable backend; 0: 503. Gateway API
+    /// routes use 500, as the spec requires for an invalid backendRef.
+    #[prost(uint32, tag = "6")]
+    pub unavailable_status: u32,
 }
 /// Timeouts, retries, failure accrual and load shedding for requests to a service, from
 /// annotations on the Service and its Namespace (docs/reliability.md). The operator always sends

@@ -233,13 +233,16 @@ pub fn outbound(ns: &str, name: &str, port: u32, path_regex: &str) -> v1::Resour
                             path_regex: path_regex.into(),
                             methods: vec![],
                             headers: vec![],
+                            ..Default::default()
                         }],
                         backends: vec![backend.clone()],
+                        ..Default::default()
                     },
                     v1::Route {
                         name: "default".into(),
                         matches: vec![],
                         backends: vec![backend],
+                        ..Default::default()
                     },
                 ],
             }],
