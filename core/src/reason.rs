@@ -104,6 +104,9 @@ pub enum Reason {
     UnsupportedValue,
     /// Gateway API: a backendRef leaves the route's namespace.
     RefNotPermitted,
+    /// Gateway API: a rule's filters cannot be combined (RequestRedirect with URLRewrite, a
+    /// filter type twice, ReplacePrefixMatch on a match that is not a PathPrefix).
+    IncompatibleFilters,
 }
 
 impl Reason {
@@ -156,6 +159,7 @@ impl Reason {
             Reason::NoMatchingParent => "NoMatchingParent",
             Reason::UnsupportedValue => "UnsupportedValue",
             Reason::RefNotPermitted => "RefNotPermitted",
+            Reason::IncompatibleFilters => "IncompatibleFilters",
             Reason::Malformed => "Malformed",
             Reason::KindMismatch => "KindMismatch",
         }

@@ -11,6 +11,14 @@
 //! and endpoints resources are the same for every proxy and are shared ([`SharedResources`],
 //! behind an `Arc`), never copied per proxy.
 //!
+//! One exception, Gateway API consumer routes (an HTTPRoute in namespace `N` whose parent is a
+//! Service in another namespace): they apply to proxies of pods in `N` only. For each such
+//! namespace the compiler builds a consumer variant of the Service's resource,
+//! `outbound:<svc>.<ns>@<N>` (same content shape), and one set of shared resources for the
+//! namespace, in which the variant replaces `outbound:<svc>.<ns>` (a copy-on-write clone of
+//! the shared set: one chunk copied per variant). Proxies in `N` get that set; every other
+//! proxy the shared one. Nothing of this exists while no consumer route is in force.
+//!
 //! # Versions
 //!
 //! A resource's version is a content hash ([`content_version`]). A proxy's config version is
@@ -275,6 +283,7 @@ impl ProxyConfig {
 pub struct Proxies<'a> {
     inbound: &'a BTreeMap<ProxyKey, Arc<VersionedResource>>,
     shared: &'a Arc<SharedResources>,
+    consumer: &'a BTreeMap<String, Arc<SharedResources>>,
 }
 
 impl<'a> Proxies<'a> {
@@ -299,20 +308,34 @@ impl<'a> Proxies<'a> {
         Some(Arc::new(ProxyConfig::new(
             key.clone(),
             inbound.clone(),
-            self.shared.clone(),
+            shared_for(self.shared, self.consumer, &key.namespace).clone(),
         )))
     }
 
     /// `(pod, config)` in pod order.
     pub fn iter(&self) -> impl Iterator<Item = (&'a ProxyKey, Arc<ProxyConfig>)> + 'a {
         let shared = self.shared;
+        let consumer = self.consumer;
         self.inbound.iter().map(move |(k, inbound)| {
             (
                 k,
-                Arc::new(ProxyConfig::new(k.clone(), inbound.clone(), shared.clone())),
+                Arc::new(ProxyConfig::new(
+                    k.clone(),
+                    inbound.clone(),
+                    shared_for(shared, consumer, &k.namespace).clone(),
+                )),
             )
         })
     }
+}
+
+/// The shared resources of proxies in `namespace`: its consumer set when it has one.
+fn shared_for<'a>(
+    shared: &'a Arc<SharedResources>,
+    consumer: &'a BTreeMap<String, Arc<SharedResources>>,
+    namespace: &str,
+) -> &'a Arc<SharedResources> {
+    consumer.get(namespace).unwrap_or(shared)
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -329,6 +352,9 @@ enum UnitId {
 pub struct Compiled {
     opts: CompileOptions,
     shared: Arc<SharedResources>,
+    /// Per namespace with Gateway API consumer routes in force: the shared resources with the
+    /// consumer variants in place of the producer resources (see the module header).
+    consumer_shared: Arc<BTreeMap<String, Arc<SharedResources>>>,
     /// Each meshed pod's inbound resource; its [`ProxyConfig`] is that plus `shared`, built
     /// on demand in O(1) (so a shared change touches no per-proxy state).
     proxies: Arc<BTreeMap<ProxyKey, Arc<VersionedResource>>>,
@@ -371,7 +397,7 @@ impl Compiled {
         Arc::new(ProxyConfig::new(
             key.clone(),
             Arc::new(r),
-            self.shared.clone(),
+            shared_for(&self.shared, &self.consumer_shared, &key.namespace).clone(),
         ))
     }
 
@@ -380,7 +406,14 @@ impl Compiled {
         Proxies {
             inbound: &self.proxies,
             shared: &self.shared,
+            consumer: &self.consumer_shared,
         }
+    }
+
+    /// The shared resources of proxies in a namespace with Gateway API consumer routes in force
+    /// (`None`: that namespace's proxies get [`Compiled::shared`]).
+    pub fn consumer_shared(&self, namespace: &str) -> Option<&Arc<SharedResources>> {
+        self.consumer_shared.get(namespace)
     }
 
     /// The shared outbound and endpoints resources.
@@ -487,6 +520,10 @@ pub struct Compiler {
     group_service: BTreeMap<ObjectKey, ObjectRef>,
     pod_ip: BTreeMap<ObjectRef, IpAddr>,
     gateway_parents: BTreeMap<ObjectRef, Vec<ObjectRef>>,
+    // Gateway API consumer variants: by consumer namespace, by Service; and the consumer
+    // namespaces each Service has variants for.
+    consumer_variants: BTreeMap<String, BTreeMap<ObjectRef, Arc<VersionedResource>>>,
+    consumer_of: BTreeMap<ObjectRef, BTreeSet<String>>,
 }
 
 impl Compiler {
@@ -790,6 +827,8 @@ impl Compiler {
         let prev = self.current.clone();
         let mut next = Compiled::clone(&prev);
         let mut shared_changed = false;
+        // Consumer namespaces whose variants changed.
+        let mut consumer_dirty: BTreeSet<String> = BTreeSet::new();
 
         if !d.outbound.is_empty() || !d.endpoints.is_empty() {
             let shared = &mut next.shared;
@@ -822,6 +861,7 @@ impl Compiler {
                     self.outbound_statuses.insert(apex.clone(), keys);
                 }
                 set_events(events, UnitId::Outbound(apex.clone()), unit.events);
+                self.consumer_variants_of(model, apex, &mut consumer_dirty);
                 let name = outbound_name(&apex.namespace, &apex.name);
                 match unit.resource {
                     Some(o) => {
@@ -871,6 +911,27 @@ impl Compiler {
                 }
                 if !names.is_empty() {
                     self.endpoint_names.insert(svc.clone(), names);
+                }
+            }
+        }
+
+        // Consumer namespaces' shared sets follow the shared set and their variants.
+        if shared_changed {
+            consumer_dirty.extend(self.consumer_variants.keys().cloned());
+            consumer_dirty.extend(next.consumer_shared.keys().cloned());
+        }
+        for ns in &consumer_dirty {
+            match self.consumer_variants.get(ns) {
+                Some(variants) => {
+                    let mut set = SharedResources::clone(&next.shared);
+                    for (apex, r) in variants {
+                        set.remove(&outbound_name(&apex.namespace, &apex.name));
+                        set.insert(r.clone());
+                    }
+                    Arc::make_mut(&mut next.consumer_shared).insert(ns.clone(), Arc::new(set));
+                }
+                None => {
+                    cow_remove(&mut next.consumer_shared, ns);
                 }
             }
         }
@@ -988,6 +1049,15 @@ impl Compiler {
         // set changed, every proxy has a new version.
         let changed_proxies = if shared_changed {
             next.proxies.len() + removed
+        } else if !consumer_dirty.is_empty() {
+            // Every proxy of those namespaces, plus inbound changes elsewhere (a proxy counted
+            // twice at most: a figure for logs, not a decision).
+            next.proxies
+                .keys()
+                .filter(|k| consumer_dirty.contains(&k.namespace))
+                .count()
+                + inbound_changed
+                + removed
         } else {
             inbound_changed + removed
         };
@@ -998,21 +1068,62 @@ impl Compiler {
     }
 }
 
+impl Compiler {
+    /// Recompiles the consumer variants of Service `apex` (one per namespace with a consumer
+    /// route in force on it) and drops those no longer in force; the namespaces whose variants
+    /// changed go into `dirty`.
+    fn consumer_variants_of(
+        &mut self,
+        model: &Model,
+        apex: &ObjectRef,
+        dirty: &mut BTreeSet<String>,
+    ) {
+        let mut now = BTreeSet::new();
+        for ns in gateway::consumer_namespaces(model, apex) {
+            let Some((o, backends)) = units::outbound_consumer(model, apex, &ns) else {
+                continue;
+            };
+            for b in backends {
+                self.backend_index
+                    .entry(b)
+                    .or_default()
+                    .insert(apex.clone());
+            }
+            let r = VersionedResource::new(
+                consumer_outbound_name(&apex.namespace, &apex.name, &ns),
+                ResourceKind::Outbound(o),
+            );
+            let variants = self.consumer_variants.entry(ns.clone()).or_default();
+            if variants.get(apex).map(|old| &old.version) != Some(&r.version) {
+                variants.insert(apex.clone(), Arc::new(r));
+                dirty.insert(ns.clone());
+            }
+            now.insert(ns);
+        }
+        for old in self.consumer_of.remove(apex).unwrap_or_default() {
+            if now.contains(&old) {
+                continue;
+            }
+            if let Some(variants) = self.consumer_variants.get_mut(&old) {
+                variants.remove(apex);
+                if variants.is_empty() {
+                    self.consumer_variants.remove(&old);
+                }
+            }
+            dirty.insert(old);
+        }
+        if !now.is_empty() {
+            self.consumer_of.insert(apex.clone(), now);
+        }
+    }
+}
+
 /// HTTPRoutes whose status reads the Service (as parent or backend).
 fn gateway_routes_reading(model: &Model, svc: &ObjectRef) -> Vec<ObjectKey> {
     model
         .gateway_routes
         .iter()
-        .filter(|(_, g)| {
-            g.service_parents().iter().any(|p| &p.service == svc)
-                || (g.meta.namespace == svc.namespace
-                    && g.spec
-                        .rules
-                        .iter()
-                        .flatten()
-                        .flat_map(|rule| rule.backend_refs.iter().flatten())
-                        .any(|b| b.name == svc.name))
-        })
+        .filter(|(_, g)| gateway::reads_service(g, svc))
         .map(|(r, _)| ObjectKey::new(Kind::HTTPRoute, r.namespace.clone(), r.name.clone()))
         .collect()
 }

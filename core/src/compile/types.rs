@@ -512,6 +512,12 @@ pub fn outbound_name(namespace: &str, service: &str) -> String {
     weft_common::names::outbound_name(service, namespace)
 }
 
+/// The consumer variant of `outbound_name(namespace, service)` for proxies in namespace
+/// `consumer` (Gateway API consumer routes): `outbound:<svc>.<ns>@<consumer>`.
+pub fn consumer_outbound_name(namespace: &str, service: &str, consumer: &str) -> String {
+    format!("{}@{consumer}", outbound_name(namespace, service))
+}
+
 /// Resource name of a service port's EndpointSet (`endpoints:<service>.<namespace>:<port>`).
 pub fn endpoints_name(namespace: &str, service: &str, port: u16) -> String {
     weft_common::names::endpoints_name(service, namespace, u32::from(port))

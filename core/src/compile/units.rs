@@ -161,6 +161,8 @@ pub(crate) struct OutboundUnit {
     pub backends: BTreeSet<ObjectRef>,
     /// Route groups read by this unit.
     pub routes: BTreeSet<ObjectRef>,
+    /// A consumer unit: whether some consumer route of its namespace is in force.
+    pub consumer_in_force: bool,
 }
 
 /// The status conditions of a split from its plan (the same values the routes are built from).
@@ -283,14 +285,52 @@ fn split_conditions(
 
 /// Compiles one service (or split apex): its OutboundService and its splits' statuses.
 pub(crate) fn outbound(model: &Model, apex: &ObjectRef) -> OutboundUnit {
+    outbound_scoped(model, apex, None)
+}
+
+/// The consumer variant of a Service's OutboundService for callers in namespace `consumer`
+/// (GAMMA consumer routes: on the ports they attach to they replace the producer's routes;
+/// other ports are as in the shared resource). `None` when no consumer route from that
+/// namespace is in force. Its statuses and events are the producer unit's, so they are not
+/// returned again.
+pub(crate) fn outbound_consumer(
+    model: &Model,
+    apex: &ObjectRef,
+    consumer: &str,
+) -> Option<(OutboundService, BTreeSet<ObjectRef>)> {
+    let unit = outbound_scoped(model, apex, Some(consumer));
+    unit.consumer_in_force
+        .then_some(())
+        .and(unit.resource)
+        .map(|r| (r, unit.backends))
+}
+
+fn outbound_scoped(model: &Model, apex: &ObjectRef, consumer: Option<&str>) -> OutboundUnit {
     let mut events = Vec::new();
     let mut statuses = Vec::new();
     let mut backends_read = BTreeSet::new();
     let mut routes_read = BTreeSet::new();
     let svc = model.services.get(apex);
     // HTTPRoutes attached to this Service take precedence over its TrafficSplits.
-    let gateway = super::gateway::outbound_routes(model, apex, service_port_protocol);
+    let gateway = super::gateway::outbound_routes(
+        model,
+        apex,
+        super::gateway::Scope::Producer,
+        service_port_protocol,
+    );
     backends_read.extend(gateway.backends.iter().cloned());
+    // Consumer routes from `consumer` take precedence over the producer's on their ports.
+    let consumer_routes = consumer.map(|ns| {
+        super::gateway::outbound_routes(
+            model,
+            apex,
+            super::gateway::Scope::Consumer(ns),
+            service_port_protocol,
+        )
+    });
+    if let Some(c) = &consumer_routes {
+        backends_read.extend(c.backends.iter().cloned());
+    }
 
     // Splits on this apex in precedence order: the first one is in force.
     let mut splits: Vec<&hub::TrafficSplit> = model
@@ -336,7 +376,11 @@ pub(crate) fn outbound(model: &Model, apex: &ObjectRef) -> OutboundUnit {
             .ports
             .iter()
             .map(|sp| {
-                if let Some(routes) = gateway.ports.get(&sp.port) {
+                if let Some(routes) = consumer_routes
+                    .as_ref()
+                    .and_then(|c| c.ports.get(&sp.port))
+                    .or_else(|| gateway.ports.get(&sp.port))
+                {
                     return OutboundPort {
                         port: sp.port,
                         protocol: service_port_protocol(sp),
@@ -380,6 +424,7 @@ pub(crate) fn outbound(model: &Model, apex: &ObjectRef) -> OutboundUnit {
         events,
         backends: backends_read,
         routes: routes_read,
+        consumer_in_force: consumer_routes.is_some_and(|c| !c.in_force.is_empty()),
     }
 }
 
