@@ -311,7 +311,11 @@ fn compile_match(
 }
 
 /// A header name of a filter: lower-case, a valid HTTP token.
-fn filter_header_name(name: &str, at: &str, problems: &mut Vec<(Reason, String)>) -> Option<String> {
+fn filter_header_name(
+    name: &str,
+    at: &str,
+    problems: &mut Vec<(Reason, String)>,
+) -> Option<String> {
     let lower = name.to_ascii_lowercase();
     if http::HeaderName::from_bytes(lower.as_bytes()).is_err() {
         unsupported(problems, format!("{at}: invalid header name {name:?}"));
@@ -465,7 +469,10 @@ fn compile_filters(
         let kind = format!("{:?}", f.r#type);
         if matches!(
             f.r#type,
-            T::RequestHeaderModifier | T::ResponseHeaderModifier | T::RequestRedirect | T::UrlRewrite
+            T::RequestHeaderModifier
+                | T::ResponseHeaderModifier
+                | T::RequestRedirect
+                | T::UrlRewrite
         ) && !kinds.insert(kind.clone())
         {
             problems.push((
@@ -603,10 +610,9 @@ fn compile_filters(
                 }
                 None => missing(problems),
             },
-            T::RequestMirror | T::ExtensionRef | T::Cors => unsupported(
-                problems,
-                format!("{at}: filter {kind} is not implemented"),
-            ),
+            T::RequestMirror | T::ExtensionRef | T::Cors => {
+                unsupported(problems, format!("{at}: filter {kind} is not implemented"))
+            }
         }
     }
     if kinds.contains("RequestRedirect") && kinds.contains("UrlRewrite") {
@@ -804,8 +810,8 @@ pub fn analyze_route(route: &HttpRoute) -> RouteAnalysis {
                 &mut problems,
             ));
         }
-        let prefix_filters = uses_prefix_match(&filters)
-            || backends.iter().any(|b| uses_prefix_match(&b.filters));
+        let prefix_filters =
+            uses_prefix_match(&filters) || backends.iter().any(|b| uses_prefix_match(&b.filters));
         if prefix_filters && matches.iter().any(|m| m.prefix.is_none()) {
             problems.push((
                 Reason::IncompatibleFilters,
