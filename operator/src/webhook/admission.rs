@@ -87,7 +87,8 @@ pub fn cause_type(reason: Reason) -> &'static str {
         | InvalidField
         | Malformed
         | KindMismatch
-        | HTTPRouteInForce => "FieldValueInvalid",
+        | HTTPRouteInForce
+        | IncompatibleFilters => "FieldValueInvalid",
     }
 }
 
