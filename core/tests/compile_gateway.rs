@@ -758,6 +758,21 @@ fn invalid_filters_keep_the_route_out_of_force_with_the_spec_reason() {
             "{name}"
         );
     }
+    let message = |name: &str| {
+        c.route_parents()[&ObjectKey::new(Kind::HTTPRoute, "demo", name)][0].conditions[0]
+            .message
+            .clone()
+    };
+    assert!(
+        message("cors").contains("spec.rules[0].filters[0]: filter CORS is not implemented"),
+        "{}",
+        message("cors")
+    );
+    assert!(
+        message("both").contains("RequestRedirect and URLRewrite cannot be combined"),
+        "{}",
+        message("both")
+    );
     let r = routes(&c, "echo", 80);
     assert_eq!(r.len(), 1);
     assert_eq!(r[0].name, "default", "nothing in force");

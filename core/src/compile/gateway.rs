@@ -450,6 +450,20 @@ fn path_modifier(
     }
 }
 
+/// A filter type as the spec spells it (for messages).
+fn filter_type_name(t: &gw::HttpRouteRulesFiltersType) -> &'static str {
+    use gw::HttpRouteRulesFiltersType as T;
+    match t {
+        T::RequestHeaderModifier => "RequestHeaderModifier",
+        T::ResponseHeaderModifier => "ResponseHeaderModifier",
+        T::RequestMirror => "RequestMirror",
+        T::RequestRedirect => "RequestRedirect",
+        T::UrlRewrite => "URLRewrite",
+        T::ExtensionRef => "ExtensionRef",
+        T::Cors => "CORS",
+    }
+}
+
 /// The redirect status codes the spec allows (`statusCode`, default 302).
 const REDIRECT_STATUS: [i64; 5] = [301, 302, 303, 307, 308];
 
@@ -466,14 +480,14 @@ fn compile_filters(
     let mut kinds = BTreeSet::new();
     for (i, f) in filters.iter().enumerate() {
         let at = format!("{at}[{i}]");
-        let kind = format!("{:?}", f.r#type);
+        let kind = filter_type_name(&f.r#type);
         if matches!(
             f.r#type,
             T::RequestHeaderModifier
                 | T::ResponseHeaderModifier
                 | T::RequestRedirect
                 | T::UrlRewrite
-        ) && !kinds.insert(kind.clone())
+        ) && !kinds.insert(kind)
         {
             problems.push((
                 Reason::IncompatibleFilters,
@@ -615,7 +629,7 @@ fn compile_filters(
             }
         }
     }
-    if kinds.contains("RequestRedirect") && kinds.contains("UrlRewrite") {
+    if kinds.contains("RequestRedirect") && kinds.contains("URLRewrite") {
         problems.push((
             Reason::IncompatibleFilters,
             format!("{at}: RequestRedirect and URLRewrite cannot be combined"),
