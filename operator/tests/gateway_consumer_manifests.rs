@@ -44,9 +44,11 @@ spec:
   - backendRefs: [{name: web-v2, namespace: demo, port: 80}]
 "#;
 
-/// The routes' backends of the outbound resource for `demo/web` in a response: (resource
-/// name, [(route name, [backend service])]).
-fn web_routes(r: &v1::DiscoveryResponse) -> Vec<(String, Vec<(String, Vec<String>)>)> {
+/// A route's name and its backends' services.
+type RouteBackends = (String, Vec<String>);
+
+/// The routes of the outbound resource for `demo/web` in a response: (resource name, routes).
+fn web_routes(r: &v1::DiscoveryResponse) -> Vec<(String, Vec<RouteBackends>)> {
     r.resources
         .iter()
         .filter_map(|res| match &res.kind {
