@@ -1071,3 +1071,34 @@ fn a_consumer_route_applies_to_its_namespace_only_and_wins_there() {
     );
     assert!(c.consumer_shared("client").is_none());
 }
+
+#[test]
+fn a_consumer_route_leaves_the_split_in_force_for_everyone_else() {
+    let yaml = base()
+        + &pod("demo", "server", "10.0.0.1")
+        + &pod("client", "caller", "10.0.0.2")
+        + &split("smi", "echo", &[("echo-v1", 50), ("echo-v2", 50)])
+        + &consumer_route(
+            "client",
+            "mine",
+            "  - backendRefs: [{name: echo-v2, namespace: demo, port: 80}]\n",
+        );
+    let c = compile(&model(&yaml), &CompileOptions::default());
+    let split_accepted = c.statuses()[&ObjectKey::new(Kind::TrafficSplit, "demo", "smi")]
+        .iter()
+        .find(|c| c.type_ == "Accepted")
+        .cloned()
+        .expect("Accepted");
+    assert_eq!(split_accepted.status, "True", "{split_accepted:?}");
+    let (name, o) = echo_in_proxy(&c, "demo", "server");
+    assert_eq!(name, "outbound:echo.demo");
+    assert!(first_route_names(&o)[0].starts_with("split:"));
+    let (name, o) = echo_in_proxy(&c, "client", "caller");
+    assert_eq!(name, "outbound:echo.demo@client");
+    assert_eq!(
+        first_route_names(&o),
+        vec!["httproute:client/mine/rule-0"],
+        "the consumer route (a catch-all) replaces the split for its namespace"
+    );
+    assert_eq!(o.ports[0].routes[0].backends[0].service, "echo-v2");
+}
