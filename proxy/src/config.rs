@@ -815,12 +815,17 @@ fn path_modifier(m: &v1::PathModifier) -> Result<PathModifier, String> {
     use v1::path_modifier::Kind;
     match &m.kind {
         None => Err("a path modifier of no kind".to_string()),
+        // Empty means `/` (Gateway API's table: `/foo` with prefix `/foo` and an empty
+        // replacement becomes `/`).
         Some(Kind::ReplaceFullPath(p)) => {
+            let p = if p.is_empty() { "/" } else { p.as_str() };
             uri_path(p)?;
-            Ok(PathModifier::ReplaceFullPath(p.clone()))
+            Ok(PathModifier::ReplaceFullPath(p.to_string()))
         }
         Some(Kind::ReplacePrefixMatch(p)) => {
-            uri_path(p)?;
+            if !p.is_empty() {
+                uri_path(p)?;
+            }
             uri_path(&m.matched_prefix)
                 .map_err(|e| format!("replace_prefix_match needs the matched prefix: {e}"))?;
             Ok(PathModifier::prefix(&m.matched_prefix, p))
