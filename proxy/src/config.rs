@@ -14,8 +14,12 @@
 //!   routed to it get `503` ("no endpoints"). Endpoints arrive as separate resources and may lag
 //!   the route; rejecting the whole update would be less robust.
 //! - A backend with an `unavailable_reason` (the operator could not resolve it) keeps its weight
-//!   and never has endpoints: requests routed to it get `503` with that reason. Its share is
-//!   never given to the other backends.
+//!   and never has endpoints: requests routed to it get its `unavailable_status` (`503` when 0;
+//!   Gateway API routes say `500`) with that reason. Its share is never given to the other
+//!   backends.
+//! - Gateway API filters, `direct_status` and route timeouts are compiled here
+//!   ([`crate::filter`]); a value the proxy cannot apply as written is a [`ConfigError`] (NACK),
+//!   never half-applied.
 //! - A missing `inbound` resource means the default inbound policy (allow).
 //! - Unknown protocol enum values mean "detect"; `DEFAULT_POLICY_UNSPECIFIED` means allow; an
 //!   unknown default-policy value fails closed (deny).
