@@ -2207,4 +2207,129 @@ mod tests {
         assert_eq!(DefaultPolicy::from_proto(99), DefaultPolicy::Deny);
         assert_eq!(Protocol::from_proto(99), Protocol::Detect);
     }
+
+    fn gateway_service(route: v1::Route) -> BTreeMap<String, v1::Resource> {
+        [res(
+            "outbound:api.demo",
+            Kind::Outbound(v1::OutboundService {
+                namespace: "demo".into(),
+                name: "api".into(),
+                ports: vec![v1::OutboundPort {
+                    port: 80,
+                    routes: vec![route],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+        )]
+        .into_iter()
+        .collect()
+    }
+
+    #[test]
+    fn gateway_fields_convert_with_their_defaults() {
+        use v1::route_filter::Kind as F;
+        let route = v1::Route {
+            name: "httproute:demo/r/0".into(),
+            filters: vec![v1::RouteFilter {
+                kind: Some(F::RequestRedirect(v1::RequestRedirect {
+                    path: Some(v1::PathModifier {
+                        kind: Some(v1::path_modifier::Kind::ReplacePrefixMatch("/new/".into())),
+                        matched_prefix: "/old/".into(),
+                    }),
+                    ..Default::default()
+                })),
+            }],
+            backends: vec![v1::WeightedBackend {
+                service: "other/api".into(),
+                weight: 1,
+                unavailable_reason: "not found".into(),
+                ..Default::default()
+            }],
+            timeouts: Some(v1::RouteTimeouts {
+                request_ms: 0,
+                backend_request_ms: 250,
+            }),
+            ..Default::default()
+        };
+        let cfg =
+            Config::from_resources("v", &gateway_service(route)).unwrap_or_else(|e| panic!("{e}"));
+        let r = &cfg.services["demo"]["api"].ports[0].routes[0];
+        match &r.filters[..] {
+            [Filter::RequestRedirect(rd)] => {
+                assert_eq!(rd.status, http::StatusCode::FOUND);
+                assert_eq!(rd.path, Some(PathModifier::prefix("/old", "/new")));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            r.timeouts,
+            Some(RouteTimeouts {
+                request: None,
+                backend_request: Some(Duration::from_millis(250)),
+            })
+        );
+        assert_eq!(r.direct_status, None);
+        assert_eq!(
+            r.backends[0].no_endpoints_status(),
+            http::StatusCode::SERVICE_UNAVAILABLE
+        );
+        let _ = cfg.to_json();
+    }
+
+    #[test]
+    fn invalid_gateway_values_are_refused_with_the_resource() {
+        use v1::route_filter::Kind as F;
+        let bad = [
+            v1::Route {
+                direct_status: 200,
+                ..Default::default()
+            },
+            v1::Route {
+                backends: vec![v1::WeightedBackend {
+                    unavailable_status: 1000,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+            v1::Route {
+                filters: vec![v1::RouteFilter {
+                    kind: Some(F::RequestRedirect(v1::RequestRedirect {
+                        port: 70_000,
+                        ..Default::default()
+                    })),
+                }],
+                ..Default::default()
+            },
+            v1::Route {
+                filters: vec![v1::RouteFilter {
+                    kind: Some(F::UrlRewrite(v1::UrlRewrite {
+                        hostname: "host:80".into(),
+                        path: None,
+                    })),
+                }],
+                ..Default::default()
+            },
+            v1::Route {
+                filters: vec![v1::RouteFilter {
+                    kind: Some(F::UrlRewrite(v1::UrlRewrite {
+                        hostname: String::new(),
+                        path: Some(v1::PathModifier {
+                            kind: Some(v1::path_modifier::Kind::ReplacePrefixMatch("/x".into())),
+                            matched_prefix: String::new(),
+                        }),
+                    })),
+                }],
+                ..Default::default()
+            },
+        ];
+        for route in bad {
+            match Config::from_resources("v", &gateway_service(route.clone())) {
+                Err(e @ ConfigError::InvalidRoute { .. }) => {
+                    assert_eq!(e.resource(), "outbound:api.demo")
+                }
+                other => panic!("{route:?}: {other:?}"),
+            }
+        }
+    }
 }
