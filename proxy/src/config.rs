@@ -14,8 +14,12 @@
 //!   routed to it get `503` ("no endpoints"). Endpoints arrive as separate resources and may lag
 //!   the route; rejecting the whole update would be less robust.
 //! - A backend with an `unavailable_reason` (the operator could not resolve it) keeps its weight
-//!   and never has endpoints: requests routed to it get `503` with that reason. Its share is
-//!   never given to the other backends.
+//!   and never has endpoints: requests routed to it get its `unavailable_status` (`503` when 0;
+//!   Gateway API routes say `500`) with that reason. Its share is never given to the other
+//!   backends.
+//! - Gateway API filters, `direct_status` and route timeouts are compiled here
+//!   ([`crate::filter`]); a value the proxy cannot apply as written is a [`ConfigError`] (NACK),
+//!   never half-applied.
 //! - A missing `inbound` resource means the default inbound policy (allow).
 //! - Unknown protocol enum values mean "detect"; `DEFAULT_POLICY_UNSPECIFIED` means allow; an
 //!   unknown default-policy value fails closed (deny).
@@ -32,6 +36,9 @@ use weft_proxy_api::v1;
 
 pub use crate::accrual::{FailureAccrual, StatusSet};
 use crate::balance::Load;
+use crate::filter::{
+    self, Filter, HeaderModifier, PathModifier, Redirect, RouteTimeouts, UrlRewrite,
+};
 pub use crate::state::RetryBudget;
 use crate::state::{EndpointView, ServiceView, StateBuilder, StateRegistry};
 
@@ -128,6 +135,17 @@ pub struct HttpMatch {
     pub methods: Option<Vec<http::Method>>,
     /// All must match.
     pub headers: Vec<HeaderMatch>,
+    /// All must match (Gateway API `queryParams`).
+    pub query_params: Vec<QueryParamMatch>,
+}
+
+/// A query parameter condition: the first occurrence of `name` (compared exactly, after
+/// percent-decoding) is present and its percent-decoded value matches `^(?:re)$`.
+#[derive(Clone, Debug, Serialize)]
+pub struct QueryParamMatch {
+    pub name: String,
+    #[serde(serialize_with = "ser_regex_req")]
+    pub value: Regex,
 }
 
 /// A header condition: some value of the header matches `^(?:re)$`.
@@ -345,13 +363,37 @@ pub struct OutboundPort {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Route {
-    /// `split:<namespace>/<name>` or `default`.
+    /// `split:<namespace>/<name>`, `httproute:<namespace>/<name>/<rule>` or `default`.
     pub name: Arc<str>,
     /// Empty: every request.
     pub matches: Vec<HttpMatch>,
     pub backends: Vec<Backend>,
     /// Sum of the backends' weights (0: no backend can be chosen).
     pub total_weight: u64,
+    /// Applied in order to every request that takes the route, before a backend is chosen
+    /// ([`crate::filter`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<Filter>,
+    /// The proxy answers every request that takes the route with this status itself.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "ser_status_opt"
+    )]
+    pub direct_status: Option<http::StatusCode>,
+    /// `Some`: replaces the service's request and per-try timeouts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<RouteTimeouts>,
+}
+
+fn ser_status_opt<S: Serializer>(s_: &Option<http::StatusCode>, s: S) -> Result<S::Ok, S::Error> {
+    match s_ {
+        Some(c) => s.serialize_some(&c.as_u16()),
+        None => s.serialize_none(),
+    }
+}
+
+fn ser_status<S: Serializer>(c: &http::StatusCode, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u16(c.as_u16())
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -368,6 +410,13 @@ pub struct Backend {
     /// requests routed to it are answered 503 with this reason, never sent elsewhere.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unavailable: Option<Arc<str>>,
+    /// The status answered when the backend is `unavailable` (503 unless the operator says
+    /// otherwise: Gateway API routes use 500).
+    #[serde(serialize_with = "ser_status")]
+    pub unavailable_status: http::StatusCode,
+    /// Applied in order to requests sent to this backend, after the route's.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<Filter>,
 }
 
 impl Backend {
@@ -377,6 +426,15 @@ impl Backend {
         match &self.unavailable {
             Some(reason) => reason.to_string(),
             None => format!("backend {} has no endpoints", self.service),
+        }
+    }
+
+    /// The status of that answer: the backend's `unavailable_status` when it is unavailable,
+    /// else 503.
+    pub fn no_endpoints_status(&self) -> http::StatusCode {
+        match &self.unavailable {
+            Some(_) => self.unavailable_status,
+            None => http::StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -466,6 +524,23 @@ pub enum ConfigError {
         #[source]
         source: Box<regex::Error>,
     },
+    #[error("resource {resource:?}: match {name:?}: invalid value_regex {regex:?} for query parameter {param:?}: {source}")]
+    InvalidQueryRegex {
+        resource: String,
+        name: String,
+        param: String,
+        regex: String,
+        #[source]
+        source: Box<regex::Error>,
+    },
+    /// A route filter, status or timeout the proxy cannot apply as written (an unknown
+    /// redirect status, an invalid header name or value, ...): refused, never half-applied.
+    #[error("resource {resource:?}: route {route:?}: {reason}")]
+    InvalidRoute {
+        resource: String,
+        route: String,
+        reason: String,
+    },
     #[error("resource {resource:?}: match {name:?}: invalid header name {header:?}")]
     InvalidHeaderName {
         resource: String,
@@ -506,6 +581,8 @@ impl ConfigError {
             ConfigError::MissingKind { resource }
             | ConfigError::InvalidPathRegex { resource, .. }
             | ConfigError::InvalidHeaderRegex { resource, .. }
+            | ConfigError::InvalidQueryRegex { resource, .. }
+            | ConfigError::InvalidRoute { resource, .. }
             | ConfigError::InvalidHeaderName { resource, .. }
             | ConfigError::InvalidMethod { resource, .. }
             | ConfigError::InvalidIdentity { resource, .. }
@@ -627,11 +704,194 @@ fn http_match(resource: &str, m: &v1::HttpMatch) -> Result<HttpMatch, ConfigErro
             })?;
         headers.push(HeaderMatch { name, value });
     }
+    let mut query_params = Vec::with_capacity(m.query_params.len());
+    for q in &m.query_params {
+        let value =
+            compile_header_regex(&q.value_regex).map_err(|e| ConfigError::InvalidQueryRegex {
+                resource: resource.to_string(),
+                name: m.name.clone(),
+                param: q.name.clone(),
+                regex: q.value_regex.clone(),
+                source: Box::new(e),
+            })?;
+        query_params.push(QueryParamMatch {
+            name: q.name.clone(),
+            value,
+        });
+    }
     Ok(HttpMatch {
         name: Arc::from(m.name.as_str()),
         path,
         methods,
         headers,
+        query_params,
+    })
+}
+
+/// Converts a route's (or backend's) filters; every value is checked here, once.
+fn filters(
+    resource: &str,
+    route: &str,
+    list: &[v1::RouteFilter],
+) -> Result<Vec<Filter>, ConfigError> {
+    use v1::route_filter::Kind;
+    let bad = |reason: String| ConfigError::InvalidRoute {
+        resource: resource.to_string(),
+        route: route.to_string(),
+        reason,
+    };
+    let mut out = Vec::with_capacity(list.len());
+    for f in list {
+        out.push(match &f.kind {
+            None => return Err(bad("a filter of no kind the proxy knows".to_string())),
+            Some(Kind::RequestHeaderModifier(m)) => {
+                Filter::RequestHeaderModifier(header_modifier(m).map_err(bad)?)
+            }
+            Some(Kind::ResponseHeaderModifier(m)) => {
+                Filter::ResponseHeaderModifier(header_modifier(m).map_err(bad)?)
+            }
+            Some(Kind::RequestRedirect(r)) => Filter::RequestRedirect(redirect(r).map_err(bad)?),
+            Some(Kind::UrlRewrite(w)) => Filter::UrlRewrite(UrlRewrite {
+                hostname: hostname(&w.hostname).map_err(bad)?,
+                path: w
+                    .path
+                    .as_ref()
+                    .map(path_modifier)
+                    .transpose()
+                    .map_err(bad)?,
+            }),
+        });
+    }
+    Ok(out)
+}
+
+fn header_name(name: &str) -> Result<http::HeaderName, String> {
+    http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+        .map_err(|_| format!("invalid header name {name:?}"))
+}
+
+fn header_modifier(m: &v1::HeaderModifier) -> Result<HeaderModifier, String> {
+    let pair = |h: &v1::HeaderValue| {
+        let name = header_name(&h.name)?;
+        let value = http::HeaderValue::from_str(&h.value)
+            .map_err(|_| format!("invalid value {:?} for header {:?}", h.value, h.name))?;
+        Ok::<_, String>((name, value))
+    };
+    Ok(HeaderModifier {
+        set: m.set.iter().map(pair).collect::<Result<_, _>>()?,
+        add: m.add.iter().map(pair).collect::<Result<_, _>>()?,
+        remove: m
+            .remove
+            .iter()
+            .map(|n| header_name(n))
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+/// A hostname for a redirect or rewrite: empty is none; otherwise a valid host with no port,
+/// userinfo or path.
+fn hostname(h: &str) -> Result<Option<http::uri::Authority>, String> {
+    if h.is_empty() {
+        return Ok(None);
+    }
+    let bad = || format!("invalid hostname {h:?}");
+    if h.contains(['@', ':', '/']) {
+        return Err(bad());
+    }
+    http::uri::Authority::try_from(h)
+        .map(Some)
+        .map_err(|_| bad())
+}
+
+/// A path for a rewrite or redirect: absolute, a valid URI path, no query or fragment.
+fn uri_path(p: &str) -> Result<(), String> {
+    let valid = p.starts_with('/')
+        && !p.contains(['?', '#'])
+        && http::uri::PathAndQuery::try_from(p).is_ok();
+    if valid {
+        Ok(())
+    } else {
+        Err(format!("invalid path {p:?}"))
+    }
+}
+
+fn path_modifier(m: &v1::PathModifier) -> Result<PathModifier, String> {
+    use v1::path_modifier::Kind;
+    match &m.kind {
+        None => Err("a path modifier of no kind".to_string()),
+        // Empty means `/` (Gateway API's table: `/foo` with prefix `/foo` and an empty
+        // replacement becomes `/`).
+        Some(Kind::ReplaceFullPath(p)) => {
+            let p = if p.is_empty() { "/" } else { p.as_str() };
+            uri_path(p)?;
+            Ok(PathModifier::ReplaceFullPath(p.to_string()))
+        }
+        Some(Kind::ReplacePrefixMatch(p)) => {
+            if !p.is_empty() {
+                uri_path(p)?;
+            }
+            uri_path(&m.matched_prefix)
+                .map_err(|e| format!("replace_prefix_match needs the matched prefix: {e}"))?;
+            Ok(PathModifier::prefix(&m.matched_prefix, p))
+        }
+    }
+}
+
+fn redirect(r: &v1::RequestRedirect) -> Result<Redirect, String> {
+    let scheme = match r.scheme.as_str() {
+        "" => None,
+        s => {
+            Some(filter::Scheme::parse(s).ok_or_else(|| format!("invalid redirect scheme {s:?}"))?)
+        }
+    };
+    let port = match r.port {
+        0 => None,
+        p => Some(
+            u16::try_from(p)
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("invalid redirect port {p}"))?,
+        ),
+    };
+    let status = match r.status_code {
+        0 => filter::DEFAULT_REDIRECT_STATUS,
+        c => u16::try_from(c)
+            .ok()
+            .filter(|c| filter::REDIRECT_STATUSES.contains(c))
+            .and_then(|c| http::StatusCode::from_u16(c).ok())
+            .ok_or_else(|| {
+                format!("invalid redirect status {c} (want 301, 302, 303, 307 or 308)")
+            })?,
+    };
+    Ok(Redirect {
+        scheme,
+        hostname: hostname(&r.hostname)?.map(|a| a.as_str().to_string()),
+        port,
+        path: r.path.as_ref().map(path_modifier).transpose()?,
+        status,
+    })
+}
+
+/// A status the proxy answers itself: 0 is `default`; otherwise 400..=599.
+fn answer_status(
+    code: u32,
+    default: Option<http::StatusCode>,
+) -> Result<Option<http::StatusCode>, String> {
+    if code == 0 {
+        return Ok(default);
+    }
+    u16::try_from(code)
+        .ok()
+        .filter(|c| (400..=599).contains(c))
+        .and_then(|c| http::StatusCode::from_u16(c).ok())
+        .map(Some)
+        .ok_or_else(|| format!("invalid status {code} (want 400 to 599)"))
+}
+
+fn route_timeouts(t: Option<&v1::RouteTimeouts>) -> Option<RouteTimeouts> {
+    t.map(|t| RouteTimeouts {
+        request: millis(t.request_ms),
+        backend_request: millis(t.backend_request_ms),
     })
 }
 
@@ -890,18 +1150,34 @@ fn outbound_service(
                 .iter()
                 .map(|m| http_match(resource, m))
                 .collect::<Result<Vec<_>, _>>()?;
-            let backends: Vec<Backend> = r
+            let bad = |reason: String| ConfigError::InvalidRoute {
+                resource: resource.to_string(),
+                route: r.name.clone(),
+                reason,
+            };
+            let backends = r
                 .backends
                 .iter()
-                .map(|b| Backend {
-                    service: Arc::from(b.service.as_str()),
-                    weight: b.weight,
-                    endpoint_set: Arc::from(b.endpoint_set.as_str()),
-                    endpoints: empty.clone(),
-                    unavailable: (!b.unavailable_reason.is_empty())
-                        .then(|| Arc::from(b.unavailable_reason.as_str())),
+                .map(|b| {
+                    Ok(Backend {
+                        service: Arc::from(b.service.as_str()),
+                        weight: b.weight,
+                        endpoint_set: Arc::from(b.endpoint_set.as_str()),
+                        endpoints: empty.clone(),
+                        unavailable: (!b.unavailable_reason.is_empty())
+                            .then(|| Arc::from(b.unavailable_reason.as_str())),
+                        unavailable_status: answer_status(
+                            b.unavailable_status,
+                            Some(http::StatusCode::SERVICE_UNAVAILABLE),
+                        )
+                        .map_err(|e| {
+                            bad(format!("backend {}: unavailable_status: {e}", b.service))
+                        })?
+                        .unwrap_or(http::StatusCode::SERVICE_UNAVAILABLE),
+                        filters: filters(resource, &r.name, &b.filters)?,
+                    })
                 })
-                .collect();
+                .collect::<Result<Vec<_>, ConfigError>>()?;
             let total_weight = backends
                 .iter()
                 .fold(0u64, |acc, b| acc.saturating_add(b.weight));
@@ -910,6 +1186,10 @@ fn outbound_service(
                 matches,
                 backends,
                 total_weight,
+                filters: filters(resource, &r.name, &r.filters)?,
+                direct_status: answer_status(r.direct_status, None)
+                    .map_err(|e| bad(format!("direct_status: {e}")))?,
+                timeouts: route_timeouts(r.timeouts.as_ref()),
             });
         }
         ports.push(OutboundPort {
@@ -1926,5 +2206,130 @@ mod tests {
         assert_eq!(DefaultPolicy::from_proto(0), DefaultPolicy::Allow);
         assert_eq!(DefaultPolicy::from_proto(99), DefaultPolicy::Deny);
         assert_eq!(Protocol::from_proto(99), Protocol::Detect);
+    }
+
+    fn gateway_service(route: v1::Route) -> BTreeMap<String, v1::Resource> {
+        [res(
+            "outbound:api.demo",
+            Kind::Outbound(v1::OutboundService {
+                namespace: "demo".into(),
+                name: "api".into(),
+                ports: vec![v1::OutboundPort {
+                    port: 80,
+                    routes: vec![route],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+        )]
+        .into_iter()
+        .collect()
+    }
+
+    #[test]
+    fn gateway_fields_convert_with_their_defaults() {
+        use v1::route_filter::Kind as F;
+        let route = v1::Route {
+            name: "httproute:demo/r/0".into(),
+            filters: vec![v1::RouteFilter {
+                kind: Some(F::RequestRedirect(v1::RequestRedirect {
+                    path: Some(v1::PathModifier {
+                        kind: Some(v1::path_modifier::Kind::ReplacePrefixMatch("/new/".into())),
+                        matched_prefix: "/old/".into(),
+                    }),
+                    ..Default::default()
+                })),
+            }],
+            backends: vec![v1::WeightedBackend {
+                service: "other/api".into(),
+                weight: 1,
+                unavailable_reason: "not found".into(),
+                ..Default::default()
+            }],
+            timeouts: Some(v1::RouteTimeouts {
+                request_ms: 0,
+                backend_request_ms: 250,
+            }),
+            ..Default::default()
+        };
+        let cfg =
+            Config::from_resources("v", &gateway_service(route)).unwrap_or_else(|e| panic!("{e}"));
+        let r = &cfg.services["demo"]["api"].ports[0].routes[0];
+        match &r.filters[..] {
+            [Filter::RequestRedirect(rd)] => {
+                assert_eq!(rd.status, http::StatusCode::FOUND);
+                assert_eq!(rd.path, Some(PathModifier::prefix("/old", "/new")));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            r.timeouts,
+            Some(RouteTimeouts {
+                request: None,
+                backend_request: Some(Duration::from_millis(250)),
+            })
+        );
+        assert_eq!(r.direct_status, None);
+        assert_eq!(
+            r.backends[0].no_endpoints_status(),
+            http::StatusCode::SERVICE_UNAVAILABLE
+        );
+        let _ = cfg.to_json();
+    }
+
+    #[test]
+    fn invalid_gateway_values_are_refused_with_the_resource() {
+        use v1::route_filter::Kind as F;
+        let bad = [
+            v1::Route {
+                direct_status: 200,
+                ..Default::default()
+            },
+            v1::Route {
+                backends: vec![v1::WeightedBackend {
+                    unavailable_status: 1000,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+            v1::Route {
+                filters: vec![v1::RouteFilter {
+                    kind: Some(F::RequestRedirect(v1::RequestRedirect {
+                        port: 70_000,
+                        ..Default::default()
+                    })),
+                }],
+                ..Default::default()
+            },
+            v1::Route {
+                filters: vec![v1::RouteFilter {
+                    kind: Some(F::UrlRewrite(v1::UrlRewrite {
+                        hostname: "host:80".into(),
+                        path: None,
+                    })),
+                }],
+                ..Default::default()
+            },
+            v1::Route {
+                filters: vec![v1::RouteFilter {
+                    kind: Some(F::UrlRewrite(v1::UrlRewrite {
+                        hostname: String::new(),
+                        path: Some(v1::PathModifier {
+                            kind: Some(v1::path_modifier::Kind::ReplacePrefixMatch("/x".into())),
+                            matched_prefix: String::new(),
+                        }),
+                    })),
+                }],
+                ..Default::default()
+            },
+        ];
+        for route in bad {
+            match Config::from_resources("v", &gateway_service(route.clone())) {
+                Err(e @ ConfigError::InvalidRoute { .. }) => {
+                    assert_eq!(e.resource(), "outbound:api.demo")
+                }
+                other => panic!("{route:?}: {other:?}"),
+            }
+        }
     }
 }

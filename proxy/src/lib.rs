@@ -7,6 +7,7 @@ pub mod balance;
 pub mod config;
 pub mod control;
 pub mod control_tls;
+pub mod filter;
 pub mod http;
 pub mod identity;
 pub mod inbound;

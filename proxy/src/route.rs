@@ -17,6 +17,8 @@ use crate::config::{
 pub struct RequestInfo<'a> {
     pub method: &'a Method,
     pub path: &'a str,
+    /// The raw query (after `?`), if any.
+    pub query: Option<&'a str>,
     pub headers: &'a HeaderMap,
 }
 
@@ -25,6 +27,7 @@ impl<'a> RequestInfo<'a> {
         RequestInfo {
             method: req.method(),
             path: req.uri().path(),
+            query: req.uri().query(),
             headers: req.headers(),
         }
     }
@@ -52,7 +55,50 @@ pub fn http_match(m: &HttpMatch, req: &RequestInfo<'_>) -> bool {
     m.headers.iter().all(|h| {
         let mut values = req.headers.get_all(&h.name).iter().peekable();
         values.peek().is_some() && values.all(|v| v.to_str().is_ok_and(|v| h.value.is_match(v)))
-    })
+    }) && m
+        .query_params
+        .iter()
+        .all(|q| query_param(req.query, &q.name).is_some_and(|v| q.value.is_match(&v)))
+}
+
+/// The percent-decoded value of the first occurrence of `name` in `query` (Gateway API: when a
+/// query repeats a name, the first one counts). Names are compared exactly after decoding; a
+/// parameter without `=` has the empty value. `None` when absent, or when the name's first
+/// occurrence does not decode to UTF-8 (or has an invalid escape): such a condition never
+/// holds. `+` is not decoded (RFC 3986 query, not form encoding).
+pub fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<Cow<'q, str>> {
+    for pair in query?.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if percent_decode(k).is_some_and(|k| k == name) {
+            return percent_decode(v);
+        }
+    }
+    None
+}
+
+/// Decodes `%XX` escapes; `None` for an invalid escape or a result that is not UTF-8.
+/// Borrows when there is nothing to decode.
+pub fn percent_decode(s: &str) -> Option<Cow<'_, str>> {
+    if !s.contains('%') {
+        return Some(Cow::Borrowed(s));
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok().map(Cow::Owned)
 }
 
 /// Matches are OR'ed; an empty list matches everything.
@@ -423,9 +469,49 @@ mod tests {
             &RequestInfo {
                 method: &method,
                 path: &path,
+                query: None,
                 headers: &headers,
             },
         )
+    }
+
+    #[test]
+    fn query_params_first_occurrence_decoded_whole_value() {
+        let proto = weft_proxy_api::v1::HttpMatch {
+            name: "q".into(),
+            query_params: vec![weft_proxy_api::v1::QueryParamMatch {
+                name: "animal".into(),
+                value_regex: "whale|dol phin".into(),
+            }],
+            ..Default::default()
+        };
+        let mt = HttpMatch::from_proto("test", &proto).unwrap_or_else(|e| panic!("{e}"));
+        let (method, path, headers) = req("GET", "/", &[]);
+        let with = |query: Option<&str>| {
+            http_match(
+                &mt,
+                &RequestInfo {
+                    method: &method,
+                    path: &path,
+                    query,
+                    headers: &headers,
+                },
+            )
+        };
+        assert!(with(Some("animal=whale")));
+        assert!(with(Some("x=1&animal=whale&y")));
+        assert!(with(Some("animal=dol%20phin")));
+        assert!(with(Some("%61nimal=whale")));
+        // Whole value, exact name, first occurrence only.
+        assert!(!with(Some("animal=whales")));
+        assert!(!with(Some("Animal=whale")));
+        assert!(!with(Some("animal=dog&animal=whale")));
+        assert!(!with(Some("animal")));
+        assert!(!with(Some("animal=%zzwhale")));
+        assert!(!with(Some("animal=%ff")));
+        assert!(!with(None));
+        assert_eq!(query_param(Some("a=%2B+1"), "a").as_deref(), Some("++1"));
+        assert_eq!(query_param(Some("a=%+1"), "a"), None);
     }
 
     #[test]
@@ -532,6 +618,8 @@ mod tests {
             endpoint_set: Arc::from(""),
             endpoints: Arc::new(EndpointSet::default()),
             unavailable: None,
+            unavailable_status: http::StatusCode::SERVICE_UNAVAILABLE,
+            filters: vec![],
         }
     }
 
@@ -542,6 +630,9 @@ mod tests {
             matches,
             backends,
             total_weight,
+            filters: vec![],
+            direct_status: None,
+            timeouts: None,
         }
     }
 
@@ -568,6 +659,7 @@ mod tests {
             let info = RequestInfo {
                 method: &method,
                 path: &path,
+                query: None,
                 headers: &headers,
             };
             select_route(&routes, &info).map(|r| r.name.to_string())
@@ -742,6 +834,7 @@ mod tests {
             &RequestInfo {
                 method: &method,
                 path: &path,
+                query: None,
                 headers: &headers,
             },
         )
@@ -827,6 +920,7 @@ mod tests {
                 &RequestInfo {
                     method: &method,
                     path: &path,
+                    query: None,
                     headers: &headers,
                 },
             )

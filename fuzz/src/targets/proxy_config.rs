@@ -6,8 +6,10 @@
 //! - nothing panics (decoding, applying, converting, `/config` JSON);
 //! - a resource set with an invalid value (a port of 0 or over 65535, an IP that is not 4 or
 //!   16 bytes, a regex that does not compile, an invalid method or header name, a resource
-//!   without a kind, two inbound policies, the same inbound port twice) is rejected with an
-//!   error naming a resource of the set: never accepted, never half-applied;
+//!   without a kind, two inbound policies, the same inbound port twice; a query-parameter regex
+//!   that does not compile, a route filter of no kind, an invalid filter header, an unknown
+//!   redirect status or scheme, a direct or unavailable status outside 400..=599) is rejected
+//!   with an error naming a resource of the set: never accepted, never half-applied;
 //! - what is accepted is what was sent: every inbound port, its restriction and its
 //!   authorizations; an unknown default policy is deny (fail closed);
 //! - a rejected response leaves the client state unchanged.
@@ -73,6 +75,8 @@ fn variant(e: &weft_proxy::config::ConfigError) -> &'static str {
         E::InvalidIp { .. } => "InvalidIp",
         E::InvalidPort { .. } => "InvalidPort",
         E::DuplicateInbound { .. } => "DuplicateInbound",
+        E::InvalidQueryRegex { .. } => "InvalidQueryRegex",
+        E::InvalidRoute { .. } => "InvalidRoute",
         #[allow(unreachable_patterns)]
         _ => "other",
     }
@@ -103,6 +107,58 @@ fn match_problems(m: &v1::HttpMatch, out: &mut Vec<String>) {
         }
         if compile_header_regex(&h.value_regex).is_err() {
             out.push(format!("header regex {:?}", h.value_regex));
+        }
+    }
+    for q in &m.query_params {
+        if compile_header_regex(&q.value_regex).is_err() {
+            out.push(format!("query regex {:?}", q.value_regex));
+        }
+    }
+}
+
+/// A status the proxy answers itself: 0 (the default) or 400..=599.
+fn valid_answer_status(code: u32) -> bool {
+    code == 0 || (400..=599).contains(&code)
+}
+
+fn header_modifier_problems(m: &v1::HeaderModifier, out: &mut Vec<String>) {
+    for h in m.set.iter().chain(&m.add) {
+        if http::HeaderName::from_bytes(h.name.to_ascii_lowercase().as_bytes()).is_err() {
+            out.push(format!("filter header name {:?}", h.name));
+        }
+        if http::HeaderValue::from_str(&h.value).is_err() {
+            out.push(format!("filter header value {:?}", h.value));
+        }
+    }
+    for n in &m.remove {
+        if http::HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes()).is_err() {
+            out.push(format!("filter header name {n:?}"));
+        }
+    }
+}
+
+/// The Gateway API filter values the proxy must refuse (a subset: hostnames and paths are
+/// checked by the proxy only).
+fn filter_problems(filters: &[v1::RouteFilter], out: &mut Vec<String>) {
+    use v1::route_filter::Kind;
+    for f in filters {
+        match &f.kind {
+            None => out.push("filter of no kind".to_string()),
+            Some(Kind::RequestHeaderModifier(m) | Kind::ResponseHeaderModifier(m)) => {
+                header_modifier_problems(m, out)
+            }
+            Some(Kind::RequestRedirect(r)) => {
+                if ![0, 301, 302, 303, 307, 308].contains(&r.status_code) {
+                    out.push(format!("redirect status {}", r.status_code));
+                }
+                if !["", "http", "https"].contains(&r.scheme.as_str()) {
+                    out.push(format!("redirect scheme {:?}", r.scheme));
+                }
+                if r.port > 65535 {
+                    out.push(format!("redirect port {}", r.port));
+                }
+            }
+            Some(Kind::UrlRewrite(_)) => {}
         }
     }
 }
@@ -145,6 +201,16 @@ pub fn problems(resources: &BTreeMap<String, v1::Resource>) -> Vec<String> {
                     for route in &port.routes {
                         for m in &route.matches {
                             match_problems(m, &mut out);
+                        }
+                        filter_problems(&route.filters, &mut out);
+                        if !valid_answer_status(route.direct_status) {
+                            out.push(format!("direct status {}", route.direct_status));
+                        }
+                        for b in &route.backends {
+                            filter_problems(&b.filters, &mut out);
+                            if !valid_answer_status(b.unavailable_status) {
+                                out.push(format!("unavailable status {}", b.unavailable_status));
+                            }
                         }
                     }
                 }
@@ -287,6 +353,12 @@ pub fn run(data: &[u8], f: &mut Features) {
                             "route",
                             route.matches.len().min(3),
                             route.backends.len().min(3),
+                        ));
+                        f.hit((
+                            "gateway",
+                            route.filters.len().min(3),
+                            route.direct_status != 0,
+                            route.timeouts.is_some(),
                         ));
                     }
                 }

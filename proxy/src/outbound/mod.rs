@@ -32,6 +32,7 @@ use weft_common::reliability::MAX_RETRY_BODY_BYTES;
 
 use crate::accrual::{self, Outcome};
 use crate::config::{Backend, Config, Endpoint, OutboundService, Protocol, TrafficPolicy};
+use crate::filter;
 use crate::http::deadline;
 use crate::http::upgrade::{self, Splice};
 use crate::http::{self as h, Body, PlainClients};
@@ -346,6 +347,40 @@ async fn handle_request(
             &format!("no route of {} matches the request", svc.authority),
         );
     };
+    let route_labels = || Labels {
+        authority: (&svc.authority).into(),
+        route: (&route.name).into(),
+        backend: LabelValue::EMPTY,
+    };
+    if let Some(status) = route.direct_status {
+        let rsp = shed::refuse(
+            status,
+            NO_ROUTE,
+            &format!(
+                "route {} of {} answers every request it takes with {status}; nothing sent",
+                route.name, svc.authority
+            ),
+        );
+        record(shared, &route_labels(), None, rsp.status(), started);
+        return rsp;
+    }
+    // The route's timeouts replace the service's; the client's own deadline still bounds both.
+    let (request_timeout, per_try_timeout) = match route.timeouts {
+        Some(t) => (t.request, t.backend_request),
+        None => (svc.policy.request_timeout, svc.policy.per_try_timeout),
+    };
+    let deadline = Deadline::of(req.headers(), request_timeout, started);
+    // Filters are applied once, here: every attempt (retries included) sends the same request.
+    let received = filter::Received {
+        service_port: port.port,
+    };
+    if !route.filters.is_empty() {
+        if let Some(mut rsp) = filter::apply_request(&route.filters, &mut req, received) {
+            filter::apply_response(&route.filters, rsp.headers_mut());
+            record(shared, &route_labels(), None, rsp.status(), started);
+            return rsp;
+        }
+    }
     let Some(backend) = route::choose_backend(route) else {
         let labels = Labels {
             authority: (&svc.authority).into(),
@@ -377,7 +412,18 @@ async fn handle_request(
         route: (&route.name).into(),
         backend: (&backend.service).into(),
     };
-    let deadline = Deadline::of(req.headers(), &svc.policy, started);
+    // The client sees the backend's response edits, then the route's.
+    let respond = |mut rsp: Response<Body>, peer: Option<Arc<str>>| {
+        filter::apply_response(&backend.filters, rsp.headers_mut());
+        filter::apply_response(&route.filters, rsp.headers_mut());
+        record(shared, &labels, peer, rsp.status(), started);
+        rsp
+    };
+    if !backend.filters.is_empty() {
+        if let Some(rsp) = filter::apply_request(&backend.filters, &mut req, received) {
+            return respond(rsp, None);
+        }
+    }
     let policy = &svc.policy;
     let wait = deadline
         .left(Instant::now())
@@ -411,17 +457,33 @@ async fn handle_request(
                 ),
             };
             let rsp = shed::refuse(StatusCode::SERVICE_UNAVAILABLE, why.reason(), &message);
-            record(shared, &labels, None, rsp.status(), started);
-            return rsp;
+            return respond(rsp, None);
         }
     };
     let (rsp, peer) = if upgrade::wants_upgrade(&req) {
-        forward_upgrade(shared, req, svc, backend).await
+        let timeout = request_timeout.unwrap_or(upgrade::HANDSHAKE_TIMEOUT);
+        forward_upgrade(shared, req, svc, backend, timeout).await
     } else {
-        forward(shared, req, svc, backend, app_h2, &labels, deadline).await
+        let attempt = Attempts {
+            app_h2,
+            deadline,
+            per_try_timeout,
+        };
+        forward(shared, req, svc, backend, &labels, attempt).await
     };
-    record(shared, &labels, peer, rsp.status(), started);
-    rsp
+    respond(rsp, peer)
+}
+
+/// The `weft-reason` of a route's direct answer (`direct_status`).
+pub const NO_ROUTE: &str = "no-route";
+
+/// How the attempts of one request are sent.
+#[derive(Clone, Copy, Debug)]
+struct Attempts {
+    app_h2: bool,
+    deadline: Deadline,
+    /// Each attempt's own limit (the route's `backend_request_ms`, else the service's).
+    per_try_timeout: Option<Duration>,
 }
 
 fn idempotent(m: &Method) -> bool {
@@ -582,9 +644,9 @@ struct Deadline {
 }
 
 impl Deadline {
-    fn of(headers: &http::HeaderMap, policy: &TrafficPolicy, received: Instant) -> Self {
+    fn of(headers: &http::HeaderMap, timeout: Option<Duration>, received: Instant) -> Self {
         let client = deadline::remaining(headers);
-        let limit = deadline::effective(headers, policy.request_timeout);
+        let limit = deadline::effective(headers, timeout);
         Deadline {
             received,
             at: limit.and_then(|d| received.checked_add(d)),
@@ -605,7 +667,7 @@ fn deadline_exceeded(shared: &Shared, svc: &OutboundService, received: Instant) 
         StatusCode::GATEWAY_TIMEOUT,
         "deadline",
         &format!(
-            "{}: the request's deadline passed after {} ms (weft-timeout-ms, grpc-timeout or weft.io/timeout)",
+            "{}: the request's deadline passed after {} ms (weft-timeout-ms, grpc-timeout, weft.io/timeout or the route's timeouts)",
             svc.authority,
             received.elapsed().as_millis()
         ),
@@ -620,10 +682,14 @@ async fn forward(
     req: Request<Incoming>,
     svc: &OutboundService,
     backend: &Backend,
-    app_h2: bool,
     labels: &Labels,
-    deadline: Deadline,
+    how: Attempts,
 ) -> (Response<Body>, Option<Arc<str>>) {
+    let Attempts {
+        app_h2,
+        deadline,
+        per_try_timeout,
+    } = how;
     let received = deadline.received;
     let policy = &svc.policy;
     let attempts = async {
@@ -650,7 +716,7 @@ async fn forward(
                     None,
                 );
             };
-            let limit = match (left, policy.per_try_timeout) {
+            let limit = match (left, per_try_timeout) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
@@ -710,7 +776,7 @@ async fn forward(
 /// The 503 for a backend with no endpoints (or one the operator could not resolve: its reason).
 fn no_endpoints(backend: &Backend) -> Response<Body> {
     h::error(
-        StatusCode::SERVICE_UNAVAILABLE,
+        backend.no_endpoints_status(),
         &backend.no_endpoints_reason(),
     )
 }
@@ -989,6 +1055,7 @@ async fn forward_upgrade(
     mut req: Request<Incoming>,
     svc: &OutboundService,
     backend: &Backend,
+    timeout: Duration,
 ) -> (Response<Body>, Option<Arc<str>>) {
     let picked = pick::pick(
         backend,
@@ -1009,10 +1076,6 @@ async fn forward_upgrade(
     let mut req = Request::from_parts(head, h::boxed(body));
     upgrade::set_origin_form(&mut req);
 
-    let timeout = svc
-        .policy
-        .request_timeout
-        .unwrap_or(upgrade::HANDSHAKE_TIMEOUT);
     let started = Instant::now();
     let attempt = async {
         let _in_flight = ep.load.start();
