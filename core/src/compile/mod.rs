@@ -646,19 +646,18 @@ impl Compiler {
                 }
                 Kind::HTTPRoute | Kind::GRPCRoute => {
                     d.routes.insert(key.clone());
-                    let parents: BTreeSet<ObjectRef> = self
-                        .gateway_parents
-                        .get(key)
-                        .into_iter()
-                        .flatten()
-                        .cloned()
-                        .chain(
-                            model
-                                .gateway_route(key)
-                                .into_iter()
-                                .flat_map(|g| g.service_parents().into_iter().map(|p| p.service)),
-                        )
-                        .collect();
+                    let parents: BTreeSet<ObjectRef> =
+                        self.gateway_parents
+                            .get(key)
+                            .into_iter()
+                            .flatten()
+                            .cloned()
+                            .chain(
+                                model.gateway_route(key).into_iter().flat_map(|g| {
+                                    g.service_parents().into_iter().map(|p| p.service)
+                                }),
+                            )
+                            .collect();
                     for p in parents {
                         // Of an HTTPRoute and a GRPCRoute on the same port only one is in force:
                         // the other routes on its parents may change status.

@@ -110,17 +110,10 @@ fn method_path(
         }
         (false, Some(s), Some(m)) => (P::Exact, format!("/{s}/{m}")),
         (false, Some(s), None) => (P::PathPrefix, format!("/{s}/")),
-        (false, None, Some(m)) => (
-            P::RegularExpression,
-            format!("/[^/]+/{}", regex::escape(m)),
-        ),
+        (false, None, Some(m)) => (P::RegularExpression, format!("/[^/]+/{}", regex::escape(m))),
         (true, s, m) => (
             P::RegularExpression,
-            format!(
-                "/(?:{})/(?:{})",
-                s.unwrap_or("[^/]+"),
-                m.unwrap_or("[^/]+")
-            ),
+            format!("/(?:{})/(?:{})", s.unwrap_or("[^/]+"), m.unwrap_or("[^/]+")),
         ),
     };
     Ok(gw::HttpRouteRulesMatchesPath {
@@ -161,7 +154,11 @@ mod tests {
             .map(|m| {
                 let p = m.path.clone().unwrap_or_default();
                 (
-                    format!("{:?}", p.r#type.unwrap_or(gw::HttpRouteRulesMatchesPathType::PathPrefix)),
+                    format!(
+                        "{:?}",
+                        p.r#type
+                            .unwrap_or(gw::HttpRouteRulesMatchesPathType::PathPrefix)
+                    ),
                     p.value.unwrap_or_default(),
                 )
             })
@@ -210,13 +207,22 @@ mod tests {
         let h = &rule.matches.as_ref().unwrap()[5].headers.as_ref().unwrap()[0];
         assert_eq!((h.name.as_str(), h.value.as_str()), ("x-tenant", "a"));
         let b = &rule.backend_refs.as_ref().unwrap()[0];
-        assert_eq!((b.name.as_str(), b.port, b.weight), ("echo-v2", Some(7070), Some(3)));
+        assert_eq!(
+            (b.name.as_str(), b.port, b.weight),
+            ("echo-v2", Some(7070), Some(3))
+        );
         let f = &rule.filters.as_ref().unwrap()[0];
         assert_eq!(
             f.r#type,
             gw::HttpRouteRulesFiltersType::RequestHeaderModifier
         );
-        let set = f.request_header_modifier.as_ref().unwrap().set.as_ref().unwrap();
+        let set = f
+            .request_header_modifier
+            .as_ref()
+            .unwrap()
+            .set
+            .as_ref()
+            .unwrap();
         assert_eq!(set[0].name, "x-a");
         let p = &r.spec.parent_refs.as_ref().unwrap()[0];
         assert_eq!(
@@ -250,6 +256,9 @@ mod tests {
             "{HEAD}spec:\n  rules:\n  - matches: [{{method: {{type: Exact}}}}]\n"
         )))
         .unwrap_err();
-        assert!(e.to_string().contains("spec.rules[0].matches[0].method"), "{e}");
+        assert!(
+            e.to_string().contains("spec.rules[0].matches[0].method"),
+            "{e}"
+        );
     }
 }

@@ -757,7 +757,9 @@ impl Model {
 
     /// Every HTTPRoute, then every GRPCRoute.
     pub fn all_gateway_routes(&self) -> impl Iterator<Item = &Arc<HttpRoute>> {
-        self.gateway_routes.values().chain(self.grpc_routes.values())
+        self.gateway_routes
+            .values()
+            .chain(self.grpc_routes.values())
     }
 
     /// Every Service named as a parent by some HTTPRoute or GRPCRoute.

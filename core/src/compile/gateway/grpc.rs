@@ -32,10 +32,7 @@ fn kind_carried(kind: RouteKind, p: Protocol) -> bool {
 }
 
 fn port_protocol_of(svc: &Service, port: u16, port_protocol: PortProtocol) -> Option<Protocol> {
-    svc.ports
-        .iter()
-        .find(|p| p.port == port)
-        .map(port_protocol)
+    svc.ports.iter().find(|p| p.port == port).map(port_protocol)
 }
 
 /// Which route wins a port between two routes: the older, then the name that sorts first, then
