@@ -3,9 +3,11 @@
 //! `status.parents[]` (Accepted, ResolvedRefs, observedGeneration, controllerName) by
 //! server-side apply with field manager `weft`; a GRPCRoute on an HTTP/1 port is refused.
 //!
-//! The e2e API server (1.20) refuses CRDs with `x-kubernetes-validations` (CEL, Kubernetes
-//! 1.25+), so the CRD is applied with those keys removed ([`strip_cel`]); nothing else of it
-//! changes. Needs `cargo build -p weft-operator --bins` first. Run it under
+//! The e2e API server (1.20) refuses two things of the upstream CRD: `x-kubernetes-validations`
+//! (CEL, Kubernetes 1.25+) and `default: ""` (it reads the empty string as `null`, "must be of
+//! type string"), so the CRD is applied with those keys removed ([`for_old_apiserver`]; the
+//! three empty defaults are backendRef `group`s, where absent means the same). Nothing else of
+//! it changes. Needs `cargo build -p weft-operator --bins` first. Run it under
 //! `flock /tmp/weft-kube-e2e.lock`.
 
 use std::time::Duration;
@@ -23,16 +25,20 @@ const NS: &str = "e2e";
 const LIMIT: Duration = Duration::from_secs(30);
 const CONTROLLER: &str = "weft.io/mesh-controller";
 
-/// Removes every `x-kubernetes-validations` key (CEL rules) from a CRD, recursively.
-fn strip_cel(v: &mut Value) {
+/// Removes every `x-kubernetes-validations` key (CEL rules) and every `default: ""` from a CRD,
+/// recursively.
+fn for_old_apiserver(v: &mut Value) {
     match v {
         Value::Object(map) => {
             map.remove("x-kubernetes-validations");
+            if map.get("default") == Some(&json!("")) {
+                map.remove("default");
+            }
             for x in map.values_mut() {
-                strip_cel(x);
+                for_old_apiserver(x);
             }
         }
-        Value::Array(items) => items.iter_mut().for_each(strip_cel),
+        Value::Array(items) => items.iter_mut().for_each(for_old_apiserver),
         _ => {}
     }
 }
@@ -44,7 +50,7 @@ async fn install_grpcroute_crd(client: &kube::Client) {
     )
     .unwrap();
     let mut crd: Value = serde_yaml::from_str(&text).unwrap();
-    strip_cel(&mut crd);
+    for_old_apiserver(&mut crd);
     assert!(!crd.to_string().contains("x-kubernetes-validations"));
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let name = "grpcroutes.gateway.networking.k8s.io";
