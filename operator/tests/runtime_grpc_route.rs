@@ -29,8 +29,11 @@ spec:
     )
 }
 
-/// (path regexes, backends) of the GRPCRoute's route of `outbound:web.demo`, if sent.
-fn grpc_rule(r: &v1::DiscoveryResponse) -> Option<(Vec<String>, Vec<(String, u64)>)> {
+/// (path regexes, backends as (service, weight)) of a route.
+type Rule = (Vec<String>, Vec<(String, u64)>);
+
+/// The GRPCRoute's route of `outbound:web.demo`, if sent.
+fn grpc_rule(r: &v1::DiscoveryResponse) -> Option<Rule> {
     let res = r.resources.iter().find(|x| x.name == "outbound:web.demo")?;
     let Some(v1::resource::Kind::Outbound(out)) = &res.kind else {
         return None;
