@@ -265,7 +265,7 @@ fn matches_of_an_older_route_win_ties() {
         vec![
             "httproute:demo/older/rule-0".to_string(),
             "httproute:demo/newer/rule-0".to_string(),
-            "httproute:no-match".to_string(),
+            "gateway:no-match".to_string(),
         ]
     );
 }
@@ -325,7 +325,7 @@ fn a_rule_without_backend_refs_sends_to_the_parent() {
     assert_eq!(r[0].backends[0].service, "echo");
     assert_eq!(r[0].backends[0].endpoint_set, "endpoints:echo.demo:80");
     // No catch-all: a request matching no rule gets the spec's 404 from the proxy itself.
-    assert_eq!(r[1].name, "httproute:no-match");
+    assert_eq!(r[1].name, "gateway:no-match");
     assert_eq!(r[1].direct_status, 404);
     assert!(r[1].matches.is_empty() && r[1].backends.is_empty());
 }
@@ -721,7 +721,7 @@ fn rewrites_and_redirects_carry_the_prefix_of_each_match() {
             ("httproute:demo/rw/moved", redirect.as_slice()),
             ("httproute:demo/rw/rule-0", rewrite("/legacy").as_slice()),
             ("httproute:demo/rw/rule-0", rewrite("/old").as_slice()),
-            ("httproute:no-match", &[][..]),
+            ("gateway:no-match", &[][..]),
         ]
     );
     assert_eq!(r[3].direct_status, 404);
@@ -810,7 +810,7 @@ fn query_param_matches_compile_and_count_in_precedence() {
         vec![
             "httproute:demo/q/two",
             "httproute:demo/q/one",
-            "httproute:no-match"
+            "gateway:no-match"
         ],
         "more query parameter matches first"
     );
@@ -1038,7 +1038,7 @@ fn a_consumer_route_applies_to_its_namespace_only_and_wins_there() {
     assert_eq!(name, "outbound:echo.demo@client");
     assert_eq!(
         first_route_names(&o),
-        vec!["httproute:client/mine/rule-0", "httproute:no-match"]
+        vec!["httproute:client/mine/rule-0", "gateway:no-match"]
     );
     // A backendRef of a consumer route resolves in the route's namespace.
     assert_eq!(o.ports[0].routes[0].backends[0].service, "client/echo-v2");

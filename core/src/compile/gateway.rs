@@ -22,6 +22,8 @@ use weft_smi::status::{ACCEPTED, RESOLVED_REFS};
 
 use super::rules;
 use super::types::*;
+
+mod grpc;
 use crate::model::gateway::{is_core_group, HttpRoute, ServiceParent};
 use crate::model::{Model, ObjectRef, Service, ServicePort};
 use crate::reason::Reason;
@@ -797,7 +799,8 @@ pub fn analyze_route(route: &HttpRoute) -> RouteAnalysis {
             .clone()
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| format!("rule-{i}"));
-        let name = format!("httproute:{}/{}/{rule_name}", ns, route.meta.name);
+        let prefix = route.kind.route_name_prefix();
+        let name = format!("{prefix}:{}/{}/{rule_name}", ns, route.meta.name);
         let matches: Vec<CompiledMatch> = match &rule.matches {
             Some(ms) if !ms.is_empty() => ms
                 .iter()
@@ -914,6 +917,9 @@ pub fn analyze_parent(
             format!("Service {svc_ref} does not exist"),
         )),
     };
+    if out.accepted.is_ok() {
+        out.accepted = grpc::kind_ports(model, route, parent, port_protocol, &mut out.ports);
+    }
     if out.accepted.is_ok() {
         if let Some((reason, _)) = analysis.problems.first() {
             out.accepted = Err((
@@ -1048,7 +1054,7 @@ pub const GATEWAY_UNAVAILABLE_STATUS: u16 = 500;
 pub const NO_MATCH_STATUS: u16 = 404;
 
 /// The name of the route that answers [`NO_MATCH_STATUS`].
-pub const NO_MATCH_ROUTE: &str = "httproute:no-match";
+pub const NO_MATCH_ROUTE: &str = "gateway:no-match";
 
 /// Which routes attached to a Service are read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1119,8 +1125,8 @@ pub(crate) fn outbound_routes(
     };
     let mut routes: Vec<&HttpRoute> = model
         .gateway_routes_for_parent(apex)
-        .filter(|r| r.namespace == route_ns)
-        .filter_map(|r| model.gateway_routes.get(r))
+        .filter(|k| k.namespace == route_ns)
+        .filter_map(|k| model.gateway_route(k))
         .map(|r| r.as_ref())
         .collect();
     routes.sort_by(|a, b| rules::split_order(&a.meta, &b.meta));

@@ -519,7 +519,8 @@ pub struct Compiler {
     target_dest: BTreeMap<ObjectRef, ObjectRef>,
     group_service: BTreeMap<ObjectKey, ObjectRef>,
     pod_ip: BTreeMap<ObjectRef, IpAddr>,
-    gateway_parents: BTreeMap<ObjectRef, Vec<ObjectRef>>,
+    /// Parent Services of each HTTPRoute and GRPCRoute, by route key.
+    gateway_parents: BTreeMap<ObjectKey, Vec<ObjectRef>>,
     // Gateway API consumer variants: by consumer namespace, by Service; and the consumer
     // namespaces each Service has variants for.
     consumer_variants: BTreeMap<String, BTreeMap<ObjectRef, Arc<VersionedResource>>>,
@@ -577,12 +578,9 @@ impl Compiler {
                 .keys()
                 .map(|r| ObjectKey::new(Kind::HTTPRouteGroup, r.namespace.clone(), r.name.clone())),
         );
-        dirty.routes.extend(
-            model
-                .gateway_routes
-                .keys()
-                .map(|r| ObjectKey::new(Kind::HTTPRoute, r.namespace.clone(), r.name.clone())),
-        );
+        dirty
+            .routes
+            .extend(model.all_gateway_routes().map(|r| r.key()));
         let out = self.apply(model, dirty);
         self.record_pointers(model, None);
         self.stats.full = true;
@@ -679,19 +677,30 @@ impl Compiler {
                     for apex in apexes {
                         // An HTTPRoute's status names the splits it overrides.
                         d.routes
-                            .extend(model.gateway_routes_for_parent(&apex).map(|g| {
-                                ObjectKey::new(Kind::HTTPRoute, g.namespace.clone(), g.name.clone())
-                            }));
+                            .extend(model.gateway_routes_for_parent(&apex).cloned());
                         d.outbound.insert(apex);
                     }
                 }
-                Kind::HTTPRoute => {
+                Kind::HTTPRoute | Kind::GRPCRoute => {
                     d.routes.insert(key.clone());
-                    d.outbound
-                        .extend(self.gateway_parents.get(&r).into_iter().flatten().cloned());
-                    if let Some(g) = model.gateway_routes.get(&r) {
-                        d.outbound
-                            .extend(g.service_parents().into_iter().map(|p| p.service));
+                    let parents: BTreeSet<ObjectRef> =
+                        self.gateway_parents
+                            .get(key)
+                            .into_iter()
+                            .flatten()
+                            .cloned()
+                            .chain(
+                                model.gateway_route(key).into_iter().flat_map(|g| {
+                                    g.service_parents().into_iter().map(|p| p.service)
+                                }),
+                            )
+                            .collect();
+                    for p in parents {
+                        // Of an HTTPRoute and a GRPCRoute on the same port only one is in force:
+                        // the other routes on its parents may change status.
+                        d.routes
+                            .extend(model.gateway_routes_for_parent(&p).cloned());
+                        d.outbound.insert(p);
                     }
                 }
                 Kind::TrafficTarget => {
@@ -754,9 +763,7 @@ impl Compiler {
                             ObjectKey::new(Kind::TrafficTarget, r.namespace.clone(), r.name.clone())
                         }))
                         .chain(model.endpoint_groups.keys().cloned())
-                        .chain(model.gateway_routes.keys().map(|r| {
-                            ObjectKey::new(Kind::HTTPRoute, r.namespace.clone(), r.name.clone())
-                        }))
+                        .chain(model.all_gateway_routes().map(|r| r.key()))
                         .chain(model.pods.keys().map(|r| {
                             ObjectKey::new(Kind::Pod, r.namespace.clone(), r.name.clone())
                         }))
@@ -800,13 +807,13 @@ impl Compiler {
                         }
                     }
                 }
-                Kind::HTTPRoute => match model.gateway_routes.get(&r) {
+                Kind::HTTPRoute | Kind::GRPCRoute => match model.gateway_route(key) {
                     Some(g) => {
                         let parents = g.service_parents().into_iter().map(|p| p.service).collect();
-                        self.gateway_parents.insert(r, parents);
+                        self.gateway_parents.insert(key.clone(), parents);
                     }
                     None => {
-                        self.gateway_parents.remove(&r);
+                        self.gateway_parents.remove(key);
                     }
                 },
                 Kind::Pod => match model.pods.get(&r).and_then(|p| p.ip) {
@@ -957,8 +964,8 @@ impl Compiler {
                     }
                 }
             }
-            for key in d.routes.iter().filter(|k| k.kind == Kind::HTTPRoute) {
-                match model.gateway_routes.get(&key.object_ref()) {
+            for key in d.routes.iter().filter(|k| k.kind.is_gateway_api()) {
+                match model.gateway_route(key) {
                     Some(route) => {
                         let parents =
                             gateway::route_status(model, route, units::service_port_protocol);
@@ -969,7 +976,7 @@ impl Compiler {
                     }
                 }
             }
-            for key in d.routes.iter().filter(|k| k.kind != Kind::HTTPRoute) {
+            for key in d.routes.iter().filter(|k| !k.kind.is_gateway_api()) {
                 let (conds, evs) = units::route_status(key, model);
                 if conds.is_empty() {
                     cow_remove(statuses, key);
@@ -1118,13 +1125,12 @@ impl Compiler {
     }
 }
 
-/// HTTPRoutes whose status reads the Service (as parent or backend).
+/// HTTPRoutes and GRPCRoutes whose status reads the Service (as parent or backend).
 fn gateway_routes_reading(model: &Model, svc: &ObjectRef) -> Vec<ObjectKey> {
     model
-        .gateway_routes
-        .iter()
-        .filter(|(_, g)| gateway::reads_service(g, svc))
-        .map(|(r, _)| ObjectKey::new(Kind::HTTPRoute, r.namespace.clone(), r.name.clone()))
+        .all_gateway_routes()
+        .filter(|g| gateway::reads_service(g, svc))
+        .map(|g| g.key())
         .collect()
 }
 

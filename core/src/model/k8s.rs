@@ -331,6 +331,10 @@ pub(super) fn from_value(value: &serde_json::Value) -> Result<ClusterObject, Mod
             super::gateway::from_gateway_http_route(&de(value.clone(), kind)?)
                 .map(ClusterObject::HttpRoute)
         }
+        (super::gateway::GROUP, "GRPCRoute") if api_version == super::gateway::API_VERSION => {
+            super::grpc::from_gateway_grpc_route(&de(value.clone(), kind)?)
+                .map(ClusterObject::HttpRoute)
+        }
         _ => Err(unsupported()),
     }
 }

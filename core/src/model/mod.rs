@@ -9,6 +9,7 @@
 //! find what a change affects without scanning the whole cluster.
 
 pub mod gateway;
+pub mod grpc;
 mod k8s;
 pub mod parse;
 
@@ -19,7 +20,8 @@ use std::sync::Arc;
 use serde::Serialize;
 use weft_smi::hub;
 
-pub use gateway::{from_gateway_http_route, HttpRoute, ServiceParent};
+pub use gateway::{from_gateway_http_route, HttpRoute, RouteKind, ServiceParent};
+pub use grpc::from_gateway_grpc_route;
 pub use k8s::{
     from_k8s_endpoint_slice, from_k8s_endpoints, from_k8s_namespace, from_k8s_pod,
     from_k8s_service, from_k8s_service_account,
@@ -75,6 +77,9 @@ pub enum Kind {
     UDPRoute,
     /// Gateway API `gateway.networking.k8s.io/v1` HTTPRoute (GAMMA: parentRefs naming Services).
     HTTPRoute,
+    /// Gateway API `gateway.networking.k8s.io/v1` GRPCRoute, held in the HTTPRoute form
+    /// ([`grpc`]).
+    GRPCRoute,
 }
 
 impl Kind {
@@ -92,12 +97,13 @@ impl Kind {
             Kind::TCPRoute => "TCPRoute",
             Kind::UDPRoute => "UDPRoute",
             Kind::HTTPRoute => "HTTPRoute",
+            Kind::GRPCRoute => "GRPCRoute",
         }
     }
 
     /// True for the Gateway API kinds (which get per-parent status).
     pub fn is_gateway_api(self) -> bool {
-        matches!(self, Kind::HTTPRoute)
+        matches!(self, Kind::HTTPRoute | Kind::GRPCRoute)
     }
 
     /// True for the SMI kinds (which get status conditions).
@@ -396,7 +402,7 @@ pub enum ClusterObject {
     /// An EndpointSlice or Endpoints (see [`EndpointGroup::source`]).
     Endpoints(EndpointGroup),
     Smi(hub::SmiObject),
-    /// A Gateway API HTTPRoute.
+    /// A Gateway API HTTPRoute, or a GRPCRoute in the HTTPRoute form ([`HttpRoute::kind`]).
     HttpRoute(HttpRoute),
 }
 
@@ -420,11 +426,7 @@ impl ClusterObject {
             }
             ClusterObject::Endpoints(e) => e.key(),
             ClusterObject::Smi(o) => smi_key(o),
-            ClusterObject::HttpRoute(r) => ObjectKey::new(
-                Kind::HTTPRoute,
-                r.meta.namespace.clone(),
-                r.meta.name.clone(),
-            ),
+            ClusterObject::HttpRoute(r) => r.key(),
         }
     }
 }
@@ -474,6 +476,9 @@ pub struct Model {
     pub udp_routes: BTreeMap<ObjectRef, hub::PortRoute>,
     /// Gateway API HTTPRoutes (`gateway.networking.k8s.io/v1`), by namespace/name.
     pub gateway_routes: BTreeMap<ObjectRef, Arc<HttpRoute>>,
+    /// Gateway API GRPCRoutes (`gateway.networking.k8s.io/v1`) in the HTTPRoute form, by
+    /// namespace/name (a separate map: a GRPCRoute may have an HTTPRoute's name).
+    pub grpc_routes: BTreeMap<ObjectRef, Arc<HttpRoute>>,
     /// When true, a service with no EndpointSlice/Endpoints gets endpoints derived from the
     /// ready pods its selector matches (as the endpoints controller would). Set by the
     /// manifests source; off for a real cluster, where the controller writes EndpointSlices.
@@ -484,7 +489,8 @@ pub struct Model {
     groups_by_service: BTreeMap<ObjectRef, BTreeSet<ObjectKey>>,
     splits_by_apex: BTreeMap<ObjectRef, BTreeSet<ObjectRef>>,
     targets_by_destination: BTreeMap<ObjectRef, BTreeSet<ObjectRef>>,
-    gateway_routes_by_parent: BTreeMap<ObjectRef, BTreeSet<ObjectRef>>,
+    /// HTTPRoutes and GRPCRoutes (keys of both kinds) by parent Service.
+    gateway_routes_by_parent: BTreeMap<ObjectRef, BTreeSet<ObjectKey>>,
 }
 
 impl Model {
@@ -565,15 +571,18 @@ impl Model {
                 }
             }
             ClusterObject::HttpRoute(route) => {
-                let r = key.object_ref();
                 for parent in route.service_parents() {
                     add_index(
                         &mut self.gateway_routes_by_parent,
                         parent.service,
-                        r.clone(),
+                        key.clone(),
                     );
                 }
-                self.gateway_routes.insert(r, Arc::new(route));
+                let map = match route.kind {
+                    RouteKind::Http => &mut self.gateway_routes,
+                    RouteKind::Grpc => &mut self.grpc_routes,
+                };
+                map.insert(key.object_ref(), Arc::new(route));
             }
         }
         key
@@ -630,15 +639,22 @@ impl Model {
             Kind::HTTPRouteGroup => self.http_routes.remove(&r).is_some(),
             Kind::TCPRoute => self.tcp_routes.remove(&r).is_some(),
             Kind::UDPRoute => self.udp_routes.remove(&r).is_some(),
-            Kind::HTTPRoute => match self.gateway_routes.remove(&r) {
-                Some(route) => {
-                    for parent in route.service_parents() {
-                        remove_index(&mut self.gateway_routes_by_parent, &parent.service, &r);
+            Kind::HTTPRoute | Kind::GRPCRoute => {
+                let map = if key.kind == Kind::GRPCRoute {
+                    &mut self.grpc_routes
+                } else {
+                    &mut self.gateway_routes
+                };
+                match map.remove(&r) {
+                    Some(route) => {
+                        for parent in route.service_parents() {
+                            remove_index(&mut self.gateway_routes_by_parent, &parent.service, key);
+                        }
+                        true
                     }
-                    true
+                    None => false,
                 }
-                None => false,
-            },
+            }
         }
     }
 
@@ -718,19 +734,35 @@ impl Model {
         self.splits_by_apex.keys()
     }
 
-    /// HTTPRoutes with a parentRef naming the Service (in any namespace: producer and consumer
-    /// routes alike), in namespace/name order.
+    /// HTTPRoutes and GRPCRoutes with a parentRef naming the Service (in any namespace:
+    /// producer and consumer routes alike), in kind, then namespace/name order.
     pub fn gateway_routes_for_parent(
         &self,
         service: &ObjectRef,
-    ) -> impl Iterator<Item = &ObjectRef> {
+    ) -> impl Iterator<Item = &ObjectKey> {
         self.gateway_routes_by_parent
             .get(service)
             .into_iter()
             .flatten()
     }
 
-    /// Every Service named as a parent by some HTTPRoute.
+    /// The HTTPRoute or GRPCRoute (in the HTTPRoute form) of a model key.
+    pub fn gateway_route(&self, key: &ObjectKey) -> Option<&Arc<HttpRoute>> {
+        match key.kind {
+            Kind::HTTPRoute => self.gateway_routes.get(&key.object_ref()),
+            Kind::GRPCRoute => self.grpc_routes.get(&key.object_ref()),
+            _ => None,
+        }
+    }
+
+    /// Every HTTPRoute, then every GRPCRoute.
+    pub fn all_gateway_routes(&self) -> impl Iterator<Item = &Arc<HttpRoute>> {
+        self.gateway_routes
+            .values()
+            .chain(self.grpc_routes.values())
+    }
+
+    /// Every Service named as a parent by some HTTPRoute or GRPCRoute.
     pub fn gateway_parents(&self) -> impl Iterator<Item = &ObjectRef> {
         self.gateway_routes_by_parent.keys()
     }

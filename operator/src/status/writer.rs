@@ -84,9 +84,16 @@ pub fn api_resource(api_version: &str, kind: &str) -> Result<ApiResource, Status
     let (group, version) = api_version
         .split_once('/')
         .ok_or_else(|| StatusError::ApiVersion(api_version.to_string()))?;
-    if group == weft_core::model::gateway::GROUP && kind == "HTTPRoute" {
-        let gvk = GroupVersionKind::gvk(group, version, kind);
-        return Ok(ApiResource::from_gvk_with_plural(&gvk, "httproutes"));
+    if group == weft_core::model::gateway::GROUP {
+        let plural = match kind {
+            "HTTPRoute" => Some("httproutes"),
+            "GRPCRoute" => Some("grpcroutes"),
+            _ => None,
+        };
+        if let Some(plural) = plural {
+            let gvk = GroupVersionKind::gvk(group, version, kind);
+            return Ok(ApiResource::from_gvk_with_plural(&gvk, plural));
+        }
     }
     let smi = weft_smi::kinds::by_kind(Some(group), kind).ok_or_else(|| StatusError::NotSmi {
         api_version: api_version.to_string(),
@@ -446,6 +453,14 @@ mod tests {
         assert_eq!(ar.version, "v1alpha4");
         let ar = api_resource("specs.smi-spec.io/v1alpha4", "HTTPRouteGroup").unwrap();
         assert_eq!(ar.plural, "httproutegroups");
+        let ar = api_resource("gateway.networking.k8s.io/v1", "GRPCRoute").unwrap();
+        assert_eq!(
+            (ar.plural.as_str(), ar.kind.as_str()),
+            ("grpcroutes", "GRPCRoute")
+        );
+        let ar = api_resource("gateway.networking.k8s.io/v1", "HTTPRoute").unwrap();
+        assert_eq!(ar.plural, "httproutes");
+        assert!(api_resource("gateway.networking.k8s.io/v1", "Gateway").is_err());
         assert!(api_resource("v1", "Pod").is_err());
     }
 

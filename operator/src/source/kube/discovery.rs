@@ -21,6 +21,8 @@ pub enum Watched {
     Smi(ApiResource),
     /// Gateway API `gateway.networking.k8s.io/v1` HTTPRoutes (when served at start).
     HttpRoutes,
+    /// Gateway API `gateway.networking.k8s.io/v1` GRPCRoutes (when served at start).
+    GrpcRoutes,
 }
 
 impl Watched {
@@ -34,12 +36,15 @@ impl Watched {
             Watched::Endpoints => "endpoints".into(),
             Watched::Smi(ar) => smi_watch_name(ar),
             Watched::HttpRoutes => HTTP_ROUTES_CRD.into(),
+            Watched::GrpcRoutes => GRPC_ROUTES_CRD.into(),
         }
     }
 }
 
 /// The name of the HTTPRoute CRD, and of its watcher.
 pub const HTTP_ROUTES_CRD: &str = "httproutes.gateway.networking.k8s.io";
+/// The name of the GRPCRoute CRD, and of its watcher.
+pub const GRPC_ROUTES_CRD: &str = "grpcroutes.gateway.networking.k8s.io";
 
 /// The name of an SMI kind's watcher: `<plural>.<group>`, its CRD's name.
 pub fn smi_watch_name(ar: &ApiResource) -> String {
@@ -121,12 +126,22 @@ pub async fn discover(client: &Client) -> Vec<Watched> {
         tracing::info!("discovery.k8s.io/v1 EndpointSlice not served; watching core v1 Endpoints");
         out.push(Watched::Endpoints);
     }
-    let http_routes = with_retry(weft_core::model::gateway::API_VERSION, || {
+    let gateway_resources: Vec<String> = with_retry(weft_core::model::gateway::API_VERSION, || {
         client.list_api_group_resources(weft_core::model::gateway::API_VERSION)
     })
     .await
-    .map(|l| l.resources.iter().any(|r| r.name == "httproutes"))
-    .unwrap_or(false);
+    .map(|l| l.resources.into_iter().map(|r| r.name).collect())
+    .unwrap_or_default();
+    let http_routes = gateway_resources.iter().any(|r| r == "httproutes");
+    if gateway_resources.iter().any(|r| r == "grpcroutes") {
+        out.push(Watched::GrpcRoutes);
+    } else {
+        tracing::info!(
+            crd = GRPC_ROUTES_CRD,
+            "Gateway API GRPCRoute v1 not served; not watched (restart the operator after \
+             installing the Gateway API CRDs)"
+        );
+    }
     if http_routes {
         out.push(Watched::HttpRoutes);
     } else {

@@ -2,8 +2,8 @@
 //!
 //! * core v1 Namespaces, ServiceAccounts, Pods, Services;
 //! * `discovery.k8s.io/v1` EndpointSlices where served, else core v1 Endpoints;
-//! * Gateway API `gateway.networking.k8s.io/v1` HTTPRoutes, typed (the `gateway-api` crate),
-//!   when the API server serves them at start;
+//! * Gateway API `gateway.networking.k8s.io/v1` HTTPRoutes and GRPCRoutes, typed (the
+//!   `gateway-api` crate), each when the API server serves it at start;
 //! * every SMI kind in the version the API server prefers (its storage version, v1alpha4 or
 //!   v1alpha3), watched as [`DynamicObject`] and parsed with `weft_smi`, so one code path reads
 //!   any version.
@@ -109,6 +109,12 @@ pub async fn run(
                 metrics,
             )),
             Watched::HttpRoutes => tasks.spawn(reflect::<gateway_api::httproutes::HttpRoute>(
+                Api::all(client),
+                name,
+                tx,
+                metrics,
+            )),
+            Watched::GrpcRoutes => tasks.spawn(reflect::<gateway_api::grpcroutes::GrpcRoute>(
                 Api::all(client),
                 name,
                 tx,

@@ -304,6 +304,13 @@ impl Reflect for gateway_api::httproutes::HttpRoute {
     }
 }
 
+/// A GRPCRoute, held by the model in the HTTPRoute form (`weft_core::model::grpc`).
+impl Reflect for gateway_api::grpcroutes::GrpcRoute {
+    fn to_model(&self) -> Result<ClusterObject, ModelError> {
+        crate::model::from_gateway_grpc_route(self).map(ClusterObject::HttpRoute)
+    }
+}
+
 /// An SMI object of any served version, watched untyped: its body already is JSON, read by the
 /// tolerant `weft_smi` parser (the one reader of every version) without a round trip.
 impl Reflect for DynamicObject {
