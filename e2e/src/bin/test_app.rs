@@ -461,13 +461,13 @@ async fn client(args: &Args) -> anyhow::Result<()> {
         headers,
         search: args.search.clone(),
     };
-    let mut out = tokio::io::stdout();
+    let mut out = std::io::stdout().lock();
     for _ in 0..args.count {
         let reply = echo_basic::request(&req).await;
         let mut line = serde_json::to_vec(&reply)?;
         line.push(b'\n');
-        out.write_all(&line).await?;
+        std::io::Write::write_all(&mut out, &line)?;
     }
-    out.flush().await?;
+    std::io::Write::flush(&mut out)?;
     Ok(())
 }
