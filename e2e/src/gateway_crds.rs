@@ -7,6 +7,11 @@
 //! `x-kubernetes-validations` key is removed first ([`for_server`]), and the CRD installs with
 //! the rest of its schema (types, enums, patterns, lengths, defaults) intact. What the CEL
 //! rules would have refused is then weft's compiler's job (docs/gateway-api.md lists them).
+//!
+//! Found by trying on 1.20, which also refuses a `default: ""` (it reads the empty string as
+//! null: "in body must be of type string: \"null\""): on old servers those defaults (the
+//! `group` of backendRefs and mirror backendRefs) are removed too; an absent backendRef group
+//! means the core group to weft, as `""` does.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -53,13 +58,33 @@ pub fn strip_keys(v: &mut Value, keys: &[&str]) -> usize {
     }
 }
 
+/// Removes every `default: ""` at any depth of `v`; returns how many were removed.
+pub fn strip_empty_string_defaults(v: &mut Value) -> usize {
+    match v {
+        Value::Object(map) => {
+            let mut n = 0;
+            if map.get("default").is_some_and(|d| d.as_str() == Some("")) {
+                map.remove("default");
+                n += 1;
+            }
+            n + map
+                .values_mut()
+                .map(strip_empty_string_defaults)
+                .sum::<usize>()
+        }
+        Value::Array(items) => items.iter_mut().map(strip_empty_string_defaults).sum(),
+        _ => 0,
+    }
+}
+
 /// `crd` as an API server of minor version `minor` (1.`minor`) accepts it, and how many keys
-/// were removed for it.
+/// were removed for it: before 1.25 every [`KEYS_REFUSED_BEFORE_CEL`] and every empty-string
+/// `default`.
 pub fn for_server(mut crd: Value, minor: u32) -> (Value, usize) {
     if minor >= CEL_MIN_MINOR {
         return (crd, 0);
     }
-    let n = strip_keys(&mut crd, KEYS_REFUSED_BEFORE_CEL);
+    let n = strip_keys(&mut crd, KEYS_REFUSED_BEFORE_CEL) + strip_empty_string_defaults(&mut crd);
     (crd, n)
 }
 
@@ -86,7 +111,8 @@ pub struct Installed {
     pub names: Vec<String>,
     /// The server's minor version.
     pub server_minor: u32,
-    /// How many `x-kubernetes-validations` were removed (0 on 1.25 and later).
+    /// How many `x-kubernetes-validations` and empty-string defaults were removed (0 on 1.25
+    /// and later).
     pub stripped: usize,
 }
 
@@ -176,10 +202,16 @@ mod tests {
             let before = count(&crd, "x-kubernetes-validations");
             assert!(before > 0, "the vendored CRD has CEL rules");
             let patterns = count(&crd, "pattern");
+            let defaults = count(&crd, "default");
             let (old, n) = for_server(crd.clone(), 20);
-            assert_eq!(n, before);
             assert_eq!(count(&old, "x-kubernetes-validations"), 0);
             assert_eq!(count(&old, "pattern"), patterns, "other validation kept");
+            let empty_defaults = defaults - count(&old, "default");
+            assert_eq!(n, before + empty_defaults);
+            assert!(count(&old, "default") > 0, "non-empty defaults kept");
+            assert!(!serde_json::to_string(&old)
+                .unwrap()
+                .contains(r#""default":"""#));
             let (new, n) = for_server(crd.clone(), 25);
             assert_eq!((n, &new), (0, &crd), "1.25 and later get the CRD verbatim");
         }
