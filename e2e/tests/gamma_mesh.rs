@@ -1472,6 +1472,16 @@ async fn wait_accepted(env: &KubeEnv, objs: &[Value]) -> Result<(), String> {
     Ok(())
 }
 
+/// Creates `obj` (a POST, as `kubectl create`; the 1.20 API server's server-side apply refuses
+/// upstream's Services, whose ports omit `protocol`), or server-side applies it when it exists.
+async fn put(client: &kube::Client, obj: &Value) -> Result<(), String> {
+    match apply::create(client, obj).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.contains("already exists") => apply::apply(client, obj).await.map(|_| ()),
+        Err(e) => Err(e),
+    }
+}
+
 async fn delete_all(env: &KubeEnv, objs: &[Value]) {
     for o in objs {
         let _ = apply::delete(
@@ -1490,8 +1500,8 @@ async fn run_one(ctx: &Ctx<'_>, t: &Conformance) -> Outcome {
     let objs = t.manifest.map(|f| docs(manifest(f))).unwrap_or_default();
     let mut applied = Vec::new();
     for o in &objs {
-        match apply::apply(&ctx.env.client, o).await {
-            Ok(_) => applied.push(o.clone()),
+        match put(&ctx.env.client, o).await {
+            Ok(()) => applied.push(o.clone()),
             Err(e) => {
                 delete_all(ctx.env, &applied).await;
                 return Outcome::Failed(format!(
@@ -1600,8 +1610,8 @@ async fn gamma_mesh_conformance() {
     for o in base_objects() {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            match apply::apply(&env.client, &o).await {
-                Ok(_) => break,
+            match put(&env.client, &o).await {
+                Ok(()) => break,
                 Err(e) if tokio::time::Instant::now() < deadline => {
                     eprintln!("retrying {}: {e}", o["metadata"]["name"]);
                     tokio::time::sleep(Duration::from_millis(500)).await;
