@@ -88,6 +88,41 @@ pub fn for_server(mut crd: Value, minor: u32) -> (Value, usize) {
     (crd, n)
 }
 
+/// A Gateway API object (a route) as an API server of minor version `minor` accepts it, and how
+/// many values were changed. The e2e 1.20 API server reads an empty string in a custom
+/// resource as null and refuses it ("must be of type string: \"null\""), so before 1.25 every
+/// `group: ""` of `parentRefs[]` and `backendRefs[]` becomes `group: core`, which weft reads as
+/// the core group too (`weft_core::model::gateway::is_core_group`); the route means the same.
+pub fn route_for_server(mut route: Value, minor: u32) -> (Value, usize) {
+    if minor >= CEL_MIN_MINOR {
+        return (route, 0);
+    }
+    let n = core_groups(&mut route);
+    (route, n)
+}
+
+fn core_groups(v: &mut Value) -> usize {
+    match v {
+        Value::Object(map) => {
+            let mut n = 0;
+            for (k, x) in map.iter_mut() {
+                if matches!(k.as_str(), "parentRefs" | "backendRefs") {
+                    for r in x.as_array_mut().into_iter().flatten() {
+                        if r.get("group").and_then(Value::as_str) == Some("") {
+                            r["group"] = Value::String("core".into());
+                            n += 1;
+                        }
+                    }
+                }
+                n += core_groups(x);
+            }
+            n
+        }
+        Value::Array(items) => items.iter_mut().map(core_groups).sum(),
+        _ => 0,
+    }
+}
+
 /// The server's minor version (`1.20` → 20; a `20+` suffix is ignored).
 pub async fn server_minor(client: &kube::Client) -> Result<u32, String> {
     let info = client
@@ -192,6 +227,21 @@ mod tests {
             Value::Array(a) => a.iter().map(|x| count(x, key)).sum(),
             _ => 0,
         }
+    }
+
+    #[test]
+    fn old_servers_get_core_for_empty_groups_of_routes() {
+        let route = serde_json::json!({"spec": {
+            "parentRefs": [{"group": "", "kind": "Service", "name": "echo"}],
+            "rules": [{"backendRefs": [{"group": "", "name": "a"}, {"name": "b"}]}]}});
+        let (old, n) = route_for_server(route.clone(), 20);
+        assert_eq!(n, 2);
+        assert_eq!(old["spec"]["parentRefs"][0]["group"], "core");
+        assert_eq!(old["spec"]["rules"][0]["backendRefs"][0]["group"], "core");
+        assert!(old["spec"]["rules"][0]["backendRefs"][1]
+            .get("group")
+            .is_none());
+        assert_eq!(route_for_server(route.clone(), 25), (route, 0));
     }
 
     #[test]

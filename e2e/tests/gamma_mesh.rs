@@ -320,6 +320,8 @@ fn client_args(c: &Case, count: u32) -> Vec<String> {
 
 struct Ctx<'a> {
     env: &'a KubeEnv,
+    /// The API server's minor version (routes are adapted for old ones).
+    server_minor: u32,
     app: PathBuf,
     v1: MeshPod,
     v2: MeshPod,
@@ -1497,7 +1499,13 @@ async fn delete_all(env: &KubeEnv, objs: &[Value]) {
 
 /// Applies the test's manifest, waits for weft's status, runs the test, deletes the manifest.
 async fn run_one(ctx: &Ctx<'_>, t: &Conformance) -> Outcome {
-    let objs = t.manifest.map(|f| docs(manifest(f))).unwrap_or_default();
+    let objs: Vec<Value> = t
+        .manifest
+        .map(|f| docs(manifest(f)))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|o| weft_e2e::gateway_crds::route_for_server(o, ctx.server_minor).0)
+        .collect();
     let mut applied = Vec::new();
     for o in &objs {
         match put(&ctx.env.client, o).await {
@@ -1625,6 +1633,7 @@ async fn gamma_mesh_conformance() {
     let consumer = connect_to_app(&env, CONSUMER_NS, "app=echo,version=v1").await;
     let ctx = Ctx {
         env: &env,
+        server_minor: crds.server_minor,
         app: env.bin_dir.join("weft-test-app"),
         v1,
         v2,
