@@ -441,7 +441,20 @@ impl Ctx<'_> {
         for attempt in 1..=WEIGHT_MAX_TRIES {
             match self.request(&self.v1, c, WEIGHT_REQUESTS).await {
                 Ok(replies) => match distribution(&replies, want) {
-                    Ok(()) => return Ok(()),
+                    Ok(()) => {
+                        let shares: Vec<String> = want
+                            .iter()
+                            .map(|(b, w)| {
+                                let n = replies
+                                    .iter()
+                                    .filter(|r| backend_name(&r.hostname) == *b)
+                                    .count();
+                                format!("{b} {n}/{WEIGHT_REQUESTS} (weight {w})")
+                            })
+                            .collect();
+                        eprintln!("try {attempt}: {}", shares.join(", "));
+                        return Ok(());
+                    }
                     Err(e) => last = format!("try {attempt}/{WEIGHT_MAX_TRIES}: {e}"),
                 },
                 Err(e) => last = format!("try {attempt}/{WEIGHT_MAX_TRIES}: {e}"),
