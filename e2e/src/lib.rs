@@ -7,6 +7,9 @@
 pub mod apply;
 pub mod chaos;
 pub mod cluster;
+pub mod conformance;
+pub mod echo_basic;
+pub mod gateway_crds;
 pub mod harness;
 pub mod images;
 pub mod kubelet;

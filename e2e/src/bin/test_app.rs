@@ -15,6 +15,15 @@
 //!                     # per call: "<status> <backend's answer>", e.g. "200 backend v2" or
 //!                     # "403 ..." or "502 unreachable: ..."; the status is the backend's
 //!                     # when N=1, else 200. GET /healthz answers "ok" without calling it.
+//! weft-test-app echo-basic --listen 0.0.0.0:8080 --grpc-listen 0.0.0.0:7070
+//!                     # upstream Gateway API conformance's echo-basic: every HTTP path answers
+//!                     # its JSON (path, host, method, proto, headers, namespace, ingress,
+//!                     # service, pod from NAMESPACE, INGRESS_NAME, SERVICE_NAME, POD_NAME), and
+//!                     # gRPC GrpcEcho (Echo, EchoTwo; EchoThree unimplemented); see
+//!                     # weft_e2e::echo_basic
+//! weft-test-app client http://echo/path -H 'Version: one' --method GET --count 3 \
+//!     --search gateway-conformance-mesh      # (or grpc://echo:7070) one JSON line per request
+//!                     # (weft_e2e::echo_basic::Reply); redirects are not followed
 //! ```
 //! Flags may also come from `APP_LISTEN`, `APP_NAME`, `APP_VERSION`, `APP_BACKEND` (set them in
 //! a pod's env). This is the sample application of examples/app (image `weft/sample-app`).
@@ -31,6 +40,8 @@ enum Mode {
     Echo,
     Origdst,
     Frontend,
+    EchoBasic,
+    Client,
 }
 
 #[derive(Parser, Debug)]
@@ -46,6 +57,24 @@ struct Args {
     /// Frontend mode: the backend's URL (`http://host[:port][/path]`).
     #[arg(long, env = "APP_BACKEND", default_value = "http://backend/")]
     backend: String,
+    /// Echo-basic mode: where gRPC `GrpcEcho` listens.
+    #[arg(long, env = "APP_GRPC_LISTEN", default_value = "0.0.0.0:7070")]
+    grpc_listen: String,
+    /// Client mode: the URL (`http://host[:port][/path][?query]` or `grpc://host[:port]`).
+    #[arg(required_if_eq("mode", "client"))]
+    url: Option<String>,
+    /// Client mode: a request header `Name: value` (repeatable; `Host: x` sets the authority).
+    #[arg(short = 'H', long = "header")]
+    headers: Vec<String>,
+    /// Client mode: the HTTP method.
+    #[arg(long, default_value = "GET")]
+    method: String,
+    /// Client mode: how many requests, one after another (1 to 10000).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    count: u32,
+    /// Client mode: DNS search suffixes tried after a bare name (repeatable).
+    #[arg(long)]
+    search: Vec<String>,
 }
 
 const MAX_HEAD: usize = 16 * 1024;
@@ -357,6 +386,11 @@ async fn serve_origdst(stream: TcpStream) -> anyhow::Result<()> {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    match args.mode {
+        Mode::Client => return client(&args).await,
+        Mode::EchoBasic => return echo_basic(&args).await,
+        _ => {}
+    }
     let listener = TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
@@ -378,10 +412,62 @@ async fn main() -> anyhow::Result<()> {
                 Mode::Echo => serve_echo(stream).await,
                 Mode::Origdst => serve_origdst(stream).await,
                 Mode::Frontend => serve_frontend(stream, backend).await,
+                Mode::EchoBasic | Mode::Client => Ok(()),
             };
             if let Err(e) = r {
                 eprintln!("connection: {e:#}");
             }
         });
     }
+}
+
+/// Echo-basic mode: HTTP on `--listen`, gRPC on `--grpc-listen`.
+async fn echo_basic(args: &Args) -> anyhow::Result<()> {
+    use weft_e2e::echo_basic;
+    let ctx = echo_basic::PodContext::from_env();
+    let http = TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let grpc = TcpListener::bind(&args.grpc_listen)
+        .await
+        .with_context(|| format!("binding {}", args.grpc_listen))?;
+    eprintln!(
+        "weft-test-app echo-basic: HTTP on {}, gRPC on {}, pod {:?}",
+        http.local_addr()?,
+        grpc.local_addr()?,
+        ctx.pod
+    );
+    tokio::try_join!(
+        echo_basic::serve_http(http, ctx.clone()),
+        echo_basic::serve_grpc(grpc, ctx)
+    )?;
+    Ok(())
+}
+
+/// Client mode: `--count` requests, one JSON line each.
+async fn client(args: &Args) -> anyhow::Result<()> {
+    use weft_e2e::echo_basic;
+    let url = args.url.clone().context("client: a URL is needed")?;
+    let mut headers = Vec::new();
+    for h in &args.headers {
+        let (k, v) = h
+            .split_once(':')
+            .with_context(|| format!("header {h:?}: want `Name: value`"))?;
+        headers.push((k.trim().to_string(), v.trim().to_string()));
+    }
+    let req = echo_basic::Request {
+        url,
+        method: args.method.clone(),
+        headers,
+        search: args.search.clone(),
+    };
+    let mut out = std::io::stdout().lock();
+    for _ in 0..args.count {
+        let reply = echo_basic::request(&req).await;
+        let mut line = serde_json::to_vec(&reply)?;
+        line.push(b'\n');
+        std::io::Write::write_all(&mut out, &line)?;
+    }
+    std::io::Write::flush(&mut out)?;
+    Ok(())
 }
