@@ -42,7 +42,7 @@ struct Cli {
 enum Command {
     /// Run a whole mesh on this machine (no cluster, no root) and walk a canary through it.
     #[command(
-        after_help = "Examples:\n  weft demo\n  weft demo --duration 30s --plain   # for CI logs\n  weft demo --keep                   # leave it running and experiment"
+        after_help = "Examples:\n  weft demo\n  weft demo --duration 30s --plain   # for CI logs\n  weft demo --keep                   # leave it running and experiment\n  weft demo --gateway-api            # the canary as an HTTPRoute (GAMMA)"
     )]
     Demo {
         /// How long the scripted walk takes (canary steps, then the access policy).
@@ -63,6 +63,10 @@ enum Command {
         /// Requests per second from the frontend.
         #[arg(long, default_value_t = 200)]
         rate: u32,
+        /// Walk the canary with a Gateway API HTTPRoute (parentRef: the `api` Service) instead
+        /// of an SMI TrafficSplit.
+        #[arg(long)]
+        gateway_api: bool,
     },
     /// Print what each proxy will be told, from a folder of manifests, with no cluster.
     #[command(
@@ -189,12 +193,16 @@ enum Command {
     },
     /// Verify a cluster before (`--pre`) and after installing weft.
     #[command(
-        after_help = "Examples:\n  weft check --pre     # can weft be installed here?\n  weft check           # is the installed mesh healthy?\n\nExit status: 0 all ok (warnings allowed), 1 a check failed, 2 usage error."
+        after_help = "Examples:\n  weft check --pre     # can weft be installed here?\n  weft check           # is the installed mesh healthy?\n  weft check -f deploy/  # are the folder's HTTPRoutes accepted (no cluster)?\n\nExit status: 0 all ok (warnings allowed), 1 a check failed, 2 usage error."
     )]
     Check {
         /// Only the checks that make sense before installing.
         #[arg(long)]
         pre: bool,
+        /// Check a folder of manifests instead of a cluster, with no cluster: every Gateway API
+        /// route must be Accepted and ResolvedRefs; a TrafficSplit an HTTPRoute overrides warns.
+        #[arg(short = 'f', long = "filename", conflicts_with = "pre")]
+        file: Option<std::path::PathBuf>,
         /// The namespace weft is installed in.
         #[arg(long, default_value = "weft-system")]
         namespace: String,
@@ -324,6 +332,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             dir,
             ip_prefix,
             rate,
+            gateway_api,
         } => {
             let ok = demo::run(demo::DemoOptions {
                 duration,
@@ -332,6 +341,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 dir,
                 layout: demo::manifests::Layout { prefix: ip_prefix },
                 rate,
+                gateway_api,
             })
             .await?;
             Ok(if ok { exit::OK } else { exit::CHECK_FAILED })
@@ -502,17 +512,32 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Check {
             pre,
+            file,
             namespace,
             release,
             output,
             cluster,
         } => {
-            let checks = cmd::check::run(
-                pre,
-                &cluster,
-                &cmd::check::InstallNames::new(&namespace, &release),
-            )
-            .await;
+            let checks = match file {
+                Some(dir) => {
+                    if !dir.exists() {
+                        anyhow::bail!("{} does not exist", dir.display());
+                    }
+                    let report = cmd::routes::compile_dir(
+                        &dir,
+                        &weft_core::compile::CompileOptions::default(),
+                    )?;
+                    cmd::routes::checks_of(&report)
+                }
+                None => {
+                    cmd::check::run(
+                        pre,
+                        &cluster,
+                        &cmd::check::InstallNames::new(&namespace, &release),
+                    )
+                    .await
+                }
+            };
             match output {
                 OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&checks)?),
                 OutputFormat::Yaml => print!("{}", serde_yaml::to_string(&checks)?),

@@ -38,8 +38,9 @@ fn percent(line: &str, key: &str) -> f64 {
         .unwrap_or_else(|_| panic!("number after {key} in {line}"))
 }
 
-#[test]
-fn demo_walks_the_canary_denies_the_caller_and_shows_identities() {
+/// Runs `weft demo --plain` with `extra` arguments on the loopback /24 `prefix`; returns its
+/// stdout, a context string for failures (stdout, stderr, log tails) and whether it exited 0.
+fn run_demo(prefix: &str, extra: &[&str]) -> (String, String, bool, tempfile::TempDir) {
     ensure_binaries();
     let dir = tempfile::tempdir().expect("tempdir");
     let out = Command::new(env!("CARGO_BIN_EXE_weft"))
@@ -49,15 +50,16 @@ fn demo_walks_the_canary_denies_the_caller_and_shows_identities() {
             "--duration",
             "25s",
             "--ip-prefix",
-            "127.43.0",
+            prefix,
             "--rate",
             "300",
-            "--dir",
         ])
+        .args(extra)
+        .arg("--dir")
         .arg(dir.path())
         .output()
         .expect("running weft demo");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     let logs = std::fs::read_dir(dir.path().join("logs"))
         .map(|rd| {
@@ -76,6 +78,44 @@ fn demo_walks_the_canary_denies_the_caller_and_shows_identities() {
         })
         .unwrap_or_default();
     let ctx = format!("stdout:\n{stdout}\nstderr:\n{stderr}\nlogs:\n{logs}");
+    (stdout, ctx, out.status.success(), dir)
+}
+
+/// The four canary steps: api-v2's measured share within four standard errors (at least 2
+/// points) of its weight, shares summing to 100 %, no failed request.
+fn assert_canary_steps(stdout: &str, ctx: &str) {
+    let steps: Vec<&str> = stdout.lines().filter(|l| l.starts_with("step ")).collect();
+    assert_eq!(steps.len(), 4, "four canary steps\n{ctx}");
+    for (line, v2) in steps.iter().zip([0.0, 10.0, 50.0, 100.0]) {
+        let measured = percent(line, "measured api-v1=");
+        // The weights come first on the line; the measured shares follow "measured".
+        let after = &line[line.find("measured").unwrap_or(0)..];
+        let measured_v2_real = percent(after, "api-v2=");
+        // Four standard errors of a share over this step's requests, at least 2 points.
+        let n: f64 = line
+            .split("requests=")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|r| r.parse().ok())
+            .unwrap_or_else(|| panic!("requests= in {line}"));
+        assert!(n >= 100.0, "enough requests to measure a share: {line}");
+        let w = v2 / 100.0;
+        let tolerance = (4.0 * (w * (1.0 - w) / n).sqrt()).max(0.02) * 100.0;
+        assert!(
+            (measured_v2_real - v2).abs() <= tolerance,
+            "api-v2 share {measured_v2_real}% for weight {v2}% (tolerance {tolerance:.1})\n{ctx}"
+        );
+        assert!((measured + measured_v2_real - 100.0).abs() < 0.5, "{line}");
+        assert!(
+            line.contains("success=100.0%"),
+            "no failed request: {line}\n{ctx}"
+        );
+    }
+}
+
+#[test]
+fn demo_walks_the_canary_denies_the_caller_and_shows_identities() {
+    let (stdout, ctx, success, dir) = run_demo("127.43.0", &[]);
     // The operator refuses plaintext; every proxy verified it over TLS.
     assert!(stdout.contains("(TLS only, as spiffe://"), "{ctx}");
     let proxy_logs: Vec<String> = std::fs::read_dir(dir.path().join("logs"))
@@ -94,33 +134,8 @@ fn demo_walks_the_canary_denies_the_caller_and_shows_identities() {
         );
         assert!(!log.contains("UNAUTHENTICATED"), "{ctx}");
     }
-
-    let steps: Vec<&str> = stdout.lines().filter(|l| l.starts_with("step ")).collect();
-    assert_eq!(steps.len(), 4, "four canary steps\n{ctx}");
-    for (line, v2) in steps.iter().zip([0.0, 10.0, 50.0, 100.0]) {
-        let measured = percent(line, "measured api-v1=");
-        // The weights come first on the line; the measured shares follow "measured".
-        let after = &line[line.find("measured").unwrap_or(0)..];
-        let measured_v2_real = percent(after, "api-v2=");
-        // Four standard errors of a share over this step's requests, at least 2 points.
-        let n: f64 = line
-            .split("requests=")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|r| r.parse().ok())
-            .unwrap_or_else(|| panic!("requests= in {line}"));
-        let w = v2 / 100.0;
-        let tolerance = (4.0 * (w * (1.0 - w) / n).sqrt()).max(0.02) * 100.0;
-        assert!(
-            (measured_v2_real - v2).abs() <= tolerance,
-            "api-v2 share {measured_v2_real}% for weight {v2}% (tolerance {tolerance:.1})\n{ctx}"
-        );
-        assert!((measured + measured_v2_real - 100.0).abs() < 0.5, "{line}");
-        assert!(
-            line.contains("success=100.0%"),
-            "no failed request: {line}\n{ctx}"
-        );
-    }
+    assert!(stdout.contains("edited split.yaml"), "{ctx}");
+    assert_canary_steps(&stdout, &ctx);
     let access = stdout
         .lines()
         .find(|l| l.starts_with("access "))
@@ -135,8 +150,40 @@ fn demo_walks_the_canary_denies_the_caller_and_shows_identities() {
         mtls.contains("spiffe://cluster.local/ns/demo/sa/frontend"),
         "{mtls}\n{ctx}"
     );
+    assert!(success, "weft demo exits 0 when every check holds\n{ctx}");
+}
+
+#[test]
+fn demo_gateway_api_walks_the_canary_with_an_httproute() {
+    let (stdout, ctx, success, dir) = run_demo("127.44.0", &["--gateway-api"]);
+    // The canary is an HTTPRoute in route.yaml; no TrafficSplit is written.
+    let manifests = dir.path().join("manifests");
+    let route = std::fs::read_to_string(manifests.join("route.yaml"))
+        .unwrap_or_else(|e| panic!("route.yaml: {e}\n{ctx}"));
+    assert!(route.contains("kind: HTTPRoute"), "{route}");
     assert!(
-        out.status.success(),
-        "weft demo exits 0 when every check holds\n{ctx}"
+        !manifests.join("split.yaml").exists(),
+        "no TrafficSplit beside the route\n{ctx}"
     );
+    assert!(stdout.contains("edited route.yaml"), "{ctx}");
+    // Before each step the route is Accepted and ResolvedRefs for its Service parent.
+    let statuses: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("route status: "))
+        .collect();
+    assert_eq!(statuses.len(), 4, "one status line per step\n{ctx}");
+    for s in statuses {
+        assert!(
+            s.contains("HTTPRoute demo/api-canary parent Service api:8080: Accepted=True ResolvedRefs=True OK"),
+            "{s}\n{ctx}"
+        );
+    }
+    assert_canary_steps(&stdout, &ctx);
+    // The access step still holds: the route changes where requests go, not who may send them.
+    let access = stdout
+        .lines()
+        .find(|l| l.starts_with("access "))
+        .unwrap_or_else(|| panic!("an access line\n{ctx}"));
+    assert!(access.contains("OK"), "{access}\n{ctx}");
+    assert!(success, "weft demo --gateway-api exits 0\n{ctx}");
 }

@@ -255,6 +255,97 @@ pub async fn run(pre: bool, args: &ClusterArgs, names: &InstallNames) -> Vec<Che
     out.push(conversion_check(&cluster, names).await);
     out.push(uninjected_check(&client).await);
     out.extend(identity_checks(&cluster, names).await);
+    out.extend(route_checks(&client).await);
+    out
+}
+
+/// Gateway API routes with a Service parent: each must be `Accepted` and `ResolvedRefs` for the
+/// generation it is at (weft's `status.parents[]` entries); a TrafficSplit an HTTPRoute overrides
+/// is a warning. Kinds the cluster does not serve are skipped (one ok line says so).
+async fn route_checks(client: &Client) -> Vec<Check> {
+    use kube::api::DynamicObject;
+    use kube::discovery::ApiResource;
+
+    let mut out = Vec::new();
+    let mut served_kinds = Vec::new();
+    for (group, version, kind, plural) in super::routes::ROUTE_KINDS {
+        let ar = ApiResource {
+            group: group.to_string(),
+            version: version.to_string(),
+            api_version: format!("{group}/{version}"),
+            kind: kind.to_string(),
+            plural: plural.to_string(),
+        };
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+        match api.list(&ListParams::default()).await {
+            Ok(list) => {
+                served_kinds.push(*kind);
+                for item in list.items {
+                    let Ok(v) = serde_json::to_value(&item) else {
+                        continue;
+                    };
+                    if let Some(r) = super::routes::live_route(kind, &v) {
+                        out.push(super::routes::judge_route(&r));
+                    }
+                }
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => out.push(check(
+                plural,
+                Outcome::Fail,
+                format!("cannot list {group}/{version} {plural}: {}", kube_error(&e)),
+            )),
+        }
+    }
+    // TrafficSplits out of force because an HTTPRoute targets the same Service.
+    if let Some(k) = weft_smi::kinds::SMI_KINDS
+        .iter()
+        .find(|k| k.kind == "TrafficSplit")
+    {
+        let v = k.storage().name;
+        let ar = ApiResource {
+            group: k.group.to_string(),
+            version: v.to_string(),
+            api_version: format!("{}/{v}", k.group),
+            kind: k.kind.to_string(),
+            plural: k.plural.to_string(),
+        };
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+        if let Ok(list) = api.list(&ListParams::default()).await {
+            let splits: Vec<(String, String, Vec<weft_smi::hub::Condition>)> = list
+                .items
+                .iter()
+                .map(|i| {
+                    let conds = i
+                        .data
+                        .pointer("/status/conditions")
+                        .and_then(|c| serde_json::from_value(c.clone()).ok())
+                        .unwrap_or_default();
+                    (
+                        i.metadata.namespace.clone().unwrap_or_default(),
+                        i.metadata.name.clone().unwrap_or_default(),
+                        conds,
+                    )
+                })
+                .collect();
+            out.extend(super::routes::overridden_splits(
+                splits
+                    .iter()
+                    .map(|(n, m, c)| (n.as_str(), m.as_str(), c.as_slice())),
+            ));
+        }
+    }
+    if out.is_empty() {
+        out.push(check(
+            "gateway-api-routes",
+            Outcome::Ok,
+            if served_kinds.is_empty() {
+                "the cluster serves no Gateway API route kind (HTTPRoute CRD not installed): nothing to check".to_string()
+            } else {
+                format!("no {} with a Service parent", served_kinds.join("/"))
+            },
+        ));
+    }
     out
 }
 

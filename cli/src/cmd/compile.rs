@@ -1,10 +1,10 @@
-//! `weft compile -f DIR`: what each proxy will be told, and every SMI object's conditions.
+//! `weft compile -f DIR`: what each proxy will be told, every SMI object's conditions, and each
+//! Gateway API route's `status.parents[]` with the proxy routes it became.
 
 use std::path::Path;
 
 use anyhow::{bail, Context};
 use weft_core::compile::CompileOptions;
-use weft_manifests::compile_dir;
 
 use crate::OutputFormat;
 
@@ -25,10 +25,10 @@ pub fn run(
         trust_domain: trust_domain.to_owned(),
         ..CompileOptions::default()
     };
-    let mut report =
-        compile_dir(path, &opts).with_context(|| format!("compiling {}", path.display()))?;
+    let mut report = super::routes::compile_dir(path, &opts)
+        .with_context(|| format!("compiling {}", path.display()))?;
     if let Some(p) = proxy {
-        if !report.retain_proxy(p) {
+        if !report.base.retain_proxy(p) {
             bail!(
                 "no meshed pod {p} in {} (pods need the weft.io/proxy-version label)",
                 path.display()
@@ -39,17 +39,28 @@ pub fn run(
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         _ => print!("{}", serde_yaml::to_string(&report)?),
     }
-    for e in &report.load_errors {
+    for e in &report.base.load_errors {
         eprintln!("weft compile: {e:?}");
     }
-    let rejected = report.objects.iter().any(|o| {
+    let rejected = report.base.objects.iter().any(|o| {
         o.conditions
             .iter()
             .any(|c| c.type_ == "Accepted" && c.status != "True")
     });
-    Ok(if report.load_errors.is_empty() && !rejected {
-        0
-    } else {
-        1
-    })
+    // A route is judged as `weft check` judges it (Accepted and ResolvedRefs).
+    let mut routes_failed = false;
+    for r in &report.routes {
+        let c = super::routes::judge_route(r);
+        if c.outcome == super::check::Outcome::Fail {
+            eprintln!("weft compile: {}: {}", c.name, c.detail);
+            routes_failed = true;
+        }
+    }
+    Ok(
+        if report.base.load_errors.is_empty() && !rejected && !routes_failed {
+            0
+        } else {
+            1
+        },
+    )
 }

@@ -16,7 +16,8 @@ use anyhow::{bail, Context};
 use serde::Serialize;
 use serde_json::Value;
 use weft_core::compile::{CompileOptions, CompileReport};
-use weft_manifests::compile_dir;
+
+use super::routes::{compile_dir, report_of, Report};
 
 use crate::OutputFormat;
 
@@ -63,12 +64,12 @@ pub async fn run(new: &Path, base: Base<'_>, format: OutputFormat) -> anyhow::Re
             }
             let a =
                 compile_dir(dir, &opts).with_context(|| format!("compiling {}", dir.display()))?;
-            for e in &a.load_errors {
+            for e in &a.base.load_errors {
                 eprintln!("weft diff: {}: {}", e.path.display(), e.message);
             }
             let b =
                 compile_dir(new, &opts).with_context(|| format!("compiling {}", new.display()))?;
-            for e in &b.load_errors {
+            for e in &b.base.load_errors {
                 eprintln!("weft diff: {}: {}", e.path.display(), e.message);
             }
             (a, b)
@@ -120,7 +121,7 @@ async fn cluster_reports(
     args: &crate::cluster::ClusterArgs,
     new: &Path,
     opts: &CompileOptions,
-) -> anyhow::Result<(CompileReport, CompileReport)> {
+) -> anyhow::Result<(Report, Report)> {
     use weft_core::model::Model;
 
     let loaded =
@@ -144,9 +145,9 @@ async fn cluster_reports(
     let base = Model::from_objects(live);
     let mut next = Model::from_objects(merged);
     next.derive_endpoints_from_pods = true;
-    let a = CompileReport::from_compiled(&weft_core::compile::compile(&base, opts));
-    let mut b = CompileReport::from_compiled(&weft_core::compile::compile(&next, opts));
-    b.load_errors = loaded.errors.clone();
+    let a = report_of(&weft_core::compile::compile(&base, opts));
+    let mut b = report_of(&weft_core::compile::compile(&next, opts));
+    b.base.load_errors = loaded.errors.clone();
     Ok((a, b))
 }
 
@@ -171,6 +172,8 @@ async fn live_objects(
             .iter()
             .map(|k| (k.group, k.storage().name, k.kind, k.plural)),
     );
+    // Gateway API routes (GAMMA), where the cluster serves them.
+    kinds.extend(super::routes::ROUTE_KINDS.iter().copied());
     let mut objects = Vec::new();
     for (group, version, kind, plural) in kinds {
         let api_version = if group.is_empty() {
@@ -241,7 +244,8 @@ fn resources(r: &CompileReport) -> anyhow::Result<BTreeMap<String, BTreeMap<Stri
     Ok(out)
 }
 
-pub fn diff(a: &CompileReport, b: &CompileReport) -> anyhow::Result<Diff> {
+pub fn diff(ra_report: &Report, rb_report: &Report) -> anyhow::Result<Diff> {
+    let (a, b) = (&ra_report.base, &rb_report.base);
     let ra = resources(a)?;
     let rb = resources(b)?;
     let pa: BTreeSet<&String> = a.proxies.keys().collect();
@@ -312,7 +316,10 @@ pub fn diff(a: &CompileReport, b: &CompileReport) -> anyhow::Result<Diff> {
                 })
                 .collect()
         };
-    let (ca, cb) = (conds(a), conds(b));
+    // SMI objects' conditions, then Gateway API routes' per-parent conditions.
+    let (mut ca, mut cb) = (conds(a), conds(b));
+    ca.extend(super::routes::condition_lines(&ra_report.routes));
+    cb.extend(super::routes::condition_lines(&rb_report.routes));
     let keys: BTreeSet<_> = ca.keys().chain(cb.keys()).collect();
     for k in keys {
         let (kind, ns, name) = k;

@@ -6,6 +6,7 @@ pub mod compile;
 pub mod diff;
 pub mod install;
 pub mod proxies;
+pub mod routes;
 pub mod stat;
 pub mod version;
 pub mod webhooks;

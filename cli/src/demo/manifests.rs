@@ -163,6 +163,20 @@ pub fn split_yaml(v2_weight: u32) -> String {
     )
 }
 
+/// `route.yaml` (`weft demo --gateway-api`): the same canary as a Gateway API HTTPRoute whose
+/// parent is the `api` Service (GAMMA), with `api-v2` at `v2_weight` percent.
+pub fn route_yaml(v2_weight: u32) -> String {
+    let v1 = 100u32.saturating_sub(v2_weight);
+    format!(
+        "# The canary as a Gateway API HTTPRoute: its parent is the `api` Service, so callers of `api`\n\
+         # reach api-v1 and api-v2 in proportion to these weights (what Flagger and Argo Rollouts write).\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: api-canary\n  namespace: {NAMESPACE}\n\
+         spec:\n  parentRefs:\n    - group: \"\"\n      kind: Service\n      name: api\n      port: {APP_PORT}\n  \
+         rules:\n    - backendRefs:\n        - name: api-v1\n          port: {APP_PORT}\n          weight: {v1}\n        \
+         - name: api-v2\n          port: {APP_PORT}\n          weight: {v2_weight}\n"
+    )
+}
+
 /// `access.yaml`: only `frontend` may call `api`, and only `GET /items` and the health check.
 pub fn access_yaml() -> String {
     format!(
@@ -187,6 +201,7 @@ mod tests {
             mesh_yaml(&layout),
             routes_yaml(),
             split_yaml(10),
+            route_yaml(10),
             access_yaml(),
         ]
         .join("---\n");
@@ -198,6 +213,36 @@ mod tests {
         assert_eq!(kinds.iter().filter(|k| *k == "Pod").count(), PODS.len());
         assert!(kinds.contains(&"TrafficSplit".to_owned()));
         assert!(kinds.contains(&"TrafficTarget".to_owned()));
+        assert!(kinds.contains(&"HTTPRoute".to_owned()));
+    }
+
+    #[test]
+    fn the_route_compiles_to_the_canary_weights_and_is_accepted() {
+        let layout = Layout {
+            prefix: [127, 42, 0],
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("mesh.yaml"), mesh_yaml(&layout)).expect("write");
+        std::fs::write(dir.path().join("route.yaml"), route_yaml(10)).expect("write");
+        let report = crate::cmd::routes::compile_dir(
+            dir.path(),
+            &weft_core::compile::CompileOptions::default(),
+        )
+        .expect("compiles");
+        assert!(
+            report.base.load_errors.is_empty(),
+            "{:?}",
+            report.base.load_errors
+        );
+        assert_eq!(report.routes.len(), 1);
+        let r = &report.routes[0];
+        let check = crate::cmd::routes::judge_route(r);
+        assert_eq!(check.outcome, crate::cmd::check::Outcome::Ok, "{check:?}");
+        assert_eq!(
+            r.compiled_to.first().map(|c| c.backends.clone()),
+            Some(vec!["api-v1=90".to_string(), "api-v2=10".to_string()]),
+            "{r:?}"
+        );
     }
 
     #[test]

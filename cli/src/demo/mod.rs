@@ -36,6 +36,18 @@ pub struct DemoOptions {
     pub layout: Layout,
     /// Requests per second from the frontend.
     pub rate: u32,
+    /// Walk the canary with a Gateway API HTTPRoute (`route.yaml`) instead of an SMI
+    /// TrafficSplit (`split.yaml`).
+    pub gateway_api: bool,
+}
+
+/// The canary object the demo edits: its file and its YAML at a given api-v2 weight.
+fn canary_file(gateway_api: bool) -> (&'static str, fn(u32) -> String) {
+    if gateway_api {
+        ("route.yaml", manifests::route_yaml)
+    } else {
+        ("split.yaml", manifests::split_yaml)
+    }
 }
 
 /// Canary weights of api-v2, in percent.
@@ -54,6 +66,7 @@ struct Mesh {
     traffic_stop: Option<watch::Sender<bool>>,
     dir: PathBuf,
     layout: Layout,
+    gateway_api: bool,
 }
 
 /// Runs the demo; returns whether every check held (shares within tolerance, 403s seen, mTLS).
@@ -68,6 +81,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
         traffic_stop: None,
         dir: dir.clone(),
         layout: opts.layout.clone(),
+        gateway_api: opts.gateway_api,
     };
     let result = tokio::select! {
         r = scripted(&opts, &mut mesh, &out) => r,
@@ -98,7 +112,11 @@ async fn scripted(opts: &DemoOptions, mesh: &mut Mesh, out: &Output) -> anyhow::
     let manifests = dir.join("manifests");
     write_atomic(&manifests.join("mesh.yaml"), &manifests::mesh_yaml(&layout))?;
     write_atomic(&manifests.join("routes.yaml"), &manifests::routes_yaml())?;
-    write_atomic(&manifests.join("split.yaml"), &manifests::split_yaml(0))?;
+    let (canary, canary_yaml) = canary_file(opts.gateway_api);
+    // Only one canary object: a leftover of the other kind (a reused --dir) would be overridden
+    // (an HTTPRoute wins over a TrafficSplit) or override.
+    let _ = std::fs::remove_file(manifests.join(canary_file(!opts.gateway_api).0));
+    write_atomic(&manifests.join(canary), &canary_yaml(0))?;
     let _ = std::fs::remove_file(manifests.join("access.yaml"));
     let token = dir.join("bootstrap-token");
     write_atomic(&token, &format!("weft-demo-{}\n", std::process::id()))?;
@@ -110,7 +128,15 @@ async fn scripted(opts: &DemoOptions, mesh: &mut Mesh, out: &Output) -> anyhow::
         .write_issuer_dir(&issuer)
         .context("writing the demo CA")?;
     let anchors = issuer.join(weft_common::ca::CA_CERT_FILE);
-    out.line(&format!("weft demo: manifests in {}", manifests.display()));
+    out.line(&format!(
+        "weft demo: manifests in {}; the canary is {}",
+        manifests.display(),
+        if opts.gateway_api {
+            "HTTPRoute api-canary (gateway.networking.k8s.io/v1, parentRef Service api) in route.yaml"
+        } else {
+            "TrafficSplit api-canary (split.smi-spec.io/v1alpha4) in split.yaml"
+        }
+    ));
 
     let operator_bin = procs::find_binary("weft-operator")?;
     let proxy_bin = procs::find_binary("weft-proxy")?;
@@ -228,14 +254,20 @@ async fn scripted(opts: &DemoOptions, mesh: &mut Mesh, out: &Output) -> anyhow::
     for (i, &v2) in STEPS.iter().enumerate() {
         if i > 0 {
             let before = proxy_version(&frontend_admin).await;
-            write_atomic(&manifests.join("split.yaml"), &manifests::split_yaml(v2))?;
+            write_atomic(&manifests.join(canary), &canary_yaml(v2))?;
             let t = Instant::now();
             wait_version_change(&frontend_admin, before.as_deref()).await?;
             out.line(&format!(
-                "edited split.yaml: api-v1={} api-v2={v2}; frontend's proxy applied it in {} ms",
+                "edited {canary}: api-v1={} api-v2={v2}; frontend's proxy applied it in {} ms",
                 100 - v2,
                 t.elapsed().as_millis()
             ));
+        }
+        if opts.gateway_api {
+            // What Flagger waits for before each step: the route's status for its parent.
+            let (line, ok) = route_status_line(&manifests);
+            all_ok &= ok;
+            out.line(&line);
         }
         frontend_load.reset();
         let title = format!(
@@ -341,6 +373,52 @@ async fn scripted(opts: &DemoOptions, mesh: &mut Mesh, out: &Output) -> anyhow::
         "demo finished: some checks did not hold (see MISMATCH lines and the logs)"
     });
     Ok(all_ok)
+}
+
+/// The HTTPRoute's `status.parents[]` as the operator computes it (the same compiler, run on the
+/// demo's folder): one line, and whether it is Accepted and ResolvedRefs.
+fn route_status_line(manifests: &Path) -> (String, bool) {
+    match crate::cmd::routes::compile_dir(manifests, &weft_core::compile::CompileOptions::default())
+    {
+        Ok(report) => {
+            let mut parts = Vec::new();
+            let mut ok = !report.routes.is_empty();
+            for r in &report.routes {
+                ok &= crate::cmd::routes::judge_route(r).outcome == crate::cmd::check::Outcome::Ok;
+                for p in &r.parents {
+                    let conds: Vec<String> = p
+                        .conditions
+                        .iter()
+                        .map(|c| format!("{}={}", c.type_, c.status))
+                        .collect();
+                    parts.push(format!(
+                        "{} {}/{} parent {}: {}",
+                        r.kind,
+                        r.namespace,
+                        r.name,
+                        p.parent,
+                        conds.join(" ")
+                    ));
+                }
+            }
+            (
+                format!(
+                    "route status: {} {}",
+                    if parts.is_empty() {
+                        "(no route)".to_string()
+                    } else {
+                        parts.join("; ")
+                    },
+                    if ok { "OK" } else { "MISMATCH" }
+                ),
+                ok,
+            )
+        }
+        Err(e) => (
+            format!("route status: cannot compile: {e:#} MISMATCH"),
+            false,
+        ),
+    }
 }
 
 /// The operator's identity on the discovery port (its defaults: namespace `weft-system`,
@@ -528,7 +606,7 @@ async fn keep_running(mesh: &Mesh, out: &Output) {
         "\nthe mesh keeps running (Ctrl-C stops it). Try:\n\
          \x20 curl -H 'Host: api.demo.svc.cluster.local:8080' http://{fe}:4140/items   # as frontend\n\
          \x20 curl -H 'Host: api.demo.svc.cluster.local:8080' http://{ba}:4140/items   # as batch\n\
-         \x20 $EDITOR {m}/split.yaml        # move the canary; proxies apply it within a second\n\
+         \x20 $EDITOR {m}/{canary}        # move the canary; proxies apply it within a second\n\
          \x20 rm {m}/access.yaml            # open api up again\n\
          \x20 curl http://{op}:9990/proxies    # which proxy runs which config version\n\
          \x20 curl http://{fe}:4191/metrics    # golden metrics of the frontend's proxy\n\
@@ -538,6 +616,7 @@ async fn keep_running(mesh: &Mesh, out: &Output) {
         ba = l.ip(11),
         op = l.operator_ip(),
         m = m.display(),
+        canary = canary_file(mesh.gateway_api).0,
         logs = mesh.dir.join("logs").display(),
     ));
     let _ = tokio::signal::ctrl_c().await;
