@@ -4,6 +4,7 @@ pub mod accrual;
 pub mod admin;
 pub mod app;
 pub mod balance;
+pub mod classify;
 pub mod config;
 pub mod control;
 pub mod control_tls;

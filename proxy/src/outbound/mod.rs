@@ -31,6 +31,7 @@ use tokio::sync::watch;
 use weft_common::reliability::MAX_RETRY_BODY_BYTES;
 
 use crate::accrual::{self, Outcome};
+use crate::classify;
 use crate::config::{Backend, Config, Endpoint, OutboundService, Protocol, TrafficPolicy};
 use crate::http::deadline;
 use crate::http::upgrade::{self, Splice};
@@ -251,21 +252,37 @@ fn record(
     shared: &Shared,
     labels: &Labels,
     peer: Option<Arc<str>>,
-    status: StatusCode,
+    rsp: Response<Body>,
     started: Instant,
-) {
+) -> Response<Body> {
     let labels = labels.clone();
+    // #18: the Linkerd-compatible families; the destination is the backend service chosen.
+    let dst = labels
+        .authority
+        .as_str()
+        .split_once('.')
+        .map(|(service, namespace)| {
+            let service = match labels.backend.as_str() {
+                "" => LabelValue::inline(service),
+                _ => labels.backend.clone(),
+            };
+            (LabelValue::inline(namespace), service)
+        });
+    let traffic = shared
+        .metrics
+        .traffic(OUTBOUND, labels.authority.clone(), dst);
     shared.metrics.request(
         RequestLabels {
             direction: OUTBOUND,
             authority: labels.authority,
             route: labels.route,
             backend: labels.backend,
-            status_class: metrics::status_class(status),
+            status_class: metrics::status_class(rsp.status()),
             peer: peer.map_or(LabelValue::EMPTY, LabelValue::Shared),
         },
         started.elapsed(),
     );
+    classify::observe(&shared.metrics, traffic, rsp, started)
 }
 
 async fn handle_request(
@@ -282,8 +299,7 @@ async fn handle_request(
             route: LabelValue::EMPTY,
             backend: LabelValue::EMPTY,
         };
-        record(shared, &labels, None, rsp.status(), started);
-        return rsp;
+        return record(shared, &labels, None, rsp, started);
     }
     let config = shared.config.borrow().clone();
     let resolved = match dst {
@@ -305,14 +321,8 @@ async fn handle_request(
                 route: LabelValue::EMPTY,
                 backend: LabelValue::EMPTY,
             };
-            record(
-                shared,
-                &labels,
-                None,
-                StatusCode::SERVICE_UNAVAILABLE,
-                started,
-            );
-            return h::error(StatusCode::SERVICE_UNAVAILABLE, &reason);
+            let rsp = h::error(StatusCode::SERVICE_UNAVAILABLE, &reason);
+            return record(shared, &labels, None, rsp, started);
         }
     };
     if req.method() == Method::CONNECT {
@@ -321,11 +331,11 @@ async fn handle_request(
             route: LabelValue::EMPTY,
             backend: LabelValue::EMPTY,
         };
-        record(shared, &labels, None, StatusCode::NOT_IMPLEMENTED, started);
-        return h::error(
+        let rsp = h::error(
             StatusCode::NOT_IMPLEMENTED,
             "CONNECT is not supported by weft-proxy",
         );
+        return record(shared, &labels, None, rsp, started);
     }
     svc.retry_budget.deposit();
     let Some(route) = route::select_route(&port.routes, &RequestInfo::from_request(&req)) else {
@@ -334,17 +344,11 @@ async fn handle_request(
             route: LabelValue::EMPTY,
             backend: LabelValue::EMPTY,
         };
-        record(
-            shared,
-            &labels,
-            None,
-            StatusCode::SERVICE_UNAVAILABLE,
-            started,
-        );
-        return h::error(
+        let rsp = h::error(
             StatusCode::SERVICE_UNAVAILABLE,
             &format!("no route of {} matches the request", svc.authority),
         );
+        return record(shared, &labels, None, rsp, started);
     };
     let Some(backend) = route::choose_backend(route) else {
         let labels = Labels {
@@ -352,20 +356,14 @@ async fn handle_request(
             route: (&route.name).into(),
             backend: LabelValue::EMPTY,
         };
-        record(
-            shared,
-            &labels,
-            None,
-            StatusCode::SERVICE_UNAVAILABLE,
-            started,
-        );
-        return h::error(
+        let rsp = h::error(
             StatusCode::SERVICE_UNAVAILABLE,
             &format!(
                 "route {} of {} has no backend with weight",
                 route.name, svc.authority
             ),
         );
+        return record(shared, &labels, None, rsp, started);
     };
     let app_h2 = match port.protocol {
         Protocol::Http2 | Protocol::Grpc => true,
@@ -411,8 +409,7 @@ async fn handle_request(
                 ),
             };
             let rsp = shed::refuse(StatusCode::SERVICE_UNAVAILABLE, why.reason(), &message);
-            record(shared, &labels, None, rsp.status(), started);
-            return rsp;
+            return record(shared, &labels, None, rsp, started);
         }
     };
     let (rsp, peer) = if upgrade::wants_upgrade(&req) {
@@ -420,8 +417,7 @@ async fn handle_request(
     } else {
         forward(shared, req, svc, backend, app_h2, &labels, deadline).await
     };
-    record(shared, &labels, peer, rsp.status(), started);
-    rsp
+    record(shared, &labels, peer, rsp, started)
 }
 
 fn idempotent(m: &Method) -> bool {
