@@ -13,6 +13,7 @@ pub mod identity;
 pub mod inbound;
 pub mod metrics;
 pub mod outbound;
+pub mod process_metrics;
 pub mod route;
 pub mod shed;
 pub mod state;

@@ -299,6 +299,7 @@ impl Metrics {
             "Time from the request head to the response head, in milliseconds (Linkerd-compatible buckets)",
             response_latency_ms.clone(),
         );
+        compat_registry.register_collector(Box::new(crate::process_metrics::ProcessCollector));
         // end #18
         let requests = Family::<RequestLabels, Counter>::default();
         let latency = Family::<LatencyLabels, Histogram, fn() -> Histogram>::new_with_constructor(
@@ -1064,5 +1065,78 @@ mod tests {
             text.contains("weft_proxy_identity_cert_expiry_timestamp_seconds 1700000000"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn linkerd_families_carry_the_pod_and_leave_empty_labels_out() {
+        let m = Metrics::for_pod(PodMeta::new(
+            "demo",
+            "web-5d8f7c9b4-x2k9p",
+            Some("deployment/web"),
+        ));
+        let inbound = m.traffic(INBOUND, LabelValue::port(8080), None);
+        m.compat_request(&inbound, Duration::from_millis(7));
+        m.compat_response(
+            inbound.clone(),
+            Outcome {
+                status: http::StatusCode::OK,
+                grpc_status: Some(14),
+                classification: FAILURE,
+            },
+        );
+        let outbound = m.traffic(
+            OUTBOUND,
+            "api.demo".into(),
+            Some(("demo".into(), "api-v2".into())),
+        );
+        m.compat_response(
+            outbound,
+            Outcome {
+                status: http::StatusCode::INTERNAL_SERVER_ERROR,
+                grpc_status: None,
+                classification: FAILURE,
+            },
+        );
+        let text = m.encode();
+        let pod = "namespace=\"demo\",pod=\"web-5d8f7c9b4-x2k9p\",deployment=\"web\"";
+        assert!(
+            text.contains(&format!(
+                "request_total{{direction=\"inbound\",authority=\":8080\",{pod}}} 1"
+            )),
+            "{text}"
+        );
+        assert!(text.contains(&format!("response_total{{direction=\"inbound\",authority=\":8080\",{pod},classification=\"failure\",status_code=\"200\",grpc_status=\"14\"}} 1")), "{text}");
+        assert!(text.contains(&format!("response_total{{direction=\"outbound\",authority=\"api.demo\",dst_namespace=\"demo\",dst_service=\"api-v2\",{pod},classification=\"failure\",status_code=\"500\"}} 1")), "{text}");
+        // 7 ms: in the 10 ms bucket, not the 5 ms one (Linkerd's bounds, in milliseconds).
+        assert!(text.contains(&format!("response_latency_ms_bucket{{le=\"5.0\",direction=\"inbound\",authority=\":8080\",{pod}}} 0")), "{text}");
+        assert!(text.contains(&format!("response_latency_ms_bucket{{le=\"10.0\",direction=\"inbound\",authority=\":8080\",{pod}}} 1")), "{text}");
+        assert!(text.contains("process_cpu_seconds_total "), "{text}");
+        assert!(
+            text.contains("weft_build_info{component=\"proxy\",version=\""),
+            "{text}"
+        );
+        // One exposition: a single trailing EOF.
+        assert_eq!(text.matches("# EOF").count(), 1, "{text}");
+    }
+
+    #[test]
+    fn the_workload_label_comes_from_the_injector_or_a_deployment_pod_name() {
+        let w = |ns: &str, pod: &str, env: Option<&str>| PodMeta::new(ns, pod, env).workload;
+        assert_eq!(
+            w("db", "db-0", Some("StatefulSet/db")),
+            Some((WorkloadKind::StatefulSet, "db".into()))
+        );
+        assert_eq!(
+            w("d", "web-5d8f7c9b4-x2k9p", None),
+            Some((WorkloadKind::Deployment, "web".into()))
+        );
+        // Unreadable env: the pod-name rule, else nothing.
+        assert_eq!(
+            w("d", "web-5d8f7c9b4-x2k9p", Some("pod/web")),
+            Some((WorkloadKind::Deployment, "web".into()))
+        );
+        assert_eq!(w("d", "api-v1", Some("deployment/Bad Name")), None);
+        assert_eq!(w("d", "api-v1", None), None);
+        assert_eq!(w("d", "db-0", None), None);
     }
 }
