@@ -220,4 +220,57 @@ mod tests {
         assert_eq!(classify(ok, false, None, End::Dropped), SUCCESS);
         assert_eq!(classify(ok, false, None, End::Error), FAILURE);
     }
+
+    fn grpc_response(code: Option<&'static str>) -> Response<Body> {
+        use http_body_util::BodyExt;
+        let mut frames: Vec<Result<Frame<Bytes>, BoxError>> =
+            vec![Ok(Frame::data(Bytes::from_static(b"\0\0\0\0\0")))];
+        if let Some(code) = code {
+            let mut trailers = HeaderMap::new();
+            trailers.insert("grpc-status", http::HeaderValue::from_static(code));
+            frames.push(Ok(Frame::trailers(trailers)));
+        }
+        let body = http_body_util::StreamBody::new(tokio_stream::iter(frames)).boxed();
+        let mut rsp = Response::new(body);
+        rsp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        rsp
+    }
+
+    #[tokio::test]
+    async fn a_grpc_status_in_the_trailers_classifies_the_response_when_it_ends() {
+        use http_body_util::BodyExt;
+        let metrics = Arc::new(Metrics::new());
+        let labels = || metrics.traffic(crate::metrics::INBOUND, "x".into(), None);
+        // Read to the end: the trailers' status counts.
+        for code in ["13", "0"] {
+            let rsp = observe(
+                &metrics,
+                labels(),
+                grpc_response(Some(code)),
+                Instant::now(),
+            );
+            let text = metrics.encode();
+            assert!(!text.contains(&format!("grpc_status=\"{code}\"")), "{text}");
+            let collected = rsp.into_body().collect().await.unwrap();
+            assert!(collected.trailers().is_some());
+        }
+        // Dropped before its end: no status, a failure.
+        drop(observe(
+            &metrics,
+            labels(),
+            grpc_response(Some("0")),
+            Instant::now(),
+        ));
+        let text = metrics.encode();
+        assert!(text.contains("response_total{direction=\"inbound\",authority=\"x\",classification=\"failure\",status_code=\"200\",grpc_status=\"13\"} 1"), "{text}");
+        assert!(text.contains("response_total{direction=\"inbound\",authority=\"x\",classification=\"success\",status_code=\"200\",grpc_status=\"0\"} 1"), "{text}");
+        assert!(text.contains("response_total{direction=\"inbound\",authority=\"x\",classification=\"failure\",status_code=\"200\"} 1"), "{text}");
+        assert!(
+            text.contains("request_total{direction=\"inbound\",authority=\"x\"} 3"),
+            "{text}"
+        );
+    }
 }
