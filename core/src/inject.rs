@@ -385,6 +385,47 @@ fn object_at<'a>(v: &'a mut Value, key: &str) -> Result<&'a mut Map<String, Valu
 /// Injects a pod (or a pod template: an object with `metadata` and `spec`) unconditionally.
 /// Returns the mutated copy.
 pub fn inject_pod(pod: &Value, settings: &InjectSettings) -> Result<Value, InjectError> {
+    inject_pod_of(pod, settings, owner_workload(pod))
+}
+
+/// `WEFT_PROXY_WORKLOAD` env var name (the proxy's metrics label the pod with its workload).
+pub const WORKLOAD_ENV: &str = "WEFT_PROXY_WORKLOAD";
+
+/// `<kind>/<name>` of the workload that owns `pod`, from its controller `ownerReferences` (what
+/// the admission webhook sees): a ReplicaSet named `<deployment>-<pod-template-hash>` is its
+/// Deployment's; StatefulSet, DaemonSet, Job and a bare ReplicaSet are themselves. `None` when
+/// there is no such owner.
+pub fn owner_workload(pod: &Value) -> Option<String> {
+    let owners = pod.pointer("/metadata/ownerReferences")?.as_array()?;
+    let owner = owners
+        .iter()
+        .find(|o| o.get("controller").and_then(Value::as_bool) == Some(true))
+        .or_else(|| owners.first())?;
+    let kind = owner.get("kind").and_then(Value::as_str)?;
+    let name = owner.get("name").and_then(Value::as_str)?;
+    match kind {
+        "ReplicaSet" => {
+            let hash = pod
+                .pointer("/metadata/labels/pod-template-hash")
+                .and_then(Value::as_str);
+            match hash.and_then(|h| name.strip_suffix(h)?.strip_suffix('-')) {
+                Some(deployment) if !deployment.is_empty() => {
+                    Some(format!("deployment/{deployment}"))
+                }
+                _ => Some(format!("replicaset/{name}")),
+            }
+        }
+        "StatefulSet" | "DaemonSet" | "Job" => Some(format!("{}/{name}", kind.to_lowercase())),
+        _ => None,
+    }
+}
+
+/// [`inject_pod`] with the proxy told `workload` (`<kind>/<name>`) as `WEFT_PROXY_WORKLOAD`.
+fn inject_pod_of(
+    pod: &Value,
+    settings: &InjectSettings,
+    workload: Option<String>,
+) -> Result<Value, InjectError> {
     let mut out = pod.clone();
     if !out.is_object() {
         return Err(InjectError::InvalidPod("a pod must be an object".into()));
@@ -408,7 +449,11 @@ pub fn inject_pod(pod: &Value, settings: &InjectSettings) -> Result<Value, Injec
         return Err(InjectError::InvalidPod("spec.containers is missing".into()));
     }
     upsert_named(spec, "initContainers", init, true)?;
-    upsert_named(spec, "containers", proxy_container(settings), false)?;
+    let mut proxy = proxy_container(settings);
+    if let (Some(workload), Some(env)) = (workload, proxy["env"].as_array_mut()) {
+        env.push(json!({"name": WORKLOAD_ENV, "value": workload}));
+    }
+    upsert_named(spec, "containers", proxy, false)?;
     upsert_named(spec, "volumes", token_volume(settings), false)?;
     Ok(out)
 }
@@ -519,6 +564,11 @@ fn inject_object(obj: &mut Value, settings: &InjectSettings) -> Result<(), Injec
         .and_then(Value::as_str)
         .unwrap_or("?")
         .to_string();
+    let kind = obj
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     if let Some(template) = pod_template_mut(obj) {
         let disabled = annotation(template, INJECT_ANNOTATION) == Some("disabled");
         let host_network = template
@@ -526,7 +576,16 @@ fn inject_object(obj: &mut Value, settings: &InjectSettings) -> Result<(), Injec
             .and_then(Value::as_bool)
             == Some(true);
         if !disabled && !host_network {
-            *template = inject_pod(template, settings)
+            let workload = match kind.as_str() {
+                "Pod" => owner_workload(template),
+                "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job" | "CronJob"
+                    if name != "?" =>
+                {
+                    Some(format!("{}/{name}", kind.to_lowercase()))
+                }
+                _ => None,
+            };
+            *template = inject_pod_of(template, settings, workload)
                 .map_err(|e| InjectError::InvalidPod(format!("{name}: {e}")))?;
         }
     }
@@ -840,5 +899,43 @@ spec:
         assert_eq!(s.memory_limit, None);
         let bad = InjectSettings::from_lookup(|k| (k == "WEFT_PROXY_UID").then(|| "x".to_string()));
         assert!(matches!(bad, Err(InjectError::Env { .. })));
+    }
+
+    #[test]
+    fn the_proxy_is_told_its_workload_from_the_owner_or_the_manifest() {
+        let s = InjectSettings::default();
+        let workload_env = |pod: &Value| -> Option<String> {
+            pod["spec"]["containers"]
+                .as_array()?
+                .iter()
+                .find(|c| c["name"] == PROXY_CONTAINER)?["env"]
+                .as_array()?
+                .iter()
+                .find(|e| e["name"] == WORKLOAD_ENV)
+                .and_then(|e| e["value"].as_str().map(str::to_string))
+        };
+        // Admission: a ReplicaSet's pod is its Deployment's.
+        let pod = json!({
+            "metadata": {
+                "labels": {"pod-template-hash": "5d8f7c9b4"},
+                "ownerReferences": [{"kind": "ReplicaSet", "name": "web-5d8f7c9b4", "controller": true}],
+            },
+            "spec": {"containers": [{"name": "web"}]},
+        });
+        let out = inject_pod(&pod, &s).unwrap();
+        assert_eq!(workload_env(&out).as_deref(), Some("deployment/web"));
+        let sts = json!({
+            "metadata": {"ownerReferences": [{"kind": "StatefulSet", "name": "db", "controller": true}]},
+            "spec": {"containers": [{"name": "db"}]},
+        });
+        assert_eq!(owner_workload(&sts).as_deref(), Some("statefulset/db"));
+        // No owner: no variable.
+        let bare = json!({"metadata": {}, "spec": {"containers": [{"name": "x"}]}});
+        assert_eq!(workload_env(&inject_pod(&bare, &s).unwrap()), None);
+        // `weft inject -f`: the workload is the manifest's object.
+        let yaml = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: api}\nspec:\n  template:\n    metadata: {}\n    spec:\n      containers: [{name: api}]\n";
+        let out = inject_manifest(yaml, &s).unwrap();
+        assert!(out.contains("WEFT_PROXY_WORKLOAD"), "{out}");
+        assert!(out.contains("deployment/api"), "{out}");
     }
 }

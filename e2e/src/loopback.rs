@@ -83,6 +83,9 @@ pub struct PodSpec {
     /// In the manifests from the start, but its processes are started only by
     /// [`LoopbackMesh::start_deferred`].
     pub deferred: bool,
+    /// `<kind>/<name>` of the owning workload, given to the proxy as `WEFT_PROXY_WORKLOAD` (what
+    /// the injector sets in a cluster).
+    pub workload: Option<String>,
 }
 
 impl PodSpec {
@@ -95,7 +98,13 @@ impl PodSpec {
             ports: Vec::new(),
             app: App::None,
             deferred: false,
+            workload: None,
         }
+    }
+    /// See [`PodSpec::workload`].
+    pub fn workload(mut self, kind_and_name: &str) -> Self {
+        self.workload = Some(kind_and_name.into());
+        self
     }
     /// See [`PodSpec::deferred`].
     pub fn deferred(mut self) -> Self {
@@ -126,6 +135,8 @@ impl PodSpec {
 #[derive(Clone, Debug)]
 pub struct ServiceSpec {
     pub name: String,
+    /// The port's name (`http` unless set; it names the protocol, e.g. `http2`, `grpc`).
+    pub port_name: String,
     pub port: u16,
     pub target_port: u16,
     pub selector: Vec<(String, String)>,
@@ -135,6 +146,7 @@ impl ServiceSpec {
     pub fn new(name: &str, port: u16) -> Self {
         ServiceSpec {
             name: name.into(),
+            port_name: "http".into(),
             port,
             target_port: port,
             selector: Vec::new(),
@@ -142,6 +154,11 @@ impl ServiceSpec {
     }
     pub fn select(mut self, k: &str, v: &str) -> Self {
         self.selector.push((k.into(), v.into()));
+        self
+    }
+    /// See [`ServiceSpec::port_name`].
+    pub fn port_name(mut self, name: &str) -> Self {
+        self.port_name = name.into();
         self
     }
 }
@@ -515,8 +532,9 @@ impl LoopbackMesh {
             let _ = write!(
                 out,
                 "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {ns}\n\
-                 spec:\n  clusterIP: {cluster_ip}\n  selector:\n{selector}  ports:\n    - name: http\n      port: {port}\n      targetPort: {target}\n",
+                 spec:\n  clusterIP: {cluster_ip}\n  selector:\n{selector}  ports:\n    - name: {port_name}\n      port: {port}\n      targetPort: {target}\n",
                 name = s.name,
+                port_name = s.port_name,
                 port = s.port,
                 target = s.target_port,
             );
@@ -612,6 +630,9 @@ impl LoopbackMesh {
             ("WEFT_PROXY_SHUTDOWN_GRACE", "1s".into()),
             ("WEFT_LOG", "info".into()),
         ];
+        if let Some(workload) = &p.workload {
+            env.push(("WEFT_PROXY_WORKLOAD", workload.clone()));
+        }
         if self.spec.issuer == IssuerMode::Provided {
             env.push((
                 "WEFT_PROXY_TRUST_ANCHORS_FILE",

@@ -183,7 +183,7 @@ async fn issues_a_leaf_for_the_authenticated_identity() {
         "{text}"
     );
     assert!(
-        text.contains("weft_identity_issuer_expiry_seconds "),
+        text.contains("weft_identity_issuer_expiry_timestamp_seconds "),
         "{text}"
     );
 }

@@ -21,7 +21,7 @@ use crate::control::{self, DiscoveryClient, ProxyId, Settings};
 use crate::control_tls::ControlTls;
 use crate::identity::{Identity, IdentityConfig};
 use crate::inbound::{self, InboundSettings};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PodMeta};
 use crate::outbound;
 use crate::transport::MeshIdentity;
 
@@ -72,7 +72,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     bound: Option<tokio::sync::oneshot::Sender<BoundAddrs>>,
 ) -> Result<(), AppError> {
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::for_pod(PodMeta::new(
+        &env.pod_namespace,
+        &env.pod_name,
+        env.workload.as_deref(),
+    )));
 
     // Listeners first, so that a port clash fails fast with exit code 1.
     let (admin_listener, admin_addr) = bind("admin", env.admin_addr).await?;

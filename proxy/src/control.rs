@@ -253,6 +253,7 @@ impl DiscoveryClient {
                 return std::future::pending().await;
             }
         };
+        self.wait_for_first_certificate().await;
         let mut attempt: u32 = 0;
         loop {
             let mut got_response = false;
@@ -298,6 +299,29 @@ impl DiscoveryClient {
                 },
                 None => tokio::time::sleep(delay).await,
             }
+        }
+    }
+
+    /// Over TLS with a client identity, the first stream waits for the first certificate (for at
+    /// most `first_response_timeout`, then it goes without, as before): opened earlier, it races
+    /// Certify, and a healthy start would count a refused stream (an operator that requires a
+    /// client certificate) or a reconnect (to present the certificate), and log a warning.
+    async fn wait_for_first_certificate(&self) {
+        let Some(identity) = &self.identity else {
+            return;
+        };
+        if identity.has_valid_certificate() {
+            return;
+        }
+        let wait = self.settings.first_response_timeout;
+        if tokio::time::timeout(wait, identity.valid_certificate())
+            .await
+            .is_err()
+        {
+            tracing::info!(
+                waited_ms = wait.as_millis() as u64,
+                "no identity certificate yet; opening the discovery stream without one"
+            );
         }
     }
 

@@ -220,6 +220,7 @@ fn latency_histogram() -> Histogram {
 /// The proxy's metrics. One instance per process, shared as `Arc<Metrics>`.
 pub struct Metrics {
     registry: Registry,
+    compat_registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: Family<LatencyLabels, Histogram, fn() -> Histogram>,
     tcp_connections: Family<TcpLabels, Counter>,
@@ -246,6 +247,12 @@ pub struct Metrics {
     outbound_shed: Family<ShedLabels, Counter>,
     outbound_deadline_exceeded: Family<AuthorityLabels, Counter>,
     // end #16 outbound
+    // #18 Linkerd-compatible families (unprefixed: their names are what dashboards query)
+    pod: Pod,
+    request_total: Family<TrafficLabels, Counter>,
+    response_total: Family<ResponseLabels, Counter>,
+    response_latency_ms: Family<TrafficLabels, Histogram, fn() -> Histogram>,
+    // end #18
 }
 
 impl std::fmt::Debug for Metrics {
@@ -262,7 +269,38 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
+        Self::for_pod(PodMeta::default())
+    }
+
+    /// The metrics of the proxy of `pod` (its namespace, name and owning workload label the
+    /// Linkerd-compatible families).
+    pub fn for_pod(pod: PodMeta) -> Self {
         let mut registry = Registry::with_prefix("weft_proxy");
+        // #18: the Linkerd-compatible families, unprefixed, in a registry of their own.
+        let mut compat_registry = Registry::default();
+        let request_total = Family::<TrafficLabels, Counter>::default();
+        let response_total = Family::<ResponseLabels, Counter>::default();
+        let response_latency_ms =
+            Family::<TrafficLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                response_latency_ms_histogram,
+            );
+        compat_registry.register(
+            "request",
+            "HTTP requests (Linkerd-compatible: counted when the response head is sent)",
+            request_total.clone(),
+        );
+        compat_registry.register(
+            "response",
+            "HTTP responses by classification, status_code and grpc_status (Linkerd-compatible: counted when the response stream ends)",
+            response_total.clone(),
+        );
+        compat_registry.register(
+            "response_latency_ms",
+            "Time from the request head to the response head, in milliseconds (Linkerd-compatible buckets)",
+            response_latency_ms.clone(),
+        );
+        compat_registry.register_collector(Box::new(crate::process_metrics::ProcessCollector));
+        // end #18
         let requests = Family::<RequestLabels, Counter>::default();
         let latency = Family::<LatencyLabels, Histogram, fn() -> Histogram>::new_with_constructor(
             latency_histogram,
@@ -385,6 +423,11 @@ impl Metrics {
         // end #16 outbound
         Metrics {
             registry,
+            compat_registry,
+            pod: Pod(Arc::new(pod)),
+            request_total,
+            response_total,
+            response_latency_ms,
             requests,
             latency,
             tcp_connections,
@@ -460,6 +503,11 @@ impl Metrics {
         let mut out = String::with_capacity(8 * 1024);
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
+        }
+        crate::admin::strip_eof(&mut out);
+        let mut compat = String::with_capacity(4 * 1024);
+        if prometheus_client::encoding::text::encode(&mut compat, &self.compat_registry).is_ok() {
+            out.push_str(&compat);
         }
         out
     }
@@ -671,6 +719,269 @@ pub fn status_class(status: http::StatusCode) -> &'static str {
     }
 }
 
+// #18 Linkerd-compatible families
+
+/// `response_latency_ms` bucket bounds: Linkerd's, in milliseconds, so that dashboards and
+/// `histogram_quantile` queries written for Linkerd read the same buckets.
+pub const LATENCY_BOUNDS_MS: [f64; 25] = [
+    1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 100.0, 200.0, 300.0, 400.0, 500.0,
+    1_000.0, 2_000.0, 3_000.0, 4_000.0, 5_000.0, 10_000.0, 20_000.0, 30_000.0, 40_000.0, 50_000.0,
+];
+
+fn response_latency_ms_histogram() -> Histogram {
+    Histogram::new(LATENCY_BOUNDS_MS)
+}
+
+/// `classification` label values.
+pub const SUCCESS: &str = "success";
+pub const FAILURE: &str = "failure";
+
+/// The kind of workload that owns the proxy's pod: its label name is the kind's, as Linkerd's
+/// (`deployment="web"`, `statefulset="db"`, …).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WorkloadKind {
+    Deployment,
+    StatefulSet,
+    DaemonSet,
+    ReplicaSet,
+    Job,
+    CronJob,
+}
+
+impl WorkloadKind {
+    /// The label name (and the kind as `WEFT_PROXY_WORKLOAD` spells it).
+    pub fn label(self) -> &'static str {
+        match self {
+            WorkloadKind::Deployment => "deployment",
+            WorkloadKind::StatefulSet => "statefulset",
+            WorkloadKind::DaemonSet => "daemonset",
+            WorkloadKind::ReplicaSet => "replicaset",
+            WorkloadKind::Job => "k8s_job",
+            WorkloadKind::CronJob => "cronjob",
+        }
+    }
+
+    /// Parses a kind as `WEFT_PROXY_WORKLOAD` or a Kubernetes `kind` spells it (any case).
+    pub fn parse(kind: &str) -> Option<Self> {
+        Some(match kind.to_ascii_lowercase().as_str() {
+            "deployment" => WorkloadKind::Deployment,
+            "statefulset" => WorkloadKind::StatefulSet,
+            "daemonset" => WorkloadKind::DaemonSet,
+            "replicaset" => WorkloadKind::ReplicaSet,
+            "job" | "k8s_job" => WorkloadKind::Job,
+            "cronjob" => WorkloadKind::CronJob,
+            _ => return None,
+        })
+    }
+}
+
+/// Who the proxy is: the pod labels of the Linkerd-compatible families, fixed for the process.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodMeta {
+    pub namespace: String,
+    pub pod: String,
+    /// The owning workload; `None` when unknown (no workload label then).
+    pub workload: Option<(WorkloadKind, String)>,
+}
+
+impl PodMeta {
+    /// From the pod's namespace and name and `WEFT_PROXY_WORKLOAD` (`<kind>/<name>`, set by the
+    /// injector). Without it (or when it does not parse), a pod named as a Deployment's pods
+    /// are (`<deployment>-<pod-template-hash>-<5 chars>`) is labelled with that Deployment;
+    /// otherwise there is no workload label.
+    pub fn new(namespace: &str, pod: &str, workload: Option<&str>) -> Self {
+        let parsed = workload.and_then(|w| {
+            let (kind, name) = w.trim().split_once('/')?;
+            let kind = WorkloadKind::parse(kind)?;
+            valid_name(name).then(|| (kind, name.to_string()))
+        });
+        PodMeta {
+            namespace: namespace.to_string(),
+            pod: pod.to_string(),
+            workload: parsed.or_else(|| {
+                deployment_of_pod_name(pod).map(|d| (WorkloadKind::Deployment, d.to_string()))
+            }),
+        }
+    }
+}
+
+/// A DNS-1123 name as Kubernetes allows for workloads (bounded, no odd characters in labels).
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+}
+
+/// `web` for `web-5d8f7c9b4-x2k9p`: Kubernetes names a Deployment's pods
+/// `<deployment>-<pod-template-hash>-<suffix>`, the hash and the 5-character suffix drawn from
+/// `bcdfghjklmnpqrstvwxz2456789`.
+fn deployment_of_pod_name(pod: &str) -> Option<&str> {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let from_alphabet = |s: &str| s.bytes().all(|b| ALPHABET.contains(&b));
+    let (rest, suffix) = pod.rsplit_once('-')?;
+    let (name, hash) = rest.rsplit_once('-')?;
+    (suffix.len() == 5
+        && (6..=10).contains(&hash.len())
+        && from_alphabet(suffix)
+        && from_alphabet(hash)
+        && valid_name(name))
+    .then_some(name)
+}
+
+/// The process's [`PodMeta`], compared by identity (one per process) so that hashing a series'
+/// labels on the request path does not hash the pod's names.
+#[derive(Clone, Debug)]
+struct Pod(Arc<PodMeta>);
+
+impl PartialEq for Pod {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Pod {}
+
+impl Hash for Pod {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        std::ptr::hash(Arc::as_ptr(&self.0), state);
+    }
+}
+
+/// Labels of `request_total` and `response_latency_ms`. Empty values are left out of the
+/// exposition (`dst_*` inbound, the workload label when unknown), as Linkerd does.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct TrafficLabels {
+    pod: Pod,
+    direction: &'static str,
+    /// Outbound `<service>.<namespace>` (the service addressed), inbound `:<port>`; never the
+    /// request's Host (unbounded).
+    authority: LabelValue,
+    /// Outbound: the namespace and name of the service the request went to (a TrafficSplit's
+    /// backend, not its apex). Empty inbound.
+    dst_namespace: LabelValue,
+    dst_service: LabelValue,
+}
+
+/// Labels of `response_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct ResponseLabels {
+    traffic: TrafficLabels,
+    classification: &'static str,
+    status_code: u16,
+    /// The gRPC status code, for gRPC responses only.
+    grpc_status: Option<u16>,
+}
+
+fn encode_pair(
+    encoder: &mut prometheus_client::encoding::LabelSetEncoder,
+    key: &str,
+    value: &str,
+) -> Result<(), std::fmt::Error> {
+    if value.is_empty() {
+        return Ok(());
+    }
+    prometheus_client::encoding::EncodeLabel::encode(&(key, value), encoder.encode_label())
+}
+
+impl EncodeLabelSet for TrafficLabels {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelSetEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        encode_pair(encoder, "direction", self.direction)?;
+        encode_pair(encoder, "authority", self.authority.as_str())?;
+        encode_pair(encoder, "dst_namespace", self.dst_namespace.as_str())?;
+        encode_pair(encoder, "dst_service", self.dst_service.as_str())?;
+        let pod = &self.pod.0;
+        encode_pair(encoder, "namespace", &pod.namespace)?;
+        encode_pair(encoder, "pod", &pod.pod)?;
+        if let Some((kind, name)) = &pod.workload {
+            encode_pair(encoder, kind.label(), name)?;
+        }
+        Ok(())
+    }
+}
+
+impl EncodeLabelSet for ResponseLabels {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelSetEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        self.traffic.encode(encoder)?;
+        encode_pair(encoder, "classification", self.classification)?;
+        let mut code = itoa_u16(self.status_code);
+        encode_pair(encoder, "status_code", code.as_str())?;
+        if let Some(grpc) = self.grpc_status {
+            code = itoa_u16(grpc);
+            encode_pair(encoder, "grpc_status", code.as_str())?;
+        }
+        Ok(())
+    }
+}
+
+fn itoa_u16(n: u16) -> LabelValue {
+    use std::io::Write;
+    let mut buf = [0u8; INLINE_CAP];
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    let len = match write!(cursor, "{n}") {
+        Ok(()) => u8::try_from(cursor.position()).unwrap_or(0),
+        Err(_) => 0,
+    };
+    LabelValue::Inline { len, buf }
+}
+
+/// A response's outcome, for `response_total` (see [`crate::classify`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub status: http::StatusCode,
+    pub grpc_status: Option<u16>,
+    pub classification: &'static str,
+}
+
+impl Metrics {
+    /// The labels of a request of `direction` to `authority`; `dst` is the destination
+    /// service's `(namespace, name)` outbound.
+    pub fn traffic(
+        &self,
+        direction: &'static str,
+        authority: LabelValue,
+        dst: Option<(LabelValue, LabelValue)>,
+    ) -> TrafficLabels {
+        let (dst_namespace, dst_service) = dst.unwrap_or_default();
+        TrafficLabels {
+            pod: self.pod.clone(),
+            direction,
+            authority,
+            dst_namespace,
+            dst_service,
+        }
+    }
+
+    /// Counts a request in `request_total` and observes its time to response head.
+    pub fn compat_request(&self, labels: &TrafficLabels, latency: Duration) {
+        self.request_total.get_or_create(labels).inc();
+        self.response_latency_ms
+            .get_or_create(labels)
+            .observe(latency.as_secs_f64() * 1000.0);
+    }
+
+    /// Counts a finished response in `response_total`.
+    pub fn compat_response(&self, traffic: TrafficLabels, outcome: Outcome) {
+        self.response_total
+            .get_or_create(&ResponseLabels {
+                traffic,
+                classification: outcome.classification,
+                status_code: outcome.status.as_u16(),
+                grpc_status: outcome.grpc_status,
+            })
+            .inc();
+    }
+}
+
+// end #18
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -754,5 +1065,78 @@ mod tests {
             text.contains("weft_proxy_identity_cert_expiry_timestamp_seconds 1700000000"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn linkerd_families_carry_the_pod_and_leave_empty_labels_out() {
+        let m = Metrics::for_pod(PodMeta::new(
+            "demo",
+            "web-5d8f7c9b4-x2k9p",
+            Some("deployment/web"),
+        ));
+        let inbound = m.traffic(INBOUND, LabelValue::port(8080), None);
+        m.compat_request(&inbound, Duration::from_millis(7));
+        m.compat_response(
+            inbound.clone(),
+            Outcome {
+                status: http::StatusCode::OK,
+                grpc_status: Some(14),
+                classification: FAILURE,
+            },
+        );
+        let outbound = m.traffic(
+            OUTBOUND,
+            "api.demo".into(),
+            Some(("demo".into(), "api-v2".into())),
+        );
+        m.compat_response(
+            outbound,
+            Outcome {
+                status: http::StatusCode::INTERNAL_SERVER_ERROR,
+                grpc_status: None,
+                classification: FAILURE,
+            },
+        );
+        let text = m.encode();
+        let pod = "namespace=\"demo\",pod=\"web-5d8f7c9b4-x2k9p\",deployment=\"web\"";
+        assert!(
+            text.contains(&format!(
+                "request_total{{direction=\"inbound\",authority=\":8080\",{pod}}} 1"
+            )),
+            "{text}"
+        );
+        assert!(text.contains(&format!("response_total{{direction=\"inbound\",authority=\":8080\",{pod},classification=\"failure\",status_code=\"200\",grpc_status=\"14\"}} 1")), "{text}");
+        assert!(text.contains(&format!("response_total{{direction=\"outbound\",authority=\"api.demo\",dst_namespace=\"demo\",dst_service=\"api-v2\",{pod},classification=\"failure\",status_code=\"500\"}} 1")), "{text}");
+        // 7 ms: in the 10 ms bucket, not the 5 ms one (Linkerd's bounds, in milliseconds).
+        assert!(text.contains(&format!("response_latency_ms_bucket{{le=\"5.0\",direction=\"inbound\",authority=\":8080\",{pod}}} 0")), "{text}");
+        assert!(text.contains(&format!("response_latency_ms_bucket{{le=\"10.0\",direction=\"inbound\",authority=\":8080\",{pod}}} 1")), "{text}");
+        assert!(text.contains("process_cpu_seconds_total "), "{text}");
+        assert!(
+            text.contains("weft_build_info{component=\"proxy\",version=\""),
+            "{text}"
+        );
+        // One exposition: a single trailing EOF.
+        assert_eq!(text.matches("# EOF").count(), 1, "{text}");
+    }
+
+    #[test]
+    fn the_workload_label_comes_from_the_injector_or_a_deployment_pod_name() {
+        let w = |ns: &str, pod: &str, env: Option<&str>| PodMeta::new(ns, pod, env).workload;
+        assert_eq!(
+            w("db", "db-0", Some("StatefulSet/db")),
+            Some((WorkloadKind::StatefulSet, "db".into()))
+        );
+        assert_eq!(
+            w("d", "web-5d8f7c9b4-x2k9p", None),
+            Some((WorkloadKind::Deployment, "web".into()))
+        );
+        // Unreadable env: the pod-name rule, else nothing.
+        assert_eq!(
+            w("d", "web-5d8f7c9b4-x2k9p", Some("pod/web")),
+            Some((WorkloadKind::Deployment, "web".into()))
+        );
+        assert_eq!(w("d", "api-v1", Some("deployment/Bad Name")), None);
+        assert_eq!(w("d", "api-v1", None), None);
+        assert_eq!(w("d", "db-0", None), None);
     }
 }

@@ -720,3 +720,57 @@ status:
     );
     drop(tx);
 }
+
+/// #18: a healthy start (TLS to the operator, Certify answers) opens Discovery once, with the
+/// certificate: the operator counts no refused stream, the proxy no reconnect, and the proxy's
+/// log has no WARN line, whether or not the operator requires a client certificate on Discovery.
+#[tokio::test]
+async fn a_healthy_start_counts_no_refusal_and_no_reconnect_and_logs_no_warning() {
+    for require_discovery_identity in [true, false] {
+        let op = start_operator_with(false, require_discovery_identity).await;
+        let proxy = ProxyProcess::start(
+            &op.runtime.discovery_addr.to_string(),
+            &[
+                ("WEFT_PROXY_TRUST_ANCHORS", &op.anchors_pem),
+                ("WEFT_PROXY_CONTROL_IDENTITY", OPERATOR_ID),
+            ],
+        )
+        .await;
+        proxy.ready().await;
+        let proxy_metrics = proxy
+            .admin_until("/metrics", |code, body| {
+                code == 200 && body.contains("weft_proxy_control_connected 1")
+            })
+            .await;
+        assert!(
+            proxy_metrics
+                .lines()
+                .any(|l| l == "weft_proxy_control_reconnects_total 0"),
+            "require_discovery_identity={require_discovery_identity}:\n{proxy_metrics}\n{}",
+            proxy.log()
+        );
+        assert!(
+            proxy_metrics
+                .lines()
+                .any(|l| l == "weft_proxy_control_config_updates_total 1"),
+            "{proxy_metrics}"
+        );
+        let op_metrics = metrics(&op).await;
+        let refused: Vec<&str> = op_metrics
+            .lines()
+            .filter(|l| l.starts_with("weft_operator_discovery_streams_refused_total{"))
+            .filter(|l| !l.ends_with(" 0"))
+            .collect();
+        assert!(refused.is_empty(), "{refused:?}\n{}", proxy.log());
+        let log = proxy.log();
+        assert!(log.contains("discovery stream open"), "{log}");
+        let warnings: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(" WARN ") || l.contains("\"WARN\""))
+            .collect();
+        assert!(
+            warnings.is_empty(),
+            "require_discovery_identity={require_discovery_identity}: {warnings:#?}"
+        );
+    }
+}

@@ -911,8 +911,11 @@ async fn identity_checks(cluster: &Cluster, names: &InstallNames) -> Vec<Check> 
                 let days = (s.value - now) / 86_400.0;
                 let from = format!("operator {}/{}", names.namespace, r.name);
                 let slot = match s.name.as_str() {
-                    "weft_identity_trust_anchor_expiry_seconds" => &mut anchor,
-                    "weft_identity_issuer_expiry_seconds" => &mut issuer,
+                    // The names before #18 too (an older operator).
+                    "weft_identity_trust_anchor_expiry_timestamp_seconds"
+                    | "weft_identity_trust_anchor_expiry_seconds" => &mut anchor,
+                    "weft_identity_issuer_expiry_timestamp_seconds"
+                    | "weft_identity_issuer_expiry_seconds" => &mut issuer,
                     _ => continue,
                 };
                 if slot.as_ref().is_none_or(|(d, _)| days < *d) {

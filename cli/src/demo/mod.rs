@@ -441,6 +441,14 @@ fn proxy_env(
         ),
         ("WEFT_PROXY_CONTROL_IDENTITY", OPERATOR_IDENTITY.to_string()),
         ("WEFT_PROXY_POD", format!("{NAMESPACE}/{}", pod.name)),
+        // #18: the workload label of the Linkerd-compatible metrics (`api-v1-0` → `api-v1`).
+        (
+            "WEFT_PROXY_WORKLOAD",
+            format!(
+                "deployment/{}",
+                pod.name.strip_suffix("-0").unwrap_or(pod.name)
+            ),
+        ),
         (
             "WEFT_PROXY_SERVICE_ACCOUNT",
             pod.service_account.to_string(),

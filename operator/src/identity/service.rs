@@ -228,8 +228,8 @@ impl IdentityService {
     }
 
     /// Registers `weft_identity_certificates_issued_total`,
-    /// `weft_identity_certificates_refused_total{reason}`, `weft_identity_issuer_expiry_seconds`
-    /// and `weft_identity_trust_anchor_expiry_seconds` (Unix times).
+    /// `weft_identity_certificates_refused_total{reason}`, `weft_identity_issuer_expiry_timestamp_seconds`
+    /// and `weft_identity_trust_anchor_expiry_timestamp_seconds` (Unix times).
     pub fn register_metrics(&self, registry: &mut Registry) {
         registry.register(
             "weft_identity_certificates_issued",
@@ -242,12 +242,12 @@ impl IdentityService {
             self.refused.clone(),
         );
         registry.register(
-            "weft_identity_issuer_expiry_seconds",
+            "weft_identity_issuer_expiry_timestamp_seconds",
             "Unix time at which the identity issuer certificate expires",
             self.ca.issuer_expiry_gauge(),
         );
         registry.register(
-            "weft_identity_trust_anchor_expiry_seconds",
+            "weft_identity_trust_anchor_expiry_timestamp_seconds",
             "Unix time at which the earliest trust anchor expires",
             self.ca.anchor_expiry_gauge(),
         );

@@ -48,6 +48,10 @@ pub struct ProxyEnv {
     pub trust_anchors: Option<TrustAnchors>,
     /// Who the operator must prove to be over TLS (set iff `trust_anchors` is).
     pub control_peer: Option<ControlPeer>,
+    /// `WEFT_PROXY_WORKLOAD`: `<kind>/<name>` of the workload owning the pod (set by the
+    /// injector; labels the Linkerd-compatible metrics). Kept as given; parsed by
+    /// [`crate::metrics::PodMeta::new`], which ignores what it cannot read.
+    pub workload: Option<String>,
 }
 
 /// A bad or missing environment variable.
@@ -79,6 +83,7 @@ pub const LOG_FORMAT: &str = "WEFT_PROXY_LOG_FORMAT";
 pub const TRUST_ANCHORS: &str = "WEFT_PROXY_TRUST_ANCHORS";
 pub const TRUST_ANCHORS_FILE: &str = "WEFT_PROXY_TRUST_ANCHORS_FILE";
 pub const CONTROL_IDENTITY: &str = "WEFT_PROXY_CONTROL_IDENTITY";
+pub const WORKLOAD: &str = "WEFT_PROXY_WORKLOAD";
 
 impl ProxyEnv {
     /// Reads the process environment.
@@ -193,7 +198,9 @@ impl ProxyEnv {
             Some("json") => LogFormat::Json,
             Some(v) => return Err(invalid(LOG_FORMAT, v, "expected `plain` or `json`")),
         };
+        let workload = get(WORKLOAD).map(str::to_string);
         Ok(Self {
+            workload,
             control_addr,
             pod_namespace,
             pod_name,

@@ -593,15 +593,7 @@ async fn handle_request(
 ) -> Response<Body> {
     let started = Instant::now();
     if let Some(rsp) = h::reject_bad_request(&mut req, &shared.metrics, INBOUND) {
-        record(
-            shared,
-            port,
-            "none".into(),
-            peer.as_ref(),
-            rsp.status(),
-            started,
-        );
-        return rsp;
+        return record(shared, port, "none".into(), peer.as_ref(), rsp, started);
     }
     let config = shared.config.borrow().clone();
     let decision = if config.inbound.ports.contains_key(&port) {
@@ -620,15 +612,7 @@ async fn handle_request(
         Decision::Deny(reason) => {
             shared.metrics.authorization("none", false, "http");
             let rsp = h::forbidden(&reason);
-            record(
-                shared,
-                port,
-                "none".into(),
-                peer.as_ref(),
-                rsp.status(),
-                started,
-            );
-            return rsp;
+            return record(shared, port, "none".into(), peer.as_ref(), rsp, started);
         }
     };
     let authz_name: LabelValue =
@@ -642,30 +626,14 @@ async fn handle_request(
             StatusCode::NOT_IMPLEMENTED,
             "CONNECT is not supported by weft-proxy",
         );
-        record(
-            shared,
-            port,
-            authz_name,
-            peer.as_ref(),
-            rsp.status(),
-            started,
-        );
-        return rsp;
+        return record(shared, port, authz_name, peer.as_ref(), rsp, started);
     }
 
     // Authorized: now the app's protection (docs/reliability.md, inbound).
     let (permit, deadline) = match admit(shared, port, peer.as_ref(), &req).await {
         Ok(admitted) => admitted,
         Err(rsp) => {
-            record(
-                shared,
-                port,
-                authz_name,
-                peer.as_ref(),
-                rsp.status(),
-                started,
-            );
-            return rsp;
+            return record(shared, port, authz_name, peer.as_ref(), rsp, started);
         }
     };
 
@@ -675,15 +643,7 @@ async fn handle_request(
         let rsp = forward_upgrade(shared, req, port).await;
         // The slot is held until the app answers the upgrade, not for the tunnel's life.
         drop(permit);
-        record(
-            shared,
-            port,
-            authz_name,
-            peer.as_ref(),
-            rsp.status(),
-            started,
-        );
-        return rsp;
+        return record(shared, port, authz_name, peer.as_ref(), rsp, started);
     }
     h::strip_hop_by_hop(req.headers_mut());
     set_client_id(&mut req, peer.as_deref());
@@ -731,15 +691,7 @@ async fn handle_request(
             }
         }
     };
-    record(
-        shared,
-        port,
-        authz_name,
-        peer.as_ref(),
-        rsp.status(),
-        started,
-    );
-    rsp
+    record(shared, port, authz_name, peer.as_ref(), rsp, started)
 }
 
 /// The protection of the app, for an authorized request, in this order (each check costs the
@@ -935,20 +887,24 @@ fn record(
     port: u16,
     authorization: LabelValue,
     peer: Option<&Arc<str>>,
-    status: StatusCode,
+    rsp: Response<Body>,
     started: Instant,
-) {
+) -> Response<Body> {
+    let authority = LabelValue::port(port);
+    // #18: the Linkerd-compatible families.
+    let traffic = shared.metrics.traffic(INBOUND, authority.clone(), None);
     shared.metrics.request(
         RequestLabels {
             direction: INBOUND,
-            authority: LabelValue::port(port),
+            authority,
             route: authorization,
             backend: LabelValue::EMPTY,
-            status_class: metrics::status_class(status),
+            status_class: metrics::status_class(rsp.status()),
             peer: peer.map_or(LabelValue::Static("unauthenticated"), LabelValue::from),
         },
         started.elapsed(),
     );
+    crate::classify::observe(&shared.metrics, traffic, rsp, started)
 }
 
 /// Only the proxy may assert the client's identity: drops any `x-weft-client-id` the request

@@ -31,6 +31,7 @@ use tokio::sync::watch;
 use weft_common::reliability::MAX_RETRY_BODY_BYTES;
 
 use crate::accrual::{self, Outcome};
+use crate::classify;
 use crate::config::{Backend, Config, Endpoint, OutboundService, Protocol, TrafficPolicy};
 use crate::filter;
 use crate::http::deadline;
@@ -252,21 +253,38 @@ fn record(
     shared: &Shared,
     labels: &Labels,
     peer: Option<Arc<str>>,
-    status: StatusCode,
+    rsp: Response<Body>,
     started: Instant,
-) {
+) -> Response<Body> {
     let labels = labels.clone();
+    // #18: the Linkerd-compatible families; the destination is the backend service chosen.
+    let dst = labels
+        .authority
+        .as_str()
+        .split_once('.')
+        .map(|(service, namespace)| match labels.backend.as_str() {
+            "" => (LabelValue::inline(namespace), LabelValue::inline(service)),
+            // A Gateway API backendRef to another namespace is labelled `<namespace>/<name>`.
+            b => match b.split_once('/') {
+                Some((ns, name)) => (LabelValue::inline(ns), LabelValue::inline(name)),
+                None => (LabelValue::inline(namespace), labels.backend.clone()),
+            },
+        });
+    let traffic = shared
+        .metrics
+        .traffic(OUTBOUND, labels.authority.clone(), dst);
     shared.metrics.request(
         RequestLabels {
             direction: OUTBOUND,
             authority: labels.authority,
             route: labels.route,
             backend: labels.backend,
-            status_class: metrics::status_class(status),
+            status_class: metrics::status_class(rsp.status()),
             peer: peer.map_or(LabelValue::EMPTY, LabelValue::Shared),
         },
         started.elapsed(),
     );
+    classify::observe(&shared.metrics, traffic, rsp, started)
 }
 
 async fn handle_request(
@@ -283,8 +301,7 @@ async fn handle_request(
             route: LabelValue::EMPTY,
             backend: LabelValue::EMPTY,
         };
-        record(shared, &labels, None, rsp.status(), started);
-        return rsp;
+        return record(shared, &labels, None, rsp, started);
     }
     let config = shared.config.borrow().clone();
     let resolved = match dst {
@@ -306,14 +323,8 @@ async fn handle_request(
                 route: LabelValue::EMPTY,
                 backend: LabelValue::EMPTY,
             };
-            record(
-                shared,
-                &labels,
-                None,
-                StatusCode::SERVICE_UNAVAILABLE,
-                started,
-            );
-            return h::error(StatusCode::SERVICE_UNAVAILABLE, &reason);
+            let rsp = h::error(StatusCode::SERVICE_UNAVAILABLE, &reason);
+            return record(shared, &labels, None, rsp, started);
         }
     };
     if req.method() == Method::CONNECT {
@@ -322,11 +333,11 @@ async fn handle_request(
             route: LabelValue::EMPTY,
             backend: LabelValue::EMPTY,
         };
-        record(shared, &labels, None, StatusCode::NOT_IMPLEMENTED, started);
-        return h::error(
+        let rsp = h::error(
             StatusCode::NOT_IMPLEMENTED,
             "CONNECT is not supported by weft-proxy",
         );
+        return record(shared, &labels, None, rsp, started);
     }
     svc.retry_budget.deposit();
     let Some(route) = route::select_route(&port.routes, &RequestInfo::from_request(&req)) else {
@@ -335,17 +346,11 @@ async fn handle_request(
             route: LabelValue::EMPTY,
             backend: LabelValue::EMPTY,
         };
-        record(
-            shared,
-            &labels,
-            None,
-            StatusCode::SERVICE_UNAVAILABLE,
-            started,
-        );
-        return h::error(
+        let rsp = h::error(
             StatusCode::SERVICE_UNAVAILABLE,
             &format!("no route of {} matches the request", svc.authority),
         );
+        return record(shared, &labels, None, rsp, started);
     };
     let route_labels = || Labels {
         authority: (&svc.authority).into(),
@@ -361,8 +366,7 @@ async fn handle_request(
                 route.name, svc.authority
             ),
         );
-        record(shared, &route_labels(), None, rsp.status(), started);
-        return rsp;
+        return record(shared, &route_labels(), None, rsp, started);
     }
     // The route's timeouts replace the service's; the client's own deadline still bounds both.
     let (request_timeout, per_try_timeout) = match route.timeouts {
@@ -377,8 +381,7 @@ async fn handle_request(
     if !route.filters.is_empty() {
         if let Some(mut rsp) = filter::apply_request(&route.filters, &mut req, received) {
             filter::apply_response(&route.filters, rsp.headers_mut());
-            record(shared, &route_labels(), None, rsp.status(), started);
-            return rsp;
+            return record(shared, &route_labels(), None, rsp, started);
         }
     }
     let Some(backend) = route::choose_backend(route) else {
@@ -387,20 +390,14 @@ async fn handle_request(
             route: (&route.name).into(),
             backend: LabelValue::EMPTY,
         };
-        record(
-            shared,
-            &labels,
-            None,
-            StatusCode::SERVICE_UNAVAILABLE,
-            started,
-        );
-        return h::error(
+        let rsp = h::error(
             StatusCode::SERVICE_UNAVAILABLE,
             &format!(
                 "route {} of {} has no backend with weight",
                 route.name, svc.authority
             ),
         );
+        return record(shared, &labels, None, rsp, started);
     };
     let app_h2 = match port.protocol {
         Protocol::Http2 | Protocol::Grpc => true,
@@ -416,8 +413,7 @@ async fn handle_request(
     let respond = |mut rsp: Response<Body>, peer: Option<Arc<str>>| {
         filter::apply_response(&backend.filters, rsp.headers_mut());
         filter::apply_response(&route.filters, rsp.headers_mut());
-        record(shared, &labels, peer, rsp.status(), started);
-        rsp
+        record(shared, &labels, peer, rsp, started)
     };
     if !backend.filters.is_empty() {
         if let Some(rsp) = filter::apply_request(&backend.filters, &mut req, received) {

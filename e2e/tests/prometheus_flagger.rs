@@ -1,0 +1,493 @@
+//! #18: a real Prometheus (Debian's `prometheus`) scrapes the proxies of a loopback mesh, and
+//! Flagger's `linkerd` provider queries — `request-success-rate` and `request-duration`, copied
+//! from fluxcd/flagger `pkg/metrics/observers/linkerd.go` with the template variables filled in —
+//! return the right values through Prometheus' HTTP API.
+//!
+//! The mesh: `loadtester-0` calls the `podinfo` service (pod `podinfo-0`, workload
+//! `deployment/podinfo` given as `WEFT_PROXY_WORKLOAD`) over HTTP/2. The app (served by this
+//! test on the pod's address) answers by path: `/ok` 200, `/notfound` 404 (a success: the
+//! client's mistake), `/fail` 500, `/grpc-ok` gRPC with `grpc-status: 0` in the trailers,
+//! `/grpc-err` HTTP 200 with `grpc-status: 13` in the trailers (a failure). A second workload,
+//! `podinfo-primary` (its pod named as a Deployment's pods are, no env: the label comes from the
+//! name), answers everything 500: the queries must not count it.
+//!
+//! Exactness: each of the five response series first appears with 1 (one warm-up request per
+//! kind, all before one scrape), then grows by the same count; every series of one target shares
+//! its scrape timestamps, so `rate()` extrapolates them alike and the success rate is exactly
+//! 3/5. Every request waits [`DELAY_MS`] in the app, inside the (500, 1000] ms bucket, so the
+//! p99 of the histogram is 500 + 500 × 0.99 = 995 ms whatever the scheduling noise below 400 ms.
+//!
+//! Build first: `cargo build -p weft-proxy -p weft-operator -p weft-e2e --bins`. Without a
+//! `prometheus` binary the test is skipped (loudly), unless `CI` is set: then it fails.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use weft_e2e::loopback::{LoopbackMesh, MeshSpec, PodSpec, ServiceSpec, PROXY_ADMIN_PORT};
+
+const NS: &str = "flagger";
+const APP_PORT: u16 = 9898;
+const DELAY_MS: u64 = 600;
+/// Requests of each kind after the warm-up.
+const EACH: usize = 20;
+const KINDS: [&str; 5] = ["/ok", "/notfound", "/grpc-ok", "/fail", "/grpc-err"];
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Flagger's linkerd `request-success-rate`, as Flagger writes it.
+const SUCCESS_RATE: &str = r#"
+	sum(
+		rate(
+			response_total{
+				namespace="{{ namespace }}",
+				deployment=~"{{ target }}",
+				classification!="failure",
+				direction="inbound"
+			}[{{ interval }}]
+		)
+	) 
+	/ 
+	sum(
+		rate(
+			response_total{
+				namespace="{{ namespace }}",
+				deployment=~"{{ target }}",
+				direction="inbound"
+			}[{{ interval }}]
+		)
+	) 
+	* 100"#;
+
+/// Flagger's linkerd `request-duration`, as Flagger writes it.
+const DURATION: &str = r#"
+	histogram_quantile(
+		0.99,
+		sum(
+			rate(
+				response_latency_ms_bucket{
+					namespace="{{ namespace }}",
+					deployment=~"{{ target }}",
+					direction="inbound"
+				}[{{ interval }}]
+			)
+		) by (le)
+	)"#;
+
+/// Fills Flagger's template variables (its `RenderQuery`).
+fn render(template: &str, target: &str) -> String {
+    template
+        .replace("{{ namespace }}", NS)
+        .replace("{{ target }}", target)
+        .replace("{{ interval }}", "5m")
+}
+
+fn prometheus_binary() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join("prometheus"))
+        .find(|p| p.is_file())
+}
+
+type AppBody = BoxBody<Bytes, Infallible>;
+
+/// The app: answers by path after `DELAY_MS` (see the module doc).
+async fn app(req: Request<Incoming>, fail_all: bool) -> Result<Response<AppBody>, Infallible> {
+    tokio::time::sleep(Duration::from_millis(DELAY_MS)).await;
+    let grpc = |code: &'static str| {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static(code));
+        let frames: Vec<Result<Frame<Bytes>, Infallible>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"\0\0\0\0\0"))),
+            Ok(Frame::trailers(trailers)),
+        ];
+        let mut rsp = Response::new(StreamBody::new(futures::stream::iter(frames)).boxed());
+        rsp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        rsp
+    };
+    let plain = |status: StatusCode| {
+        let mut rsp = Response::new(Full::new(Bytes::from_static(b"podinfo\n")).boxed());
+        *rsp.status_mut() = status;
+        rsp
+    };
+    if fail_all {
+        return Ok(plain(StatusCode::INTERNAL_SERVER_ERROR));
+    }
+    Ok(match req.uri().path() {
+        "/ok" => plain(StatusCode::OK),
+        "/notfound" => plain(StatusCode::NOT_FOUND),
+        "/fail" => plain(StatusCode::INTERNAL_SERVER_ERROR),
+        "/grpc-ok" => grpc("0"),
+        "/grpc-err" => grpc("13"),
+        _ => plain(StatusCode::BAD_REQUEST),
+    })
+}
+
+/// Serves [`app`] over HTTP/2 (prior knowledge) on `addr` until the task is aborted.
+async fn serve_app(addr: SocketAddr, fail_all: bool) -> tokio::task::JoinHandle<()> {
+    let listener = TcpListener::bind(addr).await.expect("bind app");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |req: Request<Incoming>| app(req, fail_all));
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    })
+}
+
+/// What a client saw: the status and the `grpc-status` trailer.
+async fn call(
+    sender: &mut hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+    path: &str,
+) -> (u16, Option<String>) {
+    let mut req = Request::builder()
+        .uri(format!(
+            "http://podinfo.{NS}.svc.cluster.local:{APP_PORT}{path}"
+        ))
+        .body(Empty::new())
+        .expect("request");
+    if path.starts_with("/grpc") {
+        req.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        req.headers_mut()
+            .insert("te", HeaderValue::from_static("trailers"));
+    }
+    let rsp = sender.send_request(req).await.expect("response");
+    let status = rsp.status().as_u16();
+    let collected = rsp.into_body().collect().await.expect("body");
+    let grpc = collected
+        .trailers()
+        .and_then(|t| t.get("grpc-status"))
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    (status, grpc)
+}
+
+/// `count` requests of every kind, all at once on one HTTP/2 connection to the loadtester's
+/// outbound listener; asserts what the client saw.
+async fn traffic(outbound: SocketAddr, count: usize) {
+    let stream = TcpStream::connect(outbound).await.expect("outbound");
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..count {
+        for kind in KINDS {
+            let mut sender = sender.clone();
+            calls.spawn(async move { (kind, call(&mut sender, kind).await) });
+        }
+    }
+    while let Some(done) = calls.join_next().await {
+        let (kind, seen) = done.expect("call task");
+        let want = match kind {
+            "/ok" => (200, None),
+            "/notfound" => (404, None),
+            "/fail" => (500, None),
+            "/grpc-ok" => (200, Some("0".to_string())),
+            _ => (200, Some("13".to_string())),
+        };
+        assert_eq!(seen, want, "{kind}");
+    }
+}
+
+struct Prometheus {
+    _proc: tokio::process::Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    async fn start(binary: &std::path::Path, targets: &[SocketAddr]) -> Prometheus {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").port()
+        };
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\n  evaluation_interval: 1s\n\
+             scrape_configs:\n  - job_name: weft-proxies\n    static_configs:\n      - targets: [{}]\n",
+            targets.join(", ")
+        );
+        let config_file = dir.path().join("prometheus.yml");
+        std::fs::write(&config_file, config).expect("write config");
+        let data = dir.path().join("data");
+        let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("log file");
+        let proc = tokio::process::Command::new(binary)
+            .arg(format!("--config.file={}", config_file.display()))
+            .arg(format!("--storage.tsdb.path={}", data.display()))
+            .arg(format!("--web.listen-address={addr}"))
+            .arg("--log.level=warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start prometheus");
+        let p = Prometheus {
+            _proc: proc,
+            addr,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + WAIT;
+        while get(p.addr, "/-/ready").await.map(|r| r.0) != Some(200) {
+            assert!(Instant::now() < deadline, "prometheus not ready");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        p
+    }
+
+    /// An instant query; the `result` array.
+    async fn query(&self, q: &str) -> Vec<Value> {
+        let path = format!("/api/v1/query?query={}", percent_encode(q));
+        let (status, body) = get(self.addr, &path).await.expect("prometheus answers");
+        let json: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        assert_eq!(status, 200, "{q}: {body}");
+        assert_eq!(json["status"], "success", "{q}: {body}");
+        json["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The single value of an instant query (NaN when empty).
+    async fn value(&self, q: &str) -> f64 {
+        let result = self.query(q).await;
+        result
+            .first()
+            .and_then(|s| s["value"][1].as_str())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN)
+    }
+
+    /// Waits until `q` gives `want`.
+    async fn wait_value(&self, q: &str, want: f64) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let v = self.value(q).await;
+            if v == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{q} stayed {v}, want {want}: {:?}",
+                self.query(q).await
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// GET over HTTP/1.1 with `Connection: close`: status and body.
+async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).await.ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(req.as_bytes()).await.ok()?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Some((status, body))
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flagger_linkerd_queries_return_the_right_values_from_a_real_prometheus() {
+    let Some(prometheus) = prometheus_binary() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but there is no `prometheus` binary on PATH (apt-get install prometheus)"
+        );
+        eprintln!(
+            "SKIPPED flagger_linkerd_queries_return_the_right_values_from_a_real_prometheus: no \
+             `prometheus` binary on PATH (apt-get install prometheus)"
+        );
+        return;
+    };
+    let primary_pod = "podinfo-primary-5d8f7c9b4-x2k9p";
+    let mut podinfo = PodSpec::new("podinfo-0", "podinfo", 20)
+        .label("app", "podinfo")
+        .workload("deployment/podinfo");
+    podinfo.ports.push(("http2".into(), APP_PORT));
+    let mut primary = PodSpec::new(primary_pod, "podinfo", 21).label("app", "podinfo-primary");
+    primary.ports.push(("http2".into(), APP_PORT));
+    let mesh = LoopbackMesh::start(
+        MeshSpec::new(NS)
+            .pod(PodSpec::new("loadtester-0", "loadtester", 10))
+            .pod(podinfo)
+            .pod(primary)
+            .service(
+                ServiceSpec::new("podinfo", APP_PORT)
+                    .select("app", "podinfo")
+                    .port_name("http2"),
+            )
+            .service(
+                ServiceSpec::new("podinfo-primary", APP_PORT)
+                    .select("app", "podinfo-primary")
+                    .port_name("http2"),
+            ),
+    )
+    .await;
+    let app = serve_app(SocketAddr::new(mesh.ip(20).into(), APP_PORT), false).await;
+    let primary_app = serve_app(SocketAddr::new(mesh.ip(21).into(), APP_PORT), true).await;
+
+    let targets: Vec<SocketAddr> = [10, 20, 21]
+        .iter()
+        .map(|h| SocketAddr::new(mesh.ip(*h).into(), PROXY_ADMIN_PORT))
+        .collect();
+    let prom = Prometheus::start(&prometheus, &targets).await;
+    prom.wait_value("count(up == 1)", 3.0).await;
+
+    // Traffic to the primary too (its 500s must stay out of the podinfo queries).
+    let outbound = mesh.pod("loadtester-0").outbound();
+    {
+        let stream = TcpStream::connect(outbound).await.expect("outbound");
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .expect("h2 handshake");
+        tokio::spawn(conn);
+        for _ in 0..5 {
+            let req = Request::builder()
+                .uri(format!(
+                    "http://podinfo-primary.{NS}.svc.cluster.local:{APP_PORT}/ok"
+                ))
+                .body(Empty::<Bytes>::new())
+                .expect("request");
+            let rsp = sender.send_request(req).await.expect("response");
+            assert_eq!(rsp.status(), 500);
+            let _ = rsp.into_body().collect().await;
+        }
+    }
+
+    let inbound_podinfo = format!(
+        "response_total{{namespace=\"{NS}\",deployment=\"podinfo\",direction=\"inbound\"}}"
+    );
+    // Warm-up: one of each kind, so that every series exists (at 1) before the measured traffic.
+    traffic(outbound, 1).await;
+    prom.wait_value(&format!("count({inbound_podinfo} == 1)"), 5.0)
+        .await;
+    // The measured traffic.
+    traffic(outbound, EACH).await;
+    let total = (KINDS.len() * (EACH + 1)) as f64;
+    prom.wait_value(&format!("sum({inbound_podinfo})"), total)
+        .await;
+    // Each kind is one series with its own classification.
+    for (kind, classification, status, grpc) in [
+        ("/ok", "success", "200", None),
+        ("/notfound", "success", "404", None),
+        ("/fail", "failure", "500", None),
+        ("/grpc-ok", "success", "200", Some("0")),
+        ("/grpc-err", "failure", "200", Some("13")),
+    ] {
+        let grpc_match = grpc.map_or("grpc_status=\"\"".to_string(), |g| {
+            format!("grpc_status=\"{g}\"")
+        });
+        let q = format!(
+            "sum(response_total{{namespace=\"{NS}\",deployment=\"podinfo\",direction=\"inbound\",classification=\"{classification}\",status_code=\"{status}\",{grpc_match}}})"
+        );
+        assert_eq!(prom.value(&q).await, (EACH + 1) as f64, "{kind}: {q}");
+    }
+    // The primary's 500s are labelled with its own deployment (from its pod name).
+    assert_eq!(
+        prom.value(&format!(
+            "sum(response_total{{namespace=\"{NS}\",deployment=\"podinfo-primary\",pod=\"{primary_pod}\",direction=\"inbound\",classification=\"failure\"}})"
+        ))
+        .await,
+        5.0
+    );
+    // Outbound, at the loadtester: the destination service and namespace.
+    assert_eq!(
+        prom.value(&format!(
+            "sum(request_total{{namespace=\"{NS}\",pod=\"loadtester-0\",direction=\"outbound\",dst_namespace=\"{NS}\",dst_service=\"podinfo\"}})"
+        ))
+        .await,
+        total
+    );
+
+    // Flagger's queries, as Flagger renders them for the canary target `podinfo`.
+    let success_rate = prom.value(&render(SUCCESS_RATE, "podinfo")).await;
+    assert!(
+        (success_rate - 60.0).abs() < 1e-9,
+        "request-success-rate = {success_rate}, want 60 (3 of 5 kinds succeed); raw: {:?}",
+        prom.query(&format!("{inbound_podinfo}[5m]")).await
+    );
+    let duration = prom.value(&render(DURATION, "podinfo")).await;
+    assert!(
+        (duration - 995.0).abs() < 1e-9,
+        "request-duration = {duration}, want 995 (every request in the (500, 1000] ms bucket); buckets: {:?}",
+        prom.query(&format!(
+            "response_latency_ms_bucket{{namespace=\"{NS}\",deployment=\"podinfo\",direction=\"inbound\"}}"
+        ))
+        .await
+    );
+    // The same query for the primary, whose every response failed: no success series at all,
+    // so the ratio is empty (Flagger reports "no values found", as it does with Linkerd).
+    let primary_rate = prom.query(&render(SUCCESS_RATE, "podinfo-primary")).await;
+    assert!(primary_rate.is_empty(), "{primary_rate:?}");
+
+    app.abort();
+    primary_app.abort();
+}
