@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use weft_e2e::apply;
-use weft_e2e::cluster::repo_root;
+use weft_e2e::gateway_crds;
 use weft_e2e::harness::{eventually, kube_env, KubeEnv};
 
 const TEST: &str = "gamma_canary";
@@ -57,52 +57,23 @@ fn httproutes(env: &KubeEnv) -> kube::Api<kube::api::DynamicObject> {
     )
 }
 
-/// The vendored upstream CRD without its CEL rules (`x-kubernetes-validations`), which the
-/// 1.20 API server refuses.
-fn crd_without_cel() -> Value {
-    fn strip(v: &mut Value) {
-        match v {
-            Value::Object(m) => {
-                m.remove("x-kubernetes-validations");
-                m.values_mut().for_each(strip);
-            }
-            Value::Array(a) => a.iter_mut().for_each(strip),
-            _ => {}
-        }
-    }
-    let yaml = std::fs::read_to_string(
-        repo_root().join("crds/gateway-api/gateway.networking.k8s.io_httproutes.yaml"),
-    )
-    .expect("vendored HTTPRoute CRD");
-    let mut v: Value = serde_yaml::from_str(&yaml).expect("CRD yaml");
-    strip(&mut v);
-    v
+/// The server's minor version, read when the CRDs are installed: routes are adapted to it.
+static SERVER_MINOR: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// The vendored Gateway API CRDs, adapted to the API server (`weft_e2e::gateway_crds`: the 1.20
+/// server refuses upstream's CEL rules and empty-string defaults), Established.
+async fn install_crd(env: &KubeEnv) {
+    let installed = gateway_crds::install(&env.client)
+        .await
+        .unwrap_or_else(|e| panic!("installing the Gateway API CRDs: {e}"));
+    let _ = SERVER_MINOR.set(installed.server_minor);
 }
 
-async fn install_crd(env: &KubeEnv) {
-    apply::apply(&env.client, &crd_without_cel())
-        .await
-        .unwrap_or_else(|e| panic!("installing the HTTPRoute CRD: {e}"));
-    let crds: kube::Api<
-        k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
-    > = kube::Api::all(env.client.clone());
-    eventually(
-        "HTTPRoute CRD Established",
-        Duration::from_secs(30),
-        || async {
-            crds.get("httproutes.gateway.networking.k8s.io")
-                .await
-                .ok()
-                .and_then(|c| c.status)
-                .and_then(|s| s.conditions)
-                .is_some_and(|cs| {
-                    cs.iter()
-                        .any(|c| c.type_ == "Established" && c.status == "True")
-                })
-        },
-        |ok: &bool| *ok,
-    )
-    .await;
+/// A route as this API server accepts it: before 1.25 `group: ""` is written `group: core`
+/// (the same core group to weft; `gateway_crds::route_for_server` says why).
+fn for_server(route: Value) -> Value {
+    let minor = SERVER_MINOR.get().copied().unwrap_or(gateway_crds::CEL_MIN_MINOR);
+    gateway_crds::route_for_server(route, minor).0
 }
 
 async fn install_weft(env: &KubeEnv) {
@@ -366,7 +337,8 @@ async fn get_edit_update(env: &KubeEnv, name: &str, edit: impl Fn(&mut Value)) -
             .unwrap_or_else(|e| panic!("get {name}: {e}"));
         let mut v = serde_json::to_value(&current).expect("route json");
         edit(&mut v);
-        let obj: kube::api::DynamicObject = serde_json::from_value(v).expect("route");
+        let obj: kube::api::DynamicObject =
+            serde_json::from_value(for_server(v)).expect("route");
         match api.replace(name, &Default::default(), &obj).await {
             Ok(o) => return serde_json::to_value(o).expect("json"),
             Err(kube::Error::Api(e)) if e.code == 409 => continue,
@@ -398,9 +370,9 @@ async fn flagger_flow(env: &KubeEnv) {
     }
     apply::create(
         &env.client,
-        &json!({"apiVersion": GROUP_VERSION, "kind": "HTTPRoute",
+        &for_server(json!({"apiVersion": GROUP_VERSION, "kind": "HTTPRoute",
             "metadata": {"name": "podinfo", "namespace": NS},
-            "spec": flagger_spec(100, 0)}),
+            "spec": flagger_spec(100, 0)})),
     )
     .await
     .unwrap_or_else(|e| panic!("Flagger's create: {e}"));
@@ -508,7 +480,7 @@ async fn argo_flow(env: &KubeEnv) {
             "rules": [{"backendRefs": [
                 {"name": "rollouts-demo-stable", "port": 80, "weight": 100},
                 {"name": "rollouts-demo-canary", "port": 80, "weight": 0}]}]}});
-    apply::apply(&env.client, &user_route)
+    apply::apply(&env.client, &for_server(user_route))
         .await
         .unwrap_or_else(|e| panic!("the user's route: {e}"));
     let stable_only: &[(&str, u64)] = &[("rollouts-demo-stable", 100), ("rollouts-demo-canary", 0)];
