@@ -72,7 +72,10 @@ async fn install_crd(env: &KubeEnv) {
 /// A route as this API server accepts it: before 1.25 `group: ""` is written `group: core`
 /// (the same core group to weft; `gateway_crds::route_for_server` says why).
 fn for_server(route: Value) -> Value {
-    let minor = SERVER_MINOR.get().copied().unwrap_or(gateway_crds::CEL_MIN_MINOR);
+    let minor = SERVER_MINOR
+        .get()
+        .copied()
+        .unwrap_or(gateway_crds::CEL_MIN_MINOR);
     gateway_crds::route_for_server(route, minor).0
 }
 
@@ -337,8 +340,7 @@ async fn get_edit_update(env: &KubeEnv, name: &str, edit: impl Fn(&mut Value)) -
             .unwrap_or_else(|e| panic!("get {name}: {e}"));
         let mut v = serde_json::to_value(&current).expect("route json");
         edit(&mut v);
-        let obj: kube::api::DynamicObject =
-            serde_json::from_value(for_server(v)).expect("route");
+        let obj: kube::api::DynamicObject = serde_json::from_value(for_server(v)).expect("route");
         match api.replace(name, &Default::default(), &obj).await {
             Ok(o) => return serde_json::to_value(o).expect("json"),
             Err(kube::Error::Api(e)) if e.code == 409 => continue,
