@@ -20,7 +20,6 @@ use k8s_openapi::api::core::v1::{Endpoints, Namespace, Pod, Service};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams};
 use kube::Client;
-use serde::Serialize;
 
 use super::webhooks::{self, Probe};
 use crate::cluster::{kube_error, Cluster, ClusterArgs};
@@ -46,20 +45,7 @@ impl InstallNames {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Outcome {
-    Ok,
-    Warn,
-    Fail,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct Check {
-    pub name: String,
-    pub outcome: Outcome,
-    pub detail: String,
-}
+pub use super::verdict::{Check, Outcome};
 
 fn check(name: &str, outcome: Outcome, detail: impl Into<String>) -> Check {
     Check {

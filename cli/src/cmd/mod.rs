@@ -8,5 +8,6 @@ pub mod install;
 pub mod proxies;
 pub mod routes;
 pub mod stat;
+pub mod verdict;
 pub mod version;
 pub mod webhooks;

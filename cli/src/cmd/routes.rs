@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde_json::Value;
 use weft_core::compile::{compile, CompileOptions, CompileReport, Compiled};
 
-use super::check::{Check, Outcome};
+use super::verdict::{Check, Outcome};
 
 /// The status reason a TrafficSplit's `Accepted=False` carries when an HTTPRoute on the same
 /// Service is in force (the compiler's precedence rule; see docs/gateway-api.md).
