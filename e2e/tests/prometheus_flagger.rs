@@ -450,22 +450,23 @@ async fn flagger_linkerd_queries_return_the_right_values_from_a_real_prometheus(
         );
         assert_eq!(prom.value(&q).await, (EACH + 1) as f64, "{kind}: {q}");
     }
-    // The primary's 500s are labelled with its own deployment (from its pod name).
-    assert_eq!(
-        prom.value(&format!(
+    // The primary's 500s are labelled with its own deployment (from its pod name). Other proxies
+    // are other scrape targets, scraped at their own moments: wait for their final values.
+    prom.wait_value(
+        &format!(
             "sum(response_total{{namespace=\"{NS}\",deployment=\"podinfo-primary\",pod=\"{primary_pod}\",direction=\"inbound\",classification=\"failure\"}})"
-        ))
-        .await,
-        5.0
-    );
+        ),
+        5.0,
+    )
+    .await;
     // Outbound, at the loadtester: the destination service and namespace.
-    assert_eq!(
-        prom.value(&format!(
+    prom.wait_value(
+        &format!(
             "sum(request_total{{namespace=\"{NS}\",pod=\"loadtester-0\",direction=\"outbound\",dst_namespace=\"{NS}\",dst_service=\"podinfo\"}})"
-        ))
-        .await,
-        total
-    );
+        ),
+        total,
+    )
+    .await;
 
     // Flagger's queries, as Flagger renders them for the canary target `podinfo`.
     let success_rate = prom.value(&render(SUCCESS_RATE, "podinfo")).await;
