@@ -20,7 +20,7 @@ use weft_smi::hub;
 
 use weft_smi::status::{ACCEPTED, RESOLVED_REFS};
 
-use super::rules;
+use super::rules::{self, condition};
 use super::types::*;
 
 mod grpc;
@@ -31,23 +31,6 @@ use crate::reason::Reason;
 /// The protocol of a Service port: the compiler's one decision (`units::service_port_protocol`),
 /// passed in by the caller so that this module does not depend on the units module.
 pub type PortProtocol = fn(&ServicePort) -> Protocol;
-
-fn condition(
-    type_: &str,
-    ok: bool,
-    reason: Reason,
-    message: String,
-    generation: Option<i64>,
-) -> hub::Condition {
-    hub::Condition {
-        type_: type_.to_string(),
-        status: if ok { "True" } else { "False" }.to_string(),
-        reason: reason.to_string(),
-        message,
-        observed_generation: generation,
-        last_transition_time: None,
-    }
-}
 
 /// The `controllerName` weft writes in `status.parents[]`.
 pub const CONTROLLER_NAME: &str = "weft.io/mesh-controller";

@@ -183,6 +183,25 @@ fn compiled_methods(methods: &[String]) -> Vec<String> {
     methods
 }
 
+/// A status condition as the compiler writes it (no transition time: the status writer keeps
+/// the previous one while the status does not change). Used by SMI and Gateway API statuses.
+pub(crate) fn condition(
+    type_: &str,
+    ok: bool,
+    reason: Reason,
+    message: String,
+    generation: Option<i64>,
+) -> hub::Condition {
+    hub::Condition {
+        type_: type_.to_string(),
+        status: if ok { "True" } else { "False" }.to_string(),
+        reason: reason.to_string(),
+        message,
+        observed_generation: generation,
+        last_transition_time: None,
+    }
+}
+
 #[cfg(test)]
 mod match_tests {
     use super::*;

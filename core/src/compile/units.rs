@@ -11,6 +11,7 @@ use std::net::IpAddr;
 
 use weft_smi::hub;
 
+use super::rules::condition;
 use super::types::*;
 use super::{reliability, rules, CompileOptions, Event};
 use crate::model::{
@@ -31,23 +32,6 @@ pub const UDP_NOT_PROXIED: &str =
     "weft-proxy does not intercept UDP (only TCP is redirected to it): \
     TrafficTargets naming this route allow and deny nothing, and UDP to meshed pods bypasses their \
     inbound policy; use a NetworkPolicy to restrict UDP";
-
-pub(crate) fn condition(
-    type_: &str,
-    ok: bool,
-    reason: Reason,
-    message: String,
-    generation: Option<i64>,
-) -> hub::Condition {
-    hub::Condition {
-        type_: type_.to_string(),
-        status: if ok { "True" } else { "False" }.to_string(),
-        reason: reason.to_string(),
-        message,
-        observed_generation: generation,
-        last_transition_time: None,
-    }
-}
 
 fn warn(events: &mut Vec<Event>, object: ObjectKey, reason: Reason, message: String) {
     events.push(Event {
