@@ -163,6 +163,31 @@ impl KubeEnv {
         }
     }
 
+    /// Installs weft with the chart exactly as docs/install.md says (`helm install --namespace
+    /// weft-system --name weft`, plus the test cluster's kubeconfig) and waits until the
+    /// operator's pod (run by the kubelet stand-in) is Ready; returns its name.
+    pub async fn install_weft(&self) -> String {
+        let out = self.helm(&["install", "--namespace", "weft-system", "--name", "weft"]);
+        assert!(
+            out.status.success(),
+            "helm install: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+        let operator_pod = loop {
+            let pods: kube::Api<Pod> = kube::Api::namespaced(self.client.clone(), "weft-system");
+            let list = pods.list(&Default::default()).await.expect("list pods");
+            if let Some(p) = list.items.first().and_then(|p| p.metadata.name.clone()) {
+                break p;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no operator pod");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        };
+        self.wait_ready("weft-system", &operator_pod, Duration::from_secs(90))
+            .await;
+        operator_pod
+    }
+
     /// Waits for a pod to be Ready and returns it.
     pub async fn wait_ready(&self, ns: &str, name: &str, limit: Duration) -> Pod {
         let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);

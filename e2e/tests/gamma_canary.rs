@@ -79,28 +79,6 @@ fn for_server(route: Value) -> Value {
     gateway_crds::route_for_server(route, minor).0
 }
 
-async fn install_weft(env: &KubeEnv) {
-    let out = env.helm(&["install", "--namespace", "weft-system", "--name", "weft"]);
-    assert!(
-        out.status.success(),
-        "helm install: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    let operator_pod = loop {
-        let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
-            kube::Api::namespaced(env.client.clone(), "weft-system");
-        let list = pods.list(&Default::default()).await.expect("list pods");
-        if let Some(p) = list.items.first().and_then(|p| p.metadata.name.clone()) {
-            break p;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no operator pod");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    };
-    env.wait_ready("weft-system", &operator_pod, Duration::from_secs(90))
-        .await;
-}
-
 fn service(name: &str, selector: Value) -> Value {
     json!({"apiVersion": "v1", "kind": "Service",
         "metadata": {"name": name, "namespace": NS},
@@ -637,7 +615,7 @@ async fn gamma_canary_flagger_and_argo_clients() {
     }
     // The CRD first: the operator watches HTTPRoutes when they are served at its start.
     install_crd(&env).await;
-    install_weft(&env).await;
+    env.install_weft().await;
 
     env.namespace(NS, json!({"weft.io/inject": "enabled"}))
         .await;

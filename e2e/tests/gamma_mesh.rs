@@ -1608,25 +1608,7 @@ async fn gamma_mesh_conformance() {
         .unwrap_or_else(|e| panic!("Gateway API CRDs: {e}"));
     eprintln!("{crds:?}");
 
-    let out = env.helm(&["install", "--namespace", "weft-system", "--name", "weft"]);
-    assert!(
-        out.status.success(),
-        "helm install: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    let operator_pod = loop {
-        let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
-            kube::Api::namespaced(env.client.clone(), "weft-system");
-        let list = pods.list(&Default::default()).await.unwrap();
-        if let Some(p) = list.items.first().and_then(|p| p.metadata.name.clone()) {
-            break p;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no operator pod");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    };
-    env.wait_ready("weft-system", &operator_pod, Duration::from_secs(90))
-        .await;
+    env.install_weft().await;
 
     for o in base_objects() {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);

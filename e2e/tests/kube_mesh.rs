@@ -241,26 +241,7 @@ async fn kube_mesh_canary_mtls_and_access() {
     }
 
     // Install: the exact command of docs/install.md (plus the test cluster's kubeconfig).
-    let out = env.helm(&["install", "--namespace", "weft-system", "--name", "weft"]);
-    assert!(
-        out.status.success(),
-        "helm install: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // The Deployment's pod (run by the kubelet stand-in) becomes ready.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    let operator_pod = loop {
-        let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
-            kube::Api::namespaced(env.client.clone(), "weft-system");
-        let list = pods.list(&Default::default()).await.unwrap();
-        if let Some(p) = list.items.first().and_then(|p| p.metadata.name.clone()) {
-            break p;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no operator pod");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    };
-    env.wait_ready("weft-system", &operator_pod, Duration::from_secs(90))
-        .await;
+    let operator_pod = env.install_weft().await;
 
     // A meshed namespace: every pod gets a proxy from the injector.
     env.namespace(NS, json!({"weft.io/inject": "enabled"}))
