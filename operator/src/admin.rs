@@ -190,11 +190,20 @@ struct StatusReport {
     objects: serde_json::Value,
 }
 
-/// Body type of every response of the operator's HTTP servers.
-pub type Body = Full<Bytes>;
+/// Body type of every response of the operator's HTTP servers: boxed, so that a handler may
+/// stream (tap, watch-like aggregated API responses) as well as answer with a whole buffer.
+pub type Body = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+/// A whole-buffer [`Body`].
+pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
+    use http_body_util::BodyExt;
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
 
 pub(crate) fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::from(body.into())));
+    let mut resp = Response::new(full(body.into()));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -206,7 +215,7 @@ pub(crate) fn text(status: StatusCode, body: impl Into<String>) -> Response<Body
 pub(crate) fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
     match serde_json::to_vec_pretty(value) {
         Ok(body) => {
-            let mut resp = Response::new(Full::new(Bytes::from(body)));
+            let mut resp = Response::new(full(body));
             *resp.status_mut() = status;
             resp.headers_mut().insert(
                 http::header::CONTENT_TYPE,
