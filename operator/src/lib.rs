@@ -5,6 +5,7 @@
 //! (`crate::model`, `crate::compile`, `crate::validate`, `crate::inject`).
 #![forbid(unsafe_code)]
 pub mod admin;
+pub mod aggregated;
 pub mod discovery;
 pub mod identity;
 pub mod inject;
