@@ -15,6 +15,7 @@ carry no pod labels, so they rely on the scrape job's `namespace` and `pod` targ
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parents[1] / "charts" / "weft" / "dashboards"
@@ -225,9 +226,11 @@ def canary() -> Board:
 
 
 def main() -> None:
-    OUT.mkdir(parents=True, exist_ok=True)
+    """Writes into charts/weft/dashboards, or into the folder given as the only argument."""
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else OUT
+    out.mkdir(parents=True, exist_ok=True)
     for name, board in [("weft-mesh", mesh()), ("weft-workload", workload()), ("weft-trafficsplit", canary())]:
-        (OUT / f"{name}.json").write_text(json.dumps(board.json(), indent=2) + "\n")
+        (out / f"{name}.json").write_text(json.dumps(board.json(), indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -15,4 +15,5 @@ pub mod images;
 pub mod kubelet;
 pub mod loopback;
 pub mod operator;
+pub mod prometheus;
 pub mod workspace;

@@ -140,6 +140,8 @@ pub struct ServiceSpec {
     pub port: u16,
     pub target_port: u16,
     pub selector: Vec<(String, String)>,
+    /// `metadata.annotations` (e.g. `weft.io/failure-accrual-consecutive`).
+    pub annotations: Vec<(String, String)>,
 }
 
 impl ServiceSpec {
@@ -150,7 +152,12 @@ impl ServiceSpec {
             port,
             target_port: port,
             selector: Vec::new(),
+            annotations: Vec::new(),
         }
+    }
+    pub fn annotate(mut self, k: &str, v: &str) -> Self {
+        self.annotations.push((k.into(), v.into()));
+        self
     }
     pub fn select(mut self, k: &str, v: &str) -> Self {
         self.selector.push((k.into(), v.into()));
@@ -529,9 +536,16 @@ impl LoopbackMesh {
                 self.prefix[2],
                 200u8.saturating_add(i as u8),
             );
+            let mut annotations = String::new();
+            if !s.annotations.is_empty() {
+                annotations.push_str("  annotations:\n");
+                for (k, v) in &s.annotations {
+                    let _ = writeln!(annotations, "    {k}: \"{v}\"");
+                }
+            }
             let _ = write!(
                 out,
-                "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {ns}\n\
+                "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {ns}\n{annotations}\
                  spec:\n  clusterIP: {cluster_ip}\n  selector:\n{selector}  ports:\n    - name: {port_name}\n      port: {port}\n      targetPort: {target}\n",
                 name = s.name,
                 port_name = s.port_name,

@@ -22,8 +22,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
@@ -31,10 +30,9 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use weft_e2e::loopback::{LoopbackMesh, MeshSpec, PodSpec, ServiceSpec, PROXY_ADMIN_PORT};
+use weft_e2e::prometheus::{binary_or_skip, Prometheus, Target};
 
 const NS: &str = "flagger";
 const APP_PORT: u16 = 9898;
@@ -42,7 +40,6 @@ const DELAY_MS: u64 = 600;
 /// Requests of each kind after the warm-up.
 const EACH: usize = 20;
 const KINDS: [&str; 5] = ["/ok", "/notfound", "/grpc-ok", "/fail", "/grpc-err"];
-const WAIT: Duration = Duration::from_secs(60);
 
 /// Flagger's linkerd `request-success-rate`, as Flagger writes it.
 const SUCCESS_RATE: &str = r#"
@@ -89,13 +86,6 @@ fn render(template: &str, target: &str) -> String {
         .replace("{{ namespace }}", NS)
         .replace("{{ target }}", target)
         .replace("{{ interval }}", "5m")
-}
-
-fn prometheus_binary() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join("prometheus"))
-        .find(|p| p.is_file())
 }
 
 type AppBody = BoxBody<Bytes, Infallible>;
@@ -213,157 +203,11 @@ async fn traffic(outbound: SocketAddr, count: usize) {
     }
 }
 
-struct Prometheus {
-    _proc: tokio::process::Child,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Prometheus {
-    async fn start(binary: &std::path::Path, targets: &[SocketAddr]) -> Prometheus {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            l.local_addr().expect("addr").port()
-        };
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
-        let config = format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\n  evaluation_interval: 1s\n\
-             scrape_configs:\n  - job_name: weft-proxies\n    static_configs:\n      - targets: [{}]\n",
-            targets.join(", ")
-        );
-        let config_file = dir.path().join("prometheus.yml");
-        std::fs::write(&config_file, config).expect("write config");
-        let data = dir.path().join("data");
-        let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("log file");
-        let proc = tokio::process::Command::new(binary)
-            .arg(format!("--config.file={}", config_file.display()))
-            .arg(format!("--storage.tsdb.path={}", data.display()))
-            .arg(format!("--web.listen-address={addr}"))
-            .arg("--log.level=warn")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start prometheus");
-        let p = Prometheus {
-            _proc: proc,
-            addr,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + WAIT;
-        while get(p.addr, "/-/ready").await.map(|r| r.0) != Some(200) {
-            assert!(Instant::now() < deadline, "prometheus not ready");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        p
-    }
-
-    /// An instant query; the `result` array.
-    async fn query(&self, q: &str) -> Vec<Value> {
-        let path = format!("/api/v1/query?query={}", percent_encode(q));
-        let (status, body) = get(self.addr, &path).await.expect("prometheus answers");
-        let json: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-        assert_eq!(status, 200, "{q}: {body}");
-        assert_eq!(json["status"], "success", "{q}: {body}");
-        json["data"]["result"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    /// The single value of an instant query (NaN when empty).
-    async fn value(&self, q: &str) -> f64 {
-        let result = self.query(q).await;
-        result
-            .first()
-            .and_then(|s| s["value"][1].as_str())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(f64::NAN)
-    }
-
-    /// Waits until `q` gives `want`.
-    async fn wait_value(&self, q: &str, want: f64) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let v = self.value(q).await;
-            if v == want {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{q} stayed {v}, want {want}: {:?}",
-                self.query(q).await
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-}
-
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() * 3);
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// GET over HTTP/1.1 with `Connection: close`: status and body.
-async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(addr).await.ok()?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(req.as_bytes()).await.ok()?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buf))
-        .await
-        .ok()?
-        .ok()?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    Some((status, body))
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flagger_linkerd_queries_return_the_right_values_from_a_real_prometheus() {
-    let Some(prometheus) = prometheus_binary() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI is set but there is no `prometheus` binary on PATH (apt-get install prometheus)"
-        );
-        eprintln!(
-            "SKIPPED flagger_linkerd_queries_return_the_right_values_from_a_real_prometheus: no \
-             `prometheus` binary on PATH (apt-get install prometheus)"
-        );
+    let Some(prometheus) =
+        binary_or_skip("flagger_linkerd_queries_return_the_right_values_from_a_real_prometheus")
+    else {
         return;
     };
     let primary_pod = "podinfo-primary-5d8f7c9b4-x2k9p";
@@ -393,9 +237,9 @@ async fn flagger_linkerd_queries_return_the_right_values_from_a_real_prometheus(
     let app = serve_app(SocketAddr::new(mesh.ip(20).into(), APP_PORT), false).await;
     let primary_app = serve_app(SocketAddr::new(mesh.ip(21).into(), APP_PORT), true).await;
 
-    let targets: Vec<SocketAddr> = [10, 20, 21]
+    let targets: Vec<Target> = [10, 20, 21]
         .iter()
-        .map(|h| SocketAddr::new(mesh.ip(*h).into(), PROXY_ADMIN_PORT))
+        .map(|h| SocketAddr::new(mesh.ip(*h).into(), PROXY_ADMIN_PORT).into())
         .collect();
     let prom = Prometheus::start(&prometheus, &targets).await;
     prom.wait_value("count(up == 1)", 3.0).await;
