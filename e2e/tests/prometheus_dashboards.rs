@@ -906,3 +906,76 @@ fn dashboards_match_their_generator() {
         );
     }
 }
+
+/// The chart ships the three files, unchanged, in a ConfigMap the Grafana sidecar loads
+/// (`grafana_dashboard: "1"`), and `dashboards.enabled=false` leaves it out.
+#[test]
+fn chart_ships_the_dashboards_in_a_grafana_sidecar_configmap() {
+    let render = |extra: &[&str]| -> Option<Vec<Value>> {
+        let out = std::process::Command::new("python3")
+            .arg(repo().join("e2e/scripts/helm.py"))
+            .args(["template", "--namespace", "mesh"])
+            .args(extra)
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "helm.py template failed: {err}"
+            );
+            eprintln!("SKIPPED chart_ships_the_dashboards_in_a_grafana_sidecar_configmap: {err}");
+            return None;
+        }
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        Some(
+            serde_yaml::Deserializer::from_str(&text)
+                .filter_map(|d| {
+                    use serde::Deserialize;
+                    Value::deserialize(d).ok()
+                })
+                .filter(|v| !v.is_null())
+                .collect(),
+        )
+    };
+    let Some(docs) = render(&[]) else { return };
+    let cms: Vec<&Value> = docs
+        .iter()
+        .filter(|d| d["kind"] == "ConfigMap" && d["metadata"]["labels"]["grafana_dashboard"] == "1")
+        .collect();
+    let [cm] = cms.as_slice() else {
+        panic!(
+            "want one ConfigMap labelled grafana_dashboard: \"1\", got {}",
+            cms.len()
+        );
+    };
+    assert_eq!(cm["metadata"]["namespace"], "mesh");
+    let data = cm["data"].as_object().expect("data");
+    assert_eq!(
+        data.keys().map(String::as_str).collect::<Vec<_>>(),
+        [
+            "weft-mesh.json",
+            "weft-trafficsplit.json",
+            "weft-workload.json"
+        ]
+    );
+    for (key, text) in data {
+        let shipped: Value = serde_json::from_str(text.as_str().expect("string"))
+            .unwrap_or_else(|e| panic!("{key}: {e}"));
+        let file: Value = serde_json::from_str(
+            &std::fs::read_to_string(repo().join("charts/weft/dashboards").join(key))
+                .expect("dashboard file"),
+        )
+        .expect("dashboard JSON");
+        assert_eq!(shipped, file, "{key}");
+    }
+    let Some(off) = render(&["--set", "dashboards.enabled=false"]) else {
+        return;
+    };
+    assert!(
+        !off.iter().any(
+            |d| d["kind"] == "ConfigMap" && d["metadata"]["labels"]["grafana_dashboard"] == "1"
+        ),
+        "dashboards.enabled=false still renders the dashboards"
+    );
+}
