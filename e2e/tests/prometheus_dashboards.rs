@@ -979,3 +979,76 @@ fn chart_ships_the_dashboards_in_a_grafana_sidecar_configmap() {
         "dashboards.enabled=false still renders the dashboards"
     );
 }
+
+/// What Grafana needs to load the files as provisioned or imported dashboards: a unique uid and
+/// title, a schemaVersion, the `DS_PROMETHEUS` datasource variable used by every panel, target
+/// and query variable, unique panel ids, and panels inside the 24-column grid without overlap.
+#[test]
+fn dashboards_are_well_formed_grafana_models() {
+    let boards = dashboards();
+    let mut titles = std::collections::BTreeSet::new();
+    for (uid, b) in &boards {
+        assert!(
+            titles.insert(b["title"].as_str().unwrap_or_default().to_string()),
+            "{uid}: duplicate title"
+        );
+        assert!(
+            b["schemaVersion"].as_u64().is_some_and(|v| v >= 36),
+            "{uid}: schemaVersion"
+        );
+        let vars = b["templating"]["list"].as_array().expect("templating.list");
+        let ds = vars
+            .iter()
+            .find(|v| v["name"] == "DS_PROMETHEUS")
+            .unwrap_or_else(|| panic!("{uid}: no DS_PROMETHEUS variable"));
+        assert_eq!(ds["type"], "datasource", "{uid}");
+        assert_eq!(ds["query"], "prometheus", "{uid}");
+        let uses_ds = |v: &Value| v["uid"] == "${DS_PROMETHEUS}" && v["type"] == "prometheus";
+        for v in vars.iter().filter(|v| v["type"] == "query") {
+            assert!(uses_ds(&v["datasource"]), "{uid} variable {}", v["name"]);
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        let mut cells = std::collections::BTreeSet::new();
+        for p in b["panels"].as_array().expect("panels") {
+            let title = p["title"].as_str().unwrap_or_default();
+            assert!(!title.is_empty(), "{uid}: a panel without a title");
+            assert!(
+                ids.insert(p["id"].as_u64().expect("panel id")),
+                "{uid} {title}: duplicate id"
+            );
+            let g = &p["gridPos"];
+            let (x, y, w, h) = (
+                g["x"].as_u64().expect("x"),
+                g["y"].as_u64().expect("y"),
+                g["w"].as_u64().expect("w"),
+                g["h"].as_u64().expect("h"),
+            );
+            assert!(w > 0 && h > 0 && x + w <= 24, "{uid} {title}: gridPos {g}");
+            for cx in x..x + w {
+                for cy in y..y + h {
+                    assert!(
+                        cells.insert((cx, cy)),
+                        "{uid} {title}: overlaps another panel"
+                    );
+                }
+            }
+            if p["type"] == "row" {
+                continue;
+            }
+            assert!(uses_ds(&p["datasource"]), "{uid} {title}: datasource");
+            let targets = p["targets"].as_array().expect("targets");
+            assert!(!targets.is_empty(), "{uid} {title}: no query");
+            let mut refs = std::collections::BTreeSet::new();
+            for t in targets {
+                assert!(
+                    uses_ds(&t["datasource"]),
+                    "{uid} {title}: target datasource"
+                );
+                assert!(
+                    refs.insert(t["refId"].as_str().expect("refId")),
+                    "{uid} {title}: refId"
+                );
+            }
+        }
+    }
+}
