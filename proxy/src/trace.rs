@@ -265,6 +265,10 @@ impl Tracer {
             dropped: Family::default(),
             exported: Counter::default(),
         });
+        // Both series exist from the start, so that rate() over them works from zero.
+        for reason in ["queue_full", "export_failed"] {
+            inner.drop_spans(reason, 0);
+        }
         let (stop, stop_rx) = watch::channel(false);
         let resource = resource(&settings);
         let task = tokio::spawn(export_loop(
