@@ -881,12 +881,17 @@ mod tests {
             ns.insert(INJECT_ANNOTATION.into(), "enabled".into());
             let before = pod(json!({}));
             let rsp = review_response(&review, settings, &ns);
-            let patch = rsp["response"]["patch"].as_str().unwrap_or_default().to_string();
+            let patch = rsp["response"]["patch"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             assert!(!patch.is_empty());
             // Replay the patch: what the pod becomes.
             use base64::Engine;
             let ops: Value = serde_json::from_slice(
-                &base64::engine::general_purpose::STANDARD.decode(patch).unwrap(),
+                &base64::engine::general_purpose::STANDARD
+                    .decode(patch)
+                    .unwrap(),
             )
             .unwrap();
             let mut applied = before;
@@ -932,11 +937,7 @@ mod tests {
             None
         );
         assert_eq!(
-            review_env(
-                json!({"weft.io/trace-collector": "http://a b"}),
-                &[],
-                &none
-            ),
+            review_env(json!({"weft.io/trace-collector": "http://a b"}), &[], &none),
             None
         );
         // The chart value reaches the settings from the operator's environment.

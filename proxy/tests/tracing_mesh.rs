@@ -283,7 +283,9 @@ impl Mesh {
         let mut sub = Registry::default();
         self.tracers.1.register(&mut sub);
         let mut out = String::new();
-        ok(prometheus_client::encoding::text::encode(&mut out, &registry));
+        ok(prometheus_client::encoding::text::encode(
+            &mut out, &registry,
+        ));
         ok(prometheus_client::encoding::text::encode(&mut out, &sub));
         out
     }
@@ -442,7 +444,13 @@ async fn without_a_collector_the_traceparent_is_forwarded_untouched() {
         (Some(tp), Some("a=b".to_string()))
     );
     // Nothing registered, nothing counted.
-    assert_eq!(mesh.trace_metrics().lines().filter(|l| l.starts_with("weft_")).count(), 0);
+    assert_eq!(
+        mesh.trace_metrics()
+            .lines()
+            .filter(|l| l.starts_with("weft_"))
+            .count(),
+        0
+    );
     mesh.shutdown().await;
 }
 

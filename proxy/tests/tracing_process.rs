@@ -9,8 +9,8 @@ mod trace_support;
 
 use std::net::SocketAddr;
 
-use control_support::*;
 use control_support::WAIT;
+use control_support::*;
 use process_support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -73,7 +73,10 @@ async fn the_binary_exports_a_client_span_and_flushes_it_on_sigterm() {
     let span = &spans[0];
     assert_eq!(span.parent_id(), "b7ad6b7169203331");
     assert_eq!(span.attr("weft.direction").as_deref(), Some("outbound"));
-    assert_eq!(span.attr("http.response.status_code").as_deref(), Some("200"));
+    assert_eq!(
+        span.attr("http.response.status_code").as_deref(),
+        Some("200")
+    );
     assert_eq!(span.resource["service.name"], "web.demo");
     assert_eq!(span.resource["k8s.pod.name"], "web-0");
     assert_eq!(span.resource["k8s.namespace.name"], "demo");
