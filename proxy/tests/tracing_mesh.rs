@@ -488,3 +488,86 @@ async fn a_dead_collector_loses_no_request_and_counts_the_lost_spans() {
     );
     mesh.shutdown().await;
 }
+
+/// Process CPU time (user + system) in clock ticks, from `/proc/self/stat`.
+fn cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 of the file (utime, stime) are the 12th and 13th after the `)`.
+    let get = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    get(11) + get(12)
+}
+
+/// Not a test: the request-path cost of tracing (docs/benchmarks.md, *Tracing*). Sequential
+/// requests through outbound → mTLS → inbound → app, in three modes, rounds interleaved:
+/// tracing off with a `traceparent`; exporting, no `traceparent`; exporting, sampled. Prints
+/// the median per-request latency and the process CPU per request of each mode.
+/// `cargo test -p weft-proxy --test tracing_mesh bench_trace_overhead -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn bench_trace_overhead() {
+    let requests: usize = std::env::var("BENCH_REQUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let rounds = 3;
+    let collector = FakeCollector::start().await;
+    let off = Mesh::start("127.0.0.55", None).await;
+    let on = Mesh::start("127.0.0.56", Some(&collector.uri())).await;
+    let c: TestClient = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let tp = traceparent(TRACE, "01");
+    let modes: [(&str, &Mesh, bool); 3] = [
+        ("tracing off, traceparent sent", &off, true),
+        ("exporting, no traceparent", &on, false),
+        ("exporting, sampled traceparent", &on, true),
+    ];
+    let mut results: Vec<(Vec<Duration>, u64)> = vec![(Vec::new(), 0); 3];
+    for round in 0..=rounds {
+        for (i, (_, mesh, traced)) in modes.iter().enumerate() {
+            let ticks = cpu_ticks();
+            let mut lat = Vec::with_capacity(requests);
+            for _ in 0..requests {
+                let mut b = Request::builder()
+                    .uri(format!("http://{}/bench", mesh.client.addr))
+                    .header("host", "api.demo:8080");
+                if *traced {
+                    b = b.header("traceparent", &tp);
+                }
+                let t = std::time::Instant::now();
+                let rsp = ok(c.request(ok(b.body(Full::new(Bytes::new())))).await);
+                let _ = rsp.into_body().collect().await;
+                lat.push(t.elapsed());
+            }
+            // Round 0 warms up.
+            if round > 0 {
+                results[i].0.extend(lat);
+                results[i].1 += cpu_ticks() - ticks;
+            }
+        }
+    }
+    let tick_us = 1_000_000.0 / 100.0; // USER_HZ is 100 on Linux.
+    for (i, (name, _, _)) in modes.iter().enumerate() {
+        let (lat, ticks) = &mut results[i];
+        lat.sort();
+        let n = lat.len();
+        let q = |p: f64| lat[((n as f64 * p) as usize).min(n - 1)];
+        println!(
+            "{name}: p50 {:?}, p99 {:?}, CPU {:.1} µs/request ({n} requests)",
+            q(0.5),
+            q(0.99),
+            *ticks as f64 * tick_us / n as f64
+        );
+    }
+    // The client proxy and the app run in this process too; the per-request CPU is the whole
+    // chain's (client, both proxies, app, collector).
+    let exported = collector.spans().len();
+    println!("spans received by the collector: {exported}");
+    off.shutdown().await;
+    on.shutdown().await;
+}
