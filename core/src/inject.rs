@@ -164,7 +164,7 @@ impl InjectSettings {
                 Some(v) => {
                     return Err(InjectError::Env {
                         name: TRACE_COLLECTOR_ENV,
-                        reason: format!("{v:?}: expected an http:// or https:// URL"),
+                        reason: format!("{v:?}: expected an http:// URL"),
                     })
                 }
             };
@@ -214,11 +214,12 @@ fn parse_ports(value: &str) -> Result<Vec<String>, InjectError> {
     Ok(out)
 }
 
-/// What the proxy accepts as `WEFT_PROXY_TRACE_COLLECTOR` (weft-proxy's env check): an
-/// `http://` or `https://` URL without whitespace.
+/// What the proxy accepts as `WEFT_PROXY_TRACE_COLLECTOR` (weft-proxy's env check): a
+/// plaintext `http://` URL without whitespace (TLS to the collector is not supported).
 fn is_collector_url(v: &str) -> bool {
     let v = v.trim();
-    (v.starts_with("http://") || v.starts_with("https://"))
+    v.strip_prefix("http://")
+        .is_some_and(|rest| !rest.is_empty())
         && !v.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
@@ -919,12 +920,21 @@ mod tests {
         );
         assert_eq!(
             review_env(
-                json!({"weft.io/trace-collector": "https://pod-collector:4317"}),
+                json!({"weft.io/trace-collector": "http://pod-collector:4317"}),
                 &ns_ann,
                 &chart
             )
             .as_deref(),
-            Some("https://pod-collector:4317")
+            Some("http://pod-collector:4317")
+        );
+        // TLS to the collector is not supported: ignored rather than a proxy that fails.
+        assert_eq!(
+            review_env(
+                json!({"weft.io/trace-collector": "https://pod-collector:4317"}),
+                &[],
+                &none
+            ),
+            None
         );
         // Empty turns the default off; a value that is not a URL is ignored, the pod still
         // gets its proxy.

@@ -180,7 +180,7 @@ fn unix_nanos(t: SystemTime) -> u64 {
 /// Settings of the exporter, from the environment (`WEFT_PROXY_TRACE_*`, `docs/proxy.md`).
 #[derive(Clone, Debug)]
 pub struct TraceSettings {
-    /// The OTLP/gRPC endpoint, e.g. `http://otel-collector.tracing:4317`.
+    /// The OTLP/gRPC endpoint, plaintext, e.g. `http://otel-collector.tracing:4317`.
     pub collector: String,
     /// `service.name` of the proxy's spans.
     pub service_name: String,

@@ -212,11 +212,12 @@ impl ProxyEnv {
             .filter(|v| !v.is_empty())
             .map(str::to_string);
         if let Some(c) = &trace_collector {
-            if !(c.starts_with("http://") || c.starts_with("https://")) {
+            // Plaintext only: TLS to the collector is not supported (docs/tracing.md).
+            if !c.starts_with("http://") || c.len() == "http://".len() {
                 return Err(invalid(
                     TRACE_COLLECTOR,
                     c,
-                    "expected an OTLP/gRPC endpoint URL, e.g. `http://collector.tracing:4317`",
+                    "expected a plaintext OTLP/gRPC endpoint, e.g. `http://collector.tracing:4317`",
                 ));
             }
         }
