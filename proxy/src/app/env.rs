@@ -399,6 +399,37 @@ mod tests {
     }
 
     #[test]
+    fn trace_collector_and_service_name() {
+        let env = ProxyEnv::from_vars(vars(&[])).unwrap();
+        assert_eq!(env.trace_collector, None);
+        assert_eq!(env.trace_service_name(), "web-0.demo");
+        let env = ProxyEnv::from_vars(vars(&[
+            (TRACE_COLLECTOR, " http://otel.tracing:4317 "),
+            (WORKLOAD, "deployment/web"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            env.trace_collector.as_deref(),
+            Some("http://otel.tracing:4317")
+        );
+        assert_eq!(env.trace_service_name(), "web.demo");
+        let env = ProxyEnv::from_vars(vars(&[(TRACE_SERVICE_NAME, "frontend")])).unwrap();
+        assert_eq!(env.trace_service_name(), "frontend");
+        assert_eq!(
+            ProxyEnv::from_vars(vars(&[(TRACE_COLLECTOR, "")]))
+                .unwrap()
+                .trace_collector,
+            None
+        );
+        for bad in ["otel:4317", "https://otel:4317", "http://"] {
+            assert!(
+                ProxyEnv::from_vars(vars(&[(TRACE_COLLECTOR, bad)])).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn defaults_follow_the_contract() {
         let env = ProxyEnv::from_vars(vars(&[])).unwrap();
         assert_eq!(env.control_addr.uri, "http://127.0.0.1:8086");
