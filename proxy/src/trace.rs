@@ -256,12 +256,19 @@ impl Tracer {
     /// A tracer exporting to `settings.collector`, and its export task. Fails only on an
     /// endpoint that is not a URI; an unreachable collector costs spans, never requests.
     pub fn exporting_to(settings: TraceSettings) -> Result<(Tracer, Exporter), String> {
+        Self::exporting_with_queue(settings, QUEUE_CAPACITY)
+    }
+
+    fn exporting_with_queue(
+        settings: TraceSettings,
+        capacity: usize,
+    ) -> Result<(Tracer, Exporter), String> {
         let endpoint = tonic::transport::Endpoint::from_shared(settings.collector.clone())
             .map_err(|e| format!("WEFT_PROXY_TRACE_COLLECTOR {:?}: {e}", settings.collector))?
             .connect_timeout(EXPORT_TIMEOUT)
             .timeout(EXPORT_TIMEOUT);
         let channel = endpoint.connect_lazy();
-        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let (tx, rx) = mpsc::channel(capacity.max(1));
         let inner = Arc::new(Inner {
             queue: tx,
             dropped: Family::default(),
@@ -638,6 +645,58 @@ mod tests {
                 let _ = parse_traceparent(&bytes);
             }
         }
+    }
+
+    /// A collector that accepts connections and never answers: the exporter hangs in an export
+    /// (bounded by EXPORT_TIMEOUT), the queue fills, and further spans are dropped and counted
+    /// while `finish` never blocks.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_queue_drops_and_counts_without_blocking() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let held = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((c, _)) = listener.accept().await {
+                conns.push(c);
+            }
+        });
+        let (tracer, _exporter) = Tracer::exporting_with_queue(
+            TraceSettings {
+                collector: format!("http://{addr}"),
+                service_name: "t".into(),
+                pod_namespace: "ns".into(),
+                pod_name: "p".into(),
+            },
+            4,
+        )
+        .unwrap();
+        let inner = tracer.inner.clone().unwrap();
+        let full = || {
+            inner
+                .dropped
+                .get_or_create(&DropLabels {
+                    reason: "queue_full",
+                })
+                .get()
+        };
+        let finished = tokio::time::timeout(Duration::from_secs(20), async {
+            let mut n = 0u64;
+            while full() == 0 {
+                let mut req = Request::builder()
+                    .header(TRACEPARENT, VALID)
+                    .body(())
+                    .unwrap();
+                let span = tracer.start(&mut req, Direction::Inbound).unwrap();
+                span.finish(StatusCode::OK);
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            n
+        })
+        .await;
+        assert!(finished.is_ok(), "the queue never filled");
+        assert_eq!(full(), 1);
+        held.abort();
     }
 
     #[test]
