@@ -213,7 +213,11 @@ impl ProxyEnv {
             .map(str::to_string);
         if let Some(c) = &trace_collector {
             // Plaintext only: TLS to the collector is not supported (docs/tracing.md).
-            if !c.starts_with("http://") || c.len() == "http://".len() {
+            let plain_url = c
+                .strip_prefix("http://")
+                .is_some_and(|rest| !rest.is_empty())
+                && !c.chars().any(|ch| ch.is_whitespace() || ch.is_control());
+            if !plain_url {
                 return Err(invalid(
                     TRACE_COLLECTOR,
                     c,
@@ -421,7 +425,12 @@ mod tests {
                 .trace_collector,
             None
         );
-        for bad in ["otel:4317", "https://otel:4317", "http://"] {
+        for bad in [
+            "otel:4317",
+            "https://otel:4317",
+            "http://",
+            "http://a b:4317",
+        ] {
             assert!(
                 ProxyEnv::from_vars(vars(&[(TRACE_COLLECTOR, bad)])).is_err(),
                 "{bad}"
