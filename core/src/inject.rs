@@ -21,6 +21,11 @@ pub const PROXY_VERSION_LABEL: &str = "weft.io/proxy-version";
 pub const SKIP_INBOUND_ANNOTATION: &str = "weft.io/skip-inbound-ports";
 /// Pod annotation: comma-separated outbound ports the proxy does not intercept.
 pub const SKIP_OUTBOUND_ANNOTATION: &str = "weft.io/skip-outbound-ports";
+/// Pod or Namespace annotation: the OTLP/gRPC endpoint the proxy exports spans to
+/// (`WEFT_PROXY_TRACE_COLLECTOR`, docs/tracing.md); empty turns the chart's default off.
+pub const TRACE_COLLECTOR_ANNOTATION: &str = "weft.io/trace-collector";
+/// The proxy's variable for [`TRACE_COLLECTOR_ANNOTATION`].
+pub const TRACE_COLLECTOR_ENV: &str = "WEFT_PROXY_TRACE_COLLECTOR";
 /// Name of the injected sidecar container.
 pub const PROXY_CONTAINER: &str = "weft-proxy";
 /// Name of the injected init container.
@@ -60,6 +65,9 @@ pub struct InjectSettings {
     /// operator's discovery certificate (TLS) and their peers against them. `None`: the variable
     /// is not set and proxies talk to the operator in plaintext (with a warning).
     pub trust_anchors_pem: Option<String>,
+    /// The mesh-wide trace collector (chart value `proxy.traceCollector`, given to the operator
+    /// as `WEFT_PROXY_TRACE_COLLECTOR`); a `weft.io/trace-collector` annotation overrides it.
+    pub trace_collector: Option<String>,
 }
 
 impl Default for InjectSettings {
@@ -80,6 +88,7 @@ impl Default for InjectSettings {
             memory_limit: Some("250Mi".into()),
             token_expiration_seconds: 3600,
             trust_anchors_pem: None,
+            trace_collector: None,
         }
     }
 }
@@ -148,6 +157,18 @@ impl InjectSettings {
         if let Some(v) = get("WEFT_PROXY_MEMORY_LIMIT") {
             s.memory_limit = opt(v);
         }
+        if let Some(v) = get(TRACE_COLLECTOR_ENV) {
+            s.trace_collector = match opt(v) {
+                None => None,
+                Some(v) if is_collector_url(&v) => Some(v.trim().to_string()),
+                Some(v) => {
+                    return Err(InjectError::Env {
+                        name: TRACE_COLLECTOR_ENV,
+                        reason: format!("{v:?}: expected an http:// URL"),
+                    })
+                }
+            };
+        }
         Ok(s)
     }
 }
@@ -191,6 +212,33 @@ fn parse_ports(value: &str) -> Result<Vec<String>, InjectError> {
         out.push(part.to_string());
     }
     Ok(out)
+}
+
+/// What the proxy accepts as `WEFT_PROXY_TRACE_COLLECTOR` (weft-proxy's env check): a
+/// plaintext `http://` URL without whitespace (TLS to the collector is not supported).
+fn is_collector_url(v: &str) -> bool {
+    let v = v.trim();
+    v.strip_prefix("http://")
+        .is_some_and(|rest| !rest.is_empty())
+        && !v.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+/// The trace collector of a pod: its `weft.io/trace-collector` annotation, else its Namespace's,
+/// else the chart's default; an empty annotation means none. A value that is not a URL is
+/// ignored (tracing off for the pod): a bad annotation must not stop the proxy from starting.
+pub fn trace_collector(
+    pod: &Value,
+    namespace_annotations: &BTreeMap<String, String>,
+    settings: &InjectSettings,
+) -> Option<String> {
+    let chosen = annotation(pod, TRACE_COLLECTOR_ANNOTATION)
+        .or(namespace_annotations
+            .get(TRACE_COLLECTOR_ANNOTATION)
+            .map(String::as_str))
+        .map(str::to_string)
+        .or_else(|| settings.trace_collector.clone())?;
+    let chosen = chosen.trim();
+    is_collector_url(chosen).then(|| chosen.to_string())
 }
 
 fn annotation<'a>(pod: &'a Value, key: &str) -> Option<&'a str> {
@@ -385,7 +433,7 @@ fn object_at<'a>(v: &'a mut Value, key: &str) -> Result<&'a mut Map<String, Valu
 /// Injects a pod (or a pod template: an object with `metadata` and `spec`) unconditionally.
 /// Returns the mutated copy.
 pub fn inject_pod(pod: &Value, settings: &InjectSettings) -> Result<Value, InjectError> {
-    inject_pod_of(pod, settings, owner_workload(pod))
+    inject_pod_of(pod, settings, owner_workload(pod), &BTreeMap::new())
 }
 
 /// `WEFT_PROXY_WORKLOAD` env var name (the proxy's metrics label the pod with its workload).
@@ -421,10 +469,12 @@ pub fn owner_workload(pod: &Value) -> Option<String> {
 }
 
 /// [`inject_pod`] with the proxy told `workload` (`<kind>/<name>`) as `WEFT_PROXY_WORKLOAD`.
+/// `namespace_annotations` (the pod's Namespace's) only choose the trace collector here.
 fn inject_pod_of(
     pod: &Value,
     settings: &InjectSettings,
     workload: Option<String>,
+    namespace_annotations: &BTreeMap<String, String>,
 ) -> Result<Value, InjectError> {
     let mut out = pod.clone();
     if !out.is_object() {
@@ -452,6 +502,12 @@ fn inject_pod_of(
     let mut proxy = proxy_container(settings);
     if let (Some(workload), Some(env)) = (workload, proxy["env"].as_array_mut()) {
         env.push(json!({"name": WORKLOAD_ENV, "value": workload}));
+    }
+    if let (Some(collector), Some(env)) = (
+        trace_collector(pod, namespace_annotations, settings),
+        proxy["env"].as_array_mut(),
+    ) {
+        env.push(json!({"name": TRACE_COLLECTOR_ENV, "value": collector}));
     }
     upsert_named(spec, "containers", proxy, false)?;
     upsert_named(spec, "volumes", token_volume(settings), false)?;
@@ -511,7 +567,7 @@ pub fn review_response(
     let is_pod = review.pointer("/request/kind/kind").and_then(Value::as_str) == Some("Pod");
     if let (Some(pod), true) = (pod, is_pod) {
         if should_inject(pod, namespace_annotations) {
-            match inject_pod(pod, settings) {
+            match inject_pod_of(pod, settings, owner_workload(pod), namespace_annotations) {
                 Ok(after) => {
                     let patch = json_patch(pod, &after);
                     if patch.as_array().is_some_and(|p| !p.is_empty()) {
@@ -585,7 +641,7 @@ fn inject_object(obj: &mut Value, settings: &InjectSettings) -> Result<(), Injec
                 }
                 _ => None,
             };
-            *template = inject_pod_of(template, settings, workload)
+            *template = inject_pod_of(template, settings, workload, &BTreeMap::new())
                 .map_err(|e| InjectError::InvalidPod(format!("{name}: {e}")))?;
         }
     }
@@ -798,6 +854,114 @@ mod tests {
         let resp = review_response(&review, &InjectSettings::default(), &ns(None));
         assert_eq!(resp["response"]["allowed"], true);
         assert!(resp["response"].get("patch").is_none());
+    }
+
+    #[test]
+    fn trace_collector_pod_then_namespace_then_chart_and_bad_values_are_ignored() {
+        let env_of = |out: &Value| -> Option<String> {
+            out.pointer("/spec/containers")?
+                .as_array()?
+                .iter()
+                .find(|c| c["name"] == PROXY_CONTAINER)?["env"]
+                .as_array()?
+                .iter()
+                .find(|e| e["name"] == TRACE_COLLECTOR_ENV)
+                .and_then(|e| e["value"].as_str())
+                .map(str::to_string)
+        };
+        let review_env = |pod_ann: Value, ns_ann: &[(&str, &str)], settings: &InjectSettings| {
+            let review = json!({
+                "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                "request": {"uid": "t", "kind": {"kind": "Pod"}, "namespace": "shop",
+                            "object": pod(pod_ann)}
+            });
+            let mut ns: BTreeMap<String, String> = ns_ann
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            ns.insert(INJECT_ANNOTATION.into(), "enabled".into());
+            let before = pod(json!({}));
+            let rsp = review_response(&review, settings, &ns);
+            let patch = rsp["response"]["patch"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            assert!(!patch.is_empty());
+            // Replay the patch: what the pod becomes.
+            use base64::Engine;
+            let ops: Value = serde_json::from_slice(
+                &base64::engine::general_purpose::STANDARD
+                    .decode(patch)
+                    .unwrap(),
+            )
+            .unwrap();
+            let mut applied = before;
+            for op in ops.as_array().unwrap() {
+                let (parent, key) = op["path"].as_str().unwrap().rsplit_once('/').unwrap();
+                applied.pointer_mut(parent).unwrap()[key] = op["value"].clone();
+            }
+            env_of(&applied)
+        };
+        let chart = InjectSettings {
+            trace_collector: Some("http://otel.tracing:4317".into()),
+            ..Default::default()
+        };
+        let none = InjectSettings::default();
+        let ns_ann = [(TRACE_COLLECTOR_ANNOTATION, "http://ns-collector:4317")];
+        // Nothing anywhere: no variable, tracing off.
+        assert_eq!(review_env(json!({}), &[], &none), None);
+        assert_eq!(
+            review_env(json!({}), &[], &chart).as_deref(),
+            Some("http://otel.tracing:4317")
+        );
+        assert_eq!(
+            review_env(json!({}), &ns_ann, &chart).as_deref(),
+            Some("http://ns-collector:4317")
+        );
+        assert_eq!(
+            review_env(
+                json!({"weft.io/trace-collector": "http://pod-collector:4317"}),
+                &ns_ann,
+                &chart
+            )
+            .as_deref(),
+            Some("http://pod-collector:4317")
+        );
+        // TLS to the collector is not supported: ignored rather than a proxy that fails.
+        assert_eq!(
+            review_env(
+                json!({"weft.io/trace-collector": "https://pod-collector:4317"}),
+                &[],
+                &none
+            ),
+            None
+        );
+        // Empty turns the default off; a value that is not a URL is ignored, the pod still
+        // gets its proxy.
+        assert_eq!(
+            review_env(json!({"weft.io/trace-collector": ""}), &ns_ann, &chart),
+            None
+        );
+        assert_eq!(
+            review_env(json!({"weft.io/trace-collector": "otel:4317"}), &[], &chart),
+            None
+        );
+        assert_eq!(
+            review_env(json!({"weft.io/trace-collector": "http://a b"}), &[], &none),
+            None
+        );
+        // The chart value reaches the settings from the operator's environment.
+        let from_env = InjectSettings::from_lookup(|k| {
+            (k == TRACE_COLLECTOR_ENV).then(|| "http://otel.tracing:4317".to_string())
+        })
+        .unwrap();
+        assert_eq!(from_env, chart);
+        let empty = InjectSettings::from_lookup(|k| (k == TRACE_COLLECTOR_ENV).then(String::new));
+        assert_eq!(empty.unwrap().trace_collector, None);
+        assert!(InjectSettings::from_lookup(|k| {
+            (k == TRACE_COLLECTOR_ENV).then(|| "otel:4317".to_string())
+        })
+        .is_err());
     }
 
     #[test]

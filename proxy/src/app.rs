@@ -23,6 +23,7 @@ use crate::identity::{Identity, IdentityConfig};
 use crate::inbound::{self, InboundSettings};
 use crate::metrics::{Metrics, PodMeta};
 use crate::outbound;
+use crate::trace::{TraceSettings, Tracer};
 use crate::transport::MeshIdentity;
 
 /// Why the proxy could not start or stopped with an error.
@@ -135,6 +136,24 @@ pub async fn run(
     let status = discovery.status();
     let mut control_registry = Registry::default();
     discovery.metrics().register(&mut control_registry);
+    // Tracing (docs/tracing.md): off unless a collector is configured.
+    let (tracer, trace_exporter) = match &env.trace_collector {
+        None => (Tracer::disabled(), None),
+        Some(collector) => {
+            let (tracer, exporter) = Tracer::exporting_to(TraceSettings {
+                collector: collector.clone(),
+                service_name: env.trace_service_name(),
+                pod_namespace: env.pod_namespace.clone(),
+                pod_name: env.pod_name.clone(),
+            })
+            .map_err(|reason| AppError::Task {
+                what: "trace exporter",
+                reason,
+            })?;
+            tracer.register(&mut control_registry);
+            (tracer, Some(exporter))
+        }
+    };
     let discovery_task = tokio::spawn(discovery.run());
 
     // Data plane: serves with the default config until the first one arrives.
@@ -147,6 +166,7 @@ pub async fn run(
         InboundSettings {
             app_ip: env.app_ip,
             drain_grace: env.shutdown_grace,
+            tracer: tracer.clone(),
         },
         [inbound_addr.port(), outbound_addr.port(), admin_addr.port()],
         config_rx.clone(),
@@ -155,13 +175,14 @@ pub async fn run(
         stopped(stop_rx.clone()),
     );
     listeners.spawn(async move { ("inbound", inbound.await.map_err(|e| e.to_string())) });
-    let outbound = outbound::serve_with_grace(
+    let outbound = outbound::serve_traced(
         outbound_listener,
         config_rx.clone(),
         mesh_identity,
         Arc::clone(&metrics),
         stopped(stop_rx.clone()),
         env.shutdown_grace,
+        tracer,
     );
     listeners.spawn(async move { ("outbound", outbound.await.map_err(|e| e.to_string())) });
 
@@ -227,6 +248,10 @@ pub async fn run(
     {
         tracing::warn!("grace period over; closing remaining connections");
         listeners.abort_all();
+    }
+    // Spans of the drained requests go out before the process ends.
+    if let Some(exporter) = trace_exporter {
+        exporter.shutdown().await;
     }
     discovery_task.abort();
     identity_task.abort();

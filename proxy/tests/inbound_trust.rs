@@ -84,6 +84,7 @@ async fn start(
     let settings = InboundSettings {
         app_ip: addr.ip(),
         drain_grace: Duration::from_secs(1),
+        ..Default::default()
     };
     let m = metrics.clone();
     tokio::spawn(async move {

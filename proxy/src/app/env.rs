@@ -52,6 +52,12 @@ pub struct ProxyEnv {
     /// injector; labels the Linkerd-compatible metrics). Kept as given; parsed by
     /// [`crate::metrics::PodMeta::new`], which ignores what it cannot read.
     pub workload: Option<String>,
+    /// `WEFT_PROXY_TRACE_COLLECTOR`: OTLP/gRPC endpoint spans are exported to (`docs/tracing.md`);
+    /// none: tracing off, requests forwarded untouched.
+    pub trace_collector: Option<String>,
+    /// `WEFT_PROXY_TRACE_SERVICE_NAME`: `service.name` of the spans; default
+    /// [`ProxyEnv::trace_service_name`].
+    pub trace_service_name: Option<String>,
 }
 
 /// A bad or missing environment variable.
@@ -84,6 +90,8 @@ pub const TRUST_ANCHORS: &str = "WEFT_PROXY_TRUST_ANCHORS";
 pub const TRUST_ANCHORS_FILE: &str = "WEFT_PROXY_TRUST_ANCHORS_FILE";
 pub const CONTROL_IDENTITY: &str = "WEFT_PROXY_CONTROL_IDENTITY";
 pub const WORKLOAD: &str = "WEFT_PROXY_WORKLOAD";
+pub const TRACE_COLLECTOR: &str = "WEFT_PROXY_TRACE_COLLECTOR";
+pub const TRACE_SERVICE_NAME: &str = "WEFT_PROXY_TRACE_SERVICE_NAME";
 
 impl ProxyEnv {
     /// Reads the process environment.
@@ -199,8 +207,32 @@ impl ProxyEnv {
             Some(v) => return Err(invalid(LOG_FORMAT, v, "expected `plain` or `json`")),
         };
         let workload = get(WORKLOAD).map(str::to_string);
+        let trace_collector = get(TRACE_COLLECTOR)
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_string);
+        if let Some(c) = &trace_collector {
+            // Plaintext only: TLS to the collector is not supported (docs/tracing.md).
+            let plain_url = c
+                .strip_prefix("http://")
+                .is_some_and(|rest| !rest.is_empty())
+                && !c.chars().any(|ch| ch.is_whitespace() || ch.is_control());
+            if !plain_url {
+                return Err(invalid(
+                    TRACE_COLLECTOR,
+                    c,
+                    "expected a plaintext OTLP/gRPC endpoint, e.g. `http://collector.tracing:4317`",
+                ));
+            }
+        }
+        let trace_service_name = get(TRACE_SERVICE_NAME)
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_string);
         Ok(Self {
             workload,
+            trace_collector,
+            trace_service_name,
             control_addr,
             pod_namespace,
             pod_name,
@@ -218,6 +250,22 @@ impl ProxyEnv {
             trust_anchors,
             control_peer,
         })
+    }
+
+    /// `service.name` of this proxy's spans: `WEFT_PROXY_TRACE_SERVICE_NAME`, else the workload's
+    /// name (`WEFT_PROXY_WORKLOAD` `<kind>/<name>`), else the pod's name; with the namespace as
+    /// `<name>.<namespace>`.
+    pub fn trace_service_name(&self) -> String {
+        if let Some(name) = &self.trace_service_name {
+            return name.clone();
+        }
+        let name = self
+            .workload
+            .as_deref()
+            .and_then(|w| w.split_once('/').map(|(_, n)| n))
+            .filter(|n| !n.is_empty())
+            .unwrap_or(&self.pod_name);
+        format!("{name}.{}", self.pod_namespace)
     }
 
     /// This proxy's SPIFFE identity.
@@ -352,6 +400,42 @@ mod tests {
             v.push((k.to_string(), val.to_string()));
         }
         v
+    }
+
+    #[test]
+    fn trace_collector_and_service_name() {
+        let env = ProxyEnv::from_vars(vars(&[])).unwrap();
+        assert_eq!(env.trace_collector, None);
+        assert_eq!(env.trace_service_name(), "web-0.demo");
+        let env = ProxyEnv::from_vars(vars(&[
+            (TRACE_COLLECTOR, " http://otel.tracing:4317 "),
+            (WORKLOAD, "deployment/web"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            env.trace_collector.as_deref(),
+            Some("http://otel.tracing:4317")
+        );
+        assert_eq!(env.trace_service_name(), "web.demo");
+        let env = ProxyEnv::from_vars(vars(&[(TRACE_SERVICE_NAME, "frontend")])).unwrap();
+        assert_eq!(env.trace_service_name(), "frontend");
+        assert_eq!(
+            ProxyEnv::from_vars(vars(&[(TRACE_COLLECTOR, "")]))
+                .unwrap()
+                .trace_collector,
+            None
+        );
+        for bad in [
+            "otel:4317",
+            "https://otel:4317",
+            "http://",
+            "http://a b:4317",
+        ] {
+            assert!(
+                ProxyEnv::from_vars(vars(&[(TRACE_COLLECTOR, bad)])).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

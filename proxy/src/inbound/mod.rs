@@ -62,6 +62,7 @@ use crate::http::upgrade::{self, Splice};
 use crate::http::{self as h, Body, PlainClients};
 use crate::metrics::{self, LabelValue, Metrics, RequestLabels, INBOUND};
 use crate::route::{self, Decision, RequestInfo};
+use crate::trace::{self, Tracer};
 use crate::transport::{
     self, Drain, Head, Hint, MeshIdentity, PrefixedIo, Sniff, Sniffer, TransportHeader,
 };
@@ -78,6 +79,8 @@ pub struct InboundSettings {
     pub app_ip: IpAddr,
     /// Time in-flight connections get to finish on shutdown.
     pub drain_grace: Duration,
+    /// Server spans of traced requests (`docs/tracing.md`); disabled by default.
+    pub tracer: Tracer,
 }
 
 impl Default for InboundSettings {
@@ -85,6 +88,7 @@ impl Default for InboundSettings {
         InboundSettings {
             app_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             drain_grace: DRAIN_GRACE,
+            tracer: Tracer::disabled(),
         }
     }
 }
@@ -584,7 +588,29 @@ async fn serve_http<I>(
     .await;
 }
 
+/// A traced request (sampled `traceparent`, collector configured) gets a server span around its
+/// handling, as the parent of what the app sees (`docs/tracing.md`).
 async fn handle_request(
+    shared: &Shared,
+    mut req: Request<Incoming>,
+    port: u16,
+    peer: Option<Arc<str>>,
+    app_h2: bool,
+) -> Response<Body> {
+    let Some(span) = shared
+        .settings
+        .tracer
+        .start(&mut req, trace::Direction::Inbound)
+    else {
+        return handle_untraced(shared, req, port, peer, app_h2).await;
+    };
+    span.set_peer(peer.as_ref());
+    let rsp = handle_untraced(shared, req, port, peer, app_h2).await;
+    span.finish(rsp.status());
+    rsp
+}
+
+async fn handle_untraced(
     shared: &Shared,
     mut req: Request<Incoming>,
     port: u16,

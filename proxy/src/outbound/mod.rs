@@ -42,6 +42,7 @@ use crate::metrics::{
 };
 use crate::route::{self, RequestInfo};
 use crate::shed::{self, Shed};
+use crate::trace::{self, Tracer};
 use crate::transport::{self, Detected, Drain, Hint, MeshIdentity, TransportHeader};
 use pick::{Picked, Unpicked};
 
@@ -56,6 +57,7 @@ struct Shared {
     metrics: Arc<Metrics>,
     plain: PlainClients,
     mesh: MeshPool,
+    tracer: Tracer,
 }
 
 /// Serves the outbound listener until `shutdown` resolves, then drains for [`DRAIN_GRACE`].
@@ -78,12 +80,35 @@ pub async fn serve_with_grace(
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) -> std::io::Result<()> {
+    serve_traced(
+        listener,
+        config,
+        identity,
+        metrics,
+        shutdown,
+        grace,
+        Tracer::disabled(),
+    )
+    .await
+}
+
+/// [`serve_with_grace`] with client spans for traced requests (`docs/tracing.md`).
+pub async fn serve_traced(
+    listener: TcpListener,
+    config: watch::Receiver<Arc<Config>>,
+    identity: Arc<dyn MeshIdentity>,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+    tracer: Tracer,
+) -> std::io::Result<()> {
     let shared = Arc::new(Shared {
         config,
         identity,
         metrics,
         plain: PlainClients::new(),
         mesh: MeshPool::default(),
+        tracer,
     });
     transport::serve_loop(listener, shutdown, grace, move |stream, _peer, drain| {
         let shared = shared.clone();
@@ -257,6 +282,9 @@ fn record(
     started: Instant,
 ) -> Response<Body> {
     let labels = labels.clone();
+    if shared.tracer.exporting() {
+        trace::note(labels.route.as_str(), peer.as_ref());
+    }
     // #18: the Linkerd-compatible families; the destination is the backend service chosen.
     let dst = labels
         .authority
@@ -287,7 +315,25 @@ fn record(
     classify::observe(&shared.metrics, traffic, rsp, started)
 }
 
+/// A traced request (sampled `traceparent`, collector configured) gets a client span around its
+/// handling, as the parent of what the destination sees (`docs/tracing.md`).
 async fn handle_request(
+    shared: &Shared,
+    mut req: Request<Incoming>,
+    dst: Option<SocketAddr>,
+    downstream_h2: bool,
+) -> Response<Body> {
+    let Some(span) = shared.tracer.start(&mut req, trace::Direction::Outbound) else {
+        return handle_untraced(shared, req, dst, downstream_h2).await;
+    };
+    let rsp = span
+        .scope(handle_untraced(shared, req, dst, downstream_h2))
+        .await;
+    span.finish(rsp.status());
+    rsp
+}
+
+async fn handle_untraced(
     shared: &Shared,
     mut req: Request<Incoming>,
     dst: Option<SocketAddr>,

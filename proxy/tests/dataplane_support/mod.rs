@@ -88,6 +88,7 @@ pub async fn start_inbound(
     let settings = InboundSettings {
         app_ip: addr.ip(),
         drain_grace: Duration::from_secs(1),
+        ..Default::default()
     };
     let done = tokio::spawn(async move {
         let _ = inbound::serve(listener, settings, rx, identity, m, async {

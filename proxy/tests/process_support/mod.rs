@@ -46,6 +46,11 @@ pub struct ProxyProcess {
 
 impl ProxyProcess {
     pub async fn start(control: &str) -> Self {
+        Self::start_with_env(control, &[]).await
+    }
+
+    /// [`ProxyProcess::start`] with more environment variables.
+    pub async fn start_with_env(control: &str, extra: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let token = dir.path().join("token");
         std::fs::write(&token, TOKEN).expect("write token");
@@ -63,6 +68,7 @@ impl ProxyProcess {
             .env("WEFT_PROXY_OUTBOUND_ADDR", outbound.to_string())
             .env("WEFT_PROXY_SHUTDOWN_GRACE", "5s")
             .env("WEFT_LOG", "info")
+            .envs(extra.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
