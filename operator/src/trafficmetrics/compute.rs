@@ -16,6 +16,12 @@ pub const LATENCY_BUCKET: &str = "response_latency_ms_bucket";
 
 pub type Labels = BTreeMap<String, String>;
 
+/// A series: its family and labels.
+pub type SeriesKey = (String, Labels);
+
+/// One proxy's increase of every series over the window.
+pub type Increase = (PodRef, HashMap<SeriesKey, f64>);
+
 /// A meshed pod (the proxy scraped).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PodRef {
@@ -26,7 +32,7 @@ pub struct PodRef {
 /// One proxy's series of interest at one scrape: (family, labels) → value.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Scrape {
-    pub series: HashMap<(String, Labels), f64>,
+    pub series: HashMap<SeriesKey, f64>,
 }
 
 /// A scrape held more series of interest than the bound.
@@ -60,7 +66,7 @@ impl Scrape {
 /// The increase of every series between `base` and `latest` of the same proxy. A series absent
 /// from `base` was zero then (Prometheus counters appear at their first increment); a value
 /// lower than the base's is a counter reset (the proxy restarted), counted from zero.
-pub fn increase(base: &Scrape, latest: &Scrape) -> HashMap<(String, Labels), f64> {
+pub fn increase(base: &Scrape, latest: &Scrape) -> HashMap<SeriesKey, f64> {
     latest
         .series
         .iter()
@@ -103,7 +109,7 @@ impl History {
     }
 
     /// Every proxy's increase over the window (proxies with a single scrape have none yet).
-    pub fn increases(&self) -> Vec<(PodRef, HashMap<(String, Labels), f64>)> {
+    pub fn increases(&self) -> Vec<Increase> {
         self.proxies
             .iter()
             .filter_map(|(pod, samples)| {
@@ -235,7 +241,7 @@ impl Stats {
 }
 
 /// The figures of one resource over the window.
-pub fn stats(increases: &[(PodRef, HashMap<(String, Labels), f64>)], sel: &Selector) -> Stats {
+pub fn stats(increases: &[Increase], sel: &Selector) -> Stats {
     let mut out = Stats::default();
     for (pod, series) in increases {
         for ((family, labels), v) in series {
@@ -267,7 +273,7 @@ pub enum Direction {
 /// the `dst_pod`/`dst_deployment` labels): requests it sent (`To`, grouped by destination) and
 /// requests meshed clients sent to it (`From`, grouped by the client).
 pub fn edges(
-    increases: &[(PodRef, HashMap<(String, Labels), f64>)],
+    increases: &[Increase],
     kind: EdgeKind,
     namespace: &str,
     name: &str,

@@ -9,7 +9,7 @@ pub mod compute;
 pub mod promtext;
 pub mod scrape;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 
 use crate::admin::{json as json_response, Body};
 use crate::aggregated::{Caller, GroupHandler, ResponseFuture};
-use compute::{Direction, EdgeKind, History, Labels, PodRef, Selector, Stats};
+use compute::{Direction, EdgeKind, History, Selector, Stats};
 use scrape::{MeshView, MeshViewRx};
 
 pub const GROUP: &str = "metrics.smi-spec.io";
@@ -193,7 +193,7 @@ fn metrics(s: &Stats) -> Value {
     ])
 }
 
-type Increases = Vec<(PodRef, HashMap<(String, Labels), f64>)>;
+type Increases = Vec<compute::Increase>;
 
 struct Ctx<'a> {
     view: &'a MeshView,
@@ -417,7 +417,7 @@ impl Ctx<'_> {
 
 /// A backend weight (thousandths) as a quantity: `500m`, or `50` when whole.
 fn weight_quantity(milli: u64) -> String {
-    if milli % 1000 == 0 {
+    if milli.is_multiple_of(1000) {
         format!("{}", milli / 1000)
     } else {
         format!("{milli}m")
