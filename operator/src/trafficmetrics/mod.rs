@@ -427,6 +427,144 @@ fn weight_quantity(milli: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use compute::{PodRef, Scrape};
+    use http_body_util::BodyExt;
+    use scrape::SplitView;
+    use std::time::Instant;
+
+    fn pod(ns: &str, name: &str) -> PodRef {
+        PodRef {
+            namespace: ns.into(),
+            name: name.into(),
+        }
+    }
+
+    fn scrape(text: &str) -> Scrape {
+        Scrape::from_samples(promtext::parse(text), 100).unwrap()
+    }
+
+    /// A mesh of a client calling the `web` split (backends web-v1, web-v2), scraped twice.
+    fn api() -> TrafficMetricsApi {
+        let mut h = History::default();
+        let t0 = Instant::now();
+        h.record(pod("shop", "client-1"), t0, scrape(""));
+        h.record(
+            pod("shop", "client-1"),
+            t0 + Duration::from_secs(5),
+            scrape(
+                r#"response_total{direction="outbound",authority="web.shop",dst_namespace="shop",dst_service="web-v1",dst_pod="web-v1-a",deployment="client",classification="success"} 9
+response_total{direction="outbound",authority="web.shop",dst_namespace="shop",dst_service="web-v2",dst_pod="web-v2-a",deployment="client",classification="failure"} 3
+response_latency_ms_bucket{direction="outbound",authority="web.shop",dst_namespace="shop",dst_service="web-v1",le="10"} 9
+response_latency_ms_bucket{direction="outbound",authority="web.shop",dst_namespace="shop",dst_service="web-v1",le="+Inf"} 9"#,
+            ),
+        );
+        let view = MeshView {
+            pods: vec![(pod("shop", "client-1"), [10, 0, 0, 1].into())],
+            splits: BTreeMap::from([(
+                ("shop".to_string(), "web".to_string()),
+                SplitView {
+                    apex: "web".into(),
+                    backends: vec![("web-v1".into(), 900), ("web-v2".into(), 100)],
+                },
+            )]),
+        };
+        let (_tx, rx) = tokio::sync::watch::channel(Arc::new(view));
+        TrafficMetricsApi::new(Arc::new(Mutex::new(h)), rx, Duration::from_secs(30))
+    }
+
+    async fn get(api: &TrafficMetricsApi, path: &str) -> (StatusCode, Value) {
+        let resp = api.get(&format!("/apis/metrics.smi-spec.io{path}"));
+        let code = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (code, serde_json::from_slice(&body).unwrap())
+    }
+
+    fn metric(item: &Value, name: &str) -> Value {
+        item["metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .unwrap()["value"]
+            .clone()
+    }
+
+    #[tokio::test]
+    async fn a_split_answers_one_item_per_backend_with_its_block() {
+        let api = api();
+        let (code, v) = get(&api, "/v1alpha1/namespaces/shop/trafficsplits/web").await;
+        assert_eq!(code, StatusCode::OK);
+        assert_eq!(v["kind"], "TrafficMetricsList");
+        assert_eq!(
+            v["resource"],
+            json!({"kind": "TrafficSplit", "namespace": "shop", "name": "web"})
+        );
+        let items = v["items"].as_array().unwrap();
+        assert_eq!(items.len(), 2);
+        assert_eq!(
+            items[0]["backend"],
+            json!({"apex": "web", "name": "web-v1", "weight": "900m"})
+        );
+        assert_eq!(metric(&items[0], "success_count"), "9");
+        assert_eq!(metric(&items[0], "failure_count"), "0");
+        assert_eq!(metric(&items[0], "p50_response_latency"), "5m");
+        assert_eq!(metric(&items[1], "failure_count"), "3");
+        assert_eq!(metric(&items[1], "p99_response_latency"), Value::Null);
+        assert_eq!(items[1]["window"], "30s");
+        // The namespace's list of splits holds the same items.
+        let (_, list) = get(&api, "/v1alpha1/namespaces/shop/trafficsplits").await;
+        assert_eq!(list["items"].as_array().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn unknown_resources_are_not_found() {
+        let api = api();
+        for path in [
+            "/v1alpha1/namespaces/shop/trafficsplits/nope",
+            "/v1alpha1/namespaces/shop/pods/not-meshed",
+            "/v1alpha1/namespaces/shop/secrets/x",
+            "/v1alpha1/namespaces/shop/services/web/edges",
+            "/v2/namespaces/shop/pods",
+        ] {
+            let (code, v) = get(&api, path).await;
+            assert_eq!(code, StatusCode::NOT_FOUND, "{path}");
+            assert_eq!(v["kind"], "Status", "{path}");
+        }
+        let (code, v) = get(&api, "/v1alpha1").await;
+        assert_eq!(code, StatusCode::OK);
+        assert_eq!(v["kind"], "APIResourceList");
+        let (_, g) = get(&api, "").await;
+        assert_eq!(g["preferredVersion"]["groupVersion"], API_VERSION);
+    }
+
+    #[tokio::test]
+    async fn pods_services_and_edges() {
+        let api = api();
+        let (_, pods) = get(&api, "/v1alpha1/namespaces/shop/pods").await;
+        assert_eq!(pods["items"][0]["resource"]["name"], "client-1");
+        let (_, svcs) = get(&api, "/v1alpha1/services").await;
+        let names: Vec<&str> = svcs["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|i| i["resource"]["name"].as_str())
+            .collect();
+        assert_eq!(names, vec!["web-v1", "web-v2"]);
+        let (_, edges) = get(&api, "/v1alpha1/namespaces/shop/pods/client-1/edges").await;
+        let items = edges["items"].as_array().unwrap();
+        assert_eq!(items.len(), 2);
+        assert_eq!(
+            items[1]["edge"],
+            json!({"direction": "to", "side": "client",
+                   "resource": {"kind": "Pod", "namespace": "shop", "name": "web-v2-a"}})
+        );
+        assert_eq!(metric(&items[1], "failure_count"), "3");
+        let (_, ns) = get(&api, "/v1alpha1/namespaces").await;
+        assert_eq!(
+            ns["items"][0]["resource"],
+            json!({"kind": "Namespace", "name": "shop"})
+        );
+    }
 
     #[test]
     fn quantities() {

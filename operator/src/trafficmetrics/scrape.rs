@@ -188,3 +188,71 @@ pub async fn run(
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A one-connection-at-a-time server answering every request with `response` (or never,
+    /// when `None`).
+    async fn server(response: Option<String>) -> SocketAddr {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let response = response.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = s.read(&mut buf).await;
+                    match response {
+                        Some(r) => {
+                            let _ = s.write_all(r.as_bytes()).await;
+                        }
+                        None => std::future::pending::<()>().await,
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn ok(body: &str) -> String {
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    #[tokio::test]
+    async fn scrapes_keep_only_the_families_used_and_are_bounded() {
+        let opts = ScrapeOptions {
+            timeout: Duration::from_millis(300),
+            max_body: 1024,
+            max_series: 2,
+            ..ScrapeOptions::default()
+        };
+        let body = "response_total{direction=\"inbound\",classification=\"success\"} 3\nweft_proxy_x 1\nresponse_latency_ms_bucket{le=\"10\"} 3\n";
+        let s = scrape_one(server(Some(ok(body))).await, &opts)
+            .await
+            .unwrap();
+        assert_eq!(s.series.len(), 2, "{s:?}");
+
+        let never = scrape_one(server(None).await, &opts).await;
+        assert_eq!(never, Err("timed out".to_string()));
+
+        let big = "response_total{a=\"b\"} 1\n".repeat(100);
+        let r = scrape_one(server(Some(ok(&big))).await, &opts).await;
+        assert!(r.unwrap_err().starts_with("body"), "over max_body");
+
+        let many = (0..3)
+            .map(|i| format!("response_total{{i=\"{i}\"}} 1\n"))
+            .collect::<String>();
+        let r = scrape_one(server(Some(ok(&many))).await, &opts).await;
+        assert!(r.unwrap_err().contains("more than 2 series"));
+
+        let status = "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n".to_string();
+        let r = scrape_one(server(Some(status)).await, &opts).await;
+        assert!(r.unwrap_err().contains("503"));
+    }
+}
