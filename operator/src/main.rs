@@ -115,18 +115,15 @@ struct Args {
     /// to token-authenticated proxies). Needs the Identity service.
     #[arg(long)]
     require_discovery_identity: bool,
-    /// HTTPS address of the aggregated API server (metrics.smi-spec.io TrafficMetrics). On by
-    /// default with Kubernetes (needs a serving certificate: --apiserver-cert-dir or
-    /// --webhook-cert-dir); in --manifests mode only when given (with
-    /// --requestheader-client-ca-file).
+    /// HTTPS address of the aggregated API server (metrics.smi-spec.io TrafficMetrics), e.g.
+    /// 0.0.0.0:8443 (the chart's); off when not given. Needs a serving certificate
+    /// (--apiserver-cert-dir or --webhook-cert-dir), and in --manifests mode
+    /// --requestheader-client-ca-file.
     #[arg(long)]
     apiserver_addr: Option<SocketAddr>,
     /// Directory with tls.crt and tls.key for the aggregated API server (default: the webhook's).
     #[arg(long, value_name = "DIR")]
     apiserver_cert_dir: Option<PathBuf>,
-    /// Turn the aggregated API server off.
-    #[arg(long)]
-    no_apiserver: bool,
     /// PEM CA of the front proxy's client certificate (default: from ConfigMap
     /// kube-system/extension-apiserver-authentication).
     #[arg(long, value_name = "PATH")]
@@ -335,29 +332,14 @@ async fn build(args: &Args) -> anyhow::Result<RuntimeConfig> {
 
 /// The aggregated API server's settings from the flags, if it is on.
 fn apiserver_config(args: &Args) -> anyhow::Result<Option<ApiServerConfig>> {
-    let default_addr = SocketAddr::from(([0, 0, 0, 0], 8443));
-    let addr = match (
-        args.apiserver_addr,
-        args.manifests.is_some(),
-        args.no_apiserver,
-    ) {
-        (_, _, true) | (None, true, _) => return Ok(None),
-        (Some(a), _, _) => a,
-        (None, false, _) => default_addr,
+    let Some(addr) = args.apiserver_addr else {
+        return Ok(None);
     };
-    let Some(dir) = args
+    let dir = args
         .apiserver_cert_dir
         .as_ref()
         .or(args.webhook_cert_dir.as_ref())
-    else {
-        if args.apiserver_addr.is_some() {
-            anyhow::bail!("--apiserver-addr needs --apiserver-cert-dir or --webhook-cert-dir");
-        }
-        tracing::warn!(
-            "no serving certificate (--apiserver-cert-dir): metrics.smi-spec.io is not served"
-        );
-        return Ok(None);
-    };
+        .context("--apiserver-addr needs --apiserver-cert-dir or --webhook-cert-dir")?;
     let front_proxy = match &args.requestheader_client_ca_file {
         Some(path) => Some(FrontProxy::new(
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
