@@ -167,7 +167,16 @@ impl KubeEnv {
     /// weft-system --name weft`, plus the test cluster's kubeconfig) and waits until the
     /// operator's pod (run by the kubelet stand-in) is Ready; returns its name.
     pub async fn install_weft(&self) -> String {
-        let out = self.helm(&["install", "--namespace", "weft-system", "--name", "weft"]);
+        self.install_weft_with(&[]).await
+    }
+
+    /// As [`KubeEnv::install_weft`], with chart values (`key=value`, each passed as `--set`).
+    pub async fn install_weft_with(&self, values: &[&str]) -> String {
+        let mut args = vec!["install", "--namespace", "weft-system", "--name", "weft"];
+        for v in values {
+            args.extend(["--set", v]);
+        }
+        let out = self.helm(&args);
         assert!(
             out.status.success(),
             "helm install: {}",

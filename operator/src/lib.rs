@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 pub mod admin;
 pub mod aggregated;
+pub mod apiserver;
 pub mod discovery;
 pub mod identity;
 pub mod inject;
@@ -14,6 +15,7 @@ pub mod runtime;
 pub mod shutdown;
 pub mod source;
 pub mod status;
+pub mod trafficmetrics;
 pub mod webhook;
 
 /// The compiler ([`weft_core::compile`]), with the directory report of `weft-manifests` and the

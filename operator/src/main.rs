@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
+use weft_operator::apiserver::FrontProxy;
 use weft_operator::compile::{CompileOptions, DefaultPolicy};
 use weft_operator::identity::control_tls::anchors_pem;
 use weft_operator::identity::{
@@ -14,8 +15,11 @@ use weft_operator::identity::{
     TokenReview,
 };
 use weft_operator::leader::LeaderOptions;
-use weft_operator::runtime::{IdentityConfig, Runtime, RuntimeConfig, SourceConfig, WebhookConfig};
+use weft_operator::runtime::{
+    ApiServerConfig, IdentityConfig, Runtime, RuntimeConfig, SourceConfig, WebhookConfig,
+};
 use weft_operator::source::manifests::WatchOptions;
+use weft_operator::trafficmetrics::scrape::ScrapeOptions;
 use weft_operator::webhook::TlsPem;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -111,6 +115,32 @@ struct Args {
     /// to token-authenticated proxies). Needs the Identity service.
     #[arg(long)]
     require_discovery_identity: bool,
+    /// HTTPS address of the aggregated API server (metrics.smi-spec.io TrafficMetrics), e.g.
+    /// 0.0.0.0:8443 (the chart's); off when not given. Needs a serving certificate
+    /// (--apiserver-cert-dir or --webhook-cert-dir), and in --manifests mode
+    /// --requestheader-client-ca-file.
+    #[arg(long)]
+    apiserver_addr: Option<SocketAddr>,
+    /// Directory with tls.crt and tls.key for the aggregated API server (default: the webhook's).
+    #[arg(long, value_name = "DIR")]
+    apiserver_cert_dir: Option<PathBuf>,
+    /// PEM CA of the front proxy's client certificate (default: from ConfigMap
+    /// kube-system/extension-apiserver-authentication).
+    #[arg(long, value_name = "PATH")]
+    requestheader_client_ca_file: Option<PathBuf>,
+    /// Common names allowed on the front proxy's certificate, with
+    /// --requestheader-client-ca-file (empty: any certificate of that CA).
+    #[arg(long, value_delimiter = ',')]
+    requestheader_allowed_names: Vec<String>,
+    /// The proxies' admin port, scraped for TrafficMetrics.
+    #[arg(long, default_value = "4191")]
+    proxy_admin_port: u16,
+    /// How often every proxy's /metrics is scraped for TrafficMetrics.
+    #[arg(long, default_value = "10s", value_parser = weft_common::duration::parse)]
+    traffic_metrics_scrape_interval: Duration,
+    /// The window TrafficMetrics cover.
+    #[arg(long, default_value = "30s", value_parser = weft_common::duration::parse)]
+    traffic_metrics_window: Duration,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -271,6 +301,7 @@ async fn build(args: &Args) -> anyhow::Result<RuntimeConfig> {
         }
         None => None,
     };
+    let apiserver = apiserver_config(args)?;
     let instance = args.pod_name.clone();
     let leader = if args.leader_elect && args.manifests.is_none() {
         let identity = instance
@@ -293,9 +324,46 @@ async fn build(args: &Args) -> anyhow::Result<RuntimeConfig> {
         compile,
         identity,
         webhook,
+        apiserver,
         leader,
         instance,
     })
+}
+
+/// The aggregated API server's settings from the flags, if it is on.
+fn apiserver_config(args: &Args) -> anyhow::Result<Option<ApiServerConfig>> {
+    let Some(addr) = args.apiserver_addr else {
+        return Ok(None);
+    };
+    let dir = args
+        .apiserver_cert_dir
+        .as_ref()
+        .or(args.webhook_cert_dir.as_ref())
+        .context("--apiserver-addr needs --apiserver-cert-dir or --webhook-cert-dir")?;
+    let front_proxy = match &args.requestheader_client_ca_file {
+        Some(path) => Some(FrontProxy::new(
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+            args.requestheader_allowed_names.clone(),
+        )),
+        None if args.manifests.is_some() => {
+            anyhow::bail!(
+                "--apiserver-addr in --manifests mode needs --requestheader-client-ca-file"
+            )
+        }
+        None => None,
+    };
+    Ok(Some(ApiServerConfig {
+        addr,
+        tls: TlsPem::from_dir(dir)?,
+        front_proxy,
+        scrape: ScrapeOptions {
+            admin_port: args.proxy_admin_port,
+            interval: args.traffic_metrics_scrape_interval,
+            window: args.traffic_metrics_window,
+            ..ScrapeOptions::default()
+        },
+        groups: Vec::new(),
+    }))
 }
 
 async fn wait_for_signal() {
@@ -331,6 +399,7 @@ async fn main() -> anyhow::Result<()> {
         discovery = %runtime.discovery_addr,
         admin = %runtime.admin_addr,
         webhook = ?runtime.webhook_addr,
+        apiserver = ?runtime.apiserver_addr,
         "weft-operator started"
     );
     wait_for_signal().await;

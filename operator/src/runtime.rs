@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::admin::{AdminState, Health};
+use crate::apiserver::{ApiServerState, FrontProxy, ServedGroup};
 use crate::compile::{CompileOptions, Compiler};
 use crate::discovery::{
     snapshot_channel, DiscoveryMetrics, DiscoveryService, ProxyRegistry, Published, ServiceOptions,
@@ -36,6 +37,9 @@ use crate::source::reconcile::Reconciler;
 use crate::source::{Source, SourceError, SourceTx};
 use crate::status::writer::{StatusMetrics, StatusWriter};
 use crate::status::StatusBoard;
+use crate::trafficmetrics::compute::History;
+use crate::trafficmetrics::scrape::{MeshView, ScrapeOptions};
+use crate::trafficmetrics::TrafficMetricsApi;
 use crate::webhook::{TlsPem, Validator, WebhookState};
 
 pub use crate::source::reconcile::{statuses_of, RuntimeMetrics};
@@ -69,6 +73,21 @@ pub struct WebhookConfig {
     pub inject: Option<Arc<crate::inject::InjectSettings>>,
 }
 
+/// The aggregated API server's settings (`metrics.smi-spec.io`, plus any other groups).
+#[derive(Clone)]
+pub struct ApiServerConfig {
+    pub addr: SocketAddr,
+    /// Serving certificate (the APIService's caBundle must verify it).
+    pub tls: TlsPem,
+    /// How the front proxy authenticates; `None`: read from the cluster's
+    /// `kube-system/extension-apiserver-authentication` ConfigMap at start.
+    pub front_proxy: Option<FrontProxy>,
+    /// The TrafficMetrics scraper.
+    pub scrape: ScrapeOptions,
+    /// Groups served beside `metrics.smi-spec.io` (e.g. `tap.weft.io`).
+    pub groups: Vec<ServedGroup>,
+}
+
 /// Everything the runtime needs.
 #[derive(Clone)]
 pub struct RuntimeConfig {
@@ -78,6 +97,8 @@ pub struct RuntimeConfig {
     pub compile: CompileOptions,
     pub identity: Option<IdentityConfig>,
     pub webhook: Option<WebhookConfig>,
+    /// The aggregated API server (TrafficMetrics); `None`: off.
+    pub apiserver: Option<ApiServerConfig>,
     /// Kubernetes only: elect a leader to write status and Events (else this replica writes).
     pub leader: Option<LeaderOptions>,
     /// Kubernetes only: the name of this replica in Events.
@@ -98,6 +119,7 @@ impl RuntimeConfig {
             compile: CompileOptions::default(),
             identity: None,
             webhook: None,
+            apiserver: None,
             leader: None,
             instance: None,
         }
@@ -121,6 +143,8 @@ pub enum RuntimeError {
     Serve(#[from] tonic::transport::Error),
     #[error(transparent)]
     Source(#[from] SourceError),
+    #[error("aggregated API server: {0}")]
+    ApiServer(#[from] crate::apiserver::ApiServerError),
 }
 
 /// A running operator.
@@ -129,6 +153,7 @@ pub struct Runtime {
     pub discovery_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub webhook_addr: Option<SocketAddr>,
+    pub apiserver_addr: Option<SocketAddr>,
     pub health: Arc<Health>,
     pub proxies: Arc<ProxyRegistry>,
     pub status: Arc<StatusBoard>,
@@ -268,6 +293,50 @@ impl Runtime {
             });
         }
 
+        // The aggregated API server and the TrafficMetrics scraper it reads.
+        let mut apiserver_addr = None;
+        let mut mesh_view = None;
+        if let Some(a) = &config.apiserver {
+            let front = match (&a.front_proxy, &client) {
+                (Some(f), _) => f.clone(),
+                (None, Some(client)) => FrontProxy::from_cluster(client).await?,
+                (None, None) => {
+                    return Err(crate::apiserver::ApiServerError::ConfigMap(
+                        "no Kubernetes client (manifests mode): give the front proxy's CA".into(),
+                    )
+                    .into())
+                }
+            };
+            let acceptor = front.acceptor(&a.tls)?;
+            let listener = bind("aggregated API", a.addr).await?;
+            apiserver_addr = Some(listener.local_addr().unwrap_or(a.addr));
+            let (view_tx, view_rx) = watch::channel(Arc::new(MeshView::default()));
+            mesh_view = Some(view_tx);
+            let history = Arc::new(std::sync::Mutex::new(History::default()));
+            let metrics_api =
+                TrafficMetricsApi::new(history.clone(), view_rx.clone(), a.scrape.window);
+            let mut groups = vec![ServedGroup {
+                handler: Arc::new(metrics_api),
+                version: crate::trafficmetrics::VERSION,
+            }];
+            groups.extend(a.groups.iter().cloned());
+            let state = ApiServerState {
+                front_proxy: Arc::new(front),
+                groups,
+            };
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                crate::apiserver::serve(listener, acceptor, state, stop).await;
+                Ok(())
+            });
+            let stop = shutdown.clone();
+            let scrape = a.scrape.clone();
+            tasks.spawn(async move {
+                crate::trafficmetrics::scrape::run(history, view_rx, scrape, stop).await;
+                Ok(())
+            });
+        }
+
         // Identity issuer reloads.
         if let Some(i) = &config.identity {
             let ca = i.ca.clone();
@@ -298,7 +367,8 @@ impl Runtime {
                 .identity
                 .as_ref()
                 .and_then(|i| i.authenticator.pod_directory()),
-        );
+        )
+        .with_mesh_view(mesh_view);
 
         // One bounded channel from the source to the one reconcile loop.
         let (source_tx, source_rx) = crate::source::channel();
@@ -357,6 +427,7 @@ impl Runtime {
             discovery_addr,
             admin_addr,
             webhook_addr,
+            apiserver_addr,
             health,
             proxies,
             status: board,

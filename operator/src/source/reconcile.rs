@@ -87,6 +87,8 @@ pub struct Reconciler {
     statuses: Option<watch::Sender<Arc<Vec<ObjectStatus>>>>,
     /// The pods a bootstrap token binds to (kept equal to the model's pods).
     pods: Option<Arc<PodDirectory>>,
+    /// Meshed pods and TrafficSplits, for the TrafficMetrics scraper.
+    mesh_view: Option<crate::trafficmetrics::scrape::MeshViewTx>,
 }
 
 impl Reconciler {
@@ -109,6 +111,7 @@ impl Reconciler {
             metrics,
             statuses: None,
             pods: None,
+            mesh_view: None,
         }
     }
 
@@ -124,6 +127,13 @@ impl Reconciler {
         self
     }
 
+    /// Also keeps the TrafficMetrics scraper's view (meshed pods, TrafficSplits) equal to the
+    /// model's.
+    pub fn with_mesh_view(mut self, tx: Option<crate::trafficmetrics::scrape::MeshViewTx>) -> Self {
+        self.mesh_view = tx;
+        self
+    }
+
     /// How many snapshots were published.
     pub fn generation(&self) -> u64 {
         self.generation
@@ -134,6 +144,7 @@ impl Reconciler {
         let first = self.generation == 0;
         let mut changed = ChangedKeys::default();
         let mut pods_changed = first;
+        let mut splits_changed = first;
         for change in changes {
             let key = match change {
                 Change::Upsert(o) => self.model.upsert(o),
@@ -143,6 +154,7 @@ impl Reconciler {
                 }
             };
             pods_changed |= key.kind == Kind::Pod;
+            splits_changed |= key.kind == Kind::TrafficSplit;
             changed.insert(key);
         }
         if let Some(pods) = self.pods.as_ref().filter(|_| pods_changed) {
@@ -153,6 +165,15 @@ impl Reconciler {
                     p.service_account.as_str(),
                 )
             }));
+        }
+        if let Some(tx) = self
+            .mesh_view
+            .as_ref()
+            .filter(|_| pods_changed || splits_changed)
+        {
+            tx.send_replace(Arc::new(crate::trafficmetrics::scrape::MeshView::of(
+                &self.model,
+            )));
         }
         if !first && changed.is_empty() {
             return;

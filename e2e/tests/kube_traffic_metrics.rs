@@ -1,0 +1,389 @@
+//! SMI TrafficMetrics (`metrics.smi-spec.io/v1alpha1`) through the real API server: weft
+//! installed with the chart (APIService, operator serving the aggregated API), meshed pods
+//! behind a TrafficSplit getting traffic from a meshed client, one backend answering 502 to
+//! every request. `GET /apis/metrics.smi-spec.io/v1alpha1/namespaces/<ns>/trafficsplits/<name>`
+//! (what `kubectl get --raw` does) returns per-backend success and failure counts equal to what
+//! the client received, and latency quantiles; a user without RBAC for `metrics.smi-spec.io`
+//! gets 403 from the API server; a request straight to the operator's port without the API
+//! server's front-proxy certificate is refused (even with forged `X-Remote-User` headers),
+//! while the same request with that certificate is answered.
+//!
+//! Needs root, the cached control plane (`e2e/scripts/kube-build.sh`), the Helm SDK and
+//! `cargo build -p weft-proxy -p weft-operator --bins`; skips loudly otherwise (fails in CI).
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use weft_e2e::apply;
+use weft_e2e::harness::{eventually, kube_env, KubeEnv};
+
+const TEST: &str = "kube_traffic_metrics";
+const NS: &str = "metrics";
+const SPLIT_PATH: &str =
+    "/apis/metrics.smi-spec.io/v1alpha1/namespaces/metrics/trafficsplits/web-split";
+
+async fn pod(env: &KubeEnv, name: &str, labels: Value, app_env: Value) {
+    let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": name, "namespace": NS}});
+    apply::apply(&env.client, &sa)
+        .await
+        .unwrap_or_else(|e| panic!("service account {name}: {e}"));
+    env.create(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "labels": labels},
+        "spec": {"serviceAccountName": name, "containers": [
+            {"name": "app", "image": "weft-test-app", "env": app_env,
+             "ports": [{"containerPort": 8080}],
+             "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}}}]}
+    }))
+    .await;
+}
+
+fn service(name: &str, selector: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"selector": selector, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})
+}
+
+/// `n` requests to the apex from the client pod: `(answered by v1 with 200, sent to v2 and
+/// failed, anything else)`.
+async fn traffic(env: &KubeEnv, n: u32) -> (u64, u64, Vec<String>) {
+    let script = format!(
+        "for i in $(seq {n}); do (curl -s --max-time 5 -w ' %{{http_code}}' http://web.{NS}.svc.cluster.local/ || echo fail) | tr -d '\\n'; echo; done"
+    );
+    let out = env.exec(NS, "client", None, &["sh", "-c", &script]).await;
+    let (mut v1, mut v2, mut other) = (0, 0, Vec::new());
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let line = line.trim();
+        if line.starts_with("web v1") && line.ends_with(" 200") {
+            v1 += 1;
+        } else if (line.contains("unreachable") && line.ends_with(" 502"))
+            || (line.contains("backend web-v2") && line.ends_with(" 503"))
+        {
+            // v2's own 502s, and the client proxy's 503s once failure accrual ejected v2's
+            // endpoint: both requests the split sent to web-v2 that failed.
+            v2 += 1;
+        } else if !line.is_empty() {
+            other.push(line.to_string());
+        }
+    }
+    (v1, v2, other)
+}
+
+/// A raw GET through the API server as `client` (what `kubectl get --raw` does): the status
+/// code and the body.
+async fn raw_get(client: &kube::Client, path: &str) -> (u16, String) {
+    let req = http::Request::get(path).body(Vec::new()).expect("request");
+    match client.request_text(req).await {
+        Ok(body) => (200, body),
+        Err(kube::Error::Api(e)) => (e.code, e.message),
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+/// `metrics[name].value` of a TrafficMetrics item.
+fn metric(item: &Value, name: &str) -> Option<String> {
+    item["metrics"]
+        .as_array()?
+        .iter()
+        .find(|m| m["name"] == name)?
+        .get("value")?
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// The item of `backend` in a TrafficSplit's TrafficMetricsList.
+fn backend<'a>(list: &'a Value, name: &str) -> Option<&'a Value> {
+    list["items"]
+        .as_array()?
+        .iter()
+        .find(|i| i["backend"]["name"] == name)
+}
+
+/// A client for the same API server acting as `user` (impersonation: the admin asks, the API
+/// server authorizes `user`).
+async fn client_as(env: &KubeEnv, user: &str) -> kube::Client {
+    let mut kc = kube::config::Kubeconfig::read_from(&env.cluster.kubeconfig).expect("kubeconfig");
+    for ai in &mut kc.auth_infos {
+        if let Some(info) = ai.auth_info.as_mut() {
+            info.impersonate = Some(user.to_string());
+        }
+    }
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .expect("config");
+    kube::Client::try_from(config).expect("client")
+}
+
+/// `curl` straight to the operator's aggregated API port (bypassing the API server), with
+/// extra arguments; the exit code and the output.
+async fn direct(ip: &str, extra: &[&str]) -> (i32, String) {
+    let url = format!("https://{ip}:8443{SPLIT_PATH}");
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-sk",
+            "--max-time",
+            "5",
+            "-w",
+            " %{http_code}",
+            "-H",
+            "X-Remote-User: admin",
+            "-H",
+            "X-Remote-Group: system:masters",
+        ])
+        .args(extra)
+        .arg(&url)
+        .output()
+        .await
+        .expect("curl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// The chart's APIService (charts/weft/templates/webhook.yaml), created with a plain create:
+/// same service, port and CA bundle (the webhook Secret's `ca.crt`).
+async fn register_api_service(env: &KubeEnv) {
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(env.client.clone(), "weft-system");
+    let secret = secrets
+        .get("weft-webhook-tls")
+        .await
+        .expect("webhook secret");
+    let ca = secret
+        .data
+        .unwrap_or_default()
+        .remove("ca.crt")
+        .expect("ca.crt");
+    let rendered = env.helm(&["template", "--namespace", "weft-system", "--name", "weft"]);
+    let text = String::from_utf8_lossy(&rendered.stdout);
+    let doc = text
+        .split("\n---")
+        .find(|d| d.contains("kind: APIService"))
+        .expect("the chart renders an APIService");
+    let mut obj: Value = serde_yaml::from_str(doc).expect("APIService YAML");
+    // A ByteString serializes as base64, as caBundle wants.
+    obj["spec"]["caBundle"] = serde_json::to_value(&ca).expect("caBundle");
+    env.create(obj).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_traffic_metrics_for_a_traffic_split() {
+    let Some(env) = kube_env(
+        TEST,
+        &["weft-proxy", "weft-proxy-init", "weft-operator"],
+        Path::new(env!("CARGO_BIN_EXE_weft-test-app")),
+    )
+    .await
+    else {
+        return;
+    };
+    if !env.helm_ready(TEST) {
+        return;
+    }
+    // Scrape often, over a window that covers the whole test's traffic.
+    let operator_pod = env
+        .install_weft_with(&[
+            "metricsApi.scrapeInterval=1s",
+            "metricsApi.window=300s",
+            // Kubernetes 1.20.2's API server (the test cluster's) panics on a server-side apply
+            // of an APIService, which is how the Helm 4 SDK installs: the chart's APIService is
+            // created here with a plain create instead.
+            "metricsApi.registerAPIService=false",
+        ])
+        .await;
+    register_api_service(&env).await;
+
+    env.namespace(NS, json!({"weft.io/inject": "enabled"}))
+        .await;
+    // The apex selects no pod: a request reaches a backend only through the split.
+    for s in [
+        service("web", json!({"app": "web-apex"})),
+        service("web-v1", json!({"app": "web", "version": "v1"})),
+        service("web-v2", json!({"app": "web", "version": "v2"})),
+    ] {
+        env.create(s).await;
+    }
+    apply::apply(
+        &env.client,
+        &json!({"apiVersion": "split.smi-spec.io/v1alpha4", "kind": "TrafficSplit",
+            "metadata": {"name": "web-split", "namespace": NS},
+            "spec": {"service": "web", "backends": [
+                {"service": "web-v1", "weight": 50}, {"service": "web-v2", "weight": 50}]}}),
+    )
+    .await
+    .expect("traffic split");
+    pod(
+        &env,
+        "web-v1",
+        json!({"app": "web", "version": "v1"}),
+        json!([{"name": "APP_NAME", "value": "web"}, {"name": "APP_VERSION", "value": "v1"}]),
+    )
+    .await;
+    // v2 answers 502 to every request: it calls a backend that does not resolve.
+    pod(
+        &env,
+        "web-v2",
+        json!({"app": "web", "version": "v2"}),
+        json!([{"name": "APP_MODE", "value": "frontend"},
+               {"name": "APP_BACKEND", "value": "http://nowhere.invalid/"}]),
+    )
+    .await;
+    pod(
+        &env,
+        "client",
+        json!({"app": "client"}),
+        json!([{"name": "APP_NAME", "value": "client"}]),
+    )
+    .await;
+    for p in ["web-v1", "web-v2", "client"] {
+        env.wait_ready(NS, p, Duration::from_secs(90)).await;
+    }
+
+    // The APIService is available and its discovery documents served.
+    let (code, body) = eventually(
+        "metrics.smi-spec.io discovery through the API server",
+        Duration::from_secs(60),
+        || raw_get(&env.client, "/apis/metrics.smi-spec.io/v1alpha1"),
+        |(code, _)| *code == 200,
+    )
+    .await;
+    assert_eq!(code, 200);
+    let resources: Value = serde_json::from_str(&body).expect("APIResourceList");
+    assert_eq!(resources["kind"], "APIResourceList", "{body}");
+    assert!(body.contains("\"trafficsplits\""), "{body}");
+
+    // Traffic through the apex, until both backends have answered some.
+    let (mut v1, mut v2, mut other) = (0, 0, Vec::new());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while v1 < 10 || v2 < 10 {
+        let (a, b, c) = traffic(&env, 20).await;
+        v1 += a;
+        v2 += b;
+        other.extend(c);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "split not in force: v1 {v1}, v2 {v2}, other {other:?}"
+        );
+    }
+    eprintln!("sent: {v1} answered 200 by v1, {v2} failed at v2, others {other:?}");
+
+    // TrafficMetrics for the split, through the API server, as the admin: per-backend counts
+    // equal to what the client received (every replica converges on them).
+    let (_, body) = eventually(
+        "TrafficMetrics of web-split matching the traffic sent",
+        Duration::from_secs(60),
+        || raw_get(&env.client, SPLIT_PATH),
+        |(code, body)| {
+            let Ok(list) = serde_json::from_str::<Value>(body) else {
+                return false;
+            };
+            *code == 200
+                && backend(&list, "web-v1").and_then(|i| metric(i, "success_count"))
+                    == Some(v1.to_string())
+                && backend(&list, "web-v2").and_then(|i| metric(i, "failure_count"))
+                    == Some(v2.to_string())
+        },
+    )
+    .await;
+    let list: Value = serde_json::from_str(&body).expect("json");
+    eprintln!(
+        "{}",
+        serde_json::to_string_pretty(&list).unwrap_or_default()
+    );
+    assert_eq!(list["kind"], "TrafficMetricsList");
+    assert_eq!(list["resource"]["kind"], "TrafficSplit");
+    let b1 = backend(&list, "web-v1").expect("web-v1 item");
+    let b2 = backend(&list, "web-v2").expect("web-v2 item");
+    assert_eq!(b1["backend"]["apex"], "web");
+    assert_eq!(b1["backend"]["weight"], "50");
+    assert_eq!(metric(b1, "failure_count").as_deref(), Some("0"));
+    assert_eq!(metric(b2, "success_count").as_deref(), Some("0"));
+    for b in [b1, b2] {
+        for q in [
+            "p50_response_latency",
+            "p90_response_latency",
+            "p99_response_latency",
+        ] {
+            let v = metric(b, q).unwrap_or_else(|| panic!("{q} missing: {b}"));
+            assert!(
+                v.ends_with('m') || v.ends_with('u'),
+                "{q} is a quantity of seconds: {v}"
+            );
+        }
+    }
+
+    // A user without RBAC for metrics.smi-spec.io: refused by the API server.
+    let nobody = client_as(&env, "nobody").await;
+    let (code, msg) = raw_get(&nobody, SPLIT_PATH).await;
+    assert_eq!(code, 403, "{msg}");
+    // The same user once bound to the chart's reader role: allowed.
+    apply::apply(
+        &env.client,
+        &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "nobody-metrics", "namespace": NS},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                        "name": "weft-traffic-metrics-reader"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
+                          "name": "nobody"}]}),
+    )
+    .await
+    .expect("role binding");
+    eventually(
+        "the reader role lets nobody read TrafficMetrics",
+        Duration::from_secs(30),
+        || raw_get(&nobody, SPLIT_PATH),
+        |(code, _)| *code == 200,
+    )
+    .await;
+
+    // Straight to the operator's port: no front-proxy certificate, no request gets in, forged
+    // X-Remote-* headers or not.
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(env.client.clone(), "weft-system");
+    let op = pods.get(&operator_pod).await.expect("operator pod");
+    let ip = op.status.and_then(|s| s.pod_ip).expect("operator pod IP");
+    let (exit, out) = direct(&ip, &[]).await;
+    assert_ne!(exit, 0, "answered without a client certificate: {out}");
+    assert!(!out.contains("TrafficMetrics"), "{out}");
+    // A client certificate with the allowed name but not of the front-proxy CA: refused.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["front-proxy-client".to_string()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("self-signed");
+    std::fs::write(dir.path().join("c.crt"), cert.pem()).expect("write");
+    std::fs::write(dir.path().join("c.key"), key.serialize_pem()).expect("write");
+    let (exit, out) = direct(
+        &ip,
+        &[
+            "--cert",
+            &dir.path().join("c.crt").display().to_string(),
+            "--key",
+            &dir.path().join("c.key").display().to_string(),
+        ],
+    )
+    .await;
+    assert_ne!(exit, 0, "answered a self-signed client certificate: {out}");
+    // The API server's own front-proxy certificate: answered (so the refusals above are the
+    // certificate's doing).
+    let fp = env.cluster.dir.path();
+    let (exit, out) = direct(
+        &ip,
+        &[
+            "--cert",
+            &fp.join("front-proxy-client.crt").display().to_string(),
+            "--key",
+            &fp.join("front-proxy-client.key").display().to_string(),
+        ],
+    )
+    .await;
+    assert_eq!(exit, 0, "{out}");
+    assert!(
+        out.contains("TrafficMetricsList") && out.ends_with(" 200"),
+        "{out}"
+    );
+}
