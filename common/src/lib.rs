@@ -22,6 +22,7 @@ pub mod backoff;
 pub mod ca;
 pub mod duration;
 pub mod names;
+pub mod promtext;
 pub mod reliability;
 pub mod spiffe;
 #[cfg(feature = "tls")]
