@@ -111,9 +111,20 @@ struct Args {
     /// to token-authenticated proxies). Needs the Identity service.
     #[arg(long)]
     require_discovery_identity: bool,
+    /// How proxies learn the mesh: `push-all` sends every proxy every Service and endpoint;
+    /// `on-demand` sends a proxy that declares support only its inbound policy and the Services
+    /// it watches (proxies that do not declare it still get everything). docs/architecture.md.
+    #[arg(long, value_enum, default_value = "push-all")]
+    discovery_mode: DiscoveryModeArg,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum DiscoveryModeArg {
+    PushAll,
+    OnDemand,
 }
 
 fn init_logging(format: LogFormat) {
@@ -295,6 +306,10 @@ async fn build(args: &Args) -> anyhow::Result<RuntimeConfig> {
         webhook,
         leader,
         instance,
+        discovery_mode: match args.discovery_mode {
+            DiscoveryModeArg::PushAll => weft_operator::discovery::DiscoveryMode::PushAll,
+            DiscoveryModeArg::OnDemand => weft_operator::discovery::DiscoveryMode::OnDemand,
+        },
     })
 }
 

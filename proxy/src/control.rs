@@ -360,6 +360,7 @@ impl DiscoveryClient {
                 service_account: id.service_account.clone(),
                 proxy_version: env!("CARGO_PKG_VERSION").to_string(),
                 known_versions,
+                ..Default::default()
             })),
         };
         tx.send(subscribe).await.map_err(|_| ControlError::Closed)?;

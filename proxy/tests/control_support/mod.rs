@@ -279,6 +279,7 @@ pub fn full_state(nonce: &str, version: &str, resources: Vec<v1::Resource>) -> D
         resources,
         removed: vec![],
         unchanged: vec![],
+        ..Default::default()
     }
 }
 
@@ -295,5 +296,6 @@ pub fn incremental(
         resources,
         removed: removed.into_iter().map(String::from).collect(),
         unchanged: vec![],
+        ..Default::default()
     }
 }
