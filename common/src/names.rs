@@ -176,7 +176,14 @@ mod tests {
         assert_eq!(ip_name(addr), "ip:10.96.0.10");
         assert_eq!(parse_ip_name("ip:10.96.0.10"), Some(addr));
         assert_eq!(parse_ip_name("ip:fd00::1"), "fd00::1".parse().ok());
-        for bad in ["ip:", "ip:x", "ip:10.96.0.010", "ip:FD00::1", "outbound:a.b", "10.0.0.1"] {
+        for bad in [
+            "ip:",
+            "ip:x",
+            "ip:10.96.0.010",
+            "ip:FD00::1",
+            "outbound:a.b",
+            "10.0.0.1",
+        ] {
             assert_eq!(parse_ip_name(bad), None, "{bad}");
         }
     }

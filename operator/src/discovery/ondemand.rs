@@ -92,7 +92,10 @@ pub enum Item {
     /// The pod's inbound resource or a shared outbound/endpoints resource.
     Resource(Arc<VersionedResource>),
     /// An `ip:<address>` resolution, encoded for this stream.
-    Ip { version: String, proto: v1::Resource },
+    Ip {
+        version: String,
+        proto: v1::Resource,
+    },
 }
 
 impl Item {

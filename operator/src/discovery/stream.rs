@@ -156,13 +156,12 @@ impl DiscoveryService {
             connected_since: chrono::Utc::now().to_rfc3339(),
             ..ProxyInfo::default()
         };
-        let watched = (self.options.mode == DiscoveryMode::OnDemand && subscribe.on_demand).then(
-            || {
+        let watched =
+            (self.options.mode == DiscoveryMode::OnDemand && subscribe.on_demand).then(|| {
                 let mut w = Watched::default();
                 w.watch(&subscribe.watch);
                 w
-            },
-        );
+            });
         let info = ProxyInfo {
             on_demand: watched.is_some(),
             watched: watched.as_ref().map_or(0, Watched::len),

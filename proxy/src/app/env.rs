@@ -52,6 +52,18 @@ pub struct ProxyEnv {
     /// injector; labels the Linkerd-compatible metrics). Kept as given; parsed by
     /// [`crate::metrics::PodMeta::new`], which ignores what it cannot read.
     pub workload: Option<String>,
+    /// `WEFT_PROXY_DISCOVERY_MODE=on-demand` (default `push-all`): declare on-demand discovery
+    /// (docs/proxy.md, "On-demand discovery").
+    pub on_demand: bool,
+    /// `WEFT_PROXY_OUTBOUND_SERVICES`: comma-separated `<svc>.<ns>` watched from the start
+    /// (on demand only; the injector copies the pod's `weft.io/outbound-services` annotation).
+    pub outbound_services: Vec<String>,
+    /// `WEFT_PROXY_ON_DEMAND_WAIT` (default 2s): how long a request for an unknown destination
+    /// waits for the control plane.
+    pub on_demand_wait: Duration,
+    /// `WEFT_PROXY_ON_DEMAND_IDLE` (default 10m): a destination not used for this long is
+    /// dropped.
+    pub on_demand_idle: Duration,
 }
 
 /// A bad or missing environment variable.
@@ -84,6 +96,10 @@ pub const TRUST_ANCHORS: &str = "WEFT_PROXY_TRUST_ANCHORS";
 pub const TRUST_ANCHORS_FILE: &str = "WEFT_PROXY_TRUST_ANCHORS_FILE";
 pub const CONTROL_IDENTITY: &str = "WEFT_PROXY_CONTROL_IDENTITY";
 pub const WORKLOAD: &str = "WEFT_PROXY_WORKLOAD";
+pub const DISCOVERY_MODE: &str = "WEFT_PROXY_DISCOVERY_MODE";
+pub const OUTBOUND_SERVICES: &str = "WEFT_PROXY_OUTBOUND_SERVICES";
+pub const ON_DEMAND_WAIT: &str = "WEFT_PROXY_ON_DEMAND_WAIT";
+pub const ON_DEMAND_IDLE: &str = "WEFT_PROXY_ON_DEMAND_IDLE";
 
 impl ProxyEnv {
     /// Reads the process environment.
@@ -199,8 +215,39 @@ impl ProxyEnv {
             Some(v) => return Err(invalid(LOG_FORMAT, v, "expected `plain` or `json`")),
         };
         let workload = get(WORKLOAD).map(str::to_string);
+        let on_demand = match get(DISCOVERY_MODE) {
+            None | Some("push-all") => false,
+            Some("on-demand") => true,
+            Some(v) => {
+                return Err(invalid(
+                    DISCOVERY_MODE,
+                    v,
+                    "expected `push-all` or `on-demand`",
+                ))
+            }
+        };
+        let outbound_services = get(OUTBOUND_SERVICES)
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let duration = |name: &'static str, default: Duration| match get(name) {
+            None => Ok(default),
+            Some(v) => parse_duration(v)
+                .ok_or_else(|| invalid(name, v, "expected a duration such as 2s, 500ms or 10m")),
+        };
+        let on_demand_wait = duration(ON_DEMAND_WAIT, crate::ondemand::DEFAULT_WAIT)?;
+        let on_demand_idle = duration(ON_DEMAND_IDLE, crate::ondemand::DEFAULT_IDLE)?;
         Ok(Self {
             workload,
+            on_demand,
+            outbound_services,
+            on_demand_wait,
+            on_demand_idle,
             control_addr,
             pod_namespace,
             pod_name,
