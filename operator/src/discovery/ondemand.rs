@@ -94,7 +94,7 @@ pub enum Item {
     /// An `ip:<address>` resolution, encoded for this stream.
     Ip {
         version: String,
-        proto: v1::Resource,
+        proto: Box<v1::Resource>,
     },
 }
 
@@ -144,11 +144,11 @@ pub fn view(proxy: &ProxyConfig, watched: &Watched, ips: &IpIndexCache) -> View 
             let mut h = Sha256::new();
             h.update(service.as_bytes());
             let version = hex::encode(&h.finalize()[..8]);
-            let proto = v1::Resource {
+            let proto = Box::new(v1::Resource {
                 name: name.clone(),
                 version: version.clone(),
                 kind: Some(v1::resource::Kind::Ip(v1::IpResolution { service })),
-            };
+            });
             items.insert(name.clone(), Item::Ip { version, proto });
         } else if let Some(found) = outbound(shared, name, namespace) {
             add_service(&mut items, shared, &found);

@@ -66,7 +66,8 @@ impl Discovery for Fake {
                     }
                     Some(Req::Ack(a)) => Event::Ack(a),
                     Some(Req::Nack(n)) => Event::Nack(n),
-                    None => continue,
+                    // On-demand requests: this fake serves everything (push-all).
+                    Some(Req::Watch(_)) | Some(Req::Unwatch(_)) | None => continue,
                 };
                 let _ = fake.events.send(event).await;
             }
