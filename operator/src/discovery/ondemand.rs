@@ -244,6 +244,82 @@ impl IpIndexCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::compile::{compile, CompileOptions, Compiled, ProxyKey};
+    use crate::model::manifests::parse_manifests;
+    use crate::model::Model;
+
+    /// Services `web` (10.96.0.10) and `other` (10.96.0.11), one pod each; `other`'s pod IP
+    /// is `other_ip`.
+    fn snapshot(other_ip: &str) -> Compiled {
+        let mut text = String::from(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: demo}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {name: app, namespace: demo}\n",
+        );
+        for (i, (app, ip)) in [("web", "127.0.0.10"), ("other", other_ip)]
+            .iter()
+            .enumerate()
+        {
+            text.push_str(&format!(
+                "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {app}-0\n  namespace: demo\n  labels: {{app: {app}, weft.io/proxy-version: \"0.1.0\"}}\nspec:\n  serviceAccountName: app\n  containers: [{{name: app, image: app, ports: [{{containerPort: 8080}}]}}]\nstatus:\n  podIP: {ip}\n  conditions: [{{type: Ready, status: \"True\"}}]\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: {app}, namespace: demo}}\nspec:\n  clusterIP: 10.96.0.{n}\n  selector: {{app: {app}}}\n  ports: [{{name: http, port: 80, targetPort: 8080}}]\n---\napiVersion: v1\nkind: Endpoints\nmetadata: {{name: {app}, namespace: demo}}\nsubsets:\n- ports: [{{name: http, port: 8080}}]\n  addresses: [{{ip: {ip}}}]\n",
+                n = 10 + i
+            ));
+        }
+        let (objects, _) = parse_manifests(&text, false).unwrap();
+        compile(&Model::from_objects(objects), &CompileOptions::default())
+    }
+
+    fn names(view: &View) -> Vec<&str> {
+        view.items.keys().map(String::as_str).collect()
+    }
+
+    #[test]
+    fn a_view_holds_inbound_and_the_watched_services_only() {
+        let before = snapshot("127.0.0.20");
+        let key = ProxyKey::new("demo", "web-0");
+        let proxy = before.proxy(&key).unwrap();
+        let ips = IpIndexCache::default();
+        let mut w = Watched::default();
+        assert_eq!(names(&view(&proxy, &w, &ips)), vec!["inbound"]);
+        w.watch(&[
+            "outbound:web.demo".to_string(),
+            "outbound:nosuch.demo".to_string(),
+        ]);
+        let v1 = view(&proxy, &w, &ips);
+        assert_eq!(
+            names(&v1),
+            vec!["endpoints:web.demo:80", "inbound", "outbound:web.demo"]
+        );
+
+        // A change to a Service it does not watch leaves the view's version as it was.
+        let after = snapshot("127.0.0.21");
+        let moved = after.proxy(&key).unwrap();
+        assert_ne!(proxy.version, moved.version);
+        assert_eq!(view(&moved, &w, &ips).version, v1.version);
+
+        // An address: its resolution plus the Service that has it; another address resolves
+        // to nothing (and is still answered).
+        let mut w = Watched::default();
+        w.watch(&["ip:10.96.0.11".to_string(), "ip:192.0.2.1".to_string()]);
+        let v = view(&moved, &w, &ips);
+        assert_eq!(
+            names(&v),
+            vec![
+                "endpoints:other.demo:80",
+                "inbound",
+                "ip:10.96.0.11",
+                "ip:192.0.2.1",
+                "outbound:other.demo"
+            ]
+        );
+        let service = |n: &str| match &v.items[n] {
+            Item::Ip { proto, .. } => match &proto.kind {
+                Some(v1::resource::Kind::Ip(r)) => r.service.clone(),
+                _ => panic!("{n}: not an IpResolution"),
+            },
+            _ => panic!("{n}: not an ip item"),
+        };
+        assert_eq!(service("ip:10.96.0.11"), "outbound:other.demo");
+        assert_eq!(service("ip:192.0.2.1"), "");
+    }
 
     #[test]
     fn watch_names_are_validated_and_bounded() {
