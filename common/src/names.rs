@@ -2,7 +2,9 @@
 //!
 //! - `inbound`: the pod's `InboundPolicy` (exactly one);
 //! - `outbound:<service>.<namespace>`: one `OutboundService` per service the proxy may call;
-//! - `endpoints:<service>.<namespace>:<port>`: one `EndpointSet` per service port.
+//! - `endpoints:<service>.<namespace>:<port>`: one `EndpointSet` per service port;
+//! - `ip:<address>`: one `IpResolution` per address a proxy watches (on-demand discovery; the
+//!   address in its canonical text form, so that one address has one name).
 //!
 //! Service names and namespaces are DNS labels (no `.` or `:`), so names parse unambiguously.
 
@@ -14,6 +16,22 @@ pub const INBOUND: &str = "inbound";
 pub const OUTBOUND_PREFIX: &str = "outbound:";
 /// Prefix of `EndpointSet` resource names.
 pub const ENDPOINTS_PREFIX: &str = "endpoints:";
+
+/// Prefix of `IpResolution` resource names (and of watched addresses).
+pub const IP_PREFIX: &str = "ip:";
+
+/// `ip:<address>` (canonical text form).
+pub fn ip_name(addr: std::net::IpAddr) -> String {
+    format!("{IP_PREFIX}{addr}")
+}
+
+/// The address of an `ip:<address>` name; `None` when `name` is not one, or the address is not
+/// in canonical form (`ip:010.0.0.1`, `ip:::ffff:10.0.0.1` style variants name nothing).
+pub fn parse_ip_name(name: &str) -> Option<std::net::IpAddr> {
+    let rest = name.strip_prefix(IP_PREFIX)?;
+    let addr: std::net::IpAddr = rest.parse().ok()?;
+    (addr.to_string() == rest).then_some(addr)
+}
 
 /// `outbound:<service>.<namespace>`
 pub fn outbound_name(service: &str, namespace: &str) -> String {
@@ -150,6 +168,24 @@ mod tests {
         );
         assert_eq!(parsed.map(|p| p.to_string()), Ok(eps));
         assert_eq!(ResourceName::parse(INBOUND), Ok(ResourceName::Inbound));
+    }
+
+    #[test]
+    fn ip_names_are_canonical() {
+        let addr: std::net::IpAddr = "10.96.0.10".parse().unwrap();
+        assert_eq!(ip_name(addr), "ip:10.96.0.10");
+        assert_eq!(parse_ip_name("ip:10.96.0.10"), Some(addr));
+        assert_eq!(parse_ip_name("ip:fd00::1"), "fd00::1".parse().ok());
+        for bad in [
+            "ip:",
+            "ip:x",
+            "ip:10.96.0.010",
+            "ip:FD00::1",
+            "outbound:a.b",
+            "10.0.0.1",
+        ] {
+            assert_eq!(parse_ip_name(bad), None, "{bad}");
+        }
     }
 
     #[test]

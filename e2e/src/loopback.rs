@@ -86,6 +86,8 @@ pub struct PodSpec {
     /// `<kind>/<name>` of the owning workload, given to the proxy as `WEFT_PROXY_WORKLOAD` (what
     /// the injector sets in a cluster).
     pub workload: Option<String>,
+    /// Extra environment of the pod's proxy (e.g. `WEFT_PROXY_DISCOVERY_MODE`).
+    pub proxy_env: Vec<(String, String)>,
 }
 
 impl PodSpec {
@@ -98,6 +100,7 @@ impl PodSpec {
             ports: Vec::new(),
             app: App::None,
             deferred: false,
+            proxy_env: Vec::new(),
             workload: None,
         }
     }
@@ -107,6 +110,11 @@ impl PodSpec {
         self
     }
     /// See [`PodSpec::deferred`].
+    /// Sets a variable of the pod's proxy.
+    pub fn proxy_env(mut self, k: &str, v: &str) -> Self {
+        self.proxy_env.push((k.into(), v.into()));
+        self
+    }
     pub fn deferred(mut self) -> Self {
         self.deferred = true;
         self
@@ -194,6 +202,8 @@ pub struct MeshSpec {
     pub issuer: IssuerMode,
     /// Extra service accounts to declare (besides the pods').
     pub service_accounts: Vec<String>,
+    /// Extra arguments of `weft-operator` (e.g. `--discovery-mode on-demand`).
+    pub operator_args: Vec<String>,
 }
 
 impl MeshSpec {
@@ -206,7 +216,12 @@ impl MeshSpec {
             files: Vec::new(),
             issuer: IssuerMode::Provided,
             service_accounts: Vec::new(),
+            operator_args: Vec::new(),
         }
+    }
+    pub fn operator_arg(mut self, arg: &str) -> Self {
+        self.operator_args.push(arg.into());
+        self
     }
     pub fn pod(mut self, p: PodSpec) -> Self {
         self.pods.push(p);
@@ -587,6 +602,7 @@ impl LoopbackMesh {
             args.push("--require-control-tls".into());
             args.push("--require-discovery-identity".into());
         }
+        args.extend(self.spec.operator_args.iter().cloned());
         Proc::spawn(
             "weft-operator",
             &bin("weft-operator"),
@@ -646,6 +662,9 @@ impl LoopbackMesh {
         ];
         if let Some(workload) = &p.workload {
             env.push(("WEFT_PROXY_WORKLOAD", workload.clone()));
+        }
+        for (k, v) in &p.proxy_env {
+            env.push((k.as_str(), v.clone()));
         }
         if self.spec.issuer == IssuerMode::Provided {
             env.push((

@@ -585,6 +585,7 @@ impl SimProxy {
             service_account: service_account.into(),
             proxy_version: "e2e".into(),
             known_versions: Default::default(),
+            ..Default::default()
         }))
         .await
         .map_err(|e| d(&e))?;

@@ -799,7 +799,8 @@ pub fn mutate_proto(
                     Some(Kind::Inbound(p)) => mutate_inbound(p, rng, dict),
                     Some(Kind::Outbound(s)) => mutate_outbound(s, rng, dict),
                     Some(Kind::Endpoints(s)) => mutate_endpoints(s, rng, dict),
-                    None => {}
+                    // On-demand address resolutions: a name is all there is.
+                    Some(Kind::Ip(_)) | None => {}
                 }
             }
             _ => {}

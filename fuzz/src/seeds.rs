@@ -354,6 +354,7 @@ pub fn write_corpus(fuzz_dir: &Path, repo: &Path) -> std::io::Result<usize> {
                     resources: cfg.resources().map(|r| r.to_proto()).collect(),
                     removed: vec![],
                     unchanged: vec![],
+                    ..Default::default()
                 };
                 write(
                     &corpus.join("proxy_config"),
@@ -397,6 +398,7 @@ pub fn write_corpus(fuzz_dir: &Path, repo: &Path) -> std::io::Result<usize> {
         }],
         removed: vec!["outbound:old.shop".into()],
         unchanged: vec![],
+        ..Default::default()
     };
     write(
         &corpus.join("proxy_config"),

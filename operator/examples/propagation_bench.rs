@@ -199,6 +199,7 @@ async fn proxy(
             service_account: "app".into(),
             proxy_version: "bench".into(),
             known_versions: Default::default(),
+            ..Default::default()
         })),
     })
     .await?;

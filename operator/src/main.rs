@@ -141,9 +141,20 @@ struct Args {
     /// The window TrafficMetrics cover.
     #[arg(long, default_value = "30s", value_parser = weft_common::duration::parse)]
     traffic_metrics_window: Duration,
+    /// How proxies learn the mesh: `push-all` sends every proxy every Service and endpoint;
+    /// `on-demand` sends a proxy that declares support only its inbound policy and the Services
+    /// it watches (proxies that do not declare it still get everything). docs/architecture.md.
+    #[arg(long, value_enum, default_value = "push-all")]
+    discovery_mode: DiscoveryModeArg,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum DiscoveryModeArg {
+    PushAll,
+    OnDemand,
 }
 
 fn init_logging(format: LogFormat) {
@@ -327,6 +338,10 @@ async fn build(args: &Args) -> anyhow::Result<RuntimeConfig> {
         apiserver,
         leader,
         instance,
+        discovery_mode: match args.discovery_mode {
+            DiscoveryModeArg::PushAll => weft_operator::discovery::DiscoveryMode::PushAll,
+            DiscoveryModeArg::OnDemand => weft_operator::discovery::DiscoveryMode::OnDemand,
+        },
     })
 }
 

@@ -103,6 +103,9 @@ pub struct RuntimeConfig {
     pub leader: Option<LeaderOptions>,
     /// Kubernetes only: the name of this replica in Events.
     pub instance: Option<String>,
+    /// Whether proxies that declare on-demand support are served on demand
+    /// (`--discovery-mode`).
+    pub discovery_mode: crate::discovery::DiscoveryMode,
 }
 
 impl RuntimeConfig {
@@ -122,6 +125,7 @@ impl RuntimeConfig {
             apiserver: None,
             leader: None,
             instance: None,
+            discovery_mode: crate::discovery::DiscoveryMode::PushAll,
         }
     }
 }
@@ -231,6 +235,7 @@ impl Runtime {
                     .as_ref()
                     .and_then(|i| i.control_tls.as_ref())
                     .is_some_and(|t| t.require_discovery_identity),
+                mode: config.discovery_mode,
                 ..ServiceOptions::default()
             },
         );

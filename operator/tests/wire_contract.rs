@@ -181,6 +181,7 @@ impl RawStream {
             service_account: "app".into(),
             proxy_version: "0.1.0".into(),
             known_versions: known,
+            ..Default::default()
         }))
         .await
         .unwrap_or_else(|e| panic!("queue subscribe: {e}"));
@@ -311,6 +312,7 @@ async fn full_incremental_and_reconnect_responses_match_the_generated_types() {
         resources: changed,
         removed,
         unchanged: Vec::new(),
+        ..Default::default()
     };
     assert_ne!(push.nonce, first.nonce);
     assert_wire_identical(&raw, &push, &want);
@@ -364,6 +366,7 @@ async fn reconnect_with_stale_versions_resends_only_what_changed() {
         resources: resent.iter().map(|r| r.to_proto()).collect(),
         removed: Vec::new(),
         unchanged: unchanged.iter().map(|r| r.name.clone()).collect(),
+        ..Default::default()
     };
     assert!(!want.resources.is_empty() && !want.unchanged.is_empty());
     assert_wire_identical(&raw, &resp, &want);

@@ -86,12 +86,34 @@ pub fn kind_name(kind: &resource::Kind) -> &'static str {
         resource::Kind::Inbound(_) => "inbound",
         resource::Kind::Outbound(_) => "outbound",
         resource::Kind::Endpoints(_) => "endpoints",
+        resource::Kind::Ip(_) => "ip",
     }
 }
 
 fn check_resource(res: &Resource) -> Result<(), ApplyError> {
     if res.name.is_empty() {
         return Err(ApplyError::EmptyName);
+    }
+    if res.name.starts_with(crate::names::IP_PREFIX) {
+        if crate::names::parse_ip_name(&res.name).is_none() {
+            return Err(ApplyError::InvalidName(NameError::Malformed(
+                res.name.clone(),
+                "expected ip:<address> in canonical form",
+            )));
+        }
+        let kind = res
+            .kind
+            .as_ref()
+            .ok_or_else(|| ApplyError::MissingKind(res.name.clone()))?;
+        let found = kind_name(kind);
+        if found != "ip" {
+            return Err(ApplyError::KindMismatch {
+                name: res.name.clone(),
+                expected: "ip",
+                found,
+            });
+        }
+        return Ok(());
     }
     let expected = match ResourceName::parse(&res.name) {
         Ok(ResourceName::Inbound) => "inbound",

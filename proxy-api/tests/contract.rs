@@ -248,6 +248,7 @@ fn subscribe(known: &ClientState) -> DiscoveryRequest {
         service_account: "web".into(),
         proxy_version: "0.1.0".into(),
         known_versions: known.known_versions(),
+        ..Default::default()
     })
 }
 

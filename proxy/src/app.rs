@@ -130,9 +130,20 @@ pub async fn run(
     // Discovery: the data plane starts from the default config and follows the channel.
     let (config_tx, config_rx) = config::channel();
     // Over TLS, Discovery presents the proxy's certificate once it has one (Certify does not).
-    let discovery = DiscoveryClient::new(settings, config_tx)
+    let mut discovery = DiscoveryClient::new(settings, config_tx)
         .with_metrics(Arc::clone(&metrics))
         .with_client_identity(identity.clone());
+    // On-demand discovery (crate::ondemand), when asked for.
+    let demand = env.on_demand.then(|| {
+        crate::ondemand::Demand::new(
+            &env.outbound_services,
+            env.on_demand_wait,
+            env.on_demand_idle,
+        )
+    });
+    if let Some(demand) = &demand {
+        discovery = discovery.with_demand(demand.clone());
+    }
     let status = discovery.status();
     let mut control_registry = Registry::default();
     discovery.metrics().register(&mut control_registry);
@@ -175,14 +186,14 @@ pub async fn run(
         stopped(stop_rx.clone()),
     );
     listeners.spawn(async move { ("inbound", inbound.await.map_err(|e| e.to_string())) });
-    let outbound = outbound::serve_traced(
+    let outbound = outbound::serve_with(
         outbound_listener,
         config_rx.clone(),
         mesh_identity,
         Arc::clone(&metrics),
         stopped(stop_rx.clone()),
         env.shutdown_grace,
-        tracer,
+        outbound::Extras { tracer, demand },
     );
     listeners.spawn(async move { ("outbound", outbound.await.map_err(|e| e.to_string())) });
 

@@ -24,7 +24,7 @@
 //! - Unknown protocol enum values mean "detect"; `DEFAULT_POLICY_UNSPECIFIED` means allow; an
 //!   unknown default-policy value fails closed (deny).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -495,6 +495,10 @@ pub struct Config {
     /// Meshed pod IPs (from all endpoint sets), for transparent connections to pod IPs.
     #[serde(skip)]
     pub pods: HashMap<IpAddr, PodIdentity>,
+    /// On-demand discovery: addresses the operator answered for (`ip:<address>` resources),
+    /// whether or not a Service has them (a Service that does is in `by_cluster_ip`).
+    #[serde(rename = "resolved_ips", skip_serializing_if = "BTreeSet::is_empty")]
+    pub resolved_ips: BTreeSet<IpAddr>,
     /// For `/config`: services sorted by authority.
     #[serde(rename = "outbound")]
     outbound_sorted: Vec<Arc<OutboundService>>,
@@ -1400,6 +1404,7 @@ impl Store {
         }
 
         let mut inbound: Option<(String, Arc<InboundPolicy>)> = None;
+        let mut resolved_ips = BTreeSet::new();
         let mut services = HashMap::new();
         let mut by_cluster_ip = HashMap::new();
         for (name, r) in resources {
@@ -1410,6 +1415,14 @@ impl Store {
                     })
                 }
                 Some(Kind::Endpoints(_)) => continue,
+                // The name was checked when the response was applied; the Service it names (if
+                // any) comes as its own resource.
+                Some(Kind::Ip(_)) => {
+                    if let Some(addr) = weft_proxy_api::names::parse_ip_name(name) {
+                        resolved_ips.insert(addr);
+                    }
+                    continue;
+                }
                 Some(Kind::Inbound(p)) => {
                     if let Some((other, _)) = &inbound {
                         return Err(ConfigError::DuplicateInbound {
@@ -1486,6 +1499,7 @@ impl Store {
             by_cluster_ip,
             endpoint_sets,
             pods,
+            resolved_ips,
             outbound_sorted,
             endpoint_sets_sorted,
         };

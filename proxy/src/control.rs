@@ -8,7 +8,7 @@
 //! what it has and reconnects with jittered exponential backoff, reporting what it holds in
 //! `known_versions`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +27,7 @@ use weft_proxy_api::v1::{self, DiscoveryRequest, DiscoveryResponse};
 use crate::config::{Config, Store};
 use crate::identity::Identity;
 use crate::metrics::Metrics;
+use crate::ondemand::Demand;
 
 /// Largest discovery message accepted (a config with thousands of services and endpoints).
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -195,6 +196,8 @@ pub struct DiscoveryClient {
     identity: Option<Identity>,
     /// The last connection was made without a valid client certificate.
     connected_without_cert: bool,
+    /// On-demand discovery (see [`crate::ondemand`]); `None`: the proxy asks for everything.
+    demand: Option<Arc<Demand>>,
 }
 
 impl DiscoveryClient {
@@ -210,7 +213,14 @@ impl DiscoveryClient {
             store: Store::new(),
             identity: None,
             connected_without_cert: false,
+            demand: None,
         }
+    }
+
+    /// Declares on-demand support and keeps the operator's watched set in step with `demand`.
+    pub fn with_demand(mut self, demand: Arc<Demand>) -> Self {
+        self.demand = Some(demand);
+        self
     }
 
     /// The TLS settings present `identity`'s certificate (see
@@ -353,6 +363,12 @@ impl DiscoveryClient {
             .map(|(name, r)| (name.clone(), r.version.clone()))
             .collect();
         let id = &self.settings.id;
+        // What the operator watches for us on this stream (on demand only).
+        let mut watched: BTreeSet<String> = self
+            .demand
+            .as_ref()
+            .map(|d| d.names().into_iter().collect())
+            .unwrap_or_default();
         let subscribe = DiscoveryRequest {
             request: Some(Req::Subscribe(v1::Subscribe {
                 pod_namespace: id.pod_namespace.clone(),
@@ -360,6 +376,8 @@ impl DiscoveryClient {
                 service_account: id.service_account.clone(),
                 proxy_version: env!("CARGO_PKG_VERSION").to_string(),
                 known_versions,
+                on_demand: self.demand.is_some(),
+                watch: watched.iter().cloned().collect(),
             })),
         };
         tx.send(subscribe).await.map_err(|_| ControlError::Closed)?;
@@ -374,6 +392,8 @@ impl DiscoveryClient {
             .await
             .map_err(|_| ControlError::Timeout(wait))?;
         let mut next = first;
+        let mut sweep = tokio::time::interval(idle_sweep(self.demand.as_deref()));
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let resp = match next {
                 None => return Ok(()),
@@ -390,22 +410,65 @@ impl DiscoveryClient {
             }
             let answer = self.on_response(&resp);
             tx.send(answer).await.map_err(|_| ControlError::Closed)?;
+            if let Some(demand) = &self.demand {
+                demand.set_served(resp.on_demand);
+            }
             // Keepalive on the HTTP/2 connection detects a dead operator; no read timeout here
             // (the operator only sends when something changes).
-            next = match self
+            let cert = self
                 .identity
                 .clone()
-                .filter(|_| self.connected_without_cert)
-            {
-                Some(identity) => tokio::select! {
-                    next = inbound.next() => next,
-                    () = identity.valid_certificate() => {
+                .filter(|_| self.connected_without_cert);
+            next = loop {
+                tokio::select! {
+                    next = inbound.next() => break next,
+                    () = wait_certificate(cert.as_ref()) => {
                         return Err(ControlError::CertificateObtained);
                     }
-                },
-                None => inbound.next().await,
+                    () = wait_demand(self.demand.as_deref()) => {
+                        self.sync_watch(&tx, &mut watched).await?;
+                    }
+                    _ = sweep.tick() => {
+                        if let Some(demand) = &self.demand {
+                            if demand.drop_idle() > 0 {
+                                self.sync_watch(&tx, &mut watched).await?;
+                            }
+                        }
+                    }
+                }
             };
         }
+    }
+
+    /// Sends `Watch`/`Unwatch` for what changed in the watched set since `sent` (only when the
+    /// operator serves this stream on demand: otherwise it holds everything anyway).
+    async fn sync_watch(
+        &self,
+        tx: &mpsc::Sender<DiscoveryRequest>,
+        sent: &mut BTreeSet<String>,
+    ) -> Result<(), ControlError> {
+        let Some(demand) = self.demand.as_ref().filter(|d| d.served()) else {
+            return Ok(());
+        };
+        let now: BTreeSet<String> = demand.names().into_iter().collect();
+        let add: Vec<String> = now.difference(sent).cloned().collect();
+        let remove: Vec<String> = sent.difference(&now).cloned().collect();
+        if !add.is_empty() {
+            tracing::debug!(names = ?add, "watch");
+            let req = DiscoveryRequest {
+                request: Some(Req::Watch(v1::Watch { names: add })),
+            };
+            tx.send(req).await.map_err(|_| ControlError::Closed)?;
+        }
+        if !remove.is_empty() {
+            tracing::debug!(names = ?remove, "unwatch");
+            let req = DiscoveryRequest {
+                request: Some(Req::Unwatch(v1::Unwatch { names: remove })),
+            };
+            tx.send(req).await.map_err(|_| ControlError::Closed)?;
+        }
+        *sent = now;
+        Ok(())
     }
 
     /// Applies one response atomically and returns the ACK or NACK to send.
@@ -470,6 +533,29 @@ impl DiscoveryClient {
             }
         }
     }
+}
+
+/// Resolves when `identity` has a valid certificate; never without one.
+async fn wait_certificate(identity: Option<&Identity>) {
+    match identity {
+        Some(identity) => identity.valid_certificate().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when the watched set changed; never without on-demand discovery.
+async fn wait_demand(demand: Option<&Demand>) {
+    match demand {
+        Some(demand) => demand.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How often idle watched names are looked for.
+fn idle_sweep(demand: Option<&Demand>) -> Duration {
+    demand.map_or(Duration::from_secs(3600), |d| {
+        (d.idle / 4).max(Duration::from_secs(1))
+    })
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ pub mod http;
 pub mod identity;
 pub mod inbound;
 pub mod metrics;
+pub mod ondemand;
 pub mod outbound;
 pub mod process_metrics;
 pub mod route;

@@ -469,6 +469,7 @@ async fn subscribe(
             service_account: sa.into(),
             proxy_version: "test".into(),
             known_versions: Default::default(),
+            ..Default::default()
         })),
     })
     .await
@@ -652,6 +653,7 @@ async fn a_stream_for_a_pod_not_known_yet_ends_when_it_appears_with_another_iden
             service_account: "a".into(),
             proxy_version: "test".into(),
             known_versions: Default::default(),
+            ..Default::default()
         })),
     })
     .await

@@ -171,6 +171,8 @@ pub fn problems(resources: &BTreeMap<String, v1::Resource>) -> Vec<String> {
     for (name, r) in resources {
         match &r.kind {
             None => out.push(format!("{name}: no kind")),
+            // On-demand resolutions: only their name (checked by `apply_response`) matters.
+            Some(Kind::Ip(_)) => {}
             Some(Kind::Inbound(p)) => {
                 inbound += 1;
                 let mut seen = BTreeSet::new();
@@ -324,6 +326,7 @@ pub fn run(data: &[u8], f: &mut Features) {
         use v1::resource::Kind;
         match &r.kind {
             None => f.hit("no-kind"),
+            Some(Kind::Ip(r)) => f.hit(("ip", r.service.is_empty())),
             Some(Kind::Inbound(p)) => {
                 f.hit_n("inbound-ports", p.ports.len());
                 f.hit(("default-policy", p.default_policy.clamp(-1, 4)));

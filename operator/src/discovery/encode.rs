@@ -25,6 +25,7 @@ const FULL_STATE: u32 = 3;
 const RESOURCES: u32 = 4;
 const REMOVED: u32 = 5;
 const UNCHANGED: u32 = 6;
+const ON_DEMAND: u32 = 7;
 
 /// gRPC message prefix: compressed flag and big-endian length.
 const GRPC_HEADER: usize = 5;
@@ -41,7 +42,6 @@ pub(crate) struct Encoded {
 
 impl Encoded {
     /// Total bytes on the wire.
-    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.parts.iter().map(Bytes::len).sum()
     }
@@ -101,6 +101,33 @@ impl ResponseBuilder {
         let own = self.own();
         let start = own.len();
         pb_message::encode(RESOURCES, &msg, own);
+        self.len += own.len() - start;
+    }
+
+    /// Appends a wire resource encoded for this stream only (on-demand `ip:` resolutions).
+    pub(crate) fn proto(&mut self, msg: &weft_proxy_api::v1::Resource) {
+        let own = self.own();
+        let start = own.len();
+        pb_message::encode(RESOURCES, msg, own);
+        self.len += own.len() - start;
+    }
+
+    /// Appends `removed` names.
+    pub(crate) fn removed(&mut self, names: &[String]) {
+        let own = self.own();
+        let start = own.len();
+        for n in names {
+            put_str(REMOVED, n, own);
+        }
+        self.len += own.len() - start;
+    }
+
+    /// Sets `on_demand`: this stream is served on demand.
+    pub(crate) fn on_demand(&mut self) {
+        let own = self.own();
+        let start = own.len();
+        encode_key(ON_DEMAND, WireType::Varint, own);
+        encode_varint(1, own);
         self.len += own.len() - start;
     }
 

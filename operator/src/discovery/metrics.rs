@@ -31,6 +31,7 @@ pub struct DiscoveryMetrics {
     pub nacks: Counter,
     pub push_to_ack_seconds: Histogram,
     pub refused: Family<RefusedLabels, Counter>,
+    pub bytes_sent: Counter,
 }
 
 impl Default for DiscoveryMetrics {
@@ -43,6 +44,7 @@ impl Default for DiscoveryMetrics {
             nacks: Counter::default(),
             push_to_ack_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             refused: Family::default(),
+            bytes_sent: Counter::default(),
         }
     }
 }
@@ -84,6 +86,11 @@ impl DiscoveryMetrics {
             "discovery_streams_refused",
             "Discovery streams refused for their client identity, by reason",
             self.refused.clone(),
+        );
+        registry.register(
+            "discovery_response_bytes",
+            "Bytes of discovery responses sent to proxies (gRPC framing included)",
+            self.bytes_sent.clone(),
         );
     }
 

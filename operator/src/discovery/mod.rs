@@ -8,6 +8,7 @@
 
 mod encode;
 mod metrics;
+pub mod ondemand;
 pub mod proto;
 mod registry;
 mod server;
@@ -21,6 +22,7 @@ use tokio::sync::watch;
 use crate::compile::Compiled;
 
 pub use metrics::DiscoveryMetrics;
+pub use ondemand::DiscoveryMode;
 pub use registry::{ProxyInfo, ProxyRegistry};
 pub use server::DiscoveryServer;
 pub use stream::{DiscoveryService, ServiceOptions};

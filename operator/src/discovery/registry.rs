@@ -34,6 +34,15 @@ pub struct ProxyInfo {
     pub pushes: u64,
     pub acks: u64,
     pub nacks: u64,
+    /// Bytes of every response sent on the stream (gRPC framing included).
+    pub bytes_sent: u64,
+    /// Served on demand (the proxy declared support and the operator runs `--discovery-mode
+    /// on-demand`): it holds only its inbound resource and what it watches.
+    pub on_demand: bool,
+    /// Names the proxy watches (on demand only).
+    pub watched: usize,
+    /// Resources the proxy holds once it applied everything sent.
+    pub resources: usize,
 }
 
 /// Registry of connected proxies, keyed by stream id. Entries are removed on disconnect.

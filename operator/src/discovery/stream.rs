@@ -10,6 +10,7 @@ use weft_proxy_api::v1;
 use weft_proxy_api::v1::discovery_request::Request as Req;
 
 use super::encode::{EncodeCache, Encoded, ResponseBuilder};
+use super::ondemand::{self, DiscoveryMode, IpIndexCache, Item, Watched};
 use super::server::{DiscoveryServer, Peer};
 use super::{DiscoveryMetrics, ProxyInfo, ProxyRegistry, Published, SnapshotRx};
 use crate::compile::{ProxyConfig, ProxyKey, ResourceKind};
@@ -27,6 +28,8 @@ pub struct ServiceOptions {
     pub subscribe_timeout: Duration,
     /// Refuse streams without a verified client certificate (`--require-discovery-identity`).
     pub require_client_identity: bool,
+    /// Whether proxies that declare on-demand support are served on demand.
+    pub mode: DiscoveryMode,
 }
 
 impl Default for ServiceOptions {
@@ -36,6 +39,7 @@ impl Default for ServiceOptions {
             queue_depth: 2,
             subscribe_timeout: Duration::from_secs(30),
             require_client_identity: false,
+            mode: DiscoveryMode::PushAll,
         }
     }
 }
@@ -49,6 +53,7 @@ pub struct DiscoveryService {
     shutdown: Shutdown,
     options: ServiceOptions,
     cache: Arc<EncodeCache>,
+    ips: Arc<IpIndexCache>,
 }
 
 impl DiscoveryService {
@@ -66,6 +71,7 @@ impl DiscoveryService {
             shutdown,
             options,
             cache: Arc::new(EncodeCache::default()),
+            ips: Arc::new(IpIndexCache::default()),
         }
     }
 
@@ -150,6 +156,17 @@ impl DiscoveryService {
             connected_since: chrono::Utc::now().to_rfc3339(),
             ..ProxyInfo::default()
         };
+        let watched =
+            (self.options.mode == DiscoveryMode::OnDemand && subscribe.on_demand).then(|| {
+                let mut w = Watched::default();
+                w.watch(&subscribe.watch);
+                w
+            });
+        let info = ProxyInfo {
+            on_demand: watched.is_some(),
+            watched: watched.as_ref().map_or(0, Watched::len),
+            ..info
+        };
         let id = self.registry.insert(info);
         self.metrics.connected.inc();
         self.metrics.streams_total.inc();
@@ -168,6 +185,10 @@ impl DiscoveryService {
             registry: self.registry.clone(),
             metrics: self.metrics.clone(),
             cache: self.cache.clone(),
+            watched,
+            held_view: None,
+            watch_changed: false,
+            ips: self.ips.clone(),
         };
         let guard = StreamGuard {
             id,
@@ -294,6 +315,15 @@ struct StreamState {
     registry: Arc<ProxyRegistry>,
     metrics: DiscoveryMetrics,
     cache: Arc<EncodeCache>,
+    /// `Some`: served on demand, with what the proxy watches.
+    watched: Option<Watched>,
+    /// On demand: name to version of what the proxy holds once it applied everything sent, and
+    /// the view's version (`None`: unknown, the next response is full state).
+    held_view: Option<(BTreeMap<String, String>, String)>,
+    /// On demand: the watched set changed since the last response (so the next one is caused by
+    /// the proxy, not by a change of the mesh).
+    watch_changed: bool,
+    ips: Arc<IpIndexCache>,
 }
 
 async fn run_stream(
@@ -351,6 +381,11 @@ async fn run_stream(
                 if let Some(published) = published {
                     if let Some(response) = state.next_response(&published) {
                         let end = response.is_err();
+                        if let Ok(encoded) = &response {
+                            let bytes = encoded.len() as u64;
+                            state.registry.update(state.id, |info| info.bytes_sent += bytes);
+                            state.metrics.bytes_sent.inc_by(bytes);
+                        }
                         permit.send(response);
                         if end {
                             return;
@@ -403,6 +438,7 @@ impl StreamState {
                 // The proxy kept its previous config, which we can no longer diff against.
                 self.need_full = true;
                 self.held = None;
+                self.held_view = None;
                 self.registry.update(self.id, |info| {
                     info.last_nack_error = Some(nack.error);
                     info.last_nack_at = Some(chrono::Utc::now().to_rfc3339());
@@ -411,8 +447,30 @@ impl StreamState {
                 Some(resend)
             }
             Some(Req::Subscribe(_)) => None,
+            Some(Req::Watch(w)) => Some(self.change_watch(|set| set.watch(&w.names))),
+            Some(Req::Unwatch(w)) => Some(self.change_watch(|set| set.unwatch(&w.names))),
             None => Some(false),
         }
+    }
+
+    /// Applies a Watch or Unwatch; returns whether a response may be due. Ignored (as the
+    /// protocol says) on a stream not served on demand.
+    fn change_watch(&mut self, f: impl FnOnce(&mut Watched) -> bool) -> bool {
+        let Some(watched) = &mut self.watched else {
+            return false;
+        };
+        let changed = f(watched);
+        let (len, ignored) = (watched.len(), watched.ignored);
+        self.watch_changed |= changed;
+        self.registry.update(self.id, |info| info.watched = len);
+        if ignored > 0 {
+            tracing::debug!(
+                pod = %format!("{}/{}", self.key.namespace, self.key.name),
+                ignored,
+                "watch names ignored (invalid or over the limit)"
+            );
+        }
+        changed
     }
 
     /// The response that brings the proxy to `published`, or `None` when it already has it.
@@ -420,14 +478,11 @@ impl StreamState {
         let proxy = published
             .compiled
             .proxy_or_default(&self.key, &self.service_account);
-        if let (Some(verified), Some(expected)) = (&self.verified, inbound_identity(&proxy)) {
-            if verified != expected {
-                let pod = format!("{}/{}", self.key.namespace, self.key.name);
-                let reason = mismatch(verified, &pod, expected);
-                self.metrics.refuse(REFUSED_MISMATCH);
-                tracing::warn!(%pod, %reason, "discovery stream ended: the pod's identity changed");
-                return Some(Err(Status::permission_denied(reason)));
-            }
+        if let Err(status) = self.check_identity(&proxy) {
+            return Some(Err(status));
+        }
+        if self.watched.is_some() {
+            return self.next_on_demand(published, &proxy);
         }
         if self.rejected_version.as_deref() == Some(proxy.version.as_str()) {
             return None;
@@ -480,14 +535,28 @@ impl StreamState {
         }
         let response = response.finish();
         self.held = Some(proxy.clone());
+        let changed_at = (!first).then_some(published.changed_at);
+        self.sent(nonce, proxy.version.clone(), full, changed_at, proxy.len());
+        Some(response)
+    }
+
+    /// Books a response: pending answer, metrics, registry.
+    fn sent(
+        &mut self,
+        nonce: String,
+        version: String,
+        full: bool,
+        changed_at: Option<Instant>,
+        resources: usize,
+    ) {
         self.need_full = false;
         if self.pending.len() >= MAX_PENDING {
             self.pending.pop_front();
         }
         self.pending.push_back(Pending {
             nonce: nonce.clone(),
-            version: proxy.version.clone(),
-            changed_at: (!first).then_some(published.changed_at),
+            version: version.clone(),
+            changed_at,
         });
         let kind = if full { "full" } else { "incremental" };
         self.metrics
@@ -495,10 +564,92 @@ impl StreamState {
             .get_or_create(&super::metrics::PushLabels { kind })
             .inc();
         self.registry.update(self.id, |info| {
-            info.last_sent_version = Some(proxy.version.clone());
+            info.last_sent_version = Some(version);
             info.last_sent_nonce = Some(nonce);
             info.pushes += 1;
+            info.resources = resources;
         });
+    }
+
+    /// Ends the stream when the certificate's identity is not the pod's (any more).
+    fn check_identity(&self, proxy: &ProxyConfig) -> Result<(), Status> {
+        if let (Some(verified), Some(expected)) = (&self.verified, inbound_identity(proxy)) {
+            if verified != expected {
+                let pod = format!("{}/{}", self.key.namespace, self.key.name);
+                let reason = mismatch(verified, &pod, expected);
+                self.metrics.refuse(REFUSED_MISMATCH);
+                tracing::warn!(%pod, %reason, "discovery stream ended: the pod's identity changed");
+                return Err(Status::permission_denied(reason));
+            }
+        }
+        Ok(())
+    }
+
+    /// On demand: the response that brings the proxy to the view of `published` for what it
+    /// watches, or `None` when it already holds it (a change to anything else sends nothing).
+    fn next_on_demand(
+        &mut self,
+        published: &Published,
+        proxy: &ProxyConfig,
+    ) -> Option<Result<Encoded, Status>> {
+        let watched = self.watched.as_ref()?;
+        let view = ondemand::view(proxy, watched, &self.ips);
+        let by_watch = std::mem::take(&mut self.watch_changed);
+        if self.rejected_version.as_deref() == Some(view.version.as_str()) {
+            return None;
+        }
+        let first = self.known_versions.is_some();
+        let full = self.need_full;
+        let held = match (&self.held_view, full) {
+            (Some((held, version)), false) => {
+                if *version == view.version {
+                    return None;
+                }
+                Some(held)
+            }
+            _ => None,
+        };
+        self.nonce_seq += 1;
+        let nonce = self.nonce_seq.to_string();
+        let mut response = ResponseBuilder::new(&nonce, &view.version, full);
+        response.on_demand();
+        let add = |response: &mut ResponseBuilder, item: &Item| match item {
+            Item::Resource(r) if Arc::ptr_eq(r, &proxy.inbound) => response.resource(r),
+            Item::Resource(r) => response.shared(&self.cache.entry(&proxy.shared, r)),
+            Item::Ip { proto, .. } => response.proto(proto),
+        };
+        match held {
+            Some(held) => {
+                for (name, item) in &view.items {
+                    if held.get(name).map(String::as_str) != Some(item.version()) {
+                        add(&mut response, item);
+                    }
+                }
+                let removed: Vec<String> = held
+                    .keys()
+                    .filter(|n| !view.items.contains_key(*n))
+                    .cloned()
+                    .collect();
+                response.removed(&removed);
+            }
+            None => {
+                let known = self.known_versions.take().unwrap_or_default();
+                let mut unchanged = Vec::new();
+                for (name, item) in &view.items {
+                    if known.get(name).map(String::as_str) == Some(item.version()) {
+                        unchanged.push(name.clone());
+                    } else {
+                        add(&mut response, item);
+                    }
+                }
+                response.unchanged(&unchanged);
+            }
+        }
+        let response = response.finish();
+        let resources = view.items.len();
+        let changed_at = (!first && !by_watch).then_some(published.changed_at);
+        self.held_view = Some((view.versions(), view.version.clone()));
+        self.sent(nonce, view.version, full, changed_at, resources);
         Some(response)
     }
 }

@@ -108,6 +108,7 @@ pub fn subscribe(ns: &str, pod: &str, known: &[(&str, &str)]) -> v1::DiscoveryRe
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            ..Default::default()
         })),
     }
 }

@@ -83,7 +83,7 @@ impl Protocol {
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct DiscoveryRequest {
-    #[prost(oneof = "discovery_request::Request", tags = "1, 2, 3")]
+    #[prost(oneof = "discovery_request::Request", tags = "1, 2, 3, 4, 5")]
     pub request: ::core::option::Option<discovery_request::Request>,
 }
 /// Nested message and enum types in `DiscoveryRequest`.
@@ -96,7 +96,25 @@ pub mod discovery_request {
         Ack(super::Ack),
         #[prost(message, tag = "3")]
         Nack(super::Nack),
+        /// On-demand only (see 6-8 above).
+        #[prost(message, tag = "4")]
+        Watch(super::Watch),
+        #[prost(message, tag = "5")]
+        Unwatch(super::Unwatch),
     }
+}
+/// Names to add to the watched set (on-demand discovery).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Watch {
+    #[prost(string, repeated, tag = "1")]
+    pub names: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+/// Names to drop from the watched set; the server removes the resources that no watched name
+/// needs any more.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Unwatch {
+    #[prost(string, repeated, tag = "1")]
+    pub names: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 /// Who the proxy is. The server derives everything else (the pod's IP, ports, identity) from its
 /// view of the cluster.
@@ -117,6 +135,13 @@ pub struct Subscribe {
         ::prost::alloc::string::String,
         ::prost::alloc::string::String,
     >,
+    /// The proxy supports on-demand discovery (see 6-8 above).
+    #[prost(bool, tag = "6")]
+    pub on_demand: bool,
+    /// With `on_demand`: the initial watched set (after a reconnect, everything it watched; at
+    /// start, the services it was told to pre-subscribe).
+    #[prost(string, repeated, tag = "7")]
+    pub watch: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Ack {
@@ -158,11 +183,16 @@ pub struct DiscoveryResponse {
     /// With full_state: names (from known_versions) the proxy keeps as they are.
     #[prost(string, repeated, tag = "6")]
     pub unchanged: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// The server serves this stream on demand: the proxy holds only its inbound resource and what
+    /// it watches (see 6-8 above).
+    #[prost(bool, tag = "7")]
+    pub on_demand: bool,
 }
 /// A named, versioned piece of a proxy's config. Names are unique per stream:
 /// `inbound`                         the pod's InboundPolicy (exactly one)
 /// `outbound:<service>.<namespace>`  one OutboundService per service the proxy may call
 /// `endpoints:<service>.<namespace>:<port>` one EndpointSet per service port
+/// `ip:<address>`                    one IpResolution per watched address (on demand only)
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Resource {
     #[prost(string, tag = "1")]
@@ -170,7 +200,7 @@ pub struct Resource {
     /// Content hash of the resource.
     #[prost(string, tag = "2")]
     pub version: ::prost::alloc::string::String,
-    #[prost(oneof = "resource::Kind", tags = "3, 4, 5")]
+    #[prost(oneof = "resource::Kind", tags = "3, 4, 5, 6")]
     pub kind: ::core::option::Option<resource::Kind>,
 }
 /// Nested message and enum types in `Resource`.
@@ -183,7 +213,18 @@ pub mod resource {
         Outbound(super::OutboundService),
         #[prost(message, tag = "5")]
         Endpoints(super::EndpointSet),
+        #[prost(message, tag = "6")]
+        Ip(super::IpResolution),
     }
+}
+/// What a watched address is (on-demand discovery).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct IpResolution {
+    /// The name of the `outbound:` resource of the Service whose ClusterIP the address is (sent
+    /// with it); empty when no Service has it (the proxy treats the address as it treats any
+    /// address that is not a Service's).
+    #[prost(string, tag = "1")]
+    pub service: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct InboundPolicy {

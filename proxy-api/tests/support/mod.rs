@@ -70,6 +70,7 @@ pub fn full_state_response(
         resources,
         removed: Vec::new(),
         unchanged,
+        ..Default::default()
     }
 }
 
@@ -100,5 +101,6 @@ pub fn incremental_response(
         resources,
         removed,
         unchanged: Vec::new(),
+        ..Default::default()
     })
 }

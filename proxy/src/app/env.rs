@@ -58,6 +58,18 @@ pub struct ProxyEnv {
     /// `WEFT_PROXY_TRACE_SERVICE_NAME`: `service.name` of the spans; default
     /// [`ProxyEnv::trace_service_name`].
     pub trace_service_name: Option<String>,
+    /// `WEFT_PROXY_DISCOVERY_MODE=on-demand` (default `push-all`): declare on-demand discovery
+    /// (docs/proxy.md, "On-demand discovery").
+    pub on_demand: bool,
+    /// `WEFT_PROXY_OUTBOUND_SERVICES`: comma-separated `<svc>.<ns>` watched from the start
+    /// (on demand only; the injector copies the pod's `weft.io/outbound-services` annotation).
+    pub outbound_services: Vec<String>,
+    /// `WEFT_PROXY_ON_DEMAND_WAIT` (default 2s): how long a request for an unknown destination
+    /// waits for the control plane.
+    pub on_demand_wait: Duration,
+    /// `WEFT_PROXY_ON_DEMAND_IDLE` (default 10m): a destination not used for this long is
+    /// dropped.
+    pub on_demand_idle: Duration,
 }
 
 /// A bad or missing environment variable.
@@ -92,6 +104,10 @@ pub const CONTROL_IDENTITY: &str = "WEFT_PROXY_CONTROL_IDENTITY";
 pub const WORKLOAD: &str = "WEFT_PROXY_WORKLOAD";
 pub const TRACE_COLLECTOR: &str = "WEFT_PROXY_TRACE_COLLECTOR";
 pub const TRACE_SERVICE_NAME: &str = "WEFT_PROXY_TRACE_SERVICE_NAME";
+pub const DISCOVERY_MODE: &str = "WEFT_PROXY_DISCOVERY_MODE";
+pub const OUTBOUND_SERVICES: &str = "WEFT_PROXY_OUTBOUND_SERVICES";
+pub const ON_DEMAND_WAIT: &str = "WEFT_PROXY_ON_DEMAND_WAIT";
+pub const ON_DEMAND_IDLE: &str = "WEFT_PROXY_ON_DEMAND_IDLE";
 
 impl ProxyEnv {
     /// Reads the process environment.
@@ -229,10 +245,41 @@ impl ProxyEnv {
             .map(str::trim)
             .filter(|v| !v.is_empty())
             .map(str::to_string);
+        let on_demand = match get(DISCOVERY_MODE) {
+            None | Some("push-all") => false,
+            Some("on-demand") => true,
+            Some(v) => {
+                return Err(invalid(
+                    DISCOVERY_MODE,
+                    v,
+                    "expected `push-all` or `on-demand`",
+                ))
+            }
+        };
+        let outbound_services = get(OUTBOUND_SERVICES)
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let duration = |name: &'static str, default: Duration| match get(name) {
+            None => Ok(default),
+            Some(v) => parse_duration(v)
+                .ok_or_else(|| invalid(name, v, "expected a duration such as 2s, 500ms or 10m")),
+        };
+        let on_demand_wait = duration(ON_DEMAND_WAIT, crate::ondemand::DEFAULT_WAIT)?;
+        let on_demand_idle = duration(ON_DEMAND_IDLE, crate::ondemand::DEFAULT_IDLE)?;
         Ok(Self {
             workload,
             trace_collector,
             trace_service_name,
+            on_demand,
+            outbound_services,
+            on_demand_wait,
+            on_demand_idle,
             control_addr,
             pod_namespace,
             pod_name,

@@ -40,6 +40,7 @@ use crate::http::{self as h, Body, PlainClients};
 use crate::metrics::{
     self, LabelValue, LatencyLabels, Metrics, OutboundLabels, RequestLabels, OUTBOUND,
 };
+use crate::ondemand::{self, Demand};
 use crate::route::{self, RequestInfo};
 use crate::shed::{self, Shed};
 use crate::trace::{self, Tracer};
@@ -58,6 +59,26 @@ struct Shared {
     plain: PlainClients,
     mesh: MeshPool,
     tracer: Tracer,
+    /// On-demand discovery: unknown destinations are watched and waited for.
+    demand: Option<Arc<Demand>>,
+}
+
+/// What the outbound listener does besides routing: tracing and on-demand discovery (both off by
+/// default).
+pub struct Extras {
+    /// Client spans for traced requests (`docs/tracing.md`).
+    pub tracer: Tracer,
+    /// On-demand discovery (see [`crate::ondemand`]).
+    pub demand: Option<Arc<Demand>>,
+}
+
+impl Default for Extras {
+    fn default() -> Self {
+        Self {
+            tracer: Tracer::disabled(),
+            demand: None,
+        }
+    }
 }
 
 /// Serves the outbound listener until `shutdown` resolves, then drains for [`DRAIN_GRACE`].
@@ -80,14 +101,14 @@ pub async fn serve_with_grace(
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) -> std::io::Result<()> {
-    serve_traced(
+    serve_with(
         listener,
         config,
         identity,
         metrics,
         shutdown,
         grace,
-        Tracer::disabled(),
+        Extras::default(),
     )
     .await
 }
@@ -102,6 +123,24 @@ pub async fn serve_traced(
     grace: Duration,
     tracer: Tracer,
 ) -> std::io::Result<()> {
+    let extras = Extras {
+        tracer,
+        ..Extras::default()
+    };
+    serve_with(listener, config, identity, metrics, shutdown, grace, extras).await
+}
+
+/// [`serve_with_grace`] with [`Extras`].
+pub async fn serve_with(
+    listener: TcpListener,
+    config: watch::Receiver<Arc<Config>>,
+    identity: Arc<dyn MeshIdentity>,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+    extras: Extras,
+) -> std::io::Result<()> {
+    let Extras { tracer, demand } = extras;
     let shared = Arc::new(Shared {
         config,
         identity,
@@ -109,6 +148,7 @@ pub async fn serve_traced(
         plain: PlainClients::new(),
         mesh: MeshPool::default(),
         tracer,
+        demand,
     });
     transport::serve_loop(listener, shutdown, grace, move |stream, _peer, drain| {
         let shared = shared.clone();
@@ -139,7 +179,24 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, drain: Drain)
 }
 
 async fn transparent(shared: Arc<Shared>, stream: TcpStream, dst: SocketAddr, drain: Drain) {
-    let config = shared.config.borrow().clone();
+    let mut config = shared.config.borrow().clone();
+    if let Some(demand) = shared.demand.as_ref().filter(|d| d.served()) {
+        // On demand: an address is routed only once the operator said what it is.
+        let ip = dst.ip();
+        let name = ondemand::ip_name(ip);
+        let known = |c: &Config| {
+            (c.resolved_ips.contains(&ip) || c.service_by_addr(dst).is_some()).then_some(())
+        };
+        if known(&config).is_some() {
+            demand.touch(&name);
+        } else if demand.resolve(&shared.config, &name, known).await.is_some() {
+            config = shared.config.borrow().clone();
+        } else {
+            tracing::info!(%dst, wait_ms = demand.wait.as_millis() as u64,
+                "connection closed: the control plane did not resolve the address in time");
+            return;
+        }
+    }
     if let Some(svc) = config.service_by_addr(dst) {
         let protocol = svc
             .port(dst.port())
@@ -349,18 +406,31 @@ async fn handle_untraced(
         };
         return record(shared, &labels, None, rsp, started);
     }
-    let config = shared.config.borrow().clone();
-    let resolved = match dst {
-        Some(dst) => config
-            .service_by_addr(dst)
-            .and_then(|svc| svc.port(dst.port()).map(|p| (svc, p)))
-            .ok_or_else(|| format!("no service at {dst}")),
-        None => match route::request_authority(&req) {
-            None => Err("request has no Host header or authority".to_string()),
-            Some(authority) => route::resolve_authority(&config, authority, req.uri().scheme())
-                .map_err(|e| e.to_string()),
-        },
-    };
+    let authority = route::request_authority(&req).map(str::to_owned);
+    let scheme = req.uri().scheme().cloned();
+    let (a, sc) = (authority.as_deref(), scheme.as_ref());
+    let mut config = shared.config.borrow().clone();
+    let mut waited = None;
+    if let Some(demand) = shared.demand.as_ref().filter(|d| d.served()) {
+        if let Some(name) = watch_name(dst, authority.as_deref()) {
+            if resolve_destination(&config, dst, a, sc).is_ok() {
+                demand.touch(&name);
+            } else {
+                let found = |c: &Config| resolve_destination(c, dst, a, sc).is_ok().then_some(());
+                if demand.resolve(&shared.config, &name, found).await.is_none() {
+                    waited = Some(demand.wait);
+                }
+                config = shared.config.borrow().clone();
+            }
+        }
+    }
+    let resolved = resolve_destination(&config, dst, a, sc).map_err(|reason| match waited {
+        Some(wait) => format!(
+            "{reason} (on-demand discovery: the control plane did not resolve it within {}ms)",
+            wait.as_millis()
+        ),
+        None => reason,
+    });
     let (svc, port) = match resolved {
         Ok(x) => x,
         Err(reason) => {
@@ -526,6 +596,41 @@ struct Attempts {
     deadline: Deadline,
     /// Each attempt's own limit (the route's `backend_request_ms`, else the service's).
     per_try_timeout: Option<Duration>,
+}
+
+/// The service and port a request goes to: by its transparent destination, else by its
+/// authority (explicit mode). The error is the reason answered with the 503.
+fn resolve_destination<'c>(
+    config: &'c Config,
+    dst: Option<SocketAddr>,
+    authority: Option<&str>,
+    scheme: Option<&http::uri::Scheme>,
+) -> Result<(&'c Arc<OutboundService>, &'c crate::config::OutboundPort), String> {
+    match dst {
+        Some(dst) => config
+            .service_by_addr(dst)
+            .and_then(|svc| svc.port(dst.port()).map(|p| (svc, p)))
+            .ok_or_else(|| format!("no service at {dst}")),
+        None => match authority {
+            None => Err("request has no Host header or authority".to_string()),
+            Some(authority) => {
+                route::resolve_authority(config, authority, scheme).map_err(|e| e.to_string())
+            }
+        },
+    }
+}
+
+/// On demand: the name to watch for a request's destination.
+fn watch_name(dst: Option<SocketAddr>, authority: Option<&str>) -> Option<String> {
+    if let Some(dst) = dst {
+        return Some(ondemand::ip_name(dst.ip()));
+    }
+    match route::parse_authority(authority?).ok()? {
+        route::Target::Service {
+            name, namespace, ..
+        } => Some(ondemand::service_name(&name, &namespace)),
+        route::Target::Addr(ip, _) => Some(ondemand::ip_name(ip)),
+    }
 }
 
 fn idempotent(m: &Method) -> bool {

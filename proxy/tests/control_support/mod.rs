@@ -66,7 +66,8 @@ impl Discovery for Fake {
                     }
                     Some(Req::Ack(a)) => Event::Ack(a),
                     Some(Req::Nack(n)) => Event::Nack(n),
-                    None => continue,
+                    // On-demand requests: this fake serves everything (push-all).
+                    Some(Req::Watch(_)) | Some(Req::Unwatch(_)) | None => continue,
                 };
                 let _ = fake.events.send(event).await;
             }
@@ -279,6 +280,7 @@ pub fn full_state(nonce: &str, version: &str, resources: Vec<v1::Resource>) -> D
         resources,
         removed: vec![],
         unchanged: vec![],
+        ..Default::default()
     }
 }
 
@@ -295,5 +297,6 @@ pub fn incremental(
         resources,
         removed: removed.into_iter().map(String::from).collect(),
         unchanged: vec![],
+        ..Default::default()
     }
 }

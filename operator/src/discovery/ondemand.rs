@@ -1,0 +1,346 @@
+//! On-demand discovery: what a proxy that watches names holds (protocol points 6-8 of
+//! `discovery.proto`).
+//!
+//! A stream served on demand keeps a bounded set of watched names. For each snapshot it builds
+//! a [`View`]: the pod's `inbound` resource, plus for every watched `outbound:<svc>.<ns>` that
+//! OutboundService (its consumer variant for the pod's namespace when one is in force) and the
+//! EndpointSets its routes name, plus for every watched `ip:<address>` an `IpResolution`
+//! resource and the resources of the Service at that ClusterIP. The view's version is a hash of
+//! its `(name, version)` pairs, so a change to anything the proxy does not watch leaves it
+//! unchanged and the stream sends nothing. Building a view costs O(watched), never O(mesh);
+//! the ClusterIP index (O(mesh)) is built once per snapshot and shared by every stream.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
+use weft_proxy_api::names::{self, ResourceName};
+use weft_proxy_api::v1;
+
+use crate::compile::{ProxyConfig, ResourceKind, SharedResources, VersionedResource};
+
+/// Names one stream may watch; further names are ignored (the proxy's bounded wait then ends
+/// in a 503 for them: fail closed).
+pub const MAX_WATCHED: usize = 1024;
+
+/// How the operator serves proxies (`--discovery-mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DiscoveryMode {
+    /// Every proxy gets every Service and endpoint set (the behaviour before on-demand
+    /// discovery); `Subscribe.on_demand` is ignored.
+    #[default]
+    PushAll,
+    /// Proxies that declare `Subscribe.on_demand` get only what they watch; the others get
+    /// everything.
+    OnDemand,
+}
+
+/// Whether `name` may be watched: `outbound:<svc>.<ns>` or `ip:<address>` (canonical).
+pub fn valid_watch_name(name: &str) -> bool {
+    names::parse_ip_name(name).is_some()
+        || matches!(ResourceName::parse(name), Ok(ResourceName::Outbound { .. }))
+}
+
+/// The watched names of one stream (bounded by [`MAX_WATCHED`]).
+#[derive(Debug, Default)]
+pub struct Watched {
+    names: BTreeSet<String>,
+    /// Names refused (invalid or over the limit), for the registry.
+    pub ignored: u64,
+}
+
+impl Watched {
+    /// Adds `names`; returns whether the set changed.
+    pub fn watch<'a>(&mut self, names: impl IntoIterator<Item = &'a String>) -> bool {
+        let mut changed = false;
+        for name in names {
+            if self.names.contains(name) {
+                continue;
+            }
+            if !valid_watch_name(name) || self.names.len() >= MAX_WATCHED {
+                self.ignored += 1;
+                continue;
+            }
+            self.names.insert(name.clone());
+            changed = true;
+        }
+        changed
+    }
+
+    /// Removes `names`; returns whether the set changed.
+    pub fn unwatch<'a>(&mut self, names: impl IntoIterator<Item = &'a String>) -> bool {
+        let mut changed = false;
+        for name in names {
+            changed |= self.names.remove(name);
+        }
+        changed
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
+/// One resource of a view.
+#[derive(Clone, Debug)]
+pub enum Item {
+    /// The pod's inbound resource or a shared outbound/endpoints resource.
+    Resource(Arc<VersionedResource>),
+    /// An `ip:<address>` resolution, encoded for this stream.
+    Ip {
+        version: String,
+        proto: Box<v1::Resource>,
+    },
+}
+
+impl Item {
+    pub fn version(&self) -> &str {
+        match self {
+            Item::Resource(r) => &r.version,
+            Item::Ip { version, .. } => version,
+        }
+    }
+}
+
+/// What an on-demand proxy holds for one snapshot.
+#[derive(Debug)]
+pub struct View {
+    pub items: BTreeMap<String, Item>,
+    /// Hash of every `(name, version)` pair (16 hex characters).
+    pub version: String,
+}
+
+impl View {
+    /// Name to version.
+    pub fn versions(&self) -> BTreeMap<String, String> {
+        self.items
+            .iter()
+            .map(|(n, i)| (n.clone(), i.version().to_string()))
+            .collect()
+    }
+}
+
+/// The view of `proxy` for the names in `watched`.
+pub fn view(proxy: &ProxyConfig, watched: &Watched, ips: &IpIndexCache) -> View {
+    let mut items = BTreeMap::new();
+    items.insert(
+        proxy.inbound.name.clone(),
+        Item::Resource(proxy.inbound.clone()),
+    );
+    let shared = &proxy.shared;
+    let namespace = &proxy.proxy.namespace;
+    for name in &watched.names {
+        if let Some(addr) = names::parse_ip_name(name) {
+            let service = ips.lookup(shared, addr);
+            if let Some(svc) = &service {
+                add_service(&mut items, shared, svc);
+            }
+            let service = service.unwrap_or_default();
+            let mut h = Sha256::new();
+            h.update(service.as_bytes());
+            let version = hex::encode(&h.finalize()[..8]);
+            let proto = Box::new(v1::Resource {
+                name: name.clone(),
+                version: version.clone(),
+                kind: Some(v1::resource::Kind::Ip(v1::IpResolution { service })),
+            });
+            items.insert(name.clone(), Item::Ip { version, proto });
+        } else if let Some(found) = outbound(shared, name, namespace) {
+            add_service(&mut items, shared, &found);
+        }
+    }
+    let mut h = Sha256::new();
+    for (name, item) in &items {
+        h.update(name.as_bytes());
+        h.update([0]);
+        h.update(item.version().as_bytes());
+        h.update([0]);
+    }
+    View {
+        items,
+        version: hex::encode(&h.finalize()[..8]),
+    }
+}
+
+/// The name of the resource `outbound:<svc>.<ns>` stands for in `shared` for a proxy in
+/// `namespace`: its consumer variant when one is in force, else itself.
+fn outbound(shared: &SharedResources, name: &str, namespace: &str) -> Option<String> {
+    let variant = format!("{name}@{namespace}");
+    if shared.get(&variant).is_some() {
+        Some(variant)
+    } else {
+        shared.get(name).map(|r| r.name.clone())
+    }
+}
+
+/// Adds the outbound resource `name` and every endpoint set its routes name.
+fn add_service(items: &mut BTreeMap<String, Item>, shared: &SharedResources, name: &str) {
+    let Some(r) = shared.get(name) else { return };
+    if let ResourceKind::Outbound(svc) = &r.resource {
+        for port in &svc.ports {
+            for route in &port.routes {
+                for backend in &route.backends {
+                    if backend.endpoint_set.is_empty() || items.contains_key(&backend.endpoint_set)
+                    {
+                        continue;
+                    }
+                    if let Some(set) = shared.get(&backend.endpoint_set) {
+                        items.insert(set.name.clone(), Item::Resource(set.clone()));
+                    }
+                }
+            }
+        }
+    }
+    items.insert(r.name.clone(), Item::Resource(r.clone()));
+}
+
+type IpIndex = HashMap<IpAddr, String>;
+
+/// ClusterIP to outbound resource name, built once per set of shared resources (per snapshot,
+/// and per consumer namespace when consumer routes are in force) by the first stream that
+/// resolves an address, and reused by the others.
+#[derive(Default)]
+pub struct IpIndexCache {
+    inner: Mutex<Vec<(Arc<SharedResources>, Arc<IpIndex>)>>,
+}
+
+/// Indexes kept (the latest snapshot's shared set and a few consumer variants).
+const KEEP_INDEXES: usize = 4;
+
+impl IpIndexCache {
+    /// The outbound resource name of the Service whose ClusterIP `addr` is, in `shared`.
+    pub fn lookup(&self, shared: &Arc<SharedResources>, addr: IpAddr) -> Option<String> {
+        self.index(shared).get(&addr).cloned()
+    }
+
+    fn index(&self, shared: &Arc<SharedResources>) -> Arc<IpIndex> {
+        // The cache holds no invariant a panicking holder could break.
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, index)) = inner.iter().find(|(s, _)| Arc::ptr_eq(s, shared)) {
+            return index.clone();
+        }
+        let mut index = IpIndex::new();
+        for r in shared.iter() {
+            if let ResourceKind::Outbound(svc) = &r.resource {
+                for ip in &svc.cluster_ips {
+                    index.insert(*ip, r.name.clone());
+                }
+            }
+        }
+        let index = Arc::new(index);
+        if inner.len() >= KEEP_INDEXES {
+            inner.remove(0);
+        }
+        inner.push((shared.clone(), index.clone()));
+        index
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compile::{compile, CompileOptions, Compiled, ProxyKey};
+    use crate::model::manifests::parse_manifests;
+    use crate::model::Model;
+
+    /// Services `web` (10.96.0.10) and `other` (10.96.0.11), one pod each; `other`'s pod IP
+    /// is `other_ip`.
+    fn snapshot(other_ip: &str) -> Compiled {
+        let mut text = String::from(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: demo}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {name: app, namespace: demo}\n",
+        );
+        for (i, (app, ip)) in [("web", "127.0.0.10"), ("other", other_ip)]
+            .iter()
+            .enumerate()
+        {
+            text.push_str(&format!(
+                "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {app}-0\n  namespace: demo\n  labels: {{app: {app}, weft.io/proxy-version: \"0.1.0\"}}\nspec:\n  serviceAccountName: app\n  containers: [{{name: app, image: app, ports: [{{containerPort: 8080}}]}}]\nstatus:\n  podIP: {ip}\n  conditions: [{{type: Ready, status: \"True\"}}]\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: {app}, namespace: demo}}\nspec:\n  clusterIP: 10.96.0.{n}\n  selector: {{app: {app}}}\n  ports: [{{name: http, port: 80, targetPort: 8080}}]\n---\napiVersion: v1\nkind: Endpoints\nmetadata: {{name: {app}, namespace: demo}}\nsubsets:\n- ports: [{{name: http, port: 8080}}]\n  addresses: [{{ip: {ip}}}]\n",
+                n = 10 + i
+            ));
+        }
+        let (objects, _) = parse_manifests(&text, false).unwrap();
+        compile(&Model::from_objects(objects), &CompileOptions::default())
+    }
+
+    fn names(view: &View) -> Vec<&str> {
+        view.items.keys().map(String::as_str).collect()
+    }
+
+    #[test]
+    fn a_view_holds_inbound_and_the_watched_services_only() {
+        let before = snapshot("127.0.0.20");
+        let key = ProxyKey::new("demo", "web-0");
+        let proxy = before.proxy(&key).unwrap();
+        let ips = IpIndexCache::default();
+        let mut w = Watched::default();
+        assert_eq!(names(&view(&proxy, &w, &ips)), vec!["inbound"]);
+        w.watch(&[
+            "outbound:web.demo".to_string(),
+            "outbound:nosuch.demo".to_string(),
+        ]);
+        let v1 = view(&proxy, &w, &ips);
+        assert_eq!(
+            names(&v1),
+            vec!["endpoints:web.demo:80", "inbound", "outbound:web.demo"]
+        );
+
+        // A change to a Service it does not watch leaves the view's version as it was.
+        let after = snapshot("127.0.0.21");
+        let moved = after.proxy(&key).unwrap();
+        assert_ne!(proxy.version, moved.version);
+        assert_eq!(view(&moved, &w, &ips).version, v1.version);
+
+        // An address: its resolution plus the Service that has it; another address resolves
+        // to nothing (and is still answered).
+        let mut w = Watched::default();
+        w.watch(&["ip:10.96.0.11".to_string(), "ip:192.0.2.1".to_string()]);
+        let v = view(&moved, &w, &ips);
+        assert_eq!(
+            names(&v),
+            vec![
+                "endpoints:other.demo:80",
+                "inbound",
+                "ip:10.96.0.11",
+                "ip:192.0.2.1",
+                "outbound:other.demo"
+            ]
+        );
+        let service = |n: &str| match &v.items[n] {
+            Item::Ip { proto, .. } => match &proto.kind {
+                Some(v1::resource::Kind::Ip(r)) => r.service.clone(),
+                _ => panic!("{n}: not an IpResolution"),
+            },
+            _ => panic!("{n}: not an ip item"),
+        };
+        assert_eq!(service("ip:10.96.0.11"), "outbound:other.demo");
+        assert_eq!(service("ip:192.0.2.1"), "");
+    }
+
+    #[test]
+    fn watch_names_are_validated_and_bounded() {
+        let mut w = Watched::default();
+        let names: Vec<String> = vec![
+            "outbound:web.demo".into(),
+            "ip:10.96.0.10".into(),
+            "endpoints:web.demo:80".into(),
+            "inbound".into(),
+            "ip:10.96.0.010".into(),
+        ];
+        assert!(w.watch(&names));
+        assert_eq!(w.len(), 2);
+        assert_eq!(w.ignored, 3);
+        assert!(!w.watch(&names[..1]));
+        let many: Vec<String> = (0..MAX_WATCHED + 10)
+            .map(|i| format!("outbound:s{i}.demo"))
+            .collect();
+        w.watch(&many);
+        assert_eq!(w.len(), MAX_WATCHED);
+        assert!(w.unwatch(&names[..1]));
+        assert_eq!(w.len(), MAX_WATCHED - 1);
+    }
+}
