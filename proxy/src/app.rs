@@ -63,6 +63,8 @@ pub struct BoundAddrs {
     pub admin: SocketAddr,
     pub inbound: SocketAddr,
     pub outbound: SocketAddr,
+    /// The tap listener (`None` when `WEFT_PROXY_TAP_ADDR=off`).
+    pub tap: Option<SocketAddr>,
 }
 
 /// Runs the proxy until `shutdown` completes, then stops accepting and drains in-flight work for
@@ -82,6 +84,10 @@ pub async fn run(
     let (admin_listener, admin_addr) = bind("admin", env.admin_addr).await?;
     let (inbound_listener, inbound_addr) = bind("inbound", env.inbound_addr).await?;
     let (outbound_listener, outbound_addr) = bind("outbound", env.outbound_addr).await?;
+    let tap_listener = match env.tap_addr {
+        Some(addr) => Some(bind("tap", addr).await?),
+        None => None,
+    };
 
     let mut settings = Settings::new(
         env.control_addr.uri.clone(),
@@ -142,24 +148,47 @@ pub async fn run(
     let mesh_identity: Arc<dyn MeshIdentity> = Arc::new(identity.clone());
     let mut listeners: JoinSet<(&'static str, Result<(), String>)> = JoinSet::new();
     // The proxy's own listeners are never an inbound target, whatever the policy lists.
-    let inbound = inbound::serve_reserving(
+    // #18 tap (docs/tap.md): the hub the listeners report to, and its own mTLS listener.
+    let tap = crate::tap::Tap::new(
+        format!("{}/{}", env.pod_namespace, env.pod_name),
+        &env.tap_redact,
+    );
+    tap.set_identity(identity.clone());
+    tap.register(&mut control_registry);
+    let mut reserved = vec![inbound_addr.port(), outbound_addr.port(), admin_addr.port()];
+    let mut tap_addr = None;
+    if let Some((listener, addr)) = tap_listener {
+        reserved.push(addr.port());
+        tap_addr = Some(addr);
+        let served = crate::tap::serve(
+            listener,
+            tap.clone(),
+            identity.clone(),
+            env.tap_identity.clone(),
+            stopped(stop_rx.clone()),
+        );
+        listeners.spawn(async move { ("tap", served.await.map_err(|e| e.to_string())) });
+    }
+    let inbound = inbound::serve_tapped(
         inbound_listener,
         InboundSettings {
             app_ip: env.app_ip,
             drain_grace: env.shutdown_grace,
         },
-        [inbound_addr.port(), outbound_addr.port(), admin_addr.port()],
+        reserved,
         config_rx.clone(),
         Arc::clone(&mesh_identity),
         Arc::clone(&metrics),
+        tap.clone(),
         stopped(stop_rx.clone()),
     );
     listeners.spawn(async move { ("inbound", inbound.await.map_err(|e| e.to_string())) });
-    let outbound = outbound::serve_with_grace(
+    let outbound = outbound::serve_tapped(
         outbound_listener,
         config_rx.clone(),
         mesh_identity,
         Arc::clone(&metrics),
+        tap,
         stopped(stop_rx.clone()),
         env.shutdown_grace,
     );
@@ -181,12 +210,14 @@ pub async fn run(
             admin: admin_addr,
             inbound: inbound_addr,
             outbound: outbound_addr,
+            tap: tap_addr,
         });
     }
     tracing::info!(
         admin = %admin_addr,
         inbound = %inbound_addr,
         outbound = %outbound_addr,
+        tap = ?tap_addr,
         control = %env.control_addr.uri,
         identity = %env.spiffe_id(),
         "weft-proxy started",

@@ -18,4 +18,5 @@ pub mod process_metrics;
 pub mod route;
 pub mod shed;
 pub mod state;
+pub mod tap;
 pub mod transport;

@@ -52,6 +52,13 @@ pub struct ProxyEnv {
     /// injector; labels the Linkerd-compatible metrics). Kept as given; parsed by
     /// [`crate::metrics::PodMeta::new`], which ignores what it cannot read.
     pub workload: Option<String>,
+    /// `WEFT_PROXY_TAP_ADDR`: the tap listener (`None`: `off`). docs/tap.md.
+    pub tap_addr: Option<SocketAddr>,
+    /// `WEFT_PROXY_TAP_IDENTITY` (default `WEFT_PROXY_CONTROL_IDENTITY`): who may tap; `None`:
+    /// nobody.
+    pub tap_identity: Option<String>,
+    /// `WEFT_PROXY_TAP_REDACT`: more header names whose values tap never reports.
+    pub tap_redact: Vec<String>,
 }
 
 /// A bad or missing environment variable.
@@ -84,6 +91,9 @@ pub const TRUST_ANCHORS: &str = "WEFT_PROXY_TRUST_ANCHORS";
 pub const TRUST_ANCHORS_FILE: &str = "WEFT_PROXY_TRUST_ANCHORS_FILE";
 pub const CONTROL_IDENTITY: &str = "WEFT_PROXY_CONTROL_IDENTITY";
 pub const WORKLOAD: &str = "WEFT_PROXY_WORKLOAD";
+pub const TAP_ADDR: &str = "WEFT_PROXY_TAP_ADDR";
+pub const TAP_IDENTITY: &str = "WEFT_PROXY_TAP_IDENTITY";
+pub const TAP_REDACT: &str = "WEFT_PROXY_TAP_REDACT";
 
 impl ProxyEnv {
     /// Reads the process environment.
@@ -131,6 +141,33 @@ impl ProxyEnv {
                 ))
             }
         };
+        // #18 tap: who may tap this proxy (the operator, unless told otherwise).
+        let tap_identity = match get(TAP_IDENTITY) {
+            None => control_identity.clone(),
+            Some(v) if is_spiffe_id(v) => Some(v.to_string()),
+            Some(v) => {
+                return Err(invalid(
+                    TAP_IDENTITY,
+                    v,
+                    "expected spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>",
+                ))
+            }
+        };
+        let tap_addr = match get(TAP_ADDR) {
+            Some(v) if v.eq_ignore_ascii_case("off") => None,
+            v => Some(parse_socket_addr(TAP_ADDR, v, crate::tap::DEFAULT_ADDR)?),
+        };
+        let mut tap_redact = Vec::new();
+        for name in get(TAP_REDACT).unwrap_or_default().split(',') {
+            let name = name.trim().to_ascii_lowercase();
+            if name.is_empty() {
+                continue;
+            }
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(invalid(TAP_REDACT, &name, "not a header name"));
+            }
+            tap_redact.push(name);
+        }
         let control_peer = match (&trust_anchors, control_identity) {
             (None, _) if https => {
                 return Err(invalid(
@@ -200,6 +237,9 @@ impl ProxyEnv {
         };
         let workload = get(WORKLOAD).map(str::to_string);
         Ok(Self {
+            tap_addr,
+            tap_identity,
+            tap_redact,
             workload,
             control_addr,
             pod_namespace,

@@ -56,6 +56,7 @@ struct Shared {
     metrics: Arc<Metrics>,
     plain: PlainClients,
     mesh: MeshPool,
+    tap: crate::tap::Tap,
 }
 
 /// Serves the outbound listener until `shutdown` resolves, then drains for [`DRAIN_GRACE`].
@@ -78,12 +79,27 @@ pub async fn serve_with_grace(
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) -> std::io::Result<()> {
+    let tap = crate::tap::Tap::default();
+    serve_tapped(listener, config, identity, metrics, tap, shutdown, grace).await
+}
+
+/// [`serve_with_grace`], reporting requests to `tap` (`weft tap`; docs/tap.md).
+pub async fn serve_tapped(
+    listener: TcpListener,
+    config: watch::Receiver<Arc<Config>>,
+    identity: Arc<dyn MeshIdentity>,
+    metrics: Arc<Metrics>,
+    tap: crate::tap::Tap,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) -> std::io::Result<()> {
     let shared = Arc::new(Shared {
         config,
         identity,
         metrics,
         plain: PlainClients::new(),
         mesh: MeshPool::default(),
+        tap,
     });
     transport::serve_loop(listener, shutdown, grace, move |stream, _peer, drain| {
         let shared = shared.clone();
@@ -236,7 +252,20 @@ async fn serve_http<I>(
 {
     h::serve_downstream(io, http2, drain, move |req: Request<Incoming>| {
         let shared = shared.clone();
-        async move { handle_request(&shared, req, dst, http2).await }
+        async move {
+            // #18 tap: one relaxed load when nobody taps.
+            let tapped = shared.tap.is_active().then(|| {
+                let local = shared.tap.local_id();
+                shared.tap.begin(
+                    crate::tap::Direction::Outbound,
+                    &req,
+                    local.as_deref(),
+                    None,
+                )
+            });
+            let rsp = handle_request(&shared, req, dst, http2).await;
+            crate::tap::Tap::finish(tapped.flatten(), rsp)
+        }
     })
     .await;
 }
@@ -256,6 +285,12 @@ fn record(
     rsp: Response<Body>,
     started: Instant,
 ) -> Response<Body> {
+    let mut rsp = rsp;
+    crate::tap::TapMeta::attach(&shared.tap, &mut rsp, || crate::tap::TapMeta {
+        route: labels.route.as_str().to_string(),
+        backend: labels.backend.as_str().to_string(),
+        server_id: peer.as_deref().map(str::to_string),
+    });
     let labels = labels.clone();
     // #18: the Linkerd-compatible families; the destination is the backend service chosen.
     let dst = labels
