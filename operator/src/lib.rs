@@ -14,6 +14,7 @@ pub mod runtime;
 pub mod shutdown;
 pub mod source;
 pub mod status;
+pub mod tap;
 pub mod webhook;
 
 /// The compiler ([`weft_core::compile`]), with the directory report of `weft-manifests` and the

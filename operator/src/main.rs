@@ -111,6 +111,11 @@ struct Args {
     /// to token-authenticated proxies). Needs the Identity service.
     #[arg(long)]
     require_discovery_identity: bool,
+    /// File holding the token `GET /tap` on the admin port requires
+    /// (`Authorization: Bearer <token>`); without it the admin port's tap answers 403. The
+    /// cluster way to tap is the aggregated API `tap.weft.io` (RBAC). docs/tap.md.
+    #[arg(long, value_name = "PATH")]
+    admin_token_file: Option<PathBuf>,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -286,7 +291,27 @@ async fn build(args: &Args) -> anyhow::Result<RuntimeConfig> {
     } else {
         None
     };
+    let tap = weft_operator::runtime::TapOptions {
+        admin_token: match &args.admin_token_file {
+            None => None,
+            Some(path) => {
+                let token = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading --admin-token-file {}", path.display()))?
+                    .trim()
+                    .to_string();
+                if token.len() < 16 {
+                    anyhow::bail!(
+                        "--admin-token-file {}: the token must be at least 16 characters",
+                        path.display()
+                    );
+                }
+                Some(token)
+            }
+        },
+        ..Default::default()
+    };
     Ok(RuntimeConfig {
+        tap,
         source,
         discovery_addr: args.discovery_addr,
         admin_addr: args.admin_addr,

@@ -87,6 +87,8 @@ pub struct Reconciler {
     statuses: Option<watch::Sender<Arc<Vec<ObjectStatus>>>>,
     /// The pods a bootstrap token binds to (kept equal to the model's pods).
     pods: Option<Arc<PodDirectory>>,
+    /// The pods tap reads (#18; kept equal to the model's).
+    tap_pods: Option<Arc<crate::tap::TapDirectory>>,
 }
 
 impl Reconciler {
@@ -109,12 +111,19 @@ impl Reconciler {
             metrics,
             statuses: None,
             pods: None,
+            tap_pods: None,
         }
     }
 
     /// Also publishes every object's desired status here (for the status writer).
     pub fn with_statuses(mut self, tx: watch::Sender<Arc<Vec<ObjectStatus>>>) -> Self {
         self.statuses = Some(tx);
+        self
+    }
+
+    /// Also keeps tap's directory of pods equal to the model's.
+    pub fn with_tap_pods(mut self, pods: Option<Arc<crate::tap::TapDirectory>>) -> Self {
+        self.tap_pods = pods;
         self
     }
 
@@ -153,6 +162,9 @@ impl Reconciler {
                     p.service_account.as_str(),
                 )
             }));
+        }
+        if let Some(tap) = self.tap_pods.as_ref().filter(|_| pods_changed || first) {
+            tap.publish(self.model.pods.values().map(|p| p.as_ref()));
         }
         if !first && changed.is_empty() {
             return;
