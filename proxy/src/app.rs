@@ -85,7 +85,14 @@ pub async fn run(
     let (inbound_listener, inbound_addr) = bind("inbound", env.inbound_addr).await?;
     let (outbound_listener, outbound_addr) = bind("outbound", env.outbound_addr).await?;
     let tap_listener = match env.tap_addr {
-        Some(addr) => Some(bind("tap", addr).await?),
+        Some(addr) => match bind("tap", addr).await {
+            Ok(bound) => Some(bound),
+            Err(e) if env.tap_addr_defaulted => {
+                tracing::warn!(error = %e, "tap is off: its default address is taken (set WEFT_PROXY_TAP_ADDR)");
+                None
+            }
+            Err(e) => return Err(e),
+        },
         None => None,
     };
 

@@ -85,7 +85,9 @@ impl Default for Tap {
 }
 
 struct Hub {
-    /// Taps open; the one load the request path pays when it is zero.
+    /// Taps open plus tapped requests in flight; the one load the request path pays when it is
+    /// zero. (A tapped request counts until its end, so that its end event is complete even
+    /// after its tap reached its limit.)
     active: AtomicUsize,
     subs: Mutex<Vec<Arc<Sub>>>,
     next_sub: AtomicU64,
@@ -105,7 +107,7 @@ impl Hub {
         let before = subs.len();
         subs.retain(|s| s.id != id);
         if subs.len() != before {
-            self.active.store(subs.len(), Ordering::Relaxed);
+            self.active.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
@@ -210,6 +212,12 @@ pub struct Pending {
     started: Instant,
 }
 
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.hub.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Tap {
     /// A hub for proxy `proxy` (`namespace/pod`), redacting `extra_redact` on top of
     /// [`ALWAYS_REDACTED`].
@@ -289,7 +297,7 @@ impl Tap {
             return None;
         }
         subs.push(sub);
-        self.hub.active.store(subs.len(), Ordering::Relaxed);
+        self.hub.active.fetch_add(1, Ordering::Relaxed);
         Some(Subscription {
             rx,
             hub: Arc::clone(&self.hub),
@@ -343,8 +351,11 @@ impl Tap {
                 }
             }
             if !finished.is_empty() {
+                let before = subs.len();
                 subs.retain(|s| !finished.contains(&s.id));
-                self.hub.active.store(subs.len(), Ordering::Relaxed);
+                self.hub
+                    .active
+                    .fetch_sub(before - subs.len(), Ordering::Relaxed);
             }
         }
         if chosen.is_empty() {
@@ -380,6 +391,7 @@ impl Tap {
         event.tls = direction == Direction::Inbound && client_id.is_some();
         event.event = Some(tap_event::Event::RequestInit(init));
         send(&self.hub, &chosen, event);
+        self.hub.active.fetch_add(1, Ordering::Relaxed);
         Some(Pending {
             hub: Arc::clone(&self.hub),
             subs: chosen,
@@ -469,7 +481,7 @@ struct EndState {
 
 impl EndState {
     fn emit(self, end: &str) {
-        let mut event = self.pending.base;
+        let mut event = self.pending.base.clone();
         event.event = Some(tap_event::Event::ResponseEnd(pb::ResponseEnd {
             status: self.status,
             grpc_status: self.grpc_status,
@@ -754,6 +766,7 @@ mod tests {
         assert_eq!(value("cookie").as_deref(), Some(REDACTED));
         assert_eq!(value("x-private").as_deref(), Some(REDACTED));
         assert_eq!(value("x-ok").as_deref(), Some("fine"));
+        drop(p);
         drop(sub);
         assert!(!tap.is_active(), "closing a tap frees its slot");
     }
@@ -788,8 +801,12 @@ mod tests {
                 None
             )
             .is_none());
-        assert!(tap.begin(Direction::Outbound, &r, None, None).is_some());
-        // max_requests reached: the tap stops taking requests and frees its slot.
+        let pending = tap.begin(Direction::Outbound, &r, None, None);
+        assert!(pending.is_some());
+        // max_requests reached: the tap stops taking requests and frees its slot once its last
+        // request ended.
+        assert!(tap.is_active(), "the tapped request is still in flight");
+        drop(pending);
         assert!(!tap.is_active());
         assert!(tap.begin(Direction::Outbound, &r, None, None).is_none());
         drop(sub);

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use super::{Target, TapQuery, Tapper};
+use super::{TapQuery, Tapper, Target};
 use crate::admin::{json, text, Body};
 use crate::aggregated::{Caller, GroupHandler, ResponseFuture};
 
@@ -56,7 +56,9 @@ pub fn target_of(path: &str) -> Result<Option<Target>, String> {
     let bad = || format!("no such resource: {path}");
     match parts.as_slice() {
         ["namespaces", ns, "tap"] => Ok(Some(Target::Namespace((*ns).to_string()))),
-        ["namespaces", ns, kind, name, "tap"] if RESOURCES.contains(kind) && *kind != "namespaces" => {
+        ["namespaces", ns, kind, name, "tap"]
+            if RESOURCES.contains(kind) && *kind != "namespaces" =>
+        {
             Target::parse(&format!("{kind}/{name}"), ns).map(Some)
         }
         _ => Err(bad()),

@@ -82,7 +82,8 @@ impl TapClientCert {
             return Err("the identity issuer has expired".into());
         }
         let trunc = |t: SystemTime| to_system_time(unix_secs(t));
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
+        let key =
+            KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
         params.subject_alt_names = vec![SanType::URI(
@@ -122,7 +123,10 @@ impl TapClientCert {
 
     /// A TLS client config that presents this certificate and accepts only a server chaining to
     /// the mesh anchors whose SPIFFE ID is `expected` (the tapped pod's).
-    pub fn client_config(self: &Arc<Self>, expected: String) -> Result<rustls::ClientConfig, String> {
+    pub fn client_config(
+        self: &Arc<Self>,
+        expected: String,
+    ) -> Result<rustls::ClientConfig, String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let issuer = self.ca.current().ok_or("no identity issuer")?;
         let mut roots = RootCertStore::empty();

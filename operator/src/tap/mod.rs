@@ -92,7 +92,10 @@ impl TapDirectory {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
     Namespace(String),
-    Pod { namespace: String, name: String },
+    Pod {
+        namespace: String,
+        name: String,
+    },
     /// A workload (`deployment`, `statefulset`, ...): its pods are named `<name>-<suffix>`.
     Workload {
         namespace: String,
@@ -105,9 +108,9 @@ impl Target {
     /// `ns/NAME`, `pod/NAME`, `deploy/NAME` (`deployment`, `sts`, `statefulset`, `ds`,
     /// `daemonset`, `job`) in `namespace`.
     pub fn parse(resource: &str, namespace: &str) -> Result<Target, String> {
-        let (kind, name) = resource
-            .split_once('/')
-            .ok_or_else(|| format!("resource {resource:?}: expected KIND/NAME (deploy/api, pod/x, ns/demo)"))?;
+        let (kind, name) = resource.split_once('/').ok_or_else(|| {
+            format!("resource {resource:?}: expected KIND/NAME (deploy/api, pod/x, ns/demo)")
+        })?;
         if name.is_empty() || name.len() > 253 {
             return Err(format!("resource {resource:?}: bad name"));
         }

@@ -54,6 +54,9 @@ pub struct ProxyEnv {
     pub workload: Option<String>,
     /// `WEFT_PROXY_TAP_ADDR`: the tap listener (`None`: `off`). docs/tap.md.
     pub tap_addr: Option<SocketAddr>,
+    /// True when `WEFT_PROXY_TAP_ADDR` was not set: a failure to bind the default address
+    /// (several proxies on one host) turns tap off with a warning instead of stopping the proxy.
+    pub tap_addr_defaulted: bool,
     /// `WEFT_PROXY_TAP_IDENTITY` (default `WEFT_PROXY_CONTROL_IDENTITY`): who may tap; `None`:
     /// nobody.
     pub tap_identity: Option<String>,
@@ -237,6 +240,7 @@ impl ProxyEnv {
         };
         let workload = get(WORKLOAD).map(str::to_string);
         Ok(Self {
+            tap_addr_defaulted: get(TAP_ADDR).is_none(),
             tap_addr,
             tap_identity,
             tap_redact,
