@@ -60,6 +60,12 @@ pub struct InjectSettings {
     /// operator's discovery certificate (TLS) and their peers against them. `None`: the variable
     /// is not set and proxies talk to the operator in plaintext (with a warning).
     pub trust_anchors_pem: Option<String>,
+    /// The proxy's tap port (`WEFT_PROXY_TAP_ADDR`; declared as a container port and never
+    /// redirected). docs/tap.md.
+    pub tap_port: u16,
+    /// Who may tap the proxy (`WEFT_PROXY_TAP_IDENTITY`): the operator's SPIFFE ID. `None`: the
+    /// variable is not set and the proxy falls back to `WEFT_PROXY_CONTROL_IDENTITY`.
+    pub tap_identity: Option<String>,
 }
 
 impl Default for InjectSettings {
@@ -80,6 +86,8 @@ impl Default for InjectSettings {
             memory_limit: Some("250Mi".into()),
             token_expiration_seconds: 3600,
             trust_anchors_pem: None,
+            tap_port: 4190,
+            tap_identity: None,
         }
     }
 }
@@ -241,11 +249,13 @@ pub fn proxy_container(settings: &InjectSettings) -> Value {
             {"name": "WEFT_PROXY_INBOUND_ADDR", "value": format!("0.0.0.0:{}", settings.inbound_port)},
             {"name": "WEFT_PROXY_OUTBOUND_ADDR", "value": format!("127.0.0.1:{}", settings.outbound_port)},
             {"name": "WEFT_PROXY_ADMIN_ADDR", "value": format!("0.0.0.0:{}", settings.admin_port)},
+            {"name": "WEFT_PROXY_TAP_ADDR", "value": format!("0.0.0.0:{}", settings.tap_port)},
             {"name": "WEFT_LOG", "value": settings.log_level},
         ],
         "ports": [
             {"name": "weft-proxy", "containerPort": settings.inbound_port, "protocol": "TCP"},
             {"name": "weft-admin", "containerPort": settings.admin_port, "protocol": "TCP"},
+            {"name": "weft-tap", "containerPort": settings.tap_port, "protocol": "TCP"},
         ],
         "readinessProbe": {
             "httpGet": {"path": "/ready", "port": settings.admin_port},
@@ -276,12 +286,19 @@ pub fn proxy_container(settings: &InjectSettings) -> Value {
     {
         env.push(json!({"name": "WEFT_PROXY_TRUST_ANCHORS", "value": anchors}));
     }
+    if let (Some(id), Some(env)) = (&settings.tap_identity, container["env"].as_array_mut()) {
+        env.push(json!({"name": "WEFT_PROXY_TAP_IDENTITY", "value": id}));
+    }
     container
 }
 
 /// The init container that installs the iptables redirection, for this pod's annotations.
 pub fn init_container(pod: &Value, settings: &InjectSettings) -> Result<Value, InjectError> {
-    let mut skip_in = vec![settings.admin_port.to_string()];
+    // The admin and tap ports are the proxy's own: never redirected to its inbound listener.
+    let mut skip_in = vec![
+        settings.admin_port.to_string(),
+        settings.tap_port.to_string(),
+    ];
     if let Some(v) = annotation(pod, SKIP_INBOUND_ANNOTATION) {
         for p in parse_ports(v)? {
             if !skip_in.contains(&p) {
@@ -702,7 +719,7 @@ mod tests {
                 "--outbound-port",
                 "4140",
                 "--skip-inbound-ports",
-                "4191",
+                "4191,4190",
                 "--skip-outbound-ports",
                 "3306,25"
             ]

@@ -263,6 +263,11 @@ async fn build(args: &Args) -> anyhow::Result<RuntimeConfig> {
                     .as_ref()
                     .and_then(|i| i.ca.current())
                     .map(|issuer| anchors_pem(&issuer));
+                // #18 tap: only this operator's identity may open a proxy's tap.
+                settings.tap_identity = Some(format!(
+                    "spiffe://{}/ns/{}/sa/{}",
+                    args.trust_domain, args.namespace, args.service_account
+                ));
                 Some(Arc::new(settings))
             } else {
                 None
