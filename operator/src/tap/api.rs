@@ -122,3 +122,61 @@ pub fn answer<B>(tapper: &Tapper, req: &Request<B>, caller: &Caller) -> Response
         Err(e) => text(StatusCode::NOT_FOUND, format!("{e}\n")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::{CaStore, SpiffeId};
+
+    fn tapper() -> Tapper {
+        let ca = Arc::new(CaStore::generate("cluster.local").unwrap());
+        let own = SpiffeId::new("cluster.local", "weft-system", "weft-operator").unwrap();
+        Tapper::new(
+            super::super::TapDirectory::new(),
+            Arc::new(super::super::cert::TapClientCert::new(ca, own)),
+            "cluster.local".into(),
+            4190,
+            None,
+        )
+    }
+
+    fn get(path: &str) -> Request<()> {
+        Request::get(path).body(()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_request_without_a_caller_is_refused_and_paths_name_targets() {
+        let t = tapper();
+        let path = "/apis/tap.weft.io/v1alpha1/namespaces/demo/deployments/api/tap";
+        let rsp = answer(&t, &get(path), &Caller::default());
+        assert_eq!(rsp.status(), StatusCode::UNAUTHORIZED);
+        let alice = Caller {
+            user: "alice".into(),
+            ..Caller::default()
+        };
+        let rsp = answer(&t, &get("/apis/tap.weft.io/v1alpha1"), &alice);
+        assert_eq!(rsp.status(), StatusCode::OK);
+        // No pod of the target in the model: 404, nothing opened.
+        let rsp = answer(&t, &get(path), &alice);
+        assert_eq!(rsp.status(), StatusCode::NOT_FOUND);
+        let post = Request::post(path).body(()).unwrap();
+        assert_eq!(
+            answer(&t, &post, &alice).status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(
+            target_of(path).unwrap(),
+            Some(Target::Workload {
+                namespace: "demo".into(),
+                kind: "deployments".into(),
+                name: "api".into()
+            })
+        );
+        assert_eq!(
+            target_of("/apis/tap.weft.io/v1alpha1/namespaces/demo/tap").unwrap(),
+            Some(Target::Namespace("demo".into()))
+        );
+        assert!(target_of("/apis/tap.weft.io/v1alpha1/namespaces/demo/secrets/x/tap").is_err());
+        // The admin port without a token file: 403 (tested end to end in cli/tests/tap.rs).
+    }
+}
