@@ -88,7 +88,9 @@ pub async fn run(
         Some(addr) => match bind("tap", addr).await {
             Ok(bound) => Some(bound),
             Err(e) if env.tap_addr_defaulted => {
-                tracing::warn!(error = %e, "tap is off: its default address is taken (set WEFT_PROXY_TAP_ADDR)");
+                // Only where several proxies share a network namespace (tests, one-host meshes);
+                // in a pod the default is free. Not a warning: the proxy serves as it should.
+                tracing::info!(error = %e, "tap is off: its default address is taken (set WEFT_PROXY_TAP_ADDR)");
                 None
             }
             Err(e) => return Err(e),
