@@ -191,6 +191,32 @@ enum Command {
         #[command(flatten)]
         cluster: ClusterArgs,
     },
+    /// Live requests through the proxies: identities, status, latency; sensitive headers
+    /// redacted (through the operator: the aggregated API in a cluster, the admin port locally).
+    #[command(
+        after_help = "Examples:\n  weft tap --demo                          # every request of a `weft demo --keep`\n  weft tap deploy/api -n demo --path /items --max 10\n  weft tap ns/demo --to api --method GET -o json\n\nExit status: 0 the tap ended, 1 the operator refused or could not be reached."
+    )]
+    Tap {
+        #[command(flatten)]
+        tap: TapArgs,
+        /// `json`: one JSON object per event (NDJSON); default: one line per event.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
+    /// The most-requested paths, live, with counts, success rate and latency.
+    #[command(
+        after_help = "Examples:\n  weft top --demo\n  weft top deploy/api -n demo --plain --duration 10s"
+    )]
+    Top {
+        #[command(flatten)]
+        tap: TapArgs,
+        /// Print the table once at the end (default when stdout is not a terminal).
+        #[arg(long)]
+        plain: bool,
+        /// Stop after this long.
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+    },
     /// Verify a cluster before (`--pre`) and after installing weft.
     #[command(
         after_help = "Examples:\n  weft check --pre     # can weft be installed here?\n  weft check           # is the installed mesh healthy?\n  weft check -f deploy/  # are the folder's HTTPRoutes accepted (no cluster)?\n\nExit status: 0 all ok (warnings allowed), 1 a check failed, 2 usage error."
@@ -251,6 +277,74 @@ pub enum OutputFormat {
     Wide,
     Json,
     Yaml,
+}
+
+/// What `weft tap` and `weft top` read, and from where.
+#[derive(clap::Args, Debug)]
+struct TapArgs {
+    /// What to tap: `deploy/NAME`, `pod/NAME`, `sts/NAME`, `ns/NAME` (default: the namespace).
+    resource: Option<String>,
+    #[arg(short, long, default_value = "default")]
+    namespace: String,
+    /// Only requests to this destination (a service name or authority).
+    #[arg(long)]
+    to: Option<String>,
+    /// Only requests whose path starts with this.
+    #[arg(long)]
+    path: Option<String>,
+    /// Only requests with this method.
+    #[arg(long)]
+    method: Option<String>,
+    /// Stop after this many requests.
+    #[arg(long)]
+    max: Option<u32>,
+    /// Tap a running `weft demo --keep` (its operator's admin port and the token it left).
+    #[arg(long)]
+    demo: bool,
+    /// The demo's loopback /24 (with --demo).
+    #[arg(long, default_value = "127.42.0", value_parser = parse_prefix)]
+    ip_prefix: [u8; 3],
+    /// A local operator's admin address (host:port), instead of a cluster.
+    #[arg(long)]
+    admin_addr: Option<String>,
+    /// The operator's admin token (its --admin-token-file).
+    #[arg(long)]
+    admin_token_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+impl TapArgs {
+    fn request(&self) -> cmd::tap::TapRequest {
+        cmd::tap::TapRequest {
+            resource: self.resource.clone(),
+            namespace: if self.demo && self.namespace == "default" {
+                "demo".to_string()
+            } else {
+                self.namespace.clone()
+            },
+            to: self.to.clone(),
+            path: self.path.clone(),
+            method: self.method.clone(),
+            max: self.max,
+        }
+    }
+
+    fn source(&self) -> anyhow::Result<cmd::tap::Source> {
+        if self.demo {
+            return cmd::tap::Source::demo(self.ip_prefix, self.admin_token_file.clone());
+        }
+        if let Some(addr) = &self.admin_addr {
+            let path = self.admin_token_file.as_ref().ok_or_else(|| {
+                anyhow::anyhow!("--admin-addr needs --admin-token-file (the operator's token)")
+            })?;
+            return Ok(cmd::tap::Source::Admin {
+                addr: addr.clone(),
+                token: cmd::tap::read_token(path)?,
+            });
+        }
+        Ok(cmd::tap::Source::Cluster(self.cluster.clone()))
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -508,6 +602,20 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             };
             let rows = cmd::stat::collect(&targets, client.as_ref(), window, by).await?;
             cmd::stat::print(&rows, output)?;
+            Ok(exit::OK)
+        }
+        Command::Tap { tap, output } => {
+            let source = tap.source()?;
+            cmd::tap::run(&source, &tap.request(), output == OutputFormat::Json).await?;
+            Ok(exit::OK)
+        }
+        Command::Top {
+            tap,
+            plain,
+            duration,
+        } => {
+            let source = tap.source()?;
+            cmd::top::run(&source, &tap.request(), plain, duration).await?;
             Ok(exit::OK)
         }
         Command::Check {

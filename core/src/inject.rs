@@ -68,6 +68,12 @@ pub struct InjectSettings {
     /// The mesh-wide trace collector (chart value `proxy.traceCollector`, given to the operator
     /// as `WEFT_PROXY_TRACE_COLLECTOR`); a `weft.io/trace-collector` annotation overrides it.
     pub trace_collector: Option<String>,
+    /// The proxy's tap port (`WEFT_PROXY_TAP_ADDR`; declared as a container port and never
+    /// redirected). docs/tap.md.
+    pub tap_port: u16,
+    /// Who may tap the proxy (`WEFT_PROXY_TAP_IDENTITY`): the operator's SPIFFE ID. `None`: the
+    /// variable is not set and the proxy falls back to `WEFT_PROXY_CONTROL_IDENTITY`.
+    pub tap_identity: Option<String>,
 }
 
 impl Default for InjectSettings {
@@ -89,6 +95,8 @@ impl Default for InjectSettings {
             token_expiration_seconds: 3600,
             trust_anchors_pem: None,
             trace_collector: None,
+            tap_port: 4190,
+            tap_identity: None,
         }
     }
 }
@@ -289,11 +297,13 @@ pub fn proxy_container(settings: &InjectSettings) -> Value {
             {"name": "WEFT_PROXY_INBOUND_ADDR", "value": format!("0.0.0.0:{}", settings.inbound_port)},
             {"name": "WEFT_PROXY_OUTBOUND_ADDR", "value": format!("127.0.0.1:{}", settings.outbound_port)},
             {"name": "WEFT_PROXY_ADMIN_ADDR", "value": format!("0.0.0.0:{}", settings.admin_port)},
+            {"name": "WEFT_PROXY_TAP_ADDR", "value": format!("0.0.0.0:{}", settings.tap_port)},
             {"name": "WEFT_LOG", "value": settings.log_level},
         ],
         "ports": [
             {"name": "weft-proxy", "containerPort": settings.inbound_port, "protocol": "TCP"},
             {"name": "weft-admin", "containerPort": settings.admin_port, "protocol": "TCP"},
+            {"name": "weft-tap", "containerPort": settings.tap_port, "protocol": "TCP"},
         ],
         "readinessProbe": {
             "httpGet": {"path": "/ready", "port": settings.admin_port},
@@ -324,12 +334,19 @@ pub fn proxy_container(settings: &InjectSettings) -> Value {
     {
         env.push(json!({"name": "WEFT_PROXY_TRUST_ANCHORS", "value": anchors}));
     }
+    if let (Some(id), Some(env)) = (&settings.tap_identity, container["env"].as_array_mut()) {
+        env.push(json!({"name": "WEFT_PROXY_TAP_IDENTITY", "value": id}));
+    }
     container
 }
 
 /// The init container that installs the iptables redirection, for this pod's annotations.
 pub fn init_container(pod: &Value, settings: &InjectSettings) -> Result<Value, InjectError> {
-    let mut skip_in = vec![settings.admin_port.to_string()];
+    // The admin and tap ports are the proxy's own: never redirected to its inbound listener.
+    let mut skip_in = vec![
+        settings.admin_port.to_string(),
+        settings.tap_port.to_string(),
+    ];
     if let Some(v) = annotation(pod, SKIP_INBOUND_ANNOTATION) {
         for p in parse_ports(v)? {
             if !skip_in.contains(&p) {
@@ -758,7 +775,7 @@ mod tests {
                 "--outbound-port",
                 "4140",
                 "--skip-inbound-ports",
-                "4191",
+                "4191,4190",
                 "--skip-outbound-ports",
                 "3306,25"
             ]

@@ -177,6 +177,8 @@ pub struct AdminState {
     pub metrics: Arc<Registry>,
     pub proxies: Arc<ProxyRegistry>,
     pub status: Arc<StatusBoard>,
+    /// Tap fan-in (`GET /tap`, #18); `None`: no identity issuer, `/tap` answers 403.
+    pub tap: Option<Arc<crate::tap::Tapper>>,
 }
 
 #[derive(Serialize)]
@@ -290,7 +292,18 @@ pub async fn serve(listener: TcpListener, state: AdminState, shutdown: Shutdown)
     let state = Arc::new(state);
     serve_http(listener, None, shutdown, move |req| {
         let state = state.clone();
-        async move { handle(&state, &req) }
+        async move {
+            if req.uri().path() == "/tap" && req.method() == Method::GET {
+                return match &state.tap {
+                    Some(tap) => tap.admin(req).await,
+                    None => text(
+                        StatusCode::FORBIDDEN,
+                        "tap is off: the operator has no identity issuer\n",
+                    ),
+                };
+            }
+            handle(&state, &req)
+        }
     })
     .await
 }
@@ -406,6 +419,7 @@ mod tests {
             metrics: Arc::new(Registry::default()),
             proxies: Arc::new(ProxyRegistry::new()),
             status: Arc::new(StatusBoard::new()),
+            tap: None,
         }
     }
 

@@ -16,6 +16,7 @@ pub mod shutdown;
 pub mod source;
 pub mod status;
 pub mod trafficmetrics;
+pub mod tap;
 pub mod webhook;
 
 /// The compiler ([`weft_core::compile`]), with the directory report of `weft-manifests` and the

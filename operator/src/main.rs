@@ -146,6 +146,11 @@ struct Args {
     /// it watches (proxies that do not declare it still get everything). docs/architecture.md.
     #[arg(long, value_enum, default_value = "push-all")]
     discovery_mode: DiscoveryModeArg,
+    /// File holding the token `GET /tap` on the admin port requires
+    /// (`Authorization: Bearer <token>`); without it the admin port's tap answers 403. The
+    /// cluster way to tap is the aggregated API `tap.weft.io` (RBAC). docs/tap.md.
+    #[arg(long, value_name = "PATH")]
+    admin_token_file: Option<PathBuf>,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -299,6 +304,11 @@ async fn build(args: &Args) -> anyhow::Result<RuntimeConfig> {
                     .as_ref()
                     .and_then(|i| i.ca.current())
                     .map(|issuer| anchors_pem(&issuer));
+                // #18 tap: only this operator's identity may open a proxy's tap.
+                settings.tap_identity = Some(format!(
+                    "spiffe://{}/ns/{}/sa/{}",
+                    args.trust_domain, args.namespace, args.service_account
+                ));
                 Some(Arc::new(settings))
             } else {
                 None
@@ -328,7 +338,27 @@ async fn build(args: &Args) -> anyhow::Result<RuntimeConfig> {
     } else {
         None
     };
+    let tap = weft_operator::runtime::TapOptions {
+        admin_token: match &args.admin_token_file {
+            None => None,
+            Some(path) => {
+                let token = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading --admin-token-file {}", path.display()))?
+                    .trim()
+                    .to_string();
+                if token.len() < 16 {
+                    anyhow::bail!(
+                        "--admin-token-file {}: the token must be at least 16 characters",
+                        path.display()
+                    );
+                }
+                Some(token)
+            }
+        },
+        ..Default::default()
+    };
     Ok(RuntimeConfig {
+        tap,
         source,
         discovery_addr: args.discovery_addr,
         admin_addr: args.admin_addr,

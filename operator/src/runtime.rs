@@ -106,6 +106,26 @@ pub struct RuntimeConfig {
     /// Whether proxies that declare on-demand support are served on demand
     /// (`--discovery-mode`).
     pub discovery_mode: crate::discovery::DiscoveryMode,
+    /// Tap fan-in (#18; docs/tap.md).
+    pub tap: TapOptions,
+}
+
+/// The operator's tap fan-in settings.
+#[derive(Clone, Debug)]
+pub struct TapOptions {
+    /// `--admin-token-file`: the token `GET /tap` on the admin port requires (`None`: 403).
+    pub admin_token: Option<String>,
+    /// The proxies' tap port.
+    pub proxy_port: u16,
+}
+
+impl Default for TapOptions {
+    fn default() -> Self {
+        TapOptions {
+            admin_token: None,
+            proxy_port: crate::tap::PROXY_TAP_PORT,
+        }
+    }
 }
 
 impl RuntimeConfig {
@@ -126,6 +146,7 @@ impl RuntimeConfig {
             leader: None,
             instance: None,
             discovery_mode: crate::discovery::DiscoveryMode::PushAll,
+            tap: TapOptions::default(),
         }
     }
 }
@@ -222,6 +243,21 @@ impl Runtime {
         let registry = Arc::new(root);
         let mut tasks = JoinSet::new();
 
+        // #18 tap: the operator taps proxies as its own identity, with a client certificate
+        // from the mesh issuer (no issuer, no tap).
+        let tap_pods = crate::tap::TapDirectory::new();
+        let tapper = config.identity.as_ref().and_then(|i| {
+            let own = i.control_tls.as_ref()?.identity.clone();
+            let cert = Arc::new(crate::tap::cert::TapClientCert::new(i.ca.clone(), own));
+            Some(Arc::new(crate::tap::Tapper::new(
+                tap_pods.clone(),
+                cert,
+                config.compile.trust_domain.clone(),
+                config.tap.proxy_port,
+                config.tap.admin_token.clone(),
+            )))
+        });
+
         // Discovery (+ Identity) gRPC.
         let service = DiscoveryService::new(
             snap_rx.clone(),
@@ -265,6 +301,7 @@ impl Runtime {
                 metrics: registry,
                 proxies: proxies.clone(),
                 status: board.clone(),
+                tap: tapper.clone(),
             };
             let stop = shutdown.clone();
             tasks.spawn(async move {
@@ -373,7 +410,8 @@ impl Runtime {
                 .as_ref()
                 .and_then(|i| i.authenticator.pod_directory()),
         )
-        .with_mesh_view(mesh_view);
+        .with_mesh_view(mesh_view)
+        .with_tap_pods(Some(tap_pods));
 
         // One bounded channel from the source to the one reconcile loop.
         let (source_tx, source_rx) = crate::source::channel();

@@ -22,3 +22,10 @@ pub use discovery::{apply_response, ApplyError, ClientState, Rejection, Resource
 pub mod v1 {
     include!("gen/weft.proxy.v1.rs");
 }
+
+/// Generated code for the `weft.tap.v1` protobuf package: the proxy's tap service (`tap_client`
+/// with the `client` feature, `tap_server` with the `server` feature; docs/tap.md).
+#[allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]
+pub mod tap_v1 {
+    include!("gen/weft.tap.v1.rs");
+}

@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "weft/proxy/v1/types.proto",
     "weft/proxy/v1/discovery.proto",
     "weft/proxy/v1/identity.proto",
+    "weft/tap/v1/tap.proto",
 ];
 
 fn crate_dir() -> PathBuf {

@@ -64,6 +64,8 @@ pub struct BoundAddrs {
     pub admin: SocketAddr,
     pub inbound: SocketAddr,
     pub outbound: SocketAddr,
+    /// The tap listener (`None` when `WEFT_PROXY_TAP_ADDR=off`).
+    pub tap: Option<SocketAddr>,
 }
 
 /// Runs the proxy until `shutdown` completes, then stops accepting and drains in-flight work for
@@ -83,6 +85,19 @@ pub async fn run(
     let (admin_listener, admin_addr) = bind("admin", env.admin_addr).await?;
     let (inbound_listener, inbound_addr) = bind("inbound", env.inbound_addr).await?;
     let (outbound_listener, outbound_addr) = bind("outbound", env.outbound_addr).await?;
+    let tap_listener = match env.tap_addr {
+        Some(addr) => match bind("tap", addr).await {
+            Ok(bound) => Some(bound),
+            Err(e) if env.tap_addr_defaulted => {
+                // Only where several proxies share a network namespace (tests, one-host meshes);
+                // in a pod the default is free. Not a warning: the proxy serves as it should.
+                tracing::info!(error = %e, "tap is off: its default address is taken (set WEFT_PROXY_TAP_ADDR)");
+                None
+            }
+            Err(e) => return Err(e),
+        },
+        None => None,
+    };
 
     let mut settings = Settings::new(
         env.control_addr.uri.clone(),
@@ -172,17 +187,39 @@ pub async fn run(
     let mesh_identity: Arc<dyn MeshIdentity> = Arc::new(identity.clone());
     let mut listeners: JoinSet<(&'static str, Result<(), String>)> = JoinSet::new();
     // The proxy's own listeners are never an inbound target, whatever the policy lists.
-    let inbound = inbound::serve_reserving(
+    // #18 tap (docs/tap.md): the hub the listeners report to, and its own mTLS listener.
+    let tap = crate::tap::Tap::new(
+        format!("{}/{}", env.pod_namespace, env.pod_name),
+        &env.tap_redact,
+    );
+    tap.set_identity(identity.clone());
+    tap.register(&mut control_registry);
+    let mut reserved = vec![inbound_addr.port(), outbound_addr.port(), admin_addr.port()];
+    let mut tap_addr = None;
+    if let Some((listener, addr)) = tap_listener {
+        reserved.push(addr.port());
+        tap_addr = Some(addr);
+        let served = crate::tap::serve(
+            listener,
+            tap.clone(),
+            identity.clone(),
+            env.tap_identity.clone(),
+            stopped(stop_rx.clone()),
+        );
+        listeners.spawn(async move { ("tap", served.await.map_err(|e| e.to_string())) });
+    }
+    let inbound = inbound::serve_tapped(
         inbound_listener,
         InboundSettings {
             app_ip: env.app_ip,
             drain_grace: env.shutdown_grace,
             tracer: tracer.clone(),
         },
-        [inbound_addr.port(), outbound_addr.port(), admin_addr.port()],
+        reserved,
         config_rx.clone(),
         Arc::clone(&mesh_identity),
         Arc::clone(&metrics),
+        tap.clone(),
         stopped(stop_rx.clone()),
     );
     listeners.spawn(async move { ("inbound", inbound.await.map_err(|e| e.to_string())) });
@@ -193,7 +230,11 @@ pub async fn run(
         Arc::clone(&metrics),
         stopped(stop_rx.clone()),
         env.shutdown_grace,
-        outbound::Extras { tracer, demand },
+        outbound::Extras {
+            tracer,
+            demand,
+            tap,
+        },
     );
     listeners.spawn(async move { ("outbound", outbound.await.map_err(|e| e.to_string())) });
 
@@ -213,12 +254,14 @@ pub async fn run(
             admin: admin_addr,
             inbound: inbound_addr,
             outbound: outbound_addr,
+            tap: tap_addr,
         });
     }
     tracing::info!(
         admin = %admin_addr,
         inbound = %inbound_addr,
         outbound = %outbound_addr,
+        tap = ?tap_addr,
         control = %env.control_addr.uri,
         identity = %env.spiffe_id(),
         "weft-proxy started",

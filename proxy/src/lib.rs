@@ -20,4 +20,5 @@ pub mod route;
 pub mod shed;
 pub mod state;
 pub mod trace;
+pub mod tap;
 pub mod transport;

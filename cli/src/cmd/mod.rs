@@ -8,6 +8,8 @@ pub mod install;
 pub mod proxies;
 pub mod routes;
 pub mod stat;
+pub mod tap;
+pub mod top;
 pub mod verdict;
 pub mod version;
 pub mod webhooks;

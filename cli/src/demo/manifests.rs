@@ -28,6 +28,8 @@ pub const APP_PORT: u16 = 8080;
 pub const INBOUND_PORT: u16 = 4143;
 pub const OUTBOUND_PORT: u16 = 4140;
 pub const PROXY_ADMIN_PORT: u16 = 4191;
+/// The proxies' tap port (`WEFT_PROXY_TAP_ADDR`; the operator reads it for `weft tap`).
+pub const PROXY_TAP_PORT: u16 = 4190;
 pub const DISCOVERY_PORT: u16 = 8086;
 pub const OPERATOR_ADMIN_PORT: u16 = 9990;
 

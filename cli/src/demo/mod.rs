@@ -98,6 +98,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
         other => other,
     };
     mesh.sup.stop_all().await;
+    let _ = std::fs::remove_file(crate::cmd::tap::demo_token_path(opts.layout.prefix));
     if result.is_err() {
         out.line(&format!("logs are in {}", dir.join("logs").display()));
     }
@@ -120,6 +121,11 @@ async fn scripted(opts: &DemoOptions, mesh: &mut Mesh, out: &Output) -> anyhow::
     let _ = std::fs::remove_file(manifests.join("access.yaml"));
     let token = dir.join("bootstrap-token");
     write_atomic(&token, &format!("weft-demo-{}\n", std::process::id()))?;
+    // #18: the operator's admin token (`GET /tap`), kept where `weft tap --demo` finds it.
+    let admin_token = dir.join("admin-token");
+    let secret = random_token()?;
+    write_private(&admin_token, &secret)?;
+    write_private(&crate::cmd::tap::demo_token_path(layout.prefix), &secret)?;
     // The mesh CA, generated here so that proxies get its root out of band and verify the
     // operator over TLS (the operator refuses plaintext).
     let issuer = dir.join("identity");
@@ -160,6 +166,8 @@ async fn scripted(opts: &DemoOptions, mesh: &mut Mesh, out: &Output) -> anyhow::
             token.display().to_string(),
             "--identity-issuer".into(),
             issuer.display().to_string(),
+            "--admin-token-file".into(),
+            admin_token.display().to_string(),
             "--require-control-tls".into(),
             "--require-discovery-identity".into(),
         ],
@@ -467,6 +475,11 @@ fn proxy_env(
             format!("{ip}:{}", manifests::PROXY_ADMIN_PORT),
         ),
         ("WEFT_PROXY_APP_IP", ip.to_string()),
+        // #18: each pod's tap port on its own address, as in a cluster.
+        (
+            "WEFT_PROXY_TAP_ADDR",
+            format!("{ip}:{}", manifests::PROXY_TAP_PORT),
+        ),
         ("WEFT_LOG", "info".to_string()),
     ]
     .into_iter()
@@ -619,6 +632,8 @@ async fn keep_running(mesh: &Mesh, out: &Output) {
          \x20 curl http://{op}:9990/proxies    # which proxy runs which config version\n\
          \x20 curl http://{fe}:4191/metrics    # golden metrics of the frontend's proxy\n\
          \x20 weft stat --demo                 # golden metrics of every proxy\n\
+         \x20 weft tap --demo{ipf}             # live requests (identities, status, latency)\n\
+         \x20 weft top --demo{ipf}             # most-requested paths\n\
          logs: {logs}",
         fe = l.ip(10),
         ba = l.ip(11),
@@ -626,8 +641,38 @@ async fn keep_running(mesh: &Mesh, out: &Output) {
         m = m.display(),
         canary = canary_file(mesh.gateway_api).0,
         logs = mesh.dir.join("logs").display(),
+        ipf = if l.prefix == [127, 42, 0] {
+            String::new()
+        } else {
+            format!(" --ip-prefix {}.{}.{}", l.prefix[0], l.prefix[1], l.prefix[2])
+        },
     ));
     let _ = tokio::signal::ctrl_c().await;
+}
+
+/// 32 hex digits from the OS's random source.
+fn random_token() -> anyhow::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("reading /dev/urandom for the admin token")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Writes a secret readable by its owner only.
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(contents.as_bytes())?;
+    Ok(())
 }
 
 /// Writes via a temporary file and rename, so the operator never reads half a file.

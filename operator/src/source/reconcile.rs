@@ -89,6 +89,8 @@ pub struct Reconciler {
     pods: Option<Arc<PodDirectory>>,
     /// Meshed pods and TrafficSplits, for the TrafficMetrics scraper.
     mesh_view: Option<crate::trafficmetrics::scrape::MeshViewTx>,
+    /// The pods tap reads (#18; kept equal to the model's).
+    tap_pods: Option<Arc<crate::tap::TapDirectory>>,
 }
 
 impl Reconciler {
@@ -112,12 +114,19 @@ impl Reconciler {
             statuses: None,
             pods: None,
             mesh_view: None,
+            tap_pods: None,
         }
     }
 
     /// Also publishes every object's desired status here (for the status writer).
     pub fn with_statuses(mut self, tx: watch::Sender<Arc<Vec<ObjectStatus>>>) -> Self {
         self.statuses = Some(tx);
+        self
+    }
+
+    /// Also keeps tap's directory of pods equal to the model's.
+    pub fn with_tap_pods(mut self, pods: Option<Arc<crate::tap::TapDirectory>>) -> Self {
+        self.tap_pods = pods;
         self
     }
 
@@ -174,6 +183,9 @@ impl Reconciler {
             tx.send_replace(Arc::new(crate::trafficmetrics::scrape::MeshView::of(
                 &self.model,
             )));
+        }
+        if let Some(tap) = self.tap_pods.as_ref().filter(|_| pods_changed || first) {
+            tap.publish(self.model.pods.values().map(|p| p.as_ref()));
         }
         if !first && changed.is_empty() {
             return;

@@ -70,6 +70,16 @@ pub struct ProxyEnv {
     /// `WEFT_PROXY_ON_DEMAND_IDLE` (default 10m): a destination not used for this long is
     /// dropped.
     pub on_demand_idle: Duration,
+    /// `WEFT_PROXY_TAP_ADDR`: the tap listener (`None`: `off`). docs/tap.md.
+    pub tap_addr: Option<SocketAddr>,
+    /// True when `WEFT_PROXY_TAP_ADDR` was not set: a failure to bind the default address
+    /// (several proxies on one host) turns tap off with a warning instead of stopping the proxy.
+    pub tap_addr_defaulted: bool,
+    /// `WEFT_PROXY_TAP_IDENTITY` (default `WEFT_PROXY_CONTROL_IDENTITY`): who may tap; `None`:
+    /// nobody.
+    pub tap_identity: Option<String>,
+    /// `WEFT_PROXY_TAP_REDACT`: more header names whose values tap never reports.
+    pub tap_redact: Vec<String>,
 }
 
 /// A bad or missing environment variable.
@@ -108,6 +118,9 @@ pub const DISCOVERY_MODE: &str = "WEFT_PROXY_DISCOVERY_MODE";
 pub const OUTBOUND_SERVICES: &str = "WEFT_PROXY_OUTBOUND_SERVICES";
 pub const ON_DEMAND_WAIT: &str = "WEFT_PROXY_ON_DEMAND_WAIT";
 pub const ON_DEMAND_IDLE: &str = "WEFT_PROXY_ON_DEMAND_IDLE";
+pub const TAP_ADDR: &str = "WEFT_PROXY_TAP_ADDR";
+pub const TAP_IDENTITY: &str = "WEFT_PROXY_TAP_IDENTITY";
+pub const TAP_REDACT: &str = "WEFT_PROXY_TAP_REDACT";
 
 impl ProxyEnv {
     /// Reads the process environment.
@@ -155,6 +168,33 @@ impl ProxyEnv {
                 ))
             }
         };
+        // #18 tap: who may tap this proxy (the operator, unless told otherwise).
+        let tap_identity = match get(TAP_IDENTITY) {
+            None => control_identity.clone(),
+            Some(v) if is_spiffe_id(v) => Some(v.to_string()),
+            Some(v) => {
+                return Err(invalid(
+                    TAP_IDENTITY,
+                    v,
+                    "expected spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>",
+                ))
+            }
+        };
+        let tap_addr = match get(TAP_ADDR) {
+            Some(v) if v.eq_ignore_ascii_case("off") => None,
+            v => Some(parse_socket_addr(TAP_ADDR, v, crate::tap::DEFAULT_ADDR)?),
+        };
+        let mut tap_redact = Vec::new();
+        for name in get(TAP_REDACT).unwrap_or_default().split(',') {
+            let name = name.trim().to_ascii_lowercase();
+            if name.is_empty() {
+                continue;
+            }
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(invalid(TAP_REDACT, &name, "not a header name"));
+            }
+            tap_redact.push(name);
+        }
         let control_peer = match (&trust_anchors, control_identity) {
             (None, _) if https => {
                 return Err(invalid(
@@ -273,6 +313,10 @@ impl ProxyEnv {
         let on_demand_wait = duration(ON_DEMAND_WAIT, crate::ondemand::DEFAULT_WAIT)?;
         let on_demand_idle = duration(ON_DEMAND_IDLE, crate::ondemand::DEFAULT_IDLE)?;
         Ok(Self {
+            tap_addr_defaulted: get(TAP_ADDR).is_none(),
+            tap_addr,
+            tap_identity,
+            tap_redact,
             workload,
             trace_collector,
             trace_service_name,

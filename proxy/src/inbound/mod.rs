@@ -115,6 +115,7 @@ struct Shared {
     plain: PlainClients,
     /// Concurrency and rate limits per port, kept across config pushes.
     limiters: Limiters,
+    tap: crate::tap::Tap,
 }
 
 /// How a port's bytes are treated, from its policy.
@@ -210,6 +211,25 @@ pub async fn serve_reserving(
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    let tap = crate::tap::Tap::default();
+    serve_tapped(
+        listener, settings, reserved, config, identity, metrics, tap, shutdown,
+    )
+    .await
+}
+
+/// [`serve_reserving`], reporting requests to `tap` (`weft tap`; docs/tap.md).
+#[allow(clippy::too_many_arguments)]
+pub async fn serve_tapped(
+    listener: TcpListener,
+    settings: InboundSettings,
+    reserved: impl IntoIterator<Item = u16>,
+    config: watch::Receiver<Arc<Config>>,
+    identity: Arc<dyn MeshIdentity>,
+    metrics: Arc<Metrics>,
+    tap: crate::tap::Tap,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     let grace = settings.drain_grace;
     let mut reserved: BTreeSet<u16> = reserved.into_iter().filter(|p| *p != 0).collect();
     reserved.insert(listener.local_addr()?.port());
@@ -221,6 +241,7 @@ pub async fn serve_reserving(
         identity,
         metrics,
         plain: PlainClients::new(),
+        tap,
     });
     transport::serve_loop(listener, shutdown, grace, move |stream, _peer, drain| {
         let shared = shared.clone();
@@ -583,7 +604,20 @@ async fn serve_http<I>(
     h::serve_downstream(io, downstream_h2, drain, move |req: Request<Incoming>| {
         let shared = shared.clone();
         let peer = peer.clone();
-        async move { handle_request(&shared, req, port, peer, app_h2).await }
+        async move {
+            // #18 tap: one relaxed load when nobody taps.
+            let tapped = shared.tap.is_active().then(|| {
+                let local = shared.tap_local_id();
+                shared.tap.begin(
+                    crate::tap::Direction::Inbound,
+                    &req,
+                    peer.as_deref(),
+                    local.as_deref(),
+                )
+            });
+            let rsp = handle_request(&shared, req, port, peer, app_h2).await;
+            crate::tap::Tap::finish(tapped.flatten(), rsp)
+        }
     })
     .await;
 }
@@ -916,6 +950,11 @@ fn record(
     rsp: Response<Body>,
     started: Instant,
 ) -> Response<Body> {
+    let mut rsp = rsp;
+    crate::tap::TapMeta::attach(&shared.tap, &mut rsp, || crate::tap::TapMeta {
+        route: authorization.as_str().to_string(),
+        ..Default::default()
+    });
     let authority = LabelValue::port(port);
     // #18: the Linkerd-compatible families.
     let traffic = shared.metrics.traffic(INBOUND, authority.clone(), None);
@@ -931,6 +970,13 @@ fn record(
         started.elapsed(),
     );
     crate::classify::observe(&shared.metrics, traffic, rsp, started)
+}
+
+impl Shared {
+    /// This proxy's identity (the server of an inbound request), for tap events.
+    fn tap_local_id(&self) -> Option<String> {
+        self.tap.local_id()
+    }
 }
 
 /// Only the proxy may assert the client's identity: drops any `x-weft-client-id` the request

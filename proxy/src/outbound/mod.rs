@@ -59,6 +59,7 @@ struct Shared {
     plain: PlainClients,
     mesh: MeshPool,
     tracer: Tracer,
+    tap: crate::tap::Tap,
     /// On-demand discovery: unknown destinations are watched and waited for.
     demand: Option<Arc<Demand>>,
 }
@@ -70,6 +71,8 @@ pub struct Extras {
     pub tracer: Tracer,
     /// On-demand discovery (see [`crate::ondemand`]).
     pub demand: Option<Arc<Demand>>,
+    /// Requests reported to `weft tap` (docs/tap.md).
+    pub tap: crate::tap::Tap,
 }
 
 impl Default for Extras {
@@ -77,6 +80,7 @@ impl Default for Extras {
         Self {
             tracer: Tracer::disabled(),
             demand: None,
+            tap: crate::tap::Tap::default(),
         }
     }
 }
@@ -140,7 +144,11 @@ pub async fn serve_with(
     grace: Duration,
     extras: Extras,
 ) -> std::io::Result<()> {
-    let Extras { tracer, demand } = extras;
+    let Extras {
+        tracer,
+        demand,
+        tap,
+    } = extras;
     let shared = Arc::new(Shared {
         config,
         identity,
@@ -149,6 +157,7 @@ pub async fn serve_with(
         mesh: MeshPool::default(),
         tracer,
         demand,
+        tap,
     });
     transport::serve_loop(listener, shutdown, grace, move |stream, _peer, drain| {
         let shared = shared.clone();
@@ -318,7 +327,20 @@ async fn serve_http<I>(
 {
     h::serve_downstream(io, http2, drain, move |req: Request<Incoming>| {
         let shared = shared.clone();
-        async move { handle_request(&shared, req, dst, http2).await }
+        async move {
+            // #18 tap: one relaxed load when nobody taps.
+            let tapped = shared.tap.is_active().then(|| {
+                let local = shared.tap.local_id();
+                shared.tap.begin(
+                    crate::tap::Direction::Outbound,
+                    &req,
+                    local.as_deref(),
+                    None,
+                )
+            });
+            let rsp = handle_request(&shared, req, dst, http2).await;
+            crate::tap::Tap::finish(tapped.flatten(), rsp)
+        }
     })
     .await;
 }
@@ -338,6 +360,12 @@ fn record(
     rsp: Response<Body>,
     started: Instant,
 ) -> Response<Body> {
+    let mut rsp = rsp;
+    crate::tap::TapMeta::attach(&shared.tap, &mut rsp, || crate::tap::TapMeta {
+        route: labels.route.as_str().to_string(),
+        backend: labels.backend.as_str().to_string(),
+        server_id: peer.as_deref().map(str::to_string),
+    });
     let labels = labels.clone();
     if shared.tracer.exporting() {
         trace::note(labels.route.as_str(), peer.as_ref());
