@@ -361,6 +361,13 @@ impl Runtime {
                 handler: Arc::new(metrics_api),
                 version: crate::trafficmetrics::VERSION,
             }];
+            // tap.weft.io: only when the operator can tap (it holds the mesh issuer).
+            if let Some(tapper) = &tapper {
+                groups.push(ServedGroup {
+                    handler: Arc::new(crate::tap::api::TapGroup::new(tapper.clone())),
+                    version: crate::tap::api::VERSION,
+                });
+            }
             groups.extend(a.groups.iter().cloned());
             let state = ApiServerState {
                 front_proxy: Arc::new(front),
