@@ -38,7 +38,7 @@ use crate::http::deadline;
 use crate::http::upgrade::{self, Splice};
 use crate::http::{self as h, Body, PlainClients};
 use crate::metrics::{
-    self, LabelValue, LatencyLabels, Metrics, OutboundLabels, RequestLabels, OUTBOUND,
+    self, DstEndpoint, LabelValue, LatencyLabels, Metrics, OutboundLabels, RequestLabels, OUTBOUND,
 };
 use crate::route::{self, RequestInfo};
 use crate::shed::{self, Shed};
@@ -252,7 +252,7 @@ struct Labels {
 fn record(
     shared: &Shared,
     labels: &Labels,
-    peer: Option<Arc<str>>,
+    peer: Option<Arc<DstEndpoint>>,
     rsp: Response<Body>,
     started: Instant,
 ) -> Response<Body> {
@@ -270,9 +270,10 @@ fn record(
                 None => (LabelValue::inline(namespace), labels.backend.clone()),
             },
         });
+    let server_id = peer.as_ref().map_or(LabelValue::EMPTY, |p| p.server_id.clone());
     let traffic = shared
         .metrics
-        .traffic(OUTBOUND, labels.authority.clone(), dst);
+        .outbound_traffic(labels.authority.clone(), dst, peer);
     shared.metrics.request(
         RequestLabels {
             direction: OUTBOUND,
@@ -280,7 +281,7 @@ fn record(
             route: labels.route,
             backend: labels.backend,
             status_class: metrics::status_class(rsp.status()),
-            peer: peer.map_or(LabelValue::EMPTY, LabelValue::Shared),
+            peer: server_id,
         },
         started.elapsed(),
     );
@@ -410,7 +411,7 @@ async fn handle_request(
         backend: (&backend.service).into(),
     };
     // The client sees the backend's response edits, then the route's.
-    let respond = |mut rsp: Response<Body>, peer: Option<Arc<str>>| {
+    let respond = |mut rsp: Response<Body>, peer: Option<Arc<DstEndpoint>>| {
         filter::apply_response(&backend.filters, rsp.headers_mut());
         filter::apply_response(&route.filters, rsp.headers_mut());
         record(shared, &labels, peer, rsp, started)
@@ -680,7 +681,7 @@ async fn forward(
     backend: &Backend,
     labels: &Labels,
     how: Attempts,
-) -> (Response<Body>, Option<Arc<str>>) {
+) -> (Response<Body>, Option<Arc<DstEndpoint>>) {
     let Attempts {
         app_h2,
         deadline,
@@ -851,7 +852,7 @@ struct Limit {
 /// What one attempt gave.
 struct Attempt {
     rsp: Response<Body>,
-    peer: Option<Arc<str>>,
+    peer: Option<Arc<DstEndpoint>>,
     /// The endpoint it went to.
     addr: Option<SocketAddr>,
     /// Whether it reached an endpoint at all (not refused by the proxy itself).
@@ -893,7 +894,7 @@ async fn attempt_once(
         mut probe,
     } = picked;
     let started = Instant::now();
-    let peer = ep.identity.clone();
+    let peer = Some(ep.dst.clone());
     let send = async {
         match ep.mesh_target() {
             Some((addr, identity)) => send_mesh(shared, req, ep, addr, identity, app_h2).await,
@@ -1052,7 +1053,7 @@ async fn forward_upgrade(
     svc: &OutboundService,
     backend: &Backend,
     timeout: Duration,
-) -> (Response<Body>, Option<Arc<str>>) {
+) -> (Response<Body>, Option<Arc<DstEndpoint>>) {
     let picked = pick::pick(
         backend,
         svc.policy.max_requests_per_endpoint,
@@ -1065,7 +1066,7 @@ async fn forward_upgrade(
         Ok(Picked { ep, .. }) => ep,
         Err(why) => return (unpicked(shared, svc, backend, why), None),
     };
-    let peer = ep.identity.clone();
+    let peer = Some(ep.dst.clone());
     let downstream = hyper::upgrade::on(&mut req);
     let (mut head, body) = req.into_parts();
     upgrade::keep_upgrade_headers(&mut head.headers);
