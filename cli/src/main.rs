@@ -511,7 +511,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             let from = from
                 .map(|r| cmd::edges::Resource::parse(&r, ns))
                 .transpose()?;
-            let to = to.map(|r| cmd::edges::Resource::parse(&r, ns)).transpose()?;
+            let to = to
+                .map(|r| cmd::edges::Resource::parse(&r, ns))
+                .transpose()?;
             let (targets, client) =
                 cmd::stat::resolve_targets(proxy_admin, demo, ns, &cluster).await?;
             let rows = if from.is_some() || to.is_some() {

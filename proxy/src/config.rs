@@ -1699,6 +1699,7 @@ mod tests {
                         identity: "spiffe://cluster.local/ns/demo/sa/api".into(),
                         inbound_port: 4143,
                         pod: "demo/api-0".into(),
+                        workload: "statefulset/api".into(),
                     }],
                 }),
             ),

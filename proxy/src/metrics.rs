@@ -1265,7 +1265,12 @@ mod tests {
         let text = m.encode();
         let me = "namespace=\"demo\",pod=\"web-0\",deployment=\"web\"";
         assert!(text.contains(&format!("request_total{{direction=\"inbound\",authority=\":8080\",{me},tls=\"true\",client_id=\"spiffe://cluster.local/ns/demo/sa/batch\"}} 1")), "{text}");
-        assert!(text.contains(&format!("request_total{{direction=\"inbound\",authority=\":8080\",{me},tls=\"false\"}} 1")), "{text}");
+        assert!(
+            text.contains(&format!(
+                "request_total{{direction=\"inbound\",authority=\":8080\",{me},tls=\"false\"}} 1"
+            )),
+            "{text}"
+        );
         assert!(text.contains(&format!("request_total{{direction=\"outbound\",authority=\"api.demo\",dst_namespace=\"demo\",dst_service=\"api-v1\",dst_pod=\"api-v1-7c9b4d5f8-x2k9p\",dst_deployment=\"api-v1\",server_id=\"spiffe://cluster.local/ns/demo/sa/api\",{me},tls=\"true\"}} 3")), "{text}");
         assert!(text.contains(&format!("request_total{{direction=\"outbound\",authority=\"db.demo\",dst_pod=\"db-0\",dst_statefulset=\"db\",{me},tls=\"false\"}} 1")), "{text}");
     }

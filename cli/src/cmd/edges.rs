@@ -128,28 +128,22 @@ fn workload_name(labels: &BTreeMap<String, String>, prefix: &str) -> Option<Stri
 /// The proxy's own name (namespace and workload, else pod), from any of its Linkerd-compatible
 /// series; `None` when it has none yet.
 pub fn proxy_peer(samples: &[Sample]) -> Option<Peer> {
-    samples
-        .iter()
-        .filter(|s| is_compat(&s.name))
-        .find_map(|s| {
-            Some(Peer {
-                namespace: s.labels.get("namespace").cloned().unwrap_or_default(),
-                name: workload_name(&s.labels, "")?,
-            })
+    samples.iter().filter(|s| is_compat(&s.name)).find_map(|s| {
+        Some(Peer {
+            namespace: s.labels.get("namespace").cloned().unwrap_or_default(),
+            name: workload_name(&s.labels, "")?,
         })
+    })
 }
 
 /// The proxy's own pod, `pod/<name>`.
 pub fn proxy_pod(samples: &[Sample]) -> Option<Peer> {
-    samples
-        .iter()
-        .filter(|s| is_compat(&s.name))
-        .find_map(|s| {
-            Some(Peer {
-                namespace: s.labels.get("namespace").cloned().unwrap_or_default(),
-                name: format!("pod/{}", s.labels.get("pod").filter(|p| !p.is_empty())?),
-            })
+    samples.iter().filter(|s| is_compat(&s.name)).find_map(|s| {
+        Some(Peer {
+            namespace: s.labels.get("namespace").cloned().unwrap_or_default(),
+            name: format!("pod/{}", s.labels.get("pod").filter(|p| !p.is_empty())?),
         })
+    })
 }
 
 fn is_compat(name: &str) -> bool {
@@ -192,9 +186,7 @@ fn status_class(code: &str) -> String {
 
 /// The edges of one set of readings, with their cumulative counts, and the inbound counts by
 /// (callee proxy, client identity) for the cross-check.
-fn accumulate(
-    readings: &[Reading],
-) -> (BTreeMap<EdgeKey, Acc>, BTreeMap<(Peer, String), f64>) {
+fn accumulate(readings: &[Reading]) -> (BTreeMap<EdgeKey, Acc>, BTreeMap<(Peer, String), f64>) {
     let identities: BTreeSet<&str> = readings
         .iter()
         .map(|r| r.identity.as_str())
@@ -274,7 +266,9 @@ fn accumulate(
             match bucket {
                 Some(le) => *acc.buckets.entry(le.to_bits()).or_default() += s.value,
                 None => {
-                    *acc.by_class.entry(status_class(&l("status_code"))).or_default() += s.value;
+                    *acc.by_class
+                        .entry(status_class(&l("status_code")))
+                        .or_default() += s.value;
                     if l("classification") == "failure" {
                         acc.failures += s.value;
                     }
@@ -358,7 +352,9 @@ pub struct Resource {
 impl Resource {
     pub fn parse(s: &str, namespace: Option<&str>) -> anyhow::Result<Self> {
         let Some((kind, name)) = s.split_once('/') else {
-            bail!("{s:?}: expected KIND/NAME, e.g. deploy/web, sts/db, pod/web-0, svc/api, ns/demo");
+            bail!(
+                "{s:?}: expected KIND/NAME, e.g. deploy/web, sts/db, pod/web-0, svc/api, ns/demo"
+            );
         };
         let kind = match kind.to_ascii_lowercase().as_str() {
             "deploy" | "deployment" | "deployments" => "deployment",
@@ -370,7 +366,9 @@ impl Resource {
             "po" | "pod" | "pods" => "pod",
             "svc" | "service" | "services" => "service",
             "ns" | "namespace" | "namespaces" => "namespace",
-            other => bail!("{s:?}: unknown kind {other:?} (deploy, sts, ds, rs, job, cronjob, pod, svc, ns)"),
+            other => bail!(
+                "{s:?}: unknown kind {other:?} (deploy, sts, ds, rs, job, cronjob, pod, svc, ns)"
+            ),
         };
         if name.is_empty() || name.contains('/') {
             bail!("{s:?}: expected KIND/NAME");
@@ -445,6 +443,12 @@ pub async fn read_twice(
     }
     let first = read_all(targets, client, what).await?;
     let t0 = Instant::now();
+    // Progress on stderr: the window starts now (tests wait for this line before sending).
+    eprintln!(
+        "{what}: read {} proxies; measuring for {} ms",
+        first.len(),
+        window.as_millis()
+    );
     tokio::time::sleep(window).await;
     let second = read_all(targets, client, what).await?;
     Ok((first, second, t0.elapsed().as_secs_f64().max(0.001)))
@@ -472,8 +476,13 @@ pub fn rows(edges: &[Edge], filter: Option<&Resource>) -> Vec<Row> {
         })
         .collect();
     out.sort_by(|x, y| {
-        (&x.src, &x.dst, &x.client_id, &x.server_id, x.tls)
-            .cmp(&(&y.src, &y.dst, &y.client_id, &y.server_id, y.tls))
+        (&x.src, &x.dst, &x.client_id, &x.server_id, x.tls).cmp(&(
+            &y.src,
+            &y.dst,
+            &y.client_id,
+            &y.server_id,
+            y.tls,
+        ))
     });
     out
 }

@@ -182,7 +182,8 @@ pub fn edge_rows(
 ) -> Vec<Row> {
     let mut acc: BTreeMap<(String, String), Acc> = BTreeMap::new();
     for e in all {
-        if from.is_some_and(|f| !f.matches(&e.key.src)) || to.is_some_and(|t| !t.matches(&e.key.dst))
+        if from.is_some_and(|f| !f.matches(&e.key.src))
+            || to.is_some_and(|t| !t.matches(&e.key.dst))
         {
             continue;
         }
@@ -230,9 +231,8 @@ pub async fn fetch(
             },
             Some(client),
         ) => {
-            let path = format!(
-                "/api/v1/namespaces/{namespace}/pods/{name}:{admin_port}/proxy{path}"
-            );
+            let path =
+                format!("/api/v1/namespaces/{namespace}/pods/{name}:{admin_port}/proxy{path}");
             let req = http::Request::get(path).body(Vec::new())?;
             match tokio::time::timeout(Duration::from_secs(5), client.request_text(req)).await {
                 Ok(Ok(text)) => text,
@@ -302,12 +302,7 @@ fn accumulate(scrape: &[edges::Reading], by: GroupBy) -> BTreeMap<(String, Strin
     acc
 }
 
-fn rows(
-    first: &[edges::Reading],
-    second: &[edges::Reading],
-    secs: f64,
-    by: GroupBy,
-) -> Vec<Row> {
+fn rows(first: &[edges::Reading], second: &[edges::Reading], secs: f64, by: GroupBy) -> Vec<Row> {
     // Only proxies read both times: one that appeared in between has no difference to report.
     let before: BTreeSet<&str> = first.iter().map(|r| r.target.as_str()).collect();
     let second: Vec<edges::Reading> = second

@@ -270,7 +270,9 @@ fn record(
                 None => (LabelValue::inline(namespace), labels.backend.clone()),
             },
         });
-    let server_id = peer.as_ref().map_or(LabelValue::EMPTY, |p| p.server_id.clone());
+    let server_id = peer
+        .as_ref()
+        .map_or(LabelValue::EMPTY, |p| p.server_id.clone());
     let traffic = shared
         .metrics
         .outbound_traffic(labels.authority.clone(), dst, peer);
