@@ -73,6 +73,9 @@ impl std::fmt::Display for Peer {
 pub struct EdgeKey {
     pub src: Peer,
     pub dst: Peer,
+    /// Outbound: the service (or TrafficSplit backend) the request went to, `dst_service`;
+    /// empty for edges seen inbound.
+    pub service: String,
     /// The caller's SPIFFE ID; empty when it had none.
     pub client_id: String,
     /// The callee's SPIFFE ID; empty when it is not meshed.
@@ -231,6 +234,7 @@ fn accumulate(readings: &[Reading]) -> (BTreeMap<EdgeKey, Acc>, BTreeMap<(Peer, 
                             namespace: dst_ns,
                             name: dst,
                         },
+                        service: l("dst_service"),
                         client_id: r.identity.clone(),
                         server_id: l("server_id"),
                         tls,
@@ -255,6 +259,7 @@ fn accumulate(readings: &[Reading]) -> (BTreeMap<EdgeKey, Acc>, BTreeMap<(Peer, 
                             },
                         },
                         dst: me.clone(),
+                        service: String::new(),
                         client_id: client,
                         server_id: r.identity.clone(),
                         tls,
@@ -380,6 +385,24 @@ impl Resource {
         })
     }
 
+    /// Whether `key`'s caller is (part of) this resource. A service is never a caller.
+    pub fn matches_src(&self, key: &EdgeKey) -> bool {
+        self.kind != "service" && self.matches(&key.src)
+    }
+
+    /// Whether `key`'s callee is (part of) this resource: a service matches the requests sent
+    /// to it (`dst_service`: a TrafficSplit's backend, or the service addressed).
+    pub fn matches_dst(&self, key: &EdgeKey) -> bool {
+        if self.kind == "service" {
+            let ns_ok = self
+                .namespace
+                .as_deref()
+                .is_none_or(|ns| ns == key.dst.namespace);
+            return ns_ok && (key.service == self.name || self.matches(&key.dst));
+        }
+        self.matches(&key.dst)
+    }
+
     /// Whether `peer` is (part of) this resource. A pod peer matches `pod/<name>`; a workload
     /// peer its workload; a service peer `svc/<name>`; any peer its namespace.
     pub fn matches(&self, peer: &Peer) -> bool {
@@ -404,6 +427,8 @@ impl Resource {
 pub struct Row {
     pub src: Peer,
     pub dst: Peer,
+    /// The service the caller addressed (`dst_service`); empty for edges seen inbound.
+    pub service: String,
     pub client_id: String,
     pub server_id: String,
     pub tls: bool,
@@ -457,7 +482,7 @@ pub async fn read_twice(
 pub fn rows(edges: &[Edge], filter: Option<&Resource>) -> Vec<Row> {
     let mut out: Vec<Row> = edges
         .iter()
-        .filter(|e| filter.is_none_or(|f| f.matches(&e.key.src) || f.matches(&e.key.dst)))
+        .filter(|e| filter.is_none_or(|f| f.matches_src(&e.key) || f.matches_dst(&e.key)))
         .map(|e| {
             let total = e.requests();
             let ok = e.by_class.get("2xx").copied().unwrap_or(0.0)
@@ -465,6 +490,7 @@ pub fn rows(edges: &[Edge], filter: Option<&Resource>) -> Vec<Row> {
             Row {
                 src: e.key.src.clone(),
                 dst: e.key.dst.clone(),
+                service: e.key.service.clone(),
                 client_id: e.key.client_id.clone(),
                 server_id: e.key.server_id.clone(),
                 tls: e.key.tls,
@@ -476,13 +502,22 @@ pub fn rows(edges: &[Edge], filter: Option<&Resource>) -> Vec<Row> {
         })
         .collect();
     out.sort_by(|x, y| {
-        (&x.src, &x.dst, &x.client_id, &x.server_id, x.tls).cmp(&(
-            &y.src,
-            &y.dst,
-            &y.client_id,
-            &y.server_id,
-            y.tls,
-        ))
+        (
+            &x.src,
+            &x.dst,
+            &x.service,
+            &x.client_id,
+            &x.server_id,
+            x.tls,
+        )
+            .cmp(&(
+                &y.src,
+                &y.dst,
+                &y.service,
+                &y.client_id,
+                &y.server_id,
+                y.tls,
+            ))
     });
     out
 }
@@ -499,10 +534,11 @@ pub fn print(rows: &[Row], format: OutputFormat) -> anyhow::Result<()> {
                     s.to_string()
                 }
             };
-            let table: Vec<[String; 7]> = rows
+            let wide = format == OutputFormat::Wide;
+            let table: Vec<Vec<String>> = rows
                 .iter()
                 .map(|r| {
-                    [
+                    let mut row = vec![
                         r.src.to_string(),
                         r.dst.to_string(),
                         dash(&r.client_id),
@@ -512,10 +548,15 @@ pub fn print(rows: &[Row], format: OutputFormat) -> anyhow::Result<()> {
                         r.success_rate
                             .map(|s| format!("{:.2}%", s * 100.0))
                             .unwrap_or_else(|| "-".into()),
-                    ]
+                    ];
+                    if wide {
+                        row.push(dash(&r.service));
+                        row.push(r.failures.to_string());
+                    }
+                    row
                 })
                 .collect();
-            let head = [
+            let mut head = vec![
                 "SRC",
                 "DST",
                 "CLIENT_ID",
@@ -524,7 +565,10 @@ pub fn print(rows: &[Row], format: OutputFormat) -> anyhow::Result<()> {
                 "REQUESTS",
                 "SUCCESS",
             ];
-            let mut widths = head.map(str::len);
+            if wide {
+                head.extend(["SERVICE", "FAILURES"]);
+            }
+            let mut widths: Vec<usize> = head.iter().map(|h| h.len()).collect();
             for row in &table {
                 for (w, c) in widths.iter_mut().zip(row) {
                     *w = (*w).max(c.len());
@@ -532,7 +576,7 @@ pub fn print(rows: &[Row], format: OutputFormat) -> anyhow::Result<()> {
             }
             let line = |cells: &[String]| {
                 let mut s = String::new();
-                for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
+                for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
                     if i > 0 {
                         s.push_str("  ");
                     }
@@ -540,7 +584,7 @@ pub fn print(rows: &[Row], format: OutputFormat) -> anyhow::Result<()> {
                 }
                 println!("{}", s.trim_end());
             };
-            line(&head.map(str::to_owned));
+            line(&head.iter().map(|h| h.to_string()).collect::<Vec<_>>());
             for row in &table {
                 line(row);
             }
@@ -613,6 +657,11 @@ mod tests {
         // A filter keeps the edges that touch it.
         let f = Resource::parse("deploy/web", None).unwrap();
         assert_eq!(rows(&e, Some(&f)).len(), 1);
+        // A service is the callee the requests were sent to, never a caller.
+        let svc = Resource::parse("svc/api", Some("demo")).unwrap();
+        let r = rows(&e, Some(&svc));
+        assert_eq!(r.len(), 1, "{r:#?}");
+        assert_eq!(r[0].service, "api");
     }
 
     #[test]

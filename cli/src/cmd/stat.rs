@@ -182,8 +182,8 @@ pub fn edge_rows(
 ) -> Vec<Row> {
     let mut acc: BTreeMap<(String, String), Acc> = BTreeMap::new();
     for e in all {
-        if from.is_some_and(|f| !f.matches(&e.key.src))
-            || to.is_some_and(|t| !t.matches(&e.key.dst))
+        if from.is_some_and(|f| !f.matches_src(&e.key))
+            || to.is_some_and(|t| !t.matches_dst(&e.key))
         {
             continue;
         }
