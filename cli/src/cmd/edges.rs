@@ -153,18 +153,24 @@ fn is_compat(name: &str) -> bool {
     name == "request_total" || name == "response_total" || name.starts_with("response_latency_ms")
 }
 
-/// Reads every target's `/metrics` (and its identity from `/config`).
+/// Reads every target's `/metrics` (and, with `identities`, its identity from `/config`).
 pub async fn read_all(
     targets: &[Target],
     client: Option<&kube::Client>,
     what: &str,
+    identities: bool,
 ) -> anyhow::Result<Vec<Reading>> {
     let mut out = Vec::new();
     for t in targets {
         let Some(body) = stat::fetch(t, client, "/metrics", what).await? else {
             continue;
         };
-        let identity = match stat::fetch(t, client, "/config", what).await {
+        let config = if identities {
+            stat::fetch(t, client, "/config", what).await
+        } else {
+            Ok(None)
+        };
+        let identity = match config {
             Ok(Some(config)) => serde_json::from_str::<serde_json::Value>(&config)
                 .ok()
                 .and_then(|v| v.pointer("/identity/id")?.as_str().map(str::to_owned))
@@ -452,21 +458,23 @@ pub async fn collect(
     window: Duration,
     filter: Option<&Resource>,
 ) -> anyhow::Result<Vec<Row>> {
-    let (first, second, _) = read_twice(targets, client, window, "weft edges").await?;
+    let (first, second, _) = read_twice(targets, client, window, "weft edges", true).await?;
     Ok(rows(&edges(&first, &second), filter))
 }
 
-/// Two readings of every target, `window` apart, and the seconds between them.
+/// Two readings of every target, `window` apart, and the seconds between them; with
+/// `identities`, each proxy's own identity too (edges need it; plain `weft stat` does not).
 pub async fn read_twice(
     targets: &[Target],
     client: Option<&kube::Client>,
     window: Duration,
     what: &str,
+    identities: bool,
 ) -> anyhow::Result<(Vec<Reading>, Vec<Reading>, f64)> {
     if targets.is_empty() {
         bail!("no proxies to read: pass --proxy-admin ADDR (repeatable), --demo, or run against a cluster with meshed pods");
     }
-    let first = read_all(targets, client, what).await?;
+    let first = read_all(targets, client, what, identities).await?;
     let t0 = Instant::now();
     // Progress on stderr: the window starts now (tests wait for this line before sending).
     eprintln!(
@@ -475,7 +483,7 @@ pub async fn read_twice(
         window.as_millis()
     );
     tokio::time::sleep(window).await;
-    let second = read_all(targets, client, what).await?;
+    let second = read_all(targets, client, what, identities).await?;
     Ok((first, second, t0.elapsed().as_secs_f64().max(0.001)))
 }
 

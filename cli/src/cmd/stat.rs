@@ -156,7 +156,8 @@ pub async fn collect(
     window: Duration,
     by: GroupBy,
 ) -> anyhow::Result<Vec<Row>> {
-    let (first, second, secs) = edges::read_twice(targets, client, window, "weft stat").await?;
+    let (first, second, secs) =
+        edges::read_twice(targets, client, window, "weft stat", false).await?;
     Ok(rows(&first, &second, secs, by))
 }
 
@@ -169,7 +170,8 @@ pub async fn collect_edges(
     from: Option<&edges::Resource>,
     to: Option<&edges::Resource>,
 ) -> anyhow::Result<Vec<Row>> {
-    let (first, second, secs) = edges::read_twice(targets, client, window, "weft stat").await?;
+    let (first, second, secs) =
+        edges::read_twice(targets, client, window, "weft stat", true).await?;
     Ok(edge_rows(&edges::edges(&first, &second), secs, from, to))
 }
 
