@@ -94,10 +94,56 @@ fn value(text: &str, family: &str, labels: &[(&str, &str)], absent: &[&str]) -> 
         .unwrap_or_else(|| panic!("no value in {}", hits[0]))
 }
 
+/// Waits until `pod`'s `response_total` series with `labels` (and none of `absent`) reaches
+/// `n`: a response is counted when its stream ends, just after the client read its last byte.
+async fn settled(
+    mesh: &LoopbackMesh,
+    pod: &str,
+    labels: &[(&str, &str)],
+    absent: &[&str],
+    n: usize,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = metrics(mesh, pod).await;
+        let has = text
+            .lines()
+            .filter(|l| l.starts_with("response_total{"))
+            .filter(|l| {
+                labels
+                    .iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+            })
+            .filter(|l| absent.iter().all(|k| !l.contains(&format!(",{k}=\""))))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+        if has >= n as f64 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{pod}: response_total {labels:?} stayed at {has}, expected {n}\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// [`traffic`], then waits until both proxies counted every response (`round` rounds so far).
+async fn traffic_counted(mesh: &LoopbackMesh, round: usize) {
+    traffic(mesh).await;
+    let web_id = mesh.spiffe("web");
+    let outbound = [("direction", "outbound"), ("dst_pod", "api-0")];
+    settled(mesh, "web-0", &outbound, &[], MESHED * round).await;
+    let from_web = [("direction", "inbound"), ("client_id", web_id.as_str())];
+    settled(mesh, "api-0", &from_web, &[], MESHED * round).await;
+    let plain = [("direction", "inbound"), ("tls", "false")];
+    settled(mesh, "api-0", &plain, &["client_id"], UNMESHED * round).await;
+}
+
 #[tokio::test]
 async fn caller_and_callee_labels_are_on_the_wire() {
     let mesh = mesh().await;
-    traffic(&mesh).await;
+    traffic_counted(&mesh, 1).await;
     let web_id = mesh.spiffe("web");
     let api_id = mesh.spiffe("api");
     let api = metrics(&mesh, "api-0").await;
@@ -202,7 +248,7 @@ async fn json_of(child: tokio::process::Child) -> Value {
 async fn weft_edges_and_stat_from_to_report_the_window_exactly() {
     let mesh = mesh().await;
     // Traffic before the window: not counted.
-    traffic(&mesh).await;
+    traffic_counted(&mesh, 1).await;
     let edges = start_weft(&mesh, &["edges"]).await;
     let stat = start_weft(
         &mesh,
@@ -218,7 +264,9 @@ async fn weft_edges_and_stat_from_to_report_the_window_exactly() {
     )
     .await;
     let to_api = start_weft(&mesh, &["stat", "--to", "deploy/api"]).await;
-    traffic(&mesh).await;
+    // Inside the 10 s window (counted before it ends: the test fails, rather than pass wrongly,
+    // if the machine is too slow for that).
+    traffic_counted(&mesh, 2).await;
 
     let edges = json_of(edges).await;
     let rows = edges.as_array().unwrap_or_else(|| panic!("{edges}"));
