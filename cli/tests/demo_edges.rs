@@ -80,7 +80,7 @@ fn edges_and_stat_from_show_the_demo_callers_apart() {
             "--plain",
             "--keep",
             "--duration",
-            "12s",
+            "20s",
             "--ip-prefix",
             PREFIX,
             "--rate",
