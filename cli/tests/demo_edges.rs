@@ -95,7 +95,8 @@ fn edges_and_stat_from_show_the_demo_callers_apart() {
     let stdout = child.stdout.take().expect("stdout");
     let demo = Demo(child);
     let mut seen = String::new();
-    for line in BufReader::new(stdout).lines() {
+    let mut lines = BufReader::new(stdout).lines();
+    for line in lines.by_ref() {
         let line = line.unwrap_or_default();
         seen.push_str(&line);
         seen.push('\n');
@@ -103,6 +104,8 @@ fn edges_and_stat_from_show_the_demo_callers_apart() {
             break;
         }
     }
+    // Keep reading: a closed stdout would stop the demo at its next line.
+    std::thread::spawn(move || lines.for_each(drop));
     assert!(
         seen.contains("the mesh keeps running"),
         "the demo ended before keeping the mesh running:\n{seen}"
