@@ -168,7 +168,7 @@ enum Command {
     },
     /// Golden metrics (success rate, rps, latency percentiles) per workload, service, backend or route.
     #[command(
-        after_help = "Examples:\n  weft stat --demo                          # every proxy of a running `weft demo`\n  weft stat --proxy-admin 127.42.0.10:4191 --by route\n  weft stat --demo --window 10s -o json"
+        after_help = "Examples:\n  weft stat --demo                          # every proxy of a running `weft demo`\n  weft stat --proxy-admin 127.42.0.10:4191 --by route\n  weft stat --demo --from deploy/frontend --to deploy/api\n  weft stat --demo --window 10s -o json"
     )]
     Stat {
         /// A proxy's admin address (host:port); repeatable.
@@ -184,6 +184,37 @@ enum Command {
         #[arg(long, value_enum, default_value = "backend")]
         by: cmd::stat::GroupBy,
         /// The measurement window (two scrapes this far apart).
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        window: Duration,
+        /// Only the traffic of this caller (KIND/NAME: deploy/web, sts/db, pod/web-0, ns/demo),
+        /// one row per caller and callee (from the caller's outbound metrics).
+        #[arg(long, value_name = "RESOURCE")]
+        from: Option<String>,
+        /// Only the traffic to this callee (KIND/NAME: deploy/api, svc/api, pod/api-0, ns/demo).
+        #[arg(long, value_name = "RESOURCE")]
+        to: Option<String>,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: OutputFormat,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// Who calls whom: callers, callees, their identities, whether mTLS was used, requests.
+    #[command(
+        after_help = "Examples:\n  weft edges --demo\n  weft edges deploy/api -n demo --window 10s\n  weft edges --proxy-admin 127.42.0.10:4191 --proxy-admin 127.42.0.20:4191 -o json"
+    )]
+    Edges {
+        /// Only the edges to or from this resource (KIND/NAME: deploy/web, pod/web-0, svc/api, ns/demo).
+        resource: Option<String>,
+        /// A proxy's admin address (host:port); repeatable.
+        #[arg(long = "proxy-admin")]
+        proxy_admin: Vec<String>,
+        /// Read every proxy of a `weft demo` running with the default layout.
+        #[arg(long)]
+        demo: bool,
+        /// In a cluster: only meshed pods of this namespace; also the namespace of RESOURCE.
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// The measurement window (two readings this far apart).
         #[arg(long, default_value = "5s", value_parser = parse_duration)]
         window: Duration,
         #[arg(short, long, value_enum, default_value = "table")]
@@ -564,43 +595,33 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             namespace,
             by,
             window,
+            from,
+            to,
             output,
             cluster,
         } => {
-            let mut targets: Vec<cmd::stat::Target> = proxy_admin
-                .into_iter()
-                .map(cmd::stat::Target::Direct)
-                .collect();
-            if demo {
-                let layout = demo::manifests::Layout {
-                    prefix: [127, 42, 0],
-                };
-                targets.extend(demo::manifests::PODS.iter().map(|p| {
-                    cmd::stat::Target::Direct(format!(
-                        "{}:{}",
-                        layout.ip(p.host),
-                        demo::manifests::PROXY_ADMIN_PORT
-                    ))
-                }));
-            }
-            let client = if targets.is_empty() {
-                // In a cluster: every meshed pod, through the API server's pod proxy.
-                let client = cluster
-                    .connect()
-                    .await
-                    .map_err(|e| {
-                        anyhow::anyhow!(
-                            "no --proxy-admin or --demo given, and {}",
-                            term::error_text(&e)
-                        )
-                    })?
-                    .client;
-                targets = cmd::stat::cluster_targets(&client, namespace.as_deref()).await?;
-                Some(client)
+            // #18: --from/--to name resources, in --namespace when given.
+            let ns = namespace.as_deref();
+            let from = from
+                .map(|r| cmd::edges::Resource::parse(&r, ns))
+                .transpose()?;
+            let to = to
+                .map(|r| cmd::edges::Resource::parse(&r, ns))
+                .transpose()?;
+            let (targets, client) =
+                cmd::stat::resolve_targets(proxy_admin, demo, ns, &cluster).await?;
+            let rows = if from.is_some() || to.is_some() {
+                cmd::stat::collect_edges(
+                    &targets,
+                    client.as_ref(),
+                    window,
+                    from.as_ref(),
+                    to.as_ref(),
+                )
+                .await?
             } else {
-                None
+                cmd::stat::collect(&targets, client.as_ref(), window, by).await?
             };
-            let rows = cmd::stat::collect(&targets, client.as_ref(), window, by).await?;
             cmd::stat::print(&rows, output)?;
             Ok(exit::OK)
         }
@@ -616,6 +637,27 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         } => {
             let source = tap.source()?;
             cmd::top::run(&source, &tap.request(), plain, duration).await?;
+            Ok(exit::OK)
+        }
+        // #18
+        Command::Edges {
+            resource,
+            proxy_admin,
+            demo,
+            namespace,
+            window,
+            output,
+            cluster,
+        } => {
+            let ns = namespace.as_deref();
+            let filter = resource
+                .map(|r| cmd::edges::Resource::parse(&r, ns))
+                .transpose()?;
+            let (targets, client) =
+                cmd::stat::resolve_targets(proxy_admin, demo, ns, &cluster).await?;
+            let rows =
+                cmd::edges::collect(&targets, client.as_ref(), window, filter.as_ref()).await?;
+            cmd::edges::print(&rows, output)?;
             Ok(exit::OK)
         }
         Command::Check {

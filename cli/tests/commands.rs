@@ -25,6 +25,31 @@ fn stdout(o: &Output) -> String {
 }
 
 /// Serves `routes` (path → (content type, body)) over HTTP/1.1 for `n` connections.
+/// A fake admin server that answers its i-th connection with `bodies[i]` (whatever the path),
+/// then stops.
+fn fake_admin_seq(bodies: Vec<String>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    std::thread::spawn(move || {
+        for (stream, body) in listener.incoming().zip(bodies) {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).map(|n| n == 0).unwrap_or(true) || h == "\r\n" {
+                    break;
+                }
+            }
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    addr
+}
+
 fn fake_admin(routes: Vec<(&'static str, String)>, n: usize) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr").to_string();
@@ -396,8 +421,24 @@ fn stat_computes_rates_from_two_scrapes() {
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let rows: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
-    assert_eq!(rows[0]["name"], "api.demo -> api-v1");
-    assert_eq!(rows[0]["requests"], 0, "no change between scrapes");
+    // #18: no stale rows: nothing changed between the scrapes, so there is no row.
+    assert_eq!(rows, serde_json::json!([]), "no change between scrapes");
+
+    // 100 then 160 requests: one row, 60 requests.
+    let listener_c = fake_admin_seq(vec![scrape(100), scrape(160)]);
+    let o = weft(&[
+        "stat",
+        "--proxy-admin",
+        &listener_c,
+        "--window",
+        "1s",
+        "-o",
+        "json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(rows[0]["name"], "api.demo -> api-v1", "{rows}");
+    assert_eq!(rows[0]["requests"], 60, "{rows}");
 }
 
 #[test]

@@ -456,24 +456,57 @@ pub fn inject_pod(pod: &Value, settings: &InjectSettings) -> Result<Value, Injec
 /// `WEFT_PROXY_WORKLOAD` env var name (the proxy's metrics label the pod with its workload).
 pub const WORKLOAD_ENV: &str = "WEFT_PROXY_WORKLOAD";
 
-/// `<kind>/<name>` of the workload that owns `pod`, from its controller `ownerReferences` (what
-/// the admission webhook sees): a ReplicaSet named `<deployment>-<pod-template-hash>` is its
-/// Deployment's; StatefulSet, DaemonSet, Job and a bare ReplicaSet are themselves. `None` when
-/// there is no such owner.
+/// `<kind>/<name>` of the workload that owns `pod` (a JSON Pod or pod template), from its
+/// controller `ownerReferences` (what the admission webhook sees); see [`workload_of`].
 pub fn owner_workload(pod: &Value) -> Option<String> {
     let owners = pod.pointer("/metadata/ownerReferences")?.as_array()?;
-    let owner = owners
-        .iter()
-        .find(|o| o.get("controller").and_then(Value::as_bool) == Some(true))
-        .or_else(|| owners.first())?;
-    let kind = owner.get("kind").and_then(Value::as_str)?;
-    let name = owner.get("name").and_then(Value::as_str)?;
+    let hash = pod
+        .pointer("/metadata/labels/pod-template-hash")
+        .and_then(Value::as_str);
+    workload_of(
+        owners.iter().filter_map(|o| {
+            Some(OwnerRef {
+                kind: o.get("kind").and_then(Value::as_str)?,
+                name: o.get("name").and_then(Value::as_str)?,
+                controller: o.get("controller").and_then(Value::as_bool) == Some(true),
+            })
+        }),
+        hash,
+    )
+}
+
+/// One `ownerReferences` entry, as [`workload_of`] reads it.
+#[derive(Clone, Copy, Debug)]
+pub struct OwnerRef<'a> {
+    pub kind: &'a str,
+    pub name: &'a str,
+    pub controller: bool,
+}
+
+/// The one rule for a pod's workload, `<kind>/<name>`: its controller owner (else its first
+/// owner); a ReplicaSet named `<deployment>-<pod-template-hash>` (the pod's
+/// `pod-template-hash` label) is its Deployment's; StatefulSet, DaemonSet, Job and a bare
+/// ReplicaSet are themselves. `None` when there is no such owner. The injector sets it as the
+/// proxy's `WEFT_PROXY_WORKLOAD`; the compiler sends it as each endpoint's `workload`.
+pub fn workload_of<'a>(
+    owners: impl IntoIterator<Item = OwnerRef<'a>>,
+    pod_template_hash: Option<&str>,
+) -> Option<String> {
+    let mut first = None;
+    let mut controller = None;
+    for o in owners {
+        if first.is_none() {
+            first = Some(o);
+        }
+        if o.controller {
+            controller = Some(o);
+            break;
+        }
+    }
+    let OwnerRef { kind, name, .. } = controller.or(first)?;
     match kind {
         "ReplicaSet" => {
-            let hash = pod
-                .pointer("/metadata/labels/pod-template-hash")
-                .and_then(Value::as_str);
-            match hash.and_then(|h| name.strip_suffix(h)?.strip_suffix('-')) {
+            match pod_template_hash.and_then(|h| name.strip_suffix(h)?.strip_suffix('-')) {
                 Some(deployment) if !deployment.is_empty() => {
                     Some(format!("deployment/{deployment}"))
                 }

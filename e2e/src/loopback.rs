@@ -53,6 +53,29 @@ pub fn spiffe(ns: &str, sa: &str) -> String {
     .to_string()
 }
 
+/// The `ownerReferences` block (indented for a Pod's metadata) of a pod of workload
+/// `<kind>/<name>`, as Kubernetes' controllers write it: a Deployment's pod is owned by its
+/// ReplicaSet `<name>-<hash>`, the hash also its `pod-template-hash` label (added to `labels`).
+/// `None` for a kind no controller owns pods as.
+pub fn owner_reference_yaml(workload: &str, labels: &mut String) -> Option<String> {
+    const HASH: &str = "5d8f7c9b4";
+    let (kind, name) = workload.split_once('/')?;
+    let (api, kind, owner) = match kind {
+        "deployment" => {
+            let _ = writeln!(labels, "    pod-template-hash: {HASH}");
+            ("apps/v1", "ReplicaSet", format!("{name}-{HASH}"))
+        }
+        "replicaset" => ("apps/v1", "ReplicaSet", name.to_string()),
+        "statefulset" => ("apps/v1", "StatefulSet", name.to_string()),
+        "daemonset" => ("apps/v1", "DaemonSet", name.to_string()),
+        "job" => ("batch/v1", "Job", name.to_string()),
+        _ => return None,
+    };
+    Some(format!(
+        "  ownerReferences:\n    - apiVersion: {api}\n      kind: {kind}\n      name: {owner}\n      uid: 00000000-0000-0000-0000-000000000001\n      controller: true\n"
+    ))
+}
+
 /// What a pod runs next to its proxy.
 #[derive(Clone, Debug)]
 pub enum App {
@@ -530,9 +553,16 @@ impl LoopbackMesh {
                     );
                 }
             }
+            // #18: the owner a controller would set, so that the compiler derives the same
+            // `<kind>/<name>` as the proxy's WEFT_PROXY_WORKLOAD (the endpoint's `workload`).
+            let owner = p
+                .workload
+                .as_deref()
+                .and_then(|w| owner_reference_yaml(w, &mut labels))
+                .unwrap_or_default();
             let _ = write!(
                 out,
-                "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels:\n{labels}\
+                "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {ns}\n{owner}  labels:\n{labels}\
                  spec:\n  serviceAccountName: {sa}\n  containers:\n    - name: app\n      image: weft/test-app\n{ports}\
                  status:\n  phase: Running\n  podIP: {ip}\n  conditions:\n    - type: Ready\n      status: \"True\"\n",
                 name = p.name,

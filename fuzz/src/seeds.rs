@@ -393,6 +393,7 @@ pub fn write_corpus(fuzz_dir: &Path, repo: &Path) -> std::io::Result<usize> {
                     identity: "spiffe://cluster.local/ns/shop/sa/web".into(),
                     inbound_port: 4143,
                     pod: "shop/web-0".into(),
+                    workload: "statefulset/web".into(),
                 }],
             })),
         }],

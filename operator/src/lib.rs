@@ -15,8 +15,8 @@ pub mod runtime;
 pub mod shutdown;
 pub mod source;
 pub mod status;
-pub mod trafficmetrics;
 pub mod tap;
+pub mod trafficmetrics;
 pub mod webhook;
 
 /// The compiler ([`weft_core::compile`]), with the directory report of `weft-manifests` and the

@@ -59,6 +59,7 @@ fn pod(name: &str, app: &str, sa: &str, ip: u8, meshed: bool) -> ClusterObject {
             protocol: L4Protocol::Tcp,
         }],
         http_probes: Vec::new(),
+        workload: None,
     })
 }
 

@@ -1368,3 +1368,66 @@ fn tcp_route_port_zero_is_not_an_inbound_port() {
     assert!(!i.ports.iter().any(|p| p.port == 0), "{:?}", i.ports);
     assert!(i.ports.iter().any(|p| p.port == 5432 && p.restricted));
 }
+
+/// #18: every endpoint carries its pod's workload, `<kind>/<name>` by the injector's rule
+/// (`weft_core::inject::workload_of`): a Deployment's pod (owned by its ReplicaSet
+/// `<deployment>-<pod-template-hash>`) is the Deployment's, a StatefulSet's pod the
+/// StatefulSet's, a bare pod none. The proxies label outbound metrics with it (`dst_<kind>`).
+#[test]
+fn endpoints_carry_the_workload_of_their_pod() {
+    let owned = |kind: &str, name: &str, hash: Option<&str>| {
+        let label = hash
+            .map(|h| format!("    pod-template-hash: {h}\n"))
+            .unwrap_or_default();
+        format!(
+            "{label}  ownerReferences:\n  - apiVersion: apps/v1\n    kind: {kind}\n    name: {name}\n    uid: 00000000-0000-0000-0000-000000000001\n    controller: true\n"
+        )
+    };
+    let mut y = ns("demo", None);
+    y += &pod("client-0", "client", "10.0.0.1", "client", true, "");
+    y += &pod(
+        "web-5d8f7c9b4-x2k9p",
+        "web",
+        "10.0.1.1",
+        "web",
+        true,
+        &owned("ReplicaSet", "web-5d8f7c9b4", Some("5d8f7c9b4")),
+    );
+    y += &pod(
+        "db-0",
+        "db",
+        "10.0.2.1",
+        "db",
+        true,
+        &owned("StatefulSet", "db", None),
+    );
+    y += &pod("bare", "bare", "10.0.3.1", "bare", false, "");
+    y += &svc("web", "web", "10.96.0.1", &[(80, "http")], "");
+    y += &svc("db", "db", "10.96.0.2", &[(80, "http")], "");
+    y += &svc("bare", "bare", "10.96.0.3", &[(80, "http")], "");
+    let c = build(&y);
+    let one = |name: &str| {
+        let set = endpoints(&c, name);
+        assert_eq!(set.endpoints.len(), 1, "{name}: {set:?}");
+        let ep = set.endpoints[0].clone();
+        (ep.pod, ep.workload)
+    };
+    assert_eq!(
+        one("endpoints:web.demo:80"),
+        (
+            "demo/web-5d8f7c9b4-x2k9p".to_string(),
+            "deployment/web".to_string()
+        )
+    );
+    assert_eq!(
+        one("endpoints:db.demo:80"),
+        ("demo/db-0".to_string(), "statefulset/db".to_string())
+    );
+    assert_eq!(
+        one("endpoints:bare.demo:80"),
+        ("demo/bare".to_string(), String::new())
+    );
+    // On the wire, too.
+    let set = endpoints(&c, "endpoints:web.demo:80");
+    assert_eq!(set.to_proto().endpoints[0].workload, "deployment/web");
+}

@@ -38,6 +38,7 @@ fn endpoint_set(service: &str, index: usize, port: u32, target_port: u32) -> Res
             identity: identity(service),
             inbound_port: INBOUND_PORT,
             pod: format!("{NS}/{service}-7d9f8c6b5-{i}xqz"),
+            workload: format!("deployment/{service}"),
         })
         .collect();
     versioned_resource(

@@ -265,11 +265,11 @@ mod tests {
             Instant::now(),
         ));
         let text = metrics.encode();
-        assert!(text.contains("response_total{direction=\"inbound\",authority=\"x\",classification=\"failure\",status_code=\"200\",grpc_status=\"13\"} 1"), "{text}");
-        assert!(text.contains("response_total{direction=\"inbound\",authority=\"x\",classification=\"success\",status_code=\"200\",grpc_status=\"0\"} 1"), "{text}");
-        assert!(text.contains("response_total{direction=\"inbound\",authority=\"x\",classification=\"failure\",status_code=\"200\"} 1"), "{text}");
+        assert!(text.contains("response_total{direction=\"inbound\",authority=\"x\",tls=\"false\",classification=\"failure\",status_code=\"200\",grpc_status=\"13\"} 1"), "{text}");
+        assert!(text.contains("response_total{direction=\"inbound\",authority=\"x\",tls=\"false\",classification=\"success\",status_code=\"200\",grpc_status=\"0\"} 1"), "{text}");
+        assert!(text.contains("response_total{direction=\"inbound\",authority=\"x\",tls=\"false\",classification=\"failure\",status_code=\"200\"} 1"), "{text}");
         assert!(
-            text.contains("request_total{direction=\"inbound\",authority=\"x\"} 3"),
+            text.contains("request_total{direction=\"inbound\",authority=\"x\",tls=\"false\"} 3"),
             "{text}"
         );
     }

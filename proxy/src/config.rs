@@ -453,6 +453,12 @@ pub struct Endpoint {
     /// The pod proxy's inbound port (mTLS) when meshed.
     pub inbound_port: Option<u16>,
     pub pod: Arc<str>,
+    /// `<kind>/<name>` of the pod's owning workload; empty when unknown.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub workload: Arc<str>,
+    /// Its outbound metric labels (`server_id`, `dst_pod`, `dst_<kind>`), built once here.
+    #[serde(skip)]
+    pub dst: Arc<crate::metrics::DstEndpoint>,
     /// Load estimate for balancing: live state, kept across pushes while the endpoint stays in
     /// its set (see [`crate::state`]).
     #[serde(skip)]
@@ -1000,11 +1006,18 @@ fn endpoint_set(
             Some(port(resource, e.inbound_port)?)
         };
         let addr = SocketAddr::new(ip, app_port);
+        let dst = Arc::new(crate::metrics::DstEndpoint::new(
+            identity.as_ref(),
+            &e.pod,
+            &e.workload,
+        ));
         endpoints.push(Endpoint {
             addr,
             identity,
             inbound_port,
             pod: Arc::from(e.pod.as_str()),
+            workload: Arc::from(e.workload.as_str()),
+            dst,
             load: state.load(resource, addr),
         });
     }
@@ -1700,6 +1713,7 @@ mod tests {
                         identity: "spiffe://cluster.local/ns/demo/sa/api".into(),
                         inbound_port: 4143,
                         pod: "demo/api-0".into(),
+                        workload: "statefulset/api".into(),
                     }],
                 }),
             ),

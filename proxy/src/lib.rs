@@ -19,6 +19,6 @@ pub mod process_metrics;
 pub mod route;
 pub mod shed;
 pub mod state;
-pub mod trace;
 pub mod tap;
+pub mod trace;
 pub mod transport;

@@ -761,6 +761,18 @@ impl WorkloadKind {
         }
     }
 
+    /// The outbound label of a destination of this kind (`dst_deployment`, …).
+    pub fn dst_label(self) -> &'static str {
+        match self {
+            WorkloadKind::Deployment => "dst_deployment",
+            WorkloadKind::StatefulSet => "dst_statefulset",
+            WorkloadKind::DaemonSet => "dst_daemonset",
+            WorkloadKind::ReplicaSet => "dst_replicaset",
+            WorkloadKind::Job => "dst_k8s_job",
+            WorkloadKind::CronJob => "dst_cronjob",
+        }
+    }
+
     /// Parses a kind as `WEFT_PROXY_WORKLOAD` or a Kubernetes `kind` spells it (any case).
     pub fn parse(kind: &str) -> Option<Self> {
         Some(match kind.to_ascii_lowercase().as_str() {
@@ -849,6 +861,49 @@ impl Hash for Pod {
     }
 }
 
+/// The outbound labels of one endpoint (`server_id`, `dst_pod`, `dst_<kind>`), built once per
+/// endpoint when a config arrives ([`DstEndpoint::new`]) and shared by every request to it: the
+/// request path clones an `Arc`, never formats a label.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq)]
+pub struct DstEndpoint {
+    /// The server's expected SPIFFE identity; empty when the endpoint is not meshed.
+    pub server_id: LabelValue,
+    /// The endpoint pod's name (without its namespace); empty when unknown.
+    pub pod: LabelValue,
+    /// The pod's owning workload (from the endpoint's `workload`, else the pod-name rule of
+    /// [`PodMeta::new`]).
+    pub workload: Option<(WorkloadKind, LabelValue)>,
+}
+
+impl DstEndpoint {
+    /// From an endpoint's config: `identity` (empty: not meshed), `pod` (`<namespace>/<name>`)
+    /// and `workload` (`<kind>/<name>`), all from the operator (bounded by the cluster).
+    pub fn new(identity: Option<&Arc<str>>, pod: &str, workload: &str) -> Self {
+        let (namespace, name) = pod.split_once('/').unwrap_or(("", pod));
+        let meta = PodMeta::new(namespace, name, (!workload.is_empty()).then_some(workload));
+        DstEndpoint {
+            server_id: identity.map_or(LabelValue::EMPTY, LabelValue::from),
+            pod: if valid_name(name) {
+                LabelValue::Shared(Arc::from(name))
+            } else {
+                LabelValue::EMPTY
+            },
+            workload: meta
+                .workload
+                .map(|(kind, name)| (kind, LabelValue::Shared(Arc::from(name.as_str())))),
+        }
+    }
+
+    /// Whether requests to it go over mTLS (the endpoint is meshed).
+    pub fn tls(&self) -> bool {
+        !self.server_id.as_str().is_empty()
+    }
+}
+
+/// `tls` label values.
+const TLS_TRUE: &str = "true";
+const TLS_FALSE: &str = "false";
+
 /// Labels of `request_total` and `response_latency_ms`. Empty values are left out of the
 /// exposition (`dst_*` inbound, the workload label when unknown), as Linkerd does.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
@@ -862,6 +917,13 @@ pub struct TrafficLabels {
     /// backend, not its apex). Empty inbound.
     dst_namespace: LabelValue,
     dst_service: LabelValue,
+    /// `true`: inbound, the client presented a mesh identity over mTLS; outbound, the request
+    /// went to a meshed endpoint over mTLS.
+    tls: &'static str,
+    /// Inbound: the client's SPIFFE ID (empty when none).
+    client_id: LabelValue,
+    /// Outbound: the endpoint the request went to (`None` when none was reached).
+    dst: Option<Arc<DstEndpoint>>,
 }
 
 /// Labels of `response_total`.
@@ -894,12 +956,21 @@ impl EncodeLabelSet for TrafficLabels {
         encode_pair(encoder, "authority", self.authority.as_str())?;
         encode_pair(encoder, "dst_namespace", self.dst_namespace.as_str())?;
         encode_pair(encoder, "dst_service", self.dst_service.as_str())?;
+        if let Some(dst) = &self.dst {
+            encode_pair(encoder, "dst_pod", dst.pod.as_str())?;
+            if let Some((kind, name)) = &dst.workload {
+                encode_pair(encoder, kind.dst_label(), name.as_str())?;
+            }
+            encode_pair(encoder, "server_id", dst.server_id.as_str())?;
+        }
         let pod = &self.pod.0;
         encode_pair(encoder, "namespace", &pod.namespace)?;
         encode_pair(encoder, "pod", &pod.pod)?;
         if let Some((kind, name)) = &pod.workload {
             encode_pair(encoder, kind.label(), name)?;
         }
+        encode_pair(encoder, "tls", self.tls)?;
+        encode_pair(encoder, "client_id", self.client_id.as_str())?;
         Ok(())
     }
 }
@@ -942,7 +1013,8 @@ pub struct Outcome {
 
 impl Metrics {
     /// The labels of a request of `direction` to `authority`; `dst` is the destination
-    /// service's `(namespace, name)` outbound.
+    /// service's `(namespace, name)` outbound. No identities (`tls="false"`): see
+    /// [`Metrics::inbound_traffic`] and [`Metrics::outbound_traffic`].
     pub fn traffic(
         &self,
         direction: &'static str,
@@ -956,7 +1028,43 @@ impl Metrics {
             authority,
             dst_namespace,
             dst_service,
+            tls: TLS_FALSE,
+            client_id: LabelValue::EMPTY,
+            dst: None,
         }
+    }
+
+    /// The labels of an inbound request to `:<port>` from `client_id` (the mTLS peer's mesh
+    /// identity; `None`: plaintext or no identity, `tls="false"`).
+    pub fn inbound_traffic(
+        &self,
+        authority: LabelValue,
+        client_id: Option<&Arc<str>>,
+    ) -> TrafficLabels {
+        let mut labels = self.traffic(INBOUND, authority, None);
+        if let Some(id) = client_id {
+            labels.tls = TLS_TRUE;
+            labels.client_id = LabelValue::from(id);
+        }
+        labels
+    }
+
+    /// The labels of an outbound request to `authority`, sent to service `dst` and reached
+    /// endpoint `endpoint` (`None` when the proxy answered without reaching one).
+    pub fn outbound_traffic(
+        &self,
+        authority: LabelValue,
+        dst: Option<(LabelValue, LabelValue)>,
+        endpoint: Option<Arc<DstEndpoint>>,
+    ) -> TrafficLabels {
+        let mut labels = self.traffic(OUTBOUND, authority, dst);
+        if let Some(ep) = endpoint {
+            if ep.tls() {
+                labels.tls = TLS_TRUE;
+            }
+            labels.dst = Some(ep);
+        }
+        labels
     }
 
     /// Counts a request in `request_total` and observes its time to response head.
@@ -1098,7 +1206,7 @@ mod tests {
             },
         );
         let text = m.encode();
-        let pod = "namespace=\"demo\",pod=\"web-5d8f7c9b4-x2k9p\",deployment=\"web\"";
+        let pod = "namespace=\"demo\",pod=\"web-5d8f7c9b4-x2k9p\",deployment=\"web\",tls=\"false\"";
         assert!(
             text.contains(&format!(
                 "request_total{{direction=\"inbound\",authority=\":8080\",{pod}}} 1"
@@ -1117,6 +1225,69 @@ mod tests {
         );
         // One exposition: a single trailing EOF.
         assert_eq!(text.matches("# EOF").count(), 1, "{text}");
+    }
+
+    #[test]
+    fn caller_and_callee_labels_name_identities_pods_and_workloads() {
+        let m = Metrics::for_pod(PodMeta::new("demo", "web-0", Some("deployment/web")));
+        let client: Arc<str> = Arc::from("spiffe://cluster.local/ns/demo/sa/batch");
+        let meshed = m.inbound_traffic(LabelValue::port(8080), Some(&client));
+        m.compat_request(&meshed, Duration::from_millis(1));
+        let plain = m.inbound_traffic(LabelValue::port(8080), None);
+        m.compat_request(&plain, Duration::from_millis(1));
+        let server: Arc<str> = Arc::from("spiffe://cluster.local/ns/demo/sa/api");
+        // The endpoint's labels, built once from its config, shared by every request.
+        let api = Arc::new(DstEndpoint::new(
+            Some(&server),
+            "demo/api-v1-7c9b4d5f8-x2k9p",
+            "deployment/api-v1",
+        ));
+        let db = Arc::new(DstEndpoint::new(None, "demo/db-0", "statefulset/db"));
+        let dst = || Some((LabelValue::from("demo"), LabelValue::from("api-v1")));
+        for _ in 0..2 {
+            let out = m.outbound_traffic("api.demo".into(), dst(), Some(api.clone()));
+            m.compat_request(&out, Duration::from_millis(1));
+        }
+        // The same endpoint rebuilt by a config push names the same series.
+        let again = Arc::new(DstEndpoint::new(
+            Some(&server),
+            "demo/api-v1-7c9b4d5f8-x2k9p",
+            "deployment/api-v1",
+        ));
+        m.compat_request(
+            &m.outbound_traffic("api.demo".into(), dst(), Some(again)),
+            Duration::from_millis(1),
+        );
+        m.compat_request(
+            &m.outbound_traffic("db.demo".into(), None, Some(db)),
+            Duration::from_millis(1),
+        );
+        let text = m.encode();
+        let me = "namespace=\"demo\",pod=\"web-0\",deployment=\"web\"";
+        assert!(text.contains(&format!("request_total{{direction=\"inbound\",authority=\":8080\",{me},tls=\"true\",client_id=\"spiffe://cluster.local/ns/demo/sa/batch\"}} 1")), "{text}");
+        assert!(
+            text.contains(&format!(
+                "request_total{{direction=\"inbound\",authority=\":8080\",{me},tls=\"false\"}} 1"
+            )),
+            "{text}"
+        );
+        assert!(text.contains(&format!("request_total{{direction=\"outbound\",authority=\"api.demo\",dst_namespace=\"demo\",dst_service=\"api-v1\",dst_pod=\"api-v1-7c9b4d5f8-x2k9p\",dst_deployment=\"api-v1\",server_id=\"spiffe://cluster.local/ns/demo/sa/api\",{me},tls=\"true\"}} 3")), "{text}");
+        assert!(text.contains(&format!("request_total{{direction=\"outbound\",authority=\"db.demo\",dst_pod=\"db-0\",dst_statefulset=\"db\",{me},tls=\"false\"}} 1")), "{text}");
+    }
+
+    #[test]
+    fn endpoint_labels_are_bounded_and_fall_back_to_the_pod_name_rule() {
+        let e = DstEndpoint::new(None, "demo/web-5d8f7c9b4-x2k9p", "");
+        assert_eq!(e.pod.as_str(), "web-5d8f7c9b4-x2k9p");
+        assert_eq!(
+            e.workload,
+            Some((WorkloadKind::Deployment, LabelValue::from("web")))
+        );
+        assert!(!e.tls());
+        // Odd names from a hostile config are left out, not exported.
+        let bad = DstEndpoint::new(None, "demo/Bad Pod\"", "deployment/Bad\"");
+        assert_eq!(bad.pod.as_str(), "");
+        assert_eq!(bad.workload, None);
     }
 
     #[test]

@@ -4,6 +4,7 @@ pub mod anchors;
 pub mod check;
 pub mod compile;
 pub mod diff;
+pub mod edges;
 pub mod install;
 pub mod proxies;
 pub mod routes;

@@ -1,21 +1,28 @@
 //! `weft stat`: golden metrics (success rate, rps, latency percentiles) from proxies' `/metrics`.
 //!
 //! It scrapes every proxy twice, `--window` apart, and reports the difference, grouped by
-//! workload (the proxy), service, TrafficSplit backend or route.
+//! workload or pod (the proxy, named by its own `namespace`/`pod`/workload labels), service,
+//! TrafficSplit backend or route. A row with no request in the window is not shown, nor a proxy
+//! read only once (gone, or new, in between). `--from`/`--to` report the edges between callers
+//! and callees instead (see [`crate::cmd::edges`]).
 
-use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use anyhow::bail;
 use serde::Serialize;
 
 use crate::admin_http;
+use crate::cmd::edges;
 use crate::promtext::{self, Sample};
 use crate::OutputFormat;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum GroupBy {
+    /// The proxy's workload (`deployment/web`; its pod when it has no workload).
     Workload,
+    /// The proxy's pod.
+    Pod,
     Service,
     Backend,
     Route,
@@ -68,7 +75,7 @@ impl Target {
         }
     }
 
-    fn label(&self) -> String {
+    pub fn label(&self) -> String {
         match self {
             Target::Direct(a) => a.clone(),
             Target::Pod {
@@ -76,6 +83,46 @@ impl Target {
             } => format!("{namespace}/{name}"),
         }
     }
+}
+
+/// The proxies to read: `--proxy-admin` addresses, a running `weft demo`'s (`--demo`), else
+/// the meshed pods of the cluster (of `namespace`, or of every namespace), read through the API
+/// server's pod proxy with the returned client.
+pub async fn resolve_targets(
+    proxy_admin: Vec<String>,
+    demo: bool,
+    namespace: Option<&str>,
+    cluster: &crate::cluster::ClusterArgs,
+) -> anyhow::Result<(Vec<Target>, Option<kube::Client>)> {
+    let mut targets: Vec<Target> = proxy_admin.into_iter().map(Target::Direct).collect();
+    if demo {
+        use crate::demo::manifests;
+        let layout = manifests::Layout {
+            prefix: [127, 42, 0],
+        };
+        targets.extend(manifests::PODS.iter().map(|p| {
+            Target::Direct(format!(
+                "{}:{}",
+                layout.ip(p.host),
+                manifests::PROXY_ADMIN_PORT
+            ))
+        }));
+    }
+    if !targets.is_empty() {
+        return Ok((targets, None));
+    }
+    let client = cluster
+        .connect()
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "no --proxy-admin or --demo given, and {}",
+                crate::term::error_text(&e)
+            )
+        })?
+        .client;
+    let targets = cluster_targets(&client, namespace).await?;
+    Ok((targets, Some(client)))
 }
 
 /// The meshed pods (label `weft.io/proxy-version`) of `namespace`, or of every namespace.
@@ -109,68 +156,107 @@ pub async fn collect(
     window: Duration,
     by: GroupBy,
 ) -> anyhow::Result<Vec<Row>> {
-    if targets.is_empty() {
-        bail!("no proxies to read: pass --proxy-admin ADDR (repeatable), --demo, or run against a cluster with meshed pods");
-    }
-    let first = scrape_all(targets, client).await?;
-    let t0 = Instant::now();
-    tokio::time::sleep(window).await;
-    let second = scrape_all(targets, client).await?;
-    let secs = t0.elapsed().as_secs_f64().max(0.001);
+    let (first, second, secs) =
+        edges::read_twice(targets, client, window, "weft stat", false).await?;
     Ok(rows(&first, &second, secs, by))
 }
 
-async fn scrape_all(
+/// `weft stat --from/--to`: the traffic of the edges whose caller is `from` and callee `to`
+/// (either may be absent), one row per caller and callee.
+pub async fn collect_edges(
     targets: &[Target],
     client: Option<&kube::Client>,
-) -> anyhow::Result<Vec<(String, Vec<Sample>)>> {
-    let mut out = Vec::new();
-    for t in targets {
-        let body = match (t, client) {
-            (Target::Direct(addr), _) => {
-                let (status, body) =
-                    admin_http::get(addr, "/metrics", Duration::from_secs(3)).await?;
-                if status != 200 {
-                    bail!("{addr}/metrics answered {status}");
-                }
-                body
-            }
-            (
-                Target::Pod {
-                    namespace,
-                    name,
-                    admin_port,
-                },
-                Some(client),
-            ) => {
-                let path = format!(
-                    "/api/v1/namespaces/{namespace}/pods/{name}:{admin_port}/proxy/metrics"
-                );
-                let req = http::Request::get(path).body(Vec::new())?;
-                match tokio::time::timeout(Duration::from_secs(5), client.request_text(req)).await {
-                    Ok(Ok(text)) => text,
-                    Ok(Err(e)) => {
-                        eprintln!("weft stat: skipping {namespace}/{name}: {e}");
-                        continue;
-                    }
-                    Err(_) => {
-                        eprintln!("weft stat: skipping {namespace}/{name}: no answer within 5 s");
-                        continue;
-                    }
-                }
-            }
-            (Target::Pod { .. }, None) => bail!("reading pods needs a Kubernetes client"),
+    window: Duration,
+    from: Option<&edges::Resource>,
+    to: Option<&edges::Resource>,
+) -> anyhow::Result<Vec<Row>> {
+    let (first, second, secs) =
+        edges::read_twice(targets, client, window, "weft stat", true).await?;
+    Ok(edge_rows(&edges::edges(&first, &second), secs, from, to))
+}
+
+/// Rows of the edges from `from` to `to`, summed by (caller, callee).
+pub fn edge_rows(
+    all: &[edges::Edge],
+    secs: f64,
+    from: Option<&edges::Resource>,
+    to: Option<&edges::Resource>,
+) -> Vec<Row> {
+    let mut acc: BTreeMap<(String, String), Acc> = BTreeMap::new();
+    for e in all {
+        if from.is_some_and(|f| !f.matches_src(&e.key))
+            || to.is_some_and(|t| !t.matches_dst(&e.key))
+        {
+            continue;
+        }
+        // Seen by the caller's proxy (outbound) or only by the callee's (inbound).
+        let dir = if e.key.src.namespace.is_empty() {
+            "inbound"
+        } else {
+            "outbound"
         };
-        out.push((t.label(), promtext::parse(&body)));
+        let a = acc
+            .entry((dir.to_string(), format!("{} -> {}", e.key.src, e.key.dst)))
+            .or_default();
+        for (class, n) in &e.by_class {
+            *a.by_class.entry(class.clone()).or_default() += n;
+        }
+        for (le, n) in &e.buckets {
+            *a.buckets.entry(le.to_bits()).or_default() += n;
+        }
     }
-    Ok(out)
+    let empty = BTreeMap::new();
+    rows_of(&empty, &acc, secs)
+}
+
+/// Fetches `path` of a proxy's admin API; `Ok(None)` when a pod could not be read (skipped
+/// with a message on stderr, `what` naming the command).
+pub async fn fetch(
+    t: &Target,
+    client: Option<&kube::Client>,
+    path: &str,
+    what: &str,
+) -> anyhow::Result<Option<String>> {
+    Ok(Some(match (t, client) {
+        (Target::Direct(addr), _) => {
+            let (status, body) = admin_http::get(addr, path, Duration::from_secs(3)).await?;
+            if status != 200 {
+                bail!("{addr}{path} answered {status}");
+            }
+            body
+        }
+        (
+            Target::Pod {
+                namespace,
+                name,
+                admin_port,
+            },
+            Some(client),
+        ) => {
+            let path =
+                format!("/api/v1/namespaces/{namespace}/pods/{name}:{admin_port}/proxy{path}");
+            let req = http::Request::get(path).body(Vec::new())?;
+            match tokio::time::timeout(Duration::from_secs(5), client.request_text(req)).await {
+                Ok(Ok(text)) => text,
+                Ok(Err(e)) => {
+                    eprintln!("{what}: skipping {namespace}/{name}: {e}");
+                    return Ok(None);
+                }
+                Err(_) => {
+                    eprintln!("{what}: skipping {namespace}/{name}: no answer within 5 s");
+                    return Ok(None);
+                }
+            }
+        }
+        (Target::Pod { .. }, None) => bail!("reading pods needs a Kubernetes client"),
+    }))
 }
 
 fn key(proxy: &str, s: &Sample, by: GroupBy) -> (String, String) {
     let l = |k: &str| s.labels.get(k).cloned().unwrap_or_default();
     let dir = l("direction");
     let name = match by {
-        GroupBy::Workload => proxy.to_owned(),
+        GroupBy::Workload | GroupBy::Pod => proxy.to_owned(),
         GroupBy::Service => l("authority"),
         GroupBy::Backend => {
             let b = l("backend");
@@ -185,12 +271,22 @@ fn key(proxy: &str, s: &Sample, by: GroupBy) -> (String, String) {
     (dir, name)
 }
 
-fn accumulate(scrape: &[(String, Vec<Sample>)], by: GroupBy) -> BTreeMap<(String, String), Acc> {
+/// The name of a proxy's rows by workload or pod: from its own labels, else how it was reached.
+fn proxy_name(r: &edges::Reading, by: GroupBy) -> String {
+    let peer = match by {
+        GroupBy::Pod => edges::proxy_pod(&r.samples),
+        _ => edges::proxy_peer(&r.samples),
+    };
+    peer.map_or_else(|| r.target.clone(), |p| p.to_string())
+}
+
+fn accumulate(scrape: &[edges::Reading], by: GroupBy) -> BTreeMap<(String, String), Acc> {
     let mut acc: BTreeMap<(String, String), Acc> = BTreeMap::new();
-    for (proxy, samples) in scrape {
-        for s in samples {
+    for r in scrape {
+        let proxy = proxy_name(r, by);
+        for s in &r.samples {
             if s.name == "weft_proxy_requests_total" {
-                let a = acc.entry(key(proxy, s, by)).or_default();
+                let a = acc.entry(key(&proxy, s, by)).or_default();
                 *a.by_class
                     .entry(s.labels.get("status_class").cloned().unwrap_or_default())
                     .or_default() += s.value;
@@ -200,7 +296,7 @@ fn accumulate(scrape: &[(String, Vec<Sample>)], by: GroupBy) -> BTreeMap<(String
                     Some(v) => v.parse().unwrap_or(f64::INFINITY),
                     None => continue,
                 };
-                let a = acc.entry(key(proxy, s, by)).or_default();
+                let a = acc.entry(key(&proxy, s, by)).or_default();
                 *a.buckets.entry(le.to_bits()).or_default() += s.value;
             }
         }
@@ -208,16 +304,24 @@ fn accumulate(scrape: &[(String, Vec<Sample>)], by: GroupBy) -> BTreeMap<(String
     acc
 }
 
-fn rows(
-    first: &[(String, Vec<Sample>)],
-    second: &[(String, Vec<Sample>)],
+fn rows(first: &[edges::Reading], second: &[edges::Reading], secs: f64, by: GroupBy) -> Vec<Row> {
+    // Only proxies read both times: one that appeared in between has no difference to report.
+    let before: BTreeSet<&str> = first.iter().map(|r| r.target.as_str()).collect();
+    let second: Vec<edges::Reading> = second
+        .iter()
+        .filter(|r| before.contains(r.target.as_str()))
+        .cloned()
+        .collect();
+    rows_of(&accumulate(first, by), &accumulate(&second, by), secs)
+}
+
+fn rows_of(
+    a: &BTreeMap<(String, String), Acc>,
+    b: &BTreeMap<(String, String), Acc>,
     secs: f64,
-    by: GroupBy,
 ) -> Vec<Row> {
-    let a = accumulate(first, by);
-    let b = accumulate(second, by);
     let mut out = Vec::new();
-    for ((dir, name), now) in &b {
+    for ((dir, name), now) in b {
         let before = a.get(&(dir.clone(), name.clone()));
         let class = |c: &str| {
             let n = now.by_class.get(c).copied().unwrap_or(0.0);
@@ -232,6 +336,10 @@ fn rows(
             .iter()
             .map(|c| class(c))
             .sum();
+        // No stale rows: nothing happened in the window.
+        if total <= 0.0 {
+            continue;
+        }
         let buckets: Vec<(f64, f64)> = now
             .buckets
             .iter()
@@ -249,7 +357,7 @@ fn rows(
             name: name.clone(),
             requests: total as u64,
             rps: total / secs,
-            success_rate: (total > 0.0).then(|| ok / total),
+            success_rate: Some(ok / total),
             client_errors: class("4xx") as u64,
             server_errors: class("5xx") as u64,
             p50_ms: q(0.5),
@@ -312,7 +420,7 @@ pub fn print(rows: &[Row], format: OutputFormat) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
-    fn scrape(ok: f64, denied: f64, fast: f64) -> Vec<(String, Vec<Sample>)> {
+    fn scrape(ok: f64, denied: f64, fast: f64) -> Vec<edges::Reading> {
         let text = format!(
             "weft_proxy_requests_total{{direction=\"outbound\",authority=\"api.demo\",route=\"default\",backend=\"api-v1\",status_class=\"2xx\",peer=\"x\"}} {ok}\n\
              weft_proxy_requests_total{{direction=\"outbound\",authority=\"api.demo\",route=\"default\",backend=\"api-v1\",status_class=\"4xx\",peer=\"x\"}} {denied}\n\
@@ -320,7 +428,11 @@ mod tests {
              weft_proxy_request_duration_seconds_bucket{{direction=\"outbound\",authority=\"api.demo\",route=\"default\",backend=\"api-v1\",le=\"+Inf\"}} {}\n",
             ok + denied
         );
-        vec![("p".to_string(), promtext::parse(&text))]
+        vec![edges::Reading {
+            target: "p".to_string(),
+            identity: String::new(),
+            samples: promtext::parse(&text),
+        }]
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub struct DemoPod {
 }
 
 pub const NAMESPACE: &str = "demo";
+/// The `pod-template-hash` of the demo's pods (each a Deployment's single pod).
+pub const POD_TEMPLATE_HASH: &str = "7c9b4d5f8";
 pub const APP_PORT: u16 = 8080;
 pub const INBOUND_PORT: u16 = 4143;
 pub const OUTBOUND_PORT: u16 = 4140;
@@ -67,6 +69,13 @@ pub const PODS: &[DemoPod] = &[
         host: 21,
     },
 ];
+
+impl DemoPod {
+    /// The Deployment the pod belongs to: `api-v1` for `api-v1-0`.
+    pub fn deployment(&self) -> &'static str {
+        self.name.strip_suffix("-0").unwrap_or(self.name)
+    }
+}
 
 impl Layout {
     pub fn ip(&self, host: u8) -> Ipv4Addr {
@@ -115,9 +124,17 @@ pub fn mesh_yaml(layout: &Layout) -> String {
         } else {
             String::new()
         };
+        // #18: owned as a Deployment's pod is (via its ReplicaSet), so that the endpoint's
+        // `workload` names the same Deployment as the proxy's WEFT_PROXY_WORKLOAD.
+        let _ = writeln!(labels, "    pod-template-hash: {POD_TEMPLATE_HASH}");
+        let owner = format!(
+            "  ownerReferences:\n    - apiVersion: apps/v1\n      kind: ReplicaSet\n      name: {}-{POD_TEMPLATE_HASH}\n      uid: 00000000-0000-0000-0000-0000000000{:02x}\n      controller: true\n",
+            pod.deployment(),
+            pod.host
+        );
         let _ = write!(
             out,
-            "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {NAMESPACE}\n  labels:\n{labels}\
+            "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {NAMESPACE}\n{owner}  labels:\n{labels}\
              spec:\n  serviceAccountName: {sa}\n  containers:\n    - name: {app}\n      image: weft/demo-app\n{ports}\
              status:\n  phase: Running\n  podIP: {ip}\n  conditions:\n    - type: Ready\n      status: \"True\"\n",
             name = pod.name,

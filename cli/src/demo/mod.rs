@@ -452,10 +452,7 @@ fn proxy_env(
         // #18: the workload label of the Linkerd-compatible metrics (`api-v1-0` → `api-v1`).
         (
             "WEFT_PROXY_WORKLOAD",
-            format!(
-                "deployment/{}",
-                pod.name.strip_suffix("-0").unwrap_or(pod.name)
-            ),
+            format!("deployment/{}", pod.deployment()),
         ),
         (
             "WEFT_PROXY_SERVICE_ACCOUNT",

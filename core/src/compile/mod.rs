@@ -1189,6 +1189,7 @@ mod tests {
                     identity: String::new(),
                     inbound_port: 0,
                     pod: String::new(),
+                    workload: String::new(),
                 }],
             }),
         ))

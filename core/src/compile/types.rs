@@ -448,6 +448,9 @@ pub struct Endpoint {
     /// `<namespace>/<pod>`, when known.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub pod: String,
+    /// `<kind>/<name>` of the pod's owning workload ([`crate::inject::workload_of`]), when known.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub workload: String,
 }
 
 fn is_zero(v: &u16) -> bool {

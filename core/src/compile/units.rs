@@ -442,9 +442,11 @@ fn endpoint_for(
         identity: String::new(),
         inbound_port: 0,
         pod: pod.map(|r| r.to_string()).unwrap_or_default(),
+        workload: String::new(),
     };
     if let Some(p) = found {
         ep.pod = format!("{}/{}", p.namespace, p.name);
+        ep.workload = p.workload.clone().unwrap_or_default();
         if p.meshed {
             ep.identity = spiffe_id(&opts.trust_domain, &p.namespace, &p.service_account);
             ep.inbound_port = opts.proxy_inbound_port;

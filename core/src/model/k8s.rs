@@ -103,7 +103,20 @@ pub fn from_k8s_pod(pod: &core::Pod) -> Result<Pod, ModelError> {
     }
     http_probes.sort();
     http_probes.dedup();
+    let workload = crate::inject::workload_of(
+        pod.metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .map(|o| crate::inject::OwnerRef {
+                kind: &o.kind,
+                name: &o.name,
+                controller: o.controller == Some(true),
+            }),
+        labels.get("pod-template-hash").map(String::as_str),
+    );
     Ok(Pod {
+        workload,
         namespace: namespace_of(&pod.metadata),
         meshed: labels.contains_key(PROXY_VERSION_LABEL),
         name,

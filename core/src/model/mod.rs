@@ -234,6 +234,8 @@ pub struct Pod {
     pub container_ports: Vec<ContainerPort>,
     /// The `httpGet` readiness, liveness and startup probes of its containers.
     pub http_probes: Vec<HttpProbe>,
+    /// `<kind>/<name>` of the owning workload ([`crate::inject::workload_of`]), when known.
+    pub workload: Option<String>,
 }
 
 /// Which kubelet probe an [`HttpProbe`] is.

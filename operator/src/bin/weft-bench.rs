@@ -121,6 +121,7 @@ fn synthetic() -> Model {
                 protocol: L4Protocol::Tcp,
             }],
             http_probes: Vec::new(),
+            workload: None,
         }));
     }
     for g in 0..ROUTE_GROUPS {

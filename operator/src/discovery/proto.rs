@@ -312,6 +312,7 @@ impl ToProto for EndpointSet {
                     identity: e.identity.clone(),
                     inbound_port: u32::from(e.inbound_port),
                     pod: e.pod.clone(),
+                    workload: e.workload.clone(),
                 })
                 .collect(),
         }

@@ -619,6 +619,11 @@ pub struct Endpoint {
     /// `<namespace>/<pod>` for diagnostics.
     #[prost(string, tag = "5")]
     pub pod: ::prost::alloc::string::String,
+    /// `<kind>/<name>` of the workload owning the pod (`deployment/api`, `statefulset/db`, …), as
+    /// the proxy's own `WEFT_PROXY_WORKLOAD`; empty when the pod has no known owner. Labels the
+    /// client proxy's outbound metrics (`dst_<kind>`).
+    #[prost(string, tag = "6")]
+    pub workload: ::prost::alloc::string::String,
 }
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]

@@ -957,7 +957,7 @@ fn record(
     });
     let authority = LabelValue::port(port);
     // #18: the Linkerd-compatible families.
-    let traffic = shared.metrics.traffic(INBOUND, authority.clone(), None);
+    let traffic = shared.metrics.inbound_traffic(authority.clone(), peer);
     shared.metrics.request(
         RequestLabels {
             direction: INBOUND,

@@ -38,7 +38,7 @@ use crate::http::deadline;
 use crate::http::upgrade::{self, Splice};
 use crate::http::{self as h, Body, PlainClients};
 use crate::metrics::{
-    self, LabelValue, LatencyLabels, Metrics, OutboundLabels, RequestLabels, OUTBOUND,
+    self, DstEndpoint, LabelValue, LatencyLabels, Metrics, OutboundLabels, RequestLabels, OUTBOUND,
 };
 use crate::ondemand::{self, Demand};
 use crate::route::{self, RequestInfo};
@@ -356,7 +356,7 @@ struct Labels {
 fn record(
     shared: &Shared,
     labels: &Labels,
-    peer: Option<Arc<str>>,
+    peer: Option<Arc<DstEndpoint>>,
     rsp: Response<Body>,
     started: Instant,
 ) -> Response<Body> {
@@ -364,11 +364,20 @@ fn record(
     crate::tap::TapMeta::attach(&shared.tap, &mut rsp, || crate::tap::TapMeta {
         route: labels.route.as_str().to_string(),
         backend: labels.backend.as_str().to_string(),
-        server_id: peer.as_deref().map(str::to_string),
+        server_id: peer
+            .as_deref()
+            .map(|d| d.server_id.as_str())
+            .filter(|id| !id.is_empty())
+            .map(str::to_string),
     });
     let labels = labels.clone();
     if shared.tracer.exporting() {
-        trace::note(labels.route.as_str(), peer.as_ref());
+        let server_id: Option<Arc<str>> = peer
+            .as_deref()
+            .map(|d| d.server_id.as_str())
+            .filter(|id| !id.is_empty())
+            .map(Arc::from);
+        trace::note(labels.route.as_str(), server_id.as_ref());
     }
     // #18: the Linkerd-compatible families; the destination is the backend service chosen.
     let dst = labels
@@ -383,9 +392,12 @@ fn record(
                 None => (LabelValue::inline(namespace), labels.backend.clone()),
             },
         });
+    let server_id = peer
+        .as_ref()
+        .map_or(LabelValue::EMPTY, |p| p.server_id.clone());
     let traffic = shared
         .metrics
-        .traffic(OUTBOUND, labels.authority.clone(), dst);
+        .outbound_traffic(labels.authority.clone(), dst, peer);
     shared.metrics.request(
         RequestLabels {
             direction: OUTBOUND,
@@ -393,7 +405,7 @@ fn record(
             route: labels.route,
             backend: labels.backend,
             status_class: metrics::status_class(rsp.status()),
-            peer: peer.map_or(LabelValue::EMPTY, LabelValue::Shared),
+            peer: server_id,
         },
         started.elapsed(),
     );
@@ -554,7 +566,7 @@ async fn handle_untraced(
         backend: (&backend.service).into(),
     };
     // The client sees the backend's response edits, then the route's.
-    let respond = |mut rsp: Response<Body>, peer: Option<Arc<str>>| {
+    let respond = |mut rsp: Response<Body>, peer: Option<Arc<DstEndpoint>>| {
         filter::apply_response(&backend.filters, rsp.headers_mut());
         filter::apply_response(&route.filters, rsp.headers_mut());
         record(shared, &labels, peer, rsp, started)
@@ -859,7 +871,7 @@ async fn forward(
     backend: &Backend,
     labels: &Labels,
     how: Attempts,
-) -> (Response<Body>, Option<Arc<str>>) {
+) -> (Response<Body>, Option<Arc<DstEndpoint>>) {
     let Attempts {
         app_h2,
         deadline,
@@ -1030,7 +1042,7 @@ struct Limit {
 /// What one attempt gave.
 struct Attempt {
     rsp: Response<Body>,
-    peer: Option<Arc<str>>,
+    peer: Option<Arc<DstEndpoint>>,
     /// The endpoint it went to.
     addr: Option<SocketAddr>,
     /// Whether it reached an endpoint at all (not refused by the proxy itself).
@@ -1072,7 +1084,7 @@ async fn attempt_once(
         mut probe,
     } = picked;
     let started = Instant::now();
-    let peer = ep.identity.clone();
+    let peer = Some(ep.dst.clone());
     let send = async {
         match ep.mesh_target() {
             Some((addr, identity)) => send_mesh(shared, req, ep, addr, identity, app_h2).await,
@@ -1231,7 +1243,7 @@ async fn forward_upgrade(
     svc: &OutboundService,
     backend: &Backend,
     timeout: Duration,
-) -> (Response<Body>, Option<Arc<str>>) {
+) -> (Response<Body>, Option<Arc<DstEndpoint>>) {
     let picked = pick::pick(
         backend,
         svc.policy.max_requests_per_endpoint,
@@ -1244,7 +1256,7 @@ async fn forward_upgrade(
         Ok(Picked { ep, .. }) => ep,
         Err(why) => return (unpicked(shared, svc, backend, why), None),
     };
-    let peer = ep.identity.clone();
+    let peer = Some(ep.dst.clone());
     let downstream = hyper::upgrade::on(&mut req);
     let (mut head, body) = req.into_parts();
     upgrade::keep_upgrade_headers(&mut head.headers);

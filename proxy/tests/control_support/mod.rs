@@ -266,6 +266,7 @@ pub fn endpoints(ns: &str, name: &str, port: u32, app_ports: &[u16]) -> v1::Reso
                     identity: String::new(),
                     inbound_port: 0,
                     pod: format!("{ns}/{name}-{p}"),
+                    workload: String::new(),
                 })
                 .collect(),
         })),

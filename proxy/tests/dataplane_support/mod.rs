@@ -308,6 +308,7 @@ pub fn endpoint(addr: SocketAddr, identity: &str, inbound_port: u16) -> v1::Endp
         identity: identity.to_string(),
         inbound_port: u32::from(inbound_port),
         pod: format!("demo/{addr}"),
+        workload: String::new(),
     }
 }
 
