@@ -443,6 +443,7 @@ impl Tap {
         }
         let status = rsp.status().as_u16();
         let grpc_status = crate::classify::grpc_status(rsp.headers()).map(u32::from);
+        let grpc = crate::classify::is_grpc(rsp.headers());
         let head = pending.started.elapsed();
         rsp.map(|inner| {
             crate::http::boxed(TapBody {
@@ -451,6 +452,7 @@ impl Tap {
                     pending,
                     status: status.into(),
                     grpc_status,
+                    grpc,
                     head,
                     bytes: 0,
                 }),
@@ -475,6 +477,7 @@ struct EndState {
     pending: Pending,
     status: u32,
     grpc_status: Option<u32>,
+    grpc: bool,
     head: Duration,
     bytes: u64,
 }
@@ -482,6 +485,18 @@ struct EndState {
 impl EndState {
     fn emit(self, end: &str) {
         let mut event = self.pending.base.clone();
+        let how = match end {
+            "error" => crate::classify::End::Error,
+            "dropped" => crate::classify::End::Dropped,
+            _ => crate::classify::End::Complete,
+        };
+        let classification = crate::classify::classify(
+            http::StatusCode::from_u16(u16::try_from(self.status).unwrap_or(0))
+                .unwrap_or(http::StatusCode::OK),
+            self.grpc,
+            self.grpc_status.and_then(|s| u16::try_from(s).ok()),
+            how,
+        );
         event.event = Some(tap_event::Event::ResponseEnd(pb::ResponseEnd {
             status: self.status,
             grpc_status: self.grpc_status,
@@ -489,6 +504,7 @@ impl EndState {
             latency_end_micros: micros(self.pending.started.elapsed()),
             response_bytes: self.bytes,
             end: end.to_string(),
+            classification: classification.to_string(),
         }));
         send(&self.pending.hub, &self.pending.subs, event);
     }

@@ -1,5 +1,5 @@
 //! `weft top`: the most-requested paths, live, from the same stream as `weft tap`
-//! (docs/tap.md). Counts, success rate (not 5xx, gRPC status 0 when gRPC) and latency
+//! (docs/tap.md). Counts, success rate (the proxy's classification, as `response_total`'s) and latency
 //! percentiles per (direction, authority, method, path) over what the tap has seen.
 
 use std::collections::BTreeMap;
@@ -71,9 +71,8 @@ impl Top {
                 }
                 let row = self.rows.entry(key).or_default();
                 row.count += 1;
-                let status = v.get("status").and_then(|x| x.as_u64()).unwrap_or(0);
-                let grpc = v.get("grpc_status").and_then(|x| x.as_u64());
-                if status < 500 && grpc.unwrap_or(0) == 0 && s("end") != "error" {
+                // The proxy classifies (the rule of `response_total`'s `classification`).
+                if s("classification") == "success" {
                     row.success += 1;
                 }
                 if row.latencies_ms.len() < MAX_SAMPLES {
@@ -171,9 +170,9 @@ mod tests {
     #[test]
     fn counts_success_and_latency_by_path() {
         let mut t = Top::default();
-        for (id, status) in [(1, 200), (2, 503), (3, 200)] {
+        for (id, class) in [(1, "success"), (2, "failure"), (3, "success")] {
             t.add(&serde_json::json!({"type":"request","proxy":"d/p","id":id,"direction":"outbound","authority":"api:80","method":"GET","path":"/items?x=1"}));
-            t.add(&serde_json::json!({"type":"response","proxy":"d/p","id":id,"status":status,"latency_ms":2.0}));
+            t.add(&serde_json::json!({"type":"response","proxy":"d/p","id":id,"status":200,"classification":class,"latency_ms":2.0}));
         }
         let out = t.render();
         let line = out.lines().nth(1).unwrap();

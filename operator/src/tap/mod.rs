@@ -518,6 +518,7 @@ pub fn event_json(e: &weft_proxy_api::tap_v1::TapEvent) -> serde_json::Value {
             "latency_ms": r.latency_end_micros as f64 / 1000.0,
             "response_bytes": r.response_bytes,
             "end": r.end,
+            "classification": r.classification,
         }),
         None => serde_json::json!({"type": "unknown"}),
     };

@@ -60,6 +60,11 @@ pub struct ResponseEnd {
     /// How the response ended: "complete", "error" or "dropped" (the client went away).
     #[prost(string, tag = "6")]
     pub end: ::prost::alloc::string::String,
+    /// "success" or "failure", by the same rule as the `classification` label of `response_total`
+    /// (the proxy's `classify`): 5xx, a gRPC status other than 0 (or none at the end of a gRPC
+    /// stream), or a body that failed.
+    #[prost(string, tag = "7")]
+    pub classification: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct TapEvent {
