@@ -303,11 +303,9 @@ pub fn outbound_services(pod: &Value) -> (Option<String>, Vec<String>) {
     let mut valid: Vec<String> = Vec::new();
     let mut warnings = Vec::new();
     for entry in raw.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-        let name = format!("{}{entry}", weft_common::names::OUTBOUND_PREFIX);
-        let ok = matches!(
-            weft_common::names::ResourceName::parse(&name),
-            Ok(weft_common::names::ResourceName::Outbound { .. })
-        );
+        let ok = entry
+            .split_once('.')
+            .is_some_and(|(svc, ns)| is_dns_label(svc) && is_dns_label(ns));
         if !ok {
             warnings.push(format!(
                 "weft: {OUTBOUND_SERVICES_ANNOTATION}: ignored {:?} (expected <service>.<namespace>)",
@@ -324,6 +322,17 @@ pub fn outbound_services(pod: &Value) -> (Option<String>, Vec<String>) {
     }
     let joined = (!valid.is_empty()).then(|| valid.join(","));
     (joined, warnings)
+}
+
+/// A Kubernetes object name that is one DNS label (RFC 1123: 1-63 lowercase letters, digits
+/// and `-`, starting and ending with a letter or digit), as Service and Namespace names are.
+fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    let inner = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    (1..=63).contains(&b.len())
+        && b.first().is_some_and(inner)
+        && b.last().is_some_and(inner)
+        && b.iter().all(|c| inner(c) || *c == b'-')
 }
 
 /// At most `max` characters of `s` (warnings quote user input, bounded).
@@ -1182,14 +1191,14 @@ mod tests {
 
         // Pre-subscription: valid entries copied (trimmed, deduplicated), bad ones warned about.
         let ann = json!({"weft.io/outbound-services":
-            " api.shop, Bad.Shop,db.data,,api.shop, nodots, a.b.c, x.y "});
+            " api.shop, Bad.Shop,db.data,,api.shop, nodots, a.b.c, x.y, -a.b, not a.svc "});
         let out = inject_pod_of(&pod(ann.clone()), &on_demand_op, None, &none).unwrap();
         assert_eq!(
             env_of(&out, OUTBOUND_SERVICES_ENV).as_deref(),
             Some("api.shop,db.data,x.y")
         );
         let (_, warnings) = outbound_services(&pod(ann.clone()));
-        assert_eq!(warnings.len(), 3, "{warnings:?}");
+        assert_eq!(warnings.len(), 5, "{warnings:?}");
         assert!(warnings.iter().any(|w| w.contains("Bad.Shop")));
         // Only garbage: no variable, the pod is still injected, the review carries warnings.
         let garbage = json!({"weft.io/outbound-services": "not a service, ../etc"});
