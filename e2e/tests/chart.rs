@@ -76,7 +76,10 @@ fn chart_lints_clean_and_rejects_bad_values() {
     let Some(o) = helm(&["lint", "--set", "discovery.mode=lazy"]) else {
         return;
     };
-    assert!(!o.status.success(), "schema must refuse a bad discovery mode");
+    assert!(
+        !o.status.success(),
+        "schema must refuse a bad discovery mode"
+    );
     assert!(String::from_utf8_lossy(&o.stderr).contains("discovery"));
 }
 

@@ -68,6 +68,20 @@ async fn get(env: &KubeEnv, url: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// As [`get`], with curl's total time in seconds (printed for the report, never asserted).
+async fn get_timed(env: &KubeEnv, url: &str) -> (String, String) {
+    let script = format!(
+        "out=$(curl -s --max-time 8 -w ' %{{http_code}} %{{time_total}}' {url}); rc=$?; \
+         if [ $rc -ne 0 ]; then echo \"fail $rc\"; else echo \"$out\" | tr -d '\\n'; fi"
+    );
+    let out = env.exec(NS, "client", None, &["sh", "-c", &script]).await;
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    match line.rsplit_once(' ') {
+        Some((answer, time)) if !line.starts_with("fail") => (answer.to_string(), time.to_string()),
+        _ => (line, "-".to_string()),
+    }
+}
+
 /// A proxy's admin `/config` (read inside its pod: the admin port is not captured on loopback).
 async fn proxy_config(env: &KubeEnv, pod: &str) -> Value {
     let out = env
@@ -232,20 +246,22 @@ spec:
 
     // The first request to a Service the proxy never saw, by name (DNS → ClusterIP → iptables →
     // the proxy resolves the address on demand), succeeds.
-    let first = get(&env, &format!("http://web.{NS}.svc.cluster.local/")).await;
+    let (first, first_time) = get_timed(&env, &format!("http://web.{NS}.svc.cluster.local/")).await;
     assert_eq!(
         first,
         "web v1 200",
         "first on-demand request\nclient logs:\n{}",
         env.logs(NS, "client")
     );
-    eprintln!("first on-demand request to web: {first}");
+    eprintln!("first on-demand request to web: {first} in {first_time}s");
+    let (second, second_time) =
+        get_timed(&env, &format!("http://web.{NS}.svc.cluster.local/")).await;
+    eprintln!("second request to web: {second} in {second_time}s");
     assert_eq!(services_of(&env, "client").await, set(&["pinned", "web"]));
     // The pre-subscribed one answers too, through the subscription it already has.
-    assert_eq!(
-        get(&env, &format!("http://pinned.{NS}/")).await,
-        "pinned v1 200"
-    );
+    let (pinned, pinned_time) = get_timed(&env, &format!("http://pinned.{NS}/")).await;
+    eprintln!("first request to the pre-subscribed pinned: {pinned} in {pinned_time}s");
+    assert_eq!(pinned, "pinned v1 200");
 
     // Authorization is never bypassed: the first request to `secret` (not yet known to the
     // client's proxy) on a route the TrafficTarget does not grant is refused by secret's proxy;
