@@ -26,6 +26,19 @@ pub const SKIP_OUTBOUND_ANNOTATION: &str = "weft.io/skip-outbound-ports";
 pub const TRACE_COLLECTOR_ANNOTATION: &str = "weft.io/trace-collector";
 /// The proxy's variable for [`TRACE_COLLECTOR_ANNOTATION`].
 pub const TRACE_COLLECTOR_ENV: &str = "WEFT_PROXY_TRACE_COLLECTOR";
+/// Pod or Namespace annotation: `on-demand` or `push-all`, the proxy's discovery mode
+/// (`WEFT_PROXY_DISCOVERY_MODE`, docs/proxy.md "On-demand discovery"); overrides the mesh-wide
+/// default (the operator's `--discovery-mode`, chart value `discovery.mode`).
+pub const DISCOVERY_MODE_ANNOTATION: &str = "weft.io/discovery-mode";
+/// The proxy's variable for [`DISCOVERY_MODE_ANNOTATION`].
+pub const DISCOVERY_MODE_ENV: &str = "WEFT_PROXY_DISCOVERY_MODE";
+/// Pod annotation: comma-separated `<svc>.<ns>` an on-demand proxy watches from the start
+/// (`WEFT_PROXY_OUTBOUND_SERVICES`), so that the first request to them waits for nothing.
+pub const OUTBOUND_SERVICES_ANNOTATION: &str = "weft.io/outbound-services";
+/// The proxy's variable for [`OUTBOUND_SERVICES_ANNOTATION`].
+pub const OUTBOUND_SERVICES_ENV: &str = "WEFT_PROXY_OUTBOUND_SERVICES";
+/// At most this many pre-subscribed services are copied (the proxy watches at most 1024 names).
+pub const MAX_OUTBOUND_SERVICES: usize = 256;
 /// Name of the injected sidecar container.
 pub const PROXY_CONTAINER: &str = "weft-proxy";
 /// Name of the injected init container.
@@ -74,6 +87,10 @@ pub struct InjectSettings {
     /// Who may tap the proxy (`WEFT_PROXY_TAP_IDENTITY`): the operator's SPIFFE ID. `None`: the
     /// variable is not set and the proxy falls back to `WEFT_PROXY_CONTROL_IDENTITY`.
     pub tap_identity: Option<String>,
+    /// The mesh-wide discovery mode given to proxies: `true` when the operator serves on demand
+    /// (`--discovery-mode on-demand`, chart value `discovery.mode`); a `weft.io/discovery-mode`
+    /// annotation overrides it per pod or namespace.
+    pub on_demand: bool,
 }
 
 impl Default for InjectSettings {
@@ -97,6 +114,7 @@ impl Default for InjectSettings {
             trace_collector: None,
             tap_port: 4190,
             tap_identity: None,
+            on_demand: false,
         }
     }
 }
@@ -247,6 +265,79 @@ pub fn trace_collector(
         .or_else(|| settings.trace_collector.clone())?;
     let chosen = chosen.trim();
     is_collector_url(chosen).then(|| chosen.to_string())
+}
+
+/// Whether a pod's proxy asks for on-demand discovery: its `weft.io/discovery-mode` annotation,
+/// else its Namespace's, else the mesh-wide default. An unknown value is ignored (the next one
+/// decides): a bad annotation never stops the proxy from starting. Push-all proxies served by an
+/// on-demand operator, and on-demand proxies served by a push-all one, both work (the operator
+/// decides what it sends; docs/proxy.md).
+pub fn on_demand(
+    pod: &Value,
+    namespace_annotations: &BTreeMap<String, String>,
+    settings: &InjectSettings,
+) -> bool {
+    let parse = |v: &str| match v.trim() {
+        "on-demand" => Some(true),
+        "push-all" => Some(false),
+        _ => None,
+    };
+    annotation(pod, DISCOVERY_MODE_ANNOTATION)
+        .and_then(parse)
+        .or_else(|| {
+            namespace_annotations
+                .get(DISCOVERY_MODE_ANNOTATION)
+                .and_then(|v| parse(v))
+        })
+        .unwrap_or(settings.on_demand)
+}
+
+/// The pod's pre-subscribed services (`weft.io/outbound-services`, comma-separated
+/// `<svc>.<ns>`): the valid entries, normalised and joined with `,` (`None` when there are
+/// none), and one warning per ignored entry (not a `<svc>.<ns>` of DNS labels, or over
+/// [`MAX_OUTBOUND_SERVICES`]). Never an error: a bad entry must not stop injection.
+pub fn outbound_services(pod: &Value) -> (Option<String>, Vec<String>) {
+    let Some(raw) = annotation(pod, OUTBOUND_SERVICES_ANNOTATION) else {
+        return (None, Vec::new());
+    };
+    let mut valid: Vec<String> = Vec::new();
+    let mut warnings = Vec::new();
+    for entry in raw.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let ok = entry
+            .split_once('.')
+            .is_some_and(|(svc, ns)| is_dns_label(svc) && is_dns_label(ns));
+        if !ok {
+            warnings.push(format!(
+                "weft: {OUTBOUND_SERVICES_ANNOTATION}: ignored {:?} (expected <service>.<namespace>)",
+                truncate(entry, 80)
+            ));
+        } else if valid.len() >= MAX_OUTBOUND_SERVICES {
+            warnings.push(format!(
+                "weft: {OUTBOUND_SERVICES_ANNOTATION}: ignored {:?} (more than {MAX_OUTBOUND_SERVICES} services)",
+                truncate(entry, 80)
+            ));
+        } else if !valid.iter().any(|v| v == entry) {
+            valid.push(entry.to_string());
+        }
+    }
+    let joined = (!valid.is_empty()).then(|| valid.join(","));
+    (joined, warnings)
+}
+
+/// A Kubernetes object name that is one DNS label (RFC 1123: 1-63 lowercase letters, digits
+/// and `-`, starting and ending with a letter or digit), as Service and Namespace names are.
+fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    let inner = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    (1..=63).contains(&b.len())
+        && b.first().is_some_and(inner)
+        && b.last().is_some_and(inner)
+        && b.iter().all(|c| inner(c) || *c == b'-')
+}
+
+/// At most `max` characters of `s` (warnings quote user input, bounded).
+fn truncate(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
 }
 
 fn annotation<'a>(pod: &'a Value, key: &str) -> Option<&'a str> {
@@ -559,6 +650,14 @@ fn inject_pod_of(
     ) {
         env.push(json!({"name": TRACE_COLLECTOR_ENV, "value": collector}));
     }
+    if let Some(env) = proxy["env"].as_array_mut() {
+        if on_demand(pod, namespace_annotations, settings) {
+            env.push(json!({"name": DISCOVERY_MODE_ENV, "value": "on-demand"}));
+        }
+        if let (Some(services), _) = outbound_services(pod) {
+            env.push(json!({"name": OUTBOUND_SERVICES_ENV, "value": services}));
+        }
+    }
     upsert_named(spec, "containers", proxy, false)?;
     upsert_named(spec, "volumes", token_volume(settings), false)?;
     Ok(out)
@@ -619,6 +718,10 @@ pub fn review_response(
         if should_inject(pod, namespace_annotations) {
             match inject_pod_of(pod, settings, owner_workload(pod), namespace_annotations) {
                 Ok(after) => {
+                    let (_, warnings) = outbound_services(pod);
+                    if !warnings.is_empty() {
+                        response["warnings"] = json!(warnings);
+                    }
                     let patch = json_patch(pod, &after);
                     if patch.as_array().is_some_and(|p| !p.is_empty()) {
                         let bytes = serde_json::to_vec(&patch).unwrap_or_default();
@@ -1012,6 +1115,122 @@ mod tests {
             (k == TRACE_COLLECTOR_ENV).then(|| "otel:4317".to_string())
         })
         .is_err());
+    }
+
+    #[test]
+    fn discovery_mode_and_pre_subscribed_services_reach_the_proxy() {
+        let env_of = |out: &Value, name: &str| -> Option<String> {
+            out.pointer("/spec/containers")?
+                .as_array()?
+                .iter()
+                .find(|c| c["name"] == PROXY_CONTAINER)?["env"]
+                .as_array()?
+                .iter()
+                .find(|e| e["name"] == name)
+                .and_then(|e| e["value"].as_str())
+                .map(str::to_string)
+        };
+        let push_all = InjectSettings::default();
+        let on_demand_op = InjectSettings {
+            on_demand: true,
+            ..Default::default()
+        };
+        let ns_od: BTreeMap<String, String> = [(
+            DISCOVERY_MODE_ANNOTATION.to_string(),
+            "on-demand".to_string(),
+        )]
+        .into();
+        let ns_pa: BTreeMap<String, String> = [(
+            DISCOVERY_MODE_ANNOTATION.to_string(),
+            "push-all".to_string(),
+        )]
+        .into();
+        let mode = |ann: Value, ns: &BTreeMap<String, String>, s: &InjectSettings| {
+            let out = inject_pod_of(&pod(ann), s, None, ns).unwrap();
+            env_of(&out, DISCOVERY_MODE_ENV)
+        };
+        let none = BTreeMap::new();
+        // The operator's mode is the default.
+        assert_eq!(mode(json!({}), &none, &push_all), None);
+        assert_eq!(
+            mode(json!({}), &none, &on_demand_op).as_deref(),
+            Some("on-demand")
+        );
+        // Namespace, then pod annotation override it.
+        assert_eq!(
+            mode(json!({}), &ns_od, &push_all).as_deref(),
+            Some("on-demand")
+        );
+        assert_eq!(mode(json!({}), &ns_pa, &on_demand_op), None);
+        assert_eq!(
+            mode(
+                json!({"weft.io/discovery-mode": "on-demand"}),
+                &ns_pa,
+                &push_all
+            )
+            .as_deref(),
+            Some("on-demand")
+        );
+        assert_eq!(
+            mode(
+                json!({"weft.io/discovery-mode": "push-all"}),
+                &ns_od,
+                &on_demand_op
+            ),
+            None
+        );
+        // An unknown value is ignored (the next level decides), never an injection failure.
+        assert_eq!(
+            mode(json!({"weft.io/discovery-mode": "lazy"}), &ns_od, &push_all).as_deref(),
+            Some("on-demand")
+        );
+        assert_eq!(
+            mode(json!({"weft.io/discovery-mode": "lazy"}), &none, &push_all),
+            None
+        );
+
+        // Pre-subscription: valid entries copied (trimmed, deduplicated), bad ones warned about.
+        let ann = json!({"weft.io/outbound-services":
+            " api.shop, Bad.Shop,db.data,,api.shop, nodots, a.b.c, x.y, -a.b, not a.svc "});
+        let out = inject_pod_of(&pod(ann.clone()), &on_demand_op, None, &none).unwrap();
+        assert_eq!(
+            env_of(&out, OUTBOUND_SERVICES_ENV).as_deref(),
+            Some("api.shop,db.data,x.y")
+        );
+        let (_, warnings) = outbound_services(&pod(ann.clone()));
+        assert_eq!(warnings.len(), 5, "{warnings:?}");
+        assert!(warnings.iter().any(|w| w.contains("Bad.Shop")));
+        // Only garbage: no variable, the pod is still injected, the review carries warnings.
+        let garbage = json!({"weft.io/outbound-services": "not a service, ../etc"});
+        let out = inject_pod_of(&pod(garbage.clone()), &on_demand_op, None, &none).unwrap();
+        assert_eq!(env_of(&out, OUTBOUND_SERVICES_ENV), None);
+        assert!(env_of(&out, "WEFT_PROXY_POD").is_some());
+        let review = json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {"uid": "t", "kind": {"kind": "Pod"}, "namespace": "shop",
+                        "object": pod(garbage)}
+        });
+        let ns_inject: BTreeMap<String, String> =
+            [(INJECT_ANNOTATION.to_string(), "enabled".to_string())].into();
+        let rsp = review_response(&review, &on_demand_op, &ns_inject);
+        assert_eq!(rsp["response"]["allowed"], true);
+        assert!(rsp["response"]["patch"].is_string());
+        assert_eq!(
+            rsp["response"]["warnings"].as_array().map(Vec::len),
+            Some(2)
+        );
+        // Bounded: at most MAX_OUTBOUND_SERVICES copied, the rest warned about.
+        let many: Vec<String> = (0..MAX_OUTBOUND_SERVICES + 5)
+            .map(|i| format!("s{i}.ns"))
+            .collect();
+        let (kept, warnings) =
+            outbound_services(&pod(json!({"weft.io/outbound-services": many.join(",")})));
+        assert_eq!(kept.unwrap().split(',').count(), MAX_OUTBOUND_SERVICES);
+        assert_eq!(warnings.len(), 5);
+        // Re-injection with the same settings changes nothing.
+        let once = inject_pod_of(&pod(ann), &on_demand_op, None, &none).unwrap();
+        let twice = inject_pod_of(&once, &on_demand_op, None, &none).unwrap();
+        assert_eq!(once, twice);
     }
 
     #[test]

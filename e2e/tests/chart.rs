@@ -68,6 +68,19 @@ fn chart_lints_clean_and_rejects_bad_values() {
     };
     assert!(!o.status.success(), "schema must refuse a bad policy");
     assert!(String::from_utf8_lossy(&o.stderr).contains("defaultInboundPolicy"));
+    // #19: discovery.mode is push-all or on-demand, nothing else.
+    let Some(o) = helm(&["lint", "--set", "discovery.mode=on-demand"]) else {
+        return;
+    };
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let Some(o) = helm(&["lint", "--set", "discovery.mode=lazy"]) else {
+        return;
+    };
+    assert!(
+        !o.status.success(),
+        "schema must refuse a bad discovery mode"
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("discovery"));
 }
 
 #[test]

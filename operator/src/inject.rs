@@ -57,7 +57,12 @@ pub async fn handle_admission(
     }
     let response = review_response(&review, settings, &ns_annotations);
     if let Some(w) = response.pointer("/response/warnings") {
-        tracing::warn!(warnings = %w, "not injecting pod");
+        if response.pointer("/response/patch").is_some() {
+            // Injected; an annotation was partly ignored (e.g. `weft.io/outbound-services`).
+            tracing::warn!(warnings = %w, "injected pod with warnings");
+        } else {
+            tracing::warn!(warnings = %w, "not injecting pod");
+        }
     }
     Ok(response)
 }

@@ -304,6 +304,9 @@ async fn build(args: &Args) -> anyhow::Result<RuntimeConfig> {
                     .as_ref()
                     .and_then(|i| i.ca.current())
                     .map(|issuer| anchors_pem(&issuer));
+                // #19: proxies ask for on-demand discovery when this operator serves it (a
+                // `weft.io/discovery-mode` annotation overrides it per pod or namespace).
+                settings.on_demand = matches!(args.discovery_mode, DiscoveryModeArg::OnDemand);
                 // #18 tap: only this operator's identity may open a proxy's tap.
                 settings.tap_identity = Some(format!(
                     "spiffe://{}/ns/{}/sa/{}",
