@@ -707,6 +707,8 @@ async fn kube_traffic_metrics_for_a_traffic_split() {
             .iter()
             .find(|i| i["edge"]["direction"] == "to" && i["edge"]["resource"]["name"] == "web-v1")
             .unwrap_or_else(|| panic!("{path}: no edge to web-v1: {body}"));
+        // web-v1 is a bare pod: the Deployment's peer is named by its pod.
+        assert_eq!(to_v1["edge"]["resource"]["kind"], "Pod", "{to_v1}");
         let ok: u64 = metric(to_v1, "success_count")
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);

@@ -579,7 +579,9 @@ mod tests {
             ..pod(name)
         };
         assert!(q.target.selects(&owned("api-7d9f-abcde", "deployment/api")));
-        assert!(!q.target.selects(&owned("api-v2-7d9f-abcde", "deployment/api-v2")));
+        assert!(!q
+            .target
+            .selects(&owned("api-v2-7d9f-abcde", "deployment/api-v2")));
         assert!(!q.target.selects(&owned("api-0", "statefulset/api")));
         assert!(TapQuery::from_query("max=0", None).is_err());
         assert!(TapQuery::from_query("evil=1", None).is_err());
