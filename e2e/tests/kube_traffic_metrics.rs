@@ -679,17 +679,26 @@ async fn kube_traffic_metrics_for_a_traffic_split() {
     eprintln!("weft stat --from {pod_ref}:\n{out}");
     let rows: Value = serde_json::from_str(&out).expect("stat JSON");
     let rows = rows.as_array().expect("stat rows");
-    for backend in ["web-v1", "web-v2"] {
-        let row = rows
-            .iter()
+    // Every row's caller is the client's pod; web-v1 answers every request, web-v2 none
+    // (its pod, or the service once failure accrual ejected the pod and the client's proxy
+    // answered 503 itself).
+    let from_client = format!("{NS}/pod/{client} -> ");
+    let row_to = |dsts: &[String]| {
+        rows.iter()
             .find(|r| {
-                r["name"]
-                    .as_str()
-                    .is_some_and(|n| n.ends_with(&format!("pod/{backend}")))
+                r["name"].as_str().is_some_and(|n| {
+                    n.strip_prefix(&from_client)
+                        .is_some_and(|dst| dsts.iter().any(|d| d == dst))
+                })
             })
-            .unwrap_or_else(|| panic!("no row to {backend}: {out}"));
-        assert!(row["requests"].as_u64().unwrap_or(0) > 0, "{row}");
-    }
+            .unwrap_or_else(|| panic!("no row from {from_client} to {dsts:?}: {out}"))
+    };
+    let v1_row = row_to(&[format!("{NS}/pod/web-v1")]);
+    assert!(v1_row["requests"].as_u64().unwrap_or(0) > 0, "{v1_row}");
+    assert_eq!(v1_row["success_rate"], 1.0, "{v1_row}");
+    let v2_row = row_to(&[format!("{NS}/pod/web-v2"), format!("{NS}/service/web-v2")]);
+    assert!(v2_row["requests"].as_u64().unwrap_or(0) > 0, "{v2_row}");
+    assert_eq!(v2_row["success_rate"], 0.0, "{v2_row}");
 
     // ---- TrafficMetrics edges of the client's Deployment and pod ----
     for path in [
