@@ -195,7 +195,12 @@ fn status_class(code: &str) -> String {
 
 /// The edges of one set of readings, with their cumulative counts, and the inbound counts by
 /// (callee proxy, client identity) for the cross-check.
-fn accumulate(readings: &[Reading]) -> (BTreeMap<EdgeKey, Acc>, BTreeMap<(Peer, String), f64>) {
+/// With `by_pod`, meshed callers and callees are named by pod (`pod/<name>`) instead of by
+/// workload.
+fn accumulate(
+    readings: &[Reading],
+    by_pod: bool,
+) -> (BTreeMap<EdgeKey, Acc>, BTreeMap<(Peer, String), f64>) {
     let identities: BTreeSet<&str> = readings
         .iter()
         .map(|r| r.identity.as_str())
@@ -204,7 +209,12 @@ fn accumulate(readings: &[Reading]) -> (BTreeMap<EdgeKey, Acc>, BTreeMap<(Peer, 
     let mut edges: BTreeMap<EdgeKey, Acc> = BTreeMap::new();
     let mut seen: BTreeMap<(Peer, String), f64> = BTreeMap::new();
     for r in readings {
-        let me = proxy_peer(&r.samples).unwrap_or_else(|| Peer {
+        let me = if by_pod {
+            proxy_pod(&r.samples)
+        } else {
+            proxy_peer(&r.samples)
+        };
+        let me = me.unwrap_or_else(|| Peer {
             namespace: String::new(),
             name: r.target.clone(),
         });
@@ -226,7 +236,14 @@ fn accumulate(readings: &[Reading]) -> (BTreeMap<EdgeKey, Acc>, BTreeMap<(Peer, 
             let key = match l("direction").as_str() {
                 "outbound" => {
                     let dst_ns = l("dst_namespace");
-                    let dst = match workload_name(&s.labels, "dst_") {
+                    let by_name = if by_pod {
+                        Some(l("dst_pod"))
+                            .filter(|p| !p.is_empty())
+                            .map(|p| format!("pod/{p}"))
+                    } else {
+                        None
+                    };
+                    let dst = match by_name.or_else(|| workload_name(&s.labels, "dst_")) {
                         Some(name) => name,
                         None if !l("dst_service").is_empty() => {
                             format!("service/{}", l("dst_service"))
@@ -293,14 +310,24 @@ fn accumulate(readings: &[Reading]) -> (BTreeMap<EdgeKey, Acc>, BTreeMap<(Peer, 
 /// The edges that carried requests between two readings. Only proxies read both times count
 /// (a proxy that went away, or appeared in between, has no difference to report).
 pub fn edges(first: &[Reading], second: &[Reading]) -> Vec<Edge> {
+    edges_named(first, second, false)
+}
+
+/// [`edges`] with meshed callers and callees named by pod (`pod/<name>`), for `--from pod/X`
+/// and `--to pod/X` (a Deployment's pod is otherwise named by its Deployment).
+pub fn edges_by_pod(first: &[Reading], second: &[Reading]) -> Vec<Edge> {
+    edges_named(first, second, true)
+}
+
+fn edges_named(first: &[Reading], second: &[Reading], by_pod: bool) -> Vec<Edge> {
     let before_targets: BTreeSet<&str> = first.iter().map(|r| r.target.as_str()).collect();
     let second: Vec<Reading> = second
         .iter()
         .filter(|r| before_targets.contains(r.target.as_str()))
         .cloned()
         .collect();
-    let (a, seen_a) = accumulate(first);
-    let (b, seen_b) = accumulate(&second);
+    let (a, seen_a) = accumulate(first, by_pod);
+    let (b, seen_b) = accumulate(&second, by_pod);
     let delta = |now: f64, before: Option<f64>| (now - before.unwrap_or(0.0)).max(0.0);
     let mut out = Vec::new();
     for (key, now) in b {
@@ -670,6 +697,22 @@ mod tests {
         let r = rows(&e, Some(&svc));
         assert_eq!(r.len(), 1, "{r:#?}");
         assert_eq!(r[0].service, "api");
+    }
+
+    #[test]
+    fn by_pod_names_a_deployments_pods_by_pod() {
+        let e = edges_by_pod(&[web(10, 1), api(10, 0)], &[web(40, 5), api(40, 3)]);
+        let meshed = e
+            .iter()
+            .find(|e| e.key.client_id == WEB_ID)
+            .expect("meshed edge");
+        assert_eq!(meshed.key.src.to_string(), "demo/pod/web-0");
+        assert_eq!(meshed.key.dst.to_string(), "demo/pod/api-0");
+        let pod = Resource::parse("pod/web-0", Some("demo")).unwrap();
+        assert!(pod.matches_src(&meshed.key));
+        // By workload, a pod filter matches no Deployment's pod (hence `edges_by_pod`).
+        let e = edges(&[web(10, 1)], &[web(40, 5)]);
+        assert!(!pod.matches_src(&e[0].key));
     }
 
     #[test]

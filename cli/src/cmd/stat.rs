@@ -172,7 +172,16 @@ pub async fn collect_edges(
 ) -> anyhow::Result<Vec<Row>> {
     let (first, second, secs) =
         edges::read_twice(targets, client, window, "weft stat", true).await?;
-    Ok(edge_rows(&edges::edges(&first, &second), secs, from, to))
+    // A pod of a workload is named by its workload unless a side asks for a pod.
+    let by_pod = [from, to]
+        .iter()
+        .any(|r| r.is_some_and(|r| r.kind == "pod"));
+    let all = if by_pod {
+        edges::edges_by_pod(&first, &second)
+    } else {
+        edges::edges(&first, &second)
+    };
+    Ok(edge_rows(&all, secs, from, to))
 }
 
 /// Rows of the edges from `from` to `to`, summed by (caller, callee).

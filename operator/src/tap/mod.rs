@@ -55,6 +55,8 @@ pub struct TapPod {
     pub ip: Option<IpAddr>,
     pub service_account: String,
     pub meshed: bool,
+    /// `<kind>/<name>` of its owning workload (`deployment/api`), when known.
+    pub workload: Option<String>,
 }
 
 /// The pods of the operator's model, kept up to date by the reconciler.
@@ -78,6 +80,7 @@ impl TapDirectory {
                 ip: p.ip,
                 service_account: p.service_account.clone(),
                 meshed: p.meshed,
+                workload: p.workload.clone(),
             })
             .collect();
         *self.pods.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(list);
@@ -137,15 +140,35 @@ impl Target {
             Target::Namespace(ns) => pod.namespace == *ns,
             Target::Pod { namespace, name } => pod.namespace == *namespace && pod.name == *name,
             Target::Workload {
-                namespace, name, ..
+                namespace,
+                kind,
+                name,
             } => {
                 pod.namespace == *namespace
-                    && pod
-                        .name
-                        .strip_prefix(name.as_str())
-                        .is_some_and(|rest| rest.starts_with('-'))
+                    && match &pod.workload {
+                        // The pod's owner decides: `deploy/web` never selects the pods of
+                        // Deployment `web-v1` (RBAC allowed the one named, not its prefix).
+                        Some(w) => *w == format!("{}/{name}", workload_kind(kind)),
+                        // No owner known (a bare pod, a manifests-mode pod): by name.
+                        None => pod
+                            .name
+                            .strip_prefix(name.as_str())
+                            .is_some_and(|rest| rest.starts_with('-')),
+                    }
             }
         }
+    }
+}
+
+/// The kind of a workload as [`weft_core::inject::workload_of`] names it (`deployment`), from
+/// how a user or a URL names it (`deploy`, `deployments`).
+fn workload_kind(kind: &str) -> &str {
+    match kind {
+        "deploy" | "deployment" | "deployments" => "deployment",
+        "sts" | "statefulset" | "statefulsets" => "statefulset",
+        "ds" | "daemonset" | "daemonsets" => "daemonset",
+        "job" | "jobs" => "job",
+        other => other,
     }
 }
 
@@ -547,9 +570,20 @@ mod tests {
             ip: None,
             service_account: "api".into(),
             meshed: true,
+            workload: None,
         };
         assert!(q.target.selects(&pod("api-7d9f-abcde")));
         assert!(!q.target.selects(&pod("apix-0")));
+        // With the owner known, the owner decides, not the name.
+        let owned = |name: &str, workload: &str| TapPod {
+            workload: Some(workload.into()),
+            ..pod(name)
+        };
+        assert!(q.target.selects(&owned("api-7d9f-abcde", "deployment/api")));
+        assert!(!q
+            .target
+            .selects(&owned("api-v2-7d9f-abcde", "deployment/api-v2")));
+        assert!(!q.target.selects(&owned("api-0", "statefulset/api")));
         assert!(TapQuery::from_query("max=0", None).is_err());
         assert!(TapQuery::from_query("evil=1", None).is_err());
         assert!(Target::parse("svc/x", "d").is_err());

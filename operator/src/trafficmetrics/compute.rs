@@ -269,39 +269,59 @@ pub enum Direction {
     From,
 }
 
+/// An edge's key: its direction, and the peer's namespace, kind (`Pod` or `Deployment`) and
+/// name.
+pub type EdgeKey = (Direction, String, &'static str, String);
+
 /// The edges of a pod or Deployment, both measured by the client's proxy (outbound series with
 /// the `dst_pod`/`dst_deployment` labels): requests it sent (`To`, grouped by destination) and
-/// requests meshed clients sent to it (`From`, grouped by the client).
+/// requests meshed clients sent to it (`From`, grouped by the client). A Deployment's peer is
+/// named by its Deployment, else (a bare pod, a StatefulSet's pod, ...) by its pod, so a
+/// Deployment calling a pod that no Deployment owns still has the edge.
 pub fn edges(
     increases: &[Increase],
     kind: EdgeKind,
     namespace: &str,
     name: &str,
-) -> BTreeMap<(Direction, String, String), Stats> {
-    let dst_label = match kind {
-        EdgeKind::Pod => "dst_pod",
-        EdgeKind::Deployment => "dst_deployment",
+) -> BTreeMap<EdgeKey, Stats> {
+    // The peer's (kind, name): by Deployment when asked and known, else by pod.
+    let peer = |deployment: &str, pod: &str| -> Option<(&'static str, String)> {
+        if kind == EdgeKind::Deployment && !deployment.is_empty() {
+            Some(("Deployment", deployment.to_owned()))
+        } else if !pod.is_empty() {
+            Some(("Pod", pod.to_owned()))
+        } else {
+            None
+        }
     };
-    let mut out: BTreeMap<(Direction, String, String), Stats> = BTreeMap::new();
+    let mut out: BTreeMap<EdgeKey, Stats> = BTreeMap::new();
     for (pod, series) in increases {
         for ((family, labels), v) in series {
             if !outbound(labels) {
                 continue;
             }
-            let client = match kind {
-                EdgeKind::Pod => pod.name.as_str(),
-                EdgeKind::Deployment => label(labels, "deployment"),
+            let dst_ns = label(labels, "dst_namespace");
+            let (client, dst) = match kind {
+                EdgeKind::Pod => (pod.name.as_str(), label(labels, "dst_pod")),
+                EdgeKind::Deployment => {
+                    (label(labels, "deployment"), label(labels, "dst_deployment"))
+                }
             };
-            let (dst_ns, dst) = (label(labels, "dst_namespace"), label(labels, dst_label));
-            if pod.namespace == namespace && client == name && !dst.is_empty() {
-                out.entry((Direction::To, dst_ns.to_owned(), dst.to_owned()))
-                    .or_default()
-                    .add(family, labels, *v);
+            if pod.namespace == namespace && client == name {
+                if let Some((k, n)) =
+                    peer(label(labels, "dst_deployment"), label(labels, "dst_pod"))
+                {
+                    out.entry((Direction::To, dst_ns.to_owned(), k, n))
+                        .or_default()
+                        .add(family, labels, *v);
+                }
             }
-            if dst_ns == namespace && dst == name && !client.is_empty() {
-                out.entry((Direction::From, pod.namespace.clone(), client.to_owned()))
-                    .or_default()
-                    .add(family, labels, *v);
+            if dst_ns == namespace && dst == name {
+                if let Some((k, n)) = peer(label(labels, "deployment"), &pod.name) {
+                    out.entry((Direction::From, pod.namespace.clone(), k, n))
+                        .or_default()
+                        .add(family, labels, *v);
+                }
             }
         }
     }
@@ -469,14 +489,43 @@ response_total{direction="outbound",deployment="web",dst_namespace="a",dst_servi
         assert_eq!(
             keys,
             vec![
-                (Direction::To, "shop".to_string(), "web-v1-abc".to_string()),
-                (Direction::To, "shop".to_string(), "web-v2-def".to_string()),
+                (
+                    Direction::To,
+                    "shop".to_string(),
+                    "Pod",
+                    "web-v1-abc".to_string()
+                ),
+                (
+                    Direction::To,
+                    "shop".to_string(),
+                    "Pod",
+                    "web-v2-def".to_string()
+                ),
             ],
             "db has no dst_pod (not meshed): no edge"
         );
         let from = edges(&inc, EdgeKind::Deployment, "shop", "web-v2");
-        let s = &from[&(Direction::From, "shop".to_string(), "client".to_string())];
+        let s = &from[&(
+            Direction::From,
+            "shop".to_string(),
+            "Deployment",
+            "client".to_string(),
+        )];
         assert_eq!((s.success, s.failure), (3.0, 20.0));
+        // A Deployment's peer that no Deployment owns is named by its pod.
+        let bare = "response_total{direction=\"outbound\",authority=\"db.shop\",dst_namespace=\"shop\",dst_service=\"db\",dst_pod=\"db-0\",dst_statefulset=\"db\",deployment=\"client\",classification=\"success\",status_code=\"200\"}";
+        let inc = vec![(
+            pod("shop", "client-1"),
+            increase(
+                &scrape(&format!("{bare} 1\n")),
+                &scrape(&format!("{bare} 6\n")),
+            ),
+        )];
+        let to = edges(&inc, EdgeKind::Deployment, "shop", "client");
+        let s = &to[&(Direction::To, "shop".to_string(), "Pod", "db-0".to_string())];
+        assert_eq!(s.success, 5.0);
+        // A pod that is no Deployment's is never the Deployment of the same name.
+        assert!(edges(&inc, EdgeKind::Deployment, "shop", "db-0").is_empty());
     }
 
     #[test]

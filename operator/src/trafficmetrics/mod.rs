@@ -399,13 +399,13 @@ impl Ctx<'_> {
         let edges: BTreeMap<_, _> = compute::edges(self.increases, edge_kind, ns, name);
         let items = edges
             .iter()
-            .map(|((direction, peer_ns, peer), stats)| {
+            .map(|((direction, peer_ns, peer_kind, peer), stats)| {
                 let mut m = self.base(&resource);
                 m.insert(
                     "edge".into(),
                     json!({"direction": match direction { Direction::To => "to", Direction::From => "from" },
                            "side": "client",
-                           "resource": obj(k, Some(peer_ns), peer)}),
+                           "resource": obj(peer_kind, Some(peer_ns), peer)}),
                 );
                 m.insert("metrics".into(), metrics(stats));
                 Value::Object(m)
