@@ -363,7 +363,7 @@ impl TapArgs {
 
     fn source(&self) -> anyhow::Result<cmd::tap::Source> {
         if self.demo {
-            return cmd::tap::Source::demo(self.ip_prefix, self.admin_token_file.clone());
+            return demo::tap_source(self.ip_prefix, self.admin_token_file.clone());
         }
         if let Some(addr) = &self.admin_addr {
             let path = self.admin_token_file.as_ref().ok_or_else(|| {
@@ -608,8 +608,13 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             let to = to
                 .map(|r| cmd::edges::Resource::parse(&r, ns))
                 .transpose()?;
-            let (targets, client) =
-                cmd::stat::resolve_targets(proxy_admin, demo, ns, &cluster).await?;
+            let (targets, client) = {
+                let mut proxy_admin = proxy_admin;
+                if demo {
+                    proxy_admin.extend(demo::proxy_admins());
+                }
+                cmd::stat::resolve_targets(proxy_admin, ns, &cluster).await?
+            };
             let rows = if from.is_some() || to.is_some() {
                 cmd::stat::collect_edges(
                     &targets,
@@ -653,8 +658,13 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             let filter = resource
                 .map(|r| cmd::edges::Resource::parse(&r, ns))
                 .transpose()?;
-            let (targets, client) =
-                cmd::stat::resolve_targets(proxy_admin, demo, ns, &cluster).await?;
+            let (targets, client) = {
+                let mut proxy_admin = proxy_admin;
+                if demo {
+                    proxy_admin.extend(demo::proxy_admins());
+                }
+                cmd::stat::resolve_targets(proxy_admin, ns, &cluster).await?
+            };
             let rows =
                 cmd::edges::collect(&targets, client.as_ref(), window, filter.as_ref()).await?;
             cmd::edges::print(&rows, output)?;

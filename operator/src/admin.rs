@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use prometheus_client::registry::Registry;
@@ -192,42 +192,8 @@ struct StatusReport {
     objects: serde_json::Value,
 }
 
-/// Body type of every response of the operator's HTTP servers: boxed, so that a handler may
-/// stream (tap, watch-like aggregated API responses) as well as answer with a whole buffer.
-pub type Body = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
-
-/// A whole-buffer [`Body`].
-pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
-    use http_body_util::BodyExt;
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed()
-}
-
-pub(crate) fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
-    let mut resp = Response::new(full(body.into()));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
-}
-
-pub(crate) fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
-    match serde_json::to_vec_pretty(value) {
-        Ok(body) => {
-            let mut resp = Response::new(full(body));
-            *resp.status_mut() = status;
-            resp.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("application/json"),
-            );
-            resp
-        }
-        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding: {e}")),
-    }
-}
+pub use crate::respond::Body;
+pub(crate) use crate::respond::{json, text};
 
 /// Answers one admin request.
 pub fn handle(state: &AdminState, req: &Request<impl Sized>) -> Response<Body> {

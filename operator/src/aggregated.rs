@@ -12,7 +12,7 @@ use std::pin::Pin;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-use crate::admin::Body;
+use crate::respond::Body;
 
 /// The user the API server authenticated (from its `X-Remote-User`, `X-Remote-Group` and
 /// `X-Remote-Extra-*` headers, trusted only over a verified front-proxy connection).

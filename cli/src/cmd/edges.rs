@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use serde::Serialize;
 
-use crate::cmd::stat::{self, Target};
+use crate::cmd::targets::{self as stat, Target};
 use crate::promtext::{self, Sample};
 use crate::OutputFormat;
 

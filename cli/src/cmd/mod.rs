@@ -10,6 +10,7 @@ pub mod proxies;
 pub mod routes;
 pub mod stat;
 pub mod tap;
+pub mod targets;
 pub mod top;
 pub mod verdict;
 pub mod version;

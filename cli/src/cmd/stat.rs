@@ -9,11 +9,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use anyhow::bail;
 use serde::Serialize;
 
-use crate::admin_http;
 use crate::cmd::edges;
+pub use crate::cmd::targets::{cluster_targets, resolve_targets, Target};
 use crate::promtext::{self, Sample};
 use crate::OutputFormat;
 
@@ -48,106 +47,6 @@ pub struct Row {
 struct Acc {
     by_class: BTreeMap<String, f64>,
     buckets: BTreeMap<u64, f64>,
-}
-
-/// Scrapes each proxy admin address twice and groups the difference.
-/// Where a proxy's `/metrics` is read from.
-#[derive(Clone, Debug)]
-pub enum Target {
-    /// The proxy's admin address (`host:port`), reachable from here.
-    Direct(String),
-    /// A meshed pod, read through the Kubernetes API server's pod proxy (no port-forward).
-    Pod {
-        namespace: String,
-        name: String,
-        admin_port: u16,
-    },
-}
-
-impl Target {
-    /// `namespace/name` of a pod target.
-    pub fn pod_name(&self) -> Option<String> {
-        match self {
-            Target::Direct(_) => None,
-            Target::Pod {
-                namespace, name, ..
-            } => Some(format!("{namespace}/{name}")),
-        }
-    }
-
-    pub fn label(&self) -> String {
-        match self {
-            Target::Direct(a) => a.clone(),
-            Target::Pod {
-                namespace, name, ..
-            } => format!("{namespace}/{name}"),
-        }
-    }
-}
-
-/// The proxies to read: `--proxy-admin` addresses, a running `weft demo`'s (`--demo`), else
-/// the meshed pods of the cluster (of `namespace`, or of every namespace), read through the API
-/// server's pod proxy with the returned client.
-pub async fn resolve_targets(
-    proxy_admin: Vec<String>,
-    demo: bool,
-    namespace: Option<&str>,
-    cluster: &crate::cluster::ClusterArgs,
-) -> anyhow::Result<(Vec<Target>, Option<kube::Client>)> {
-    let mut targets: Vec<Target> = proxy_admin.into_iter().map(Target::Direct).collect();
-    if demo {
-        use crate::demo::manifests;
-        let layout = manifests::Layout {
-            prefix: [127, 42, 0],
-        };
-        targets.extend(manifests::PODS.iter().map(|p| {
-            Target::Direct(format!(
-                "{}:{}",
-                layout.ip(p.host),
-                manifests::PROXY_ADMIN_PORT
-            ))
-        }));
-    }
-    if !targets.is_empty() {
-        return Ok((targets, None));
-    }
-    let client = cluster
-        .connect()
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "no --proxy-admin or --demo given, and {}",
-                crate::term::error_text(&e)
-            )
-        })?
-        .client;
-    let targets = cluster_targets(&client, namespace).await?;
-    Ok((targets, Some(client)))
-}
-
-/// The meshed pods (label `weft.io/proxy-version`) of `namespace`, or of every namespace.
-pub async fn cluster_targets(
-    client: &kube::Client,
-    namespace: Option<&str>,
-) -> anyhow::Result<Vec<Target>> {
-    use k8s_openapi::api::core::v1::Pod;
-    let api: kube::Api<Pod> = match namespace {
-        Some(ns) => kube::Api::namespaced(client.clone(), ns),
-        None => kube::Api::all(client.clone()),
-    };
-    let pods = api
-        .list(&kube::api::ListParams::default().labels("weft.io/proxy-version"))
-        .await?;
-    Ok(pods
-        .items
-        .into_iter()
-        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-        .map(|p| Target::Pod {
-            namespace: p.metadata.namespace.unwrap_or_default(),
-            name: p.metadata.name.unwrap_or_default(),
-            admin_port: 4191,
-        })
-        .collect())
 }
 
 pub async fn collect(
@@ -216,49 +115,6 @@ pub fn edge_rows(
     }
     let empty = BTreeMap::new();
     rows_of(&empty, &acc, secs)
-}
-
-/// Fetches `path` of a proxy's admin API; `Ok(None)` when a pod could not be read (skipped
-/// with a message on stderr, `what` naming the command).
-pub async fn fetch(
-    t: &Target,
-    client: Option<&kube::Client>,
-    path: &str,
-    what: &str,
-) -> anyhow::Result<Option<String>> {
-    Ok(Some(match (t, client) {
-        (Target::Direct(addr), _) => {
-            let (status, body) = admin_http::get(addr, path, Duration::from_secs(3)).await?;
-            if status != 200 {
-                bail!("{addr}{path} answered {status}");
-            }
-            body
-        }
-        (
-            Target::Pod {
-                namespace,
-                name,
-                admin_port,
-            },
-            Some(client),
-        ) => {
-            let path =
-                format!("/api/v1/namespaces/{namespace}/pods/{name}:{admin_port}/proxy{path}");
-            let req = http::Request::get(path).body(Vec::new())?;
-            match tokio::time::timeout(Duration::from_secs(5), client.request_text(req)).await {
-                Ok(Ok(text)) => text,
-                Ok(Err(e)) => {
-                    eprintln!("{what}: skipping {namespace}/{name}: {e}");
-                    return Ok(None);
-                }
-                Err(_) => {
-                    eprintln!("{what}: skipping {namespace}/{name}: no answer within 5 s");
-                    return Ok(None);
-                }
-            }
-        }
-        (Target::Pod { .. }, None) => bail!("reading pods needs a Kubernetes client"),
-    }))
 }
 
 fn key(proxy: &str, s: &Sample, by: GroupBy) -> (String, String) {

@@ -3,7 +3,6 @@
 //! API `tap.weft.io` in a cluster (RBAC), or from a local operator's admin port (`GET /tap`, with
 //! its admin token; `--demo` finds the demo's).
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
@@ -15,14 +14,6 @@ use hyper_util::rt::TokioExecutor;
 use tokio::sync::mpsc;
 
 use crate::cluster::ClusterArgs;
-
-/// Where the demo keeps its operator's admin token for `weft tap --demo` (one per loopback /24).
-pub fn demo_token_path(prefix: [u8; 3]) -> PathBuf {
-    std::env::temp_dir().join(format!(
-        "weft-demo-{}.{}.{}.admin-token",
-        prefix[0], prefix[1], prefix[2]
-    ))
-}
 
 /// What to tap and how (the filters the operator and the proxies apply).
 #[derive(Clone, Debug, Default)]
@@ -44,31 +35,6 @@ pub enum Source {
         token: String,
     },
     Cluster(ClusterArgs),
-}
-
-impl Source {
-    /// The demo's operator (`--ip-prefix`) and the token it left for us.
-    pub fn demo(prefix: [u8; 3], token_file: Option<PathBuf>) -> anyhow::Result<Source> {
-        let layout = crate::demo::manifests::Layout { prefix };
-        let path = token_file.unwrap_or_else(|| demo_token_path(prefix));
-        let token = read_token(&path).with_context(|| {
-            format!(
-                "no admin token at {} (is `weft demo --keep` running on {}.{}.{}?)",
-                path.display(),
-                prefix[0],
-                prefix[1],
-                prefix[2]
-            )
-        })?;
-        Ok(Source::Admin {
-            addr: format!(
-                "{}:{}",
-                layout.operator_ip(),
-                crate::demo::manifests::OPERATOR_ADMIN_PORT
-            ),
-            token,
-        })
-    }
 }
 
 pub fn read_token(path: &std::path::Path) -> anyhow::Result<String> {

@@ -98,7 +98,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
         other => other,
     };
     mesh.sup.stop_all().await;
-    let _ = std::fs::remove_file(crate::cmd::tap::demo_token_path(opts.layout.prefix));
+    let _ = std::fs::remove_file(admin_token_path(opts.layout.prefix));
     if result.is_err() {
         out.line(&format!("logs are in {}", dir.join("logs").display()));
     }
@@ -125,7 +125,7 @@ async fn scripted(opts: &DemoOptions, mesh: &mut Mesh, out: &Output) -> anyhow::
     let admin_token = dir.join("admin-token");
     let secret = random_token()?;
     write_private(&admin_token, &secret)?;
-    write_private(&crate::cmd::tap::demo_token_path(layout.prefix), &secret)?;
+    write_private(&admin_token_path(layout.prefix), &secret)?;
     // The mesh CA, generated here so that proxies get its root out of band and verify the
     // operator over TLS (the operator refuses plaintext).
     let issuer = dir.join("identity");
@@ -719,4 +719,50 @@ impl Output {
         let _ = stdout.flush();
         block.len()
     }
+}
+
+/// Where a running demo leaves its operator's admin token (for `weft tap --demo`).
+pub fn admin_token_path(prefix: [u8; 3]) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!(
+        "weft-demo-{}.{}.{}.admin-token",
+        prefix[0], prefix[1], prefix[2]
+    ))
+}
+
+/// The admin addresses of the demo's proxies (default layout), for `weft stat/edges --demo`.
+pub fn proxy_admins() -> Vec<String> {
+    let layout = manifests::Layout {
+        prefix: [127, 42, 0],
+    };
+    manifests::PODS
+        .iter()
+        .map(|p| format!("{}:{}", layout.ip(p.host), manifests::PROXY_ADMIN_PORT))
+        .collect()
+}
+
+/// The demo's operator (`--ip-prefix`) and the token it left, as a tap source.
+pub fn tap_source(
+    prefix: [u8; 3],
+    token_file: Option<std::path::PathBuf>,
+) -> anyhow::Result<crate::cmd::tap::Source> {
+    use anyhow::Context as _;
+    let layout = manifests::Layout { prefix };
+    let path = token_file.unwrap_or_else(|| admin_token_path(prefix));
+    let token = crate::cmd::tap::read_token(&path).with_context(|| {
+        format!(
+            "no admin token at {} (is `weft demo --keep` running on {}.{}.{}?)",
+            path.display(),
+            prefix[0],
+            prefix[1],
+            prefix[2]
+        )
+    })?;
+    Ok(crate::cmd::tap::Source::Admin {
+        addr: format!(
+            "{}:{}",
+            layout.operator_ip(),
+            manifests::OPERATOR_ADMIN_PORT
+        ),
+        token,
+    })
 }

@@ -16,8 +16,8 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::{TapQuery, Tapper, Target};
-use crate::admin::{json, text, Body};
 use crate::aggregated::{Caller, GroupHandler, ResponseFuture};
+use crate::respond::{json, text, Body};
 
 pub const GROUP: &str = "tap.weft.io";
 pub const VERSION: &str = "v1alpha1";

@@ -26,8 +26,8 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use weft_proxy_api::tap_v1::{tap_client::TapClient, tap_event, Direction, ObserveRequest};
 
-use crate::admin::{text, Body};
 use crate::model::Pod;
+use crate::respond::{text, Body};
 use cert::TapClientCert;
 
 /// The proxies' tap port (`WEFT_PROXY_TAP_ADDR` default; the injector declares it).
