@@ -414,24 +414,25 @@ fn apiserver_config(args: &Args) -> anyhow::Result<Option<ApiServerConfig>> {
     }))
 }
 
-async fn wait_for_signal() {
+/// Resolves on SIGTERM or Ctrl-C. Call it (not await it) before anything starts: the handler is
+/// registered by the call, so a signal that arrives while the operator is still starting (for
+/// example a rollout that replaces a pod right after it became ready) is a graceful shutdown, not
+/// the default action that kills the process.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
+    let term = {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
+        signal(SignalKind::terminate()).ok()
+    };
+    async move {
+        #[cfg(unix)]
+        if let Some(mut term) = term {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+            return;
         }
-    }
-    #[cfg(not(unix))]
-    {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
@@ -440,6 +441,7 @@ async fn wait_for_signal() {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(args.log_format);
+    let signal = shutdown_signal();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let config = build(&args).await?;
     let runtime = Runtime::start(config).await?;
@@ -450,7 +452,7 @@ async fn main() -> anyhow::Result<()> {
         apiserver = ?runtime.apiserver_addr,
         "weft-operator started"
     );
-    wait_for_signal().await;
+    signal.await;
     tracing::info!("shutting down: closing proxy streams");
     runtime.shutdown();
     match tokio::time::timeout(Duration::from_secs(20), runtime.wait()).await {

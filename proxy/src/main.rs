@@ -44,7 +44,8 @@ fn main() -> ExitCode {
         }
     };
 
-    match runtime.block_on(app::run(env, shutdown_signal(), None)) {
+    // The signal handler is registered inside the runtime (it needs its reactor), first thing.
+    match runtime.block_on(async { app::run(env, shutdown_signal(), None).await }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "weft-proxy failed");
@@ -69,26 +70,29 @@ fn init_tracing(env: &ProxyEnv) -> Result<(), String> {
     result.map_err(|e| e.to_string())
 }
 
-/// Completes on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// Completes on SIGTERM or SIGINT. The SIGTERM handler is registered by the call, not on first
+/// poll, so a signal that arrives while the proxy is still starting is a graceful shutdown rather
+/// than the default action that kills the process.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
+    let term = {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
+        signal(SignalKind::terminate())
+    };
+    async move {
+        #[cfg(unix)]
+        match term {
             Ok(mut term) => {
                 tokio::select! {
                     _ = term.recv() => tracing::info!("SIGTERM received"),
                     _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
                 }
+                return;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the proxy");
-                let _ = tokio::signal::ctrl_c().await;
             }
         }
-    }
-    #[cfg(not(unix))]
-    {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
