@@ -14,6 +14,11 @@ use crate::cluster::{skip, Binaries, Cluster, ClusterOptions};
 use crate::images::ImageStore;
 use crate::kubelet::{self, Images, Kubelet, KubeletConfig, KubeletHandle};
 
+/// The chart value every test install passes: the e2e API server (Kubernetes 1.20) fails the Helm
+/// SDK's server-side apply of an APIService, so the chart's APIServices are not registered; a test
+/// that needs them (`kube_traffic_metrics`) creates them with a plain create.
+pub const NO_API_SERVICES: &str = "metricsApi.registerAPIService=false";
+
 /// Everything a test needs. Dropping it stops the kubelet (cleaning namespaces, bridge and
 /// rules) and then the control plane.
 pub struct KubeEnv {
@@ -167,18 +172,15 @@ impl KubeEnv {
     /// weft-system --name weft`, plus the test cluster's kubeconfig) and waits until the
     /// operator's pod (run by the kubelet stand-in) is Ready; returns its name.
     ///
-    /// The chart's APIServices are not registered: the e2e API server (1.20) fails the Helm SDK's
-    /// server-side apply of an APIService; a test that needs them (`kube_traffic_metrics`)
-    /// creates them itself.
+    /// The chart's APIServices are not registered ([`NO_API_SERVICES`]).
     pub async fn install_weft(&self) -> String {
-        self.install_weft_with(&["metricsApi.registerAPIService=false"])
-            .await
+        self.install_weft_with(&[]).await
     }
 
     /// As [`KubeEnv::install_weft`], with chart values (`key=value`, each passed as `--set`).
     pub async fn install_weft_with(&self, values: &[&str]) -> String {
         let mut args = vec!["install", "--namespace", "weft-system", "--name", "weft"];
-        for v in values {
+        for v in std::iter::once(&NO_API_SERVICES).chain(values) {
             args.extend(["--set", v]);
         }
         let out = self.helm(&args);

@@ -238,9 +238,8 @@ async fn kube_cli_proxies_check_diff_against_the_chart() {
         "weft",
         "--set",
         "operator.replicas=2",
-        // The 1.20 test API server fails a server-side apply of an APIService (harness.rs).
         "--set",
-        "metricsApi.registerAPIService=false",
+        weft_e2e::harness::NO_API_SERVICES,
     ]);
     assert!(
         out.status.success(),

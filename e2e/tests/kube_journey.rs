@@ -269,7 +269,6 @@ async fn kube_journey_install_app_canary_access_and_operator_failover() {
     }
 
     // docs/install.md: `helm install weft charts/weft -n weft-system --create-namespace`.
-    // The 1.20 test API server fails a server-side apply of an APIService (harness.rs).
     let out = env.helm(&[
         "install",
         "--namespace",
@@ -277,7 +276,7 @@ async fn kube_journey_install_app_canary_access_and_operator_failover() {
         "--name",
         "weft",
         "--set",
-        "metricsApi.registerAPIService=false",
+        weft_e2e::harness::NO_API_SERVICES,
     ]);
     assert!(
         out.status.success(),

@@ -149,13 +149,7 @@ async fn kube_on_demand_installed_transparent_first_request_scoped_config_and_au
     if !env.helm_ready(TEST) {
         return;
     }
-    env.install_weft_with(&[
-        "discovery.mode=on-demand",
-        // Kubernetes 1.20's API server (the test cluster's) fails a server-side apply of an
-        // APIService (as kube_traffic_metrics notes); TrafficMetrics are not used here.
-        "metricsApi.registerAPIService=false",
-    ])
-    .await;
+    env.install_weft_with(&["discovery.mode=on-demand"]).await;
 
     env.namespace(NS, json!({"weft.io/inject": "enabled"}))
         .await;

@@ -306,14 +306,7 @@ async fn kube_traffic_metrics_for_a_traffic_split() {
     }
     // Scrape often, over a window that covers the whole test's traffic.
     let operator_pod = env
-        .install_weft_with(&[
-            "metricsApi.scrapeInterval=1s",
-            "metricsApi.window=300s",
-            // Kubernetes 1.20.2's API server (the test cluster's) panics on a server-side apply
-            // of an APIService, which is how the Helm 4 SDK installs: the chart's APIService is
-            // created here with a plain create instead.
-            "metricsApi.registerAPIService=false",
-        ])
+        .install_weft_with(&["metricsApi.scrapeInterval=1s", "metricsApi.window=300s"])
         .await;
     register_api_service(&env).await;
 
