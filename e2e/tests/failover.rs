@@ -195,21 +195,17 @@ impl Replicas {
         }
     }
 
-    /// SIGKILLs a replica.
-    fn kill(&mut self, replica: char) {
-        match replica {
-            'a' => {
-                let st = Command::new("kill")
-                    .args(["-KILL", &self.mesh.operator.pid().to_string()])
-                    .status()
-                    .expect("kill");
-                assert!(st.success());
-            }
-            _ => {
-                let _ = self.b.child.kill();
-                let _ = self.b.child.wait();
-            }
-        }
+    /// SIGKILLs a replica (reaped when dropped).
+    fn kill(&self, replica: char) {
+        let pid = match replica {
+            'a' => self.mesh.operator.pid(),
+            _ => self.b.child.id(),
+        };
+        let st = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(st.success(), "kill -KILL {pid}");
     }
 
     /// Every process's log, operator b's included (it writes into the mesh's `logs/`).
@@ -293,7 +289,7 @@ where
 /// proxies (client-0 then gets 403).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxies_fail_over_to_the_other_replica_without_failed_requests() {
-    let mut r = Replicas::start(&[]).await;
+    let r = Replicas::start(&[]).await;
     let first = r.replica_of("client-0").await;
     let other = if first == 'a' { 'b' } else { 'a' };
 
@@ -326,6 +322,10 @@ async fn proxies_fail_over_to_the_other_replica_without_failed_requests() {
     };
     let ((), moved) = tokio::join!(load.run(&r.mesh), drive);
     let (failed, last) = load.failed();
+    eprintln!(
+        "fail-over from replica {first} to {other}: {} requests ok, {failed} failed",
+        load.ok.load(Ordering::SeqCst)
+    );
     assert_eq!(
         failed,
         0,
@@ -403,6 +403,11 @@ async fn streams_are_recycled_at_their_maximum_age_without_failed_requests() {
     };
     let ((), (recycled_thrice, moved)) = tokio::join!(load.run(&r.mesh), drive);
     let (failed, last) = load.failed();
+    eprintln!(
+        "{} recycles of client-0's stream: {} requests ok, {failed} failed",
+        recycled(),
+        load.ok.load(Ordering::SeqCst)
+    );
     assert!(
         recycled_thrice,
         "client-0's stream was not recycled 3 times ({})\n{}",
