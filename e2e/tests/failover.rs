@@ -421,7 +421,11 @@ async fn streams_are_recycled_at_their_maximum_age_without_failed_requests() {
         load.ok.load(Ordering::SeqCst),
         r.logs()
     );
-    assert!(moved, "the split change did not reach client-0\n{}", r.logs());
+    assert!(
+        moved,
+        "the split change did not reach client-0\n{}",
+        r.logs()
+    );
     let control = &r.mesh.proxy_config("client-0").await["control"];
     // A recycled stream is not a lost one.
     assert_eq!(control["reconnects"], 0, "{control}");

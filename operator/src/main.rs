@@ -380,8 +380,7 @@ async fn build(args: &Args) -> anyhow::Result<RuntimeConfig> {
             DiscoveryModeArg::PushAll => weft_operator::discovery::DiscoveryMode::PushAll,
             DiscoveryModeArg::OnDemand => weft_operator::discovery::DiscoveryMode::OnDemand,
         },
-        discovery_max_stream_age: Some(args.discovery_max_stream_age)
-            .filter(|age| !age.is_zero()),
+        discovery_max_stream_age: Some(args.discovery_max_stream_age).filter(|age| !age.is_zero()),
     })
 }
 

@@ -301,7 +301,9 @@ impl ControlConnector {
             let Some(tls) = &self.tls else {
                 return Ok(Box::new(tcp) as Box<dyn ControlIo>);
             };
-            let name = tls.server_name_for(&target.host).map_err(|e| e.to_string())?;
+            let name = tls
+                .server_name_for(&target.host)
+                .map_err(|e| e.to_string())?;
             let connector = tokio_rustls::TlsConnector::from(Arc::clone(&tls.config));
             let stream = connector.connect(name, tcp).await.map_err(|e| {
                 format!(
