@@ -686,3 +686,20 @@ impl StreamState {
         Some(response)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_lifetimes_are_jittered_within_ten_percent() {
+        let max = Duration::from_secs(1800);
+        let lifetimes: Vec<Duration> = (0..200).map(|_| stream_lifetime(max)).collect();
+        for l in &lifetimes {
+            assert!(*l >= max.mul_f64(0.9) && *l <= max.mul_f64(1.1), "{l:?}");
+        }
+        // Spread, not one value for every stream.
+        assert!(lifetimes.iter().any(|l| *l < max.mul_f64(0.99)));
+        assert!(lifetimes.iter().any(|l| *l > max.mul_f64(1.01)));
+    }
+}

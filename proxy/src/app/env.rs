@@ -633,6 +633,44 @@ mod tests {
     }
 
     #[test]
+    fn control_addr_lists_replicas() {
+        let env = ProxyEnv::from_vars(vars(&[(
+            CONTROL_ADDR,
+            "op-a.weft:8086, http://op-b.weft:8086,op-a.weft:8086",
+        )]))
+        .unwrap();
+        assert_eq!(env.control_addr.uri, "http://op-a.weft:8086");
+        let targets: Vec<String> = env
+            .control_addr
+            .targets
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(targets, ["op-a.weft:8086", "op-b.weft:8086"]);
+        for bad in ["http://a:1,https://b:1", "a:1,b", ",", "a:1,ftp://b:1"] {
+            let err = ProxyEnv::from_vars(vars(&[(CONTROL_ADDR, bad)])).unwrap_err();
+            assert!(matches!(err, EnvError::Invalid { .. }), "{bad}: {err}");
+        }
+        let many: Vec<String> = (0..17).map(|i| format!("op-{i}:8086")).collect();
+        assert!(ProxyEnv::from_vars(vars(&[(CONTROL_ADDR, &many.join(","))])).is_err());
+        // Over TLS without WEFT_PROXY_CONTROL_IDENTITY every entry needs a DNS name.
+        assert!(with_anchors(&[
+            (TRUST_ANCHORS, ANCHORS),
+            (CONTROL_ADDR, "https://op-a.weft:8086,https://10.0.0.2:8086"),
+        ])
+        .is_err());
+        let env = with_anchors(&[
+            (TRUST_ANCHORS, ANCHORS),
+            (
+                CONTROL_ADDR,
+                "https://op-a.weft:8086,https://op-b.weft:8086",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(env.control_addr.targets.len(), 2);
+    }
+
+    #[test]
     fn overrides() {
         let env = with_anchors(&[
             (TRUST_ANCHORS, ANCHORS),
