@@ -146,6 +146,11 @@ struct Args {
     /// it watches (proxies that do not declare it still get everything). docs/architecture.md.
     #[arg(long, value_enum, default_value = "push-all")]
     discovery_mode: DiscoveryModeArg,
+    /// A discovery stream older than this (±10 % jitter) is ended gracefully and the proxy
+    /// reconnects at once, possibly to another replica, so that proxies spread again after a
+    /// replica comes back; `0` turns it off. docs/operator.md.
+    #[arg(long, default_value = "30m", value_parser = weft_common::duration::parse_or_seconds)]
+    discovery_max_stream_age: Duration,
     /// File holding the token `GET /tap` on the admin port requires
     /// (`Authorization: Bearer <token>`); without it the admin port's tap answers 403. The
     /// cluster way to tap is the aggregated API `tap.weft.io` (RBAC). docs/tap.md.
@@ -375,6 +380,7 @@ async fn build(args: &Args) -> anyhow::Result<RuntimeConfig> {
             DiscoveryModeArg::PushAll => weft_operator::discovery::DiscoveryMode::PushAll,
             DiscoveryModeArg::OnDemand => weft_operator::discovery::DiscoveryMode::OnDemand,
         },
+        discovery_max_stream_age: Some(args.discovery_max_stream_age).filter(|age| !age.is_zero()),
     })
 }
 

@@ -106,6 +106,8 @@ pub struct RuntimeConfig {
     /// Whether proxies that declare on-demand support are served on demand
     /// (`--discovery-mode`).
     pub discovery_mode: crate::discovery::DiscoveryMode,
+    /// `--discovery-max-stream-age` (`None`: off); see [`crate::discovery::ServiceOptions`].
+    pub discovery_max_stream_age: Option<Duration>,
     /// Tap fan-in (#18; docs/tap.md).
     pub tap: TapOptions,
 }
@@ -146,6 +148,7 @@ impl RuntimeConfig {
             leader: None,
             instance: None,
             discovery_mode: crate::discovery::DiscoveryMode::PushAll,
+            discovery_max_stream_age: Some(crate::discovery::DEFAULT_MAX_STREAM_AGE),
             tap: TapOptions::default(),
         }
     }
@@ -272,6 +275,7 @@ impl Runtime {
                     .and_then(|i| i.control_tls.as_ref())
                     .is_some_and(|t| t.require_discovery_identity),
                 mode: config.discovery_mode,
+                max_stream_age: config.discovery_max_stream_age,
                 ..ServiceOptions::default()
             },
         );

@@ -107,6 +107,7 @@ pub async fn run(
             service_account: env.service_account.clone(),
         },
     );
+    settings.targets = env.control_addr.targets.clone();
     match (&env.trust_anchors, &env.control_peer) {
         (Some(anchors), Some(peer)) => {
             settings.tls = Some(ControlTls::new(anchors, peer.clone())?);

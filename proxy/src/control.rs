@@ -7,10 +7,18 @@
 //! previous map and config stay in force. When the stream breaks the proxy keeps serving with
 //! what it has and reconnects with jittered exponential backoff, reporting what it holds in
 //! `known_versions`.
+//!
+//! Fail-over between operator replicas: every connection attempt resolves the control address
+//! again and tries its addresses in a random rotation, each with a bounded connect timeout
+//! ([`crate::control_tls::ControlConnector`]), so a dead replica costs one timeout. The backoff
+//! starts over after a stream that was healthy for [`HEALTHY_STREAM`], so the reconnect after a
+//! replica died waits at most `Backoff::min`; a stream the operator ends with an OK status
+//! (`--discovery-max-stream-age`, so that proxies rebalance) is reopened at once and is not
+//! counted as a lost stream.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -25,12 +33,23 @@ use weft_proxy_api::v1::discovery_request::Request as Req;
 use weft_proxy_api::v1::{self, DiscoveryRequest, DiscoveryResponse};
 
 use crate::config::{Config, Store};
+use crate::control_tls::{ControlConnector, ControlTarget};
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::ondemand::Demand;
 
 /// Largest discovery message accepted (a config with thousands of services and endpoints).
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// A stream that delivered a response and lived at least this long was healthy: the reconnect
+/// after it starts the backoff over (a replica that died after serving us for a while costs
+/// at most `Backoff::min` before the next replica is tried).
+pub const HEALTHY_STREAM: Duration = Duration::from_secs(5);
+
+/// A stream the operator ended with an OK status after at least this long is reopened at once
+/// (the operator recycles streams, `--discovery-max-stream-age`); one ended sooner backs off
+/// like a failure, so an operator ending streams in a loop is not hammered.
+const MIN_RECYCLED_STREAM: Duration = Duration::from_secs(1);
 
 /// Who this proxy is, sent in `Subscribe`.
 #[derive(Clone, Debug)]
@@ -46,11 +65,16 @@ pub use weft_common::Backoff;
 /// How the client reaches the operator.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// `http://host:port`: where to connect (HTTP/2; TLS when `tls` is set).
+    /// `http://host:port`: the first control address (the HTTP/2 authority; TLS when `tls` is
+    /// set).
     pub uri: String,
+    /// Every control address (`WEFT_PROXY_CONTROL_ADDR` may list several); empty: the one of
+    /// `uri`. Resolved again on every connection attempt.
+    pub targets: Vec<ControlTarget>,
     /// TLS to the operator, verified against out-of-band trust anchors; `None`: plaintext.
     pub tls: Option<crate::control_tls::ControlTls>,
     pub id: ProxyId,
+    /// Bound of one address's TCP connect plus TLS handshake (a dead replica costs this much).
     pub connect_timeout: Duration,
     /// How long to wait for the stream to open and the first response to arrive.
     pub first_response_timeout: Duration,
@@ -64,9 +88,10 @@ impl Settings {
     pub fn new(uri: impl Into<String>, id: ProxyId) -> Self {
         Self {
             uri: uri.into(),
+            targets: Vec::new(),
             tls: None,
             id,
-            connect_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(3),
             first_response_timeout: Duration::from_secs(15),
             keepalive_interval: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(5),
@@ -74,36 +99,38 @@ impl Settings {
         }
     }
 
-    /// The tonic endpoint for the operator (lazy: connects on first use).
+    /// The tonic endpoint for the operator (lazy: connects on first use). No connect timeout on
+    /// the endpoint: [`Settings::connector`] bounds each address it tries.
     pub fn endpoint(&self) -> Result<Endpoint, ControlError> {
         let endpoint = Endpoint::from_shared(self.uri.clone())
             .map_err(|e| ControlError::InvalidUri(self.uri.clone(), e.to_string()))?;
         Ok(endpoint
-            .connect_timeout(self.connect_timeout)
             .http2_keep_alive_interval(self.keepalive_interval)
             .keep_alive_timeout(self.keepalive_timeout)
             .keep_alive_while_idle(true)
             .tcp_nodelay(true))
     }
 
-    /// Connects now (over TLS when configured).
-    pub async fn connect(&self, endpoint: &Endpoint) -> Result<Channel, tonic::transport::Error> {
-        match &self.tls {
-            Some(tls) => {
-                endpoint
-                    .connect_with_connector(tls.connector(self.connect_timeout))
-                    .await
-            }
-            None => endpoint.connect().await,
-        }
+    /// The dialer of the control connections: every target, resolved on each attempt, tried in a
+    /// random rotation (over TLS when configured).
+    pub fn connector(&self) -> ControlConnector {
+        let targets = if self.targets.is_empty() {
+            ControlTarget::from_uri(&self.uri).into_iter().collect()
+        } else {
+            self.targets.clone()
+        };
+        ControlConnector::new(targets, self.tls.clone(), self.connect_timeout)
     }
 
-    /// A channel that connects on first use (over TLS when configured).
+    /// Connects now (over TLS when configured).
+    pub async fn connect(&self, endpoint: &Endpoint) -> Result<Channel, tonic::transport::Error> {
+        endpoint.connect_with_connector(self.connector()).await
+    }
+
+    /// A channel that connects on first use and again after its connection broke, each time
+    /// through [`Settings::connector`] (so Certify fails over between replicas too).
     pub fn connect_lazy(&self, endpoint: &Endpoint) -> Channel {
-        match &self.tls {
-            Some(tls) => endpoint.connect_with_connector_lazy(tls.connector(self.connect_timeout)),
-            None => endpoint.connect_lazy(),
-        }
+        endpoint.connect_with_connector_lazy(self.connector())
     }
 }
 
@@ -145,6 +172,9 @@ pub struct Status {
     pub last_nack: Option<String>,
     /// The last connection error, cleared by the next successful connection.
     pub last_error: Option<String>,
+    /// The operator address the open stream goes to (`host:port (ip:port)`), the last one when
+    /// disconnected.
+    pub operator: Option<String>,
     pub updates: u64,
     pub nacks: u64,
     pub reconnects: u64,
@@ -266,9 +296,17 @@ impl DiscoveryClient {
         self.wait_for_first_certificate().await;
         let mut attempt: u32 = 0;
         loop {
-            let mut got_response = false;
-            let result = self.stream_once(&endpoint, &mut got_response).await;
+            let mut opened: Option<Instant> = None;
+            let result = self.stream_once(&endpoint, &mut opened).await;
             self.metrics.connected.set(0);
+            let lived = opened.map(|at| at.elapsed());
+            if matches!(result, Ok(())) && lived.is_some_and(|d| d >= MIN_RECYCLED_STREAM) {
+                // Recycled by the operator (max stream age): reopen at once, perhaps elsewhere.
+                self.status.send_modify(|s| s.connected = false);
+                tracing::info!("discovery stream recycled by the operator; reconnecting");
+                attempt = 0;
+                continue;
+            }
             self.metrics.reconnects.inc();
             let upgrade = matches!(result, Err(ControlError::CertificateObtained));
             let message = match result {
@@ -280,7 +318,7 @@ impl DiscoveryClient {
                 s.reconnects += 1;
                 s.last_error = Some(message.clone());
             });
-            if got_response {
+            if lived.is_some_and(|d| d >= HEALTHY_STREAM) {
                 attempt = 0;
             }
             let delay = self.settings.backoff.delay(attempt);
@@ -336,23 +374,25 @@ impl DiscoveryClient {
     }
 
     /// One connection: subscribe, then apply responses until the stream ends.
+    /// `opened` is set when the first response arrived.
     async fn stream_once(
         &mut self,
         endpoint: &Endpoint,
-        got_response: &mut bool,
+        opened: &mut Option<Instant>,
     ) -> Result<(), ControlError> {
         self.connected_without_cert = self
             .identity
             .as_ref()
             .is_some_and(|i| !i.has_valid_certificate());
-        let channel: Channel =
-            self.settings
-                .connect(endpoint)
-                .await
-                .map_err(|source| ControlError::Connect {
-                    uri: self.settings.uri.clone(),
-                    source,
-                })?;
+        let connector = self.settings.connector();
+        let channel: Channel = endpoint
+            .connect_with_connector(connector.clone())
+            .await
+            .map_err(|source| ControlError::Connect {
+                uri: self.settings.uri.clone(),
+                source,
+            })?;
+        let operator = connector.last_connected();
         let mut client = GrpcClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
 
         // Bounded: one ACK/NACK per response; if the operator stops reading, we stop applying.
@@ -399,14 +439,18 @@ impl DiscoveryClient {
                 None => return Ok(()),
                 Some(r) => r?,
             };
-            if !*got_response {
-                *got_response = true;
+            if opened.is_none() {
+                *opened = Some(Instant::now());
                 self.metrics.connected.set(1);
                 self.status.send_modify(|s| {
                     s.connected = true;
                     s.last_error = None;
+                    s.operator.clone_from(&operator);
                 });
-                tracing::info!(uri = %self.settings.uri, "discovery stream open");
+                tracing::info!(
+                    operator = operator.as_deref().unwrap_or(&self.settings.uri),
+                    "discovery stream open"
+                );
             }
             let answer = self.on_response(&resp);
             tx.send(answer).await.map_err(|_| ControlError::Closed)?;

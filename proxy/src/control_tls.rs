@@ -3,16 +3,21 @@
 //! The proxy accepts the operator's certificate when its chain verifies up to one of the trust
 //! anchors (`WEFT_PROXY_TRUST_ANCHORS`) and its name is the expected one:
 //! - with `WEFT_PROXY_CONTROL_IDENTITY` set, the certificate's only SPIFFE URI SAN equals it;
-//! - otherwise, a DNS SAN matches the host of `WEFT_PROXY_CONTROL_ADDR` (an IP host needs
-//!   `WEFT_PROXY_CONTROL_IDENTITY`).
+//! - otherwise, a DNS SAN matches the host of the `WEFT_PROXY_CONTROL_ADDR` entry connected to
+//!   (an IP host needs `WEFT_PROXY_CONTROL_IDENTITY`).
 //!
 //! Nothing learnt over this connection is trusted more than these anchors. See
 //! `docs/identity.md`.
+//!
+//! [`ControlConnector`] dials the operator for both Discovery and Identity: it resolves the
+//! control address again on every attempt and fails over between the addresses (operator
+//! replicas) it finds; see `docs/proxy.md`, "Control plane fail-over".
 //!
 //! Once the proxy holds its mesh certificate, the Discovery connection presents it as client
 //! certificate ([`ControlTls::with_client_cert`]); `Certify` connections do not need one.
 
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -126,11 +131,20 @@ impl ControlTls {
         &self.peer
     }
 
-    /// A tonic connector: TCP to the URI's authority, then this TLS handshake.
-    pub fn connector(&self, connect_timeout: Duration) -> TlsConnector {
-        TlsConnector {
-            tls: self.clone(),
-            connect_timeout,
+    /// A tonic connector over TLS to the host and port of the URI tonic connects to (see
+    /// [`ControlConnector`] for a list of targets).
+    pub fn connector(&self, connect_timeout: Duration) -> ControlConnector {
+        ControlConnector::new(Vec::new(), Some(self.clone()), connect_timeout)
+    }
+
+    /// The TLS server name for a connection to `host`: the host itself when the operator is
+    /// checked by DNS name (each entry of the control address is checked against its own name),
+    /// the informative `weft-discovery` when it is checked by SPIFFE ID.
+    pub fn server_name_for(&self, host: &str) -> Result<ServerName<'static>, InvalidControlName> {
+        match &self.peer {
+            ControlPeer::Identity(_) => Ok(self.server_name.clone()),
+            ControlPeer::DnsName(_) => ServerName::try_from(host.to_owned())
+                .map_err(|_| InvalidControlName(host.to_owned())),
         }
     }
 }
@@ -168,18 +182,186 @@ impl ServerPeer for ControlServerPeer {
     }
 }
 
-/// Connects TCP to the URI's host and port and runs the TLS handshake (for
-/// `Endpoint::connect_with_connector`).
+/// One entry of `WEFT_PROXY_CONTROL_ADDR`: a host (a DNS name or an IP address, without
+/// brackets) and a port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ControlTarget {
+    pub host: String,
+    pub port: u16,
+}
+
+impl ControlTarget {
+    /// The target of an `http://host:port` URI (`None` without a host or a port).
+    pub fn from_uri(uri: &str) -> Option<ControlTarget> {
+        let uri: Uri = uri.parse().ok()?;
+        Some(ControlTarget {
+            host: uri
+                .host()?
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            port: uri.port_u16()?,
+        })
+    }
+}
+
+impl std::fmt::Display for ControlTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// At most this many resolved addresses are tried per connection attempt (a DNS answer with
+/// hundreds of records must not turn one attempt into minutes of timeouts).
+pub const MAX_ADDRESSES_PER_ATTEMPT: usize = 16;
+
+/// The control connection's byte stream (TCP, or TLS over TCP).
+pub trait ControlIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> ControlIo for T {}
+
+/// The dialer of the discovery and identity channels (for `Endpoint::connect_with_connector`):
+/// on every connection attempt it resolves every target again (a headless Service or a DNS name
+/// with several addresses spreads proxies over operator replicas; a ClusterIP relies on
+/// kube-proxy), then tries the addresses in a random rotation, each bounded by
+/// `connect_timeout` (TCP connect and TLS handshake), and returns the first that works. A dead
+/// replica thus costs one timeout (or one refused connect), not a reconnect backoff.
+///
+/// The URI tonic passes in is used only when no target is given. Over TLS each target's
+/// certificate is checked as [`ControlTls`] says, with the target's own host as DNS name.
 #[derive(Clone, Debug)]
-pub struct TlsConnector {
-    tls: ControlTls,
+pub struct ControlConnector {
+    targets: Arc<[ControlTarget]>,
+    tls: Option<ControlTls>,
     connect_timeout: Duration,
+    /// The address of the last connection made (shared by the clones tonic makes).
+    last: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl ControlConnector {
+    pub fn new(
+        targets: Vec<ControlTarget>,
+        tls: Option<ControlTls>,
+        connect_timeout: Duration,
+    ) -> Self {
+        ControlConnector {
+            targets: targets.into(),
+            tls,
+            connect_timeout,
+            last: Arc::default(),
+        }
+    }
+
+    /// `host:port (ip:port)` of the last connection this connector (or a clone) made.
+    pub fn last_connected(&self) -> Option<String> {
+        self.last.lock().ok().and_then(|last| last.clone())
+    }
+
+    /// Resolves every target now and returns the addresses to try, in a random rotation.
+    async fn candidates(&self) -> (Vec<(usize, SocketAddr)>, Vec<String>) {
+        let mut out: Vec<(usize, SocketAddr)> = Vec::new();
+        let mut errors = Vec::new();
+        for (i, target) in self.targets.iter().enumerate() {
+            if let Ok(ip) = target.host.parse::<IpAddr>() {
+                out.push((i, SocketAddr::new(ip, target.port)));
+                continue;
+            }
+            let lookup = tokio::net::lookup_host((target.host.as_str(), target.port));
+            match tokio::time::timeout(self.connect_timeout, lookup).await {
+                Ok(Ok(addrs)) => {
+                    for addr in addrs {
+                        if !out.iter().any(|(_, a)| *a == addr) {
+                            out.push((i, addr));
+                        }
+                    }
+                }
+                Ok(Err(e)) => errors.push(format!("resolve {target}: {e}")),
+                Err(_) => errors.push(format!("resolve {target}: timed out")),
+            }
+        }
+        rotate_randomly(&mut out);
+        out.truncate(MAX_ADDRESSES_PER_ATTEMPT);
+        (out, errors)
+    }
+
+    /// TCP, then TLS when configured, to one address of target `target`.
+    async fn dial(
+        &self,
+        target: &ControlTarget,
+        addr: SocketAddr,
+    ) -> Result<Box<dyn ControlIo>, String> {
+        let connect = async {
+            let tcp = TcpStream::connect(addr)
+                .await
+                .map_err(|e| format!("connect {target} ({addr}): {e}"))?;
+            let _ = tcp.set_nodelay(true);
+            let Some(tls) = &self.tls else {
+                return Ok(Box::new(tcp) as Box<dyn ControlIo>);
+            };
+            let name = tls
+                .server_name_for(&target.host)
+                .map_err(|e| e.to_string())?;
+            let connector = tokio_rustls::TlsConnector::from(Arc::clone(&tls.config));
+            let stream = connector.connect(name, tcp).await.map_err(|e| {
+                format!(
+                    "TLS to the operator at {target} ({addr}, expected {}): {e}",
+                    tls.peer
+                )
+            })?;
+            Ok(Box::new(stream) as Box<dyn ControlIo>)
+        };
+        tokio::time::timeout(self.connect_timeout, connect)
+            .await
+            .map_err(|_| {
+                format!(
+                    "connect to {target} ({addr}) timed out after {:?}",
+                    self.connect_timeout
+                )
+            })?
+    }
+
+    /// One connection attempt over every resolved address.
+    pub async fn connect(&self) -> Result<Box<dyn ControlIo>, String> {
+        let (candidates, mut errors) = self.candidates().await;
+        for (i, addr) in candidates {
+            let target = &self.targets[i];
+            match self.dial(target, addr).await {
+                Ok(io) => {
+                    tracing::debug!(%target, %addr, "control connection established");
+                    if let Ok(mut last) = self.last.lock() {
+                        *last = Some(format!("{target} ({addr})"));
+                    }
+                    return Ok(io);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "control address failed; trying the next one");
+                    errors.push(e);
+                }
+            }
+        }
+        if errors.is_empty() {
+            errors.push("no control address configured".to_string());
+        }
+        Err(errors.join("; "))
+    }
+}
+
+/// Rotates `items` by a random offset: each replica is first equally often, and a failed one
+/// is followed by the others.
+fn rotate_randomly<T>(items: &mut [T]) {
+    if items.len() > 1 {
+        let offset = rand::random_range(0..items.len());
+        items.rotate_left(offset);
+    }
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-impl Service<Uri> for TlsConnector {
-    type Response = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+impl Service<Uri> for ControlConnector {
+    type Response = TokioIo<Box<dyn ControlIo>>;
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
@@ -188,31 +370,80 @@ impl Service<Uri> for TlsConnector {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let tls = self.tls.clone();
-        let timeout = self.connect_timeout;
+        let mut this = self.clone();
         Box::pin(async move {
-            let host = uri
-                .host()
-                .ok_or_else(|| format!("control address {uri} has no host"))?
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned();
-            let port = uri
-                .port_u16()
-                .ok_or_else(|| format!("control address {uri} has no port"))?;
-            let connect = async {
-                let tcp = TcpStream::connect((host.as_str(), port)).await?;
-                let _ = tcp.set_nodelay(true);
-                let connector = tokio_rustls::TlsConnector::from(Arc::clone(&tls.config));
-                connector.connect(tls.server_name.clone(), tcp).await
-            };
-            let stream = tokio::time::timeout(timeout, connect)
-                .await
-                .map_err(|_| format!("TLS connect to {uri} timed out after {timeout:?}"))?
-                .map_err(|e| {
-                    format!("TLS to the operator at {uri} (expected {}): {e}", tls.peer)
-                })?;
-            Ok(TokioIo::new(stream))
+            if this.targets.is_empty() {
+                let target = ControlTarget::from_uri(&uri.to_string())
+                    .ok_or_else(|| format!("control address {uri} has no host or port"))?;
+                this.targets = vec![target].into();
+            }
+            let io = this.connect().await?;
+            Ok(TokioIo::new(io))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_from_uris() {
+        assert_eq!(
+            ControlTarget::from_uri("http://[::1]:8086"),
+            Some(ControlTarget {
+                host: "::1".into(),
+                port: 8086
+            })
+        );
+        assert_eq!(
+            ControlTarget::from_uri("http://weft-discovery.weft:8086")
+                .map(|t| t.to_string())
+                .as_deref(),
+            Some("weft-discovery.weft:8086")
+        );
+        assert_eq!(ControlTarget::from_uri("http://nohost"), None);
+    }
+
+    #[test]
+    fn rotation_keeps_every_address_and_varies_the_first() {
+        let mut firsts = std::collections::BTreeSet::new();
+        for _ in 0..200 {
+            let mut v = vec![1, 2, 3];
+            rotate_randomly(&mut v);
+            let mut sorted = v.clone();
+            sorted.sort();
+            assert_eq!(sorted, vec![1, 2, 3]);
+            firsts.insert(v[0]);
+        }
+        assert_eq!(firsts.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_dead_address_is_skipped_for_a_live_one() {
+        let live = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let live_port = live.local_addr().unwrap().port();
+        let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dead_port = dead.local_addr().unwrap().port();
+        drop(dead);
+        let target = |port| ControlTarget {
+            host: "127.0.0.1".into(),
+            port,
+        };
+        let connector = ControlConnector::new(
+            vec![target(dead_port), target(live_port)],
+            None,
+            Duration::from_secs(2),
+        );
+        for _ in 0..10 {
+            connector.connect().await.unwrap();
+            live.accept().await.unwrap();
+        }
+        let all_dead = ControlConnector::new(vec![target(dead_port)], None, Duration::from_secs(2));
+        let err = match all_dead.connect().await {
+            Ok(_) => panic!("connected to a closed port"),
+            Err(e) => e,
+        };
+        assert!(err.contains(&format!("127.0.0.1:{dead_port}")), "{err}");
     }
 }

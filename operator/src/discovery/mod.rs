@@ -25,7 +25,7 @@ pub use metrics::DiscoveryMetrics;
 pub use ondemand::DiscoveryMode;
 pub use registry::{ProxyInfo, ProxyRegistry};
 pub use server::DiscoveryServer;
-pub use stream::{DiscoveryService, ServiceOptions};
+pub use stream::{DiscoveryService, ServiceOptions, DEFAULT_MAX_STREAM_AGE};
 
 /// A compiled snapshot as published to discovery.
 #[derive(Clone)]

@@ -30,6 +30,20 @@ pub struct ServiceOptions {
     pub require_client_identity: bool,
     /// Whether proxies that declare on-demand support are served on demand.
     pub mode: DiscoveryMode,
+    /// `--discovery-max-stream-age`: a stream older than this (jittered by ±10 % per stream) is
+    /// ended with an OK status, so that the proxy reconnects at once, possibly to another replica
+    /// (proxies rebalance after a replica comes back). `None`: streams live until either side
+    /// ends them.
+    pub max_stream_age: Option<Duration>,
+}
+
+/// Default of `--discovery-max-stream-age`.
+pub const DEFAULT_MAX_STREAM_AGE: Duration = Duration::from_secs(30 * 60);
+
+/// The lifetime of one stream: `max` jittered by up to ±10 % (so that the proxies connected at
+/// the same moment, after a replica restart, do not all reconnect at the same moment again).
+pub fn stream_lifetime(max: Duration) -> Duration {
+    max.mul_f64(0.9 + 0.2 * rand::random::<f64>())
 }
 
 impl Default for ServiceOptions {
@@ -40,6 +54,7 @@ impl Default for ServiceOptions {
             subscribe_timeout: Duration::from_secs(30),
             require_client_identity: false,
             mode: DiscoveryMode::PushAll,
+            max_stream_age: None,
         }
     }
 }
@@ -202,6 +217,7 @@ impl DiscoveryService {
             tx,
             self.snapshots.clone(),
             self.shutdown.clone(),
+            self.options.max_stream_age.map(stream_lifetime),
         ));
         Ok(rx)
     }
@@ -333,12 +349,29 @@ async fn run_stream(
     tx: mpsc::Sender<Result<Encoded, Status>>,
     mut snapshots: SnapshotRx,
     mut shutdown: Shutdown,
+    lifetime: Option<Duration>,
 ) {
     // Something to send: the first response, or a snapshot change not yet looked at.
     let mut dirty = true;
+    let expired = async {
+        match lifetime {
+            Some(lifetime) => tokio::time::sleep(lifetime).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(expired);
     loop {
         tokio::select! {
             biased;
+            () = &mut expired => {
+                // Recycled: what is queued is still delivered, then the stream ends with an OK
+                // status, which the proxy takes as "reconnect now" (no backoff, not an error).
+                tracing::debug!(
+                    pod = %format!("{}/{}", state.key.namespace, state.key.name),
+                    "discovery stream reached its maximum age; ending it so the proxy reconnects"
+                );
+                return;
+            }
             _ = shutdown.triggered() => {
                 // Send nothing more; tell the proxy to reconnect (to another replica).
                 let _ = tokio::time::timeout(
@@ -651,5 +684,22 @@ impl StreamState {
         self.held_view = Some((view.versions(), view.version.clone()));
         self.sent(nonce, view.version, full, changed_at, resources);
         Some(response)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_lifetimes_are_jittered_within_ten_percent() {
+        let max = Duration::from_secs(1800);
+        let lifetimes: Vec<Duration> = (0..200).map(|_| stream_lifetime(max)).collect();
+        for l in &lifetimes {
+            assert!(*l >= max.mul_f64(0.9) && *l <= max.mul_f64(1.1), "{l:?}");
+        }
+        // Spread, not one value for every stream.
+        assert!(lifetimes.iter().any(|l| *l < max.mul_f64(0.99)));
+        assert!(lifetimes.iter().any(|l| *l > max.mul_f64(1.01)));
     }
 }

@@ -11,10 +11,14 @@ use crate::identity::TrustAnchors;
 /// Where the operator's discovery (and identity) API is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ControlAddr {
-    /// `http://host:port`, as given to tonic (TLS, when on, is done by our own connector).
+    /// `http://host:port` of the first entry, as given to tonic (the connections are made by
+    /// [`crate::control_tls::ControlConnector`] to every entry of `targets`).
     pub uri: String,
-    /// The host part (a DNS name or an IP address, without brackets).
+    /// The host part of the first entry (a DNS name or an IP address, without brackets).
     pub host: String,
+    /// Every entry (`WEFT_PROXY_CONTROL_ADDR` is a comma-separated list of `host:port`, all
+    /// with the same scheme): the operator replicas, failed over between.
+    pub targets: Vec<crate::control_tls::ControlTarget>,
     /// True when the operator is reached over TLS (trust anchors are configured).
     pub tls: bool,
 }
@@ -205,7 +209,12 @@ impl ProxyEnv {
             }
             (None, _) => None,
             (Some(_), Some(id)) => Some(ControlPeer::Identity(id)),
-            (Some(_), None) if control_addr.host.parse::<IpAddr>().is_ok() => {
+            (Some(_), None)
+                if control_addr
+                    .targets
+                    .iter()
+                    .any(|t| t.host.parse::<IpAddr>().is_ok()) =>
+            {
                 return Err(invalid(
                     CONTROL_ADDR,
                     required(CONTROL_ADDR)?,
@@ -386,7 +395,44 @@ fn is_spiffe_id(v: &str) -> bool {
 
 /// Accepts `host:port`, `http://host:port` or `https://host:port`; the second value is true for
 /// `https://` (which then requires trust anchors).
+/// Parses `WEFT_PROXY_CONTROL_ADDR`: one `[scheme://]host:port`, or several separated by commas
+/// (every entry with the same scheme).
 fn parse_control_addr(v: &str) -> Result<(ControlAddr, bool), EnvError> {
+    let mut entries = v.split(',').map(str::trim).filter(|e| !e.is_empty());
+    let Some(first) = entries.next() else {
+        return Err(invalid(CONTROL_ADDR, v, "expected host:port"));
+    };
+    let (mut addr, tls) = parse_control_entry(v, first)?;
+    for entry in entries {
+        let (more, more_tls) = parse_control_entry(v, entry)?;
+        if more_tls != tls {
+            return Err(invalid(
+                CONTROL_ADDR,
+                v,
+                "every entry must use the same scheme (http:// or https://)",
+            ));
+        }
+        for target in more.targets {
+            if !addr.targets.contains(&target) {
+                addr.targets.push(target);
+            }
+        }
+    }
+    if addr.targets.len() > MAX_CONTROL_ADDRS {
+        return Err(invalid(
+            CONTROL_ADDR,
+            v,
+            &format!("at most {MAX_CONTROL_ADDRS} entries"),
+        ));
+    }
+    Ok((addr, tls))
+}
+
+/// Most entries `WEFT_PROXY_CONTROL_ADDR` may list.
+const MAX_CONTROL_ADDRS: usize = 16;
+
+/// One entry of `WEFT_PROXY_CONTROL_ADDR` (`whole` is the variable's value, for errors).
+fn parse_control_entry(whole: &str, v: &str) -> Result<(ControlAddr, bool), EnvError> {
     let (tls, rest) = if let Some(rest) = v.strip_prefix("https://") {
         (true, rest)
     } else if let Some(rest) = v.strip_prefix("http://") {
@@ -394,7 +440,7 @@ fn parse_control_addr(v: &str) -> Result<(ControlAddr, bool), EnvError> {
     } else if v.contains("://") {
         return Err(invalid(
             CONTROL_ADDR,
-            v,
+            whole,
             "scheme must be http:// (plaintext) or https:// (TLS)",
         ));
     } else {
@@ -403,19 +449,24 @@ fn parse_control_addr(v: &str) -> Result<(ControlAddr, bool), EnvError> {
     let authority = rest.trim_end_matches('/');
     let parsed: http::uri::Authority = authority
         .parse()
-        .map_err(|e| invalid(CONTROL_ADDR, v, &format!("not host:port: {e}")))?;
+        .map_err(|e| invalid(CONTROL_ADDR, whole, &format!("not host:port: {e}")))?;
     if parsed.port_u16().is_none() || authority.contains('/') {
-        return Err(invalid(CONTROL_ADDR, v, "expected host:port"));
+        return Err(invalid(CONTROL_ADDR, whole, "expected host:port"));
     }
     let host = parsed
         .host()
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_string();
+    let target = crate::control_tls::ControlTarget {
+        host: host.clone(),
+        port: parsed.port_u16().unwrap_or_default(),
+    };
     Ok((
         ControlAddr {
             uri: format!("http://{authority}"),
             host,
+            targets: vec![target],
             tls,
         },
         tls,
@@ -579,6 +630,44 @@ mod tests {
             assert!(msg.starts_with(name), "{msg}");
             assert!(matches!(err, EnvError::Invalid { .. }), "{msg}");
         }
+    }
+
+    #[test]
+    fn control_addr_lists_replicas() {
+        let env = ProxyEnv::from_vars(vars(&[(
+            CONTROL_ADDR,
+            "op-a.weft:8086, http://op-b.weft:8086,op-a.weft:8086",
+        )]))
+        .unwrap();
+        assert_eq!(env.control_addr.uri, "http://op-a.weft:8086");
+        let targets: Vec<String> = env
+            .control_addr
+            .targets
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(targets, ["op-a.weft:8086", "op-b.weft:8086"]);
+        for bad in ["http://a:1,https://b:1", "a:1,b", ",", "a:1,ftp://b:1"] {
+            let err = ProxyEnv::from_vars(vars(&[(CONTROL_ADDR, bad)])).unwrap_err();
+            assert!(matches!(err, EnvError::Invalid { .. }), "{bad}: {err}");
+        }
+        let many: Vec<String> = (0..17).map(|i| format!("op-{i}:8086")).collect();
+        assert!(ProxyEnv::from_vars(vars(&[(CONTROL_ADDR, &many.join(","))])).is_err());
+        // Over TLS without WEFT_PROXY_CONTROL_IDENTITY every entry needs a DNS name.
+        assert!(with_anchors(&[
+            (TRUST_ANCHORS, ANCHORS),
+            (CONTROL_ADDR, "https://op-a.weft:8086,https://10.0.0.2:8086"),
+        ])
+        .is_err());
+        let env = with_anchors(&[
+            (TRUST_ANCHORS, ANCHORS),
+            (
+                CONTROL_ADDR,
+                "https://op-a.weft:8086,https://op-b.weft:8086",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(env.control_addr.targets.len(), 2);
     }
 
     #[test]
