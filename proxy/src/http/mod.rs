@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -128,11 +129,12 @@ impl ClientBodyFailed {
 }
 
 /// Boxes a downstream request's body so that its failure is recorded in the returned flag (no
-/// allocation for bodies that are already complete, e.g. without a body).
+/// allocation for bodies that are already complete, e.g. without a body: such a body has no
+/// frame left, data or trailers, and is forwarded as [`empty`], which boxes nothing).
 pub fn watch_body(req: Request<hyper::body::Incoming>) -> (Request<Body>, ClientBodyFailed) {
     use http_body::Body as _;
     if req.body().is_end_stream() {
-        return (req.map(boxed), ClientBodyFailed::default());
+        return (req.map(|_| empty()), ClientBodyFailed::default());
     }
     let flag = Arc::new(AtomicBool::new(false));
     let set = flag.clone();
@@ -216,6 +218,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// Rewrites a request's URI to `http://<addr><path?query>` for an upstream, keeping the original
 /// authority in `Host`.
 pub fn set_upstream_uri<B>(req: &mut Request<B>, authority: &str) -> Result<(), http::Error> {
+    set_upstream_authority(req, Authority::try_from(authority)?)
+}
+
+/// [`set_upstream_uri`] with a parsed authority (cloning one is a reference-count bump). The
+/// request's path and query are moved into the new URI, not copied (issue #20: no allocation
+/// here beyond a `Host` header built from the URI when the request had none).
+pub fn set_upstream_authority<B>(
+    req: &mut Request<B>,
+    authority: Authority,
+) -> Result<(), http::Error> {
     if !req.headers().contains_key(http::header::HOST) {
         if let Some(a) = req.uri().authority() {
             if let Ok(v) = HeaderValue::from_str(a.as_str()) {
@@ -223,18 +235,27 @@ pub fn set_upstream_uri<B>(req: &mut Request<B>, authority: &str) -> Result<(), 
             }
         }
     }
-    let pq = req
-        .uri()
-        .path_and_query()
-        .map(|pq| pq.as_str())
-        .unwrap_or("/");
-    let uri = http::Uri::builder()
-        .scheme("http")
-        .authority(authority)
-        .path_and_query(pq)
-        .build()?;
-    *req.uri_mut() = uri;
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(authority);
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(PathAndQuery::from_static("/"));
+    }
+    *req.uri_mut() = http::Uri::from_parts(parts)?;
     Ok(())
+}
+
+/// `addr` as a URI authority (`ip:port`, `[ip6]:port`), formatted without a temporary `String`.
+pub fn addr_authority(addr: std::net::SocketAddr) -> Result<Authority, http::Error> {
+    use std::io::Write;
+    // The longest `SocketAddr` text (IPv6 with a scope id and port) is well under 64 bytes.
+    let mut buf = [0u8; 64];
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    if write!(cursor, "{addr}").is_err() {
+        return Ok(Authority::try_from(addr.to_string().as_str())?);
+    }
+    let len = usize::try_from(cursor.position()).unwrap_or(0);
+    Ok(Authority::try_from(buf.get(..len).unwrap_or_default())?)
 }
 
 /// An HTTP/1 server builder with the proxy's limits.
@@ -456,6 +477,32 @@ mod tests {
             req.headers().get("host").map(|v| v.as_bytes()),
             Some(&b"api.demo:8080"[..])
         );
+    }
+
+    #[test]
+    fn upstream_authority_keeps_path_query_and_host() {
+        for (uri, host, want) in [
+            ("/a?b=1", Some("api.demo"), "http://10.0.0.1:80/a?b=1"),
+            ("http://api.demo:8080", None, "http://10.0.0.1:80/"),
+        ] {
+            let mut b = Request::builder().uri(uri);
+            if let Some(h) = host {
+                b = b.header("host", h);
+            }
+            let mut req = b.body(()).unwrap_or_else(|e| panic!("{e}"));
+            let authority = addr_authority("10.0.0.1:80".parse().unwrap_or_else(|e| panic!("{e}")))
+                .unwrap_or_else(|e| panic!("{e}"));
+            set_upstream_authority(&mut req, authority).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(req.uri().to_string(), want, "{uri}");
+            let want_host = host.unwrap_or("api.demo:8080");
+            assert_eq!(
+                req.headers().get("host").map(|v| v.as_bytes()),
+                Some(want_host.as_bytes())
+            );
+        }
+        let v6 = addr_authority("[fd00::1]:8080".parse().unwrap_or_else(|e| panic!("{e}")))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(v6.as_str(), "[fd00::1]:8080");
     }
 
     #[test]

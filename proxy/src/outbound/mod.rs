@@ -446,13 +446,13 @@ async fn handle_untraced(
         };
         return record(shared, &labels, None, rsp, started);
     }
-    let authority = route::request_authority(&req).map(str::to_owned);
+    let authority = route::request_authority(&req);
     let scheme = req.uri().scheme().cloned();
-    let (a, sc) = (authority.as_deref(), scheme.as_ref());
+    let (a, sc) = (authority, scheme.as_ref());
     let mut config = shared.config.borrow().clone();
     let mut waited = None;
     if let Some(demand) = shared.demand.as_ref().filter(|d| d.served()) {
-        if let Some(name) = watch_name(dst, authority.as_deref()) {
+        if let Some(name) = watch_name(dst, authority) {
             if resolve_destination(&config, dst, a, sc).is_ok() {
                 demand.touch(&name);
             } else {
@@ -1089,8 +1089,9 @@ async fn attempt_once(
         match ep.mesh_target() {
             Some((addr, identity)) => send_mesh(shared, req, ep, addr, identity, app_h2).await,
             None => {
-                let target = ep.addr.to_string();
-                match h::set_upstream_uri(&mut req, &target) {
+                match h::addr_authority(ep.addr)
+                    .and_then(|a| h::set_upstream_authority(&mut req, a))
+                {
                     Err(e) => Err((StatusCode::BAD_REQUEST, format!("bad request target: {e}"))),
                     Ok(()) => {
                         *req.version_mut() = if app_h2 {
@@ -1209,17 +1210,21 @@ async fn send_mesh(
             )
         })?;
     // Keep the original authority in the URI: it travels as `:authority` on the link.
-    let authority = req
+    // Parsed straight from the header (one copy), or the URI's own (a reference-count bump).
+    let from_request = match req
         .headers()
         .get(http::header::HOST)
         .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| req.uri().authority().map(|a| a.to_string()))
-        .unwrap_or_else(|| ep.addr.to_string());
-    if h::set_upstream_uri(&mut req, &authority).is_err() {
-        h::set_upstream_uri(&mut req, &ep.addr.to_string())
-            .map_err(|e| (StatusCode::BAD_REQUEST, format!("bad request target: {e}")))?;
-    }
+    {
+        Some(host) => http::uri::Authority::try_from(host).ok(),
+        None => req.uri().authority().cloned(),
+    };
+    let bad_target = |e: http::Error| (StatusCode::BAD_REQUEST, format!("bad request target: {e}"));
+    let authority = match from_request {
+        Some(a) => a,
+        None => h::addr_authority(ep.addr).map_err(bad_target)?,
+    };
+    h::set_upstream_authority(&mut req, authority).map_err(bad_target)?;
     *req.version_mut() = Version::HTTP_2;
     sender
         .send_request(req)
