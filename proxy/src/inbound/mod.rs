@@ -745,7 +745,7 @@ async fn handle_untraced(
             match answered {
                 Some(Ok(mut rsp)) => {
                     h::strip_hop_by_hop(rsp.headers_mut());
-                    rsp.map(|b| limits::hold_until_done(h::boxed(b), permit))
+                    rsp.map(|b| limits::hold_until_done(b, permit))
                 }
                 None => {
                     shared
