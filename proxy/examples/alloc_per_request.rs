@@ -270,6 +270,13 @@ fn start_proxies(listeners: Vec<Listener>, threads: usize) -> (Vec<u32>, oneshot
         });
     });
     let _ = is_ready.recv();
+    // Worker threads report themselves when they start: wait (bounded) for all of them.
+    for _ in 0..500 {
+        if tids.lock().map_or(true, |v| v.len() >= threads.max(1)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let v = tids.lock().map(|v| v.clone()).unwrap_or_default();
     (v, stop)
 }
