@@ -59,17 +59,17 @@ thread_local! {
 
 /// With `sites`: backtraces of the proxy threads' allocations are kept while this is set.
 static SAMPLE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-static SITES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+static SITES: Mutex<Vec<(usize, String)>> = Mutex::new(Vec::new());
 
 /// Keeps a backtrace of the current allocation (`sites` mode only).
-fn sample() {
+fn sample(size: usize) {
     if !SAMPLE.load(Relaxed) || SAMPLING.try_with(Cell::get).unwrap_or(true) {
         return;
     }
     SAMPLING.with(|s| s.set(true));
     let bt = std::backtrace::Backtrace::force_capture().to_string();
     if let Ok(mut v) = SITES.lock() {
-        v.push(bt);
+        v.push((size, bt));
     }
     SAMPLING.with(|s| s.set(false));
 }
@@ -81,7 +81,7 @@ fn count(size: usize) {
     if PROXY.try_with(Cell::get).unwrap_or(false) {
         ALLOCS.fetch_add(1, Relaxed);
         BYTES.fetch_add(size as u64, Relaxed);
-        sample();
+        sample(size);
     }
 }
 
@@ -317,8 +317,8 @@ fn print_syscalls(n: u64) {
 /// the allocating library call below it, counted per request.
 fn print_sites(n: u64) {
     let sites = SITES.lock().map(|v| v.clone()).unwrap_or_default();
-    let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
-    for bt in &sites {
+    let mut counts: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+    for (size, bt) in &sites {
         let frames: Vec<&str> = bt
             .lines()
             .map(str::trim)
@@ -341,12 +341,19 @@ fn print_sites(n: u64) {
             .map_or("(no weft frame)", |i| frames[i]);
         let lib = frames.iter().find(|f| !skip(f)).copied().unwrap_or("?");
         let key = format!("{weft}  <-  {lib}");
-        *counts.entry(key).or_default() += 1;
+        let e = counts.entry(key).or_default();
+        e.0 += 1;
+        e.1 += *size as u64;
     }
     let mut v: Vec<_> = counts.into_iter().collect();
     v.sort_by(|a, b| b.1.cmp(&a.1));
-    for (k, c) in v.iter().take(60) {
-        println!("{:6.2}  {k}", *c as f64 / n as f64);
+    println!("allocations/request  bytes/request  innermost weft frame  <-  allocating call");
+    for (k, (c, b)) in v.iter().take(60) {
+        println!(
+            "{:6.2} {:8.0}  {k}",
+            *c as f64 / n as f64,
+            *b as f64 / n as f64
+        );
     }
 }
 

@@ -377,7 +377,88 @@ async fn request_timeout<I: tokio::io::AsyncWrite + Unpin>(mut io: I) {
     .await;
 }
 
-pub type PlainClient = hyper_util::client::legacy::Client<HttpConnector, Body>;
+pub type PlainClient = hyper_util::client::legacy::Client<PlainConnector, Body>;
+
+/// hyper-util's `HttpConnector` whose connections carry no `HttpInfo`: the legacy client copies
+/// a connection's extra info into every response's extensions (3 allocations per request),
+/// and nothing in the proxy reads it (issue #20).
+#[derive(Clone, Debug)]
+pub struct PlainConnector(HttpConnector);
+
+impl tower::Service<http::Uri> for PlainConnector {
+    type Response = PlainConn;
+    type Error = <HttpConnector as tower::Service<http::Uri>>::Error;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<PlainConn, Self::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let connecting = self.0.call(uri);
+        Box::pin(async move { connecting.await.map(PlainConn) })
+    }
+}
+
+/// A plain TCP connection to an upstream (see [`PlainConnector`]).
+#[derive(Debug)]
+pub struct PlainConn(hyper_util::rt::TokioIo<tokio::net::TcpStream>);
+
+impl hyper_util::client::legacy::connect::Connection for PlainConn {
+    fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
+        hyper_util::client::legacy::connect::Connected::new()
+    }
+}
+
+impl hyper::rt::Read for PlainConn {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for PlainConn {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+}
 
 /// Pooled plain-HTTP clients to upstreams (the local app, unmeshed endpoints): one speaking
 /// HTTP/1.1, one HTTP/2 with prior knowledge.
@@ -402,13 +483,13 @@ impl PlainClients {
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
-            .build(conn.clone());
+            .build(PlainConnector(conn.clone()));
         let http2 = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .http2_only(true)
-            .build(conn);
+            .build(PlainConnector(conn));
         PlainClients { http1, http2 }
     }
 
