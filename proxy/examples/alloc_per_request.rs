@@ -346,7 +346,7 @@ fn print_sites(n: u64) {
         e.1 += *size as u64;
     }
     let mut v: Vec<_> = counts.into_iter().collect();
-    v.sort_by(|a, b| b.1.cmp(&a.1));
+    v.sort_by_key(|e| std::cmp::Reverse(e.1));
     println!("allocations/request  bytes/request  innermost weft frame  <-  allocating call");
     for (k, (c, b)) in v.iter().take(60) {
         println!(
