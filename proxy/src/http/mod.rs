@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -128,11 +129,12 @@ impl ClientBodyFailed {
 }
 
 /// Boxes a downstream request's body so that its failure is recorded in the returned flag (no
-/// allocation for bodies that are already complete, e.g. without a body).
+/// allocation for bodies that are already complete, e.g. without a body: such a body has no
+/// frame left, data or trailers, and is forwarded as [`empty`], which boxes nothing).
 pub fn watch_body(req: Request<hyper::body::Incoming>) -> (Request<Body>, ClientBodyFailed) {
     use http_body::Body as _;
     if req.body().is_end_stream() {
-        return (req.map(boxed), ClientBodyFailed::default());
+        return (req.map(|_| empty()), ClientBodyFailed::default());
     }
     let flag = Arc::new(AtomicBool::new(false));
     let set = flag.clone();
@@ -216,6 +218,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// Rewrites a request's URI to `http://<addr><path?query>` for an upstream, keeping the original
 /// authority in `Host`.
 pub fn set_upstream_uri<B>(req: &mut Request<B>, authority: &str) -> Result<(), http::Error> {
+    set_upstream_authority(req, Authority::try_from(authority)?)
+}
+
+/// [`set_upstream_uri`] with a parsed authority (cloning one is a reference-count bump). The
+/// request's path and query are moved into the new URI, not copied (issue #20: no allocation
+/// here beyond a `Host` header built from the URI when the request had none).
+pub fn set_upstream_authority<B>(
+    req: &mut Request<B>,
+    authority: Authority,
+) -> Result<(), http::Error> {
     if !req.headers().contains_key(http::header::HOST) {
         if let Some(a) = req.uri().authority() {
             if let Ok(v) = HeaderValue::from_str(a.as_str()) {
@@ -223,18 +235,27 @@ pub fn set_upstream_uri<B>(req: &mut Request<B>, authority: &str) -> Result<(), 
             }
         }
     }
-    let pq = req
-        .uri()
-        .path_and_query()
-        .map(|pq| pq.as_str())
-        .unwrap_or("/");
-    let uri = http::Uri::builder()
-        .scheme("http")
-        .authority(authority)
-        .path_and_query(pq)
-        .build()?;
-    *req.uri_mut() = uri;
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(authority);
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(PathAndQuery::from_static("/"));
+    }
+    *req.uri_mut() = http::Uri::from_parts(parts)?;
     Ok(())
+}
+
+/// `addr` as a URI authority (`ip:port`, `[ip6]:port`), formatted without a temporary `String`.
+pub fn addr_authority(addr: std::net::SocketAddr) -> Result<Authority, http::Error> {
+    use std::io::Write;
+    // The longest `SocketAddr` text (IPv6 with a scope id and port) is well under 64 bytes.
+    let mut buf = [0u8; 64];
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    if write!(cursor, "{addr}").is_err() {
+        return Ok(Authority::try_from(addr.to_string().as_str())?);
+    }
+    let len = usize::try_from(cursor.position()).unwrap_or(0);
+    Ok(Authority::try_from(buf.get(..len).unwrap_or_default())?)
 }
 
 /// An HTTP/1 server builder with the proxy's limits.
@@ -356,7 +377,88 @@ async fn request_timeout<I: tokio::io::AsyncWrite + Unpin>(mut io: I) {
     .await;
 }
 
-pub type PlainClient = hyper_util::client::legacy::Client<HttpConnector, Body>;
+pub type PlainClient = hyper_util::client::legacy::Client<PlainConnector, Body>;
+
+/// hyper-util's `HttpConnector` whose connections carry no `HttpInfo`: the legacy client copies
+/// a connection's extra info into every response's extensions (3 allocations per request),
+/// and nothing in the proxy reads it (issue #20).
+#[derive(Clone, Debug)]
+pub struct PlainConnector(HttpConnector);
+
+impl tower::Service<http::Uri> for PlainConnector {
+    type Response = PlainConn;
+    type Error = <HttpConnector as tower::Service<http::Uri>>::Error;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<PlainConn, Self::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let connecting = self.0.call(uri);
+        Box::pin(async move { connecting.await.map(PlainConn) })
+    }
+}
+
+/// A plain TCP connection to an upstream (see [`PlainConnector`]).
+#[derive(Debug)]
+pub struct PlainConn(hyper_util::rt::TokioIo<tokio::net::TcpStream>);
+
+impl hyper_util::client::legacy::connect::Connection for PlainConn {
+    fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
+        hyper_util::client::legacy::connect::Connected::new()
+    }
+}
+
+impl hyper::rt::Read for PlainConn {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for PlainConn {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+}
 
 /// Pooled plain-HTTP clients to upstreams (the local app, unmeshed endpoints): one speaking
 /// HTTP/1.1, one HTTP/2 with prior knowledge.
@@ -381,13 +483,13 @@ impl PlainClients {
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
-            .build(conn.clone());
+            .build(PlainConnector(conn.clone()));
         let http2 = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .http2_only(true)
-            .build(conn);
+            .build(PlainConnector(conn));
         PlainClients { http1, http2 }
     }
 
@@ -456,6 +558,32 @@ mod tests {
             req.headers().get("host").map(|v| v.as_bytes()),
             Some(&b"api.demo:8080"[..])
         );
+    }
+
+    #[test]
+    fn upstream_authority_keeps_path_query_and_host() {
+        for (uri, host, want) in [
+            ("/a?b=1", Some("api.demo"), "http://10.0.0.1:80/a?b=1"),
+            ("http://api.demo:8080", None, "http://10.0.0.1:80/"),
+        ] {
+            let mut b = Request::builder().uri(uri);
+            if let Some(h) = host {
+                b = b.header("host", h);
+            }
+            let mut req = b.body(()).unwrap_or_else(|e| panic!("{e}"));
+            let authority = addr_authority("10.0.0.1:80".parse().unwrap_or_else(|e| panic!("{e}")))
+                .unwrap_or_else(|e| panic!("{e}"));
+            set_upstream_authority(&mut req, authority).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(req.uri().to_string(), want, "{uri}");
+            let want_host = host.unwrap_or("api.demo:8080");
+            assert_eq!(
+                req.headers().get("host").map(|v| v.as_bytes()),
+                Some(want_host.as_bytes())
+            );
+        }
+        let v6 = addr_authority("[fd00::1]:8080".parse().unwrap_or_else(|e| panic!("{e}")))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(v6.as_str(), "[fd00::1]:8080");
     }
 
     #[test]

@@ -563,27 +563,35 @@ impl Limiters {
 }
 
 /// A response body that holds `permit` until the body ends or is dropped, so that a request
-/// counts as in flight while its response streams.
-pub fn hold_until_done(body: Body, permit: Permit) -> Body {
-    http_body_util::BodyExt::boxed(Held {
+/// counts as in flight while its response streams. Generic over the body, so that the app's
+/// response is boxed once, with its permit (issue #20), not boxed and then boxed again.
+pub fn hold_until_done<B>(body: B, permit: Permit) -> Body
+where
+    B: HttpBody<Data = Bytes> + Send + Sync + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    crate::http::boxed(Held {
         inner: body,
         permit: Some(permit),
     })
 }
 
-struct Held {
-    inner: Body,
+struct Held<B> {
+    inner: B,
     permit: Option<Permit>,
 }
 
-impl HttpBody for Held {
+impl<B> HttpBody for Held<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+{
     type Data = Bytes;
-    type Error = BoxError;
+    type Error = B::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
             self.permit = None;

@@ -601,9 +601,16 @@ async fn serve_http<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // Built once per connection, cloned per request (reference-count bumps, issue #20): the
+    // app's authority and the `x-weft-client-id` value.
+    let conn = Arc::new(ConnValues {
+        app: h::addr_authority(SocketAddr::new(shared.settings.app_ip, port)).ok(),
+        client_id: client_id_value(peer.as_deref()),
+    });
     h::serve_downstream(io, downstream_h2, drain, move |req: Request<Incoming>| {
         let shared = shared.clone();
         let peer = peer.clone();
+        let conn = conn.clone();
         async move {
             // #18 tap: one relaxed load when nobody taps.
             let tapped = shared.tap.is_active().then(|| {
@@ -615,7 +622,7 @@ async fn serve_http<I>(
                     local.as_deref(),
                 )
             });
-            let rsp = handle_request(&shared, req, port, peer, app_h2).await;
+            let rsp = handle_request(&shared, req, port, peer, &conn, app_h2).await;
             crate::tap::Tap::finish(tapped.flatten(), rsp)
         }
     })
@@ -629,6 +636,7 @@ async fn handle_request(
     mut req: Request<Incoming>,
     port: u16,
     peer: Option<Arc<str>>,
+    conn: &ConnValues,
     app_h2: bool,
 ) -> Response<Body> {
     let Some(span) = shared
@@ -636,10 +644,10 @@ async fn handle_request(
         .tracer
         .start(&mut req, trace::Direction::Inbound)
     else {
-        return handle_untraced(shared, req, port, peer, app_h2).await;
+        return handle_untraced(shared, req, port, peer, conn, app_h2).await;
     };
     span.set_peer(peer.as_ref());
-    let rsp = handle_untraced(shared, req, port, peer, app_h2).await;
+    let rsp = handle_untraced(shared, req, port, peer, conn, app_h2).await;
     span.finish(rsp.status());
     rsp
 }
@@ -649,6 +657,7 @@ async fn handle_untraced(
     mut req: Request<Incoming>,
     port: u16,
     peer: Option<Arc<str>>,
+    conn: &ConnValues,
     app_h2: bool,
 ) -> Response<Body> {
     let started = Instant::now();
@@ -699,14 +708,14 @@ async fn handle_untraced(
 
     if upgrade::wants_upgrade(&req) {
         upgrade::keep_upgrade_headers(req.headers_mut());
-        set_client_id(&mut req, peer.as_deref());
+        set_client_id(&mut req, conn.client_id.as_ref());
         let rsp = forward_upgrade(shared, req, port).await;
         // The slot is held until the app answers the upgrade, not for the tunnel's life.
         drop(permit);
         return record(shared, port, authz_name, peer.as_ref(), rsp, started);
     }
     h::strip_hop_by_hop(req.headers_mut());
-    set_client_id(&mut req, peer.as_deref());
+    set_client_id(&mut req, conn.client_id.as_ref());
     let grpc = is_grpc(req.headers());
     if let Some(deadline) = deadline {
         // What is left after the wait for a slot travels on to the app.
@@ -715,8 +724,11 @@ async fn handle_untraced(
             deadline.saturating_duration_since(tokio::time::Instant::now()),
         );
     }
-    let app = SocketAddr::new(shared.settings.app_ip, port).to_string();
-    let rsp = match h::set_upstream_uri(&mut req, &app) {
+    let app = match conn.app.clone() {
+        Some(a) => Ok(a),
+        None => h::addr_authority(SocketAddr::new(shared.settings.app_ip, port)),
+    };
+    let rsp = match app.and_then(|a| h::set_upstream_authority(&mut req, a)) {
         Err(e) => h::error(StatusCode::BAD_REQUEST, &format!("bad request target: {e}")),
         Ok(()) => {
             *req.version_mut() = if app_h2 {
@@ -733,7 +745,7 @@ async fn handle_untraced(
             match answered {
                 Some(Ok(mut rsp)) => {
                     h::strip_hop_by_hop(rsp.headers_mut());
-                    rsp.map(|b| limits::hold_until_done(h::boxed(b), permit))
+                    rsp.map(|b| limits::hold_until_done(b, permit))
                 }
                 None => {
                     shared
@@ -979,12 +991,26 @@ impl Shared {
     }
 }
 
+/// What every request of one downstream connection shares, built when it opens.
+struct ConnValues {
+    /// The app's address as the upstream URI authority (`None` only if it cannot be one: then
+    /// each request tries again and answers `400`).
+    app: Option<http::uri::Authority>,
+    /// The mTLS peer's identity as an `x-weft-client-id` value.
+    client_id: Option<HeaderValue>,
+}
+
+/// The `x-weft-client-id` value of a connection's mTLS peer, if any (and a valid header value).
+fn client_id_value(peer: Option<&str>) -> Option<HeaderValue> {
+    peer.and_then(|p| HeaderValue::from_str(p).ok())
+}
+
 /// Only the proxy may assert the client's identity: drops any `x-weft-client-id` the request
-/// carried and sets the mTLS peer's, if any.
-fn set_client_id<B>(req: &mut Request<B>, peer: Option<&str>) {
+/// carried and sets the mTLS peer's (see [`client_id_value`]), if any.
+fn set_client_id<B>(req: &mut Request<B>, id: Option<&HeaderValue>) {
     req.headers_mut().remove(h::CLIENT_ID);
-    if let Some(id) = peer.and_then(|p| HeaderValue::from_str(p).ok()) {
-        req.headers_mut().insert(h::CLIENT_ID, id);
+    if let Some(id) = id {
+        req.headers_mut().insert(h::CLIENT_ID, id.clone());
     }
 }
 

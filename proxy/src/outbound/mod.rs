@@ -446,13 +446,13 @@ async fn handle_untraced(
         };
         return record(shared, &labels, None, rsp, started);
     }
-    let authority = route::request_authority(&req).map(str::to_owned);
+    let authority = route::request_authority(&req);
     let scheme = req.uri().scheme().cloned();
-    let (a, sc) = (authority.as_deref(), scheme.as_ref());
+    let (a, sc) = (authority, scheme.as_ref());
     let mut config = shared.config.borrow().clone();
     let mut waited = None;
     if let Some(demand) = shared.demand.as_ref().filter(|d| d.served()) {
-        if let Some(name) = watch_name(dst, authority.as_deref()) {
+        if let Some(name) = watch_name(dst, authority) {
             if resolve_destination(&config, dst, a, sc).is_ok() {
                 demand.touch(&name);
             } else {
@@ -578,7 +578,7 @@ async fn handle_untraced(
     }
     let policy = &svc.policy;
     let wait = deadline
-        .left(Instant::now())
+        .left()
         .map_or(policy.queue_timeout, |l| l.min(policy.queue_timeout));
     let _permit = match svc
         .limiter
@@ -841,9 +841,10 @@ impl Deadline {
         }
     }
 
-    /// Time left at `now` (`None`: no deadline).
-    fn left(&self, now: Instant) -> Option<Duration> {
-        self.at.map(|at| at.saturating_duration_since(now))
+    /// Time left now (`None`: no deadline). The clock is read only when there is a deadline.
+    fn left(&self) -> Option<Duration> {
+        self.at
+            .map(|at| at.saturating_duration_since(Instant::now()))
     }
 }
 
@@ -893,7 +894,7 @@ async fn forward(
         let mut attempt = 0u32;
         let mut avoid = None;
         loop {
-            let left = deadline.left(Instant::now());
+            let left = deadline.left();
             if left == Some(Duration::ZERO) {
                 return (deadline_exceeded(shared, svc, received), None);
             }
@@ -927,7 +928,7 @@ async fn forward(
                 && attempt < policy.max_retries
                 && retry_on(policy, &a.rsp)
                 && prepared.replayable()
-                && deadline.left(Instant::now()) != Some(Duration::ZERO);
+                && deadline.left() != Some(Duration::ZERO);
             if !can_retry {
                 if a.rsp.status() == StatusCode::GATEWAY_TIMEOUT && !charge {
                     return (deadline_exceeded(shared, svc, received), a.peer);
@@ -1061,12 +1062,14 @@ async fn attempt_once(
     avoid: Option<SocketAddr>,
 ) -> Attempt {
     let policy = &svc.policy;
+    // One clock read for the pick and the start of the attempt.
+    let started = Instant::now();
     let picked = match pick::pick(
         backend,
         policy.max_requests_per_endpoint,
         avoid,
         true,
-        Instant::now(),
+        started,
     ) {
         Ok(p) => p,
         Err(why) => {
@@ -1083,14 +1086,14 @@ async fn attempt_once(
         in_flight: _in_flight,
         mut probe,
     } = picked;
-    let started = Instant::now();
     let peer = Some(ep.dst.clone());
     let send = async {
         match ep.mesh_target() {
             Some((addr, identity)) => send_mesh(shared, req, ep, addr, identity, app_h2).await,
             None => {
-                let target = ep.addr.to_string();
-                match h::set_upstream_uri(&mut req, &target) {
+                match h::addr_authority(ep.addr)
+                    .and_then(|a| h::set_upstream_authority(&mut req, a))
+                {
                     Err(e) => Err((StatusCode::BAD_REQUEST, format!("bad request target: {e}"))),
                     Ok(()) => {
                         *req.version_mut() = if app_h2 {
@@ -1130,6 +1133,9 @@ async fn attempt_once(
         },
         None => send.await,
     };
+    // One clock read for the attempt's latency and the breaker's record.
+    let done = Instant::now();
+    let took = done.saturating_duration_since(started);
     let accrual = &policy.failure_accrual;
     let olabels = OutboundLabels {
         authority: (&svc.authority).into(),
@@ -1147,7 +1153,7 @@ async fn attempt_once(
                 // A fast error is not a fast success.
                 ep.load.observe_failure();
             } else {
-                ep.load.observe(started.elapsed());
+                ep.load.observe(took);
             }
             h::strip_hop_by_hop(rsp.headers_mut());
             (outcome, rsp)
@@ -1157,7 +1163,7 @@ async fn attempt_once(
                 // The client's own body failing is not the endpoint's fault.
                 Outcome::Unknown
             } else if status == StatusCode::GATEWAY_TIMEOUT && !limit.charge {
-                ep.load.observe(started.elapsed());
+                ep.load.observe(took);
                 Outcome::Unknown
             } else {
                 ep.load.observe_failure();
@@ -1169,16 +1175,14 @@ async fn attempt_once(
             )
         }
     };
-    ep.load
-        .breaker
-        .record(outcome, probe.is_some(), Instant::now(), ctx);
+    ep.load.breaker.record(outcome, probe.is_some(), done, ctx);
     if let Some(p) = &mut probe {
         if outcome != Outcome::Unknown {
             p.decided();
         }
         if outcome == Outcome::Success {
             // Restored: it competes from its probe's latency, not from its old penalties.
-            ep.load.reset(started.elapsed());
+            ep.load.reset(took);
         }
     }
     Attempt {
@@ -1209,17 +1213,21 @@ async fn send_mesh(
             )
         })?;
     // Keep the original authority in the URI: it travels as `:authority` on the link.
-    let authority = req
+    // Parsed straight from the header (one copy), or the URI's own (a reference-count bump).
+    let from_request = match req
         .headers()
         .get(http::header::HOST)
         .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| req.uri().authority().map(|a| a.to_string()))
-        .unwrap_or_else(|| ep.addr.to_string());
-    if h::set_upstream_uri(&mut req, &authority).is_err() {
-        h::set_upstream_uri(&mut req, &ep.addr.to_string())
-            .map_err(|e| (StatusCode::BAD_REQUEST, format!("bad request target: {e}")))?;
-    }
+    {
+        Some(host) => http::uri::Authority::try_from(host).ok(),
+        None => req.uri().authority().cloned(),
+    };
+    let bad_target = |e: http::Error| (StatusCode::BAD_REQUEST, format!("bad request target: {e}"));
+    let authority = match from_request {
+        Some(a) => a,
+        None => h::addr_authority(ep.addr).map_err(bad_target)?,
+    };
+    h::set_upstream_authority(&mut req, authority).map_err(bad_target)?;
     *req.version_mut() = Version::HTTP_2;
     sender
         .send_request(req)
