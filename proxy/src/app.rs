@@ -377,7 +377,7 @@ impl AdminSource for AppAdmin {
         }
     }
 
-    fn config_json(&self) -> serde_json::Value {
+    fn config_dump(&self) -> admin::ConfigDump {
         let config = Arc::clone(&self.config.borrow());
         let status = self.status.borrow().clone();
         let expiry = self.identity.expiry().and_then(|t| {
@@ -385,15 +385,21 @@ impl AdminSource for AppAdmin {
                 .ok()
                 .map(|d| d.as_secs())
         });
-        serde_json::json!({
+        let head = serde_json::json!({
             "version": status.version,
             "control": status,
             "identity": {
                 "id": self.identity.local_identity(),
                 "expiry_unix_seconds": expiry,
             },
-            "config": config.to_json(),
-        })
+        });
+        admin::ConfigDump {
+            head: match head {
+                serde_json::Value::Object(head) => head,
+                _ => serde_json::Map::new(),
+            },
+            config,
+        }
     }
 
     fn state_json(&self) -> serde_json::Value {

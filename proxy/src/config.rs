@@ -1596,6 +1596,38 @@ impl Config {
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
     }
+
+    /// [`Config::to_json`] without its two large members, `outbound` and `endpoints` (which
+    /// grow with the mesh): what the admin `/config` writes first, before it streams those
+    /// resource by resource.
+    pub fn json_head(&self) -> serde_json::Value {
+        #[derive(Serialize)]
+        struct Head<'a> {
+            version: &'a str,
+            inbound: &'a InboundPolicy,
+            #[serde(skip_serializing_if = "no_ips")]
+            resolved_ips: &'a BTreeSet<IpAddr>,
+        }
+        fn no_ips(ips: &&BTreeSet<IpAddr>) -> bool {
+            ips.is_empty()
+        }
+        serde_json::to_value(Head {
+            version: &self.version,
+            inbound: &self.inbound,
+            resolved_ips: &self.resolved_ips,
+        })
+        .unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The outbound services sorted by authority, as `/config` lists them.
+    pub fn outbound_sorted(&self) -> &[Arc<OutboundService>] {
+        &self.outbound_sorted
+    }
+
+    /// The endpoint sets by resource name, as `/config` lists them.
+    pub fn endpoint_sets_sorted(&self) -> &BTreeMap<String, Arc<EndpointSet>> {
+        &self.endpoint_sets_sorted
+    }
 }
 
 /// A fresh watch channel holding the default config: what the proxy serves before the control
