@@ -8,7 +8,7 @@
 //! 4. `/config`: grows the mesh to N again, then reads the proxy's admin `/config` once and
 //!    records the proxy's peak RSS (`VmHWM`) before and after the read, and its RSS after.
 //!
-//! Extra proxy/operator environment (e.g. `MALLOC_ARENA_MAX=2`) can be passed with `--env`.
+//! RSS is read `--settle` seconds (default 5) after each ACK. Extra proxy/operator environment (e.g. `MALLOC_ARENA_MAX=2`) can be passed with `--env`.
 //!
 //! ```text
 //! cargo build -p weft-operator --bin weft-operator --example memory_burst -p weft-proxy
@@ -31,6 +31,11 @@ struct Args {
     proxy: PathBuf,
     services: usize,
     env: Vec<(String, String)>,
+    /// Experiment: after the removal, call glibc's `malloc_trim(0)` in both processes through
+    /// gdb and record RSS again (shows how much of the retained memory glibc could give back).
+    gdb_trim: bool,
+    /// Seconds to wait after each ACK before reading RSS.
+    settle: u64,
 }
 
 fn parse_args() -> Args {
@@ -39,14 +44,21 @@ fn parse_args() -> Args {
         proxy: PathBuf::from("target/debug/weft-proxy"),
         services: 3000,
         env: Vec::new(),
+        gdb_trim: false,
+        settle: 5,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
+        if a == "--gdb-trim" {
+            args.gdb_trim = true;
+            continue;
+        }
         let v = it.next().unwrap_or_default();
         match a.as_str() {
             "--operator" => args.operator = PathBuf::from(v),
             "--proxy" => args.proxy = PathBuf::from(v),
             "--services" => args.services = v.parse().unwrap_or(3000),
+            "--settle" => args.settle = v.parse().unwrap_or(5),
             "--env" => {
                 if let Some((k, v)) = v.split_once('=') {
                     args.env.push((k.to_string(), v.to_string()));
@@ -224,7 +236,7 @@ fn main() -> std::io::Result<()> {
     let limit = Duration::from_secs(900);
     let small = |r: u64| r < 20;
     let large = |r: u64| r >= n as u64;
-    let settle = Duration::from_secs(3);
+    let settle = Duration::from_secs(args.settle);
 
     wait_resources(op_admin, small, limit);
     std::thread::sleep(settle);
@@ -239,6 +251,23 @@ fn main() -> std::io::Result<()> {
     let t_shrink = wait_resources(op_admin, small, limit);
     std::thread::sleep(settle);
     let removed = (mem_kib(ppid), mem_kib(opid));
+    let trimmed = args.gdb_trim.then(|| {
+        for pid in [ppid, opid] {
+            let _ = Command::new("gdb")
+                .args([
+                    "-p",
+                    &pid.to_string(),
+                    "-batch",
+                    "-ex",
+                    "call (int)malloc_trim(0)",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        (mem_kib(ppid), mem_kib(opid))
+    });
 
     burst(&m, n, true)?;
     wait_resources(op_admin, large, limit);
@@ -253,6 +282,7 @@ fn main() -> std::io::Result<()> {
         "services: {n} ({ENDPOINTS} endpoints each); env: {:?}",
         args.env
     );
+    println!("RSS read {} s after each ACK", args.settle);
     println!("load average: {}", load.trim());
     println!(
         "grow ACKed after {:.1} s, removal ACKed after {:.1} s",
@@ -276,6 +306,13 @@ fn main() -> std::io::Result<()> {
         mib(removed.0 .0),
         mib(removed.1 .0)
     );
+    if let Some(t) = trimmed {
+        println!(
+            "| after malloc_trim(0) (gdb) | {} | {} |",
+            mib(t.0 .0),
+            mib(t.1 .0)
+        );
+    }
     println!(
         "/config at {n} Services: status {status}, {} bytes; proxy peak RSS (VmHWM) {} before the read, {} after; RSS after {}",
         body.len(),

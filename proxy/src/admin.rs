@@ -9,6 +9,7 @@
 //! byte the document that used to be rendered in one piece; with `?kind=` it answers a summary
 //! with counts or one page of outbound services or endpoint sets (see [`ConfigQuery`]).
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -117,7 +118,7 @@ fn is_transient_accept_error(e: &std::io::Error) -> bool {
 async fn serve_conn(stream: tokio::net::TcpStream, peer: SocketAddr, source: Arc<dyn AdminSource>) {
     let service = service_fn(move |req: Request<Incoming>| {
         let source = Arc::clone(&source);
-        async move { Ok::<_, Infallible>(handle(&req, source.as_ref())) }
+        async move { Ok::<_, Infallible>(handle(&req, source.as_ref()).await) }
     });
     let result = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -132,7 +133,7 @@ async fn serve_conn(stream: tokio::net::TcpStream, peer: SocketAddr, source: Arc
 
 /// Answers one admin request. A full `/config` is written by a task of its own, so this must
 /// run inside a Tokio runtime.
-pub fn handle<B>(req: &Request<B>, source: &dyn AdminSource) -> Response<AdminBody> {
+pub async fn handle<B>(req: &Request<B>, source: &dyn AdminSource) -> Response<AdminBody> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
         resp.headers_mut()
@@ -158,7 +159,7 @@ pub fn handle<B>(req: &Request<B>, source: &dyn AdminSource) -> Response<AdminBo
             with_type(StatusCode::OK, METRICS_CONTENT_TYPE, out)
         }
         "/config" => match ConfigQuery::parse(req.uri().query()) {
-            Ok(ConfigQuery::Full) => stream_config(source.config_dump()),
+            Ok(ConfigQuery::Full) => stream_config(source.config_dump()).await,
             Ok(query) => json(&query.answer(source.config_dump()), "config"),
             Err(e) => text(StatusCode::BAD_REQUEST, format!("bad /config query: {e}\n")),
         },
@@ -206,7 +207,11 @@ pub struct AdminBody(BodyInner);
 
 enum BodyInner {
     Full(Full<Bytes>),
-    Stream(mpsc::Receiver<Result<Bytes, std::io::Error>>),
+    /// The first chunks (already received), then the rest from the writer.
+    Stream(
+        VecDeque<Bytes>,
+        mpsc::Receiver<Result<Bytes, std::io::Error>>,
+    ),
 }
 
 impl Body for AdminBody {
@@ -223,21 +228,24 @@ impl Body for AdminBody {
                 .map_err(|never: Infallible| match never {}),
             // The writer ends the stream by dropping its sender, or aborts it with an error (so
             // the client sees a broken response, never a well-formed truncated one).
-            BodyInner::Stream(rx) => rx.poll_recv(cx).map(|c| c.map(|r| r.map(Frame::data))),
+            BodyInner::Stream(first, rx) => match first.pop_front() {
+                Some(chunk) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
+                None => rx.poll_recv(cx).map(|c| c.map(|r| r.map(Frame::data))),
+            },
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.0 {
             BodyInner::Full(full) => full.is_end_stream(),
-            BodyInner::Stream(_) => false,
+            BodyInner::Stream(..) => false,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.0 {
             BodyInner::Full(full) => full.size_hint(),
-            BodyInner::Stream(_) => SizeHint::default(),
+            BodyInner::Stream(..) => SizeHint::default(),
         }
     }
 }
@@ -359,7 +367,7 @@ impl ConfigQuery {
                     PageKind::Outbound => {
                         let all = config.outbound_sorted();
                         let page = all.iter().skip(offset).take(limit);
-                        (all.len(), page.map(|s| to_value(s)).collect())
+                        (all.len(), page.map(to_value).collect())
                     }
                     PageKind::Endpoints => {
                         let all = config.endpoint_sets_sorted();
@@ -398,9 +406,10 @@ fn truncated(s: &str) -> String {
 
 /// Streams the whole `/config` dump: the same bytes `serde_json::to_vec_pretty` renders for
 /// `{..head, "config": config.to_json()}` plus a newline, written member by member and resource
-/// by resource, so memory stays a few chunks whatever the mesh size.
-fn stream_config(dump: ConfigDump) -> Response<AdminBody> {
-    let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+/// by resource, so memory stays a few chunks whatever the mesh size. A dump that fits in one
+/// chunk is answered whole, with a `Content-Length`, as before streaming existed.
+async fn stream_config(dump: ConfigDump) -> Response<AdminBody> {
+    let (tx, mut rx) = mpsc::channel(STREAM_QUEUE);
     tokio::spawn(async move {
         let mut out = Pretty::new(tx);
         match write_dump(&mut out, &dump).await {
@@ -414,7 +423,25 @@ fn stream_config(dump: ConfigDump) -> Response<AdminBody> {
             }
         }
     });
-    let mut resp = Response::new(AdminBody(BodyInner::Stream(rx)));
+    // Up to two chunks are taken here: if the writer is done after the first, the answer is
+    // whole; otherwise both lead the stream.
+    let mut first = VecDeque::with_capacity(2);
+    while first.len() < 2 {
+        match rx.recv().await {
+            Some(Ok(chunk)) => first.push_back(chunk),
+            Some(Err(e)) => {
+                return text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("cannot render config: {e}\n"),
+                )
+            }
+            None => {
+                let whole = first.pop_front().unwrap_or_default();
+                return with_type(StatusCode::OK, "application/json", whole);
+            }
+        }
+    }
+    let mut resp = Response::new(AdminBody(BodyInner::Stream(first, rx)));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("application/json"),
@@ -641,26 +668,29 @@ mod tests {
         Request::get(path).body(()).unwrap_or_default()
     }
 
-    #[test]
-    fn ready_reports_reason_until_ready() {
+    #[tokio::test]
+    async fn ready_reports_reason_until_ready() {
         let not = Fixed {
             ready: Err("no certificate yet".into()),
         };
         assert_eq!(
-            handle(&get("/ready"), &not).status(),
+            handle(&get("/ready"), &not).await.status(),
             StatusCode::SERVICE_UNAVAILABLE
         );
         let ok = Fixed { ready: Ok(()) };
-        assert_eq!(handle(&get("/ready"), &ok).status(), StatusCode::OK);
-        assert_eq!(handle(&get("/live"), &not).status(), StatusCode::OK);
-        assert_eq!(handle(&get("/nope"), &ok).status(), StatusCode::NOT_FOUND);
+        assert_eq!(handle(&get("/ready"), &ok).await.status(), StatusCode::OK);
+        assert_eq!(handle(&get("/live"), &not).await.status(), StatusCode::OK);
+        assert_eq!(
+            handle(&get("/nope"), &ok).await.status(),
+            StatusCode::NOT_FOUND
+        );
     }
 
-    #[test]
-    fn only_get_and_head() {
+    #[tokio::test]
+    async fn only_get_and_head() {
         let ok = Fixed { ready: Ok(()) };
         let req = Request::post("/ready").body(()).unwrap_or_default();
-        let resp = handle(&req, &ok);
+        let resp = handle(&req, &ok).await;
         assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(
             resp.headers().get(header::ALLOW).map(|v| v.as_bytes()),
@@ -668,10 +698,10 @@ mod tests {
         );
     }
 
-    #[test]
-    fn state_is_served_as_json_apart_from_config() {
+    #[tokio::test]
+    async fn state_is_served_as_json_apart_from_config() {
         let ok = Fixed { ready: Ok(()) };
-        let resp = handle(&get("/state"), &ok);
+        let resp = handle(&get("/state"), &ok).await;
         assert_eq!(resp.status(), StatusCode::OK);
         assert_eq!(
             resp.headers()
@@ -765,7 +795,6 @@ mod tests {
                             ..Default::default()
                         })
                         .collect(),
-                    ..Default::default()
                 }),
             );
             add(
@@ -829,7 +858,7 @@ mod tests {
             whole.insert("config".into(), dump.config.to_json());
             let mut want = serde_json::to_vec_pretty(&Value::Object(whole)).unwrap_or_default();
             want.push(b'\n');
-            let got = body_of(handle(&get("/config"), &source)).await;
+            let got = body_of(handle(&get("/config"), &source).await).await;
             if n == 2000 {
                 assert!(got.len() > 4 * STREAM_CHUNK, "{}", got.len());
             }
@@ -850,7 +879,8 @@ mod tests {
                 let resp = handle(
                     &get(&format!("/config?kind={kind}&offset={o}&limit=100")),
                     &source,
-                );
+                )
+                .await;
                 assert_eq!(resp.status(), StatusCode::OK);
                 let page: Value = serde_json::from_slice(&body_of(resp).await).unwrap_or_default();
                 assert_eq!(page["total"], 250);
@@ -864,12 +894,12 @@ mod tests {
             unique.dedup();
             assert_eq!((seen.len(), unique.len()), (250, 250), "{kind}");
         }
-        let resp = handle(&get("/config?kind=summary"), &source);
+        let resp = handle(&get("/config?kind=summary"), &source).await;
         let summary: Value = serde_json::from_slice(&body_of(resp).await).unwrap_or_default();
         assert_eq!(summary["config"]["counts"]["outbound"], 250);
         assert_eq!(summary["config"]["counts"]["endpoints"], 250);
         assert_eq!(summary["version"], "v7");
-        let resp = handle(&get("/config?kind=outbound&offset=x"), &source);
+        let resp = handle(&get("/config?kind=outbound&offset=x"), &source).await;
         assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     }
 

@@ -181,6 +181,8 @@ pub async fn run(
         }
     };
     let discovery_task = tokio::spawn(discovery.run());
+    // #19: free memory goes back to the kernel after a large config shrink.
+    let trim_task = tokio::spawn(crate::memory::give_back_after_shrinks(config_rx.clone()));
 
     // Data plane: serves with the default config until the first one arrives.
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -310,6 +312,7 @@ pub async fn run(
     discovery_task.abort();
     identity_task.abort();
     expiry_task.abort();
+    trim_task.abort();
     tracing::info!("stopped");
     match failure {
         Some(e) => Err(e),
