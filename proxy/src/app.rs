@@ -401,7 +401,7 @@ impl AdminSource for AppAdmin {
                 serde_json::Value::Object(head) => head,
                 _ => serde_json::Map::new(),
             },
-            config,
+            config: config as Arc<dyn admin::ConfigLists>,
         }
     }
 
