@@ -182,6 +182,8 @@ pub async fn run(
         }
     };
     let discovery_task = tokio::spawn(discovery.run());
+    // #19: free memory goes back to the kernel after a large config shrink.
+    let trim_task = tokio::spawn(crate::memory::give_back_after_shrinks(config_rx.clone()));
 
     // Data plane: serves with the default config until the first one arrives.
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -311,6 +313,7 @@ pub async fn run(
     discovery_task.abort();
     identity_task.abort();
     expiry_task.abort();
+    trim_task.abort();
     tracing::info!("stopped");
     match failure {
         Some(e) => Err(e),
@@ -378,7 +381,7 @@ impl AdminSource for AppAdmin {
         }
     }
 
-    fn config_json(&self) -> serde_json::Value {
+    fn config_dump(&self) -> admin::ConfigDump {
         let config = Arc::clone(&self.config.borrow());
         let status = self.status.borrow().clone();
         let expiry = self.identity.expiry().and_then(|t| {
@@ -386,15 +389,21 @@ impl AdminSource for AppAdmin {
                 .ok()
                 .map(|d| d.as_secs())
         });
-        serde_json::json!({
+        let head = serde_json::json!({
             "version": status.version,
             "control": status,
             "identity": {
                 "id": self.identity.local_identity(),
                 "expiry_unix_seconds": expiry,
             },
-            "config": config.to_json(),
-        })
+        });
+        admin::ConfigDump {
+            head: match head {
+                serde_json::Value::Object(head) => head,
+                _ => serde_json::Map::new(),
+            },
+            config: config as Arc<dyn admin::ConfigLists>,
+        }
     }
 
     fn state_json(&self) -> serde_json::Value {
