@@ -25,7 +25,8 @@
 //! when it does not (raise it with `ulimit -n`).
 //!
 //! ```text
-//! cargo build --release -p weft-operator --bin weft-operator --example ondemand_bench -p weft-proxy
+//! cargo build --release -p weft-operator --bin weft-operator --example ondemand_bench \
+//!     -p weft-proxy --bin weft-proxy
 //! target/release/examples/ondemand_bench --operator target/release/weft-operator \
 //!     --proxy target/release/weft-proxy --services 100,1000,10000 --sim-proxies 10000
 //! ```
@@ -511,12 +512,11 @@ async fn scale(args: &Args, on_demand: bool, proxies: usize) -> Result<(), BoxEr
         others.bytes.load(Ordering::Relaxed),
     );
     println!(
-        "| {mode} | {services} | {proxies} ({connect_secs:.0} s to settle) | {watchers} | {} | {:.1} / {:.1} / {:.1} ms | {} | {hit} of {others_n} ({responses} responses, {bytes} B) | {:.1} → {:.1} MiB | {:.1} KiB | {op_cpu:.1} ms | {bench_cpu:.1} ms |",
+        "| {mode} | {services} | {proxies} ({connect_secs:.0} s to settle) | {watchers} | {} | {:.1} / {:.1} / {:.1} ms | {hit} of {others_n} ({responses} responses, {bytes} B) | {:.1} → {:.1} MiB | {:.1} KiB | {op_cpu:.1} ms | {bench_cpu:.1} ms |",
         args.changes,
         ms(percentile(&latencies, 0.5)),
         ms(percentile(&latencies, 0.99)),
         ms(latencies.last().copied().unwrap_or_default()),
-        if on_demand { "on-demand" } else { "push-all" },
         rss_before as f64 / 1024.0,
         rss_after as f64 / 1024.0,
         rss_after.saturating_sub(rss_before) as f64 / proxies.max(1) as f64,
@@ -575,8 +575,8 @@ fn main() {
             std::process::exit(1);
         }
     };
-    println!("\n| operator mode | Services | simulated proxies | watching the changed Service | changes | file change → last watcher ACK p50 / p99 / max | proxy mode | others that received anything | operator RSS before → with proxies | operator RSS per proxy | operator CPU per change | simulated proxies' CPU per change |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("\n| mode (operator and proxies) | Services | simulated proxies | watching the changed Service | changes | file change → last watcher ACK p50 / p99 / max | others that received anything | operator RSS before → with proxies | operator RSS per proxy | operator CPU per change | simulated proxies' CPU per change |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     runtime.block_on(async {
         if args.baseline_proxies > 0 {
             if let Err(e) = scale(&args, false, args.baseline_proxies).await {
