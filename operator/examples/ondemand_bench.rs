@@ -1,25 +1,52 @@
 //! On-demand discovery benchmark (issue #19), side by side with push-all in one run.
 //!
-//! For each mesh size S it writes S Services (10 endpoints each, `Endpoints` objects) plus one
-//! meshed client pod, starts the real `weft-operator --manifests --discovery-mode on-demand` and
-//! two real `weft-proxy` processes for that pod, one push-all and one on-demand (explicit mode,
-//! loopback). The on-demand proxy is sent one request to each of 10 Services. It then reports:
-//! each proxy's RSS; for an endpoint change in a Service neither proxy calls, the bytes the
-//! operator sent each of them (`/proxies` `bytes_sent`); the latency of the first request to a
-//! Service the on-demand proxy never saw, and of a second one (no backend listens: both end in
-//! an error status, after the same routing work).
+//! Part 1, for each mesh size S: it writes S Services (10 endpoints each, `Endpoints` objects)
+//! plus one meshed client pod, starts the real `weft-operator --manifests --discovery-mode
+//! on-demand` and two real `weft-proxy` processes for that pod, one push-all and one on-demand
+//! (explicit mode, loopback). The on-demand proxy is sent one request to each of 10 Services. It
+//! then reports: each proxy's RSS; for an endpoint change in a Service neither proxy calls, the
+//! bytes the operator sent each of them (`/proxies` `bytes_sent`); then, over `--samples`
+//! further never-seen Services (plus the first 10), the latency of the first request to a
+//! Service the on-demand proxy never saw and of a second one to the same Service (no backend
+//! listens: both end in an error status, after the same routing work), p50/p99.
+//!
+//! Part 2 (`--sim-proxies N`, 0 to skip): the real operator with `--scale-services` Services and
+//! N meshed pods, and N simulated on-demand proxies in this process (one gRPC connection each:
+//! `Subscribe` with `on_demand`, then a `Watch` of one Service, ACK of every response).
+//! `--watchers` of them watch the Service whose endpoints change; the others watch other
+//! Services. For `--changes` endpoint changes it reports p50/p99/max from the file write to the
+//! last watcher's ACK of the new endpoints, how many of the other proxies received anything
+//! (and how many bytes), the operator's RSS per connected proxy, and its CPU time per change.
+//! The baseline is the same with `--baseline-proxies` push-all proxies (every one of them gets
+//! every change; a push-all run with N proxies would hold N copies of the whole mesh).
+//!
+//! Each simulated proxy holds one socket in this process and one in the operator: the soft
+//! `RLIMIT_NOFILE` must exceed N plus a margin; the bench checks it and stops with a message
+//! when it does not (raise it with `ulimit -n`).
 //!
 //! ```text
-//! cargo build -p weft-operator --bin weft-operator --example ondemand_bench -p weft-proxy
-//! target/debug/examples/ondemand_bench --operator target/debug/weft-operator \
-//!     --proxy target/debug/weft-proxy --services 100,1000
+//! cargo build --release -p weft-operator --bin weft-operator --example ondemand_bench \
+//!     -p weft-proxy --bin weft-proxy
+//! target/release/examples/ondemand_bench --operator target/release/weft-operator \
+//!     --proxy target/release/weft-proxy --services 100,1000,10000 --sim-proxies 10000
 //! ```
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+mod common;
+
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use common::{
+    cpu_ms, free_port, get, ms, percentile, rss_kib, sim_proxy, start_operator, terminate,
+    BoxError, Proc, SimProxy,
+};
+use prost::Message;
+use tokio::sync::{mpsc, Semaphore};
+use weft_proxy_api::v1;
 
 const ENDPOINTS: usize = 10;
 const USED: usize = 10;
@@ -28,6 +55,13 @@ struct Args {
     operator: PathBuf,
     proxy: PathBuf,
     services: Vec<usize>,
+    /// First-request samples beyond the `USED` Services.
+    samples: usize,
+    sim_proxies: usize,
+    watchers: usize,
+    scale_services: usize,
+    changes: usize,
+    baseline_proxies: usize,
 }
 
 fn parse_args() -> Args {
@@ -35,16 +69,29 @@ fn parse_args() -> Args {
         operator: PathBuf::from("target/debug/weft-operator"),
         proxy: PathBuf::from("target/debug/weft-proxy"),
         services: vec![100, 1000],
+        samples: 50,
+        sim_proxies: 0,
+        watchers: 100,
+        scale_services: 10_000,
+        changes: 50,
+        baseline_proxies: 100,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let v = it.next().unwrap_or_default();
+        let n = || v.trim().parse::<usize>().ok();
         match a.as_str() {
             "--operator" => args.operator = PathBuf::from(v),
             "--proxy" => args.proxy = PathBuf::from(v),
             "--services" => {
                 args.services = v.split(',').filter_map(|n| n.trim().parse().ok()).collect()
             }
+            "--samples" => args.samples = n().unwrap_or(args.samples),
+            "--sim-proxies" => args.sim_proxies = n().unwrap_or(args.sim_proxies),
+            "--watchers" => args.watchers = n().unwrap_or(args.watchers),
+            "--scale-services" => args.scale_services = n().unwrap_or(args.scale_services),
+            "--changes" => args.changes = n().unwrap_or(args.changes).max(1),
+            "--baseline-proxies" => args.baseline_proxies = n().unwrap_or(args.baseline_proxies),
             other => {
                 eprintln!("unknown argument {other}");
                 std::process::exit(2);
@@ -87,49 +134,6 @@ fn manifests(dir: &Path, services: usize) -> std::io::Result<()> {
     std::fs::write(dir.join("svc-rest.yaml"), &chunk)?;
     // The Service whose endpoints change (used by nobody).
     std::fs::write(dir.join("last.yaml"), service_yaml(services - 1, 1))
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
-}
-
-fn get(addr: SocketAddr, host: &str, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).ok()?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text.split(' ').nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
-    Some((status, body))
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 struct ProxyProc {
@@ -195,12 +199,7 @@ fn wait_settled(admin: SocketAddr, limit: Duration) -> bool {
     false
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v.get(v.len() / 2).copied().unwrap_or_default()
-}
-
-fn run(args: &Args, services: usize) -> std::io::Result<()> {
+fn run(args: &Args, services: usize) -> std::io::Result<(u64, u64)> {
     let dir = tempfile::tempdir()?;
     let m = dir.path().join("manifests");
     std::fs::create_dir(&m)?;
@@ -236,7 +235,7 @@ fn run(args: &Args, services: usize) -> std::io::Result<()> {
 
     // The on-demand proxy uses 10 Services: first and second request to each.
     let (mut first, mut second) = (Vec::new(), Vec::new());
-    for i in 0..USED {
+    let mut sample = |i: usize| {
         let host = format!("svc-{i}.bench:80");
         let t = Instant::now();
         let r1 = get(on_demand.outbound, &host, "/");
@@ -251,6 +250,9 @@ fn run(args: &Args, services: usize) -> std::io::Result<()> {
                 r2.map(|r| r.0)
             );
         }
+    };
+    for i in 0..USED {
+        sample(i);
     }
     wait_settled(admin, Duration::from_secs(60));
     std::thread::sleep(Duration::from_secs(2));
@@ -289,27 +291,301 @@ fn run(args: &Args, services: usize) -> std::io::Result<()> {
         .as_ref()
         .and_then(|e| e["resources"].as_u64())
         .unwrap_or(0);
+
+    // More never-seen Services (after the RSS figures, which are for a proxy using 10).
+    for i in USED..(USED + args.samples).min(services - 1) {
+        sample(i);
+    }
+    let added: Vec<Duration> = {
+        let mut v: Vec<Duration> = first
+            .iter()
+            .zip(&second)
+            .map(|(f, s)| f.saturating_sub(*s))
+            .collect();
+        v.sort();
+        v
+    };
+    first.sort();
+    second.sort();
+    let q = |v: &[Duration], p: f64| ms(percentile(v, p));
     println!(
-        "| {services} | {:.1} MiB | {:.1} MiB | {push_resources} / {od_resources} | {} B | {} B | {:.1} ms | {:.1} ms |",
+        "| {services} | {:.1} MiB | {:.1} MiB | {push_resources} / {od_resources} | {} B / {} B | {} | {:.1} / {:.1} ms | {:.1} / {:.1} ms | {:.1} / {:.1} ms |",
         rss_push as f64 / 1024.0,
         rss_od as f64 / 1024.0,
         delta(&before.0, &after.0),
         delta(&before.1, &after.1),
-        median(first).as_secs_f64() * 1000.0,
-        median(second).as_secs_f64() * 1000.0,
+        first.len(),
+        q(&first, 0.5),
+        q(&first, 0.99),
+        q(&second, 0.5),
+        q(&second, 0.99),
+        q(&added, 0.5),
+        q(&added, 0.99),
     );
     drop(push_all);
     drop(on_demand);
+    Ok((rss_push, rss_od))
+}
+
+/// Manifests of the scale run: `services` Services (the last one is the one that changes, in
+/// `last.yaml`) and `pods` meshed pods `sim-<i>` (service account `client`).
+fn scale_manifests(dir: &Path, services: usize, pods: usize) -> std::io::Result<()> {
+    let mut base = String::from(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: bench}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {name: client, namespace: bench}\n",
+    );
+    for i in 0..pods {
+        base.push_str(&format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: sim-{i}\n  namespace: bench\n  labels: {{app: sim, weft.io/proxy-version: \"0.1.0\"}}\nspec:\n  serviceAccountName: client\n  containers: [{{name: app, image: app}}]\nstatus:\n  podIP: 127.1.{}.{}\n  conditions: [{{type: Ready, status: \"True\"}}]\n",
+            i / 250,
+            1 + i % 250
+        ));
+    }
+    std::fs::write(dir.join("pods.yaml"), base)?;
+    let mut chunk = String::new();
+    for i in 0..services - 1 {
+        chunk.push_str(&service_yaml(i, 1));
+        if i % 500 == 499 {
+            std::fs::write(dir.join(format!("svc-{i}.yaml")), &chunk)?;
+            chunk.clear();
+        }
+    }
+    std::fs::write(dir.join("svc-rest.yaml"), &chunk)?;
+    std::fs::write(dir.join("last.yaml"), service_yaml(services - 1, 1))
+}
+
+/// The lowest last octet of the endpoints of `set` in a response (the generation of a change:
+/// change `g` writes addresses `g..g+10`), if the response carries that set.
+fn generation(r: &v1::DiscoveryResponse, set: &str) -> Option<u8> {
+    let res = r.resources.iter().find(|x| x.name == set)?;
+    let Some(v1::resource::Kind::Endpoints(eps)) = &res.kind else {
+        return None;
+    };
+    eps.endpoints
+        .iter()
+        .filter_map(|e| e.ip.get(3).copied())
+        .min()
+}
+
+/// Simulated-proxy counters shared with the bench's tasks.
+#[derive(Default)]
+struct Others {
+    /// Proxies not watching the changed Service that received a response after they settled.
+    proxies_hit: AtomicU64,
+    responses: AtomicU64,
+    bytes: AtomicU64,
+}
+
+/// Part 2: `proxies` simulated proxies against one operator (see the module header).
+async fn scale(args: &Args, on_demand: bool, proxies: usize) -> Result<(), BoxError> {
+    let services = args.scale_services.max(2);
+    let watchers = if on_demand {
+        args.watchers.min(proxies)
+    } else {
+        proxies
+    };
+    let changed = services - 1;
+    let set = format!("endpoints:svc-{changed}.bench:80");
+    let dir = tempfile::tempdir()?;
+    scale_manifests(dir.path(), services, proxies)?;
+    let mode = if on_demand { "on-demand" } else { "push-all" };
+    let (mut op, discovery, admin) =
+        start_operator(&args.operator, dir.path(), &["--discovery-mode", mode])?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while get(admin, "operator", "/ready").map(|r| r.0) != Some(200) {
+        if Instant::now() > deadline {
+            return Err("operator not ready".into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_before = rss_kib(op.0.id());
+
+    let (ready_tx, mut ready_rx) = mpsc::channel::<()>(proxies + 1);
+    // Per change at most a few responses per watcher; drained after every change.
+    let (ack_tx, mut ack_rx) = mpsc::channel::<(u8, Instant)>(watchers * 4 + 16);
+    let others = Arc::new(Others::default());
+    // Connections being set up at once (the operator's listen backlog is bounded).
+    let connecting = Arc::new(Semaphore::new(256));
+    let mut tasks = tokio::task::JoinSet::new();
+    let t_connect = Instant::now();
+    for i in 0..proxies {
+        let watcher = i < watchers;
+        let watch = if watcher { changed } else { i % changed };
+        let me = SimProxy {
+            namespace: "bench".into(),
+            pod: format!("sim-{i}"),
+            service_account: "client".into(),
+            on_demand,
+            watch: vec![format!("outbound:svc-{watch}.bench")],
+        };
+        let (ready_tx, ack_tx, others) = (ready_tx.clone(), ack_tx.clone(), others.clone());
+        let connecting = connecting.clone();
+        let set = set.clone();
+        tasks.spawn(async move {
+            let mut permit = Some(connecting.acquire_owned().await?);
+            // Settled: on demand, once the answer to the Watch arrived; push-all, the first.
+            let settled_at = usize::from(on_demand);
+            let mut hit = false;
+            let mut on_response = |n: usize, r: &v1::DiscoveryResponse| {
+                if n == settled_at {
+                    permit = None;
+                    let _ = ready_tx.try_send(());
+                } else if n > settled_at {
+                    if watcher {
+                        if let Some(g) = generation(r, &set) {
+                            let _ = ack_tx.try_send((g, Instant::now()));
+                        }
+                    } else {
+                        if !hit {
+                            hit = true;
+                            others.proxies_hit.fetch_add(1, Ordering::Relaxed);
+                        }
+                        others.responses.fetch_add(1, Ordering::Relaxed);
+                        others
+                            .bytes
+                            .fetch_add(r.encoded_len() as u64, Ordering::Relaxed);
+                    }
+                }
+            };
+            sim_proxy(discovery, me, &mut on_response).await
+        });
+    }
+    drop(ready_tx);
+    for k in 0..proxies {
+        match tokio::time::timeout(Duration::from_secs(120), ready_rx.recv()).await {
+            Ok(Some(())) => {}
+            _ => {
+                let failed = tasks.try_join_next().map(|r| match r {
+                    Ok(Err(e)) => e.to_string(),
+                    other => format!("{other:?}"),
+                });
+                return Err(
+                    format!("{k} of {proxies} proxies settled; first failure: {failed:?}").into(),
+                );
+            }
+        }
+        if (k + 1) % 1000 == 0 {
+            eprintln!(
+                "  {} proxies settled ({:.1} s)",
+                k + 1,
+                t_connect.elapsed().as_secs_f64()
+            );
+        }
+    }
+    let connect_secs = t_connect.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss_after = rss_kib(op.0.id());
+    let quiet = others.responses.load(Ordering::Relaxed);
+
+    let mut latencies = Vec::with_capacity(args.changes);
+    let (op_cpu0, bench_cpu0) = (cpu_ms(op.0.id()), cpu_ms(0));
+    for k in 1..=args.changes {
+        // Changes `g` in 20..220 (the initial endpoints start at 1).
+        let g = 20 + (k % 200) as u8;
+        let tmp = dir.path().join(".last.yaml.tmp");
+        std::fs::write(&tmp, service_yaml(changed, g))?;
+        let t0 = Instant::now();
+        std::fs::rename(&tmp, dir.path().join("last.yaml"))?;
+        let (mut got, mut last) = (0, t0);
+        while got < watchers {
+            let (gen, at) = tokio::time::timeout(Duration::from_secs(60), ack_rx.recv())
+                .await
+                .map_err(|_| format!("change {k}: {got} of {watchers} watchers ACKed in 60 s"))?
+                .ok_or("proxies gone")?;
+            if gen == g {
+                got += 1;
+                last = last.max(at);
+            }
+        }
+        latencies.push(last - t0);
+        // A quiet period longer than the operator's debounce, so each change is its own rescan.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let op_cpu = (cpu_ms(op.0.id()) - op_cpu0) / args.changes as f64;
+    let bench_cpu = (cpu_ms(0) - bench_cpu0) / args.changes as f64;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    latencies.sort();
+    let others_n = proxies - watchers;
+    let (hit, responses, bytes) = (
+        others.proxies_hit.load(Ordering::Relaxed),
+        others.responses.load(Ordering::Relaxed) - quiet,
+        others.bytes.load(Ordering::Relaxed),
+    );
+    println!(
+        "| {mode} | {services} | {proxies} ({connect_secs:.0} s to settle) | {watchers} | {} | {:.1} / {:.1} / {:.1} ms | {hit} of {others_n} ({responses} responses, {bytes} B) | {:.1} → {:.1} MiB | {:.1} KiB | {op_cpu:.1} ms | {bench_cpu:.1} ms |",
+        args.changes,
+        ms(percentile(&latencies, 0.5)),
+        ms(percentile(&latencies, 0.99)),
+        ms(latencies.last().copied().unwrap_or_default()),
+        rss_before as f64 / 1024.0,
+        rss_after as f64 / 1024.0,
+        rss_after.saturating_sub(rss_before) as f64 / proxies.max(1) as f64,
+    );
+    tasks.abort_all();
+    terminate(&mut op);
     Ok(())
+}
+
+/// The soft limit on open files of this process (inherited by the operator it starts).
+fn nofile_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
 }
 
 fn main() {
     let args = parse_args();
-    println!("| Services | push-all proxy RSS | on-demand proxy RSS (using {USED}) | resources held (push-all / on-demand) | bytes for an unrelated endpoint change (push-all) | (on-demand) | first request to a new Service, median | second request, median |");
-    println!("|---|---|---|---|---|---|---|---|");
+    if !args.services.is_empty() {
+        println!("| Services | push-all proxy RSS | on-demand proxy RSS (using {USED}) | resources held (push-all / on-demand) | bytes for an unrelated endpoint change (push-all / on-demand) | first-request samples | first request p50 / p99 | second request p50 / p99 | added (first − second) p50 / p99 |");
+        println!("|---|---|---|---|---|---|---|---|---|");
+    }
+    let mut rss = Vec::new();
     for &s in &args.services {
-        if let Err(e) = run(&args, s.max(USED + 1)) {
-            eprintln!("{s} services: {e}");
+        match run(&args, s.max(USED + 2)) {
+            Ok(r) => rss.push((s, r)),
+            Err(e) => eprintln!("{s} services: {e}"),
         }
     }
+    if let (Some((s0, (p0, o0))), Some((s1, (p1, o1)))) = (rss.first(), rss.last()) {
+        if s1 > s0 {
+            println!(
+                "\nRSS ratio {s1}/{s0} Services: on-demand {:.2}x, push-all {:.2}x",
+                *o1 as f64 / (*o0).max(1) as f64,
+                *p1 as f64 / (*p0).max(1) as f64
+            );
+        }
+    }
+    if args.sim_proxies == 0 {
+        return;
+    }
+    let need = args.sim_proxies.max(args.baseline_proxies) as u64 + 512;
+    match nofile_limit() {
+        Some(limit) if limit >= need => {}
+        limit => {
+            eprintln!(
+                "open-file limit {limit:?} is below the {need} the scale run needs: raise it (ulimit -n {need})"
+            );
+            std::process::exit(1);
+        }
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    println!("\n| mode (operator and proxies) | Services | simulated proxies | watching the changed Service | changes | file change → last watcher ACK p50 / p99 / max | others that received anything | operator RSS before → with proxies | operator RSS per proxy | operator CPU per change | simulated proxies' CPU per change |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    runtime.block_on(async {
+        if args.baseline_proxies > 0 {
+            if let Err(e) = scale(&args, false, args.baseline_proxies).await {
+                eprintln!("push-all baseline: {e}");
+            }
+        }
+        if let Err(e) = scale(&args, true, args.sim_proxies).await {
+            eprintln!("on-demand scale run: {e}");
+            std::process::exit(1);
+        }
+    });
 }

@@ -11,17 +11,17 @@
 //!     --proxies 1,100,1000 --changes 200
 //! ```
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{
+    cpu_ms, percentile, rss_kib, sim_proxy, start_operator, terminate, BoxError, SimProxy,
+};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use weft_proxy_api::v1;
-use weft_proxy_api::v1::discovery_client::DiscoveryClient;
-use weft_proxy_api::v1::discovery_request::Request as Req;
 
 struct Args {
     operator: PathBuf,
@@ -113,135 +113,40 @@ fn v2_weight(r: &v1::DiscoveryResponse) -> Option<u64> {
         .map(|b| b.weight)
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// CPU time (user + system) a process used so far, in milliseconds (`pid` 0: this process).
-fn cpu_ms(pid: u32) -> f64 {
-    let path = if pid == 0 {
-        "/proc/self/stat".to_string()
-    } else {
-        format!("/proc/{pid}/stat")
-    };
-    let Ok(stat) = std::fs::read_to_string(path) else {
-        return 0.0;
-    };
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = stat.rsplit(')').next().unwrap_or_default();
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields
-        .get(11..13)
-        .map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum())
-        .unwrap_or(0.0);
-    // USER_HZ is 100 on Linux.
-    ticks * 10.0
-}
-
-fn start_operator(bin: &Path, dir: &Path) -> std::io::Result<(Child, SocketAddr, SocketAddr)> {
-    let mut child = Command::new(bin)
-        .arg("--manifests")
-        .arg(dir)
-        .args([
-            "--discovery-addr",
-            "127.0.0.1:0",
-            "--admin-addr",
-            "127.0.0.1:0",
-        ])
-        .args(["--log-format", "json"])
-        .env("WEFT_LOG", "warn,weft_operator=info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let stderr = child.stderr.take().ok_or(std::io::ErrorKind::Other)?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("weft-operator started") {
-                let _ = tx.send(line);
-            }
-        }
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(30))
-        .map_err(|_| std::io::Error::other("operator did not start"))?;
-    let field = |name: &str| -> std::io::Result<SocketAddr> {
-        line.split(&format!("\"{name}\":\""))
-            .nth(1)
-            .and_then(|r| r.split('"').next())
-            .and_then(|a| a.parse().ok())
-            .ok_or_else(|| std::io::Error::other(format!("no {name} in {line}")))
-    };
-    Ok((child, field("discovery")?, field("admin")?))
-}
-
-/// One simulated proxy: reports (weight, ack time) for every response carrying the split.
+/// One simulated proxy (see `common::sim_proxy`): reports readiness after its first response,
+/// then (weight, ack time) for every response carrying the split.
 async fn proxy(
     addr: SocketAddr,
     pod: String,
     acks: mpsc::Sender<(u64, Instant)>,
     ready: mpsc::Sender<()>,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let mut client = DiscoveryClient::connect(format!("http://{addr}")).await?;
-    let (tx, rx) = mpsc::channel(8);
-    tx.send(v1::DiscoveryRequest {
-        request: Some(Req::Subscribe(v1::Subscribe {
-            pod_namespace: "bench".into(),
-            pod_name: pod,
-            service_account: "app".into(),
-            proxy_version: "bench".into(),
-            known_versions: Default::default(),
-            ..Default::default()
-        })),
-    })
-    .await?;
-    let mut stream = client.stream(ReceiverStream::new(rx)).await?.into_inner();
-    let mut first = true;
-    while let Some(r) = stream.message().await? {
-        tx.send(v1::DiscoveryRequest {
-            request: Some(Req::Ack(v1::Ack {
-                nonce: r.nonce.clone(),
-                version: r.version.clone(),
-            })),
-        })
-        .await?;
+) -> Result<(), BoxError> {
+    let me = SimProxy {
+        namespace: "bench".into(),
+        pod,
+        service_account: "app".into(),
+        on_demand: false,
+        watch: Vec::new(),
+    };
+    sim_proxy(addr, me, |n, r| {
         let now = Instant::now();
-        if first {
-            first = false;
-            let _ = ready.send(()).await;
-        } else if let Some(w) = v2_weight(&r) {
-            let _ = acks.send((w, now)).await;
+        if n == 0 {
+            // Capacity: one per proxy.
+            let _ = ready.try_send(());
+        } else if let Some(w) = v2_weight(r) {
+            // Capacity: four per proxy per change, drained after every change.
+            let _ = acks.try_send((w, now));
         }
-    }
-    Ok(())
+    })
+    .await
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
-}
-
-async fn run(
-    bin: &Path,
-    n: usize,
-    changes: usize,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+async fn run(bin: &Path, n: usize, changes: usize) -> Result<(), BoxError> {
     let dir = tempfile::tempdir()?;
     manifests(dir.path(), n)?;
-    let (mut child, discovery, _admin) = start_operator(bin, dir.path())?;
+    let (mut child, discovery, _admin) = start_operator(bin, dir.path(), &[])?;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let rss_before = rss_kib(child.id());
+    let rss_before = rss_kib(child.0.id());
     let (ack_tx, mut ack_rx) = mpsc::channel(n * 4 + 16);
     let (ready_tx, mut ready_rx) = mpsc::channel(n + 1);
     let mut tasks = tokio::task::JoinSet::new();
@@ -258,9 +163,9 @@ async fn run(
             .await?
             .ok_or("a proxy failed to connect")?;
     }
-    let rss_after = rss_kib(child.id());
+    let rss_after = rss_kib(child.0.id());
     let mut latencies = Vec::with_capacity(changes);
-    let (op_cpu0, bench_cpu0) = (cpu_ms(child.id()), cpu_ms(0));
+    let (op_cpu0, bench_cpu0) = (cpu_ms(child.0.id()), cpu_ms(0));
     for i in 1..=changes as u64 {
         let t0 = Instant::now();
         write_split(dir.path(), i)?;
@@ -277,7 +182,7 @@ async fn run(
         }
         latencies.push(last - t0);
     }
-    let op_cpu = (cpu_ms(child.id()) - op_cpu0) / changes as f64;
+    let op_cpu = (cpu_ms(child.0.id()) - op_cpu0) / changes as f64;
     let bench_cpu = (cpu_ms(0) - bench_cpu0) / changes as f64;
     latencies.sort();
     let per_proxy = rss_after.saturating_sub(rss_before) as f64 / n as f64;
@@ -293,10 +198,7 @@ async fn run(
         bench_cpu,
     );
     tasks.abort_all();
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
+    terminate(&mut child);
     Ok(())
 }
 
