@@ -14,13 +14,15 @@
 //!   directories (the CLI, the operator and tests).
 //!
 //! No async runtime, no I/O: everything here is a pure function or value, except the writing of
-//! an issuer directory with `std::fs` behind the `ca` feature.
-#![forbid(unsafe_code)]
+//! an issuer directory with `std::fs` behind the `ca` feature and `memory::trim` (which asks
+//! glibc to return free pages; its one `unsafe` call carries its proof).
+#![deny(unsafe_code)]
 
 pub mod backoff;
 #[cfg(feature = "ca")]
 pub mod ca;
 pub mod duration;
+pub mod memory;
 pub mod names;
 pub mod promtext;
 pub mod reliability;

@@ -202,10 +202,14 @@ fn main() -> std::io::Result<()> {
         .args(["--discovery-addr", &discovery.to_string()])
         .args(["--admin-addr", &op_admin.to_string()])
         .args(["--bootstrap-token-file", &token.display().to_string()])
-        .env("WEFT_LOG", "warn")
+        .env("WEFT_LOG", "info")
         .envs(args.env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(
+            std::fs::File::create(std::env::temp_dir().join("memory_burst-operator.log"))
+                .map(Stdio::from)
+                .unwrap_or_else(|_| Stdio::null()),
+        );
     let operator = Proc(cmd.spawn()?);
     let deadline = Instant::now() + Duration::from_secs(120);
     while get(op_admin, "/ready").map(|r| r.0) != Some(200) {

@@ -11,6 +11,7 @@ pub mod discovery;
 pub mod identity;
 pub mod inject;
 pub mod leader;
+pub mod memory;
 pub mod respond;
 pub mod runtime;
 pub mod shutdown;

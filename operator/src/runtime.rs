@@ -390,6 +390,16 @@ impl Runtime {
             });
         }
 
+        // Memory given back after the mesh shrinks a lot (operator/src/memory.rs).
+        {
+            let snapshots = snap_rx.clone();
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                crate::memory::give_back_after_shrinks(snapshots, stop).await;
+                Ok(())
+            });
+        }
+
         // Identity issuer reloads.
         if let Some(i) = &config.identity {
             let ca = i.ca.clone();

@@ -1,6 +1,6 @@
 //! weft-proxy: the sidecar library.
-// No `unsafe` except in `memory` (one libc call, proven there).
-#![deny(unsafe_code)]
+// No `unsafe`: the one libc call (memory given back) lives in `weft_common::memory`.
+#![forbid(unsafe_code)]
 pub mod accrual;
 pub mod admin;
 pub mod app;

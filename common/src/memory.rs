@@ -1,0 +1,63 @@
+//! Memory given back after a large shrink (issue #19), shared by the proxy (its config in force)
+//! and the operator (its compiled snapshot).
+//!
+//! glibc malloc keeps memory a process freed in its arenas: after a mesh of 10,000 Services
+//! shrank back to one, the proxy's resident memory stayed within 10 % of its peak although the
+//! config was gone (docs/benchmarks.md, "Memory given back (issue #19)"). The memory was free —
+//! `malloc_trim(0)` returned nearly all of it — but glibc only trims the top of its main heap by
+//! itself, and the freed data is spread over the heap. So after a large shrink (never per update:
+//! steady churn costs nothing) the owner waits for in-flight users of the old data to drop it and
+//! calls [`trim`] on a blocking thread. A jemalloc global allocator was measured as the
+//! alternative and not adopted: it costs idle memory on every proxy (docs/proxy.md, "Memory").
+//!
+//! The one `unsafe` call of this crate is in [`trim`], with the proof of its soundness.
+#![allow(unsafe_code)]
+
+/// A shrink smaller than this many resources is left to the allocator.
+pub const SHRINK_MIN: usize = 1000;
+
+/// Whether going from `before` to `after` resources is a shrink worth trimming after: at least
+/// [`SHRINK_MIN`] resources gone, and at most half left.
+pub fn is_large_shrink(before: usize, after: usize) -> bool {
+    before >= after.saturating_add(SHRINK_MIN) && after <= before / 2
+}
+
+/// Returns free heap pages to the kernel; whether any were.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn trim() -> bool {
+    // SAFETY: `malloc_trim` takes a plain integer (the bytes to keep at the top of the heap),
+    // no pointer, and is thread-safe: it takes each arena's lock in turn, like `malloc`. It only
+    // releases pages that glibc malloc itself holds free, so it cannot invalidate memory in use
+    // whichever allocator a binary uses (weft's binaries set no `#[global_allocator]`: Rust's
+    // `System` allocator is glibc malloc on linux-gnu; under another allocator the call would
+    // merely release less). It returns 1 if memory was released, 0 if not.
+    unsafe { libc::malloc_trim(0) == 1 }
+}
+
+/// Other allocators return memory by themselves (or not at all): nothing to do.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn trim() -> bool {
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_large_shrinks_trim() {
+        assert!(is_large_shrink(20_000, 2));
+        assert!(is_large_shrink(2_000, 1_000));
+        assert!(!is_large_shrink(2_000, 1_001), "less than half gone");
+        assert!(!is_large_shrink(1_500, 600), "fewer than SHRINK_MIN gone");
+        assert!(!is_large_shrink(10, 20_000), "growth");
+        assert!(!is_large_shrink(0, 0));
+    }
+
+    #[test]
+    fn trim_can_be_called_at_any_time() {
+        let v = vec![0u8; 1 << 20];
+        drop(v);
+        let _ = trim();
+    }
+}
