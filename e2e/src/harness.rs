@@ -204,6 +204,34 @@ impl KubeEnv {
         operator_pod
     }
 
+    /// Crashes pod `ns/name`: SIGKILLs every process in its network namespace (no chance to
+    /// shut down, e.g. to release a Lease or close streams) and deletes the pod at once (so it
+    /// does not come back under the same name).
+    pub async fn crash_pod(&self, ns: &str, name: &str) {
+        let netns = kubelet::netns_of(&self.state_dir, ns, name)
+            .unwrap_or_else(|| panic!("no netns for {ns}/{name}"));
+        let pids = kubelet::run("ip", &["netns", "pids", &netns])
+            .await
+            .unwrap_or_else(|e| panic!("listing the processes of {ns}/{name}: {e}"));
+        let pids: Vec<&str> = pids.split_whitespace().collect();
+        assert!(!pids.is_empty(), "{ns}/{name} runs no process");
+        let mut args = vec!["-KILL"];
+        args.extend(pids.iter().copied());
+        kubelet::run("kill", &args)
+            .await
+            .unwrap_or_else(|e| panic!("killing {ns}/{name}: {e}"));
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        api.delete(
+            name,
+            &kube::api::DeleteParams {
+                grace_period_seconds: Some(0),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("deleting {ns}/{name}: {e}"));
+    }
+
     /// Waits for a pod to be Ready and returns it.
     pub async fn wait_ready(&self, ns: &str, name: &str, limit: Duration) -> Pod {
         let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);

@@ -18,7 +18,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, ListParams};
+use kube::api::{Api, ListParams};
 use serde_json::{json, Value};
 use weft_e2e::apply;
 use weft_e2e::harness::{eventually, kube_env, KubeEnv};
@@ -83,32 +83,6 @@ fn replica_of(replicas: &[(String, Vec<String>)], pod: &str) -> Option<String> {
         .iter()
         .find(|(_, proxies)| proxies.iter().any(|p| p == pod))
         .map(|(name, _)| name.clone())
-}
-
-/// Kills every process of operator pod `pod` (SIGKILL) and deletes the pod at once.
-async fn crash(env: &KubeEnv, pod: &str) {
-    let netns = weft_e2e::kubelet::netns_of(&env.state_dir, SYSTEM, pod)
-        .unwrap_or_else(|| panic!("no netns for {SYSTEM}/{pod}"));
-    let pids = weft_e2e::kubelet::run("ip", &["netns", "pids", &netns])
-        .await
-        .unwrap_or_else(|e| panic!("listing the processes of {pod}: {e}"));
-    let pids: Vec<&str> = pids.split_whitespace().collect();
-    assert!(!pids.is_empty(), "{pod} runs no process");
-    let mut args = vec!["-KILL"];
-    args.extend(pids.iter().copied());
-    weft_e2e::kubelet::run("kill", &args)
-        .await
-        .unwrap_or_else(|e| panic!("killing {pod}: {e}"));
-    let api: Api<Pod> = Api::namespaced(env.client.clone(), SYSTEM);
-    api.delete(
-        pod,
-        &DeleteParams {
-            grace_period_seconds: Some(0),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("deleting {pod}: {e}"));
 }
 
 async fn deploy_app(env: &KubeEnv, name: &str, labels: Value, version: &str) {
@@ -228,7 +202,7 @@ async fn kube_proxy_fails_over_to_another_operator_replica_without_failed_reques
 
     let kill = async {
         tokio::time::sleep(Duration::from_secs(3)).await;
-        crash(&env, &killed).await;
+        env.crash_pod(SYSTEM, &killed).await;
     };
     let (lines, ()) = tokio::join!(requests(&env, 0, Some(LOAD_SECONDS)), kill);
     let failed: Vec<&String> = lines.iter().filter(|l| *l != "web v1 200").collect();

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 use weft_e2e::apply;
@@ -210,33 +210,6 @@ async fn acked_proxies(env: &KubeEnv) -> BTreeSet<String> {
         }
     }
     acked
-}
-
-/// Kills every process of `pod` (SIGKILL: no chance to release the Lease) and deletes the pod
-/// at once (so it does not come back under the same name, which would renew its own Lease).
-async fn crash(env: &KubeEnv, pod: &str) {
-    let netns = weft_e2e::kubelet::netns_of(&env.state_dir, SYSTEM, pod)
-        .unwrap_or_else(|| panic!("no netns for {SYSTEM}/{pod}"));
-    let pids = weft_e2e::kubelet::run("ip", &["netns", "pids", &netns])
-        .await
-        .unwrap_or_else(|e| panic!("listing the processes of {pod}: {e}"));
-    let pids: Vec<&str> = pids.split_whitespace().collect();
-    assert!(!pids.is_empty(), "{pod} runs no process");
-    let mut args = vec!["-KILL"];
-    args.extend(pids.iter().copied());
-    weft_e2e::kubelet::run("kill", &args)
-        .await
-        .unwrap_or_else(|e| panic!("killing {pod}: {e}"));
-    let api: Api<Pod> = Api::namespaced(env.client.clone(), SYSTEM);
-    api.delete(
-        pod,
-        &DeleteParams {
-            grace_period_seconds: Some(0),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("deleting {pod}: {e}"));
 }
 
 /// The `Accepted` condition's observedGeneration and the object's generation, at v1alpha4.
@@ -453,7 +426,7 @@ async fn failover(env: &KubeEnv, frontend: &str, leader: &str, meshed: &BTreeSet
     let drive = async {
         // Let traffic and writes run, then crash the leader.
         tokio::time::sleep(Duration::from_secs(2)).await;
-        crash(env, leader).await;
+        env.crash_pod(SYSTEM, leader).await;
         let _ = killed_at.set(Instant::now());
         eprintln!("killed the leader {leader} (SIGKILL, pod deleted; Lease not released)");
         // Another replica takes the Lease over.
