@@ -111,20 +111,10 @@ impl Settings {
             .tcp_nodelay(true))
     }
 
-    /// The dialer of the control connections: every target, resolved on each attempt, tried in a
-    /// random rotation (over TLS when configured).
+    /// The dialer of the control connections: every target (none: the endpoint's URI, that is
+    /// `uri`), resolved on each attempt, tried in a random rotation (over TLS when configured).
     pub fn connector(&self) -> ControlConnector {
-        let targets = if self.targets.is_empty() {
-            ControlTarget::from_uri(&self.uri).into_iter().collect()
-        } else {
-            self.targets.clone()
-        };
-        ControlConnector::new(targets, self.tls.clone(), self.connect_timeout)
-    }
-
-    /// Connects now (over TLS when configured).
-    pub async fn connect(&self, endpoint: &Endpoint) -> Result<Channel, tonic::transport::Error> {
-        endpoint.connect_with_connector(self.connector()).await
+        ControlConnector::new(self.targets.clone(), self.tls.clone(), self.connect_timeout)
     }
 
     /// A channel that connects on first use and again after its connection broke, each time
