@@ -22,6 +22,36 @@ pub fn is_large_shrink(before: usize, after: usize) -> bool {
     before >= after.saturating_add(SHRINK_MIN) && after <= before / 2
 }
 
+/// When to trim, for a size followed over time (resources held): the one rule both the proxy
+/// and the operator follow. A trim is due when the size shrank by [`is_large_shrink`] from the
+/// largest size seen since the last trim; after a trim the peak starts over.
+#[derive(Debug)]
+pub struct ShrinkWatch {
+    peak: usize,
+}
+
+impl ShrinkWatch {
+    /// Starts at the current size.
+    pub fn new(size: usize) -> Self {
+        ShrinkWatch { peak: size }
+    }
+
+    /// Records the size now; `Some(peak)` (the size it shrank from) when a trim is due.
+    pub fn observe(&mut self, now: usize) -> Option<usize> {
+        if is_large_shrink(self.peak, now) {
+            Some(self.peak)
+        } else {
+            self.peak = self.peak.max(now);
+            None
+        }
+    }
+
+    /// After a trim: the peak starts over at the size then.
+    pub fn trimmed(&mut self, now: usize) {
+        self.peak = now;
+    }
+}
+
 /// Returns free heap pages to the kernel; whether any were.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub fn trim() -> bool {
@@ -52,6 +82,23 @@ mod tests {
         assert!(!is_large_shrink(1_500, 600), "fewer than SHRINK_MIN gone");
         assert!(!is_large_shrink(10, 20_000), "growth");
         assert!(!is_large_shrink(0, 0));
+    }
+
+    #[test]
+    fn a_trim_is_due_after_a_large_shrink_from_the_peak_then_the_peak_starts_over() {
+        let mut w = ShrinkWatch::new(10);
+        assert_eq!(w.observe(3_000), None, "growth");
+        assert_eq!(w.observe(2_500), None, "a small shrink");
+        assert_eq!(
+            w.observe(5),
+            Some(3_000),
+            "from the peak, not the last size"
+        );
+        w.trimmed(5);
+        assert_eq!(w.observe(4), None, "the peak started over");
+        assert_eq!(w.observe(2_000), None);
+        assert_eq!(w.observe(1_100), None, "fewer than SHRINK_MIN gone");
+        assert_eq!(w.observe(1_000), Some(2_000));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use weft_common::memory::{is_large_shrink, trim};
+use weft_common::memory::{trim, ShrinkWatch};
 
 use crate::config::Config;
 
@@ -24,21 +24,15 @@ fn size(config: &Config) -> usize {
 
 /// Follows `config` until its sender is dropped, trimming after each large shrink.
 pub async fn give_back_after_shrinks(mut config: watch::Receiver<Arc<Config>>) {
-    let mut peak = size(&config.borrow_and_update());
+    let mut watch = ShrinkWatch::new(size(&config.borrow_and_update()));
     while config.changed().await.is_ok() {
         let now = size(&config.borrow_and_update());
-        if !is_large_shrink(peak, now) {
-            peak = peak.max(now);
+        let Some(before) = watch.observe(now) else {
             continue;
-        }
+        };
         tokio::time::sleep(SETTLE).await;
         let released = tokio::task::spawn_blocking(trim).await.unwrap_or(false);
-        tracing::debug!(
-            before = peak,
-            after = now,
-            released,
-            "config shrank: malloc_trim"
-        );
-        peak = size(&config.borrow_and_update());
+        tracing::debug!(before, after = now, released, "config shrank: malloc_trim");
+        watch.trimmed(size(&config.borrow_and_update()));
     }
 }
