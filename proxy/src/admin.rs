@@ -8,12 +8,21 @@
 //! the writer back, and at most a few chunks of [`STREAM_CHUNK`] bytes exist at once), byte for
 //! byte the document that used to be rendered in one piece; with `?kind=` it answers a summary
 //! with counts or one page of outbound services or endpoint sets (see [`ConfigQuery`]).
+//!
+//! The admin port is reachable from the pod network (docs/security.md, "admin-port reader"), so
+//! what a client can hold is bounded too: at most [`MAX_CONNECTIONS`] connections are served at
+//! once (further ones wait in the listen backlog, so the data plane's sockets and memory are
+//! never at stake), a connection that sends no request head for [`HEADER_READ_TIMEOUT`] is
+//! closed, at most [`MAX_FULL_DUMPS`] whole `/config` dumps are written at once (a further one is
+//! a `503` pointing at the pages), and a dump whose reader stops reading for [`STREAM_STALL`] is
+//! abandoned (the connection is broken, never ended as if the document were whole).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -28,10 +37,18 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::Value;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
-/// How long a client may take to send its request head.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send its request head (also how long an idle keep-alive
+/// connection is kept).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Admin connections served at once; further ones wait in the listen backlog until one ends.
+/// Kubelet's probes and a Prometheus scrape need one each, for a moment.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Whole `/config` dumps written at once (each holds a blocking thread while it is read).
+pub const MAX_FULL_DUMPS: usize = 2;
+/// A whole `/config` dump whose reader takes no chunk for this long is abandoned.
+pub const STREAM_STALL: Duration = Duration::from_secs(30);
 
 /// `/config` streams its body in chunks of about this many bytes.
 pub const STREAM_CHUNK: usize = 64 * 1024;
@@ -99,10 +116,11 @@ pub async fn serve(
 ) -> Result<(), AdminError> {
     tokio::pin!(shutdown);
     let mut conns = tokio::task::JoinSet::new();
+    let dumps = Arc::new(Semaphore::new(MAX_FULL_DUMPS));
     loop {
         let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
+            accepted = listener.accept(), if conns.len() < MAX_CONNECTIONS => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) if is_transient_accept_error(&e) => {
                     tracing::debug!(error = %e, "admin accept");
@@ -114,7 +132,7 @@ pub async fn serve(
             Some(_) = conns.join_next(), if !conns.is_empty() => continue,
         };
         let source = Arc::clone(&source);
-        conns.spawn(serve_conn(stream, peer, source));
+        conns.spawn(serve_conn(stream, peer, source, Arc::clone(&dumps)));
     }
     conns.shutdown().await;
     Ok(())
@@ -129,10 +147,16 @@ fn is_transient_accept_error(e: &std::io::Error) -> bool {
         || e.raw_os_error() == Some(23) // ENFILE
 }
 
-async fn serve_conn(stream: tokio::net::TcpStream, peer: SocketAddr, source: Arc<dyn AdminSource>) {
+async fn serve_conn(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    source: Arc<dyn AdminSource>,
+    dumps: Arc<Semaphore>,
+) {
     let service = service_fn(move |req: Request<Incoming>| {
         let source = Arc::clone(&source);
-        async move { Ok::<_, Infallible>(handle(&req, source.as_ref()).await) }
+        let dumps = Arc::clone(&dumps);
+        async move { Ok::<_, Infallible>(handle_with(&req, source.as_ref(), Some(dumps)).await) }
     });
     let result = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -146,8 +170,18 @@ async fn serve_conn(stream: tokio::net::TcpStream, peer: SocketAddr, source: Arc
 }
 
 /// Answers one admin request. A full `/config` is written by a task of its own, so this must
-/// run inside a Tokio runtime.
+/// run inside a Tokio runtime. No limit on concurrent dumps (the server's [`MAX_FULL_DUMPS`]
+/// applies to requests it serves).
 pub async fn handle<B>(req: &Request<B>, source: &dyn AdminSource) -> Response<AdminBody> {
+    handle_with(req, source, None).await
+}
+
+/// [`handle`], a whole `/config` dump taking a permit of `dumps` (a `503` when none is left).
+async fn handle_with<B>(
+    req: &Request<B>,
+    source: &dyn AdminSource,
+    dumps: Option<Arc<Semaphore>>,
+) -> Response<AdminBody> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
         resp.headers_mut()
@@ -173,7 +207,14 @@ pub async fn handle<B>(req: &Request<B>, source: &dyn AdminSource) -> Response<A
             with_type(StatusCode::OK, METRICS_CONTENT_TYPE, out)
         }
         "/config" => match ConfigQuery::parse(req.uri().query()) {
-            Ok(ConfigQuery::Full) => stream_config(source.config_dump()).await,
+            Ok(ConfigQuery::Full) => {
+                let permit = match dumps.map(Semaphore::try_acquire_owned) {
+                    Some(Err(_)) => return dumps_busy(),
+                    Some(Ok(permit)) => Some(permit),
+                    None => None,
+                };
+                stream_config(source.config_dump(), permit).await
+            }
             Ok(query) => json(&query.answer(source.config_dump()), "config"),
             Err(e) => text(StatusCode::BAD_REQUEST, format!("bad /config query: {e}\n")),
         },
@@ -196,6 +237,20 @@ fn json(value: &Value, what: &str) -> Response<AdminBody> {
             format!("cannot render {what}: {e}\n"),
         ),
     }
+}
+
+/// The answer while [`MAX_FULL_DUMPS`] dumps are being written.
+fn dumps_busy() -> Response<AdminBody> {
+    let mut resp = text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "{MAX_FULL_DUMPS} whole config dumps are being written; retry, or read \
+             /config?kind=summary and the pages (?kind=outbound|endpoints&offset=N&limit=M)\n"
+        ),
+    );
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    resp
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<AdminBody> {
@@ -221,11 +276,17 @@ pub struct AdminBody(BodyInner);
 
 enum BodyInner {
     Full(Full<Bytes>),
-    /// The first chunks (already received), then the rest from the writer.
+    /// The first chunks (already received), then the rest from the writer, which sets the flag
+    /// once it has written the whole document.
     Stream(
         VecDeque<Bytes>,
         mpsc::Receiver<Result<Bytes, std::io::Error>>,
+        Arc<AtomicBool>,
     ),
+}
+
+fn abandoned() -> std::io::Error {
+    std::io::Error::other("the config dump was abandoned before its end")
 }
 
 impl Body for AdminBody {
@@ -240,11 +301,16 @@ impl Body for AdminBody {
             BodyInner::Full(full) => Pin::new(full)
                 .poll_frame(cx)
                 .map_err(|never: Infallible| match never {}),
-            // The writer ends the stream by dropping its sender, or aborts it with an error (so
-            // the client sees a broken response, never a well-formed truncated one).
-            BodyInner::Stream(first, rx) => match first.pop_front() {
+            // The writer ends the stream by dropping its sender after the last chunk, or aborts
+            // it (an error, or dropping its sender early: stalled reader, panic), so the client
+            // sees a broken response, never a well-formed truncated one.
+            BodyInner::Stream(first, rx, complete) => match first.pop_front() {
                 Some(chunk) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
-                None => rx.poll_recv(cx).map(|c| c.map(|r| r.map(Frame::data))),
+                None => rx.poll_recv(cx).map(|c| match c {
+                    Some(r) => Some(r.map(Frame::data)),
+                    None if complete.load(Ordering::Acquire) => None,
+                    None => Some(Err(abandoned())),
+                }),
             },
         }
     }
@@ -421,13 +487,26 @@ fn truncated(s: &str) -> String {
 /// Streams the whole `/config` dump: the same bytes `serde_json::to_vec_pretty` renders for
 /// `{..head, "config": <the config as JSON>}` plus a newline, written member by member and
 /// resource by resource on a blocking thread, so memory stays a few chunks whatever the mesh
-/// size. A dump that fits in one chunk is answered whole, with a `Content-Length`.
-async fn stream_config(dump: ConfigDump) -> Response<AdminBody> {
+/// size. A dump that fits in one chunk is answered whole, with a `Content-Length`. `permit`
+/// (one of the server's [`MAX_FULL_DUMPS`]) is held until the writer is done.
+async fn stream_config(
+    dump: ConfigDump,
+    permit: Option<OwnedSemaphorePermit>,
+) -> Response<AdminBody> {
     let (tx, mut rx) = mpsc::channel(STREAM_QUEUE);
+    let complete = Arc::new(AtomicBool::new(false));
+    let done = Arc::clone(&complete);
+    let runtime = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
-        let mut out = Pretty::new(tx);
-        if write_dump(&mut out, &dump).is_ok() {
-            let _ = out.flush();
+        let _permit = permit;
+        let mut out = Pretty::new(tx, runtime);
+        match write_dump(&mut out, &dump).and_then(|()| out.flush()) {
+            Ok(()) => done.store(true, Ordering::Release),
+            Err(Stop::Closed) => {}
+            Err(Stop::Stalled) => tracing::info!(
+                stall_seconds = STREAM_STALL.as_secs(),
+                "admin /config dump abandoned: the reader stopped reading"
+            ),
         }
     });
     // Up to two chunks are taken here: if the writer is done after the first, the answer is
@@ -442,13 +521,19 @@ async fn stream_config(dump: ConfigDump) -> Response<AdminBody> {
                     format!("cannot render config: {e}\n"),
                 )
             }
-            None => {
+            None if complete.load(Ordering::Acquire) => {
                 let whole = first.pop_front().unwrap_or_default();
                 return with_type(StatusCode::OK, "application/json", whole);
             }
+            None => {
+                return text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("cannot render config: {}\n", abandoned()),
+                )
+            }
         }
     }
-    let mut resp = Response::new(AdminBody(BodyInner::Stream(first, rx)));
+    let mut resp = Response::new(AdminBody(BodyInner::Stream(first, rx, complete)));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("application/json"),
@@ -456,8 +541,13 @@ async fn stream_config(dump: ConfigDump) -> Response<AdminBody> {
     resp
 }
 
-/// The client went away: the writer stops.
-struct Closed;
+/// Why the writer stopped before the end.
+enum Stop {
+    /// The client went away.
+    Closed,
+    /// The client took no chunk for [`STREAM_STALL`].
+    Stalled,
+}
 
 /// Writes JSON as `serde_json`'s pretty printer does (two spaces per level, `"key": value`),
 /// a value at a time, sending full chunks down a bounded channel (blocking while it is full).
@@ -465,14 +555,21 @@ struct Pretty {
     buf: Vec<u8>,
     scratch: Vec<u8>,
     tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+    /// The runtime the reader runs on, to wait for room with a deadline (the writer runs on a
+    /// blocking thread, outside any async context, where `block_on` is allowed).
+    runtime: tokio::runtime::Handle,
 }
 
 impl Pretty {
-    fn new(tx: mpsc::Sender<Result<Bytes, std::io::Error>>) -> Self {
+    fn new(
+        tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+        runtime: tokio::runtime::Handle,
+    ) -> Self {
         Pretty {
             buf: Vec::with_capacity(STREAM_CHUNK + STREAM_CHUNK / 4),
             scratch: Vec::new(),
             tx,
+            runtime,
         }
     }
 
@@ -511,14 +608,14 @@ impl Pretty {
     }
 
     /// Sends the buffer once it holds a chunk; blocks while the reader is behind.
-    fn maybe_send(&mut self) -> Result<(), Closed> {
+    fn maybe_send(&mut self) -> Result<(), Stop> {
         if self.buf.len() >= STREAM_CHUNK {
             self.flush()?;
         }
         Ok(())
     }
 
-    fn flush(&mut self) -> Result<(), Closed> {
+    fn flush(&mut self) -> Result<(), Stop> {
         if self.buf.is_empty() {
             return Ok(());
         }
@@ -526,7 +623,12 @@ impl Pretty {
             &mut self.buf,
             Vec::with_capacity(STREAM_CHUNK + STREAM_CHUNK / 4),
         ));
-        self.tx.blocking_send(Ok(chunk)).map_err(|_| Closed)
+        let send = tokio::time::timeout(STREAM_STALL, self.tx.send(Ok(chunk)));
+        match self.runtime.block_on(send) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Stop::Closed),
+            Err(_) => Err(Stop::Stalled),
+        }
     }
 }
 
@@ -537,7 +639,7 @@ enum ConfigMember<'a> {
     Endpoints,
 }
 
-fn write_dump(out: &mut Pretty, dump: &ConfigDump) -> Result<(), Closed> {
+fn write_dump(out: &mut Pretty, dump: &ConfigDump) -> Result<(), Stop> {
     let config_head = dump.config.head_json();
     let mut members: Vec<(&str, ConfigMember<'_>)> = vec![
         ("outbound", ConfigMember::Outbound),
@@ -578,13 +680,13 @@ fn write_config(
     out: &mut Pretty,
     config: &dyn ConfigLists,
     members: &[(&str, ConfigMember<'_>)],
-) -> Result<(), Closed> {
+) -> Result<(), Stop> {
     out.raw("{");
     for (i, (key, member)) in members.iter().enumerate() {
         out.raw(if i == 0 { "" } else { "," });
         out.newline(2);
         out.key(key);
-        let (mut written, mut closed) = (0usize, false);
+        let (mut written, mut stop) = (0usize, None);
         match member {
             ConfigMember::Small(value) => out.value(value, 2),
             ConfigMember::Outbound => {
@@ -594,8 +696,8 @@ fn write_config(
                     written += 1;
                     out.newline(3);
                     out.value(&svc, 3);
-                    closed = out.maybe_send().is_err();
-                    !closed
+                    stop = out.maybe_send().err();
+                    stop.is_none()
                 });
                 if written > 0 {
                     out.newline(2);
@@ -610,8 +712,8 @@ fn write_config(
                     out.newline(3);
                     out.key(name);
                     out.value(&set, 3);
-                    closed = out.maybe_send().is_err();
-                    !closed
+                    stop = out.maybe_send().err();
+                    stop.is_none()
                 });
                 if written > 0 {
                     out.newline(2);
@@ -619,8 +721,8 @@ fn write_config(
                 out.raw("}");
             }
         }
-        if closed {
-            return Err(Closed);
+        if let Some(stop) = stop {
+            return Err(stop);
         }
     }
     out.newline(1);
