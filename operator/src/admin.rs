@@ -286,11 +286,23 @@ pub(crate) async fn read_body(req: Request<Incoming>) -> Result<Bytes, String> {
         .map_err(|e| format!("reading request body: {e}"))
 }
 
-/// A minimal HTTP/1.1 server (optionally over TLS) with graceful shutdown.
+/// Connections one [`serve_http`] listener serves at once; further ones wait in the listen
+/// backlog until one ends, so a flood costs the operator no socket (the discovery server, which
+/// proxies need, has its own listener and is not behind this limit).
+pub const MAX_CONNECTIONS: usize = 256;
+/// How long a client of a [`serve_http`] listener may take to send a request head, and how long
+/// an idle keep-alive connection is kept.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a TLS client may take to finish its handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Retries after a failed accept: from 50 ms doubling up to 1 s, jittered.
 const ACCEPT_RETRY: weft_common::Backoff =
     weft_common::Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
 
+/// A minimal HTTP/1.1 server (optionally over TLS) with graceful shutdown, bounded for clients
+/// on the pod network: at most [`MAX_CONNECTIONS`] at once, [`HEADER_READ_TIMEOUT`] for a
+/// request head (and an idle connection), 10 s for a TLS handshake.
 pub(crate) async fn serve_http<F, Fut>(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
@@ -303,7 +315,15 @@ pub(crate) async fn serve_http<F, Fut>(
     let mut stop = shutdown.clone();
     // Accept errors in a row (out of file descriptors, ...): retried with backoff.
     let mut failing: u32 = 0;
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let slot = tokio::select! {
+            _ = stop.triggered() => return,
+            slot = Arc::clone(&slots).acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => return, // never closed
+            },
+        };
         let accepted = tokio::select! {
             _ = stop.triggered() => return,
             a = listener.accept() => a,
@@ -328,11 +348,15 @@ pub(crate) async fn serve_http<F, Fut>(
         let tls = tls.clone();
         let mut conn_stop = shutdown.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = hyper::service::service_fn(move |req| {
                 let handler = handler.clone();
                 async move { Ok::<_, Infallible>(handler(req).await) }
             });
-            let builder = hyper::server::conn::http1::Builder::new();
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
             let result = match tls {
                 None => {
                     let conn = builder.serve_connection(TokioIo::new(tcp), service);
@@ -347,7 +371,7 @@ pub(crate) async fn serve_http<F, Fut>(
                 }
                 Some(acceptor) => {
                     let stream =
-                        match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
+                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
                             .await
                         {
                             Ok(Ok(s)) => s,
