@@ -19,6 +19,36 @@ use crate::kubelet::{self, Images, Kubelet, KubeletConfig, KubeletHandle};
 /// that needs them (`kube_traffic_metrics`) creates them with a plain create.
 pub const NO_API_SERVICES: &str = "metricsApi.registerAPIService=false";
 
+/// The workspace binaries a mesh test runs outside pods (next to the images pods run from).
+pub const MESH_BINS: &[&str] = &["weft-proxy", "weft-proxy-init", "weft-operator"];
+
+/// How every test that installs the chart starts: [`kube_env`] with [`MESH_BINS`] and the Helm
+/// SDK ready. `None` (after a loud skip; a panic in CI) when either is unavailable.
+pub async fn mesh_env(test: &str, test_app: &std::path::Path) -> Option<KubeEnv> {
+    let env = kube_env(test, MESH_BINS, test_app).await?;
+    env.helm_ready(test).then_some(env)
+}
+
+/// A Service `ns/name` selecting `selector`, port 80 (`http`) to the test app's 8080: the
+/// shape every mesh test's Services have.
+pub fn http_service(ns: &str, name: &str, selector: Value) -> Value {
+    serde_json::json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"selector": selector, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})
+}
+
+/// An SMI `split.smi-spec.io/v1alpha4` TrafficSplit `ns/name` of `service` over `backends`
+/// (`(service, weight)`).
+pub fn traffic_split(ns: &str, name: &str, service: &str, backends: &[(&str, u32)]) -> Value {
+    let backends: Vec<Value> = backends
+        .iter()
+        .map(|(service, weight)| serde_json::json!({"service": service, "weight": weight}))
+        .collect();
+    serde_json::json!({"apiVersion": "split.smi-spec.io/v1alpha4", "kind": "TrafficSplit",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"service": service, "backends": backends}})
+}
+
 /// Everything a test needs. Dropping it stops the kubelet (cleaning namespaces, bridge and
 /// rules) and then the control plane.
 pub struct KubeEnv {

@@ -36,7 +36,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use weft_e2e::apply;
 use weft_e2e::gateway_crds;
-use weft_e2e::harness::{eventually, kube_env, KubeEnv};
+use weft_e2e::harness::{eventually, http_service, mesh_env, KubeEnv};
 
 const TEST: &str = "gamma_canary";
 const NS: &str = "test";
@@ -80,9 +80,7 @@ fn for_server(route: Value) -> Value {
 }
 
 fn service(name: &str, selector: Value) -> Value {
-    json!({"apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {"selector": selector, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})
+    http_service(NS, name, selector)
 }
 
 /// A pod of weft's test app answering `<app> <version>`.
@@ -601,18 +599,9 @@ async fn argo_flow(env: &KubeEnv) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gamma_canary_flagger_and_argo_clients() {
-    let Some(env) = kube_env(
-        TEST,
-        &["weft-proxy", "weft-proxy-init", "weft-operator"],
-        Path::new(env!("CARGO_BIN_EXE_weft-test-app")),
-    )
-    .await
-    else {
+    let Some(env) = mesh_env(TEST, Path::new(env!("CARGO_BIN_EXE_weft-test-app"))).await else {
         return;
     };
-    if !env.helm_ready(TEST) {
-        return;
-    }
     // The CRD first: the operator watches HTTPRoutes when they are served at its start.
     install_crd(&env).await;
     env.install_weft().await;

@@ -37,7 +37,7 @@ use weft_e2e::apply;
 use weft_e2e::cluster::repo_root;
 use weft_e2e::conformance::{self, Outcome, TestResult};
 use weft_e2e::echo_basic::Reply;
-use weft_e2e::harness::{kube_env, KubeEnv};
+use weft_e2e::harness::{mesh_env, KubeEnv};
 
 const TEST: &str = "gamma_mesh";
 const NS: &str = "gateway-conformance-mesh";
@@ -1589,18 +1589,9 @@ fn write_report(results: &[TestResult]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gamma_mesh_conformance() {
     let app = Path::new(env!("CARGO_BIN_EXE_weft-test-app"));
-    let Some(env) = kube_env(
-        TEST,
-        &["weft-proxy", "weft-proxy-init", "weft-operator"],
-        app,
-    )
-    .await
-    else {
+    let Some(env) = mesh_env(TEST, app).await else {
         return;
     };
-    if !env.helm_ready(TEST) {
-        return;
-    }
     // The Gateway API CRDs first (as a cluster has them before any mesh is installed): the
     // operator watches the kinds served at its start.
     let crds = weft_e2e::gateway_crds::install(&env.client)

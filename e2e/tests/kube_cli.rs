@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use weft_e2e::apply;
 use weft_e2e::cluster::skip;
-use weft_e2e::harness::{eventually, kube_env, KubeEnv};
+use weft_e2e::harness::{eventually, http_service, kube_env, mesh_env, traffic_split, KubeEnv};
 
 const NS: &str = "shop";
 
@@ -114,9 +114,7 @@ async fn kubectl_apply(kubectl: &Path, env: &KubeEnv, yaml: &[u8]) {
 }
 
 fn service(name: &str, selector: Value) -> Value {
-    json!({"apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {"selector": selector, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})
+    http_service(NS, name, selector)
 }
 
 /// A CA certificate nobody uses (to break a caBundle with).
@@ -151,18 +149,9 @@ async fn set_validating_ca(env: &KubeEnv, pem: &[u8]) {
 async fn kube_cli_proxies_check_diff_against_the_chart() {
     const TEST: &str = "kube_cli_proxies_check_diff_against_the_chart";
     let Some(bin) = weft_bin(TEST) else { return };
-    let Some(env) = kube_env(
-        TEST,
-        &["weft-proxy", "weft-proxy-init", "weft-operator"],
-        Path::new(env!("CARGO_BIN_EXE_weft-test-app")),
-    )
-    .await
-    else {
+    let Some(env) = mesh_env(TEST, Path::new(env!("CARGO_BIN_EXE_weft-test-app"))).await else {
         return;
     };
-    if !env.helm_ready(TEST) {
-        return;
-    }
     // SMI CRDs already in the cluster, owned by no release (`weft crds | kubectl apply -f -`):
     // `check --pre` fails and prints the commands that let the release adopt them; once they
     // are run, `check --pre` passes and `helm install` accepts the CRDs.
@@ -283,12 +272,12 @@ async fn kube_cli_proxies_check_diff_against_the_chart() {
     for (name, version) in [("web-v1", "v1"), ("web-v2", "v2")] {
         app_pod(&env, NS, name, json!({"app": "web", "version": version})).await;
     }
-    env.create(
-        json!({"apiVersion": "split.smi-spec.io/v1alpha4", "kind": "TrafficSplit",
-        "metadata": {"name": "web-canary", "namespace": NS},
-        "spec": {"service": "web", "backends": [
-            {"service": "web-v1", "weight": 90}, {"service": "web-v2", "weight": 10}]}}),
-    )
+    env.create(traffic_split(
+        NS,
+        "web-canary",
+        "web",
+        &[("web-v1", 90), ("web-v2", 10)],
+    ))
     .await;
     for p in ["web-v1", "web-v2"] {
         env.wait_ready(NS, p, Duration::from_secs(90)).await;

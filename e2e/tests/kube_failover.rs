@@ -21,7 +21,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use serde_json::{json, Value};
 use weft_e2e::apply;
-use weft_e2e::harness::{eventually, kube_env, KubeEnv};
+use weft_e2e::harness::{eventually, http_service, mesh_env, traffic_split, KubeEnv};
 
 const TEST: &str = "kube_failover";
 const NS: &str = "fover";
@@ -105,16 +105,11 @@ async fn deploy_app(env: &KubeEnv, name: &str, labels: Value, version: &str) {
 }
 
 fn service(name: &str, selector: Value) -> Value {
-    json!({"apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {"selector": selector, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})
+    http_service(NS, name, selector)
 }
 
 fn split(v1: u32, v2: u32) -> Value {
-    json!({"apiVersion": "split.smi-spec.io/v1alpha4", "kind": "TrafficSplit",
-        "metadata": {"name": "web-canary", "namespace": NS},
-        "spec": {"service": "web", "backends": [
-            {"service": "web-v1", "weight": v1}, {"service": "web-v2", "weight": v2}]}})
+    traffic_split(NS, "web-canary", "web", &[("web-v1", v1), ("web-v2", v2)])
 }
 
 /// One line per request from the client app to `web` (`web v1 200`, or `fail`): `n` requests,
@@ -143,18 +138,9 @@ fn all_are(lines: &[String], want: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_proxy_fails_over_to_another_operator_replica_without_failed_requests() {
-    let Some(env) = kube_env(
-        TEST,
-        &["weft-proxy", "weft-proxy-init", "weft-operator"],
-        Path::new(env!("CARGO_BIN_EXE_weft-test-app")),
-    )
-    .await
-    else {
+    let Some(env) = mesh_env(TEST, Path::new(env!("CARGO_BIN_EXE_weft-test-app"))).await else {
         return;
     };
-    if !env.helm_ready(TEST) {
-        return;
-    }
     env.install_weft().await;
     // The chart's default: two replicas, both serving discovery.
     eventually(

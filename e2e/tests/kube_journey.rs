@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 use weft_e2e::apply;
 use weft_e2e::cluster::repo_root;
-use weft_e2e::harness::{eventually, kube_env, KubeEnv};
+use weft_e2e::harness::{eventually, mesh_env, KubeEnv};
 
 const TEST: &str = "kube_journey";
 /// The sample application's namespace (examples/app/00-namespace.yaml).
@@ -228,18 +228,9 @@ async fn observed_and_generation(env: &KubeEnv) -> (Option<i64>, Option<i64>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_journey_install_app_canary_access_and_operator_failover() {
-    let Some(env) = kube_env(
-        TEST,
-        &["weft-proxy", "weft-proxy-init", "weft-operator"],
-        Path::new(env!("CARGO_BIN_EXE_weft-test-app")),
-    )
-    .await
-    else {
+    let Some(env) = mesh_env(TEST, Path::new(env!("CARGO_BIN_EXE_weft-test-app"))).await else {
         return;
     };
-    if !env.helm_ready(TEST) {
-        return;
-    }
 
     // docs/install.md: `helm install weft charts/weft -n weft-system --create-namespace`.
     let out = env.helm(&[

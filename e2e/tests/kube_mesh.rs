@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use weft_e2e::apply;
 use weft_e2e::cluster::skip;
-use weft_e2e::harness::{eventually, kube_env, KubeEnv};
+use weft_e2e::harness::{eventually, http_service, mesh_env, traffic_split, KubeEnv};
 
 const TEST: &str = "kube_mesh";
 const NS: &str = "shop";
@@ -52,16 +52,11 @@ async fn deploy(env: &KubeEnv, name: &str, sa: &str, labels: Value, container: V
 }
 
 fn service(name: &str, selector: Value) -> Value {
-    json!({"apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {"selector": selector, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})
+    http_service(NS, name, selector)
 }
 
 fn split(v1: u32, v2: u32) -> Value {
-    json!({"apiVersion": "split.smi-spec.io/v1alpha4", "kind": "TrafficSplit",
-        "metadata": {"name": "web-canary", "namespace": NS},
-        "spec": {"service": "web", "backends": [
-            {"service": "web-v1", "weight": v1}, {"service": "web-v2", "weight": v2}]}})
+    traffic_split(NS, "web-canary", "web", &[("web-v1", v1), ("web-v2", v2)])
 }
 
 /// `n` requests from the client pod's app (redirected through its proxy); the bodies.
@@ -227,18 +222,9 @@ async fn canary_step(env: &KubeEnv, v1: u32, v2: u32) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_mesh_canary_mtls_and_access() {
-    let Some(env) = kube_env(
-        TEST,
-        &["weft-proxy", "weft-proxy-init", "weft-operator"],
-        Path::new(env!("CARGO_BIN_EXE_weft-test-app")),
-    )
-    .await
-    else {
+    let Some(env) = mesh_env(TEST, Path::new(env!("CARGO_BIN_EXE_weft-test-app"))).await else {
         return;
     };
-    if !env.helm_ready(TEST) {
-        return;
-    }
 
     // Install: the exact command of docs/install.md (plus the test cluster's kubeconfig).
     let operator_pod = env.install_weft().await;

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use weft_e2e::apply;
-use weft_e2e::harness::{eventually, kube_env, KubeEnv};
+use weft_e2e::harness::{eventually, http_service, mesh_env, KubeEnv};
 
 const TEST: &str = "kube_ondemand";
 const NS: &str = "odns";
@@ -51,10 +51,7 @@ async fn deploy_app(env: &KubeEnv, name: &str, annotations: Value) {
 }
 
 fn service(name: &str) -> Value {
-    json!({"apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {"selector": {"app": name},
-                 "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})
+    http_service(NS, name, json!({"app": name}))
 }
 
 /// One request from the client pod's app to `url` (captured by its proxy): `<body> <status>`,
@@ -137,18 +134,9 @@ fn proxy_env(pod: &k8s_openapi::api::core::v1::Pod, name: &str) -> Option<String
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_on_demand_installed_transparent_first_request_scoped_config_and_authz() {
-    let Some(env) = kube_env(
-        TEST,
-        &["weft-proxy", "weft-proxy-init", "weft-operator"],
-        Path::new(env!("CARGO_BIN_EXE_weft-test-app")),
-    )
-    .await
-    else {
+    let Some(env) = mesh_env(TEST, Path::new(env!("CARGO_BIN_EXE_weft-test-app"))).await else {
         return;
     };
-    if !env.helm_ready(TEST) {
-        return;
-    }
     env.install_weft_with(&["discovery.mode=on-demand"]).await;
 
     env.namespace(NS, json!({"weft.io/inject": "enabled"}))

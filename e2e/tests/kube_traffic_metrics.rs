@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use weft_e2e::apply;
-use weft_e2e::harness::{eventually, kube_env, KubeEnv};
+use weft_e2e::harness::{eventually, http_service, mesh_env, traffic_split, KubeEnv};
 
 const TEST: &str = "kube_traffic_metrics";
 const NS: &str = "metrics";
@@ -41,9 +41,7 @@ async fn pod(env: &KubeEnv, name: &str, labels: Value, app_env: Value) {
 }
 
 fn service(name: &str, selector: Value) -> Value {
-    json!({"apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {"selector": selector, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})
+    http_service(NS, name, selector)
 }
 
 /// `n` requests to the apex from the client pod: `(answered by v1 with 200, sent to v2 and
@@ -292,18 +290,9 @@ fn assert_tap_shows_client_requests(events: &[Value], raw: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_traffic_metrics_for_a_traffic_split() {
-    let Some(env) = kube_env(
-        TEST,
-        &["weft-proxy", "weft-proxy-init", "weft-operator"],
-        Path::new(env!("CARGO_BIN_EXE_weft-test-app")),
-    )
-    .await
-    else {
+    let Some(env) = mesh_env(TEST, Path::new(env!("CARGO_BIN_EXE_weft-test-app"))).await else {
         return;
     };
-    if !env.helm_ready(TEST) {
-        return;
-    }
     // Scrape often, over a window that covers the whole test's traffic.
     let operator_pod = env
         .install_weft_with(&["metricsApi.scrapeInterval=1s", "metricsApi.window=300s"])
@@ -322,10 +311,7 @@ async fn kube_traffic_metrics_for_a_traffic_split() {
     }
     apply::apply(
         &env.client,
-        &json!({"apiVersion": "split.smi-spec.io/v1alpha4", "kind": "TrafficSplit",
-            "metadata": {"name": "web-split", "namespace": NS},
-            "spec": {"service": "web", "backends": [
-                {"service": "web-v1", "weight": 50}, {"service": "web-v2", "weight": 50}]}}),
+        &traffic_split(NS, "web-split", "web", &[("web-v1", 50), ("web-v2", 50)]),
     )
     .await
     .expect("traffic split");
