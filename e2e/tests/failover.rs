@@ -37,6 +37,8 @@ fn canary(v2: u32) -> String {
 fn spec(operator_args: &[&str]) -> MeshSpec {
     let mut s = MeshSpec::new(NS)
         .pod(PodSpec::new("client-0", "client", 10).deferred())
+        // Started only after a replica died (see the fail-over test).
+        .pod(PodSpec::new("late-0", "client", 12).deferred())
         .pod(
             PodSpec::new("web-v1-0", "web", 20)
                 .label("app", "web")
@@ -289,7 +291,7 @@ where
 /// proxies (client-0 then gets 403).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxies_fail_over_to_the_other_replica_without_failed_requests() {
-    let r = Replicas::start(&[]).await;
+    let mut r = Replicas::start(&[]).await;
     let first = r.replica_of("client-0").await;
     let other = if first == 'a' { 'b' } else { 'a' };
 
@@ -347,19 +349,27 @@ async fn proxies_fail_over_to_the_other_replica_without_failed_requests() {
     let after = r.mesh.tally("client-0", &web, "/", &[], 10).await;
     assert_eq!(after.body("web v2\n"), 10, "{after:?}");
 
-    // The proxy reports the replica it is on.
-    let control = &r.mesh.proxy_config("client-0").await["control"];
+    // A proxy started now, told both replicas, gets its certificate (`Certify`) and its config
+    // from the survivor: it becomes ready, calls web with its own identity, and names `other`.
+    r.mesh.start_deferred("late-0").await;
+    let late = r.mesh.tally("late-0", &web, "/", &[], 10).await;
+    assert_eq!(late.body("web v2\n"), 10, "{late:?}");
+
+    // The proxies report the replica they are on.
     let want = match other {
         'a' => r.mesh.discovery().to_string(),
         _ => r.b.discovery.to_string(),
     };
-    assert_eq!(control["connected"], true, "{control}");
-    assert!(
-        control["operator"]
-            .as_str()
-            .is_some_and(|o| o.contains(&want)),
-        "client-0 reports {control}, expected {want}"
-    );
+    for pod in ["client-0", "late-0"] {
+        let control = &r.mesh.proxy_config(pod).await["control"];
+        assert_eq!(control["connected"], true, "{pod}: {control}");
+        assert!(
+            control["operator"]
+                .as_str()
+                .is_some_and(|o| o.contains(&want)),
+            "{pod} reports {control}, expected {want}"
+        );
+    }
 
     // Inbound policy too: only `other` may call web now; web's proxies learn it from the
     // survivor, client-0 gets 403.
