@@ -10,8 +10,8 @@
 //! with counts or one page of outbound services or endpoint sets (see [`ConfigQuery`]).
 //!
 //! The admin port is reachable from the pod network (docs/security.md, "admin-port reader"), so
-//! what a client can hold is bounded too: at most [`MAX_CONNECTIONS`] connections are served at
-//! once (further ones wait in the listen backlog, so the data plane's sockets and memory are
+//! what a client can hold is bounded too: at most `max_connections` ([`MAX_CONNECTIONS`] by
+//! default) connections are served at once (further ones wait in the listen backlog, so the data plane's sockets and memory are
 //! never at stake), a connection that sends no request head for [`HEADER_READ_TIMEOUT`] is
 //! closed, at most [`MAX_FULL_DUMPS`] whole `/config` dumps are written at once (a further one is
 //! a `503` pointing at the pages), and a dump whose reader stops reading for [`STREAM_STALL`] is
@@ -42,9 +42,12 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 /// How long a client may take to send its request head (also how long an idle keep-alive
 /// connection is kept).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Admin connections served at once; further ones wait in the listen backlog until one ends.
-/// Kubelet's probes and a Prometheus scrape need one each, for a moment.
-pub const MAX_CONNECTIONS: usize = 64;
+/// Admin connections served at once by default (`WEFT_PROXY_ADMIN_MAX_CONNECTIONS`); further
+/// ones wait in the listen backlog until one ends. Kubelet's probes and a Prometheus scrape
+/// need one each, for a moment; a client holding this many idle connections delays them by up
+/// to [`HEADER_READ_TIMEOUT`], so the limit is well above what legitimate readers use while
+/// bounding what a flood costs (docs/proxy.md gives the measured cost per connection).
+pub const MAX_CONNECTIONS: usize = 512;
 /// Whole `/config` dumps written at once (each holds a blocking thread while it is read).
 pub const MAX_FULL_DUMPS: usize = 2;
 /// A whole `/config` dump whose reader takes no chunk for this long is abandoned.
@@ -112,6 +115,7 @@ pub enum AdminError {
 pub async fn serve(
     listener: TcpListener,
     source: Arc<dyn AdminSource>,
+    max_connections: usize,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AdminError> {
     tokio::pin!(shutdown);
@@ -120,7 +124,7 @@ pub async fn serve(
     loop {
         let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
-            accepted = listener.accept(), if conns.len() < MAX_CONNECTIONS => match accepted {
+            accepted = listener.accept(), if conns.len() < max_connections => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) if is_transient_accept_error(&e) => {
                     tracing::debug!(error = %e, "admin accept");

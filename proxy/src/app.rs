@@ -249,7 +249,12 @@ pub async fn run(
         metrics: Arc::clone(&metrics),
         control_registry,
     });
-    let admin = admin::serve(admin_listener, source, stopped(stop_rx.clone()));
+    let admin = admin::serve(
+        admin_listener,
+        source,
+        env.admin_max_connections,
+        stopped(stop_rx.clone()),
+    );
     listeners.spawn(async move { ("admin", admin.await.map_err(|e| e.to_string())) });
 
     if let Some(bound) = bound {

@@ -1,7 +1,8 @@
 //! The admin port is reachable from the pod network (docs/security.md, "admin-port reader"):
 //! what one client can hold there is bounded. The real `weft-proxy` binary, holding a mesh large
 //! enough that a whole `/config` dump does not fit in socket buffers:
-//! - hundreds of connections opened at once cost the proxy at most `MAX_CONNECTIONS` sockets
+//! - many connections opened at once cost the proxy at most `WEFT_PROXY_ADMIN_MAX_CONNECTIONS`
+//!   sockets
 //!   (the rest wait in the listen backlog), and idle ones are closed after the header timeout;
 //! - two readers that stop reading a whole `/config` dump make a third one a `503` with
 //!   `Retry-After`, while `/ready`, `/metrics`, the pages and the data plane keep answering;
@@ -20,12 +21,15 @@ use control_support::*;
 use process_support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-use weft_proxy::admin::{HEADER_READ_TIMEOUT, MAX_CONNECTIONS, MAX_FULL_DUMPS, STREAM_STALL};
+use weft_proxy::admin::{HEADER_READ_TIMEOUT, MAX_FULL_DUMPS, STREAM_STALL};
 use weft_proxy_api::v1;
 
 const SERVICES: usize = 3000;
+/// `WEFT_PROXY_ADMIN_MAX_CONNECTIONS` of the proxy under test (the default, 512, works the same
+/// way; a small one keeps the test's own file descriptors few).
+const MAX_CONNECTIONS: usize = 24;
 /// Connections opened at once by the "many connections" client.
-const MANY: usize = 140;
+const MANY: usize = 3 * MAX_CONNECTIONS;
 
 fn service(i: usize, ports: &[u16]) -> [v1::Resource; 2] {
     let name = format!("svc-{i:04}");
@@ -45,6 +49,18 @@ fn sockets_of(pid: u32) -> usize {
                         .is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))
                 })
                 .count()
+        })
+        .unwrap_or(0)
+}
+
+/// The process's resident set, KiB (`VmRSS`).
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         })
         .unwrap_or(0)
 }
@@ -100,7 +116,12 @@ async fn get(admin: SocketAddr, path: &str) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_connections_and_config_dumps_are_bounded() {
     let mut op = start_operator(SocketAddr::from(([127, 0, 0, 1], 0))).await;
-    let proxy = ProxyProcess::start(&op.uri()).await;
+    let max = MAX_CONNECTIONS.to_string();
+    let proxy = ProxyProcess::start_with_env(
+        &op.uri(),
+        &[("WEFT_PROXY_ADMIN_MAX_CONNECTIONS", max.as_str())],
+    )
+    .await;
     let pid = proxy.child.id().expect("proxy pid");
     let app = backend().await;
     op.expect_subscribe().await;
@@ -125,12 +146,18 @@ async fn admin_connections_and_config_dumps_are_bounded() {
 
     // Many connections at once: the proxy holds at most MAX_CONNECTIONS of them.
     let before = sockets_of(pid);
+    let rss_before = rss_kib(pid);
     let mut many = Vec::new();
     for _ in 0..MANY {
         many.push(TcpStream::connect(proxy.admin).await.expect("connect"));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let held = sockets_of(pid).saturating_sub(before);
+    // Reported, never asserted: what the held connections cost (docs/proxy.md).
+    eprintln!(
+        "{held} idle admin connections held: proxy RSS {rss_before} -> {} KiB",
+        rss_kib(pid)
+    );
     assert!(
         (1..=MAX_CONNECTIONS).contains(&held),
         "{MANY} idle connections: the proxy holds {held} more sockets (at most {MAX_CONNECTIONS})"

@@ -74,6 +74,9 @@ pub struct ProxyEnv {
     /// `WEFT_PROXY_ON_DEMAND_IDLE` (default 10m): a destination not used for this long is
     /// dropped.
     pub on_demand_idle: Duration,
+    /// `WEFT_PROXY_ADMIN_MAX_CONNECTIONS` (default [`crate::admin::MAX_CONNECTIONS`]): admin
+    /// connections served at once; further ones wait in the listen backlog.
+    pub admin_max_connections: usize,
     /// `WEFT_PROXY_TAP_ADDR`: the tap listener (`None`: `off`). docs/tap.md.
     pub tap_addr: Option<SocketAddr>,
     /// True when `WEFT_PROXY_TAP_ADDR` was not set: a failure to bind the default address
@@ -106,6 +109,7 @@ pub const TOKEN_FILE: &str = "WEFT_PROXY_TOKEN_FILE";
 pub const INBOUND_ADDR: &str = "WEFT_PROXY_INBOUND_ADDR";
 pub const OUTBOUND_ADDR: &str = "WEFT_PROXY_OUTBOUND_ADDR";
 pub const ADMIN_ADDR: &str = "WEFT_PROXY_ADMIN_ADDR";
+pub const ADMIN_MAX_CONNECTIONS: &str = "WEFT_PROXY_ADMIN_MAX_CONNECTIONS";
 pub const APP_IP: &str = "WEFT_PROXY_APP_IP";
 pub const TRUST_DOMAIN: &str = "WEFT_PROXY_TRUST_DOMAIN";
 pub const SHUTDOWN_GRACE: &str = "WEFT_PROXY_SHUTDOWN_GRACE";
@@ -265,6 +269,19 @@ impl ProxyEnv {
                 _ => return Err(invalid(THREADS, v, "expected a number from 1 to 64")),
             },
         };
+        let admin_max_connections = match get(ADMIN_MAX_CONNECTIONS) {
+            None => crate::admin::MAX_CONNECTIONS,
+            Some(v) => match v.parse::<usize>() {
+                Ok(n) if (1..=65_536).contains(&n) => n,
+                _ => {
+                    return Err(invalid(
+                        ADMIN_MAX_CONNECTIONS,
+                        v,
+                        "expected a number from 1 to 65536",
+                    ))
+                }
+            },
+        };
         let log_filter = get(LOG).unwrap_or("info").to_string();
         let log_format = match get(LOG_FORMAT) {
             None | Some("plain") | Some("text") => LogFormat::Plain,
@@ -341,6 +358,7 @@ impl ProxyEnv {
             inbound_addr,
             outbound_addr,
             admin_addr,
+            admin_max_connections,
             app_ip,
             trust_domain,
             shutdown_grace,
