@@ -20,6 +20,12 @@
 # images ship with; `release` for the quicker build), NO_BUILD=1 (skip cargo build),
 # NO_INSTALL=1 (never apt-get / cargo install), NICE (-10 as root, else 0: the niceness of every
 # process the benchmark starts, so that other work on a shared machine disturbs it less).
+# Optional variants (issue #20; the default run is unchanged): BODY (1k: the response body the
+# backend serves; 5k or 64k), CLIENT_H2=1 (the load generators speak HTTP/2 with prior knowledge
+# (h2c, gRPC-like) to the path under test: the backend nginx, the nginx proxy and HAProxy get an
+# h2c listener, weft-proxy detects it; every proxy still speaks HTTP/1.1 to the backend; oha also
+# measures saturation then, closed loop with -c64, since wrk speaks HTTP/1.1 only).
+#   BODY=64k e2e/bench/proxy-bench.sh;  CLIENT_H2=1 PATHS="direct weft-1hop haproxy-1hop" e2e/bench/proxy-bench.sh
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
@@ -33,6 +39,8 @@ OHA_DURATION=${OHA_DURATION:-10s}
 WRK_DURATION=${WRK_DURATION:-8s}
 OUT=${OUT:-$(mktemp -d /tmp/weft-proxy-bench.XXXXXX)}
 PROFILE=${PROFILE:-dist}
+BODY=${BODY:-1k}
+CLIENT_H2=${CLIENT_H2:-}
 mkdir -p "$OUT"
 TOOLS="$HOME/.cache/weft/bin"
 if [ "$(id -u)" = 0 ]; then NICE=${NICE:--10}; else NICE=${NICE:-0}; fi
@@ -76,11 +84,21 @@ NGINXP=$NET.11     # :8082
 HAPROXY_C=$NET.12  # :8083, client side of the two-hop pair
 HAPROXY_S=$NET.13  # :8443, TLS server side
 NS=bench
-BODY_PATH=/1k
+case $BODY in
+1k) BODY_BYTES=1024 ;;
+5k) BODY_BYTES=5120 ;;
+64k) BODY_BYTES=65536 ;;
+*) die "BODY must be 1k, 5k or 64k, got $BODY" ;;
+esac
+BODY_PATH=/$BODY
+# CLIENT_H2=1: the h2c listeners (nginx 1.22 and HAProxy 2.6 take prior knowledge on these).
+if [ -n "$CLIENT_H2" ]; then H2_LISTEN=" http2" H2_BIND=" proto h2" DIRECT_PORT=8070; else H2_LISTEN="" H2_BIND="" DIRECT_PORT=8080; fi
 
 # ---------------------------------------------------------------- backend nginx
 mkdir -p "$OUT/www" "$OUT/nginx-backend" "$OUT/nginx-proxy"
-head -c 1024 /dev/zero | tr '\0' 'x' >"$OUT/www/1k"
+for b in 1k:1024 5k:5120 64k:65536; do
+    head -c "${b#*:}" /dev/zero | tr '\0' 'x' >"$OUT/www/${b%%:*}"
+done
 nginx_user=""
 [ "$(id -u)" = 0 ] && nginx_user="user root;"
 nginx_common() { # $1: prefix dir
@@ -110,6 +128,14 @@ EOF
         listen $BACKEND:8080 backlog=4096;
         location / { root $OUT/www; }
     }
+EOF
+    [ -z "$CLIENT_H2" ] || cat <<EOF
+    server {
+        listen $BACKEND:$DIRECT_PORT http2 backlog=4096;
+        location / { root $OUT/www; }
+    }
+EOF
+    cat <<EOF
 }
 EOF
 } >"$OUT/nginx-backend/nginx.conf"
@@ -118,7 +144,7 @@ EOF
     cat <<EOF
     upstream backend { server $BACKEND:8080; keepalive 128; keepalive_requests 10000000; }
     server {
-        listen $NGINXP:8082 backlog=4096;
+        listen $NGINXP:8082$H2_LISTEN backlog=4096;
         location / {
             proxy_pass http://backend;
             proxy_http_version 1.1;
@@ -151,7 +177,7 @@ EOF
     haproxy_head
     cat <<EOF
 frontend f
-    bind $HAPROXY1:8081
+    bind $HAPROXY1:8081$H2_BIND
     default_backend b
 backend b
     server backend $BACKEND:8080
@@ -164,7 +190,7 @@ make_pki "$pki"
     haproxy_head
     cat <<EOF
 frontend f
-    bind $HAPROXY_C:8083
+    bind $HAPROXY_C:8083$H2_BIND
     default_backend b
 backend b
     server s $HAPROXY_S:8443 ssl verify required ca-file $pki/ca.crt crt $pki/client.pem sni str(server.bench) verifyhost server.bench alpn h2
@@ -293,7 +319,7 @@ pid_nginxp=$(cut -d' ' -f1 "/proc/$nginx_proxy_master/task/$nginx_proxy_master/c
 # path -> URL, Host header, PIDs whose CPU and memory are charged to the path
 url_of() {
     case $1 in
-    direct) echo "http://$BACKEND:8080$BODY_PATH" ;;
+    direct) echo "http://$BACKEND:$DIRECT_PORT$BODY_PATH" ;;
     weft-1hop | weft-2hop-mtls) echo "http://$CLIENT:4140$BODY_PATH" ;;
     haproxy-1hop) echo "http://$HAPROXY1:8081$BODY_PATH" ;;
     nginx-1hop) echo "http://$NGINXP:8082$BODY_PATH" ;;
@@ -319,12 +345,43 @@ pids_of() {
     esac
 }
 
-# Every path must answer 200 with the 1 KiB body before anything is measured.
+# The client side's HTTP version: curl's and oha's flags.
+if [ -n "$CLIENT_H2" ]; then CURL_H2=(--http2-prior-knowledge) OHA_H2=(--http2); else CURL_H2=() OHA_H2=(); fi
+# Every path must answer 200 with the whole body (over HTTP/2 with CLIENT_H2) before anything is
+# measured.
 for p in $PATHS; do
-    size=$(curl -fsS --max-time 5 -H "Host: $(host_of "$p")" -o /dev/null -w '%{size_download}' "$(url_of "$p")") ||
+    got=$(curl -fsS "${CURL_H2[@]}" --max-time 5 -H "Host: $(host_of "$p")" -o /dev/null \
+        -w '%{size_download} %{http_version}' "$(url_of "$p")") ||
         die "path $p does not answer 200 (logs in $OUT)"
-    [ "$size" = 1024 ] || die "path $p returned $size bytes, expected 1024"
+    want="$BODY_BYTES $([ -n "$CLIENT_H2" ] && echo 2 || echo 1.1)"
+    [ "$got" = "$want" ] || die "path $p returned '$got' (bytes, HTTP version), expected '$want'"
 done
+# oha's target arguments, one per line. $1: host, $2: URL. Over HTTP/2 oha would send the Host
+# header beside `:authority` (nginx answers 400, weft routes by `:authority`): the authority goes
+# into the URL instead, and --connect-to says where to connect.
+oha_target() {
+    if [ -z "$CLIENT_H2" ]; then
+        printf '%s\n' --host "$1" "$2"
+    elif [ "$1" = bench.local ]; then
+        printf '%s\n' "$2"
+    else
+        local hostport=${2#http://}
+        printf '%s\n' --connect-to "$1:${hostport%%/*}" "http://$1$BODY_PATH"
+    fi
+}
+# Saturation (closed loop, 64 connections): wrk, or oha for HTTP/2. $1: duration, $2: host,
+# $3: URL, $4: output file (wrk text, or oha JSON when it ends in .json).
+saturate() {
+    if [ -n "$CLIENT_H2" ]; then
+        local target
+        mapfile -t target < <(oha_target "$2" "$3")
+        nice -n "$NICE" taskset -c 0 oha --no-tui --output-format json "${OHA_H2[@]}" -c 64 -z "$1" \
+            "${target[@]}" >"$4" 2>"$4.err" || die "oha failed on $3 (see $4.err)"
+    else
+        nice -n "$NICE" taskset -c 0 wrk -t1 -c64 -d"$1" -H "Host: $2" "$3" >"$4"
+    fi
+}
+SAT_EXT=$([ -n "$CLIENT_H2" ] && echo json || echo txt)
 
 RESULTS=$OUT/results.tsv
 : >"$RESULTS"
@@ -354,11 +411,13 @@ done
 
 # Warm up every path (connections, pools, allocator) before round 1.
 for p in $PATHS; do
-    nice -n "$NICE" taskset -c 0 wrk -t1 -c64 -d2s -H "Host: $(host_of "$p")" "$(url_of "$p")" >/dev/null
+    saturate 2s "$(host_of "$p")" "$(url_of "$p")" "$OUT/warmup-$p.$SAT_EXT"
 done
 log "load average before measuring: $(cut -d' ' -f1-3 /proc/loadavg)"
 record 0 all loadavg_start "$(cut -d' ' -f1 /proc/loadavg)"
 record 0 all nice "$NICE"
+record 0 all body "$BODY"
+record 0 all client_h2 "${CLIENT_H2:-0}"
 
 for round in $(seq 1 "$ROUNDS"); do
     for p in $PATHS; do
@@ -366,12 +425,13 @@ for round in $(seq 1 "$ROUNDS"); do
         host=$(host_of "$p")
         # shellcheck disable=SC2206
         ppids=($(pids_of "$p"))
+        mapfile -t target < <(oha_target "$host" "$url")
         for rate in $RATES; do
             t0=$(ticks "${ppids[@]}")
             s0=$(date +%s.%N)
             json=$OUT/oha-$p-$rate-r$round.json
-            nice -n "$NICE" taskset -c 0 oha --no-tui --output-format json -q "$rate" -z "$OHA_DURATION" -c 16 \
-                --latency-correction --host "$host" "$url" >"$json" 2>"$json.err" ||
+            nice -n "$NICE" taskset -c 0 oha --no-tui --output-format json "${OHA_H2[@]}" -q "$rate" -z "$OHA_DURATION" -c 16 \
+                --latency-correction "${target[@]}" >"$json" 2>"$json.err" ||
                 die "oha failed on $p (see $json.err)"
             s1=$(date +%s.%N)
             t1=$(ticks "${ppids[@]}")
@@ -380,9 +440,9 @@ for round in $(seq 1 "$ROUNDS"); do
             record "$round" "$p" "wall_s_$rate" "$(echo "$s0 $s1" | awk '{printf "%.3f", $2-$1}')"
         done
         t0=$(ticks "${ppids[@]}")
-        nice -n "$NICE" taskset -c 0 wrk -t1 -c64 -d"$WRK_DURATION" -H "Host: $host" "$url" >"$OUT/wrk-$p-r$round.txt"
+        saturate "$WRK_DURATION" "$host" "$url" "$OUT/wrk-$p-r$round.$SAT_EXT"
         t1=$(ticks "${ppids[@]}")
-        record "$round" "$p" wrk "$OUT/wrk-$p-r$round.txt"
+        record "$round" "$p" wrk "$OUT/wrk-$p-r$round.$SAT_EXT"
         record "$round" "$p" cpu_s_wrk "$(echo "$t0 $t1 $CLK_TCK" | awk '{printf "%.3f", ($2-$1)/$3}')"
         if [ ${#ppids[@]} -gt 0 ]; then
             record "$round" "$p" rss_after_load_kib "$(sum_kib VmRSS "${ppids[@]}")"

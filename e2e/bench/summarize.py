@@ -69,7 +69,8 @@ def main():
             for k, v in o.items():
                 raw[path][f"{k}@{rate}"].append(v)
         elif metric == "wrk":
-            w = wrk(value)
+            # CLIENT_H2 runs measure saturation with oha (JSON), others with wrk (text).
+            w = oha(value) if value.endswith(".json") else wrk(value)
             raw[path]["sat"].append(w["rps"])
             raw[path]["bad@wrk"].append(w["bad"])
         else:
@@ -123,7 +124,9 @@ def main():
     out.append("")
     out.append("Two-hop rows sum both proxies' CPU and memory. Load average (1 min) before/after: "
                f"{meta.get('loadavg_start', '?')} / {meta.get('loadavg_end', '?')}; "
-               f"benchmark processes at niceness {meta.get('nice', '0')}.")
+               f"benchmark processes at niceness {meta.get('nice', '0')}; response body "
+               f"{meta.get('body', '1k')}; client to proxy "
+               f"{'HTTP/2 (h2c), saturation by oha -c64' if meta.get('client_h2', '0') not in ('', '0') else 'HTTP/1.1'}.")
     print("\n".join(out))
 
 

@@ -17,7 +17,9 @@
 //! the figures are the proxies' own, both of them for `2hop-mtls`. After 1,000 warm-up requests,
 //! `requests` more (default 5,000) are measured: allocations and bytes from the allocator,
 //! voluntary/involuntary context switches from `/proc/self/task/<tid>/status` of the proxy
-//! threads, and (with `strace`) the proxy threads' syscalls from `strace -c -p <tid>...`.
+//! threads, CPU time on the proxy threads from `/proc/self/task/<tid>/schedstat` (a debug
+//! build's times are not a release build's: compare builds of one profile, in one run), and
+//! (with `strace`) the proxy threads' syscalls from `strace -c -p <tid>...`.
 //!
 //! Paths: `1hop` client -> outbound (explicit mode, Host routed) -> backend; `2hop-mtls` client
 //! -> outbound -> mTLS HTTP/2 link -> inbound (authorization by mesh identity) -> backend.
@@ -120,6 +122,14 @@ static GLOBAL: Counting = Counting;
 fn tid() -> Option<u32> {
     let link = std::fs::read_link("/proc/thread-self").ok()?;
     link.file_name()?.to_str()?.parse().ok()
+}
+
+/// Nanoseconds the given threads have run on a CPU, summed (`schedstat`'s first field).
+fn cpu_ns(tids: &[u32]) -> u64 {
+    tids.iter()
+        .filter_map(|t| std::fs::read_to_string(format!("/proc/self/task/{t}/schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
 }
 
 /// Voluntary and involuntary context switches of the given threads, summed.
@@ -408,9 +418,11 @@ fn main() {
         SAMPLE.store(sites, Relaxed);
         let (a0, b0) = (ALLOCS.load(Relaxed), BYTES.load(Relaxed));
         let (v0, i0) = ctxt_switches(&tids);
+        let c0 = cpu_ns(&tids);
         run(&mut c, n).await;
         let (a1, b1) = (ALLOCS.load(Relaxed), BYTES.load(Relaxed));
         let (v1, i1) = ctxt_switches(&tids);
+        let c1 = cpu_ns(&tids);
         SAMPLE.store(false, Relaxed);
         if let Some(mut t) = tracer {
             let _ = std::process::Command::new("kill")
@@ -423,12 +435,14 @@ fn main() {
         println!(
             "path={path} proxy_threads={} requests={n} (after {WARMUP} warm-up)\n\
              allocations/request={:.2} bytes/request={:.0} \
-             voluntary_ctxt_switches/request={:.2} involuntary/request={:.3}",
+             voluntary_ctxt_switches/request={:.2} involuntary/request={:.3} \
+             proxy_cpu_us/request={:.1}",
             tids.len(),
             per(a1 - a0),
             per(b1 - b0),
             per(v1 - v0),
             per(i1 - i0),
+            per(c1 - c0) / 1000.0,
         );
         if sites {
             print_sites(n);

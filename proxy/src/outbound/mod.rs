@@ -423,8 +423,10 @@ async fn handle_request(
     let Some(span) = shared.tracer.start(&mut req, trace::Direction::Outbound) else {
         return handle_untraced(shared, req, dst, downstream_h2).await;
     };
+    // Boxed: the traced path is rare, and an unboxed second copy of the request's state would
+    // double the size of every request's future (moved by hyper's connection poll, issue #20).
     let rsp = span
-        .scope(handle_untraced(shared, req, dst, downstream_h2))
+        .scope(Box::pin(handle_untraced(shared, req, dst, downstream_h2)))
         .await;
     span.finish(rsp.status());
     rsp
@@ -457,7 +459,9 @@ async fn handle_untraced(
                 demand.touch(&name);
             } else {
                 let found = |c: &Config| resolve_destination(c, dst, a, sc).is_ok().then_some(());
-                if demand.resolve(&shared.config, &name, found).await.is_none() {
+                // Boxed: a rare wait, kept out of every request's future (issue #20).
+                let resolving = Box::pin(demand.resolve(&shared.config, &name, found));
+                if resolving.await.is_none() {
                     waited = Some(demand.wait);
                 }
                 config = shared.config.borrow().clone();
@@ -614,7 +618,8 @@ async fn handle_untraced(
     };
     let (rsp, peer) = if upgrade::wants_upgrade(&req) {
         let timeout = request_timeout.unwrap_or(upgrade::HANDSHAKE_TIMEOUT);
-        forward_upgrade(shared, req, svc, backend, timeout).await
+        // Boxed: connecting and splicing are rare and large (issue #20).
+        Box::pin(forward_upgrade(shared, req, svc, backend, timeout)).await
     } else {
         let attempt = Attempts {
             app_h2,
@@ -1336,4 +1341,59 @@ async fn forward_upgrade(
         }
     });
     (rsp, peer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of what `f` returns (a future, here), without calling it.
+    fn output_size<T, R>(_: impl FnOnce(T) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    type S = &'static Shared;
+
+    /// Every request's future is moved by hyper's connection poll: the rare paths (tracing,
+    /// on-demand waits, upgrades, connecting to a peer proxy) are boxed so that it stays small
+    /// (issue #20). Sizes of a debug build, which are larger than a release build's;
+    /// `--nocapture` prints them.
+    #[test]
+    fn per_request_futures_stay_small() {
+        type Args = (S, Request<Incoming>, Option<SocketAddr>, bool);
+        let request = output_size(|(s, r, d, h): Args| handle_request(s, r, d, h));
+        let untraced = output_size(|(s, r, d, h): Args| handle_untraced(s, r, d, h));
+        let attempt = output_size(
+            |(s, r, v, b, h, f, l, a): (
+                S,
+                Request<Body>,
+                &'static OutboundService,
+                &'static Backend,
+                bool,
+                &'static h::ClientBodyFailed,
+                Limit,
+                Option<SocketAddr>,
+            )| attempt_once(s, r, v, b, h, f, l, a),
+        );
+        let mesh = output_size(
+            |(s, r, e, a, i, h): (
+                S,
+                Request<Body>,
+                &'static Endpoint,
+                SocketAddr,
+                &'static Arc<str>,
+                bool,
+            )| send_mesh(s, r, e, a, i, h),
+        );
+        eprintln!(
+            "outbound handle_request: {request} bytes, handle_untraced: {untraced}, \
+             attempt_once: {attempt}, send_mesh: {mesh}"
+        );
+        // Unboxed, the traced path's copy of `handle_untraced` made it more than twice as large.
+        assert!(request < 2 * untraced, "{request} vs {untraced}");
+        // Unboxed, connecting to a peer proxy (TCP, TLS, HTTP/2 handshakes) made `send_mesh`
+        // several KiB, and every attempt with it.
+        assert!(mesh < 2048, "{mesh}");
+        assert!(attempt < 4096, "{attempt}");
+    }
 }

@@ -73,6 +73,20 @@ impl MeshPool {
         if let Some(s) = self.cached(&key) {
             return Ok(s);
         }
+        // Boxed: connecting (TCP, TLS, HTTP/2 handshakes) is rare, and its state would otherwise
+        // be part of every request's future, moved on each poll of the connection (issue #20).
+        Box::pin(self.connect(mesh, key, hint)).await
+    }
+
+    /// Connects to a peer proxy and keeps the sender for `key` (made with `hint`).
+    async fn connect(
+        &self,
+        mesh: &dyn MeshIdentity,
+        key: Key,
+        hint: Hint,
+    ) -> Result<SendRequest<Body>, PoolError> {
+        let (addr, port) = (key.addr, key.port);
+        let identity = &key.identity;
         let tls =
             transport::connect_mesh(mesh, addr, identity, TransportHeader { port, hint }).await?;
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
