@@ -10,7 +10,7 @@ use weft_proxy_api::v1;
 use weft_proxy_api::v1::discovery_request::Request as Req;
 
 use super::encode::{EncodeCache, Encoded, ResponseBuilder};
-use super::ondemand::{self, DiscoveryMode, IpIndexCache, Item, Watched};
+use super::ondemand::{self, Deps, DiscoveryMode, IpIndexCache, Item, Watched};
 use super::server::{DiscoveryServer, Peer};
 use super::{DiscoveryMetrics, ProxyInfo, ProxyRegistry, Published, SnapshotRx};
 use crate::compile::{ProxyConfig, ProxyKey, ResourceKind};
@@ -202,6 +202,7 @@ impl DiscoveryService {
             cache: self.cache.clone(),
             watched,
             held_view: None,
+            seen: None,
             watch_changed: false,
             ips: self.ips.clone(),
         };
@@ -336,6 +337,9 @@ struct StreamState {
     /// On demand: name to version of what the proxy holds once it applied everything sent, and
     /// the view's version (`None`: unknown, the next response is full state).
     held_view: Option<(BTreeMap<String, String>, String)>,
+    /// On demand: the sequence number of the snapshot the proxy's view was last built from (or
+    /// found unaffected by), and what that view depends on.
+    seen: Option<(u64, Deps)>,
     /// On demand: the watched set changed since the last response (so the next one is caused by
     /// the proxy, not by a change of the mesh).
     watch_changed: bool,
@@ -508,6 +512,9 @@ impl StreamState {
 
     /// The response that brings the proxy to `published`, or `None` when it already has it.
     fn next_response(&mut self, published: &Published) -> Option<Result<Encoded, Status>> {
+        if self.unaffected(published) {
+            return None;
+        }
         let proxy = published
             .compiled
             .proxy_or_default(&self.key, &self.service_account);
@@ -618,6 +625,31 @@ impl StreamState {
         Ok(())
     }
 
+    /// On demand: whether `published` leaves the view the proxy holds as it is, known without
+    /// rebuilding the view: nothing changed since the snapshot it was built from, or the one
+    /// change since then touches nothing the view depends on (then that snapshot is the new
+    /// base). A gap of several snapshots, a changed watch set or a full state due rebuild the view.
+    fn unaffected(&mut self, published: &Published) -> bool {
+        if self.watched.is_none()
+            || self.watch_changed
+            || self.need_full
+            || self.held_view.is_none()
+        {
+            return false;
+        }
+        let compiled = &published.compiled;
+        let seq = compiled.seq();
+        let Some((seen, deps)) = &mut self.seen else {
+            return false;
+        };
+        let same =
+            *seen == seq || (*seen + 1 == seq && !deps.affected_by(compiled.changes(), &self.key));
+        if same {
+            *seen = seq;
+        }
+        same
+    }
+
     /// On demand: the response that brings the proxy to the view of `published` for what it
     /// watches, or `None` when it already holds it (a change to anything else sends nothing).
     fn next_on_demand(
@@ -626,7 +658,8 @@ impl StreamState {
         proxy: &ProxyConfig,
     ) -> Option<Result<Encoded, Status>> {
         let watched = self.watched.as_ref()?;
-        let view = ondemand::view(proxy, watched, &self.ips);
+        let mut view = ondemand::view(proxy, watched, &self.ips);
+        self.seen = Some((published.compiled.seq(), std::mem::take(&mut view.deps)));
         let by_watch = std::mem::take(&mut self.watch_changed);
         if self.rejected_version.as_deref() == Some(view.version.as_str()) {
             return None;
