@@ -380,7 +380,8 @@ pub struct SnapshotChanges {
     /// Anything may have changed (a full compilation, or a change of the defaults a pod the
     /// model does not know gets): consumers must rebuild what they hold.
     pub all: bool,
-    /// Shared resources (consumer variants `...@<ns>` included) added, changed or removed.
+    /// Shared resources (consumer variants `...@<ns>` included, and then their base name too)
+    /// added, changed or removed.
     pub names: HashSet<String>,
     /// ClusterIPs of OutboundServices (and consumer variants) added, changed or removed, old
     /// and new addresses.
@@ -394,6 +395,11 @@ impl SnapshotChanges {
     fn resource(&mut self, old: Option<&VersionedResource>, new: Option<&VersionedResource>) {
         for r in old.into_iter().chain(new) {
             self.names.insert(r.name.clone());
+            // A consumer variant `outbound:<svc>.<ns>@<consumer>` is also a change of what
+            // `outbound:<svc>.<ns>` stands for in the consumer namespace.
+            if let Some((base, _)) = r.name.split_once('@') {
+                self.names.insert(base.to_string());
+            }
             if let ResourceKind::Outbound(o) = &r.resource {
                 self.cluster_ips.extend(o.cluster_ips.iter().copied());
             }
@@ -410,6 +416,14 @@ impl Compiled {
     /// What changed since snapshot [`seq`](Self::seq)` - 1`.
     pub fn changes(&self) -> &SnapshotChanges {
         &self.changes
+    }
+
+    /// Whether `self` and `other` have the very same statuses, route parents and problems
+    /// (shared, not compared: O(1)). A compilation that changed none of them keeps them shared.
+    pub fn same_statuses(&self, other: &Compiled) -> bool {
+        Arc::ptr_eq(&self.statuses, &other.statuses)
+            && Arc::ptr_eq(&self.route_parents, &other.route_parents)
+            && Arc::ptr_eq(&self.events, &other.events)
     }
 
     /// The config of a known meshed pod.

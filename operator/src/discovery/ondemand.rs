@@ -135,6 +135,14 @@ pub struct Deps {
 }
 
 impl Deps {
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    pub fn ips(&self) -> &[IpAddr] {
+        &self.ips
+    }
+
     /// Whether `changes` (from the snapshot the view was built from to the next one) may change
     /// the view of proxy `key`.
     pub fn affected_by(&self, changes: &SnapshotChanges, key: &ProxyKey) -> bool {
@@ -184,11 +192,9 @@ pub fn view(proxy: &ProxyConfig, watched: &Watched, ips: &IpIndexCache) -> View 
             });
             items.insert(name.clone(), Item::Ip { version, proto });
         } else {
-            let variant = consumer_variant(name, namespace);
-            let found = outbound(shared, name, &variant);
+            // A consumer variant appearing or going is recorded under `name` too.
             deps.insert(name.clone());
-            deps.insert(variant);
-            if let Some(found) = found {
+            if let Some(found) = outbound(shared, name, &consumer_variant(name, namespace)) {
                 add_service(&mut items, &mut deps, shared, &found);
             }
         }

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tonic::{Status, Streaming};
 use weft_proxy_api::v1;
 use weft_proxy_api::v1::discovery_request::Request as Req;
@@ -12,6 +12,7 @@ use weft_proxy_api::v1::discovery_request::Request as Req;
 use super::encode::{EncodeCache, Encoded, ResponseBuilder};
 use super::ondemand::{self, Deps, DiscoveryMode, IpIndexCache, Item, Watched};
 use super::server::{DiscoveryServer, Peer};
+use super::wake::WakeIndex;
 use super::{DiscoveryMetrics, ProxyInfo, ProxyRegistry, Published, SnapshotRx};
 use crate::compile::{ProxyConfig, ProxyKey, ResourceKind};
 use crate::identity::SpiffeId;
@@ -69,6 +70,7 @@ pub struct DiscoveryService {
     options: ServiceOptions,
     cache: Arc<EncodeCache>,
     ips: Arc<IpIndexCache>,
+    wake: Arc<WakeIndex>,
 }
 
 impl DiscoveryService {
@@ -87,6 +89,7 @@ impl DiscoveryService {
             options,
             cache: Arc::new(EncodeCache::default()),
             ips: Arc::new(IpIndexCache::default()),
+            wake: Arc::new(WakeIndex::default()),
         }
     }
 
@@ -182,6 +185,9 @@ impl DiscoveryService {
             watched: watched.as_ref().map_or(0, Watched::len),
             ..info
         };
+        if watched.is_some() {
+            self.wake.start(self.snapshots.clone());
+        }
         let id = self.registry.insert(info);
         self.metrics.connected.inc();
         self.metrics.streams_total.inc();
@@ -205,11 +211,16 @@ impl DiscoveryService {
             seen: None,
             watch_changed: false,
             ips: self.ips.clone(),
+            wake: self.wake.clone(),
+            notify: Arc::new(Notify::new()),
+            indexed: false,
+            look_again: false,
         };
         let guard = StreamGuard {
             id,
             registry: self.registry.clone(),
             metrics: self.metrics.clone(),
+            wake: self.wake.clone(),
         };
         tokio::spawn(run_stream(
             state,
@@ -293,10 +304,12 @@ struct StreamGuard {
     id: u64,
     registry: Arc<ProxyRegistry>,
     metrics: DiscoveryMetrics,
+    wake: Arc<WakeIndex>,
 }
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
+        self.wake.remove(self.id);
         self.registry.remove(self.id);
         self.metrics.connected.dec();
     }
@@ -344,6 +357,13 @@ struct StreamState {
     /// the proxy, not by a change of the mesh).
     watch_changed: bool,
     ips: Arc<IpIndexCache>,
+    /// On demand: the index that wakes this stream (through `notify`) once its view is
+    /// registered there (`indexed`); until then the stream looks at every snapshot.
+    wake: Arc<WakeIndex>,
+    notify: Arc<Notify>,
+    indexed: bool,
+    /// A snapshot newer than the view just registered was already dispatched: look again.
+    look_again: bool,
 }
 
 async fn run_stream(
@@ -364,7 +384,9 @@ async fn run_stream(
         }
     };
     tokio::pin!(expired);
+    let notify = state.notify.clone();
     loop {
+        let indexed = state.indexed;
         tokio::select! {
             biased;
             () = &mut expired => {
@@ -398,7 +420,18 @@ async fn run_stream(
                 }
                 Ok(None) | Err(_) => return,
             },
-            changed = snapshots.changed(), if !dirty => {
+            () = notify.notified(), if !dirty && indexed => {
+                if state.wake.is_closed() {
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(1),
+                        tx.send(Err(Status::unavailable("operator shutting down; reconnect"))),
+                    )
+                    .await;
+                    return;
+                }
+                dirty = true;
+            }
+            changed = snapshots.changed(), if !dirty && !indexed => {
                 if changed.is_err() {
                     // The compiler is gone (the operator is stopping): end with a status that
                     // makes the proxy reconnect, never with a clean OK end of stream.
@@ -429,6 +462,7 @@ async fn run_stream(
                         }
                     }
                 }
+                dirty |= std::mem::take(&mut state.look_again);
             }
         }
     }
@@ -659,7 +693,12 @@ impl StreamState {
     ) -> Option<Result<Encoded, Status>> {
         let watched = self.watched.as_ref()?;
         let mut view = ondemand::view(proxy, watched, &self.ips);
-        self.seen = Some((published.compiled.seq(), std::mem::take(&mut view.deps)));
+        let seq = published.compiled.seq();
+        self.look_again |= self
+            .wake
+            .register(self.id, &self.key, &view.deps, seq, &self.notify);
+        self.indexed = true;
+        self.seen = Some((seq, std::mem::take(&mut view.deps)));
         let by_watch = std::mem::take(&mut self.watch_changed);
         if self.rejected_version.as_deref() == Some(view.version.as_str()) {
             return None;
