@@ -9,7 +9,7 @@ use tonic::{Status, Streaming};
 use weft_proxy_api::v1;
 use weft_proxy_api::v1::discovery_request::Request as Req;
 
-use super::encode::{EncodeCache, Encoded, ResponseBuilder};
+use super::encode::{EncodeCache, Encoded, Queued, ResponseBuilder};
 use super::ondemand::{self, Deps, DiscoveryMode, IpIndexCache, Item, Watched};
 use super::server::{DiscoveryServer, Peer};
 use super::wake::WakeIndex;
@@ -104,7 +104,7 @@ impl DiscoveryService {
         &self,
         mut inbound: Streaming<v1::DiscoveryRequest>,
         peer: Peer,
-    ) -> Result<mpsc::Receiver<Result<Encoded, Status>>, Status> {
+    ) -> Result<mpsc::Receiver<Queued>, Status> {
         if peer.identity.is_none() && self.options.require_client_identity {
             self.metrics.refuse(REFUSED_NO_IDENTITY);
             tracing::info!(
@@ -370,7 +370,7 @@ async fn run_stream(
     mut state: StreamState,
     _guard: StreamGuard,
     mut inbound: Streaming<v1::DiscoveryRequest>,
-    tx: mpsc::Sender<Result<Encoded, Status>>,
+    tx: mpsc::Sender<Queued>,
     mut snapshots: SnapshotRx,
     mut shutdown: Shutdown,
     lifetime: Option<Duration>,
@@ -402,7 +402,7 @@ async fn run_stream(
                 // Send nothing more; tell the proxy to reconnect (to another replica).
                 let _ = tokio::time::timeout(
                     Duration::from_secs(1),
-                    tx.send(Err(Status::unavailable("operator shutting down; reconnect"))),
+                    tx.send(Err(Box::new(Status::unavailable("operator shutting down; reconnect")))),
                 )
                 .await;
                 return;
@@ -412,9 +412,9 @@ async fn run_stream(
                     if let Some(resend) = state.on_request(req) {
                         dirty |= resend;
                     } else {
-                        let _ = tx.try_send(Err(Status::invalid_argument(
+                        let _ = tx.try_send(Err(Box::new(Status::invalid_argument(
                             "Subscribe may only be sent once per stream",
-                        )));
+                        ))));
                         return;
                     }
                 }
@@ -424,7 +424,7 @@ async fn run_stream(
                 if state.wake.is_closed() {
                     let _ = tokio::time::timeout(
                         Duration::from_secs(1),
-                        tx.send(Err(Status::unavailable("operator shutting down; reconnect"))),
+                        tx.send(Err(Box::new(Status::unavailable("operator shutting down; reconnect")))),
                     )
                     .await;
                     return;
@@ -437,7 +437,7 @@ async fn run_stream(
                     // makes the proxy reconnect, never with a clean OK end of stream.
                     let _ = tokio::time::timeout(
                         Duration::from_secs(1),
-                        tx.send(Err(Status::unavailable("operator shutting down; reconnect"))),
+                        tx.send(Err(Box::new(Status::unavailable("operator shutting down; reconnect")))),
                     )
                     .await;
                     return;
@@ -456,7 +456,7 @@ async fn run_stream(
                             state.registry.update(state.id, |info| info.bytes_sent += bytes);
                             state.metrics.bytes_sent.inc_by(bytes);
                         }
-                        permit.send(response);
+                        permit.send(response.map_err(Box::new));
                         if end {
                             return;
                         }
