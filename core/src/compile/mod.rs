@@ -49,7 +49,7 @@ pub mod rules;
 mod types;
 mod units;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -364,9 +364,68 @@ pub struct Compiled {
     events: Arc<BTreeMap<UnitId, Vec<Event>>>,
     namespace_defaults: Arc<BTreeMap<String, DefaultPolicy>>,
     destinations: Arc<BTreeSet<ObjectRef>>,
+    /// Increases with every compilation by the same [`Compiler`].
+    seq: u64,
+    /// What changed since the snapshot `seq - 1`.
+    changes: Arc<SnapshotChanges>,
+}
+
+/// What one snapshot changed relative to the one compiled just before it (by the same
+/// [`Compiler`]), so that a consumer holding a small part of the snapshot (an on-demand
+/// discovery stream) can tell in O(its part) whether it is affected, without rebuilding it.
+///
+/// Conservative: a name listed may be unchanged in the end, never the other way round.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotChanges {
+    /// Anything may have changed (a full compilation, or a change of the defaults a pod the
+    /// model does not know gets): consumers must rebuild what they hold.
+    pub all: bool,
+    /// Shared resources (consumer variants `...@<ns>` included, and then their base name too)
+    /// added, changed or removed.
+    pub names: HashSet<String>,
+    /// ClusterIPs of OutboundServices (and consumer variants) added, changed or removed, old
+    /// and new addresses.
+    pub cluster_ips: HashSet<IpAddr>,
+    /// Meshed pods whose inbound resource changed, appeared or went away.
+    pub proxies: HashSet<ProxyKey>,
+}
+
+impl SnapshotChanges {
+    /// Records `old -> new` of one shared resource (either side absent).
+    fn resource(&mut self, old: Option<&VersionedResource>, new: Option<&VersionedResource>) {
+        for r in old.into_iter().chain(new) {
+            self.names.insert(r.name.clone());
+            // A consumer variant `outbound:<svc>.<ns>@<consumer>` is also a change of what
+            // `outbound:<svc>.<ns>` stands for in the consumer namespace.
+            if let Some((base, _)) = r.name.split_once('@') {
+                self.names.insert(base.to_string());
+            }
+            if let ResourceKind::Outbound(o) = &r.resource {
+                self.cluster_ips.extend(o.cluster_ips.iter().copied());
+            }
+        }
+    }
 }
 
 impl Compiled {
+    /// The sequence number of this snapshot: one more than the snapshot it was compiled from.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// What changed since snapshot [`seq`](Self::seq)` - 1`.
+    pub fn changes(&self) -> &SnapshotChanges {
+        &self.changes
+    }
+
+    /// Whether `self` and `other` have the very same statuses, route parents and problems
+    /// (shared, not compared: O(1)). A compilation that changed none of them keeps them shared.
+    pub fn same_statuses(&self, other: &Compiled) -> bool {
+        Arc::ptr_eq(&self.statuses, &other.statuses)
+            && Arc::ptr_eq(&self.route_parents, &other.route_parents)
+            && Arc::ptr_eq(&self.events, &other.events)
+    }
+
     /// The config of a known meshed pod.
     pub fn proxy(&self, key: &ProxyKey) -> Option<Arc<ProxyConfig>> {
         self.proxies().get(key)
@@ -552,7 +611,9 @@ impl Compiler {
     /// Recompiles everything from scratch.
     pub fn full(&mut self, model: &Model) -> Arc<Compiled> {
         let start = Instant::now();
+        let seq = self.current.seq;
         *self = Compiler::new(self.opts.clone());
+        Arc::make_mut(&mut self.current).seq = seq;
         let mut dirty = Dirty {
             globals: true,
             ..Dirty::default()
@@ -581,6 +642,7 @@ impl Compiler {
         dirty
             .routes
             .extend(model.all_gateway_routes().map(|r| r.key()));
+        // `globals` makes the snapshot's changes `all`.
         let out = self.apply(model, dirty);
         self.record_pointers(model, None);
         self.stats.full = true;
@@ -836,6 +898,10 @@ impl Compiler {
         let mut shared_changed = false;
         // Consumer namespaces whose variants changed.
         let mut consumer_dirty: BTreeSet<String> = BTreeSet::new();
+        let mut changes = SnapshotChanges {
+            all: d.globals,
+            ..SnapshotChanges::default()
+        };
 
         if !d.outbound.is_empty() || !d.endpoints.is_empty() {
             let shared = &mut next.shared;
@@ -868,20 +934,23 @@ impl Compiler {
                     self.outbound_statuses.insert(apex.clone(), keys);
                 }
                 set_events(events, UnitId::Outbound(apex.clone()), unit.events);
-                self.consumer_variants_of(model, apex, &mut consumer_dirty);
+                self.consumer_variants_of(model, apex, &mut consumer_dirty, &mut changes);
                 let name = outbound_name(&apex.namespace, &apex.name);
+                let old = shared.get(&name).cloned();
                 match unit.resource {
                     Some(o) => {
-                        let r = VersionedResource::new(name, ResourceKind::Outbound(o));
+                        let r = VersionedResource::new(name.clone(), ResourceKind::Outbound(o));
                         if shared_insert(shared, r) {
                             self.stats.resources_changed += 1;
                             shared_changed = true;
+                            changes.resource(old.as_deref(), shared.get(&name).map(|r| &**r));
                         }
                     }
                     None => {
-                        if shared.get(&name).is_some() && Arc::make_mut(shared).remove(&name) {
+                        if old.is_some() && Arc::make_mut(shared).remove(&name) {
                             self.stats.resources_removed += 1;
                             shared_changed = true;
+                            changes.resource(old.as_deref(), None);
                         }
                     }
                 }
@@ -901,10 +970,11 @@ impl Compiler {
                 for (port, set) in unit.sets {
                     let name = endpoints_name(&svc.namespace, &svc.name, port);
                     names.push(name.clone());
-                    let r = VersionedResource::new(name, ResourceKind::Endpoints(set));
+                    let r = VersionedResource::new(name.clone(), ResourceKind::Endpoints(set));
                     if shared_insert(shared, r) {
                         self.stats.resources_changed += 1;
                         shared_changed = true;
+                        changes.names.insert(name);
                     }
                 }
                 for old in self.endpoint_names.remove(svc).unwrap_or_default() {
@@ -914,6 +984,7 @@ impl Compiler {
                     {
                         self.stats.resources_removed += 1;
                         shared_changed = true;
+                        changes.names.insert(old);
                     }
                 }
                 if !names.is_empty() {
@@ -1042,12 +1113,14 @@ impl Compiler {
                     if !same {
                         Arc::make_mut(&mut next.proxies).insert(pref.clone(), Arc::new(inbound));
                         inbound_changed += 1;
+                        changes.proxies.insert(pref.clone());
                     }
                 }
                 None => {
                     cow_remove(events, &UnitId::Inbound(pref.clone()));
                     if cow_remove(&mut next.proxies, pref) {
                         removed += 1;
+                        changes.proxies.insert(pref.clone());
                     }
                 }
             }
@@ -1069,6 +1142,8 @@ impl Compiler {
             inbound_changed + removed
         };
         self.stats.proxies_changed = changed_proxies;
+        next.seq = prev.seq + 1;
+        next.changes = Arc::new(changes);
         let out = Arc::new(next);
         self.current = out.clone();
         out
@@ -1084,6 +1159,7 @@ impl Compiler {
         model: &Model,
         apex: &ObjectRef,
         dirty: &mut BTreeSet<String>,
+        changes: &mut SnapshotChanges,
     ) {
         let mut now = BTreeSet::new();
         for ns in gateway::consumer_namespaces(model, apex) {
@@ -1102,6 +1178,7 @@ impl Compiler {
             );
             let variants = self.consumer_variants.entry(ns.clone()).or_default();
             if variants.get(apex).map(|old| &old.version) != Some(&r.version) {
+                changes.resource(variants.get(apex).map(|old| &**old), Some(&r));
                 variants.insert(apex.clone(), Arc::new(r));
                 dirty.insert(ns.clone());
             }
@@ -1112,7 +1189,9 @@ impl Compiler {
                 continue;
             }
             if let Some(variants) = self.consumer_variants.get_mut(&old) {
-                variants.remove(apex);
+                if let Some(gone) = variants.remove(apex) {
+                    changes.resource(Some(&gone), None);
+                }
                 if variants.is_empty() {
                     self.consumer_variants.remove(&old);
                 }

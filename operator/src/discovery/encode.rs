@@ -34,6 +34,10 @@ const GRPC_HEADER: usize = 5;
 /// as their own HTTP/2 DATA frame.
 const COPY_BELOW: usize = 512;
 
+/// What a stream queues for its response body: a message, or the status that ends it (boxed:
+/// the queue's slots are allocated in blocks of 32, and a `Status` is large).
+pub(crate) type Queued = Result<Encoded, Box<Status>>;
+
 /// A gRPC-framed message (prefix included), as the chunks to write in order.
 #[derive(Debug)]
 pub(crate) struct Encoded {
@@ -205,12 +209,17 @@ struct Inner {
 }
 
 impl Inner {
-    /// Drops entries of resources `target` does not have, once per new target.
+    /// Drops entries of resources `target` does not have, once per new target, and only once
+    /// there are more entries than `target` has resources (a stale entry costs memory, never a
+    /// wrong answer: an entry is used only for its version). So a snapshot that changes one
+    /// resource costs O(1) here, not O(entries), and the entries never outnumber the
+    /// resources of the mesh by more than one.
     fn prune(&mut self, target: &Arc<SharedResources>) {
-        if self
-            .pruned_for
-            .as_ref()
-            .is_some_and(|p| Arc::ptr_eq(p, target))
+        if self.entries.len() <= target.len()
+            || self
+                .pruned_for
+                .as_ref()
+                .is_some_and(|p| Arc::ptr_eq(p, target))
         {
             return;
         }

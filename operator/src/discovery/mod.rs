@@ -13,6 +13,7 @@ pub mod proto;
 mod registry;
 mod server;
 mod stream;
+mod wake;
 
 use std::sync::Arc;
 use std::time::Instant;

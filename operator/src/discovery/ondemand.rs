@@ -9,6 +9,11 @@
 //! its `(name, version)` pairs, so a change to anything the proxy does not watch leaves it
 //! unchanged and the stream sends nothing. Building a view costs O(watched), never O(mesh);
 //! the ClusterIP index (O(mesh)) is built once per snapshot and shared by every stream.
+//!
+//! A view also records what it depends on ([`Deps`]: every resource name it looked up, found
+//! or not, and every address it resolved). A new snapshot whose [`SnapshotChanges`] touch none
+//! of them cannot change the view, so the stream keeps it without rebuilding it: a change costs
+//! each unaffected stream a few hash look-ups.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -18,7 +23,9 @@ use sha2::{Digest, Sha256};
 use weft_proxy_api::names::{self, ResourceName};
 use weft_proxy_api::v1;
 
-use crate::compile::{ProxyConfig, ResourceKind, SharedResources, VersionedResource};
+use crate::compile::{
+    ProxyConfig, ProxyKey, ResourceKind, SharedResources, SnapshotChanges, VersionedResource,
+};
 
 /// Names one stream may watch; further names are ignored (the proxy's bounded wait then ends
 /// in a 503 for them: fail closed).
@@ -113,6 +120,37 @@ pub struct View {
     pub items: BTreeMap<String, Item>,
     /// Hash of every `(name, version)` pair (16 hex characters).
     pub version: String,
+    /// What the view was built from.
+    pub deps: Deps,
+}
+
+/// What a view depends on besides the pod's inbound resource: a snapshot that changes none of
+/// these leaves the view as it is.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Deps {
+    /// Shared resource names looked up (found or not).
+    names: Box<[String]>,
+    /// Addresses resolved (`ip:` watches).
+    ips: Box<[IpAddr]>,
+}
+
+impl Deps {
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    pub fn ips(&self) -> &[IpAddr] {
+        &self.ips
+    }
+
+    /// Whether `changes` (from the snapshot the view was built from to the next one) may change
+    /// the view of proxy `key`.
+    pub fn affected_by(&self, changes: &SnapshotChanges, key: &ProxyKey) -> bool {
+        changes.all
+            || changes.proxies.contains(key)
+            || self.names.iter().any(|n| changes.names.contains(n))
+            || self.ips.iter().any(|a| changes.cluster_ips.contains(a))
+    }
 }
 
 impl View {
@@ -134,11 +172,14 @@ pub fn view(proxy: &ProxyConfig, watched: &Watched, ips: &IpIndexCache) -> View 
     );
     let shared = &proxy.shared;
     let namespace = &proxy.proxy.namespace;
+    let mut deps = BTreeSet::new();
+    let mut dep_ips = Vec::new();
     for name in &watched.names {
         if let Some(addr) = names::parse_ip_name(name) {
+            dep_ips.push(addr);
             let service = ips.lookup(shared, addr);
             if let Some(svc) = &service {
-                add_service(&mut items, shared, svc);
+                add_service(&mut items, &mut deps, shared, svc);
             }
             let service = service.unwrap_or_default();
             let mut h = Sha256::new();
@@ -150,8 +191,12 @@ pub fn view(proxy: &ProxyConfig, watched: &Watched, ips: &IpIndexCache) -> View 
                 kind: Some(v1::resource::Kind::Ip(v1::IpResolution { service })),
             });
             items.insert(name.clone(), Item::Ip { version, proto });
-        } else if let Some(found) = outbound(shared, name, namespace) {
-            add_service(&mut items, shared, &found);
+        } else {
+            // A consumer variant appearing or going is recorded under `name` too.
+            deps.insert(name.clone());
+            if let Some(found) = outbound(shared, name, &consumer_variant(name, namespace)) {
+                add_service(&mut items, &mut deps, shared, &found);
+            }
         }
     }
     let mut h = Sha256::new();
@@ -164,22 +209,37 @@ pub fn view(proxy: &ProxyConfig, watched: &Watched, ips: &IpIndexCache) -> View 
     View {
         items,
         version: hex::encode(&h.finalize()[..8]),
+        deps: Deps {
+            names: deps.into_iter().collect(),
+            ips: dep_ips.into(),
+        },
     }
 }
 
-/// The name of the resource `outbound:<svc>.<ns>` stands for in `shared` for a proxy in
-/// `namespace`: its consumer variant when one is in force, else itself.
-fn outbound(shared: &SharedResources, name: &str, namespace: &str) -> Option<String> {
-    let variant = format!("{name}@{namespace}");
-    if shared.get(&variant).is_some() {
-        Some(variant)
+/// The name of the consumer variant of `outbound:<svc>.<ns>` for proxies in `namespace`.
+fn consumer_variant(name: &str, namespace: &str) -> String {
+    format!("{name}@{namespace}")
+}
+
+/// The name of the resource `outbound:<svc>.<ns>` stands for in `shared`: its consumer
+/// `variant` (for the proxy's namespace) when one is in force, else itself.
+fn outbound(shared: &SharedResources, name: &str, variant: &str) -> Option<String> {
+    if shared.get(variant).is_some() {
+        Some(variant.to_string())
     } else {
         shared.get(name).map(|r| r.name.clone())
     }
 }
 
-/// Adds the outbound resource `name` and every endpoint set its routes name.
-fn add_service(items: &mut BTreeMap<String, Item>, shared: &SharedResources, name: &str) {
+/// Adds the outbound resource `name` and every endpoint set its routes name (recording every
+/// name looked up in `deps`).
+fn add_service(
+    items: &mut BTreeMap<String, Item>,
+    deps: &mut BTreeSet<String>,
+    shared: &SharedResources,
+    name: &str,
+) {
+    deps.insert(name.to_string());
     let Some(r) = shared.get(name) else { return };
     if let ResourceKind::Outbound(svc) = &r.resource {
         for port in &svc.ports {
@@ -189,6 +249,7 @@ fn add_service(items: &mut BTreeMap<String, Item>, shared: &SharedResources, nam
                     {
                         continue;
                     }
+                    deps.insert(backend.endpoint_set.clone());
                     if let Some(set) = shared.get(&backend.endpoint_set) {
                         items.insert(set.name.clone(), Item::Resource(set.clone()));
                     }

@@ -15,7 +15,7 @@ use tonic::server::NamedService;
 use tonic::Status;
 use weft_proxy_api::v1;
 
-use super::encode::Encoded;
+use super::encode::Queued;
 use super::DiscoveryService;
 use crate::identity::{ControlConnectInfo, SpiffeId};
 
@@ -139,13 +139,13 @@ impl Decoder for RequestDecoder {
 
 /// Response body: the chunks of each queued message, then the gRPC status trailers.
 struct ResponseBody {
-    rx: mpsc::Receiver<Result<Encoded, Status>>,
+    rx: mpsc::Receiver<Queued>,
     parts: std::vec::IntoIter<Bytes>,
     done: bool,
 }
 
 impl ResponseBody {
-    fn new(rx: mpsc::Receiver<Result<Encoded, Status>>) -> Self {
+    fn new(rx: mpsc::Receiver<Queued>) -> Self {
         ResponseBody {
             rx,
             parts: Vec::new().into_iter(),

@@ -4,14 +4,15 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tonic::{Status, Streaming};
 use weft_proxy_api::v1;
 use weft_proxy_api::v1::discovery_request::Request as Req;
 
-use super::encode::{EncodeCache, Encoded, ResponseBuilder};
-use super::ondemand::{self, DiscoveryMode, IpIndexCache, Item, Watched};
+use super::encode::{EncodeCache, Encoded, Queued, ResponseBuilder};
+use super::ondemand::{self, Deps, DiscoveryMode, IpIndexCache, Item, Watched};
 use super::server::{DiscoveryServer, Peer};
+use super::wake::WakeIndex;
 use super::{DiscoveryMetrics, ProxyInfo, ProxyRegistry, Published, SnapshotRx};
 use crate::compile::{ProxyConfig, ProxyKey, ResourceKind};
 use crate::identity::SpiffeId;
@@ -69,6 +70,7 @@ pub struct DiscoveryService {
     options: ServiceOptions,
     cache: Arc<EncodeCache>,
     ips: Arc<IpIndexCache>,
+    wake: Arc<WakeIndex>,
 }
 
 impl DiscoveryService {
@@ -87,6 +89,7 @@ impl DiscoveryService {
             options,
             cache: Arc::new(EncodeCache::default()),
             ips: Arc::new(IpIndexCache::default()),
+            wake: Arc::new(WakeIndex::default()),
         }
     }
 
@@ -101,7 +104,7 @@ impl DiscoveryService {
         &self,
         mut inbound: Streaming<v1::DiscoveryRequest>,
         peer: Peer,
-    ) -> Result<mpsc::Receiver<Result<Encoded, Status>>, Status> {
+    ) -> Result<mpsc::Receiver<Queued>, Status> {
         if peer.identity.is_none() && self.options.require_client_identity {
             self.metrics.refuse(REFUSED_NO_IDENTITY);
             tracing::info!(
@@ -182,6 +185,9 @@ impl DiscoveryService {
             watched: watched.as_ref().map_or(0, Watched::len),
             ..info
         };
+        if watched.is_some() {
+            self.wake.start(self.snapshots.clone());
+        }
         let id = self.registry.insert(info);
         self.metrics.connected.inc();
         self.metrics.streams_total.inc();
@@ -202,13 +208,19 @@ impl DiscoveryService {
             cache: self.cache.clone(),
             watched,
             held_view: None,
+            seen: None,
             watch_changed: false,
             ips: self.ips.clone(),
+            wake: self.wake.clone(),
+            notify: Arc::new(Notify::new()),
+            indexed: false,
+            look_again: false,
         };
         let guard = StreamGuard {
             id,
             registry: self.registry.clone(),
             metrics: self.metrics.clone(),
+            wake: self.wake.clone(),
         };
         tokio::spawn(run_stream(
             state,
@@ -292,10 +304,12 @@ struct StreamGuard {
     id: u64,
     registry: Arc<ProxyRegistry>,
     metrics: DiscoveryMetrics,
+    wake: Arc<WakeIndex>,
 }
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
+        self.wake.remove(self.id);
         self.registry.remove(self.id);
         self.metrics.connected.dec();
     }
@@ -336,17 +350,27 @@ struct StreamState {
     /// On demand: name to version of what the proxy holds once it applied everything sent, and
     /// the view's version (`None`: unknown, the next response is full state).
     held_view: Option<(BTreeMap<String, String>, String)>,
+    /// On demand: the sequence number of the snapshot the proxy's view was last built from (or
+    /// found unaffected by), and what that view depends on.
+    seen: Option<(u64, Deps)>,
     /// On demand: the watched set changed since the last response (so the next one is caused by
     /// the proxy, not by a change of the mesh).
     watch_changed: bool,
     ips: Arc<IpIndexCache>,
+    /// On demand: the index that wakes this stream (through `notify`) once its view is
+    /// registered there (`indexed`); until then the stream looks at every snapshot.
+    wake: Arc<WakeIndex>,
+    notify: Arc<Notify>,
+    indexed: bool,
+    /// A snapshot newer than the view just registered was already dispatched: look again.
+    look_again: bool,
 }
 
 async fn run_stream(
     mut state: StreamState,
     _guard: StreamGuard,
     mut inbound: Streaming<v1::DiscoveryRequest>,
-    tx: mpsc::Sender<Result<Encoded, Status>>,
+    tx: mpsc::Sender<Queued>,
     mut snapshots: SnapshotRx,
     mut shutdown: Shutdown,
     lifetime: Option<Duration>,
@@ -360,7 +384,9 @@ async fn run_stream(
         }
     };
     tokio::pin!(expired);
+    let notify = state.notify.clone();
     loop {
+        let indexed = state.indexed;
         tokio::select! {
             biased;
             () = &mut expired => {
@@ -376,7 +402,7 @@ async fn run_stream(
                 // Send nothing more; tell the proxy to reconnect (to another replica).
                 let _ = tokio::time::timeout(
                     Duration::from_secs(1),
-                    tx.send(Err(Status::unavailable("operator shutting down; reconnect"))),
+                    tx.send(Err(Box::new(Status::unavailable("operator shutting down; reconnect")))),
                 )
                 .await;
                 return;
@@ -386,21 +412,32 @@ async fn run_stream(
                     if let Some(resend) = state.on_request(req) {
                         dirty |= resend;
                     } else {
-                        let _ = tx.try_send(Err(Status::invalid_argument(
+                        let _ = tx.try_send(Err(Box::new(Status::invalid_argument(
                             "Subscribe may only be sent once per stream",
-                        )));
+                        ))));
                         return;
                     }
                 }
                 Ok(None) | Err(_) => return,
             },
-            changed = snapshots.changed(), if !dirty => {
+            () = notify.notified(), if !dirty && indexed => {
+                if state.wake.is_closed() {
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(1),
+                        tx.send(Err(Box::new(Status::unavailable("operator shutting down; reconnect")))),
+                    )
+                    .await;
+                    return;
+                }
+                dirty = true;
+            }
+            changed = snapshots.changed(), if !dirty && !indexed => {
                 if changed.is_err() {
                     // The compiler is gone (the operator is stopping): end with a status that
                     // makes the proxy reconnect, never with a clean OK end of stream.
                     let _ = tokio::time::timeout(
                         Duration::from_secs(1),
-                        tx.send(Err(Status::unavailable("operator shutting down; reconnect"))),
+                        tx.send(Err(Box::new(Status::unavailable("operator shutting down; reconnect")))),
                     )
                     .await;
                     return;
@@ -419,12 +456,13 @@ async fn run_stream(
                             state.registry.update(state.id, |info| info.bytes_sent += bytes);
                             state.metrics.bytes_sent.inc_by(bytes);
                         }
-                        permit.send(response);
+                        permit.send(response.map_err(Box::new));
                         if end {
                             return;
                         }
                     }
                 }
+                dirty |= std::mem::take(&mut state.look_again);
             }
         }
     }
@@ -508,6 +546,9 @@ impl StreamState {
 
     /// The response that brings the proxy to `published`, or `None` when it already has it.
     fn next_response(&mut self, published: &Published) -> Option<Result<Encoded, Status>> {
+        if self.unaffected(published) {
+            return None;
+        }
         let proxy = published
             .compiled
             .proxy_or_default(&self.key, &self.service_account);
@@ -618,6 +659,31 @@ impl StreamState {
         Ok(())
     }
 
+    /// On demand: whether `published` leaves the view the proxy holds as it is, known without
+    /// rebuilding the view: nothing changed since the snapshot it was built from, or the one
+    /// change since then touches nothing the view depends on (then that snapshot is the new
+    /// base). A gap of several snapshots, a changed watch set or a full state due rebuild the view.
+    fn unaffected(&mut self, published: &Published) -> bool {
+        if self.watched.is_none()
+            || self.watch_changed
+            || self.need_full
+            || self.held_view.is_none()
+        {
+            return false;
+        }
+        let compiled = &published.compiled;
+        let seq = compiled.seq();
+        let Some((seen, deps)) = &mut self.seen else {
+            return false;
+        };
+        let same =
+            *seen == seq || (*seen + 1 == seq && !deps.affected_by(compiled.changes(), &self.key));
+        if same {
+            *seen = seq;
+        }
+        same
+    }
+
     /// On demand: the response that brings the proxy to the view of `published` for what it
     /// watches, or `None` when it already holds it (a change to anything else sends nothing).
     fn next_on_demand(
@@ -626,7 +692,13 @@ impl StreamState {
         proxy: &ProxyConfig,
     ) -> Option<Result<Encoded, Status>> {
         let watched = self.watched.as_ref()?;
-        let view = ondemand::view(proxy, watched, &self.ips);
+        let mut view = ondemand::view(proxy, watched, &self.ips);
+        let seq = published.compiled.seq();
+        self.look_again |= self
+            .wake
+            .register(self.id, &self.key, &view.deps, seq, &self.notify);
+        self.indexed = true;
+        self.seen = Some((seq, std::mem::take(&mut view.deps)));
         let by_watch = std::mem::take(&mut self.watch_changed);
         if self.rejected_version.as_deref() == Some(view.version.as_str()) {
             return None;

@@ -6,6 +6,12 @@
 //! reported (logs, metrics, `GET /status`, a warning on `GET /ready`). The rescan's result is
 //! one atomic batch of [`Change`]s.
 //!
+//! A rescan costs O(changed files), not O(mesh): a file whose `stat` (size, mtime, ctime,
+//! inode) is what it was when it was last read, and whose mtime was already 2 s old then, is
+//! not read again (the 2 s cover filesystems with coarse timestamps, where a write right after
+//! a read could keep the mtime); and only the objects of files whose objects changed are
+//! compared with those in force.
+//!
 //! What removes a file's objects, and what does not (a file rewritten in place is briefly empty
 //! or half-written, and must not shift traffic meanwhile):
 //!
@@ -18,10 +24,11 @@
 //!   stay in force, and it is reported, until it has content again, is deleted, or has stayed
 //!   empty for [`WatchOptions::empty_grace`]; then the emptying is honoured.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -77,11 +84,42 @@ impl Default for WatchOptions {
     }
 }
 
+/// What `stat` says of a file: equal stamps (taken long enough after the last write, see
+/// [`RACY`]) mean equal content.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+    dev: u64,
+    ino: u64,
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Stamp {
+        Stamp {
+            len: meta.len(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+            dev: meta.dev(),
+            ino: meta.ino(),
+        }
+    }
+}
+
+/// A file modified less than this before it was read is read again on the next rescan, even
+/// with an unchanged stamp (a filesystem with coarse timestamps could hide a second write).
+const RACY: Duration = Duration::from_secs(2);
+
 #[derive(Debug)]
 struct FileState {
     digest: [u8; 32],
-    /// The objects of the last version of the file that loaded.
-    objects: Vec<ClusterObject>,
+    /// The stamp of the content `digest` is of, when it may be trusted to skip reading.
+    stamp: Option<Stamp>,
+    /// The objects of the last version of the file that loaded (shared with the previous
+    /// state while they stay the same: a rescan compares only objects of files whose objects
+    /// changed).
+    objects: Arc<Vec<ClusterObject>>,
     /// Why the current content does not load, if it does not.
     error: Option<String>,
     /// Since when the file has been empty while its last good objects are kept.
@@ -95,11 +133,20 @@ impl FileState {
     fn failed(previous: Option<FileState>, error: String) -> FileState {
         FileState {
             digest: [0; 32],
+            stamp: None,
             objects: previous.map(|p| p.objects).unwrap_or_default(),
             error: Some(error),
             empty_since: None,
         }
     }
+}
+
+/// An object in force and every file that has an object with its key.
+#[derive(Debug)]
+struct InForce {
+    object: ClusterObject,
+    /// Never empty.
+    files: Vec<Arc<Path>>,
 }
 
 /// The state of a manifests directory: the last good objects of each file.
@@ -108,7 +155,7 @@ pub struct ManifestDir {
     dir: PathBuf,
     files: BTreeMap<PathBuf, FileState>,
     /// Objects currently in force, by key (the last file in path order wins on duplicates).
-    current: HashMap<ObjectKey, ClusterObject>,
+    current: HashMap<ObjectKey, InForce>,
     /// Error listing the directory itself.
     dir_error: Option<String>,
     /// Entries the last walk did not read (FIFOs, aliases, too deep), with why.
@@ -169,6 +216,12 @@ impl ManifestDir {
                 return Vec::new();
             }
         };
+        // The objects of each file before this rescan (shared, not copied).
+        let before: BTreeMap<PathBuf, Arc<Vec<ClusterObject>>> = self
+            .files
+            .iter()
+            .map(|(p, s)| (p.clone(), s.objects.clone()))
+            .collect();
         let mut seen = BTreeMap::new();
         self.skipped.clear();
         for (path, reason) in listing.skipped {
@@ -187,6 +240,19 @@ impl ManifestDir {
         }
         for path in listing.files {
             let previous = self.files.remove(&path);
+            let read_at = SystemTime::now();
+            let stamp = std::fs::metadata(&path).ok().map(|m| Stamp::of(&m));
+            let unchanged = previous
+                .as_ref()
+                .is_some_and(|p| p.error.is_none() && p.stamp.is_some() && p.stamp == stamp);
+            let previous = match previous {
+                Some(mut state) if unchanged => {
+                    self.expire_empty(&path, &mut state, now);
+                    seen.insert(path, state);
+                    continue;
+                }
+                other => other,
+            };
             let bytes = match read_manifest(&path) {
                 Ok(b) => b,
                 // Deleted between listing and reading: gone.
@@ -199,17 +265,29 @@ impl ManifestDir {
                 }
             };
             let digest: [u8; 32] = Sha256::digest(&bytes).into();
-            let state = match previous {
+            let mut state = match previous {
                 Some(mut state) if state.digest == digest => {
                     self.expire_empty(&path, &mut state, now);
                     state
                 }
                 previous => self.load(&path, &bytes, digest, previous, now),
             };
+            // Trusted next time only if it was not modified just before this read, and was
+            // not modified while it was read.
+            let settled = stamp.filter(|s| {
+                let mtime = SystemTime::UNIX_EPOCH
+                    + Duration::new(
+                        s.mtime.0.max(0) as u64,
+                        s.mtime.1.clamp(0, 999_999_999) as u32,
+                    );
+                mtime + RACY <= read_at
+            });
+            let after = std::fs::metadata(&path).ok().map(|m| Stamp::of(&m));
+            state.stamp = settled.filter(|s| state.error.is_none() && Some(*s) == after);
             seen.insert(path, state);
         }
         self.files = seen;
-        self.diff()
+        self.diff(before)
     }
 
     /// Parses changed content into the file's new state.
@@ -235,6 +313,7 @@ impl ManifestDir {
                         );
                         let mut state = FileState {
                             digest,
+                            stamp: None,
                             objects: previous.objects,
                             error: None,
                             empty_since: Some(since),
@@ -246,7 +325,8 @@ impl ManifestDir {
                         tracing::debug!(file = %path.display(), objects = objects.len(), "manifest loaded");
                         FileState {
                             digest,
-                            objects,
+                            stamp: None,
+                            objects: Arc::new(objects),
                             error: None,
                             empty_since: None,
                         }
@@ -278,31 +358,89 @@ impl ManifestDir {
                 objects = state.objects.len(),
                 "manifest stayed empty; removing its objects"
             );
-            state.objects.clear();
+            state.objects = Arc::default();
             state.empty_since = None;
         }
     }
 
-    /// Recomputes the objects in force and returns what changed.
-    fn diff(&mut self) -> Vec<Change> {
-        let mut next: HashMap<ObjectKey, ClusterObject> = HashMap::new();
-        for state in self.files.values() {
-            for o in &state.objects {
-                next.insert(o.key(), o.clone());
+    /// Updates the objects in force from the files whose objects are not those of `before`
+    /// (the objects of each file before the rescan) and returns what changed: O(objects of
+    /// those files), however many files are unchanged.
+    fn diff(&mut self, before: BTreeMap<PathBuf, Arc<Vec<ClusterObject>>>) -> Vec<Change> {
+        let same = |a: Option<&Arc<Vec<ClusterObject>>>, b: Option<&Arc<Vec<ClusterObject>>>| matches!((a, b), (Some(a), Some(b)) if Arc::ptr_eq(a, b));
+        let mut affected: HashSet<ObjectKey> = HashSet::new();
+        // Keys not in force before this rescan.
+        let mut added: HashSet<ObjectKey> = HashSet::new();
+        // The new objects of each changed file, by key (the last one in the file wins).
+        let mut fresh: HashMap<Arc<Path>, HashMap<ObjectKey, &ClusterObject>> = HashMap::new();
+        for (path, old) in &before {
+            if same(Some(old), self.files.get(path).map(|s| &s.objects)) {
+                continue;
             }
+            for o in old.iter() {
+                let key = o.key();
+                if let Some(f) = self.current.get_mut(&key) {
+                    f.files.retain(|p| **p != **path);
+                }
+                affected.insert(key);
+            }
+        }
+        for (path, state) in &self.files {
+            if same(before.get(path), Some(&state.objects)) {
+                continue;
+            }
+            let shared: Arc<Path> = Arc::from(path.as_path());
+            let mut objects = HashMap::new();
+            for o in state.objects.iter() {
+                objects.insert(o.key(), o);
+            }
+            for (key, o) in &objects {
+                match self.current.get_mut(key) {
+                    Some(f) => f.files.push(shared.clone()),
+                    None => {
+                        added.insert(key.clone());
+                        self.current.insert(
+                            key.clone(),
+                            InForce {
+                                object: (*o).clone(),
+                                files: vec![shared.clone()],
+                            },
+                        );
+                    }
+                }
+                affected.insert(key.clone());
+            }
+            fresh.insert(shared, objects);
         }
         let mut changes = Vec::new();
-        for (key, object) in &next {
-            if self.current.get(key) != Some(object) {
-                changes.push(Change::Upsert(object.clone()));
+        for key in affected {
+            let Some(f) = self.current.get_mut(&key) else {
+                continue;
+            };
+            // The last file in path order wins.
+            let Some(winner) = f.files.iter().max().cloned() else {
+                self.current.remove(&key);
+                changes.push(Change::Remove(key));
+                continue;
+            };
+            let object = match fresh.get(&winner) {
+                Some(objects) => objects.get(&key).copied(),
+                // An unchanged file that has the key too (a duplicate across files).
+                None => self
+                    .files
+                    .get(&*winner)
+                    .and_then(|s| s.objects.iter().rev().find(|o| o.key() == key)),
+            };
+            match object {
+                Some(o) if added.contains(&key) || *o != f.object => {
+                    f.object = o.clone();
+                    changes.push(Change::Upsert(o.clone()));
+                }
+                Some(_) => {}
+                // Not reachable (every file in `files` has the key); fail towards keeping.
+                None => {}
             }
         }
-        for key in self.current.keys() {
-            if !next.contains_key(key) {
-                changes.push(Change::Remove(key.clone()));
-            }
-        }
-        self.current = next;
         changes
     }
 
@@ -744,6 +882,63 @@ mod tests {
         assert!(dir.rescan().is_empty());
         assert!(dir.errors().is_empty(), "{:?}", dir.errors());
         assert_eq!(dir.len(), 1);
+    }
+
+    #[test]
+    fn the_last_file_in_path_order_wins_a_duplicate_and_the_other_takes_over_when_it_goes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut dir = ManifestDir::new(tmp.path());
+        std::fs::write(tmp.path().join("a.yaml"), SPLIT).unwrap();
+        std::fs::write(
+            tmp.path().join("b.yaml"),
+            SPLIT.replace("weight: 100", "weight: 50"),
+        )
+        .unwrap();
+        let first = dir.rescan();
+        assert_eq!(kinds(&first), vec!["+canary"]);
+        assert!(format!("{first:?}").contains("50"), "{first:?}");
+        // Editing the file that does not win changes nothing.
+        std::fs::write(
+            tmp.path().join("a.yaml"),
+            SPLIT.replace("weight: 100", "weight: 70"),
+        )
+        .unwrap();
+        assert!(dir.rescan().is_empty());
+        // The winner goes: the other file's object is in force.
+        std::fs::remove_file(tmp.path().join("b.yaml")).unwrap();
+        let next = dir.rescan();
+        assert_eq!(kinds(&next), vec!["+canary"]);
+        assert!(format!("{next:?}").contains("70"), "{next:?}");
+        // The last file goes: the object goes.
+        std::fs::remove_file(tmp.path().join("a.yaml")).unwrap();
+        assert_eq!(kinds(&dir.rescan()), vec!["-canary"]);
+        assert!(dir.is_empty());
+    }
+
+    #[test]
+    fn a_rewrite_that_keeps_size_and_mtime_is_still_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("split.yaml");
+        let old = std::time::SystemTime::now() - Duration::from_secs(60);
+        let write = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            std::fs::File::options()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        };
+        write(SPLIT);
+        let mut dir = ManifestDir::new(tmp.path());
+        assert_eq!(kinds(&dir.rescan()), vec!["+canary"]);
+        // Unchanged: not read again, nothing to do.
+        assert!(dir.rescan().is_empty());
+        // Same length, same mtime, other content: the inode's change time tells.
+        write(&SPLIT.replace("weight: 100", "weight: 900"));
+        let changes = dir.rescan();
+        assert_eq!(kinds(&changes), vec!["+canary"]);
+        assert!(format!("{changes:?}").contains("900"), "{changes:?}");
     }
 
     #[test]

@@ -91,6 +91,8 @@ pub struct Reconciler {
     mesh_view: Option<crate::trafficmetrics::scrape::MeshViewTx>,
     /// The pods tap reads (#18; kept equal to the model's).
     tap_pods: Option<Arc<crate::tap::TapDirectory>>,
+    /// The snapshot whose statuses were last published.
+    statuses_of: Option<Arc<Compiled>>,
 }
 
 impl Reconciler {
@@ -115,6 +117,7 @@ impl Reconciler {
             pods: None,
             mesh_view: None,
             tap_pods: None,
+            statuses_of: None,
         }
     }
 
@@ -154,6 +157,8 @@ impl Reconciler {
         let mut changed = ChangedKeys::default();
         let mut pods_changed = first;
         let mut splits_changed = first;
+        // Statuses read the apiVersion of SMI objects besides what the compiler derives.
+        let mut status_objects_changed = first;
         for change in changes {
             let key = match change {
                 Change::Upsert(o) => self.model.upsert(o),
@@ -164,6 +169,7 @@ impl Reconciler {
             };
             pods_changed |= key.kind == Kind::Pod;
             splits_changed |= key.kind == Kind::TrafficSplit;
+            status_objects_changed |= smi_kind(key.kind).is_some() || key.kind.is_gateway_api();
             changed.insert(key);
         }
         if let Some(pods) = self.pods.as_ref().filter(|_| pods_changed) {
@@ -221,7 +227,17 @@ impl Reconciler {
             compiled: compiled.clone(),
         })));
         self.health.set_compiled();
-        self.publish_statuses(&compiled);
+        // O(statuses) work only when a status may have changed: the compiler keeps its
+        // statuses and problems shared when a change (an endpoint, a pod) touched none.
+        let unchanged = !status_objects_changed
+            && self
+                .statuses_of
+                .as_ref()
+                .is_some_and(|last| last.same_statuses(&compiled));
+        if !unchanged {
+            self.publish_statuses(&compiled);
+            self.statuses_of = Some(compiled);
+        }
     }
 
     fn publish_statuses(&self, compiled: &Compiled) {
