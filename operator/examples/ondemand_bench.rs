@@ -62,6 +62,9 @@ struct Args {
     scale_services: usize,
     changes: usize,
     baseline_proxies: usize,
+    /// `--floor-connections N`: also measure the operator's RSS per bare gRPC connection (HTTP/2
+    /// connected, no stream): the transport's share of the cost per connected proxy.
+    floor_connections: usize,
 }
 
 fn parse_args() -> Args {
@@ -75,6 +78,7 @@ fn parse_args() -> Args {
         scale_services: 10_000,
         changes: 50,
         baseline_proxies: 100,
+        floor_connections: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -92,6 +96,7 @@ fn parse_args() -> Args {
             "--scale-services" => args.scale_services = n().unwrap_or(args.scale_services),
             "--changes" => args.changes = n().unwrap_or(args.changes).max(1),
             "--baseline-proxies" => args.baseline_proxies = n().unwrap_or(args.baseline_proxies),
+            "--floor-connections" => args.floor_connections = n().unwrap_or(0),
             other => {
                 eprintln!("unknown argument {other}");
                 std::process::exit(2);
@@ -526,6 +531,42 @@ async fn scale(args: &Args, on_demand: bool, proxies: usize) -> Result<(), BoxEr
     Ok(())
 }
 
+/// The operator's RSS per bare connection: `n` HTTP/2 connections to its discovery port that open
+/// no stream, against the same operator idle.
+async fn floor(args: &Args, n: usize) -> Result<(), BoxError> {
+    let dir = tempfile::tempdir()?;
+    scale_manifests(dir.path(), args.scale_services.max(2), 0)?;
+    let (mut op, discovery, admin) = start_operator(&args.operator, dir.path(), &[])?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while get(admin, "operator", "/ready").map(|r| r.0) != Some(200) {
+        if Instant::now() > deadline {
+            return Err("operator not ready".into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = rss_kib(op.0.id());
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        let client = weft_proxy_api::v1::discovery_client::DiscoveryClient::connect(format!(
+            "http://{discovery}"
+        ))
+        .await?;
+        held.push(client);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = rss_kib(op.0.id());
+    println!(
+        "\noperator RSS with {n} bare HTTP/2 connections (no stream): {:.1} -> {:.1} MiB, {:.1} KiB per connection",
+        before as f64 / 1024.0,
+        after as f64 / 1024.0,
+        after.saturating_sub(before) as f64 / n.max(1) as f64
+    );
+    drop(held);
+    terminate(&mut op);
+    Ok(())
+}
+
 /// The soft limit on open files of this process (inherited by the operator it starts).
 fn nofile_limit() -> Option<u64> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
@@ -555,10 +596,14 @@ fn main() {
             );
         }
     }
-    if args.sim_proxies == 0 {
+    if args.sim_proxies == 0 && args.floor_connections == 0 {
         return;
     }
-    let need = args.sim_proxies.max(args.baseline_proxies) as u64 + 512;
+    let need = args
+        .sim_proxies
+        .max(args.baseline_proxies)
+        .max(args.floor_connections) as u64
+        + 512;
     match nofile_limit() {
         Some(limit) if limit >= need => {}
         limit => {
@@ -583,9 +628,17 @@ fn main() {
                 eprintln!("push-all baseline: {e}");
             }
         }
-        if let Err(e) = scale(&args, true, args.sim_proxies).await {
-            eprintln!("on-demand scale run: {e}");
-            std::process::exit(1);
+        if args.sim_proxies > 0 {
+            if let Err(e) = scale(&args, true, args.sim_proxies).await {
+                eprintln!("on-demand scale run: {e}");
+                std::process::exit(1);
+            }
+        }
+        if args.floor_connections > 0 {
+            if let Err(e) = floor(&args, args.floor_connections).await {
+                eprintln!("bare connections: {e}");
+                std::process::exit(1);
+            }
         }
     });
 }
