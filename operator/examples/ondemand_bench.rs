@@ -381,6 +381,19 @@ struct Others {
 }
 
 /// Part 2: `proxies` simulated proxies against one operator (see the module header).
+/// Waits until the operator at `admin` is ready (10 minutes at most), then 2 s more to settle.
+async fn settled_operator(admin: SocketAddr) -> Result<(), BoxError> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while get(admin, "operator", "/ready").map(|r| r.0) != Some(200) {
+        if Instant::now() > deadline {
+            return Err("operator not ready".into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Ok(())
+}
+
 async fn scale(args: &Args, on_demand: bool, proxies: usize) -> Result<(), BoxError> {
     let services = args.scale_services.max(2);
     let watchers = if on_demand {
@@ -395,14 +408,7 @@ async fn scale(args: &Args, on_demand: bool, proxies: usize) -> Result<(), BoxEr
     let mode = if on_demand { "on-demand" } else { "push-all" };
     let (mut op, discovery, admin) =
         start_operator(&args.operator, dir.path(), &["--discovery-mode", mode])?;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while get(admin, "operator", "/ready").map(|r| r.0) != Some(200) {
-        if Instant::now() > deadline {
-            return Err("operator not ready".into());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    settled_operator(admin).await?;
     let rss_before = rss_kib(op.0.id());
 
     let (ready_tx, mut ready_rx) = mpsc::channel::<()>(proxies + 1);
@@ -537,14 +543,7 @@ async fn floor(args: &Args, n: usize) -> Result<(), BoxError> {
     let dir = tempfile::tempdir()?;
     scale_manifests(dir.path(), args.scale_services.max(2), 0)?;
     let (mut op, discovery, admin) = start_operator(&args.operator, dir.path(), &[])?;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while get(admin, "operator", "/ready").map(|r| r.0) != Some(200) {
-        if Instant::now() > deadline {
-            return Err("operator not ready".into());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    settled_operator(admin).await?;
     let before = rss_kib(op.0.id());
     let mut held = Vec::with_capacity(n);
     for _ in 0..n {

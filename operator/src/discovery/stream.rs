@@ -366,6 +366,18 @@ struct StreamState {
     look_again: bool,
 }
 
+/// Ends a stream with `UNAVAILABLE` (the operator is stopping), so the proxy reconnects, never
+/// with a clean OK end of stream; gives up after 1 s if the queue stays full.
+async fn end_unavailable(tx: &mpsc::Sender<Queued>) {
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        tx.send(Err(Box::new(Status::unavailable(
+            "operator shutting down; reconnect",
+        )))),
+    )
+    .await;
+}
+
 async fn run_stream(
     mut state: StreamState,
     _guard: StreamGuard,
@@ -422,11 +434,7 @@ async fn run_stream(
             },
             () = notify.notified(), if !dirty && indexed => {
                 if state.wake.is_closed() {
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(1),
-                        tx.send(Err(Box::new(Status::unavailable("operator shutting down; reconnect")))),
-                    )
-                    .await;
+                    end_unavailable(&tx).await;
                     return;
                 }
                 dirty = true;
@@ -435,11 +443,7 @@ async fn run_stream(
                 if changed.is_err() {
                     // The compiler is gone (the operator is stopping): end with a status that
                     // makes the proxy reconnect, never with a clean OK end of stream.
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(1),
-                        tx.send(Err(Box::new(Status::unavailable("operator shutting down; reconnect")))),
-                    )
-                    .await;
+                    end_unavailable(&tx).await;
                     return;
                 }
                 dirty = true;
