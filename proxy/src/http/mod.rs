@@ -4,6 +4,7 @@
 
 pub mod deadline;
 pub mod normalize;
+pub mod pool;
 pub mod upgrade;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -460,12 +461,26 @@ impl hyper::rt::Write for PlainConn {
     }
 }
 
-/// Pooled plain-HTTP clients to upstreams (the local app, unmeshed endpoints): one speaking
-/// HTTP/1.1, one HTTP/2 with prior knowledge.
+/// Why a request to a plain upstream got no response.
+#[derive(Debug, thiserror::Error)]
+pub enum PlainError {
+    /// The upstream address could not be made a request target (a `400`, not the upstream's
+    /// fault).
+    #[error("bad request target: {0}")]
+    Target(http::Error),
+    #[error(transparent)]
+    Http1(#[from] pool::PoolError),
+    #[error(transparent)]
+    Http2(#[from] hyper_util::client::legacy::Error),
+}
+
+/// Clients to plain upstreams (the local app, unmeshed endpoints): HTTP/1.1 on a
+/// [`pool::Http1Pool`], HTTP/2 with prior knowledge on hyper-util's pooled client (one
+/// multiplexed connection per upstream).
 #[derive(Clone, Debug)]
 pub struct PlainClients {
-    pub http1: PlainClient,
-    pub http2: PlainClient,
+    http1: pool::Http1Pool,
+    http2: PlainClient,
 }
 
 impl Default for PlainClients {
@@ -479,26 +494,35 @@ impl PlainClients {
         let mut conn = HttpConnector::new();
         conn.set_nodelay(true);
         conn.set_connect_timeout(Some(crate::transport::CONNECT_TIMEOUT));
-        let http1 = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(PlainConnector(conn.clone()));
         let http2 = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .http2_only(true)
             .build(PlainConnector(conn));
-        PlainClients { http1, http2 }
+        PlainClients {
+            http1: pool::Http1Pool::default(),
+            http2,
+        }
     }
 
-    pub fn get(&self, http2: bool) -> &PlainClient {
-        if http2 {
-            &self.http2
-        } else {
-            &self.http1
+    /// Sends `req` to the plain upstream at `addr`, over HTTP/2 with prior knowledge when
+    /// `http2`, else HTTP/1.1. `Host` is kept (or set from the URI's authority when missing).
+    pub async fn send(
+        &self,
+        addr: std::net::SocketAddr,
+        mut req: Request<Body>,
+        http2: bool,
+    ) -> Result<Response<pool::PlainBody>, PlainError> {
+        if !http2 {
+            return Ok(self.http1.send(addr, req).await?);
         }
+        addr_authority(addr)
+            .and_then(|a| set_upstream_authority(&mut req, a))
+            .map_err(PlainError::Target)?;
+        *req.version_mut() = http::Version::HTTP_2;
+        let rsp = self.http2.request(req).await?;
+        Ok(rsp.map(pool::PlainBody::unpooled))
     }
 }
 

@@ -50,7 +50,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -601,10 +601,9 @@ async fn serve_http<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    // Built once per connection, cloned per request (reference-count bumps, issue #20): the
-    // app's authority and the `x-weft-client-id` value.
+    // Built once per connection, cloned per request (a reference-count bump, issue #20): the
+    // `x-weft-client-id` value.
     let conn = Arc::new(ConnValues {
-        app: h::addr_authority(SocketAddr::new(shared.settings.app_ip, port)).ok(),
         client_id: client_id_value(peer.as_deref()),
     });
     h::serve_downstream(io, downstream_h2, drain, move |req: Request<Incoming>| {
@@ -725,44 +724,34 @@ async fn handle_untraced(
             deadline.saturating_duration_since(tokio::time::Instant::now()),
         );
     }
-    let app = match conn.app.clone() {
-        Some(a) => Ok(a),
-        None => h::addr_authority(SocketAddr::new(shared.settings.app_ip, port)),
+    let app = SocketAddr::new(shared.settings.app_ip, port);
+    let (req, body) = h::watch_body(req);
+    let call = shared.plain.send(app, req, app_h2);
+    let answered = match deadline {
+        Some(at) => tokio::time::timeout_at(at, call).await.ok(),
+        None => Some(call.await),
     };
-    let rsp = match app.and_then(|a| h::set_upstream_authority(&mut req, a)) {
-        Err(e) => h::error(StatusCode::BAD_REQUEST, &format!("bad request target: {e}")),
-        Ok(()) => {
-            *req.version_mut() = if app_h2 {
-                Version::HTTP_2
-            } else {
-                Version::HTTP_11
-            };
-            let (req, body) = h::watch_body(req);
-            let call = shared.plain.get(app_h2).request(req);
-            let answered = match deadline {
-                Some(at) => tokio::time::timeout_at(at, call).await.ok(),
-                None => Some(call.await),
-            };
-            match answered {
-                Some(Ok(mut rsp)) => {
-                    h::strip_hop_by_hop(rsp.headers_mut());
-                    rsp.map(|b| limits::hold_until_done(b, permit))
-                }
-                None => {
-                    shared
-                        .metrics
-                        .inbound_deadline_exceeded(LabelValue::port(port), "app");
-                    deadline_exceeded(grpc, "the app did not answer within the request's deadline")
-                }
-                Some(Err(e)) => h::forward_error(
-                    &body,
-                    &shared.metrics,
-                    INBOUND,
-                    StatusCode::BAD_GATEWAY,
-                    &format!("app on port {port} unreachable: {e}"),
-                ),
-            }
+    let rsp = match answered {
+        Some(Ok(mut rsp)) => {
+            h::strip_hop_by_hop(rsp.headers_mut());
+            rsp.map(|b| limits::hold_until_done(b, permit))
         }
+        None => {
+            shared
+                .metrics
+                .inbound_deadline_exceeded(LabelValue::port(port), "app");
+            deadline_exceeded(grpc, "the app did not answer within the request's deadline")
+        }
+        Some(Err(e @ h::PlainError::Target(_))) => {
+            h::error(StatusCode::BAD_REQUEST, &e.to_string())
+        }
+        Some(Err(e)) => h::forward_error(
+            &body,
+            &shared.metrics,
+            INBOUND,
+            StatusCode::BAD_GATEWAY,
+            &format!("app on port {port} unreachable: {e}"),
+        ),
     };
     record(shared, port, authz_name, peer.as_ref(), rsp, started)
 }
@@ -994,9 +983,6 @@ impl Shared {
 
 /// What every request of one downstream connection shares, built when it opens.
 struct ConnValues {
-    /// The app's address as the upstream URI authority (`None` only if it cannot be one: then
-    /// each request tries again and answers `400`).
-    app: Option<http::uri::Authority>,
     /// The mTLS peer's identity as an `x-weft-client-id` value.
     client_id: Option<HeaderValue>,
 }

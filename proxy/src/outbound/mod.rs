@@ -1058,7 +1058,7 @@ struct Attempt {
 #[allow(clippy::too_many_arguments)]
 async fn attempt_once(
     shared: &Shared,
-    mut req: Request<Body>,
+    req: Request<Body>,
     svc: &OutboundService,
     backend: &Backend,
     app_h2: bool,
@@ -1095,32 +1095,14 @@ async fn attempt_once(
     let send = async {
         match ep.mesh_target() {
             Some((addr, identity)) => send_mesh(shared, req, ep, addr, identity, app_h2).await,
-            None => {
-                match h::addr_authority(ep.addr)
-                    .and_then(|a| h::set_upstream_authority(&mut req, a))
-                {
-                    Err(e) => Err((StatusCode::BAD_REQUEST, format!("bad request target: {e}"))),
-                    Ok(()) => {
-                        *req.version_mut() = if app_h2 {
-                            Version::HTTP_2
-                        } else {
-                            Version::HTTP_11
-                        };
-                        shared
-                            .plain
-                            .get(app_h2)
-                            .request(req)
-                            .await
-                            .map(|rsp| rsp.map(h::boxed))
-                            .map_err(|e| {
-                                (
-                                    StatusCode::BAD_GATEWAY,
-                                    format!("{} ({}): {e}", backend.service, ep.pod),
-                                )
-                            })
-                    }
-                }
-            }
+            None => match shared.plain.send(ep.addr, req, app_h2).await {
+                Ok(rsp) => Ok(rsp.map(h::boxed)),
+                Err(e @ h::PlainError::Target(_)) => Err((StatusCode::BAD_REQUEST, e.to_string())),
+                Err(e) => Err((
+                    StatusCode::BAD_GATEWAY,
+                    format!("{} ({}): {e}", backend.service, ep.pod),
+                )),
+            },
         }
     };
     let result = match limit.limit {
