@@ -6,9 +6,10 @@
 //! the response body is dropped or ends, inside the task that was already forwarding it, and a
 //! checkout takes the most recently used idle connection that is ready.
 //!
-//! Bounded: at most [`MAX_IDLE_PER_ADDR`] idle connections per upstream address; idle ones are
-//! closed after [`crate::http::POOL_IDLE_TIMEOUT`] (to within a quarter of it) by one sweeper
-//! task per pool, which ends with the pool.
+//! Bounded: a connection's read buffer grows in steps to at most about [`MAX_HEADER_BYTES`]
+//! (hyper's adaptive read size, capped); at most [`MAX_IDLE_PER_ADDR`] idle connections per
+//! upstream address; idle ones are closed after [`crate::http::POOL_IDLE_TIMEOUT`] (to within a
+//! quarter of it) by one sweeper task per pool, which ends with the pool.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -24,7 +25,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
-use super::{Body, POOL_IDLE_TIMEOUT};
+use super::{Body, MAX_HEADER_BYTES, POOL_IDLE_TIMEOUT};
 use crate::transport::{self, TransportError};
 
 /// Idle connections kept per upstream address; more are closed when they come back.
@@ -155,6 +156,9 @@ impl Http1Pool {
     async fn connect(&self, addr: SocketAddr) -> Result<SendRequest<Body>, PoolError> {
         let tcp = transport::connect(addr).await?;
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            // hyper's default (~400 KiB) lets each connection's read buffer grow that large
+            // with big bodies, and keep it while idle (issue #20: RSS after 64 KiB-body load).
+            .max_buf_size(MAX_HEADER_BYTES)
             .handshake::<_, Body>(TokioIo::new(tcp))
             .await
             .map_err(|source| PoolError::Handshake { addr, source })?;
@@ -420,6 +424,51 @@ mod tests {
         // Whether hyper could keep the first connection (its small body may have been read
         // already) or closed it, the second request was answered on a working connection.
         assert!((1..=2).contains(&accepted.load(Ordering::SeqCst)));
+    }
+
+    #[tokio::test]
+    async fn bodies_larger_than_the_read_buffer_cap_stream_through() {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let mut pending = Vec::new();
+                    loop {
+                        let Ok(n) = s.read(&mut buf).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        pending.extend_from_slice(buf.get(..n).unwrap_or_default());
+                        while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                            pending.drain(..end + 4);
+                            let body = "y".repeat(4 * MAX_HEADER_BYTES);
+                            let rsp = format!(
+                                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                                body.len()
+                            );
+                            if s.write_all(rsp.as_bytes()).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        let pool = Http1Pool::default();
+        for _ in 0..3 {
+            let rsp = pool
+                .send(addr, get("/big-body", addr))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(text(rsp).await.len(), 4 * MAX_HEADER_BYTES);
+        }
+        assert_eq!(pool.idle(addr), 1, "the connection was not reused");
     }
 
     #[tokio::test]
