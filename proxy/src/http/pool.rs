@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, Version};
+use http::{Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
@@ -134,7 +134,7 @@ impl Http1Pool {
         addr: SocketAddr,
         mut req: Request<Body>,
     ) -> Result<Response<PlainBody>, PoolError> {
-        origin_form(&mut req);
+        super::upgrade::set_origin_form(&mut req);
         while let Some(mut sender) = self.inner.checkout(addr) {
             match sender.try_send_request(req).await {
                 Ok(rsp) => return Ok(self.returning(rsp, addr, sender)),
@@ -209,25 +209,6 @@ async fn sweeper(pool: Weak<Inner>) {
     }
 }
 
-/// Origin form for an HTTP/1.1 upstream: the path and query only (moved, not copied), with
-/// `Host` from the URI's authority when the request has none.
-fn origin_form(req: &mut Request<Body>) {
-    if !req.headers().contains_key(http::header::HOST) {
-        if let Some(v) = req
-            .uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
-            req.headers_mut().insert(http::header::HOST, v);
-        }
-    }
-    let parts = std::mem::take(req.uri_mut()).into_parts();
-    if let Some(pq) = parts.path_and_query {
-        *req.uri_mut() = http::Uri::from(pq);
-    }
-    *req.version_mut() = Version::HTTP_11;
-}
-
 struct Return {
     pool: Arc<Inner>,
     addr: SocketAddr,
@@ -293,6 +274,17 @@ mod tests {
     /// An upstream that answers each request on a connection with `200` and a body naming the
     /// connection, closing it after `per_conn` requests (0: never).
     async fn upstream(per_conn: usize) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        upstream_with(per_conn, |n, request_line| {
+            format!("conn {n}: {request_line}")
+        })
+        .await
+    }
+
+    /// [`upstream`] with the body made by `body(connection number, request line)`.
+    async fn upstream_with(
+        per_conn: usize,
+        body: fn(usize, &str) -> String,
+    ) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .unwrap_or_else(|e| panic!("{e}"));
@@ -319,7 +311,7 @@ mod tests {
                                 String::from_utf8_lossy(pending.get(..end).unwrap_or_default())
                                     .to_string();
                             pending.drain(..end + 4);
-                            let body = format!("conn {n}: {}", head.lines().next().unwrap_or(""));
+                            let body = body(n, head.lines().next().unwrap_or(""));
                             let rsp = format!(
                                 "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
                                 body.len()
@@ -428,38 +420,7 @@ mod tests {
 
     #[tokio::test]
     async fn bodies_larger_than_the_read_buffer_cap_stream_through() {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 4096];
-                    let mut pending = Vec::new();
-                    loop {
-                        let Ok(n) = s.read(&mut buf).await else {
-                            return;
-                        };
-                        if n == 0 {
-                            return;
-                        }
-                        pending.extend_from_slice(buf.get(..n).unwrap_or_default());
-                        while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
-                            pending.drain(..end + 4);
-                            let body = "y".repeat(4 * MAX_HEADER_BYTES);
-                            let rsp = format!(
-                                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
-                                body.len()
-                            );
-                            if s.write_all(rsp.as_bytes()).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                });
-            }
-        });
+        let (addr, _) = upstream_with(0, |_, _| "y".repeat(4 * MAX_HEADER_BYTES)).await;
         let pool = Http1Pool::default();
         for _ in 0..3 {
             let rsp = pool

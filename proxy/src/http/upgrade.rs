@@ -74,8 +74,9 @@ pub fn keep_upgrade_headers(headers: &mut HeaderMap) {
     headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
 }
 
-/// Prepares `req` for an HTTP/1.1 connection of its own: origin-form target, the authority in
-/// `Host` (from the URI when the client sent an absolute-form target without `Host`).
+/// Prepares `req` for an HTTP/1.1 upstream (a connection of its own, or a pooled one
+/// ([`super::pool`])): origin-form target, moved out of the URI, and the authority in `Host`
+/// (from the URI when the client sent an absolute-form target without `Host`).
 pub fn set_origin_form<B>(req: &mut Request<B>) {
     if !req.headers().contains_key(http::header::HOST) {
         if let Some(v) = req
@@ -86,10 +87,9 @@ pub fn set_origin_form<B>(req: &mut Request<B>) {
             req.headers_mut().insert(http::header::HOST, v);
         }
     }
-    let pq = req
-        .uri()
-        .path_and_query()
-        .cloned()
+    let pq = std::mem::take(req.uri_mut())
+        .into_parts()
+        .path_and_query
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     *req.uri_mut() = Uri::from(pq);
     *req.version_mut() = Version::HTTP_11;
