@@ -21,6 +21,6 @@ if [ "$(id -u)" = 0 ] && [ "${WEFT_SKIP_KUBE:-0}" != 1 ]; then
   scripts/build-images.sh
   # In CI, the dist build (fat LTO, GBs of intermediate files) is not needed once the images
   # are in target/images and ~/.cache/weft/images; nothing else reads target/dist.
-  if [ "${CI:-}" = true ]; then rm -rf target/dist; fi
+  if [ "${CI:-}" = true ]; then rm -rf "${CARGO_TARGET_DIR:-target}/dist"; fi
 fi
 cargo test --workspace --locked -- --test-threads="${WEFT_TEST_THREADS:-2}"
