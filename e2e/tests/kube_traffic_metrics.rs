@@ -215,11 +215,16 @@ async fn client_deployment(env: &KubeEnv) -> String {
 /// The header the client sends while tapped; its value must never show.
 const SECRET: &str = "Bearer kubetap-secret-token";
 
-/// Requests from the client pod to the apex (path `/tapped`, with an `authorization` header),
-/// one every 300 ms, forever (raced against what reads them).
+/// Requests from the client pod (path `/tapped`, with an `authorization` header), forever,
+/// raced against what reads them: every 300 ms one to the apex, split between web-v1 and
+/// web-v2, then one to web-v1 directly. Once failure accrual has ejected web-v2, the client's
+/// proxy answers the split's web-v2 share itself, without a server identity; the direct
+/// request makes sure any 2 consecutive responses of a tap include one web-v1 answered over
+/// mTLS, whatever the split drew.
 async fn tapped_traffic(env: &KubeEnv, client: &str) {
+    let curl = format!("curl -s -o /dev/null --max-time 5 -H 'authorization: {SECRET}'");
     let script = format!(
-        "curl -s -o /dev/null --max-time 5 -H 'authorization: {SECRET}' http://web.{NS}.svc.cluster.local/tapped"
+        "{curl} http://web.{NS}.svc.cluster.local/tapped; {curl} http://web-v1.{NS}.svc.cluster.local/tapped"
     );
     loop {
         env.exec(NS, client, None, &["sh", "-c", &script]).await;
