@@ -11,6 +11,9 @@
 //! - the client app calls a Service by its name (DNS → ClusterIP, captured transparently): the
 //!   first request succeeds, and the proxy then holds only the Services it called (plus the
 //!   pre-subscribed one), never a Service it did not call;
+//! - a meshed pod called by its IP (as through a headless Service): the address resolves to the
+//!   pod's endpoint set, the connection is tunnelled over mTLS, so the pod's `deny` policy and
+//!   TrafficTarget grant one route and refuse the other;
 //! - a Service behind a `deny` policy and a TrafficTarget: the first on-demand request to a route
 //!   the caller is not granted answers 403, the granted route 200 (authorization never bypassed);
 //! - a ClusterIP that belongs to no Service: the request fails, nothing answers it.
@@ -245,9 +248,35 @@ spec:
     eprintln!("first request to the pre-subscribed pinned: {pinned} in {pinned_time}s");
     assert_eq!(pinned, "pinned v1 200");
 
-    // Authorization is never bypassed: the first request to `secret` (not yet known to the
-    // client's proxy) on a route the TrafficTarget does not grant is refused by secret's proxy;
-    // the granted route passes.
+    // A meshed pod addressed by its IP (what a headless Service or a StatefulSet pod's name
+    // resolves to), before the client's proxy knows anything of `secret`: the operator answers
+    // the address with an endpoint set that holds the pod, and the proxy tunnels to it over mTLS
+    // with the client's identity, so `secret`'s `deny` policy grants the TrafficTarget's route
+    // and refuses the others (a plaintext pass-through would be refused on every route).
+    let secret_ip = pods["secret"]
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .expect("secret's pod IP");
+    let by_ip = format!("http://{secret_ip}:8080");
+    eventually(
+        "GET /items on secret's pod IP, tunnelled with the client's identity",
+        Duration::from_secs(60),
+        || get(&env, &format!("{by_ip}/items")),
+        |r: &String| r == "secret v1 200",
+    )
+    .await;
+    let denied_by_ip = get(&env, &format!("{by_ip}/private")).await;
+    assert!(
+        denied_by_ip.ends_with(" 403"),
+        "ungranted route on the pod IP: {denied_by_ip}"
+    );
+    // The address brought the pod's endpoint set, not the Service's routing.
+    assert_eq!(services_of(&env, "client").await, set(&["pinned", "web"]));
+
+    // Authorization is never bypassed: the first request to `secret` by name (a Service the
+    // client's proxy does not hold yet) on a route the TrafficTarget does not grant is refused
+    // by secret's proxy; the granted route passes.
     let denied = get(&env, &format!("http://secret.{NS}/private")).await;
     assert!(
         denied.ends_with(" 403"),

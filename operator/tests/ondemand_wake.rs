@@ -248,3 +248,53 @@ async fn only_changes_to_what_a_stream_watches_reach_it_by_name_address_or_consu
     rt.shutdown();
     rt.wait().await.expect("clean shutdown");
 }
+
+/// A meshed pod addressed by its IP (what a headless Service or a StatefulSet pod's name
+/// resolves to): the `ip:` resolution names no Service, and the endpoint set that holds the pod
+/// comes with it (the pod's identity, so the proxy tunnels over mTLS to that pod), never the
+/// Service's routing. When the pod moves, the stream watching its old address loses the set and
+/// the one watching the new address (which depended on no name) gains it.
+#[tokio::test]
+async fn a_meshed_pods_ip_brings_the_endpoint_set_that_holds_it_and_follows_the_pod() {
+    let dir = mesh_dir();
+    write_atomic(&dir.path().join("client.yaml"), CLIENT);
+    let rt = start(dir.path()).await;
+
+    // web-1 (127.0.0.12) is an endpoint of web and web-v2; the first set in name order answers.
+    let (mut old, first) = on_demand(&rt, "demo", "web-0", &["ip:127.0.0.12"]).await;
+    assert_eq!(resolution(&first, "ip:127.0.0.12").as_deref(), Some(""));
+    assert_eq!(
+        names(&first),
+        vec!["endpoints:web-v2.demo:80", "inbound", "ip:127.0.0.12"]
+    );
+    let (mut new, first) = on_demand(&rt, "client", "caller", &["ip:127.0.0.13"]).await;
+    assert_eq!(names(&first), vec!["inbound", "ip:127.0.0.13"]);
+
+    write_atomic(
+        &dir.path().join("base.yaml"),
+        &BASE.replace("127.0.0.12", "127.0.0.13"),
+    );
+    let push = new.next().await;
+    assert_eq!(
+        endpoint_ips(&push, "endpoints:web-v2.demo:80"),
+        Some(vec![vec![127, 0, 0, 13]]),
+        "{push:?}"
+    );
+    assert_eq!(
+        resolution(&push, "ip:127.0.0.13"),
+        None,
+        "unchanged: {push:?}"
+    );
+    new.ack(&push).await;
+    let push = loop {
+        let p = old.next().await;
+        old.ack(&p).await;
+        if !p.removed.is_empty() {
+            break p;
+        }
+    };
+    assert_eq!(push.removed, vec!["endpoints:web-v2.demo:80".to_string()]);
+
+    rt.shutdown();
+    rt.wait().await.expect("clean shutdown");
+}

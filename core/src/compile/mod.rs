@@ -383,9 +383,10 @@ pub struct SnapshotChanges {
     /// Shared resources (consumer variants `...@<ns>` included, and then their base name too)
     /// added, changed or removed.
     pub names: HashSet<String>,
-    /// ClusterIPs of OutboundServices (and consumer variants) added, changed or removed, old
-    /// and new addresses.
-    pub cluster_ips: HashSet<IpAddr>,
+    /// Addresses whose resolution may have changed, old and new: ClusterIPs of OutboundServices
+    /// (and consumer variants) and IPs of meshed endpoints of EndpointSets added, changed or
+    /// removed (on-demand discovery resolves a meshed pod's IP to a set that holds it).
+    pub addresses: HashSet<IpAddr>,
     /// Meshed pods whose inbound resource changed, appeared or went away.
     pub proxies: HashSet<ProxyKey>,
 }
@@ -400,8 +401,12 @@ impl SnapshotChanges {
             if let Some((base, _)) = r.name.split_once('@') {
                 self.names.insert(base.to_string());
             }
-            if let ResourceKind::Outbound(o) = &r.resource {
-                self.cluster_ips.extend(o.cluster_ips.iter().copied());
+            match &r.resource {
+                ResourceKind::Outbound(o) => self.addresses.extend(o.cluster_ips.iter().copied()),
+                ResourceKind::Endpoints(set) => {
+                    self.addresses.extend(set.meshed().map(|e| e.ip));
+                }
+                ResourceKind::Inbound(_) => {}
             }
         }
     }
@@ -971,20 +976,20 @@ impl Compiler {
                     let name = endpoints_name(&svc.namespace, &svc.name, port);
                     names.push(name.clone());
                     let r = VersionedResource::new(name.clone(), ResourceKind::Endpoints(set));
+                    let before = shared.get(&name).cloned();
                     if shared_insert(shared, r) {
                         self.stats.resources_changed += 1;
                         shared_changed = true;
-                        changes.names.insert(name);
+                        changes.resource(before.as_deref(), shared.get(&name).map(|r| &**r));
                     }
                 }
                 for old in self.endpoint_names.remove(svc).unwrap_or_default() {
-                    if !names.contains(&old)
-                        && shared.get(&old).is_some()
-                        && Arc::make_mut(shared).remove(&old)
+                    let gone = shared.get(&old).cloned();
+                    if !names.contains(&old) && gone.is_some() && Arc::make_mut(shared).remove(&old)
                     {
                         self.stats.resources_removed += 1;
                         shared_changed = true;
-                        changes.names.insert(old);
+                        changes.resource(gone.as_deref(), None);
                     }
                 }
                 if !names.is_empty() {

@@ -434,6 +434,15 @@ pub struct EndpointSet {
     pub endpoints: Vec<Endpoint>,
 }
 
+impl EndpointSet {
+    /// The endpoints that are meshed pods (a proxy reaches them over mTLS at `inbound_port`).
+    pub fn meshed(&self) -> impl Iterator<Item = &Endpoint> {
+        self.endpoints
+            .iter()
+            .filter(|e| !e.identity.is_empty() && e.inbound_port != 0)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct Endpoint {
     pub ip: IpAddr,

@@ -5,10 +5,12 @@
 //! a [`View`]: the pod's `inbound` resource, plus for every watched `outbound:<svc>.<ns>` that
 //! OutboundService (its consumer variant for the pod's namespace when one is in force) and the
 //! EndpointSets its routes name, plus for every watched `ip:<address>` an `IpResolution`
-//! resource and the resources of the Service at that ClusterIP. The view's version is a hash of
+//! resource and the resources of the Service at that ClusterIP (or, for a meshed pod's IP, an
+//! EndpointSet that holds the pod, so the proxy knows its identity). The view's version is a hash of
 //! its `(name, version)` pairs, so a change to anything the proxy does not watch leaves it
 //! unchanged and the stream sends nothing. Building a view costs O(watched), never O(mesh);
-//! the ClusterIP index (O(mesh)) is built once per snapshot and shared by every stream.
+//! the address index (ClusterIPs and meshed pods' IPs, O(mesh)) is built once per snapshot and
+//! shared by every stream.
 //!
 //! A view also records what it depends on ([`Deps`]: every resource name it looked up, found
 //! or not, and every address it resolved). A new snapshot whose [`SnapshotChanges`] touch none
@@ -149,7 +151,7 @@ impl Deps {
         changes.all
             || changes.proxies.contains(key)
             || self.names.iter().any(|n| changes.names.contains(n))
-            || self.ips.iter().any(|a| changes.cluster_ips.contains(a))
+            || self.ips.iter().any(|a| changes.addresses.contains(a))
     }
 }
 
@@ -177,11 +179,23 @@ pub fn view(proxy: &ProxyConfig, watched: &Watched, ips: &IpIndexCache) -> View 
     for name in &watched.names {
         if let Some(addr) = names::parse_ip_name(name) {
             dep_ips.push(addr);
-            let service = ips.lookup(shared, addr);
-            if let Some(svc) = &service {
-                add_service(&mut items, &mut deps, shared, svc);
-            }
-            let service = service.unwrap_or_default();
+            let service = match ips.lookup(shared, addr) {
+                Some(Resolution::Service(svc)) => {
+                    add_service(&mut items, &mut deps, shared, &svc);
+                    svc
+                }
+                // A meshed pod addressed by its IP (a headless Service's answer, a StatefulSet
+                // pod's name): the set that holds it tells the proxy its identity, so the
+                // connection is tunnelled over mTLS to that pod, not load-balanced.
+                Some(Resolution::Pod(set)) => {
+                    deps.insert(set.clone());
+                    if let Some(r) = shared.get(&set) {
+                        items.insert(r.name.clone(), Item::Resource(r.clone()));
+                    }
+                    String::new()
+                }
+                None => String::new(),
+            };
             let mut h = Sha256::new();
             h.update(service.as_bytes());
             let version = hex::encode(&h.finalize()[..8]);
@@ -260,11 +274,21 @@ fn add_service(
     items.insert(r.name.clone(), Item::Resource(r.clone()));
 }
 
-type IpIndex = HashMap<IpAddr, String>;
+/// What an address is, for an `ip:` watch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resolution {
+    /// A Service's ClusterIP: the Service's outbound resource name.
+    Service(String),
+    /// A meshed pod's IP that is no ClusterIP: the name of an endpoint set that holds it (the
+    /// first in name order).
+    Pod(String),
+}
 
-/// ClusterIP to outbound resource name, built once per set of shared resources (per snapshot,
-/// and per consumer namespace when consumer routes are in force) by the first stream that
-/// resolves an address, and reused by the others.
+type IpIndex = HashMap<IpAddr, Resolution>;
+
+/// Address to [`Resolution`] (ClusterIPs, then meshed endpoints' IPs), built once per set of
+/// shared resources (per snapshot, and per consumer namespace when consumer routes are in
+/// force) by the first stream that resolves an address, and reused by the others.
 #[derive(Default)]
 pub struct IpIndexCache {
     inner: Mutex<Vec<(Arc<SharedResources>, Arc<IpIndex>)>>,
@@ -274,8 +298,8 @@ pub struct IpIndexCache {
 const KEEP_INDEXES: usize = 4;
 
 impl IpIndexCache {
-    /// The outbound resource name of the Service whose ClusterIP `addr` is, in `shared`.
-    pub fn lookup(&self, shared: &Arc<SharedResources>, addr: IpAddr) -> Option<String> {
+    /// What `addr` is in `shared`: a Service's ClusterIP first, else a meshed pod's IP.
+    pub fn lookup(&self, shared: &Arc<SharedResources>, addr: IpAddr) -> Option<Resolution> {
         self.index(shared).get(&addr).cloned()
     }
 
@@ -287,10 +311,21 @@ impl IpIndexCache {
         }
         let mut index = IpIndex::new();
         for r in shared.iter() {
-            if let ResourceKind::Outbound(svc) = &r.resource {
-                for ip in &svc.cluster_ips {
-                    index.insert(*ip, r.name.clone());
+            match &r.resource {
+                // A ClusterIP wins over a pod IP (they never overlap in a valid cluster).
+                ResourceKind::Outbound(svc) => {
+                    for ip in &svc.cluster_ips {
+                        index.insert(*ip, Resolution::Service(r.name.clone()));
+                    }
                 }
+                ResourceKind::Endpoints(set) => {
+                    for e in set.meshed() {
+                        index
+                            .entry(e.ip)
+                            .or_insert_with(|| Resolution::Pod(r.name.clone()));
+                    }
+                }
+                ResourceKind::Inbound(_) => {}
             }
         }
         let index = Arc::new(index);
@@ -380,6 +415,25 @@ mod tests {
         };
         assert_eq!(service("ip:10.96.0.11"), "outbound:other.demo");
         assert_eq!(service("ip:192.0.2.1"), "");
+
+        // A meshed pod's IP: no Service is its, but the endpoint set that holds it comes with
+        // the resolution (its identity, for the tunnel); the Service itself does not.
+        let mut w = Watched::default();
+        w.watch(&["ip:127.0.0.21".to_string()]);
+        let v = view(&moved, &w, &ips);
+        assert_eq!(
+            names(&v),
+            vec!["endpoints:other.demo:80", "inbound", "ip:127.0.0.21"]
+        );
+        match &v.items["ip:127.0.0.21"] {
+            Item::Ip { proto, .. } => assert!(
+                matches!(&proto.kind, Some(v1::resource::Kind::Ip(r)) if r.service.is_empty())
+            ),
+            _ => panic!("not an ip item"),
+        }
+        // In the snapshot where the pod had another address, this one is nobody's.
+        let gone = view(&proxy, &w, &ips);
+        assert_eq!(names(&gone), vec!["inbound", "ip:127.0.0.21"]);
     }
 
     #[test]

@@ -150,7 +150,7 @@ impl WakeIndex {
         for n in &changes.names {
             woken.extend(inner.by_name.get(n.as_str()).into_iter().flatten());
         }
-        for a in &changes.cluster_ips {
+        for a in &changes.addresses {
             woken.extend(inner.by_ip.get(a).into_iter().flatten());
         }
         for p in &changes.proxies {

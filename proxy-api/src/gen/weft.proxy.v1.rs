@@ -222,7 +222,9 @@ pub mod resource {
 pub struct IpResolution {
     /// The name of the `outbound:` resource of the Service whose ClusterIP the address is (sent
     /// with it); empty when no Service has it (the proxy treats the address as it treats any
-    /// address that is not a Service's).
+    /// address that is not a Service's). When the address is a meshed pod's IP, an EndpointSet
+    /// that holds the pod is sent with the resolution, so the proxy knows the pod's identity and
+    /// tunnels a connection to it over mTLS.
     #[prost(string, tag = "1")]
     pub service: ::prost::alloc::string::String,
 }
