@@ -259,10 +259,11 @@ spec:
         .and_then(|s| s.pod_ip.clone())
         .expect("secret's pod IP");
     let by_ip = format!("http://{secret_ip}:8080");
+    let items_by_ip = format!("{by_ip}/items");
     eventually(
         "GET /items on secret's pod IP, tunnelled with the client's identity",
         Duration::from_secs(60),
-        || get(&env, &format!("{by_ip}/items")),
+        || get(&env, &items_by_ip),
         |r: &String| r == "secret v1 200",
     )
     .await;
