@@ -6,9 +6,9 @@
 //! OutboundService (its consumer variant for the pod's namespace when one is in force) and the
 //! EndpointSets its routes name, plus for every watched `ip:<address>` an `IpResolution`
 //! resource and the resources of the Service at that ClusterIP (or, for a meshed pod's IP, an
-//! EndpointSet that holds the pod, so the proxy knows its identity). The view's version is a hash of
-//! its `(name, version)` pairs, so a change to anything the proxy does not watch leaves it
-//! unchanged and the stream sends nothing. Building a view costs O(watched), never O(mesh);
+//! EndpointSet that holds the pod, so the proxy knows its identity). The view's version is a
+//! hash of its `(name, version)` pairs, so a change to anything the proxy does not watch leaves
+//! it unchanged and the stream sends nothing. Building a view costs O(watched), never O(mesh);
 //! the address index (ClusterIPs and meshed pods' IPs, O(mesh)) is built once per snapshot and
 //! shared by every stream.
 //!
