@@ -387,6 +387,7 @@ RESULTS=$OUT/results.tsv
 : >"$RESULTS"
 record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$RESULTS"; } # round path metric value
 kib() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status"; }
+
 ticks() { # utime+stime of the given pids, in clock ticks
     local t=0 p f
     for p in "$@"; do
@@ -406,7 +407,14 @@ CLK_TCK=$(getconf CLK_TCK)
 sleep 1
 for p in $PATHS; do
     # shellcheck disable=SC2046
-    [ -n "$(pids_of "$p")" ] && record 0 "$p" rss_idle_kib "$(sum_kib VmRSS $(pids_of "$p"))"
+    if [ -n "$(pids_of "$p")" ]; then
+        # shellcheck disable=SC2046
+        record 0 "$p" rss_idle_kib "$(sum_kib VmRSS $(pids_of "$p"))"
+        # shellcheck disable=SC2046
+        # RssAnon: the process's own memory; VmRSS adds RssFile, the pages of the executable and
+        # libraries mapped from the page cache, which every process of the same binary shares.
+        record 0 "$p" anon_idle_kib "$(sum_kib RssAnon $(pids_of "$p"))"
+    fi
 done
 
 # Warm up every path (connections, pools, allocator) before round 1.
@@ -447,6 +455,7 @@ for round in $(seq 1 "$ROUNDS"); do
         if [ ${#ppids[@]} -gt 0 ]; then
             record "$round" "$p" rss_after_load_kib "$(sum_kib VmRSS "${ppids[@]}")"
             record "$round" "$p" hwm_kib "$(sum_kib VmHWM "${ppids[@]}")"
+            record "$round" "$p" anon_after_load_kib "$(sum_kib RssAnon "${ppids[@]}")"
         fi
         log "round $round: $p done"
     done

@@ -104,8 +104,9 @@ def main():
 
     out.append("\n### Saturation, CPU and memory\n")
     out.append("| path | saturation rps (wrk -t1 -c64, rounds) | ratio to direct | CPU % of a core per 1,000 rps (@" +
-               f"{rates[-1] // 1000}k) | RSS idle MiB | RSS after load MiB | peak RSS (VmHWM) MiB | non-200/errors |")
-    out.append("|---|---|---|---|---|---|---|---|")
+               f"{rates[-1] // 1000}k) | RSS idle MiB | RSS after load MiB | peak RSS (VmHWM) MiB | "
+               "RssAnon idle / after load MiB | non-200/errors |")
+    out.append("|---|---|---|---|---|---|---|---|---|")
     for p in paths:
         sat = m[p].get("sat")
         rounds = " / ".join(f"{x:,.0f}" for x in raw[p]["sat"] if x is not None)
@@ -120,9 +121,12 @@ def main():
         mib = lambda k: "–" if m[p].get(k) is None else f"{m[p][k] / 1024:.1f}"
         bad = sum(sum(x for x in raw[p][k] if x) for k in raw[p] if k.startswith("bad@"))
         out.append(f"| {p} | {sat:,.0f} ({rounds}) | {ratio} | {cpu_pct} | {mib('rss_idle_kib')} | "
-                   f"{mib('rss_after_load_kib')} | {mib('hwm_kib')} | {bad} |" if sat else f"| {p} | – | – | – | – | – | – | {bad} |")
+                   f"{mib('rss_after_load_kib')} | {mib('hwm_kib')} | {mib('anon_idle_kib')} / "
+                   f"{mib('anon_after_load_kib')} | {bad} |" if sat else f"| {p} | – | – | – | – | – | – | – | {bad} |")
     out.append("")
-    out.append("Two-hop rows sum both proxies' CPU and memory. Load average (1 min) before/after: "
+    out.append("Two-hop rows sum both proxies' CPU and memory. RssAnon: the processes' own memory (heap, "
+               "stacks, relocated data); RSS adds RssFile, the executable's and libraries' pages mapped from "
+               "the page cache and shared by every process of the same binary. Load average (1 min) before/after: "
                f"{meta.get('loadavg_start', '?')} / {meta.get('loadavg_end', '?')}; "
                f"benchmark processes at niceness {meta.get('nice', '0')}; response body "
                f"{meta.get('body', '1k')}; client to proxy "

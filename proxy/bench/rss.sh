@@ -7,7 +7,8 @@
 #   THREADS="1" proxy/bench/rss.sh
 #   SKIP_BUILD=1 proxy/bench/rss.sh   # use the binaries already in target/$PROFILE
 #
-# Prints one line per run: threads, VmRSS and VmHWM (peak) in KiB, read from /proc/<pid>/status.
+# Prints per run: threads, VmRSS and VmHWM (peak) in KiB, read from /proc/<pid>/status, and where
+# the resident pages are (from /proc/<pid>/smaps).
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
@@ -97,6 +98,18 @@ wait_ready "http://$OP_ADMIN/ready"
 
 version() { curl -fs "http://$ADMIN/config" | python3 -c 'import json,sys; print(json.load(sys.stdin)["version"])'; }
 rss() { awk '/^VmRSS|^VmHWM/ {printf "%s %s KiB  ", $1, $2}' "/proc/$1/status"; }
+# Where VmRSS is: pages of the weft-proxy executable and of shared libraries (file pages mapped
+# from the page cache, shared by every process of the same binary on the node, except the
+# executable's relocated read-only data), the rest (heap, stacks); and the anonymous memory,
+# the process's own.
+breakdown() { # $1: pid, $2: the executable
+    awk -v exe="$(readlink -f "$2")" '
+        /^[0-9a-f]+-[0-9a-f]+ / { f = (NF >= 6) ? $6 : ""; next }
+        $1 == "Rss:" { if (f == exe) b += $2; else if (f ~ /\.so/) l += $2; else o += $2 }
+        $1 == "Anonymous:" { a += $2 }
+        END { printf "RSS = executable %d + libraries %d + other %d KiB; anonymous %d KiB", b, l, o, a }
+    ' "/proc/$1/smaps"
+}
 
 for threads in $THREADS; do
     write_manifests 10
@@ -115,6 +128,7 @@ for threads in $THREADS; do
     wait_ready "http://$ADMIN/ready"
     sleep 2 # let allocations settle
     echo "threads=$threads ready, 10 services:    $(rss "$proxy")"
+    echo "    $(breakdown "$proxy" "$bin/weft-proxy")"
     last=$(version)
 
     # 18 config changes (10 → 100 services and back, in steps of 10), then idle again.
@@ -129,6 +143,7 @@ for threads in $THREADS; do
     done
     sleep 2
     echo "threads=$threads after 18 updates (up to 100 services): $(rss "$proxy")"
+    echo "    $(breakdown "$proxy" "$bin/weft-proxy")"
     kill -TERM "$proxy"
     wait "$proxy" || true
 done
