@@ -14,41 +14,6 @@ use weft_operator::runtime::{Runtime, RuntimeConfig};
 use weft_proxy_api::v1;
 use weft_proxy_api::v1::discovery_request::Request as Req;
 
-const CLIENT: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: client}
----
-apiVersion: v1
-kind: ServiceAccount
-metadata: {name: web, namespace: client}
----
-apiVersion: v1
-kind: Pod
-metadata:
-  name: caller
-  namespace: client
-  labels: {app: caller, weft.io/proxy-version: "0.1.0"}
-spec:
-  serviceAccountName: web
-  containers: [{name: app, image: app}]
-status:
-  podIP: 127.0.0.21
-  conditions: [{type: Ready, status: "True"}]
-"#;
-
-/// A consumer route in `client` for Service `demo/web`: everything to `web-v2`.
-const CONSUMER_ROUTE: &str = r#"
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: to-v2, namespace: client}
-spec:
-  parentRefs:
-  - {group: "", kind: Service, name: web, namespace: demo, port: 80}
-  rules:
-  - backendRefs: [{name: web-v2, namespace: demo, port: 80}]
-"#;
-
 async fn start(dir: &std::path::Path) -> Runtime {
     let mut config = RuntimeConfig::manifests_on_loopback(dir);
     config.discovery_mode = DiscoveryMode::OnDemand;

@@ -49,6 +49,42 @@ status:
   conditions: [{type: Ready, status: "True"}]
 "#;
 
+/// Namespace `client` with one meshed pod, `caller` (127.0.0.21), outside the base mesh.
+pub const CLIENT: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: client}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: web, namespace: client}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: caller
+  namespace: client
+  labels: {app: caller, weft.io/proxy-version: "0.1.0"}
+spec:
+  serviceAccountName: web
+  containers: [{name: app, image: app}]
+status:
+  podIP: 127.0.0.21
+  conditions: [{type: Ready, status: "True"}]
+"#;
+
+/// A consumer route in `client` for Service `demo/web`: everything to `web-v2`.
+pub const CONSUMER_ROUTE: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: to-v2, namespace: client}
+spec:
+  parentRefs:
+  - {group: "", kind: Service, name: web, namespace: demo, port: 80}
+  rules:
+  - backendRefs: [{name: web-v2, namespace: demo, port: 80}]
+"#;
+
 pub fn service(name: &str, selector: &str, n: u8) -> String {
     format!(
         "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: demo}}\nspec:\n  clusterIP: 10.96.0.{n}\n  selector: {{{selector}}}\n  ports: [{{name: http, port: 80, targetPort: 8080}}]\n"
