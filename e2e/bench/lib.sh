@@ -33,6 +33,7 @@ need_tools() {
 
 # ---------------------------------------------------------------- processes
 pids=()
+[ -n "${WRAP+x}" ] || WRAP=() # start_proxy's command prefix (none unless the caller sets one)
 cleanup() {
     local p
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -104,7 +105,9 @@ start_operator() {
 }
 
 # start_proxy POD SERVICE_ACCOUNT POD_IP APP_IP [CPU]: a weft-proxy for pod $NS/POD (one
-# thread, listeners on POD_IP), configured by the operator at $OPERATOR. Sets $last_pid.
+# thread, listeners on POD_IP), configured by the operator at $OPERATOR, run under the
+# caller's WRAP command prefix if it has one (an array; proxy-bench.sh's callgrind). Sets
+# $last_pid.
 start_proxy() {
     WEFT_PROXY_CONTROL_ADDR="http://$OPERATOR:8086" \
         WEFT_PROXY_POD="$NS/$1" \
@@ -116,5 +119,5 @@ start_proxy() {
         WEFT_PROXY_APP_IP="$4" \
         WEFT_PROXY_THREADS=1 \
         WEFT_LOG=warn \
-        start "proxy-$1" "${5:-1}" "$BIN/weft-proxy"
+        start "proxy-$1" "${5:-1}" "${WRAP[@]}" "$BIN/weft-proxy"
 }

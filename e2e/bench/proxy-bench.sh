@@ -26,6 +26,14 @@
 # h2c listener, weft-proxy detects it; every proxy still speaks HTTP/1.1 to the backend; oha also
 # measures saturation then, closed loop with -c64, since wrk speaks HTTP/1.1 only).
 #   BODY=64k e2e/bench/proxy-bench.sh;  CLIENT_H2=1 PATHS="direct weft-1hop haproxy-1hop" e2e/bench/proxy-bench.sh
+# INSTRUCTIONS=N: instead of the timed rounds, count what each proxy executes per request, which
+# a busy or shared machine cannot disturb: every proxy runs under valgrind's callgrind, and per
+# path N requests are sent one at a time on one keep-alive connection (oha -c1) after 200
+# warm-up requests; the counters are zeroed before and dumped after them (callgrind_control),
+# and the user-space instructions of the path's proxy processes (all their threads) divided by
+# N are printed beside HAProxy's. The kernel's work (the syscalls) is not counted: it is about
+# the same per request for every proxy here (one read and one write per message per side).
+#   INSTRUCTIONS=2000 PATHS="weft-1hop haproxy-1hop nginx-1hop weft-2hop-mtls haproxy-2hop-tls" e2e/bench/proxy-bench.sh
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
@@ -37,6 +45,7 @@ NET=${NET:-127.77.9}
 RATES=${RATES:-"1000 5000"}
 OHA_DURATION=${OHA_DURATION:-10s}
 WRK_DURATION=${WRK_DURATION:-8s}
+INSTRUCTIONS=${INSTRUCTIONS:-}
 OUT=${OUT:-$(mktemp -d /tmp/weft-proxy-bench.XXXXXX)}
 PROFILE=${PROFILE:-dist}
 BODY=${BODY:-1k}
@@ -55,6 +64,12 @@ esac
 
 # ---------------------------------------------------------------- tools
 need_tools nginx haproxy wrk taskset openssl curl python3
+# The proxies' command prefix: callgrind when counting instructions.
+WRAP=()
+if [ -n "$INSTRUCTIONS" ]; then
+    need_tools valgrind
+    WRAP=(valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.%p" --compress-strings=no)
+fi
 if ! command -v oha >/dev/null; then
     [ -z "${NO_INSTALL:-}" ] || die "oha missing (cargo install oha --locked --root ~/.cache/weft)"
     log "installing oha into $TOOLS"
@@ -140,6 +155,8 @@ EOF
 EOF
 } >"$OUT/nginx-backend/nginx.conf"
 {
+    # Counting instructions: one process (callgrind cannot be reached in a forked worker).
+    [ -z "$INSTRUCTIONS" ] || echo "master_process off;"
     nginx_common "$OUT/nginx-proxy"
     cat <<EOF
     upstream backend { server $BACKEND:8080; keepalive 128; keepalive_requests 10000000; }
@@ -287,13 +304,13 @@ EOF
 # ---------------------------------------------------------------- start everything
 log "results and logs in $OUT"
 start nginx-backend 1 nginx -p "$OUT/nginx-backend" -c "$OUT/nginx-backend/nginx.conf"
-start nginx-proxy 1 nginx -p "$OUT/nginx-proxy" -c "$OUT/nginx-proxy/nginx.conf"
+start nginx-proxy 1 "${WRAP[@]}" nginx -p "$OUT/nginx-proxy" -c "$OUT/nginx-proxy/nginx.conf"
 nginx_proxy_master=$last_pid
-start haproxy-1hop 1 haproxy -db -f "$OUT/haproxy-1hop.cfg"
+start haproxy-1hop 1 "${WRAP[@]}" haproxy -db -f "$OUT/haproxy-1hop.cfg"
 pid_haproxy1=$last_pid
-start haproxy-2hop-client 1 haproxy -db -f "$OUT/haproxy-2hop-client.cfg"
+start haproxy-2hop-client 1 "${WRAP[@]}" haproxy -db -f "$OUT/haproxy-2hop-client.cfg"
 pid_haproxy_c=$last_pid
-start haproxy-2hop-server 1 haproxy -db -f "$OUT/haproxy-2hop-server.cfg"
+start haproxy-2hop-server 1 "${WRAP[@]}" haproxy -db -f "$OUT/haproxy-2hop-server.cfg"
 pid_haproxy_s=$last_pid
 
 if [ -n "$WEFT" ]; then
@@ -313,7 +330,11 @@ if [ -n "$WEFT" ]; then
     wait_http "http://$CLIENT:4191/ready"
     wait_http "http://$SERVER:4191/ready"
 fi
-pid_nginxp=$(cut -d' ' -f1 "/proc/$nginx_proxy_master/task/$nginx_proxy_master/children" 2>/dev/null || true)
+if [ -n "$INSTRUCTIONS" ]; then
+    pid_nginxp=$nginx_proxy_master
+else
+    pid_nginxp=$(cut -d' ' -f1 "/proc/$nginx_proxy_master/task/$nginx_proxy_master/children" 2>/dev/null || true)
+fi
 [ -n "$pid_nginxp" ] || die "nginx proxy has no worker process"
 
 # path -> URL, Host header, PIDs whose CPU and memory are charged to the path
@@ -403,6 +424,81 @@ sum_kib() { # $1: field, rest: pids
     echo "$t"
 }
 CLK_TCK=$(getconf CLK_TCK)
+
+if [ -n "$INSTRUCTIONS" ]; then
+    # Per path: warm up, zero the counters, send the measured requests, dump, and read the
+    # dump's total (callgrind writes one file per dump: callgrind.<pid>.<n>).
+    self_cost() { # $1: callgrind file (names uncompressed), $2: regex; the matching functions'
+        # own cost (a cost line right after a `calls=` line is a callee's, not the function's)
+        python3 - "$1" "$2" <<'PY'
+import re, sys
+pat, fn, callee, total = re.compile(sys.argv[2]), "", False, 0
+for line in open(sys.argv[1]):
+    if line.startswith("fn="):
+        fn = line[3:].strip()
+    elif line.startswith("calls="):
+        callee = True
+    elif line[:1].isdigit() or line[:1] in "+-*":
+        if callee:
+            callee = False
+        elif pat.search(fn):
+            total += int(line.split()[1])
+print(total)
+PY
+    }
+    count_one() { # $1: path; prints "instructions copies" per request over the path's processes
+        local p=$1 pid total=0 copies=0 f n
+        local -a ppids target
+        read -r -a ppids <<<"$(pids_of "$p")"
+        mapfile -t target < <(oha_target "$(host_of "$p")" "$(url_of "$p")")
+        taskset -c 0 oha --no-tui -n 200 -c 1 "${OHA_H2[@]}" "${target[@]}" >/dev/null
+        for pid in "${ppids[@]}"; do callgrind_control -z "$pid" >>"$OUT/callgrind_control.log" 2>&1; done
+        taskset -c 0 oha --no-tui --output-format json -n "$INSTRUCTIONS" -c 1 "${OHA_H2[@]}" \
+            "${target[@]}" >"$OUT/count-$p.json"
+        python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); c=d.get("statusCodeDistribution",{}); sys.exit(0 if c=={"200": int(sys.argv[2])} else "non-200 answers: %s" % c)' \
+            "$OUT/count-$p.json" "$INSTRUCTIONS" || die "$p did not answer every counted request with 200"
+        for pid in "${ppids[@]}"; do
+            callgrind_control -d "$pid" >>"$OUT/callgrind_control.log" 2>&1
+            f=$(ls -t "$OUT"/callgrind."$pid".* | head -1)
+            n=$(awk '/^totals:/ {print $2}' "$f")
+            [ -n "$n" ] || die "no totals in $f"
+            total=$((total + n))
+            # libc's memcpy/memmove: callgrind counts a `rep movsb` copy one instruction per byte.
+            n=$(self_cost "$f" 'memcpy|memmove')
+            copies=$((copies + n))
+        done
+        echo "$((total / INSTRUCTIONS)) $((copies / INSTRUCTIONS))"
+    }
+    declare -A ipr cpr
+    for p in $PATHS; do
+        [ "$p" = direct ] && continue
+        read -r ipr[$p] cpr[$p] <<<"$(count_one "$p")"
+        record 0 "$p" instructions_per_request "${ipr[$p]}"
+        record 0 "$p" copy_instructions_per_request "${cpr[$p]}"
+        log "$p: ${ipr[$p]} instructions per request (${cpr[$p]} in memcpy/memmove)"
+    done
+    {
+        echo "### User-space instructions per request (callgrind, $INSTRUCTIONS sequential requests, body $BODY)"
+        echo
+        echo "| path | instructions / request | vs HAProxy (same hops) | of which memcpy/memmove | without them, vs HAProxy |"
+        echo "|---|---|---|---|---|"
+        for p in $PATHS; do
+            [ "$p" = direct ] && continue
+            case $p in *2hop*) ref=haproxy-2hop-tls ;; *) ref=haproxy-1hop ;; esac
+            vs="–" vs_nc="–"
+            if [ -n "${ipr[$ref]:-}" ] && [ "$p" != "$ref" ]; then
+                vs=$(echo "${ipr[$p]} ${ipr[$ref]}" | awk '{printf "%.2f×", $1/$2}')
+                vs_nc=$(echo "${ipr[$p]} ${cpr[$p]} ${ipr[$ref]} ${cpr[$ref]}" | awk '{printf "%.2f×", ($1-$2)/($3-$4)}')
+            fi
+            printf '| %s | %s | %s | %s | %s |\n' "$p" "${ipr[$p]}" "$vs" "${cpr[$p]}" "$vs_nc"
+        done
+        echo
+        echo "Two-hop rows sum both proxies. Kernel work (syscalls) is not counted. callgrind counts a"
+        echo "\`rep movsb\` copy (glibc's memcpy on this CPU) one instruction per byte, where the CPU moves"
+        echo "tens of bytes a cycle: the last column leaves the copies out of both sides."
+    } | tee "$OUT/summary.md"
+    exit 0
+fi
 
 sleep 1
 for p in $PATHS; do

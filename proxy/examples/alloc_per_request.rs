@@ -374,6 +374,13 @@ fn main() {
     let threads: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1);
     let strace = args.get(3).is_some_and(|s| s == "strace");
     let sites = args.get(3).is_some_and(|s| s == "sites");
+    // The binary's subscriber (an `info` filter, `WEFT_PROXY_LOG`'s default), writing nowhere:
+    // without a subscriber, `tracing`'s `log` fallback (on in this build through a
+    // dev-dependency) formats h2's per-frame spans, which the shipped proxy never does.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .with_writer(std::io::sink)
+        .try_init();
 
     let load = ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -346,7 +346,7 @@ pub fn ejection_backoff(p: &FailureAccrual, k: u32, jitter16: u64) -> Duration {
 /// The `grpc-status` of a response head (a trailers-only gRPC answer carries it there).
 pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {
     headers
-        .get("grpc-status")
+        .get(crate::http::GRPC_STATUS)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok())
 }

@@ -62,7 +62,7 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
 /// The `grpc-status` in `headers`, if any and numeric.
 pub fn grpc_status(headers: &HeaderMap) -> Option<u16> {
     headers
-        .get("grpc-status")
+        .get(crate::http::GRPC_STATUS)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u16>().ok())
 }

@@ -482,6 +482,12 @@ pub struct PodIdentity {
     pub inbound_port: u16,
 }
 
+/// A map looked up on every request, keyed by configuration (service names, addresses): hashed
+/// with foldhash (per-process random seed) instead of SipHash, ~200 instructions less per lookup
+/// (issue #20). A client's request only chooses which key is looked up, never what is inserted,
+/// so it cannot crowd a bucket.
+pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// The compiled configuration in force.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Config {
@@ -491,10 +497,10 @@ pub struct Config {
     /// Outbound services by namespace, then name (nested so that a lookup by `&str` allocates
     /// nothing: it runs once per outbound request).
     #[serde(skip)]
-    pub services: HashMap<String, HashMap<String, Arc<OutboundService>>>,
+    pub services: FastMap<String, FastMap<String, Arc<OutboundService>>>,
     /// Outbound services by ClusterIP:port.
     #[serde(skip)]
-    pub by_cluster_ip: HashMap<SocketAddr, Arc<OutboundService>>,
+    pub by_cluster_ip: FastMap<SocketAddr, Arc<OutboundService>>,
     /// Endpoint sets by resource name.
     #[serde(skip)]
     pub endpoint_sets: HashMap<String, Arc<EndpointSet>>,
@@ -1418,8 +1424,8 @@ impl Store {
 
         let mut inbound: Option<(String, Arc<InboundPolicy>)> = None;
         let mut resolved_ips = BTreeSet::new();
-        let mut services = HashMap::new();
-        let mut by_cluster_ip = HashMap::new();
+        let mut services = FastMap::<String, FastMap<_, _>>::default();
+        let mut by_cluster_ip = FastMap::default();
         for (name, r) in resources {
             let converted = match &r.kind {
                 None => {
@@ -1482,7 +1488,7 @@ impl Store {
                     }
                     services
                         .entry(svc.namespace.clone())
-                        .or_insert_with(HashMap::new)
+                        .or_default()
                         .insert(svc.name.clone(), svc.clone());
                     Converted::Outbound(svc)
                 }
@@ -1498,7 +1504,7 @@ impl Store {
 
         let mut outbound_sorted: Vec<_> = services
             .values()
-            .flat_map(|by_name: &HashMap<String, Arc<OutboundService>>| by_name.values().cloned())
+            .flat_map(|by_name: &FastMap<String, Arc<OutboundService>>| by_name.values().cloned())
             .collect();
         outbound_sorted.sort_by(|a, b| a.authority.cmp(&b.authority));
         let endpoint_sets_sorted = endpoint_sets

@@ -4,8 +4,8 @@
 //! names, authorization names, status classes and SPIFFE identities (all bounded by the cluster's
 //! configuration), never pod IPs, paths or request ids.
 
-use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex};
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -37,6 +37,16 @@ pub enum LabelValue {
 impl LabelValue {
     /// The empty value.
     pub const EMPTY: LabelValue = LabelValue::Static("");
+
+    /// The text's bytes, without re-checking an inline value's UTF-8 (what equality and hashing
+    /// use on the request path).
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            LabelValue::Static(s) => s.as_bytes(),
+            LabelValue::Shared(s) => s.as_bytes(),
+            LabelValue::Inline { len, buf } => buf.get(..usize::from(*len)).unwrap_or_default(),
+        }
+    }
 
     pub fn as_str(&self) -> &str {
         match self {
@@ -83,7 +93,7 @@ impl Default for LabelValue {
 
 impl PartialEq for LabelValue {
     fn eq(&self, other: &Self) -> bool {
-        self.as_str() == other.as_str()
+        self.as_bytes() == other.as_bytes()
     }
 }
 
@@ -91,7 +101,70 @@ impl Eq for LabelValue {}
 
 impl Hash for LabelValue {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.as_str().hash(state);
+        // As `str` hashes: the bytes, then a terminator, so that adjacent values cannot run
+        // into each other.
+        state.write(self.as_bytes());
+        state.write_u8(0xff);
+    }
+}
+
+/// The per-process seed of [`Hashed`].
+static LABEL_HASHER: LazyLock<foldhash::fast::RandomState> = LazyLock::new(Default::default);
+
+/// A label set with its hash computed once, with foldhash, when it is built.
+///
+/// prometheus-client's `Family` keys a standard `HashMap` (SipHash); hashing every label value
+/// through SipHash on each series lookup cost ~10 % of a proxied request's instructions (issue
+/// #20, `docs/benchmarks.md`). Wrapped, the family's SipHash hashes this one `u64`, and a
+/// request's labels are hashed once by foldhash however many families it touches. Label values
+/// come from the configuration and from verified mesh identities, never from what a client
+/// sends, and equal hashes still compare every label, so the fast hash opens no collision
+/// attack on the series maps.
+#[derive(Clone, Debug)]
+pub struct Hashed<L> {
+    hash: u64,
+    labels: L,
+}
+
+impl<L: Hash> Hashed<L> {
+    pub fn new(labels: L) -> Self {
+        Hashed {
+            hash: LABEL_HASHER.hash_one(&labels),
+            labels,
+        }
+    }
+}
+
+impl<L> Hashed<L> {
+    pub fn labels(&self) -> &L {
+        &self.labels
+    }
+
+    pub fn into_labels(self) -> L {
+        self.labels
+    }
+}
+
+impl<L: PartialEq> PartialEq for Hashed<L> {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash && self.labels == other.labels
+    }
+}
+
+impl<L: Eq> Eq for Hashed<L> {}
+
+impl<L> Hash for Hashed<L> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+impl<L: EncodeLabelSet> EncodeLabelSet for Hashed<L> {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelSetEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        self.labels.encode(encoder)
     }
 }
 
@@ -221,8 +294,8 @@ fn latency_histogram() -> Histogram {
 pub struct Metrics {
     registry: Registry,
     compat_registry: Registry,
-    requests: Family<RequestLabels, Counter>,
-    latency: Family<LatencyLabels, Histogram, fn() -> Histogram>,
+    requests: Family<Hashed<RequestLabels>, Counter>,
+    latency: Family<Hashed<LatencyLabels>, Histogram, fn() -> Histogram>,
     tcp_connections: Family<TcpLabels, Counter>,
     tcp_open: Family<TcpLabels, Gauge>,
     tcp_bytes: Family<TcpBytesLabels, Counter>,
@@ -250,7 +323,7 @@ pub struct Metrics {
     // #18 Linkerd-compatible families (unprefixed: their names are what dashboards query)
     pod: Pod,
     request_total: Family<TrafficLabels, Counter>,
-    response_total: Family<ResponseLabels, Counter>,
+    response_total: Family<Hashed<ResponseLabels>, Counter>,
     response_latency_ms: Family<TrafficLabels, Histogram, fn() -> Histogram>,
     // end #18
 }
@@ -279,7 +352,7 @@ impl Metrics {
         // #18: the Linkerd-compatible families, unprefixed, in a registry of their own.
         let mut compat_registry = Registry::default();
         let request_total = Family::<TrafficLabels, Counter>::default();
-        let response_total = Family::<ResponseLabels, Counter>::default();
+        let response_total = Family::<Hashed<ResponseLabels>, Counter>::default();
         let response_latency_ms =
             Family::<TrafficLabels, Histogram, fn() -> Histogram>::new_with_constructor(
                 response_latency_ms_histogram,
@@ -301,10 +374,11 @@ impl Metrics {
         );
         compat_registry.register_collector(Box::new(crate::process_metrics::ProcessCollector));
         // end #18
-        let requests = Family::<RequestLabels, Counter>::default();
-        let latency = Family::<LatencyLabels, Histogram, fn() -> Histogram>::new_with_constructor(
-            latency_histogram,
-        );
+        let requests = Family::<Hashed<RequestLabels>, Counter>::default();
+        let latency =
+            Family::<Hashed<LatencyLabels>, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
         let tcp_connections = Family::<TcpLabels, Counter>::default();
         let tcp_open = Family::<TcpLabels, Gauge>::default();
         let tcp_bytes = Family::<TcpBytesLabels, Counter>::default();
@@ -543,6 +617,7 @@ impl Metrics {
     /// Counts a request and observes its latency. Building `labels` from config `Arc<str>`s and
     /// static strings keeps this free of allocations once the series exist.
     pub fn request(&self, labels: RequestLabels, latency: Duration) {
+        let labels = Hashed::new(labels);
         self.requests.get_or_create(&labels).inc();
         let RequestLabels {
             direction,
@@ -550,14 +625,14 @@ impl Metrics {
             route,
             backend,
             ..
-        } = labels;
+        } = labels.into_labels();
         self.latency
-            .get_or_create(&LatencyLabels {
+            .get_or_create(&Hashed::new(LatencyLabels {
                 direction,
                 authority,
                 route,
                 backend,
-            })
+            }))
             .observe(latency.as_secs_f64());
     }
 
@@ -904,10 +979,14 @@ impl DstEndpoint {
 const TLS_TRUE: &str = "true";
 const TLS_FALSE: &str = "false";
 
-/// Labels of `request_total` and `response_latency_ms`. Empty values are left out of the
-/// exposition (`dst_*` inbound, the workload label when unknown), as Linkerd does.
+/// Labels of `request_total` and `response_latency_ms`, hashed once when built (a request's
+/// three lookups share the hash).
+pub type TrafficLabels = Hashed<Traffic>;
+
+/// The label values of [`TrafficLabels`]. Empty values are left out of the exposition (`dst_*`
+/// inbound, the workload label when unknown), as Linkerd does.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
-pub struct TrafficLabels {
+pub struct Traffic {
     pod: Pod,
     direction: &'static str,
     /// Outbound `<service>.<namespace>` (the service addressed), inbound `:<port>`; never the
@@ -947,7 +1026,7 @@ fn encode_pair(
     prometheus_client::encoding::EncodeLabel::encode(&(key, value), encoder.encode_label())
 }
 
-impl EncodeLabelSet for TrafficLabels {
+impl EncodeLabelSet for Traffic {
     fn encode(
         &self,
         encoder: &mut prometheus_client::encoding::LabelSetEncoder,
@@ -1021,8 +1100,17 @@ impl Metrics {
         authority: LabelValue,
         dst: Option<(LabelValue, LabelValue)>,
     ) -> TrafficLabels {
+        Hashed::new(self.traffic_values(direction, authority, dst))
+    }
+
+    fn traffic_values(
+        &self,
+        direction: &'static str,
+        authority: LabelValue,
+        dst: Option<(LabelValue, LabelValue)>,
+    ) -> Traffic {
         let (dst_namespace, dst_service) = dst.unwrap_or_default();
-        TrafficLabels {
+        Traffic {
             pod: self.pod.clone(),
             direction,
             authority,
@@ -1041,12 +1129,12 @@ impl Metrics {
         authority: LabelValue,
         client_id: Option<&Arc<str>>,
     ) -> TrafficLabels {
-        let mut labels = self.traffic(INBOUND, authority, None);
+        let mut labels = self.traffic_values(INBOUND, authority, None);
         if let Some(id) = client_id {
             labels.tls = TLS_TRUE;
             labels.client_id = LabelValue::from(id);
         }
-        labels
+        Hashed::new(labels)
     }
 
     /// The labels of an outbound request to `authority`, sent to service `dst` and reached
@@ -1057,14 +1145,14 @@ impl Metrics {
         dst: Option<(LabelValue, LabelValue)>,
         endpoint: Option<Arc<DstEndpoint>>,
     ) -> TrafficLabels {
-        let mut labels = self.traffic(OUTBOUND, authority, dst);
+        let mut labels = self.traffic_values(OUTBOUND, authority, dst);
         if let Some(ep) = endpoint {
             if ep.tls() {
                 labels.tls = TLS_TRUE;
             }
             labels.dst = Some(ep);
         }
-        labels
+        Hashed::new(labels)
     }
 
     /// Counts a request in `request_total` and observes its time to response head.
@@ -1078,12 +1166,12 @@ impl Metrics {
     /// Counts a finished response in `response_total`.
     pub fn compat_response(&self, traffic: TrafficLabels, outcome: Outcome) {
         self.response_total
-            .get_or_create(&ResponseLabels {
+            .get_or_create(&Hashed::new(ResponseLabels {
                 traffic,
                 classification: outcome.classification,
                 status_code: outcome.status.as_u16(),
                 grpc_status: outcome.grpc_status,
-            })
+            }))
             .inc();
     }
 }

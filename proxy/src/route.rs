@@ -168,17 +168,26 @@ pub enum AuthorityError {
 /// Parses `svc.ns`, `svc.ns.svc`, `svc.ns.svc.cluster.local` (any cluster domain), each with an
 /// optional trailing dot and `:port`, and IP literals (`[v6]:port` included). Case-insensitive.
 pub fn parse_authority(authority: &str) -> Result<Target<'_>, AuthorityError> {
-    let authority = authority.trim();
+    // Header values and URI authorities are ASCII. Byte scans below, not `char` pattern
+    // searches: this runs on every outbound request (issue #20).
+    let authority = authority.trim_ascii();
     // Strip userinfo if present.
-    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let authority = match authority.bytes().rposition(|b| b == b'@') {
+        Some(at) => &authority[at + 1..],
+        None => authority,
+    };
     let (host, port) = split_host_port(authority)?;
     let host = host.trim_end_matches('.');
     if host.is_empty() {
         return Err(AuthorityError::MissingHost);
     }
     let bare = host.trim_start_matches('[').trim_end_matches(']');
-    if let Ok(ip) = bare.parse::<IpAddr>() {
-        return Ok(Target::Addr(ip, port));
+    // An IPv4 address starts with a digit and an IPv6 one has a colon: a service name is not
+    // run through both address parsers on every request.
+    if bare.contains(':') || bare.as_bytes().first().is_some_and(u8::is_ascii_digit) {
+        if let Ok(ip) = bare.parse::<IpAddr>() {
+            return Ok(Target::Addr(ip, port));
+        }
     }
     let lower: Cow<'_, str> = if host.bytes().any(|b| b.is_ascii_uppercase()) {
         Cow::Owned(host.to_ascii_lowercase())
@@ -188,21 +197,11 @@ pub fn parse_authority(authority: &str) -> Result<Target<'_>, AuthorityError> {
     let not_service = || AuthorityError::NotAService(authority.to_string());
     let (name, namespace) = match &lower {
         Cow::Borrowed(h) => {
-            let mut labels = h.split('.');
-            let name = labels.next().ok_or_else(not_service)?;
-            let ns = labels.next().ok_or_else(not_service)?;
-            if !valid_rest(labels) || name.is_empty() || ns.is_empty() {
-                return Err(not_service());
-            }
+            let (name, ns) = service_labels(h).ok_or_else(not_service)?;
             (Cow::Borrowed(name), Cow::Borrowed(ns))
         }
         Cow::Owned(h) => {
-            let mut labels = h.split('.');
-            let name = labels.next().ok_or_else(not_service)?;
-            let ns = labels.next().ok_or_else(not_service)?;
-            if !valid_rest(labels) || name.is_empty() || ns.is_empty() {
-                return Err(not_service());
-            }
+            let (name, ns) = service_labels(h).ok_or_else(not_service)?;
             (Cow::Owned(name.to_string()), Cow::Owned(ns.to_string()))
         }
     };
@@ -213,13 +212,25 @@ pub fn parse_authority(authority: &str) -> Result<Target<'_>, AuthorityError> {
     })
 }
 
-/// After `<svc>.<ns>`: nothing, or `svc` followed by a cluster domain (any labels).
-fn valid_rest<'a>(mut labels: impl Iterator<Item = &'a str>) -> bool {
-    match labels.next() {
-        None => true,
-        Some("svc") => labels.all(|l| !l.is_empty()),
-        Some(_) => false,
-    }
+/// The service and namespace of a host `<svc>.<ns>`, optionally followed by `.svc` and then a
+/// cluster domain (any non-empty labels); every label non-empty.
+fn service_labels(host: &str) -> Option<(&str, &str)> {
+    let dot = host.bytes().position(|b| b == b'.')?;
+    let (name, rest) = (&host[..dot], &host[dot + 1..]);
+    let (namespace, tail) = match rest.bytes().position(|b| b == b'.') {
+        Some(dot) => (&rest[..dot], Some(&rest[dot + 1..])),
+        None => (rest, None),
+    };
+    let tail_ok = match tail {
+        None | Some("svc") => true,
+        Some(tail) => tail.strip_prefix("svc.").is_some_and(|domain| {
+            domain
+                .as_bytes()
+                .split(|&b| b == b'.')
+                .all(|label| !label.is_empty())
+        }),
+    };
+    (tail_ok && !name.is_empty() && !namespace.is_empty()).then_some((name, namespace))
 }
 
 fn split_host_port(authority: &str) -> Result<(&str, Option<u16>), AuthorityError> {
@@ -232,12 +243,11 @@ fn split_host_port(authority: &str) -> Result<(&str, Option<u16>), AuthorityErro
             }
             None => return Err(AuthorityError::MissingHost),
         }
-    } else if authority.matches(':').count() > 1 {
-        // Bare IPv6 without brackets: no port.
-        (authority, None)
     } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
+        match authority.bytes().rposition(|b| b == b':') {
+            // Bare IPv6 without brackets (more than one colon): no port.
+            Some(colon) if authority[..colon].bytes().any(|b| b == b':') => (authority, None),
+            Some(colon) => (&authority[..colon], Some(&authority[colon + 1..])),
             None => (authority, None),
         }
     };
@@ -761,7 +771,15 @@ mod tests {
             ok("[::1]"),
             Target::Addr("::1".parse().unwrap_or_else(|_| unreachable!()), None)
         );
+        assert_eq!(
+            ok("fd00::1"),
+            Target::Addr("fd00::1".parse().unwrap_or_else(|_| unreachable!()), None)
+        );
+        assert_eq!(ok(" user:pw@api.demo:81 "), svc("api", "demo", Some(81)));
         assert!(parse_authority("api").is_err());
+        assert!(parse_authority("api.demo.svc.").is_ok());
+        assert!(parse_authority("api.demo.svcx.local").is_err());
+        assert!(parse_authority(".demo").is_err());
         assert!(parse_authority(":8080").is_err());
         assert!(parse_authority("").is_err());
         assert!(parse_authority("api.demo:99999").is_err());

@@ -13,11 +13,14 @@
 
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 pub use weft_common::reliability::DEADLINE_HEADER;
 
-/// gRPC's header.
-pub const GRPC_TIMEOUT: &str = "grpc-timeout";
+/// gRPC's header. Header names are `HeaderName` constants on the request path: a `&str` name
+/// is parsed and validated again on every lookup (issue #20).
+pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+/// [`DEADLINE_HEADER`] as a header name.
+pub const DEADLINE: HeaderName = HeaderName::from_static(DEADLINE_HEADER);
 /// Longest deadline honoured: larger values are read as this.
 pub const MAX_DEADLINE: Duration = Duration::from_secs(24 * 3600);
 
@@ -75,7 +78,7 @@ pub fn remaining(headers: &HeaderMap) -> Option<Duration> {
         .get(GRPC_TIMEOUT)
         .and_then(|v| parse_grpc_timeout(v.as_bytes()));
     let weft = headers
-        .get(DEADLINE_HEADER)
+        .get(DEADLINE)
         .and_then(|v| parse_deadline_ms(v.as_bytes()));
     match (grpc, weft) {
         (Some(a), Some(b)) => Some(a.min(b)),
@@ -97,7 +100,7 @@ pub fn effective(headers: &HeaderMap, own: Option<Duration>) -> Option<Duration>
 /// already carried one (a gRPC request).
 pub fn set_remaining(headers: &mut HeaderMap, left: Duration) {
     let ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
-    headers.insert(DEADLINE_HEADER, HeaderValue::from(ms));
+    headers.insert(DEADLINE, HeaderValue::from(ms));
     if headers.contains_key(GRPC_TIMEOUT) {
         headers.insert(GRPC_TIMEOUT, format_grpc_timeout(left));
     }

@@ -36,6 +36,8 @@ pub const DENY_REASON: HeaderName = HeaderName::from_static("x-weft-deny-reason"
 pub const ERROR_REASON: HeaderName = HeaderName::from_static("x-weft-error");
 /// Set by the server proxy on requests to the app: the client's mesh identity.
 pub const CLIENT_ID: HeaderName = HeaderName::from_static("x-weft-client-id");
+/// gRPC's status, in a trailers-only answer's head or in trailers.
+pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 pub fn empty() -> Body {
     http_body_util::Empty::new()
@@ -180,12 +182,16 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 /// Removes hop-by-hop headers (and those named by `Connection`). `TE: trailers` is kept: gRPC
 /// needs it.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Fast path: most requests and responses carry none of these headers, and checking is
-    // cheaper than removing (removal of an absent name still hashes it).
-    let has_te = headers.contains_key(http::header::TE);
-    if !has_te && !HOP_BY_HOP.iter().any(|n| headers.contains_key(n)) {
+    // Fast path: most requests and responses carry none of these headers. One pass over the
+    // names present (a comparison of parsed names each) is cheaper than looking up the seven
+    // names, each hashed (issue #20: 14 lookups were ~2 % of a proxied request's instructions).
+    if !headers
+        .keys()
+        .any(|n| *n == http::header::TE || HOP_BY_HOP.contains(n))
+    {
         return;
     }
+    let has_te = headers.contains_key(http::header::TE);
     if headers.contains_key(http::header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(http::header::CONNECTION)

@@ -11,7 +11,6 @@
 //! upstream address; idle ones are closed after [`crate::http::POOL_IDLE_TIMEOUT`] (to within a
 //! quarter of it) by one sweeper task per pool, which ends with the pool.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,6 +25,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
 use super::{Body, MAX_HEADER_BYTES, POOL_IDLE_TIMEOUT};
+use crate::config::FastMap;
 use crate::transport::{self, TransportError};
 
 /// Idle connections kept per upstream address; more are closed when they come back.
@@ -57,12 +57,12 @@ struct Idle {
 #[derive(Default)]
 struct Inner {
     // Held only to take or return a sender, never across an await.
-    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    idle: Mutex<FastMap<SocketAddr, Vec<Idle>>>,
     sweeper: AtomicBool,
 }
 
 impl Inner {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Vec<Idle>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FastMap<SocketAddr, Vec<Idle>>> {
         match self.idle.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
