@@ -307,7 +307,11 @@ pub async fn serve_downstream<I, F, Fut>(
     let io = hyper_util::rt::TokioIo::new(io);
     if http2 {
         let svc = hyper::service::service_fn(move |req| {
-            let fut = handler(req);
+            // Boxed: hyper's HTTP/2 server spawns every stream as a task, and a future of a few
+            // KiB is copied by value through the spawn path a dozen times before it reaches the
+            // task's cell, then again as the task's stage changes. A box moves as a pointer
+            // (issue #20: ~90 KB of copies per request with an HTTP/2 client, docs/benchmarks.md).
+            let fut = Box::pin(handler(req));
             async move { Ok::<_, std::convert::Infallible>(fut.await) }
         });
         let conn = http2_server().serve_connection(io, svc);
