@@ -36,6 +36,7 @@ use weft_proxy_api::v1;
 
 pub use crate::accrual::{FailureAccrual, StatusSet};
 use crate::balance::Load;
+use crate::fast_map::FastMap;
 use crate::filter::{
     self, Filter, HeaderModifier, PathModifier, Redirect, RouteTimeouts, UrlRewrite,
 };
@@ -481,12 +482,6 @@ pub struct PodIdentity {
     pub identity: Arc<str>,
     pub inbound_port: u16,
 }
-
-/// A map looked up on every request, keyed by configuration (service names, addresses): hashed
-/// with foldhash (per-process random seed) instead of SipHash, ~200 instructions less per lookup
-/// (issue #20). A client's request only chooses which key is looked up, never what is inserted,
-/// so it cannot crowd a bucket.
-pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// The compiled configuration in force.
 #[derive(Clone, Debug, Default, Serialize)]

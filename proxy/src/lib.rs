@@ -9,6 +9,7 @@ pub mod classify;
 pub mod config;
 pub mod control;
 pub mod control_tls;
+pub mod fast_map;
 pub mod filter;
 pub mod http;
 pub mod identity;

@@ -25,7 +25,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
 use super::{Body, MAX_HEADER_BYTES, POOL_IDLE_TIMEOUT};
-use crate::config::FastMap;
+use crate::fast_map::FastMap;
 use crate::transport::{self, TransportError};
 
 /// Idle connections kept per upstream address; more are closed when they come back.
