@@ -31,8 +31,8 @@
 # path N requests are sent one at a time on one keep-alive connection (oha -c1) after 200
 # warm-up requests; the counters are zeroed before and dumped after them (callgrind_control),
 # and the user-space instructions of the path's proxy processes (all their threads) divided by
-# N are printed beside HAProxy's. The kernel's work (the syscalls) is not counted: it is about
-# the same per request for every proxy here (one read and one write per message per side).
+# N are printed beside HAProxy's. The kernel's work (the syscalls) is not counted; `strace -c`
+# counts those (docs/benchmarks.md: weft makes fewer per request than HAProxy here).
 #   INSTRUCTIONS=2000 PATHS="weft-1hop haproxy-1hop nginx-1hop weft-2hop-mtls haproxy-2hop-tls" e2e/bench/proxy-bench.sh
 set -euo pipefail
 
@@ -473,6 +473,8 @@ PY
     for p in $PATHS; do
         [ "$p" = direct ] && continue
         read -r ipr[$p] cpr[$p] <<<"$(count_one "$p")"
+        # count_one runs in a subshell, where `die` cannot stop this script.
+        [ -n "${ipr[$p]}" ] && [ -n "${cpr[$p]}" ] || die "counting $p failed (logs in $OUT)"
         record 0 "$p" instructions_per_request "${ipr[$p]}"
         record 0 "$p" copy_instructions_per_request "${cpr[$p]}"
         log "$p: ${ipr[$p]} instructions per request (${cpr[$p]} in memcpy/memmove)"

@@ -136,10 +136,6 @@ impl<L: Hash> Hashed<L> {
 }
 
 impl<L> Hashed<L> {
-    pub fn labels(&self) -> &L {
-        &self.labels
-    }
-
     pub fn into_labels(self) -> L {
         self.labels
     }

@@ -215,10 +215,9 @@ pub fn parse_authority(authority: &str) -> Result<Target<'_>, AuthorityError> {
 /// The service and namespace of a host `<svc>.<ns>`, optionally followed by `.svc` and then a
 /// cluster domain (any non-empty labels); every label non-empty.
 fn service_labels(host: &str) -> Option<(&str, &str)> {
-    let dot = host.bytes().position(|b| b == b'.')?;
-    let (name, rest) = (&host[..dot], &host[dot + 1..]);
-    let (namespace, tail) = match rest.bytes().position(|b| b == b'.') {
-        Some(dot) => (&rest[..dot], Some(&rest[dot + 1..])),
+    let (name, rest) = split_once_byte(host, b'.')?;
+    let (namespace, tail) = match split_once_byte(rest, b'.') {
+        Some((namespace, tail)) => (namespace, Some(tail)),
         None => (rest, None),
     };
     let tail_ok = match tail {
@@ -231,6 +230,13 @@ fn service_labels(host: &str) -> Option<(&str, &str)> {
         }),
     };
     (tail_ok && !name.is_empty() && !namespace.is_empty()).then_some((name, namespace))
+}
+
+/// `str::split_once` for an ASCII separator, by a byte scan rather than a `char` pattern search
+/// (issue #20: authorities and metric labels are split on every request).
+pub fn split_once_byte(s: &str, sep: u8) -> Option<(&str, &str)> {
+    let i = s.bytes().position(|b| b == sep)?;
+    Some((s.get(..i)?, s.get(i + 1..)?))
 }
 
 fn split_host_port(authority: &str) -> Result<(&str, Option<u16>), AuthorityError> {

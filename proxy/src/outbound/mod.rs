@@ -353,13 +353,6 @@ struct Labels {
     backend: LabelValue,
 }
 
-/// `str::split_once` for an ASCII separator, by a byte scan rather than a `char` pattern
-/// search (issue #20: [`record`] runs on every request).
-fn split_once_byte(s: &str, sep: u8) -> Option<(&str, &str)> {
-    let i = s.bytes().position(|b| b == sep)?;
-    Some((s.get(..i)?, s.get(i + 1..)?))
-}
-
 fn record(
     shared: &Shared,
     labels: &Labels,
@@ -387,16 +380,17 @@ fn record(
         trace::note(labels.route.as_str(), server_id.as_ref());
     }
     // #18: the Linkerd-compatible families; the destination is the backend service chosen.
-    let dst = split_once_byte(labels.authority.as_str(), b'.').map(|(service, namespace)| {
-        match labels.backend.as_str() {
-            "" => (LabelValue::inline(namespace), LabelValue::inline(service)),
-            // A Gateway API backendRef to another namespace is labelled `<namespace>/<name>`.
-            b => match split_once_byte(b, b'/') {
-                Some((ns, name)) => (LabelValue::inline(ns), LabelValue::inline(name)),
-                None => (LabelValue::inline(namespace), labels.backend.clone()),
-            },
-        }
-    });
+    let dst =
+        route::split_once_byte(labels.authority.as_str(), b'.').map(|(service, namespace)| {
+            match labels.backend.as_str() {
+                "" => (LabelValue::inline(namespace), LabelValue::inline(service)),
+                // A Gateway API backendRef to another namespace is labelled `<namespace>/<name>`.
+                b => match route::split_once_byte(b, b'/') {
+                    Some((ns, name)) => (LabelValue::inline(ns), LabelValue::inline(name)),
+                    None => (LabelValue::inline(namespace), labels.backend.clone()),
+                },
+            }
+        });
     let server_id = peer
         .as_ref()
         .map_or(LabelValue::EMPTY, |p| p.server_id.clone());
