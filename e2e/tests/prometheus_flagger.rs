@@ -11,18 +11,31 @@
 //! `podinfo-primary` (its pod named as a Deployment's pods are, no env: the label comes from the
 //! name), answers everything 500: the queries must not count it.
 //!
-//! Exactness: each of the five response series first appears with 1 (one warm-up request per
-//! kind, all before one scrape), then grows by the same count; every series of one target shares
-//! its scrape timestamps, so `rate()` extrapolates them alike and the success rate is exactly
-//! 3/5. Every request waits [`DELAY_MS`] in the app, inside the (500, 1000] ms bucket, so the
-//! p99 of the histogram is 500 + 500 × 0.99 = 995 ms whatever the scheduling noise below 400 ms.
+//! Exactness: Flagger's queries are ratios of `rate()`s over `{{ interval }}`, which the test
+//! sets to a window that holds exactly its measured traffic ([`EACH`] requests of each kind): the
+//! window starts (`t0`) after a scrape in which all five response series exist with their warm-up
+//! value ([`WARM`] requests of each kind), the measured traffic waits for a scrape after `t0`,
+//! and the window ends after the scrape with the final values. So within the window every series
+//! is sampled at the same instants (one target, all present) and rises by its measured count, and
+//! the ratios are exact (success rate 3/5), provided Prometheus extrapolates every series to the
+//! window's start alike: it stops a counter's extrapolation where the counter would reach zero
+//! (`sampled span × first value / increase` before its first sample), a point of each series' own,
+//! so each series' warm-up value must exceed its increase in the window divided by the window in
+//! scrapes (20 in at least [`MIN_WINDOW_S`] one-second scrapes here: 5 warm-up requests of each
+//! kind). With one warm-up request of each kind and a 5 m window holding every sample, a CI
+//! rehearsal read a success rate of 58.57 for 60: the warm-up had straddled a scrape, so one
+//! series began a second before the others, and each was cut at its zero point, 1/20 of its own
+//! span before its first sample.
+//!
+//! Every request waits [`DELAY_MS`] in the app, inside the (500, 1000] ms bucket, so the p99 of
+//! the histogram is 500 + 500 × 0.99 = 995 ms whatever the scheduling noise below 400 ms.
 //!
 //! Build first: `cargo build -p weft-proxy -p weft-operator -p weft-e2e --bins`. Without a
 //! `prometheus` binary the test is skipped (loudly), unless `CI` is set: then it fails.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
@@ -32,13 +45,20 @@ use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
 use weft_e2e::loopback::{LoopbackMesh, MeshSpec, PodSpec, ServiceSpec, PROXY_ADMIN_PORT};
-use weft_e2e::prometheus::{binary_or_skip, Prometheus, Target};
+use weft_e2e::prometheus::{binary_or_skip, sample_value, Prometheus, Target};
 
 const NS: &str = "flagger";
 const APP_PORT: u16 = 9898;
 const DELAY_MS: u64 = 600;
-/// Requests of each kind after the warm-up.
+/// Requests of each kind after the warm-up, in the window.
 const EACH: usize = 20;
+/// Warm-up requests of each kind, before the window: more than [`EACH`] / [`MIN_WINDOW_S`] = 2
+/// (the window in one-second scrapes), with room for the window's first and last scrape lying up
+/// to a second inside it, so that Prometheus never cuts a series' extrapolation to the window's
+/// start at its zero point (see the module doc, "Exactness").
+const WARM: usize = 5;
+/// The shortest window (`{{ interval }}`), seconds.
+const MIN_WINDOW_S: u64 = 10;
 const KINDS: [&str; 5] = ["/ok", "/notfound", "/grpc-ok", "/fail", "/grpc-err"];
 
 /// Flagger's linkerd `request-success-rate`, as Flagger writes it.
@@ -80,12 +100,27 @@ const DURATION: &str = r#"
 		) by (le)
 	)"#;
 
-/// Fills Flagger's template variables (its `RenderQuery`).
-fn render(template: &str, target: &str) -> String {
+/// Fills Flagger's template variables (its `RenderQuery`); `interval` is the window, seconds.
+fn render(template: &str, target: &str, interval: u64) -> String {
     template
         .replace("{{ namespace }}", NS)
         .replace("{{ target }}", target)
-        .replace("{{ interval }}", "5m")
+        .replace("{{ interval }}", &format!("{interval}s"))
+}
+
+/// The single value of `q` evaluated at `at` (NaN when empty).
+async fn value_at(prom: &Prometheus, q: &str, at: f64) -> f64 {
+    let result = prom.query_at(q, at).await;
+    result.first().and_then(sample_value).unwrap_or(f64::NAN)
+}
+
+/// Unix seconds, to the millisecond (Prometheus' timestamps).
+fn now_s() -> f64 {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or_default();
+    ms as f64 / 1000.0
 }
 
 type AppBody = BoxBody<Bytes, Infallible>;
@@ -269,15 +304,28 @@ async fn flagger_linkerd_queries_return_the_right_values_from_a_real_prometheus(
     let inbound_podinfo = format!(
         "response_total{{namespace=\"{NS}\",deployment=\"podinfo\",direction=\"inbound\"}}"
     );
-    // Warm-up: one of each kind, so that every series exists (at 1) before the measured traffic.
-    traffic(outbound, 1).await;
-    prom.wait_value(&format!("count({inbound_podinfo} == 1)"), 5.0)
+    // Warm-up: every series exists, and is scraped with its warm-up value, before the window.
+    traffic(outbound, WARM).await;
+    prom.wait_value(&format!("count({inbound_podinfo} == {WARM})"), 5.0)
         .await;
+    let t0 = now_s();
+    // The window's first scrape, still with the warm-up values, before the measured traffic.
+    prom.wait_value(
+        &format!("count(timestamp({inbound_podinfo}) > {t0:.3})"),
+        5.0,
+    )
+    .await;
     // The measured traffic.
     traffic(outbound, EACH).await;
-    let total = (KINDS.len() * (EACH + 1)) as f64;
+    let total = (KINDS.len() * (WARM + EACH)) as f64;
     prom.wait_value(&format!("sum({inbound_podinfo})"), total)
         .await;
+    // The window ends at or after the scrape with the final values, at least MIN_WINDOW_S long.
+    let last_scrape = prom
+        .value(&format!("max(timestamp({inbound_podinfo}))"))
+        .await;
+    let window = ((last_scrape - t0).ceil() as u64).max(MIN_WINDOW_S);
+    let at = t0 + window as f64;
     // Each kind is one series with its own classification.
     for (kind, classification, status, grpc) in [
         ("/ok", "success", "200", None),
@@ -292,7 +340,7 @@ async fn flagger_linkerd_queries_return_the_right_values_from_a_real_prometheus(
         let q = format!(
             "sum(response_total{{namespace=\"{NS}\",deployment=\"podinfo\",direction=\"inbound\",classification=\"{classification}\",status_code=\"{status}\",{grpc_match}}})"
         );
-        assert_eq!(prom.value(&q).await, (EACH + 1) as f64, "{kind}: {q}");
+        assert_eq!(prom.value(&q).await, (WARM + EACH) as f64, "{kind}: {q}");
     }
     // The primary's 500s are labelled with its own deployment (from its pod name). Other proxies
     // are other scrape targets, scraped at their own moments: wait for their final values.
@@ -312,25 +360,38 @@ async fn flagger_linkerd_queries_return_the_right_values_from_a_real_prometheus(
     )
     .await;
 
-    // Flagger's queries, as Flagger renders them for the canary target `podinfo`.
-    let success_rate = prom.value(&render(SUCCESS_RATE, "podinfo")).await;
+    // The window's end has passed (queries at `at` see no later scrape).
+    while now_s() < at + 0.1 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Flagger's queries, as Flagger renders them for the canary target `podinfo`, over the window.
+    let success_rate = value_at(&prom, &render(SUCCESS_RATE, "podinfo", window), at).await;
     assert!(
         (success_rate - 60.0).abs() < 1e-9,
-        "request-success-rate = {success_rate}, want 60 (3 of 5 kinds succeed); raw: {:?}",
-        prom.query(&format!("{inbound_podinfo}[5m]")).await
+        "request-success-rate = {success_rate}, want 60 (3 of 5 kinds succeed, {EACH} of each in \
+         the window of {window} s from {t0:.3}); raw: {:?}",
+        prom.query_at(&format!("{inbound_podinfo}[{window}s]"), at)
+            .await
     );
-    let duration = prom.value(&render(DURATION, "podinfo")).await;
+    let duration = value_at(&prom, &render(DURATION, "podinfo", window), at).await;
     assert!(
         (duration - 995.0).abs() < 1e-9,
-        "request-duration = {duration}, want 995 (every request in the (500, 1000] ms bucket); buckets: {:?}",
-        prom.query(&format!(
-            "response_latency_ms_bucket{{namespace=\"{NS}\",deployment=\"podinfo\",direction=\"inbound\"}}"
-        ))
+        "request-duration = {duration}, want 995 (every request in the (500, 1000] ms bucket); \
+         buckets in the window of {window} s from {t0:.3}: {:?}",
+        prom.query_at(
+            &format!(
+                "response_latency_ms_bucket{{namespace=\"{NS}\",deployment=\"podinfo\",direction=\"inbound\"}}[{window}s]"
+            ),
+            at
+        )
         .await
     );
     // The same query for the primary, whose every response failed: no success series at all,
     // so the ratio is empty (Flagger reports "no values found", as it does with Linkerd).
-    let primary_rate = prom.query(&render(SUCCESS_RATE, "podinfo-primary")).await;
+    let primary_rate = prom
+        .query_at(&render(SUCCESS_RATE, "podinfo-primary", window), at)
+        .await;
     assert!(primary_rate.is_empty(), "{primary_rate:?}");
 
     app.abort();
