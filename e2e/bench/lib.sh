@@ -16,6 +16,7 @@ need_tools() {
         command -v "$c" >/dev/null && continue
         case $c in
         taskset) pkg=util-linux ;;
+        perf) pkg=linux-perf ;;
         *) pkg=$c ;;
         esac
         need_apt+=("$pkg")

@@ -33,7 +33,18 @@
 # and the user-space instructions of the path's proxy processes (all their threads) divided by
 # N are printed beside HAProxy's. The kernel's work (the syscalls) is not counted; `strace -c`
 # counts those (docs/benchmarks.md: weft makes fewer per request than HAProxy here).
+# COUNT_CONNECTIONS=C (1): the counted requests go over C connections at once (closed loop),
+# as concurrent clients would send them. CACHE_SIM=1 adds callgrind's simulation of this
+# machine's caches and branch predictors (misses per request; each process alone, not sharing
+# the core with the backend and the kernel as it does in the timed runs).
 #   INSTRUCTIONS=2000 PATHS="weft-1hop haproxy-1hop nginx-1hop weft-2hop-mtls haproxy-2hop-tls" e2e/bench/proxy-bench.sh
+# KERNEL=1: instead of the timed rounds, where a request's CPU goes under load: per path and rate
+# (RATES), oha at that rate for OHA_DURATION while `perf stat` (software events and syscall
+# tracepoints, no hardware counters needed) watches the path's proxy processes; prints per
+# request the user and system CPU (/proc/<pid>/stat), syscalls (and the main kinds), and context
+# switches (each one a sleep and a wake-up of a proxy thread). Needs `perf` and root (or
+# perf_event_paranoid <= -1) for the tracepoints.
+#   KERNEL=1 RATES="1000 5000" PATHS="weft-1hop haproxy-1hop nginx-1hop weft-2hop-mtls haproxy-2hop-tls" e2e/bench/proxy-bench.sh
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
@@ -46,6 +57,8 @@ RATES=${RATES:-"1000 5000"}
 OHA_DURATION=${OHA_DURATION:-10s}
 WRK_DURATION=${WRK_DURATION:-8s}
 INSTRUCTIONS=${INSTRUCTIONS:-}
+COUNT_CONNECTIONS=${COUNT_CONNECTIONS:-1}
+KERNEL=${KERNEL:-}
 OUT=${OUT:-$(mktemp -d /tmp/weft-proxy-bench.XXXXXX)}
 PROFILE=${PROFILE:-dist}
 BODY=${BODY:-1k}
@@ -69,6 +82,8 @@ WRAP=()
 if [ -n "$INSTRUCTIONS" ]; then
     need_tools valgrind
     WRAP=(valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.%p" --compress-strings=no)
+    # CACHE_SIM=1: callgrind also simulates this machine's caches and branch predictors.
+    [ -z "${CACHE_SIM:-}" ] || WRAP+=(--cache-sim=yes --branch-sim=yes)
 fi
 if ! command -v oha >/dev/null; then
     [ -z "${NO_INSTALL:-}" ] || die "oha missing (cargo install oha --locked --root ~/.cache/weft)"
@@ -451,9 +466,9 @@ PY
         local -a ppids target
         read -r -a ppids <<<"$(pids_of "$p")"
         mapfile -t target < <(oha_target "$(host_of "$p")" "$(url_of "$p")")
-        taskset -c 0 oha --no-tui -n 200 -c 1 "${OHA_H2[@]}" "${target[@]}" >/dev/null
+        taskset -c 0 oha --no-tui -n 200 -c "$COUNT_CONNECTIONS" "${OHA_H2[@]}" "${target[@]}" >/dev/null
         for pid in "${ppids[@]}"; do callgrind_control -z "$pid" >>"$OUT/callgrind_control.log" 2>&1; done
-        taskset -c 0 oha --no-tui --output-format json -n "$INSTRUCTIONS" -c 1 "${OHA_H2[@]}" \
+        taskset -c 0 oha --no-tui --output-format json -n "$INSTRUCTIONS" -c "$COUNT_CONNECTIONS" "${OHA_H2[@]}" \
             "${target[@]}" >"$OUT/count-$p.json"
         python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); c=d.get("statusCodeDistribution",{}); sys.exit(0 if c=={"200": int(sys.argv[2])} else "non-200 answers: %s" % c)' \
             "$OUT/count-$p.json" "$INSTRUCTIONS" || die "$p did not answer every counted request with 200"
@@ -466,6 +481,7 @@ PY
             # libc's memcpy/memmove: callgrind counts a `rep movsb` copy one instruction per byte.
             n=$(self_cost "$f" 'memcpy|memmove')
             copies=$((copies + n))
+            [ -z "${CACHE_SIM:-}" ] || echo "$f" >>"$OUT/sim-$p.files"
         done
         echo "$((total / INSTRUCTIONS)) $((copies / INSTRUCTIONS))"
     }
@@ -480,7 +496,7 @@ PY
         log "$p: ${ipr[$p]} instructions per request (${cpr[$p]} in memcpy/memmove)"
     done
     {
-        echo "### User-space instructions per request (callgrind, $INSTRUCTIONS sequential requests, body $BODY)"
+        echo "### User-space instructions per request (callgrind, $INSTRUCTIONS requests over $COUNT_CONNECTIONS connection(s), body $BODY)"
         echo
         echo "| path | instructions / request | vs HAProxy (same hops) | of which memcpy/memmove | without them, vs HAProxy |"
         echo "|---|---|---|---|---|"
@@ -498,7 +514,110 @@ PY
         echo "Two-hop rows sum both proxies. Kernel work (syscalls) is not counted. callgrind counts a"
         echo "\`rep movsb\` copy (glibc's memcpy on this CPU) one instruction per byte, where the CPU moves"
         echo "tens of bytes a cycle: the last column leaves the copies out of both sides."
+        [ -n "${CACHE_SIM:-}" ] || exit 0
+        echo
+        echo "### Simulated cache and branch misses per request (callgrind --cache-sim --branch-sim)"
+        echo
+        echo "| path | L1 instruction misses | L1 data misses | last-level misses | mispredicted branches |"
+        echo "|---|---|---|---|---|"
+        for p in $PATHS; do
+            [ "$p" = direct ] && continue
+            # shellcheck disable=SC2046
+            python3 - "$p" "$INSTRUCTIONS" $(cat "$OUT/sim-$p.files") <<'PY'
+import sys
+path, n, files = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+tot = {}
+for f in files:
+    names = []
+    for line in open(f):
+        if line.startswith("events:"):
+            names = line.split()[1:]
+        elif line.startswith("totals:"):
+            for k, v in zip(names, line.split()[1:]):
+                tot[k] = tot.get(k, 0) + int(v)
+g = lambda *ks: sum(tot.get(k, 0) for k in ks) / n
+print(f"| {path} | {g('I1mr'):.0f} | {g('D1mr', 'D1mw'):.0f} | {g('ILmr', 'DLmr', 'DLmw'):.0f} | {g('Bcm', 'Bim'):.0f} |")
+PY
+        done
     } | tee "$OUT/summary.md"
+    exit 0
+fi
+
+if [ -n "$KERNEL" ]; then
+    need_tools perf
+    # The syscalls a proxy makes on a request's path (HAProxy: recvfrom/sendto, nginx:
+    # recv/writev, weft (tokio): recvfrom/writev), the waits, and what else shows up.
+    KINDS="epoll_wait epoll_pwait epoll_ctl read recvfrom readv write sendto writev sendmsg futex"
+    events="task-clock,context-switches,cpu-migrations,raw_syscalls:sys_enter"
+    for k in $KINDS; do events="$events,syscalls:sys_enter_$k"; done
+    utime_stime() { # summed utime and stime (clock ticks) of the given pids
+        local u=0 s=0 p f
+        for p in "$@"; do
+            f=$(sed 's/^.*) //' "/proc/$p/stat")
+            read -r a b <<<"$(echo "$f" | awk '{print $12, $13}')"
+            u=$((u + a)) s=$((s + b))
+        done
+        echo "$u $s"
+    }
+    for p in $PATHS; do
+        saturate 2s "$(host_of "$p")" "$(url_of "$p")" "$OUT/warmup-$p.$SAT_EXT"
+    done
+    log "load average before measuring: $(cut -d' ' -f1-3 /proc/loadavg)"
+    {
+        echo "### Where a request's CPU goes under load (perf stat on the proxies, $OHA_DURATION per rate, body $BODY, load $(cut -d' ' -f1 /proc/loadavg))"
+        echo
+        echo "| path | rate | requests | user µs / req | sys µs / req | syscalls / req | context switches / req | main syscalls / req |"
+        echo "|---|---|---|---|---|---|---|---|"
+    } >"$OUT/summary.md"
+    for p in $PATHS; do
+        [ "$p" = direct ] && continue
+        read -r -a ppids <<<"$(pids_of "$p")"
+        mapfile -t target < <(oha_target "$(host_of "$p")" "$(url_of "$p")")
+        for rate in $RATES; do
+            json=$OUT/kernel-$p-$rate.json
+            read -r u0 s0 <<<"$(utime_stime "${ppids[@]}")"
+            perf stat -x, -o "$OUT/perf-$p-$rate.csv" -e "$events" -p "$(IFS=,; echo "${ppids[*]}")" &
+            perf_pid=$!
+            sleep 0.5
+            nice -n "$NICE" taskset -c 0 oha --no-tui --output-format json "${OHA_H2[@]}" -q "$rate" -z "$OHA_DURATION" -c 16 \
+                --latency-correction "${target[@]}" >"$json" 2>"$json.err" || die "oha failed on $p (see $json.err)"
+            kill -INT "$perf_pid"
+            wait "$perf_pid" || true
+            read -r u1 s1 <<<"$(utime_stime "${ppids[@]}")"
+            python3 - "$OUT/perf-$p-$rate.csv" "$json" "$p" "$rate" "$((u1 - u0))" "$((s1 - s0))" "$CLK_TCK" "$OUT/results.tsv" <<'PY' >>"$OUT/summary.md"
+import json, sys
+csv, js, path, rate, du, ds, tck, results = sys.argv[1:9]
+counts = {}
+for line in open(csv):
+    f = line.strip().split(",")
+    if len(f) > 2 and f[0] and f[0][0].isdigit():
+        counts[f[2]] = float(f[0])
+d = json.load(open(js))
+n = sum(d.get("statusCodeDistribution", {}).values())
+if n == 0 or set(d.get("statusCodeDistribution", {})) != {"200"}:
+    sys.exit(f"{path} at {rate}: answers {d.get('statusCodeDistribution')}")
+per = lambda k: counts.get(k, 0.0) / n
+kinds = sorted(((per(k), k.split("sys_enter_")[1]) for k in counts if k.startswith("syscalls:")), reverse=True)
+main = ", ".join(f"{k} {v:.2f}" for v, k in kinds if v >= 0.05)
+us = lambda ticks: int(ticks) / int(tck) * 1e6 / n
+row = [path, rate, str(n), f"{us(du):.1f}", f"{us(ds):.1f}", f"{per('raw_syscalls:sys_enter'):.2f}",
+       f"{per('context-switches'):.2f}", main]
+print("| " + " | ".join(row) + " |")
+with open(results, "a") as out:
+    for k, v in [("user_us", us(du)), ("sys_us", us(ds)), ("syscalls", per("raw_syscalls:sys_enter")),
+                 ("context_switches", per("context-switches"))]:
+        out.write(f"0\t{path}\tkernel_{rate}_{k}\t{v:.3f}\n")
+PY
+            log "$p at $rate rps: $(tail -1 "$OUT/summary.md")"
+        done
+    done
+    {
+        echo
+        echo "CPU from /proc/<pid>/stat (clock ticks of 10 ms: at 10 s × 1,000 rps one tick is 1 µs per"
+        echo "request). Two-hop rows sum both proxies. A context switch is a proxy thread going to sleep"
+        echo "(or being preempted) and waking again."
+    } >>"$OUT/summary.md"
+    cat "$OUT/summary.md"
     exit 0
 fi
 

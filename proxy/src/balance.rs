@@ -48,9 +48,14 @@ pub const TIE_RATIO: f64 = 2.0;
 pub const MIN_PULL: f64 = 0.5;
 
 fn now_nanos() -> u64 {
+    nanos_at(Instant::now())
+}
+
+/// `at` in nanoseconds since the process-local origin (the first call).
+fn nanos_at(at: Instant) -> u64 {
     static ORIGIN: OnceLock<Instant> = OnceLock::new();
-    let origin = *ORIGIN.get_or_init(Instant::now);
-    u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    let origin = *ORIGIN.get_or_init(|| at);
+    u64::try_from(at.saturating_duration_since(origin).as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// The load estimate of one endpoint. Cheap to share (`Arc<Load>`), updated without locks.
@@ -134,6 +139,11 @@ impl Load {
     /// Records an observed latency.
     pub fn observe(&self, rtt: Duration) {
         self.observe_at(rtt, now_nanos());
+    }
+
+    /// [`Load::observe`] of an answer that ended at `done` (a clock read the caller made).
+    pub fn observe_ended(&self, rtt: Duration, done: Instant) {
+        self.observe_at(rtt, nanos_at(done));
     }
 
     fn observe_at(&self, rtt: Duration, now: u64) {

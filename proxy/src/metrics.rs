@@ -93,7 +93,14 @@ impl Default for LabelValue {
 
 impl PartialEq for LabelValue {
     fn eq(&self, other: &Self) -> bool {
-        self.as_bytes() == other.as_bytes()
+        // A series lookup compares a request's labels with the stored ones; values from the
+        // configuration are the same `Arc` (or static) on both sides, equal without a look at
+        // their bytes.
+        match (self, other) {
+            (LabelValue::Shared(a), LabelValue::Shared(b)) if Arc::ptr_eq(a, b) => true,
+            (LabelValue::Static(a), LabelValue::Static(b)) if std::ptr::eq(*a, *b) => true,
+            _ => self.as_bytes() == other.as_bytes(),
+        }
     }
 }
 
@@ -1183,6 +1190,8 @@ mod tests {
         let m = Metrics::new();
         for authority in [
             LabelValue::Shared(Arc::from("api.demo")),
+            // Another `Arc` with the same text: the same series.
+            LabelValue::Shared(Arc::from(String::from("api.demo"))),
             LabelValue::Static("api.demo"),
             LabelValue::inline("api.demo"),
         ] {
@@ -1210,9 +1219,9 @@ mod tests {
             Duration::from_millis(1),
         );
         let text = m.encode();
-        assert!(text.contains("weft_proxy_requests_total{direction=\"outbound\",authority=\"api.demo\",route=\"r\",backend=\"api\",status_class=\"2xx\",peer=\"\"} 3"), "{text}");
+        assert!(text.contains("weft_proxy_requests_total{direction=\"outbound\",authority=\"api.demo\",route=\"r\",backend=\"api\",status_class=\"2xx\",peer=\"\"} 4"), "{text}");
         assert!(text.contains("weft_proxy_requests_total{direction=\"inbound\",authority=\":65535\",route=\"default\",backend=\"\",status_class=\"2xx\",peer=\"a-rather-long-spiffe-identity-that-does-not-fit\"} 1"), "{text}");
-        assert!(text.contains("weft_proxy_request_duration_seconds_count{direction=\"outbound\",authority=\"api.demo\",route=\"r\",backend=\"api\"} 3"), "{text}");
+        assert!(text.contains("weft_proxy_request_duration_seconds_count{direction=\"outbound\",authority=\"api.demo\",route=\"r\",backend=\"api\"} 4"), "{text}");
     }
 
     #[test]

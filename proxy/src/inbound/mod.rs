@@ -960,6 +960,8 @@ fn record(
     let authority = LabelValue::port(port);
     // #18: the Linkerd-compatible families.
     let traffic = shared.metrics.inbound_traffic(authority.clone(), peer);
+    // One clock read for both families' latency.
+    let latency = started.elapsed();
     shared.metrics.request(
         RequestLabels {
             direction: INBOUND,
@@ -969,9 +971,9 @@ fn record(
             status_class: metrics::status_class(rsp.status()),
             peer: peer.map_or(LabelValue::Static("unauthenticated"), LabelValue::from),
         },
-        started.elapsed(),
+        latency,
     );
-    crate::classify::observe(&shared.metrics, traffic, rsp, started)
+    crate::classify::observe(&shared.metrics, traffic, rsp, latency)
 }
 
 impl Shared {

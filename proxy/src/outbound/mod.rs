@@ -397,6 +397,8 @@ fn record(
     let traffic = shared
         .metrics
         .outbound_traffic(labels.authority.clone(), dst, peer);
+    // One clock read for both families' latency.
+    let latency = started.elapsed();
     shared.metrics.request(
         RequestLabels {
             direction: OUTBOUND,
@@ -406,9 +408,9 @@ fn record(
             status_class: metrics::status_class(rsp.status()),
             peer: server_id,
         },
-        started.elapsed(),
+        latency,
     );
-    classify::observe(&shared.metrics, traffic, rsp, started)
+    classify::observe(&shared.metrics, traffic, rsp, latency)
 }
 
 /// A traced request (sampled `traceparent`, collector configured) gets a client span around its
@@ -1139,7 +1141,7 @@ async fn attempt_once(
                 // A fast error is not a fast success.
                 ep.load.observe_failure();
             } else {
-                ep.load.observe(took);
+                ep.load.observe_ended(took, done);
             }
             h::strip_hop_by_hop(rsp.headers_mut());
             (outcome, rsp)
@@ -1149,7 +1151,7 @@ async fn attempt_once(
                 // The client's own body failing is not the endpoint's fault.
                 Outcome::Unknown
             } else if status == StatusCode::GATEWAY_TIMEOUT && !limit.charge {
-                ep.load.observe(took);
+                ep.load.observe_ended(took, done);
                 Outcome::Unknown
             } else {
                 ep.load.observe_failure();
