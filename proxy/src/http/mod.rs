@@ -300,6 +300,24 @@ pub fn http1_server() -> hyper::server::conn::http1::Builder {
     b
 }
 
+/// A hyper executor that spawns each future boxed: hyper's HTTP/2 client spawns a task per
+/// request (the future that sends its body and awaits the answer), and tokio moves a spawned
+/// future several times on its way into the task and once more when the task's stage changes.
+/// Boxed, each move is a pointer's; the future itself is written once, into the box (issue #20:
+/// ~2,400 of the mesh client's instructions per request were these copies, `docs/benchmarks.md`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SpawnBoxed;
+
+impl<F> hyper::rt::Executor<F> for SpawnBoxed
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::spawn(Box::pin(fut));
+    }
+}
+
 /// An HTTP/2 server builder with the proxy's limits.
 pub fn http2_server() -> hyper::server::conn::http2::Builder<TokioExecutor> {
     let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 
 use crate::http::Body;
 use crate::transport::{self, Hint, MeshIdentity, TransportError, TransportHeader};
@@ -89,7 +89,7 @@ impl MeshPool {
         let identity = &key.identity;
         let tls =
             transport::connect_mesh(mesh, addr, identity, TransportHeader { port, hint }).await?;
-        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(crate::http::SpawnBoxed)
             .timer(TokioTimer::new())
             .keep_alive_interval(std::time::Duration::from_secs(30))
             .keep_alive_timeout(std::time::Duration::from_secs(10))
