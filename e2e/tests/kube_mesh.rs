@@ -14,6 +14,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use tokio::io::AsyncBufReadExt;
 use weft_e2e::apply;
 use weft_e2e::cluster::skip;
 use weft_e2e::harness::{eventually, http_service, mesh_env, traffic_split, KubeEnv};
@@ -336,15 +337,39 @@ async fn kube_mesh_canary_mtls_and_access() {
         .arg(&pcap)
         .args(["tcp", "port", "4143"])
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("tcpdump");
-    tokio::time::sleep(Duration::from_millis(700)).await; // tcpdump has no readiness signal
-                                                          // New connections: restart the conversation with a fresh client-side connection pool.
+    // tcpdump says `listening on <interface>` on stderr once its capture is active: wait for it
+    // (a fixed sleep was too short on a loaded CI machine: the capture then held no packet), and
+    // keep draining stderr so that it never blocks on a full pipe.
+    let mut stderr = tokio::io::BufReader::new(dump.stderr.take().expect("tcpdump stderr")).lines();
+    let listening = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(Some(line)) = stderr.next_line().await {
+            if line.contains("listening on") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert!(
+        matches!(listening, Ok(true)),
+        "tcpdump did not start capturing on {}",
+        weft_e2e::kubelet::BRIDGE
+    );
+    tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
     let bodies = requests(&env, 10, "/").await;
     assert!(bodies.iter().all(|b| b.contains("web v2")), "{bodies:?}");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // `-U` writes each packet as it is captured: wait until the requests' packets are in the
+    // file (bounded) rather than for a fixed time.
+    let pcap_len = || std::fs::metadata(&pcap).map_or(0, |m| m.len());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while pcap_len() <= 200 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let _ = dump.start_kill();
     let _ = dump.wait().await;
     let captured = std::fs::read(&pcap).unwrap_or_default();
