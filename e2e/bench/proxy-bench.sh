@@ -85,6 +85,7 @@ if [ -n "$INSTRUCTIONS" ]; then
     # CACHE_SIM=1: callgrind also simulates this machine's caches and branch predictors.
     [ -z "${CACHE_SIM:-}" ] || WRAP+=(--cache-sim=yes --branch-sim=yes)
 fi
+[ -z "$KERNEL" ] || need_tools perf
 if ! command -v oha >/dev/null; then
     [ -z "${NO_INSTALL:-}" ] || die "oha missing (cargo install oha --locked --root ~/.cache/weft)"
     log "installing oha into $TOOLS"
@@ -424,13 +425,19 @@ RESULTS=$OUT/results.tsv
 record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$RESULTS"; } # round path metric value
 kib() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status"; }
 
-ticks() { # utime+stime of the given pids, in clock ticks
-    local t=0 p f
+utime_stime() { # summed utime and stime of the given pids, in clock ticks: "utime stime"
+    local u=0 s=0 p f a b
     for p in "$@"; do
         f=$(sed 's/^.*) //' "/proc/$p/stat")
-        t=$((t + $(echo "$f" | awk '{print $12 + $13}')))
+        read -r a b <<<"$(echo "$f" | awk '{print $12, $13}')"
+        u=$((u + a)) s=$((s + b))
     done
-    echo "$t"
+    echo "$u $s"
+}
+ticks() { # utime+stime of the given pids, in clock ticks
+    local u s
+    read -r u s <<<"$(utime_stime "$@")"
+    echo "$((u + s))"
 }
 sum_kib() { # $1: field, rest: pids
     local k=$1 t=0 p
@@ -543,26 +550,31 @@ PY
     exit 0
 fi
 
+sleep 1
+for p in $PATHS; do
+    # shellcheck disable=SC2046
+    if [ -n "$(pids_of "$p")" ]; then
+        # shellcheck disable=SC2046
+        record 0 "$p" rss_idle_kib "$(sum_kib VmRSS $(pids_of "$p"))"
+        # shellcheck disable=SC2046
+        # RssAnon: the process's own memory; VmRSS adds RssFile, the pages of the executable and
+        # libraries mapped from the page cache, which every process of the same binary shares.
+        record 0 "$p" anon_idle_kib "$(sum_kib RssAnon $(pids_of "$p"))"
+    fi
+done
+
+# Warm up every path (connections, pools, allocator) before round 1.
+for p in $PATHS; do
+    saturate 2s "$(host_of "$p")" "$(url_of "$p")" "$OUT/warmup-$p.$SAT_EXT"
+done
+log "load average before measuring: $(cut -d' ' -f1-3 /proc/loadavg)"
+
 if [ -n "$KERNEL" ]; then
-    need_tools perf
     # The syscalls a proxy makes on a request's path (HAProxy: recvfrom/sendto, nginx:
     # recv/writev, weft (tokio): recvfrom/writev), the waits, and what else shows up.
     KINDS="epoll_wait epoll_pwait epoll_ctl read recvfrom readv write sendto writev sendmsg futex"
     events="task-clock,context-switches,cpu-migrations,raw_syscalls:sys_enter"
     for k in $KINDS; do events="$events,syscalls:sys_enter_$k"; done
-    utime_stime() { # summed utime and stime (clock ticks) of the given pids
-        local u=0 s=0 p f
-        for p in "$@"; do
-            f=$(sed 's/^.*) //' "/proc/$p/stat")
-            read -r a b <<<"$(echo "$f" | awk '{print $12, $13}')"
-            u=$((u + a)) s=$((s + b))
-        done
-        echo "$u $s"
-    }
-    for p in $PATHS; do
-        saturate 2s "$(host_of "$p")" "$(url_of "$p")" "$OUT/warmup-$p.$SAT_EXT"
-    done
-    log "load average before measuring: $(cut -d' ' -f1-3 /proc/loadavg)"
     {
         echo "### Where a request's CPU goes under load (perf stat on the proxies, $OHA_DURATION per rate, body $BODY, load $(cut -d' ' -f1 /proc/loadavg))"
         echo
@@ -621,24 +633,6 @@ PY
     exit 0
 fi
 
-sleep 1
-for p in $PATHS; do
-    # shellcheck disable=SC2046
-    if [ -n "$(pids_of "$p")" ]; then
-        # shellcheck disable=SC2046
-        record 0 "$p" rss_idle_kib "$(sum_kib VmRSS $(pids_of "$p"))"
-        # shellcheck disable=SC2046
-        # RssAnon: the process's own memory; VmRSS adds RssFile, the pages of the executable and
-        # libraries mapped from the page cache, which every process of the same binary shares.
-        record 0 "$p" anon_idle_kib "$(sum_kib RssAnon $(pids_of "$p"))"
-    fi
-done
-
-# Warm up every path (connections, pools, allocator) before round 1.
-for p in $PATHS; do
-    saturate 2s "$(host_of "$p")" "$(url_of "$p")" "$OUT/warmup-$p.$SAT_EXT"
-done
-log "load average before measuring: $(cut -d' ' -f1-3 /proc/loadavg)"
 record 0 all loadavg_start "$(cut -d' ' -f1 /proc/loadavg)"
 record 0 all nice "$NICE"
 record 0 all body "$BODY"
