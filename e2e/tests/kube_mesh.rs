@@ -364,11 +364,13 @@ async fn kube_mesh_canary_mtls_and_access() {
     assert!(bodies.iter().all(|b| b.contains("web v2")), "{bodies:?}");
     // `-U` writes each packet as it is captured: wait until the requests' packets are in the
     // file (bounded) rather than for a fixed time.
-    let pcap_len = || std::fs::metadata(&pcap).map_or(0, |m| m.len());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while pcap_len() <= 200 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        "the requests' packets in the capture file",
+        Duration::from_secs(10),
+        || async { std::fs::metadata(&pcap).map_or(0, |m| m.len()) },
+        |len| *len > 200,
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let _ = dump.start_kill();
     let _ = dump.wait().await;
