@@ -634,6 +634,10 @@ PY
 fi
 
 record 0 all loadavg_start "$(cut -d' ' -f1 /proc/loadavg)"
+# The share of all CPUs' time the hypervisor stole over the timed rounds (the 8th field of
+# /proc/stat's cpu line): a virtual machine's neighbours slow every path, and this shows by how much.
+cpu_line() { awk '$1 == "cpu" { t = 0; for (i = 2; i <= NF; i++) t += $i; print $9, t }' /proc/stat; }
+stat0=$(cpu_line)
 record 0 all nice "$NICE"
 record 0 all body "$BODY"
 record 0 all client_h2 "${CLIENT_H2:-0}"
@@ -672,6 +676,7 @@ for round in $(seq 1 "$ROUNDS"); do
     done
 done
 record 0 all loadavg_end "$(cut -d' ' -f1 /proc/loadavg)"
+record 0 all steal_pct "$(echo "$stat0 $(cpu_line)" | awk '{ d = $4 - $2; printf "%.1f", (d > 0 ? 100 * ($3 - $1) / d : 0) }')"
 
 python3 "$ROOT/e2e/bench/summarize.py" "$RESULTS" "$RATES" | tee "$OUT/summary.md"
 log "raw results: $RESULTS"

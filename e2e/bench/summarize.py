@@ -128,6 +128,7 @@ def main():
                "stacks, relocated data); RSS adds RssFile, the executable's and libraries' pages mapped from "
                "the page cache and shared by every process of the same binary. Load average (1 min) before/after: "
                f"{meta.get('loadavg_start', '?')} / {meta.get('loadavg_end', '?')}; "
+               f"CPU time stolen by the hypervisor during the rounds: {meta.get('steal_pct', '?')} %; "
                f"benchmark processes at niceness {meta.get('nice', '0')}; response body "
                f"{meta.get('body', '1k')}; client to proxy "
                f"{'HTTP/2 (h2c), saturation by oha -c64' if meta.get('client_h2', '0') not in ('', '0') else 'HTTP/1.1'}.")

@@ -136,7 +136,18 @@ impl TestCa {
         }
     }
 
+    /// An identity whose TLS configurations use the proxy's crypto provider
+    /// (`weft_proxy::identity::provider`: ring, the mesh's cipher suite preference).
     pub fn identity(&self, identity: &str) -> Arc<dyn MeshIdentity> {
+        self.identity_with_provider(identity, weft_proxy::identity::provider())
+    }
+
+    /// [`TestCa::identity`] with TLS configurations built on `provider`.
+    pub fn identity_with_provider(
+        &self,
+        identity: &str,
+        provider: Arc<rustls::crypto::CryptoProvider>,
+    ) -> Arc<dyn MeshIdentity> {
         let key = ok(rcgen::KeyPair::generate());
         let mut params = ok(rcgen::CertificateParams::new(vec![dns_for(identity)]));
         params
@@ -150,7 +161,6 @@ impl TestCa {
             k.insert(der.to_vec(), identity.to_string());
         }
         let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
         ok(roots.add(self.ca_der.clone()));
         let roots = Arc::new(roots);
