@@ -38,6 +38,18 @@
 # machine's caches and branch predictors (misses per request; each process alone, not sharing
 # the core with the backend and the kernel as it does in the timed runs).
 #   INSTRUCTIONS=2000 PATHS="weft-1hop haproxy-1hop nginx-1hop weft-2hop-mtls haproxy-2hop-tls" e2e/bench/proxy-bench.sh
+# linkerd-1hop (optional, never in the default PATHS): linkerd2-proxy, the closest Rust sidecar, in
+# the layout weft's one hop has, but as Linkerd runs it: transparent capture (an iptables REDIRECT
+# of the client's connections to LINKERD_DST:8080, a listener of the backend nginx, to the
+# proxy's outbound port; the proxy runs as uid 65534, whose connections are not redirected), one
+# core (LINKERD2_PROXY_CORES=1, pinned to CPU 1 like every proxy here), a stand-in control plane
+# (proxy/examples/linkerd_standin.rs: plaintext on loopback, Certify answers with a certificate
+# the benchmark's CA issued for the proxy's CSR, every discovery and policy lookup answers
+# UNIMPLEMENTED, on which the proxy forwards to the original destination). Needs root, iptables,
+# setpriv, and LINKERD_PROXY: the path of a linkerd2-proxy binary built with
+# e2e/bench/build-linkerd2-proxy.sh. LINKERD_STANDIN: the stand-in's binary (default: built
+# into target/release/examples).
+#   LINKERD_PROXY=~/.cache/weft/linkerd2-proxy/target/release/linkerd2-proxy PATHS="direct weft-1hop haproxy-1hop linkerd-1hop" e2e/bench/proxy-bench.sh
 # KERNEL=1: instead of the timed rounds, where a request's CPU goes under load: per path and rate
 # (RATES), oha at that rate for OHA_DURATION while `perf stat` (software events and syscall
 # tracepoints, no hardware counters needed) watches the path's proxy processes; prints per
@@ -93,6 +105,19 @@ if ! command -v oha >/dev/null; then
 fi
 [ "$(nproc)" -ge 2 ] || die "needs at least 2 CPUs (load generators on CPU 0, servers on CPU 1)"
 
+LINKERD=""
+case " $PATHS " in *" linkerd-1hop "*) LINKERD=1 ;; esac
+if [ -n "$LINKERD" ]; then
+    [ "$(id -u)" = 0 ] || die "linkerd-1hop needs root (an iptables REDIRECT and a proxy run as another user)"
+    need_tools iptables setpriv
+    [ -x "${LINKERD_PROXY:-}" ] || die "linkerd-1hop needs LINKERD_PROXY, a linkerd2-proxy binary (e2e/bench/build-linkerd2-proxy.sh)"
+    STANDIN=${LINKERD_STANDIN:-$ROOT/target/release/examples/linkerd_standin}
+    if [ ! -x "$STANDIN" ]; then
+        log "cargo build --release -p weft-proxy --example linkerd_standin"
+        cargo build --release --quiet -p weft-proxy --example linkerd_standin
+    fi
+fi
+
 WEFT=""
 case " $PATHS " in *" weft-"*) WEFT=1 ;; esac
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE
@@ -114,6 +139,8 @@ HAPROXY1=$NET.10   # :8081
 NGINXP=$NET.11     # :8082
 HAPROXY_C=$NET.12  # :8083, client side of the two-hop pair
 HAPROXY_S=$NET.13  # :8443, TLS server side
+LINKERD_DST=$NET.20 # :8080, the backend nginx as linkerd-1hop's client addresses it (redirected)
+L5D_UID=65534      # linkerd2-proxy's user: its own connections are not redirected
 NS=bench
 case $BODY in
 1k) BODY_BYTES=1024 ;;
@@ -157,6 +184,7 @@ EOF
     cat <<EOF
     server {
         listen $BACKEND:8080 backlog=4096;
+$([ -z "$LINKERD" ] || echo "        listen $LINKERD_DST:8080 backlog=4096;")
         location / { root $OUT/www; }
     }
 EOF
@@ -329,6 +357,56 @@ pid_haproxy_c=$last_pid
 start haproxy-2hop-server 1 "${WRAP[@]}" haproxy -db -f "$OUT/haproxy-2hop-server.cfg"
 pid_haproxy_s=$last_pid
 
+if [ -n "$LINKERD" ]; then
+    # Its identity: a key and CSR as linkerd's init would leave them, and the certificate the
+    # stand-in hands out for that CSR, issued by the benchmark's CA (the trust anchor).
+    l5d=$OUT/linkerd
+    L5D_ID=default.$NS.serviceaccount.identity.linkerd.cluster.local
+    mkdir -p "$l5d/identity"
+    (
+        cd "$l5d"
+        openssl ecparam -name prime256v1 -genkey -noout -out key.pem 2>/dev/null
+        openssl pkcs8 -topk8 -nocrypt -in key.pem -outform DER -out identity/key.p8
+        openssl req -new -key key.pem -subj "/CN=$L5D_ID" -addext "subjectAltName=DNS:$L5D_ID" \
+            -outform DER -out identity/csr.der 2>/dev/null
+        printf 'subjectAltName=DNS:%s\nextendedKeyUsage=serverAuth,clientAuth\n' "$L5D_ID" >leaf.ext
+        openssl x509 -req -inform DER -in identity/csr.der -CA "$pki/ca.crt" -CAkey "$pki/ca.key" \
+            -CAcreateserial -days 2 -extfile leaf.ext -outform DER -out leaf.der 2>/dev/null
+        printf 'bench-token' >token
+    )
+    # The proxy runs as $L5D_UID: it must reach its files (and write callgrind's when counting).
+    chmod o+x "$OUT" "$l5d"
+    chmod -R o+rX "$l5d"
+    [ -z "$INSTRUCTIONS" ] || chmod o+w "$OUT"
+    start linkerd-standin 0 "$STANDIN" 127.0.0.1:8089 "$l5d/leaf.der"
+    wait_port 127.0.0.1 8089
+    start linkerd-proxy 1 setpriv --reuid=$L5D_UID --regid=$L5D_UID --clear-groups env \
+        LINKERD2_PROXY_CORES=1 \
+        LINKERD2_PROXY_LOG=warn \
+        LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR=127.0.0.1:4240 \
+        LINKERD2_PROXY_INBOUND_LISTEN_ADDR=127.0.0.1:4243 \
+        LINKERD2_PROXY_ADMIN_LISTEN_ADDR=127.0.0.1:4291 \
+        LINKERD2_PROXY_CONTROL_LISTEN_ADDR=127.0.0.1:4290 \
+        LINKERD2_PROXY_IDENTITY_DIR="$l5d/identity" \
+        LINKERD2_PROXY_IDENTITY_TOKEN_FILE="$l5d/token" \
+        LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS="$(cat "$pki/ca.crt")" \
+        LINKERD2_PROXY_IDENTITY_LOCAL_NAME="$L5D_ID" \
+        LINKERD2_PROXY_IDENTITY_SVC_ADDR=127.0.0.1:8089 \
+        LINKERD2_PROXY_DESTINATION_SVC_ADDR=127.0.0.1:8089 \
+        LINKERD2_PROXY_POLICY_SVC_ADDR=127.0.0.1:8089 \
+        LINKERD2_PROXY_POLICY_WORKLOAD="{\"ns\":\"$NS\",\"pod\":\"client-0\"}" \
+        LINKERD2_PROXY_DESTINATION_CONTEXT="{\"ns\":\"$NS\",\"nodeName\":\"bench\"}" \
+        "${WRAP[@]}" "$LINKERD_PROXY"
+    pid_linkerd=$last_pid
+    redirect() { # $1: -A or -D
+        iptables -t nat "$1" OUTPUT -p tcp -d "$LINKERD_DST" --dport 8080 \
+            -m owner ! --uid-owner "$L5D_UID" -j REDIRECT --to-ports 4240
+    }
+    # The rule is removed on every exit, before it exists too (-D of a missing rule fails quietly).
+    trap 'redirect -D 2>/dev/null || true; cleanup' EXIT
+    redirect -A
+fi
+
 if [ -n "$WEFT" ]; then
     start_operator "$OPERATOR"
     start_proxy client-0 client "$CLIENT" 127.0.0.1
@@ -342,6 +420,7 @@ wait_port "$NGINXP" 8082
 wait_port "$HAPROXY1" 8081
 wait_port "$HAPROXY_C" 8083
 wait_port "$HAPROXY_S" 8443
+[ -z "$LINKERD" ] || wait_http "http://127.0.0.1:4291/ready"
 if [ -n "$WEFT" ]; then
     wait_http "http://$CLIENT:4191/ready"
     wait_http "http://$SERVER:4191/ready"
@@ -361,6 +440,7 @@ url_of() {
     haproxy-1hop) echo "http://$HAPROXY1:8081$BODY_PATH" ;;
     nginx-1hop) echo "http://$NGINXP:8082$BODY_PATH" ;;
     haproxy-2hop-tls) echo "http://$HAPROXY_C:8083$BODY_PATH" ;;
+    linkerd-1hop) echo "http://$LINKERD_DST:8080$BODY_PATH" ;;
     *) die "unknown path $1" ;;
     esac
 }
@@ -379,6 +459,7 @@ pids_of() {
     haproxy-1hop) echo "$pid_haproxy1" ;;
     nginx-1hop) echo "$pid_nginxp" ;;
     haproxy-2hop-tls) echo "$pid_haproxy_c $pid_haproxy_s" ;;
+    linkerd-1hop) echo "$pid_linkerd" ;;
     esac
 }
 
@@ -450,6 +531,14 @@ CLK_TCK=$(getconf CLK_TCK)
 if [ -n "$INSTRUCTIONS" ]; then
     # Per path: warm up, zero the counters, send the measured requests, dump, and read the
     # dump's total (callgrind writes one file per dump: callgrind.<pid>.<n>).
+    # Runs a command as the user that owns process $1 (linkerd2-proxy runs as $L5D_UID):
+    # callgrind_control talks to valgrind through FIFOs that only the same user can open.
+    as_owner() {
+        local uid gid
+        uid=$(stat -c %u "/proc/$1") gid=$(stat -c %g "/proc/$1")
+        shift
+        if [ "$uid" = "$(id -u)" ]; then "$@"; else setpriv --reuid="$uid" --regid="$gid" --clear-groups "$@"; fi
+    }
     self_cost() { # $1: callgrind file (names uncompressed), $2: regex; the matching functions'
         # own cost (a cost line right after a `calls=` line is a callee's, not the function's)
         python3 - "$1" "$2" <<'PY'
@@ -474,13 +563,13 @@ PY
         read -r -a ppids <<<"$(pids_of "$p")"
         mapfile -t target < <(oha_target "$(host_of "$p")" "$(url_of "$p")")
         taskset -c 0 oha --no-tui -n 200 -c "$COUNT_CONNECTIONS" "${OHA_H2[@]}" "${target[@]}" >/dev/null
-        for pid in "${ppids[@]}"; do callgrind_control -z "$pid" >>"$OUT/callgrind_control.log" 2>&1; done
+        for pid in "${ppids[@]}"; do as_owner "$pid" callgrind_control -z "$pid" >>"$OUT/callgrind_control.log" 2>&1; done
         taskset -c 0 oha --no-tui --output-format json -n "$INSTRUCTIONS" -c "$COUNT_CONNECTIONS" "${OHA_H2[@]}" \
             "${target[@]}" >"$OUT/count-$p.json"
         python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); c=d.get("statusCodeDistribution",{}); sys.exit(0 if c=={"200": int(sys.argv[2])} else "non-200 answers: %s" % c)' \
             "$OUT/count-$p.json" "$INSTRUCTIONS" || die "$p did not answer every counted request with 200"
         for pid in "${ppids[@]}"; do
-            callgrind_control -d "$pid" >>"$OUT/callgrind_control.log" 2>&1
+            as_owner "$pid" callgrind_control -d "$pid" >>"$OUT/callgrind_control.log" 2>&1
             f=$(ls -t "$OUT"/callgrind."$pid".* | head -1)
             n=$(awk '/^totals:/ {print $2}' "$f")
             [ -n "$n" ] || die "no totals in $f"
