@@ -4,14 +4,18 @@
 //! anchors refuses the operator; a proxy without anchors still works over plaintext unless the
 //! operator requires TLS.
 
+mod control_support;
+mod process_support;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use process_support::{proxy_command, spawn_proxy, Spawned};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use weft_operator::identity::{
     generate_ca, BootstrapToken, CaStore, ControlTlsOptions, IdentityOptions, SpiffeId,
@@ -92,12 +96,6 @@ async fn start_operator_with(require_tls: bool, require_discovery_identity: bool
     }
 }
 
-/// A free port on 127.0.0.1 (bound and released; the proxy binds it right after).
-async fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
 struct ProxyProcess {
     _child: Child,
     admin: SocketAddr,
@@ -108,46 +106,12 @@ struct ProxyProcess {
 impl ProxyProcess {
     async fn start(control: &str, extra: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let token = dir.path().join("token");
-        std::fs::write(&token, TOKEN).expect("write token");
-        let admin = SocketAddr::from(([127, 0, 0, 1], free_port().await));
-        let inbound = SocketAddr::from(([127, 0, 0, 1], free_port().await));
-        let outbound = SocketAddr::from(([127, 0, 0, 1], free_port().await));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_weft-proxy"));
-        cmd.env_clear()
-            .env("WEFT_PROXY_CONTROL_ADDR", control)
-            .env("WEFT_PROXY_POD", "demo/web-0")
-            .env("WEFT_PROXY_SERVICE_ACCOUNT", "web")
-            .env("WEFT_PROXY_TOKEN_FILE", &token)
-            .env("WEFT_PROXY_ADMIN_ADDR", admin.to_string())
-            .env("WEFT_PROXY_INBOUND_ADDR", inbound.to_string())
-            .env("WEFT_PROXY_OUTBOUND_ADDR", outbound.to_string())
-            .env("WEFT_LOG", "info");
-        for (k, v) in extra {
-            cmd.env(k, v);
-        }
-        let mut child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn weft-proxy");
-        let log = Arc::new(Mutex::new(String::new()));
-        if let Some(stderr) = child.stderr.take() {
-            let log = Arc::clone(&log);
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(stderr).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    if let Ok(mut l) = log.lock() {
-                        l.push_str(&line);
-                        l.push('\n');
-                    }
-                }
-            });
-        }
+        let mut cmd = proxy_command(control, dir.path());
+        cmd.envs(extra.iter().copied());
+        let Spawned { child, bound, log } = spawn_proxy(cmd).await;
         ProxyProcess {
             _child: child,
-            admin,
+            admin: bound.admin,
             log,
             _dir: dir,
         }

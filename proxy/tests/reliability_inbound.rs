@@ -13,7 +13,6 @@ mod process_support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,10 +23,10 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use process_support::{free_port, start_operator, TOKEN};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use process_support::{free_port, proxy_command, spawn_proxy, start_operator, Spawned, TOKEN};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::sync::watch;
 use weft_proxy::identity::{Identity, IdentityConfig, RenewPolicy};
 use weft_proxy::transport::{self, Hint, TransportHeader};
@@ -155,44 +154,13 @@ struct Proxy {
 impl Proxy {
     async fn start(control: &str) -> Proxy {
         let dir = tempfile::tempdir().expect("tempdir");
-        let token = dir.path().join("token");
-        std::fs::write(&token, TOKEN).expect("write token");
-        let admin = SocketAddr::from(([127, 0, 0, 1], free_port().await));
-        let inbound = SocketAddr::from(([127, 0, 0, 1], free_port().await));
-        let outbound = SocketAddr::from(([127, 0, 0, 1], free_port().await));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_weft-proxy"))
-            .env_clear()
-            .env("WEFT_PROXY_CONTROL_ADDR", control)
-            .env("WEFT_PROXY_POD", "demo/web-0")
-            .env("WEFT_PROXY_SERVICE_ACCOUNT", "web")
-            .env("WEFT_PROXY_TOKEN_FILE", &token)
-            .env("WEFT_PROXY_ADMIN_ADDR", admin.to_string())
-            .env("WEFT_PROXY_INBOUND_ADDR", inbound.to_string())
-            .env("WEFT_PROXY_OUTBOUND_ADDR", outbound.to_string())
-            .env("WEFT_PROXY_APP_IP", "127.0.0.1")
-            .env("WEFT_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn weft-proxy");
-        let log = Arc::new(Mutex::new(String::new()));
-        if let Some(stderr) = child.stderr.take() {
-            let log = log.clone();
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(stderr).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    if let Ok(mut l) = log.lock() {
-                        l.push_str(&line);
-                        l.push('\n');
-                    }
-                }
-            });
-        }
+        let mut cmd = proxy_command(control, dir.path());
+        cmd.env("WEFT_PROXY_APP_IP", "127.0.0.1");
+        let Spawned { child, bound, log } = spawn_proxy(cmd).await;
         Proxy {
             _child: child,
-            admin,
-            inbound,
+            admin: bound.admin,
+            inbound: bound.inbound,
             log,
             _dir: dir,
         }

@@ -85,11 +85,10 @@ async fn the_binary_exports_a_client_span_and_flushes_it_on_sigterm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_collector_that_is_not_a_url_stops_the_proxy_at_start() {
     let op = start_operator(SocketAddr::from(([127, 0, 0, 1], 0))).await;
-    let mut proxy = ProxyProcess::start_with_env(
+    let mut proxy = ProxyProcess::start_to_fail(
         &op.uri(),
         &[("WEFT_PROXY_TRACE_COLLECTOR", "collector.tracing:4317")],
-    )
-    .await;
+    );
     let status = tokio::time::timeout(WAIT, proxy.child.wait())
         .await
         .expect("exits")

@@ -17,10 +17,114 @@ use crate::control_support::{FakeOperator, WAIT};
 
 pub const TOKEN: &str = "bootstrap-secret";
 
-/// A free port on 127.0.0.1 (bound and released; the proxy binds it right after).
+/// A free port on 127.0.0.1 (bound and released). Only for addresses that no process binds
+/// (an endpoint that refuses connections): a proxy's own listeners bind port 0 and report what
+/// they got ([`spawn_proxy`]), since a port picked and released can be taken by another test's
+/// process before the proxy binds it.
 pub async fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     l.local_addr().expect("addr").port()
+}
+
+/// The listeners a started proxy bound, as its `weft-proxy started` log line reports them.
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub admin: SocketAddr,
+    pub inbound: SocketAddr,
+    pub outbound: SocketAddr,
+}
+
+/// A running `weft-proxy` child, its stderr collected into `log`.
+pub struct Spawned {
+    pub child: Child,
+    pub bound: Bound,
+    pub log: Arc<Mutex<String>>,
+}
+
+/// `weft-proxy` with the environment every process test starts from: a clean environment, the
+/// control plane at `control`, pod demo/web-0 with service account `web`, the bootstrap token
+/// written to a file in `dir`, and every listener on 127.0.0.1 port 0 (the kernel picks the
+/// port; [`spawn_proxy`] reads it back). Tests add or override variables on the result.
+pub fn proxy_command(control: &str, dir: &std::path::Path) -> Command {
+    let token = dir.join("token");
+    std::fs::write(&token, TOKEN).expect("write token");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weft-proxy"));
+    cmd.env_clear()
+        .env("WEFT_PROXY_CONTROL_ADDR", control)
+        .env("WEFT_PROXY_POD", "demo/web-0")
+        .env("WEFT_PROXY_SERVICE_ACCOUNT", "web")
+        .env("WEFT_PROXY_TOKEN_FILE", &token)
+        .env("WEFT_PROXY_ADMIN_ADDR", "127.0.0.1:0")
+        .env("WEFT_PROXY_INBOUND_ADDR", "127.0.0.1:0")
+        .env("WEFT_PROXY_OUTBOUND_ADDR", "127.0.0.1:0")
+        .env("WEFT_LOG", "info");
+    cmd
+}
+
+/// Spawns the proxy and waits until it has bound its listeners, then returns the addresses it
+/// logged. Panics with the proxy's log if it exits first or does not start within [`WAIT`].
+pub async fn spawn_proxy(cmd: Command) -> Spawned {
+    let (mut child, log) = spawn_logged(cmd);
+    let text = || log.lock().map(|l| l.clone()).unwrap_or_default();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(bound) = text().lines().find_map(started_line) {
+            return Spawned { child, bound, log };
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            // Give the reader a moment to collect the last lines of the log.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            panic!(
+                "weft-proxy exited ({status}) before it started; log:\n{}",
+                text()
+            );
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("weft-proxy did not start within {WAIT:?}; log:\n{}", text());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Spawns the proxy with its stderr collected into the returned log, without waiting for it.
+pub fn spawn_logged(mut cmd: Command) -> (Child, Arc<Mutex<String>>) {
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn weft-proxy");
+    let log = Arc::new(Mutex::new(String::new()));
+    if let Some(stderr) = child.stderr.take() {
+        let log = Arc::clone(&log);
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Ok(mut l) = log.lock() {
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            }
+        });
+    }
+    (child, log)
+}
+
+/// The addresses in a `weft-proxy started admin=... inbound=... outbound=...` log line.
+fn started_line(line: &str) -> Option<Bound> {
+    if !line.contains("weft-proxy started") {
+        return None;
+    }
+    let field = |name: &str| -> Option<SocketAddr> {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .and_then(|v| v.parse().ok())
+    };
+    Some(Bound {
+        admin: field("admin")?,
+        inbound: field("inbound")?,
+        outbound: field("outbound")?,
+    })
 }
 
 pub async fn start_operator(addr: SocketAddr) -> FakeOperator {
@@ -52,45 +156,31 @@ impl ProxyProcess {
     /// [`ProxyProcess::start`] with more environment variables.
     pub async fn start_with_env(control: &str, extra: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let token = dir.path().join("token");
-        std::fs::write(&token, TOKEN).expect("write token");
-        let admin = SocketAddr::from(([127, 0, 0, 1], free_port().await));
-        let inbound = SocketAddr::from(([127, 0, 0, 1], free_port().await));
-        let outbound = SocketAddr::from(([127, 0, 0, 1], free_port().await));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_weft-proxy"))
-            .env_clear()
-            .env("WEFT_PROXY_CONTROL_ADDR", control)
-            .env("WEFT_PROXY_POD", "demo/web-0")
-            .env("WEFT_PROXY_SERVICE_ACCOUNT", "web")
-            .env("WEFT_PROXY_TOKEN_FILE", &token)
-            .env("WEFT_PROXY_ADMIN_ADDR", admin.to_string())
-            .env("WEFT_PROXY_INBOUND_ADDR", inbound.to_string())
-            .env("WEFT_PROXY_OUTBOUND_ADDR", outbound.to_string())
-            .env("WEFT_PROXY_SHUTDOWN_GRACE", "5s")
-            .env("WEFT_LOG", "info")
-            .envs(extra.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn weft-proxy");
-        let log = Arc::new(Mutex::new(String::new()));
-        if let Some(stderr) = child.stderr.take() {
-            let log = Arc::clone(&log);
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(stderr).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    if let Ok(mut l) = log.lock() {
-                        l.push_str(&line);
-                        l.push('\n');
-                    }
-                }
-            });
-        }
+        let mut cmd = proxy_command(control, dir.path());
+        cmd.env("WEFT_PROXY_SHUTDOWN_GRACE", "5s")
+            .envs(extra.iter().copied());
+        let Spawned { child, bound, log } = spawn_proxy(cmd).await;
         ProxyProcess {
             child,
-            admin,
-            outbound,
+            admin: bound.admin,
+            outbound: bound.outbound,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// A proxy expected to stop at start (a configuration error): spawned and not waited for.
+    /// Its listeners' addresses are unknown (`127.0.0.1:0`).
+    pub fn start_to_fail(control: &str, extra: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cmd = proxy_command(control, dir.path());
+        cmd.envs(extra.iter().copied());
+        let (child, log) = spawn_logged(cmd);
+        let unknown = SocketAddr::from(([127, 0, 0, 1], 0));
+        ProxyProcess {
+            child,
+            admin: unknown,
+            outbound: unknown,
             log,
             _dir: dir,
         }
@@ -100,7 +190,7 @@ impl ProxyProcess {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
-    /// Polls `GET path` until `want` holds (the proxy needs a moment to bind and certify).
+    /// Polls `GET path` until `want` holds (the proxy needs a moment to certify).
     pub async fn admin_until(&self, path: &str, mut want: impl FnMut(u16, &str) -> bool) -> String {
         let result = tokio::time::timeout(WAIT, async {
             let mut interval = tokio::time::interval(Duration::from_millis(20));
