@@ -374,7 +374,9 @@ if [ -n "$LINKERD" ]; then
             -CAcreateserial -days 2 -extfile leaf.ext -outform DER -out leaf.der 2>/dev/null
         printf 'bench-token' >token
     )
-    # The proxy runs as $L5D_UID: it must reach its files (and write callgrind's when counting).
+    # The proxy runs as $L5D_UID: it must reach its files (and write callgrind's when counting),
+    # and its binary, copied here since a build under root's home is out of that user's reach.
+    cp "$LINKERD_PROXY" "$l5d/linkerd2-proxy"
     chmod o+x "$OUT" "$l5d"
     chmod -R o+rX "$l5d"
     [ -z "$INSTRUCTIONS" ] || chmod o+w "$OUT"
@@ -396,7 +398,7 @@ if [ -n "$LINKERD" ]; then
         LINKERD2_PROXY_POLICY_SVC_ADDR=127.0.0.1:8089 \
         LINKERD2_PROXY_POLICY_WORKLOAD="{\"ns\":\"$NS\",\"pod\":\"client-0\"}" \
         LINKERD2_PROXY_DESTINATION_CONTEXT="{\"ns\":\"$NS\",\"nodeName\":\"bench\"}" \
-        "${WRAP[@]}" "$LINKERD_PROXY"
+        "${WRAP[@]}" "$l5d/linkerd2-proxy"
     pid_linkerd=$last_pid
     redirect() { # $1: -A or -D
         iptables -t nat "$1" OUTPUT -p tcp -d "$LINKERD_DST" --dport 8080 \
