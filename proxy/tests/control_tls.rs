@@ -13,7 +13,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use process_support::{proxy_command, spawn_proxy, Spawned};
+use process_support::{proxy_command, spawn_proxy, Spawned, TOKEN};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
@@ -22,7 +22,6 @@ use weft_operator::identity::{
 };
 use weft_operator::runtime::{IdentityConfig, Runtime, RuntimeConfig};
 
-const TOKEN: &str = "bootstrap-secret";
 const WAIT: Duration = Duration::from_secs(30);
 const OPERATOR_ID: &str = "spiffe://cluster.local/ns/weft-system/sa/weft-operator";
 
