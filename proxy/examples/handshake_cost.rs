@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use dataplane_support::{ok, TestCa};
 use rustls::crypto::ring::cipher_suite;
 use rustls::{ClientConnection, HandshakeKind, ServerConnection, SupportedCipherSuite};
+use weft_proxy::transport::MeshIdentity;
 
 const WEB: &str = "spiffe://cluster.local/ns/demo/sa/web";
 const API: &str = "spiffe://cluster.local/ns/demo/sa/api";
@@ -157,17 +158,29 @@ fn records(
     Ok((send, recv))
 }
 
-/// The configurations as the proxy ships them: no resumption on either side.
-fn without_resumption(
-    client: &rustls::ClientConfig,
-    server: &rustls::ServerConfig,
-) -> (Arc<rustls::ClientConfig>, Arc<rustls::ServerConfig>) {
-    let mut client = client.clone();
-    client.resumption = rustls::client::Resumption::disabled();
-    let mut server = server.clone();
-    server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-    server.send_tls13_tickets = 0;
-    (Arc::new(client), Arc::new(server))
+/// The client configuration of `web` and the server configuration of `api` as the proxy ships
+/// them (resumption off: `identity::no_resumption_*`, as `Identity` applies them), and the name
+/// `web` verifies `api` by.
+fn link_configs(
+    web: &dyn MeshIdentity,
+    api: &dyn MeshIdentity,
+) -> (
+    Arc<rustls::ClientConfig>,
+    Arc<rustls::ServerConfig>,
+    rustls_pki_types::ServerName<'static>,
+) {
+    let (Some(client), Some(server), Some(name)) = (
+        web.client_config(),
+        api.server_config(),
+        web.server_name_for(API),
+    ) else {
+        panic!("test identities have configurations");
+    };
+    let mut client = (*client).clone();
+    weft_proxy::identity::no_resumption_client(&mut client);
+    let mut server = (*server).clone();
+    weft_proxy::identity::no_resumption_server(&mut server);
+    (Arc::new(client), Arc::new(server), name)
 }
 
 fn suite_provider(suite: SupportedCipherSuite) -> Arc<rustls::crypto::CryptoProvider> {
@@ -186,15 +199,7 @@ fn main() {
     // Cipher suites.
     let shipped = weft_proxy::identity::provider();
     let negotiated = {
-        let (web, api) = (ca.identity(WEB), ca.identity(API));
-        let (Some(client), Some(server), Some(name)) = (
-            web.client_config(),
-            api.server_config(),
-            web.server_name_for(API),
-        ) else {
-            panic!("test identities have configurations");
-        };
-        let (client, server) = without_resumption(&client, &server);
+        let (client, server, name) = link_configs(&*ca.identity(WEB), &*ca.identity(API));
         let (c, _) = ok(handshake(&client, &server, &name, &mut Cost::default()));
         c.negotiated_cipher_suite().map(|s| s.suite())
     };
@@ -226,16 +231,10 @@ fn main() {
     .into_iter()
     .map(|suite| {
         let provider = suite_provider(suite);
-        let web = ca.identity_with_provider(WEB, provider.clone());
-        let api = ca.identity_with_provider(API, provider);
-        let (Some(client), Some(server), Some(name)) = (
-            web.client_config(),
-            api.server_config(),
-            web.server_name_for(API),
-        ) else {
-            panic!("test identities have configurations");
-        };
-        let (client, server) = without_resumption(&client, &server);
+        let (client, server, name) = link_configs(
+            &*ca.identity_with_provider(WEB, provider.clone()),
+            &*ca.identity_with_provider(API, provider),
+        );
         Variant {
             suite,
             client,
@@ -299,20 +298,11 @@ fn main() {
     }
 
     // Resumption, with the proxy's provider.
-    let web = ca.identity(WEB);
-    let api = ca.identity(API);
-    let (Some(client), Some(server), Some(name)) = (
-        web.client_config(),
-        api.server_config(),
-        web.server_name_for(API),
-    ) else {
-        panic!("test identities have configurations");
-    };
-    let (full_client, full_server) = without_resumption(&client, &server);
+    let (full_client, full_server, name) = link_configs(&*ca.identity(WEB), &*ca.identity(API));
     // What rustls offers: an in-memory session cache, stateful TLS 1.3 tickets.
-    let mut res_client = (*client).clone();
+    let mut res_client = (*full_client).clone();
     res_client.resumption = rustls::client::Resumption::in_memory_sessions(256);
-    let mut res_server = (*server).clone();
+    let mut res_server = (*full_server).clone();
     res_server.session_storage = rustls::server::ServerSessionMemoryCache::new(256);
     res_server.send_tls13_tickets = 1;
     let (res_client, res_server) = (Arc::new(res_client), Arc::new(res_server));

@@ -30,7 +30,8 @@ use weft_proxy_api::v1::{CertifyRequest, CertifyResponse};
 
 pub use anchors::{AnchorsError, TrustAnchors};
 pub use tls::{
-    identity_from_server_name, peer_identity, provider, server_name_for, SERVER_NAME_SUFFIX,
+    identity_from_server_name, no_resumption_client, no_resumption_server, peer_identity, provider,
+    server_name_for, SERVER_NAME_SUFFIX,
 };
 use tls::{CertState, ControlClientCert, CurrentCert, CurrentClientAnchors, MeshServerPeer};
 use weft_common::tls::{AnchoredClientVerifier, AnchoredServerVerifier};
@@ -202,11 +203,9 @@ impl Identity {
         };
         // No resumption: every connection verifies the peer's current certificate against the
         // current trust anchors, so renewals and anchor rotations take effect at once.
-        for config in [&mut server_config, &mut mesh_server_config] {
-            config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-            config.send_tls13_tickets = 0;
-        }
-        client_config.resumption = rustls::client::Resumption::disabled();
+        no_resumption_server(&mut server_config);
+        no_resumption_server(&mut mesh_server_config);
+        no_resumption_client(&mut client_config);
         Identity {
             shared: Arc::new(Shared {
                 state,

@@ -113,6 +113,20 @@ fn labels(s: &str) -> String {
     chunks.join(".")
 }
 
+/// Turns TLS session resumption off on a server configuration: no session cache, no TLS 1.3
+/// tickets. The proxy's policy (docs/identity.md): every connection verifies the peer's current
+/// certificate against the current trust anchors, so renewals and anchor rotations take effect
+/// at once.
+pub fn no_resumption_server(config: &mut rustls::ServerConfig) {
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+}
+
+/// [`no_resumption_server`] for a client configuration: it neither stores nor offers sessions.
+pub fn no_resumption_client(config: &mut rustls::ClientConfig) {
+    config.resumption = rustls::client::Resumption::disabled();
+}
+
 /// The TLS server name under which a client expects to meet `identity` (a SPIFFE ID).
 ///
 /// The identity is encoded as DNS labels under [`SERVER_NAME_SUFFIX`] (base32, or a SHA-256
@@ -533,59 +547,22 @@ mod tests {
         older
             .cipher_suites
             .retain(|s| s.suite() == TLS13_AES_256_GCM_SHA384);
-        let older = ok(rustls::ClientConfig::builder_with_provider(Arc::new(older))
+        let older = Arc::new(older);
+        // The proxy's own server verifier, on the older provider: the older peer verifies the
+        // server as any proxy does.
+        let verifier = weft_common::tls::AnchoredServerVerifier::new(
+            MeshServerPeer(client_id.shared.state.subscribe()),
+            Arc::clone(&older),
+        );
+        let older = ok(rustls::ClientConfig::builder_with_provider(older)
             .with_protocol_versions(&[&rustls::version::TLS13]))
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAny))
+        .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_cert_resolver(Arc::new(CurrentCert(client_id.shared.state.subscribe())));
         assert_eq!(
             negotiated(Arc::new(older)).await,
             Some(TLS13_AES_256_GCM_SHA384)
         );
-    }
-
-    /// A server verifier that accepts any certificate (the suite test needs a client config
-    /// with a provider of its own; what it verifies is not under test there).
-    #[derive(Debug)]
-    struct AcceptAny;
-
-    impl rustls::client::danger::ServerCertVerifier for AcceptAny {
-        fn verify_server_cert(
-            &self,
-            _: &CertificateDer<'_>,
-            _: &[CertificateDer<'_>],
-            _: &ServerName<'_>,
-            _: &[u8],
-            _: rustls::pki_types::UnixTime,
-        ) -> Result<rustls::client::danger::ServerCertVerified, Error> {
-            Ok(rustls::client::danger::ServerCertVerified::assertion())
-        }
-        fn verify_tls12_signature(
-            &self,
-            _: &[u8],
-            _: &CertificateDer<'_>,
-            _: &rustls::DigitallySignedStruct,
-        ) -> Result<rustls::client::danger::HandshakeSignatureValid, Error> {
-            Err(Error::General("TLS 1.2 is not used".into()))
-        }
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &rustls::DigitallySignedStruct,
-        ) -> Result<rustls::client::danger::HandshakeSignatureValid, Error> {
-            rustls::crypto::verify_tls13_signature(
-                message,
-                cert,
-                dss,
-                &provider().signature_verification_algorithms,
-            )
-        }
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            provider()
-                .signature_verification_algorithms
-                .supported_schemes()
-        }
     }
 
     #[test]
