@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Builds weft's OCI images offline and reproducibly (called by scripts/build-images.sh).
 
-Inputs: the workspace's `dist` binaries (one `cargo build --profile dist --locked` for all of
-them) and files taken from Debian packages (`apt-get download`, checked against the SHA256 that
+Inputs: the workspace's `dist` binaries (built by scripts/build-dist.sh: `cargo build --profile
+dist --locked`, the proxy's with its profile-guided optimization from proxy/pgo/) and files taken from Debian packages (`apt-get download`, checked against the SHA256 that
 apt's package lists record, then unpacked with `dpkg-deb -x`): the dynamic loader, the C library
 and what the binaries link (their ELF DT_NEEDED closure, resolved here with a small ELF reader),
 and for the proxy image a working iptables (both backends) with the xtables extensions that
@@ -728,11 +728,10 @@ def build_image(
 
 
 def cargo_build(specs: list[dict]) -> Path:
+    # scripts/build-dist.sh decides how a shipped binary is built (the proxy's with its PGO
+    # profile, which proxy/pgo/ holds and source_files() therefore keys on).
     bins = [b for s in specs for b in s["bins"]]
-    cmd = ["cargo", "build", "--profile", "dist", "--locked"]
-    cmd += ["-p", "weft-operator", "-p", "weft-proxy", "-p", "weft-e2e"]
-    for b in bins:
-        cmd += ["--bin", b]
+    cmd = [str(REPO / "scripts" / "build-dist.sh"), *bins]
     log(" ".join(cmd))
     start = time.monotonic()
     run(cmd, cwd=REPO, capture=False)

@@ -20,7 +20,11 @@ cargo build --workspace --bins --locked
 if [ "$(id -u)" = 0 ] && [ "${WEFT_SKIP_KUBE:-0}" != 1 ]; then
   scripts/build-images.sh
   # In CI, the dist build (fat LTO, GBs of intermediate files) is not needed once the images
-  # are in target/images and ~/.cache/weft/images; nothing else reads target/dist.
-  if [ "${CI:-}" = true ]; then rm -rf "${CARGO_TARGET_DIR:-target}/dist"; fi
+  # are in target/images and ~/.cache/weft/images; nothing else reads target/dist, nor the
+  # proxy's PGO build beside it (scripts/build-dist.sh: target/<host>/dist, target/pgo).
+  if [ "${CI:-}" = true ]; then
+    t=${CARGO_TARGET_DIR:-target}
+    rm -rf "$t/dist" "$t/$(rustc -vV | sed -n 's/^host: //p')/dist" "$t/pgo"
+  fi
 fi
 cargo test --workspace --locked -- --test-threads="${WEFT_TEST_THREADS:-2}"

@@ -84,8 +84,14 @@ HAPROXY_MAXCONN=$((($(ulimit -n) - 200) / 2))
 
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE
 if [ -z "${NO_BUILD:-}" ]; then
-    log "cargo build --profile $PROFILE -p weft-proxy -p weft-operator -p weft-e2e --bins"
-    cargo build --profile "$PROFILE" --quiet -p weft-proxy -p weft-operator -p weft-e2e --bins
+    if [ "$PROFILE" = dist ]; then
+        # As images ship them (the proxy with its PGO profile).
+        log "scripts/build-dist.sh weft-proxy weft-operator chaos_backend chaos_load"
+        scripts/build-dist.sh weft-proxy weft-operator chaos_backend chaos_load
+    else
+        log "cargo build --profile $PROFILE -p weft-proxy -p weft-operator -p weft-e2e --bins"
+        cargo build --profile "$PROFILE" --quiet -p weft-proxy -p weft-operator -p weft-e2e --bins
+    fi
 fi
 need_bins=(chaos_backend chaos_load)
 case " $MESHES " in *" weft "*) need_bins+=(weft-proxy weft-operator) ;; esac

@@ -16,8 +16,8 @@
 # temp dir that is kept).
 #
 # Environment: ROUNDS (2), PATHS (all), NET (127.77.9: the /24 used), RATES ("1000 5000"),
-# OHA_DURATION (10s), WRK_DURATION (8s), OUT (results dir), PROFILE (dist: the cargo profile
-# images ship with; `release` for the quicker build), NO_BUILD=1 (skip cargo build),
+# OHA_DURATION (10s), WRK_DURATION (8s), OUT (results dir), PROFILE (dist: built as images ship,
+# by scripts/build-dist.sh; `release` for the quicker build), NO_BUILD=1 (skip cargo build),
 # NO_INSTALL=1 (never apt-get / cargo install), NICE (-10 as root, else 0: the niceness of every
 # process the benchmark starts, so that other work on a shared machine disturbs it less).
 # Optional variants (issue #20; the default run is unchanged): BODY (1k: the response body the
@@ -123,8 +123,14 @@ case " $PATHS " in *" weft-"*) WEFT=1 ;; esac
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE
 if [ -n "$WEFT" ]; then
     if [ -z "${NO_BUILD:-}" ]; then
-        log "cargo build --profile $PROFILE -p weft-proxy -p weft-operator"
-        cargo build --profile "$PROFILE" --quiet -p weft-proxy -p weft-operator
+        if [ "$PROFILE" = dist ]; then
+            # As images ship them (the proxy with its PGO profile; PGO=off without it).
+            log "scripts/build-dist.sh weft-proxy weft-operator"
+            scripts/build-dist.sh weft-proxy weft-operator
+        else
+            log "cargo build --profile $PROFILE -p weft-proxy -p weft-operator"
+            cargo build --profile "$PROFILE" --quiet -p weft-proxy -p weft-operator
+        fi
     fi
     [ -x "$BIN/weft-proxy" ] && [ -x "$BIN/weft-operator" ] || die "no $PROFILE binaries in $BIN"
 fi

@@ -21,7 +21,13 @@ INBOUND=127.0.0.1:$((BASE_PORT + 3))
 OUTBOUND=127.0.0.1:$((BASE_PORT + 4))
 
 PROFILE=${PROFILE:-dist}
-[ -n "${SKIP_BUILD:-}" ] || cargo build --profile "$PROFILE" --quiet -p weft-operator -p weft-proxy --bins
+if [ -z "${SKIP_BUILD:-}" ]; then
+    if [ "$PROFILE" = dist ]; then
+        scripts/build-dist.sh weft-operator weft-proxy # as images ship them (the proxy with PGO)
+    else
+        cargo build --profile "$PROFILE" --quiet -p weft-operator -p weft-proxy --bins
+    fi
+fi
 bin=${CARGO_TARGET_DIR:-target}/$PROFILE
 
 tmp=$(mktemp -d)
