@@ -8,6 +8,7 @@
 #   scripts/build-dist.sh BIN...         # e.g. weft-proxy weft-operator
 #   PGO=off scripts/build-dist.sh BIN... # the proxy without the profile (to compare)
 #   scripts/build-dist.sh --profile-key  # what a profile is only valid for (below)
+#   scripts/build-dist.sh --proxy-code   # the proxy's source folders, whose functions it counts
 #
 # Binaries land in ${CARGO_TARGET_DIR:-target}/dist/, as with `cargo build --profile dist`. The
 # proxy's binaries are built in a cargo invocation of their own, with --target set to the host
@@ -23,6 +24,8 @@ PGO=${PGO:-use}
 PROFILE_GZ=$ROOT/proxy/pgo/weft-proxy.profdata.gz
 PROFILE_META=$ROOT/proxy/pgo/PROFILE
 PROXY_BINS=" weft-proxy weft-proxy-init "
+# The source whose functions a profile counts; changes to it make a profile partly stale.
+PROXY_CODE="proxy/src common/src proxy-api/src"
 
 die() {
     echo "build-dist: $*" >&2
@@ -46,10 +49,16 @@ profile_key() {
         --prefix none --format '{p} {f}' | sed 's/ ([^)]*)//; s/ (\*)//' | LC_ALL=C sort -u |
         sha256sum | cut -c1-32)"
 }
-if [ "$1" = --profile-key ]; then
+case $1 in
+--profile-key)
     profile_key
     exit 0
-fi
+    ;;
+--proxy-code)
+    echo "$PROXY_CODE"
+    exit 0
+    ;;
+esac
 
 plain=() proxy=()
 for b in "$@"; do
@@ -90,7 +99,8 @@ use)
     # Changed functions lose their counts and are optimized as without PGO; say how many files.
     trained=$(sed -n 's/^commit: \([0-9a-f]*\).*/\1/p' "$PROFILE_META")
     if git rev-parse -q --verify "${trained:-none}^{commit}" >/dev/null 2>&1; then
-        changed=$(git diff --name-only "$trained" -- proxy/src common/src proxy-api/src | wc -l)
+        # shellcheck disable=SC2086 # a list of paths
+        changed=$(git diff --name-only "$trained" -- $PROXY_CODE | wc -l)
         [ "$changed" = 0 ] ||
             echo "build-dist: note: $changed source files of the proxy changed since its profile was trained at $trained (proxy/pgo/train.sh refreshes it)" >&2
     fi

@@ -2,8 +2,9 @@
 """Builds weft's OCI images offline and reproducibly (called by scripts/build-images.sh).
 
 Inputs: the workspace's `dist` binaries (built by scripts/build-dist.sh: `cargo build --profile
-dist --locked`, the proxy's with its profile-guided optimization from proxy/pgo/) and files taken from Debian packages (`apt-get download`, checked against the SHA256 that
-apt's package lists record, then unpacked with `dpkg-deb -x`): the dynamic loader, the C library
+dist --locked`, the proxy's with its profile-guided optimization from proxy/pgo/) and files
+taken from Debian packages (`apt-get download`, checked against the SHA256 that apt's package
+lists record, then unpacked with `dpkg-deb -x`): the dynamic loader, the C library
 and what the binaries link (their ELF DT_NEEDED closure, resolved here with a small ELF reader),
 and for the proxy image a working iptables (both backends) with the xtables extensions that
 `weft-proxy-init` uses.
@@ -41,7 +42,12 @@ import tomllib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-SCRIPTS = [REPO / "scripts" / "build_images.py", REPO / "scripts" / "build-images.sh"]
+# What builds the images, so inputs of the cache key too (build-dist.sh: how the binaries are built).
+SCRIPTS = [
+    REPO / "scripts" / "build_images.py",
+    REPO / "scripts" / "build-images.sh",
+    REPO / "scripts" / "build-dist.sh",
+]
 
 PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 NONROOT = 65532

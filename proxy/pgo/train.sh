@@ -30,7 +30,7 @@ TRAIN_TARGET=${TRAIN_TARGET:-$TARGET/pgo-train}
 WORK=${WORK:-$(mktemp -d /tmp/weft-pgo.XXXXXX)}
 RAW=$WORK/raw
 # The proxy's code, as far as a profile is concerned (scripts/build-dist.sh reports changes to it).
-PROXY_CODE="proxy/src proxy/Cargo.toml common proxy-api Cargo.lock"
+PROXY_CODE=$(scripts/build-dist.sh --proxy-code)
 log() { printf '[%s] train: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 llvm=$(rustc -vV | sed -n 's/^LLVM version: //p')
