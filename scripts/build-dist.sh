@@ -108,6 +108,11 @@ use)
 *) die "PGO must be use, off or generate:/ABSOLUTE/DIR, got '$PGO'" ;;
 esac
 
+# The proxy links glibc statically (static-pie, still randomized): a dynamically linked glibc maps
+# all of libc.so (2 MB), and its pages count in every proxy's RSS; linked in, only what the proxy
+# calls is there (docs/benchmarks.md, "The proxy linked statically"). glibc >= 2.34 resolves names
+# from /etc/hosts and DNS without loading NSS modules, which is all the proxy asks of it.
+flags="-Ctarget-feature=+crt-static${flags:+ $flags}"
 echo "build-dist: RUSTFLAGS='$flags' cargo build --profile dist --locked --target $host ${proxy[*]}" >&2
 RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }$flags" cargo build --profile dist --locked --target "$host" "${proxy[@]}"
 mkdir -p "$TARGET/dist"
