@@ -16,7 +16,8 @@
 # temp dir that is kept).
 #
 # Environment: ROUNDS (2), PATHS (all), NET (127.77.9: the /24 used), RATES ("1000 5000"),
-# OHA_DURATION (10s), WRK_DURATION (8s), OUT (results dir), PROFILE (dist: built as images ship,
+# OHA_DURATION (10s), WRK_DURATION (8s), SETTLE (11: seconds after the last round before the
+# "settled" memory is read), OUT (results dir), PROFILE (dist: built as images ship,
 # by scripts/build-dist.sh; `release` for the quicker build), NO_BUILD=1 (skip cargo build),
 # NO_INSTALL=1 (never apt-get / cargo install), NICE (-10 as root, else 0: the niceness of every
 # process the benchmark starts, so that other work on a shared machine disturbs it less).
@@ -68,6 +69,7 @@ NET=${NET:-127.77.9}
 RATES=${RATES:-"1000 5000"}
 OHA_DURATION=${OHA_DURATION:-10s}
 WRK_DURATION=${WRK_DURATION:-8s}
+SETTLE=${SETTLE:-11}
 INSTRUCTIONS=${INSTRUCTIONS:-}
 COUNT_CONNECTIONS=${COUNT_CONNECTIONS:-1}
 KERNEL=${KERNEL:-}
@@ -771,6 +773,19 @@ for round in $(seq 1 "$ROUNDS"); do
         fi
         log "round $round: $p done"
     done
+done
+# Memory once the load is over: every path's processes at least SETTLE seconds after their
+# last round (weft-proxy returns freed heap to the kernel when quiet after load: docs/proxy.md,
+# "Memory"; its default look is every 5 s, so two looks fit in 11 s).
+record 0 all settle_s "$SETTLE"
+sleep "$SETTLE"
+for p in $PATHS; do
+    # shellcheck disable=SC2206
+    ppids=($(pids_of "$p"))
+    if [ ${#ppids[@]} -gt 0 ]; then
+        record 1 "$p" rss_settled_kib "$(sum_kib VmRSS "${ppids[@]}")"
+        record 1 "$p" anon_settled_kib "$(sum_kib RssAnon "${ppids[@]}")"
+    fi
 done
 record 0 all loadavg_end "$(cut -d' ' -f1 /proc/loadavg)"
 record 0 all steal_pct "$(echo "$stat0 $(cpu_line)" | awk '{ d = $4 - $2; printf "%.1f", (d > 0 ? 100 * ($3 - $1) / d : 0) }')"

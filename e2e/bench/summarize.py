@@ -105,9 +105,9 @@ def main():
 
     out.append("\n### Saturation, CPU and memory\n")
     out.append("| path | saturation rps (wrk -t1 -c64, rounds) | ratio to direct | CPU % of a core per 1,000 rps (@" +
-               f"{rates[-1] // 1000}k) | RSS idle MiB | RSS after load MiB | peak RSS (VmHWM) MiB | "
-               "RssAnon idle / after load MiB | non-200/errors |")
-    out.append("|---|---|---|---|---|---|---|---|---|")
+               f"{rates[-1] // 1000}k) | RSS idle MiB | RSS after load MiB | RSS settled MiB | peak RSS (VmHWM) MiB | "
+               "RssAnon idle / after load / settled MiB | non-200/errors |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|")
     for p in paths:
         sat = m[p].get("sat")
         rounds = " / ".join(f"{x:,.0f}" for x in raw[p]["sat"] if x is not None)
@@ -122,12 +122,15 @@ def main():
         mib = lambda k: "–" if m[p].get(k) is None else f"{m[p][k] / 1024:.1f}"
         bad = sum(sum(x for x in raw[p][k] if x) for k in raw[p] if k.startswith("bad@"))
         out.append(f"| {p} | {sat:,.0f} ({rounds}) | {ratio} | {cpu_pct} | {mib('rss_idle_kib')} | "
-                   f"{mib('rss_after_load_kib')} | {mib('hwm_kib')} | {mib('anon_idle_kib')} / "
-                   f"{mib('anon_after_load_kib')} | {bad} |" if sat else f"| {p} | – | – | – | – | – | – | – | {bad} |")
+                   f"{mib('rss_after_load_kib')} | {mib('rss_settled_kib')} | {mib('hwm_kib')} | "
+                   f"{mib('anon_idle_kib')} / {mib('anon_after_load_kib')} / {mib('anon_settled_kib')} | {bad} |"
+                   if sat else f"| {p} | – | – | – | – | – | – | – | – | {bad} |")
     out.append("")
     out.append("Two-hop rows sum both proxies' CPU and memory. RssAnon: the processes' own memory (heap, "
                "stacks, relocated data); RSS adds RssFile, the executable's and libraries' pages mapped from "
-               "the page cache and shared by every process of the same binary. Load average (1 min) before/after: "
+               "the page cache and shared by every process of the same binary. After load: read as the path's last "
+               "saturation round ends; settled: at the end of the run, at least "
+               f"{meta.get('settle_s', '?')} s after the path's last load. Load average (1 min) before/after: "
                f"{meta.get('loadavg_start', '?')} / {meta.get('loadavg_end', '?')}; "
                f"CPU time stolen by the hypervisor during the rounds: {meta.get('steal_pct', '?')} %; "
                f"benchmark processes at niceness {meta.get('nice', '0')}; response body "

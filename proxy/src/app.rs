@@ -184,6 +184,12 @@ pub async fn run(
     let discovery_task = tokio::spawn(discovery.run());
     // #19: free memory goes back to the kernel after a large config shrink.
     let trim_task = tokio::spawn(crate::memory::give_back_after_shrinks(config_rx.clone()));
+    // #20: and after a burst of traffic, once the proxy is quiet again.
+    let quiet_trims = crate::memory::QuietTrims::default();
+    quiet_trims.register(&mut control_registry);
+    let quiet_task = env
+        .memory_quiet
+        .map(|interval| tokio::spawn(crate::memory::give_back_when_quiet(interval, quiet_trims)));
 
     // Data plane: serves with the default config until the first one arrives.
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -319,6 +325,9 @@ pub async fn run(
     identity_task.abort();
     expiry_task.abort();
     trim_task.abort();
+    if let Some(task) = quiet_task {
+        task.abort();
+    }
     tracing::info!("stopped");
     match failure {
         Some(e) => Err(e),

@@ -1,15 +1,27 @@
-//! Memory given back after a large config shrink (issue #19): this task follows the config in
-//! force and, when it shrinks by at least `SHRINK_MIN` resources to at most half of what it was
-//! (`weft_common::memory::is_large_shrink`, the rule and the reasons), waits [`SETTLE`] (requests
-//! in flight drop their handles on the old config), then asks glibc to return free pages
-//! (`weft_common::memory::trim`) on a blocking thread. Only a large shrink triggers it: never per
-//! update, so steady churn costs nothing.
+//! Memory given back to the kernel, in two cases:
+//!
+//! - After a large config shrink (issue #19): [`give_back_after_shrinks`] follows the config in
+//!   force and, when it shrinks by at least `SHRINK_MIN` resources to at most half of what it was
+//!   (`weft_common::memory::is_large_shrink`, the rule and the reasons), waits [`SETTLE`]
+//!   (requests in flight drop their handles on the old config), then asks glibc to return free
+//!   pages (`weft_common::memory::trim`) on a blocking thread. Only a large shrink triggers it:
+//!   never per update, so steady churn costs nothing.
+//! - After a burst of traffic (issue #20): buffers freed when the requests end stay in glibc's
+//!   heap (5.6 MiB of anonymous memory after the benchmark's 1 KiB load, 11-13 MiB after 64 KiB
+//!   bodies or HTTP/2 clients, of which `malloc_trim` returned 2.3, 7.7 and 5.7 MiB:
+//!   docs/benchmarks.md, "Memory after load"). [`give_back_when_quiet`] looks every
+//!   [`QUIET_INTERVAL`] at the process's CPU time and anonymous memory, and trims once the proxy
+//!   has gone quiet after being busy and its heap grew ([`QuietWatch`], the rule). It reads two
+//!   `/proc` files per look and never runs on the request path; under steady load it never
+//!   trims (the freed memory is about to be used again).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
 use weft_common::memory::{trim, ShrinkWatch};
 
 use crate::config::Config;
@@ -34,5 +46,212 @@ pub async fn give_back_after_shrinks(mut config: watch::Receiver<Arc<Config>>) {
         let released = tokio::task::spawn_blocking(trim).await.unwrap_or(false);
         tracing::debug!(before, after = now, released, "config shrank: malloc_trim");
         watch.trimmed(size(&config.borrow_and_update()));
+    }
+}
+
+/// How often the proxy looks for a quiet spell (`WEFT_PROXY_MEMORY_QUIET`).
+pub const QUIET_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A look in which the proxy used at least this share of a core was busy.
+const BUSY_SHARE: f64 = 0.05;
+/// A look in which it used less than this share of a core was quiet.
+const QUIET_SHARE: f64 = 0.01;
+/// A trim is only worth it when anonymous memory grew this much since the last one.
+const MIN_GROWTH: u64 = 1 << 20;
+
+/// When to trim after load: the one rule, fed one look at a time. A trim is due in a quiet look
+/// that follows a busy one (with any number of looks between) when anonymous memory is at least
+/// [`MIN_GROWTH`] above what it was after the last trim (or at start).
+#[derive(Debug)]
+pub struct QuietWatch {
+    busy: bool,
+    baseline: u64,
+}
+
+impl QuietWatch {
+    /// Starts with the anonymous memory at start as the baseline.
+    pub fn new(anon: u64) -> Self {
+        QuietWatch {
+            busy: false,
+            baseline: anon,
+        }
+    }
+
+    /// One look: CPU time `used` over `interval`, anonymous memory `anon` (bytes) now. True when
+    /// a trim is due.
+    pub fn observe(&mut self, used: Duration, interval: Duration, anon: u64) -> bool {
+        let share = used.as_secs_f64() / interval.as_secs_f64().max(f64::EPSILON);
+        if share >= BUSY_SHARE {
+            self.busy = true;
+            return false;
+        }
+        // Memory given back without a trim (glibc trims the top of its heap itself) lowers the
+        // baseline, so growth is measured from the lowest point since.
+        self.baseline = self.baseline.min(anon);
+        self.busy && share < QUIET_SHARE && anon >= self.baseline.saturating_add(MIN_GROWTH)
+    }
+
+    /// After a trim that left `anon` bytes: the next one needs a new burst and new growth.
+    pub fn trimmed(&mut self, anon: u64) {
+        self.busy = false;
+        self.baseline = anon;
+    }
+}
+
+/// What the quiet trims did, on the admin `/metrics`.
+#[derive(Clone, Debug, Default)]
+pub struct QuietTrims {
+    trims: Counter,
+    released: Counter,
+}
+
+impl QuietTrims {
+    /// Registers `weft_proxy_memory_quiet_trims_total` and
+    /// `weft_proxy_memory_quiet_released_bytes_total`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "weft_proxy_memory_quiet_trims",
+            "Times freed heap was returned to the kernel when the proxy went quiet after load",
+            self.trims.clone(),
+        );
+        registry.register(
+            "weft_proxy_memory_quiet_released_bytes",
+            "Anonymous memory those trims returned to the kernel",
+            self.released.clone(),
+        );
+    }
+}
+
+/// CPU time the process's threads have run so far, in nanoseconds (the first field of each
+/// `/proc/self/task/<tid>/schedstat`; `/proc/self/stat` counts in 10 ms ticks, too coarse for a
+/// short look), or `None` off Linux. Threads that exited drop out of the sum, so it may shrink.
+fn cpu_time() -> Option<Duration> {
+    let mut ns = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) else {
+            continue; // exited meanwhile
+        };
+        ns += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(Duration::from_nanos(ns))
+}
+
+/// The process's anonymous resident memory in bytes (`RssAnon` of `/proc/self/status`).
+fn anon_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("RssAnon:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Looks every `interval` and trims when [`QuietWatch`] says so; returns at once where `/proc`
+/// cannot be read (nothing to measure by).
+pub async fn give_back_when_quiet(interval: Duration, trims: QuietTrims) {
+    let (Some(mut last_cpu), Some(anon)) = (cpu_time(), anon_bytes()) else {
+        tracing::debug!("no /proc/self: no trims after load");
+        return;
+    };
+    let mut watch = QuietWatch::new(anon);
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let (Some(cpu), Some(anon)) = (cpu_time(), anon_bytes()) else {
+            return;
+        };
+        let used = cpu.saturating_sub(last_cpu);
+        last_cpu = cpu;
+        tracing::trace!(
+            used_us = used.as_micros() as u64,
+            anon_kib = anon / 1024,
+            "memory look"
+        );
+        if !watch.observe(used, interval, anon) {
+            continue;
+        }
+        tokio::task::spawn_blocking(trim).await.unwrap_or(false);
+        let after = anon_bytes().unwrap_or(anon);
+        let released = anon.saturating_sub(after);
+        trims.trims.inc();
+        trims.released.inc_by(released);
+        tracing::info!(
+            before_kib = anon / 1024,
+            after_kib = after / 1024,
+            released_kib = released / 1024,
+            "quiet after load: freed heap returned to the kernel (malloc_trim)"
+        );
+        watch.trimmed(after);
+        // The trim's own CPU time is not load.
+        last_cpu = cpu_time().unwrap_or(last_cpu);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LOOK: Duration = Duration::from_secs(5);
+    const MIB: u64 = 1 << 20;
+
+    fn cpu(ms: u64) -> Duration {
+        Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn trims_once_when_quiet_after_a_burst_that_grew_the_heap() {
+        let mut w = QuietWatch::new(2 * MIB);
+        // Idle from the start: nothing to give back.
+        assert!(!w.observe(cpu(0), LOOK, 2 * MIB));
+        // Load (a core's half), the heap grows; no trim while busy.
+        assert!(!w.observe(cpu(2_500), LOOK, 9 * MIB));
+        assert!(!w.observe(cpu(2_500), LOOK, 11 * MIB));
+        // Quiet: trim.
+        assert!(w.observe(cpu(10), LOOK, 11 * MIB));
+        w.trimmed(3 * MIB);
+        // Still quiet: no second trim without a new burst.
+        assert!(!w.observe(cpu(0), LOOK, 3 * MIB));
+        assert!(!w.observe(cpu(0), LOOK, 5 * MIB));
+    }
+
+    #[test]
+    fn steady_load_and_idle_proxies_are_left_alone() {
+        let mut w = QuietWatch::new(2 * MIB);
+        for _ in 0..100 {
+            assert!(!w.observe(cpu(1_000), LOOK, 12 * MIB));
+        }
+        // Light traffic (probes, a request now and then) is neither busy nor quiet enough.
+        let mut w = QuietWatch::new(2 * MIB);
+        for _ in 0..100 {
+            assert!(!w.observe(cpu(100), LOOK, 2 * MIB));
+        }
+    }
+
+    #[test]
+    fn a_burst_that_did_not_grow_the_heap_is_not_trimmed_after() {
+        let mut w = QuietWatch::new(4 * MIB);
+        assert!(!w.observe(cpu(3_000), LOOK, 4 * MIB + MIB / 2));
+        assert!(!w.observe(cpu(0), LOOK, 4 * MIB + MIB / 2));
+        // glibc gave memory back by itself: growth counts from the lowest point.
+        let mut w = QuietWatch::new(8 * MIB);
+        assert!(!w.observe(cpu(0), LOOK, 3 * MIB));
+        assert!(!w.observe(cpu(3_000), LOOK, 6 * MIB));
+        assert!(w.observe(cpu(0), LOOK, 6 * MIB));
+    }
+
+    #[test]
+    fn reads_its_own_cpu_time_and_memory() {
+        if !cfg!(target_os = "linux") {
+            return;
+        }
+        let anon = anon_bytes().expect("RssAnon");
+        assert!(anon > 0);
+        let before = cpu_time().expect("CPU time");
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < Duration::from_millis(50) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        assert!(cpu_time().expect("CPU time") >= before);
     }
 }

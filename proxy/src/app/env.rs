@@ -44,6 +44,9 @@ pub struct ProxyEnv {
     pub app_ip: IpAddr,
     pub trust_domain: String,
     pub shutdown_grace: Duration,
+    /// `WEFT_PROXY_MEMORY_QUIET` (default 5s, `off` to disable): how often the proxy looks for a
+    /// quiet spell after load to return freed heap to the kernel (`crate::memory`).
+    pub memory_quiet: Option<Duration>,
     pub threads: usize,
     pub log_filter: String,
     pub log_format: LogFormat,
@@ -128,6 +131,7 @@ pub const ON_DEMAND_WAIT: &str = "WEFT_PROXY_ON_DEMAND_WAIT";
 pub const ON_DEMAND_IDLE: &str = "WEFT_PROXY_ON_DEMAND_IDLE";
 pub const TAP_ADDR: &str = "WEFT_PROXY_TAP_ADDR";
 pub const TAP_IDENTITY: &str = "WEFT_PROXY_TAP_IDENTITY";
+pub const MEMORY_QUIET: &str = "WEFT_PROXY_MEMORY_QUIET";
 pub const TAP_REDACT: &str = "WEFT_PROXY_TAP_REDACT";
 
 impl ProxyEnv {
@@ -262,6 +266,22 @@ impl ProxyEnv {
                 )
             })?,
         };
+        let memory_quiet = match get(MEMORY_QUIET) {
+            None => Some(crate::memory::QUIET_INTERVAL),
+            Some("off") => None,
+            Some(v) => match parse_duration(v) {
+                Some(d) if d >= Duration::from_millis(100) && d <= Duration::from_secs(3600) => {
+                    Some(d)
+                }
+                _ => {
+                    return Err(invalid(
+                        MEMORY_QUIET,
+                        v,
+                        "expected off or a duration from 100ms to 1h, such as 5s",
+                    ))
+                }
+            },
+        };
         let threads = match get(THREADS) {
             None => 1,
             Some(v) => match v.parse::<usize>() {
@@ -362,6 +382,7 @@ impl ProxyEnv {
             app_ip,
             trust_domain,
             shutdown_grace,
+            memory_quiet,
             threads,
             log_filter,
             log_format,
@@ -614,6 +635,7 @@ mod tests {
         assert_eq!(env.app_ip.to_string(), "127.0.0.1");
         assert_eq!(env.trust_domain, "cluster.local");
         assert_eq!(env.shutdown_grace, Duration::from_secs(10));
+        assert_eq!(env.memory_quiet, Some(Duration::from_secs(5)));
         assert_eq!(env.threads, 1);
         assert_eq!(env.spiffe_id(), "spiffe://cluster.local/ns/demo/sa/default");
     }
@@ -640,6 +662,8 @@ mod tests {
             (ADMIN_ADDR, "localhost:4191"),
             (APP_IP, "nope"),
             (SHUTDOWN_GRACE, "ten"),
+            (MEMORY_QUIET, "1ms"),
+            (MEMORY_QUIET, "never"),
             (THREADS, "0"),
             (LOG_FORMAT, "xml"),
         ] {
@@ -695,6 +719,7 @@ mod tests {
             (CONTROL_ADDR, "https://weft-operator.weft.svc:8086"),
             (SERVICE_ACCOUNT, "web"),
             (SHUTDOWN_GRACE, "500ms"),
+            (MEMORY_QUIET, "off"),
             (THREADS, "2"),
             (LOG_FORMAT, "json"),
             (TRUST_DOMAIN, "example.org"),
@@ -703,6 +728,7 @@ mod tests {
         assert!(env.control_addr.tls);
         assert_eq!(env.control_addr.uri, "http://weft-operator.weft.svc:8086");
         assert_eq!(env.shutdown_grace, Duration::from_millis(500));
+        assert_eq!(env.memory_quiet, None);
         assert_eq!(env.threads, 2);
         assert_eq!(env.log_format, LogFormat::Json);
         assert_eq!(env.spiffe_id(), "spiffe://example.org/ns/demo/sa/web");

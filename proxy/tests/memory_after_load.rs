@@ -1,0 +1,126 @@
+//! Issue #20: heap freed after a burst of traffic goes back to the kernel once the proxy is quiet
+//! (`weft_proxy::memory::give_back_when_quiet`). The real `weft-proxy` binary, a fake operator
+//! and a backend serving 256 KiB bodies, all on 127.0.0.1.
+
+mod control_support;
+mod process_support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use control_support::*;
+use process_support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+const BODY: usize = 256 * 1024;
+
+/// A backend answering every request with a `BODY`-byte body and closing the connection.
+async fn big_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {BODY}\r\nConnection: close\r\n\r\n"
+                );
+                let _ = stream.write_all(head.as_bytes()).await;
+                let _ = stream.write_all(&vec![b'x'; BODY]).await;
+            });
+        }
+    });
+    addr
+}
+
+fn metric(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn freed_heap_goes_back_to_the_kernel_when_quiet_after_load() {
+    let op = start_operator(SocketAddr::from(([127, 0, 0, 1], 0))).await;
+    let backend = big_backend().await;
+    op.reply_on_subscribe(full_state(
+        "n1",
+        "v1",
+        vec![
+            inbound("spiffe://cluster.local/ns/demo/sa/web"),
+            outbound("demo", "api", 80, "/"),
+            endpoints("demo", "api", 80, &[backend.port()]),
+        ],
+    ));
+    let mut proxy =
+        ProxyProcess::start_with_env(&op.uri(), &[("WEFT_PROXY_MEMORY_QUIET", "500ms")]).await;
+    proxy.admin_until("/ready", |s, _| s == 200).await;
+    let trims = "weft_proxy_memory_quiet_trims_total";
+    let released = "weft_proxy_memory_quiet_released_bytes_total";
+    let metrics = proxy.admin_until("/metrics", |s, _| s == 200).await;
+    // Idle since start: nothing was given back.
+    assert_eq!(metric(&metrics, trims), 0, "{metrics}");
+
+    // A burst: 48 clients at once, 8 responses of 256 KiB each.
+    let host = "api.demo.svc.cluster.local";
+    let clients: Vec<_> = (0..48)
+        .map(|c| {
+            let outbound = proxy.outbound;
+            tokio::spawn(async move {
+                for i in 0..8 {
+                    let (status, body) = http_get(outbound, "/big", host)
+                        .await
+                        .unwrap_or_else(|e| panic!("client {c} request {i}: {e}"));
+                    assert_eq!((status, body.len()), (200, BODY), "client {c} request {i}");
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.await.expect("client");
+    }
+
+    // Quiet again: one trim, which returned memory. Looked at every 2 s, not in a tight loop:
+    // serving `/metrics` is work, and a proxy asked every few milliseconds is never quiet.
+    let mut metrics = String::new();
+    for _ in 0..15 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        metrics = http_get(proxy.admin, "/metrics", "admin")
+            .await
+            .expect("metrics")
+            .1;
+        if metric(&metrics, trims) >= 1 {
+            break;
+        }
+    }
+    assert_eq!(metric(&metrics, trims), 1, "{metrics}");
+    assert!(
+        metric(&metrics, released) >= 1 << 20,
+        "less than 1 MiB returned:\n{metrics}\nlog:\n{}",
+        proxy.log()
+    );
+    let log = proxy.log();
+    let line = log.lines().find(|l| l.contains("quiet after load"));
+    eprintln!(
+        "{}",
+        line.unwrap_or_else(|| panic!("no trim logged:\n{log}"))
+    );
+    // And the proxy serves as before.
+    let (status, body) = http_get(proxy.outbound, "/big", host).await.expect("after");
+    assert_eq!((status, body.len()), (200, BODY));
+    assert_eq!(
+        proxy.sigterm().await.code(),
+        Some(0),
+        "log:\n{}",
+        proxy.log()
+    );
+}
