@@ -6,6 +6,7 @@
 #   proxy/bench/rss.sh            # threads 1 (default) and 2
 #   THREADS="1" proxy/bench/rss.sh
 #   SKIP_BUILD=1 proxy/bench/rss.sh   # use the binaries already in target/$PROFILE
+#   IDLE=30 proxy/bench/rss.sh        # idle seconds between the "ready" and "idle" readings (12)
 #
 # Prints per run: threads, VmRSS and VmHWM (peak) in KiB, read from /proc/<pid>/status, and where
 # the resident pages are (from /proc/<pid>/smaps).
@@ -13,6 +14,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/../.."
 THREADS=${THREADS:-"1 2"}
+IDLE=${IDLE:-12} # seconds idle after ready before the second reading
 BASE_PORT=${BASE_PORT:-24180}
 OP_DISCOVERY=127.0.0.1:$((BASE_PORT + 0))
 OP_ADMIN=127.0.0.1:$((BASE_PORT + 1))
@@ -134,6 +136,10 @@ for threads in $THREADS; do
     wait_ready "http://$ADMIN/ready"
     sleep 2 # let allocations settle
     echo "threads=$threads ready, 10 services:    $(rss "$proxy")"
+    echo "    $(breakdown "$proxy" "$bin/weft-proxy")"
+    # Idle for a while: the proxy's periodic work (the memory task's looks, every 5 s) has run.
+    sleep "$IDLE"
+    echo "threads=$threads idle ${IDLE}s more:      $(rss "$proxy")"
     echo "    $(breakdown "$proxy" "$bin/weft-proxy")"
     last=$(version)
 

@@ -59,9 +59,12 @@ const QUIET_SHARE: f64 = 0.01;
 /// A trim is only worth it when anonymous memory grew this much since the last one.
 const MIN_GROWTH: u64 = 1 << 20;
 
-/// When to trim after load: the one rule, fed one look at a time. A trim is due in a quiet look
-/// that follows a busy one (with any number of looks between) when anonymous memory is at least
-/// [`MIN_GROWTH`] above what it was after the last trim (or at start).
+/// When to trim after load: the one rule, fed one look at a time. A look is busy when the proxy
+/// used at least [`BUSY_SHARE`] of a core, quiet under [`QUIET_SHARE`]. The first quiet look
+/// after a busy one (any number of looks between) is a candidate, and the trim is due when
+/// anonymous memory is then at least [`MIN_GROWTH`] above what it was after the last trim (or
+/// at start). Memory is read only for candidates, so an idle or steadily loaded proxy's looks
+/// read one small file.
 #[derive(Debug)]
 pub struct QuietWatch {
     busy: bool,
@@ -77,18 +80,25 @@ impl QuietWatch {
         }
     }
 
-    /// One look: CPU time `used` over `interval`, anonymous memory `anon` (bytes) now. True when
-    /// a trim is due.
-    pub fn observe(&mut self, used: Duration, interval: Duration, anon: u64) -> bool {
+    /// One look: CPU time `used` over `interval`. True for a candidate: read the memory and ask
+    /// [`QuietWatch::due`].
+    pub fn observe(&mut self, used: Duration, interval: Duration) -> bool {
         let share = used.as_secs_f64() / interval.as_secs_f64().max(f64::EPSILON);
         if share >= BUSY_SHARE {
             self.busy = true;
-            return false;
         }
-        // Memory given back without a trim (glibc trims the top of its heap itself) lowers the
-        // baseline, so growth is measured from the lowest point since.
+        self.busy && share < QUIET_SHARE
+    }
+
+    /// For a candidate with `anon` bytes of anonymous memory: whether to trim. When not, the
+    /// burst is forgotten, and memory glibc gave back by itself lowers the baseline.
+    pub fn due(&mut self, anon: u64) -> bool {
+        if anon >= self.baseline.saturating_add(MIN_GROWTH) {
+            return true;
+        }
+        self.busy = false;
         self.baseline = self.baseline.min(anon);
-        self.busy && share < QUIET_SHARE && anon >= self.baseline.saturating_add(MIN_GROWTH)
+        false
     }
 
     /// After a trim that left `anon` bytes: the next one needs a new burst and new growth.
@@ -122,18 +132,17 @@ impl QuietTrims {
     }
 }
 
-/// CPU time the process's threads have run so far, in nanoseconds (the first field of each
-/// `/proc/self/task/<tid>/schedstat`; `/proc/self/stat` counts in 10 ms ticks, too coarse for a
-/// short look), or `None` off Linux. Threads that exited drop out of the sum, so it may shrink.
+/// The process's user + system CPU time so far (`/proc/self/stat`, all its threads), or `None`
+/// off Linux. In clock ticks of `USER_HZ`, 10 ms on Linux: fine for looks seconds apart.
 fn cpu_time() -> Option<Duration> {
-    let mut ns = 0u64;
-    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
-        let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) else {
-            continue; // exited meanwhile
-        };
-        ns += stat.split_whitespace().next()?.parse::<u64>().ok()?;
-    }
-    Some(Duration::from_nanos(ns))
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // After the command name (which may hold spaces: cut at its closing parenthesis) come
+    // field 3 (state) to field 15; utime is field 14, stime 15.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime).saturating_mul(10)))
 }
 
 /// The process's anonymous resident memory in bytes (`RssAnon` of `/proc/self/status`).
@@ -157,17 +166,18 @@ pub async fn give_back_when_quiet(interval: Duration, trims: QuietTrims) {
     tick.tick().await;
     loop {
         tick.tick().await;
-        let (Some(cpu), Some(anon)) = (cpu_time(), anon_bytes()) else {
+        let Some(cpu) = cpu_time() else {
             return;
         };
         let used = cpu.saturating_sub(last_cpu);
         last_cpu = cpu;
-        tracing::trace!(
-            used_us = used.as_micros() as u64,
-            anon_kib = anon / 1024,
-            "memory look"
-        );
-        if !watch.observe(used, interval, anon) {
+        if !watch.observe(used, interval) {
+            continue;
+        }
+        let Some(anon) = anon_bytes() else {
+            return;
+        };
+        if !watch.due(anon) {
             continue;
         }
         tokio::task::spawn_blocking(trim).await.unwrap_or(false);
@@ -198,45 +208,54 @@ mod tests {
         Duration::from_millis(ms)
     }
 
+    /// One look with `ms` of CPU; the memory is only read (and passed) for candidates.
+    fn look(w: &mut QuietWatch, ms: u64, anon: u64) -> bool {
+        w.observe(cpu(ms), LOOK) && w.due(anon)
+    }
+
     #[test]
     fn trims_once_when_quiet_after_a_burst_that_grew_the_heap() {
         let mut w = QuietWatch::new(2 * MIB);
         // Idle from the start: nothing to give back.
-        assert!(!w.observe(cpu(0), LOOK, 2 * MIB));
-        // Load (a core's half), the heap grows; no trim while busy.
-        assert!(!w.observe(cpu(2_500), LOOK, 9 * MIB));
-        assert!(!w.observe(cpu(2_500), LOOK, 11 * MIB));
-        // Quiet: trim.
-        assert!(w.observe(cpu(10), LOOK, 11 * MIB));
+        assert!(!look(&mut w, 0, 2 * MIB));
+        // Load (half a core), the heap grows; no trim while busy.
+        assert!(!look(&mut w, 2_500, 9 * MIB));
+        assert!(!look(&mut w, 2_500, 11 * MIB));
+        // Winding down (neither busy nor quiet), then quiet: trim.
+        assert!(!look(&mut w, 200, 11 * MIB));
+        assert!(look(&mut w, 10, 11 * MIB));
         w.trimmed(3 * MIB);
         // Still quiet: no second trim without a new burst.
-        assert!(!w.observe(cpu(0), LOOK, 3 * MIB));
-        assert!(!w.observe(cpu(0), LOOK, 5 * MIB));
+        assert!(!look(&mut w, 0, 3 * MIB));
+        assert!(!look(&mut w, 0, 5 * MIB));
     }
 
     #[test]
     fn steady_load_and_idle_proxies_are_left_alone() {
         let mut w = QuietWatch::new(2 * MIB);
         for _ in 0..100 {
-            assert!(!w.observe(cpu(1_000), LOOK, 12 * MIB));
+            assert!(!w.observe(cpu(1_000), LOOK));
         }
         // Light traffic (probes, a request now and then) is neither busy nor quiet enough.
         let mut w = QuietWatch::new(2 * MIB);
         for _ in 0..100 {
-            assert!(!w.observe(cpu(100), LOOK, 2 * MIB));
+            assert!(!w.observe(cpu(100), LOOK));
         }
     }
 
     #[test]
     fn a_burst_that_did_not_grow_the_heap_is_not_trimmed_after() {
         let mut w = QuietWatch::new(4 * MIB);
-        assert!(!w.observe(cpu(3_000), LOOK, 4 * MIB + MIB / 2));
-        assert!(!w.observe(cpu(0), LOOK, 4 * MIB + MIB / 2));
-        // glibc gave memory back by itself: growth counts from the lowest point.
+        assert!(!look(&mut w, 3_000, 4 * MIB + MIB / 2));
+        assert!(!look(&mut w, 0, 4 * MIB + MIB / 2));
+        // The burst is forgotten: the next quiet looks are not candidates.
+        assert!(!w.observe(cpu(0), LOOK));
+        // glibc gave memory back by itself: growth counts from the lowest point seen.
         let mut w = QuietWatch::new(8 * MIB);
-        assert!(!w.observe(cpu(0), LOOK, 3 * MIB));
-        assert!(!w.observe(cpu(3_000), LOOK, 6 * MIB));
-        assert!(w.observe(cpu(0), LOOK, 6 * MIB));
+        assert!(!look(&mut w, 3_000, 8 * MIB));
+        assert!(!look(&mut w, 0, 3 * MIB));
+        assert!(!look(&mut w, 3_000, 6 * MIB));
+        assert!(look(&mut w, 0, 6 * MIB));
     }
 
     #[test]

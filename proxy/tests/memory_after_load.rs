@@ -62,7 +62,7 @@ async fn freed_heap_goes_back_to_the_kernel_when_quiet_after_load() {
         ],
     ));
     let mut proxy =
-        ProxyProcess::start_with_env(&op.uri(), &[("WEFT_PROXY_MEMORY_QUIET", "500ms")]).await;
+        ProxyProcess::start_with_env(&op.uri(), &[("WEFT_PROXY_MEMORY_QUIET", "1s")]).await;
     proxy.admin_until("/ready", |s, _| s == 200).await;
     let trims = "weft_proxy_memory_quiet_trims_total";
     let released = "weft_proxy_memory_quiet_released_bytes_total";
