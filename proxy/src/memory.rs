@@ -8,11 +8,11 @@
 //!   never per update, so steady churn costs nothing.
 //! - After a burst of traffic (issue #20): buffers freed when the requests end stay in glibc's
 //!   heap (5.6 MiB of anonymous memory after the benchmark's 1 KiB load, 11-13 MiB after 64 KiB
-//!   bodies or HTTP/2 clients, of which `malloc_trim` returned 2.3, 7.7 and 5.7 MiB:
+//!   bodies or HTTP/2 clients, of which `malloc_trim` returned 2.3, 5.7 and 7.7 MiB:
 //!   docs/benchmarks.md, "Memory after load"). [`give_back_when_quiet`] looks every
-//!   [`QUIET_INTERVAL`] at the process's CPU time and anonymous memory, and trims once the proxy
-//!   has gone quiet after being busy and its heap grew ([`QuietWatch`], the rule). It reads two
-//!   `/proc` files per look and never runs on the request path; under steady load it never
+//!   [`QUIET_INTERVAL`] at the process's CPU time (and, when it has gone quiet after being busy,
+//!   at its anonymous memory), and trims once if its heap grew ([`QuietWatch`], the rule). One
+//!   `/proc` read per look, nothing on the request path; under steady load it never
 //!   trims (the freed memory is about to be used again).
 
 use std::sync::Arc;
