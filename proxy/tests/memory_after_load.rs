@@ -10,35 +10,19 @@ use std::time::Duration;
 
 use control_support::*;
 use process_support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::io::AsyncWriteExt;
 
 const BODY: usize = 256 * 1024;
 
 /// A backend answering every request with a `BODY`-byte body and closing the connection.
 async fn big_backend() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut seen = Vec::new();
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {BODY}\r\nConnection: close\r\n\r\n"
-                );
-                let _ = stream.write_all(head.as_bytes()).await;
-                let _ = stream.write_all(&vec![b'x'; BODY]).await;
-            });
-        }
-    });
-    addr
+    http_backend(|mut stream| async move {
+        let head =
+            format!("HTTP/1.1 200 OK\r\nContent-Length: {BODY}\r\nConnection: close\r\n\r\n");
+        let _ = stream.write_all(head.as_bytes()).await;
+        let _ = stream.write_all(&vec![b'x'; BODY]).await;
+    })
+    .await
 }
 
 fn metric(metrics: &str, name: &str) -> u64 {

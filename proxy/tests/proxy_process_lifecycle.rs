@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use control_support::*;
 use process_support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
 fn config_v1(backend: SocketAddr) -> Vec<weft_proxy_api::v1::Resource> {
     vec![
@@ -134,32 +134,18 @@ async fn gated_backend(
     arrived: tokio::sync::mpsc::Sender<()>,
     release: tokio::sync::watch::Receiver<bool>,
 ) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind backend");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let arrived = arrived.clone();
-            let mut release = release.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut seen = Vec::new();
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = arrived.send(()).await;
-                let _ = release.wait_for(|r| *r).await;
-                let resp = "HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nslow";
-                let _ = stream.write_all(resp.as_bytes()).await;
-                let _ = stream.shutdown().await;
-            });
+    http_backend(move |mut stream| {
+        let arrived = arrived.clone();
+        let mut release = release.clone();
+        async move {
+            let _ = arrived.send(()).await;
+            let _ = release.wait_for(|r| *r).await;
+            let resp = "HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nslow";
+            let _ = stream.write_all(resp.as_bytes()).await;
+            let _ = stream.shutdown().await;
         }
-    });
-    addr
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

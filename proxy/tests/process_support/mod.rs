@@ -246,35 +246,48 @@ pub async fn http_get(addr: SocketAddr, path: &str, host: &str) -> std::io::Resu
     Ok((status, body))
 }
 
-/// A backend answering every request with `200 backend-<port>`.
-pub async fn backend() -> SocketAddr {
+/// A backend on 127.0.0.1: per connection, reads one request head, then `answer` writes the
+/// response on the stream (a connection closed before a whole head is dropped).
+pub async fn http_backend<F, Fut>(answer: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind backend");
     let addr = listener.local_addr().expect("addr");
+    let answer = Arc::new(answer);
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
+            let answer = answer.clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 4096];
                 let mut seen = Vec::new();
-                loop {
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
                     match stream.read(&mut buf).await {
                         Ok(0) | Err(_) => return,
                         Ok(n) => seen.extend_from_slice(&buf[..n]),
                     }
-                    if seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                        break;
-                    }
                 }
-                let body = format!("backend-{}", addr.port());
-                let resp = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = stream.write_all(resp.as_bytes()).await;
-                let _ = stream.shutdown().await;
+                answer(stream).await;
             });
         }
     });
     addr
+}
+
+/// A backend answering every request with `200 backend-<port>`.
+pub async fn backend() -> SocketAddr {
+    http_backend(|mut stream| async move {
+        let port = stream.local_addr().map(|a| a.port()).unwrap_or(0);
+        let body = format!("backend-{port}");
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = stream.write_all(resp.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await
 }
