@@ -6,6 +6,8 @@
 # the benchmarks call it.
 #
 #   scripts/build-dist.sh BIN...         # e.g. weft-proxy weft-operator
+#   scripts/build-dist.sh example:NAME   # an example of weft-proxy's package built as the proxy is
+#                                        # (benchmark tooling: proxy/examples/hyper_floor.rs)
 #   PGO=off scripts/build-dist.sh BIN... # the proxy without the profile (to compare)
 #   scripts/build-dist.sh --profile-key  # what a profile is only valid for (below)
 #   scripts/build-dist.sh --proxy-code   # the proxy's source folders, whose functions it counts
@@ -60,11 +62,16 @@ case $1 in
     ;;
 esac
 
-plain=() proxy=()
+plain=() proxy=() examples=()
 for b in "$@"; do
-    case $PROXY_BINS in
-    *" $b "*) proxy+=(--bin "$b") ;;
-    *) plain+=(--bin "$b") ;;
+    case $b in
+    example:*) examples+=("${b#example:}") ;;
+    *)
+        case $PROXY_BINS in
+        *" $b "*) proxy+=(--bin "$b") ;;
+        *) plain+=(--bin "$b") ;;
+        esac
+        ;;
     esac
 done
 
@@ -72,7 +79,7 @@ if [ ${#plain[@]} -gt 0 ]; then
     echo "build-dist: cargo build --profile dist --locked ${plain[*]}" >&2
     cargo build --profile dist --locked "${plain[@]}"
 fi
-[ ${#proxy[@]} -gt 0 ] || exit 0
+[ ${#proxy[@]} -gt 0 ] || [ ${#examples[@]} -gt 0 ] || exit 0
 
 case $PGO in
 off) flags="" ;;
@@ -113,11 +120,21 @@ esac
 # calls is there (docs/benchmarks.md, "The proxy linked statically"). glibc >= 2.34 resolves names
 # from /etc/hosts and DNS without loading NSS modules, which is all the proxy asks of it.
 flags="-Ctarget-feature=+crt-static${flags:+ $flags}"
-echo "build-dist: RUSTFLAGS='$flags' cargo build --profile dist --locked --target $host ${proxy[*]}" >&2
-RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }$flags" cargo build --profile dist --locked --target "$host" "${proxy[@]}"
-mkdir -p "$TARGET/dist"
-for ((i = 1; i < ${#proxy[@]}; i += 2)); do
-    b=${proxy[i]}
+built=()
+if [ ${#proxy[@]} -gt 0 ]; then
+    echo "build-dist: RUSTFLAGS='$flags' cargo build --profile dist --locked --target $host ${proxy[*]}" >&2
+    RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }$flags" cargo build --profile dist --locked --target "$host" "${proxy[@]}"
+    for ((i = 1; i < ${#proxy[@]}; i += 2)); do built+=("${proxy[i]}"); done
+fi
+# Examples in a cargo invocation of their own: they may use dev-dependencies, whose features
+# would otherwise be unified into the shipped binaries (tokio's test-util, for one).
+for e in "${examples[@]}"; do
+    echo "build-dist: RUSTFLAGS='$flags' cargo build --profile dist --locked --target $host -p weft-proxy --example $e" >&2
+    RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }$flags" cargo build --profile dist --locked --target "$host" -p weft-proxy --example "$e"
+    built+=("examples/$e")
+done
+mkdir -p "$TARGET/dist/examples"
+for b in "${built[@]}"; do
     # Removed first: cargo's own output there may be a hard link into its deps/ folder.
     rm -f "$TARGET/dist/$b"
     cp "$TARGET/$host/dist/$b" "$TARGET/dist/$b"

@@ -51,6 +51,15 @@
 # e2e/bench/build-linkerd2-proxy.sh. LINKERD_STANDIN: the stand-in's binary (default: built
 # into target/release/examples).
 #   LINKERD_PROXY=~/.cache/weft/linkerd2-proxy/target/release/linkerd2-proxy PATHS="direct weft-1hop haproxy-1hop linkerd-1hop" e2e/bench/proxy-bench.sh
+# floor-1hop (optional, never in the default PATHS): the floor under weft's one hop,
+# proxy/examples/hyper_floor.rs: hyper's HTTP/1 server and weft's upstream pool on one
+# current_thread runtime, forwarding every request to the backend and doing nothing else (no
+# routing, balancing, metrics, classification, header handling, deadlines, retries). The gap
+# between weft-1hop and floor-1hop in one run is what weft's features cost; the gap between
+# floor-1hop and haproxy-1hop is hyper's and tokio's. Built as the proxy is (scripts/build-dist.sh
+# example:hyper_floor: dist profile, static, weft-proxy's PGO profile) into
+# $CARGO_TARGET_DIR/dist/examples (not with NO_BUILD=1), unless FLOOR names a binary.
+#   PATHS="direct weft-1hop floor-1hop haproxy-1hop" e2e/bench/proxy-bench.sh
 # KERNEL=1: instead of the timed rounds, where a request's CPU goes under load: per path and rate
 # (RATES), oha at that rate for OHA_DURATION while `perf stat` (software events and syscall
 # tracepoints, no hardware counters needed) watches the path's proxy processes; prints per
@@ -120,6 +129,19 @@ if [ -n "$LINKERD" ]; then
     fi
 fi
 
+FLOOR_PATH=""
+case " $PATHS " in *" floor-1hop "*) FLOOR_PATH=1 ;; esac
+if [ -n "$FLOOR_PATH" ]; then
+    if [ -z "${FLOOR:-}" ]; then
+        FLOOR=${CARGO_TARGET_DIR:-$ROOT/target}/dist/examples/hyper_floor
+        if [ -z "${NO_BUILD:-}" ]; then
+            log "scripts/build-dist.sh example:hyper_floor"
+            scripts/build-dist.sh example:hyper_floor
+        fi
+    fi
+    [ -x "$FLOOR" ] || die "floor-1hop: no binary at $FLOOR"
+fi
+
 WEFT=""
 case " $PATHS " in *" weft-"*) WEFT=1 ;; esac
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE
@@ -148,6 +170,7 @@ NGINXP=$NET.11     # :8082
 HAPROXY_C=$NET.12  # :8083, client side of the two-hop pair
 HAPROXY_S=$NET.13  # :8443, TLS server side
 LINKERD_DST=$NET.20 # :8080, the backend nginx as linkerd-1hop's client addresses it (redirected)
+FLOOR_ADDR=$NET.21  # :8084, floor-1hop
 L5D_UID=65534      # linkerd2-proxy's user: its own connections are not redirected
 NS=bench
 case $BODY in
@@ -417,6 +440,11 @@ if [ -n "$LINKERD" ]; then
     redirect -A
 fi
 
+if [ -n "$FLOOR_PATH" ]; then
+    start hyper-floor 1 "${WRAP[@]}" "$FLOOR" "$FLOOR_ADDR:8084" "$BACKEND:8080"
+    pid_floor=$last_pid
+fi
+
 if [ -n "$WEFT" ]; then
     start_operator "$OPERATOR"
     start_proxy client-0 client "$CLIENT" 127.0.0.1
@@ -431,6 +459,7 @@ wait_port "$HAPROXY1" 8081
 wait_port "$HAPROXY_C" 8083
 wait_port "$HAPROXY_S" 8443
 [ -z "$LINKERD" ] || wait_http "http://127.0.0.1:4291/ready"
+[ -z "$FLOOR_PATH" ] || wait_port "$FLOOR_ADDR" 8084
 if [ -n "$WEFT" ]; then
     wait_http "http://$CLIENT:4191/ready"
     wait_http "http://$SERVER:4191/ready"
@@ -451,6 +480,7 @@ url_of() {
     nginx-1hop) echo "http://$NGINXP:8082$BODY_PATH" ;;
     haproxy-2hop-tls) echo "http://$HAPROXY_C:8083$BODY_PATH" ;;
     linkerd-1hop) echo "http://$LINKERD_DST:8080$BODY_PATH" ;;
+    floor-1hop) echo "http://$FLOOR_ADDR:8084$BODY_PATH" ;;
     *) die "unknown path $1" ;;
     esac
 }
@@ -470,6 +500,7 @@ pids_of() {
     nginx-1hop) echo "$pid_nginxp" ;;
     haproxy-2hop-tls) echo "$pid_haproxy_c $pid_haproxy_s" ;;
     linkerd-1hop) echo "$pid_linkerd" ;;
+    floor-1hop) echo "$pid_floor" ;;
     esac
 }
 
