@@ -106,9 +106,10 @@ start_operator() {
 }
 
 # start_proxy POD SERVICE_ACCOUNT POD_IP APP_IP [CPU]: a weft-proxy for pod $NS/POD (one
-# thread, listeners on POD_IP), configured by the operator at $OPERATOR, run under the
-# caller's WRAP command prefix if it has one (an array; proxy-bench.sh's callgrind). Sets
-# $last_pid.
+# thread; every listener on POD_IP, tap too: left on tap's default 0.0.0.0:4190 it would take
+# that port on every address of the host, the CLI demo's pods included), configured by the
+# operator at $OPERATOR, run under the caller's WRAP command prefix if it has one (an array;
+# proxy-bench.sh's callgrind). Sets $last_pid.
 start_proxy() {
     WEFT_PROXY_CONTROL_ADDR="http://$OPERATOR:8086" \
         WEFT_PROXY_POD="$NS/$1" \
@@ -117,6 +118,7 @@ start_proxy() {
         WEFT_PROXY_INBOUND_ADDR="$3:4143" \
         WEFT_PROXY_OUTBOUND_ADDR="$3:4140" \
         WEFT_PROXY_ADMIN_ADDR="$3:4191" \
+        WEFT_PROXY_TAP_ADDR="$3:4190" \
         WEFT_PROXY_APP_IP="$4" \
         WEFT_PROXY_THREADS=1 \
         WEFT_LOG=warn \
