@@ -558,15 +558,18 @@ impl PlainClients {
 
     /// Sends `req` to the plain upstream at `addr`, over HTTP/2 with prior knowledge when
     /// `http2`, else HTTP/1.1. `Host` is kept (or set from the URI's authority when missing).
+    /// The request comes boxed: the callers' per-request futures hold it across awaits, and
+    /// hyper moves those futures whole (issue #20).
     pub async fn send(
         &self,
         addr: std::net::SocketAddr,
-        mut req: Request<Body>,
+        req: Box<Request<Body>>,
         http2: bool,
     ) -> Result<Response<pool::PlainBody>, PlainError> {
         if !http2 {
-            return Ok(self.http1.send(addr, req).await?);
+            return Ok(self.http1.send(addr, *req).await?);
         }
+        let mut req = *req;
         addr_authority(addr)
             .and_then(|a| set_upstream_authority(&mut req, a))
             .map_err(PlainError::Target)?;

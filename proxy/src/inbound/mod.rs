@@ -610,6 +610,9 @@ async fn serve_http<I>(
         let shared = shared.clone();
         let peer = peer.clone();
         let conn = conn.clone();
+        // Boxed: the async levels below hold the request across awaits, and hyper moves the
+        // whole per-request future (issue #20, as in the outbound proxy).
+        let req = Box::new(req);
         async move {
             // #18 tap: one relaxed load when nobody taps.
             let tapped = shared.tap.is_active().then(|| {
@@ -632,7 +635,7 @@ async fn serve_http<I>(
 /// handling, as the parent of what the app sees (`docs/tracing.md`).
 async fn handle_request(
     shared: &Shared,
-    mut req: Request<Incoming>,
+    mut req: Box<Request<Incoming>>,
     port: u16,
     peer: Option<Arc<str>>,
     conn: &ConnValues,
@@ -653,7 +656,7 @@ async fn handle_request(
 
 async fn handle_untraced(
     shared: &Shared,
-    mut req: Request<Incoming>,
+    mut req: Box<Request<Incoming>>,
     port: u16,
     peer: Option<Arc<str>>,
     conn: &ConnValues,
@@ -709,7 +712,7 @@ async fn handle_untraced(
         upgrade::keep_upgrade_headers(req.headers_mut());
         set_client_id(&mut req, conn.client_id.as_ref());
         // Boxed: connecting and splicing are rare and large (issue #20).
-        let rsp = Box::pin(forward_upgrade(shared, req, port)).await;
+        let rsp = Box::pin(forward_upgrade(shared, *req, port)).await;
         // The slot is held until the app answers the upgrade, not for the tunnel's life.
         drop(permit);
         return record(shared, port, authz_name, peer.as_ref(), rsp, started);
@@ -725,8 +728,8 @@ async fn handle_untraced(
         );
     }
     let app = SocketAddr::new(shared.settings.app_ip, port);
-    let (req, body) = h::watch_body(req);
-    let call = shared.plain.send(app, req, app_h2);
+    let (req, body) = h::watch_body(*req);
+    let call = shared.plain.send(app, Box::new(req), app_h2);
     let answered = match deadline {
         Some(at) => tokio::time::timeout_at(at, call).await.ok(),
         None => Some(call.await),
@@ -1019,7 +1022,7 @@ mod tests {
     fn per_request_futures_stay_small() {
         type Args = (
             &'static Shared,
-            Request<Incoming>,
+            Box<Request<Incoming>>,
             u16,
             Option<Arc<str>>,
             &'static ConnValues,
@@ -1030,7 +1033,8 @@ mod tests {
         eprintln!("inbound handle_request: {request} bytes, handle_untraced: {untraced} bytes");
         // Unboxed, `forward_upgrade` made `handle_untraced` 2.7 KiB.
         assert!(untraced < 2048, "{untraced}");
-        assert!(request < 4096, "{request}");
+        // The request boxed (as outbound): 2,688 bytes by value, 1,440 boxed (2026-12-04).
+        assert!(request < 2048, "{request}");
     }
 
     fn header<'r>(rsp: &'r Response<Body>, name: &str) -> Option<&'r str> {

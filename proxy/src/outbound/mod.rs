@@ -327,6 +327,11 @@ async fn serve_http<I>(
 {
     h::serve_downstream(io, http2, drain, move |req: Request<Incoming>| {
         let shared = shared.clone();
+        // Boxed: every async level below holds the request by value, most of them twice (an
+        // async fn keeps its arguments for its whole life beside the locals it moves them to),
+        // and hyper moves the whole per-request future into its connection's in-flight slot
+        // (issue #20, docs/benchmarks.md "The floor under one hop").
+        let req = Box::new(req);
         async move {
             // #18 tap: one relaxed load when nobody taps.
             let tapped = shared.tap.is_active().then(|| {
@@ -417,7 +422,7 @@ fn record(
 /// handling, as the parent of what the destination sees (`docs/tracing.md`).
 async fn handle_request(
     shared: &Shared,
-    mut req: Request<Incoming>,
+    mut req: Box<Request<Incoming>>,
     dst: Option<SocketAddr>,
     downstream_h2: bool,
 ) -> Response<Body> {
@@ -435,7 +440,7 @@ async fn handle_request(
 
 async fn handle_untraced(
     shared: &Shared,
-    mut req: Request<Incoming>,
+    mut req: Box<Request<Incoming>>,
     dst: Option<SocketAddr>,
     downstream_h2: bool,
 ) -> Response<Body> {
@@ -620,7 +625,7 @@ async fn handle_untraced(
     let (rsp, peer) = if upgrade::wants_upgrade(&req) {
         let timeout = request_timeout.unwrap_or(upgrade::HANDSHAKE_TIMEOUT);
         // Boxed: connecting and splicing are rare and large (issue #20).
-        Box::pin(forward_upgrade(shared, req, svc, backend, timeout)).await
+        Box::pin(forward_upgrade(shared, *req, svc, backend, timeout)).await
     } else {
         let attempt = Attempts {
             app_h2,
@@ -873,7 +878,7 @@ fn deadline_exceeded(shared: &Shared, svc: &OutboundService, received: Instant) 
 /// response and the endpoint's identity (if meshed).
 async fn forward(
     shared: &Shared,
-    req: Request<Incoming>,
+    req: Box<Request<Incoming>>,
     svc: &OutboundService,
     backend: &Backend,
     labels: &Labels,
@@ -887,7 +892,7 @@ async fn forward(
     let received = deadline.received;
     let policy = &svc.policy;
     let attempts = async {
-        let (mut prepared, body) = match prepare(req, policy).await {
+        let (mut prepared, body) = match prepare(*req, policy).await {
             Ok(p) => p,
             Err(status) => {
                 shared.metrics.client_error(OUTBOUND, "request_body");
@@ -921,7 +926,7 @@ async fn forward(
             let charge = !(deadline.from_client && limit == left);
             let a = attempt_once(
                 shared,
-                req,
+                Box::new(req),
                 svc,
                 backend,
                 app_h2,
@@ -1059,7 +1064,7 @@ struct Attempt {
 #[allow(clippy::too_many_arguments)]
 async fn attempt_once(
     shared: &Shared,
-    req: Request<Body>,
+    req: Box<Request<Body>>,
     svc: &OutboundService,
     backend: &Backend,
     app_h2: bool,
@@ -1183,7 +1188,7 @@ async fn attempt_once(
 
 async fn send_mesh(
     shared: &Shared,
-    mut req: Request<Body>,
+    mut req: Box<Request<Body>>,
     ep: &Endpoint,
     addr: SocketAddr,
     identity: &Arc<str>,
@@ -1218,7 +1223,7 @@ async fn send_mesh(
     h::set_upstream_authority(&mut req, authority).map_err(bad_target)?;
     *req.version_mut() = Version::HTTP_2;
     sender
-        .send_request(req)
+        .send_request(*req)
         .await
         .map(|rsp| rsp.map(h::boxed))
         .map_err(|e| {
@@ -1343,25 +1348,26 @@ mod tests {
     /// `--nocapture` prints them.
     #[test]
     fn per_request_futures_stay_small() {
-        type Args = (S, Request<Incoming>, Option<SocketAddr>, bool);
+        type Args = (S, Box<Request<Incoming>>, Option<SocketAddr>, bool);
         let request = output_size(|(s, r, d, h): Args| handle_request(s, r, d, h));
         let untraced = output_size(|(s, r, d, h): Args| handle_untraced(s, r, d, h));
-        let attempt = output_size(
-            |(s, r, v, b, h, f, l, a): (
-                S,
-                Request<Body>,
-                &'static OutboundService,
-                &'static Backend,
-                bool,
-                &'static h::ClientBodyFailed,
-                Limit,
-                Option<SocketAddr>,
-            )| attempt_once(s, r, v, b, h, f, l, a),
+        type AttemptArgs = (
+            S,
+            Box<Request<Body>>,
+            &'static OutboundService,
+            &'static Backend,
+            bool,
+            &'static h::ClientBodyFailed,
+            Limit,
+            Option<SocketAddr>,
         );
+        let attempt = output_size(|(s, r, v, b, h, f, l, a): AttemptArgs| {
+            attempt_once(s, r, v, b, h, f, l, a)
+        });
         let mesh = output_size(
             |(s, r, e, a, i, h): (
                 S,
-                Request<Body>,
+                Box<Request<Body>>,
                 &'static Endpoint,
                 SocketAddr,
                 &'static Arc<str>,
@@ -1374,6 +1380,9 @@ mod tests {
         );
         // Unboxed, the traced path's copy of `handle_untraced` made it more than twice as large.
         assert!(request < 2 * untraced, "{request} vs {untraced}");
+        // With the request by value, each async level held its 240-264 bytes, most of them
+        // twice: 5,040 bytes in all, against 2,816 with it boxed (2026-12-04).
+        assert!(request < 3584, "{request}");
         // Unboxed, connecting to a peer proxy (TCP, TLS, HTTP/2 handshakes) made `send_mesh`
         // several KiB, and every attempt with it.
         assert!(mesh < 2048, "{mesh}");
