@@ -3,8 +3,8 @@
 //! only, never part of a mesh.
 //!
 //! ```text
-//! cargo build --profile dist -p weft-proxy --example hyper_floor
-//! hyper_floor <listen addr> <upstream addr>
+//! scripts/build-dist.sh example:hyper_floor     # into target/dist/examples, built as the proxy is
+//! target/dist/examples/hyper_floor <listen addr> <upstream addr>
 //! ```
 //!
 //! It is built from the same pieces as the proxy's outbound path to an unmeshed endpoint, and
@@ -20,11 +20,10 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 
 use http::{Response, StatusCode};
-use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use weft_proxy::http::pool::Http1Pool;
-use weft_proxy::http::{http1_server, Body, BoxError};
+use weft_proxy::http::{boxed, empty, http1_server, Body, BoxError};
 
 fn main() -> Result<(), BoxError> {
     let mut args = std::env::args().skip(1);
@@ -64,11 +63,10 @@ async fn forward(
     upstream: SocketAddr,
     req: hyper::Request<Incoming>,
 ) -> Response<Body> {
-    let req = req.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed());
-    match pool.send(upstream, req).await {
-        Ok(rsp) => rsp.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed()),
+    match pool.send(upstream, req.map(boxed)).await {
+        Ok(rsp) => rsp.map(boxed),
         Err(_) => {
-            let mut rsp = Response::new(Empty::new().map_err(|never| match never {}).boxed());
+            let mut rsp = Response::new(empty());
             *rsp.status_mut() = StatusCode::BAD_GATEWAY;
             rsp
         }
