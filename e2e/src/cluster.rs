@@ -203,10 +203,42 @@ pub fn skip(test: &str, reason: &str) {
     eprintln!("\n==== SKIPPED {test}: {reason} ====\n");
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released; fine for tests).
+/// A free TCP port on 127.0.0.1 for a listener that starts later (checked by binding it, then
+/// released).
+///
+/// The port is taken from the window just below the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`), never from it: a port picked with `bind(:0)` comes from that
+/// range, and between the pick and the real listener's bind (for a webhook port, the whole
+/// start of a control plane) any outgoing connection on the machine — the API server's to etcd,
+/// a test's to the API server — may take it as its local port, and the listener then fails with
+/// "address in use" (the likely cause of a CI run lost to an operator that could not start;
+/// its error was cut from the report, see `exit_report` in `operator.rs`). A process-wide counter keeps tests that run at once
+/// apart; the start is spread by process id for two test processes at once.
 pub fn free_port() -> Result<u16, ClusterError> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let (low, span) = below_ephemeral_range();
+    let seed = std::process::id();
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = low + (seed.wrapping_add(n) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
     let l = TcpListener::bind("127.0.0.1:0").map_err(io("binding a free port"))?;
     Ok(l.local_addr().map_err(io("local_addr"))?.port())
+}
+
+/// `(first port, count)` of the window [`free_port`] picks from: up to 12,000 ports right below
+/// the ephemeral range's first port, and above 1024.
+fn below_ephemeral_range() -> (u16, u32) {
+    let first_ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let low = first_ephemeral.saturating_sub(12_000).max(1025);
+    (low, u32::from(first_ephemeral.saturating_sub(low).max(1)))
 }
 
 fn tail(path: &Path, lines: usize) -> String {

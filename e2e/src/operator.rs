@@ -386,6 +386,16 @@ fn tail(path: &Path, lines: usize) -> String {
     v[v.len().saturating_sub(lines)..].join("\n")
 }
 
+/// The last `lines` lines of an exited operator's log before the backtrace of its error: the
+/// error itself (`Error: ...` and its causes) rather than the frames a backtrace fills the tail
+/// with.
+fn exit_report(path: &Path, lines: usize) -> String {
+    let s = std::fs::read_to_string(path).unwrap_or_default();
+    let s = s.split("\nStack backtrace:").next().unwrap_or_default();
+    let v: Vec<&str> = s.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+
 fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
@@ -475,7 +485,7 @@ impl OperatorProcess {
         match self.child.try_wait() {
             Ok(Some(status)) => Err(OperatorError::Exited {
                 status: status.to_string(),
-                log: self.log_tail(40),
+                log: exit_report(&self.log, 40),
             }),
             _ => Ok(()),
         }
