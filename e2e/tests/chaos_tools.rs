@@ -4,7 +4,7 @@
 //! told to do in each phase, and what the backend counted; the report must find the recovery.
 //! (The benchmark itself is not a test; nothing here depends on timing beyond the phases' order.)
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,10 +18,12 @@ impl Drop for Kill {
     }
 }
 
-fn free_port(ip: &str) -> SocketAddr {
-    TcpListener::bind((ip, 0))
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
+/// A free loopback port (from below the ephemeral range: see `weft_e2e::cluster::free_port`).
+fn free_port() -> SocketAddr {
+    SocketAddr::from((
+        [127, 0, 0, 1],
+        weft_e2e::cluster::free_port().expect("a free port"),
+    ))
 }
 
 fn get(addr: SocketAddr, path: &str) -> Option<String> {
@@ -50,8 +52,7 @@ fn window(from_s: f64, to_s: f64) -> Window {
 
 #[test]
 fn the_load_generator_records_each_fault_the_backend_was_switched_to() {
-    let ip = "127.0.0.1";
-    let (data, control) = (free_port(ip), free_port(ip));
+    let (data, control) = (free_port(), free_port());
     let _backend = Kill(
         Command::new(env!("CARGO_BIN_EXE_chaos_backend"))
             .args([
