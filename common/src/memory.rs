@@ -10,7 +10,8 @@
 //! calls [`trim`] on a blocking thread. A jemalloc global allocator was measured as the
 //! alternative and not adopted: it costs idle memory on every proxy (docs/proxy.md, "Memory").
 //!
-//! The one `unsafe` call of this crate is in [`trim`], with the proof of its soundness.
+//! The two `unsafe` calls of this crate are in [`trim`] and [`free_heap`], each with the proof of
+//! its soundness.
 #![allow(unsafe_code)]
 
 /// A shrink smaller than this many resources is left to the allocator.
@@ -70,6 +71,25 @@ pub fn trim() -> bool {
     false
 }
 
+/// Bytes glibc malloc holds free in its arenas (`mallinfo2`'s `fordblks`, the top of each heap
+/// included): the most a [`trim`] could give back, read without a trim. `None` where there is no
+/// glibc malloc (and [`trim`] does nothing).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn free_heap() -> Option<u64> {
+    // SAFETY: `mallinfo2` takes no argument and returns a plain struct of counters by value, so
+    // there is no pointer to get wrong; it is thread-safe (it takes each arena's lock in turn
+    // while it sums the free chunks, like `malloc_trim`), available since glibc 2.33 (Debian 12
+    // has 2.36, the proxy links it statically), and only reads glibc malloc's own bookkeeping.
+    let info = unsafe { libc::mallinfo2() };
+    Some(info.fordblks as u64)
+}
+
+/// No glibc malloc: nothing to read.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn free_heap() -> Option<u64> {
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,6 +119,24 @@ mod tests {
         assert_eq!(w.observe(2_000), None);
         assert_eq!(w.observe(1_100), None, "fewer than SHRINK_MIN gone");
         assert_eq!(w.observe(1_000), Some(2_000));
+    }
+
+    #[test]
+    fn free_heap_counts_memory_freed_and_not_yet_returned() {
+        let Some(before) = free_heap() else {
+            return;
+        };
+        // Many small blocks (below glibc's mmap threshold: they come from the heap), every
+        // other one kept, so the freed half cannot merge into the top and be returned by free.
+        let mut blocks: Vec<Vec<u8>> = (0..4096).map(|_| vec![1u8; 1024]).collect();
+        let kept: Vec<Vec<u8>> = blocks.iter_mut().step_by(2).map(std::mem::take).collect();
+        drop(blocks);
+        let after = free_heap().unwrap();
+        assert!(
+            after >= before + 1_000_000,
+            "2 MiB freed in 1 KiB blocks between live ones: free heap {before} -> {after}"
+        );
+        drop(kept);
     }
 
     #[test]

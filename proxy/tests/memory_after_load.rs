@@ -1,16 +1,20 @@
 //! Issue #20: heap freed after a burst of traffic goes back to the kernel once the proxy is quiet
-//! (`weft_proxy::memory::give_back_when_quiet`). The real `weft-proxy` binary, a fake operator
-//! and a backend serving 256 KiB bodies, all on 127.0.0.1.
+//! (`weft_proxy::memory::give_back_when_quiet`), and so does heap freed later in the quiet spell,
+//! when the upstream connections pooled during the burst close. The real `weft-proxy` binary, a
+//! fake operator and a backend serving 256 KiB bodies, all on 127.0.0.1.
 
 mod control_support;
 mod process_support;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use control_support::*;
 use process_support::*;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 const BODY: usize = 256 * 1024;
 
@@ -93,12 +97,161 @@ async fn freed_heap_goes_back_to_the_kernel_when_quiet_after_load() {
         proxy.log()
     );
     let log = proxy.log();
-    let line = log.lines().find(|l| l.contains("quiet after load"));
+    let line = log
+        .lines()
+        .find(|l| l.contains("freed heap returned to the kernel"));
     eprintln!(
         "{}",
         line.unwrap_or_else(|| panic!("no trim logged:\n{log}"))
     );
     // And the proxy serves as before.
+    let (status, body) = http_get(proxy.outbound, "/big", host).await.expect("after");
+    assert_eq!((status, body.len()), (200, BODY));
+    assert_eq!(
+        proxy.sigterm().await.code(),
+        Some(0),
+        "log:\n{}",
+        proxy.log()
+    );
+}
+
+/// How long the keep-alive backend keeps an idle connection open.
+const BACKEND_IDLE: Duration = Duration::from_secs(8);
+
+/// Reads one request head from `stream` within `limit`; false on EOF, an error or the limit.
+async fn next_head(stream: &mut TcpStream, limit: Duration) -> bool {
+    let mut buf = [0u8; 4096];
+    let mut seen = Vec::new();
+    let read = async {
+        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+        true
+    };
+    tokio::time::timeout(limit, read).await.unwrap_or(false)
+}
+
+/// A keep-alive backend answering `BODY`-byte bodies, which closes a connection idle for
+/// [`BACKEND_IDLE`] (as servers do) and counts those it closed so.
+async fn keep_alive_backend() -> (SocketAddr, Arc<AtomicUsize>) {
+    let closed = Arc::new(AtomicUsize::new(0));
+    let counter = closed.clone();
+    let addr = http_backend(move |mut stream| {
+        let closed = counter.clone();
+        async move {
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {BODY}\r\n\r\n");
+            let body = vec![b'x'; BODY];
+            loop {
+                if stream.write_all(head.as_bytes()).await.is_err()
+                    || stream.write_all(&body).await.is_err()
+                {
+                    return;
+                }
+                if !next_head(&mut stream, BACKEND_IDLE).await {
+                    closed.fetch_add(1, Ordering::SeqCst);
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    (addr, closed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffers_of_pooled_connections_closed_in_a_quiet_spell_go_back_too() {
+    let op = start_operator(SocketAddr::from(([127, 0, 0, 1], 0))).await;
+    let (backend, closed) = keep_alive_backend().await;
+    op.reply_on_subscribe(full_state(
+        "n1",
+        "v1",
+        vec![
+            inbound("spiffe://cluster.local/ns/demo/sa/web"),
+            outbound("demo", "api", 80, "/"),
+            endpoints("demo", "api", 80, &[backend.port()]),
+        ],
+    ));
+    let mut proxy =
+        ProxyProcess::start_with_env(&op.uri(), &[("WEFT_PROXY_MEMORY_QUIET", "1s")]).await;
+    proxy.admin_until("/ready", |s, _| s == 200).await;
+    let trims = "weft_proxy_memory_quiet_trims_total";
+    let released = "weft_proxy_memory_quiet_released_bytes_total";
+    let scrape = || async {
+        http_get(proxy.admin, "/metrics", "admin")
+            .await
+            .expect("metrics")
+            .1
+    };
+
+    // A burst: 48 clients at once, 8 responses of 256 KiB each; the proxy keeps the upstream
+    // connections it opened in its pool, each with the read buffer it grew.
+    let host = "api.demo.svc.cluster.local";
+    let clients: Vec<_> = (0..48)
+        .map(|c| {
+            let outbound = proxy.outbound;
+            tokio::spawn(async move {
+                for i in 0..8 {
+                    let (status, body) = http_get(outbound, "/big", host)
+                        .await
+                        .unwrap_or_else(|e| panic!("client {c} request {i}: {e}"));
+                    assert_eq!((status, body.len()), (200, BODY), "client {c} request {i}");
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.await.expect("client");
+    }
+
+    // Quiet: the first trim returns what the requests freed, while the pool still holds its
+    // connections (the backend closes them only after BACKEND_IDLE).
+    let mut metrics = String::new();
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        metrics = scrape().await;
+        if metric(&metrics, trims) >= 1 {
+            break;
+        }
+    }
+    let first = metric(&metrics, trims);
+    assert!(first >= 1, "no trim after the burst:\n{metrics}");
+    assert_eq!(
+        closed.load(Ordering::SeqCst),
+        0,
+        "the backend closed pooled connections before the first trim; the test cannot tell the two apart"
+    );
+    let released_first = metric(&metrics, released);
+
+    // The backend closes the idle connections; the proxy frees their buffers, still quiet, and
+    // gives them back on a later look.
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        metrics = scrape().await;
+        if closed.load(Ordering::SeqCst) > 0 && metric(&metrics, trims) > first {
+            break;
+        }
+    }
+    let pooled = closed.load(Ordering::SeqCst);
+    assert!(pooled > 0, "the backend never closed an idle connection");
+    assert!(
+        metric(&metrics, trims) > first,
+        "{pooled} pooled connections closed, but no trim after:\n{metrics}\nlog:\n{}",
+        proxy.log()
+    );
+    let later = metric(&metrics, released) - released_first;
+    eprintln!(
+        "{pooled} pooled connections closed after the first trim ({released_first} bytes); \
+         the later trim returned {later} bytes"
+    );
+    assert!(
+        later >= 512 * 1024,
+        "the trim after {pooled} pooled connections closed returned {later} bytes:\n{}",
+        proxy.log()
+    );
+    // And the proxy serves as before, on new upstream connections.
     let (status, body) = http_get(proxy.outbound, "/big", host).await.expect("after");
     assert_eq!((status, body.len()), (200, BODY));
     assert_eq!(
