@@ -36,10 +36,13 @@ fn metric(metrics: &str, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn freed_heap_goes_back_to_the_kernel_when_quiet_after_load() {
+const HOST: &str = "api.demo.svc.cluster.local";
+const TRIMS: &str = "weft_proxy_memory_quiet_trims_total";
+const RELEASED: &str = "weft_proxy_memory_quiet_released_bytes_total";
+
+/// A fake operator and a ready proxy (looking every second) whose `HOST` goes to `backend`.
+async fn proxy_to(backend: SocketAddr) -> (FakeOperator, ProxyProcess) {
     let op = start_operator(SocketAddr::from(([127, 0, 0, 1], 0))).await;
-    let backend = big_backend().await;
     op.reply_on_subscribe(full_state(
         "n1",
         "v1",
@@ -49,23 +52,18 @@ async fn freed_heap_goes_back_to_the_kernel_when_quiet_after_load() {
             endpoints("demo", "api", 80, &[backend.port()]),
         ],
     ));
-    let mut proxy =
-        ProxyProcess::start_with_env(&op.uri(), &[("WEFT_PROXY_MEMORY_QUIET", "1s")]).await;
+    let proxy = ProxyProcess::start_with_env(&op.uri(), &[("WEFT_PROXY_MEMORY_QUIET", "1s")]).await;
     proxy.admin_until("/ready", |s, _| s == 200).await;
-    let trims = "weft_proxy_memory_quiet_trims_total";
-    let released = "weft_proxy_memory_quiet_released_bytes_total";
-    let metrics = proxy.admin_until("/metrics", |s, _| s == 200).await;
-    // Idle since start: nothing was given back.
-    assert_eq!(metric(&metrics, trims), 0, "{metrics}");
+    (op, proxy)
+}
 
-    // A burst: 48 clients at once, 8 responses of 256 KiB each.
-    let host = "api.demo.svc.cluster.local";
+/// A burst through the proxy: 48 clients at once, 8 responses of 256 KiB each.
+async fn burst(outbound: SocketAddr) {
     let clients: Vec<_> = (0..48)
         .map(|c| {
-            let outbound = proxy.outbound;
             tokio::spawn(async move {
                 for i in 0..8 {
-                    let (status, body) = http_get(outbound, "/big", host)
+                    let (status, body) = http_get(outbound, "/big", HOST)
                         .await
                         .unwrap_or_else(|e| panic!("client {c} request {i}: {e}"));
                     assert_eq!((status, body.len()), (200, BODY), "client {c} request {i}");
@@ -76,6 +74,28 @@ async fn freed_heap_goes_back_to_the_kernel_when_quiet_after_load() {
     for c in clients {
         c.await.expect("client");
     }
+}
+
+/// After its trims the proxy serves as before, and stops cleanly.
+async fn serves_then_stops(mut proxy: ProxyProcess) {
+    let (status, body) = http_get(proxy.outbound, "/big", HOST).await.expect("after");
+    assert_eq!((status, body.len()), (200, BODY));
+    assert_eq!(
+        proxy.sigterm().await.code(),
+        Some(0),
+        "log:\n{}",
+        proxy.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn freed_heap_goes_back_to_the_kernel_when_quiet_after_load() {
+    let (_op, proxy) = proxy_to(big_backend().await).await;
+    let metrics = proxy.admin_until("/metrics", |s, _| s == 200).await;
+    // Idle since start: nothing was given back.
+    assert_eq!(metric(&metrics, TRIMS), 0, "{metrics}");
+
+    burst(proxy.outbound).await;
 
     // Quiet again: one trim, which returned memory. Looked at every 2 s, not in a tight loop:
     // serving `/metrics` is work, and a proxy asked every few milliseconds is never quiet.
@@ -86,13 +106,13 @@ async fn freed_heap_goes_back_to_the_kernel_when_quiet_after_load() {
             .await
             .expect("metrics")
             .1;
-        if metric(&metrics, trims) >= 1 {
+        if metric(&metrics, TRIMS) >= 1 {
             break;
         }
     }
-    assert_eq!(metric(&metrics, trims), 1, "{metrics}");
+    assert_eq!(metric(&metrics, TRIMS), 1, "{metrics}");
     assert!(
-        metric(&metrics, released) >= 1 << 20,
+        metric(&metrics, RELEASED) >= 1 << 20,
         "less than 1 MiB returned:\n{metrics}\nlog:\n{}",
         proxy.log()
     );
@@ -104,15 +124,7 @@ async fn freed_heap_goes_back_to_the_kernel_when_quiet_after_load() {
         "{}",
         line.unwrap_or_else(|| panic!("no trim logged:\n{log}"))
     );
-    // And the proxy serves as before.
-    let (status, body) = http_get(proxy.outbound, "/big", host).await.expect("after");
-    assert_eq!((status, body.len()), (200, BODY));
-    assert_eq!(
-        proxy.sigterm().await.code(),
-        Some(0),
-        "log:\n{}",
-        proxy.log()
-    );
+    serves_then_stops(proxy).await;
 }
 
 /// How long the keep-alive backend keeps an idle connection open.
@@ -163,22 +175,8 @@ async fn keep_alive_backend() -> (SocketAddr, Arc<AtomicUsize>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buffers_of_pooled_connections_closed_in_a_quiet_spell_go_back_too() {
-    let op = start_operator(SocketAddr::from(([127, 0, 0, 1], 0))).await;
     let (backend, closed) = keep_alive_backend().await;
-    op.reply_on_subscribe(full_state(
-        "n1",
-        "v1",
-        vec![
-            inbound("spiffe://cluster.local/ns/demo/sa/web"),
-            outbound("demo", "api", 80, "/"),
-            endpoints("demo", "api", 80, &[backend.port()]),
-        ],
-    ));
-    let mut proxy =
-        ProxyProcess::start_with_env(&op.uri(), &[("WEFT_PROXY_MEMORY_QUIET", "1s")]).await;
-    proxy.admin_until("/ready", |s, _| s == 200).await;
-    let trims = "weft_proxy_memory_quiet_trims_total";
-    let released = "weft_proxy_memory_quiet_released_bytes_total";
+    let (_op, proxy) = proxy_to(backend).await;
     let scrape = || async {
         http_get(proxy.admin, "/metrics", "admin")
             .await
@@ -186,25 +184,9 @@ async fn buffers_of_pooled_connections_closed_in_a_quiet_spell_go_back_too() {
             .1
     };
 
-    // A burst: 48 clients at once, 8 responses of 256 KiB each; the proxy keeps the upstream
-    // connections it opened in its pool, each with the read buffer it grew.
-    let host = "api.demo.svc.cluster.local";
-    let clients: Vec<_> = (0..48)
-        .map(|c| {
-            let outbound = proxy.outbound;
-            tokio::spawn(async move {
-                for i in 0..8 {
-                    let (status, body) = http_get(outbound, "/big", host)
-                        .await
-                        .unwrap_or_else(|e| panic!("client {c} request {i}: {e}"));
-                    assert_eq!((status, body.len()), (200, BODY), "client {c} request {i}");
-                }
-            })
-        })
-        .collect();
-    for c in clients {
-        c.await.expect("client");
-    }
+    // The proxy keeps the upstream connections the burst opened in its pool, each with the read
+    // buffer it grew.
+    burst(proxy.outbound).await;
 
     // Quiet: the first trim returns what the requests freed, while the pool still holds its
     // connections (the backend closes them only after BACKEND_IDLE).
@@ -212,36 +194,36 @@ async fn buffers_of_pooled_connections_closed_in_a_quiet_spell_go_back_too() {
     for _ in 0..5 {
         tokio::time::sleep(Duration::from_secs(1)).await;
         metrics = scrape().await;
-        if metric(&metrics, trims) >= 1 {
+        if metric(&metrics, TRIMS) >= 1 {
             break;
         }
     }
-    let first = metric(&metrics, trims);
+    let first = metric(&metrics, TRIMS);
     assert!(first >= 1, "no trim after the burst:\n{metrics}");
     assert_eq!(
         closed.load(Ordering::SeqCst),
         0,
         "the backend closed pooled connections before the first trim; the test cannot tell the two apart"
     );
-    let released_first = metric(&metrics, released);
+    let released_first = metric(&metrics, RELEASED);
 
     // The backend closes the idle connections; the proxy frees their buffers, still quiet, and
     // gives them back on a later look.
     for _ in 0..30 {
         tokio::time::sleep(Duration::from_secs(1)).await;
         metrics = scrape().await;
-        if closed.load(Ordering::SeqCst) > 0 && metric(&metrics, trims) > first {
+        if closed.load(Ordering::SeqCst) > 0 && metric(&metrics, TRIMS) > first {
             break;
         }
     }
     let pooled = closed.load(Ordering::SeqCst);
     assert!(pooled > 0, "the backend never closed an idle connection");
     assert!(
-        metric(&metrics, trims) > first,
+        metric(&metrics, TRIMS) > first,
         "{pooled} pooled connections closed, but no trim after:\n{metrics}\nlog:\n{}",
         proxy.log()
     );
-    let later = metric(&metrics, released) - released_first;
+    let later = metric(&metrics, RELEASED) - released_first;
     eprintln!(
         "{pooled} pooled connections closed after the first trim ({released_first} bytes); \
          the later trim returned {later} bytes"
@@ -251,13 +233,6 @@ async fn buffers_of_pooled_connections_closed_in_a_quiet_spell_go_back_too() {
         "the trim after {pooled} pooled connections closed returned {later} bytes:\n{}",
         proxy.log()
     );
-    // And the proxy serves as before, on new upstream connections.
-    let (status, body) = http_get(proxy.outbound, "/big", host).await.expect("after");
-    assert_eq!((status, body.len()), (200, BODY));
-    assert_eq!(
-        proxy.sigterm().await.code(),
-        Some(0),
-        "log:\n{}",
-        proxy.log()
-    );
+    // On new upstream connections.
+    serves_then_stops(proxy).await;
 }
