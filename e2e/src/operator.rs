@@ -381,7 +381,10 @@ pub struct OperatorProcess {
 }
 
 fn tail(path: &Path, lines: usize) -> String {
-    let s = std::fs::read_to_string(path).unwrap_or_default();
+    last_lines(&std::fs::read_to_string(path).unwrap_or_default(), lines)
+}
+
+fn last_lines(s: &str, lines: usize) -> String {
     let v: Vec<&str> = s.lines().collect();
     v[v.len().saturating_sub(lines)..].join("\n")
 }
@@ -391,9 +394,10 @@ fn tail(path: &Path, lines: usize) -> String {
 /// with.
 fn exit_report(path: &Path, lines: usize) -> String {
     let s = std::fs::read_to_string(path).unwrap_or_default();
-    let s = s.split("\nStack backtrace:").next().unwrap_or_default();
-    let v: Vec<&str> = s.lines().collect();
-    v[v.len().saturating_sub(lines)..].join("\n")
+    last_lines(
+        s.split("\nStack backtrace:").next().unwrap_or_default(),
+        lines,
+    )
 }
 
 fn loopback(port: u16) -> SocketAddr {

@@ -13,8 +13,7 @@ use std::time::Duration;
 
 use control_support::*;
 use process_support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncWriteExt;
 
 const BODY: usize = 256 * 1024;
 
@@ -130,22 +129,6 @@ async fn freed_heap_goes_back_to_the_kernel_when_quiet_after_load() {
 /// How long the keep-alive backend keeps an idle connection open.
 const BACKEND_IDLE: Duration = Duration::from_secs(8);
 
-/// Reads one request head from `stream` within `limit`; false on EOF, an error or the limit.
-async fn next_head(stream: &mut TcpStream, limit: Duration) -> bool {
-    let mut buf = [0u8; 4096];
-    let mut seen = Vec::new();
-    let read = async {
-        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return false,
-                Ok(n) => seen.extend_from_slice(&buf[..n]),
-            }
-        }
-        true
-    };
-    tokio::time::timeout(limit, read).await.unwrap_or(false)
-}
-
 /// A keep-alive backend answering `BODY`-byte bodies, which closes a connection idle for
 /// [`BACKEND_IDLE`] (as servers do) and counts those it closed so.
 async fn keep_alive_backend() -> (SocketAddr, Arc<AtomicUsize>) {
@@ -162,7 +145,8 @@ async fn keep_alive_backend() -> (SocketAddr, Arc<AtomicUsize>) {
                 {
                     return;
                 }
-                if !next_head(&mut stream, BACKEND_IDLE).await {
+                let next = tokio::time::timeout(BACKEND_IDLE, read_head(&mut stream)).await;
+                if !next.unwrap_or(false) {
                     closed.fetch_add(1, Ordering::SeqCst);
                     return;
                 }

@@ -246,6 +246,19 @@ pub async fn http_get(addr: SocketAddr, path: &str, host: &str) -> std::io::Resu
     Ok((status, body))
 }
 
+/// Reads one request head (up to its blank line) from `stream`; false on EOF or an error first.
+pub async fn read_head(stream: &mut TcpStream) -> bool {
+    let mut buf = vec![0u8; 4096];
+    let mut seen = Vec::new();
+    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+    true
+}
+
 /// A backend on 127.0.0.1: per connection, reads one request head, then `answer` writes the
 /// response on the stream (a connection closed before a whole head is dropped).
 pub async fn http_backend<F, Fut>(answer: F) -> SocketAddr
@@ -262,15 +275,9 @@ where
         while let Ok((mut stream, _)) = listener.accept().await {
             let answer = answer.clone();
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut seen = Vec::new();
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
+                if read_head(&mut stream).await {
+                    answer(stream).await;
                 }
-                answer(stream).await;
             });
         }
     });
