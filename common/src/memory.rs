@@ -10,7 +10,7 @@
 //! calls [`trim`] on a blocking thread. A jemalloc global allocator was measured as the
 //! alternative and not adopted: it costs idle memory on every proxy (docs/proxy.md, "Memory").
 //!
-//! The two `unsafe` calls of this crate are in [`trim`] and [`free_heap`], each with the proof of
+//! The two `unsafe` calls of this crate are in [`trim`] and [`heap_in_use`], each with the proof of
 //! its soundness.
 #![allow(unsafe_code)]
 
@@ -71,22 +71,25 @@ pub fn trim() -> bool {
     false
 }
 
-/// Bytes glibc malloc holds free in its arenas (`mallinfo2`'s `fordblks`, the top of each heap
-/// included): the most a [`trim`] could give back, read without a trim. `None` where there is no
-/// glibc malloc (and [`trim`] does nothing).
+/// Bytes glibc malloc has handed out and not had back: `mallinfo2`'s `uordblks` (chunks in use in
+/// its heaps) plus `hblkhd` (chunks it mapped on their own). The rest of a process's anonymous
+/// memory is, besides stacks and the like, heap that glibc holds free and still resident: what a
+/// [`trim`] can give back. (glibc's own count of free heap, `fordblks`, cannot tell that: the
+/// pages a trim returned stay in it, free but no longer resident.) `None` where there is no glibc
+/// malloc (and [`trim`] does nothing).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-pub fn free_heap() -> Option<u64> {
+pub fn heap_in_use() -> Option<u64> {
     // SAFETY: `mallinfo2` takes no argument and returns a plain struct of counters by value, so
     // there is no pointer to get wrong; it is thread-safe (it takes each arena's lock in turn
     // while it sums the free chunks, like `malloc_trim`), available since glibc 2.33 (Debian 12
     // has 2.36, the proxy links it statically), and only reads glibc malloc's own bookkeeping.
     let info = unsafe { libc::mallinfo2() };
-    Some(info.fordblks as u64)
+    Some((info.uordblks as u64).saturating_add(info.hblkhd as u64))
 }
 
 /// No glibc malloc: nothing to read.
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-pub fn free_heap() -> Option<u64> {
+pub fn heap_in_use() -> Option<u64> {
     None
 }
 
@@ -122,19 +125,24 @@ mod tests {
     }
 
     #[test]
-    fn free_heap_counts_memory_freed_and_not_yet_returned() {
-        let Some(before) = free_heap() else {
+    fn heap_in_use_follows_allocations_not_what_stays_resident() {
+        let Some(before) = heap_in_use() else {
             return;
         };
         // Many small blocks (below glibc's mmap threshold: they come from the heap), every
-        // other one kept, so the freed half cannot merge into the top and be returned by free.
+        // other one freed, so the freed half stays resident in the heap between live ones.
         let mut blocks: Vec<Vec<u8>> = (0..4096).map(|_| vec![1u8; 1024]).collect();
+        let during = heap_in_use().unwrap();
+        assert!(
+            during >= before + 4_000_000,
+            "4 MiB in 1 KiB blocks: in use {before} -> {during}"
+        );
         let kept: Vec<Vec<u8>> = blocks.iter_mut().step_by(2).map(std::mem::take).collect();
         drop(blocks);
-        let after = free_heap().unwrap();
+        let after = heap_in_use().unwrap();
         assert!(
-            after >= before + 1_000_000,
-            "2 MiB freed in 1 KiB blocks between live ones: free heap {before} -> {after}"
+            after + 1_900_000 <= during,
+            "half of them freed: in use {during} -> {after}"
         );
         drop(kept);
     }

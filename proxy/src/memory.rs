@@ -11,10 +11,10 @@
 //!   bodies or HTTP/2 clients, of which `malloc_trim` returned 2.3, 5.7 and 7.7 MiB:
 //!   docs/benchmarks.md, "Memory after load"), and so do the buffers of pooled connections that
 //!   close when idle, a minute later. [`give_back_when_quiet`] looks every [`QUIET_INTERVAL`]
-//!   at the process's CPU time (and, when it is quiet, at the heap glibc holds free), and trims
-//!   when that grew ([`QuietWatch`], the rule). One `/proc` read per look (and a `mallinfo2`
-//!   when quiet), nothing on the request path; under load it never trims (the freed memory is
-//!   about to be used again).
+//!   at the process's CPU time (and, when it is quiet, at how much of its anonymous memory the
+//!   heap does not hold in use), and trims when that grew ([`QuietWatch`], the rule). One
+//!   `/proc` read per look (and a `mallinfo2` and a second `/proc` read when quiet), nothing on
+//!   the request path; under load it never trims (the freed memory is about to be used again).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +23,7 @@ use tokio::sync::watch;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
-use weft_common::memory::{free_heap, trim, ShrinkWatch};
+use weft_common::memory::{heap_in_use, trim, ShrinkWatch};
 
 use crate::config::Config;
 
@@ -55,50 +55,56 @@ pub const QUIET_INTERVAL: Duration = Duration::from_secs(5);
 
 /// A look in which the proxy used less than this share of a core was quiet.
 const QUIET_SHARE: f64 = 0.01;
-/// A trim is only worth it when glibc holds this much more free heap than after the last one.
+/// A trim is only worth it when this much more of the proxy's memory is resident and not in use
+/// than after the last one.
 const MIN_GROWTH: u64 = 1 << 20;
 
 /// When to trim: the one rule, fed one look at a time. A look is quiet when the proxy used less
-/// than [`QUIET_SHARE`] of a core; on a quiet look the trim is due when the heap glibc holds
-/// free (`weft_common::memory::free_heap`) is at least [`MIN_GROWTH`] above what it was after
-/// the last trim (or at start, or the lowest seen since: glibc returns the top of its heap by
-/// itself). A busy proxy never trims (what it freed is about to be used again), and a quiet one
-/// trims whenever memory was freed, which is not only when load ends: pooled upstream
-/// connections that go idle after load close a minute later, and their buffers are freed then
-/// (a rule that looked only at the first quiet moment after load left them with glibc:
-/// docs/benchmarks.md, "Two timed runs of the boxed request").
+/// than [`QUIET_SHARE`] of a core; on a quiet look the trim is due when the proxy's *slack* (its
+/// anonymous resident memory less what glibc's heap holds in use, [`slack`]) is at least
+/// [`MIN_GROWTH`] above what it was after the last trim (or at start, or the lowest seen since:
+/// glibc returns the top of its heap by itself). The slack is what a trim can return, plus
+/// stacks and the like, which do not change. A busy proxy never trims (what it freed is about
+/// to be used again), and a quiet one trims whenever memory was freed, which is not only when
+/// load ends: pooled upstream connections that go idle after load close a minute later, and
+/// their buffers are freed then (a rule that looked only at the first quiet moment after load
+/// left them with glibc: docs/benchmarks.md, "Two timed runs of the boxed request"). Memory
+/// taken into use (a larger config, more connections) raises both terms and is no reason to
+/// trim. (glibc's own count of free heap is not the slack: pages a trim returned stay counted
+/// as free, so after a first trim a rule that followed it missed a second burst of the same
+/// size, and a proxy kept 17 MiB it did not use: docs/benchmarks.md, session 22.)
 #[derive(Debug)]
 pub struct QuietWatch {
     baseline: u64,
 }
 
 impl QuietWatch {
-    /// Starts with the free heap at start as the baseline.
-    pub fn new(free: u64) -> Self {
-        QuietWatch { baseline: free }
+    /// Starts with the slack at start as the baseline.
+    pub fn new(slack: u64) -> Self {
+        QuietWatch { baseline: slack }
     }
 
-    /// One look: CPU time `used` over `interval`. True when quiet: read the free heap and ask
+    /// One look: CPU time `used` over `interval`. True when quiet: read the [`resident_slack`] and ask
     /// [`QuietWatch::due`].
     pub fn observe(&self, used: Duration, interval: Duration) -> bool {
         let share = used.as_secs_f64() / interval.as_secs_f64().max(f64::EPSILON);
         share < QUIET_SHARE
     }
 
-    /// On a quiet look with `free` bytes of free heap: whether to trim. When not, memory glibc
+    /// On a quiet look with `slack` bytes of slack: whether to trim. When not, memory glibc
     /// gave back by itself lowers the baseline.
-    pub fn due(&mut self, free: u64) -> bool {
-        if free >= self.baseline.saturating_add(MIN_GROWTH) {
+    pub fn due(&mut self, slack: u64) -> bool {
+        if slack >= self.baseline.saturating_add(MIN_GROWTH) {
             return true;
         }
-        self.baseline = self.baseline.min(free);
+        self.baseline = self.baseline.min(slack);
         false
     }
 
-    /// After a trim that left `free` bytes free in the heap (what whole pages could not give
-    /// back): the next trim needs [`MIN_GROWTH`] more.
-    pub fn trimmed(&mut self, free: u64) {
-        self.baseline = free;
+    /// After a trim that left `slack` bytes (what whole pages could not give back, stacks and
+    /// the like): the next trim needs [`MIN_GROWTH`] more.
+    pub fn trimmed(&mut self, slack: u64) {
+        self.baseline = slack;
     }
 }
 
@@ -147,14 +153,21 @@ fn anon_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// The proxy's anonymous resident memory that glibc's heap does not hold in use: heap freed
+/// and still resident (what [`trim`] can give back), plus stacks and the like. `None` without
+/// `/proc` or glibc malloc.
+pub fn resident_slack() -> Option<u64> {
+    Some(anon_bytes()?.saturating_sub(heap_in_use()?))
+}
+
 /// Looks every `interval` and trims when [`QuietWatch`] says so; returns at once where `/proc`
 /// or glibc's malloc statistics cannot be read (nothing to measure by, or nothing to trim).
 pub async fn give_back_when_quiet(interval: Duration, trims: QuietTrims) {
-    let (Some(mut last_cpu), Some(free)) = (cpu_time(), free_heap()) else {
+    let (Some(mut last_cpu), Some(slack)) = (cpu_time(), resident_slack()) else {
         tracing::debug!("no /proc/self or no glibc malloc: no trims after load");
         return;
     };
-    let mut watch = QuietWatch::new(free);
+    let mut watch = QuietWatch::new(slack);
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
@@ -168,10 +181,10 @@ pub async fn give_back_when_quiet(interval: Duration, trims: QuietTrims) {
         if !watch.observe(used, interval) {
             continue;
         }
-        let Some(free) = free_heap() else {
+        let Some(slack) = resident_slack() else {
             return;
         };
-        if !watch.due(free) {
+        if !watch.due(slack) {
             continue;
         }
         let anon = anon_bytes().unwrap_or(0);
@@ -181,13 +194,13 @@ pub async fn give_back_when_quiet(interval: Duration, trims: QuietTrims) {
         trims.trims.inc();
         trims.released.inc_by(released);
         tracing::info!(
-            free_heap_kib = free / 1024,
+            slack_kib = slack / 1024,
             before_kib = anon / 1024,
             after_kib = after / 1024,
             released_kib = released / 1024,
             "quiet: freed heap returned to the kernel (malloc_trim)"
         );
-        watch.trimmed(free_heap().unwrap_or(free));
+        watch.trimmed(resident_slack().unwrap_or(slack.saturating_sub(released)));
         // The trim's own CPU time is not load.
         last_cpu = cpu_time().unwrap_or(last_cpu);
     }
@@ -204,9 +217,9 @@ mod tests {
         Duration::from_millis(ms)
     }
 
-    /// One look with `ms` of CPU; the free heap is only read (and passed) on quiet looks.
-    fn look(w: &mut QuietWatch, ms: u64, free: u64) -> bool {
-        w.observe(cpu(ms), LOOK) && w.due(free)
+    /// One look with `ms` of CPU; the slack is only read (and passed) on quiet looks.
+    fn look(w: &mut QuietWatch, ms: u64, slack: u64) -> bool {
+        w.observe(cpu(ms), LOOK) && w.due(slack)
     }
 
     #[test]
@@ -275,7 +288,7 @@ mod tests {
         let anon = anon_bytes().expect("RssAnon");
         assert!(anon > 0);
         if cfg!(target_env = "gnu") {
-            assert!(free_heap().is_some());
+            assert!(resident_slack().is_some());
         }
         let before = cpu_time().expect("CPU time");
         let start = std::time::Instant::now();
