@@ -455,6 +455,103 @@ async fn two_proxies_mtls_http2_trailers_and_authorization() {
     assert!(text.contains("decision=\"deny\""), "{text}");
 }
 
+/// An HTTP/1 app whose answer to `/head/N` carries an `x-big` header of N bytes.
+async fn big_head_app(addr: &str) -> SocketAddr {
+    let listener = ok(TcpListener::bind(addr).await);
+    let local = ok(listener.local_addr());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| {
+                    let n: usize = req
+                        .uri()
+                        .path()
+                        .strip_prefix("/head/")
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(0);
+                    async move {
+                        http::Response::builder()
+                            .header("x-big", "y".repeat(n))
+                            .body(Full::new(Bytes::from_static(b"big head")))
+                    }
+                });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, svc)
+                    .await;
+            });
+        }
+    });
+    local
+}
+
+#[tokio::test]
+async fn response_heads_over_16_kib_are_502_from_apps_and_over_the_mesh() {
+    // One limit on response heads (weft_proxy::http::MAX_RESPONSE_HEAD_BYTES) whichever way the
+    // answer comes: from an unmeshed endpoint (HTTP/1), from an app through the server proxy and
+    // the mesh link (HTTP/2 with mTLS). It bounds the buffer each pooled upstream connection
+    // keeps (issue #20).
+    let ca = TestCa::new();
+    let app = big_head_app("127.0.0.6:0").await;
+    let server = start_inbound(
+        "127.0.0.6",
+        config(vec![res(
+            "inbound",
+            v1::resource::Kind::Inbound(v1::InboundPolicy {
+                identity: API.into(),
+                default_policy: v1::DefaultPolicy::Allow as i32,
+                ports: vec![v1::InboundPort {
+                    port: u32::from(app.port()),
+                    protocol: v1::Protocol::Http1 as i32,
+                    ..Default::default()
+                }],
+            }),
+        )]),
+        ca.identity(API),
+    )
+    .await;
+    let route = |name: &str| {
+        outbound(
+            "demo",
+            name,
+            80,
+            v1::Protocol::Http1,
+            vec![default_route(vec![weighted(
+                name,
+                1,
+                &format!("endpoints:{name}.demo:80"),
+            )])],
+            None,
+        )
+    };
+    let cfg = config(vec![
+        route("plain"),
+        route("meshed"),
+        endpoints("endpoints:plain.demo:80", vec![endpoint(app, "", 0)]),
+        endpoints(
+            "endpoints:meshed.demo:80",
+            vec![endpoint(app, API, server.addr.port())],
+        ),
+    ]);
+    let client_proxy = start_outbound(cfg, ca.identity(WEB)).await;
+    let c = client(false);
+    for host in ["plain.demo", "meshed.demo"] {
+        let a = send(&c, client_proxy.addr, host, "GET", "/head/15000").await;
+        assert_eq!(a.status, StatusCode::OK, "{host}: {}", a.body);
+        assert_eq!(
+            a.headers.get("x-big").map(|v| v.len()),
+            Some(15_000),
+            "{host}"
+        );
+        let a = send(&c, client_proxy.addr, host, "GET", "/head/20000").await;
+        assert_eq!(a.status, StatusCode::BAD_GATEWAY, "{host}: {}", a.body);
+        assert!(a.headers.contains_key("x-weft-error"), "{host}");
+        // The connection that refused it does not hold back the next answer.
+        let a = send(&c, client_proxy.addr, host, "GET", "/head/100").await;
+        assert_eq!(a.status, StatusCode::OK, "{host}: {}", a.body);
+    }
+}
+
 async fn echo_server(addr: &str) -> SocketAddr {
     let l = ok(TcpListener::bind(addr).await);
     let local = ok(l.local_addr());

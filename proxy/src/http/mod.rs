@@ -25,6 +25,15 @@ pub type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 
 /// Largest request head accepted (HTTP/1 buffer, HTTP/2 header list); larger gets `431`.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Largest response head accepted from an upstream: an HTTP/1 app or unmeshed endpoint (the
+/// connection's read buffer), a peer proxy (the mesh link's HTTP/2 header list; hyper's client
+/// default, set here explicitly); larger gets `502`. It also caps the read buffer an HTTP/1
+/// upstream connection grows and keeps while pooled, so it is the memory a pooled connection
+/// holds: with the request cap (64 KiB) there, 64 connections pooled after a load of 64 KiB
+/// bodies held about 5 MiB (issue #20, docs/benchmarks.md, session 22). 16 KiB is one TLS
+/// record and one HTTP/2 DATA frame (what the proxy forwards a body in anyway), and HAProxy's
+/// default buffer, which bounds its response heads the same way (nginx's default is 4-8 KiB).
+pub const MAX_RESPONSE_HEAD_BYTES: usize = 16 * 1024;
 /// Time a client has to send a complete HTTP/1 request head (slowloris protection).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Idle pooled connections are closed after this long.

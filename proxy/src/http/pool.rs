@@ -6,8 +6,8 @@
 //! the response body is dropped or ends, inside the task that was already forwarding it, and a
 //! checkout takes the most recently used idle connection that is ready.
 //!
-//! Bounded: a connection's read buffer grows in steps to at most about [`MAX_HEADER_BYTES`]
-//! (hyper's adaptive read size, capped); at most [`MAX_IDLE_PER_ADDR`] idle connections per
+//! Bounded: a connection's read buffer grows in steps to at most about
+//! [`MAX_RESPONSE_HEAD_BYTES`] (hyper's adaptive read size, capped); at most [`MAX_IDLE_PER_ADDR`] idle connections per
 //! upstream address; idle ones are closed after [`crate::http::POOL_IDLE_TIMEOUT`] (to within a
 //! quarter of it) by one sweeper task per pool, which ends with the pool.
 
@@ -24,7 +24,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
-use super::{Body, MAX_HEADER_BYTES, POOL_IDLE_TIMEOUT};
+use super::{Body, MAX_RESPONSE_HEAD_BYTES, POOL_IDLE_TIMEOUT};
 use crate::fast_map::FastMap;
 use crate::transport::{self, TransportError};
 
@@ -158,7 +158,7 @@ impl Http1Pool {
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
             // hyper's default (~400 KiB) lets each connection's read buffer grow that large
             // with big bodies, and keep it while idle (issue #20: RSS after 64 KiB-body load).
-            .max_buf_size(MAX_HEADER_BYTES)
+            .max_buf_size(MAX_RESPONSE_HEAD_BYTES)
             .handshake::<_, Body>(TokioIo::new(tcp))
             .await
             .map_err(|source| PoolError::Handshake { addr, source })?;
@@ -420,14 +420,14 @@ mod tests {
 
     #[tokio::test]
     async fn bodies_larger_than_the_read_buffer_cap_stream_through() {
-        let (addr, _) = upstream_with(0, |_, _| "y".repeat(4 * MAX_HEADER_BYTES)).await;
+        let (addr, _) = upstream_with(0, |_, _| "y".repeat(4 * MAX_RESPONSE_HEAD_BYTES)).await;
         let pool = Http1Pool::default();
         for _ in 0..3 {
             let rsp = pool
                 .send(addr, get("/big-body", addr))
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));
-            assert_eq!(text(rsp).await.len(), 4 * MAX_HEADER_BYTES);
+            assert_eq!(text(rsp).await.len(), 4 * MAX_RESPONSE_HEAD_BYTES);
         }
         assert_eq!(pool.idle(addr), 1, "the connection was not reused");
     }

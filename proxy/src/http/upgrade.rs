@@ -25,7 +25,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{Body, MAX_HEADER_BYTES};
+use super::{Body, MAX_RESPONSE_HEAD_BYTES};
 use crate::transport::{self, TransportError};
 
 /// Time an upstream has to answer an upgrade request (connect included) when the service sets
@@ -113,7 +113,7 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
-        .max_buf_size(MAX_HEADER_BYTES)
+        .max_buf_size(MAX_RESPONSE_HEAD_BYTES)
         .handshake::<_, Body>(TokioIo::new(io))
         .await
         .map_err(UpgradeError::Handshake)?;

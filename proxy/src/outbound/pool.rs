@@ -93,6 +93,7 @@ impl MeshPool {
             .timer(TokioTimer::new())
             .keep_alive_interval(std::time::Duration::from_secs(30))
             .keep_alive_timeout(std::time::Duration::from_secs(10))
+            .max_header_list_size(crate::http::MAX_RESPONSE_HEAD_BYTES as u32)
             .handshake::<_, Body>(TokioIo::new(tls))
             .await
             .map_err(|source| PoolError::Handshake { addr, source })?;
