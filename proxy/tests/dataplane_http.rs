@@ -486,7 +486,7 @@ async fn big_head_app(addr: &str) -> SocketAddr {
 }
 
 #[tokio::test]
-async fn response_heads_over_16_kib_are_502_from_apps_and_over_the_mesh() {
+async fn response_heads_over_32_kib_are_502_from_apps_and_over_the_mesh() {
     // One limit on response heads (weft_proxy::http::MAX_RESPONSE_HEAD_BYTES) whichever way the
     // answer comes: from an unmeshed endpoint (HTTP/1), from an app through the server proxy and
     // the mesh link (HTTP/2 with mTLS). It bounds the buffer each pooled upstream connection
@@ -536,14 +536,14 @@ async fn response_heads_over_16_kib_are_502_from_apps_and_over_the_mesh() {
     let client_proxy = start_outbound(cfg, ca.identity(WEB)).await;
     let c = client(false);
     for host in ["plain.demo", "meshed.demo"] {
-        let a = send(&c, client_proxy.addr, host, "GET", "/head/15000").await;
+        let a = send(&c, client_proxy.addr, host, "GET", "/head/30000").await;
         assert_eq!(a.status, StatusCode::OK, "{host}: {}", a.body);
         assert_eq!(
             a.headers.get("x-big").map(|v| v.len()),
-            Some(15_000),
+            Some(30_000),
             "{host}"
         );
-        let a = send(&c, client_proxy.addr, host, "GET", "/head/20000").await;
+        let a = send(&c, client_proxy.addr, host, "GET", "/head/40000").await;
         assert_eq!(a.status, StatusCode::BAD_GATEWAY, "{host}: {}", a.body);
         assert!(a.headers.contains_key("x-weft-error"), "{host}");
         // The connection that refused it does not hold back the next answer.
