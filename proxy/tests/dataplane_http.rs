@@ -493,23 +493,7 @@ async fn response_heads_over_32_kib_are_502_from_apps_and_over_the_mesh() {
     // keeps (issue #20).
     let ca = TestCa::new();
     let app = big_head_app("127.0.0.6:0").await;
-    let server = start_inbound(
-        "127.0.0.6",
-        config(vec![res(
-            "inbound",
-            v1::resource::Kind::Inbound(v1::InboundPolicy {
-                identity: API.into(),
-                default_policy: v1::DefaultPolicy::Allow as i32,
-                ports: vec![v1::InboundPort {
-                    port: u32::from(app.port()),
-                    protocol: v1::Protocol::Http1 as i32,
-                    ..Default::default()
-                }],
-            }),
-        )]),
-        ca.identity(API),
-    )
-    .await;
+    let server = start_inbound("127.0.0.6", open_inbound(API, app), ca.identity(API)).await;
     let route = |name: &str| {
         outbound(
             "demo",

@@ -33,22 +33,6 @@ const API: &str = "spiffe://cluster.local/ns/demo/sa/api";
 
 type TestClient = Client<HttpConnector, Full<Bytes>>;
 
-/// The server side's inbound policy: the app's port, open to every client (no TrafficTarget).
-fn open_inbound(app: SocketAddr) -> Arc<Config> {
-    config(vec![res(
-        "inbound",
-        v1::resource::Kind::Inbound(v1::InboundPolicy {
-            identity: API.into(),
-            default_policy: v1::DefaultPolicy::Allow as i32,
-            ports: vec![v1::InboundPort {
-                port: u32::from(app.port()),
-                protocol: v1::Protocol::Http1 as i32,
-                ..Default::default()
-            }],
-        }),
-    )])
-}
-
 /// The client side: `api.demo:8080` over `endpoints`, the default policy with 2 retries.
 fn client_config(endpoints_: Vec<v1::Endpoint>) -> Arc<Config> {
     config(vec![
@@ -158,12 +142,13 @@ async fn an_app_dead_behind_its_live_proxy_is_avoided_with_the_defaults() {
     let mut servers = Vec::new();
     for (i, ip) in ["127.0.0.21", "127.0.0.22"].iter().enumerate() {
         let app = backend(&format!("{ip}:0"), if i == 0 { "a" } else { "b" }, false).await;
-        let server = start_inbound(ip, open_inbound(app), ca.identity(API)).await;
+        let server = start_inbound(ip, open_inbound(API, app), ca.identity(API)).await;
         eps.push(endpoint(app, API, server.addr.port()));
         servers.push(server);
     }
     let (dead_app, dead_hits) = crashing_app("127.0.0.23").await;
-    let dead_server = start_inbound("127.0.0.23", open_inbound(dead_app), ca.identity(API)).await;
+    let dead_server =
+        start_inbound("127.0.0.23", open_inbound(API, dead_app), ca.identity(API)).await;
     eps.push(endpoint(dead_app, API, dead_server.addr.port()));
     let client_proxy = start_outbound(client_config(eps), ca.identity(WEB)).await;
 
@@ -188,7 +173,7 @@ async fn an_app_dead_behind_its_live_proxy_is_avoided_with_the_defaults() {
 async fn a_deadline_crosses_two_proxies_and_stops_retries() {
     let ca = TestCa::new();
     let (app, seen) = slow_app("127.0.0.24", Duration::from_secs(2)).await;
-    let server = start_inbound("127.0.0.24", open_inbound(app), ca.identity(API)).await;
+    let server = start_inbound("127.0.0.24", open_inbound(API, app), ca.identity(API)).await;
     let client_proxy = start_outbound(
         client_config(vec![endpoint(app, API, server.addr.port())]),
         ca.identity(WEB),

@@ -107,21 +107,6 @@ fn seen_at(seen: &Seen, path: &str) -> (Option<String>, Option<String>) {
     (found[0].1.clone(), found[0].2.clone())
 }
 
-fn open_inbound(app: SocketAddr) -> Arc<Config> {
-    config(vec![res(
-        "inbound",
-        v1::resource::Kind::Inbound(v1::InboundPolicy {
-            identity: API.into(),
-            default_policy: v1::DefaultPolicy::Allow as i32,
-            ports: vec![v1::InboundPort {
-                port: u32::from(app.port()),
-                protocol: v1::Protocol::Http1 as i32,
-                ..Default::default()
-            }],
-        }),
-    )])
-}
-
 fn client_config(ep: v1::Endpoint) -> Arc<Config> {
     config(vec![
         outbound(
@@ -238,7 +223,7 @@ impl Mesh {
         let (client_tracer, client_exp) = tracer(collector, "web-0");
         let server = inbound_proxy(
             ip,
-            open_inbound(app_addr),
+            open_inbound(API, app_addr),
             ca.identity(API),
             server_tracer.clone(),
         )

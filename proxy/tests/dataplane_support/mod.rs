@@ -295,6 +295,23 @@ pub fn res(name: &str, kind: v1::resource::Kind) -> (String, v1::Resource) {
     )
 }
 
+/// A server proxy's inbound policy for the pod `identity`: the app's HTTP/1 port, open to every
+/// client (no TrafficTarget).
+pub fn open_inbound(identity: &str, app: SocketAddr) -> Arc<Config> {
+    config(vec![res(
+        "inbound",
+        v1::resource::Kind::Inbound(v1::InboundPolicy {
+            identity: identity.into(),
+            default_policy: v1::DefaultPolicy::Allow as i32,
+            ports: vec![v1::InboundPort {
+                port: u32::from(app.port()),
+                protocol: v1::Protocol::Http1 as i32,
+                ..Default::default()
+            }],
+        }),
+    )])
+}
+
 /// `Authorization.clients` admitting these mesh identities.
 pub fn mesh_clients(ids: &[&str]) -> Option<v1::authorization::Clients> {
     Some(v1::authorization::Clients::Mesh(v1::MeshClients {
