@@ -61,7 +61,7 @@ const MIN_GROWTH: u64 = 1 << 20;
 
 /// When to trim: the one rule, fed one look at a time. A look is quiet when the proxy used less
 /// than [`QUIET_SHARE`] of a core; on a quiet look the trim is due when the proxy's *slack* (its
-/// anonymous resident memory less what glibc's heap holds in use, [`slack`]) is at least
+/// anonymous resident memory less what glibc's heap holds in use, `anon_and_slack`) is at least
 /// [`MIN_GROWTH`] above what it was after the last trim (or at start, or the lowest seen since:
 /// glibc returns the top of its heap by itself). The slack is what a trim can return, plus
 /// stacks and the like, which do not change. A busy proxy never trims (what it freed is about
@@ -84,8 +84,8 @@ impl QuietWatch {
         QuietWatch { baseline: slack }
     }
 
-    /// One look: CPU time `used` over `interval`. True when quiet: read the [`resident_slack`] and ask
-    /// [`QuietWatch::due`].
+    /// One look: CPU time `used` over `interval`. True when quiet: read the slack
+    /// (`anon_and_slack`) and ask [`QuietWatch::due`].
     pub fn observe(&self, used: Duration, interval: Duration) -> bool {
         let share = used.as_secs_f64() / interval.as_secs_f64().max(f64::EPSILON);
         share < QUIET_SHARE
@@ -153,17 +153,18 @@ fn anon_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// The proxy's anonymous resident memory that glibc's heap does not hold in use: heap freed
-/// and still resident (what [`trim`] can give back), plus stacks and the like. `None` without
-/// `/proc` or glibc malloc.
-pub fn resident_slack() -> Option<u64> {
-    Some(anon_bytes()?.saturating_sub(heap_in_use()?))
+/// The proxy's anonymous resident memory, and its slack: the part glibc's heap does not hold in
+/// use, which is heap freed and still resident (what [`trim`] can give back) plus stacks and the
+/// like. `None` without `/proc` or glibc malloc.
+fn anon_and_slack() -> Option<(u64, u64)> {
+    let anon = anon_bytes()?;
+    Some((anon, anon.saturating_sub(heap_in_use()?)))
 }
 
 /// Looks every `interval` and trims when [`QuietWatch`] says so; returns at once where `/proc`
 /// or glibc's malloc statistics cannot be read (nothing to measure by, or nothing to trim).
 pub async fn give_back_when_quiet(interval: Duration, trims: QuietTrims) {
-    let (Some(mut last_cpu), Some(slack)) = (cpu_time(), resident_slack()) else {
+    let (Some(mut last_cpu), Some((_, slack))) = (cpu_time(), anon_and_slack()) else {
         tracing::debug!("no /proc/self or no glibc malloc: no trims after load");
         return;
     };
@@ -181,15 +182,14 @@ pub async fn give_back_when_quiet(interval: Duration, trims: QuietTrims) {
         if !watch.observe(used, interval) {
             continue;
         }
-        let Some(slack) = resident_slack() else {
+        let Some((anon, slack)) = anon_and_slack() else {
             return;
         };
         if !watch.due(slack) {
             continue;
         }
-        let anon = anon_bytes().unwrap_or(0);
         tokio::task::spawn_blocking(trim).await.unwrap_or(false);
-        let after = anon_bytes().unwrap_or(anon);
+        let (after, slack_after) = anon_and_slack().unwrap_or((anon, slack));
         let released = anon.saturating_sub(after);
         trims.trims.inc();
         trims.released.inc_by(released);
@@ -200,7 +200,7 @@ pub async fn give_back_when_quiet(interval: Duration, trims: QuietTrims) {
             released_kib = released / 1024,
             "quiet: freed heap returned to the kernel (malloc_trim)"
         );
-        watch.trimmed(resident_slack().unwrap_or(slack.saturating_sub(released)));
+        watch.trimmed(slack_after);
         // The trim's own CPU time is not load.
         last_cpu = cpu_time().unwrap_or(last_cpu);
     }
@@ -288,7 +288,7 @@ mod tests {
         let anon = anon_bytes().expect("RssAnon");
         assert!(anon > 0);
         if cfg!(target_env = "gnu") {
-            assert!(resident_slack().is_some());
+            assert!(anon_and_slack().is_some());
         }
         let before = cpu_time().expect("CPU time");
         let start = std::time::Instant::now();

@@ -29,11 +29,11 @@ pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// connection's read buffer), a peer proxy (the mesh link's HTTP/2 header list, where hyper's
 /// client default is 16 KiB); larger gets `502`. It also caps the read buffer an HTTP/1 upstream
 /// connection grows and keeps while pooled, so it is what a pooled connection holds. A trade
-/// measured with 64 KiB bodies (issue #20, docs/benchmarks.md, session 22): at 64 KiB (the
-/// request cap) a proxy held 18-19 MiB right after load, at 32 KiB 14.6 MiB, at 16 KiB 13 MiB;
-/// each halving costs reads and task wake-ups per body (saturation -8 % at 32 KiB, -19 % at
-/// 16 KiB). 32 KiB is still twice HAProxy's default buffer, which bounds its heads the same way
-/// (nginx's default is 4-8 KiB).
+/// measured with 64 KiB bodies through one proxy (issue #20, docs/benchmarks.md, session 22): at
+/// 64 KiB (the request cap) it held 18-19 MiB right after load, at 32 KiB 14.6 MiB, at 16 KiB
+/// 13 MiB; each halving costs a read and a write more per chunk of body (saturation -8 to -14 %
+/// at 32 KiB, -17 to -22 % at 16 KiB). 32 KiB is still twice HAProxy's default buffer, which
+/// bounds its heads the same way (nginx's default is 4-8 KiB).
 pub const MAX_RESPONSE_HEAD_BYTES: usize = 32 * 1024;
 /// Time a client has to send a complete HTTP/1 request head (slowloris protection).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);

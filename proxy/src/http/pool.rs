@@ -7,9 +7,10 @@
 //! checkout takes the most recently used idle connection that is ready.
 //!
 //! Bounded: a connection's read buffer grows in steps to at most about
-//! [`MAX_RESPONSE_HEAD_BYTES`] (hyper's adaptive read size, capped); at most [`MAX_IDLE_PER_ADDR`] idle connections per
-//! upstream address; idle ones are closed after [`crate::http::POOL_IDLE_TIMEOUT`] (to within a
-//! quarter of it) by one sweeper task per pool, which ends with the pool.
+//! [`MAX_RESPONSE_HEAD_BYTES`] (hyper's adaptive read size, capped); at most
+//! [`MAX_IDLE_PER_ADDR`] idle connections per upstream address; idle ones are closed after
+//! [`crate::http::POOL_IDLE_TIMEOUT`] (to within a quarter of it) by one sweeper task per pool,
+//! which ends with the pool.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
