@@ -702,14 +702,16 @@ log "load average before measuring: $(cut -d' ' -f1-3 /proc/loadavg)"
 if [ -n "$KERNEL" ]; then
     # The syscalls a proxy makes on a request's path (HAProxy: recvfrom/sendto, nginx:
     # recv/writev, weft (tokio): recvfrom/writev), the waits, and what else shows up.
-    KINDS="epoll_wait epoll_pwait epoll_ctl read recvfrom readv write sendto writev sendmsg futex"
-    events="task-clock,context-switches,cpu-migrations,raw_syscalls:sys_enter"
+    # brk/mmap/munmap/madvise and page faults: the allocator growing, shrinking and re-faulting
+    # its heap under load (each fault is a page the kernel zeroes).
+    KINDS="epoll_wait epoll_pwait epoll_ctl read recvfrom readv write sendto writev sendmsg futex brk mmap munmap madvise"
+    events="task-clock,context-switches,cpu-migrations,page-faults,raw_syscalls:sys_enter"
     for k in $KINDS; do events="$events,syscalls:sys_enter_$k"; done
     {
         echo "### Where a request's CPU goes under load (perf stat on the proxies, $OHA_DURATION per rate, body $BODY, load $(cut -d' ' -f1 /proc/loadavg))"
         echo
-        echo "| path | rate | requests | user µs / req | sys µs / req | syscalls / req | context switches / req | main syscalls / req |"
-        echo "|---|---|---|---|---|---|---|---|"
+        echo "| path | rate | requests | user µs / req | sys µs / req | syscalls / req | context switches / req | page faults / req | main syscalls / req |"
+        echo "|---|---|---|---|---|---|---|---|---|"
     } >"$OUT/summary.md"
     for p in $PATHS; do
         [ "$p" = direct ] && continue
@@ -743,11 +745,11 @@ kinds = sorted(((per(k), k.split("sys_enter_")[1]) for k in counts if k.startswi
 main = ", ".join(f"{k} {v:.2f}" for v, k in kinds if v >= 0.05)
 us = lambda ticks: int(ticks) / int(tck) * 1e6 / n
 row = [path, rate, str(n), f"{us(du):.1f}", f"{us(ds):.1f}", f"{per('raw_syscalls:sys_enter'):.2f}",
-       f"{per('context-switches'):.2f}", main]
+       f"{per('context-switches'):.2f}", f"{per('page-faults'):.2f}", main]
 print("| " + " | ".join(row) + " |")
 with open(results, "a") as out:
     for k, v in [("user_us", us(du)), ("sys_us", us(ds)), ("syscalls", per("raw_syscalls:sys_enter")),
-                 ("context_switches", per("context-switches"))]:
+                 ("context_switches", per("context-switches")), ("page_faults", per("page-faults"))]:
         out.write(f"0\t{path}\tkernel_{rate}_{k}\t{v:.3f}\n")
 PY
             log "$p at $rate rps: $(tail -1 "$OUT/summary.md")"

@@ -190,6 +190,10 @@ const HOP_BY_HOP: [HeaderName; 6] = [
     http::header::PROXY_AUTHORIZATION,
 ];
 
+/// The lengths of the [`HOP_BY_HOP`] names and of `TE`, one bit each
+/// (`tests::hop_by_hop_lengths_cover_every_name`).
+const HOP_BY_HOP_LENGTHS: u32 = 1 << 2 | 1 << 7 | 1 << 10 | 1 << 16 | 1 << 17 | 1 << 19;
+
 /// Removes hop-by-hop headers (and those named by `Connection`). `TE: trailers` is kept: gRPC
 /// needs it.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -201,6 +205,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let mut present = 0u8;
     let mut has_te = false;
     for name in headers.keys() {
+        // A name of none of their lengths is none of them: most names are passed over without
+        // a comparison (the comparisons were ~500 instructions a message with nginx's response
+        // headers; issue #20, docs/benchmarks.md).
+        let len = name.as_str().len();
+        if len >= 32 || HOP_BY_HOP_LENGTHS & (1 << len) == 0 {
+            continue;
+        }
         if *name == http::header::TE {
             has_te = true;
         } else if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
@@ -637,6 +648,17 @@ mod tests {
         strip_hop_by_hop(&mut h);
         let left: Vec<&str> = h.keys().map(|n| n.as_str()).collect();
         assert_eq!(left, ["content-length"]);
+    }
+
+    #[test]
+    fn hop_by_hop_lengths_cover_every_name() {
+        for name in HOP_BY_HOP.iter().chain([&http::header::TE]) {
+            let len = name.as_str().len();
+            assert!(
+                len < 32 && HOP_BY_HOP_LENGTHS & (1 << len) != 0,
+                "{name}: its length is not in HOP_BY_HOP_LENGTHS, so it would never be stripped"
+            );
+        }
     }
 
     #[test]
