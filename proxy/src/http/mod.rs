@@ -206,8 +206,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let mut has_te = false;
     for name in headers.keys() {
         // A name of none of their lengths is none of them: most names are passed over without
-        // a comparison (the comparisons were ~500 instructions a message with nginx's response
-        // headers; issue #20, docs/benchmarks.md).
+        // a comparison (issue #20: this function counted 1,040 instructions a proxied request,
+        // request and response, with comparisons for every name; 675 with this check).
         let len = name.as_str().len();
         if len >= 32 || HOP_BY_HOP_LENGTHS & (1 << len) == 0 {
             continue;
