@@ -63,8 +63,9 @@
 # KERNEL=1: instead of the timed rounds, where a request's CPU goes under load: per path and rate
 # (RATES), oha at that rate for OHA_DURATION while `perf stat` (software events and syscall
 # tracepoints, no hardware counters needed) watches the path's proxy processes; prints per
-# request the user and system CPU (/proc/<pid>/stat), syscalls (and the main kinds), and context
-# switches (each one a sleep and a wake-up of a proxy thread). Needs `perf` and root (or
+# request the user and system CPU (/proc/<pid>/stat), syscalls (and the main kinds, the
+# allocator's brk/mmap/munmap/madvise among them), page faults, and context switches (each one a
+# sleep and a wake-up of a proxy thread). Needs `perf` and root (or
 # perf_event_paranoid <= -1) for the tracepoints.
 #   KERNEL=1 RATES="1000 5000" PATHS="weft-1hop haproxy-1hop nginx-1hop weft-2hop-mtls haproxy-2hop-tls" e2e/bench/proxy-bench.sh
 set -euo pipefail
