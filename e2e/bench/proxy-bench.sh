@@ -39,6 +39,8 @@
 # machine's caches and branch predictors (misses per request; each process alone, not sharing
 # the core with the backend and the kernel as it does in the timed runs).
 #   INSTRUCTIONS=2000 PATHS="weft-1hop haproxy-1hop nginx-1hop weft-2hop-mtls haproxy-2hop-tls" e2e/bench/proxy-bench.sh
+# The dumps stay in $OUT (callgrind.<pid>.1); e2e/bench/callgrind_self.py reads one per function or
+# per crate (`--by-crate`).
 # linkerd-1hop (optional, never in the default PATHS): linkerd2-proxy, the closest Rust sidecar, in
 # the layout weft's one hop has, but as Linkerd runs it: transparent capture (an iptables REDIRECT
 # of the client's connections to LINKERD_DST:8080, a listener of the backend nginx, to the
