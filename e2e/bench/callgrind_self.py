@@ -3,6 +3,8 @@
 
     e2e/bench/callgrind_self.py FILE [REQUESTS] [TOP]          # per function, per request
     e2e/bench/callgrind_self.py --by-crate FILE [REQUESTS]     # summed by crate
+    e2e/bench/callgrind_self.py --match REGEX FILE             # the matching functions' total
+                                                               # (proxy-bench.sh's memcpy count)
 
 proxy-bench.sh writes uncompressed names (--compress-strings=no). callgrind_annotate sums these
 dumps of the static proxy under one "(below main)" entry, so this reads the file itself: every
@@ -43,6 +45,10 @@ def self_costs(path):
 
 
 def main(argv):
+    if argv[:1] == ["--match"] and len(argv) == 3:
+        pattern = re.compile(argv[1])
+        print(sum(c for name, c in self_costs(argv[2]).items() if pattern.search(name)))
+        return
     by_crate = "--by-crate" in argv
     args = [a for a in argv if a != "--by-crate"]
     if not args:

@@ -585,21 +585,7 @@ if [ -n "$INSTRUCTIONS" ]; then
     }
     self_cost() { # $1: callgrind file (names uncompressed), $2: regex; the matching functions'
         # own cost (a cost line right after a `calls=` line is a callee's, not the function's)
-        python3 - "$1" "$2" <<'PY'
-import re, sys
-pat, fn, callee, total = re.compile(sys.argv[2]), "", False, 0
-for line in open(sys.argv[1]):
-    if line.startswith("fn="):
-        fn = line[3:].strip()
-    elif line.startswith("calls="):
-        callee = True
-    elif line[:1].isdigit() or line[:1] in "+-*":
-        if callee:
-            callee = False
-        elif pat.search(fn):
-            total += int(line.split()[1])
-print(total)
-PY
+        python3 "$ROOT/e2e/bench/callgrind_self.py" --match "$2" "$1"
     }
     count_one() { # $1: path; prints "instructions copies" per request over the path's processes
         local p=$1 pid total=0 copies=0 f n
