@@ -21,7 +21,7 @@ use http::{HeaderMap, Response, StatusCode};
 use http_body::{Body as _, Frame, SizeHint};
 
 use crate::http::{Body, BoxError};
-use crate::metrics::{Metrics, Outcome, TrafficLabels, FAILURE, SUCCESS};
+use crate::metrics::{Metrics, Outcome, Series, FAILURE, SUCCESS};
 
 /// How a response stream ended, as far as the proxy saw.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,11 +71,11 @@ pub fn grpc_status(headers: &HeaderMap) -> Option<u16> {
 /// now (the response head is ready), `response_total` when its stream ends.
 pub fn observe(
     metrics: &Arc<Metrics>,
-    labels: TrafficLabels,
+    series: Series,
     rsp: Response<Body>,
     latency: Duration,
 ) -> Response<Body> {
-    metrics.compat_request(&labels, latency);
+    series.observe(latency);
     let status = rsp.status();
     let grpc = is_grpc(rsp.headers());
     let grpc_status = grpc_status(rsp.headers());
@@ -84,7 +84,7 @@ pub fn observe(
             inner,
             pending: Some(Pending {
                 metrics: Arc::clone(metrics),
-                labels,
+                series,
                 status,
                 grpc,
                 grpc_status,
@@ -96,7 +96,7 @@ pub fn observe(
 
 struct Pending {
     metrics: Arc<Metrics>,
-    labels: TrafficLabels,
+    series: Series,
     status: StatusCode,
     grpc: bool,
     grpc_status: Option<u16>,
@@ -105,8 +105,8 @@ struct Pending {
 impl Pending {
     fn finish(self, end: End) {
         let classification = classify(self.status, self.grpc, self.grpc_status, end);
-        self.metrics.compat_response(
-            self.labels,
+        self.series.respond(
+            &self.metrics,
             Outcome {
                 status: self.status,
                 grpc_status: self.grpc.then_some(self.grpc_status).flatten(),
@@ -243,7 +243,30 @@ mod tests {
     async fn a_grpc_status_in_the_trailers_classifies_the_response_when_it_ends() {
         use http_body_util::BodyExt;
         let metrics = Arc::new(Metrics::new());
-        let labels = || metrics.traffic(crate::metrics::INBOUND, "x".into(), None);
+        let labels = || {
+            use crate::metrics::{LabelValue, RequestLabels, SeriesKey, INBOUND};
+            let authority = LabelValue::from("x");
+            let key = SeriesKey {
+                direction: INBOUND,
+                authority: &authority,
+                route: &LabelValue::EMPTY,
+                backend: &LabelValue::EMPTY,
+                status_class: "2xx",
+                endpoint: None,
+                client: None,
+            };
+            metrics.series(key, || {
+                let request = RequestLabels {
+                    direction: INBOUND,
+                    authority: authority.clone(),
+                    route: LabelValue::EMPTY,
+                    backend: LabelValue::EMPTY,
+                    status_class: "2xx",
+                    peer: LabelValue::EMPTY,
+                };
+                (request, metrics.traffic(INBOUND, authority.clone(), None))
+            })
+        };
         // Read to the end: the trailers' status counts.
         for code in ["13", "0"] {
             let rsp = observe(

@@ -60,7 +60,7 @@ use crate::config::{Config, InboundPort, Protocol};
 use crate::http::deadline;
 use crate::http::upgrade::{self, Splice};
 use crate::http::{self as h, Body, PlainClients};
-use crate::metrics::{self, LabelValue, Metrics, RequestLabels, INBOUND};
+use crate::metrics::{self, LabelValue, Metrics, RequestLabels, SeriesKey, INBOUND};
 use crate::route::{self, Decision, RequestInfo};
 use crate::trace::{self, Tracer};
 use crate::transport::{
@@ -961,22 +961,35 @@ fn record(
         ..Default::default()
     });
     let authority = LabelValue::port(port);
-    // #18: the Linkerd-compatible families.
-    let traffic = shared.metrics.inbound_traffic(authority.clone(), peer);
+    let status_class = metrics::status_class(rsp.status());
+    let key = SeriesKey {
+        direction: INBOUND,
+        authority: &authority,
+        route: &authorization,
+        backend: &LabelValue::EMPTY,
+        status_class,
+        endpoint: None,
+        client: peer,
+    };
+    // The labels are built only when this thread has no series for the key (issue #20).
+    let series = shared.metrics.series(key, || {
+        let request = RequestLabels {
+            direction: INBOUND,
+            authority: authority.clone(),
+            route: authorization.clone(),
+            backend: LabelValue::EMPTY,
+            status_class,
+            peer: peer.map_or(LabelValue::Static("unauthenticated"), LabelValue::from),
+        };
+        // #18: the Linkerd-compatible families.
+        (
+            request,
+            shared.metrics.inbound_traffic(authority.clone(), peer),
+        )
+    });
     // One clock read for both families' latency.
     let latency = started.elapsed();
-    shared.metrics.request(
-        RequestLabels {
-            direction: INBOUND,
-            authority,
-            route: authorization,
-            backend: LabelValue::EMPTY,
-            status_class: metrics::status_class(rsp.status()),
-            peer: peer.map_or(LabelValue::Static("unauthenticated"), LabelValue::from),
-        },
-        latency,
-    );
-    crate::classify::observe(&shared.metrics, traffic, rsp, latency)
+    crate::classify::observe(&shared.metrics, series, rsp, latency)
 }
 
 impl Shared {

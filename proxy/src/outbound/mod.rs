@@ -38,7 +38,8 @@ use crate::http::deadline;
 use crate::http::upgrade::{self, Splice};
 use crate::http::{self as h, Body, PlainClients};
 use crate::metrics::{
-    self, DstEndpoint, LabelValue, LatencyLabels, Metrics, OutboundLabels, RequestLabels, OUTBOUND,
+    self, DstEndpoint, LabelValue, LatencyLabels, Metrics, OutboundLabels, RequestLabels,
+    SeriesKey, OUTBOUND,
 };
 use crate::ondemand::{self, Demand};
 use crate::route::{self, RequestInfo};
@@ -375,7 +376,6 @@ fn record(
             .filter(|id| !id.is_empty())
             .map(str::to_string),
     });
-    let labels = labels.clone();
     if shared.tracer.exporting() {
         let server_id: Option<Arc<str>> = peer
             .as_deref()
@@ -384,38 +384,48 @@ fn record(
             .map(Arc::from);
         trace::note(labels.route.as_str(), server_id.as_ref());
     }
-    // #18: the Linkerd-compatible families; the destination is the backend service chosen.
-    let dst =
-        route::split_once_byte(labels.authority.as_str(), b'.').map(|(service, namespace)| {
-            match labels.backend.as_str() {
-                "" => (LabelValue::inline(namespace), LabelValue::inline(service)),
-                // A Gateway API backendRef to another namespace is labelled `<namespace>/<name>`.
-                b => match route::split_once_byte(b, b'/') {
-                    Some((ns, name)) => (LabelValue::inline(ns), LabelValue::inline(name)),
-                    None => (LabelValue::inline(namespace), labels.backend.clone()),
-                },
-            }
-        });
-    let server_id = peer
-        .as_ref()
-        .map_or(LabelValue::EMPTY, |p| p.server_id.clone());
-    let traffic = shared
-        .metrics
-        .outbound_traffic(labels.authority.clone(), dst, peer);
+    let status_class = metrics::status_class(rsp.status());
+    let key = SeriesKey {
+        direction: OUTBOUND,
+        authority: &labels.authority,
+        route: &labels.route,
+        backend: &labels.backend,
+        status_class,
+        endpoint: peer.as_ref(),
+        client: None,
+    };
+    // The labels are built only when this thread has no series for the key (issue #20).
+    let series = shared.metrics.series(key, || {
+        // #18: the Linkerd-compatible families; the destination is the backend service chosen.
+        let dst =
+            route::split_once_byte(labels.authority.as_str(), b'.').map(|(service, namespace)| {
+                match labels.backend.as_str() {
+                    "" => (LabelValue::inline(namespace), LabelValue::inline(service)),
+                    // A Gateway API backendRef to another namespace is labelled `<namespace>/<name>`.
+                    b => match route::split_once_byte(b, b'/') {
+                        Some((ns, name)) => (LabelValue::inline(ns), LabelValue::inline(name)),
+                        None => (LabelValue::inline(namespace), labels.backend.clone()),
+                    },
+                }
+            });
+        let request = RequestLabels {
+            direction: OUTBOUND,
+            authority: labels.authority.clone(),
+            route: labels.route.clone(),
+            backend: labels.backend.clone(),
+            status_class,
+            peer: peer
+                .as_ref()
+                .map_or(LabelValue::EMPTY, |p| p.server_id.clone()),
+        };
+        let traffic = shared
+            .metrics
+            .outbound_traffic(labels.authority.clone(), dst, peer.clone());
+        (request, traffic)
+    });
     // One clock read for both families' latency.
     let latency = started.elapsed();
-    shared.metrics.request(
-        RequestLabels {
-            direction: OUTBOUND,
-            authority: labels.authority,
-            route: labels.route,
-            backend: labels.backend,
-            status_class: metrics::status_class(rsp.status()),
-            peer: server_id,
-        },
-        latency,
-    );
-    classify::observe(&shared.metrics, traffic, rsp, latency)
+    classify::observe(&shared.metrics, series, rsp, latency)
 }
 
 /// A traced request (sampled `traceparent`, collector configured) gets a client span around its
