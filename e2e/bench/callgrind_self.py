@@ -5,6 +5,11 @@
     e2e/bench/callgrind_self.py --by-crate FILE [REQUESTS]     # summed by crate
     e2e/bench/callgrind_self.py --match REGEX FILE             # the matching functions' total
                                                                # (proxy-bench.sh's memcpy count)
+    e2e/bench/callgrind_self.py --callers REGEX FILE [REQUESTS] # what calls into the matching
+                                                               # functions cost, per caller
+    e2e/bench/callgrind_self.py --events FILE [REQUESTS] [TOP] # CACHE_SIM=1 dumps: instructions,
+                                                               # L1 data misses and mispredicted
+                                                               # branches, by crate and function
 
 proxy-bench.sh writes uncompressed names (--compress-strings=no). callgrind_annotate sums these
 dumps of the static proxy under one "(below main)" entry, so this reads the file itself: every
@@ -44,7 +49,74 @@ def self_costs(path):
     return cost
 
 
+def parse(path):
+    """Every event of every function's own lines, and every call's inclusive events by
+    (caller, callee), from an uncompressed callgrind file."""
+    events, fn, cfn, calls = [], None, None, None
+    own = collections.defaultdict(collections.Counter)
+    called = collections.defaultdict(collections.Counter)
+    with open(path, errors="replace") as f:
+        for line in f:
+            if line.startswith("events:"):
+                events = line.split()[1:]
+            elif line.startswith("fn="):
+                fn = line[3:].strip()
+            elif line.startswith("cfn="):
+                cfn = line[4:].strip()
+            elif line.startswith("calls="):
+                calls = int(line[6:].split()[0])
+            elif line[:1].isdigit() or line[:1] in "+-*":
+                values = zip(events, (int(v) for v in line.split()[1:]))
+                if calls is not None:
+                    pair = called[(fn, cfn)]
+                    pair.update(dict(values))
+                    pair["calls"] += calls
+                    calls = None
+                elif fn is not None:
+                    own[fn].update(dict(values))
+    return events, own, called
+
+
+def crate_of(name):
+    return next((label for label, p in CRATES if re.search(p, name)), "other")
+
+
 def main(argv):
+    if argv[:1] == ["--callers"] and len(argv) in (3, 4):
+        pattern = re.compile(argv[1])
+        per = float(argv[3]) if len(argv) == 4 else 1.0
+        _, _, called = parse(argv[2])
+        rows = collections.defaultdict(collections.Counter)
+        for (caller, callee), c in called.items():
+            if callee and pattern.search(callee):
+                rows[caller].update(c)
+        print(f"{'calls':>8} {'Ir':>10}  caller (inclusive cost of its calls into {argv[1]})")
+        for caller, c in sorted(rows.items(), key=lambda r: -r[1]["Ir"])[:30]:
+            print(f"{c['calls'] / per:8.2f} {c['Ir'] / per:10.1f}  {caller[:150]}")
+        return
+    if argv[:1] == ["--events"] and len(argv) in (2, 3, 4):
+        per = float(argv[2]) if len(argv) > 2 else 1.0
+        top = int(argv[3]) if len(argv) > 3 else 30
+        events, own, _ = parse(argv[1])
+        shown = [e for e in ("Ir", "D1mr", "D1mw", "Bcm", "Bim") if e in events]
+        if shown == ["Ir"]:
+            sys.exit("no simulated events in this file (proxy-bench.sh CACHE_SIM=1 writes them)")
+        misses = lambda c: c["D1mr"] + c["D1mw"]
+        groups = collections.defaultdict(collections.Counter)
+        for name, c in own.items():
+            groups[crate_of(name)].update(c)
+        total = collections.Counter()
+        for c in own.values():
+            total.update(c)
+        head = "".join(f"{e:>9}" for e in shown)
+        print(f"{head}  by crate, per request")
+        for label, c in sorted(groups.items(), key=lambda g: -misses(g[1])):
+            print("".join(f"{c[e] / per:9.1f}" for e in shown) + f"  {label}")
+        print("".join(f"{total[e] / per:9.1f}" for e in shown) + "  total")
+        print(f"\n{head}  by function, most L1 data misses first")
+        for name, c in sorted(own.items(), key=lambda r: -misses(r[1]))[:top]:
+            print("".join(f"{c[e] / per:9.1f}" for e in shown) + f"  {name[:120]}")
+        return
     if argv[:1] == ["--match"] and len(argv) == 3:
         pattern = re.compile(argv[1])
         print(sum(c for name, c in self_costs(argv[2]).items() if pattern.search(name)))
