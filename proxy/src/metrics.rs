@@ -623,12 +623,12 @@ impl Metrics {
         self.cert_expiry.set(unix_seconds);
     }
 
-    /// Counts a request and observes its latency. Building `labels` from config `Arc<str>`s and
-    /// static strings keeps this free of allocations once the series exist.
+    /// Counts a request and observes its latency, without the per-thread memo (the proxies
+    /// count through [`Metrics::series`]).
+    #[cfg(test)]
     pub fn request(&self, labels: RequestLabels, latency: Duration) {
         let (requests, histogram) = self.request_series(labels);
-        requests.inc();
-        histogram.observe(latency.as_secs_f64());
+        count_request(&requests, &histogram, latency);
     }
 
     /// The `requests` counter and `request_duration_seconds` histogram of `labels`.
@@ -1173,12 +1173,15 @@ impl Metrics {
         Hashed::new(labels)
     }
 
-    /// Counts a request in `request_total` and observes its time to response head.
+    /// Counts a request in `request_total` and observes its time to response head, without the
+    /// per-thread memo (the proxies count through [`Metrics::series`]).
+    #[cfg(test)]
     pub fn compat_request(&self, labels: &TrafficLabels, latency: Duration) {
-        self.request_total.get_or_create(labels).inc();
-        self.response_latency_ms
-            .get_or_create(labels)
-            .observe(latency.as_secs_f64() * 1000.0);
+        count_compat_request(
+            &self.request_total.get_or_create(labels),
+            &self.response_latency_ms.get_or_create(labels),
+            latency,
+        );
     }
 
     /// Counts a finished response in `response_total`.
@@ -1269,6 +1272,20 @@ impl OwnedSeriesKey {
     }
 }
 
+/// Counts a request in `requests` and observes its latency, in seconds, in
+/// `request_duration_seconds`.
+fn count_request(requests: &Counter, duration: &Histogram, latency: Duration) {
+    requests.inc();
+    duration.observe(latency.as_secs_f64());
+}
+
+/// Counts a request in `request_total` and observes its latency, in milliseconds (Linkerd's
+/// unit), in `response_latency_ms`.
+fn count_compat_request(request_total: &Counter, latency_ms: &Histogram, latency: Duration) {
+    request_total.inc();
+    latency_ms.observe(latency.as_secs_f64() * 1000.0);
+}
+
 /// How many series a thread keeps (replaced in turn when full).
 const SERIES_MEMO: usize = 16;
 
@@ -1303,11 +1320,8 @@ impl Series {
     /// and `request_duration_seconds`, `request_total` and `response_latency_ms`.
     pub fn observe(&self, latency: Duration) {
         let h = &self.0;
-        h.requests.inc();
-        h.latency.observe(latency.as_secs_f64());
-        h.request_total.inc();
-        h.response_latency_ms
-            .observe(latency.as_secs_f64() * 1000.0);
+        count_request(&h.requests, &h.latency, latency);
+        count_compat_request(&h.request_total, &h.response_latency_ms, latency);
     }
 
     /// Counts the finished response in `response_total`.
@@ -1379,7 +1393,7 @@ impl Metrics {
     }
 
     /// The series of `request` and `traffic`, looked up in the families (not memoized).
-    pub fn build_series(&self, request: RequestLabels, traffic: TrafficLabels) -> Series {
+    fn build_series(&self, request: RequestLabels, traffic: TrafficLabels) -> Series {
         let (requests, latency) = self.request_series(request);
         let request_total = self.request_total.get_or_create(&traffic).clone();
         let response_latency_ms = self.response_latency_ms.get_or_create(&traffic).clone();
