@@ -11,7 +11,8 @@
 //! nothing else: one `current_thread` runtime (the sidecar's default), each accepted connection
 //! served by hyper's HTTP/1 server with the proxy's limits (`weft_proxy::http::http1_server`:
 //! header-read timeout, head size), and every request sent on the proxy's own upstream pool
-//! (`Http1Pool`, HTTP/1.1 keep-alive) to the one upstream address. What weft-proxy does on top of
+//! (`Http1Pool`, HTTP/1.1 keep-alive) to the one upstream address, with the proxy's allocator
+//! setting (`weft_common::memory::keep_heap_top`). What weft-proxy does on top of
 //! this - routing by authority, splits, balancing, authorization, metrics and classification,
 //! hop-by-hop headers, deadlines, retries, circuit breaking, load shedding, tap and tracing
 //! hooks - is what the gap between the two paths in one run measures.
@@ -32,6 +33,8 @@ fn main() -> Result<(), BoxError> {
     };
     let listen: SocketAddr = listen.parse()?;
     let upstream: SocketAddr = upstream.parse()?;
+    // As the proxy sets its allocator (a process setting, not a feature of weft's).
+    weft_common::memory::keep_heap_top(weft_common::memory::HEAP_TOP_KEPT);
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
@@ -63,7 +66,7 @@ async fn forward(
     upstream: SocketAddr,
     req: hyper::Request<Incoming>,
 ) -> Response<Body> {
-    match pool.send(upstream, req.map(boxed)).await {
+    match pool.send(upstream, Box::new(req.map(boxed))).await {
         Ok(rsp) => rsp.map(boxed),
         Err(_) => {
             let mut rsp = Response::new(empty());

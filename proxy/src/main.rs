@@ -29,6 +29,16 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
 
+    // The top of the heap stays with the proxy under load instead of going back to the kernel
+    // and being faulted in again with each swing of the requests in flight; the quiet trim
+    // returns it (issue #20, `weft_common::memory::keep_heap_top`).
+    let kept = weft_common::memory::keep_heap_top(weft_common::memory::HEAP_TOP_KEPT);
+    tracing::debug!(
+        kept,
+        bytes = weft_common::memory::HEAP_TOP_KEPT,
+        "heap top kept"
+    );
+
     let mut builder = if env.threads == 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {

@@ -632,7 +632,7 @@ impl PlainClients {
         http2: bool,
     ) -> Result<Response<pool::PlainBody>, PlainError> {
         if !http2 {
-            return Ok(self.http1.send(addr, *req).await?);
+            return Ok(self.http1.send(addr, req).await?);
         }
         let mut req = *req;
         addr_authority(addr)

@@ -129,18 +129,20 @@ impl Http1Pool {
     /// Sends `req` to `addr` over HTTP/1.1, on an idle connection when there is one. The request
     /// target is sent in origin form (`/path?query`); `Host` is kept, or taken from the URI's
     /// authority when the request has none. A request that a pooled connection could not start
-    /// (the upstream had closed it while idle) goes out on the next one, or a new one.
+    /// (the upstream had closed it while idle) goes out on the next one, or a new one. The
+    /// request comes boxed and is unboxed only into hyper's own queue (issue #20: a move of
+    /// the unboxed request is a copy into the cold memory of this request's future).
     pub async fn send(
         &self,
         addr: SocketAddr,
-        mut req: Request<Body>,
+        mut req: Box<Request<Body>>,
     ) -> Result<Response<PlainBody>, PoolError> {
         super::upgrade::set_origin_form(&mut req);
         while let Some(mut sender) = self.inner.checkout(addr) {
-            match sender.try_send_request(req).await {
+            match sender.try_send_request(*req).await {
                 Ok(rsp) => return Ok(self.returning(rsp, addr, sender)),
                 Err(mut e) => match e.take_message() {
-                    Some(r) => req = r,
+                    Some(r) => *req = r,
                     None => return Err(e.into_error().into()),
                 },
             }
@@ -148,7 +150,7 @@ impl Http1Pool {
         // Boxed: connecting is rare, and its state would otherwise be part of every request's
         // future (issue #20).
         let mut sender = Box::pin(self.connect(addr)).await?;
-        match sender.try_send_request(req).await {
+        match sender.try_send_request(*req).await {
             Ok(rsp) => Ok(self.returning(rsp, addr, sender)),
             Err(e) => Err(e.into_error().into()),
         }
@@ -332,11 +334,12 @@ mod tests {
         (addr, accepted)
     }
 
-    fn get(path: &str, addr: SocketAddr) -> Request<Body> {
-        Request::get(format!("http://{addr}{path}"))
+    fn get(path: &str, addr: SocketAddr) -> Box<Request<Body>> {
+        let req = Request::get(format!("http://{addr}{path}"))
             .header("host", "api.demo")
             .body(crate::http::empty())
-            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        Box::new(req)
     }
 
     async fn text(rsp: Response<PlainBody>) -> String {

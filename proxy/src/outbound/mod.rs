@@ -734,7 +734,10 @@ impl Head {
 }
 
 /// A request whose body is buffered (can be replayed), copied while it is sent (can be
-/// replayed if it ended within [`MAX_RETRY_BODY_BYTES`]), or streaming (one attempt).
+/// replayed if it ended within [`MAX_RETRY_BODY_BYTES`]), or streaming (one attempt). Requests
+/// stay boxed: the per-request futures hold them across awaits, and every move of an unboxed
+/// one is a copy into memory the proxy has not touched since this connection's last request
+/// (issue #20, docs/benchmarks.md).
 enum Prepared {
     Replayable {
         head: Box<Head>,
@@ -743,22 +746,22 @@ enum Prepared {
     Teed {
         head: Box<Head>,
         capture: Arc<body::Capture>,
-        first: Option<Request<Body>>,
+        first: Option<Box<Request<Body>>>,
     },
-    Once(Option<Request<Body>>),
+    Once(Option<Box<Request<Body>>>),
 }
 
 impl Prepared {
-    fn take(&mut self) -> Option<Request<Body>> {
+    fn take(&mut self) -> Option<Box<Request<Body>>> {
         match self {
-            Prepared::Replayable { head, body } => Some(head.request(body.clone())),
+            Prepared::Replayable { head, body } => Some(Box::new(head.request(body.clone()))),
             Prepared::Teed {
                 head,
                 capture,
                 first,
             } => match first.take() {
                 Some(req) => Some(req),
-                None => capture.replay().map(|b| head.request(b)),
+                None => capture.replay().map(|b| Box::new(head.request(b))),
             },
             Prepared::Once(req) => req.take(),
         }
@@ -774,39 +777,69 @@ impl Prepared {
     }
 }
 
-/// Prepares the request for one or more attempts. The flag tells whether a streamed body failed
-/// on the client's side; `Err` when a buffered body could not be read from the client.
+/// A prepared request, and whether its streamed body failed on the client's side.
+type Ready = (Prepared, h::ClientBodyFailed);
+
+/// Prepares the request for one or more attempts. `Err` when a buffered body could not be read
+/// from the client.
 ///
 /// A retryable request (retries on, and an idempotent method or `retry_non_idempotent`) with a
 /// body of known length up to [`MAX_RETRY_BODY_BYTES`] is buffered before it is sent; one of
 /// unknown length is copied while it is sent ([`body::Tee`]); a longer one streams, once.
-async fn prepare(
-    req: Request<Incoming>,
+async fn prepare(req: Box<Request<Incoming>>, policy: &TrafficPolicy) -> Result<Ready, StatusCode> {
+    match prepare_now(req, policy) {
+        Ok(ready) => Ok(ready),
+        // Boxed: only a retryable request with a body still to read waits here, and the wait's
+        // state would otherwise be part of every request's future (issue #20).
+        Err(req) => Box::pin(buffer(req)).await,
+    }
+}
+
+/// [`prepare`] for every request that needs no wait: all but a retryable one with a body of
+/// known length still to read, which comes back as it came.
+fn prepare_now(
+    req: Box<Request<Incoming>>,
     policy: &TrafficPolicy,
-) -> Result<(Prepared, h::ClientBodyFailed), StatusCode> {
+) -> Result<Ready, Box<Request<Incoming>>> {
     let retryable =
         policy.max_retries > 0 && (idempotent(req.method()) || policy.retry_non_idempotent);
     let upper = req.body().size_hint().upper();
+    let ended = req.body().is_end_stream();
+    let fits = |n: u64| n <= MAX_RETRY_BODY_BYTES;
+    if retryable && !ended && upper.is_some_and(fits) {
+        return Err(req);
+    }
     let (mut head, body) = req.into_parts();
     h::strip_hop_by_hop(&mut head.headers);
-    if !retryable || upper.is_some_and(|n| n > MAX_RETRY_BODY_BYTES) {
+    if !retryable || upper.is_some_and(|n| !fits(n)) {
         let (req, failed) = h::watch_body(Request::from_parts(head, body));
-        return Ok((Prepared::Once(Some(req)), failed));
+        return Ok((Prepared::Once(Some(Box::new(req))), failed));
     }
-    if upper.is_none() {
-        let kept = Box::new(Head::of(&head));
-        let (req, failed) = h::watch_body(Request::from_parts(head, body));
-        let capture = body::Capture::new(MAX_RETRY_BODY_BYTES);
-        let req = req.map(|b| h::boxed(body::Tee::new(b, capture.clone())));
-        return Ok((
-            Prepared::Teed {
-                head: kept,
-                capture,
-                first: Some(req),
-            },
-            failed,
-        ));
+    if ended {
+        // Nothing to read (a GET): replayable as it is, without a wait.
+        let ready = Prepared::Replayable {
+            head: Box::new(Head::of(&head)),
+            body: Bytes::new(),
+        };
+        return Ok((ready, h::ClientBodyFailed::default()));
     }
+    // Of unknown length: copied while it is sent.
+    let kept = Box::new(Head::of(&head));
+    let (req, failed) = h::watch_body(Request::from_parts(head, body));
+    let capture = body::Capture::new(MAX_RETRY_BODY_BYTES);
+    let req = req.map(|b| h::boxed(body::Tee::new(b, capture.clone())));
+    let ready = Prepared::Teed {
+        head: kept,
+        capture,
+        first: Some(Box::new(req)),
+    };
+    Ok((ready, failed))
+}
+
+/// Reads a retryable request's body of known length (at most [`MAX_RETRY_BODY_BYTES`]).
+async fn buffer(req: Box<Request<Incoming>>) -> Result<Ready, StatusCode> {
+    let (mut head, body) = req.into_parts();
+    h::strip_hop_by_hop(&mut head.headers);
     match http_body_util::Limited::new(body, MAX_RETRY_BODY_BYTES as usize)
         .collect()
         .await
@@ -815,8 +848,9 @@ async fn prepare(
             // A body with trailers cannot be replayed faithfully from bytes alone.
             if collected.trailers().is_some() {
                 let bytes = collected.to_bytes();
+                let req = Request::from_parts(head, h::full(bytes));
                 return Ok((
-                    Prepared::Once(Some(Request::from_parts(head, h::full(bytes)))),
+                    Prepared::Once(Some(Box::new(req))),
                     h::ClientBodyFailed::default(),
                 ));
             }
@@ -901,8 +935,10 @@ async fn forward(
     } = how;
     let received = deadline.received;
     let policy = &svc.policy;
-    let attempts = async {
-        let (mut prepared, body) = match prepare(*req, policy).await {
+    // Pinned where it is made: awaiting it by value moved the whole (~1 KiB) future, a copy
+    // into memory this connection's last request left cold (issue #20, docs/benchmarks.md).
+    let attempts = std::pin::pin!(async {
+        let (mut prepared, body) = match prepare(req, policy).await {
             Ok(p) => p,
             Err(status) => {
                 shared.metrics.client_error(OUTBOUND, "request_body");
@@ -936,7 +972,7 @@ async fn forward(
             let charge = !(deadline.from_client && limit == left);
             let a = attempt_once(
                 shared,
-                Box::new(req),
+                req,
                 svc,
                 backend,
                 app_h2,
@@ -972,7 +1008,7 @@ async fn forward(
                 backend: labels.backend.clone(),
             });
         }
-    };
+    });
     match deadline.at {
         Some(at) => match tokio::time::timeout_at(at.into(), attempts).await {
             Ok(r) => r,
