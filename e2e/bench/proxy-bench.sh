@@ -63,7 +63,8 @@
 # $CARGO_TARGET_DIR/dist/examples (not with NO_BUILD=1), unless FLOOR names a binary.
 #   PATHS="direct weft-1hop floor-1hop haproxy-1hop" e2e/bench/proxy-bench.sh
 # KERNEL=1: instead of the timed rounds, where a request's CPU goes under load: per path and rate
-# (RATES), oha at that rate for OHA_DURATION while `perf stat` (software events and syscall
+# (RATES; `max`: closed loop over 64 connections, as the saturation rounds load the path), oha at
+# that rate for OHA_DURATION while `perf stat` (software events and syscall
 # tracepoints, no hardware counters needed) watches the path's proxy processes; prints per
 # request the user and system CPU (/proc/<pid>/stat), syscalls (and the main kinds, the
 # allocator's brk/mmap/munmap/madvise among them), page faults, and context switches (each one a
@@ -550,6 +551,14 @@ RESULTS=$OUT/results.tsv
 record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$RESULTS"; } # round path metric value
 kib() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status"; }
 
+preempted() { # involuntary context switches of every thread of the given pids, summed
+    local p n=0
+    for p in "$@"; do
+        n=$((n + $(awk '/^nonvoluntary_ctxt_switches/ { s += $2 } END { print s + 0 }' /proc/"$p"/task/*/status)))
+    done
+    echo "$n"
+}
+
 utime_stime() { # summed utime and stime of the given pids, in clock ticks: "utime stime"
     local u=0 s=0 p f a b
     for p in "$@"; do
@@ -699,8 +708,8 @@ if [ -n "$KERNEL" ]; then
     {
         echo "### Where a request's CPU goes under load (perf stat on the proxies, $OHA_DURATION per rate, body $BODY, load $(cut -d' ' -f1 /proc/loadavg))"
         echo
-        echo "| path | rate | requests | user µs / req | sys µs / req | syscalls / req | context switches / req | page faults / req | main syscalls / req |"
-        echo "|---|---|---|---|---|---|---|---|---|"
+        echo "| path | rate | requests | user µs / req | sys µs / req | syscalls / req | context switches / req | of them preempted | page faults / req | main syscalls / req |"
+        echo "|---|---|---|---|---|---|---|---|---|---|"
     } >"$OUT/summary.md"
     for p in $PATHS; do
         [ "$p" = direct ] && continue
@@ -709,17 +718,22 @@ if [ -n "$KERNEL" ]; then
         for rate in $RATES; do
             json=$OUT/kernel-$p-$rate.json
             read -r u0 s0 <<<"$(utime_stime "${ppids[@]}")"
+            n0=$(preempted "${ppids[@]}")
             perf stat -x, -o "$OUT/perf-$p-$rate.csv" -e "$events" -p "$(IFS=,; echo "${ppids[*]}")" &
             perf_pid=$!
             sleep 0.5
-            nice -n "$NICE" taskset -c 0 oha --no-tui --output-format json "${OHA_H2[@]}" -q "$rate" -z "$OHA_DURATION" -c 16 \
-                --latency-correction "${target[@]}" >"$json" 2>"$json.err" || die "oha failed on $p (see $json.err)"
+            # `max`: closed loop over 64 connections, the saturation rounds' load (oha, not wrk,
+            # so that every answer's status is checked the same way).
+            if [ "$rate" = max ]; then load=(-c 64); else load=(-q "$rate" -c 16 --latency-correction); fi
+            nice -n "$NICE" taskset -c 0 oha --no-tui --output-format json "${OHA_H2[@]}" "${load[@]}" -z "$OHA_DURATION" \
+                "${target[@]}" >"$json" 2>"$json.err" || die "oha failed on $p (see $json.err)"
             kill -INT "$perf_pid"
             wait "$perf_pid" || true
             read -r u1 s1 <<<"$(utime_stime "${ppids[@]}")"
-            python3 - "$OUT/perf-$p-$rate.csv" "$json" "$p" "$rate" "$((u1 - u0))" "$((s1 - s0))" "$CLK_TCK" "$OUT/results.tsv" <<'PY' >>"$OUT/summary.md"
+            n1=$(preempted "${ppids[@]}")
+            python3 - "$OUT/perf-$p-$rate.csv" "$json" "$p" "$rate" "$((u1 - u0))" "$((s1 - s0))" "$CLK_TCK" "$OUT/results.tsv" "$((n1 - n0))" <<'PY' >>"$OUT/summary.md"
 import json, sys
-csv, js, path, rate, du, ds, tck, results = sys.argv[1:9]
+csv, js, path, rate, du, ds, tck, results, npre = sys.argv[1:10]
 counts = {}
 for line in open(csv):
     f = line.strip().split(",")
@@ -734,11 +748,12 @@ kinds = sorted(((per(k), k.split("sys_enter_")[1]) for k in counts if k.startswi
 main = ", ".join(f"{k} {v:.2f}" for v, k in kinds if v >= 0.05)
 us = lambda ticks: int(ticks) / int(tck) * 1e6 / n
 row = [path, rate, str(n), f"{us(du):.1f}", f"{us(ds):.1f}", f"{per('raw_syscalls:sys_enter'):.2f}",
-       f"{per('context-switches'):.2f}", f"{per('page-faults'):.2f}", main]
+       f"{per('context-switches'):.2f}", f"{int(npre) / n:.2f}", f"{per('page-faults'):.2f}", main]
 print("| " + " | ".join(row) + " |")
 with open(results, "a") as out:
     for k, v in [("user_us", us(du)), ("sys_us", us(ds)), ("syscalls", per("raw_syscalls:sys_enter")),
-                 ("context_switches", per("context-switches")), ("page_faults", per("page-faults"))]:
+                 ("context_switches", per("context-switches")), ("preempted", int(npre) / n),
+                 ("page_faults", per("page-faults"))]:
         out.write(f"0\t{path}\tkernel_{rate}_{k}\t{v:.3f}\n")
 PY
             log "$p at $rate rps: $(tail -1 "$OUT/summary.md")"
@@ -748,7 +763,8 @@ PY
         echo
         echo "CPU from /proc/<pid>/stat (clock ticks of 10 ms: at 10 s × 1,000 rps one tick is 1 µs per"
         echo "request). Two-hop rows sum both proxies. A context switch is a proxy thread going to sleep"
-        echo "(or being preempted) and waking again."
+        echo "(or being preempted) and waking again; \"of them preempted\": the involuntary ones"
+        echo "(/proc/<pid>/task/*/status), where the scheduler took the core from a proxy that could run."
     } >>"$OUT/summary.md"
     cat "$OUT/summary.md"
     exit 0
