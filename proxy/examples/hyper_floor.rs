@@ -24,7 +24,7 @@ use http::{Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use weft_proxy::http::pool::Http1Pool;
-use weft_proxy::http::{boxed, empty, http1_server, Body, BoxError};
+use weft_proxy::http::{boxed, empty, http1_server, idle, Body, BoxError};
 
 fn main() -> Result<(), BoxError> {
     let mut args = std::env::args().skip(1);
@@ -54,7 +54,8 @@ async fn serve(listen: SocketAddr, upstream: SocketAddr) -> Result<(), BoxError>
                 async move { Ok::<_, Infallible>(forward(&pool, upstream, req).await) }
             });
             // A client that goes away mid-request ends its connection; nothing to report.
-            let _ = http1_server()
+            let (tcp, timer) = idle::watch(tcp, idle::KEEP_ALIVE_IDLE_TIMEOUT);
+            let _ = http1_server(timer)
                 .serve_connection(TokioIo::new(tcp), service)
                 .await;
         });

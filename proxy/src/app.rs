@@ -223,6 +223,7 @@ pub async fn run(
             app_ip: env.app_ip,
             drain_grace: env.shutdown_grace,
             tracer: tracer.clone(),
+            http1_idle: env.http1_idle,
         },
         reserved,
         config_rx.clone(),
@@ -243,6 +244,7 @@ pub async fn run(
             tracer,
             demand,
             tap,
+            http1_idle: env.http1_idle,
         },
     );
     listeners.spawn(async move { ("outbound", outbound.await.map_err(|e| e.to_string())) });

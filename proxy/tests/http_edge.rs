@@ -476,36 +476,113 @@ async fn incomplete_head_is_answered_408_and_closed() {
     assert!(log_of(&log).is_empty());
 }
 
+/// A keep-alive exchange on `addr`: the first request, its whole answer (body `app`), and the
+/// open connection.
+async fn first_exchange(addr: SocketAddr) -> (TcpStream, String) {
+    let mut s = ok(TcpStream::connect(addr).await);
+    ok(
+        s.write_all(b"GET /first HTTP/1.1\r\nhost: web.demo:8080\r\n\r\n")
+            .await,
+    );
+    let mut first = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !first.ends_with(b"app") {
+        let n = ok(ok(tokio::time::timeout(WAIT, s.read(&mut chunk)).await));
+        assert!(n > 0, "{addr}: closed before the first answer");
+        first.extend_from_slice(&chunk[..n]);
+    }
+    let first = String::from_utf8_lossy(&first).into_owned();
+    assert_eq!(status(&first), 200, "{addr}: {first}");
+    (s, first)
+}
+
+/// Both listeners with idle HTTP/1 keep-alive connections kept for `idle`.
+async fn both_listeners_idle(
+    ip: &str,
+    idle: Duration,
+) -> (SocketAddr, SocketAddr, Log, Proxy, Proxy) {
+    let (app_addr, log) = app(ip).await;
+    let outbound = start_outbound_idle(
+        web_service(
+            app_addr,
+            None,
+            vec![default_route("endpoints:web.demo:8080")],
+        ),
+        Arc::new(NoIdentity),
+        idle,
+    )
+    .await;
+    let cfg = inbound_policy(
+        app_addr.port(),
+        probe_clients(),
+        vec![path_match("all", "/")],
+    );
+    let inbound = start_inbound_idle(ip, cfg, Arc::new(NoIdentity), idle).await;
+    (outbound.addr, inbound.addr, log, outbound, inbound)
+}
+
 #[tokio::test]
 async fn idle_keep_alive_connection_is_closed_without_an_answer() {
-    let (out, inb, log, _o, _i) = both_listeners("127.0.0.32").await;
+    let (out, inb, log, _o, _i) = both_listeners_idle("127.0.0.32", Duration::from_secs(2)).await;
     let idle = |addr: SocketAddr| async move {
-        let mut s = ok(TcpStream::connect(addr).await);
-        ok(
-            s.write_all(b"GET /first HTTP/1.1\r\nhost: web.demo:8080\r\n\r\n")
-                .await,
-        );
-        // The whole first answer (its body is `app`), then nothing more is sent.
-        let mut first = Vec::new();
-        let mut chunk = [0u8; 1024];
-        while !first.ends_with(b"app") {
-            let n = ok(ok(tokio::time::timeout(WAIT, s.read(&mut chunk)).await));
-            assert!(n > 0, "{addr}: closed before the first answer");
-            first.extend_from_slice(&chunk[..n]);
-        }
-        (
-            addr,
-            String::from_utf8_lossy(&first).into_owned(),
-            read_all(&mut s).await,
-        )
+        let (mut s, _) = first_exchange(addr).await;
+        // Nothing more is sent: closed by the proxy after the idle timeout (read_all is
+        // bounded), with no second, unasked-for answer.
+        (addr, read_all(&mut s).await)
     };
     let (a, b) = tokio::join!(idle(out), idle(inb));
-    for (addr, first, rest) in [a, b] {
-        assert_eq!(status(&first), 200, "{addr}: {first}");
-        // Closed by the proxy (read_all is bounded), with no second, unasked-for answer.
+    for (addr, rest) in [a, b] {
         assert_eq!(rest, "", "{addr}");
     }
     assert_eq!(log_of(&log).len(), 2);
+}
+
+/// Failure found by `weft demo` on CI: the header-read timeout (10 s) started when a keep-alive
+/// connection went idle, so the proxy closed connections that clients' pools keep for 90 s or
+/// more, and a request sent as it closed one was lost.
+///
+/// Fixed outcome: a connection idle for longer than the header-read timeout still carries the
+/// next request (the default idle timeout is an hour).
+#[tokio::test]
+async fn keep_alive_connection_outlives_the_head_timeout() {
+    let (out, inb, log, _o, _i) = both_listeners("127.0.0.37").await;
+    let reuse = |addr: SocketAddr| async move {
+        let (mut s, _) = first_exchange(addr).await;
+        tokio::time::sleep(weft_proxy::http::HEADER_READ_TIMEOUT + Duration::from_secs(2)).await;
+        let sent = s.write_all(&get("/second", "web.demo:8080")).await;
+        (addr, sent.is_ok(), read_all(&mut s).await)
+    };
+    let (a, b) = tokio::join!(reuse(out), reuse(inb));
+    for (addr, sent, second) in [a, b] {
+        assert!(sent, "{addr}: the idle connection was closed");
+        assert_eq!(status(&second), 200, "{addr}: {second:?}");
+    }
+    let log = log_of(&log);
+    let second = log.iter().filter(|l| l.starts_with("GET /second ")).count();
+    assert_eq!(second, 2, "{log:?}");
+}
+
+/// The idle wait does not lengthen the head's: once a later request's first bytes arrive on a
+/// kept-alive connection, the rest of its head has the header-read timeout (`408` after it).
+#[tokio::test]
+async fn later_head_on_a_kept_alive_connection_has_the_head_timeout() {
+    let (out, inb, log, _o, _i) = both_listeners("127.0.0.38").await;
+    let partial = |addr: SocketAddr| async move {
+        let (mut s, _) = first_exchange(addr).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        ok(
+            s.write_all(b"GET /never HTTP/1.1\r\nhost: web.demo:8080\r\n")
+                .await,
+        );
+        // Bounded by WAIT (30 s); the idle timeout is an hour.
+        (addr, read_all(&mut s).await)
+    };
+    let (a, b) = tokio::join!(partial(out), partial(inb));
+    for (addr, answer) in [a, b] {
+        assert_eq!(status(&answer), 408, "{addr}: {answer:?}");
+    }
+    let log = log_of(&log);
+    assert!(log.iter().all(|l| !l.contains("/never")), "{log:?}");
 }
 
 #[tokio::test]

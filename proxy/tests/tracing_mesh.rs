@@ -161,6 +161,7 @@ async fn inbound_proxy(
         app_ip: addr.ip(),
         drain_grace: Duration::from_secs(1),
         tracer,
+        ..InboundSettings::default()
     };
     let done = tokio::spawn(async move {
         let _tx = _tx;

@@ -77,6 +77,9 @@ pub struct ProxyEnv {
     /// `WEFT_PROXY_ON_DEMAND_IDLE` (default 10m): a destination not used for this long is
     /// dropped.
     pub on_demand_idle: Duration,
+    /// `WEFT_PROXY_HTTP1_IDLE_TIMEOUT` (default 1h, [`crate::http::idle`]): how long an idle
+    /// HTTP/1 keep-alive connection from a client (the app, or an unmeshed caller) is kept.
+    pub http1_idle: Duration,
     /// `WEFT_PROXY_ADMIN_MAX_CONNECTIONS` (default [`crate::admin::MAX_CONNECTIONS`]): admin
     /// connections served at once; further ones wait in the listen backlog.
     pub admin_max_connections: usize,
@@ -129,6 +132,7 @@ pub const DISCOVERY_MODE: &str = "WEFT_PROXY_DISCOVERY_MODE";
 pub const OUTBOUND_SERVICES: &str = "WEFT_PROXY_OUTBOUND_SERVICES";
 pub const ON_DEMAND_WAIT: &str = "WEFT_PROXY_ON_DEMAND_WAIT";
 pub const ON_DEMAND_IDLE: &str = "WEFT_PROXY_ON_DEMAND_IDLE";
+pub const HTTP1_IDLE_TIMEOUT: &str = "WEFT_PROXY_HTTP1_IDLE_TIMEOUT";
 pub const TAP_ADDR: &str = "WEFT_PROXY_TAP_ADDR";
 pub const TAP_IDENTITY: &str = "WEFT_PROXY_TAP_IDENTITY";
 pub const MEMORY_QUIET: &str = "WEFT_PROXY_MEMORY_QUIET";
@@ -353,12 +357,25 @@ impl ProxyEnv {
             .unwrap_or_default();
         let duration = |name: &'static str, default: Duration| match get(name) {
             None => Ok(default),
-            Some(v) => parse_duration(v)
-                .ok_or_else(|| invalid(name, v, "expected a duration such as 2s, 500ms or 10m")),
+            Some(v) => parse_duration(v).ok_or_else(|| {
+                invalid(name, v, "expected a duration such as 2s, 500ms, 10m or 1h")
+            }),
         };
         let on_demand_wait = duration(ON_DEMAND_WAIT, crate::ondemand::DEFAULT_WAIT)?;
         let on_demand_idle = duration(ON_DEMAND_IDLE, crate::ondemand::DEFAULT_IDLE)?;
+        let http1_idle = duration(
+            HTTP1_IDLE_TIMEOUT,
+            crate::http::idle::KEEP_ALIVE_IDLE_TIMEOUT,
+        )?;
+        if http1_idle < Duration::from_secs(1) {
+            return Err(invalid(
+                HTTP1_IDLE_TIMEOUT,
+                get(HTTP1_IDLE_TIMEOUT).unwrap_or_default(),
+                "at least 1s (shorter closes kept-alive connections as clients reuse them)",
+            ));
+        }
         Ok(Self {
+            http1_idle,
             tap_addr_defaulted: get(TAP_ADDR).is_none(),
             tap_addr,
             tap_identity,
@@ -546,6 +563,7 @@ fn parse_duration(v: &str) -> Option<Duration> {
         "ms" => Some(Duration::from_millis(n)),
         "s" => Some(Duration::from_secs(n)),
         "m" => n.checked_mul(60).map(Duration::from_secs),
+        "h" => n.checked_mul(3600).map(Duration::from_secs),
         _ => None,
     }
 }
@@ -637,7 +655,16 @@ mod tests {
         assert_eq!(env.shutdown_grace, Duration::from_secs(10));
         assert_eq!(env.memory_quiet, Some(Duration::from_secs(5)));
         assert_eq!(env.threads, 1);
+        assert_eq!(env.http1_idle, Duration::from_secs(3600));
         assert_eq!(env.spiffe_id(), "spiffe://cluster.local/ns/demo/sa/default");
+    }
+
+    #[test]
+    fn http1_idle_timeout_takes_hours() {
+        let env = ProxyEnv::from_vars(vars(&[(HTTP1_IDLE_TIMEOUT, "2h")])).unwrap();
+        assert_eq!(env.http1_idle, Duration::from_secs(7200));
+        let env = ProxyEnv::from_vars(vars(&[(HTTP1_IDLE_TIMEOUT, "90s")])).unwrap();
+        assert_eq!(env.http1_idle, Duration::from_secs(90));
     }
 
     #[test]
@@ -666,6 +693,9 @@ mod tests {
             (MEMORY_QUIET, "never"),
             (THREADS, "0"),
             (LOG_FORMAT, "xml"),
+            (HTTP1_IDLE_TIMEOUT, "0"),
+            (HTTP1_IDLE_TIMEOUT, "900ms"),
+            (HTTP1_IDLE_TIMEOUT, "1d"),
         ] {
             let err = ProxyEnv::from_vars(vars(&[(name, value)])).unwrap_err();
             let msg = err.to_string();

@@ -3,6 +3,7 @@
 //! ([`upgrade`]).
 
 pub mod deadline;
+pub mod idle;
 pub mod normalize;
 pub mod pool;
 pub mod upgrade;
@@ -35,7 +36,9 @@ pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// at 32 KiB, -17 to -22 % at 16 KiB). 32 KiB is still twice HAProxy's default buffer, which
 /// bounds its heads the same way (nginx's default is 4-8 KiB).
 pub const MAX_RESPONSE_HEAD_BYTES: usize = 32 * 1024;
-/// Time a client has to send a complete HTTP/1 request head (slowloris protection).
+/// Time a client has to send a complete HTTP/1 request head (slowloris protection): from the
+/// start of the wait on a new connection, from the head's first byte on a kept-alive one
+/// ([`idle`]).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Idle pooled connections are closed after this long.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -353,10 +356,11 @@ where
     }
 }
 
-/// An HTTP/1 server builder with the proxy's limits.
-pub fn http1_server() -> hyper::server::conn::http1::Builder {
+/// An HTTP/1 server builder with the proxy's limits, for one connection: `timer` is that
+/// connection's ([`idle::watch`]).
+pub fn http1_server(timer: idle::HeadTimer) -> hyper::server::conn::http1::Builder {
     let mut b = hyper::server::conn::http1::Builder::new();
-    b.timer(TokioTimer::new())
+    b.timer(timer)
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_buf_size(MAX_HEADER_BYTES)
         // A client that sends its request and then shuts down its writing half still gets
@@ -394,7 +398,8 @@ pub fn http2_server() -> hyper::server::conn::http2::Builder<TokioExecutor> {
 }
 
 /// Serves one downstream connection over HTTP/2 (`http2`) or HTTP/1.1 with `handler`; when
-/// `drain` is signalled it stops taking requests and lets the in-flight ones finish.
+/// `drain` is signalled it stops taking requests and lets the in-flight ones finish. An idle
+/// HTTP/1.1 keep-alive connection is closed after `idle` ([`idle`]).
 ///
 /// HTTP/1.1 connections accept upgrades: when `handler` answers an upgrade request with a `101`
 /// carrying an [`upgrade::Splice`], the splice runs on this connection's task once hyper hands the
@@ -403,6 +408,7 @@ pub fn http2_server() -> hyper::server::conn::http2::Builder<TokioExecutor> {
 pub async fn serve_downstream<I, F, Fut>(
     io: I,
     http2: bool,
+    idle: Duration,
     mut drain: crate::transport::Drain,
     handler: F,
 ) where
@@ -410,8 +416,8 @@ pub async fn serve_downstream<I, F, Fut>(
     F: Fn(Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = Response<Body>> + Send + 'static,
 {
-    let io = hyper_util::rt::TokioIo::new(io);
     if http2 {
+        let io = hyper_util::rt::TokioIo::new(io);
         let svc = hyper::service::service_fn(move |req| {
             // Boxed: hyper's HTTP/2 server spawns every stream as a task, and a future of a few
             // KiB is copied by value through the spawn path a dozen times before it reaches the
@@ -449,7 +455,11 @@ pub async fn serve_downstream<I, F, Fut>(
                 slot,
             }
         });
-        let mut conn = http1_server().serve_connection(io, svc).with_upgrades();
+        let (io, timer) = idle::watch(io, idle);
+        let io = hyper_util::rt::TokioIo::new(io);
+        let mut conn = http1_server(timer)
+            .serve_connection(io, svc)
+            .with_upgrades();
         let result = tokio::select! {
             r = &mut conn => r,
             _ = drain.signaled() => {
@@ -460,12 +470,13 @@ pub async fn serve_downstream<I, F, Fut>(
         if let Some(work) = slot.take() {
             work.await;
         }
-        // The header-read timeout fired. With part of a request head received the client is
-        // told (`408`); an idle keep-alive connection is closed without a word (RFC 9112 §9.3).
+        // The header-read or idle timeout fired. With part of a request head received the
+        // client is told (`408`); an idle keep-alive connection is closed without a word (RFC
+        // 9112 §9.3).
         if result.as_ref().is_err_and(|e| e.is_timeout()) {
             if let Some(parts) = conn.into_parts() {
                 if !parts.read_buf.is_empty() {
-                    request_timeout(parts.io.into_inner()).await;
+                    request_timeout(parts.io.into_inner().into_inner()).await;
                 }
             }
         }

@@ -81,6 +81,9 @@ pub struct InboundSettings {
     pub drain_grace: Duration,
     /// Server spans of traced requests (`docs/tracing.md`); disabled by default.
     pub tracer: Tracer,
+    /// How long an idle HTTP/1 keep-alive connection is kept (`WEFT_PROXY_HTTP1_IDLE_TIMEOUT`,
+    /// [`h::idle`]).
+    pub http1_idle: Duration,
 }
 
 impl Default for InboundSettings {
@@ -89,6 +92,7 @@ impl Default for InboundSettings {
             app_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             drain_grace: DRAIN_GRACE,
             tracer: Tracer::disabled(),
+            http1_idle: h::idle::KEEP_ALIVE_IDLE_TIMEOUT,
         }
     }
 }
@@ -606,28 +610,35 @@ async fn serve_http<I>(
     let conn = Arc::new(ConnValues {
         client_id: client_id_value(peer.as_deref()),
     });
-    h::serve_downstream(io, downstream_h2, drain, move |req: Request<Incoming>| {
-        let shared = shared.clone();
-        let peer = peer.clone();
-        let conn = conn.clone();
-        // Boxed: the async levels below hold the request across awaits, and hyper moves the
-        // whole per-request future (issue #20, as in the outbound proxy).
-        let req = Box::new(req);
-        async move {
-            // #18 tap: one relaxed load when nobody taps.
-            let tapped = shared.tap.is_active().then(|| {
-                let local = shared.tap_local_id();
-                shared.tap.begin(
-                    crate::tap::Direction::Inbound,
-                    &req,
-                    peer.as_deref(),
-                    local.as_deref(),
-                )
-            });
-            let rsp = handle_request(&shared, req, port, peer, &conn, app_h2).await;
-            crate::tap::Tap::finish(tapped.flatten(), rsp)
-        }
-    })
+    let idle = shared.settings.http1_idle;
+    h::serve_downstream(
+        io,
+        downstream_h2,
+        idle,
+        drain,
+        move |req: Request<Incoming>| {
+            let shared = shared.clone();
+            let peer = peer.clone();
+            let conn = conn.clone();
+            // Boxed: the async levels below hold the request across awaits, and hyper moves the
+            // whole per-request future (issue #20, as in the outbound proxy).
+            let req = Box::new(req);
+            async move {
+                // #18 tap: one relaxed load when nobody taps.
+                let tapped = shared.tap.is_active().then(|| {
+                    let local = shared.tap_local_id();
+                    shared.tap.begin(
+                        crate::tap::Direction::Inbound,
+                        &req,
+                        peer.as_deref(),
+                        local.as_deref(),
+                    )
+                });
+                let rsp = handle_request(&shared, req, port, peer, &conn, app_h2).await;
+                crate::tap::Tap::finish(tapped.flatten(), rsp)
+            }
+        },
+    )
     .await;
 }
 

@@ -63,6 +63,8 @@ struct Shared {
     tap: crate::tap::Tap,
     /// On-demand discovery: unknown destinations are watched and waited for.
     demand: Option<Arc<Demand>>,
+    /// How long an idle HTTP/1 keep-alive connection is kept.
+    http1_idle: Duration,
 }
 
 /// What the outbound listener does besides routing: tracing and on-demand discovery (both off by
@@ -74,6 +76,9 @@ pub struct Extras {
     pub demand: Option<Arc<Demand>>,
     /// Requests reported to `weft tap` (docs/tap.md).
     pub tap: crate::tap::Tap,
+    /// How long an idle HTTP/1 keep-alive connection from the app is kept
+    /// (`WEFT_PROXY_HTTP1_IDLE_TIMEOUT`, [`h::idle`]).
+    pub http1_idle: Duration,
 }
 
 impl Default for Extras {
@@ -82,6 +87,7 @@ impl Default for Extras {
             tracer: Tracer::disabled(),
             demand: None,
             tap: crate::tap::Tap::default(),
+            http1_idle: h::idle::KEEP_ALIVE_IDLE_TIMEOUT,
         }
     }
 }
@@ -149,6 +155,7 @@ pub async fn serve_with(
         tracer,
         demand,
         tap,
+        http1_idle,
     } = extras;
     let shared = Arc::new(Shared {
         config,
@@ -159,6 +166,7 @@ pub async fn serve_with(
         tracer,
         demand,
         tap,
+        http1_idle,
     });
     transport::serve_loop(listener, shutdown, grace, move |stream, _peer, drain| {
         let shared = shared.clone();
@@ -326,7 +334,8 @@ async fn serve_http<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    h::serve_downstream(io, http2, drain, move |req: Request<Incoming>| {
+    let idle = shared.http1_idle;
+    h::serve_downstream(io, http2, idle, drain, move |req: Request<Incoming>| {
         let shared = shared.clone();
         // Boxed: every async level below holds the request by value, most of them twice (an
         // async fn keeps its arguments for its whole life beside the locals it moves them to),

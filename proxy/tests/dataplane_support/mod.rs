@@ -53,6 +53,29 @@ pub async fn start_outbound_with_grace(
     identity: Arc<dyn MeshIdentity>,
     grace: Duration,
 ) -> Proxy {
+    let extras = outbound::Extras::default();
+    start_outbound_with_extras(config, identity, grace, extras).await
+}
+
+/// The outbound listener keeping idle HTTP/1 keep-alive connections for `idle`.
+pub async fn start_outbound_idle(
+    config: Arc<Config>,
+    identity: Arc<dyn MeshIdentity>,
+    idle: Duration,
+) -> Proxy {
+    let extras = outbound::Extras {
+        http1_idle: idle,
+        ..outbound::Extras::default()
+    };
+    start_outbound_with_extras(config, identity, outbound::DRAIN_GRACE, extras).await
+}
+
+pub async fn start_outbound_with_extras(
+    config: Arc<Config>,
+    identity: Arc<dyn MeshIdentity>,
+    grace: Duration,
+    extras: outbound::Extras,
+) -> Proxy {
     let listener = ok(TcpListener::bind("127.0.0.1:0").await);
     let addr = ok(listener.local_addr());
     let (tx, rx) = watch::channel(config);
@@ -63,7 +86,7 @@ pub async fn start_outbound_with_grace(
         let shutdown = async {
             let _ = stopped.await;
         };
-        let _ = outbound::serve_with_grace(listener, rx, identity, m, shutdown, grace).await;
+        let _ = outbound::serve_with(listener, rx, identity, m, shutdown, grace, extras).await;
     });
     Proxy {
         addr,
@@ -79,6 +102,16 @@ pub async fn start_inbound(
     config: Arc<Config>,
     identity: Arc<dyn MeshIdentity>,
 ) -> Proxy {
+    start_inbound_idle(ip, config, identity, InboundSettings::default().http1_idle).await
+}
+
+/// The inbound listener keeping idle HTTP/1 keep-alive connections for `idle`.
+pub async fn start_inbound_idle(
+    ip: &str,
+    config: Arc<Config>,
+    identity: Arc<dyn MeshIdentity>,
+    idle: Duration,
+) -> Proxy {
     let listener = ok(TcpListener::bind(format!("{ip}:0")).await);
     let addr = ok(listener.local_addr());
     let (tx, rx) = watch::channel(config);
@@ -88,6 +121,7 @@ pub async fn start_inbound(
     let settings = InboundSettings {
         app_ip: addr.ip(),
         drain_grace: Duration::from_secs(1),
+        http1_idle: idle,
         ..Default::default()
     };
     let done = tokio::spawn(async move {
