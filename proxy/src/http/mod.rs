@@ -2,6 +2,7 @@
 //! server builders with limits, pooled clients to plain-HTTP upstreams, and HTTP/1.1 upgrades
 //! ([`upgrade`]).
 
+pub mod coalesce;
 pub mod deadline;
 pub mod idle;
 pub mod normalize;
@@ -18,7 +19,7 @@ use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type used throughout the proxy.
@@ -417,7 +418,6 @@ pub async fn serve_downstream<I, F, Fut>(
     Fut: std::future::Future<Output = Response<Body>> + Send + 'static,
 {
     if http2 {
-        let io = hyper_util::rt::TokioIo::new(io);
         let svc = hyper::service::service_fn(move |req| {
             // Boxed: hyper's HTTP/2 server spawns every stream as a task, and a future of a few
             // KiB is copied by value through the spawn path a dozen times before it reaches the
@@ -426,12 +426,15 @@ pub async fn serve_downstream<I, F, Fut>(
             let fut = Box::pin(handler(req));
             async move { Ok::<_, std::convert::Infallible>(fut.await) }
         });
-        let conn = http2_server().serve_connection(io, svc);
+        // The frames of all the answers of one poll of the connection go out in one write.
+        let (io, flusher) = coalesce::coalesce(io);
+        let conn = http2_server().serve_connection(TokioIo::new(io), svc);
+        let conn = coalesce::Driven::new(conn, flusher);
         tokio::pin!(conn);
         tokio::select! {
             _ = conn.as_mut() => {}
             _ = drain.signaled() => {
-                conn.as_mut().graceful_shutdown();
+                conn.as_mut().conn().graceful_shutdown();
                 let _ = conn.await;
             }
         }
@@ -456,7 +459,7 @@ pub async fn serve_downstream<I, F, Fut>(
             }
         });
         let (io, timer) = idle::watch(io, idle);
-        let io = hyper_util::rt::TokioIo::new(io);
+        let io = TokioIo::new(io);
         let mut conn = http1_server(timer)
             .serve_connection(io, svc)
             .with_upgrades();

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioIo, TokioTimer};
 
-use crate::http::Body;
+use crate::http::{coalesce, Body};
 use crate::transport::{self, Hint, MeshIdentity, TransportError, TransportHeader};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
@@ -89,7 +89,10 @@ impl MeshPool {
         let identity = &key.identity;
         let tls =
             transport::connect_mesh(mesh, addr, identity, TransportHeader { port, hint }).await?;
-        let (sender, conn) = hyper::client::conn::http2::Builder::new(crate::http::SpawnBoxed)
+        // The frames of all the requests of one poll of the connection go out in one write.
+        let (tls, flusher) = coalesce::coalesce(tls);
+        let exec = coalesce::SpawnFlushing::new(flusher.clone());
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(exec)
             .timer(TokioTimer::new())
             .keep_alive_interval(std::time::Duration::from_secs(30))
             .keep_alive_timeout(std::time::Duration::from_secs(10))
@@ -97,6 +100,7 @@ impl MeshPool {
             .handshake::<_, Body>(TokioIo::new(tls))
             .await
             .map_err(|source| PoolError::Handshake { addr, source })?;
+        let conn = coalesce::Driven::new(conn, flusher);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(%addr, error = %e, "mesh connection closed");
