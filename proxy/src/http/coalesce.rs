@@ -120,6 +120,12 @@ impl<I: AsyncWrite + Unpin> Coalesced<I> {
         let len: usize = bufs.iter().map(|b| b.len()).sum();
         let pending = s.buf.len() - s.sent;
         if len < GATHER_BELOW && pending + len <= GATHER_MAX {
+            if s.sent > 0 {
+                // A partial write left a sent prefix: dropped, so the buffer stays bounded.
+                let sent = s.sent;
+                s.buf.drain(..sent);
+                s.sent = 0;
+            }
             if s.buf.capacity() == 0 {
                 s.buf.reserve(GATHER_BELOW);
             }
