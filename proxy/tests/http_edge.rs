@@ -401,23 +401,7 @@ async fn repeated_header_cannot_select_a_split_one_value_fails() {
 
 /// Outbound (unmeshed endpoint) and inbound (plaintext) proxies in front of one app.
 async fn both_listeners(ip: &str) -> (SocketAddr, SocketAddr, Log, Proxy, Proxy) {
-    let (app_addr, log) = app(ip).await;
-    let outbound = start_outbound(
-        web_service(
-            app_addr,
-            None,
-            vec![default_route("endpoints:web.demo:8080")],
-        ),
-        Arc::new(NoIdentity),
-    )
-    .await;
-    let cfg = inbound_policy(
-        app_addr.port(),
-        probe_clients(),
-        vec![path_match("all", "/")],
-    );
-    let inbound = start_inbound(ip, cfg, Arc::new(NoIdentity)).await;
-    (outbound.addr, inbound.addr, log, outbound, inbound)
+    both_listeners_idle(ip, weft_proxy::http::idle::KEEP_ALIVE_IDLE_TIMEOUT).await
 }
 
 #[tokio::test]
@@ -476,9 +460,9 @@ async fn incomplete_head_is_answered_408_and_closed() {
     assert!(log_of(&log).is_empty());
 }
 
-/// A keep-alive exchange on `addr`: the first request, its whole answer (body `app`), and the
-/// open connection.
-async fn first_exchange(addr: SocketAddr) -> (TcpStream, String) {
+/// A keep-alive exchange on `addr`: the first request and its whole answer (`200`, body `app`);
+/// the connection stays open.
+async fn first_exchange(addr: SocketAddr) -> TcpStream {
     let mut s = ok(TcpStream::connect(addr).await);
     ok(
         s.write_all(b"GET /first HTTP/1.1\r\nhost: web.demo:8080\r\n\r\n")
@@ -493,10 +477,10 @@ async fn first_exchange(addr: SocketAddr) -> (TcpStream, String) {
     }
     let first = String::from_utf8_lossy(&first).into_owned();
     assert_eq!(status(&first), 200, "{addr}: {first}");
-    (s, first)
+    s
 }
 
-/// Both listeners with idle HTTP/1 keep-alive connections kept for `idle`.
+/// [`both_listeners`] with idle HTTP/1 keep-alive connections kept for `idle`.
 async fn both_listeners_idle(
     ip: &str,
     idle: Duration,
@@ -525,7 +509,7 @@ async fn both_listeners_idle(
 async fn idle_keep_alive_connection_is_closed_without_an_answer() {
     let (out, inb, log, _o, _i) = both_listeners_idle("127.0.0.32", Duration::from_secs(2)).await;
     let idle = |addr: SocketAddr| async move {
-        let (mut s, _) = first_exchange(addr).await;
+        let mut s = first_exchange(addr).await;
         // Nothing more is sent: closed by the proxy after the idle timeout (read_all is
         // bounded), with no second, unasked-for answer.
         (addr, read_all(&mut s).await)
@@ -547,7 +531,7 @@ async fn idle_keep_alive_connection_is_closed_without_an_answer() {
 async fn keep_alive_connection_outlives_the_head_timeout() {
     let (out, inb, log, _o, _i) = both_listeners("127.0.0.37").await;
     let reuse = |addr: SocketAddr| async move {
-        let (mut s, _) = first_exchange(addr).await;
+        let mut s = first_exchange(addr).await;
         tokio::time::sleep(weft_proxy::http::HEADER_READ_TIMEOUT + Duration::from_secs(2)).await;
         let sent = s.write_all(&get("/second", "web.demo:8080")).await;
         (addr, sent.is_ok(), read_all(&mut s).await)
@@ -568,7 +552,7 @@ async fn keep_alive_connection_outlives_the_head_timeout() {
 async fn later_head_on_a_kept_alive_connection_has_the_head_timeout() {
     let (out, inb, log, _o, _i) = both_listeners("127.0.0.38").await;
     let partial = |addr: SocketAddr| async move {
-        let (mut s, _) = first_exchange(addr).await;
+        let mut s = first_exchange(addr).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         ok(
             s.write_all(b"GET /never HTTP/1.1\r\nhost: web.demo:8080\r\n")

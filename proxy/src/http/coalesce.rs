@@ -71,8 +71,9 @@ impl<I: AsyncWrite + Unpin> Shared<I> {
 }
 
 fn lock<I>(shared: &Mutex<Shared<I>>) -> MutexGuard<'_, Shared<I>> {
-    // Only one task uses a connection; a panic while it held the lock leaves no half-done
-    // state worse than the connection's own, which then fails.
+    // The connection's tasks take it in turn (one on the server side; on the client side
+    // hyper's connection task and its per-request tasks); a panic while one held the lock
+    // leaves no half-done state worse than the connection's own, which then fails.
     shared
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
