@@ -16,7 +16,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Context, Poll, Waker};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -34,6 +34,13 @@ struct Shared<I> {
     written: bool,
     /// A write error met by [`Driven`], returned to `h2` by its next write or flush.
     error: Option<io::ErrorKind>,
+    /// The task `io` will wake when it can take more: the last one whose write, flush or
+    /// shutdown it left pending. `io` keeps one waker per direction, so a second task meeting a
+    /// full socket would take that wake-up from the first; instead it leaves the sending to the
+    /// first (see [`Flusher::send`]), and a task displaced anyway (by `h2`'s own writes) is woken.
+    blocked: Option<Waker>,
+    /// The [`Coalesced`] end is gone: `h2` has dropped the connection, nobody waits to send.
+    closed: bool,
 }
 
 impl<I: AsyncWrite + Unpin> Shared<I> {
@@ -60,6 +67,23 @@ impl<I: AsyncWrite + Unpin> Shared<I> {
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.poll_drain(cx))?;
         Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    /// Notes who `io` will wake after an operation on it by the task of `cx`: that task if the
+    /// operation is pending, nobody if it completed. A task that was waiting before and is no
+    /// longer the one `io` will wake is woken to look again (a spare wake-up costs one poll; a
+    /// lost one leaves bytes unsent until something else wakes a task of the connection).
+    fn track<T>(&mut self, cx: &Context<'_>, r: Poll<T>) -> Poll<T> {
+        let me = cx.waker();
+        if let Some(old) = self.blocked.take() {
+            if !old.will_wake(me) {
+                old.wake();
+            }
+        }
+        if r.is_pending() {
+            self.blocked = Some(me.clone());
+        }
+        r
     }
 
     fn owed_error(&mut self) -> io::Result<()> {
@@ -94,6 +118,8 @@ pub fn coalesce<I>(io: I) -> (Coalesced<I>, Flusher<I>) {
         sent: 0,
         written: false,
         error: None,
+        blocked: None,
+        closed: false,
     }));
     (
         Coalesced {
@@ -136,8 +162,23 @@ impl<I: AsyncWrite + Unpin> Coalesced<I> {
             return Poll::Ready(Ok(len));
         }
         // Large, or too much gathered: what was gathered goes first, then this write as it is.
-        ready!(s.poll_drain(cx))?;
-        Pin::new(&mut s.io).poll_write_vectored(cx, bufs)
+        let r = match s.poll_drain(cx) {
+            Poll::Ready(Ok(())) => Pin::new(&mut s.io).poll_write_vectored(cx, bufs),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        };
+        s.track(cx, r)
+    }
+}
+
+impl<I> Drop for Coalesced<I> {
+    /// `h2` let go of the connection: a task held back to send its last bytes is let go too.
+    fn drop(&mut self) {
+        let mut s = lock(&self.shared);
+        s.closed = true;
+        if let Some(w) = s.blocked.take() {
+            w.wake();
+        }
     }
 }
 
@@ -171,9 +212,15 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Coalesced<I> {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut s = lock(&self.shared);
         s.owed_error()?;
-        ready!(s.poll_send(cx))?;
-        s.written = false;
-        Pin::new(&mut s.io).poll_shutdown(cx)
+        let r = match s.poll_send(cx) {
+            Poll::Ready(Ok(())) => {
+                s.written = false;
+                Pin::new(&mut s.io).poll_shutdown(cx)
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        };
+        s.track(cx, r)
     }
 }
 
@@ -226,52 +273,87 @@ where
 
 impl<I: AsyncWrite + Unpin> Flusher<I> {
     /// Sends the gathered bytes; a failure is kept for the connection's next write or flush,
-    /// and the task woken so that it meets it.
-    fn send(&self, cx: &mut Context<'_>) {
+    /// and the task woken so that it meets it. Pending when the socket is full and this task is
+    /// the one it will wake: the task must then be polled again (it sends the rest then). Ready
+    /// without sending when another task already waits for the socket: that one sends what was
+    /// gathered since, and this task keeps out of its way (taking its wake-up would leave the
+    /// bytes unsent if this task then finished).
+    fn send(&self, cx: &mut Context<'_>) -> Poll<()> {
         let mut s = lock(&self.shared);
         if s.error.is_some() || !s.written {
-            return;
+            return Poll::Ready(());
         }
-        match s.poll_send(cx) {
+        if s.blocked.as_ref().is_some_and(|w| !w.will_wake(cx.waker())) {
+            return Poll::Ready(());
+        }
+        let r = s.poll_send(cx);
+        let r = s.track(cx, r);
+        match r {
             Poll::Ready(Ok(())) => s.written = false,
             Poll::Ready(Err(e)) => {
                 s.error = Some(e.kind());
                 cx.waker().wake_by_ref();
             }
-            // `io` wakes this task when it can take more; the next poll sends the rest.
-            Poll::Pending => {}
+            // Once `h2` has dropped the connection nobody writes again: no reason to wait.
+            Poll::Pending if s.closed => {}
+            Poll::Pending => return Poll::Pending,
         }
+        Poll::Ready(())
     }
 }
 
 pin_project_lite::pin_project! {
     /// An HTTP/2 connection's future that sends what the connection wrote after each poll.
-    pub struct Driven<F, I> {
+    ///
+    /// When the future finishes while its send waits for the socket (a client's request task,
+    /// say), `Driven` finishes only once the bytes are out or the connection is gone: it is the
+    /// task the socket will wake, and nobody else would send them.
+    ///
+    /// `O` is `F`'s output, a parameter of its own: naming it `F::Output` in the struct makes
+    /// the compiler fail to prove `Send` for the `async` blocks that hold a `Driven`.
+    pub struct Driven<F, O, I> {
         #[pin]
-        fut: F,
+        fut: Option<F>,
+        out: Option<O>,
         flusher: Flusher<I>,
     }
 }
 
-impl<F, I> Driven<F, I> {
+impl<F: Future, I> Driven<F, F::Output, I> {
     pub fn new(fut: F, flusher: Flusher<I>) -> Self {
-        Driven { fut, flusher }
+        Driven {
+            fut: Some(fut),
+            out: None,
+            flusher,
+        }
     }
 
-    /// The connection's future (to start its graceful shutdown).
-    pub fn conn(self: Pin<&mut Self>) -> Pin<&mut F> {
-        self.project().fut
+    /// The connection's future (to start its graceful shutdown), until it has finished.
+    pub fn conn(self: Pin<&mut Self>) -> Option<Pin<&mut F>> {
+        self.project().fut.as_pin_mut()
     }
 }
 
-impl<F: Future, I: AsyncWrite + Unpin> Future for Driven<F, I> {
+impl<F: Future, I: AsyncWrite + Unpin> Future for Driven<F, F::Output, I> {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let this = self.project();
-        let r = this.fut.poll(cx);
-        this.flusher.send(cx);
-        r
+        let mut this = self.project();
+        if let Some(fut) = this.fut.as_mut().as_pin_mut() {
+            if let Poll::Ready(out) = fut.poll(cx) {
+                // Dropped now: if it held the connection, the connection is closed.
+                this.fut.set(None);
+                *this.out = Some(out);
+            }
+        }
+        let sent = this.flusher.send(cx);
+        match this.out.take() {
+            Some(out) if sent.is_ready() => Poll::Ready(out),
+            out => {
+                *this.out = out;
+                Poll::Pending
+            }
+        }
     }
 }
 
@@ -459,5 +541,148 @@ mod tests {
                 exchange(&sender, &[n]).await;
             }
         }
+    }
+
+    /// A socket whose writes wait until it is opened and which, like a tokio socket, keeps one
+    /// waker for writing: the last task it turned away.
+    #[derive(Clone, Default)]
+    struct Gate(Arc<Mutex<GateState>>);
+
+    #[derive(Default)]
+    struct GateState {
+        open: bool,
+        waker: Option<Waker>,
+        out: Vec<u8>,
+    }
+
+    impl Gate {
+        fn open(&self) {
+            let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            g.open = true;
+            if let Some(w) = g.waker.take() {
+                w.wake();
+            }
+        }
+        fn out(&self) -> Vec<u8> {
+            self.0.lock().unwrap_or_else(|e| e.into_inner()).out.clone()
+        }
+        /// Waits (bounded) until `want` has arrived.
+        async fn arrives(&self, want: &[u8]) {
+            for _ in 0..1000 {
+                if self.out() == want {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            panic!("{:?} never went out; {:?} did", want, self.out());
+        }
+    }
+
+    impl AsyncRead for Gate {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    impl AsyncWrite for Gate {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            if !g.open {
+                g.waker = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            g.out.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    async fn gather(conn: &mut Coalesced<Gate>, bytes: &[u8]) {
+        let n = std::future::poll_fn(|cx| Pin::new(&mut *conn).poll_write(cx, bytes))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(n, bytes.len());
+    }
+
+    /// A request task of a client connection finishing while the socket is full still sends
+    /// what the connection gathered: nobody else would until the next request or ping.
+    #[tokio::test]
+    async fn a_task_finishing_on_a_full_socket_sends_its_bytes_first() {
+        let gate = Gate::default();
+        let (mut conn, flusher) = coalesce(gate.clone());
+        gather(&mut conn, b"headers").await;
+        let task = tokio::spawn(Driven::new(async {}, flusher));
+        tokio::task::yield_now().await;
+        gate.open();
+        gate.arrives(b"headers").await;
+        tokio::time::timeout(std::time::Duration::from_secs(10), task)
+            .await
+            .unwrap_or_else(|_| panic!("the task never finished"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        drop(conn);
+    }
+
+    /// A second task meeting the full socket does not take the first one's wake-up (a tokio
+    /// socket wakes only the last task it turned away): the first still sends, after the
+    /// second has finished.
+    #[tokio::test]
+    async fn a_second_task_leaves_the_socket_to_the_first() {
+        let gate = Gate::default();
+        let (conn, flusher) = coalesce(gate.clone());
+        let conn = Arc::new(tokio::sync::Mutex::new(conn));
+        // The connection's task: writes, then lives on (as hyper's does between requests).
+        let first = {
+            let conn = conn.clone();
+            async move {
+                gather(&mut *conn.lock().await, b"one ").await;
+                std::future::pending::<()>().await
+            }
+        };
+        let first = tokio::spawn(Driven::new(first, flusher.clone()));
+        tokio::task::yield_now().await;
+        // A request's task: gathers more and finishes.
+        let second = {
+            let conn = conn.clone();
+            async move { gather(&mut *conn.lock().await, b"two").await }
+        };
+        let second = tokio::spawn(Driven::new(second, flusher));
+        tokio::time::timeout(std::time::Duration::from_secs(10), second)
+            .await
+            .unwrap_or_else(|_| panic!("the second task waited on the first's socket"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        gate.open();
+        gate.arrives(b"one two").await;
+        first.abort();
+    }
+
+    /// A task held back to send is let go when the connection is dropped (a socket that never
+    /// drains does not keep it forever).
+    #[tokio::test]
+    async fn a_task_waiting_to_send_is_let_go_with_the_connection() {
+        let gate = Gate::default();
+        let (mut conn, flusher) = coalesce(gate.clone());
+        gather(&mut conn, b"never").await;
+        let task = tokio::spawn(Driven::new(async {}, flusher));
+        tokio::task::yield_now().await;
+        assert!(!task.is_finished(), "finished with its bytes unsent");
+        drop(conn);
+        tokio::time::timeout(std::time::Duration::from_secs(10), task)
+            .await
+            .unwrap_or_else(|_| panic!("held after the connection was dropped"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(gate.out().is_empty());
     }
 }

@@ -434,7 +434,9 @@ pub async fn serve_downstream<I, F, Fut>(
         tokio::select! {
             _ = conn.as_mut() => {}
             _ = drain.signaled() => {
-                conn.as_mut().conn().graceful_shutdown();
+                if let Some(c) = conn.as_mut().conn() {
+                    c.graceful_shutdown();
+                }
                 let _ = conn.await;
             }
         }
