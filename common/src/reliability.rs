@@ -48,3 +48,44 @@ pub const DEADLINE_HEADER: &str = "weft-timeout-ms";
 /// The header a shed or rate-limited response carries, naming why (`concurrency`,
 /// `pending`, `queue-timeout`, `rate-limit`, `ejected`, `deadline`).
 pub const REASON_HEADER: &str = "weft-reason";
+
+/// How long a client's kept-alive HTTP/1 connection may sit idle in a proxy's listeners before
+/// the proxy closes it (`WEFT_PROXY_HTTP1_IDLE_TIMEOUT`, the `weft.io/http1-idle-timeout`
+/// annotation, chart value `proxy.http1IdleTimeout`): an hour, Envoy's default, longer than the
+/// idle pools of common HTTP clients, so that the client closes first and no request meets a
+/// connection the proxy is closing.
+pub const HTTP1_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+/// The shortest idle timeout taken: shorter closes connections while clients reuse them.
+pub const MIN_HTTP1_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A value of the HTTP/1 idle timeout, the one check that the proxy (at start), the injector
+/// (for the annotation) and the operator (for the chart value) all make: a duration
+/// ([`crate::duration::parse_or_seconds`]) of at least [`MIN_HTTP1_IDLE_TIMEOUT`].
+pub fn http1_idle_timeout(value: &str) -> Result<std::time::Duration, String> {
+    let d = crate::duration::parse_or_seconds(value).map_err(|e| e.to_string())?;
+    if d < MIN_HTTP1_IDLE_TIMEOUT {
+        return Err(format!(
+            "{value:?} is shorter than 1s (an idle timeout that short closes kept-alive \
+             connections while clients reuse them)"
+        ));
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn http1_idle_timeout_is_a_duration_of_at_least_a_second() {
+        assert_eq!(http1_idle_timeout("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(http1_idle_timeout("1.5m"), Ok(Duration::from_secs(90)));
+        assert_eq!(http1_idle_timeout("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(http1_idle_timeout("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(http1_idle_timeout("1s"), Ok(MIN_HTTP1_IDLE_TIMEOUT));
+        for bad in ["", "999ms", "0", "-5s", "1d", "soon", "400d"] {
+            assert!(http1_idle_timeout(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

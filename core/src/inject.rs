@@ -26,6 +26,12 @@ pub const SKIP_OUTBOUND_ANNOTATION: &str = "weft.io/skip-outbound-ports";
 pub const TRACE_COLLECTOR_ANNOTATION: &str = "weft.io/trace-collector";
 /// The proxy's variable for [`TRACE_COLLECTOR_ANNOTATION`].
 pub const TRACE_COLLECTOR_ENV: &str = "WEFT_PROXY_TRACE_COLLECTOR";
+/// Pod or Namespace annotation: how long the proxy keeps a client's idle HTTP/1 keep-alive
+/// connection (`WEFT_PROXY_HTTP1_IDLE_TIMEOUT`, docs/proxy.md "Connections and timeouts");
+/// overrides the chart's `proxy.http1IdleTimeout`.
+pub const HTTP1_IDLE_TIMEOUT_ANNOTATION: &str = "weft.io/http1-idle-timeout";
+/// The proxy's variable for [`HTTP1_IDLE_TIMEOUT_ANNOTATION`].
+pub const HTTP1_IDLE_TIMEOUT_ENV: &str = "WEFT_PROXY_HTTP1_IDLE_TIMEOUT";
 /// Pod or Namespace annotation: `on-demand` or `push-all`, the proxy's discovery mode
 /// (`WEFT_PROXY_DISCOVERY_MODE`, docs/proxy.md "On-demand discovery"); overrides the mesh-wide
 /// default (the operator's `--discovery-mode`, chart value `discovery.mode`).
@@ -91,6 +97,10 @@ pub struct InjectSettings {
     /// (`--discovery-mode on-demand`, chart value `discovery.mode`); a `weft.io/discovery-mode`
     /// annotation overrides it per pod or namespace.
     pub on_demand: bool,
+    /// The mesh-wide HTTP/1 idle timeout (chart value `proxy.http1IdleTimeout`, given to the
+    /// operator as `WEFT_PROXY_HTTP1_IDLE_TIMEOUT`), as written; `None`: the proxy's default
+    /// (an hour). A `weft.io/http1-idle-timeout` annotation overrides it.
+    pub http1_idle_timeout: Option<String>,
 }
 
 impl Default for InjectSettings {
@@ -115,6 +125,7 @@ impl Default for InjectSettings {
             tap_port: 4190,
             tap_identity: None,
             on_demand: false,
+            http1_idle_timeout: None,
         }
     }
 }
@@ -195,6 +206,20 @@ impl InjectSettings {
                 }
             };
         }
+        if let Some(v) = get(HTTP1_IDLE_TIMEOUT_ENV) {
+            s.http1_idle_timeout = match opt(v) {
+                None => None,
+                Some(v) => match weft_common::reliability::http1_idle_timeout(&v) {
+                    Ok(_) => Some(v.trim().to_string()),
+                    Err(reason) => {
+                        return Err(InjectError::Env {
+                            name: HTTP1_IDLE_TIMEOUT_ENV,
+                            reason,
+                        })
+                    }
+                },
+            };
+        }
         Ok(s)
     }
 }
@@ -265,6 +290,31 @@ pub fn trace_collector(
         .or_else(|| settings.trace_collector.clone())?;
     let chosen = chosen.trim();
     is_collector_url(chosen).then(|| chosen.to_string())
+}
+
+/// The HTTP/1 idle timeout given to a pod's proxy: its `weft.io/http1-idle-timeout` annotation,
+/// else its Namespace's, else the chart's; `None`: the proxy's default. A value the proxy would
+/// refuse ([`weft_common::reliability::http1_idle_timeout`]) is ignored and the next level
+/// decides: a bad annotation never stops the proxy from starting.
+pub fn http1_idle_timeout(
+    pod: &Value,
+    namespace_annotations: &BTreeMap<String, String>,
+    settings: &InjectSettings,
+) -> Option<String> {
+    let valid = |v: &str| {
+        let v = v.trim();
+        weft_common::reliability::http1_idle_timeout(v)
+            .is_ok()
+            .then(|| v.to_string())
+    };
+    annotation(pod, HTTP1_IDLE_TIMEOUT_ANNOTATION)
+        .and_then(valid)
+        .or_else(|| {
+            namespace_annotations
+                .get(HTTP1_IDLE_TIMEOUT_ANNOTATION)
+                .and_then(|v| valid(v))
+        })
+        .or_else(|| settings.http1_idle_timeout.as_deref().and_then(valid))
 }
 
 /// Whether a pod's proxy asks for on-demand discovery: its `weft.io/discovery-mode` annotation,
@@ -610,7 +660,8 @@ pub fn workload_of<'a>(
 }
 
 /// [`inject_pod`] with the proxy told `workload` (`<kind>/<name>`) as `WEFT_PROXY_WORKLOAD`.
-/// `namespace_annotations` (the pod's Namespace's) only choose the trace collector here.
+/// `namespace_annotations` (the pod's Namespace's) choose what the proxy's environment
+/// may take from them (trace collector, discovery mode, HTTP/1 idle timeout).
 fn inject_pod_of(
     pod: &Value,
     settings: &InjectSettings,
@@ -656,6 +707,9 @@ fn inject_pod_of(
         }
         if let (Some(services), _) = outbound_services(pod) {
             env.push(json!({"name": OUTBOUND_SERVICES_ENV, "value": services}));
+        }
+        if let Some(idle) = http1_idle_timeout(pod, namespace_annotations, settings) {
+            env.push(json!({"name": HTTP1_IDLE_TIMEOUT_ENV, "value": idle}));
         }
     }
     upsert_named(spec, "containers", proxy, false)?;
@@ -1007,6 +1061,70 @@ mod tests {
         let resp = review_response(&review, &InjectSettings::default(), &ns(None));
         assert_eq!(resp["response"]["allowed"], true);
         assert!(resp["response"].get("patch").is_none());
+    }
+
+    #[test]
+    fn http1_idle_timeout_pod_then_namespace_then_chart_and_bad_values_are_ignored() {
+        let idle_of = |pod_ann: Value, ns_ann: &[(&str, &str)], chart: Option<&str>| {
+            let settings = InjectSettings {
+                http1_idle_timeout: chart.map(str::to_string),
+                ..Default::default()
+            };
+            let ns: BTreeMap<String, String> = ns_ann
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let out = inject_pod_of(&pod(pod_ann), &settings, None, &ns).unwrap();
+            let proxy = out["spec"]["containers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["name"] == PROXY_CONTAINER)
+                .cloned()
+                .unwrap();
+            let values: Vec<String> = proxy["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["name"] == HTTP1_IDLE_TIMEOUT_ENV)
+                .map(|e| e["value"].as_str().unwrap().to_string())
+                .collect();
+            assert!(values.len() <= 1, "{values:?}");
+            values.into_iter().next()
+        };
+        let ns = [(HTTP1_IDLE_TIMEOUT_ANNOTATION, "10m")];
+        // Nothing anywhere: unset, the proxy's own default (an hour).
+        assert_eq!(idle_of(json!({}), &[], None), None);
+        assert_eq!(idle_of(json!({}), &[], Some("2h")).as_deref(), Some("2h"));
+        assert_eq!(idle_of(json!({}), &ns, Some("2h")).as_deref(), Some("10m"));
+        let pod_ann = json!({"weft.io/http1-idle-timeout": " 90s "});
+        assert_eq!(idle_of(pod_ann, &ns, Some("2h")).as_deref(), Some("90s"));
+        // What the proxy would refuse is skipped: the next level decides, the pod still starts.
+        for bad in ["500ms", "0", "soon", "1d", ""] {
+            let pod_ann = json!({"weft.io/http1-idle-timeout": bad});
+            assert_eq!(
+                idle_of(pod_ann.clone(), &ns, None).as_deref(),
+                Some("10m"),
+                "{bad:?}"
+            );
+            assert_eq!(idle_of(pod_ann, &[], None), None, "{bad:?}");
+        }
+        // The chart's value is checked when the operator starts.
+        let chart = |v: &str| {
+            InjectSettings::from_lookup(|k| (k == HTTP1_IDLE_TIMEOUT_ENV).then(|| v.to_string()))
+        };
+        assert_eq!(
+            chart("30m").unwrap().http1_idle_timeout.as_deref(),
+            Some("30m")
+        );
+        assert_eq!(chart("").unwrap().http1_idle_timeout, None);
+        assert!(matches!(
+            chart("100ms"),
+            Err(InjectError::Env {
+                name: HTTP1_IDLE_TIMEOUT_ENV,
+                ..
+            })
+        ));
     }
 
     #[test]

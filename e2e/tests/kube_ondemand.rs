@@ -5,7 +5,9 @@
 //!
 //! - the injector tells proxies to ask on demand, copies the valid entries of a pod's
 //!   `weft.io/outbound-services` (an invalid one is dropped, the pod still injected), and a pod
-//!   annotated `weft.io/discovery-mode: push-all` keeps getting everything;
+//!   annotated `weft.io/discovery-mode: push-all` keeps getting everything; the chart's
+//!   `proxy.http1IdleTimeout` and a pod's `weft.io/http1-idle-timeout` reach the proxies (an
+//!   annotation the proxy would refuse is skipped);
 //! - pre-subscription: the annotated Service is in the client proxy's `/config` before any
 //!   request;
 //! - the client app calls a Service by its name (DNS → ClusterIP, captured transparently): the
@@ -140,7 +142,8 @@ async fn kube_on_demand_installed_transparent_first_request_scoped_config_and_au
     let Some(env) = mesh_env(TEST, Path::new(env!("CARGO_BIN_EXE_weft-test-app"))).await else {
         return;
     };
-    env.install_weft_with(&["discovery.mode=on-demand"]).await;
+    env.install_weft_with(&["discovery.mode=on-demand", "proxy.http1IdleTimeout=20m"])
+        .await;
 
     env.namespace(NS, json!({"weft.io/inject": "enabled"}))
         .await;
@@ -173,7 +176,7 @@ spec:
     apply::apply_yaml(&env.client, &policy)
         .await
         .unwrap_or_else(|e| panic!("applying access policy: {e}"));
-    deploy_app(&env, "web", json!({})).await;
+    deploy_app(&env, "web", json!({"weft.io/http1-idle-timeout": "90s"})).await;
     deploy_app(
         &env,
         "secret",
@@ -182,7 +185,13 @@ spec:
     .await;
     deploy_app(&env, "pinned", json!({})).await;
     // A push-all proxy in the same mesh (the annotation overrides the chart's mode).
-    deploy_app(&env, "other", json!({"weft.io/discovery-mode": "push-all"})).await;
+    // Its idle timeout is one the proxy would refuse: skipped, the chart's applies.
+    deploy_app(
+        &env,
+        "other",
+        json!({"weft.io/discovery-mode": "push-all", "weft.io/http1-idle-timeout": "100ms"}),
+    )
+    .await;
     // The client pre-subscribes to `pinned`; the invalid entry is dropped, not fatal.
     deploy_app(
         &env,
@@ -211,6 +220,12 @@ spec:
         proxy_env(&pods["web"], "WEFT_PROXY_DISCOVERY_MODE").as_deref(),
         Some("on-demand")
     );
+    // The HTTP/1 idle timeout: the pod's annotation, else the chart's `proxy.http1IdleTimeout`
+    // (the proxies started with them: their pods are ready).
+    let idle = |pod: &str| proxy_env(&pods[pod], "WEFT_PROXY_HTTP1_IDLE_TIMEOUT");
+    assert_eq!(idle("web").as_deref(), Some("90s"));
+    assert_eq!(idle("other").as_deref(), Some("20m"));
+    assert_eq!(idle("client").as_deref(), Some("20m"));
 
     // The push-all proxy holds every Service; the client only the pre-subscribed one, before
     // its app sent anything.

@@ -363,17 +363,11 @@ impl ProxyEnv {
         };
         let on_demand_wait = duration(ON_DEMAND_WAIT, crate::ondemand::DEFAULT_WAIT)?;
         let on_demand_idle = duration(ON_DEMAND_IDLE, crate::ondemand::DEFAULT_IDLE)?;
-        let http1_idle = duration(
-            HTTP1_IDLE_TIMEOUT,
-            crate::http::idle::KEEP_ALIVE_IDLE_TIMEOUT,
-        )?;
-        if http1_idle < Duration::from_secs(1) {
-            return Err(invalid(
-                HTTP1_IDLE_TIMEOUT,
-                get(HTTP1_IDLE_TIMEOUT).unwrap_or_default(),
-                "at least 1s (shorter closes kept-alive connections as clients reuse them)",
-            ));
-        }
+        let http1_idle = match get(HTTP1_IDLE_TIMEOUT) {
+            None => weft_common::reliability::HTTP1_IDLE_TIMEOUT,
+            Some(v) => weft_common::reliability::http1_idle_timeout(v)
+                .map_err(|reason| invalid(HTTP1_IDLE_TIMEOUT, v, &reason))?,
+        };
         Ok(Self {
             http1_idle,
             tap_addr_defaulted: get(TAP_ADDR).is_none(),
@@ -552,20 +546,10 @@ fn parse_socket_addr(
         .map_err(|e| invalid(name, v, &format!("expected ip:port: {e}")))
 }
 
-/// `10s`, `500ms`, `1m`, or a bare number of seconds.
+/// `10s`, `500ms`, `1.5m`, `1h`, or a bare number of seconds: the one duration parser
+/// ([`weft_common::duration`]).
 fn parse_duration(v: &str) -> Option<Duration> {
-    let (num, unit) = match v.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => v.split_at(i),
-        None => (v, "s"),
-    };
-    let n: u64 = num.parse().ok()?;
-    match unit {
-        "ms" => Some(Duration::from_millis(n)),
-        "s" => Some(Duration::from_secs(n)),
-        "m" => n.checked_mul(60).map(Duration::from_secs),
-        "h" => n.checked_mul(3600).map(Duration::from_secs),
-        _ => None,
-    }
+    weft_common::duration::parse_or_seconds(v).ok()
 }
 
 fn is_dns_label(s: &str) -> bool {

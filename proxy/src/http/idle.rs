@@ -29,9 +29,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// How long an idle HTTP/1 keep-alive connection from a client is kept by default
-/// (`WEFT_PROXY_HTTP1_IDLE_TIMEOUT`): an hour, Envoy's default, longer than the idle pools of
-/// common HTTP clients, so the client closes first and no request meets a closing connection.
-pub const KEEP_ALIVE_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// (`WEFT_PROXY_HTTP1_IDLE_TIMEOUT`; [`weft_common::reliability::HTTP1_IDLE_TIMEOUT`], an hour).
+pub const KEEP_ALIVE_IDLE_TIMEOUT: Duration = weft_common::reliability::HTTP1_IDLE_TIMEOUT;
 
 /// What the connection's reads and its timer share.
 #[derive(Debug, Default)]
