@@ -316,6 +316,22 @@ pin_project_lite::pin_project! {
         fut: Option<F>,
         out: Option<O>,
         flusher: Flusher<I>,
+        // Its last send was left pending: the socket will wake this task.
+        waiting: bool,
+    }
+
+    impl<F, O, I> PinnedDrop for Driven<F, O, I> {
+        /// A task dropped while the socket was to wake it (its runtime shutting down) hands the
+        /// sending on: the next task to poll sends, rather than leaving it to a wake-up that
+        /// cannot come.
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if *this.waiting {
+                if let Some(w) = lock(&this.flusher.shared).blocked.take() {
+                    w.wake();
+                }
+            }
+        }
     }
 }
 
@@ -325,6 +341,7 @@ impl<F: Future, I> Driven<F, F::Output, I> {
             fut: Some(fut),
             out: None,
             flusher,
+            waiting: false,
         }
     }
 
@@ -347,6 +364,7 @@ impl<F: Future, I: AsyncWrite + Unpin> Future for Driven<F, F::Output, I> {
             }
         }
         let sent = this.flusher.send(cx);
+        *this.waiting = sent.is_pending();
         match this.out.take() {
             Some(out) if sent.is_ready() => Poll::Ready(out),
             out => {
@@ -666,6 +684,25 @@ mod tests {
         gate.open();
         gate.arrives(b"one two").await;
         first.abort();
+    }
+
+    /// A task dropped while the socket was to wake it (a runtime shutting down) does not leave
+    /// the connection's later bytes waiting for that wake-up: the next task to poll sends them.
+    #[tokio::test]
+    async fn a_task_dropped_while_waiting_hands_the_sending_on() {
+        let gate = Gate::default();
+        let (mut conn, flusher) = coalesce(gate.clone());
+        gather(&mut conn, b"one ").await;
+        let first = tokio::spawn(Driven::new(std::future::pending::<()>(), flusher.clone()));
+        tokio::task::yield_now().await;
+        first.abort();
+        let _ = first.await;
+        // The socket drains, but the task it would have woken is gone.
+        gate.0.lock().unwrap_or_else(|e| e.into_inner()).open = true;
+        gather(&mut conn, b"two").await;
+        let second = tokio::spawn(Driven::new(async {}, flusher));
+        gate.arrives(b"one two").await;
+        second.await.unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// A task held back to send is let go when the connection is dropped (a socket that never
