@@ -4,6 +4,7 @@
 
 pub mod coalesce;
 pub mod deadline;
+pub mod detach;
 pub mod idle;
 pub mod normalize;
 pub mod pool;
@@ -424,7 +425,12 @@ pub async fn serve_downstream<I, F, Fut>(
             // task's cell, then again as the task's stage changes. A box moves as a pointer
             // (issue #20: ~90 KB of copies per request with an HTTP/2 client, docs/benchmarks.md).
             let fut = Box::pin(handler(req));
-            async move { Ok::<_, std::convert::Infallible>(fut.await) }
+            async move {
+                let mut rsp = fut.await;
+                // `h2`'s header table may keep these values as long as the connection lives.
+                detach::detach(rsp.headers_mut());
+                Ok::<_, std::convert::Infallible>(rsp)
+            }
         });
         // The frames of all the answers of one poll of the connection go out in one write.
         let (io, flusher) = coalesce::coalesce(io);
@@ -655,6 +661,8 @@ impl PlainClients {
             .and_then(|a| set_upstream_authority(&mut req, a))
             .map_err(PlainError::Target)?;
         *req.version_mut() = http::Version::HTTP_2;
+        // `h2`'s header table may keep these values as long as the connection lives.
+        detach::detach(req.headers_mut());
         let rsp = self.http2.request(req).await?;
         Ok(rsp.map(pool::PlainBody::unpooled))
     }

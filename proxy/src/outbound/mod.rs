@@ -1277,6 +1277,8 @@ async fn send_mesh(
     };
     h::set_upstream_authority(&mut req, authority).map_err(bad_target)?;
     *req.version_mut() = Version::HTTP_2;
+    // `h2`'s header table may keep these values as long as the connection lives.
+    h::detach::detach(req.headers_mut());
     sender
         .send_request(*req)
         .await
