@@ -86,6 +86,16 @@ impl<I: AsyncWrite + Unpin> Shared<I> {
         r
     }
 
+    /// Runs `op` on `io` (which may use `ready!`) and notes who `io` will wake ([`Shared::track`]).
+    fn tracked<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        op: impl FnOnce(&mut Self, &mut Context<'_>) -> Poll<T>,
+    ) -> Poll<T> {
+        let r = op(self, cx);
+        self.track(cx, r)
+    }
+
     fn owed_error(&mut self) -> io::Result<()> {
         match self.error.take() {
             Some(kind) => Err(kind.into()),
@@ -162,12 +172,10 @@ impl<I: AsyncWrite + Unpin> Coalesced<I> {
             return Poll::Ready(Ok(len));
         }
         // Large, or too much gathered: what was gathered goes first, then this write as it is.
-        let r = match s.poll_drain(cx) {
-            Poll::Ready(Ok(())) => Pin::new(&mut s.io).poll_write_vectored(cx, bufs),
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => Poll::Pending,
-        };
-        s.track(cx, r)
+        s.tracked(cx, |s, cx| {
+            ready!(s.poll_drain(cx))?;
+            Pin::new(&mut s.io).poll_write_vectored(cx, bufs)
+        })
     }
 }
 
@@ -212,15 +220,11 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Coalesced<I> {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut s = lock(&self.shared);
         s.owed_error()?;
-        let r = match s.poll_send(cx) {
-            Poll::Ready(Ok(())) => {
-                s.written = false;
-                Pin::new(&mut s.io).poll_shutdown(cx)
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => Poll::Pending,
-        };
-        s.track(cx, r)
+        s.tracked(cx, |s, cx| {
+            ready!(s.poll_send(cx))?;
+            s.written = false;
+            Pin::new(&mut s.io).poll_shutdown(cx)
+        })
     }
 }
 
@@ -286,9 +290,7 @@ impl<I: AsyncWrite + Unpin> Flusher<I> {
         if s.blocked.as_ref().is_some_and(|w| !w.will_wake(cx.waker())) {
             return Poll::Ready(());
         }
-        let r = s.poll_send(cx);
-        let r = s.track(cx, r);
-        match r {
+        match s.tracked(cx, Shared::poll_send) {
             Poll::Ready(Ok(())) => s.written = false,
             Poll::Ready(Err(e)) => {
                 s.error = Some(e.kind());
@@ -635,6 +637,15 @@ mod tests {
         assert_eq!(n, bytes.len());
     }
 
+    /// Waits for `task` to finish, failing with `hung` after 10 s (a hang fails the test
+    /// instead of blocking the suite).
+    async fn joined(task: tokio::task::JoinHandle<()>, hung: &str) {
+        tokio::time::timeout(std::time::Duration::from_secs(10), task)
+            .await
+            .unwrap_or_else(|_| panic!("{hung}"))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
     /// A request task of a client connection finishing while the socket is full still sends
     /// what the connection gathered: nobody else would until the next request or ping.
     #[tokio::test]
@@ -646,10 +657,7 @@ mod tests {
         tokio::task::yield_now().await;
         gate.open();
         gate.arrives(b"headers").await;
-        tokio::time::timeout(std::time::Duration::from_secs(10), task)
-            .await
-            .unwrap_or_else(|_| panic!("the task never finished"))
-            .unwrap_or_else(|e| panic!("{e}"));
+        joined(task, "the task never finished").await;
         drop(conn);
     }
 
@@ -677,10 +685,7 @@ mod tests {
             async move { gather(&mut *conn.lock().await, b"two").await }
         };
         let second = tokio::spawn(Driven::new(second, flusher));
-        tokio::time::timeout(std::time::Duration::from_secs(10), second)
-            .await
-            .unwrap_or_else(|_| panic!("the second task waited on the first's socket"))
-            .unwrap_or_else(|e| panic!("{e}"));
+        joined(second, "the second task waited on the first's socket").await;
         gate.open();
         gate.arrives(b"one two").await;
         first.abort();
@@ -716,10 +721,7 @@ mod tests {
         tokio::task::yield_now().await;
         assert!(!task.is_finished(), "finished with its bytes unsent");
         drop(conn);
-        tokio::time::timeout(std::time::Duration::from_secs(10), task)
-            .await
-            .unwrap_or_else(|_| panic!("held after the connection was dropped"))
-            .unwrap_or_else(|e| panic!("{e}"));
+        joined(task, "held after the connection was dropped").await;
         assert!(gate.out().is_empty());
     }
 }
