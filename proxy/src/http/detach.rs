@@ -13,33 +13,76 @@
 //! `content-type`), the upstream read buffers held this way were the largest part of the heap
 //! (docs/benchmarks.md, "HTTP/2 header tables holding read buffers").
 //!
-//! [`detach`] copies all the values of one head into one allocation of their own size: a table
-//! entry then holds that block (the head's values, usually under 200 bytes), not a read buffer.
+//! [`detach`] copies the values `h2` may keep into one allocation of their own size: a table
+//! entry then holds that block (usually under 200 bytes), not a read buffer. The values `h2` never
+//! keeps stay as they are (they go when the head is encoded): sensitive ones, those of the headers
+//! its encoder never indexes by value (`h2`'s list, after nghttp2's: `age`, `authorization`,
+//! `content-length`, `etag`, `if-modified-since`, `if-none-match`, `location`, `cookie`,
+//! `set-cookie`), and those too large for an entry (over 3/4 of its table, which it caps at
+//! 4 KiB). Copying those too would put a large value (a cookie, a padded header) in the block that
+//! every small entry of the same head holds. If a later `h2` kept more than this rule copies, the
+//! values it missed would hold their read buffer again, as before: a memory cost, never a change to
+//! what is sent.
+//!
 //! It is applied where the proxy hands a head to `h2`: responses on its HTTP/2 server
-//! connections, requests on its HTTP/2 client connections. Trailers are not copied: they come
-//! from HTTP/2 peers (values `h2` decoded into their own allocations, or slices of a frame) or from
-//! a chunked HTTP/1 body, and are rare.
+//! connections, requests on its HTTP/2 client connections (the mesh link, plain HTTP/2
+//! upstreams). Trailers are not copied: they come from HTTP/2 peers (values `h2` decoded into
+//! their own allocations, or slices of a frame) or from a chunked HTTP/1 body, and are rare.
 
 use bytes::BytesMut;
+use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue};
 
-/// Moves every value of `headers` into one shared block of exactly their total length, in
-/// order; sensitivity marks are kept. A value that would not re-validate (none can: each was a
-/// valid `HeaderValue`) is left as it was.
+/// The most `h2`'s HPACK encoder keeps in its table (its `DEFAULT_MAX_ALLOWED_SIZE`; a peer may
+/// ask for less, never for more).
+const TABLE_MAX: usize = 4096;
+/// What HPACK counts for an entry besides its name and value (RFC 7541, 4.1).
+const ENTRY_OVERHEAD: usize = 32;
+
+/// Whether `h2`'s encoder may keep `value` in its table: not sensitive, not of a header it never
+/// indexes by value, and small enough for an entry (`h2` does not index an entry larger than 3/4
+/// of its table).
+fn may_be_kept(name: &HeaderName, value: &HeaderValue) -> bool {
+    let never = matches!(
+        *name,
+        header::AGE
+            | header::AUTHORIZATION
+            | header::CONTENT_LENGTH
+            | header::ETAG
+            | header::IF_MODIFIED_SINCE
+            | header::IF_NONE_MATCH
+            | header::LOCATION
+            | header::COOKIE
+            | header::SET_COOKIE
+    );
+    !never
+        && !value.is_sensitive()
+        && (name.as_str().len() + value.len() + ENTRY_OVERHEAD) * 4 <= TABLE_MAX * 3
+}
+
+/// Moves every value of `headers` that `h2` may keep ([`may_be_kept`]) into one shared block of
+/// exactly their total length, in order; the others are left as they are. A value that would not
+/// re-validate (none can: each was a valid `HeaderValue`) is left as it was.
 pub fn detach(headers: &mut HeaderMap) {
-    let total: usize = headers.values().map(HeaderValue::len).sum();
+    let total: usize = headers
+        .iter()
+        .filter(|(n, v)| may_be_kept(n, v))
+        .map(|(_, v)| v.len())
+        .sum();
     if total == 0 {
         return;
     }
     let mut block = BytesMut::with_capacity(total);
-    for v in headers.values() {
+    for (_, v) in headers.iter().filter(|(n, v)| may_be_kept(n, v)) {
         block.extend_from_slice(v.as_bytes());
     }
     let mut block = block.freeze();
-    for v in headers.values_mut() {
+    for (n, v) in headers.iter_mut() {
+        if !may_be_kept(n, v) {
+            continue;
+        }
         let part = block.split_to(v.len());
-        if let Ok(mut own) = HeaderValue::from_maybe_shared(part) {
-            own.set_sensitive(v.is_sensitive());
+        if let Ok(own) = HeaderValue::from_maybe_shared(part) {
             *v = own;
         }
     }
@@ -60,40 +103,81 @@ mod tests {
         h.append("x-multi", HeaderValue::from_static("a"));
         h.append("x-multi", HeaderValue::from_static(""));
         h.append("x-multi", HeaderValue::from_static("c"));
-        let mut secret = HeaderValue::from_static("Bearer t");
+        let mut secret = HeaderValue::from_static("t");
         secret.set_sensitive(true);
-        h.insert("authorization", secret);
+        h.insert("x-token", secret);
+        h.insert("cookie", HeaderValue::from_static("a=b"));
         let before = h.clone();
 
         detach(&mut h);
 
         assert_eq!(h, before);
-        assert!(h["authorization"].is_sensitive());
+        assert!(h["x-token"].is_sensitive());
         assert!(!h["date"].is_sensitive());
         let multi: Vec<&[u8]> = h.get_all("x-multi").iter().map(|v| v.as_bytes()).collect();
         assert_eq!(multi, [&b"a"[..], b"", b"c"]);
     }
 
-    #[test]
-    fn a_value_no_longer_holds_the_buffer_it_was_parsed_from() {
-        // A head parsed in place: the value is a slice of an 8 KiB read buffer.
-        let read_buf = Bytes::from(vec![b'v'; 8 * 1024]);
+    /// A head parsed in place: `names` each with a value that is a slice of one 16 KiB read
+    /// buffer (`len` bytes each), sensitive when asked.
+    fn parsed(names: &[(&'static str, usize, bool)]) -> (Bytes, HeaderMap) {
+        let read_buf = Bytes::from(vec![b'v'; 16 * 1024]);
         let mut h = HeaderMap::new();
-        let parsed = HeaderValue::from_maybe_shared(read_buf.slice(100..110));
-        h.insert("x-request-id", parsed.expect("valid"));
-        let buffer_at = read_buf.as_ptr() as usize..read_buf.as_ptr() as usize + read_buf.len();
-        assert!(buffer_at.contains(&(h["x-request-id"].as_bytes().as_ptr() as usize)));
+        let mut at = 0;
+        for &(name, len, sensitive) in names {
+            let value = HeaderValue::from_maybe_shared(read_buf.slice(at..at + len));
+            let mut value = value.expect("valid");
+            value.set_sensitive(sensitive);
+            h.append(name, value);
+            at += len;
+        }
+        (read_buf, h)
+    }
+
+    fn in_buffer(buf: &Bytes, v: &HeaderValue) -> bool {
+        let at = buf.as_ptr() as usize..buf.as_ptr() as usize + buf.len();
+        at.contains(&(v.as_bytes().as_ptr() as usize))
+    }
+
+    #[test]
+    fn a_value_h2_may_keep_no_longer_holds_the_buffer_it_was_parsed_from() {
+        let (read_buf, mut h) = parsed(&[("x-request-id", 10, false)]);
+        assert!(in_buffer(&read_buf, &h["x-request-id"]));
 
         detach(&mut h);
 
-        let value_at = h["x-request-id"].as_bytes().as_ptr() as usize;
-        assert!(
-            !buffer_at.contains(&value_at),
-            "still a slice of the read buffer"
-        );
+        assert!(!in_buffer(&read_buf, &h["x-request-id"]), "still a slice");
         assert_eq!(h["x-request-id"], "vvvvvvvvvv");
         // The buffer is now referenced by `read_buf` alone: it would be freed with it.
         assert!(read_buf.is_unique(), "the buffer is still shared");
+    }
+
+    #[test]
+    fn values_h2_never_keeps_are_not_copied_into_the_block() {
+        let (read_buf, mut h) = parsed(&[
+            ("x-small", 8, false),
+            ("x-large", 3 * 1024, false),
+            ("cookie", 100, false),
+            ("x-secret", 20, true),
+        ]);
+
+        detach(&mut h);
+
+        assert!(!in_buffer(&read_buf, &h["x-small"]));
+        // Left where they were: the block the small value holds stays small.
+        for name in ["x-large", "cookie", "x-secret"] {
+            assert!(in_buffer(&read_buf, &h[name]), "{name} was copied");
+        }
+        assert!(h["x-secret"].is_sensitive());
+    }
+
+    #[test]
+    fn an_entry_just_small_enough_is_copied_and_one_byte_more_is_not() {
+        // (name + value + 32) * 4 <= 4096 * 3: with a 6-byte name, values up to 3,034 bytes.
+        let (read_buf, mut h) = parsed(&[("x-edge", 3034, false), ("x-over", 3035, false)]);
+        detach(&mut h);
+        assert!(!in_buffer(&read_buf, &h["x-edge"]));
+        assert!(in_buffer(&read_buf, &h["x-over"]));
     }
 
     #[test]
