@@ -13,8 +13,9 @@
 //! `content-type`), the upstream read buffers held this way were the largest part of the heap
 //! (docs/benchmarks.md, "HTTP/2 header tables holding read buffers").
 //!
-//! [`detach`] copies the values `h2` may keep into one allocation of their own size: a table
-//! entry then holds that block (usually under 200 bytes), not a read buffer. The values `h2` never
+//! [`detach`] copies the values `h2` may keep into an allocation of their own size (one block for
+//! a usual head, at most 512 bytes a block): a table entry then holds that block (usually under
+//! 200 bytes), not a read buffer. The values `h2` never
 //! keeps stay as they are (they go when the head is encoded): sensitive ones, those of the headers
 //! its encoder never indexes by value (`h2`'s list, after nghttp2's: `age`, `authorization`,
 //! `content-length`, `etag`, `if-modified-since`, `if-none-match`, `location`, `cookie`,
@@ -29,7 +30,7 @@
 //! upstreams). Trailers are not copied: they come from HTTP/2 peers (values `h2` decoded into
 //! their own allocations, or slices of a frame) or from a chunked HTTP/1 body, and are rare.
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue};
 
@@ -60,28 +61,40 @@ fn may_be_kept(name: &HeaderName, value: &HeaderValue) -> bool {
         && (name.as_str().len() + value.len() + ENTRY_OVERHEAD) * 4 <= TABLE_MAX * 3
 }
 
-/// Moves every value of `headers` that `h2` may keep ([`may_be_kept`]) into one shared block of
-/// exactly their total length, in order; the others are left as they are. A value that would not
-/// re-validate (none can: each was a valid `HeaderValue`) is left as it was.
+/// The most bytes of values one block holds, and so the most a table entry keeps alive besides
+/// its own value: with at most 4 KiB of entries of at least 33 bytes each, an `h2` connection's
+/// table holds at most ~64 KiB however its heads are made (a head of many small values would
+/// otherwise put all of them in every entry's block).
+const BLOCK_MAX: usize = 512;
+
+/// Copies every value of `headers` that `h2` may keep ([`may_be_kept`]) out of the buffer it was
+/// parsed from: values of up to [`BLOCK_MAX`] bytes into shared blocks of at most that size, sized
+/// to what is left to copy (one block for a usual head), larger ones into allocations of their
+/// own. The others are left as they are. A value that would not re-validate (none can: each was a
+/// valid `HeaderValue`) is left as it was.
 pub fn detach(headers: &mut HeaderMap) {
-    let total: usize = headers
+    let mut small: usize = headers
         .iter()
-        .filter(|(n, v)| may_be_kept(n, v))
+        .filter(|(n, v)| may_be_kept(n, v) && v.len() <= BLOCK_MAX)
         .map(|(_, v)| v.len())
         .sum();
-    if total == 0 {
-        return;
-    }
-    let mut block = BytesMut::with_capacity(total);
-    for (_, v) in headers.iter().filter(|(n, v)| may_be_kept(n, v)) {
-        block.extend_from_slice(v.as_bytes());
-    }
-    let mut block = block.freeze();
+    let mut block = BytesMut::new();
     for (n, v) in headers.iter_mut() {
         if !may_be_kept(n, v) {
             continue;
         }
-        let part = block.split_to(v.len());
+        let len = v.len();
+        let part = if len > BLOCK_MAX {
+            Bytes::copy_from_slice(v.as_bytes())
+        } else {
+            // After a split, `block` is the unused rest of its allocation.
+            if block.capacity() < len {
+                block = BytesMut::with_capacity(small.min(BLOCK_MAX));
+            }
+            block.extend_from_slice(v.as_bytes());
+            small -= len;
+            block.split_to(len).freeze()
+        };
         if let Ok(own) = HeaderValue::from_maybe_shared(part) {
             *v = own;
         }
@@ -91,7 +104,6 @@ pub fn detach(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
 
     #[test]
     fn values_keep_their_bytes_order_and_sensitivity() {
@@ -178,6 +190,56 @@ mod tests {
         detach(&mut h);
         assert!(!in_buffer(&read_buf, &h["x-edge"]));
         assert!(in_buffer(&read_buf, &h["x-over"]));
+    }
+
+    /// The addresses `[start, end)` of the runs of values laid out back to back in memory: the
+    /// blocks they were copied into.
+    fn blocks(h: &HeaderMap) -> Vec<(usize, usize)> {
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        for v in h.values() {
+            let start = v.as_bytes().as_ptr() as usize;
+            match runs.last_mut() {
+                Some(run) if run.1 == start => run.1 += v.len(),
+                _ => runs.push((start, start + v.len())),
+            }
+        }
+        runs
+    }
+
+    #[test]
+    fn a_head_of_many_small_values_is_copied_into_blocks_of_at_most_512_bytes() {
+        // 100 values of 30 bytes: 3,000 bytes a table entry would keep alive in one block.
+        let names: Vec<(&'static str, usize, bool)> =
+            (0..100).map(|_| ("x-many", 30, false)).collect();
+        let (read_buf, mut h) = parsed(&names);
+        detach(&mut h);
+        assert!(read_buf.is_unique(), "a value still holds the read buffer");
+        let runs = blocks(&h);
+        assert!(runs.len() >= 6, "{} blocks", runs.len());
+        for (start, end) in runs {
+            assert!(end - start <= BLOCK_MAX, "a block of {} bytes", end - start);
+        }
+        assert_eq!(h.get_all("x-many").iter().count(), 100);
+        assert!(h
+            .get_all("x-many")
+            .iter()
+            .all(|v| v.as_bytes() == [b'v'; 30]));
+    }
+
+    #[test]
+    fn a_usual_head_is_one_block_of_exactly_its_values() {
+        let (_read_buf, mut h) = parsed(&[
+            ("server", 5, false),
+            ("date", 29, false),
+            ("content-type", 9, false),
+            ("content-length", 4, false),
+        ]);
+        detach(&mut h);
+        // `content-length` is never kept by `h2`: left alone; the three others back to back.
+        let kept: Vec<&HeaderValue> = ["server", "date", "content-type"].map(|n| &h[n]).into();
+        let start = kept[0].as_bytes().as_ptr() as usize;
+        assert_eq!(kept[1].as_bytes().as_ptr() as usize, start + 5);
+        assert_eq!(kept[2].as_bytes().as_ptr() as usize, start + 34);
     }
 
     #[test]
