@@ -15,15 +15,14 @@
 //!
 //! [`detach`] copies the values `h2` may keep into an allocation of their own size (one block for
 //! a usual head, at most 512 bytes a block): a table entry then holds that block (usually under
-//! 200 bytes), not a read buffer. The values `h2` never
-//! keeps stay as they are (they go when the head is encoded): sensitive ones, those of the headers
-//! its encoder never indexes by value (`h2`'s list, after nghttp2's: `age`, `authorization`,
-//! `content-length`, `etag`, `if-modified-since`, `if-none-match`, `location`, `cookie`,
-//! `set-cookie`), and those too large for an entry (over 3/4 of its table, which it caps at
-//! 4 KiB). Copying those too would put a large value (a cookie, a padded header) in the block that
-//! every small entry of the same head holds. If a later `h2` kept more than this rule copies, the
-//! values it missed would hold their read buffer again, as before: a memory cost, never a change to
-//! what is sent.
+//! 200 bytes), not a read buffer. The values `h2` never keeps stay as they are (they go when the
+//! head is encoded): sensitive ones, those of the headers its encoder never indexes by value
+//! (`h2`'s list, after nghttp2's: `age`, `authorization`, `content-length`, `etag`,
+//! `if-modified-since`, `if-none-match`, `location`, `cookie`, `set-cookie`), and those too large
+//! for an entry (over 3/4 of its table, which it caps at 4 KiB). Copying those too would put a
+//! large value (a cookie, a padded header) in the block that every small entry of the same head
+//! holds. If a later `h2` kept more than this rule copies, the values it missed would hold their
+//! read buffer again, as before: a memory cost, never a change to what is sent.
 //!
 //! It is applied where the proxy hands a head to `h2`: responses on its HTTP/2 server
 //! connections, requests on its HTTP/2 client connections (the mesh link, plain HTTP/2
