@@ -55,14 +55,7 @@ fn sockets_of(pid: u32) -> usize {
 
 /// The process's resident set, KiB (`VmRSS`).
 fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
+    status_kib(pid, "VmRSS").unwrap_or(0)
 }
 
 /// Sends `GET path` and returns the status line's code, leaving the rest unread.

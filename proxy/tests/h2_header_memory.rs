@@ -22,7 +22,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use control_support::*;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -67,17 +66,15 @@ async fn numbering_backend() -> SocketAddr {
 /// returned ([`weft_proxy::memory::give_back_when_quiet`]), what is left is held.
 async fn held_kib(pid: u32) -> u64 {
     tokio::time::sleep(std::time::Duration::from_secs(4)).await;
-    anon_kib(pid)
+    status_kib(pid, "RssAnon").expect("RssAnon")
 }
 
-/// The proxy's anonymous resident memory (`RssAnon`), in KiB.
-fn anon_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .expect("RssAnon")
+/// What the proxy grew by since `before` (KiB, [`held_kib`]), once quiet again; printed.
+async fn grown_kib(pid: u32, before: u64) -> u64 {
+    let after = held_kib(pid).await;
+    let grown = after.saturating_sub(before);
+    eprintln!("proxy RssAnon {before} KiB -> {after} KiB (+{grown} KiB), connections open, quiet");
+    grown
 }
 
 /// An HTTP/2 (prior knowledge) connection to the proxy's outbound listener.
@@ -94,19 +91,7 @@ async fn h2_client(outbound: SocketAddr) -> hyper::client::conn::http2::SendRequ
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_clients_do_not_keep_upstream_read_buffers() {
     let backend = numbering_backend().await;
-    let op = start_operator(SocketAddr::from(([127, 0, 0, 1], 0))).await;
-    op.reply_on_subscribe(full_state(
-        "n1",
-        "v1",
-        vec![
-            inbound("spiffe://cluster.local/ns/demo/sa/web"),
-            outbound("demo", "api", 80, "/"),
-            endpoints("demo", "api", 80, &[backend.port()]),
-        ],
-    ));
-    let mut proxy =
-        ProxyProcess::start_with_env(&op.uri(), &[("WEFT_PROXY_MEMORY_QUIET", "1s")]).await;
-    proxy.admin_until("/ready", |s, _| s == 200).await;
+    let (_op, mut proxy) = quiet_proxy_to(&[backend.port()], v1::Protocol::Http1).await;
     let pid = proxy.child.id().expect("pid");
 
     let mut clients = Vec::new();
@@ -152,9 +137,7 @@ async fn http2_clients_do_not_keep_upstream_read_buffers() {
     }
     // Every answer arrived with its own value: each was a new entry for its connection's table.
     assert_eq!(seen.len(), CONNECTIONS * REQUESTS);
-    let after = held_kib(pid).await;
-    let grown = after.saturating_sub(before);
-    eprintln!("proxy RssAnon {before} KiB -> {after} KiB (+{grown} KiB), connections open, quiet");
+    let grown = grown_kib(pid, before).await;
     // Held read buffers are up to ~95 entries of 8 KiB a connection; what the tables hold
     // themselves is ~4 KiB a connection, plus whatever glibc keeps of what was freed.
     assert!(
@@ -162,12 +145,7 @@ async fn http2_clients_do_not_keep_upstream_read_buffers() {
         "the proxy grew {grown} KiB over {CONNECTIONS} open HTTP/2 connections"
     );
     drop(open);
-    assert_eq!(
-        proxy.sigterm().await.code(),
-        Some(0),
-        "log:\n{}",
-        proxy.log()
-    );
+    proxy.stops_cleanly().await;
 }
 
 /// An HTTP/2 (prior knowledge) backend answering `200 ok`.
@@ -196,23 +174,7 @@ async fn http2_upstreams_do_not_keep_client_read_buffers() {
     for _ in 0..4 {
         ports.push(h2_backend().await.port());
     }
-    let mut api = outbound("demo", "api", 80, "/");
-    if let Some(v1::resource::Kind::Outbound(o)) = api.kind.as_mut() {
-        o.ports[0].protocol = v1::Protocol::Http2 as i32;
-    }
-    let op = start_operator(SocketAddr::from(([127, 0, 0, 1], 0))).await;
-    op.reply_on_subscribe(full_state(
-        "n1",
-        "v1",
-        vec![
-            inbound("spiffe://cluster.local/ns/demo/sa/web"),
-            api,
-            endpoints("demo", "api", 80, &ports),
-        ],
-    ));
-    let mut proxy =
-        ProxyProcess::start_with_env(&op.uri(), &[("WEFT_PROXY_MEMORY_QUIET", "1s")]).await;
-    proxy.admin_until("/ready", |s, _| s == 200).await;
+    let (_op, mut proxy) = quiet_proxy_to(&ports, v1::Protocol::Http2).await;
     let pid = proxy.child.id().expect("pid");
 
     // Heads of 12 KiB: the client connections' read buffers grow past their first 8 KiB. The
@@ -270,19 +232,12 @@ async fn http2_upstreams_do_not_keep_client_read_buffers() {
     for t in tasks {
         open.push(t.await.expect("client"));
     }
-    let after = held_kib(pid).await;
-    let grown = after.saturating_sub(before);
-    eprintln!("proxy RssAnon {before} KiB -> {after} KiB (+{grown} KiB), connections open, quiet");
+    let grown = grown_kib(pid, before).await;
     // Held read buffers are up to ~95 entries of 16 KiB or more per upstream connection.
     assert!(
         grown < 3 * 1024,
         "the proxy grew {grown} KiB over 4 HTTP/2 upstream connections"
     );
     drop(open);
-    assert_eq!(
-        proxy.sigterm().await.code(),
-        Some(0),
-        "log:\n{}",
-        proxy.log()
-    );
+    proxy.stops_cleanly().await;
 }

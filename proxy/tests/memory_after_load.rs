@@ -42,19 +42,7 @@ const RELEASED: &str = "weft_proxy_memory_quiet_released_bytes_total";
 
 /// A fake operator and a ready proxy (looking every second) whose `HOST` goes to `backend`.
 async fn proxy_to(backend: SocketAddr) -> (FakeOperator, ProxyProcess) {
-    let op = start_operator(SocketAddr::from(([127, 0, 0, 1], 0))).await;
-    op.reply_on_subscribe(full_state(
-        "n1",
-        "v1",
-        vec![
-            inbound("spiffe://cluster.local/ns/demo/sa/web"),
-            outbound("demo", "api", 80, "/"),
-            endpoints("demo", "api", 80, &[backend.port()]),
-        ],
-    ));
-    let proxy = ProxyProcess::start_with_env(&op.uri(), &[("WEFT_PROXY_MEMORY_QUIET", "1s")]).await;
-    proxy.admin_until("/ready", |s, _| s == 200).await;
-    (op, proxy)
+    quiet_proxy_to(&[backend.port()], weft_proxy_api::v1::Protocol::Http1).await
 }
 
 /// A burst through the proxy: 48 clients at once, 8 responses of 256 KiB each.
@@ -80,12 +68,7 @@ async fn burst(outbound: SocketAddr) {
 async fn serves_then_stops(mut proxy: ProxyProcess) {
     let (status, body) = http_get(proxy.outbound, "/big", HOST).await.expect("after");
     assert_eq!((status, body.len()), (200, BODY));
-    assert_eq!(
-        proxy.sigterm().await.code(),
-        Some(0),
-        "log:\n{}",
-        proxy.log()
-    );
+    proxy.stops_cleanly().await;
 }
 
 /// Waits (looking every 2 s, up to 30 s) until the proxy has trimmed more than `trims` times;

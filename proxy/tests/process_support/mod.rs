@@ -13,7 +13,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 use weft_operator::identity::{BootstrapToken, CaStore, IdentityOptions, IdentityService};
 
-use crate::control_support::{FakeOperator, WAIT};
+use crate::control_support::{endpoints, full_state, inbound, outbound, FakeOperator, WAIT};
+use weft_proxy_api::v1;
 
 pub const TOKEN: &str = "bootstrap-secret";
 
@@ -210,6 +211,11 @@ impl ProxyProcess {
         }
     }
 
+    /// Sends SIGTERM and checks that the proxy exits 0 (its log in the failure).
+    pub async fn stops_cleanly(&mut self) {
+        assert_eq!(self.sigterm().await.code(), Some(0), "log:\n{}", self.log());
+    }
+
     pub async fn sigterm(&mut self) -> ExitStatus {
         let pid = self.child.id().expect("running");
         let status = std::process::Command::new("kill")
@@ -222,6 +228,41 @@ impl ProxyProcess {
             Err(_) => panic!("proxy did not exit after SIGTERM; log:\n{}", self.log()),
         }
     }
+}
+
+/// A fake operator that sends `api.demo.svc.cluster.local:80` (every path, `protocol`) to
+/// `app_ports` on 127.0.0.1, and a ready proxy that looks for a quiet spell every second
+/// (`WEFT_PROXY_MEMORY_QUIET=1s`): the memory tests' setup.
+pub async fn quiet_proxy_to(
+    app_ports: &[u16],
+    protocol: v1::Protocol,
+) -> (FakeOperator, ProxyProcess) {
+    let mut api = outbound("demo", "api", 80, "/");
+    if let Some(v1::resource::Kind::Outbound(o)) = api.kind.as_mut() {
+        o.ports[0].protocol = protocol as i32;
+    }
+    let op = start_operator(SocketAddr::from(([127, 0, 0, 1], 0))).await;
+    op.reply_on_subscribe(full_state(
+        "n1",
+        "v1",
+        vec![
+            inbound("spiffe://cluster.local/ns/demo/sa/web"),
+            api,
+            endpoints("demo", "api", 80, app_ports),
+        ],
+    ));
+    let proxy = ProxyProcess::start_with_env(&op.uri(), &[("WEFT_PROXY_MEMORY_QUIET", "1s")]).await;
+    proxy.admin_until("/ready", |s, _| s == 200).await;
+    (op, proxy)
+}
+
+/// A `/proc/<pid>/status` figure in KiB (`VmRSS`, `RssAnon`, ...); `None` when it cannot be read.
+pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let value = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?;
+    value.split_whitespace().next()?.parse().ok()
 }
 
 /// A minimal HTTP/1.1 GET (Connection: close); returns status and body.
