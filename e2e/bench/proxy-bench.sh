@@ -62,6 +62,16 @@
 # example:hyper_floor: dist profile, static, weft-proxy's PGO profile) into
 # $CARGO_TARGET_DIR/dist/examples (not with NO_BUILD=1), unless FLOOR names a binary.
 #   PATHS="direct weft-1hop floor-1hop haproxy-1hop" e2e/bench/proxy-bench.sh
+# raw-1hop (optional, never in the default PATHS): proxy/examples/raw_floor.rs, a forwarder with
+# no hyper on either side (httparse heads, Content-Length bodies, one upstream connection per
+# downstream connection on the same task): how far under hyper's cost a codec of weft's own could
+# go. Not a proxy (it leaves out what its doc lists). Built like floor-1hop (example:raw_floor),
+# unless RAW_FLOOR names a binary.
+# affine-1hop (optional, never in the default PATHS): hyper_floor in its `affine` mode, hyper's
+# codec on both sides but no pool: each downstream connection drives an upstream connection of
+# its own on its own task. floor-1hop -> affine-1hop is what the pool and the second task cost,
+# affine-1hop -> raw-1hop what hyper's codec and dispatch cost.
+#   PATHS="direct weft-1hop floor-1hop affine-1hop raw-1hop haproxy-1hop" e2e/bench/proxy-bench.sh
 # KERNEL=1: instead of the timed rounds, where a request's CPU goes under load: per path and rate
 # (RATES; `max`: closed loop over 64 connections, as the saturation rounds load the path), oha at
 # that rate for OHA_DURATION while `perf stat` (software events and syscall
@@ -134,7 +144,7 @@ if [ -n "$LINKERD" ]; then
 fi
 
 FLOOR_PATH=""
-case " $PATHS " in *" floor-1hop "*) FLOOR_PATH=1 ;; esac
+case " $PATHS " in *" floor-1hop "* | *" affine-1hop "*) FLOOR_PATH=1 ;; esac
 if [ -n "$FLOOR_PATH" ]; then
     if [ -z "${FLOOR:-}" ]; then
         FLOOR=${CARGO_TARGET_DIR:-$ROOT/target}/dist/examples/hyper_floor
@@ -144,6 +154,19 @@ if [ -n "$FLOOR_PATH" ]; then
         fi
     fi
     [ -x "$FLOOR" ] || die "floor-1hop: no binary at $FLOOR"
+fi
+
+RAW_PATH=""
+case " $PATHS " in *" raw-1hop "*) RAW_PATH=1 ;; esac
+if [ -n "$RAW_PATH" ]; then
+    if [ -z "${RAW_FLOOR:-}" ]; then
+        RAW_FLOOR=${CARGO_TARGET_DIR:-$ROOT/target}/dist/examples/raw_floor
+        if [ -z "${NO_BUILD:-}" ]; then
+            log "scripts/build-dist.sh example:raw_floor"
+            scripts/build-dist.sh example:raw_floor
+        fi
+    fi
+    [ -x "$RAW_FLOOR" ] || die "raw-1hop: no binary at $RAW_FLOOR"
 fi
 
 WEFT=""
@@ -175,6 +198,8 @@ HAPROXY_C=$NET.12  # :8083, client side of the two-hop pair
 HAPROXY_S=$NET.13  # :8443, TLS server side
 LINKERD_DST=$NET.20 # :8080, the backend nginx as linkerd-1hop's client addresses it (redirected)
 FLOOR_ADDR=$NET.21  # :8084, floor-1hop
+RAW_ADDR=$NET.22    # :8085, raw-1hop
+AFFINE_ADDR=$NET.23 # :8086, affine-1hop
 L5D_UID=65534      # linkerd2-proxy's user: its own connections are not redirected
 NS=bench
 case $BODY in
@@ -447,6 +472,12 @@ fi
 if [ -n "$FLOOR_PATH" ]; then
     start hyper-floor 1 "${WRAP[@]}" "$FLOOR" "$FLOOR_ADDR:8084" "$BACKEND:8080"
     pid_floor=$last_pid
+    start affine-floor 1 "${WRAP[@]}" "$FLOOR" "$AFFINE_ADDR:8086" "$BACKEND:8080" affine
+    pid_affine=$last_pid
+fi
+if [ -n "$RAW_PATH" ]; then
+    start raw-floor 1 "${WRAP[@]}" "$RAW_FLOOR" "$RAW_ADDR:8085" "$BACKEND:8080"
+    pid_raw=$last_pid
 fi
 
 if [ -n "$WEFT" ]; then
@@ -464,6 +495,8 @@ wait_port "$HAPROXY_C" 8083
 wait_port "$HAPROXY_S" 8443
 [ -z "$LINKERD" ] || wait_http "http://127.0.0.1:4291/ready"
 [ -z "$FLOOR_PATH" ] || wait_port "$FLOOR_ADDR" 8084
+[ -z "$FLOOR_PATH" ] || wait_port "$AFFINE_ADDR" 8086
+[ -z "$RAW_PATH" ] || wait_port "$RAW_ADDR" 8085
 if [ -n "$WEFT" ]; then
     wait_http "http://$CLIENT:4191/ready"
     wait_http "http://$SERVER:4191/ready"
@@ -485,6 +518,8 @@ url_of() {
     haproxy-2hop-tls) echo "http://$HAPROXY_C:8083$BODY_PATH" ;;
     linkerd-1hop) echo "http://$LINKERD_DST:8080$BODY_PATH" ;;
     floor-1hop) echo "http://$FLOOR_ADDR:8084$BODY_PATH" ;;
+    raw-1hop) echo "http://$RAW_ADDR:8085$BODY_PATH" ;;
+    affine-1hop) echo "http://$AFFINE_ADDR:8086$BODY_PATH" ;;
     *) die "unknown path $1" ;;
     esac
 }
@@ -505,6 +540,8 @@ pids_of() {
     haproxy-2hop-tls) echo "$pid_haproxy_c $pid_haproxy_s" ;;
     linkerd-1hop) echo "$pid_linkerd" ;;
     floor-1hop) echo "$pid_floor" ;;
+    raw-1hop) echo "$pid_raw" ;;
+    affine-1hop) echo "$pid_affine" ;;
     esac
 }
 

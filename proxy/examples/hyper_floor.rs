@@ -16,29 +16,48 @@
 //! this - routing by authority, splits, balancing, authorization, metrics and classification,
 //! hop-by-hop headers, deadlines, retries, circuit breaking, load shedding, tap and tracing
 //! hooks - is what the gap between the two paths in one run measures.
+//!
+//! `hyper_floor <listen addr> <upstream addr> affine` (the benchmark's `affine-1hop` path) keeps
+//! hyper's codec on both sides but drops the pool: each downstream connection opens one upstream
+//! connection of its own and drives it on its own task, so a request crosses no channel between
+//! tasks and no pool lock. The gap between `floor-1hop` and `affine-1hop` is what the pool and the
+//! second task cost; the gap between `affine-1hop` and `raw-1hop` (`raw_floor.rs`) is hyper's
+//! codec and dispatch.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use http::{Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::Mutex;
 use weft_proxy::http::pool::Http1Pool;
-use weft_proxy::http::{boxed, empty, http1_server, idle, Body, BoxError};
+use weft_proxy::http::{boxed, empty, http1_server, idle, Body, BoxError, MAX_RESPONSE_HEAD_BYTES};
 
 fn main() -> Result<(), BoxError> {
     let mut args = std::env::args().skip(1);
     let (Some(listen), Some(upstream)) = (args.next(), args.next()) else {
-        return Err("usage: hyper_floor <listen addr> <upstream addr>".into());
+        return Err("usage: hyper_floor <listen addr> <upstream addr> [affine]".into());
     };
     let listen: SocketAddr = listen.parse()?;
     let upstream: SocketAddr = upstream.parse()?;
+    let affine = match args.next().as_deref() {
+        None => false,
+        Some("affine") => true,
+        Some(other) => return Err(format!("unknown mode {other:?} (affine)").into()),
+    };
     // As the proxy sets its allocator (a process setting, not a feature of weft's).
     weft_common::memory::keep_heap_top(weft_common::memory::HEAP_TOP_KEPT);
-    tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()?
-        .block_on(serve(listen, upstream))
+        .build()?;
+    if affine {
+        runtime.block_on(serve_affine(listen, upstream))
+    } else {
+        runtime.block_on(serve(listen, upstream))
+    }
 }
 
 async fn serve(listen: SocketAddr, upstream: SocketAddr) -> Result<(), BoxError> {
@@ -69,10 +88,60 @@ async fn forward(
 ) -> Response<Body> {
     match pool.send(upstream, Box::new(req.map(boxed))).await {
         Ok(rsp) => rsp.map(boxed),
-        Err(_) => {
-            let mut rsp = Response::new(empty());
-            *rsp.status_mut() = StatusCode::BAD_GATEWAY;
-            rsp
-        }
+        Err(_) => bad_gateway(),
     }
+}
+
+fn bad_gateway() -> Response<Body> {
+    let mut rsp = Response::new(empty());
+    *rsp.status_mut() = StatusCode::BAD_GATEWAY;
+    rsp
+}
+
+async fn serve_affine(listen: SocketAddr, upstream: SocketAddr) -> Result<(), BoxError> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    loop {
+        let (tcp, _) = listener.accept().await?;
+        tcp.set_nodelay(true)?;
+        tokio::spawn(async move {
+            // As above: a connection that fails ends; nothing to report.
+            let _ = affine_connection(tcp, upstream).await;
+        });
+    }
+}
+
+/// Serves one downstream connection with an upstream connection of its own, both driven by this
+/// task. Ends when either connection ends.
+async fn affine_connection(tcp: TcpStream, upstream: SocketAddr) -> Result<(), BoxError> {
+    let up = TcpStream::connect(upstream).await?;
+    up.set_nodelay(true)?;
+    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        // As the pool's connections are built.
+        .max_buf_size(MAX_RESPONSE_HEAD_BYTES)
+        .handshake::<_, Body>(TokioIo::new(up))
+        .await?;
+    // The server serves one request at a time, so the lock is never contended; it is held until
+    // the upstream connection is ready for the request and the response head is in.
+    let sender = Arc::new(Mutex::new(sender));
+    let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+        let sender = sender.clone();
+        async move {
+            let mut sender = sender.lock().await;
+            let rsp = match sender.ready().await {
+                Ok(()) => sender.send_request(req.map(boxed)).await,
+                Err(e) => Err(e),
+            };
+            Ok::<_, Infallible>(match rsp {
+                Ok(rsp) => rsp.map(boxed),
+                Err(_) => bad_gateway(),
+            })
+        }
+    });
+    let (tcp, timer) = idle::watch(tcp, idle::KEEP_ALIVE_IDLE_TIMEOUT);
+    let server = http1_server(timer).serve_connection(TokioIo::new(tcp), service);
+    tokio::select! {
+        _ = server => {}
+        _ = conn => {}
+    }
+    Ok(())
 }
