@@ -144,6 +144,36 @@ fn images_config_users_entrypoints_and_shared_libraries() {
             );
         }
     }
+    // The proxy is a static PIE (no shared library, still randomized) whose relative
+    // relocations are packed (DT_RELR; docs/benchmarks.md, "The relocations packed"), and it
+    // starts inside its image as the image's user.
+    let proxy = image(&s, "weft/proxy");
+    let bin = proxy.rootfs.join("usr/local/bin/weft-proxy");
+    let out = Command::new("readelf")
+        .arg("-hdW")
+        .arg(&bin)
+        .output()
+        .expect("readelf (binutils)");
+    let t = text(&out);
+    assert!(out.status.success(), "readelf: {t}");
+    assert!(
+        t.contains("DYN (Position-Independent Executable file)"),
+        "weft-proxy is not a PIE: {t}"
+    );
+    assert!(
+        !t.contains("(NEEDED)"),
+        "weft-proxy links a shared library: {t}"
+    );
+    assert!(
+        t.contains("(RELR)"),
+        "weft-proxy's relocations are not packed: {t}"
+    );
+    let out = chroot(
+        &proxy.rootfs,
+        Some("2102:2102"),
+        &["weft-proxy", "--version"],
+    );
+    assert!(out.status.success(), "weft-proxy --version: {}", text(&out));
     // The binaries run inside their image, as the image's user.
     let op = image(&s, "weft/operator");
     let out = chroot(
