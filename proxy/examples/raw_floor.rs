@@ -17,9 +17,10 @@
 //! between tasks, no timers, one `current_thread` runtime and the proxy's allocator setting.
 //!
 //! What it leaves out, and a proxy could not: chunked bodies (answered by closing the
-//! connection), `Expect`, upgrades, HTTP/1.0 keep-alive rules, head-read and idle timeouts,
-//! retrying a request on an upstream connection the server closed (it reconnects once, for a
-//! request that is wholly in its buffer), and every feature of weft's.
+//! connection), `HEAD` and responses framed by closing the connection (a response without
+//! `Content-Length` is taken as empty), `Expect`, upgrades, HTTP/1.0 keep-alive rules, head-read
+//! and idle timeouts, retrying a request on an upstream connection the server closed (a kept
+//! connection is replaced only when writing to it fails), and every feature of weft's.
 
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
@@ -265,8 +266,8 @@ impl Connection {
             } else {
                 self.down_buf.drain(..body_start + in_buf);
             }
-            let close = self.forward_response(&mut down).await? || req.close;
-            if close {
+            self.forward_response(&mut down).await?;
+            if req.close {
                 return down.shutdown().await;
             }
         }
@@ -295,9 +296,9 @@ impl Connection {
         write_two(up, &self.head, body).await
     }
 
-    /// Reads the response head and body from the upstream and writes them downstream. Returns
-    /// whether the connection must close after it.
-    async fn forward_response(&mut self, down: &mut TcpStream) -> io::Result<bool> {
+    /// Reads the response head and body from the upstream and writes them downstream; forgets
+    /// the upstream connection if it is closing.
+    async fn forward_response(&mut self, down: &mut TcpStream) -> io::Result<()> {
         let up = self.up.as_mut().ok_or(bad("no upstream"))?;
         let rsp = loop {
             if let Some(rsp) = response_head(&self.up_buf, &mut self.head)? {
@@ -318,6 +319,6 @@ impl Connection {
         if rsp.close {
             self.up = None;
         }
-        Ok(false)
+        Ok(())
     }
 }
