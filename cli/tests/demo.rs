@@ -187,3 +187,112 @@ fn demo_gateway_api_walks_the_canary_with_an_httproute() {
     assert!(access.contains("OK"), "{access}\n{ctx}");
     assert!(success, "weft demo --gateway-api exits 0\n{ctx}");
 }
+
+/// The processes whose parent is `pid` (from /proc).
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: comm may hold spaces, so read after its closing paren.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            found.push(child);
+        }
+    }
+    found
+}
+
+/// Whether `pid` still runs (a zombie nobody reaped does not).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
+}
+
+/// `kill <pid>` (SIGTERM) stops the demo and every process it started, as Ctrl-C does: none is
+/// left running, holding the demo's addresses.
+#[test]
+fn demo_stops_every_process_it_started_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    ensure_binaries();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args([
+            "demo",
+            "--plain",
+            "--duration",
+            "60s",
+            "--ip-prefix",
+            "127.45.0",
+            "--rate",
+            "100",
+        ])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting weft demo");
+    let mut lines = BufReader::new(demo.stdout.take().expect("stdout")).lines();
+    let mut seen = String::new();
+    let up = lines.by_ref().map_while(Result::ok).any(|l| {
+        seen.push_str(&l);
+        seen.push('\n');
+        l.contains("every proxy holds a certificate and its first config")
+    });
+    assert!(up, "the demo's mesh came up:\n{seen}");
+    let started = children_of(demo.id());
+    assert!(
+        started.len() >= 5,
+        "the operator and the proxies run as the demo's children: {started:?}"
+    );
+    let status = Command::new("kill")
+        .arg(demo.id().to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let exited = loop {
+        if let Some(status) = demo.try_wait().expect("waiting for the demo") {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = demo.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let left: Vec<u32> = started.into_iter().filter(|p| running(*p)).collect();
+    for p in &left {
+        let _ = Command::new("kill")
+            .args(["-KILL", &p.to_string()])
+            .status();
+    }
+    assert!(exited.is_some(), "the demo exits on SIGTERM");
+    assert!(
+        left.is_empty(),
+        "processes the demo started still run: {left:?}"
+    );
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(
+        rest.iter().any(|l| l.contains("stopping every process")),
+        "the demo says it stops its processes: {rest:?}"
+    );
+}

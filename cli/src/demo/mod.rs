@@ -85,7 +85,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
     };
     let result = tokio::select! {
         r = scripted(&opts, &mut mesh, &out) => r,
-        _ = tokio::signal::ctrl_c() => {
+        _ = stop_requested() => {
             out.line("interrupted: stopping every process the demo started");
             Ok(false)
         }
@@ -644,7 +644,27 @@ async fn keep_running(mesh: &Mesh, out: &Output) {
             format!(" --ip-prefix {}.{}.{}", l.prefix[0], l.prefix[1], l.prefix[2])
         },
     ));
-    let _ = tokio::signal::ctrl_c().await;
+    stop_requested().await;
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM (`kill`, `timeout`, a CI job cancelled), so that
+/// either stops every process the demo started: killed by the signal's default action, the demo
+/// would leave its operator and proxies running, holding their addresses.
+async fn stop_requested() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            // Without a SIGTERM handler Ctrl-C still works.
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
 }
 
 /// 32 hex digits from the OS's random source.
