@@ -240,7 +240,7 @@ fn demo_stops_every_process_it_started_on_sigterm() {
             "--duration",
             "60s",
             "--ip-prefix",
-            "127.45.0",
+            "127.46.0",
             "--rate",
             "100",
         ])
