@@ -143,29 +143,28 @@ if [ -n "$LINKERD" ]; then
     fi
 fi
 
+# Prints the path of the example $1 built as the proxy is (scripts/build-dist.sh example:$1),
+# building it first unless NO_BUILD=1.
+dist_example() {
+    if [ -z "${NO_BUILD:-}" ]; then
+        log "scripts/build-dist.sh example:$1"
+        # `|| return`: called as $(dist_example ...), where errexit does not apply.
+        scripts/build-dist.sh "example:$1" >&2 || return
+    fi
+    echo "${CARGO_TARGET_DIR:-$ROOT/target}/dist/examples/$1"
+}
+
 FLOOR_PATH=""
 case " $PATHS " in *" floor-1hop "* | *" affine-1hop "*) FLOOR_PATH=1 ;; esac
 if [ -n "$FLOOR_PATH" ]; then
-    if [ -z "${FLOOR:-}" ]; then
-        FLOOR=${CARGO_TARGET_DIR:-$ROOT/target}/dist/examples/hyper_floor
-        if [ -z "${NO_BUILD:-}" ]; then
-            log "scripts/build-dist.sh example:hyper_floor"
-            scripts/build-dist.sh example:hyper_floor
-        fi
-    fi
+    [ -n "${FLOOR:-}" ] || FLOOR=$(dist_example hyper_floor)
     [ -x "$FLOOR" ] || die "floor-1hop: no binary at $FLOOR"
 fi
 
 RAW_PATH=""
 case " $PATHS " in *" raw-1hop "*) RAW_PATH=1 ;; esac
 if [ -n "$RAW_PATH" ]; then
-    if [ -z "${RAW_FLOOR:-}" ]; then
-        RAW_FLOOR=${CARGO_TARGET_DIR:-$ROOT/target}/dist/examples/raw_floor
-        if [ -z "${NO_BUILD:-}" ]; then
-            log "scripts/build-dist.sh example:raw_floor"
-            scripts/build-dist.sh example:raw_floor
-        fi
-    fi
+    [ -n "${RAW_FLOOR:-}" ] || RAW_FLOOR=$(dist_example raw_floor)
     [ -x "$RAW_FLOOR" ] || die "raw-1hop: no binary at $RAW_FLOOR"
 fi
 
