@@ -50,17 +50,13 @@ fn main() -> Result<(), BoxError> {
     };
     // As the proxy sets its allocator (a process setting, not a feature of weft's).
     weft_common::memory::keep_heap_top(weft_common::memory::HEAP_TOP_KEPT);
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()?;
-    if affine {
-        runtime.block_on(serve_affine(listen, upstream))
-    } else {
-        runtime.block_on(serve(listen, upstream))
-    }
+        .build()?
+        .block_on(serve(listen, upstream, affine))
 }
 
-async fn serve(listen: SocketAddr, upstream: SocketAddr) -> Result<(), BoxError> {
+async fn serve(listen: SocketAddr, upstream: SocketAddr, affine: bool) -> Result<(), BoxError> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let pool = Http1Pool::default();
     loop {
@@ -68,17 +64,31 @@ async fn serve(listen: SocketAddr, upstream: SocketAddr) -> Result<(), BoxError>
         tcp.set_nodelay(true)?;
         let pool = pool.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-                let pool = pool.clone();
-                async move { Ok::<_, Infallible>(forward(&pool, upstream, req).await) }
-            });
             // A client that goes away mid-request ends its connection; nothing to report.
-            let (tcp, timer) = idle::watch(tcp, idle::KEEP_ALIVE_IDLE_TIMEOUT);
-            let _ = http1_server(timer)
-                .serve_connection(TokioIo::new(tcp), service)
-                .await;
+            let _ = if affine {
+                affine_connection(tcp, upstream).await
+            } else {
+                pooled_connection(tcp, upstream, pool).await
+            };
         });
     }
+}
+
+/// Serves one downstream connection, sending every request on the pool.
+async fn pooled_connection(
+    tcp: TcpStream,
+    upstream: SocketAddr,
+    pool: Http1Pool,
+) -> Result<(), BoxError> {
+    let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+        let pool = pool.clone();
+        async move { Ok::<_, Infallible>(forward(&pool, upstream, req).await) }
+    });
+    let (tcp, timer) = idle::watch(tcp, idle::KEEP_ALIVE_IDLE_TIMEOUT);
+    http1_server(timer)
+        .serve_connection(TokioIo::new(tcp), service)
+        .await?;
+    Ok(())
 }
 
 async fn forward(
@@ -96,18 +106,6 @@ fn bad_gateway() -> Response<Body> {
     let mut rsp = Response::new(empty());
     *rsp.status_mut() = StatusCode::BAD_GATEWAY;
     rsp
-}
-
-async fn serve_affine(listen: SocketAddr, upstream: SocketAddr) -> Result<(), BoxError> {
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    loop {
-        let (tcp, _) = listener.accept().await?;
-        tcp.set_nodelay(true)?;
-        tokio::spawn(async move {
-            // As above: a connection that fails ends; nothing to report.
-            let _ = affine_connection(tcp, upstream).await;
-        });
-    }
 }
 
 /// Serves one downstream connection with an upstream connection of its own, both driven by this

@@ -45,29 +45,29 @@ fn main() -> Result<(), BoxError> {
     let listen: SocketAddr = listen.parse()?;
     let upstream: SocketAddr = upstream.parse()?;
     weft_common::memory::keep_heap_top(weft_common::memory::HEAP_TOP_KEPT);
+    let yield_before_write = std::env::var_os("RAW_FLOOR_YIELD").is_some_and(|v| v == "1");
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(serve(listen, upstream))
+        .block_on(serve(listen, upstream, yield_before_write))
 }
 
-async fn serve(listen: SocketAddr, upstream: SocketAddr) -> Result<(), BoxError> {
+async fn serve(
+    listen: SocketAddr,
+    upstream: SocketAddr,
+    yield_before_write: bool,
+) -> Result<(), BoxError> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     loop {
         let (tcp, _) = listener.accept().await?;
         tcp.set_nodelay(true)?;
         tokio::spawn(async move {
             // A peer that breaks the rules or goes away ends the connection; nothing to report.
-            let _ = Connection::new(upstream).serve(tcp).await;
+            let _ = Connection::new(upstream, yield_before_write)
+                .serve(tcp)
+                .await;
         });
     }
-}
-
-/// `RAW_FLOOR_YIELD=1`: each request waits for the other ready connections' turns before it is
-/// written upstream (an experiment on how often the backend preempts the forwarder).
-fn yield_before_write() -> bool {
-    static YIELD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *YIELD.get_or_init(|| std::env::var_os("RAW_FLOOR_YIELD").is_some_and(|v| v == "1"))
 }
 
 fn bad(why: &'static str) -> io::Error {
@@ -235,6 +235,9 @@ async fn copy_body(
 
 struct Connection {
     upstream: SocketAddr,
+    /// `RAW_FLOOR_YIELD=1`: each request waits for the other ready connections' turns before it
+    /// is written upstream (an experiment on how often the backend preempts the forwarder).
+    yield_before_write: bool,
     /// The upstream connection this downstream connection keeps.
     up: Option<TcpStream>,
     down_buf: Vec<u8>,
@@ -243,9 +246,10 @@ struct Connection {
 }
 
 impl Connection {
-    fn new(upstream: SocketAddr) -> Self {
+    fn new(upstream: SocketAddr, yield_before_write: bool) -> Self {
         Connection {
             upstream,
+            yield_before_write,
             up: None,
             down_buf: Vec::with_capacity(READ_BUF),
             up_buf: Vec::with_capacity(READ_BUF),
@@ -263,7 +267,7 @@ impl Connection {
                     return Ok(()); // the client closed between requests (or mid-head)
                 }
             };
-            if yield_before_write() {
+            if self.yield_before_write {
                 tokio::task::yield_now().await;
             }
             let in_buf = (self.down_buf.len() - req.head).min(req.body);
