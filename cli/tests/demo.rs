@@ -1,31 +1,10 @@
 //! Runs `weft demo --plain` for real (operator, proxies and apps as processes on loopback) and
 //! checks what it printed: the measured canary shares, the 403s, the mTLS identity.
 
-use std::path::PathBuf;
 use std::process::Command;
 
-fn target_dir_binary(name: &str) -> PathBuf {
-    let weft = PathBuf::from(env!("CARGO_BIN_EXE_weft"));
-    weft.with_file_name(name)
-}
-
-/// Makes sure the sibling binaries the demo starts exist (cargo only builds this package's).
-fn ensure_binaries() {
-    let missing = ["weft-operator", "weft-proxy"]
-        .iter()
-        .any(|b| !target_dir_binary(b).is_file());
-    if missing {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "weft-operator", "-p", "weft-proxy", "--bins"])
-            .status()
-            .expect("running cargo build");
-        assert!(
-            status.success(),
-            "building weft-operator and weft-proxy failed"
-        );
-    }
-}
+mod demo_support;
+use demo_support::{ensure_binaries, spawn_demo};
 
 fn percent(line: &str, key: &str) -> f64 {
     let start = line.find(key).unwrap_or_else(|| panic!("{key} in {line}")) + key.len();
@@ -188,93 +167,62 @@ fn demo_gateway_api_walks_the_canary_with_an_httproute() {
     assert!(success, "weft demo --gateway-api exits 0\n{ctx}");
 }
 
-/// The processes whose parent is `pid` (from /proc).
+/// The fields of /proc/<pid>/stat after the command name (state, ppid, ...); the name may hold
+/// spaces and parentheses, so they are read after its last closing parenthesis.
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// The processes whose parent is `pid`.
 fn children_of(pid: u32) -> Vec<u32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Some(child) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid ...: comm may hold spaces, so read after its closing paren.
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<u32>().ok());
-        if ppid == Some(pid) {
-            found.push(child);
-        }
-    }
-    found
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| stat_fields(*p).and_then(|f| f.get(1)?.parse::<u32>().ok()) == Some(pid))
+        .collect()
 }
 
 /// Whether `pid` still runs (a zombie nobody reaped does not).
 fn running(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X")
-    })
+    stat_fields(pid)
+        .and_then(|f| f.first().cloned())
+        .is_some_and(|state| state != "Z" && state != "X")
 }
 
 /// `kill <pid>` (SIGTERM) stops the demo and every process it started, as Ctrl-C does: none is
 /// left running, holding the demo's addresses.
 #[test]
 fn demo_stops_every_process_it_started_on_sigterm() {
-    use std::io::{BufRead, BufReader};
-    use std::process::Stdio;
     use std::time::{Duration, Instant};
 
-    ensure_binaries();
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut demo = Command::new(env!("CARGO_BIN_EXE_weft"))
-        .args([
-            "demo",
-            "--plain",
-            "--duration",
-            "60s",
-            "--ip-prefix",
-            "127.46.0",
-            "--rate",
-            "100",
-        ])
-        .arg("--dir")
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting weft demo");
-    let mut lines = BufReader::new(demo.stdout.take().expect("stdout")).lines();
-    let mut seen = String::new();
-    let up = lines.by_ref().map_while(Result::ok).any(|l| {
-        seen.push_str(&l);
-        seen.push('\n');
-        l.contains("every proxy holds a certificate and its first config")
-    });
+    let mut demo = spawn_demo(
+        "127.46.0",
+        &["--duration", "60s", "--rate", "100"],
+        dir.path(),
+    );
+    let (seen, up) = demo.read_until("every proxy holds a certificate and its first config");
     assert!(up, "the demo's mesh came up:\n{seen}");
-    let started = children_of(demo.id());
+    let started = children_of(demo.child.id());
     assert!(
         started.len() >= 5,
         "the operator and the proxies run as the demo's children: {started:?}"
     );
     let status = Command::new("kill")
-        .arg(demo.id().to_string())
+        .arg(demo.child.id().to_string())
         .status()
         .expect("kill");
     assert!(status.success());
     let deadline = Instant::now() + Duration::from_secs(20);
     let exited = loop {
-        if let Some(status) = demo.try_wait().expect("waiting for the demo") {
+        if let Some(status) = demo.child.try_wait().expect("waiting for the demo") {
             break Some(status);
         }
         if Instant::now() > deadline {
-            let _ = demo.kill();
+            let _ = demo.child.kill();
             break None;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -290,7 +238,7 @@ fn demo_stops_every_process_it_started_on_sigterm() {
         left.is_empty(),
         "processes the demo started still run: {left:?}"
     );
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let rest: Vec<String> = demo.lines.map_while(Result::ok).collect();
     assert!(
         rest.iter().any(|l| l.contains("stopping every process")),
         "the demo says it stops its processes: {rest:?}"

@@ -11,37 +11,17 @@
 //! Build first: `cargo build -p weft-proxy -p weft-operator --bins` (the test builds them when
 //! missing).
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 
 use serde_json::Value;
+
+mod demo_support;
+use demo_support::spawn_demo;
 
 /// The demo's /24 for this test (others use 127.43.0, 127.44.0; the default is 127.42.0).
 const PREFIX: &str = "127.45.0";
 /// The demo's pods' hosts (cli/src/demo/manifests.rs): frontend, batch, api-v1, api-v2.
 const HOSTS: [u8; 4] = [10, 11, 20, 21];
-
-fn target_dir_binary(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_weft")).with_file_name(name)
-}
-
-fn ensure_binaries() {
-    let missing = ["weft-operator", "weft-proxy"]
-        .iter()
-        .any(|b| !target_dir_binary(b).is_file());
-    if missing {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "weft-operator", "-p", "weft-proxy", "--bins"])
-            .status()
-            .expect("running cargo build");
-        assert!(
-            status.success(),
-            "building weft-operator and weft-proxy failed"
-        );
-    }
-}
 
 /// Stops the demo (SIGINT, as Ctrl-C: it stops every process it started) when dropped.
 struct Demo(Child);
@@ -72,42 +52,19 @@ fn weft_json(args: &[&str]) -> Value {
 
 #[test]
 fn edges_and_stat_from_show_the_demo_callers_apart() {
-    ensure_binaries();
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
-        .args([
-            "demo",
-            "--plain",
-            "--keep",
-            "--duration",
-            "20s",
-            "--ip-prefix",
-            PREFIX,
-            "--rate",
-            "100",
-        ])
-        .arg("--dir")
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("running weft demo");
-    let stdout = child.stdout.take().expect("stdout");
-    let demo = Demo(child);
-    let mut seen = String::new();
-    let mut lines = BufReader::new(stdout).lines();
-    for line in lines.by_ref() {
-        let line = line.unwrap_or_default();
-        seen.push_str(&line);
-        seen.push('\n');
-        if line.contains("the mesh keeps running") {
-            break;
-        }
-    }
+    let mut started = spawn_demo(
+        PREFIX,
+        &["--keep", "--duration", "20s", "--rate", "100"],
+        dir.path(),
+    );
+    let (seen, kept) = started.read_until("the mesh keeps running");
+    let lines = started.lines;
+    let demo = Demo(started.child);
     // Keep reading: a closed stdout would stop the demo at its next line.
     std::thread::spawn(move || lines.for_each(drop));
     assert!(
-        seen.contains("the mesh keeps running"),
+        kept,
         "the demo ended before keeping the mesh running:\n{seen}"
     );
 
