@@ -226,7 +226,7 @@ impl rustls::client::danger::ServerCertVerifier for AnyServer {
         Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
     }
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::ring::default_provider()
+        weft_common::tls::crypto_provider()
             .signature_verification_algorithms
             .supported_schemes()
     }
@@ -241,7 +241,7 @@ async fn observe_as(
         rustls_pki_types::PrivateKeyDer<'static>,
     )>,
 ) -> Result<String, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(weft_common::tls::crypto_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()

@@ -698,7 +698,7 @@ pub fn kubeconfig_yaml(server: &str, ca_pem: &str, token: &str) -> String {
 
 /// Installs rustls' ring provider as the process default (kube-rs needs one); idempotent.
 pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = weft_common::tls::crypto_provider().install_default();
 }
 
 /// Standard base64 with padding.

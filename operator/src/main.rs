@@ -448,7 +448,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(args.log_format);
     let signal = shutdown_signal();
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = weft_common::tls::crypto_provider().install_default();
     let config = build(&args).await?;
     let runtime = Runtime::start(config).await?;
     tracing::info!(

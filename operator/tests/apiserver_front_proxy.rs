@@ -79,7 +79,7 @@ struct Server {
 }
 
 async fn start() -> Server {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = weft_common::tls::crypto_provider().install_default();
     let serving_ca = ca("serving-ca");
     let (crt, key) = leaf(
         &serving_ca,

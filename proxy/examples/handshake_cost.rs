@@ -184,7 +184,7 @@ fn link_configs(
 }
 
 fn suite_provider(suite: SupportedCipherSuite) -> Arc<rustls::crypto::CryptoProvider> {
-    let mut p = rustls::crypto::ring::default_provider();
+    let mut p = weft_common::tls::crypto_provider();
     p.cipher_suites = vec![suite];
     Arc::new(p)
 }

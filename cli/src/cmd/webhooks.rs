@@ -52,7 +52,7 @@ pub async fn probe(addr: SocketAddr, host: &str, ca_bundle: &[u8]) -> Probe {
         Ok(r) => r,
         Err(e) => return Probe::Rejected(e),
     };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(weft_common::tls::crypto_provider());
     let config = match rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
     {
@@ -141,7 +141,7 @@ mod tests {
             CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
                 .expect("params");
         let cert = params.signed_by(&key, &ca.issuer).expect("leaf");
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(weft_common::tls::crypto_provider());
         let config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .expect("versions")

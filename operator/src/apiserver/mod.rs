@@ -165,7 +165,7 @@ impl FrontProxy {
 
     /// A TLS acceptor serving `serving`, requiring a client certificate of the front proxy.
     pub fn acceptor(&self, serving: &TlsPem) -> Result<tokio_rustls::TlsAcceptor, ApiServerError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(weft_common::tls::crypto_provider());
         let mut roots = RootCertStore::empty();
         for cert in CertificateDer::pem_slice_iter(self.client_ca_pem.as_bytes()) {
             let cert = cert.map_err(|e| ApiServerError::Ca(e.to_string()))?;

@@ -188,7 +188,7 @@ impl ControlCertResolver {
                 .map(|d| CertificateDer::from(d.clone())),
         );
         let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        let provider = rustls::crypto::ring::default_provider();
+        let provider = weft_common::tls::crypto_provider();
         let certified = CertifiedKey::from_der(chain, key_der, &provider)
             .map_err(|e| ControlTlsError::Key(e.to_string()))?;
         let lifetime = not_after.duration_since(now).unwrap_or(Duration::ZERO);
@@ -242,7 +242,7 @@ impl MeshClientVerifier {
     pub fn new(ca: Arc<CaStore>) -> Result<Self, ControlTlsError> {
         let verifier = MeshClientVerifier {
             ca,
-            provider: Arc::new(rustls::crypto::ring::default_provider()),
+            provider: Arc::new(weft_common::tls::crypto_provider()),
             current: Mutex::new(None),
         };
         verifier.verifier_for_issuer()?;
@@ -298,7 +298,7 @@ impl ControlTls {
     /// clients for an optional certificate verified by a [`MeshClientVerifier`].
     pub fn new(ca: Arc<CaStore>, opts: ControlTlsOptions) -> Result<Self, ControlTlsError> {
         let require_tls = opts.require_tls;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(weft_common::tls::crypto_provider());
         let client_verifier = Arc::new(AnchoredClientVerifier::new(
             MeshClientVerifier::new(Arc::clone(&ca))?,
             Arc::clone(&provider),

@@ -110,7 +110,7 @@ impl TapClientCert {
                 .map(|d| CertificateDer::from(d.clone())),
         );
         let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        let provider = rustls::crypto::ring::default_provider();
+        let provider = weft_common::tls::crypto_provider();
         let certified =
             CertifiedKey::from_der(chain, key_der, &provider).map_err(|e| e.to_string())?;
         let lifetime = not_after.duration_since(now).unwrap_or(Duration::ZERO);
@@ -127,7 +127,7 @@ impl TapClientCert {
         self: &Arc<Self>,
         expected: String,
     ) -> Result<rustls::ClientConfig, String> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(weft_common::tls::crypto_provider());
         let issuer = self.ca.current().ok_or("no identity issuer")?;
         let mut roots = RootCertStore::empty();
         for der in issuer.anchors_der() {

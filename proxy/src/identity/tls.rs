@@ -43,7 +43,7 @@ pub(crate) type StateRx = watch::Receiver<Option<Arc<CertState>>>;
 /// instructions ChaCha20-Poly1305 comes first: ring's constant-time AES without them is slow.
 /// Every suite stays offered, so a peer with another order still connects.
 pub fn provider() -> Arc<CryptoProvider> {
-    let mut provider = rustls::crypto::ring::default_provider();
+    let mut provider = weft_common::tls::crypto_provider();
     let first = if aes_in_hardware() {
         rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
     } else {
@@ -533,7 +533,7 @@ mod tests {
         assert_eq!(negotiated(client_id.client_config()).await, Some(preferred));
         // Every suite ring offers is still offered, the preferred one first.
         let offered: Vec<_> = provider().cipher_suites.iter().map(|s| s.suite()).collect();
-        let default: Vec<_> = rustls::crypto::ring::default_provider()
+        let default: Vec<_> = weft_common::tls::crypto_provider()
             .cipher_suites
             .iter()
             .map(|s| s.suite())
@@ -543,7 +543,7 @@ mod tests {
         assert!(default.iter().all(|s| offered.contains(s)));
 
         // A peer with ring's default order (AES-256 first) connects with its choice.
-        let mut older = rustls::crypto::ring::default_provider();
+        let mut older = weft_common::tls::crypto_provider();
         older
             .cipher_suites
             .retain(|s| s.suite() == TLS13_AES_256_GCM_SHA384);
