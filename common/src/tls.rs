@@ -22,19 +22,36 @@ use x509_parser::extensions::GeneralName;
 use crate::spiffe::{SpiffeId, SCHEME};
 
 /// The crypto provider of every TLS configuration weft builds (mesh link, control plane,
-/// webhooks, tap, the CLI and the tests): rustls's *ring* provider. weft's own configurations
-/// are given it explicitly; the operator installs it as the process default only for kube's
-/// client, which looks the default up.
+/// webhooks, tap, the CLI and the tests): rustls's *ring* provider, with the key-exchange groups
+/// in weft's order, [`KX_GROUPS`]. weft's own configurations are given it explicitly; the
+/// operator installs it as the process default only for kube's client, which looks the default
+/// up.
 ///
 /// rustls 0.23.48 deprecates this provider because *ring* has no post-quantum key exchange:
 /// rustls offers the hybrid X25519MLKEM768 group only with aws-lc-rs. weft keeps *ring* for now
-/// (key exchange X25519, P-256 and P-384) and says so in docs/identity.md, "Crypto provider",
-/// with what moving costs; this function is where that move would be made, once, for every
-/// caller.
+/// and says so in docs/identity.md, "Crypto provider"; this function is where a move would be
+/// made, once, for every caller. It stays the one home by itself: any other call of
+/// `ring::default_provider` is a deprecation warning, which CI's `cargo clippy -- -D warnings`
+/// refuses.
 #[allow(deprecated)]
 pub fn crypto_provider() -> CryptoProvider {
-    rustls::crypto::ring::default_provider()
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.kx_groups = KX_GROUPS.to_vec();
+    provider
 }
+
+/// Key-exchange groups, in the order a client offers them and a server picks them: X25519
+/// first (constant-time by construction, as fast as P-256 in *ring*, and the 128-bit strength of
+/// the mesh's P-256 certificates), then P-256 and P-384 for peers without it. Written out here
+/// rather than taken from the provider: rustls 0.23.48 moved P-384 to the front of *ring*'s
+/// default order, which made every handshake between two weft processes use P-384, 4.3 times
+/// X25519's CPU on each side (600 against 140 µs; `proxy/examples/handshake_cost.rs`,
+/// docs/benchmarks.md, "Dependencies updated, and the key exchange pinned").
+pub static KX_GROUPS: &[&dyn rustls::crypto::SupportedKxGroup] = &[
+    rustls::crypto::ring::kx_group::X25519,
+    rustls::crypto::ring::kx_group::SECP256R1,
+    rustls::crypto::ring::kx_group::SECP384R1,
+];
 
 /// Why a certificate does not carry exactly one SPIFFE identity.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

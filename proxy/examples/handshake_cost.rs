@@ -15,6 +15,8 @@
 //!   suite the proxy negotiates (`weft_proxy::identity::provider`) marked. Records: one side
 //!   writes a message of 256 B, 1 KiB or 16 KiB (one record each, the largest TLS allows) and the
 //!   other decrypts it.
+//! - Key exchange: a handshake with each key-exchange group the proxy offers, alone, the one two
+//!   proxies agree on marked (X25519: `weft_common::tls::KX_GROUPS`).
 //! - Resumption: the shipped proxy disables it (`identity::Identity`: every connection verifies
 //!   the peer's current certificate against the current trust anchors); the resumed variant clones
 //!   the same configurations and turns on what rustls offers (an in-memory session cache on the
@@ -294,6 +296,60 @@ fn main() {
             cell(1, 2),
             cell(2, 2),
             cell(3, 2)
+        );
+    }
+
+    // Key-exchange groups: the proxy's order, and each group alone with the proxy's suites, in
+    // blocks taking turns (medians of the blocks, as above).
+    let (client, server, name) = link_configs(&*ca.identity(WEB), &*ca.identity(API));
+    let (c, _) = ok(handshake(&client, &server, &name, &mut Cost::default()));
+    let group = c.negotiated_key_exchange_group().map(|g| g.name());
+    println!(
+        "key-exchange groups the proxy offers: {:?}; negotiated between two proxies: {group:?}",
+        shipped
+            .kx_groups
+            .iter()
+            .map(|g| g.name())
+            .collect::<Vec<_>>()
+    );
+    println!("| key exchange | handshake µs (client + server) |");
+    println!("|---|---|");
+    let mut groups: Vec<_> = shipped
+        .kx_groups
+        .iter()
+        .map(|&g| {
+            let mut provider = (*shipped).clone();
+            provider.kx_groups = vec![g];
+            let provider = Arc::new(provider);
+            let configs = link_configs(
+                &*ca.identity_with_provider(WEB, provider.clone()),
+                &*ca.identity_with_provider(API, provider),
+            );
+            (g.name(), configs, Vec::new())
+        })
+        .collect();
+    for _ in 0..n.div_ceil(BLOCK) {
+        for (_, (client, server, name), blocks) in &mut groups {
+            let mut cost = Cost::default();
+            for _ in 0..BLOCK {
+                ok(handshake(client, server, name, &mut cost));
+            }
+            blocks.push((
+                us(cost.client, cost.handshakes),
+                us(cost.server, cost.handshakes),
+            ));
+        }
+    }
+    for (g, _, blocks) in groups {
+        let mark = if Some(g) == group {
+            " (the proxy's)"
+        } else {
+            ""
+        };
+        println!(
+            "| {g:?}{mark} | {:.0} + {:.0} |",
+            median(blocks.iter().map(|b| b.0).collect()),
+            median(blocks.iter().map(|b| b.1).collect())
         );
     }
 

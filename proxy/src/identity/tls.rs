@@ -519,6 +519,15 @@ mod tests {
             let tcp = ok(tokio::net::TcpStream::connect(addr).await);
             let mut tls = ok(connector.connect(server_name_for(api), tcp).await);
             let suite = tls.get_ref().1.negotiated_cipher_suite().map(|s| s.suite());
+            // X25519, weft's first key-exchange group, whatever ring's default order (rustls
+            // 0.23.48 put P-384 first); classical, not a post-quantum hybrid: ring has none
+            // (docs/security.md, "Known limits").
+            let group = tls
+                .get_ref()
+                .1
+                .negotiated_key_exchange_group()
+                .map(|g| g.name());
+            assert_eq!(group, Some(rustls::NamedGroup::X25519));
             let mut out = Vec::new();
             let _ = tls.read_to_end(&mut out).await;
             assert_eq!(out, b"hello");
