@@ -124,7 +124,13 @@ flags="-Ctarget-feature=+crt-static${flags:+ $flags}"
 # applies ~18,000 of them at start, and as 24-byte RELA entries (437 KiB) each proxy reads them
 # all, and keeps those pages resident; packed, they take a few KiB (docs/benchmarks.md, "The
 # relocations packed").
-if ld --help 2>/dev/null | grep -q pack-relative-relocs; then
+# (`ld --help` read whole before looking: under pipefail, `| grep -q` stops reading at the match
+# and ld, killed by SIGPIPE while still writing, failed the test on a busy machine.)
+case $(ld --help 2>/dev/null || true) in
+*pack-relative-relocs*) ld_packs=1 ;;
+*) ld_packs= ;;
+esac
+if [ -n "$ld_packs" ]; then
     flags="$flags -Clink-arg=-Wl,-z,pack-relative-relocs"
 else
     echo "build-dist: note: this linker cannot pack relocations (binutils < 2.38); the proxy keeps ~0.4 MiB more resident" >&2
