@@ -185,6 +185,44 @@ fn link_configs(
     (Arc::new(client), Arc::new(server), name)
 }
 
+/// Microseconds per item: `d` spent on `k` of them.
+fn us(d: Duration, k: usize) -> f64 {
+    d.as_secs_f64() * 1e6 / k as f64
+}
+
+/// [`BLOCK`] handshakes in a row: µs a handshake on each side (client, server), and the last
+/// handshake's two connections.
+fn handshake_block(
+    client: &Arc<rustls::ClientConfig>,
+    server: &Arc<rustls::ServerConfig>,
+    name: &rustls_pki_types::ServerName<'static>,
+) -> ((f64, f64), (rustls::Connection, rustls::Connection)) {
+    let mut cost = Cost::default();
+    let mut conns = None;
+    for _ in 0..BLOCK {
+        conns = Some(ok(handshake(client, server, name, &mut cost)));
+    }
+    let Some(conns) = conns else {
+        panic!("at least one handshake");
+    };
+    (
+        (
+            us(cost.client, cost.handshakes),
+            us(cost.server, cost.handshakes),
+        ),
+        conns,
+    )
+}
+
+/// What marks the variant two proxies negotiate in a table.
+fn mark(ours: bool) -> &'static str {
+    if ours {
+        " (the proxy's)"
+    } else {
+        ""
+    }
+}
+
 fn suite_provider(suite: SupportedCipherSuite) -> Arc<rustls::crypto::CryptoProvider> {
     let mut p = weft_common::tls::crypto_provider();
     p.cipher_suites = vec![suite];
@@ -196,23 +234,33 @@ fn main() {
     let n: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(1_000);
     let nrec: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(20_000);
     let ca = TestCa::new();
-    let us = |d: Duration, k: usize| d.as_secs_f64() * 1e6 / k as f64;
 
-    // Cipher suites.
+    // What two proxies negotiate: a cipher suite and a key-exchange group.
     let shipped = weft_proxy::identity::provider();
-    let negotiated = {
+    let (negotiated, group) = {
         let (client, server, name) = link_configs(&*ca.identity(WEB), &*ca.identity(API));
         let (c, _) = ok(handshake(&client, &server, &name, &mut Cost::default()));
-        c.negotiated_cipher_suite().map(|s| s.suite())
+        (
+            c.negotiated_cipher_suite().map(|s| s.suite()),
+            c.negotiated_key_exchange_group().map(|g| g.name()),
+        )
     };
     println!(
-        "the proxy offers {:?}; negotiated between two proxies: {negotiated:?}",
+        "the proxy offers suites {:?} and key-exchange groups {:?}; negotiated between two \
+         proxies: {negotiated:?}, {group:?}",
         shipped
             .cipher_suites
             .iter()
             .map(|s| s.suite())
+            .collect::<Vec<_>>(),
+        shipped
+            .kx_groups
+            .iter()
+            .map(|g| g.name())
             .collect::<Vec<_>>()
     );
+
+    // Cipher suites.
     println!(
         "| suite | handshake µs (client + server) | 256 B record µs (encrypt + decrypt) | 1 KiB | 16 KiB |"
     );
@@ -251,18 +299,8 @@ fn main() {
     let sizes = [256, 1024, 16 * 1024];
     for _ in 0..n.div_ceil(BLOCK) {
         for v in &mut variants {
-            let mut cost = Cost::default();
-            let mut conns = None;
-            for _ in 0..BLOCK {
-                conns = Some(ok(handshake(&v.client, &v.server, &v.name, &mut cost)));
-            }
-            let Some((mut c, mut s)) = conns else {
-                panic!("at least one handshake");
-            };
-            let mut row = vec![(
-                us(cost.client, cost.handshakes),
-                us(cost.server, cost.handshakes),
-            )];
+            let (handshakes, (mut c, mut s)) = handshake_block(&v.client, &v.server, &v.name);
+            let mut row = vec![handshakes];
             for size in sizes {
                 let k = (if size > 1024 { nrec / 8 } else { nrec }) / n.div_ceil(BLOCK);
                 let k = k.max(1);
@@ -284,14 +322,10 @@ fn main() {
             let b = median(v.blocks.iter().map(|r| r[i].1).collect());
             format!("{a:.digits$} + {b:.digits$}")
         };
-        let mark = if Some(v.suite.suite()) == negotiated {
-            " (the proxy's)"
-        } else {
-            ""
-        };
         println!(
-            "| {:?}{mark} | {} | {} | {} | {} |",
+            "| {:?}{} | {} | {} | {} | {} |",
             v.suite.suite(),
+            mark(Some(v.suite.suite()) == negotiated),
             cell(0, 0),
             cell(1, 2),
             cell(2, 2),
@@ -299,19 +333,8 @@ fn main() {
         );
     }
 
-    // Key-exchange groups: the proxy's order, and each group alone with the proxy's suites, in
-    // blocks taking turns (medians of the blocks, as above).
-    let (client, server, name) = link_configs(&*ca.identity(WEB), &*ca.identity(API));
-    let (c, _) = ok(handshake(&client, &server, &name, &mut Cost::default()));
-    let group = c.negotiated_key_exchange_group().map(|g| g.name());
-    println!(
-        "key-exchange groups the proxy offers: {:?}; negotiated between two proxies: {group:?}",
-        shipped
-            .kx_groups
-            .iter()
-            .map(|g| g.name())
-            .collect::<Vec<_>>()
-    );
+    // Key-exchange groups: each group alone with the proxy's suites, in blocks taking turns
+    // (medians of the blocks, as above).
     println!("| key exchange | handshake µs (client + server) |");
     println!("|---|---|");
     let mut groups: Vec<_> = shipped
@@ -330,24 +353,13 @@ fn main() {
         .collect();
     for _ in 0..n.div_ceil(BLOCK) {
         for (_, (client, server, name), blocks) in &mut groups {
-            let mut cost = Cost::default();
-            for _ in 0..BLOCK {
-                ok(handshake(client, server, name, &mut cost));
-            }
-            blocks.push((
-                us(cost.client, cost.handshakes),
-                us(cost.server, cost.handshakes),
-            ));
+            blocks.push(handshake_block(client, server, name).0);
         }
     }
     for (g, _, blocks) in groups {
-        let mark = if Some(g) == group {
-            " (the proxy's)"
-        } else {
-            ""
-        };
         println!(
-            "| {g:?}{mark} | {:.0} + {:.0} |",
+            "| {g:?}{} | {:.0} + {:.0} |",
+            mark(Some(g) == group),
             median(blocks.iter().map(|b| b.0).collect()),
             median(blocks.iter().map(|b| b.1).collect())
         );
