@@ -127,14 +127,9 @@ flags="-Ctarget-feature=+crt-static${flags:+ $flags}"
 # (`ld --help` read whole before looking: under pipefail, `| grep -q` stops reading at the match
 # and ld, killed by SIGPIPE while still writing, failed the test on a busy machine.)
 case $(ld --help 2>/dev/null || true) in
-*pack-relative-relocs*) ld_packs=1 ;;
-*) ld_packs= ;;
+*pack-relative-relocs*) flags="$flags -Clink-arg=-Wl,-z,pack-relative-relocs" ;;
+*) echo "build-dist: note: this linker cannot pack relocations (binutils < 2.38); the proxy keeps ~0.4 MiB more resident" >&2 ;;
 esac
-if [ -n "$ld_packs" ]; then
-    flags="$flags -Clink-arg=-Wl,-z,pack-relative-relocs"
-else
-    echo "build-dist: note: this linker cannot pack relocations (binutils < 2.38); the proxy keeps ~0.4 MiB more resident" >&2
-fi
 built=()
 if [ ${#proxy[@]} -gt 0 ]; then
     echo "build-dist: RUSTFLAGS='$flags' cargo build --profile dist --locked --target $host ${proxy[*]}" >&2
