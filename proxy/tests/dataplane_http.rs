@@ -455,6 +455,79 @@ async fn two_proxies_mtls_http2_trailers_and_authorization() {
     assert!(text.contains("decision=\"deny\""), "{text}");
 }
 
+/// Many requests at once over one HTTP/2 client connection, through both proxies and the mTLS
+/// mesh link between them, each with a request and a response body larger than HTTP/2's initial
+/// flow-control window: every answer arrives whole, byte for byte, and every request body
+/// reached the app whole. Both proxies run the streams of their HTTP/2 connections (the client's
+/// and the mesh link's, on either side) in the connection's own task (`http::streams`): a
+/// stream that stalls on flow control or a full socket must be woken again to finish.
+#[tokio::test]
+async fn concurrent_http2_streams_with_large_bodies_cross_the_mesh_whole() {
+    let ca = TestCa::new();
+    let app = backend("127.0.0.4:0", "api", false).await;
+    let server = start_inbound("127.0.0.4", open_inbound(API, app), ca.identity(API)).await;
+    let cfg = config(vec![
+        outbound(
+            "demo",
+            "api",
+            9090,
+            v1::Protocol::Http1,
+            vec![default_route(vec![weighted(
+                "api",
+                1,
+                "endpoints:api.demo:9090",
+            )])],
+            None,
+        ),
+        endpoints(
+            "endpoints:api.demo:9090",
+            vec![endpoint(app, API, server.addr.port())],
+        ),
+    ]);
+    let client_proxy = start_outbound(cfg, ca.identity(WEB)).await;
+
+    let stream = ok(tokio::net::TcpStream::connect(client_proxy.addr).await);
+    let (sender, conn) = ok(
+        hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .handshake::<_, Full<Bytes>>(hyper_util::rt::TokioIo::new(stream))
+            .await,
+    );
+    tokio::spawn(conn);
+    let mut requests = tokio::task::JoinSet::new();
+    for i in 0..48usize {
+        let mut sender = sender.clone();
+        let (down, up) = (70_000 + i * 3_001, 66_000 + i * 1_009);
+        requests.spawn(async move {
+            let req = ok(Request::builder()
+                .method("POST")
+                .uri(format!("http://api.demo:9090/bytes/{down}"))
+                .body(Full::new(Bytes::from(vec![7u8; up]))));
+            let rsp = ok(ok(tokio::time::timeout(
+                Duration::from_secs(30),
+                sender.send_request(req),
+            )
+            .await));
+            assert_eq!(rsp.status(), StatusCode::OK, "request {i}");
+            assert_eq!(
+                rsp.headers().get("x-request-bytes").map(|v| v.as_bytes()),
+                Some(up.to_string().as_bytes()),
+                "request {i}: the app got the whole request body"
+            );
+            let body =
+                ok(tokio::time::timeout(Duration::from_secs(30), rsp.into_body().collect()).await);
+            let body = ok(body).to_bytes();
+            assert_eq!(body.len(), down, "request {i}");
+            assert!(
+                body.iter().enumerate().all(|(k, b)| *b == pattern_byte(k)),
+                "request {i}: the body arrived altered"
+            );
+        });
+    }
+    while let Some(r) = requests.join_next().await {
+        ok(r);
+    }
+}
+
 /// An HTTP/1 app whose answer to `/head/N` carries an `x-big` header of N bytes.
 async fn big_head_app(addr: &str) -> SocketAddr {
     let listener = ok(TcpListener::bind(addr).await);

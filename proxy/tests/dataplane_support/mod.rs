@@ -297,6 +297,13 @@ async fn answer(name: &'static str, req: Request<Incoming>) -> Response<TestBody
     let mut builder = Response::builder()
         .header("x-backend", name)
         .header("x-client-id", client);
+    if let Some(n) = path.strip_prefix("/bytes/") {
+        // N bytes of a pattern (`pattern_byte`), and how many the request carried.
+        let n: usize = n.parse().unwrap_or(0);
+        let data: Vec<u8> = (0..n).map(pattern_byte).collect();
+        builder = builder.header("x-request-bytes", body.len());
+        return ok(builder.body(Full::new(Bytes::from(data)).boxed()));
+    }
     if path == "/trailers" {
         builder = builder.header("content-type", "application/grpc");
         let mut trailers = http::HeaderMap::new();
@@ -312,6 +319,11 @@ async fn answer(name: &'static str, req: Request<Incoming>) -> Response<TestBody
         return ok(builder.body(stream));
     }
     ok(builder.body(Full::new(Bytes::from(name)).boxed()))
+}
+
+/// The byte at offset `i` of a `/bytes/N` answer.
+pub fn pattern_byte(i: usize) -> u8 {
+    (i % 251) as u8
 }
 
 fn futures_lite_stream(frames: Vec<Result<hyper::body::Frame<Bytes>, Infallible>>) -> TestBody {
