@@ -9,12 +9,17 @@
 //! server proxy spent 4.5 % of its instructions in hyper's HTTP/2 glue and 4.4 % in tokio).
 //!
 //! [`StreamExec::local`] is an executor that keeps the futures hyper gives it, and [`Local`]
-//! polls them in the task that polls the connection: after each poll of the connection it runs
-//! the streams that were woken, and when they handed `h2` frames (which wakes the connection)
-//! it polls the connection again at once, so the frames of every stream answered in one task
-//! poll go out together, without a round through the scheduler. A stream's future still runs
+//! polls them in the task that polls the connection, each side only when its own waker was
+//! woken: the streams that are ready (a new one, one whose upstream answered), then the
+//! connection if they handed it frames or it has I/O, round again until neither has more. So the
+//! frames of every stream answered in one task poll go out together, without a round through the
+//! scheduler, and neither side is polled for nothing. A stream's future still runs
 //! to its end when the connection fails first, as a spawned one would: the request's handler
 //! finishes its accounting (metrics, access log) even when the client has gone.
+//!
+//! The mesh link's client side uses the same pair (`outbound::pool`): hyper's HTTP/2 client
+//! spawns the `h2` connection and a future per request that awaits its answer, and these run in
+//! the task that polls hyper's client connection.
 //!
 //! In a multi-threaded runtime the streams are spawned as before ([`StreamExec::spawn`]): there
 //! one busy HTTP/2 client (a gRPC channel is one connection) can use every worker.
@@ -38,9 +43,29 @@ const ROUNDS_PER_POLL: usize = 16;
 #[derive(Default)]
 struct Queue {
     new: Mutex<Vec<StreamFuture>>,
+    /// `new` may hold some: [`Local`] looks here, not at the lock, on each of its rounds.
+    any: AtomicBool,
 }
 
 impl Queue {
+    fn push(&self, fut: StreamFuture) {
+        self.lock().push(fut);
+        self.any.store(true, Ordering::SeqCst);
+    }
+
+    /// Whatever was handed over since the last call.
+    fn take(&self) -> Vec<StreamFuture> {
+        if self.any.swap(false, Ordering::SeqCst) {
+            std::mem::take(&mut *self.lock())
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn any(&self) -> bool {
+        self.any.load(Ordering::SeqCst)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<StreamFuture>> {
         // Taken only to push or to swap a vector: a panic cannot leave it half-changed.
         self.new
@@ -91,7 +116,7 @@ where
 {
     fn execute(&self, fut: F) {
         match &self.queue {
-            Some(q) => q.lock().push(Box::pin(fut)),
+            Some(q) => q.push(Box::pin(fut)),
             // Boxed for the same reason as `super::SpawnBoxed`: the future moves as a pointer.
             None => {
                 tokio::spawn(Box::pin(fut));
@@ -100,27 +125,42 @@ where
     }
 }
 
-/// The waker [`Local`] polls the connection and the streams with. A wake-up that comes while
-/// `Local` is polling only marks that something is ready (it goes round again before it returns);
-/// one that comes after wakes the task.
+/// What woke [`Local`], and whether it is polling. A wake-up that comes while it is polling only
+/// marks what is ready (it goes round again before it returns); one that comes after also wakes
+/// the task.
 struct Signal {
     polling: AtomicBool,
-    woken: AtomicBool,
+    /// The connection's waker was woken: it has frames to read or write, or a stream handed it
+    /// an answer.
+    conn: AtomicBool,
+    /// A stream's waker was woken (through `FuturesUnordered`, which then knows which).
+    streams: AtomicBool,
     task: AtomicWaker,
 }
 
-impl Wake for Signal {
+/// The waker of one side: the connection's, or the streams' set's.
+struct Flag {
+    signal: Arc<Signal>,
+    conn: bool,
+}
+
+impl Wake for Flag {
     fn wake(self: Arc<Self>) {
         self.wake_by_ref();
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        // Marked first, then `polling` read: `Local` clears `polling` before it reads `woken` for
-        // the last time, so either it sees the mark or this sees `polling` clear and wakes the
-        // task (both, at worst: a spare poll).
-        self.woken.store(true, Ordering::SeqCst);
-        if !self.polling.load(Ordering::SeqCst) {
-            self.task.wake();
+        let s = &self.signal;
+        // Marked first, then `polling` read: `Local` clears `polling` before its last look at
+        // the marks, so either it sees the mark or this sees `polling` clear and wakes the task
+        // (both, at worst: a spare poll).
+        if self.conn {
+            s.conn.store(true, Ordering::SeqCst);
+        } else {
+            s.streams.store(true, Ordering::SeqCst);
+        }
+        if !s.polling.load(Ordering::SeqCst) {
+            s.task.wake();
         }
     }
 }
@@ -129,6 +169,10 @@ pin_project_lite::pin_project! {
     /// Polls an HTTP/2 server connection `C` and the streams its [`StreamExec::local`] executor
     /// was given, in one task. It finishes when the connection has finished and every stream's
     /// future has run to its end.
+    ///
+    /// Each side is polled only when its own waker was woken: a stream whose upstream answered
+    /// is polled without a look at the connection first, and the connection once after, when the
+    /// stream handed it the answer.
     pub struct Local<C, O> {
         #[pin]
         conn: Option<C>,
@@ -136,7 +180,8 @@ pin_project_lite::pin_project! {
         streams: FuturesUnordered<StreamFuture>,
         queue: Option<Arc<Queue>>,
         signal: Arc<Signal>,
-        waker: Waker,
+        conn_waker: Waker,
+        streams_waker: Waker,
     }
 }
 
@@ -145,22 +190,34 @@ impl<C: Future> Local<C, C::Output> {
     pub fn new(conn: C, exec: &StreamExec) -> Self {
         let signal = Arc::new(Signal {
             polling: AtomicBool::new(false),
-            woken: AtomicBool::new(false),
+            // Polled first thing.
+            conn: AtomicBool::new(true),
+            streams: AtomicBool::new(false),
             task: AtomicWaker::new(),
         });
+        let flag = |conn| {
+            Waker::from(Arc::new(Flag {
+                signal: signal.clone(),
+                conn,
+            }))
+        };
         Local {
             conn: Some(conn),
             out: None,
             streams: FuturesUnordered::new(),
             queue: exec.queue.clone(),
-            waker: Waker::from(signal.clone()),
+            conn_waker: flag(true),
+            streams_waker: flag(false),
             signal,
         }
     }
 
-    /// The connection's future (to start its graceful shutdown), until it has finished.
+    /// The connection's future (to start its graceful shutdown), until it has finished. It is
+    /// polled at the next poll whether or not it was woken, since the caller may have changed it.
     pub fn conn(self: Pin<&mut Self>) -> Option<Pin<&mut C>> {
-        self.project().conn.as_pin_mut()
+        let this = self.project();
+        this.signal.conn.store(true, Ordering::SeqCst);
+        this.conn.as_pin_mut()
     }
 
     /// How many streams' futures are running here (for tests).
@@ -177,30 +234,37 @@ impl<C: Future> Future for Local<C, C::Output> {
         let mut this = self.project();
         let signal = &**this.signal;
         signal.task.register(cx.waker());
-        let mut lcx = Context::from_waker(this.waker);
         signal.polling.store(true, Ordering::SeqCst);
+        let queued = |q: &Option<Arc<Queue>>| q.as_ref().is_some_and(|q| q.any());
         for _ in 0..ROUNDS_PER_POLL {
-            signal.woken.store(false, Ordering::SeqCst);
-            if let Some(conn) = this.conn.as_mut().as_pin_mut() {
-                if let Poll::Ready(out) = conn.poll(&mut lcx) {
-                    this.conn.set(None);
-                    *this.out = Some(out);
+            let mut polled = false;
+            // The streams first: what they hand the connection goes out in this round's poll of
+            // it.
+            if signal.streams.swap(false, Ordering::SeqCst) || queued(this.queue) {
+                if let Some(q) = this.queue.as_ref() {
+                    // Taken out under the lock, pushed after it: a stream's future handing over
+                    // another (an upgraded stream's task) takes the lock itself.
+                    for fut in q.take() {
+                        this.streams.push(fut);
+                    }
                 }
+                // Runs every stream that is ready; `FuturesUnordered` yields (and wakes the
+                // streams' waker) after a round through all of them, so this ends.
+                let mut scx = Context::from_waker(this.streams_waker);
+                while let Poll::Ready(Some(())) = this.streams.poll_next_unpin(&mut scx) {}
+                polled = true;
             }
-            if let Some(q) = this.queue.as_ref() {
-                // Taken out under the lock, pushed after it: a stream's future handing over
-                // another (an upgraded stream's task) takes the lock itself.
-                let new = std::mem::take(&mut *q.lock());
-                for fut in new {
-                    this.streams.push(fut);
+            if this.conn.is_some() && signal.conn.swap(false, Ordering::SeqCst) {
+                let mut ccx = Context::from_waker(this.conn_waker);
+                if let Some(conn) = this.conn.as_mut().as_pin_mut() {
+                    if let Poll::Ready(out) = conn.poll(&mut ccx) {
+                        this.conn.set(None);
+                        *this.out = Some(out);
+                    }
                 }
+                polled = true;
             }
-            // Runs every stream that is ready; `FuturesUnordered` yields (and wakes `lcx`) after
-            // a round through all of them, so this ends.
-            while let Poll::Ready(Some(())) = this.streams.poll_next_unpin(&mut lcx) {}
-            let more = signal.woken.load(Ordering::SeqCst)
-                || this.queue.as_ref().is_some_and(|q| !q.lock().is_empty());
-            if more {
+            if polled {
                 if tokio::task::coop::has_budget_remaining() {
                     continue;
                 }
@@ -209,8 +273,9 @@ impl<C: Future> Future for Local<C, C::Output> {
                 break;
             }
             signal.polling.store(false, Ordering::SeqCst);
-            if signal.woken.swap(false, Ordering::SeqCst) {
-                // Woken between the look above and `polling` clearing: go round again.
+            let conn_woken = this.conn.is_some() && signal.conn.load(Ordering::SeqCst);
+            if conn_woken || signal.streams.load(Ordering::SeqCst) || queued(this.queue) {
+                // Woken between the looks above and `polling` clearing: go round again.
                 signal.polling.store(true, Ordering::SeqCst);
                 continue;
             }
@@ -222,7 +287,7 @@ impl<C: Future> Future for Local<C, C::Output> {
             return Poll::Pending;
         }
         // Still busy after all the rounds, or out of budget: other tasks get their turn, this
-        // one comes back.
+        // one comes back (the marks stay, so it picks up where it stopped).
         signal.polling.store(false, Ordering::SeqCst);
         cx.waker().wake_by_ref();
         Poll::Pending
