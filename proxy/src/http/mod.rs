@@ -8,7 +8,6 @@ pub mod detach;
 pub mod idle;
 pub mod normalize;
 pub mod pool;
-pub mod streams;
 pub mod upgrade;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -393,12 +392,7 @@ where
 
 /// An HTTP/2 server builder with the proxy's limits.
 pub fn http2_server() -> hyper::server::conn::http2::Builder<TokioExecutor> {
-    http2_server_with(TokioExecutor::new())
-}
-
-/// [`http2_server`] with the executor of the connection's streams (`streams::StreamExec`).
-pub fn http2_server_with<E>(exec: E) -> hyper::server::conn::http2::Builder<E> {
-    let mut b = hyper::server::conn::http2::Builder::new(exec);
+    let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     b.timer(TokioTimer::new())
         .max_header_list_size(MAX_HEADER_BYTES as u32)
         .max_concurrent_streams(1024);
@@ -426,11 +420,10 @@ pub async fn serve_downstream<I, F, Fut>(
 {
     if http2 {
         let svc = hyper::service::service_fn(move |req| {
-            // Boxed: hyper hands every stream to its executor by value, and a future of a few
-            // KiB would be copied on its way into the box or the spawned task (a dozen times
-            // through tokio's spawn path, then again as the task's stage changes). A box moves
-            // as a pointer (issue #20: ~90 KB of copies per request with an HTTP/2 client when
-            // streams were spawned, docs/benchmarks.md).
+            // Boxed: hyper's HTTP/2 server spawns every stream as a task, and a future of a few
+            // KiB is copied by value through the spawn path a dozen times before it reaches the
+            // task's cell, then again as the task's stage changes. A box moves as a pointer
+            // (issue #20: ~90 KB of copies per request with an HTTP/2 client, docs/benchmarks.md).
             let fut = Box::pin(handler(req));
             async move {
                 let mut rsp = fut.await;
@@ -441,15 +434,13 @@ pub async fn serve_downstream<I, F, Fut>(
         });
         // The frames of all the answers of one poll of the connection go out in one write.
         let (io, flusher) = coalesce::coalesce(io);
-        // The streams run in this task on a single-threaded runtime (`streams`).
-        let exec = streams::StreamExec::for_current_runtime();
-        let conn = http2_server_with(exec.clone()).serve_connection(TokioIo::new(io), svc);
-        let conn = coalesce::Driven::new(streams::Local::new(conn, &exec), flusher);
+        let conn = http2_server().serve_connection(TokioIo::new(io), svc);
+        let conn = coalesce::Driven::new(conn, flusher);
         tokio::pin!(conn);
         tokio::select! {
             _ = conn.as_mut() => {}
             _ = drain.signaled() => {
-                if let Some(c) = conn.as_mut().conn().and_then(|l| l.conn()) {
+                if let Some(c) = conn.as_mut().conn() {
                     c.graceful_shutdown();
                 }
                 let _ = conn.await;

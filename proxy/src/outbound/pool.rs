@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioIo, TokioTimer};
 
-use crate::http::streams::{self, StreamExec};
 use crate::http::{coalesce, Body};
 use crate::transport::{self, Hint, MeshIdentity, TransportError, TransportHeader};
 
@@ -31,16 +30,6 @@ pub enum PoolError {
         #[source]
         source: hyper::Error,
     },
-}
-
-/// An HTTP/2 client builder for the mesh link, with `exec` running its tasks.
-fn mesh_client<E: Clone>(exec: E) -> hyper::client::conn::http2::Builder<E> {
-    let mut b = hyper::client::conn::http2::Builder::new(exec);
-    b.timer(TokioTimer::new())
-        .keep_alive_interval(std::time::Duration::from_secs(30))
-        .keep_alive_timeout(std::time::Duration::from_secs(10))
-        .max_header_list_size(crate::http::MAX_RESPONSE_HEAD_BYTES as u32);
-    b
 }
 
 /// HTTP/2 senders to peer proxies.
@@ -102,38 +91,21 @@ impl MeshPool {
             transport::connect_mesh(mesh, addr, identity, TransportHeader { port, hint }).await?;
         // The frames of all the requests of one poll of the connection go out in one write.
         let (tls, flusher) = coalesce::coalesce(tls);
-        let io = TokioIo::new(tls);
-        let handshake = |source| PoolError::Handshake { addr, source };
-        let exec = StreamExec::for_current_runtime();
-        // On a single-threaded runtime hyper's tasks for this connection (the `h2` connection,
-        // and one per request awaiting its answer) run in one task (`http::streams`), whose
-        // polls all end in one write; otherwise each is spawned and sends what it wrote.
-        let sender = if exec.is_local() {
-            let (sender, conn) = mesh_client(exec.clone())
-                .handshake::<_, Body>(io)
-                .await
-                .map_err(handshake)?;
-            let conn = coalesce::Driven::new(streams::Local::new(conn, &exec), flusher);
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(%addr, error = %e, "mesh connection closed");
-                }
-            });
-            sender
-        } else {
-            let exec = coalesce::SpawnFlushing::new(flusher.clone());
-            let (sender, conn) = mesh_client(exec)
-                .handshake::<_, Body>(io)
-                .await
-                .map_err(handshake)?;
-            let conn = coalesce::Driven::new(conn, flusher);
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(%addr, error = %e, "mesh connection closed");
-                }
-            });
-            sender
-        };
+        let exec = coalesce::SpawnFlushing::new(flusher.clone());
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(exec)
+            .timer(TokioTimer::new())
+            .keep_alive_interval(std::time::Duration::from_secs(30))
+            .keep_alive_timeout(std::time::Duration::from_secs(10))
+            .max_header_list_size(crate::http::MAX_RESPONSE_HEAD_BYTES as u32)
+            .handshake::<_, Body>(TokioIo::new(tls))
+            .await
+            .map_err(|source| PoolError::Handshake { addr, source })?;
+        let conn = coalesce::Driven::new(conn, flusher);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, error = %e, "mesh connection closed");
+            }
+        });
         let mut conns = match self.conns.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
