@@ -456,7 +456,7 @@ async fn two_proxies_mtls_http2_trailers_and_authorization() {
 }
 
 /// Many requests at once over one HTTP/2 client connection, through both proxies and the mTLS
-/// mesh link between them, with request bodies of 66-114 KB and answers of 70-211 KB (6.8 MB of
+/// mesh link between them, with request bodies of 66-113 KB and answers of 70-211 KB (6.8 MB of
 /// answers in all, more than the 5 MiB connection window hyper advertises): every answer
 /// arrives whole, byte for byte, and every request body reached the app whole.
 #[tokio::test]
