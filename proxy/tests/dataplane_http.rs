@@ -77,16 +77,22 @@ async fn send_req(c: &TestClient, req: Request<Full<Bytes>>) -> Answer {
     }
 }
 
-/// Sends one HTTP/2 (prior knowledge) request over a fresh connection to `proxy`, with the
-/// service authority in the URI (`:authority`), as an explicit-mode h2 client would.
-async fn send_h2(proxy: SocketAddr, uri: &str, method: &str, headers: &[(&str, &str)]) -> Answer {
+/// A fresh HTTP/2 (prior knowledge) connection to `proxy`, driven by a task of its own.
+async fn h2_connect(proxy: SocketAddr) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
     let stream = ok(tokio::net::TcpStream::connect(proxy).await);
-    let (mut sender, conn) = ok(
+    let (sender, conn) = ok(
         hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .handshake::<_, Full<Bytes>>(hyper_util::rt::TokioIo::new(stream))
             .await,
     );
     tokio::spawn(conn);
+    sender
+}
+
+/// Sends one HTTP/2 (prior knowledge) request over a fresh connection to `proxy`, with the
+/// service authority in the URI (`:authority`), as an explicit-mode h2 client would.
+async fn send_h2(proxy: SocketAddr, uri: &str, method: &str, headers: &[(&str, &str)]) -> Answer {
+    let mut sender = h2_connect(proxy).await;
     let mut b = Request::builder().method(method).uri(uri);
     for (n, v) in headers {
         b = b.header(*n, *v);
@@ -353,6 +359,29 @@ fn inbound_policy(app_port: u16, default: v1::DefaultPolicy, restricted: bool) -
     )])
 }
 
+/// The client proxy's config for `api.demo:9090` (`protocol`): one backend, whose one endpoint
+/// is `app` behind the server proxy `api` at `inbound_port`.
+fn api_over_the_mesh(protocol: v1::Protocol, app: SocketAddr, inbound_port: u16) -> Arc<Config> {
+    config(vec![
+        outbound(
+            "demo",
+            "api",
+            9090,
+            protocol,
+            vec![default_route(vec![weighted(
+                "api",
+                1,
+                "endpoints:api.demo:9090",
+            )])],
+            None,
+        ),
+        endpoints(
+            "endpoints:api.demo:9090",
+            vec![endpoint(app, API, inbound_port)],
+        ),
+    ])
+}
+
 #[tokio::test]
 async fn two_proxies_mtls_http2_trailers_and_authorization() {
     let ca = TestCa::new();
@@ -363,24 +392,7 @@ async fn two_proxies_mtls_http2_trailers_and_authorization() {
         ca.identity(API),
     )
     .await;
-    let cfg = config(vec![
-        outbound(
-            "demo",
-            "api",
-            9090,
-            v1::Protocol::Grpc,
-            vec![default_route(vec![weighted(
-                "api",
-                1,
-                "endpoints:api.demo:9090",
-            )])],
-            None,
-        ),
-        endpoints(
-            "endpoints:api.demo:9090",
-            vec![endpoint(app, API, server.addr.port())],
-        ),
-    ]);
+    let cfg = api_over_the_mesh(v1::Protocol::Grpc, app, server.addr.port());
     let client_proxy = start_outbound(cfg, ca.identity(WEB)).await;
 
     for http2 in [true, false] {
@@ -464,33 +476,10 @@ async fn concurrent_http2_streams_with_large_bodies_cross_the_mesh_whole() {
     let ca = TestCa::new();
     let app = backend("127.0.0.4:0", "api", false).await;
     let server = start_inbound("127.0.0.4", open_inbound(API, app), ca.identity(API)).await;
-    let cfg = config(vec![
-        outbound(
-            "demo",
-            "api",
-            9090,
-            v1::Protocol::Http1,
-            vec![default_route(vec![weighted(
-                "api",
-                1,
-                "endpoints:api.demo:9090",
-            )])],
-            None,
-        ),
-        endpoints(
-            "endpoints:api.demo:9090",
-            vec![endpoint(app, API, server.addr.port())],
-        ),
-    ]);
+    let cfg = api_over_the_mesh(v1::Protocol::Http1, app, server.addr.port());
     let client_proxy = start_outbound(cfg, ca.identity(WEB)).await;
 
-    let stream = ok(tokio::net::TcpStream::connect(client_proxy.addr).await);
-    let (sender, conn) = ok(
-        hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .handshake::<_, Full<Bytes>>(hyper_util::rt::TokioIo::new(stream))
-            .await,
-    );
-    tokio::spawn(conn);
+    let sender = h2_connect(client_proxy.addr).await;
     let mut requests = tokio::task::JoinSet::new();
     for i in 0..48usize {
         let mut sender = sender.clone();
