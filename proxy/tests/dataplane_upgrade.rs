@@ -224,7 +224,7 @@ async fn exercise_websocket(mut s: TcpStream, head: &str, mut rest: Vec<u8>) -> 
         b'n' ^ 3,
         b'g' ^ 4,
     ];
-    sent.extend((0..256 * 1024).map(|i| (i % 251) as u8));
+    sent.extend((0..256 * 1024).map(pattern_byte));
     let (mut r, mut w) = s.into_split();
     let payload = sent.clone();
     let writer = tokio::spawn(async move {
