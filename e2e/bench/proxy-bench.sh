@@ -60,7 +60,8 @@
 # between weft-1hop and floor-1hop in one run is what weft's features cost; the gap between
 # floor-1hop and haproxy-1hop is hyper's and tokio's. Built as the proxy is (scripts/build-dist.sh
 # example:hyper_floor: dist profile, static, weft-proxy's PGO profile) into
-# $CARGO_TARGET_DIR/dist/examples (not with NO_BUILD=1), unless FLOOR names a binary.
+# $CARGO_TARGET_DIR/dist/examples (not with NO_BUILD=1), unless FLOOR names a binary. With
+# CLIENT_H2=1 it serves HTTP/2 with the proxy's HTTP/2 server (affine-1hop stays HTTP/1.1).
 #   PATHS="direct weft-1hop floor-1hop haproxy-1hop" e2e/bench/proxy-bench.sh
 # raw-1hop (optional, never in the default PATHS): proxy/examples/raw_floor.rs, a forwarder with
 # no hyper on either side (httparse heads, Content-Length bodies, one upstream connection per
@@ -72,6 +73,16 @@
 # its own on its own task. floor-1hop -> affine-1hop is what the pool and the second task cost,
 # affine-1hop -> raw-1hop what hyper's codec and dispatch cost.
 #   PATHS="direct weft-1hop floor-1hop affine-1hop raw-1hop haproxy-1hop" e2e/bench/proxy-bench.sh
+# floor-2hop-mtls (optional, never in the default PATHS): the floor under weft's two hops with mTLS,
+# proxy/examples/mesh_floor.rs: two processes, each one current_thread runtime, built from the
+# proxy's own link (its HTTP/1 and HTTP/2 servers, its mesh pool: HTTP/2 over mutual TLS with the
+# proxy's TLS provider and settings, the transport header, frames coalesced; its HTTP/1.1 upstream
+# pool), with the benchmark's certificates (HAProxy's pair's), doing nothing else. The gap between
+# weft-2hop-mtls and floor-2hop-mtls in one run is what weft's features cost on two hops; the gap
+# between floor-2hop-mtls and haproxy-2hop-tls is hyper's, h2's, rustls's and tokio's. Built like
+# floor-1hop (example:mesh_floor), unless MESH_FLOOR names a binary. With CLIENT_H2=1 its client
+# half serves HTTP/2 too.
+#   PATHS="direct weft-2hop-mtls floor-2hop-mtls haproxy-2hop-tls" e2e/bench/proxy-bench.sh
 # KERNEL=1: instead of the timed rounds, where a request's CPU goes under load: per path and rate
 # (RATES; `max`: closed loop over 64 connections, as the saturation rounds load the path), oha at
 # that rate for OHA_DURATION while `perf stat` (software events and syscall
@@ -168,6 +179,13 @@ if [ -n "$RAW_PATH" ]; then
     [ -x "$RAW_FLOOR" ] || die "raw-1hop: no binary at $RAW_FLOOR"
 fi
 
+MESH_FLOOR_PATH=""
+case " $PATHS " in *" floor-2hop-mtls "*) MESH_FLOOR_PATH=1 ;; esac
+if [ -n "$MESH_FLOOR_PATH" ]; then
+    [ -n "${MESH_FLOOR:-}" ] || MESH_FLOOR=$(dist_example mesh_floor)
+    [ -x "$MESH_FLOOR" ] || die "floor-2hop-mtls: no binary at $MESH_FLOOR"
+fi
+
 WEFT=""
 case " $PATHS " in *" weft-"*) WEFT=1 ;; esac
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE
@@ -199,6 +217,8 @@ LINKERD_DST=$NET.20 # :8080, the backend nginx as linkerd-1hop's client addresse
 FLOOR_ADDR=$NET.21  # :8084, floor-1hop
 RAW_ADDR=$NET.22    # :8085, raw-1hop
 AFFINE_ADDR=$NET.23 # :8086, affine-1hop
+MFLOOR_C=$NET.24    # :8087, floor-2hop-mtls's client half
+MFLOOR_S=$NET.25    # :8445, floor-2hop-mtls's server half (mTLS)
 L5D_UID=65534      # linkerd2-proxy's user: its own connections are not redirected
 NS=bench
 case $BODY in
@@ -469,10 +489,19 @@ if [ -n "$LINKERD" ]; then
 fi
 
 if [ -n "$FLOOR_PATH" ]; then
-    start hyper-floor 1 "${WRAP[@]}" "$FLOOR" "$FLOOR_ADDR:8084" "$BACKEND:8080"
+    # With CLIENT_H2 the floor serves HTTP/2 (prior knowledge), as weft's outbound does.
+    start hyper-floor 1 "${WRAP[@]}" "$FLOOR" "$FLOOR_ADDR:8084" "$BACKEND:8080" ${CLIENT_H2:+h2}
     pid_floor=$last_pid
     start affine-floor 1 "${WRAP[@]}" "$FLOOR" "$AFFINE_ADDR:8086" "$BACKEND:8080" affine
     pid_affine=$last_pid
+fi
+if [ -n "$MESH_FLOOR_PATH" ]; then
+    # The client half serves HTTP/2 with CLIENT_H2 (prior knowledge), as weft's outbound detects.
+    start mesh-floor-server 1 "${WRAP[@]}" "$MESH_FLOOR" server "$MFLOOR_S:8445" "$BACKEND:8080" "$pki"
+    pid_mfloor_s=$last_pid
+    start mesh-floor-client 1 "${WRAP[@]}" "$MESH_FLOOR" client "$MFLOOR_C:8087" "$MFLOOR_S:8445" \
+        "$pki" ${CLIENT_H2:+h2}
+    pid_mfloor_c=$last_pid
 fi
 if [ -n "$RAW_PATH" ]; then
     start raw-floor 1 "${WRAP[@]}" "$RAW_FLOOR" "$RAW_ADDR:8085" "$BACKEND:8080"
@@ -496,6 +525,8 @@ wait_port "$HAPROXY_S" 8443
 [ -z "$FLOOR_PATH" ] || wait_port "$FLOOR_ADDR" 8084
 [ -z "$FLOOR_PATH" ] || wait_port "$AFFINE_ADDR" 8086
 [ -z "$RAW_PATH" ] || wait_port "$RAW_ADDR" 8085
+[ -z "$MESH_FLOOR_PATH" ] || wait_port "$MFLOOR_S" 8445
+[ -z "$MESH_FLOOR_PATH" ] || wait_port "$MFLOOR_C" 8087
 if [ -n "$WEFT" ]; then
     wait_http "http://$CLIENT:4191/ready"
     wait_http "http://$SERVER:4191/ready"
@@ -519,6 +550,7 @@ url_of() {
     floor-1hop) echo "http://$FLOOR_ADDR:8084$BODY_PATH" ;;
     raw-1hop) echo "http://$RAW_ADDR:8085$BODY_PATH" ;;
     affine-1hop) echo "http://$AFFINE_ADDR:8086$BODY_PATH" ;;
+    floor-2hop-mtls) echo "http://$MFLOOR_C:8087$BODY_PATH" ;;
     *) die "unknown path $1" ;;
     esac
 }
@@ -541,6 +573,7 @@ pids_of() {
     floor-1hop) echo "$pid_floor" ;;
     raw-1hop) echo "$pid_raw" ;;
     affine-1hop) echo "$pid_affine" ;;
+    floor-2hop-mtls) echo "$pid_mfloor_c $pid_mfloor_s" ;;
     esac
 }
 

@@ -11,11 +11,11 @@ import sys
 from collections import defaultdict
 
 ORDER = ["direct", "weft-1hop", "floor-1hop", "affine-1hop", "raw-1hop", "haproxy-1hop", "nginx-1hop",
-         "linkerd-1hop", "weft-2hop-mtls", "haproxy-2hop-tls"]
+         "linkerd-1hop", "weft-2hop-mtls", "floor-2hop-mtls", "haproxy-2hop-tls"]
 # The peer each weft path is judged against, and how many proxy hops a path has.
 HOPS = {"direct": 0, "weft-1hop": 1, "haproxy-1hop": 1, "nginx-1hop": 1, "linkerd-1hop": 1, "floor-1hop": 1,
         "affine-1hop": 1, "raw-1hop": 1,
-        "weft-2hop-mtls": 2, "haproxy-2hop-tls": 2}
+        "weft-2hop-mtls": 2, "floor-2hop-mtls": 2, "haproxy-2hop-tls": 2}
 
 
 def oha(path):

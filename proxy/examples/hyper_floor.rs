@@ -17,6 +17,11 @@
 //! hop-by-hop headers, deadlines, retries, circuit breaking, load shedding, tap and tracing
 //! hooks - is what the gap between the two paths in one run measures.
 //!
+//! `hyper_floor <listen addr> <upstream addr> h2` (the benchmark's `floor-1hop` with `CLIENT_H2=1`)
+//! serves HTTP/2 with prior knowledge instead, as the proxy's outbound serves an HTTP/2 client
+//! (`weft_proxy::http::serve_downstream`: the proxy's HTTP/2 server settings, the answers of one
+//! poll coalesced into one write), and sends every request on the same pool.
+//!
 //! `hyper_floor <listen addr> <upstream addr> affine` (the benchmark's `affine-1hop` path) keeps
 //! hyper's codec on both sides but drops the pool: each downstream connection opens one upstream
 //! connection of its own and drives it on its own task, so a request crosses no channel between
@@ -34,31 +39,65 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 use weft_proxy::http::pool::Http1Pool;
-use weft_proxy::http::{boxed, empty, http1_server, idle, Body, BoxError, MAX_RESPONSE_HEAD_BYTES};
+use weft_proxy::http::{
+    boxed, empty, http1_server, idle, serve_downstream, Body, BoxError, MAX_RESPONSE_HEAD_BYTES,
+};
+use weft_proxy::transport::serve_loop;
 
 fn main() -> Result<(), BoxError> {
     let mut args = std::env::args().skip(1);
     let (Some(listen), Some(upstream)) = (args.next(), args.next()) else {
-        return Err("usage: hyper_floor <listen addr> <upstream addr> [affine]".into());
+        return Err("usage: hyper_floor <listen addr> <upstream addr> [affine | h2]".into());
     };
     let listen: SocketAddr = listen.parse()?;
     let upstream: SocketAddr = upstream.parse()?;
-    let affine = match args.next().as_deref() {
-        None => false,
-        Some("affine") => true,
-        Some(other) => return Err(format!("unknown mode {other:?} (affine)").into()),
+    let mode = match args.next().as_deref() {
+        None => Mode::Pooled,
+        Some("affine") => Mode::Affine,
+        Some("h2") => Mode::Http2,
+        Some(other) => return Err(format!("unknown mode {other:?} (affine, h2)").into()),
     };
     // As the proxy sets its allocator (a process setting, not a feature of weft's).
     weft_common::memory::keep_heap_top(weft_common::memory::HEAP_TOP_KEPT);
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(serve(listen, upstream, affine))
+        .block_on(serve(listen, upstream, mode))
 }
 
-async fn serve(listen: SocketAddr, upstream: SocketAddr, affine: bool) -> Result<(), BoxError> {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// HTTP/1.1 downstream, the pool upstream.
+    Pooled,
+    /// HTTP/1.1 downstream, an upstream connection of its own per downstream connection.
+    Affine,
+    /// HTTP/2 downstream, the pool upstream.
+    Http2,
+}
+
+async fn serve(listen: SocketAddr, upstream: SocketAddr, mode: Mode) -> Result<(), BoxError> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let pool = Http1Pool::default();
+    if mode == Mode::Http2 {
+        let forever = std::future::pending::<()>();
+        let idle = idle::KEEP_ALIVE_IDLE_TIMEOUT;
+        serve_loop(listener, forever, idle, move |tcp, _, drain| {
+            let pool = pool.clone();
+            serve_downstream(
+                tcp,
+                true,
+                idle,
+                drain,
+                move |req: hyper::Request<Incoming>| {
+                    let pool = pool.clone();
+                    async move { forward(&pool, upstream, req).await }
+                },
+            )
+        })
+        .await?;
+        return Ok(());
+    }
+    let affine = mode == Mode::Affine;
     loop {
         let (tcp, _) = listener.accept().await?;
         tcp.set_nodelay(true)?;

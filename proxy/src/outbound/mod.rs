@@ -12,7 +12,8 @@
 
 mod body;
 mod pick;
-mod pool;
+// Public for the benchmark's mesh floor (`examples/mesh_floor.rs`).
+pub mod pool;
 
 use std::future::Future;
 use std::net::SocketAddr;
